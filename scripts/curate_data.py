@@ -1,0 +1,15 @@
+"""Curate one role's sources (sft or preference) into Parquet, a quarantine file and a data card."""
+
+from tunesmith.curate import curate
+from tunesmith.logs import log_to
+
+log_to(snakemake.log[0])
+curate(
+    sources=snakemake.params.sources,
+    role=snakemake.wildcards.role,
+    tasks_path=snakemake.input.tasks,
+    settings=snakemake.params.settings,
+    kept_path=snakemake.output.kept,
+    quarantine_path=snakemake.output.quarantine,
+    card_path=snakemake.output.card,
+)

@@ -1,0 +1,12 @@
+"""Score each stage's answers against the reference file (exact match, chrF)."""
+
+from tunesmith.evaluate import evaluate
+from tunesmith.logs import log_to
+
+log_to(snakemake.log[0])
+evaluate(
+    generations=dict(zip(snakemake.params.stages, snakemake.input.generations)),
+    references_path=snakemake.input.references,
+    out_path=snakemake.output.scores,
+    table_path=snakemake.output.table,
+)

@@ -1,0 +1,14 @@
+"""Build the tiny Llama from a config and pretrain it briefly on the pretrain sources."""
+
+from tunesmith.base_model import pretrain_base
+from tunesmith.logs import log_to
+
+log_to(snakemake.log[0])
+pretrain_base(
+    tokenizer_dir=snakemake.input.tokenizer,
+    text_paths=list(snakemake.input.texts),
+    build=snakemake.params.build,
+    seed=snakemake.params.seed,
+    out_dir=snakemake.output.model,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,11 @@
+"""Train the tiny model's byte-level BPE tokenizer on the pretrain sources."""
+
+from tunesmith.base_model import train_tokenizer
+from tunesmith.logs import log_to
+
+log_to(snakemake.log[0])
+train_tokenizer(
+    text_paths=list(snakemake.input.texts),
+    vocab_size=snakemake.params.vocab_size,
+    out_dir=snakemake.output.tokenizer,
+)

@@ -1,0 +1,79 @@
+"""Scoring each stage's answers against the reference outputs: exact match and chrF.
+
+Both metrics compare normalised text, so an answer that differs from the reference only in
+full-width versus half-width forms or spacing is not penalised. chrF works on characters, which
+suits Japanese: it needs no word segmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sacrebleu.metrics import CHRF
+
+from tunesmith.atomic import atomic_path, write_json
+from tunesmith.normalize import match_key, normalize_text
+from tunesmith.submission import read_generations
+from tunesmith.tasks import read_references
+
+
+def score(outputs: dict[int, str], references: dict[int, str]) -> dict:
+    """Exact match (share, 0–1) and corpus chrF (0–100) over the tasks that have a reference.
+
+    A task with no output counts as an empty answer, so missing generations lower the score rather
+    than silently shrinking the denominator. Outputs for tasks without a reference are ignored.
+    """
+    if not references:
+        raise ValueError("no reference outputs to score against")
+    chrf = CHRF()
+    hypotheses, targets, per_task = [], [], []
+    for task_id in sorted(references):
+        output = normalize_text(outputs.get(task_id, ""))
+        reference = normalize_text(references[task_id])
+        hypotheses.append(output)
+        targets.append(reference)
+        per_task.append({
+            "task_id": task_id,
+            "exact": match_key(output) == match_key(reference),
+            "chrf": chrf.sentence_score(output, [reference]).score,
+        })
+    return {
+        "exact_match": sum(task["exact"] for task in per_task) / len(per_task),
+        "chrf": chrf.corpus_score(hypotheses, [targets]).score,
+        "n": len(per_task),
+        "per_task": per_task,
+    }
+
+
+def _markdown_table(stages: dict[str, dict]) -> str:
+    lines = ["| stage | exact match | chrF |", "|:--|--:|--:|"]
+    lines += [f"| {stage} | {result['exact_match']:.1%} | {result['chrf']:.1f} |" for stage, result in stages.items()]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    generations: dict[str, str | os.PathLike],
+    references_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    table_path: str | os.PathLike | None = None,
+) -> dict:
+    """Score each stage's generations file (stage name → path) and write the results atomically.
+
+    Writes `{"stages": {stage: {exact_match, chrf, n}}, "per_task": {stage: [...]}}` to `out_path`,
+    stages in the order given, and a Markdown summary table to `table_path` if one is given.
+    """
+    if not generations:
+        raise ValueError("no stages to evaluate")
+    references = read_references(references_path)
+    stages, per_task = {}, {}
+    for stage, path in generations.items():
+        result = score(read_generations(path), references)
+        stages[stage] = {"exact_match": result["exact_match"], "chrf": result["chrf"], "n": result["n"]}
+        per_task[stage] = result["per_task"]
+    report = {"stages": stages, "per_task": per_task}
+    write_json(out_path, report)
+    if table_path is not None:
+        with atomic_path(table_path) as tmp:
+            Path(tmp).write_text(_markdown_table(stages), encoding="utf-8")
+    return report

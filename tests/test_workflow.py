@@ -1,0 +1,123 @@
+"""The Snakemake DAG itself: planning, recipe errors at the command line, and one real end-to-end run."""
+
+import json
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from conftest import REPO
+from tunesmith.submission import validate_submission
+from tunesmith.tasks import read_tasks
+
+
+def snakemake(*args, cwd=REPO, timeout=1800):
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule name -> job count."""
+    lines = output.split("Job stats:")[1].splitlines()[3:]
+    jobs = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_default_recipe_plans_every_stage(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("-n", "--directory", tmp_path, "--configfile", REPO / "recipes/default.yaml")
+    assert result.returncode == 0, result.stderr
+    assert planned_jobs(result.stdout) == {
+        "all": 1, "curate_data": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
+        "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1,
+    }
+
+
+def test_competition_recipe_plans_without_building_a_base_model(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("-n", "--directory", tmp_path, "--configfile", REPO / "recipes/llm-jp-3-13b-qlora.yaml")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert "pretrain_base" not in jobs and "train_tokenizer" not in jobs
+    assert jobs["train_sft"] == jobs["train_dpo"] == jobs["write_submission"] == 1
+
+
+def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text((REPO / "recipes/default.yaml").read_text().replace("beta: 0.1", "betta: 0.1"))
+    result = snakemake("-n", "--directory", tmp_path, "--configfile", recipe)
+    assert result.returncode != 0
+    assert "typo.yaml is not a valid tunesmith recipe" in result.stderr
+    assert "dpo: Additional properties are not allowed ('betta' was unexpected)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The user's command on the embedded default recipe, in a fresh working directory."""
+    work = tmp_path_factory.mktemp("default_run")
+    (work / "data").symlink_to(REPO / "data")
+    result = snakemake("--directory", work, "--configfile", REPO / "recipes/default.yaml",
+                       "submission.jsonl", "results/eval.json", "--cores", "1", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return work
+
+
+@pytest.mark.e2e
+def test_default_run_writes_a_valid_submission(default_run):
+    submission = default_run / "submission.jsonl"
+    tasks = read_tasks(REPO / "data/tasks.jsonl")
+    assert validate_submission(submission, REPO / "data/tasks.jsonl") == len(tasks) == 100
+    rows = [json.loads(line) for line in submission.read_text(encoding="utf-8").splitlines()]
+    assert [row["task_id"] for row in rows] == list(range(100))
+    assert not any("###" in row["output"] for row in rows)
+
+
+@pytest.mark.e2e
+def test_fine_tuning_beats_the_untrained_base(default_run):
+    scores = json.loads((default_run / "results/eval.json").read_text())["stages"]
+    assert set(scores) == {"base", "sft", "dpo"}
+    assert scores["sft"]["chrf"] > scores["base"]["chrf"] + 10
+    assert scores["sft"]["exact_match"] > scores["base"]["exact_match"]
+
+
+@pytest.mark.e2e
+def test_curation_accounts_for_every_row(default_run):
+    for role in ("sft", "preference"):
+        card = json.loads((default_run / f"results/curated/{role}.card.json").read_text())
+        totals = card["totals"]
+        assert totals["rows_in"] == totals["kept"] + sum(totals["quarantined"].values())
+        kept = duckdb.sql(f"SELECT count(*) FROM '{default_run}/results/curated/{role}.parquet'").fetchall()[0][0]
+        dropped = duckdb.sql(
+            f"SELECT count(*) FROM '{default_run}/results/curated/{role}.quarantine.parquet'").fetchall()[0][0]
+        assert (kept, dropped) == (totals["kept"], sum(totals["quarantined"].values()))
+        assert card["totals"]["quarantined"].get("duplicate", 0) > 0
+
+
+@pytest.mark.e2e
+def test_every_job_logged_and_adapters_load(default_run):
+    from peft import PeftConfig
+
+    for log in ("train_tokenizer", "pretrain_base", "train_sft", "train_dpo", "write_submission", "evaluate_stages"):
+        assert (default_run / "logs" / f"{log}.log").is_file()
+    for stage in ("sft", "dpo"):
+        adapter = default_run / "results" / stage / "adapter"
+        assert PeftConfig.from_pretrained(adapter).peft_type == "LORA"
+        assert json.loads((adapter / "tunesmith.json").read_text())["stage"] == stage
+    assert not list(default_run.rglob("*.partial")), "an atomic write left a temporary file behind"
+
+
+@pytest.mark.e2e
+def test_a_finished_run_is_up_to_date(default_run):
+    result = snakemake("-n", "--directory", default_run, "--configfile", REPO / "recipes/default.yaml",
+                       "submission.jsonl", "results/eval.json")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
