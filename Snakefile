@@ -19,5 +19,5 @@ include: "rules/submission.smk"
 
 rule all:
     input:
-        "submission.jsonl",
+        rules.write_submission.output,
         evaluation_targets(),

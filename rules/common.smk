@@ -1,5 +1,6 @@
 # Validation of the recipe, and the input helpers the rules share. No rules here.
 import copy
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -61,5 +62,14 @@ def submitted_stage():
     return "sft" if stage == "dpo" and not config["dpo"]["enabled"] else stage
 
 
+EVAL_SCORES = "results/eval.json"
+
+
 def evaluation_targets():
-    return ["results/eval.json"] if config["tasks"]["references"] else []
+    return [EVAL_SCORES] if config["tasks"]["references"] else []
+
+
+onsuccess:
+    table = Path(rules.evaluate_stages.output.table)
+    if table.is_file() and Path("submission.jsonl").is_file():
+        print(f"\nsubmission.jsonl is ready. Scores on {config['tasks']['references']}:\n{table.read_text()}")

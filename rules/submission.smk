@@ -2,6 +2,8 @@ rule write_submission:
     input:
         generations=expand(rules.generate_answers.output.generations, stage=submitted_stage()),
         tasks=config["tasks"]["path"],
+        # Scored first, so building the submission also shows what each stage bought.
+        scores=evaluation_targets(),
     output:
         submission="submission.jsonl",
     log:
@@ -15,7 +17,7 @@ rule evaluate_stages:
         generations=expand(rules.generate_answers.output.generations, stage=stages()),
         references=config["tasks"]["references"] or [],
     output:
-        scores="results/eval.json",
+        scores=EVAL_SCORES,
         table="results/eval.md",
     log:
         "logs/evaluate_stages.log",

@@ -139,3 +139,15 @@ def test_every_schema_key_is_read_by_the_code():
     for key, prop in _walk(load_schema()):
         leaf = key.rsplit(".", 1)[-1].removesuffix("[]")
         assert f'"{leaf}"' in code or f"'{leaf}'" in code or f"{leaf}=" in code, f"{key} is read nowhere"
+
+
+def test_cli_validate_reports_key_paths_and_shows_defaults(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    assert main(["validate", str(REPO / "recipes" / "default.yaml"), "--show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["sft"]["gradient_accumulation_steps"] == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generate:\n  batch_size: -1\n")
+    assert main(["validate", str(bad)]) == 1
+    assert "generate.batch_size: -1 is less than the minimum of 1" in capsys.readouterr().err

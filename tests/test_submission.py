@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tunesmith.submission import SubmissionError, schema_path, validate_submission, write_submission
+from tunesmith.submission import SubmissionError, validate_submission, write_submission
 
 TASKS = [
     {"task_id": 0, "input": "日本の首都はどこですか？"},
@@ -198,10 +198,3 @@ def test_bad_generations_are_rejected_before_writing(tmp_path, tasks_path, gener
     with pytest.raises(SubmissionError, match=message):
         write_submission(generations, tasks_path, out)
     assert not out.exists()
-
-
-def test_schema_path_finds_the_repository_schemas():
-    assert schema_path("submission_row").name == "submission_row.schema.json"
-    assert schema_path("submission_row.schema.json").is_file()
-    with pytest.raises(FileNotFoundError):
-        schema_path("no_such_row")

@@ -111,6 +111,7 @@ def pretrain_base(
             data_seed=seed,
             use_cpu=not torch.cuda.is_available(),
             bf16=False,
+            activation_checkpointing=False,  # trl turns it on by default; a tiny model needs no memory saving
             dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def check_template(adapters: list[str], template: PromptTemplate, allow_mismatch: bool = False) -> None:
     """Refuse adapters trained under another template: their answers would be silently worse."""
     for adapter in adapters:
-        trained = read_metadata(adapter)["template_hash"]
+        trained = read_metadata(adapter).get("template_hash")
         if trained != template.hash and not allow_mismatch:
             raise ModelError(
                 f"{adapter} was trained with template {trained}, but the recipe's template is {template.hash}; "
@@ -32,7 +32,8 @@ def check_template(adapters: list[str], template: PromptTemplate, allow_mismatch
 
 def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed: int) -> list[str]:
     """Generate one answer per prompt, in the order given; batches are built from length-sorted prompts."""
-    tokenizer.padding_side = "left"
+    # Left padding keeps every prompt's last token next to the first generated one.
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     lengths = [len(tokenizer(prompt).input_ids) for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda index: (lengths[index], index))
     answers: list[str | None] = [None] * len(prompts)
@@ -56,6 +57,7 @@ def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed:
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             answers[index] = text
+    tokenizer.padding_side = padding_side
     return answers
 
 

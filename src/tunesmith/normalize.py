@@ -24,10 +24,12 @@ def normalize_text(text: str | None) -> str | None:
     """
     if text is None:
         return None
-    text = _EXCEL_CR.sub("", text)
+    # NFKC and zero-width removal first: they can turn text into a `_x000D_` marker (full-width
+    # letters, a zero-width space inside it), and removing one marker can join another.
+    text = _ZERO_WIDTH.sub("", unicodedata.normalize("NFKC", text))
+    while _EXCEL_CR.search(text):
+        text = _EXCEL_CR.sub("", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = unicodedata.normalize("NFKC", text)
-    text = _ZERO_WIDTH.sub("", text)
     text = _HORIZONTAL_SPACE.sub(" ", text)
     text = _SPACE_AROUND_NEWLINE.sub("\n", text)
     text = _BLANK_LINES.sub("\n\n", text)

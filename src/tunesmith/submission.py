@@ -18,10 +18,8 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 
 from tunesmith.atomic import atomic_path
+from tunesmith.recipe import load_schema
 from tunesmith.tasks import Task, read_tasks
-
-# The package lives in <repo>/src/tunesmith; the schemas are shared with the Snakemake rules.
-SCHEMA_DIRECTORY = Path(__file__).resolve().parents[2] / "schemas"
 
 # A `\uXXXX` escape is one preceded by an odd number of backslashes: `\\u3042` is a literal
 # backslash followed by text, which an answer may legitimately contain.
@@ -38,19 +36,9 @@ class SubmissionError(ValueError):
     names the file and line of each problem."""
 
 
-def schema_path(name: str) -> Path:
-    """Path of a schema in `<repo>/schemas`; `name` may leave out the `.schema.json` suffix."""
-    if not name.endswith(".json"):
-        name = f"{name}.schema.json"
-    path = SCHEMA_DIRECTORY / name
-    if not path.is_file():
-        raise FileNotFoundError(f"schema {name} not found in {SCHEMA_DIRECTORY}")
-    return path
-
-
 @functools.cache
 def _row_validator() -> Draft202012Validator:
-    schema = json.loads(schema_path("submission_row").read_text(encoding="utf-8"))
+    schema = load_schema("submission_row.schema.json")
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 

@@ -46,7 +46,8 @@ def _iter_json_values(path: Path):
             value, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
             error_line = text.count("\n", 0, error.pos) + 1
-            raise TaskFileError(f"{path}:{error_line}: not valid JSON ({error.msg})") from None
+            # Name the line where the broken record starts: an unclosed brace is only noticed later.
+            raise TaskFileError(f"{path}:{line}: not valid JSON ({error.msg} at line {error_line})") from None
         yield line, value
 
 

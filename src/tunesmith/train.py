@@ -48,7 +48,7 @@ def _common_args(section: dict, seed: int, output_dir: str) -> dict:
         warmup_steps=section["warmup_steps"],
         max_length=section["max_length"],
         logging_steps=section["logging_steps"],
-        gradient_checkpointing=section["gradient_checkpointing"],
+        activation_checkpointing=section["activation_checkpointing"],
         save_strategy="no",
         report_to=[],
         seed=seed,

@@ -1,0 +1,39 @@
+"""`tunesmith`: commands around the Snakemake workflow (the workflow itself runs with `snakemake`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from tunesmith.recipe import RecipeError, load_recipe
+
+
+def validate(args) -> int:
+    """Check a recipe against the schema; print it with every default filled in."""
+    try:
+        recipe = load_recipe(args.recipe)
+    except (RecipeError, OSError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    if args.show:
+        yaml.safe_dump(recipe, sys.stdout, allow_unicode=True, sort_keys=False)
+    else:
+        print(f"{args.recipe}: valid")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tunesmith", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("validate", help=validate.__doc__)
+    check.add_argument("recipe", help="recipe YAML file")
+    check.add_argument("--show", action="store_true", help="print the recipe with defaults filled in")
+    check.set_defaults(run=validate)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

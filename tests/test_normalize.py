@@ -1,0 +1,132 @@
+import pytest
+
+from tunesmith.normalize import match_key, normalize_text
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("１２３ＡＢＣａｂｃ", "123ABCabc"),
+        ("ｶﾀｶﾅ", "カタカナ"),
+        ("ｶﾞｷﾞ", "ガギ"),  # half-width voiced marks compose into one character
+        ("（！？）", "(!?)"),
+    ],
+)
+def test_nfkc_folds_width_variants(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize("marker", ["_x000D_", "_X000D_", "_x000d_", "_X000d_"])
+def test_excel_carriage_return_marker_is_removed_in_any_case(marker):
+    assert normalize_text(f"一行目{marker}\n二行目") == "一行目\n二行目"
+
+
+def test_excel_marker_inside_a_word_is_removed():
+    assert normalize_text("ab_x000D_cd") == "abcd"
+
+
+@pytest.mark.parametrize("raw", ["a\r\nb", "a\rb", "a\nb"])
+def test_line_endings_become_lf(raw):
+    assert normalize_text(raw) == "a\nb"
+
+
+def test_excel_marker_before_crlf_leaves_one_line_break():
+    assert normalize_text("a_x000D_\r\nb") == "a\nb"
+
+
+@pytest.mark.parametrize("zero_width", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"])
+def test_zero_width_characters_are_removed(zero_width):
+    assert normalize_text(f"東{zero_width}京") == "東京"
+
+
+def test_byte_order_mark_at_start_is_removed():
+    assert normalize_text("\ufeffこんにちは") == "こんにちは"
+
+
+@pytest.mark.parametrize("raw", ["a  b", "a\tb", "a \t  b", "a\u3000b", "a\u3000\u3000 b", "a\u00a0b"])
+def test_runs_of_horizontal_space_fold_to_one_space(raw):
+    assert normalize_text(raw) == "a b"
+
+
+@pytest.mark.parametrize("raw", ["a \nb", "a\n b", "a \t\n\u3000 b"])
+def test_space_around_a_newline_is_dropped(raw):
+    assert normalize_text(raw) == "a\nb"
+
+
+def test_single_blank_line_is_kept():
+    assert normalize_text("段落一\n\n段落二") == "段落一\n\n段落二"
+
+
+@pytest.mark.parametrize("raw", ["a\n\n\nb", "a\n\n\n\n\n\nb", "a\n \n\t\n\u3000\nb", "a\r\n\r\n\r\nb"])
+def test_three_or_more_newlines_fold_to_one_blank_line(raw):
+    assert normalize_text(raw) == "a\n\nb"
+
+
+def test_zero_width_between_blank_lines_does_not_keep_them_apart():
+    assert normalize_text("a\n\u200b\n\u200b\nb") == "a\n\nb"
+
+
+@pytest.mark.parametrize("raw", ["  a  ", "\n\na\n\n", "\u3000a\u3000", "\ufeff a \u200b", "_x000D_\na\n_x000D_"])
+def test_result_is_trimmed(raw):
+    assert normalize_text(raw) == "a"
+
+
+def test_none_passes_through():
+    assert normalize_text(None) is None
+    assert match_key(None) is None
+
+
+def test_empty_and_blank_become_empty():
+    assert normalize_text("") == ""
+    assert normalize_text(" \t\u3000\n\r\n\u200b") == ""
+
+
+def test_plain_japanese_is_unchanged():
+    text = "次の文を要約してください。\n猫が寝ている。"
+    assert normalize_text(text) == text
+
+
+NASTY = [
+    "ＡＢＣ　１２３\r\n\r\n\r\n\r\nｶﾀｶﾅ",
+    "  \ufeff見出し_x000D_\r\n\t本文\u200b です。\u3000\u3000 \n\n\n\n",
+    "a \n \n \n b",
+    "\u200b\n\u200b\n\u200b\nz",
+    "_X000d_\r_x000D_\r\nq\u00a0\u00a0r",
+    "ｶﾞ\u200d\u2060ｷﾞ \t \u3000 \r\r\r\r end",
+    "",
+    "     ",
+]
+
+
+@pytest.mark.parametrize("raw", NASTY)
+def test_normalizing_twice_equals_normalizing_once(raw):
+    once = normalize_text(raw)
+    assert normalize_text(once) == once
+
+
+@pytest.mark.parametrize("raw", NASTY)
+def test_match_key_is_stable_under_normalization(raw):
+    assert match_key(normalize_text(raw)) == match_key(raw)
+
+
+def test_match_key_ignores_width_case_and_whitespace():
+    assert match_key("ＡＰＰＬＥ  pie") == match_key("apple pie") == "applepie"
+
+
+def test_match_key_removes_all_whitespace_including_newlines():
+    assert match_key("りん\nご\t ジュース\u3000です") == "りんごジュースです"
+
+
+def test_match_key_casefolds_beyond_lower():
+    assert match_key("Straße") == match_key("STRASSE")
+
+
+def test_match_key_keeps_different_texts_apart():
+    assert match_key("apple pie") != match_key("apple pies")
+    assert match_key("カタカナ") != match_key("かたかな")
+
+
+@pytest.mark.parametrize("raw", ["＿ｘ０００Ｄ＿答え", "_x000_x000D_D_答え", "_x000\u200bD_答え"])
+def test_markers_hidden_behind_width_or_zero_width_are_removed_in_one_pass(raw):
+    once = normalize_text(raw)
+    assert once == "答え" and normalize_text(once) == once

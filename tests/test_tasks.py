@@ -1,0 +1,256 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from tunesmith.tasks import Task, TaskFileError, read_references, read_tasks
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def dump(record):
+    return json.dumps(record, ensure_ascii=False)
+
+
+def write(path, text, encoding="utf-8"):
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def test_reads_one_object_per_line(tmp_path):
+    path = write(
+        tmp_path / "tasks.jsonl",
+        dump({"task_id": 0, "input": "日本の首都は？"}) + "\n" + dump({"task_id": 1, "input": "１＋１は？"}) + "\n",
+    )
+    assert read_tasks(path) == [
+        Task(task_id=0, input="日本の首都は？", line=1),
+        Task(task_id=1, input="１＋１は？", line=2),
+    ]
+
+
+def test_accepts_a_path_given_as_a_string(tmp_path):
+    path = write(tmp_path / "tasks.jsonl", dump({"task_id": 0, "input": "x"}) + "\n")
+    assert read_tasks(str(path))[0].input == "x"
+
+
+def test_pretty_printed_records_mixed_with_single_lines(tmp_path):
+    pretty = json.dumps({"task_id": 1, "input": "二行\n目"}, ensure_ascii=False, indent=2)
+    assert pretty.count("\n") == 3
+    text = "\n".join(
+        [
+            dump({"task_id": 0, "input": "一"}),  # line 1
+            pretty,  # lines 2-5
+            dump({"task_id": 2, "input": "三"}),  # line 6
+            "",  # line 7 blank
+            json.dumps({"task_id": 3, "input": "四"}, indent=4),  # lines 8-11
+            dump({"task_id": 4, "input": "五"}),  # line 12
+        ]
+    )
+    tasks = read_tasks(write(tmp_path / "tasks.jsonl", text + "\n"))
+    assert [(task.task_id, task.line) for task in tasks] == [(0, 1), (1, 2), (2, 6), (3, 8), (4, 12)]
+    assert tasks[1].input == "二行\n目"
+
+
+def test_no_trailing_newline_and_extra_blank_lines(tmp_path):
+    text = "\n\n" + dump({"task_id": 5, "input": "a"}) + "\n\n\n" + dump({"task_id": 6, "input": "b"})
+    tasks = read_tasks(write(tmp_path / "tasks.jsonl", text))
+    assert [(task.task_id, task.line) for task in tasks] == [(5, 3), (6, 6)]
+
+
+def test_excel_marker_kept_in_input_and_removed_from_prompt_text(tmp_path):
+    raw = "カタカナで書いてください。_x000D_\nらっぱ"
+    path = write(tmp_path / "tasks.jsonl", dump({"task_id": 0, "input": raw}) + "\n")
+    (task,) = read_tasks(path)
+    assert task.input == raw
+    assert task.prompt_text == "カタカナで書いてください。\nらっぱ"
+
+
+def test_prompt_text_is_normalized():
+    task = Task(task_id=0, input="  ＡＢＣ\u200b\r\n\r\n\r\nｶﾅ\u3000 ", line=1)
+    assert task.prompt_text == "ABC\n\nカナ"
+    assert task.input == "  ＡＢＣ\u200b\r\n\r\n\r\nｶﾅ\u3000 "
+
+
+def test_byte_order_mark_at_file_start(tmp_path):
+    path = write(tmp_path / "tasks.jsonl", dump({"task_id": 0, "input": "x"}) + "\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_tasks(path) == [Task(task_id=0, input="x", line=1)]
+
+
+def test_crlf_file_reads_with_correct_lines(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(
+        (dump({"task_id": 0, "input": "a"}) + "\r\n" + dump({"task_id": 1, "input": "b"}) + "\r\n").encode()
+    )
+    assert [(task.task_id, task.line) for task in read_tasks(path)] == [(0, 1), (1, 2)]
+
+
+def test_tasks_are_sorted_by_task_id(tmp_path):
+    lines = [dump({"task_id": task_id, "input": str(task_id)}) for task_id in (10, 2, 33, 0, 7)]
+    tasks = read_tasks(write(tmp_path / "tasks.jsonl", "\n".join(lines) + "\n"))
+    assert [task.task_id for task in tasks] == [0, 2, 7, 10, 33]
+    # the line stays the record's own line, not its sorted position
+    assert [task.line for task in tasks] == [4, 2, 5, 1, 3]
+    assert all(task.input == str(task.task_id) for task in tasks)
+
+
+def test_extra_fields_are_ignored(tmp_path):
+    path = write(tmp_path / "tasks.jsonl", dump({"task_id": 0, "input": "x", "note": 1}) + "\n")
+    assert read_tasks(path) == [Task(task_id=0, input="x", line=1)]
+
+
+GOOD = dump({"task_id": 0, "input": "a"})
+
+
+def bad_task_file(kind):
+    """Text of a task file with one fault, and the line its error must name."""
+    if kind == "broken json":
+        return GOOD + "\n" + '{"task_id": 1, "input": b}' + "\n" + dump({"task_id": 2, "input": "c"}) + "\n", 2
+    if kind == "broken json in pretty record":
+        return GOOD + '\n{\n  "task_id": 1,\n  "input": "b",,\n}\n', 2  # the record's first line (error at 4)
+    if kind == "trailing garbage":
+        return GOOD + "\n" + dump({"task_id": 1, "input": "b"}) + " xyz\n", 2
+    if kind == "array":
+        return GOOD + "\n" + '[{"task_id": 1, "input": "b"}]' + "\n", 2
+    if kind == "string value":
+        return GOOD + '\n"just text"\n', 2
+    if kind == "missing task_id":
+        return GOOD + "\n" + dump({"input": "b"}) + "\n", 2
+    if kind == "missing input":
+        return GOOD + "\n\n" + dump({"task_id": 1}) + "\n", 3
+    if kind == "string task_id":
+        return GOOD + "\n" + dump({"task_id": "1", "input": "b"}) + "\n", 2
+    if kind == "bool task_id":
+        return GOOD + "\n" + dump({"task_id": True, "input": "b"}) + "\n", 2
+    if kind == "float task_id":
+        return GOOD + "\n" + dump({"task_id": 1.0, "input": "b"}) + "\n", 2
+    if kind == "null input":
+        return GOOD + "\n" + dump({"task_id": 1, "input": None}) + "\n", 2
+    if kind == "number input":
+        return GOOD + "\n" + dump({"task_id": 1, "input": 3}) + "\n", 2
+    raise AssertionError(kind)
+
+
+BAD_KINDS = [
+    ("broken json", "not valid JSON"),
+    ("broken json in pretty record", "not valid JSON"),
+    ("trailing garbage", "not valid JSON"),
+    ("array", "expected a JSON object"),
+    ("string value", "expected a JSON object"),
+    ("missing task_id", "missing field 'task_id'"),
+    ("missing input", "missing field 'input'"),
+    ("string task_id", "field 'task_id' must be int"),
+    ("bool task_id", "field 'task_id' must be int"),
+    ("float task_id", "field 'task_id' must be int"),
+    ("null input", "field 'input' must be str"),
+    ("number input", "field 'input' must be str"),
+]
+
+
+@pytest.mark.parametrize("kind, message", BAD_KINDS)
+def test_bad_task_file_names_file_and_line(tmp_path, kind, message):
+    text, line = bad_task_file(kind)
+    path = write(tmp_path / "tasks.jsonl", text)
+    with pytest.raises(TaskFileError) as caught:
+        read_tasks(path)
+    assert f"{path}:{line}:" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_task_file_error_is_a_value_error():
+    assert issubclass(TaskFileError, ValueError)
+
+
+def test_duplicate_task_id_names_both_lines(tmp_path):
+    text = "\n".join([GOOD, dump({"task_id": 1, "input": "b"}), dump({"task_id": 0, "input": "again"})]) + "\n"
+    path = write(tmp_path / "tasks.jsonl", text)
+    with pytest.raises(TaskFileError, match="task_id 0 already defined at line 1") as caught:
+        read_tasks(path)
+    assert str(caught.value).startswith(f"{path}:3:")
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nowhere" / "tasks.jsonl"
+    with pytest.raises(TaskFileError, match="file not found") as caught:
+        read_tasks(path)
+    assert str(path) in str(caught.value)
+
+
+def test_directory_is_not_a_task_file(tmp_path):
+    with pytest.raises(TaskFileError, match="file not found"):
+        read_tasks(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n", "\ufeff"])
+def test_empty_file_is_an_error(tmp_path, text):
+    path = write(tmp_path / "tasks.jsonl", text)
+    with pytest.raises(TaskFileError, match="no tasks") as caught:
+        read_tasks(path)
+    assert str(path) in str(caught.value)
+
+
+def test_references_read_by_task_id(tmp_path):
+    text = "\n".join(
+        [
+            dump({"task_id": 2, "output": "ソウル"}),
+            json.dumps({"task_id": 0, "output": "東京\n です"}, ensure_ascii=False, indent=2),
+            dump({"task_id": 1, "output": "_x000D_そのまま"}),
+        ]
+    )
+    path = write(tmp_path / "references.jsonl", "\ufeff" + text + "\n")
+    assert read_references(path) == {0: "東京\n です", 1: "_x000D_そのまま", 2: "ソウル"}
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        (dump({"task_id": 0, "output": "a"}) + "\n{oops}\n", 2, "not valid JSON"),
+        (dump({"task_id": 0, "output": "a"}) + "\n[1]\n", 2, "expected a JSON object"),
+        (dump({"task_id": 0, "input": "a"}) + "\n", 1, "missing field 'output'"),
+        (dump({"task_id": "0", "output": "a"}) + "\n", 1, "field 'task_id' must be int"),
+        (dump({"task_id": False, "output": "a"}) + "\n", 1, "field 'task_id' must be int"),
+        (dump({"task_id": 0, "output": ["a"]}) + "\n", 1, "field 'output' must be str"),
+        (
+            dump({"task_id": 4, "output": "a"}) + "\n\n" + dump({"task_id": 4, "output": "b"}) + "\n",
+            3,
+            "task_id 4 already defined at line 1",
+        ),
+    ],
+)
+def test_bad_reference_file_names_file_and_line(tmp_path, text, line, message):
+    path = write(tmp_path / "references.jsonl", text)
+    with pytest.raises(TaskFileError) as caught:
+        read_references(path)
+    assert str(caught.value).startswith(f"{path}:{line}:")
+    assert message in str(caught.value)
+
+
+def test_missing_and_empty_reference_files(tmp_path):
+    with pytest.raises(TaskFileError, match="file not found"):
+        read_references(tmp_path / "references.jsonl")
+    with pytest.raises(TaskFileError, match="no tasks"):
+        read_references(write(tmp_path / "references.jsonl", ""))
+
+
+def test_shipped_tasks_cover_ids_0_to_99():
+    tasks = read_tasks(DATA / "tasks.jsonl")
+    assert [task.task_id for task in tasks] == list(range(100))
+    assert all(task.input.strip() for task in tasks)
+    # the shipped file is dirty on purpose: pretty-printed rows and Excel markers
+    assert any(task.line != task.task_id + 1 for task in tasks)
+    assert any("_x000D_" in task.input and "_x000D_" not in task.prompt_text for task in tasks)
+
+
+def test_shipped_references_cover_the_same_ids():
+    tasks = read_tasks(DATA / "tasks.jsonl")
+    references = read_references(DATA / "references.jsonl")
+    assert sorted(references) == [task.task_id for task in tasks]
+    assert all(references.values())
+
+
+def test_unclosed_record_is_blamed_on_the_line_where_it_starts(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"task_id": 0, "input": "a"}\n{"task_id": 1, "input": "b"\n{"task_id": 2, "input": "c"}\n',
+                    encoding="utf-8")
+    with pytest.raises(TaskFileError, match=r"tasks\.jsonl:2: not valid JSON .* at line 3"):
+        read_tasks(path)

@@ -1,0 +1,106 @@
+"""LoRA SFT and DPO on the tiny model: adapter folders, metadata, what the loss sees, and clean failure."""
+
+import csv
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from tiny_model import SEED, dpo_adapter, sft_adapter, tiny  # noqa: F401  (fixtures)
+from tunesmith.model import load_model, read_metadata
+from tunesmith.template import PromptTemplate
+from tunesmith.train import train_sft
+
+
+def assert_no_partial_siblings(folder: Path) -> None:
+    assert not [entry.name for entry in folder.parent.iterdir() if entry.name.endswith(".partial")]
+
+
+def assert_lora_trained(adapter: str) -> None:
+    weights = load_file(f"{adapter}/adapter_model.safetensors")
+    second_factors = {name: tensor for name, tensor in weights.items() if ".lora_B." in name}
+    assert second_factors, "no LoRA weights saved"
+    # peft initialises lora_B to zero, so a nonzero B means the optimiser moved it.
+    assert all(tensor.abs().sum() > 0 for tensor in second_factors.values())
+
+
+def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(sft_adapter.path)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.base_dir), folder)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    assert read_metadata(folder) == {
+        "stage": "sft", "template_hash": PromptTemplate(tiny.recipe["template"]).hash, "base_model": tiny.base_dir,
+        "seed": SEED, "rows": pq.read_metadata(tiny.sft_data).num_rows,
+    }
+    with open(folder / "training_log.csv", newline="") as handle:
+        losses = [row["loss"] for row in csv.DictReader(handle) if row.get("loss")]
+    assert len(losses) == tiny.recipe["sft"]["max_steps"]
+    assert sft_adapter.result["rows"] == pq.read_metadata(tiny.sft_data).num_rows
+    assert not (folder / "trainer").exists()
+    assert_no_partial_siblings(folder)
+
+
+def test_sft_moves_the_lora_weights(sft_adapter):
+    assert_lora_trained(sft_adapter.path)
+
+
+def test_sft_loss_is_on_the_rendered_completion_only(tiny, sft_adapter):
+    """What the collator hands the model: prompt tokens masked, the response and EOS labelled."""
+    trainer = sft_adapter.trainer
+    tokenizer = trainer.processing_class
+    template = PromptTemplate(tiny.recipe["template"])
+    rows = pq.read_table(tiny.sft_data).slice(0, 8).to_pylist()
+    batch = trainer.data_collator([trainer.train_dataset[index] for index in range(len(rows))])
+    for row, ids, labels in zip(rows, batch["input_ids"].tolist(), batch["labels"].tolist()):
+        labelled = [token for token, label in zip(ids, labels) if label != -100]
+        assert labelled == [label for label in labels if label != -100]
+        masked = [token for token, label in zip(ids, labels) if label == -100 and token != tokenizer.pad_token_id]
+        assert tokenizer.decode(masked) == tokenizer.bos_token + template.render_prompt(row["prompt"], tokenizer)
+        assert tokenizer.decode(labelled) == row["response"] + tokenizer.eos_token
+
+
+def test_dpo_trains_on_top_of_the_sft_adapter(tiny, sft_adapter, dpo_adapter):
+    from peft import PeftModel
+
+    metadata = read_metadata(dpo_adapter)
+    assert metadata["stage"] == "dpo" and metadata["on_top_of"] == sft_adapter.path
+    assert metadata["template_hash"] == read_metadata(sft_adapter.path)["template_hash"]
+    assert metadata["rows"] == pq.read_metadata(tiny.preference_data).num_rows
+    assert (Path(dpo_adapter) / "training_log.csv").is_file()
+    merged_sft = load_model(tiny.base_dir, tiny.section("base_model"), adapters=[sft_adapter.path])
+    assert isinstance(PeftModel.from_pretrained(merged_sft, dpo_adapter), PeftModel)
+    assert_lora_trained(dpo_adapter)
+    assert_no_partial_siblings(Path(dpo_adapter))
+
+
+def _train(tiny, dataset: str, out_dir: Path) -> dict:
+    return train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"),
+                     dataset, SEED, str(out_dir))
+
+
+def test_missing_dataset_leaves_no_output(tiny, tmp_path):
+    out_dir = tmp_path / "adapters" / "sft"
+    with pytest.raises(FileNotFoundError):
+        _train(tiny, str(tmp_path / "no-such.parquet"), out_dir)
+    assert not out_dir.exists()
+    assert not (out_dir.parent.exists() and list(out_dir.parent.iterdir()))
+
+
+def test_failure_during_training_keeps_the_previous_adapter(tiny, tmp_path, monkeypatch):
+    import trl
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(trl.SFTTrainer, "train", crash)
+    out_dir = tmp_path / "adapters" / "sft"
+    out_dir.mkdir(parents=True)
+    (out_dir / "tunesmith.json").write_text('{"stage": "sft"}')
+    with pytest.raises(RuntimeError, match="killed mid-training"):
+        _train(tiny, tiny.sft_data, out_dir)
+    assert sorted(entry.name for entry in out_dir.parent.iterdir()) == ["sft"]
+    assert [entry.name for entry in out_dir.iterdir()] == ["tunesmith.json"]
