@@ -66,8 +66,9 @@ def default_run(tmp_path_factory):
     """The user's command on the embedded default recipe, in a fresh working directory."""
     work = tmp_path_factory.mktemp("default_run")
     (work / "data").symlink_to(REPO / "data")
-    result = snakemake("--directory", work, "--configfile", REPO / "recipes/default.yaml",
-                       "submission.jsonl", "results/eval.json", "--cores", "1", "--resources", "gpu=1")
+    # Targets first: --configfile and --resources each take several values.
+    result = snakemake("submission.jsonl", "--directory", work, "--configfile", REPO / "recipes/default.yaml",
+                       "--cores", "1", "--resources", "gpu=1")
     assert result.returncode == 0, result.stderr[-5000:]
     return work
 
@@ -118,7 +119,7 @@ def test_every_job_logged_and_adapters_load(default_run):
 
 @pytest.mark.e2e
 def test_a_finished_run_is_up_to_date(default_run):
-    result = snakemake("-n", "--directory", default_run, "--configfile", REPO / "recipes/default.yaml",
-                       "submission.jsonl", "results/eval.json")
+    result = snakemake("submission.jsonl", "-n", "--directory", default_run,
+                       "--configfile", REPO / "recipes/default.yaml")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
