@@ -104,3 +104,80 @@ def test_failure_during_training_keeps_the_previous_adapter(tiny, tmp_path, monk
         _train(tiny, tiny.sft_data, out_dir)
     assert sorted(entry.name for entry in out_dir.parent.iterdir()) == ["sft"]
     assert [entry.name for entry in out_dir.iterdir()] == ["tunesmith.json"]
+
+
+KILLED_RUN = """
+import sys
+from tunesmith.train import train_sft
+base, base_section, template, sft, data, seed, out = sys.argv[1:]
+import json
+train_sft(base, json.loads(base_section), json.loads(template), json.loads(sft), data, int(seed), out)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path, caplog):
+    """SIGKILL a real SFT run after its second checkpoint; the restart continues, not from step 0."""
+    import json
+    import logging
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tunesmith.train import checkpoint_dir
+
+    sft = tiny.section("sft") | {"max_steps": 40, "save_steps": 2, "logging_steps": 1}
+    out = tmp_path / "adapter"
+    args = [tiny.base_dir, json.dumps(tiny.section("base_model")), json.dumps(tiny.section("template")),
+            json.dumps(sft), tiny.sft_data, str(SEED), str(out)]
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+    checkpoints = Path(checkpoint_dir(str(out), sft, tiny.sft_data, tiny.base_dir,
+                                      PromptTemplate(tiny.section("template")), SEED))
+    process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "a killed run must not leave an adapter"
+    resumed_from = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
+    assert resumed_from >= 4
+
+    import trl
+
+    steps_run = []
+    original_step = trl.SFTTrainer.training_step
+
+    def recording_step(self, *args, **kwargs):
+        steps_run.append(self.state.global_step + 1)
+        return original_step(self, *args, **kwargs)
+
+    with caplog.at_level(logging.INFO, logger="tunesmith.train"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trl.SFTTrainer, "training_step", recording_step)
+        train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
+                  SEED, str(out))
+    assert f"resuming from {checkpoints / f'checkpoint-{resumed_from}'}" in caplog.text
+    assert steps_run[0] == resumed_from + 1 and steps_run[-1] == 40
+    with open(out / "training_log.csv", newline="") as handle:
+        logged = [int(float(row["step"])) for row in csv.DictReader(handle) if row.get("loss")]
+    assert logged == list(range(1, 41)), "the history of the killed run is kept, each step once"
+    assert not Path(f"{out}.checkpoints").exists(), "checkpoints are removed once the adapter is in place"
+
+
+def test_same_seed_gives_the_same_adapter_weights(tiny, tmp_path):
+    sft = tiny.section("sft")
+    for name in ("first", "second"):
+        train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
+                  SEED, str(tmp_path / name))
+    first = load_file(tmp_path / "first" / "adapter_model.safetensors")
+    second = load_file(tmp_path / "second" / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    assert all((first[key] == second[key]).all() for key in first)
+
+
+def test_training_curves_are_drawn(sft_adapter):
+    png = Path(sft_adapter.path) / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -123,3 +123,38 @@ def test_a_finished_run_is_up_to_date(default_run):
                        "--configfile", REPO / "recipes/default.yaml")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def edited_recipe(directory, old, new):
+    """The default recipe with one textual edit, written beside the run."""
+    text = (REPO / "recipes/default.yaml").read_text(encoding="utf-8")
+    assert old in text, old
+    path = directory / "edited.yaml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+RERUNS = [
+    ("comment only", "# The embedded default", "# The embedded, edited default", {}),
+    ("dpo.beta", "beta: 0.1", "beta: 0.2",
+     {"train_dpo": 1, "generate_answers": 1, "evaluate_stages": 1, "write_submission": 1}),
+    ("generate.max_new_tokens", "max_new_tokens: 32", "max_new_tokens: 24",
+     {"generate_answers": 3, "evaluate_stages": 1, "write_submission": 1}),
+    ("curate.max_prompt_chars", "curate:\n", "curate:\n  max_prompt_chars: 1000\n",
+     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 2, "evaluate_stages": 1,
+      "write_submission": 1}),
+    ("sft.learning_rate", "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler",
+     {"train_sft": 1, "train_dpo": 1, "generate_answers": 2, "evaluate_stages": 1, "write_submission": 1}),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("edit,old,new,expected", RERUNS, ids=[edit for edit, *_ in RERUNS])
+def test_an_edit_reruns_exactly_what_depends_on_it(default_run, tmp_path, edit, old, new, expected):
+    recipe = edited_recipe(tmp_path, old, new)
+    result = snakemake("submission.jsonl", "-n", "--directory", default_run, "--configfile", recipe)
+    assert result.returncode == 0, result.stderr
+    if not expected:
+        assert "Nothing to be done" in result.stdout + result.stderr
+    else:
+        assert planned_jobs(result.stdout) == expected

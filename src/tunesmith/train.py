@@ -3,12 +3,17 @@
 Both stages render their data with the recipe's one template (`tunesmith.template`) into
 prompt/completion text, so trl computes the loss on responses only and generation later sees the
 same prompt text. Each saves a peft adapter folder plus `tunesmith.json` (template hash, stage,
-base model, seed) and the training log as CSV.
+base model, seed) and the training curves as CSV and PNG.
+
+A run killed half-way resumes: with `save_steps` > 0, checkpoints go to `<adapter>.checkpoints/<key>`,
+where the key hashes everything that shapes the run (settings, data, base, template, seed), so a
+restart of the same job continues from its last checkpoint and a changed job starts afresh.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import shutil
@@ -17,6 +22,7 @@ import torch
 
 from tunesmith.atomic import atomic_path
 from tunesmith.model import load_model, load_tokenizer, write_metadata
+from tunesmith.recipe import section_hash
 from tunesmith.template import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,29 @@ def _lora_config(lora: dict):
     )
 
 
+def checkpoint_dir(out_dir: str, stage_section: dict, dataset_path: str, base_path: str,
+                   template: PromptTemplate, seed: int, extra: str = "", scratch: str = "") -> str:
+    """Where a run keeps its resumable checkpoints: keyed by everything that shapes the run.
+    Without `save_steps` nothing is resumable, and the trainer works in `scratch` (inside the
+    temporary output, so a failure leaves nothing)."""
+    if not stage_section["save_steps"] and scratch:
+        return os.path.join(scratch, "trainer")
+    with open(dataset_path, "rb") as handle:
+        data_hash = hashlib.sha256(handle.read()).hexdigest()
+    key = section_hash([stage_section, data_hash, base_path, template.hash, seed, extra])
+    return os.path.join(f"{out_dir}.checkpoints", key)
+
+
+def _train(trainer, checkpoints: str):
+    """Train, resuming from the newest checkpoint a killed run of the same job left behind."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
+    if last:
+        log.info("resuming from %s", last)
+    return trainer.train(resume_from_checkpoint=last)
+
+
 def _common_args(section: dict, seed: int, output_dir: str) -> dict:
     """TrainingArguments shared by SFTConfig and DPOConfig, from a recipe's sft/dpo section."""
     on_gpu = torch.cuda.is_available()
@@ -49,7 +78,9 @@ def _common_args(section: dict, seed: int, output_dir: str) -> dict:
         max_length=section["max_length"],
         logging_steps=section["logging_steps"],
         activation_checkpointing=section["activation_checkpointing"],
-        save_strategy="no",
+        save_strategy="steps" if section["save_steps"] else "no",
+        save_steps=section["save_steps"] or 500,
+        save_total_limit=2,
         report_to=[],
         seed=seed,
         data_seed=seed,
@@ -75,6 +106,36 @@ def _save(trainer, tmp: str, stage: str, template: PromptTemplate, base: str, se
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
+    plot_curves(history, os.path.join(tmp, "training_curves.png"), title=f"{stage} ({base})")
+
+
+def plot_curves(history: list[dict], path: str, title: str) -> None:
+    """Loss (and eval loss) against step, learning rate on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key):
+        points = [(entry["step"], entry[key]) for entry in history if key in entry]
+        return [step for step, _ in points], [value for _, value in points]
+
+    figure, loss_axis = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "eval_loss"):
+        steps, values = series(key)
+        if steps:
+            loss_axis.plot(steps, values, marker="." if key == "eval_loss" else None, label=key)
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss")
+    rate_axis = loss_axis.twinx()
+    steps, values = series("learning_rate")
+    rate_axis.plot(steps, values, color="grey", linestyle=":", label="learning rate")
+    rate_axis.set_ylabel("learning rate")
+    figure.legend(loc="upper right")
+    loss_axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def train_sft(
@@ -99,13 +160,15 @@ def train_sft(
     )
     model = load_model(base_path, base_section)
     with atomic_path(out_dir, directory=True) as tmp:
-        args = SFTConfig(**_common_args(sft, seed, os.path.join(tmp, "trainer")), completion_only_loss=True)
+        checkpoints = checkpoint_dir(out_dir, sft, dataset_path, base_path, template, seed, scratch=tmp)
+        args = SFTConfig(**_common_args(sft, seed, checkpoints), completion_only_loss=True)
         trainer = SFTTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
             peft_config=_lora_config(sft["lora"]),
         )
-        result = trainer.train()
+        result = _train(trainer, checkpoints)
         _save(trainer, tmp, "sft", template, base_path, seed, rows=len(dataset))
+    shutil.rmtree(f"{out_dir}.checkpoints", ignore_errors=True)
     log.info("sft: %d rows, final loss %.4f", len(dataset), result.training_loss)
     return {"train_loss": result.training_loss, "rows": len(dataset)}
 
@@ -134,14 +197,14 @@ def train_dpo(
     )
     model = load_model(base_path, base_section, adapters=[sft_adapter])
     with atomic_path(out_dir, directory=True) as tmp:
-        args = DPOConfig(
-            **_common_args(dpo, seed, os.path.join(tmp, "trainer")), beta=dpo["beta"], loss_type=[dpo["loss_type"]]
-        )
+        checkpoints = checkpoint_dir(out_dir, dpo, dataset_path, base_path, template, seed, sft_adapter, tmp)
+        args = DPOConfig(**_common_args(dpo, seed, checkpoints), beta=dpo["beta"], loss_type=[dpo["loss_type"]])
         trainer = DPOTrainer(
             model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
             peft_config=_lora_config(dpo["lora"]),
         )
-        result = trainer.train()
+        result = _train(trainer, checkpoints)
         _save(trainer, tmp, "dpo", template, base_path, seed, rows=len(dataset), on_top_of=sft_adapter)
+    shutil.rmtree(f"{out_dir}.checkpoints", ignore_errors=True)
     log.info("dpo: %d pairs, final loss %.4f", len(dataset), result.training_loss)
     return {"train_loss": result.training_loss, "rows": len(dataset)}
