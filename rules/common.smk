@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from tunesmith.ingest import source_files
 from tunesmith.recipe import RecipeError, validate_recipe
 
 if workflow.config_settings.configfiles:
@@ -25,7 +26,13 @@ def sources_of(role):
 
 
 def source_paths(role):
-    return [source["path"] for source in sources_of(role)]
+    """The files behind a role's sources (globs and folders expanded); a hub dataset id has none."""
+    files = []
+    for source in sources_of(role):
+        if source["format"] == "hf" and not Path(source["path"]).exists():
+            continue
+        files += source_files(source["path"], source["format"])
+    return files
 
 
 def builds_base_model():
@@ -49,7 +56,8 @@ def model_sections():
 def adapter_chain(wildcards):
     """Adapters merged, in order, to make the model of a stage."""
     sft, dpo = rules.train_sft.output.adapter, rules.train_dpo.output.adapter
-    return {"base": [], "sft": [sft], "dpo": [sft, dpo]}[wildcards.stage]
+    dpo_chain = [dpo] if config["dpo"]["start"] == "continue_sft" else [sft, dpo]
+    return {"base": [], "sft": [sft], "dpo": dpo_chain}[wildcards.stage]
 
 
 def stages():

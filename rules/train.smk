@@ -35,3 +35,23 @@ rule train_dpo:
         gpu=1,
     script:
         "../scripts/train_dpo.py"
+
+
+rule export_model:
+    input:
+        base_model_input(),
+        adapters=lambda wildcards: adapter_chain(wildcards),
+    output:
+        model=directory("results/export/{stage}"),
+    log:
+        "logs/export_model/{stage}.log",
+    params:
+        base_path=base_model_path(),
+        model=model_sections(),
+    wildcard_constraints:
+        stage="sft|dpo",
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    script:
+        "../scripts/export_model.py"

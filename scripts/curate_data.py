@@ -2,14 +2,16 @@
 
 from tunesmith.curate import curate
 from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-curate(
-    sources=snakemake.params.sources,
-    role=snakemake.wildcards.role,
-    tasks_path=snakemake.input.tasks,
-    settings=snakemake.params.settings,
-    kept_path=snakemake.output.kept,
-    quarantine_path=snakemake.output.quarantine,
-    card_path=snakemake.output.card,
-)
+with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
+    curate(
+        sources=snakemake.params.sources,
+        role=snakemake.wildcards.role,
+        tasks_path=snakemake.input.tasks,
+        settings=snakemake.params.settings,
+        kept_path=snakemake.output.kept,
+        quarantine_path=snakemake.output.quarantine,
+        card_path=snakemake.output.card,
+    )

@@ -2,17 +2,19 @@
 
 from tunesmith.generate import generate_answers
 from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
 model = snakemake.params.model
-generate_answers(
-    base_path=snakemake.params.base_path,
-    base_section=model["base_model"],
-    adapters=list(snakemake.input.adapters),
-    template_section=model["template"],
-    settings=snakemake.params.generate,
-    tasks_path=snakemake.input.tasks,
-    seed=model["seed"],
-    out_path=snakemake.output.generations,
-    threads=snakemake.threads,
-)
+with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
+    generate_answers(
+        base_path=snakemake.params.base_path,
+        base_section=model["base_model"],
+        adapters=list(snakemake.input.adapters),
+        template_section=model["template"],
+        settings=snakemake.params.generate,
+        tasks_path=snakemake.input.tasks,
+        seed=model["seed"],
+        out_path=snakemake.output.generations,
+        threads=snakemake.threads,
+    )

@@ -2,13 +2,15 @@
 
 from tunesmith.base_model import pretrain_base
 from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-pretrain_base(
-    tokenizer_dir=snakemake.input.tokenizer,
-    text_paths=list(snakemake.input.texts),
-    build=snakemake.params.build,
-    seed=snakemake.params.seed,
-    out_dir=snakemake.output.model,
-    threads=snakemake.threads,
-)
+with recorded(snakemake, "base_model"):
+    pretrain_base(
+        tokenizer_dir=snakemake.input.tokenizer,
+        text_paths=list(snakemake.input.texts),
+        build=snakemake.params.build,
+        seed=snakemake.params.seed,
+        out_dir=snakemake.output.model,
+        threads=snakemake.threads,
+    )

@@ -1,18 +1,20 @@
 """DPO on the curated preference data, starting from the merged SFT model."""
 
 from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
 model = snakemake.params.model
-train_dpo(
-    base_path=snakemake.params.base_path,
-    base_section=model["base_model"],
-    template_section=model["template"],
-    dpo=snakemake.params.dpo,
-    dataset_path=snakemake.input.dataset,
-    sft_adapter=snakemake.input.sft_adapter,
-    seed=model["seed"],
-    out_dir=snakemake.output.adapter,
-    threads=snakemake.threads,
-)
+with recorded(snakemake, "dpo"):
+    train_dpo(
+        base_path=snakemake.params.base_path,
+        base_section=model["base_model"],
+        template_section=model["template"],
+        dpo=snakemake.params.dpo,
+        dataset_path=snakemake.input.dataset,
+        sft_adapter=snakemake.input.sft_adapter,
+        seed=model["seed"],
+        out_dir=snakemake.output.adapter,
+        threads=snakemake.threads,
+    )

@@ -1,17 +1,19 @@
 """LoRA SFT of the base model on the curated SFT data."""
 
 from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
 model = snakemake.params.model
-train_sft(
-    base_path=snakemake.params.base_path,
-    base_section=model["base_model"],
-    template_section=model["template"],
-    sft=snakemake.params.sft,
-    dataset_path=snakemake.input.dataset,
-    seed=model["seed"],
-    out_dir=snakemake.output.adapter,
-    threads=snakemake.threads,
-)
+with recorded(snakemake, "sft"):
+    train_sft(
+        base_path=snakemake.params.base_path,
+        base_section=model["base_model"],
+        template_section=model["template"],
+        sft=snakemake.params.sft,
+        dataset_path=snakemake.input.dataset,
+        seed=model["seed"],
+        out_dir=snakemake.output.adapter,
+        threads=snakemake.threads,
+    )

@@ -2,10 +2,12 @@
 
 from tunesmith.base_model import train_tokenizer
 from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-train_tokenizer(
-    text_paths=list(snakemake.input.texts),
-    vocab_size=snakemake.params.vocab_size,
-    out_dir=snakemake.output.tokenizer,
-)
+with recorded(snakemake, "tokenizer"):
+    train_tokenizer(
+        text_paths=list(snakemake.input.texts),
+        vocab_size=snakemake.params.vocab_size,
+        out_dir=snakemake.output.tokenizer,
+    )

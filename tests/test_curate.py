@@ -82,11 +82,14 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
         20: ("duplicate", "kept mixed:1"), 21: ("invalid_json", None), 22: ("duplicate", "kept mixed:1"),
     }
     assert quarantined[13]["raw"] == '{"instruction": "\ufffd\ufffd", "output": "Hi"}'  # line 15, replaced
-    assert card["contamination"] == [{"source": "mixed", "line": 18, "task_id": 7},
-                                     {"source": "mixed", "line": 19, "task_id": 9}]
+    file = str(tmp_path / "mixed.jsonl")
+    assert card["contamination"] == [{"source": "mixed", "file": file, "line": 18, "task_id": 7},
+                                     {"source": "mixed", "file": file, "line": 19, "task_id": 9}]
     assert card["sources"]["mixed"]["rows_in"] == 22
     assert card["examples"]["blank_line"] == ["  \t", "", "\u3000"]
-    assert set(card["totals"]["quarantined"]) == set(REASONS) - {"chosen_equals_rejected"}
+    assert set(card["totals"]["quarantined"]) == set(REASONS) - {
+        "chosen_equals_rejected", "wrong_column_count", "bad_conversation", "judge_invalid", "judge_tie",
+        "judge_disagree"}  # those come from CSV rows and record styles (tests/test_ingest.py)
 
 
 def test_preference_reasons_compare_normalised_answers(tmp_path):
@@ -117,8 +120,8 @@ def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):
     card, kept, quarantined = run(tmp_path, {"crlf": data})
     assert [(row["line"], row["prompt"]) for row in kept] == [(1, "A"), (2, "B"), (4, "C")]
     assert by_line(quarantined) == {3: ("blank_line", None)}
-    assert card["sources"]["crlf"] == {"path": str(tmp_path / "crlf.jsonl"), "rows_in": 4, "kept": 3,
-                                       "quarantined": {"blank_line": 1}}
+    assert card["sources"]["crlf"] == {"path": str(tmp_path / "crlf.jsonl"), "format": "jsonl", "style": "alpaca",
+                                       "files": 1, "rows_in": 4, "kept": 3, "quarantined": {"blank_line": 1}}
     card, _, _ = run(tmp_path, {"crlf": data + b"\r\n"})  # a final newline ends line 4, it adds no line 5
     assert card["totals"]["rows_in"] == 4
 
@@ -166,8 +169,8 @@ def test_missing_file_names_the_source_before_any_work(tmp_path):
     with pytest.raises(CurationError, match=r"source 'gone' \(.*gone\.jsonl\): file not found"):
         curate(sources, "sft", str(tmp_path / "no-tasks.jsonl"), SETTINGS, str(tmp_path / "k.parquet"),
                str(tmp_path / "q.parquet"), str(tmp_path / "c.json"))
-    sources[1] = {"id": "odd", "path": str(tmp_path / "ok.jsonl"), "format": "csv", "role": "sft"}
-    with pytest.raises(CurationError, match="source 'odd'.*format 'csv'"):
+    sources[1] = {"id": "odd", "path": str(tmp_path / "ok.jsonl"), "format": "text", "role": "sft"}
+    with pytest.raises(CurationError, match="source 'odd'.*format 'text'"):
         curate(sources, "sft", str(tmp_path / "no-tasks.jsonl"), SETTINGS, str(tmp_path / "k.parquet"),
                str(tmp_path / "q.parquet"), str(tmp_path / "c.json"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ok.jsonl"]
@@ -180,7 +183,7 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     # Lose the blank lines between the query and the file: reconciliation must catch it.
     monkeypatch.setattr(curate_module, "QUARANTINE_SQL",
                         curate_module.QUARANTINE_SQL.replace("WHERE", "WHERE outcome.reason <> 'blank_line' AND"))
-    with pytest.raises(CurationError, match=r"source 'a' .*: 3 lines in, but 2 kept \+ 0 quarantined"):
+    with pytest.raises(CurationError, match=r"source 'a' .*: 3 rows in, but 2 kept \+ 0 quarantined"):
         run(tmp_path, {"a": sft("A", "a") + b"\n\n" + sft("B", "b")})
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no partial files either
 

@@ -32,14 +32,16 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     folder = Path(sft_adapter.path)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.base_dir), folder)
     assert any("lora_A" in name for name, _ in model.named_parameters())
-    assert read_metadata(folder) == {
+    metadata = read_metadata(folder)
+    assert metadata == {
         "stage": "sft", "template_hash": PromptTemplate(tiny.recipe["template"]).hash, "base_model": tiny.base_dir,
-        "seed": SEED, "rows": pq.read_metadata(tiny.sft_data).num_rows,
+        "seed": SEED, "rows": metadata["rows"], "eval_rows": metadata["eval_rows"],
     }
+    assert metadata["rows"] + metadata["eval_rows"] == pq.read_metadata(tiny.sft_data).num_rows
     with open(folder / "training_log.csv", newline="") as handle:
         losses = [row["loss"] for row in csv.DictReader(handle) if row.get("loss")]
     assert len(losses) == tiny.recipe["sft"]["max_steps"]
-    assert sft_adapter.result["rows"] == pq.read_metadata(tiny.sft_data).num_rows
+    assert sft_adapter.result["rows"] == metadata["rows"]
     assert not (folder / "trainer").exists()
     assert_no_partial_siblings(folder)
 
@@ -102,7 +104,8 @@ def test_failure_during_training_keeps_the_previous_adapter(tiny, tmp_path, monk
     (out_dir / "tunesmith.json").write_text('{"stage": "sft"}')
     with pytest.raises(RuntimeError, match="killed mid-training"):
         _train(tiny, tiny.sft_data, out_dir)
-    assert sorted(entry.name for entry in out_dir.parent.iterdir()) == ["sft"]
+    # With save_steps the checkpoints folder stays beside the adapter: it is what a restart resumes from.
+    assert sorted(entry.name for entry in out_dir.parent.iterdir()) in (["sft"], ["sft", "sft.checkpoints"])
     assert [entry.name for entry in out_dir.iterdir()] == ["tunesmith.json"]
 
 
@@ -181,3 +184,67 @@ def test_same_seed_gives_the_same_adapter_weights(tiny, tmp_path):
 def test_training_curves_are_drawn(sft_adapter):
     png = Path(sft_adapter.path) / "training_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_eval_split_is_stable_and_eval_loss_is_logged(tiny, tmp_path):
+    from datasets import Dataset
+
+    from tunesmith.train import split_by_id
+
+    rows = Dataset.from_parquet(tiny.sft_data)
+    train, held = split_by_id(rows, 0.1)
+    assert len(train) + len(held) == len(rows) and 0.05 < len(held) / len(rows) < 0.15
+    more_rows = Dataset.from_dict({key: rows[key][::-1] for key in rows.column_names})
+    assert set(split_by_id(more_rows, 0.1)[1]["id"]) == set(held["id"]), "the split follows content, not position"
+    assert split_by_id(rows, 0) == (rows, None)
+
+    sft = tiny.section("sft") | {"eval_fraction": 0.1, "max_steps": 4, "logging_steps": 2}
+    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data, SEED,
+              str(tmp_path / "adapter"))
+    with open(tmp_path / "adapter" / "training_log.csv", newline="") as handle:
+        evaluated = [row for row in csv.DictReader(handle) if row.get("eval_loss")]
+    assert [int(float(row["step"])) for row in evaluated] == [2, 4]
+    assert read_metadata(tmp_path / "adapter")["eval_rows"] == len(held)
+
+
+@pytest.mark.parametrize("strategy", ["wrapped", "bfd"])
+def test_packed_sft_trains(tiny, tmp_path, strategy):
+    sft = tiny.section("sft") | {"packing": True, "packing_strategy": strategy, "max_steps": 2}
+    result = train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
+                       SEED, str(tmp_path / "adapter"))
+    assert result["train_loss"] > 0 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_can_continue_the_sft_adapter(tiny, sft_adapter, tmp_path):
+    from peft import PeftModel
+
+    from tunesmith.train import train_dpo
+
+    dpo = tiny.section("dpo") | {"start": "continue_sft"}
+    train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), dpo, tiny.preference_data,
+              sft_adapter.path, SEED, str(tmp_path / "dpo"))
+    metadata = read_metadata(tmp_path / "dpo")
+    assert metadata["continues"] == sft_adapter.path and "on_top_of" not in metadata
+    sft_weights = load_file(Path(sft_adapter.path) / "adapter_model.safetensors")
+    dpo_weights = load_file(tmp_path / "dpo" / "adapter_model.safetensors")
+    assert sft_weights.keys() == dpo_weights.keys(), "the same adapter, trained on"
+    assert any(not (sft_weights[key] == dpo_weights[key]).all() for key in sft_weights)
+    base = load_model(tiny.base_dir, tiny.section("base_model"))
+    assert isinstance(PeftModel.from_pretrained(base, str(tmp_path / "dpo")), PeftModel)
+
+
+def test_export_writes_a_standalone_merged_model(tiny, sft_adapter, dpo_adapter, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.model import export_merged
+
+    chain = [sft_adapter.path, dpo_adapter]
+    export_merged(tiny.base_dir, tiny.section("base_model"), chain, str(tmp_path / "merged"))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    merged = load_model(tiny.base_dir, tiny.section("base_model"), adapters=chain)
+    ids = tokenizer("### 指示\\n3と5を足すと？\\n### 回答\\n", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, merged(ids).logits, atol=1e-5)
+    assert not list((tmp_path / "merged").glob("adapter_*")), "no adapter files: a plain model folder"

@@ -158,3 +158,36 @@ def test_an_edit_reruns_exactly_what_depends_on_it(default_run, tmp_path, edit, 
         assert "Nothing to be done" in result.stdout + result.stderr
     else:
         assert planned_jobs(result.stdout) == expected
+
+
+@pytest.mark.e2e
+def test_every_artifact_has_a_manifest(default_run):
+    from tunesmith.manifest import content_hash
+
+    submission = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
+    assert submission["stage"] == "submission"
+    assert submission["outputs"]["submission.jsonl"] == content_hash(default_run / "submission.jsonl")
+    assert "results/generations/dpo.jsonl" in submission["inputs"]
+    sft = json.loads((default_run / "results/sft/adapter.manifest.json").read_text())
+    assert sft["settings"]["sft"]["learning_rate"] == 0.003 and sft["seed"] == 42
+    assert sft["template_hash"] == json.loads((default_run / "results/sft/adapter/tunesmith.json").read_text())[
+        "template_hash"]
+    assert sft["versions"]["trl"] == "1.16.0" and sft["device"].startswith("cpu")
+    assert sft["started"] <= sft["finished"]
+
+
+@pytest.mark.e2e
+def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
+    from tunesmith.manifest import LineageError, lineage
+
+    contaminated = json.loads((default_run / "results/curated/sft.card.json").read_text())["contamination"][0]
+    task_id = contaminated["task_id"]
+    text = "\n".join(lineage("submission.jsonl", task_id=task_id, root=default_run))
+    order = ["submission.jsonl  [submission", "results/generations/dpo.jsonl  [generate_dpo",
+             "results/dpo/adapter  [dpo", "results/sft/adapter  [sft", "results/curated/sft.parquet  [curate_sft",
+             "data/raw/sft.jsonl  [source, sha256"]
+    assert text.startswith(order[0]) and all(step in text for step in order), text
+    assert f"task {task_id} in submission.jsonl" in text
+    assert f"quarantined as a copy of task {task_id}: sample_sft line {contaminated['line']}" in text
+    with pytest.raises(LineageError, match="no manifest"):
+        lineage("data/tasks.jsonl", root=default_run)

@@ -24,6 +24,18 @@ def validate(args) -> int:
     return 0
 
 
+def show_lineage(args) -> int:
+    """Walk back from an artifact (e.g. submission.jsonl) to the data and settings that made it."""
+    from tunesmith.manifest import LineageError, lineage
+
+    try:
+        print("\n".join(lineage(args.target, task_id=args.task_id, root=args.root)))
+    except LineageError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunesmith", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("recipe", help="recipe YAML file")
     check.add_argument("--show", action="store_true", help="print the recipe with defaults filled in")
     check.set_defaults(run=validate)
+    trace = commands.add_parser("lineage", help=show_lineage.__doc__)
+    trace.add_argument("target", help="an artifact path, as written by the workflow (e.g. submission.jsonl)")
+    trace.add_argument("--task-id", type=int, help="also show what each stage holds about this task")
+    trace.add_argument("--root", default=".", help="the workflow's working directory")
+    trace.set_defaults(run=show_lineage)
     args = parser.parse_args(argv)
     return args.run(args)
 

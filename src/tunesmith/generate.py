@@ -1,12 +1,15 @@
 """Batched generation over the task file, with the same template code as training.
 
 Prompts are sorted by length and left-padded into batches (one prompt at a time is what makes a
-notebook take 40 minutes); answers are cleaned of template markers and written in task-id order.
+notebook take 40 minutes); answers are cleaned of template markers, checked by the recipe's guards,
+the failing ones regenerated a bounded number of times, and all are written in task-id order.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
@@ -30,6 +33,12 @@ def check_template(adapters: list[str], template: PromptTemplate, allow_mismatch
             )
 
 
+def cut_at_stop_strings(text: str, stop_strings: list[str]) -> str:
+    """The text before the first stop string. Generation halts on the token that completes one, and
+    that token may carry more text after it."""
+    return text[: min((text.find(stop) for stop in stop_strings if stop in text), default=len(text))]
+
+
 def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed: int) -> list[str]:
     """Generate one answer per prompt, in the order given; batches are built from length-sorted prompts."""
     # Left padding keeps every prompt's last token next to the first generated one.
@@ -46,19 +55,87 @@ def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed:
     )
     if settings["do_sample"]:
         generation.update(temperature=settings["temperature"], top_p=settings["top_p"])
-    torch.manual_seed(seed)
+    stop_strings = list(settings["stop_strings"])
+    if stop_strings:
+        generation.update(stop_strings=stop_strings, tokenizer=tokenizer)
     model.eval()
     batch_size = settings["batch_size"]
     for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch"):
         indices = order[start : start + batch_size]
         batch = tokenizer([prompts[index] for index in indices], return_tensors="pt", padding=True).to(model.device)
+        torch.manual_seed(seed)  # each batch's samples depend on the seed, not on the batches before it
         with torch.inference_mode():
             output = model.generate(**batch, **generation)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            answers[index] = text
+            answers[index] = cut_at_stop_strings(text, stop_strings)
     tokenizer.padding_side = padding_side
     return answers
+
+
+def repeated_ngram_count(text: str, size: int) -> int:
+    """How often the most frequent n-gram of `size` characters occurs, overlaps included."""
+    counts = Counter(text[start : start + size] for start in range(len(text) - size + 1))
+    return max(counts.values(), default=0)
+
+
+def output_problems(text: str, guards: dict) -> list[str]:
+    """Reason codes for an answer that should not be submitted as it is; empty when it passes."""
+    text = text.strip()
+    if not text:
+        return ["empty"]
+    problems = []
+    if len(text) < guards["min_chars"]:
+        problems.append("too_short")
+    if len(text) > guards["max_chars"]:
+        problems.append("too_long")
+    visible = "".join(text.split())
+    if len(visible) >= guards["char_share_min_length"]:
+        if Counter(visible).most_common(1)[0][1] > guards["max_char_share"] * len(visible):
+            problems.append("degenerate_char")
+    if repeated_ngram_count(text, guards["ngram_size"]) > guards["max_ngram_repeats"]:
+        problems.append("repeated_ngram")
+    return problems
+
+
+@dataclass(frozen=True)
+class Answer:
+    raw: str
+    output: str  # cleaned of template markers, as submitted
+    problems: list[str]  # the guards' reasons against `output`; empty when it passes
+    regenerated: list[list[str]] = field(default_factory=list)  # the problems of each attempt thrown away
+
+
+def answer_with_guards(generate, prompts: list[str], settings: dict, seed: int, clean) -> list[Answer]:
+    """Answer every prompt, then regenerate only the failing answers, all together, with the guards'
+    retry settings, up to `retries` times; keep the first passing answer, else the last attempt."""
+    guards = settings["guards"]
+
+    def judged(raw: str) -> Answer:
+        output = clean(raw)
+        return Answer(raw, output, output_problems(output, guards))
+
+    answers = [judged(raw) for raw in generate(prompts, settings, seed)]
+    retry_settings = {**settings, **guards["retry"]}
+    for attempt in range(1, guards["retries"] + 1):
+        failing = [index for index, answer in enumerate(answers) if answer.problems]
+        if not failing:
+            break
+        # Another seed per attempt, so a sampled retry does not repeat the attempt before it.
+        fresh = generate([prompts[index] for index in failing], retry_settings, seed + attempt)
+        for index, raw in zip(failing, fresh):
+            before = answers[index]
+            answers[index] = replace(judged(raw), regenerated=before.regenerated + [before.problems])
+    return answers
+
+
+def log_guard_summary(answers: list[Answer]) -> None:
+    regenerated = [answer for answer in answers if answer.regenerated]
+    reasons = Counter(reason for answer in regenerated for attempt in answer.regenerated for reason in attempt)
+    still = Counter(reason for answer in answers for reason in answer.problems)
+    log.info("regenerated %d of %d answers (%s); %d still fail the guards (%s)",
+             len(regenerated), len(answers), dict(reasons) or "none",
+             sum(1 for answer in answers if answer.problems), dict(still) or "none")
 
 
 def generate_answers(
@@ -73,10 +150,16 @@ def generate_answers(
     tokenizer = load_tokenizer(base_path, base_section, padding_side="left")
     model = load_model(base_path, base_section, adapters=adapters)
     prompts = [template.render_prompt(task.prompt_text, tokenizer) for task in tasks]
-    raw = generate_batched(model, tokenizer, prompts, settings, seed)
-    log.info("generated %d answers on %s", len(raw), device())
+
+    def generate(some_prompts, some_settings, some_seed):
+        return generate_batched(model, tokenizer, some_prompts, some_settings, some_seed)
+
+    answers = answer_with_guards(generate, prompts, settings, seed, template.clean_output)
+    log.info("generated %d answers on %s", len(answers), device())
+    log_guard_summary(answers)
     rows = (
-        {"task_id": task.task_id, "input": task.input, "output": template.clean_output(text), "raw_output": text}
-        for task, text in zip(tasks, raw)
+        {"task_id": task.task_id, "input": task.input, "output": answer.output, "raw_output": answer.raw,
+         "regenerated": answer.regenerated, "problems": answer.problems}
+        for task, answer in zip(tasks, answers)
     )
     return write_jsonl(out_path, rows)

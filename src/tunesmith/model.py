@@ -82,6 +82,20 @@ def load_model(base_path: str, section: dict, adapters: list[str] = ()):
     return model
 
 
+def export_merged(base_path: str, section: dict, adapters: list[str], out_dir: str) -> None:
+    """A standalone model folder (safetensors + tokenizer) with the adapter chain merged in, for users
+    who upload a full model. The base is loaded unquantised (in `dtype`) so the merge is exact."""
+    from tunesmith.atomic import atomic_path
+
+    unquantised = {**section, "quantization": "none"}
+    model = load_model(base_path, unquantised, adapters=adapters)
+    tokenizer = load_tokenizer(base_path, section)
+    with atomic_path(out_dir, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_metadata(tmp, stage="export", base_model=base_path, adapters=list(adapters))
+
+
 def write_metadata(folder: str | os.PathLike, **fields) -> None:
     (Path(folder) / METADATA_FILE).write_text(json.dumps(fields, ensure_ascii=False, indent=2) + "\n")
 

@@ -96,6 +96,17 @@ def _read_parquet(path: str):
     return Dataset.from_parquet(path)
 
 
+def split_by_id(rows, fraction: float):
+    """(train, eval) rows; a row's side depends on its content hash only, so it never moves between
+    runs or when other rows are added."""
+    if not fraction:
+        return rows, None
+    held_out = [int(row_id[:8], 16) / 2**32 < fraction for row_id in rows["id"]]
+    train = rows.select([index for index, held in enumerate(held_out) if not held])
+    evaluation = rows.select([index for index, held in enumerate(held_out) if held])
+    return train, (evaluation if len(evaluation) else None)
+
+
 def _save(trainer, tmp: str, stage: str, template: PromptTemplate, base: str, seed: int, **extra) -> None:
     trainer.save_model(tmp)
     shutil.rmtree(os.path.join(tmp, "trainer"), ignore_errors=True)
@@ -151,23 +162,31 @@ def train_sft(
     template = PromptTemplate(template_section)
     tokenizer = load_tokenizer(base_path, base_section)
     rows = _read_parquet(dataset_path)
-    dataset = rows.map(
-        lambda row: {
-            "prompt": template.render_prompt(row["prompt"], tokenizer),
-            "completion": template.render_completion(row["prompt"], row["response"], tokenizer),
-        },
-        remove_columns=rows.column_names,
-    )
+    render = lambda row: {  # noqa: E731
+        "prompt": template.render_prompt(row["prompt"], tokenizer),
+        "completion": template.render_completion(row["prompt"], row["response"], tokenizer),
+    }
+    train_rows, eval_rows = split_by_id(rows, sft["eval_fraction"])
+    dataset = train_rows.map(render, remove_columns=rows.column_names)
+    eval_dataset = eval_rows.map(render, remove_columns=rows.column_names) if eval_rows else None
     model = load_model(base_path, base_section)
     with atomic_path(out_dir, directory=True) as tmp:
         checkpoints = checkpoint_dir(out_dir, sft, dataset_path, base_path, template, seed, scratch=tmp)
-        args = SFTConfig(**_common_args(sft, seed, checkpoints), completion_only_loss=True)
+        args = SFTConfig(
+            **_common_args(sft, seed, checkpoints),
+            completion_only_loss=True,
+            packing=sft["packing"],
+            packing_strategy=sft["packing_strategy"],
+            eval_strategy="steps" if eval_dataset else "no",
+            eval_steps=sft["logging_steps"],
+        )
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
             peft_config=_lora_config(sft["lora"]),
         )
         result = _train(trainer, checkpoints)
-        _save(trainer, tmp, "sft", template, base_path, seed, rows=len(dataset))
+        _save(trainer, tmp, "sft", template, base_path, seed, rows=len(dataset),
+              eval_rows=len(eval_dataset) if eval_dataset else 0)
     shutil.rmtree(f"{out_dir}.checkpoints", ignore_errors=True)
     log.info("sft: %d rows, final loss %.4f", len(dataset), result.training_loss)
     return {"train_loss": result.training_loss, "rows": len(dataset)}
@@ -177,8 +196,12 @@ def train_dpo(
     base_path: str, base_section: dict, template_section: dict, dpo: dict, dataset_path: str,
     sft_adapter: str, seed: int, out_dir: str, threads: int = 1,
 ) -> dict:
-    """DPO with a new LoRA adapter on the merged SFT model; the reference is that model itself
-    (trl disables the adapter to compute reference log-probabilities)."""
+    """DPO from the SFT result, as `dpo.start` chooses:
+    - merged_sft: a new LoRA adapter on the merged SFT model; the reference is that model itself
+      (trl disables the adapter to compute reference log-probabilities). Generation merges both.
+    - continue_sft: the SFT adapter itself trains on; the reference is the base model (adapter
+      disabled). The result replaces the SFT adapter, the usual QLoRA path on a 4-bit base."""
+    from peft import PeftModel
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
@@ -195,16 +218,21 @@ def train_dpo(
         },
         remove_columns=rows.column_names,
     )
-    model = load_model(base_path, base_section, adapters=[sft_adapter])
+    if dpo["start"] == "continue_sft":
+        model = PeftModel.from_pretrained(load_model(base_path, base_section), sft_adapter, is_trainable=True)
+        peft_config, chain = None, {"continues": sft_adapter}
+    else:
+        model = load_model(base_path, base_section, adapters=[sft_adapter])
+        peft_config, chain = _lora_config(dpo["lora"]), {"on_top_of": sft_adapter}
     with atomic_path(out_dir, directory=True) as tmp:
         checkpoints = checkpoint_dir(out_dir, dpo, dataset_path, base_path, template, seed, sft_adapter, tmp)
         args = DPOConfig(**_common_args(dpo, seed, checkpoints), beta=dpo["beta"], loss_type=[dpo["loss_type"]])
         trainer = DPOTrainer(
             model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
-            peft_config=_lora_config(dpo["lora"]),
+            peft_config=peft_config,
         )
         result = _train(trainer, checkpoints)
-        _save(trainer, tmp, "dpo", template, base_path, seed, rows=len(dataset), on_top_of=sft_adapter)
+        _save(trainer, tmp, "dpo", template, base_path, seed, rows=len(dataset), **chain)
     shutil.rmtree(f"{out_dir}.checkpoints", ignore_errors=True)
     log.info("dpo: %d pairs, final loss %.4f", len(dataset), result.training_loss)
     return {"train_loss": result.training_loss, "rows": len(dataset)}

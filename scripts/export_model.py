@@ -1,0 +1,14 @@
+"""Merge the submitted stage's adapter chain into the base model and save a standalone model folder."""
+
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.model import export_merged
+
+log_to(snakemake.log[0])
+with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
+    export_merged(
+        base_path=snakemake.params.base_path,
+        section=snakemake.params.model["base_model"],
+        adapters=list(snakemake.input.adapters),
+        out_dir=snakemake.output.model,
+    )

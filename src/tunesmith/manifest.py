@@ -1,0 +1,187 @@
+"""Manifests and lineage: which inputs, settings and code made each artifact.
+
+Every job writes `<output>.manifest.json` beside its main output: content hashes of its inputs and
+outputs, the recipe sections it read (and their hash), seed, template hash, package versions, the
+project's git commit, the device, and start/end times. `lineage` walks those files back from the
+submission to the source corpora.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from tunesmith.atomic import write_json
+from tunesmith.recipe import section_hash
+
+class LineageError(ValueError):
+    """An artifact whose history cannot be traced."""
+
+
+PACKAGES = ("tunesmith", "torch", "transformers", "trl", "peft", "datasets", "duckdb", "snakemake", "bitsandbytes")
+SUFFIX = ".manifest.json"
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_path(output: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(output).rstrip('/')}{SUFFIX}")
+
+
+def _git_commit() -> str | None:
+    """The project's commit, with `+dirty` when tracked files differ from it."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        changes = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = head.stdout.strip()
+    return (commit + ("+dirty" if changes.stdout.strip() else "")) if commit else None
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _hashes(paths) -> dict[str, str]:
+    return {os.fspath(path): content_hash(path) for path in paths if Path(path).exists()}
+
+
+def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str) -> Path:
+    """Write the manifest of a finished job beside its first output."""
+    model = settings.get("model") or {}  # what model rules read: base_model, template, seed
+    template = model.get("template")
+    manifest = {
+        "stage": stage,
+        "outputs": _hashes(outputs),
+        "inputs": _hashes(inputs),
+        "settings": settings,
+        "settings_hash": section_hash(settings),
+        "seed": model.get("seed", settings.get("seed")),
+        "template_hash": None,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "device": _device(),
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if template is not None:
+        from tunesmith.template import PromptTemplate
+
+        manifest["template_hash"] = PromptTemplate(template).hash
+    path = manifest_path(outputs[0])
+    write_json(path, manifest)
+    return path
+
+
+@contextmanager
+def recorded(job, stage: str):
+    """Around a Snakemake script's work: on success, write the manifest of its outputs."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    yield
+    settings = {name: value for name, value in job.params.items()}
+    write_manifest(stage, [os.fspath(p) for p in job.input], [os.fspath(p) for p in job.output], settings, started)
+
+
+def index_manifests(root: str | os.PathLike = ".") -> dict[str, dict]:
+    """Every manifest the workflow wrote under `root` (top level and results/), by output path."""
+    index = {}
+    found = [*Path(root).glob(f"*{SUFFIX}"), *Path(root).glob(f"results/**/*{SUFFIX}")]
+    for path in sorted(found):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        for output in manifest["outputs"]:
+            index[os.path.normpath(output)] = manifest
+    return index
+
+
+def _jsonl_row(path: Path, task_id: int) -> dict | None:
+    with open(path, encoding="utf-8") as handle:
+        return next((row for row in map(json.loads, handle) if row.get("task_id") == task_id), None)
+
+
+def _task_details(manifest: dict, task_id: int, root: Path) -> list[str]:
+    """What a stage's outputs say about one task: its answer, or the training rows that matched it."""
+    lines = []
+    for output in manifest["outputs"]:
+        if output.endswith(".jsonl") and (root / output).is_file():
+            row = _jsonl_row(root / output, task_id)
+            if row:
+                shown = {key: row[key] for key in ("output", "raw_output", "regenerated") if key in row}
+                lines.append(f"task {task_id} in {output}: {json.dumps(shown, ensure_ascii=False)}")
+        if output.endswith(".card.json") and (root / output).is_file():
+            card = json.loads((root / output).read_text(encoding="utf-8"))
+            matches = [m for m in card.get("contamination", []) if m["task_id"] == task_id]
+            for match in matches:
+                lines.append(f"quarantined as a copy of task {task_id}: {match['source']} line {match['line']}")
+            for source, counts in card["sources"].items():
+                lines.append(f"source {source}: {counts['rows_in']} rows in, {counts['kept']} kept")
+    return lines
+
+
+def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = ".") -> list[str]:
+    """The chain of jobs and files behind `target`, newest first, as printable lines. Paths are as
+    the workflow wrote them, relative to its working directory `root`."""
+    root = Path(root)
+    index = index_manifests(root)
+    if os.path.normpath(target) not in index:
+        raise LineageError(f"{target}: no manifest under {root}; was it built by the tunesmith workflow there?")
+    lines, seen = [], set()
+
+    def walk(path: str, depth: int) -> None:
+        key = os.path.normpath(path)
+        manifest = index.get(key)
+        indent = "  " * depth
+        if manifest is None:
+            digest = content_hash(root / path)[:16] if (root / path).exists() else "missing"
+            lines.append(f"{indent}{path}  [source, sha256 {digest}]")
+            return
+        lines.append(f"{indent}{path}  [{manifest['stage']}, sha256 {manifest['outputs'].get(path, '')[:16]}]")
+        if key in seen:
+            lines.append(f"{indent}  (shown above)")
+            return
+        seen.add(key)
+        details = [f"settings {manifest['settings_hash']}", f"seed {manifest['seed']}"]
+        if manifest["template_hash"]:
+            details.append(f"template {manifest['template_hash']}")
+        details += [f"commit {(manifest['git_commit'] or 'unknown')[:10]}", manifest["device"], manifest["finished"]]
+        lines.append(f"{indent}  " + ", ".join(details))
+        if task_id is not None:
+            lines.extend(f"{indent}  {line}" for line in _task_details(manifest, task_id, root))
+        for source in manifest["inputs"]:
+            walk(source, depth + 1)
+
+    walk(target, 0)
+    return lines

@@ -1,0 +1,393 @@
+"""Ingest: every format and record style through `curate`, exact file/line, and every record accounted for."""
+
+import json
+import re
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tunesmith.curate import CurationError, curate
+from tunesmith.ingest import source_files
+
+SETTINGS = {"max_prompt_chars": 200, "max_response_chars": 100, "dedup": True, "decontaminate": False}
+
+
+def record(**fields) -> str:
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def jsonl(*records) -> str:
+    return "".join(line + "\n" for line in records)
+
+
+def run(tmp_path, sources, role="sft", **settings):
+    """Curate `sources` (role filled in); check the card against the written files; return all three."""
+    out = tmp_path / "out"
+    card = curate([{"role": role, **source} for source in sources], role, str(tmp_path / "no-tasks.jsonl"),
+                  {**SETTINGS, **settings}, str(out / "kept.parquet"), str(out / "quarantine.parquet"),
+                  str(out / "card.json"))
+    kept = pq.read_table(out / "kept.parquet").to_pylist()
+    quarantined = pq.read_table(out / "quarantine.parquet").to_pylist()
+    for source_id, entry in card["sources"].items():
+        assert entry["rows_in"] == entry["kept"] + sum(entry["quarantined"].values())
+        assert entry["kept"] == sum(row["source"] == source_id for row in kept)
+        assert entry["quarantined"] == Counter(row["reason"] for row in quarantined if row["source"] == source_id)
+    return card, kept, quarantined
+
+
+def outcomes(tmp_path, kept, quarantined):
+    """{(file relative to tmp_path, line): 'kept' or (reason, detail)}."""
+    def name(path):
+        return str(path).removeprefix(str(tmp_path) + "/")
+    found = {(name(row["file"]), row["line"]): "kept" for row in kept}
+    found.update({(name(row["file"]), row["line"]): (row["reason"], row["detail"]) for row in quarantined})
+    return found
+
+
+def raw_at(quarantined, file_suffix, line):
+    """The quarantined record's text as read."""
+    [raw] = [row["raw"] for row in quarantined if row["file"].endswith(file_suffix) and row["line"] == line]
+    return raw
+
+
+# ---- files: globs, directories, formats ------------------------------------------------------------
+
+def test_glob_of_2000_one_record_files_is_fast_with_per_file_lines(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for index in range(2000):
+        lines = [record(instruction=f"Question {index}", output=f"Answer {index}")]
+        if index % 500 == 0:  # a few files with more lines, so line numbers restart per file
+            lines += ["", record(instruction=f"Second {index}", output="more")]
+        (shards / f"{index:04d}.jsonl").write_text(jsonl(*lines), encoding="utf-8")
+    (shards / "1999.jsonl").write_text(jsonl(record(instruction="QUESTION 0", output="answer 0")), encoding="utf-8")
+    started = time.perf_counter()
+    card, kept, quarantined = run(tmp_path, [{"id": "shards", "path": str(shards / "*.jsonl")}])
+    assert time.perf_counter() - started < 20  # one read; a per-file query would take minutes at 15k files
+    assert card["sources"]["shards"]["files"] == 2000
+    assert card["sources"]["shards"]["rows_in"] == 2000 + 4 * 2
+    found = outcomes(tmp_path, kept, quarantined)
+    assert found[("shards/0500.jsonl", 1)] == found[("shards/0500.jsonl", 3)] == "kept"
+    assert found[("shards/0500.jsonl", 2)] == ("blank_line", None)
+    assert found[("shards/0501.jsonl", 1)] == "kept"
+    # With several files, a duplicate names the file of the copy it kept.
+    assert found[("shards/1999.jsonl", 1)] == ("duplicate", f"kept shards:{shards / '0000.jsonl'}:1")
+    assert [row["file"] for row in kept[:3]] == [str(shards / "0000.jsonl")] * 2 + [str(shards / "0001.jsonl")]
+
+
+def test_directory_takes_its_shards_of_the_format_recursively(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "part" / ".cache").mkdir(parents=True)
+    (folder / "b.jsonl").write_text(jsonl(record(instruction="B", output="b")), encoding="utf-8")
+    (folder / "part" / "a.ndjson").write_text(jsonl(record(instruction="A", output="a")), encoding="utf-8")
+    (folder / "README.md").write_text("# not data\n", encoding="utf-8")
+    (folder / "part" / ".cache" / "c.jsonl").write_text("{broken\n", encoding="utf-8")
+    assert source_files(str(folder), "jsonl") == [str(folder / "b.jsonl"), str(folder / "part" / "a.ndjson")]
+    card, kept, _ = run(tmp_path, [{"id": "dir", "path": str(folder)}])
+    assert (card["sources"]["dir"]["files"], [row["prompt"] for row in kept]) == (2, ["B", "A"])
+
+
+def test_json_arrays_one_row_per_element(tmp_path):
+    folder = tmp_path / "json"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps([{"instruction": "One", "output": "1"}, "text", {"output": "x"},
+                                               {"instruction": "Four", "output": 4}], indent=2), encoding="utf-8")
+    (folder / "b_single.json").write_text(record(instruction="Solo", output="s"), encoding="utf-8")
+    (folder / "c_broken.json").write_text('[{"instruction": "x", "output": "y"},', encoding="utf-8")
+    (folder / "d_bytes.json").write_bytes(b'\xef\xbb\xbf[{"instruction": "\xff", "output": "y"}, '
+                                          b'{"instruction": "Fine", "output": "z"}]')
+    (folder / "e_empty.json").write_bytes(b"")
+    (folder / "f_nul.json").write_bytes(b'[{"instruction": "raw\x00nul", "output": "y"}]')
+    card, kept, quarantined = run(tmp_path, [{"id": "arrays", "path": str(folder), "format": "json"}])
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("json/a.json", 1): "kept", ("json/a.json", 2): ("not_object", "varchar"),
+        ("json/a.json", 3): ("missing_field", "instruction"), ("json/a.json", 4): ("wrong_type", "output: ubigint"),
+        ("json/b_single.json", 1): "kept", ("json/c_broken.json", 1): ("invalid_json", None),
+        ("json/d_bytes.json", 1): ("invalid_utf8", "invalid UTF-8 bytes in the record"),
+        ("json/d_bytes.json", 2): "kept", ("json/f_nul.json", 1): ("invalid_json", None),
+    }
+    assert card["sources"]["arrays"]["files"] == 6
+    assert raw_at(quarantined, "c_broken.json", 1) == '[{"instruction": "x", "output": "y"},'  # as it was
+
+
+def test_csv_rows_keep_their_starting_line(tmp_path):
+    data = (b"\xef\xbb\xbfinstruction,input,output\r\n"
+            b"Say hi,,Hi\r\n"                      # 2: an empty optional input is no input
+            b'"Multi\nline",ctx,ok\r\n'            # 3-4: a quoted newline
+            b"\r\n"                                # 5
+            b"too,many,fields,here\r\n"            # 6
+            b"Empty output,,\r\n"                  # 7
+            b"\xff bad,,x\r\n"                     # 8
+            b"nul\x00inside,,y\r\n"                # 9: a NUL is text in a CSV cell
+            b"short\r\n")                          # 10
+    (tmp_path / "rows.csv").write_bytes(data)
+    card, kept, quarantined = run(tmp_path, [{"id": "csv", "path": str(tmp_path / "rows.csv"), "format": "csv"}])
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("rows.csv", 2): "kept", ("rows.csv", 3): "kept", ("rows.csv", 5): ("blank_line", None),
+        ("rows.csv", 6): ("wrong_column_count", "4 fields, the header has 3"),
+        ("rows.csv", 7): ("empty_field", "output"),
+        ("rows.csv", 8): ("invalid_utf8", "invalid UTF-8 bytes in the record"), ("rows.csv", 9): "kept",
+        ("rows.csv", 10): ("wrong_column_count", "1 fields, the header has 3"),
+    }
+    assert [row["prompt"] for row in kept] == ["Say hi", "Multi\nline\nctx", "nul\x00inside"]
+    assert raw_at(quarantined, "rows.csv", 8) == '{"instruction": "\ufffd bad", "input": "", "output": "x"}'
+    assert card["sources"]["csv"]["rows_in"] == 8  # the header is not a record; lines 3-4 are one
+
+
+def test_parquet_glob_rows_numbered_per_file_and_mapped(tmp_path):
+    pq.write_table(pa.table({"question": ["Q1", "Q2", None], "answer": ["A1", None, "A3"]}), tmp_path / "p1.parquet")
+    pq.write_table(pa.table({"question": ["Q4", "Q5"], "answer": ["A4", ""], "meta": [{"n": 1}, None]}),
+                   tmp_path / "p2.parquet")
+    pq.write_table(pa.table({"instruction": ["I"], "output": [7]}), tmp_path / "typed.parquet")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "pq", "path": str(tmp_path / "p?.parquet"), "format": "parquet",
+         "columns": {"instruction": "question", "output": "answer"}},
+        {"id": "typed", "path": str(tmp_path / "typed.parquet"), "format": "parquet"},
+    ])
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("p1.parquet", 1): "kept", ("p1.parquet", 2): ("missing_field", "answer=null"),
+        ("p1.parquet", 3): ("missing_field", "question=null"), ("p2.parquet", 1): "kept",
+        ("p2.parquet", 2): ("empty_field", "answer"), ("typed.parquet", 1): ("wrong_type", "output: ubigint"),
+    }
+    # Shards are read together (union by name): a column one lacks is null in its rows.
+    assert json.loads(raw_at(quarantined, "p1.parquet", 2)) == {"question": "Q2", "answer": None, "meta": None}
+    assert json.loads(raw_at(quarantined, "p2.parquet", 2)) == {"question": "Q5", "answer": "", "meta": None}
+    assert card["sources"]["pq"]["files"] == 2
+
+
+def test_hugging_face_datasets_from_disk_and_local_folders(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"instruction": ["T1"], "output": ["t1"]}),
+        "test": datasets.Dataset.from_dict({"instruction": ["E1", "E2", "E3"], "output": ["e1", "", "e3"]}),
+    }).save_to_disk(str(saved))
+    single = tmp_path / "single"
+    datasets.Dataset.from_dict({"text": ["S1"], "output": ["s1"]}).save_to_disk(str(single))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(jsonl(record(instruction="F1", output="f1")), encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "saved", "path": str(saved), "format": "hf", "split": "test"},
+        {"id": "single", "path": str(single), "format": "hf", "style": "text_output"},
+        {"id": "folder", "path": str(folder), "format": "hf"},
+    ])
+    assert [(row["source"], row["line"], row["prompt"]) for row in kept] == [
+        ("saved", 1, "E1"), ("saved", 3, "E3"), ("single", 1, "S1"), ("folder", 1, "F1")]
+    assert [(row["file"], row["line"], row["reason"]) for row in quarantined] == [(str(saved), 2, "empty_field")]
+    assert card["sources"]["saved"]["rows_in"] == 3
+
+    with pytest.raises(CurationError, match=r"source 'saved' \(.*saved\): no split 'validation'"):
+        run(tmp_path, [{"id": "saved", "path": str(saved), "format": "hf", "split": "validation"}])
+    with pytest.raises(CurationError, match=r"source 'hub' \(nobody/no-such-dataset\): cannot load the dataset"):
+        run(tmp_path, [{"id": "hub", "path": "nobody/no-such-dataset", "format": "hf"}])
+
+
+# ---- dirt in JSONL ---------------------------------------------------------------------------------
+
+def test_huge_line_nul_bytes_and_empty_files_are_rows_not_crashes(tmp_path):
+    huge = record(instruction="x" * 10_000_000, output="y")
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join([
+        record(instruction="Fine", output="ok").encode(), huge.encode(),
+        b'{"instruction": "raw\x00nul", "output": "y"}', b"\x00\x00", b'{"instruction": "esc\\u0000", "output": "k"}',
+    ]))
+    (tmp_path / "b.jsonl").write_bytes(b"")
+    card, kept, quarantined = run(tmp_path, [{"id": "dirt", "path": str(tmp_path / "*.jsonl")}])
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("a.jsonl", 1): "kept", ("a.jsonl", 2): ("too_long", "prompt 10000000"),
+        ("a.jsonl", 3): ("invalid_json", None), ("a.jsonl", 4): ("invalid_json", None), ("a.jsonl", 5): "kept",
+    }
+    assert len(quarantined[0]["raw"]) == len(huge)  # the quarantine keeps the record whole
+    assert (card["sources"]["dirt"]["files"], card["sources"]["dirt"]["rows_in"]) == (2, 5)
+
+
+# ---- record styles ---------------------------------------------------------------------------------
+
+def test_text_output_and_alpaca_column_mappings_name_their_columns(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text(jsonl(
+        record(text="Translate: cat", output="neko"), record(output="no text"), record(text="T", output=["list"]),
+    ), encoding="utf-8")
+    (tmp_path / "renamed.jsonl").write_text(jsonl(
+        record(q="Q", a="A", ctx="C"), record(q="Q2", a=5), record(q="", a="A3"),
+    ), encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "pairs", "path": str(tmp_path / "pairs.jsonl"), "style": "text_output"},
+        {"id": "renamed", "path": str(tmp_path / "renamed.jsonl"),
+         "columns": {"instruction": "q", "input": "ctx", "output": "a", "text": None}},
+    ])
+    assert [(row["prompt"], row["response"]) for row in kept] == [("Translate: cat", "neko"), ("Q\nC", "A")]
+    assert outcomes(tmp_path, kept, quarantined) | {} == {
+        ("pairs.jsonl", 1): "kept", ("pairs.jsonl", 2): ("missing_field", "text"),
+        ("pairs.jsonl", 3): ("wrong_type", "output: array"),
+        ("renamed.jsonl", 1): "kept", ("renamed.jsonl", 2): ("wrong_type", "a: ubigint"),
+        ("renamed.jsonl", 3): ("empty_field", "q"),
+    }
+    assert raw_at(quarantined, "renamed.jsonl", 2) == record(q="Q2", a=5)  # as read, not as mapped
+    assert card["sources"]["pairs"]["style"] == "text_output"
+
+
+def test_messages_render_earlier_turns_and_the_system_prompt_into_the_prompt(tmp_path):
+    def turn(role, content):
+        return {"role": role, "content": content}
+    rows = [
+        [turn("user", "Hi"), turn("assistant", "Hello")],                                     # 1
+        [turn("system", "Be brief."), turn("user", "Q1"), turn("assistant", "A1"),
+         turn("user", "Q2"), turn("assistant", "A2")],                                        # 2
+        [turn("user", "Q"), turn("assistant", "A"), turn("user", "unanswered")],              # 3
+        [turn("user", "Q"), turn("tool", "{}"), turn("assistant", "A")],                      # 4
+        [turn("user", "Q"), turn("assistant", 7)],                                            # 5
+        [turn("user", "Q"), turn("assistant", " ")],                                          # 6
+        [turn("assistant", "Unprompted")],                                                    # 7
+        "not a list",                                                                         # 8
+        None,                                                                                 # 9
+        [turn("user", "Q"), {"role": "assistant"}],                                           # 10
+    ]
+    (tmp_path / "chat.jsonl").write_text(jsonl(*(record(messages=row) for row in rows)), encoding="utf-8")
+    (tmp_path / "sharegpt.jsonl").write_text(jsonl(record(conversations=[
+        {"from": "system", "value": "Sys"}, {"from": "human", "value": "Hey"}, {"from": "gpt", "value": "Yo"}])),
+        encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "chat", "path": str(tmp_path / "chat.jsonl"), "style": "messages"},
+        {"id": "sharegpt", "path": str(tmp_path / "sharegpt.jsonl"), "style": "messages",
+         "columns": {"messages": "conversations"}},
+    ])
+    assert [(row["prompt"], row["response"]) for row in kept] == [
+        ("Hi", "Hello"), ("Be brief.\n\nUser: Q1\n\nAssistant: A1\n\nUser: Q2", "A2"), ("Sys\n\nHey", "Yo")]
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("chat.jsonl", 1): "kept", ("chat.jsonl", 2): "kept",
+        ("chat.jsonl", 3): ("bad_conversation", "messages: ends with user, not an assistant turn"),
+        ("chat.jsonl", 4): ("bad_conversation", "messages[1].role: tool"),
+        ("chat.jsonl", 5): ("wrong_type", "messages[1].content: ubigint"),
+        ("chat.jsonl", 6): ("empty_field", "messages[1].content"),
+        ("chat.jsonl", 7): ("bad_conversation", "messages: no user turn before the answer"),
+        ("chat.jsonl", 8): ("wrong_type", "messages: varchar"),
+        ("chat.jsonl", 9): ("missing_field", "messages=null"),
+        ("chat.jsonl", 10): ("missing_field", "messages[1].content"),
+        ("sharegpt.jsonl", 1): "kept",
+    }
+
+
+def test_preference_in_plain_and_chat_form(tmp_path):
+    def said(role, content):
+        return [{"role": role, "content": content}]
+    user, assistant = (lambda text: said("user", text)), (lambda text: said("assistant", text))
+    rows = [
+        record(prompt="Q1", chosen="good", rejected="bad"),                                            # 1
+        record(prompt=user("Q2"), chosen=assistant("yes"), rejected=assistant("no")),                  # 2
+        record(chosen=user("Q3") + assistant("c"), rejected=user("Q3") + assistant("r")),              # 3 implicit
+        record(chosen=user("Q4") + assistant("c"), rejected=user("Other") + assistant("r")),           # 4
+        record(prompt="Q5", chosen=assistant("c") + user("more?"), rejected="r"),                      # 5
+        record(prompt=said("system", "Sys") + user("Q6"), chosen="c6", rejected=assistant("r6")),      # 6
+        record(prompt="Q7", chosen="same", rejected=assistant(" same")),                               # 7
+        record(prompt="Q8", chosen="c"),                                                               # 8
+    ]
+    (tmp_path / "prefs.jsonl").write_text(jsonl(*rows), encoding="utf-8")
+    (tmp_path / "renamed.jsonl").write_text(jsonl(record(instruction="R1", better="b", worse="w"),
+                                                  record(instruction="R2", worse=3)), encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "prefs", "path": str(tmp_path / "prefs.jsonl")},
+        {"id": "renamed", "path": str(tmp_path / "renamed.jsonl"),
+         "columns": {"prompt": "instruction", "chosen": "better", "rejected": "worse"}},
+    ], role="preference")
+    assert [(row["prompt"], row["chosen"], row["rejected"]) for row in kept] == [
+        ("Q1", "good", "bad"), ("Q2", "yes", "no"), ("Q3", "c", "r"), ("Sys\n\nQ6", "c6", "r6"), ("R1", "b", "w")]
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("prefs.jsonl", 1): "kept", ("prefs.jsonl", 2): "kept", ("prefs.jsonl", 3): "kept",
+        ("prefs.jsonl", 4): ("bad_conversation", "chosen and rejected differ before their answers"),
+        ("prefs.jsonl", 5): ("bad_conversation", "chosen: ends with user, not an assistant turn"),
+        ("prefs.jsonl", 6): "kept", ("prefs.jsonl", 7): ("chosen_equals_rejected", None),
+        ("prefs.jsonl", 8): ("missing_field", "rejected"),
+        ("renamed.jsonl", 1): "kept", ("renamed.jsonl", 2): ("missing_field", "better"),
+    }
+    assert card["sources"]["prefs"]["style"] == "preference"
+
+
+def test_pairwise_keeps_only_pairs_both_judgments_agree_on(tmp_path):
+    def judged(g1, g2, answer_1="first", answer_2="second", question=None, **extra):
+        fields = {"question": question or f"Q {g1} {g2}", "answer_1": answer_1, "answer_2": answer_2,
+                  "g1_winner": g1, "g2_winner": g2, **extra}
+        return json.dumps({key: value for key, value in fields.items() if value is not ...})
+    rows = [
+        judged("A", "B"),                        # 1 g2 saw (answer_2, answer_1): its B is answer_1 → agree
+        judged(2, 1),                            # 2 both pick answer_2
+        judged("A", "A"),                        # 3 disagree
+        judged("B", "B"),                        # 4 disagree
+        judged("tie", "B"),                      # 5
+        judged("error", "A"),                    # 6
+        judged("A", ...),                        # 7 g2 missing
+        judged("A", "B", answer_1=3),            # 8
+        judged("a", "b", answer_2="first "),     # 9 answers equal once normalised
+        judged(" a ", "b", answer_2=""),         # 10 rejected is empty
+        judged("A", "B", question="Q 1 again"),  # 11 kept: a different prompt
+    ]
+    (tmp_path / "judged.jsonl").write_text(jsonl(*rows), encoding="utf-8")
+    (tmp_path / "renamed.csv").write_text("instruction,answer_1,answer_2,judge_a,judge_b\nR,x,y,2,1\nS,x,y,1,1\n",
+                                          encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "judged", "path": str(tmp_path / "judged.jsonl"), "style": "pairwise"},
+        {"id": "renamed", "path": str(tmp_path / "renamed.csv"), "format": "csv", "style": "pairwise",
+         "columns": {"question": "instruction", "g1_winner": "judge_a", "g2_winner": "judge_b"}},
+    ], role="preference")
+    assert [(row["line"], row["chosen"], row["rejected"]) for row in kept] == [
+        (1, "first", "second"), (2, "second", "first"), (11, "first", "second"), (2, "y", "x")]
+    found = outcomes(tmp_path, kept, quarantined)
+    assert {key: value for key, value in found.items() if value != "kept"} == {
+        ("judged.jsonl", 3): ("judge_disagree", "g1_winner='A', g2_winner='A'"),
+        ("judged.jsonl", 4): ("judge_disagree", "g1_winner='B', g2_winner='B'"),
+        ("judged.jsonl", 5): ("judge_tie", "g1_winner='tie', g2_winner='B'"),
+        ("judged.jsonl", 6): ("judge_invalid", "g1_winner: 'error'"),
+        ("judged.jsonl", 7): ("missing_field", "g2_winner"),
+        ("judged.jsonl", 8): ("wrong_type", "answer_1: ubigint"),
+        ("judged.jsonl", 9): ("chosen_equals_rejected", None),
+        ("judged.jsonl", 10): ("empty_field", "answer_2"),
+        ("renamed.csv", 3): ("judge_disagree", "judge_a='1', judge_b='1'"),
+    }
+    assert card["sources"]["judged"]["quarantined"] == {
+        "missing_field": 1, "wrong_type": 1, "judge_invalid": 1, "judge_tie": 1, "judge_disagree": 2,
+        "empty_field": 1, "chosen_equals_rejected": 1}
+    assert card["totals"]["quarantined"]["judge_disagree"] == 3
+
+
+# ---- what cannot be read at all fails first --------------------------------------------------------
+
+def test_mapping_naming_a_missing_column_fails_before_anything_is_written(tmp_path):
+    (tmp_path / "a.jsonl").write_text(jsonl(record(instruction="I", output="O"), "{broken"), encoding="utf-8")
+    (tmp_path / "b.csv").write_text("prompt,response\nP,R\n", encoding="utf-8")
+    cases = [
+        ({"id": "typo", "path": str(tmp_path / "a.jsonl"), "columns": {"output": "answer"}},
+         r"source 'typo' \(.*a\.jsonl\): no record has the column\(s\) answer \(for output\)"),
+        ({"id": "style", "path": str(tmp_path / "a.jsonl"), "style": "text_output"},
+         r"source 'style' \(.*a\.jsonl\): no record has the column\(s\) text \(style 'text_output'"),
+        ({"id": "header", "path": str(tmp_path / "b.csv"), "format": "csv", "columns": {"instruction": "prompt"}},
+         r"source 'header' \(.*b\.csv\): no record has the column\(s\) output"),
+    ]
+    for source, message in cases:
+        with pytest.raises(CurationError, match=message):
+            run(tmp_path, [source])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"path": "{tmp}/none-*.jsonl"}, "no file matches"),
+    ({"path": "{tmp}/empty-dir"}, "directory has no .jsonl/.ndjson files"),
+    ({"path": "{tmp}/gone.csv", "format": "csv"}, "file not found"),
+    ({"path": "{tmp}/ok.jsonl", "style": "pairwise"}, r"style 'pairwise' does not fit role 'sft'"),
+    ({"path": "{tmp}/ok.jsonl", "columns": {"question": "q"}}, r"columns \['question'\] are not fields of style"),
+    ({"path": "{tmp}/garbage.parquet", "format": "parquet"}, "cannot read"),
+    ({"path": "{tmp}/twice.csv", "format": "csv"}, r"the header repeats the columns \['output'\]"),
+], ids=["empty-glob", "empty-dir", "missing", "style-role", "unknown-field", "corrupt-parquet", "csv-header"])
+def test_unreadable_source_fails_naming_source_and_path(tmp_path, source, message):
+    (tmp_path / "ok.jsonl").write_text(jsonl(record(instruction="I", output="O")), encoding="utf-8")
+    (tmp_path / "empty-dir").mkdir()
+    (tmp_path / "empty-dir" / "notes.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet at all")
+    (tmp_path / "twice.csv").write_text("instruction,output,output\nI,O,P\n", encoding="utf-8")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    path = source["path"].format(tmp=tmp_path)
+    with pytest.raises(CurationError, match=rf"source 'bad' \({re.escape(path)}\): {message}"):
+        run(tmp_path, [{"id": "fine", "path": str(tmp_path / "ok.jsonl")}, {**source, "id": "bad", "path": path}])
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
