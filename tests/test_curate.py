@@ -198,8 +198,6 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
 def test_shipped_data(tmp_path, role, name, built_with):
     """The committed sample data carries deliberate dirt (see tunesmith.sample_data); curation finds all of it."""
     path = REPO / "data" / "raw" / name
-    if not path.is_file():
-        pytest.skip(f"{path} not generated yet")
     card = curate([{"id": role, "path": str(path), "format": "jsonl", "role": role}], role,
                   str(REPO / "data" / "tasks.jsonl"), {**SETTINGS, "max_prompt_chars": 2048, "max_response_chars": 2048},
                   str(tmp_path / "kept.parquet"), str(tmp_path / "quarantine.parquet"), str(tmp_path / "card.json"))
