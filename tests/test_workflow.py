@@ -191,3 +191,22 @@ def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
     assert f"quarantined as a copy of task {task_id}: sample_sft line {contaminated['line']}" in text
     with pytest.raises(LineageError, match="no manifest"):
         lineage("data/tasks.jsonl", root=default_run)
+
+
+def test_disabled_dpo_submits_the_sft_answers(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    recipe = edited_recipe(tmp_path, "dpo:\n  enabled: true", "dpo:\n  enabled: false")
+    result = snakemake("-n", "--directory", tmp_path, "--configfile", recipe)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert "train_dpo" not in jobs and jobs["generate_answers"] == 2
+    assert "curate_data" in jobs and jobs["curate_data"] == 1, "no preference data is curated without DPO"
+
+
+def test_export_plans_a_merged_model_of_the_dpo_chain(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("results/export/dpo", "-n", "--directory", tmp_path,
+                       "--configfile", REPO / "recipes/default.yaml")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert jobs["export_model"] == 1 and jobs["train_dpo"] == 1 and "write_submission" not in jobs
