@@ -13,7 +13,6 @@ restart of the same job continues from its last checkpoint and a changed job sta
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ import shutil
 import torch
 
 from tunesmith.atomic import atomic_path
+from tunesmith.manifest import content_hash
 from tunesmith.model import load_model, load_tokenizer, write_metadata
 from tunesmith.recipe import section_hash
 from tunesmith.template import PromptTemplate
@@ -47,9 +47,7 @@ def checkpoint_dir(out_dir: str, stage_section: dict, dataset_path: str, base_pa
     temporary output, so a failure leaves nothing)."""
     if not stage_section["save_steps"] and scratch:
         return os.path.join(scratch, "trainer")
-    with open(dataset_path, "rb") as handle:
-        data_hash = hashlib.sha256(handle.read()).hexdigest()
-    key = section_hash([stage_section, data_hash, base_path, template.hash, seed, extra])
+    key = section_hash([stage_section, content_hash(dataset_path), base_path, template.hash, seed, extra])
     return os.path.join(f"{out_dir}.checkpoints", key)
 
 
@@ -88,6 +86,15 @@ def _common_args(section: dict, seed: int, output_dir: str) -> dict:
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         dataloader_num_workers=0,
     )
+
+
+def _prepare(base_path: str, base_section: dict, template_section: dict, seed: int, threads: int):
+    """What both stages set up before their data: threads, seeds, the template and the tokenizer."""
+    from transformers import set_seed
+
+    torch.set_num_threads(threads)
+    set_seed(seed)
+    return PromptTemplate(template_section), load_tokenizer(base_path, base_section)
 
 
 def _read_parquet(path: str):
@@ -154,13 +161,9 @@ def train_sft(
     seed: int, out_dir: str, threads: int = 1,
 ) -> dict:
     """LoRA SFT; returns the final training loss. Output: a folder PeftModel.from_pretrained loads."""
-    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    torch.set_num_threads(threads)
-    set_seed(seed)
-    template = PromptTemplate(template_section)
-    tokenizer = load_tokenizer(base_path, base_section)
+    template, tokenizer = _prepare(base_path, base_section, template_section, seed, threads)
     rows = _read_parquet(dataset_path)
     render = lambda row: {  # noqa: E731
         "prompt": template.render_prompt(row["prompt"], tokenizer),
@@ -202,13 +205,9 @@ def train_dpo(
     - continue_sft: the SFT adapter itself trains on; the reference is the base model (adapter
       disabled). The result replaces the SFT adapter, the usual QLoRA path on a 4-bit base."""
     from peft import PeftModel
-    from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    torch.set_num_threads(threads)
-    set_seed(seed)
-    template = PromptTemplate(template_section)
-    tokenizer = load_tokenizer(base_path, base_section)
+    template, tokenizer = _prepare(base_path, base_section, template_section, seed, threads)
     rows = _read_parquet(dataset_path)
     dataset = rows.map(
         lambda row: {
