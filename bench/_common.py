@@ -28,3 +28,11 @@ def print_table(header: list[str], rows: list[list[str]], left: int = 1) -> None
                          for index, width in enumerate(widths)) + "|")
     for row in rows:
         print(line(row))
+
+
+def built(recipe: dict, step: str, *parts: str) -> Path:
+    """Where the workflow stores a step's artifact for `recipe`: results/<folder>/<key>/... (see rules/)."""
+    from tunesmith.plan import steps
+
+    folder = {"base_model": "base_model", "curate_sft": "curated", "sft": "sft"}[step]
+    return Path(__file__).resolve().parents[1] / "results" / folder / steps(recipe)[step].key / Path(*parts)

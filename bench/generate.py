@@ -3,7 +3,7 @@
     python bench/generate.py
 
 Answers the 100 tasks of data/tasks.jsonl greedily both ways in one run and checks that every answer
-is the same string. Uses results/base_model/model when the workflow has built it. Otherwise it builds
+is the same string. Uses the workflow's base model (results/base_model/<key>) when the workflow has built it. Otherwise it builds
 the recipe's tiny model untrained in a temporary folder (seconds) and adds seeded noise to its weights,
 as tests/test_generate.py does: pretraining costs minutes on two shared cores, and a few dozen steps
 only teach the model to answer "。" and stop, which would make equal answers prove nothing.
@@ -34,7 +34,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from _common import print_table  # noqa: E402
+from _common import built, print_table  # noqa: E402
 from tunesmith.generate import generate_batched  # noqa: E402
 from tunesmith.model import load_model, load_tokenizer  # noqa: E402
 from tunesmith.recipe import load_recipe  # noqa: E402
@@ -42,7 +42,6 @@ from tunesmith.tasks import read_tasks  # noqa: E402
 from tunesmith.template import PromptTemplate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT_MODEL = REPO / "results" / "base_model" / "model"
 THREADS = 2
 BATCH_SIZE = 16
 MAX_NEW_TOKENS = 64
@@ -55,9 +54,10 @@ NOISE_SCALE = 0.1
 def load_bench_model(recipe: dict, scratch: str):
     """The workflow's base model if built, else an untrained one with seeded noise; and a description."""
     section = recipe["base_model"]
-    if (BUILT_MODEL / "config.json").is_file() and list(BUILT_MODEL.glob("*.safetensors")):
-        folder = str(BUILT_MODEL)
-        return load_model(folder, section).eval(), load_tokenizer(folder, section), os.path.relpath(BUILT_MODEL, REPO)
+    built_model = built(recipe, "base_model")
+    if (built_model / "config.json").is_file() and list(built_model.glob("*.safetensors")):
+        folder = str(built_model)
+        return load_model(folder, section).eval(), load_tokenizer(folder, section), os.path.relpath(built_model, REPO)
     from tunesmith.base_model import pretrain_base, train_tokenizer
 
     texts = [str(REPO / source["path"]) for source in recipe["sources"] if source["role"] == "pretrain"]
@@ -71,7 +71,7 @@ def load_bench_model(recipe: dict, scratch: str):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * NOISE_SCALE)
-    description = f"untrained tiny model + noise {NOISE_SCALE} ({os.path.relpath(BUILT_MODEL, REPO)} is not built)"
+    description = f"untrained tiny model + noise {NOISE_SCALE} ({os.path.relpath(built_model, REPO)} is not built)"
     return model, load_tokenizer(folder, section), description
 
 

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import print_table, quiet  # noqa: E402
+from _common import built as stored, print_table, quiet  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def curated_sft(work: Path, recipe: dict) -> Path:
     """The workflow's curated SFT Parquet (a copy), or one curated here from the shipped data."""
     from tunesmith.curate import curate
 
-    curated, target = ROOT / "results/curated/sft.parquet", work / "sft.parquet"
+    curated, target = stored(recipe, "curate_sft", "sft.parquet"), work / "sft.parquet"
     if curated.is_file():
         shutil.copyfile(curated, target)
     else:
@@ -129,7 +129,7 @@ def train(work: Path, base: Path, base_section: dict, recipe: dict, dataset: Pat
     from tunesmith.train import train_sft
 
     sft = {**recipe["sft"], **shape, "gradient_accumulation_steps": 1, "packing": True,
-           "packing_strategy": "wrapped", "save_steps": 0, "eval_fraction": 0.0, "warmup_steps": 2,
+           "packing_strategy": "wrapped", "save_steps": 0, "warmup_steps": 2,
            "logging_steps": 5}
     adapter = work / "adapter"
     start_peak(on_gpu)

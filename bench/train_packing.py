@@ -2,7 +2,7 @@
 
     python bench/train_packing.py [--rows 1000]
 
-The tiny base model (results/base_model/model, else built here with a short pretraining) is trained
+The tiny base model (the workflow's results/base_model/<key>, else built here with a short pretraining) is trained
 with LoRA SFT through `tunesmith.train.train_sft`, the code path the workflow runs, for one epoch
 over the same rows three times: without packing, with `wrapped` packing and with `bfd` packing.
 Only rows whose whole training sequence fits `max_length` are used, so every mode trains on every
@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import print_table, quiet  # noqa: E402
+from _common import built as stored, print_table, quiet  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
@@ -47,7 +47,7 @@ def base_model(work: Path, recipe: dict, threads: int) -> tuple[Path, str]:
     """A copy of the workflow's tiny base model, or a freshly built one with a short pretraining."""
     from tunesmith.base_model import pretrain_base, train_tokenizer
 
-    built = ROOT / "results/base_model/model"
+    built = stored(recipe, "base_model")
     target = work / "base"
     if (built / "config.json").is_file() and (built / "model.safetensors").is_file():
         # A copy, so a workflow run rebuilding the results meanwhile cannot change the model under us.
@@ -64,7 +64,7 @@ def curated_sft(work: Path, recipe: dict) -> tuple[Path, str]:
     """A copy of the workflow's curated SFT Parquet, or one curated here from the shipped data."""
     from tunesmith.curate import curate
 
-    curated = ROOT / "results/curated/sft.parquet"
+    curated = stored(recipe, "curate_sft", "sft.parquet")
     target = work / "sft.parquet"
     if curated.is_file():
         shutil.copyfile(curated, target)
@@ -137,7 +137,7 @@ def main() -> int:
 
     recipe = load_recipe(ROOT / "recipes/default.yaml")
     settings = dict(epochs=1, max_steps=-1, batch_size=options.batch_size, max_length=options.max_length,
-                    gradient_accumulation_steps=1, save_steps=0, eval_fraction=0.0, activation_checkpointing=False)
+                    gradient_accumulation_steps=1, save_steps=0, activation_checkpointing=False)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-packing-") as scratch:
         work = Path(scratch)

@@ -3,28 +3,34 @@
 
 rule train_tokenizer:
     input:
-        texts=source_paths("pretrain"),
+        texts=step_sources,
     output:
-        tokenizer=directory("results/base_model/tokenizer"),
+        tokenizer=directory("results/tokenizer/{key}"),
     log:
-        "logs/train_tokenizer.log",
+        "logs/train_tokenizer/{key}.log",
     params:
-        vocab_size=config["base_model"]["build"]["vocab_size"],
+        vocab_size=setting("vocab_size"),
+        sources=setting("sources"),
+    wildcard_constraints:
+        key=KEY,
     script:
         "../scripts/train_tokenizer.py"
 
 
 rule pretrain_base:
     input:
-        tokenizer=rules.train_tokenizer.output.tokenizer,
-        texts=source_paths("pretrain"),
+        tokenizer=tokenizer,
+        texts=step_sources,
     output:
-        model=directory("results/base_model/model"),
+        model=directory("results/base_model/{key}"),
     log:
-        "logs/pretrain_base.log",
+        "logs/pretrain_base/{key}.log",
     params:
-        build=config["base_model"]["build"],
-        seed=config["seed"],
+        build=setting("build"),
+        seed=setting("seed"),
+        sources=setting("sources"),
+    wildcard_constraints:
+        key=KEY,
     threads: workflow.cores
     resources:
         gpu=1,

@@ -1,9 +1,14 @@
 # Validation of the recipe, and the input helpers the rules share. No rules here.
+#
+# Stage artifacts live under content keys (tunesmith.plan): results/<stage>/<key>/... . A rule's
+# wildcards carry the key, and every helper below looks up the recipe step that made that key, so
+# recipes and sweep variants that agree upstream share those artifacts.
 import copy
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from tunesmith import plan
 from tunesmith.ingest import source_files
 from tunesmith.recipe import RecipeError, validate_recipe
 
@@ -15,69 +20,171 @@ if workflow.config_settings.configfiles:
 
 try:
     recipe_files = workflow.config_settings.configfiles or ["recipes/default.yaml"]
-    validate_recipe(config, origin=", ".join(map(str, recipe_files)))
+    origin = ", ".join(map(str, recipe_files))
+    validate_recipe(config, origin=origin)
+    VARIANTS = plan.variants(config, origin=origin)
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
 
+# The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep adds named ones.
+RECIPES = {"": config, **VARIANTS}
+PLANS = {name: plan.steps(recipe) for name, recipe in RECIPES.items()}
+STEPS = {step.key: step for steps in PLANS.values() for step in steps.values()}
+RECIPE_OF = {step.key: RECIPES[name] for name, steps in PLANS.items() for step in steps.values()}
+KEY = "[0-9a-f]{12}"
 
-def sources_of(role):
-    """The recipe's source entries of one role."""
-    return [source for source in config["sources"] if source["role"] == role]
+
+def step(wildcards):
+    try:
+        return STEPS[wildcards.key]
+    except KeyError:
+        raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
 
 
-def source_paths(role):
-    """The files behind a role's sources (globs and folders expanded); a hub dataset id has none."""
+def setting(name):
+    """A params function: the setting `name` of the step whose key is in the wildcards."""
+    return lambda wildcards: step(wildcards).settings[name]
+
+
+def variant(wildcards):
+    return RECIPES[wildcards.get("variant", "")]
+
+
+def keyed(pattern, key, **more):
+    return expand(pattern, key=key, **more)[0]
+
+
+def source_paths(sources):
+    """The files behind sources (globs and folders expanded); a hub dataset id has none."""
     files = []
-    for source in sources_of(role):
+    for source in sources:
         if source["format"] == "hf" and not Path(source["path"]).exists():
             continue
         files += source_files(source["path"], source["format"])
     return files
 
 
-def builds_base_model():
-    return config["base_model"]["path"] is None
+def step_sources(wildcards):
+    return source_paths(step(wildcards).settings["sources"])
 
 
-def base_model_input():
-    """The built tiny model folder as a file dependency, or nothing for a hub id / own folder."""
-    return rules.pretrain_base.output if builds_base_model() else []
+def ingested(wildcards):
+    """The per-source Parquet files of a curation step, in the order of its sources."""
+    upstream = step(wildcards).upstream
+    return [keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
+            for source in step(wildcards).settings["sources"]]
 
 
-def base_model_path():
-    return rules.pretrain_base.output.model if builds_base_model() else config["base_model"]["path"]
+def source_of_step(wildcards):
+    return source_paths([step(wildcards).settings["source"]])
 
 
-def model_sections():
-    """What every model-loading rule reads: a change to any of these reruns it."""
-    return {"base_model": config["base_model"], "template": config["template"], "seed": config["seed"]}
+def curated(wildcards):
+    key = step(wildcards).upstream["dataset"]
+    return keyed(rules.curate_data.output.kept, key, role=STEPS[key].stage.removeprefix("curate_"))
+
+
+def recipe_of(wildcards):
+    """The recipe behind a job: the one that made its key, else the variant (or recipe) it names."""
+    return RECIPE_OF[wildcards.key] if "key" in wildcards.keys() else variant(wildcards)
+
+
+def model_files(recipe, stage):
+    """The built base model folder (none for a hub id or own folder) and a stage's adapters, in merge order."""
+    steps = plan.steps(recipe)
+    base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
+    adapters = [keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
+                for name in plan.adapter_stages(recipe, stage)]
+    return base, adapters
+
+
+def rules_of_adapters():
+    return {"cpt": rules.train_cpt, "sft": rules.train_sft, "dpo": rules.train_dpo}
+
+
+def base_model_input(wildcards):
+    return model_files(recipe_of(wildcards), "base")[0]
+
+
+def base_model_path(wildcards):
+    built = base_model_input(wildcards)
+    return built[0] if built else recipe_of(wildcards)["base_model"]["path"]
 
 
 def adapter_chain(wildcards):
-    """Adapters merged, in order, to make the model of a stage."""
-    sft, dpo = rules.train_sft.output.adapter, rules.train_dpo.output.adapter
-    dpo_chain = [dpo] if config["dpo"]["start"] == "continue_sft" else [sft, dpo]
-    return {"base": [], "sft": [sft], "dpo": dpo_chain}[wildcards.stage]
+    return model_files(recipe_of(wildcards), wildcards.stage)[1]
 
 
-def stages():
-    """Stages whose answers are generated and scored."""
-    return ["base", "sft", "dpo"] if config["dpo"]["enabled"] else ["base", "sft"]
+def base_adapters(wildcards):
+    """The continued-pretraining adapter SFT and DPO train on top of, if the recipe has one."""
+    key = step(wildcards).upstream.get("cpt")
+    return [keyed(rules.train_cpt.output.adapter, key)] if key else []
 
 
-def submitted_stage():
-    stage = config["submission"]["stage"]
-    return "sft" if stage == "dpo" and not config["dpo"]["enabled"] else stage
+def processes(wildcards):
+    """GPUs a training job holds: one per process (`distributed.processes`)."""
+    return step(wildcards).settings["distributed"]["processes"]
 
 
-EVAL_SCORES = "results/eval.json"
+def sft_adapter(wildcards):
+    return keyed(rules.train_sft.output.adapter, step(wildcards).upstream["sft"])
+
+
+def tokenizer(wildcards):
+    return keyed(rules.train_tokenizer.output.tokenizer, step(wildcards).upstream["tokenizer"])
+
+
+def task_file(wildcards):
+    return recipe_of(wildcards)["tasks"]["path"]
+
+
+def generations(recipe, stage_names):
+    steps = plan.steps(recipe)
+    return [keyed(rules.generate_answers.output.generations, steps[f"generate_{name}"].key, stage=name)
+            for name in stage_names]
+
+
+def stages(wildcards):
+    return plan.model_stages(variant(wildcards))
+
+
+def references(wildcards):
+    return variant(wildcards)["tasks"]["references"] or []
+
+
+def submission_inputs(wildcards):
+    recipe = variant(wildcards)
+    return {"generations": generations(recipe, [plan.submitted_stage(recipe)]), "tasks": recipe["tasks"]["path"]}
+
+
+def scores(wildcards):
+    """Scored first, so building a submission also shows what each stage bought."""
+    if not references(wildcards):
+        return []
+    name = wildcards.get("variant", "")
+    return expand(rules.evaluate_variant.output.scores, variant=name) if name else rules.evaluate_stages.output.scores
+
+
+def sweep_targets():
+    return [rules.rank_variants.output.table] if VARIANTS else []
 
 
 def evaluation_targets():
-    return [EVAL_SCORES] if config["tasks"]["references"] else []
+    return [rules.evaluate_stages.output.scores] if config["tasks"]["references"] else []
 
 
 onsuccess:
     table = Path(rules.evaluate_stages.output.table)
     if table.is_file() and Path("submission.jsonl").is_file():
         print(f"\nsubmission.jsonl is ready. Scores on {config['tasks']['references']}:\n{table.read_text()}")
+    board = Path(rules.rank_variants.output.table)
+    if VARIANTS and board.is_file():
+        print(f"Sweep leaderboard ({board}):\n{board.read_text()}")
+
+
+def variant_overrides():
+    return plan.combinations(config)
+
+
+wildcard_constraints:
+    variant="[^/]+",

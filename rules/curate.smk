@@ -1,17 +1,42 @@
+# One job per source (re-read only when that source or its entry changes), then one per role.
+
+
+rule ingest_source:
+    input:
+        files=source_of_step,
+    output:
+        ingested="results/ingested/{key}.parquet",
+    log:
+        "logs/ingest_source/{key}.log",
+    params:
+        source=setting("source"),
+    wildcard_constraints:
+        key=KEY,
+    script:
+        "../scripts/ingest_source.py"
+
+
 rule curate_data:
     input:
-        sources=lambda wildcards: source_paths(wildcards.role),
-        tasks=config["tasks"]["path"],
+        ingested=ingested,
+        tasks=task_file,
     output:
-        kept="results/curated/{role}.parquet",
-        quarantine="results/curated/{role}.quarantine.parquet",
-        card="results/curated/{role}.card.json",
+        kept="results/curated/{key}/{role}.parquet",
+        quarantine="results/curated/{key}/{role}.quarantine.parquet",
+        card="results/curated/{key}/{role}.card.json",
+        card_markdown=report("results/curated/{key}/{role}.card.md", category="Data cards", subcategory="{role}",
+                             caption="../report/card.rst"),
+        lengths_plot=report("results/curated/{key}/{role}.lengths.png", category="Data cards",
+                            subcategory="{role}", caption="../report/card.rst"),
     log:
-        "logs/curate_data/{role}.log",
+        "logs/curate_data/{key}/{role}.log",
     params:
-        sources=lambda wildcards: sources_of(wildcards.role),
-        settings=config["curate"],
+        sources=setting("sources"),
+        settings=setting("settings"),
+        seed=setting("seed"),
     wildcard_constraints:
+        key=KEY,
         role="sft|preference",
+    threads: workflow.cores
     script:
         "../scripts/curate_data.py"

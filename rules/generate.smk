@@ -1,17 +1,18 @@
 rule generate_answers:
     input:
-        base_model_input(),
+        base_model_input,
         adapters=adapter_chain,
-        tasks=config["tasks"]["path"],
+        tasks=task_file,
     output:
-        generations="results/generations/{stage}.jsonl",
+        generations="results/generations/{key}/{stage}.jsonl",
     log:
-        "logs/generate_answers/{stage}.log",
+        "logs/generate_answers/{key}/{stage}.log",
     params:
-        base_path=base_model_path(),
-        model=model_sections(),
-        generate=config["generate"],
+        base_path=base_model_path,
+        model=setting("model"),
+        generate=setting("generate"),
     wildcard_constraints:
+        key=KEY,
         stage="base|sft|dpo",
     threads: workflow.cores
     resources:

@@ -1,9 +1,7 @@
 rule write_submission:
     input:
-        generations=expand(rules.generate_answers.output.generations, stage=submitted_stage()),
-        tasks=config["tasks"]["path"],
-        # Scored first, so building the submission also shows what each stage bought.
-        scores=evaluation_targets(),
+        unpack(submission_inputs),
+        scores=scores,
     output:
         submission="submission.jsonl",
     log:
@@ -14,14 +12,59 @@ rule write_submission:
 
 rule evaluate_stages:
     input:
-        generations=expand(rules.generate_answers.output.generations, stage=stages()),
-        references=config["tasks"]["references"] or [],
+        generations=lambda wildcards: generations(variant(wildcards), stages(wildcards)),
+        references=references,
     output:
-        scores=EVAL_SCORES,
-        table="results/eval.md",
+        scores=report("results/eval.json", category="Evaluation", caption="../report/eval.rst"),
+        table=report("results/eval.md", category="Evaluation", caption="../report/eval.rst"),
     log:
         "logs/evaluate_stages.log",
     params:
-        stages=stages(),
+        stages=stages,
     script:
         "../scripts/evaluate_stages.py"
+
+
+# A sweep: every variant's submission and scores, then one leaderboard of them all.
+use rule write_submission as write_variant_submission with:
+    output:
+        submission="results/sweep/{variant}/submission.jsonl",
+    log:
+        "logs/sweep/{variant}/write_submission.log",
+
+
+use rule evaluate_stages as evaluate_variant with:
+    output:
+        scores="results/sweep/{variant}/eval.json",
+        table="results/sweep/{variant}/eval.md",
+    log:
+        "logs/sweep/{variant}/evaluate_stages.log",
+
+
+rule rank_variants:
+    input:
+        scores=expand(rules.evaluate_variant.output.scores, variant=VARIANTS),
+        submissions=expand(rules.write_variant_submission.output.submission, variant=VARIANTS),
+    output:
+        table=report("results/sweep/leaderboard.md", category="Sweep", caption="../report/leaderboard.rst"),
+        scores="results/sweep/leaderboard.json",
+    log:
+        "logs/rank_variants.log",
+    params:
+        overrides=variant_overrides(),
+        submitted={name: plan.submitted_stage(recipe) for name, recipe in VARIANTS.items()},
+    script:
+        "../scripts/rank_variants.py"
+
+
+# For the report: the submission's chain of jobs and every manifest along it.
+rule trace_lineage:
+    input:
+        submission=rules.write_submission.output.submission,
+    output:
+        lineage=report("results/lineage.txt", category="Manifests", caption="../report/lineage.rst"),
+        manifests=report("results/manifests.json", category="Manifests", caption="../report/manifests.rst"),
+    log:
+        "logs/trace_lineage.log",
+    script:
+        "../scripts/trace_lineage.py"

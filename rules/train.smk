@@ -1,53 +1,89 @@
-rule train_sft:
+rule train_cpt:
     input:
-        base_model_input(),
-        dataset="results/curated/sft.parquet",
+        base_model_input,
+        texts=step_sources,
     output:
-        adapter=directory("results/sft/adapter"),
+        adapter=report(directory("results/cpt/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
+                       category="Training curves", subcategory="cpt", caption="../report/curves.rst"),
     log:
-        "logs/train_sft.log",
+        "logs/train_cpt/{key}.log",
     params:
-        base_path=base_model_path(),
-        model=model_sections(),
-        sft=config["sft"],
+        base_path=base_model_path,
+        base_model=setting("base_model"),
+        seed=setting("seed"),
+        continued_pretraining=setting("continued_pretraining"),
+        distributed=setting("distributed"),
+        sources=setting("sources"),
+    wildcard_constraints:
+        key=KEY,
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=processes,
+    script:
+        "../scripts/train_cpt.py"
+
+
+rule train_sft:
+    input:
+        base_model_input,
+        dataset=curated,
+        base_adapters=base_adapters,
+    output:
+        adapter=report(directory("results/sft/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
+                       category="Training curves", subcategory="sft", caption="../report/curves.rst"),
+    log:
+        "logs/train_sft/{key}.log",
+    params:
+        base_path=base_model_path,
+        model=setting("model"),
+        sft=setting("sft"),
+        distributed=setting("distributed"),
+    wildcard_constraints:
+        key=KEY,
+    threads: workflow.cores
+    resources:
+        gpu=processes,
     script:
         "../scripts/train_sft.py"
 
 
 rule train_dpo:
     input:
-        base_model_input(),
-        dataset="results/curated/preference.parquet",
-        sft_adapter=rules.train_sft.output.adapter,
+        base_model_input,
+        dataset=curated,
+        sft_adapter=sft_adapter,
+        base_adapters=base_adapters,
     output:
-        adapter=directory("results/dpo/adapter"),
+        adapter=report(directory("results/dpo/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
+                       category="Training curves", subcategory="dpo", caption="../report/curves.rst"),
     log:
-        "logs/train_dpo.log",
+        "logs/train_dpo/{key}.log",
     params:
-        base_path=base_model_path(),
-        model=model_sections(),
-        dpo=config["dpo"],
+        base_path=base_model_path,
+        model=setting("model"),
+        dpo=setting("dpo"),
+        distributed=setting("distributed"),
+    wildcard_constraints:
+        key=KEY,
     threads: workflow.cores
     resources:
-        gpu=1,
+        gpu=processes,
     script:
         "../scripts/train_dpo.py"
 
 
+# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`.
 rule export_model:
     input:
-        base_model_input(),
-        adapters=lambda wildcards: adapter_chain(wildcards),
+        base_model_input,
+        adapters=adapter_chain,
     output:
         model=directory("results/export/{stage}"),
     log:
         "logs/export_model/{stage}.log",
     params:
-        base_path=base_model_path(),
-        model=model_sections(),
+        base_path=base_model_path,
+        model=lambda wildcards: plan.steps(config)["sft"].settings["model"],
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores

@@ -1,4 +1,4 @@
-"""Curate one role's sources (sft or preference) into Parquet, a quarantine file and a data card."""
+"""Curate one role's ingested sources (sft or preference) into Parquet, a quarantine file and a data card."""
 
 from tunesmith.curate import curate
 from tunesmith.logs import log_to
@@ -14,4 +14,9 @@ with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
         kept_path=snakemake.output.kept,
         quarantine_path=snakemake.output.quarantine,
         card_path=snakemake.output.card,
+        ingested=list(snakemake.input.ingested),
+        seed=snakemake.params.seed,
+        card_markdown_path=snakemake.output.card_markdown,
+        lengths_plot_path=snakemake.output.lengths_plot,
+        threads=snakemake.threads,
     )

@@ -17,4 +17,6 @@ with recorded(snakemake, "dpo"):
         seed=model["seed"],
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
+        base_adapters=list(snakemake.input.base_adapters),
+        distributed=snakemake.params.distributed,
     )

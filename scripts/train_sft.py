@@ -1,4 +1,4 @@
-"""LoRA SFT of the base model on the curated SFT data."""
+"""LoRA SFT on the curated SFT data, of the base merged with the continued-pretraining adapter if any."""
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
@@ -16,4 +16,6 @@ with recorded(snakemake, "sft"):
         seed=model["seed"],
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
+        base_adapters=list(snakemake.input.base_adapters),
+        distributed=snakemake.params.distributed,
     )

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +13,11 @@ from tunesmith.curate import REASONS, CurationError, curate
 from tunesmith.normalize import match_key
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"max_prompt_chars": 40, "max_response_chars": 20, "dedup": True, "decontaminate": True}
+# validation_fraction 0 keeps the crafted rows' split predictable; the split has its own test.
+SETTINGS = {"max_prompt_chars": 40, "max_response_chars": 20, "dedup": True, "decontaminate": True,
+            "validation_fraction": 0}
+FILTER_REASONS = {"too_short", "too_few_tokens", "too_many_tokens", "not_japanese", "blocked", "repetitive",
+                  "near_duplicate", "downsampled", "over_cap"}
 TASKS = [{"task_id": 7, "input": "Name the capital of France."},
          {"task_id": 9, "input": "次の語を翻訳してください。_x000D_\nりんご"}]
 
@@ -25,17 +30,20 @@ def pair(prompt, chosen, rejected) -> bytes:
     return json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False).encode()
 
 
-def run(tmp_path, files, role="sft", **settings):
+def run(tmp_path, files, role="sft", seed=0, extra=None, **settings):
     """Curate `files` ({source id: bytes}, recipe order) and return (card, kept rows, quarantined rows)."""
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps(task, ensure_ascii=False) + "\n" for task in TASKS), encoding="utf-8")
     sources = []
     for source_id, data in files.items():
         (tmp_path / f"{source_id}.jsonl").write_bytes(data)
-        sources.append({"id": source_id, "path": str(tmp_path / f"{source_id}.jsonl"), "format": "jsonl", "role": role})
+        sources.append({"id": source_id, "path": str(tmp_path / f"{source_id}.jsonl"), "format": "jsonl", "role": role,
+                        **(extra or {}).get(source_id, {})})
     out = tmp_path / "out"
     card = curate(sources, role, str(tasks), {**SETTINGS, **settings},
-                  str(out / "kept.parquet"), str(out / "quarantine.parquet"), str(out / "card.json"))
+                  str(out / "kept.parquet"), str(out / "quarantine.parquet"), str(out / "card.json"), seed=seed)
+    for entry in [*card["sources"].values(), card["totals"]]:  # every record is kept or quarantined, once
+        assert entry["rows_in"] == entry["kept"] + sum(entry["quarantined"].values())
     assert json.loads((out / "card.json").read_text(encoding="utf-8")) == card
     return card, pq.read_table(out / "kept.parquet").to_pylist(), pq.read_table(out / "quarantine.parquet").to_pylist()
 
@@ -78,18 +86,18 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
         9: ("wrong_type", "input: ubigint"), 10: ("empty_field", "output"), 11: ("empty_field", "instruction"),
         12: ("blank_line", None), 13: ("blank_line", None), 14: ("blank_line", None),
         15: ("invalid_utf8", "invalid start byte at byte 17"), 16: ("too_long", "prompt 41"),
-        17: ("too_long", "output 21"), 18: ("contaminated", "task_id 7"), 19: ("contaminated", "task_id 9"),
+        17: ("too_long", "output 21"), 18: ("contaminated", "task_id 7 (overlap 1.0)"), 19: ("contaminated", "task_id 9 (overlap 1.0)"),
         20: ("duplicate", "kept mixed:1"), 21: ("invalid_json", None), 22: ("duplicate", "kept mixed:1"),
     }
     assert quarantined[13]["raw"] == '{"instruction": "\ufffd\ufffd", "output": "Hi"}'  # line 15, replaced
     file = str(tmp_path / "mixed.jsonl")
-    assert card["contamination"] == [{"source": "mixed", "file": file, "line": 18, "task_id": 7},
-                                     {"source": "mixed", "file": file, "line": 19, "task_id": 9}]
+    assert card["contamination"] == [{"source": "mixed", "file": file, "line": 18, "task_id": 7, "overlap": 1.0},
+                                     {"source": "mixed", "file": file, "line": 19, "task_id": 9, "overlap": 1.0}]
     assert card["sources"]["mixed"]["rows_in"] == 22
-    assert card["examples"]["blank_line"] == ["  \t", "", "\u3000"]
+    assert [example["raw"] for example in card["examples"]["blank_line"]] == ["  \t", "", "\u3000"]
     assert set(card["totals"]["quarantined"]) == set(REASONS) - {
         "chosen_equals_rejected", "wrong_column_count", "bad_conversation", "judge_invalid", "judge_tie",
-        "judge_disagree"}  # those come from CSV rows and record styles (tests/test_ingest.py)
+        "judge_disagree"} - FILTER_REASONS  # CSV rows and record styles: tests/test_ingest.py; filters: below
 
 
 def test_preference_reasons_compare_normalised_answers(tmp_path):
@@ -101,8 +109,8 @@ def test_preference_reasons_compare_normalised_answers(tmp_path):
         (1, "Q1", "good", "bad"), (4, "Q4", "Same", "same")]  # case differs: still a preference
     assert by_line(quarantined) == {2: ("chosen_equals_rejected", None), 3: ("chosen_equals_rejected", None),
                                     5: ("missing_field", "rejected"), 6: ("duplicate", "kept prefs:1"),
-                                    7: ("contaminated", "task_id 7")}
-    assert set(kept[0]) == {"id", "source", "file", "line", "prompt", "chosen", "rejected"}
+                                    7: ("contaminated", "task_id 7 (overlap 1.0)")}
+    assert set(kept[0]) == {"id", "source", "file", "line", "prompt", "chosen", "rejected", "split"}
 
 
 def test_kept_text_is_normalised_and_id_is_the_dedup_key_hash(tmp_path):
@@ -112,7 +120,7 @@ def test_kept_text_is_normalised_and_id_is_the_dedup_key_hash(tmp_path):
     assert [(row["prompt"], row["response"]) for row in kept] == [
         ("Line one\nline two\nctx", "ok"), ("full width", "OK"), ("nul\x00inside", "kept")]
     assert kept[0]["id"] == hashlib.sha256(f"{match_key(kept[0]['prompt'])}\n{match_key('ok')}".encode()).hexdigest()
-    assert list(kept[0]) == ["id", "source", "file", "line", "prompt", "response"]
+    assert list(kept[0]) == ["id", "source", "file", "line", "prompt", "response", "split"]
 
 
 def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):
@@ -121,7 +129,8 @@ def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):
     assert [(row["line"], row["prompt"]) for row in kept] == [(1, "A"), (2, "B"), (4, "C")]
     assert by_line(quarantined) == {3: ("blank_line", None)}
     assert card["sources"]["crlf"] == {"path": str(tmp_path / "crlf.jsonl"), "format": "jsonl", "style": "alpaca",
-                                       "files": 1, "rows_in": 4, "kept": 3, "quarantined": {"blank_line": 1}}
+                                       "files": 1, "weight": 1, "max_rows": None, "rows_in": 4, "kept": 3,
+                                       "written": {"train": 3, "validation": 0}, "quarantined": {"blank_line": 1}}
     card, _, _ = run(tmp_path, {"crlf": data + b"\r\n"})  # a final newline ends line 4, it adds no line 5
     assert card["totals"]["rows_in"] == 4
 
@@ -129,9 +138,9 @@ def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):
 def test_empty_file_gives_empty_outputs(tmp_path):
     card, kept, quarantined = run(tmp_path, {"empty": b""})
     assert (kept, quarantined) == ([], [])
-    assert card["totals"] == {"rows_in": 0, "kept": 0, "quarantined": {}}
+    assert card["totals"] == {"rows_in": 0, "kept": 0, "written": {"train": 0, "validation": 0}, "quarantined": {}}
     assert pq.read_schema(tmp_path / "out" / "kept.parquet").names == ["id", "source", "file", "line", "prompt",
-                                                                       "response"]
+                                                                       "response", "split"]
 
 
 def test_dedup_keeps_the_first_by_recipe_order_and_counts_reconcile(tmp_path):
@@ -143,12 +152,13 @@ def test_dedup_keeps_the_first_by_recipe_order_and_counts_reconcile(tmp_path):
     assert by_line(quarantined) == {3: ("invalid_json", None), 2: ("duplicate", "kept zeta:1")}
     for entry in [*card["sources"].values(), card["totals"]]:
         assert entry["rows_in"] == entry["kept"] + sum(entry["quarantined"].values())
-    assert card["totals"] == {"rows_in": 5, "kept": 3, "quarantined": {"invalid_json": 1, "duplicate": 1}}
+    assert card["totals"] == {"rows_in": 5, "kept": 3, "written": {"train": 3, "validation": 0},
+                              "quarantined": {"invalid_json": 1, "duplicate": 1}}
 
 
 def test_dedup_and_decontaminate_can_be_switched_off(tmp_path):
     data = b"\n".join([sft("Same", "x"), sft("same", "x"), sft("Name the capital of France.", "Paris")])
-    card, kept, _ = run(tmp_path, {"a": data}, dedup=False, decontaminate=False)
+    card, kept, _ = run(tmp_path, {"a": data}, dedup=False, decontaminate=False, near_dedup={"enabled": False})
     assert [row["line"] for row in kept] == [1, 2, 3]
     assert card["contamination"] == []
 
@@ -206,3 +216,194 @@ def test_shipped_data(tmp_path, role, name, built_with):
     assert totals["rows_in"] == totals["kept"] + sum(totals["quarantined"].values())
     assert built_with <= set(totals["quarantined"]), totals
     assert pq.read_table(tmp_path / "kept.parquet").num_rows == totals["kept"] > 0
+
+
+# ---- content filters --------------------------------------------------------------------------------
+
+def test_length_token_script_block_and_repetition_filters_name_field_and_measure(tmp_path):
+    lines = [
+        sft("東京について教えてください。", "東京は日本の首都です。"),                 # 1 kept
+        sft("短い", "東京は日本の首都です。"),                                         # 2 prompt 2 chars < 3
+        sft("東京について教えてください。", "はい"),                                   # 3 output 2 chars < 3
+        sft("東京について教えて。" * 3, "東京は日本の首都です。"),                    # 4 27 + ceil(3 / 4) > 20
+        sft("Tell me about Tokyo, please.", "東京は日本の首都です。"),                 # 5 no Japanese letters
+        sft("1+2=?", "3です。"),                                                       # 6 no letters: not judged
+        sft("東京について教えてください。", "あ" * 24),                                # 7 one character
+        sft("東京について教えてください。", "東京です。" * 5),                         # 8 one 5-gram covers all
+        sft("東京について教えてください。", "ああああ"),                               # 9 too short to judge
+        sft("東京について教えてください。", "秘密のパスワードは1234です。"),           # 10 blocked
+        sft("Explain　ＴＯＫＹＯ　ＴＯＷＥＲ please", "あ" * 30),                      # 11 first reason only
+    ]
+    card, kept, quarantined = run(tmp_path, {"f": b"\n".join(lines)}, max_prompt_chars=100, max_response_chars=100,
+                                  min_prompt_chars=3, min_response_chars=3, tokens={"max_prompt": 20},
+                                  japanese={"min_share": 0.5}, block_patterns=["パスワード"],
+                                  repetition={"max_char_share": 0.5, "max_ngram_share": 0.6, "ngram": 5,
+                                              "min_chars": 10})
+    assert [row["line"] for row in kept] == [1, 6, 9]
+    assert by_line(quarantined) == {
+        2: ("too_short", "prompt 2"), 3: ("too_short", "output 2"), 4: ("too_many_tokens", "prompt 28 tokens"),
+        5: ("not_japanese", "prompt 0.0"), 7: ("repetitive", "output: character あ is 1.0 of the characters"),
+        8: ("repetitive", "output: 東京です。 repeats 5 times, covering 1.0"),
+        10: ("blocked", "output matches 'パスワード'"), 11: ("not_japanese", "prompt 0.0"),
+    }
+
+
+def test_japanese_share_judges_the_configured_fields_and_filters_judge_the_chosen_answer(tmp_path):
+    lines = [pair("日本の首都はどこですか？", "東京です。", "It is Osaka, obviously."),    # 1 rejected: not judged
+             pair("日本の首都はどこですか？", "Tokyo.", "大阪です。"),                    # 2 chosen judged
+             pair("日本の首都は？", "東京です。", "ああああああああああああああああああああああ")]  # 3 kept
+    _, kept, quarantined = run(tmp_path, {"p": b"\n".join(lines)}, role="preference", max_response_chars=100,
+                               japanese={"min_share": 0.5, "fields": "response"}, repetition={"min_chars": 5})
+    assert [row["line"] for row in kept] == [1, 3]
+    assert by_line(quarantined) == {2: ("not_japanese", "chosen 0.0")}
+    _, kept, _ = run(tmp_path, {"p": b"\n".join(lines)}, role="preference", max_response_chars=100,
+                     japanese={"min_share": 0.5})
+    assert [row["line"] for row in kept] == [1, 2, 3]  # prompts only (the default)
+
+
+def test_token_estimate_counts_japanese_characters_and_a_quarter_of_the_rest(tmp_path):
+    lines = [sft("東京", "abcd efgh i"), sft("東京都", "abcd")]  # output: 9 visible non-Japanese → 3 tokens
+    _, kept, quarantined = run(tmp_path, {"t": b"\n".join(lines)}, tokens={"min_prompt": 3, "max_response": 2})
+    assert by_line(quarantined) == {1: ("too_few_tokens", "prompt 2 tokens")}
+    _, _, quarantined = run(tmp_path, {"t": b"\n".join(lines)}, tokens={"max_response": 2})
+    assert by_line(quarantined) == {1: ("too_many_tokens", "output 3 tokens")}
+
+
+def test_a_broken_block_pattern_names_the_setting(tmp_path):
+    with pytest.raises(CurationError, match="curate.block_patterns"):
+        run(tmp_path, {"a": sft("東京", "首都")}, block_patterns=["(unclosed"])
+
+
+# ---- near duplicates --------------------------------------------------------------------------------
+
+LONG = "東京は日本の首都で、たくさんの人が住んでいます。電車やバスがとても便利で、古いお寺や新しい建物もあります。"
+
+
+def test_near_duplicates_cluster_and_keep_the_first_by_source_order(tmp_path):
+    files = {
+        "first": b"\n".join([sft("要約してください。", "全く別の話です。" + "ねこが好きです。" * 3),   # 1 unrelated
+                             sft("要約してください。", LONG + "!")]),                            # 2 cluster member
+        "second": b"\n".join([sft("要約してください。", LONG),                                    # 1 cluster member
+                              sft("要約してください。", "「" + LONG + "」"),                      # 2 cluster member
+                              sft("要約してください。", LONG[:30])]),                             # 3 too different
+    }
+    card, kept, quarantined = run(tmp_path, files, max_response_chars=200)
+    assert [(row["source"], row["line"]) for row in kept] == [("first", 1), ("first", 2), ("second", 3)]
+    details = {(row["source"], row["line"]): row["detail"] for row in quarantined}
+    assert set(details) == {("second", 1), ("second", 2)}
+    assert all(detail.startswith("kept first:2 (cluster 1, estimated Jaccard 0.") for detail in details.values())
+    [cluster] = card["near_duplicate_clusters"]["listed"]
+    assert cluster["size"] == 3 and cluster["kept"] == {"source": "first", "file": str(tmp_path / "first.jsonl"),
+                                                        "line": 2}
+    assert [(member["source"], member["line"]) for member in cluster["members"]] == [("second", 1), ("second", 2)]
+    assert all(0.8 <= member["jaccard"] <= 1 for member in cluster["members"])
+    assert card["totals"]["quarantined"] == {"near_duplicate": 2}
+    card, kept, _ = run(tmp_path, files, max_response_chars=200, near_dedup={"enabled": False})
+    assert len(kept) == 5 and card["near_duplicate_clusters"]["count"] == 0
+
+
+def test_near_duplicate_settings_are_checked(tmp_path):
+    with pytest.raises(CurationError, match="permutations \\(100\\) must be a multiple of bands \\(16\\)"):
+        run(tmp_path, {"a": sft("東京", "首都")}, near_dedup={"permutations": 100})
+
+
+# ---- decontamination by n-gram overlap --------------------------------------------------------------
+
+def test_decontamination_by_ngram_overlap_lists_every_matched_task(tmp_path):
+    lines = [
+        sft("Please: name the capital of France.", "Paris"),        # 1 holds every n-gram of task 7
+        sft("Name the capital of France", "Paris"),                 # 2 misses 1 of 11 13-grams (0.91)
+        sft("Name the capital of Spain.", "Madrid"),                 # 3 shares the phrasing only
+        sft("Tell me", "りんご"),                                     # 4 task 5 is shorter than n: only equality
+        sft("りんご", "apple"),                                       # 5 equals task 5
+        sft("Name the capital of France. 次の語を翻訳してください。りんご", "x"),  # 6 two tasks
+    ]
+    global TASKS
+    saved = TASKS
+    TASKS = saved + [{"task_id": 5, "input": "りんご"}]
+    try:
+        card, kept, quarantined = run(tmp_path, {"c": b"\n".join(lines)}, max_prompt_chars=100,
+                                      decontamination={"ngram": 13, "threshold": 0.9})
+    finally:
+        TASKS = saved
+    assert [row["line"] for row in kept] == [3]
+    assert by_line(quarantined) == {
+        1: ("contaminated", "task_id 7 (overlap 1.0)"), 2: ("contaminated", "task_id 7 (overlap 0.91)"),
+        4: ("contaminated", "task_id 5 (overlap 1.0)"), 5: ("contaminated", "task_id 5 (overlap 1.0)"),
+        6: ("contaminated", "task_id 7 (overlap 1.0), task_id 9 (overlap 1.0)")}
+    assert [(match["line"], match["task_id"]) for match in card["contamination"]] == [
+        (1, 7), (2, 7), (4, 5), (5, 5), (6, 7), (6, 9)]
+
+
+# ---- mixing and the split ---------------------------------------------------------------------------
+
+def _rows(prefix, count):
+    return b"\n".join(sft(f"{prefix}の質問{index}番", f"答え{index}") for index in range(count))
+
+
+def test_weights_caps_and_split_are_deterministic_and_reconciled(tmp_path):
+    files = {"small": _rows("小", 200), "big": _rows("大", 400), "double": _rows("倍", 100)}
+    extra = {"small": {"weight": 0.5}, "big": {"max_rows": 150}, "double": {"weight": 2}}
+    card, kept, quarantined = run(tmp_path, files, extra=extra, validation_fraction=0.2, near_dedup={"enabled": False})
+    small, big, double = (card["sources"][name] for name in ("small", "big", "double"))
+    assert 70 <= small["kept"] <= 130 and small["quarantined"] == {"downsampled": 200 - small["kept"]}
+    assert big["kept"] == 150 and big["quarantined"] == {"over_cap": 250}
+    assert double["kept"] == 100 and double["written"]["train"] == 2 * (100 - double["written"]["validation"])
+    assert {row["detail"] for row in quarantined} == {"weight 0.5", "max_rows 150"}
+    assert len(kept) == sum(sum(entry["written"].values()) for entry in card["sources"].values())
+    shares = Counter(row["split"] for row in kept if row["source"] != "double")
+    assert 0.1 < shares["validation"] / (shares["validation"] + shares["train"]) < 0.3
+    # The same seed picks the same rows; another seed others.
+    again, kept_again, _ = run(tmp_path, files, extra=extra, validation_fraction=0.2, near_dedup={"enabled": False})
+    assert kept_again == kept
+    _, kept_other, _ = run(tmp_path, files, extra=extra, seed=1, validation_fraction=0.2,
+                           near_dedup={"enabled": False})
+    assert {(row["source"], row["line"], row["split"]) for row in kept_other} != {
+        (row["source"], row["line"], row["split"]) for row in kept}
+
+
+def test_a_rows_split_does_not_move_when_other_rows_come(tmp_path):
+    _, before, _ = run(tmp_path, {"a": _rows("甲", 100)}, validation_fraction=0.3, near_dedup={"enabled": False})
+    _, after, _ = run(tmp_path, {"a": _rows("甲", 100) + b"\n" + _rows("乙", 100)}, validation_fraction=0.3,
+                      near_dedup={"enabled": False})
+    split_of = {row["id"]: row["split"] for row in after}
+    assert {row["id"]: row["split"] for row in before}.items() <= split_of.items()
+    assert set(split_of.values()) == {"train", "validation"}
+
+
+# ---- the card ---------------------------------------------------------------------------------------
+
+def test_card_markdown_and_length_histograms(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join([sft("東京について", "首都です。"), b"{broken",
+                                                   sft("東京について", "首都です。")]))
+    out = tmp_path / "out"
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False}, str(out / "k.parquet"), str(out / "q.parquet"), str(out / "c.json"),
+                  seed=3, card_markdown_path=str(out / "c.md"), lengths_plot_path=str(out / "lengths.png"))
+    markdown = (out / "c.md").read_text(encoding="utf-8")
+    assert "| a | jsonl | alpaca | 1 | 1 |" in markdown and "![Length histograms](lengths.png)" in markdown
+    assert "### Quarantined: invalid_json" in markdown and "### Quarantined: duplicate" in markdown
+    assert (out / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert card["lengths"]["prompt"]["chars"] == {"count": 1, "min": 6, "p50": 6, "p90": 6, "p99": 6, "max": 6,
+                                                  "mean": 6.0}
+    assert card["kept_examples"] == [{"source": "a", "file": str(tmp_path / "a.jsonl"), "line": 1, "split": "train",
+                                      "prompt": "東京について", "response": "首都です。"}]
+
+
+@pytest.mark.skipif(not (REPO / "data" / "raw" / "sft.jsonl").is_file(), reason="shipped data not generated yet")
+def test_default_recipe_cleans_the_planted_filter_rows(tmp_path):
+    """The default recipe's card shows each content filter at work on the shipped data, and no
+    more contamination than was planted (a row sharing only a task's template is not a copy)."""
+    from tunesmith.recipe import load_recipe
+    from tunesmith.sample_data import SFT_CONTAMINATION_ROWS, SFT_FILTER_ROWS
+
+    recipe = load_recipe(REPO / "recipes" / "default.yaml")
+    card = curate(recipe["sources"], "sft", str(REPO / "data" / "tasks.jsonl"), recipe["curate"],
+                  str(tmp_path / "k.parquet"), str(tmp_path / "q.parquet"), str(tmp_path / "c.json"), seed=recipe["seed"])
+    quarantined = card["totals"]["quarantined"]
+    assert quarantined["contaminated"] == SFT_CONTAMINATION_ROWS
+    assert quarantined["not_japanese"] == len(SFT_FILTER_ROWS["english_prompt"])
+    assert quarantined["repetitive"] == len(SFT_FILTER_ROWS["degenerate_output"])
+    planted = {(cluster["kept"]["line"], len(cluster["members"])) for cluster in card["near_duplicate_clusters"]["listed"]}
+    assert quarantined["near_duplicate"] >= 1 and planted
+    assert 0 < card["totals"]["written"]["validation"] < card["totals"]["written"]["train"]

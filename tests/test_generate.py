@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from tiny_model import TASKS, sft_adapter, tiny  # noqa: F401  (fixtures)
+from tiny_model import TASKS, dpo_adapter, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tiny_model import recipe as tiny_recipe
 from tunesmith import generate as generate_module
 from tunesmith.atomic import read_jsonl
@@ -121,6 +121,16 @@ def test_check_template_names_both_hashes_on_mismatch(tiny, tmp_path):
     assert "0123456789abcdef" in str(error.value) and template.hash in str(error.value)
     assert "other" in str(error.value)
     check_template([matching, other], template, allow_mismatch=True)
+
+
+def test_the_cpt_adapter_has_no_template_to_check(tiny, tmp_path):
+    template = PromptTemplate(tiny.section("template"))
+    cpt = tmp_path / "cpt"
+    cpt.mkdir()
+    write_metadata(cpt, stage="cpt", base_model=tiny.base_dir)  # trained on raw text: no template hash
+    check_template([str(cpt), adapter_with_hash(tmp_path / "sft", template.hash)], template)
+    with pytest.raises(ModelError, match="0123456789abcdef"):
+        check_template([str(cpt), adapter_with_hash(tmp_path / "other", "0123456789abcdef")], template)
 
 
 def test_generation_refuses_an_adapter_of_another_template_before_writing(tiny, sft_adapter, tmp_path):
@@ -285,3 +295,161 @@ def test_generated_rows_record_regeneration_in_task_order(tiny, tmp_path, monkey
     assert [row["output"] for row in rows] == ["答え", "回復", "答え", "答え"]
     assert [row["regenerated"] for row in rows] == [[], [["degenerate_char", "repeated_ngram"]], [], []]
     assert all(row["problems"] == [] for row in rows) and rows[1]["raw_output"] == "回復"
+
+
+# --- vLLM backend ---------------------------------------------------------------------------------
+
+def vllm_settings(tiny, **changes) -> dict:
+    return {**tiny.section("generate"), "backend": "vllm", **changes}
+
+
+def install_fake_vllm(monkeypatch, answer) -> dict:
+    """A stand-in `vllm` package (the real one needs CUDA): its engine records how it was built and
+    every generate call, and answers each prompt with `answer(prompt, sampling keywords)`."""
+    import sys
+    import types
+    from pathlib import Path
+
+    calls = {"engine": [], "generate": []}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            model = Path(kwargs["model"])
+            calls["engine"].append({**kwargs, "files": sorted(path.name for path in model.iterdir())})
+
+        def generate(self, prompts, sampling_params, lora_request=None, use_tqdm=True):
+            calls["generate"].append((list(prompts), sampling_params.kwargs, lora_request))
+            return [types.SimpleNamespace(prompt=prompt, outputs=[types.SimpleNamespace(
+                text=answer(prompt, sampling_params.kwargs))]) for prompt in prompts]
+
+    class LoRARequest:
+        def __init__(self, lora_name, lora_int_id, lora_path):
+            self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
+
+    vllm, lora, request = (types.ModuleType(name) for name in ("vllm", "vllm.lora", "vllm.lora.request"))
+    vllm.LLM, vllm.SamplingParams, request.LoRARequest = LLM, SamplingParams, LoRARequest
+    vllm.lora, lora.request = lora, request
+    for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, module)
+    # Only generation's check sees a GPU: torch itself must stay on CPU.
+    monkeypatch.setattr(generate_module, "cuda_available", lambda: True)
+    return calls
+
+
+def write_tasks(tmp_path, task_ids) -> list[dict]:
+    records = [record for record in task_records() if record["task_id"] in task_ids]
+    (tmp_path / "tasks.jsonl").write_text(
+        "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in reversed(records)), encoding="utf-8")
+    return sorted(records, key=lambda record: record["task_id"])
+
+
+def test_vllm_maps_our_settings_serves_the_adapter_and_keeps_task_order(tiny, sft_adapter, tmp_path, monkeypatch):
+    expected = write_tasks(tmp_path, {5, 11, 30, 42})
+    template = PromptTemplate(tiny.section("template"))
+    tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
+    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+
+    def answer(prompt, sampling):
+        index = prompts.index(prompt)
+        if index == 2 and sampling["temperature"] == 0.0:
+            return "の" * 40  # degenerate at first, so the guards regenerate it
+        return f"答え{index}###続き"
+
+    calls = install_fake_vllm(monkeypatch, answer)
+    monkeypatch.setattr(generate_module, "load_model", lambda *args, **kwargs: pytest.fail("loaded transformers"))
+    settings = vllm_settings(tiny, max_new_tokens=7, repetition_penalty=1.1, stop_strings=["###"])
+    generate_answers(tiny.base_dir, tiny.section("base_model"), [sft_adapter.path], tiny.section("template"),
+                     settings, str(tmp_path / "tasks.jsonl"), seed=3, out_path=str(tmp_path / "answers.jsonl"))
+
+    (engine,) = calls["engine"]
+    assert {key: engine[key] for key in ("model", "tokenizer", "dtype", "quantization", "seed", "enable_lora",
+                                         "max_lora_rank", "gpu_memory_utilization", "max_model_len")} == {
+        "model": tiny.base_dir, "tokenizer": tiny.base_dir, "dtype": "float32", "quantization": None, "seed": 3,
+        "enable_lora": True, "max_lora_rank": 8, "gpu_memory_utilization": 0.9, "max_model_len": None,
+    }
+    (first_prompts, greedy, lora), (retried, sampled, _) = calls["generate"]
+    assert first_prompts == prompts, "the rendered prompts, in task order"
+    assert lora.lora_path == sft_adapter.path
+    assert greedy == {"max_tokens": 7, "repetition_penalty": 1.1, "stop": ["###"], "skip_special_tokens": True,
+                      "temperature": 0.0, "top_p": 1.0}
+    assert retried == [prompts[2]]
+    assert sampled == {"max_tokens": 7, "repetition_penalty": 1.3, "stop": ["###"], "skip_special_tokens": True,
+                       "temperature": 0.7, "top_p": 1.0, "seed": 4}
+    rows = read_jsonl(tmp_path / "answers.jsonl")
+    assert [row["task_id"] for row in rows] == [record["task_id"] for record in expected]
+    assert [row["output"] for row in rows] == ["答え0", "答え1", "答え2", "答え3"]
+    assert [row["regenerated"] for row in rows] == [[], [], [["degenerate_char", "repeated_ngram"]], []]
+
+
+def test_vllm_gets_an_adapter_chain_as_one_merged_model(tiny, sft_adapter, dpo_adapter, tmp_path, monkeypatch):
+    expected = write_tasks(tmp_path, {1, 2})
+    calls = install_fake_vllm(monkeypatch, lambda prompt, sampling: "答え")
+    generate_answers(tiny.base_dir, tiny.section("base_model"), [sft_adapter.path, dpo_adapter],
+                     tiny.section("template"), vllm_settings(tiny), str(tmp_path / "tasks.jsonl"), seed=0,
+                     out_path=str(tmp_path / "out" / "answers.jsonl"))
+    (engine,) = calls["engine"]
+    assert engine["model"].startswith(str(tmp_path / "out" / ".merged-"))
+    assert "model.safetensors" in engine["files"] and not [name for name in engine["files"] if "adapter" in name]
+    assert "enable_lora" not in engine and calls["generate"][0][2] is None
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["answers.jsonl"], "the merged copy is gone"
+    assert len(read_jsonl(tmp_path / "out" / "answers.jsonl")) == len(expected)
+
+
+def test_vllm_answers_out_of_order_are_refused(tiny, tmp_path, monkeypatch):
+    write_tasks(tmp_path, {1, 2, 3})
+    calls = install_fake_vllm(monkeypatch, lambda prompt, sampling: "答え")
+    import vllm
+
+    real_generate = vllm.LLM.generate
+    monkeypatch.setattr(vllm.LLM, "generate", lambda self, *args, **kwargs: real_generate(self, *args, **kwargs)[::-1])
+    with pytest.raises(ModelError, match="order"):
+        generate_answers(tiny.base_dir, tiny.section("base_model"), [], tiny.section("template"), vllm_settings(tiny),
+                         str(tmp_path / "tasks.jsonl"), seed=0, out_path=str(tmp_path / "answers.jsonl"))
+    assert calls["generate"] and not (tmp_path / "answers.jsonl").exists()
+
+
+def test_vllm_without_the_package_or_cuda_stops_before_loading(tiny, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(generate_module, "load_model", lambda *args, **kwargs: pytest.fail("loaded a model"))
+    monkeypatch.setattr(generate_module, "load_tokenizer", lambda *args, **kwargs: pytest.fail("loaded a tokenizer"))
+    out_path = tmp_path / "answers.jsonl"
+    arguments = (tiny.base_dir, tiny.section("base_model"), [], tiny.section("template"), vllm_settings(tiny), TASKS)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vllm looks like to `import`
+    with pytest.raises(ModelError, match=r"generate.backend is 'vllm'.*not installed.*generate.backend: transformers"):
+        generate_answers(*arguments, seed=0, out_path=str(out_path))
+    install_fake_vllm(monkeypatch, lambda prompt, sampling: "")
+    monkeypatch.setattr(generate_module, "cuda_available", lambda: False)
+    with pytest.raises(ModelError, match=r"generate.backend is 'vllm'.*CUDA"):
+        generate_answers(*arguments, seed=0, out_path=str(out_path))
+    assert not list(tmp_path.iterdir())
+
+
+def test_vllm_refuses_an_int8_base(tiny, monkeypatch, tmp_path):
+    install_fake_vllm(monkeypatch, lambda prompt, sampling: "")
+    with pytest.raises(ModelError, match="base_model.quantization 'int8'"):
+        generate_module.vllm_generator(tiny.base_dir, {**tiny.section("base_model"), "quantization": "int8"}, [],
+                                       vllm_settings(tiny), 0, str(tmp_path))
+
+
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _vllm_installed(),
+                    reason="needs a CUDA GPU and the vllm package (generate.backend: vllm)")
+def test_vllm_generates_on_a_gpu(tiny, sft_adapter, tmp_path):
+    expected = write_tasks(tmp_path, {1, 2, 3, 4})
+    settings = vllm_settings(tiny, max_new_tokens=8, vllm={"gpu_memory_utilization": 0.3, "max_model_len": 256})
+    count = generate_answers(tiny.base_dir, tiny.section("base_model"), [sft_adapter.path], tiny.section("template"),
+                             settings, str(tmp_path / "tasks.jsonl"), seed=0, out_path=str(tmp_path / "answers.jsonl"))
+    rows = read_jsonl(tmp_path / "answers.jsonl")
+    assert count == len(expected) and [row["task_id"] for row in rows] == [record["task_id"] for record in expected]
+    assert all(isinstance(row["output"], str) for row in rows)

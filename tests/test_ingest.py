@@ -391,3 +391,50 @@ def test_unreadable_source_fails_naming_source_and_path(tmp_path, source, messag
     with pytest.raises(CurationError, match=rf"source 'bad' \({re.escape(path)}\): {message}"):
         run(tmp_path, [{"id": "fine", "path": str(tmp_path / "ok.jsonl")}, {**source, "id": "bad", "path": path}])
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+# ---- the per-source cache ---------------------------------------------------------------------------
+
+def test_ingest_source_writes_raw_records_with_what_was_read(tmp_path):
+    from tunesmith.ingest import ingest_source, ingested_source
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"instruction": "I", "output": "O"}\r\n\n\xff\n')
+    summary = ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"))
+    assert summary == {"id": "a", "path": str(tmp_path / "a.jsonl"), "format": "jsonl", "split": "train",
+                       "files": [str(tmp_path / "a.jsonl")], "rows": 3}
+    assert ingested_source(str(tmp_path / "a.parquet")) == {key: value for key, value in summary.items() if key != "rows"}
+    rows = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    assert [(row["line"], row["raw"], row["read_reason"]) for row in rows] == [
+        (1, '{"instruction": "I", "output": "O"}', None), (2, "", None), (3, "\ufffd", "invalid_utf8")]
+    with pytest.raises(Exception, match="role 'pretrain' is not curated"):
+        ingest_source({"id": "t", "path": str(tmp_path / "a.jsonl"), "role": "pretrain"}, str(tmp_path / "t.parquet"))
+
+
+def test_curation_reads_only_the_ingested_files_and_one_source_can_be_reingested_alone(tmp_path):
+    from tunesmith.ingest import ingest_source
+
+    sources = [{"id": name, "path": str(tmp_path / f"{name}.jsonl"), "role": "sft"} for name in ("one", "two")]
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.jsonl").write_text(jsonl(record(instruction=f"Q {name}", output="A")), encoding="utf-8")
+        ingest_source(sources[0 if name == "one" else 1], str(tmp_path / f"{name}.parquet"))
+    cached = (tmp_path / "one.parquet").read_bytes()
+    (tmp_path / "one.jsonl").unlink()  # curation must not read the raw file again
+    (tmp_path / "two.jsonl").write_text(jsonl(record(instruction="Q two", output="A"),
+                                              record(instruction="Q new", output="B")), encoding="utf-8")
+    ingest_source(sources[1], str(tmp_path / "two.parquet"))
+    out = tmp_path / "out"
+    card = curate(sources, "sft", str(tmp_path / "no-tasks.jsonl"), {**SETTINGS, "validation_fraction": 0},
+                  str(out / "k.parquet"), str(out / "q.parquet"), str(out / "c.json"),
+                  ingested=[str(tmp_path / "two.parquet"), str(tmp_path / "one.parquet")])
+    assert [(row["source"], row["prompt"]) for row in pq.read_table(out / "k.parquet").to_pylist()] == [
+        ("one", "Q one"), ("two", "Q two"), ("two", "Q new")]
+    assert (tmp_path / "one.parquet").read_bytes() == cached
+    assert (card["sources"]["one"]["rows_in"], card["sources"]["two"]["rows_in"]) == (1, 2)
+    moved = [{**sources[0], "path": str(tmp_path / "elsewhere.jsonl")}, sources[1]]
+    with pytest.raises(CurationError, match=r"source 'one' .*one\.parquet was ingested from .*ingest the source again"):
+        curate(moved, "sft", str(tmp_path / "no-tasks.jsonl"), SETTINGS, str(out / "k.parquet"),
+               str(out / "q.parquet"), str(out / "c.json"),
+               ingested=[str(tmp_path / "one.parquet"), str(tmp_path / "two.parquet")])
+    with pytest.raises(CurationError, match=r"source 'two' .*: no ingested file"):
+        curate(sources, "sft", str(tmp_path / "no-tasks.jsonl"), SETTINGS, str(out / "k.parquet"),
+               str(out / "q.parquet"), str(out / "c.json"), ingested=[str(tmp_path / "one.parquet")])

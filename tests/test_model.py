@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_model import dpo_adapter, recipe, sft_adapter, tiny  # noqa: F401  (fixtures)
+from tiny_model import cpt_adapter, dpo_adapter, recipe, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tunesmith.model import ModelError, load_model, quantization_config, read_metadata, write_metadata
 
 
@@ -67,10 +67,11 @@ def _merged_by_hand(base_dir: str, adapters: list[str]):
     return model.eval()
 
 
-def test_adapter_chain_equals_merging_by_hand(tiny, sft_adapter, dpo_adapter):
+@pytest.mark.parametrize("with_cpt", [False, True], ids=["sft_dpo", "cpt_sft_dpo"])
+def test_adapter_chain_equals_merging_by_hand(tiny, cpt_adapter, sft_adapter, dpo_adapter, with_cpt):
     from transformers import AutoTokenizer
 
-    chain = [sft_adapter.path, dpo_adapter]
+    chain = ([cpt_adapter.path] if with_cpt else []) + [sft_adapter.path, dpo_adapter]
     loaded = load_model(tiny.base_dir, tiny.section("base_model"), adapters=chain).eval()
     assert not any("lora" in name for name in loaded.state_dict())
     base = load_model(tiny.base_dir, tiny.section("base_model")).eval()
@@ -81,3 +82,15 @@ def test_adapter_chain_equals_merging_by_hand(tiny, sft_adapter, dpo_adapter):
         expected, got, unadapted = (model(**batch).logits for model in (by_hand, loaded, base))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(got, unadapted, atol=1e-4)
+
+
+def test_each_training_process_loads_on_its_own_gpu(monkeypatch):
+    from tunesmith.model import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert device() == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert device() == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device() == torch.device("cpu")

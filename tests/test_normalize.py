@@ -130,3 +130,47 @@ def test_match_key_keeps_different_texts_apart():
 def test_markers_hidden_behind_width_or_zero_width_are_removed_in_one_pass(raw):
     once = normalize_text(raw)
     assert once == "答え" and normalize_text(once) == once
+
+
+AWKWARD = ["  ｶﾞｷﾞ\u3000x ", "e\u0301", "\u0301starts with a mark", "ends with a base e", "_x000", "D_ tail",
+           "a_x00_x000D_0D_b", "\r\n\r\n\r\nx\r", "\u200b", "", None, "\t \n \n \n\n y \t", "ﬁ ß İ", "가\u1161",
+           "\u1100", "\u1161", "nul\x00inside", "\x1c\x85 sides \x1f"]
+
+
+def test_batches_normalise_exactly_as_one_text_at_a_time():
+    from tunesmith.normalize import match_keys_of_normalized, normalize_many
+
+    expected = [normalize_text(text) for text in AWKWARD]
+    assert normalize_many(AWKWARD) == expected
+    assert match_keys_of_normalized(expected) == [match_key(text) for text in AWKWARD]
+    # A text holding the separator itself falls back to one at a time.
+    assert normalize_many(["a\uffff b", " c "]) == [normalize_text("a\uffff b"), "c"]
+    assert normalize_many([]) == [] and normalize_many([None]) == [None]
+
+
+def _tricky_texts(count: int, seed: int = 5) -> list[str]:
+    """Random strings over the characters where the vectorised path could part from `normalize_text`:
+    every whitespace kind, zero-width characters, marker pieces, width variants, combining marks and
+    Hangul jamo, case-folding specials, characters Python's Unicode tables do not assign, noncharacters."""
+    import random
+
+    alphabet = list(" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000"
+                    "\u200b\u200c\u200d\u2060\ufeff_x0DX0d_ＸＤ０＿ｶﾞﾟｷ\u0301\u0316\u0323\u3099\u1100\u1161\u11a8가"
+                    "ﬁßİΣςǅ\u212a\u2126ŉ東京あアａＡ①㍿\ufb2c\uffff\U0001fae8\U00016fe4\U00011f00\U0010fffd\x00")
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(count)]
+    return texts + ["_x000D_", "＿ｘ０００Ｄ＿", "_x000_x000D_D_", "_X000d_\r\n\r\n\r\n a"]
+
+
+def test_vectorised_normalisation_matches_normalize_text_exactly():
+    import pyarrow as pa
+
+    from tunesmith.normalize import match_keys_arrow, normalize_arrow
+
+    texts = AWKWARD + _tricky_texts(5000)
+    normalised = normalize_arrow(pa.array(texts, pa.string()))
+    assert normalised.to_pylist() == [normalize_text(text) for text in texts]
+    assert match_keys_arrow(normalised).to_pylist() == [match_key(text) for text in texts]
+    chunked = pa.chunked_array([pa.array(texts[:7], pa.string()), pa.array(texts[7:], pa.string())])
+    assert normalize_arrow(chunked).to_pylist() == normalised.to_pylist()
+    assert normalize_arrow(pa.array([], pa.string())).to_pylist() == []

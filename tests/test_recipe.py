@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tunesmith import plan
 from tunesmith.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,8 @@ def minimal_recipe(**overrides):
 def test_shipped_recipe_validates_and_opens_with_its_command(path):
     recipe = load_recipe(path)
     assert recipe["sources"], "a shipped recipe must name its sources"
+    for variant in plan.variants(recipe, origin=str(path)).values():
+        assert variant["sources"] == recipe["sources"]
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# snakemake "), "a recipe opens with the command that runs it"
     if path.name != "default.yaml":
@@ -78,7 +81,9 @@ def test_every_schema_key_has_description_and_default_and_objects_are_closed():
         assert prop.get("description"), f"{key} has no description"
         assert "default" in prop, f"{key} has no default"
         if prop.get("type") == "object":
-            assert prop.get("additionalProperties") is False, f"{key} accepts unknown keys"
+            # Closed, or a map whose names are checked (sweep.matrix: dotted keys, each variant validated).
+            closed = prop.get("additionalProperties") is False or "propertyNames" in prop
+            assert closed, f"{key} accepts unknown keys"
     assert schema["additionalProperties"] is False
 
 
@@ -92,6 +97,10 @@ BROKEN = [
     ({"tasks": {"path": 7}}, "tasks.path", "not of type 'string'"),
     ({"recipe_name": "x"}, "(top level)", "'recipe_name' was unexpected"),
     ({"base_model": {"build": {"hidden_size": 130, "num_attention_heads": 4}}}, "base_model.build.num_attention_heads", "divide"),
+    ({"distributed": {"processes": 2, "strategy": "fsdp"}, "base_model": {"quantization": "nf4"}},
+     "distributed.strategy", "cannot shard a quantised base"),
+    ({"distributed": {"processes": 0}}, "distributed.processes", "less than the minimum of 1"),
+    ({"generate": {"backend": "tgi"}}, "generate.backend", "is not one of"),
 ]
 
 
@@ -118,6 +127,15 @@ def test_missing_roles_and_duplicate_ids_are_reported():
     assert "id 'a' is used twice" in str(caught.value)
     assert "no source has role 'preference'" in str(caught.value)
     assert "needs a source with role 'pretrain'" in str(caught.value)
+
+
+def test_continued_pretraining_needs_a_pretrain_source():
+    recipe = minimal_recipe(continued_pretraining={"enabled": True}, base_model={"path": "some/model"})
+    recipe["sources"] = [source for source in recipe["sources"] if source["role"] != "pretrain"]
+    with pytest.raises(RecipeError, match=r"continued_pretraining.enabled: .*no source has role 'pretrain'"):
+        validate_recipe(recipe)
+    recipe["continued_pretraining"]["enabled"] = False
+    validate_recipe(recipe)
 
 
 def test_yaml_syntax_error_names_the_file(tmp_path):

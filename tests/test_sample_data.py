@@ -105,7 +105,8 @@ def test_sft_dirt_is_present_in_the_documented_amounts():
     near = sample_data.SFT_NEAR_DUPLICATES
     clean = len(sample_data.all_examples()) - sum(sample_data.TASKS_PER_FAMILY.values())
     expected = clean + sample_data.SFT_EXACT_DUPLICATES + sum(near.values()) + sum(malformed.values())
-    assert len(all_lines) == expected + sample_data.SFT_CONTAMINATION_ROWS
+    filter_rows = sum(map(len, sample_data.SFT_FILTER_ROWS.values()))
+    assert len(all_lines) == expected + sample_data.SFT_CONTAMINATION_ROWS + filter_rows
     not_objects = malformed["truncated"] + malformed["array"]
     assert sum(not isinstance(parsed(line), dict) for line in all_lines) == not_objects
     assert sum(parsed(line) is None for line in all_lines) == malformed["truncated"]

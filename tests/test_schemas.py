@@ -10,11 +10,11 @@ JSON_SCHEMAS = sorted(SCHEMA_DIRECTORY.glob("*.json"))
 ROW_EXAMPLES = {
     "sft_row": {
         "id": "0" * 64, "source": "ichikara", "file": "data/raw/ichikara.jsonl", "line": 1,
-        "prompt": "日本の首都は？", "response": "東京です。",
+        "prompt": "日本の首都は？", "response": "東京です。", "split": "train",
     },
     "preference_row": {
         "id": "a" * 64, "source": "hh-ja", "file": "data/raw/hh.jsonl", "line": 3,
-        "prompt": "日本の首都は？", "chosen": "東京です。", "rejected": "大阪です。",
+        "prompt": "日本の首都は？", "chosen": "東京です。", "rejected": "大阪です。", "split": "validation",
     },
     "task_row": {"task_id": 0, "input": "日本の首都は？_x000D_"},
     "submission_row": {"task_id": 0, "input": "日本の首都は？", "output": "東京です。"},
@@ -70,6 +70,7 @@ def test_row_schema_accepts_a_good_row_and_rejects_an_unknown_key(name):
         ("sft_row", "response", ""),
         ("preference_row", "rejected", ""),
         ("preference_row", "id", "A" * 64),
+        ("sft_row", "split", "test"),
         ("task_row", "task_id", -1),
         ("submission_row", "output", None),
         ("submission_row", "task_id", True),

@@ -1,16 +1,18 @@
-"""LoRA SFT and DPO on the tiny model: adapter folders, metadata, what the loss sees, and clean failure."""
+"""LoRA CPT, SFT and DPO on the tiny model: adapter folders, metadata, what the loss sees, clean failure,
+the curated validation split, and training on two processes."""
 
 import csv
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from tiny_model import SEED, dpo_adapter, sft_adapter, tiny  # noqa: F401  (fixtures)
+from tiny_model import PRETRAIN_TEXT, SEED, cpt_adapter, dpo_adapter, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tunesmith.model import load_model, read_metadata
 from tunesmith.template import PromptTemplate
-from tunesmith.train import train_sft
+from tunesmith.train import split_rows, train_cpt, train_dpo, train_sft
 
 
 def assert_no_partial_siblings(folder: Path) -> None:
@@ -35,7 +37,8 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     metadata = read_metadata(folder)
     assert metadata == {
         "stage": "sft", "template_hash": PromptTemplate(tiny.recipe["template"]).hash, "base_model": tiny.base_dir,
-        "seed": SEED, "rows": metadata["rows"], "eval_rows": metadata["eval_rows"],
+        "seed": SEED, "base_adapters": [], "rows": metadata["rows"], "eval_rows": metadata["eval_rows"],
+        "processes": 1, "parallelism": "NO", "effective_batch_size": tiny.recipe["sft"]["batch_size"],
     }
     assert metadata["rows"] + metadata["eval_rows"] == pq.read_metadata(tiny.sft_data).num_rows
     with open(folder / "training_log.csv", newline="") as handle:
@@ -55,7 +58,7 @@ def test_sft_loss_is_on_the_rendered_completion_only(tiny, sft_adapter):
     trainer = sft_adapter.trainer
     tokenizer = trainer.processing_class
     template = PromptTemplate(tiny.recipe["template"])
-    rows = pq.read_table(tiny.sft_data).slice(0, 8).to_pylist()
+    rows = [row for row in pq.read_table(tiny.sft_data).to_pylist() if row["split"] == "train"][:8]
     batch = trainer.data_collator([trainer.train_dataset[index] for index in range(len(rows))])
     for row, ids, labels in zip(rows, batch["input_ids"].tolist(), batch["labels"].tolist()):
         labelled = [token for token, label in zip(ids, labels) if label != -100]
@@ -71,7 +74,7 @@ def test_dpo_trains_on_top_of_the_sft_adapter(tiny, sft_adapter, dpo_adapter):
     metadata = read_metadata(dpo_adapter)
     assert metadata["stage"] == "dpo" and metadata["on_top_of"] == sft_adapter.path
     assert metadata["template_hash"] == read_metadata(sft_adapter.path)["template_hash"]
-    assert metadata["rows"] == pq.read_metadata(tiny.preference_data).num_rows
+    assert metadata["rows"] + metadata["eval_rows"] == pq.read_metadata(tiny.preference_data).num_rows
     assert (Path(dpo_adapter) / "training_log.csv").is_file()
     merged_sft = load_model(tiny.base_dir, tiny.section("base_model"), adapters=[sft_adapter.path])
     assert isinstance(PeftModel.from_pretrained(merged_sft, dpo_adapter), PeftModel)
@@ -120,14 +123,11 @@ train_sft(base, json.loads(base_section), json.loads(template), json.loads(sft),
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path, caplog):
     """SIGKILL a real SFT run after its second checkpoint; the restart continues, not from step 0."""
-    import json
     import logging
     import signal
     import subprocess
     import sys
     import time
-
-    from tunesmith.train import checkpoint_dir
 
     sft = tiny.section("sft") | {"max_steps": 40, "save_steps": 2, "logging_steps": 1}
     out = tmp_path / "adapter"
@@ -135,14 +135,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path, caplog):
             json.dumps(sft), tiny.sft_data, str(SEED), str(out)]
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
-    checkpoints = Path(checkpoint_dir(str(out), sft, tiny.sft_data, tiny.base_dir,
-                                      PromptTemplate(tiny.section("template")), SEED))
     process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file():
+    while not list(Path(f"{out}.checkpoints").glob("*/checkpoint-4/trainer_state.json")):
         assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
         time.sleep(0.05)
+    (checkpoints,) = Path(f"{out}.checkpoints").iterdir()
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not out.exists(), "a killed run must not leave an adapter"
@@ -186,25 +185,59 @@ def test_training_curves_are_drawn(sft_adapter):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-def test_eval_split_is_stable_and_eval_loss_is_logged(tiny, tmp_path):
+def with_split(parquet: str, out: Path, validation: float = 0.1) -> str:
+    """The curated data with a `split` column as curation writes it: by each row's content hash."""
+    import pyarrow as pa
+
+    table = pq.read_table(parquet)
+    if "split" in table.column_names:
+        table = table.drop_columns(["split"])
+    sides = ["validation" if int(row_id[:8], 16) / 2**32 < validation else "train"
+             for row_id in table["id"].to_pylist()]
+    pq.write_table(table.append_column("split", pa.array(sides)), out)
+    return str(out)
+
+
+def test_split_rows_follows_the_curated_split_column(tiny, tmp_path):
     from datasets import Dataset
 
-    from tunesmith.train import split_by_id
+    rows = Dataset.from_parquet(with_split(tiny.sft_data, tmp_path / "split.parquet"))
+    train, held = split_rows(rows)
+    assert set(train["split"]) == {"train"} and set(held["split"]) == {"validation"}
+    assert len(train) + len(held) == len(rows) and 0.03 < len(held) / len(rows) < 0.2
+    everything = rows.remove_columns(["split"])
+    assert split_rows(everything) == (everything, None), "without the column every row trains"
+    only_train = rows.map(lambda row: {"split": "train"})
+    assert split_rows(only_train)[1] is None
+    with pytest.raises(ValueError, match="'test'"):
+        split_rows(rows.map(lambda row: {"split": "test"}), "sft.parquet")
 
-    rows = Dataset.from_parquet(tiny.sft_data)
-    train, held = split_by_id(rows, 0.1)
-    assert len(train) + len(held) == len(rows) and 0.05 < len(held) / len(rows) < 0.15
-    more_rows = Dataset.from_dict({key: rows[key][::-1] for key in rows.column_names})
-    assert set(split_by_id(more_rows, 0.1)[1]["id"]) == set(held["id"]), "the split follows content, not position"
-    assert split_by_id(rows, 0) == (rows, None)
 
-    sft = tiny.section("sft") | {"eval_fraction": 0.1, "max_steps": 4, "logging_steps": 2}
-    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data, SEED,
+def test_sft_evaluates_on_the_validation_rows(tiny, tmp_path):
+    dataset = with_split(tiny.sft_data, tmp_path / "split.parquet")
+    held = [side for side in pq.read_table(dataset)["split"].to_pylist() if side == "validation"]
+    sft = tiny.section("sft") | {"max_steps": 4, "logging_steps": 2}
+    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, dataset, SEED,
               str(tmp_path / "adapter"))
     with open(tmp_path / "adapter" / "training_log.csv", newline="") as handle:
         evaluated = [row for row in csv.DictReader(handle) if row.get("eval_loss")]
     assert [int(float(row["step"])) for row in evaluated] == [2, 4]
-    assert read_metadata(tmp_path / "adapter")["eval_rows"] == len(held)
+    metadata = read_metadata(tmp_path / "adapter")
+    assert metadata["eval_rows"] == len(held) > 0
+    assert metadata["rows"] == pq.read_metadata(dataset).num_rows - len(held)
+
+
+def test_dpo_evaluates_on_the_validation_pairs(tiny, sft_adapter, tmp_path):
+    dataset = with_split(tiny.preference_data, tmp_path / "split.parquet", validation=0.2)
+    held = [side for side in pq.read_table(dataset)["split"].to_pylist() if side == "validation"]
+    dpo = tiny.section("dpo") | {"max_steps": 2, "logging_steps": 2}
+    train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), dpo, dataset, sft_adapter.path,
+              SEED, str(tmp_path / "dpo"))
+    with open(tmp_path / "dpo" / "training_log.csv", newline="") as handle:
+        evaluated = [row for row in csv.DictReader(handle) if row.get("eval_loss")]
+    assert [int(float(row["step"])) for row in evaluated] == [2]
+    assert evaluated[0]["eval_rewards/accuracies"] != ""
+    assert read_metadata(tmp_path / "dpo")["eval_rows"] == len(held) > 0
 
 
 @pytest.mark.parametrize("strategy", ["wrapped", "bfd"])
@@ -248,3 +281,141 @@ def test_export_writes_a_standalone_merged_model(tiny, sft_adapter, dpo_adapter,
     with torch.no_grad():
         assert torch.allclose(exported(ids).logits, merged(ids).logits, atol=1e-5)
     assert not list((tmp_path / "merged").glob("adapter_*")), "no adapter files: a plain model folder"
+
+
+# --- continued pretraining -------------------------------------------------------------------------
+
+def test_cpt_trains_an_adapter_on_every_token_of_the_raw_text(tiny, cpt_adapter):
+    from tunesmith.base_model import read_text_lines
+
+    folder = Path(cpt_adapter.path)
+    metadata = read_metadata(folder)
+    assert metadata["stage"] == "cpt" and "template_hash" not in metadata
+    assert metadata["documents"] == cpt_adapter.result["documents"] == len(read_text_lines([PRETRAIN_TEXT]))
+    assert_lora_trained(cpt_adapter.path)
+    trainer = cpt_adapter.trainer
+    batch = trainer.data_collator([trainer.train_dataset[index] for index in range(4)])
+    # Packed blocks of max_length tokens, every one of them in the loss: no prompt, no padding.
+    assert batch["input_ids"].shape == (4, tiny.recipe["continued_pretraining"]["max_length"])
+    assert (batch["labels"] != -100).all()
+    assert (batch["input_ids"] == trainer.processing_class.eos_token_id).any(), "documents end in EOS"
+    with open(folder / "training_log.csv", newline="") as handle:
+        assert len([row for row in csv.DictReader(handle) if row.get("loss")]) == 3
+    assert_no_partial_siblings(folder)
+
+
+def test_cpt_refuses_sources_without_text(tiny, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(ValueError, match="continued_pretraining"):
+        train_cpt(tiny.base_dir, tiny.section("base_model"), tiny.section("continued_pretraining"), [str(empty)],
+                  SEED, str(tmp_path / "cpt"))
+    assert not (tmp_path / "cpt").exists()
+
+
+def test_sft_trains_on_the_base_merged_with_the_cpt_adapter(tiny, cpt_adapter, tmp_path, monkeypatch):
+    import tunesmith.train as train_module
+
+    loaded = []
+    real_load = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model",
+                        lambda *args, **kwargs: loaded.append(kwargs.get("adapters")) or real_load(*args, **kwargs))
+    sft = tiny.section("sft") | {"max_steps": 2}
+    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data, SEED,
+              str(tmp_path / "sft"), base_adapters=[cpt_adapter.path])
+    assert loaded == [[cpt_adapter.path]]
+    assert read_metadata(tmp_path / "sft")["base_adapters"] == [cpt_adapter.path]
+    assert_lora_trained(str(tmp_path / "sft"))
+
+    loaded.clear()
+    dpo = tiny.section("dpo") | {"max_steps": 1}
+    train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), dpo, tiny.preference_data,
+              str(tmp_path / "sft"), SEED, str(tmp_path / "dpo"), base_adapters=[cpt_adapter.path])
+    assert loaded == [[cpt_adapter.path, str(tmp_path / "sft")]], "DPO's model is base + CPT + SFT, in that order"
+    assert read_metadata(tmp_path / "dpo")["base_adapters"] == [cpt_adapter.path]
+
+
+# --- several processes -----------------------------------------------------------------------------
+
+def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capfd):
+    """A real `accelerate launch` of two CPU processes (gloo): both train, rank 0 alone writes."""
+    from peft import PeftModel
+
+    sft = tiny.section("sft") | {"max_steps": 3, "logging_steps": 1}
+    distributed = tiny.section("distributed") | {"processes": 2}
+    out = tmp_path / "adapters" / "sft"
+    result = train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
+                       SEED, str(out), threads=2, distributed=distributed)
+    output = capfd.readouterr().err
+    for rank in (0, 1):
+        assert any(f"[rank {rank}/2]" in line and "sft: " in line for line in output.splitlines()), \
+            f"rank {rank} did not train:\n{output[-3000:]}"
+    assert sorted(entry.name for entry in out.parent.iterdir()) == ["sft"], "one adapter, no partial or checkpoints"
+    metadata = read_metadata(out)
+    assert metadata["processes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
+    assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
+    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
+    with open(out / "training_log.csv", newline="") as handle:
+        assert len([row for row in csv.DictReader(handle) if row.get("loss")]) == 3
+    assert_lora_trained(str(out))
+    assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), out), PeftModel)
+
+
+def test_a_failing_multi_process_run_reports_its_output_and_writes_nothing(tiny, tmp_path):
+    from tunesmith.distributed import DistributedError
+
+    distributed = tiny.section("distributed") | {"processes": 2}
+    out = tmp_path / "adapters" / "sft"
+    with pytest.raises(DistributedError, match="distributed.processes") as error:
+        train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"),
+                  str(tmp_path / "no-such.parquet"), SEED, str(out), distributed=distributed)
+    assert "no-such.parquet" in str(error.value), "the processes' own error is shown"
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_launch_options_per_strategy(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from tunesmith.distributed import DistributedError, check_strategy, launch_arguments
+
+    section = {"processes": 4, "strategy": "ddp", "zero_stage": 2}
+    ddp = launch_arguments(section, 29123)
+    assert ddp[0] == "--multi_gpu" and ddp[ddp.index("--num_processes") + 1] == "4"
+    assert ddp[ddp.index("--main_process_port") + 1] == "29123"
+    fsdp = launch_arguments(section | {"strategy": "fsdp"}, 29123)
+    assert "--use_fsdp" in fsdp and fsdp[fsdp.index("--fsdp_version") + 1] == "2"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
+    with pytest.raises(DistributedError, match="distributed.strategy is 'deepspeed'.*pip install deepspeed"):
+        launch_arguments(section | {"strategy": "deepspeed"}, 29123)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
+    deepspeed = launch_arguments(section | {"strategy": "deepspeed", "zero_stage": 3}, 29123)
+    assert deepspeed[deepspeed.index("--zero_stage") + 1] == "3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for strategy in ("fsdp", "deepspeed"):
+        with pytest.raises(DistributedError, match=f"distributed.strategy is '{strategy}'.*CUDA"):
+            check_strategy(section | {"strategy": strategy}, {"quantization": "none"})
+    check_strategy(section, {"quantization": "nf4"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(DistributedError, match="base_model.quantization"):
+        check_strategy(section | {"strategy": "fsdp"}, {"quantization": "nf4"})
+
+
+def test_deepspeed_without_the_package_stops_before_training(tiny, tmp_path, monkeypatch):
+    import importlib.util
+
+    import tunesmith.train as train_module
+    from tunesmith.distributed import DistributedError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
+    monkeypatch.setattr(train_module, "load_model", lambda *args, **kwargs: pytest.fail("loaded a model"))
+    distributed = {"processes": 2, "strategy": "deepspeed", "zero_stage": 2}
+    with pytest.raises(DistributedError, match="deepspeed"):
+        train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo"),
+                  tiny.preference_data, "sft", SEED, str(tmp_path / "dpo"), distributed=distributed)
+    assert not list(tmp_path.iterdir())

@@ -1,6 +1,8 @@
 """The Snakemake DAG itself: planning, recipe errors at the command line, and one real end-to-end run."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -34,8 +36,8 @@ def test_default_recipe_plans_every_stage(tmp_path):
     result = snakemake("-n", "--directory", tmp_path, "--configfile", REPO / "recipes/default.yaml")
     assert result.returncode == 0, result.stderr
     assert planned_jobs(result.stdout) == {
-        "all": 1, "curate_data": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
-        "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
+        "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
     }
 
 
@@ -91,15 +93,22 @@ def test_fine_tuning_beats_the_untrained_base(default_run):
     assert scores["sft"]["chrf"] > scores["base"]["chrf"]
 
 
+def one(directory, pattern):
+    """The one file of a run matching `pattern` (stage artifacts live under content keys)."""
+    found = sorted(directory.glob(pattern))
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
 @pytest.mark.e2e
 def test_curation_accounts_for_every_row(default_run):
     for role in ("sft", "preference"):
-        card = json.loads((default_run / f"results/curated/{role}.card.json").read_text())
+        card = json.loads(one(default_run, f"results/curated/*/{role}.card.json").read_text())
         totals = card["totals"]
         assert totals["rows_in"] == totals["kept"] + sum(totals["quarantined"].values())
-        kept = duckdb.sql(f"SELECT count(*) FROM '{default_run}/results/curated/{role}.parquet'").fetchall()[0][0]
+        kept = duckdb.sql(f"SELECT count(*) FROM '{one(default_run, f'results/curated/*/{role}.parquet')}'").fetchall()[0][0]
         dropped = duckdb.sql(
-            f"SELECT count(*) FROM '{default_run}/results/curated/{role}.quarantine.parquet'").fetchall()[0][0]
+            f"SELECT count(*) FROM '{one(default_run, f'results/curated/*/{role}.quarantine.parquet')}'").fetchall()[0][0]
         assert (kept, dropped) == (totals["kept"], sum(totals["quarantined"].values()))
         assert card["totals"]["quarantined"].get("duplicate", 0) > 0
 
@@ -108,10 +117,11 @@ def test_curation_accounts_for_every_row(default_run):
 def test_every_job_logged_and_adapters_load(default_run):
     from peft import PeftConfig
 
-    for log in ("train_tokenizer", "pretrain_base", "train_sft", "train_dpo", "write_submission", "evaluate_stages"):
-        assert (default_run / "logs" / f"{log}.log").is_file()
+    for log in ("train_tokenizer/*", "pretrain_base/*", "train_sft/*", "train_dpo/*", "write_submission",
+                "evaluate_stages"):
+        assert one(default_run, f"logs/{log}.log").is_file()
     for stage in ("sft", "dpo"):
-        adapter = default_run / "results" / stage / "adapter"
+        adapter = one(default_run, f"results/{stage}/*/adapter")
         assert PeftConfig.from_pretrained(adapter).peft_type == "LORA"
         assert json.loads((adapter / "tunesmith.json").read_text())["stage"] == stage
     assert not list(default_run.rglob("*.partial")), "an atomic write left a temporary file behind"
@@ -167,10 +177,12 @@ def test_every_artifact_has_a_manifest(default_run):
     submission = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
     assert submission["stage"] == "submission"
     assert submission["outputs"]["submission.jsonl"] == content_hash(default_run / "submission.jsonl")
-    assert "results/generations/dpo.jsonl" in submission["inputs"]
-    sft = json.loads((default_run / "results/sft/adapter.manifest.json").read_text())
+    dpo_generations = one(default_run, "results/generations/*/dpo.jsonl").relative_to(default_run)
+    assert str(dpo_generations) in submission["inputs"]
+    sft_adapter = one(default_run, "results/sft/*/adapter")
+    sft = json.loads(one(default_run, "results/sft/*/adapter.manifest.json").read_text())
     assert sft["settings"]["sft"]["learning_rate"] == 0.003 and sft["seed"] == 42
-    assert sft["template_hash"] == json.loads((default_run / "results/sft/adapter/tunesmith.json").read_text())[
+    assert sft["template_hash"] == json.loads((sft_adapter / "tunesmith.json").read_text())[
         "template_hash"]
     assert sft["versions"]["trl"] == "1.16.0" and sft["device"].startswith("cpu")
     assert sft["started"] <= sft["finished"]
@@ -180,13 +192,14 @@ def test_every_artifact_has_a_manifest(default_run):
 def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
     from tunesmith.manifest import LineageError, lineage
 
-    contaminated = json.loads((default_run / "results/curated/sft.card.json").read_text())["contamination"][0]
+    contaminated = json.loads(one(default_run, "results/curated/*/sft.card.json").read_text())["contamination"][0]
     task_id = contaminated["task_id"]
     text = "\n".join(lineage("submission.jsonl", task_id=task_id, root=default_run))
-    order = ["submission.jsonl  [submission", "results/generations/dpo.jsonl  [generate_dpo",
-             "results/dpo/adapter  [dpo", "results/sft/adapter  [sft", "results/curated/sft.parquet  [curate_sft",
-             "data/raw/sft.jsonl  [source, sha256"]
-    assert text.startswith(order[0]) and all(step in text for step in order), text
+    key = "[0-9a-f]{12}"
+    order = ["submission.jsonl  \\[submission", f"results/generations/{key}/dpo.jsonl  \\[generate_dpo",
+             f"results/dpo/{key}/adapter  \\[dpo", f"results/sft/{key}/adapter  \\[sft",
+             f"results/curated/{key}/sft.parquet  \\[curate_sft", "data/raw/sft.jsonl  \\[source, sha256"]
+    assert text.startswith("submission.jsonl") and all(re.search(step, text) for step in order), text
     assert f"task {task_id} in submission.jsonl" in text
     assert f"quarantined as a copy of task {task_id}: sample_sft line {contaminated['line']}" in text
     with pytest.raises(LineageError, match="no manifest"):
@@ -210,3 +223,153 @@ def test_export_plans_a_merged_model_of_the_dpo_chain(tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     assert jobs["export_model"] == 1 and jobs["train_dpo"] == 1 and "write_submission" not in jobs
+
+
+SWEEP = """
+sweep:
+  matrix:
+    dpo.beta: [0.1, 0.3]
+    generate.repetition_penalty: [1.0, 1.2]
+"""
+
+
+def sweep_recipe(directory):
+    path = directory / "sweep.yaml"
+    path.write_text((REPO / "recipes/default.yaml").read_text(encoding="utf-8") + SWEEP, encoding="utf-8")
+    return path
+
+
+def test_a_sweep_builds_shared_upstream_once(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("-n", "--directory", tmp_path, "--configfile", sweep_recipe(tmp_path))
+    assert result.returncode == 0, result.stderr
+    # Four variants and the recipe itself: curation, the base model and SFT once; DPO once per beta;
+    # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
+    assert planned_jobs(result.stdout) == {
+        "all": 1, "ingest_source": 2, "curate_data": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
+        "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1,
+        "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1,
+    }
+    assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
+
+
+def test_a_misspelt_sweep_key_names_the_variant(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    recipe = sweep_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("dpo.beta:", "dpo.betta:"))
+    result = snakemake("-n", "--directory", tmp_path, "--configfile", recipe)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "sweep variant dpo.betta=0.1,generate.repetition_penalty=1.0" in output
+    assert "'betta' was unexpected" in output
+
+
+def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
+    from tunesmith.evaluate import leaderboard
+
+    scores = {}
+    for name, chrf in (("a", 10.0), ("b", 30.0), ("c", 20.0)):
+        scores[name] = tmp_path / f"{name}.json"
+        stages = {"sft": {"exact_match": 0.5, "chrf": 99.0, "n": 2}, "dpo": {"exact_match": 0.0, "chrf": chrf, "n": 2}}
+        scores[name].write_text(json.dumps({"stages": stages}))
+    overrides = {"a": {"dpo.beta": 0.1}, "b": {"dpo.beta": 0.2}, "c": {"dpo.beta": 0.3}}
+    rows = leaderboard(scores, overrides, {"a": "dpo", "b": "dpo", "c": "dpo"}, tmp_path / "board.json",
+                       tmp_path / "board.md")
+    assert [row["variant"] for row in rows] == ["b", "c", "a"]
+    table = (tmp_path / "board.md").read_text().splitlines()
+    assert table[0] == "| rank | dpo.beta | submitted | exact match | chrF |"
+    assert table[2] == "| 1 | 0.2 | dpo | 0.0% | 30.0 |"
+
+
+@pytest.mark.e2e
+def test_recipes_that_differ_downstream_share_upstream_artifacts(default_run, tmp_path):
+    """Build a second recipe (another DPO beta) for real beside the first; then the first needs no training."""
+    work = tmp_path / "run"
+    shutil.copytree(default_run, work, symlinks=True)
+    beta = edited_recipe(tmp_path, "beta: 0.1", "beta: 0.2")
+    built = snakemake("submission.jsonl", "--directory", work, "--configfile", beta, "--cores", "1",
+                      "--resources", "gpu=1")
+    assert built.returncode == 0, built.stderr[-5000:]
+    assert len(list(work.glob("results/dpo/*/adapter"))) == 2
+    assert len(list(work.glob("results/sft/*/adapter"))) == 1, "the second recipe trained SFT again"
+    back = snakemake("submission.jsonl", "-n", "--directory", work, "--configfile", REPO / "recipes/default.yaml")
+    assert planned_jobs(back.stdout) == {"evaluate_stages": 1, "write_submission": 1}
+
+
+@pytest.mark.e2e
+def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path):
+    from tunesmith.cli import main
+
+    assert main(["explain", "submission.jsonl", "--directory", str(default_run),
+                 "--configfile", str(REPO / "recipes/default.yaml")]) == 0
+    from tunesmith.explain import explain
+
+    assert explain(REPO / "recipes/default.yaml", ["submission.jsonl"], root=default_run) == [
+        "Nothing to rebuild: every target is up to date."]
+    lines = explain(edited_recipe(tmp_path, "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler"),
+                    ["submission.jsonl"], root=default_run)
+    text = "\n".join(lines)
+    sft = text.split("train_sft: ")[1].split("\n", 3)
+    assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
+    dpo = text.split("train_dpo: ")[1].split("\n", 2)
+    assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
+    assert lines[-1] == "6 jobs would run."
+
+
+@pytest.mark.e2e
+def test_the_report_holds_cards_curves_scores_and_manifests(default_run):
+    built = snakemake("results/lineage.txt", "--directory", default_run, "--cores", "1",
+                      "--configfile", REPO / "recipes/default.yaml")
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "submission.jsonl" in (default_run / "results/lineage.txt").read_text()
+    result = snakemake("--report", "report.html", "--cores", "1", "--directory", default_run,
+                       "--configfile", REPO / "recipes/default.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (default_run / "report.html").read_text(encoding="utf-8")
+    for section in ("Data cards", "Training curves", "Evaluation", "Manifests"):
+        assert section in html, section
+    for name in ("training_curves.png", "eval.md", "manifests.json", "lineage.txt"):
+        assert name in html, name
+
+
+@pytest.mark.e2e
+def test_two_clean_runs_are_byte_identical(default_run, tmp_path_factory):
+    work = tmp_path_factory.mktemp("second_run")
+    (work / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "--directory", work, "--configfile", REPO / "recipes/default.yaml",
+                       "--cores", "1", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stderr[-5000:]
+    compared = ["submission.jsonl", "results/curated/*/sft.parquet", "results/curated/*/preference.parquet",
+                "results/sft/*/adapter/adapter_model.safetensors", "results/dpo/*/adapter/adapter_model.safetensors"]
+    for pattern in compared:
+        first, second = one(default_run, pattern), one(work, pattern)
+        assert first.relative_to(default_run) == second.relative_to(work), "the same recipe gave another key"
+        assert first.read_bytes() == second.read_bytes(), pattern
+
+
+@pytest.mark.e2e
+def test_changing_a_stage_script_reruns_that_stage(default_run, tmp_path):
+    workflow = tmp_path / "workflow"
+    workflow.mkdir()
+    for part in ("Snakefile", "rules", "scripts", "report", "recipes"):
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copyfile)(REPO / part, workflow / part)
+    script = workflow / "scripts/train_dpo.py"
+    script.write_text(script.read_text().replace("log_to(snakemake.log[0])", "log_to(snakemake.log[0])  # edited"))
+    command = [sys.executable, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "submission.jsonl", "-n",
+               "--directory", str(default_run), "--configfile", str(REPO / "recipes/default.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "evaluate_stages": 1,
+                                           "write_submission": 1}
+
+
+def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    recipe = tmp_path / "cpt.yaml"
+    recipe.write_text((REPO / "recipes/default.yaml").read_text() + "\ncontinued_pretraining:\n  enabled: true\n")
+    result = snakemake("submission.jsonl", "-n", "--directory", tmp_path, "--configfile", recipe)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train_cpt"] == 1 and jobs["train_sft"] == 1 and jobs["generate_answers"] == 3
+    sft_inputs = result.stdout.split("rule train_sft:")[1].split("output:")[0]
+    assert re.search(r"results/cpt/[0-9a-f]{12}/adapter", sft_inputs), sft_inputs

@@ -1,4 +1,4 @@
-"""The tiny model, its curated data and its SFT/DPO adapters, built once per test session.
+"""The tiny model, its curated data and its CPT/SFT/DPO adapters, built once per test session.
 
 Import the fixtures into a test module (`from tiny_model import tiny, sft_adapter`). pytest makes a
 separate fixture of each import, so the builds are cached here, by name, for the whole process:
@@ -25,6 +25,7 @@ BUILD = dict(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_l
 TRAINING = dict(max_length=64, batch_size=4, warmup_steps=0, logging_steps=1, lora={"r": 4, "alpha": 8})
 SFT = dict(TRAINING, max_steps=5)
 DPO = dict(TRAINING, max_steps=3)
+CPT = dict(TRAINING, max_steps=3)
 
 
 def recipe() -> dict:
@@ -32,7 +33,8 @@ def recipe() -> dict:
     with open(REPO / "recipes" / "default.yaml", encoding="utf-8") as handle:
         raw = yaml.safe_load(handle)
     raw["base_model"]["build"].update(BUILD)
-    for section, overrides in (("sft", SFT), ("dpo", DPO)):
+    for section, overrides in (("sft", SFT), ("dpo", DPO), ("continued_pretraining", CPT)):
+        raw.setdefault(section, {"lora": {}})
         raw[section].update({key: value for key, value in overrides.items() if key != "lora"})
         raw[section]["lora"].update(overrides["lora"])
     return validate_recipe(raw)
@@ -88,10 +90,9 @@ def tiny(tmp_path_factory) -> Tiny:
     return _once("tiny", lambda: _build_tiny(tmp_path_factory.mktemp("tiny")))
 
 
-def _train_sft(tiny: Tiny, out_dir: Path) -> SftRun:
+def _recording_trainer(train) -> tuple:
+    """Run `train()` with trl's SFTTrainer recording its instance; returns (result, trainer)."""
     import trl
-
-    from tunesmith.train import train_sft
 
     trainers = []
 
@@ -102,9 +103,17 @@ def _train_sft(tiny: Tiny, out_dir: Path) -> SftRun:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trl, "SFTTrainer", RecordingSFTTrainer)
-        result = train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"),
-                           tiny.sft_data, SEED, str(out_dir))
-    return SftRun(str(out_dir), result, trainers[0])
+        result = train()
+    return result, trainers[0]
+
+
+def _train_sft(tiny: Tiny, out_dir: Path) -> SftRun:
+    from tunesmith.train import train_sft
+
+    result, trainer = _recording_trainer(lambda: train_sft(
+        tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"), tiny.sft_data,
+        SEED, str(out_dir)))
+    return SftRun(str(out_dir), result, trainer)
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +128,21 @@ def _train_dpo(tiny: Tiny, sft: SftRun, out_dir: Path) -> str:
     train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo"),
               tiny.preference_data, sft.path, SEED, str(out_dir))
     return str(out_dir)
+
+
+def _train_cpt(tiny: Tiny, out_dir: Path) -> SftRun:
+    from tunesmith.train import train_cpt
+
+    result, trainer = _recording_trainer(lambda: train_cpt(
+        tiny.base_dir, tiny.section("base_model"), tiny.section("continued_pretraining"), [PRETRAIN_TEXT], SEED,
+        str(out_dir)))
+    return SftRun(str(out_dir), result, trainer)
+
+
+@pytest.fixture(scope="session")
+def cpt_adapter(tiny, tmp_path_factory) -> SftRun:
+    """A LoRA continued-pretraining adapter trained 3 steps on the shipped pretrain text."""
+    return _once("cpt", lambda: _train_cpt(tiny, tmp_path_factory.mktemp("adapters") / "cpt"))
 
 
 @pytest.fixture(scope="session")

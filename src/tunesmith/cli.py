@@ -36,6 +36,18 @@ def show_lineage(args) -> int:
     return 0
 
 
+def explain_rebuild(args) -> int:
+    """Say which targets a build would rerun, and the recipe key or input file that causes each."""
+    from tunesmith.explain import explain
+
+    try:
+        print("\n".join(explain(args.configfile, args.targets, root=args.directory)))
+    except (RecipeError, RuntimeError, OSError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunesmith", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--task-id", type=int, help="also show what each stage holds about this task")
     trace.add_argument("--root", default=".", help="the workflow's working directory")
     trace.set_defaults(run=show_lineage)
+    why = commands.add_parser("explain", help=explain_rebuild.__doc__)
+    why.add_argument("targets", nargs="*", help="targets, as for snakemake (default: the workflow's)")
+    why.add_argument("--configfile", help="the recipe (default: recipes/default.yaml)")
+    why.add_argument("--directory", default=".", help="the workflow's working directory")
+    why.set_defaults(run=explain_rebuild)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,23 +1,43 @@
-"""Curation: raw corpora → deduplicated, decontaminated Parquet, a quarantine, and a card.
+"""Curation: ingested sources → filtered, deduplicated, decontaminated, mixed Parquet, a quarantine and a card.
 
-`tunesmith.ingest` reads every source (any format, any record style) into one row per record with
-exact file and line, and maps record styles onto the canonical fields. Every decision after that is
-DuckDB SQL over one table, so the rules read in one place and a million rows stay fast. Every input
-record ends up in exactly one of the two outputs, and the card says so per source.
+`tunesmith.ingest.ingest_source` reads each source (any format, any record style) into a Parquet file
+of raw records with exact file and line; curation reads those files and maps record styles onto the
+canonical fields. Every decision after that is DuckDB SQL over one table, so the rules read in one
+place and a million rows stay fast. Every input record ends up in exactly one of the two outputs (a
+kept record of weight > 1 may be written several times), and the card says so per source.
+
+The checks, in priority order (a row failing several is quarantined for the first; see REASONS):
+reading and record-style problems; missing, mistyped and empty fields; length in characters
+(too_short, too_long) and in estimated tokens (too_few_tokens, too_many_tokens: one token per
+Japanese character plus one per 4 other non-space characters, rounded up: no tokenizer exists at
+curation time for the tiny model); chosen_equals_rejected; the share of Japanese characters among
+letters (not_japanese); the block list (blocked); degenerate repetition of the taught answer
+(repetitive); overlap with a task input (contaminated); exact copies (duplicate); MinHash LSH near
+copies (near_duplicate); then mixing: per-source weight (downsampled) and cap (over_cap). Kept rows get
+a `split` column (train/validation) by a hash of their id and the seed.
+
+Quality filters (script share, block list, repetition) judge the prompt and the *taught* answer: the
+response of an SFT row, the chosen answer of a preference pair. A rejected answer is meant to be bad.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.ingest import IngestError, Source, canonical_function, read_source, resolve_sources
-from tunesmith.normalize import match_key, normalize_text
+from tunesmith.ingest import (IngestError, Source, canonical_function, ingest_source, ingested_source, resolve_sources,
+                              source_with_defaults)
+from tunesmith.normalize import match_keys_arrow, normalize_arrow
+from tunesmith.recipe import load_schema
 from tunesmith.tasks import read_tasks
 
 # Priority order: a row that fails several checks is quarantined for the first. The reader's own
@@ -25,8 +45,13 @@ from tunesmith.tasks import read_tasks
 # without an answer, judges that tie or disagree) come after the checks of the fields they read.
 REASONS = ("invalid_utf8", "wrong_column_count", "blank_line", "invalid_json", "not_object", "missing_field",
            "wrong_type", "bad_conversation", "judge_invalid", "judge_tie", "judge_disagree", "empty_field",
-           "too_long", "chosen_equals_rejected", "contaminated", "duplicate")
+           "too_short", "too_long", "too_few_tokens", "too_many_tokens", "chosen_equals_rejected", "not_japanese",
+           "blocked", "repetitive", "contaminated", "duplicate", "near_duplicate", "downsampled", "over_cap")
 EXAMPLES_PER_REASON = 3
+KEPT_EXAMPLES = 3
+EXAMPLE_CHARS = 1000  # a 10 MB record would make the card unreadable
+CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (all are counted)
+SPLITS = ("train", "validation")
 
 
 class CurationError(ValueError):
@@ -40,6 +65,7 @@ class Shape:
     optional: tuple[str, ...]
     prompt: str
     responses: tuple[str, ...]
+    taught: str  # the answer the model learns to give: what quality filters judge
     kept_columns: str
     identical: str  # a pair whose answers are the same teaches a preference nothing
 
@@ -47,16 +73,28 @@ class Shape:
 SHAPES = {
     "sft": Shape(("instruction", "output"), ("input",),
                  "CASE WHEN coalesce(input, '') = '' THEN instruction ELSE instruction || chr(10) || input END",
-                 ("output",), "prompt_text AS prompt, output AS response", "false"),
-    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("chosen", "rejected"),
+                 ("output",), "output", "prompt_text AS prompt, output AS response", "false"),
+    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("chosen", "rejected"), "chosen",
                         "prompt_text AS prompt, chosen, rejected", "chosen = rejected"),
 }
 
+# RE2's \s is ASCII only; \p{Z} adds the ideographic and no-break spaces of Japanese text.
+MACROS = r"""
+CREATE MACRO japanese_chars(t) AS length(regexp_replace(t, '[^\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]', '', 'g'));
+CREATE MACRO letter_chars(t) AS length(regexp_replace(t, '[^\p{L}]', '', 'g'));
+CREATE MACRO visible_chars(t) AS length(regexp_replace(t, '[\s\v\p{Z}]', '', 'g'));
+CREATE MACRO estimated_tokens(t) AS japanese_chars(t) + ceil((visible_chars(t) - japanese_chars(t)) / 4)::BIGINT;
+CREATE MACRO japanese_share(t) AS japanese_chars(t) / nullif(letter_chars(t), 0);
+CREATE MACRO code_points(t) AS list_transform(string_split(t, ''), lambda c: unicode(c));
+CREATE MACRO uniform(id, seed, purpose) AS hash(concat_ws(':', id, seed, purpose)) / 18446744073709551616.0;
+CREATE MACRO top_count(items) AS list_max(list_transform(map_entries(list_aggregate(items, 'histogram')),
+                                                          lambda e: {'n': e.value, 'item': e.key}));
+"""
+
 # Line-level reasons, judged on the record as read. json_type() raises on invalid JSON, so each test
 # is guarded by the one above it (DuckDB evaluates a CASE branch only for the rows that reach it).
-# RE2's \s is ASCII only; \p{Z} adds the ideographic and no-break spaces of Japanese text.
 FRAME_SQL = r"""
-CREATE TEMP TABLE framed AS
+CREATE TEMP VIEW framed AS
 SELECT *,
   CASE WHEN read_reason IS NOT NULL THEN read_reason
        WHEN regexp_matches(raw, '^[\s\v\p{Z}]*$') THEN 'blank_line'
@@ -70,9 +108,9 @@ FROM lines
 # Records of a mapped style become canonical JSON (or a reason) in Python; the rest are canonical as
 # read. `labels` name where each canonical field came from, for the details of later checks.
 STYLE_SQL = """
-CREATE TEMP TABLE styled AS
+CREATE TEMP VIEW styled AS
 WITH converted AS (
-  SELECT *, CASE WHEN line_reason IS NULL AND list_contains($mapped, source_rank)
+  SELECT *, CASE WHEN line_reason IS NULL AND list_contains({mapped}, source_rank)
                  THEN canonical(source_rank, json(raw)) END AS conversion
   FROM framed
 )
@@ -88,41 +126,9 @@ FROM converted
 COLUMNS_SQL = """SELECT count(*), list_distinct(flatten(list(list_intersect(json_keys(raw), $columns))))
 FROM framed WHERE source_rank = $rank AND line_reason IS NULL"""
 
-# Contamination and duplicates are only judged among rows that passed every other check, so a
-# duplicate of a broken row is kept and a duplicate of a contaminated row is reported as contaminated.
-CLASSIFY_SQL = """
-CREATE TEMP TABLE classified AS
-WITH contamination AS (
-  SELECT c.source_rank, c.file, c.line, min(t.task_id) AS task_id
-  FROM checked c JOIN tasks t ON contains(c.prompt_key, t.task_key)
-  WHERE c.verdict IS NULL GROUP BY ALL
-), ranked AS (
-  SELECT c.*, m.task_id,
-    row_number() OVER copies AS copy_rank,
-    -- A source of several files names the file of its copy too.
-    first_value(c.source || ':' || CASE WHEN list_contains($several_files, c.source_rank) THEN c.file || ':' ELSE '' END
-                || c.line) OVER copies AS first_copy
-  FROM checked c LEFT JOIN contamination m USING (source_rank, file, line)
-  WINDOW copies AS (PARTITION BY c.verdict IS NULL AND m.task_id IS NULL, c.dedup_key
-                    ORDER BY c.source_rank, c.file, c.line)
-)
-SELECT *,
-  CASE WHEN verdict IS NOT NULL THEN verdict
-       WHEN task_id IS NOT NULL THEN {'reason': 'contaminated', 'detail': 'task_id ' || task_id}
-       WHEN $dedup AND copy_rank > 1 THEN {'reason': 'duplicate', 'detail': 'kept ' || first_copy}
-  END AS outcome
-FROM ranked
-"""
-
-KEPT_SQL = """SELECT sha256(dedup_key) AS id, source, file, line, {columns} FROM classified
-WHERE outcome IS NULL ORDER BY source_rank, file, line"""
-QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
-FROM classified WHERE outcome IS NOT NULL ORDER BY source_rank, file, line"""
-EXAMPLES_SQL = """SELECT outcome.reason, raw FROM classified WHERE outcome IS NOT NULL
-QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY source_rank, file, line) <= $n
-ORDER BY source_rank, file, line"""
-CONTAMINATION_SQL = """SELECT source, file, line, task_id FROM classified
-WHERE outcome.reason = 'contaminated' ORDER BY source_rank, file, line"""
+# A reference to a row in details and the card; a source of several files names the file too.
+REF = ("source || ':' || CASE WHEN list_contains($several_files, source_rank) THEN file || ':' ELSE '' END "
+       "|| line")
 
 
 def _listed(parts: list[str]) -> str:
@@ -130,69 +136,353 @@ def _listed(parts: list[str]) -> str:
     return "concat_ws(', ', " + ", ".join(parts) + ")" if parts else "''"
 
 
-def _check_sql(shape: Shape) -> str:
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_path(path) -> str:  # COPY takes no parameter for its target
+    return _quoted(str(path))
+
+
+def _ngrams_sql(text: str, n: int) -> str:
+    """SQL: the list of hashes of the text's character n-grams (duplicates kept; empty when shorter)."""
+    window = ", ".join(f"cp[i + {offset}]" for offset in range(n))
+    return (f"list_transform([code_points({text})], lambda cp: "
+            f"list_transform(range(1, len(cp) - {n - 2}), lambda i: hash({window})))[1]")
+
+
+def _check_sql(shape: Shape, settings: dict) -> str:
     """Field-level reasons as one CASE yielding {reason, detail}; NULL means the row passed."""
     fields = shape.required + shape.optional
     # Details name each field as the record has it (a mapped column, a conversation turn).
     typed = ",\n  ".join(
         f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_type,\n  "
-        f"CASE WHEN {f}_type = 'VARCHAR' THEN normalize_text(json_extract_string(record, '$.{f}')) END AS {f},\n  "
+        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  "
         f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name"
         for f in fields)
+    normalised = ", ".join(f"normalize_text({f}_raw) AS {f}" for f in fields)
+    texts = [("prompt_text", "'prompt'")] + [(r, f"{r}_name") for r in shape.responses]
+    taught = [("prompt_text", "'prompt'"), (shape.taught, f"{shape.taught}_name")]
+    tokens, japanese, repetition = settings["tokens"], settings["japanese"], settings["repetition"]
+
     # An explicit null counts as missing: it carries no text, exactly like an absent key.
     missing = _listed([f"CASE WHEN {f}_type IS NULL THEN {f}_name "
                        f"WHEN {f}_type = 'NULL' THEN {f}_name || '=null' END" for f in shape.required])
     wrong = _listed([f"CASE WHEN {f}_type NOT IN ('VARCHAR', 'NULL') THEN {f}_name || ': ' || lower({f}_type) END"
                      for f in fields])
     empty = _listed([f"CASE WHEN {f} = '' THEN {f}_name END" for f in shape.required])
-    too_long = _listed(["CASE WHEN length(prompt_text) > $max_prompt THEN 'prompt ' || length(prompt_text) END"]
-                       + [f"CASE WHEN length({r}) > $max_response THEN '{r} ' || length({r}) END"
-                          for r in shape.responses])
-    # Keys lose all whitespace, so a newline between them cannot be confused with content.
-    key = ", ".join(["prompt_key"] + [f"match_key({r})" for r in shape.responses])
+
+    def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> str:
+        """Fields beyond a bound; a minimum of 1 character or 0 tokens, or a null maximum, checks nothing."""
+        parts = []
+        for text, name in texts:
+            bound = prompt_bound if text == "prompt_text" else response_bound
+            if bound is None or (compare == "<" and bound <= (1 if measure == "length" else 0)):
+                continue
+            parts.append(f"CASE WHEN {measure}({text}) {compare} {bound} THEN {name} || ' ' || {measure}({text})"
+                         f"{unit} END")
+        return _listed(parts)
+
+    too_short = limits("length", "<", settings["min_prompt_chars"], settings["min_response_chars"])
+    too_long = limits("length", ">", settings["max_prompt_chars"], settings["max_response_chars"])
+    too_few = limits("estimated_tokens", "<", tokens["min_prompt"], tokens["min_response"], " || ' tokens'")
+    too_many = limits("estimated_tokens", ">", tokens["max_prompt"], tokens["max_response"], " || ' tokens'")
+    judged_script = {"prompt": taught[:1], "response": taught[1:], "both": taught}[japanese["fields"]]
+    not_japanese = _listed([f"CASE WHEN japanese_share({text}) < {japanese['min_share']} THEN {name} || ' ' || "
+                            f"round(japanese_share({text}), 2) END" for text, name in judged_script]
+                           if japanese["min_share"] > 0 else [])
+    blocked = _listed([f"CASE WHEN regexp_matches({text}, {_quoted(pattern)}) THEN {name} || ' matches ' || "
+                       f"{_quoted(_quoted(pattern))} END" for pattern in settings["block_patterns"]
+                       for text, name in taught])
+    rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty), ("too_short", too_short),
+             ("too_long", too_long), ("too_few_tokens", too_few), ("too_many_tokens", too_many)]
+    cases = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
+                             for reason, condition in rules if condition != "''")
+    late = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
+                            for reason, condition in (("not_japanese", not_japanese), ("blocked", blocked))
+                            if condition != "''")
+
+    # Repetition is measured on the taught answer's non-space characters, only for rows that passed
+    # everything else, are long enough to judge, and could repeat enough (`_repetition_bound`: exact
+    # counting per row is slow, and few rows come near the limits).
+    n = repetition["ngram"]
+    chars = f"string_split(regexp_replace({shape.taught}, '[\\s\\v\\p{{Z}}]', '', 'g'), '')"
+    grams = f"list_transform(range(1, len(taught_chars) - {n - 2}), lambda i: array_to_string(taught_chars[i:i + {n - 1}], ''))"
     return f"""
 CREATE TEMP TABLE checked AS
-SELECT source_rank, source, file, line, raw,
-  {typed},
-  {shape.prompt} AS prompt_text,
-  CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
-       WHEN {missing} <> '' THEN {{'reason': 'missing_field', 'detail': {missing}}}
-       WHEN {wrong} <> '' THEN {{'reason': 'wrong_type', 'detail': {wrong}}}
-       WHEN {empty} <> '' THEN {{'reason': 'empty_field', 'detail': {empty}}}
-       WHEN {too_long} <> '' THEN {{'reason': 'too_long', 'detail': {too_long}}}
+WITH typed AS (
+  SELECT pos, source_rank, early_reason, early_detail, {typed}
+  FROM styled
+), normalised AS (
+  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}), {normalised} FROM typed
+), structural AS (
+  SELECT *, {shape.prompt} AS prompt_text,
+    CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
+       {cases}
        WHEN {shape.identical} THEN {{'reason': 'chosen_equals_rejected', 'detail': NULL}}
-  END AS verdict,
-  CASE WHEN verdict IS NULL THEN match_key(prompt_text) END AS prompt_key,
-  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), {key}) END AS dedup_key
-FROM styled
+       {late}
+    END AS early_verdict
+  FROM normalised
+), measured AS (
+  SELECT *, CASE WHEN early_verdict IS NULL AND visible_chars({shape.taught}) >= {repetition['min_chars']}
+                      AND could_repeat(regexp_replace({shape.taught}, '[\s\v\p{{Z}}]', '', 'g'))
+                 THEN {chars} END AS taught_chars
+  FROM structural
+), scored AS (
+  SELECT *,
+    CASE WHEN taught_chars IS NOT NULL THEN top_count(taught_chars) END AS top_char,
+    CASE WHEN taught_chars IS NOT NULL THEN top_count({grams}) END AS top_ngram
+  FROM measured
+)
+SELECT pos, source_rank, prompt_text, {", ".join(shape.responses)},
+  CASE WHEN early_verdict IS NOT NULL THEN early_verdict
+       WHEN top_char.n / len(taught_chars) > {repetition['max_char_share']}
+         THEN {{'reason': 'repetitive', 'detail': {shape.taught}_name || ': character ' || top_char.item || ' is '
+               || round(top_char.n / len(taught_chars), 2) || ' of the characters'}}
+       -- least() skips NULLs: guard it, or every unjudged row would score 1
+       WHEN taught_chars IS NOT NULL AND top_ngram.n > 1 AND least(1, top_ngram.n * {n} / len(taught_chars)) > {repetition['max_ngram_share']}
+         THEN {{'reason': 'repetitive', 'detail': {shape.taught}_name || ': ' || top_ngram.item || ' repeats '
+               || top_ngram.n || ' times, covering ' || round(least(1, top_ngram.n * {n} / len(taught_chars)), 2)}}
+  END AS verdict
+FROM scored
 """
 
 
-def _vectorised(function):
-    """Wrap a str → str function as an Arrow UDF (one call per chunk rather than per row)."""
-    def apply(values):
-        return pa.array([function(value) for value in values.to_pylist()], type=pa.string())
+# Row keys for the rows that passed every field check: what exact dedup compares and what the id hashes.
+KEYS_SQL = """
+CREATE TEMP TABLE keyed AS
+SELECT c.*, l.source, l.file, l.line,
+  CASE WHEN verdict IS NULL THEN fold_key(prompt_text) END AS prompt_key,
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
+  sha256(dedup_key) AS id
+FROM checked c JOIN lines l USING (pos)
+"""
+
+# Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
+# The row side is streamed through the join, never materialised: a row's n-grams are many, matches few.
+CONTAMINATION_SQL = """
+CREATE TEMP TABLE contamination AS
+WITH task_grams AS (
+  SELECT DISTINCT task_id, unnest({task_grams}) AS gram FROM tasks WHERE length(task_key) >= {n}
+), task_sizes AS (
+  SELECT task_id, count(*) AS grams FROM task_grams GROUP BY task_id
+), hits AS (
+  SELECT r.pos, t.task_id, count(DISTINCT r.gram) AS shared
+  FROM (SELECT pos, unnest({row_grams}) AS gram FROM keyed WHERE verdict IS NULL) r
+  JOIN task_grams t USING (gram) GROUP BY ALL
+)
+SELECT pos, task_id, shared / grams AS overlap FROM hits JOIN task_sizes USING (task_id)
+WHERE shared / grams >= {threshold}
+UNION ALL
+SELECT k.pos, t.task_id, 1.0 FROM keyed k JOIN tasks t ON t.task_key IN ({texts})
+WHERE k.verdict IS NULL AND length(t.task_key) < {n}
+"""
+
+# Exact duplicates are only judged among rows that passed every other check, so a duplicate of a
+# broken row is kept and a duplicate of a contaminated row is reported as contaminated.
+DEDUP_SQL = f"""
+CREATE TEMP TABLE deduplicated AS
+WITH matched AS (
+  SELECT pos, list(task_id ORDER BY task_id) AS task_ids,
+    string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
+  FROM contamination GROUP BY pos
+), ranked AS (
+  SELECT k.*, m.task_ids, m.matches,
+    row_number() OVER copies AS copy_rank,
+    first_value({REF}) OVER copies AS first_copy
+  FROM keyed k LEFT JOIN matched m USING (pos)
+  WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.dedup_key ORDER BY k.pos)
+)
+SELECT * EXCLUDE (verdict),
+  CASE WHEN verdict IS NOT NULL THEN verdict
+       WHEN task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': matches}}
+       WHEN $dedup AND copy_rank > 1 THEN {{'reason': 'duplicate', 'detail': 'kept ' || first_copy}}
+  END AS verdict
+FROM ranked
+"""
+
+# MinHash LSH. Each row's shingles are hashed once; `permutations` seeded hash functions of those
+# hashes give the signature (one min aggregate each, computed in one pass). Rows whose band of
+# `rows` values agree become candidates; candidates whose signatures agree on at least `threshold`
+# of the values are linked.
+SHINGLES_SQL = """
+CREATE TEMP TABLE shingles AS
+SELECT pos, unnest({grams}) AS shingle FROM deduplicated WHERE verdict IS NULL
+"""
+SIGNATURES_SQL = "CREATE TEMP TABLE signatures AS SELECT pos, [{minima}] AS signature FROM shingles GROUP BY pos"
+LINKS_SQL = """
+CREATE TEMP TABLE links AS
+WITH bands AS (
+  SELECT pos, band, hash(signature[band * {rows} + 1 : (band + 1) * {rows}]) AS bucket
+  FROM signatures, range({bands}) AS b(band)
+), candidates AS (
+  SELECT DISTINCT x.pos AS a, y.pos AS b FROM bands x JOIN bands y ON x.band = y.band AND x.bucket = y.bucket
+  WHERE x.pos < y.pos
+)
+SELECT a, b, jaccard FROM (
+  SELECT c.a, c.b, len(list_filter(list_zip(sa.signature, sb.signature), lambda pair: pair[1] = pair[2]))
+                   / {permutations} AS jaccard
+  FROM candidates c JOIN signatures sa ON sa.pos = c.a JOIN signatures sb ON sb.pos = c.b
+) WHERE jaccard >= {threshold}
+"""
+# Connected components by minimum-label propagation: each linked row takes the smallest position
+# among itself and its neighbours' labels until nothing changes. The label is the cluster's first row.
+COMPONENTS_SQL = """
+CREATE TEMP TABLE edges AS SELECT a AS pos, b AS other FROM links UNION ALL SELECT b, a FROM links;
+CREATE TEMP TABLE labels AS SELECT pos, least(pos, min(other)) AS label FROM edges GROUP BY pos;
+"""
+PROPAGATE_SQL = """
+CREATE OR REPLACE TEMP TABLE next_labels AS
+SELECT l.pos, least(l.label, min(n.label)) AS label
+FROM labels l JOIN edges e USING (pos) JOIN labels n ON n.pos = e.other GROUP BY l.pos, l.label
+"""
+CLUSTERS_SQL = f"""
+CREATE TEMP TABLE clusters AS
+SELECT l.pos, l.label, dense_rank() OVER (ORDER BY l.label) AS cluster,
+  CASE WHEN l.pos = l.label THEN 1.0
+       ELSE len(list_filter(list_zip(s.signature, k.signature), lambda pair: pair[1] = pair[2])) / {{permutations}}
+  END AS jaccard
+FROM labels l JOIN signatures s ON s.pos = l.pos JOIN signatures k ON k.pos = l.label
+"""
+
+# Mixing and the split: weights and caps per source, hashed on the row id with the seed.
+MIX_SQL = f"""
+CREATE TEMP TABLE classified AS
+WITH near AS (
+  SELECT c.pos, c.cluster, c.jaccard, k.ref AS kept_ref, c.pos <> c.label AS dropped
+  FROM clusters c JOIN (SELECT pos, {REF} AS ref FROM deduplicated) k ON k.pos = c.label
+), weighed AS (
+  SELECT d.*, n.cluster, n.jaccard, n.kept_ref, coalesce(n.dropped, false) AS near_dropped,
+    w.weight, w.max_rows, uniform(d.id, $seed, 'mix') AS mix_draw
+  FROM deduplicated d LEFT JOIN near n USING (pos) JOIN weights w USING (source_rank)
+), capped AS (
+  SELECT *, CASE WHEN verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
+                 THEN row_number() OVER (PARTITION BY source_rank, verdict IS NULL AND NOT near_dropped
+                                         AND mix_draw < least(weight, 1) ORDER BY mix_draw, pos) END AS mix_rank
+  FROM weighed
+)
+SELECT * EXCLUDE (verdict),
+  CASE WHEN verdict IS NOT NULL THEN verdict
+       WHEN near_dropped THEN {{'reason': 'near_duplicate',
+                                'detail': 'kept ' || kept_ref || ' (cluster ' || cluster || ', estimated Jaccard '
+                                          || round(jaccard, 2) || ')'}}
+       WHEN mix_draw >= weight THEN {{'reason': 'downsampled', 'detail': 'weight ' || weight}}
+       WHEN mix_rank > max_rows THEN {{'reason': 'over_cap', 'detail': 'max_rows ' || max_rows}}
+  END AS outcome,
+  CASE WHEN uniform(id, $seed, 'split') < $validation_fraction THEN 'validation' ELSE 'train' END AS split,
+  -- weight above 1: whole copies, plus one more with the fractional part as probability (train only)
+  CASE WHEN split = 'validation' OR weight <= 1 THEN 1
+       ELSE floor(weight)::INTEGER + (mix_draw < weight - floor(weight))::INTEGER END AS copies
+FROM capped
+"""
+
+KEPT_SQL = """SELECT id, source, file, line, {columns}, split FROM classified, range(copies) AS c(copy)
+WHERE outcome IS NULL ORDER BY pos, copy"""
+QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
+FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
+EXAMPLES_SQL = f"""SELECT outcome.reason, source, file, line, outcome.detail, left(raw, {EXAMPLE_CHARS}) FROM classified
+JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n ORDER BY pos"""
+KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classified WHERE outcome IS NULL
+ORDER BY uniform(pos, $seed, 'example') LIMIT $n"""
+CONTAMINATION_CARD_SQL = """SELECT d.source, d.file, d.line, c.task_id, round(c.overlap, 4) FROM contamination c
+JOIN deduplicated d USING (pos) WHERE d.verdict.reason = 'contaminated' ORDER BY pos, task_id"""
+CLUSTERS_CARD_SQL = f"""SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) AS size, d.source, d.file, d.line,
+  c.pos = c.label AS kept, round(c.jaccard, 4) FROM clusters c JOIN deduplicated d USING (pos)
+ORDER BY size DESC, c.cluster, c.pos"""
+
+
+def _repetition_bound(repetition: dict):
+    """An Arrow UDF: whether each text (spaces removed) could fail the repetition limits. It counts
+    characters and n-grams into 256 hash buckets per row: a bucket holds at least every copy of any
+    character (n-gram) hashed to it, so its largest count bounds the most common one's from above,
+    and a row whose bound passes the limits passes them exactly. Rows it flags are counted exactly
+    in SQL; the decisions are the exact ones."""
+    n, char_share, ngram_share = repetition["ngram"], repetition["max_char_share"], repetition["max_ngram_share"]
+    buckets, slack = 256, 1e-9  # slack: flag rather than miss a row at the limit's rounding
+
+    def bucket_maxima(rows, hashes, m):
+        bucket = (hashes * numpy.uint64(0x9E3779B97F4A7C15) >> numpy.uint64(56)).astype(numpy.int64)
+        counts = numpy.bincount(rows * buckets + bucket, minlength=m * buckets)
+        return counts.reshape(m, buckets).max(axis=1)
+
+    def apply(texts):
+        texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+        texts = pc.fill_null(texts, "").cast(pa.large_string())
+        m = len(texts)
+        offsets = numpy.frombuffer(texts.buffers()[1], numpy.int64)[texts.offset:texts.offset + m + 1]
+        data = numpy.frombuffer(texts.buffers()[2], numpy.uint8) if texts.buffers()[2] else numpy.zeros(0, numpy.uint8)
+        start = offsets[0]
+        raw = numpy.concatenate([data[start:offsets[-1]], numpy.zeros(3, numpy.uint8)])
+        continuation = (raw & 0xC0) == 0x80
+        first = numpy.flatnonzero(~continuation[:-3])
+        value = raw[first].astype(numpy.uint64)  # a character: its UTF-8 bytes as one number
+        inside = numpy.ones(len(first), bool)
+        for k in (1, 2, 3):
+            inside &= continuation[first + k]
+            value = numpy.where(inside, (value << numpy.uint64(8)) | raw[first + k], value)
+        before = numpy.concatenate([[0], numpy.cumsum(~continuation[:-3])])
+        char_offsets = before[offsets - start]
+        lengths = numpy.diff(char_offsets)
+        rows = numpy.repeat(numpy.arange(m), lengths)
+        top_char = bucket_maxima(rows, value, m)
+        windows = max(len(value) - n + 1, 0)
+        gram = numpy.zeros(windows, numpy.uint64)
+        for offset in range(n):
+            gram = gram * numpy.uint64(1_000_003) + value[offset:offset + windows]
+        inside_row = numpy.arange(windows) + n <= char_offsets[1:][rows[:windows]]
+        top_gram = bucket_maxima(rows[:windows][inside_row], gram[inside_row], m)
+        with numpy.errstate(divide="ignore", invalid="ignore"):
+            flagged = ((top_char / lengths > char_share - slack)
+                       | ((top_gram > 1) & (numpy.minimum(1, top_gram * n / lengths) > ngram_share - slack)))
+        return pa.array(flagged & (lengths > 0), pa.bool_())
+
     return apply
 
 
-def _sql_path(path) -> str:  # COPY takes no parameter for its target
-    return "'" + str(path).replace("'", "''") + "'"
+def with_defaults(settings: dict) -> dict:
+    """The curate settings with the schema's defaults filled (nested objects too), so that direct
+    calls behave like recipes."""
+    def fill(schema: dict, value: dict) -> dict:
+        filled = dict(value)
+        for name, prop in schema.get("properties", {}).items():
+            if name not in filled:
+                filled[name] = prop["default"]
+            if prop.get("type") == "object" and isinstance(filled[name], dict):
+                filled[name] = fill(prop, filled[name])
+        return filled
+    return fill(load_schema()["properties"]["curate"], settings)
 
 
-def _resolved(sources: list[dict], role: str) -> list[Source]:
+def _resolved(sources: list[dict], role: str, list_files: bool) -> list[Source]:
     if role not in SHAPES:
         raise CurationError(f"role must be one of {sorted(SHAPES)}, got {role!r}")
     try:
-        return resolve_sources(sources, role)
+        return resolve_sources(sources, role, list_files)
     except IngestError as error:
         raise CurationError(str(error)) from None
 
 
-def _read(chosen: list[Source]) -> list[pa.Table]:
-    try:
-        return [read_source(source) for source in chosen]
-    except IngestError as error:
-        raise CurationError(str(error)) from None
+def _matched_ingests(chosen: list[Source], ingested: list[str]) -> tuple[list[str], dict[str, dict]]:
+    """The ingested file of each source, in source order, checked against the recipe entry."""
+    by_id = {}
+    for path in ingested:
+        try:
+            described = ingested_source(path)
+        except (IngestError, OSError) as error:
+            raise CurationError(f"{path}: cannot read the ingested source: {error}") from None
+        by_id[described["id"]] = (path, described)
+    paths, described = [], {}
+    for source in chosen:
+        if source.id not in by_id:
+            raise CurationError(f"{source.where}: no ingested file among {sorted(ingested)}")
+        path, entry = by_id[source.id]
+        read_as = {key: entry[key] for key in ("path", "format", "split")}
+        if read_as != {"path": source.path, "format": source.format, "split": source.split}:
+            raise CurationError(f"{source.where}: {path} was ingested from {read_as}; ingest the source again")
+        paths.append(path)
+        described[source.id] = entry
+    return paths, described
 
 
 def _check_columns(con, chosen: list[Source]) -> None:
@@ -209,74 +499,209 @@ def _check_columns(con, chosen: list[Source]) -> None:
                                 f"(style '{source.style}'; map other names with `columns`)")
 
 
-def _reconciled_counts(con, chosen: list[Source], rows_in: dict[str, int], kept: Path, quarantined: Path) -> dict:
+def _near_duplicates(con, settings: dict, seed: int) -> None:
+    """Fill `clusters` (pos, label, cluster, jaccard) with the MinHash LSH clusters of the rows that
+    passed every other check; empty when the pass is off."""
+    near = settings["near_dedup"]
+    if near["permutations"] % near["bands"]:
+        raise CurationError(f"curate.near_dedup: permutations ({near['permutations']}) must be a multiple of "
+                            f"bands ({near['bands']})")
+    if not near["enabled"]:
+        con.execute("CREATE TEMP TABLE clusters (pos BIGINT, label BIGINT, cluster BIGINT, jaccard DOUBLE)")
+        return
+    con.execute(SHINGLES_SQL.format(grams=_ngrams_sql("dedup_key", near["ngram"])))
+    # hash(shingle XOR salt): DuckDB's several-argument hash() combines its arguments too weakly for
+    # min-wise independence (estimates twice as noisy as they should be); a full hash of a salted value is not.
+    salts = [int.from_bytes(hashlib.sha256(f"{seed}/minhash/{index}".encode()).digest()[:8], "big")
+             for index in range(near["permutations"])]
+    minima = ", ".join(f"min(hash(xor(shingle, {salt}::UBIGINT)))" for salt in salts)
+    con.execute(SIGNATURES_SQL.format(minima=minima))
+    con.execute(LINKS_SQL.format(rows=near["permutations"] // near["bands"], bands=near["bands"],
+                                 permutations=near["permutations"], threshold=near["threshold"]))
+    con.execute(COMPONENTS_SQL)
+    while True:  # each round spreads labels one link further; clusters are small, rounds few
+        con.execute(PROPAGATE_SQL)
+        changed = con.execute("SELECT count(*) FROM next_labels JOIN labels USING (pos) "
+                              "WHERE next_labels.label <> labels.label").fetchone()[0]
+        con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT * FROM next_labels")
+        if not changed:
+            break
+    con.execute(CLUSTERS_SQL.format(permutations=near["permutations"]))
+
+
+def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, quarantined: Path) -> dict:
     """Per-source counts read back from the written files; raise if any record went missing or doubled."""
+    rows_in = dict(con.execute("SELECT source, count(*) FROM lines GROUP BY source").fetchall())
     found = {source.id: Counter() for source in chosen}
+    written = {source.id: Counter() for source in chosen}
     for source, outcome, n in con.execute(
-            f"SELECT source, 'kept', count(*) FROM read_parquet({_sql_path(kept)}) GROUP BY ALL UNION ALL "
-            f"SELECT source, reason, count(*) FROM read_parquet({_sql_path(quarantined)}) GROUP BY ALL").fetchall():
+            f"SELECT source, 'kept', count(DISTINCT (file, line)) FROM read_parquet({_sql_path(kept)}) GROUP BY ALL "
+            f"UNION ALL SELECT source, reason, count(*) FROM read_parquet({_sql_path(quarantined)}) GROUP BY ALL"
+    ).fetchall():
         found[source][outcome] += n
+    for source, split, n in con.execute(
+            f"SELECT source, split, count(*) FROM read_parquet({_sql_path(kept)}) GROUP BY ALL").fetchall():
+        written[source][split] += n
     counts = {}
     for source in chosen:
-        outcomes = found[source.id]
+        outcomes, n_in = found[source.id], rows_in.get(source.id, 0)
         counts[source.id] = {"path": source.path, "format": source.format, "style": source.style,
-                             "files": len(source.files), "rows_in": rows_in[source.id],
-                             "kept": outcomes.pop("kept", 0),
+                             "files": len(described[source.id]["files"]), "weight": source.weight,
+                             "max_rows": source.max_rows, "rows_in": n_in, "kept": outcomes.pop("kept", 0),
+                             "written": {split: written[source.id][split] for split in SPLITS},
                              "quarantined": {reason: outcomes[reason] for reason in REASONS if outcomes[reason]}}
-        if rows_in[source.id] != counts[source.id]["kept"] + outcomes.total():
-            raise CurationError(f"{source.where}: {rows_in[source.id]} rows in, but "
+        if n_in != counts[source.id]["kept"] + outcomes.total():
+            raise CurationError(f"{source.where}: {n_in} rows in, but "
                                 f"{counts[source.id]['kept']} kept + {outcomes.total()} quarantined")
     return counts
 
 
-def curate(sources: list[dict], role: str, tasks_path: str, settings: dict,
-           kept_path: str, quarantine_path: str, card_path: str) -> dict:
-    """Curate the sources of one role; write kept rows, quarantined rows and a card. Returns the card."""
-    chosen = _resolved(sources, role)
+def _lengths(con, shape: Shape) -> dict:
+    """Per text field of the kept rows: characters and estimated tokens, as numpy arrays (for the card)."""
+    fields = [("prompt", "prompt_text")] + [(r if len(shape.responses) > 1 else "response", r)
+                                            for r in shape.responses]
+    selected = ", ".join(f"length({column}) AS {name}_chars, estimated_tokens({column}) AS {name}_tokens"
+                         for name, column in fields)
+    arrays = con.execute(f"SELECT {selected} FROM classified WHERE outcome IS NULL").fetchnumpy()
+    return {name: {"chars": arrays[f"{name}_chars"], "tokens": arrays[f"{name}_tokens"]} for name, _ in fields}
+
+
+def _summary(values) -> dict:
+    if not len(values):
+        return {"count": 0}
+    quantiles = numpy.quantile(values, [0.5, 0.9, 0.99], method="lower")
+    return {"count": int(len(values)), "min": int(values.min()), "p50": int(quantiles[0]), "p90": int(quantiles[1]),
+            "p99": int(quantiles[2]), "max": int(values.max()), "mean": round(float(values.mean()), 2)}
+
+
+def _clusters(con) -> tuple[int, list[dict]]:
+    clusters: dict[int, dict] = {}
+    for cluster, size, source, file, line, kept, jaccard in con.execute(CLUSTERS_CARD_SQL).fetchall():
+        if cluster not in clusters and len(clusters) == CARD_CLUSTERS:
+            continue
+        entry = clusters.setdefault(cluster, {"cluster": cluster, "size": size, "kept": None, "members": []})
+        row = {"source": source, "file": file, "line": line}
+        if kept:
+            entry["kept"] = row
+        else:
+            entry["members"].append({**row, "jaccard": jaccard})
+    total = con.execute("SELECT count(DISTINCT cluster) FROM clusters").fetchone()[0]
+    return total, list(clusters.values())
+
+
+def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept_path: str, quarantine_path: str,
+           card_path: str, *, ingested: list[str] | None = None, seed: int = 0,
+           card_markdown_path: str | None = None, lengths_plot_path: str | None = None, threads: int = 1) -> dict:
+    """Curate the sources of one role; write kept rows, quarantined rows and a card. Returns the card.
+
+    `ingested`: the Parquet files `tunesmith.ingest.ingest_source` wrote for these sources (the
+    workflow's per-source cache); None ingests them here first, into a temporary folder. `seed` is the
+    recipe seed (mixing, split, MinHash functions, examples). The Markdown card and the PNG of length
+    histograms are written when their paths are given. `threads` only speeds up the SQL: the written
+    files are the same for any number."""
+    settings = with_defaults(settings)
+    chosen = _resolved(sources, role, list_files=ingested is None)
+    if ingested is None:
+        with tempfile.TemporaryDirectory(prefix="tunesmith-ingest-") as folder:
+            paths = [str(Path(folder) / f"{index}.parquet") for index in range(len(chosen))]
+            try:
+                for entry, path in zip([s for s in map(source_with_defaults, sources) if s["role"] == role], paths):
+                    ingest_source(entry, path)
+            except IngestError as error:
+                raise CurationError(str(error)) from None
+            return curate(sources, role, tasks_path, settings, kept_path, quarantine_path, card_path,
+                          ingested=paths, seed=seed, card_markdown_path=card_markdown_path,
+                          lengths_plot_path=lengths_plot_path, threads=threads)
+    paths, described = _matched_ingests(chosen, ingested)
     tasks = read_tasks(tasks_path) if settings["decontaminate"] else []
     shape = SHAPES[role]
-    tables = _read(chosen)
-    rows_in = {source.id: table.num_rows for source, table in zip(chosen, tables)}
-    lines = pa.concat_tables(tables)
     task_inputs = pa.table({"task_id": pa.array([task.task_id for task in tasks], pa.int64()),
                             "input": pa.array([task.input for task in tasks], pa.string())})
+    several_files = [source.rank for source in chosen if len(described[source.id]["files"]) > 1]
 
-    # One thread: Parquet bytes (row groups, page order) must not depend on scheduling.
-    with duckdb.connect(config={"threads": 1}) as con:
-        for name, function in (("normalize_text", normalize_text), ("match_key", match_key)):
-            con.create_function(name, _vectorised(function), ["VARCHAR"], "VARCHAR", type="arrow")
+    with duckdb.connect(config={"threads": threads}) as con:
+        con.create_function("normalize_text", normalize_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
+        con.create_function("fold_key", match_keys_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
+        con.create_function("could_repeat", _repetition_bound(settings["repetition"]), ["VARCHAR"], "BOOLEAN",
+                            type="arrow")
         con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
                             "STRUCT(record VARCHAR, labels VARCHAR, reason VARCHAR, detail VARCHAR)", type="arrow")
-        con.register("lines", lines)
+        con.execute(MACROS)
         con.register("task_inputs", task_inputs)
-        # A blank task input would be contained in every prompt.
-        con.execute("CREATE TEMP TABLE tasks AS SELECT task_id, match_key(input) AS task_key "
+        con.register("weights", pa.table({"source_rank": [source.rank for source in chosen],
+                                          "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
+                                          "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
+        ranks = ", ".join(f"({_quoted(source.id)}, {source.rank})" for source in chosen)
+        con.execute(f"""CREATE TEMP TABLE lines AS
+            SELECT row_number() OVER (ORDER BY r.source_rank, i.file, i.line) AS pos, r.source_rank, i.*
+            FROM read_parquet([{", ".join(map(_sql_path, paths))}]) i
+            JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
+        # A blank task input would match everything.
+        con.execute("CREATE TEMP TABLE tasks AS SELECT task_id, fold_key(normalize_text(input)) AS task_key "
                     "FROM task_inputs WHERE task_key <> ''")
         con.execute(FRAME_SQL)
         _check_columns(con, chosen)
-        con.execute(STYLE_SQL, {"mapped": [source.rank for source in chosen if source.mapped]})
-        con.execute(_check_sql(shape), {"max_prompt": settings["max_prompt_chars"],
-                                        "max_response": settings["max_response_chars"]})
-        con.execute(CLASSIFY_SQL, {"dedup": bool(settings["dedup"]),
-                                   "several_files": [source.rank for source in chosen if len(source.files) > 1]})
+        con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
+        try:
+            con.execute(_check_sql(shape, settings))
+        except duckdb.InvalidInputException as error:
+            raise CurationError(f"curate.block_patterns: {error}") from None
+        con.execute(KEYS_SQL.format(response_keys=", ".join(f"fold_key({r})" for r in shape.responses)))
+        con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
+        decontamination = settings["decontamination"]
+        n = decontamination["ngram"]
+        keys = ["prompt_key"] + [f"fold_key({r})" for r in shape.responses]
+        contamination_sql = CONTAMINATION_SQL if tasks else "CREATE TEMP TABLE contamination AS {empty}"
+        con.execute(contamination_sql.format(empty="SELECT 0::BIGINT AS pos, 0::BIGINT AS task_id, 0.0 AS overlap LIMIT 0",
+            n=n, threshold=decontamination["threshold"], task_grams=_ngrams_sql("task_key", n), texts=", ".join(keys),
+            row_grams="flatten([" + ", ".join(_ngrams_sql(key, n) for key in keys) + "])"))
+        con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
+        con.execute("DROP TABLE keyed")
+        _near_duplicates(con, settings, seed)
+        con.execute(MIX_SQL, {"several_files": several_files, "seed": seed,
+                              "validation_fraction": settings["validation_fraction"]})
+        con.execute("SET threads = 1")  # Parquet bytes (row groups, page order) must not depend on scheduling
 
-        with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined, \
-                atomic_path(card_path) as card_tmp:
+        with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
             con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} (FORMAT parquet)")
             con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} (FORMAT parquet)")
-            counts = _reconciled_counts(con, chosen, rows_in, kept, quarantined)
-            examples: dict[str, list[str]] = {reason: [] for reason in REASONS}
-            for reason, raw in con.execute(EXAMPLES_SQL, {"n": EXAMPLES_PER_REASON}).fetchall():
-                examples[reason].append(raw)
-            totals = sum((Counter(entry["quarantined"]) for entry in counts.values()), Counter())
-            card = {
-                "role": role,
-                "sources": counts,
-                "totals": {"rows_in": sum(rows_in.values()), "kept": sum(entry["kept"] for entry in counts.values()),
-                           "quarantined": {reason: totals[reason] for reason in REASONS if totals[reason]}},
-                "contamination": [{"source": source, "file": file, "line": line, "task_id": task_id}
-                                  for source, file, line, task_id in con.execute(CONTAMINATION_SQL).fetchall()],
-                "examples": {reason: raws for reason, raws in examples.items() if raws},
-            }
-            write_json(card_tmp, card)
+            counts = _reconciled_counts(con, chosen, described, kept, quarantined)
+            card = _card(con, role, shape, counts, seed)
+            lengths = _lengths(con, shape)
+            card["lengths"] = {field: {measure: _summary(values) for measure, values in measures.items()}
+                               for field, measures in lengths.items()}
+            write_json(card_path, card)
+            if card_markdown_path or lengths_plot_path:
+                from tunesmith.card import plot_lengths, write_markdown  # matplotlib only when asked for
+
+                if lengths_plot_path:
+                    plot_lengths(lengths, role, lengths_plot_path)
+                if card_markdown_path:
+                    write_markdown(card, card_markdown_path,
+                                   Path(lengths_plot_path).name if lengths_plot_path else None)
     return card
+
+
+def _card(con, role: str, shape: Shape, counts: dict, seed: int) -> dict:
+    examples: dict[str, list[dict]] = {reason: [] for reason in REASONS}
+    for reason, source, file, line, detail, raw in con.execute(EXAMPLES_SQL, {"n": EXAMPLES_PER_REASON,
+                                                                               "seed": seed}).fetchall():
+        examples[reason].append({"source": source, "file": file, "line": line, "detail": detail, "raw": raw})
+    kept_columns = [column.split(" AS ")[-1] for column in shape.kept_columns.split(", ")]
+    kept_examples = [dict(zip(["source", "file", "line", "split", *kept_columns], row)) for row in con.execute(
+        KEPT_EXAMPLES_SQL.format(columns=shape.kept_columns), {"n": KEPT_EXAMPLES, "seed": seed}).fetchall()]
+    totals = sum((Counter(entry["quarantined"]) for entry in counts.values()), Counter())
+    cluster_count, clusters = _clusters(con)
+    return {
+        "role": role,
+        "sources": counts,
+        "totals": {"rows_in": sum(entry["rows_in"] for entry in counts.values()),
+                   "kept": sum(entry["kept"] for entry in counts.values()),
+                   "written": {split: sum(entry["written"][split] for entry in counts.values()) for split in SPLITS},
+                   "quarantined": {reason: totals[reason] for reason in REASONS if totals[reason]}},
+        "contamination": [{"source": source, "file": file, "line": line, "task_id": task_id, "overlap": overlap}
+                          for source, file, line, task_id, overlap in con.execute(CONTAMINATION_CARD_SQL).fetchall()],
+        "near_duplicate_clusters": {"count": cluster_count, "listed": clusters},
+        "examples": {reason: rows for reason, rows in examples.items() if rows},
+        "kept_examples": kept_examples,
+    }

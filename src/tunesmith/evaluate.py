@@ -7,6 +7,7 @@ suits Japanese: it needs no word segmentation.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -77,3 +78,37 @@ def evaluate(
         with atomic_path(table_path) as tmp:
             Path(tmp).write_text(_markdown_table(stages), encoding="utf-8")
     return report
+
+
+def leaderboard(
+    scores: dict[str, str | os.PathLike],
+    overrides: dict[str, dict],
+    submitted: dict[str, str],
+    out_path: str | os.PathLike,
+    table_path: str | os.PathLike,
+) -> list[dict]:
+    """Rank sweep variants by the chrF, then exact match, of the stage each one submits.
+
+    `scores` maps variant name → its evaluation file; `overrides` the recipe keys it changes;
+    `submitted` the stage it submits. Writes the ranking as JSON and as a Markdown table.
+    """
+    rows = []
+    for name, path in scores.items():
+        stages = json.loads(Path(path).read_text(encoding="utf-8"))["stages"]
+        stage = submitted[name]
+        rows.append({"variant": name, "overrides": overrides[name], "stage": stage,
+                     "exact_match": stages[stage]["exact_match"], "chrf": stages[stage]["chrf"],
+                     "stages": stages})
+    rows.sort(key=lambda row: (-row["chrf"], -row["exact_match"], row["variant"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    write_json(out_path, rows)
+    keys = sorted({key for row in rows for key in row["overrides"]})
+    lines = ["| rank | " + " | ".join(keys) + " | submitted | exact match | chrF |",
+             "|--:|" + "--|" * len(keys) + ":--|--:|--:|"]
+    for row in rows:
+        values = " | ".join(json.dumps(row["overrides"].get(key), ensure_ascii=False) for key in keys)
+        lines.append(f"| {row['rank']} | {values} | {row['stage']} | {row['exact_match']:.1%} | {row['chrf']:.1f} |")
+    with atomic_path(table_path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rows

@@ -1,6 +1,8 @@
 """Ingest: every source format and record style → one row per record, ready for curation's SQL checks.
 
-Reading keeps what a quarantine must be able to point at: the file, the line (JSONL, CSV: the line
+`ingest_source` writes one source's records to a Parquet file (the per-source cache curation reads,
+so that changing one source re-reads only that one). Reading keeps what a quarantine must be able to
+point at: the file, the line (JSONL, CSV: the line
 where the record starts; JSON arrays: the element; Parquet and Hugging Face datasets: the row, all
 1-based) and the record's own text, bad bytes replaced and reported. Nothing is judged here beyond
 what only the reader can know (invalid UTF-8, a CSV row of the wrong width).
@@ -32,7 +34,9 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from tunesmith.atomic import atomic_path
 from tunesmith.recipe import load_schema
 
 
@@ -40,9 +44,10 @@ class IngestError(ValueError):
     """A source that cannot be read at all; the message names the source id, the path and the problem."""
 
 
-LINES_SCHEMA = pa.schema([("source_rank", pa.int32()), ("source", pa.string()), ("file", pa.string()),
-                          ("line", pa.int64()), ("raw", pa.string()),
-                          ("read_reason", pa.string()), ("read_detail", pa.string())])
+# One row per record as read: the per-source cache that curation reads (see ingest_source).
+INGESTED_SCHEMA = pa.schema([("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
+                             ("raw", pa.string()), ("read_reason", pa.string()), ("read_detail", pa.string())])
+SOURCE_METADATA = b"tunesmith.source"
 
 # What the SQL receives back for a record of a mapped style: its canonical JSON, or why it has none;
 # labels name, per canonical field, where the value came from (for quarantine details).
@@ -252,6 +257,8 @@ class Source:
     columns: dict
     split: str
     files: tuple[str, ...]
+    weight: float = 1
+    max_rows: int | None = None
 
     @property
     def where(self) -> str:
@@ -273,7 +280,7 @@ class Source:
         return [(name, self.columns.get(name, name)) for name in ours]
 
 
-def _with_defaults(source: dict) -> dict:
+def source_with_defaults(source: dict) -> dict:
     """The source with the schema's defaults filled, so that direct calls behave like recipes."""
     properties = load_schema()["properties"]["sources"]["items"]["properties"]
     return {name: source.get(name, prop["default"]) for name, prop in properties.items()} | source
@@ -295,43 +302,52 @@ def source_files(path: str, format: str) -> list[str]:
     return [path] if folder.is_file() else []
 
 
-def resolve_sources(sources: list[dict], role: str) -> list[Source]:
-    """Check every source of `role` before anything is read; raise IngestError naming the first problem."""
-    chosen = [source for source in map(_with_defaults, sources) if source["role"] == role]
+def resolve_sources(sources: list[dict], role: str, list_files: bool = True) -> list[Source]:
+    """Check every source of `role` before anything is read; raise IngestError naming the first problem.
+    Without `list_files` the files are not looked for (curation of ingested files needs none)."""
+    chosen = [source for source in map(source_with_defaults, sources) if source["role"] == role]
     if not chosen:
         raise IngestError(f"no source has role '{role}'")
     ids = [source["id"] for source in chosen]
-    resolved = []
-    for rank, source in enumerate(chosen):
-        where = f"source '{source['id']}' ({source['path']})"
+    for source in chosen:
         if ids.count(source["id"]) > 1:
-            raise IngestError(f"{where}: id is used twice")
-        if source["format"] not in SHARD_SUFFIXES and source["format"] != "hf":
-            raise IngestError(f"{where}: format '{source['format']}' cannot be curated as {role}")
-        style = STYLE_BY_ROLE.get(role) if source["style"] == "auto" else source["style"]
-        if style not in STYLES or STYLES[style].role != role:
-            fitting = sorted(name for name, entry in STYLES.items() if entry.role == role)
-            raise IngestError(f"{where}: style '{source['style']}' does not fit role '{role}' (use one of {fitting})")
-        columns = {ours: theirs for ours, theirs in source["columns"].items() if theirs is not None}
-        unknown = sorted(set(columns) - set(STYLES[style].columns))
-        if unknown:
-            raise IngestError(f"{where}: columns {unknown} are not fields of style '{style}' "
-                              f"(its fields: {list(STYLES[style].columns)})")
-        files = source_files(source["path"], source["format"])
-        if not files:
-            problem = "no file matches" if any(c in source["path"] for c in "*?[") else (
-                f"directory has no {'/'.join(SHARD_SUFFIXES[source['format']])} files"
-                if Path(source["path"]).is_dir() else "file not found")
-            raise IngestError(f"{where}: {problem}")
-        resolved.append(Source(rank, source["id"], source["path"], source["format"], style,
-                               columns, source["split"], tuple(files)))
-    return resolved
+            raise IngestError(f"source '{source['id']}' ({source['path']}): id is used twice")
+    return [_resolve(source, rank, role, list_files) for rank, source in enumerate(chosen)]
+
+
+def _resolve(source: dict, rank: int, role: str, list_files: bool = True) -> Source:
+    """One source entry (defaults filled) checked against its role, with its files listed."""
+    where = f"source '{source['id']}' ({source['path']})"
+    if source["format"] not in SHARD_SUFFIXES and source["format"] != "hf":
+        raise IngestError(f"{where}: format '{source['format']}' cannot be curated as {role}")
+    style = STYLE_BY_ROLE.get(role) if source["style"] == "auto" else source["style"]
+    if style not in STYLES or STYLES[style].role != role:
+        fitting = sorted(name for name, entry in STYLES.items() if entry.role == role)
+        raise IngestError(f"{where}: style '{source['style']}' does not fit role '{role}' (use one of {fitting})")
+    columns = {ours: theirs for ours, theirs in source["columns"].items() if theirs is not None}
+    unknown = sorted(set(columns) - set(STYLES[style].columns))
+    if unknown:
+        raise IngestError(f"{where}: columns {unknown} are not fields of style '{style}' "
+                          f"(its fields: {list(STYLES[style].columns)})")
+    files = source_files(source["path"], source["format"]) if list_files else []
+    if list_files and not files:
+        problem = "no file matches" if any(c in source["path"] for c in "*?[") else (
+            f"directory has no {'/'.join(SHARD_SUFFIXES[source['format']])} files"
+            if Path(source["path"]).is_dir() else "file not found")
+        raise IngestError(f"{where}: {problem}")
+    return Source(rank, source["id"], source["path"], source["format"], style, columns, source["split"],
+                  tuple(files), source["weight"], source["max_rows"])
 
 
 # ---- readers: each returns columns (file, line, raw, read_reason, read_detail) as lists ----------
 
 class _Columns:
-    def __init__(self):
+    """Rows as they are read; every BATCH_ROWS of them go to `sink` as one Arrow batch, so a source of
+    millions of lines never sits in memory as Python objects."""
+    BATCH_ROWS = 65_536
+
+    def __init__(self, source_id: str, sink):
+        self.source_id, self.sink, self.rows = source_id, sink, 0
         self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
 
     def add(self, file, line, raw, reason=None, detail=None):
@@ -340,6 +356,17 @@ class _Columns:
         self.raw.append(raw)
         self.reason.append(reason)
         self.detail.append(detail)
+        if len(self.line) >= self.BATCH_ROWS:
+            self.flush()
+
+    def flush(self):
+        n = len(self.line)
+        self.rows += n
+        self.sink(pa.record_batch([pa.array([self.source_id] * n, pa.string()), pa.array(self.file, pa.string()),
+                                   pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()),
+                                   pa.array(self.reason, pa.string()), pa.array(self.detail, pa.string())],
+                                  schema=INGESTED_SCHEMA))
+        self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
 
 
 def _decoded(data: bytes) -> tuple[str, bool]:
@@ -356,28 +383,19 @@ def _repaired(text: str) -> str:
 
 
 def _read_jsonl(file: str, out: _Columns) -> None:
-    """One row per line, split on LF only; CRLF and a line-1 BOM dropped; bad bytes found per line."""
-    data = Path(file).read_bytes()
-    try:  # the common case: decode the file once, then split the text
-        pieces = data.decode("utf-8").split("\n")
-        decoded = True
-    except UnicodeDecodeError:
-        pieces = data.split(b"\n")
-        decoded = False
-    if pieces and pieces[-1] in ("", b""):  # a trailing newline ends the last line, it does not start another
-        pieces.pop()
-    for number, piece in enumerate(pieces, start=1):
-        piece = piece.removesuffix("\r" if decoded else b"\r")
-        if number == 1:
-            piece = piece.removeprefix("\ufeff" if decoded else b"\xef\xbb\xbf")
-        if decoded:
-            out.add(file, number, piece)
-            continue
-        try:
-            out.add(file, number, piece.decode("utf-8"))
-        except UnicodeDecodeError as failure:
-            out.add(file, number, piece.decode("utf-8", errors="replace"), "invalid_utf8",
-                    f"{failure.reason} at byte {failure.start}")
+    """One row per line, split on LF only; CRLF and a line-1 BOM dropped; bad bytes found per line.
+    Streamed line by line: a file of millions of lines is never held whole."""
+    with open(file, "rb") as handle:
+        for number, piece in enumerate(handle, start=1):
+            # A trailing newline ends the last line, it does not start another.
+            piece = piece.removesuffix(b"\n").removesuffix(b"\r")
+            if number == 1:
+                piece = piece.removeprefix(b"\xef\xbb\xbf")
+            try:
+                out.add(file, number, piece.decode("utf-8"))
+            except UnicodeDecodeError as failure:
+                out.add(file, number, piece.decode("utf-8", errors="replace"), "invalid_utf8",
+                        f"{failure.reason} at byte {failure.start}")
 
 
 def _dumped(value, bad_bytes: bool) -> tuple[str, str | None, str | None]:
@@ -493,9 +511,8 @@ def _read_hf(source: Source, out: _Columns) -> None:
         out.add(source.path, number, raw)
 
 
-def read_source(source: Source) -> pa.Table:
-    """Every record of a source as rows of LINES_SCHEMA, files in sorted order."""
-    out = _Columns()
+def _read_into(source: Source, out: _Columns) -> None:
+    """Every record of a source into `out`, files in sorted order."""
     try:
         if source.format == "parquet":
             _read_parquet(source, out)
@@ -509,15 +526,44 @@ def read_source(source: Source) -> pa.Table:
                     _read_json(file, out)
                 else:
                     _read_csv(file, out, source)
+        out.flush()
     except OSError as error:
         raise IngestError(f"{source.at(str(error.filename))}: cannot read: {error.strerror or error}") from None
     except duckdb.Error as error:
         raise IngestError(f"{source.where}: cannot read: {error}") from None
-    n = len(out.line)
-    return pa.table([pa.array([source.rank] * n, pa.int32()), pa.array([source.id] * n, pa.string()),
-                     pa.array(out.file, pa.string()), pa.array(out.line, pa.int64()),
-                     pa.array(out.raw, pa.string()), pa.array(out.reason, pa.string()),
-                     pa.array(out.detail, pa.string())], schema=LINES_SCHEMA)
+
+
+def resolve_source(source: dict) -> Source:
+    """One recipe source entry, checked against its own role (sft or preference) and its files listed."""
+    source = source_with_defaults(source)
+    if source["role"] not in STYLE_BY_ROLE:
+        raise IngestError(f"source '{source['id']}' ({source['path']}): role '{source['role']}' is not curated")
+    return _resolve(source, 0, source["role"])
+
+
+def ingest_source(source: dict, out_path: str) -> dict:
+    """Read one source into a Parquet file of raw records (INGESTED_SCHEMA), atomically.
+
+    This is the per-source cache curation reads: a recipe change to one source re-reads only that
+    source. The file's metadata (SOURCE_METADATA) records what was read: id, path, format, split and
+    the files, so curation can count files and refuse a file ingested from another path. Returns that
+    record with the row count."""
+    resolved = resolve_source(source)
+    described = {"id": resolved.id, "path": resolved.path, "format": resolved.format, "split": resolved.split,
+                 "files": list(resolved.files)}
+    schema = INGESTED_SCHEMA.with_metadata({SOURCE_METADATA: json.dumps(described, ensure_ascii=False)})
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        out = _Columns(resolved.id, lambda batch: writer.write_batch(batch.replace_schema_metadata(schema.metadata)))
+        _read_into(resolved, out)
+    return {**described, "rows": out.rows}
+
+
+def ingested_source(path: str) -> dict:
+    """The SOURCE_METADATA record of an ingested Parquet file."""
+    metadata = pq.read_schema(path).metadata or {}
+    if SOURCE_METADATA not in metadata:
+        raise IngestError(f"{path}: not a file written by tunesmith.ingest.ingest_source")
+    return json.loads(metadata[SOURCE_METADATA])
 
 
 def _json_text(value) -> str:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from tunesmith.atomic import write_json
+from tunesmith.atomic import atomic_path, write_json
 from tunesmith.recipe import section_hash
 
 class LineageError(ValueError):
@@ -184,4 +184,23 @@ def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = "
             walk(source, depth + 1)
 
     walk(target, 0)
+    return lines
+
+
+def write_lineage(target: str, text_path: str | os.PathLike, manifests_path: str | os.PathLike,
+                  root: str | os.PathLike = ".") -> list[str]:
+    """Write `target`'s lineage as text and every manifest along it as one JSON file (for the report)."""
+    lines = lineage(target, root=root)
+    index = index_manifests(root)
+    chain, stack = {}, [os.path.normpath(target)]
+    while stack:
+        path = stack.pop()
+        manifest = index.get(path)
+        if manifest is None or path in chain:
+            continue
+        chain[path] = manifest
+        stack.extend(os.path.normpath(source) for source in manifest["inputs"])
+    with atomic_path(text_path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(manifests_path, chain)
     return lines

@@ -24,7 +24,10 @@ class ModelError(RuntimeError):
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: with several training processes, each has its own GPU (LOCAL_RANK)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def quantization_config(section: dict):
@@ -61,8 +64,9 @@ def load_tokenizer(base_path: str, section: dict, padding_side: str = "right"):
     return tokenizer
 
 
-def load_model(base_path: str, section: dict, adapters: list[str] = ()):
-    """The base model with each adapter of the chain merged in, in order (SFT, then DPO)."""
+def load_model(base_path: str, section: dict, adapters: list[str] = (), on: torch.device | None = None):
+    """The base model with each adapter of the chain merged in, in order (continued pretraining, SFT,
+    DPO), on this process's device or `on`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -72,23 +76,25 @@ def load_model(base_path: str, section: dict, adapters: list[str] = ()):
         dtype=_DTYPES[section["dtype"]],
         quantization_config=quantization,
         trust_remote_code=section["trust_remote_code"],
-        device_map={"": device()} if quantization is not None else None,
+        device_map={"": on or device()} if quantization is not None else None,
     )
     if quantization is None:
-        model.to(device())
+        model.to(on or device())
     for adapter in adapters:
         log.info("merging adapter %s", adapter)
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 
-def export_merged(base_path: str, section: dict, adapters: list[str], out_dir: str) -> None:
+def export_merged(base_path: str, section: dict, adapters: list[str], out_dir: str,
+                  on: torch.device | None = None) -> None:
     """A standalone model folder (safetensors + tokenizer) with the adapter chain merged in, for users
-    who upload a full model. The base is loaded unquantised (in `dtype`) so the merge is exact."""
+    who upload a full model (and for vLLM). The base is loaded unquantised (in `dtype`) so the merge
+    is exact."""
     from tunesmith.atomic import atomic_path
 
     unquantised = {**section, "quantization": "none"}
-    model = load_model(base_path, unquantised, adapters=adapters)
+    model = load_model(base_path, unquantised, adapters=adapters, on=on)
     tokenizer = load_tokenizer(base_path, section)
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)

@@ -74,6 +74,13 @@ def _check_consistency(recipe: dict, origin: str) -> None:
         problems.append("  sources: dpo.enabled is true but no source has role 'preference'")
     if recipe["base_model"]["path"] is None and "pretrain" not in roles:
         problems.append("  base_model.path: null builds the tiny model, which needs a source with role 'pretrain'")
+    if recipe["continued_pretraining"]["enabled"] and "pretrain" not in roles:
+        problems.append("  continued_pretraining.enabled: true trains on the pretrain sources' text, but no source "
+                        "has role 'pretrain'")
+    distributed = recipe["distributed"]
+    if distributed["strategy"] == "fsdp" and recipe["base_model"]["quantization"] != "none":
+        problems.append("  distributed.strategy: fsdp cannot shard a quantised base (base_model.quantization); "
+                        "use ddp")
     for index, source in enumerate(recipe["sources"]):
         if (source["format"] == "text") != (source["role"] == "pretrain"):
             problems.append(f"  sources[{index}].format: '{source['format']}' does not fit role '{source['role']}'")

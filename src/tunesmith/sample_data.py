@@ -18,7 +18,10 @@ raw/sft.jsonl, 2,855 lines in random order:
      40 malformed lines: 8 truncated JSON, 5 JSON arrays (13 lines that are not JSON objects), 5 without
         "output", 5 without "instruction", 4 numeric instruction, 4 list output, 4 null output,
         3 "" output, 2 whitespace-only output;
-      5 contamination rows: a task input split into instruction/input as in the task file, with its answer.
+      5 contamination rows: a task input split into instruction/input as in the task file, with its answer;
+      6 rows for the content filters (SFT_FILTER_ROWS): 2 degenerate outputs (one character, one phrase
+        repeated), 2 English prompts, and a longer summary row with a near duplicate (its output without
+        the final "。"), which exact dedup misses and MinHash finds.
 raw/preference.jsonl, 600 lines: 575 clean pairs whose rejected answer is wrong but plausible (345),
 degenerate (115) or the answer plus a leaked template marker (115); 10 pairs with chosen == rejected (5
 exactly, 5 only after NFKC/whitespace normalisation); 10 exact duplicate lines; 5 malformed lines
@@ -101,6 +104,17 @@ PREFERENCE_REJECTED = {"wrong": 345, "degenerate": 115, "leaked_marker": 115}
 PREFERENCE_SAME_EXACT, PREFERENCE_SAME_NORMALISED, PREFERENCE_EXACT_DUPLICATES = 5, 5, 10
 PREFERENCE_MALFORMED = {"truncated": 2, "array": 1, "no_rejected": 1, "null_chosen": 1}
 TASKS_PRETTY_PRINTED, TASKS_EXCEL_CR, PRETRAIN_LINES = 5, 5, 3000
+_SUMMARY = {"instruction": "次の文章を読んで、内容を一文で要約してください。",
+            "input": "東京は日本の首都で、たくさんの人が住んでいます。電車やバスがとても便利で、古いお寺や新しい建物、"
+                     "大きな公園もあります。",
+            "output": "東京は交通が便利で、古いものと新しいものがある日本の首都です。"}
+SFT_FILTER_ROWS = {
+    "degenerate_output": [{"instruction": "日本の首都について説明してください。", "input": "", "output": "東京です。" * 8},
+                          {"instruction": "好きな食べ物を教えてください。", "input": "", "output": "あ" * 30}],
+    "english_prompt": [{"instruction": "What is the capital of France?", "input": "", "output": "Paris"},
+                       {"instruction": "Translate into Japanese.", "input": "cat", "output": "ねこ"}],
+    "near_duplicate": [_SUMMARY, {**_SUMMARY, "output": _SUMMARY["output"].removesuffix("。")}],
+}
 
 
 @dataclass(frozen=True)
@@ -229,6 +243,7 @@ def build_sft(rng: random.Random, pool: list[Example], tasks: list[Example]) -> 
         lines += [_malformed(example, kind) for example in unused[:count]]
         unused = unused[count:]
     lines += [_line(task.row()) for task in rng.sample(tasks, SFT_CONTAMINATION_ROWS)]
+    lines += [_line(row) for rows in SFT_FILTER_ROWS.values() for row in rows]
     rng.shuffle(lines)
     return lines
 

@@ -1,0 +1,123 @@
+"""How long a no-op `snakemake -n` takes on tunesmith's DAG, against a bare workflow of the same shape.
+
+    python bench/dag.py
+
+For the default recipe and for a sweep of 8 variants (2 DPO betas x 2 repetition penalties x 2 token
+limits), in a temporary working directory:
+1. plan the DAG with a dry run and create every output as an empty placeholder (a file, or a folder
+   for directory outputs), then `snakemake --touch` so each looks built in order. Building the DAG
+   for real takes minutes of training; planning cost does not depend on what the files hold;
+2. time `snakemake -n` on it REPEATS times (median) and count the jobs it plans: every planned job
+   on an unchanged DAG is a spurious rerun;
+3. write a bare Snakefile with one rule per job of that DAG (the same inputs and outputs, `touch` as
+   the only work, no recipe, no validation, no helpers), build it, and time its no-op `-n` the same way.
+Each timing is a whole `python -m snakemake` process, as a user's command is. Ends with one line:
+RESULT dag noop_seconds=<default DAG no-op> baseline_seconds=<bare workflow> spurious=<jobs planned on a no-op>
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from _common import print_table  # noqa: E402
+from tunesmith.explain import planned_jobs  # noqa: E402
+
+REPEATS = 5
+SWEEP = """
+sweep:
+  matrix:
+    dpo.beta: [0.1, 0.3]
+    generate.repetition_penalty: [1.0, 1.2]
+    generate.max_new_tokens: [24, 32]
+"""
+
+
+def snakemake(snakefile: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(work), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return result
+
+
+def fake_build(snakefile: Path, work: Path, args: list[str]) -> list:
+    """Placeholders for every output of the planned DAG, then --touch; returns the planned jobs."""
+    jobs = [job for job in planned_jobs(snakemake(snakefile, work, "-n", *args).stdout) if job.rule != "all"]
+    for job in jobs:
+        for output in job.outputs:
+            path = work / output
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if "." in path.name:
+                path.touch()
+            else:  # directory outputs: a model, a tokenizer, an adapter, an export
+                path.mkdir(exist_ok=True)
+                (path / "placeholder").touch()
+    snakemake(snakefile, work, "--touch", "--cores", "1", *args)
+    return jobs
+
+
+def noop(snakefile: Path, work: Path, args: list[str]) -> tuple[float, int]:
+    """Median wall time of `snakemake -n` and the number of jobs it plans."""
+    times, planned = [], 0
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        result = snakemake(snakefile, work, "-n", *args)
+        times.append(time.perf_counter() - start)
+        planned = len([job for job in planned_jobs(result.stdout) if job.rule != "all"])
+    return statistics.median(times), planned
+
+
+def bare_workflow(jobs: list, work: Path) -> Path:
+    """A Snakefile of the same jobs and files, with no work and no recipe."""
+    lines = ["rule all:", "    input:", *[f"        {output!r}," for job in jobs for output in job.outputs], ""]
+    for index, job in enumerate(jobs):
+        outputs = [f"directory({o!r})" if (work / o).is_dir() else repr(o) for o in job.outputs]
+        inputs = [repr(i) for i in job.inputs if i] or ["[]"]
+        work_command = "mkdir -p {output}" if any(o.startswith("directory") for o in outputs) else "touch {output}"
+        lines += [f"rule {job.rule}_{index}:", "    input:", *[f"        {i}," for i in inputs],
+                  "    output:", *[f"        {o}," for o in outputs], "    shell:", f"        {work_command!r}", ""]
+    path = work / "Bare.smk"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def measure(label: str, recipe: Path, scratch: Path) -> list:
+    work = scratch / label
+    work.mkdir()
+    (work / "data").symlink_to(ROOT / "data")
+    args = ["--configfile", str(recipe)]
+    jobs = fake_build(ROOT / "Snakefile", work, args)
+    ours, spurious = noop(ROOT / "Snakefile", work, args)
+    bare_dir = scratch / f"{label}-bare"
+    bare_dir.mkdir()
+    (bare_dir / "data").symlink_to(ROOT / "data")
+    snakefile = bare_workflow(jobs, work)
+    snakemake(snakefile, bare_dir, "--cores", "1")
+    baseline, bare_spurious = noop(snakefile, bare_dir, [])
+    return [label, len(jobs), ours, baseline, spurious, bare_spurious]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="tunesmith-dag-") as scratch:
+        scratch = Path(scratch)
+        sweep = scratch / "sweep.yaml"
+        sweep.write_text((ROOT / "recipes/default.yaml").read_text(encoding="utf-8") + SWEEP, encoding="utf-8")
+        rows = [measure("default", ROOT / "recipes/default.yaml", scratch), measure("sweep of 8", sweep, scratch)]
+    print_table(["DAG", "jobs", "no-op -n (s)", "bare workflow (s)", "planned on no-op", "bare planned"],
+                [[label, str(jobs), f"{ours:.2f}", f"{bare:.2f}", str(spurious), str(bare_spurious)]
+                 for label, jobs, ours, bare, spurious, bare_spurious in rows])
+    default, sweep_row = rows
+    print(f"RESULT dag noop_seconds={default[2]:.2f} baseline_seconds={default[3]:.2f} "
+          f"spurious={default[4] + sweep_row[4]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Read one recipe source (sft or preference) into the Parquet file of raw records curation reads."""
+
+from tunesmith.ingest import ingest_source
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "ingest_source"):
+    ingest_source(
+        source=snakemake.params.source,
+        out_path=snakemake.output.ingested,
+    )

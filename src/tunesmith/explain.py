@@ -1,0 +1,142 @@
+"""`tunesmith explain`: before running, which targets would rebuild, and which recipe key or file causes it.
+
+Snakemake decides what runs (a dry run, parsed); this module says why in recipe terms. A keyed
+artifact that is missing is compared with the newest artifact of the same stage already built: the
+recipe keys whose values differ are the cause, or, when none differ, the upstream artifacts it consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunesmith import plan
+from tunesmith.manifest import manifest_path
+from tunesmith.recipe import load_recipe
+
+SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes/default.yaml"
+KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
+# Where a step's settings live in the recipe (tunesmith.plan names them after the rule's params).
+RECIPE_PATHS = {"model.": "", "settings.": "curate.", "vocab_size": "base_model.build.vocab_size",
+                "build.": "base_model.build.", "sources": "sources"}
+
+
+@dataclass
+class Job:
+    rule: str
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    reason: str = ""
+    causes: list[str] = field(default_factory=list)
+
+
+def planned_jobs(text: str) -> list[Job]:
+    """The jobs of a `snakemake --dry-run` printout (rule, outputs, reason)."""
+    jobs = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if line.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            jobs.append(Job(stripped.split()[1].rstrip(":")))
+        elif jobs and stripped.startswith("input: "):
+            jobs[-1].inputs = [path.strip() for path in stripped.removeprefix("input: ").split(", ")]
+        elif jobs and stripped.startswith("output: "):
+            jobs[-1].outputs = [path.strip() for path in stripped.removeprefix("output: ").split(", ")]
+        elif jobs and stripped.startswith("reason: "):
+            jobs[-1].reason = stripped.removeprefix("reason: ")
+    return jobs
+
+
+def differences(old, new, path: str = "") -> list[str]:
+    """Dotted paths whose values differ between two JSON-like values, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        return found
+    if old != new:
+        show = lambda value: json.dumps(value, ensure_ascii=False)  # noqa: E731
+        return [f"{path}: {show(old)} → {show(new)}"]
+    return []
+
+
+def recipe_key(path: str) -> str:
+    for prefix, replacement in RECIPE_PATHS.items():
+        if path.startswith(prefix):
+            return replacement + path[len(prefix):]
+    return path
+
+
+def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
+    """The newest manifest of the same stage under another key (what this job would replace)."""
+    match = KEYED.match(output)
+    if not match:
+        return None
+    found = []
+    for folder in (root / match["head"]).glob("*"):
+        candidate = f"{match['head']}{folder.name}{match['tail']}"
+        manifest = root / manifest_path(candidate)
+        if folder.name != match["key"] and manifest.is_file():
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            found.append((data["finished"], candidate, data))
+    if not found:
+        return None
+    _, candidate, data = max(found, key=lambda item: item[:2])
+    return candidate, data
+
+
+def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str]) -> list[str]:
+    """Why a job runs, in recipe terms where the job is keyed."""
+    output = job.outputs[0] if job.outputs else ""
+    match = KEYED.match(output)
+    if match and "Missing output files" in job.reason and match["key"] in steps:
+        step = steps[match["key"]]
+        previous = previous_build(output, root)
+        if previous is None:
+            return ["never built with any settings"]
+        candidate, manifest = previous
+        changed = [recipe_key(line) for line in differences(
+            {name: manifest["settings"].get(name) for name in step.settings}, step.settings)]
+        consumed = [f"consumes {path}, which is rebuilt" for path in job.inputs if path in rebuilt]
+        return [*changed, *consumed, f"(replaces {candidate} for this recipe; that one stays cached)"]
+    found = []
+    for part in re.split(r";\s*", job.reason):
+        if part.startswith("Input files updated by another job"):
+            found.append("consumes rebuilt " + part.split(":", 1)[1].strip())
+        elif part.startswith("Updated input files"):
+            found.append("changed file " + part.split(":", 1)[1].strip())
+        elif part.startswith("Code has changed"):
+            found.append(f"the code of rule {job.rule} changed")
+        elif part:
+            found.append(part)
+    return found
+
+
+def explain(recipe: str | os.PathLike | None = None, targets: list[str] | None = None,
+            root: str | os.PathLike = ".") -> list[str]:
+    """Lines saying which jobs a build of `targets` would run and the recipe keys or files behind each."""
+    root = Path(root)
+    recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
+    config = load_recipe(recipe_path)
+    steps = {step.key: step for name, variant in {"": config, **plan.variants(config, str(recipe_path))}.items()
+             for step in plan.steps(variant).values()}
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *(targets or []), "--dry-run",
+               "--directory", str(root), "--configfile", str(recipe_path.resolve())]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"snakemake --dry-run failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    jobs = [job for job in planned_jobs(result.stdout) if job.rule != "all"]
+    if not jobs:
+        return ["Nothing to rebuild: every target is up to date."]
+    rebuilt = {output for job in jobs for output in job.outputs}
+    lines = []
+    for job in jobs:
+        lines.append(f"{job.rule}: {', '.join(job.outputs)}")
+        lines.extend(f"    {cause}" for cause in causes(job, steps, root, rebuilt))
+    lines.append(f"{len(jobs)} jobs would run.")
+    return lines

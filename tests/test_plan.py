@@ -1,0 +1,173 @@
+import copy
+
+import pytest
+
+from conftest import REPO
+from tunesmith import plan
+from tunesmith.explain import differences, planned_jobs, recipe_key
+from tunesmith.recipe import RecipeError, load_recipe
+
+
+@pytest.fixture
+def recipe():
+    return load_recipe(REPO / "recipes/default.yaml")
+
+
+def keys(recipe):
+    return {name: step.key for name, step in plan.steps(recipe).items()}
+
+
+def edited(recipe, dotted, value):
+    changed = copy.deepcopy(recipe)
+    plan._set(changed, dotted, value)
+    return changed
+
+
+def changed_steps(recipe, dotted, value):
+    before, after = keys(recipe), keys(edited(recipe, dotted, value))
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+
+
+def test_keys_are_stable_and_independent_of_key_order(recipe):
+    reordered = {name: recipe[name] for name in reversed(list(recipe))}
+    reordered["dpo"] = dict(reversed(list(recipe["dpo"].items())))
+    assert keys(recipe) == keys(reordered) == keys(copy.deepcopy(recipe))
+    assert all(len(key) == 12 for key in keys(recipe).values())
+    assert len(set(keys(recipe).values())) == len(keys(recipe)), "two stages share a key"
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("dpo.beta", 0.3, {"dpo", "generate_dpo"}),
+    ("generate.max_new_tokens", 8, {"generate_base", "generate_sft", "generate_dpo"}),
+    ("sft.learning_rate", 0.001, {"sft", "dpo", "generate_sft", "generate_dpo"}),
+    ("curate.dedup", False, {"curate_sft", "curate_preference", "sft", "dpo", "generate_sft", "generate_dpo"}),
+    ("base_model.build.vocab_size", 2000, {"tokenizer", "base_model", "sft", "dpo", "generate_base",
+                                           "generate_sft", "generate_dpo"}),
+    ("submission.stage", "sft", set()),
+])
+def test_a_setting_changes_the_keys_of_its_stage_and_downstream_only(recipe, dotted, value, expected):
+    assert changed_steps(recipe, dotted, value) == expected
+
+
+def test_continuing_the_sft_adapter_merges_only_the_dpo_adapter(recipe):
+    assert plan.adapter_stages(recipe, "dpo") == ["sft", "dpo"]
+    recipe["dpo"]["start"] = "continue_sft"
+    assert plan.adapter_stages(recipe, "dpo") == ["dpo"]
+
+
+def test_disabled_dpo_has_no_preference_or_dpo_stage_and_submits_sft(recipe):
+    recipe["dpo"]["enabled"] = False
+    assert set(plan.steps(recipe)) == {"tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "sft",
+                                       "generate_base", "generate_sft"}
+    assert plan.submitted_stage(recipe) == "sft"
+
+
+def test_a_hub_model_has_no_build_steps_and_keys_on_its_id(recipe):
+    recipe["base_model"]["path"] = "llm-jp/llm-jp-3-13b"
+    steps = plan.steps(recipe)
+    assert "base_model" not in steps and "base_model" not in steps["sft"].upstream
+    other = edited(recipe, "base_model.path", "llm-jp/llm-jp-3-1.8b")
+    assert plan.steps(other)["sft"].key != steps["sft"].key
+    assert plan.steps(other)["curate_sft"].key == steps["curate_sft"].key
+
+
+def test_a_matrix_makes_every_combination_validated(recipe):
+    recipe["sweep"]["matrix"] = {"dpo.beta": [0.1, 0.3], "generate.repetition_penalty": [1.0, 1.1, 1.2]}
+    variants = plan.variants(recipe)
+    assert len(variants) == 6
+    assert "dpo.beta=0.3,generate.repetition_penalty=1.1" in variants
+    variant = variants["dpo.beta=0.3,generate.repetition_penalty=1.1"]
+    assert variant["dpo"]["beta"] == 0.3 and variant["generate"]["repetition_penalty"] == 1.1
+    assert variant["sweep"]["matrix"] == {} and recipe["dpo"]["beta"] == 0.1, "the recipe itself was changed"
+    shared = {plan.steps(v)["sft"].key for v in variants.values()}
+    assert shared == {plan.steps(recipe)["sft"].key}, "variants that differ downstream must share SFT"
+    assert len({plan.steps(v)["dpo"].key for v in variants.values()}) == 2
+
+
+def test_no_matrix_is_no_sweep(recipe):
+    assert plan.variants(recipe) == {} and plan.combinations(recipe) == {}
+
+
+@pytest.mark.parametrize("matrix, message", [
+    ({"dpo.betta": [0.2]}, "sweep variant dpo.betta=0.2 is not a valid tunesmith recipe:\n  dpo: Additional properties are not allowed"),
+    ({"dpo.beta": ["high"]}, "sweep variant dpo.beta=high is not a valid tunesmith recipe:\n  dpo.beta: 'high' is not of type 'number'"),
+    ({"dpo.lora.r.x": [1]}, "'dpo.lora.r.x' does not name a recipe key ('r' is not a section)"),
+])
+def test_a_bad_matrix_entry_names_the_variant_and_key(recipe, matrix, message):
+    recipe["sweep"]["matrix"] = matrix
+    with pytest.raises(RecipeError) as error:
+        plan.variants(recipe, origin="sweep.yaml")
+    assert message in str(error.value)
+
+
+def test_a_sweep_needs_references_to_rank_by(recipe):
+    recipe["sweep"]["matrix"] = {"dpo.beta": [0.2]}
+    recipe["tasks"]["references"] = None
+    with pytest.raises(RecipeError, match="needs tasks.references"):
+        plan.variants(recipe)
+
+
+DRY_RUN = """
+Building DAG of jobs...
+[Fri Nov 27 20:47:01 2026]
+rule train_sft:
+    input: results/base_model/f4fbe9475a31, results/curated/66c7edf2f3ff/sft.parquet
+    output: results/sft/80db4e8f1a72/adapter
+    log: logs/train_sft/80db4e8f1a72.log
+    reason: Missing output files: results/sft/80db4e8f1a72/adapter
+    wildcards: key=80db4e8f1a72
+[Fri Nov 27 20:47:01 2026]
+rule write_variant_submission:
+    input: results/generations/48a4d4548f92/dpo.jsonl, data/tasks.jsonl
+    output: results/sweep/dpo.beta=0.1,generate.repetition_penalty=1.0/submission.jsonl
+    reason: Code has changed since last execution
+"""
+
+
+def test_dry_run_jobs_are_parsed_with_commas_inside_paths():
+    jobs = planned_jobs(DRY_RUN)
+    assert [job.rule for job in jobs] == ["train_sft", "write_variant_submission"]
+    assert jobs[0].inputs == ["results/base_model/f4fbe9475a31", "results/curated/66c7edf2f3ff/sft.parquet"]
+    assert jobs[1].outputs == ["results/sweep/dpo.beta=0.1,generate.repetition_penalty=1.0/submission.jsonl"]
+    assert jobs[1].reason == "Code has changed since last execution"
+
+
+def test_differences_name_recipe_keys():
+    old = {"model": {"template": {"prompt": "A"}, "seed": 1}, "settings": {"dedup": True}, "vocab_size": 3000}
+    new = {"model": {"template": {"prompt": "B"}, "seed": 1}, "settings": {"dedup": False}, "vocab_size": 2000}
+    assert [recipe_key(line) for line in differences(old, new)] == [
+        'template.prompt: "A" → "B"', "curate.dedup: true → false", "base_model.build.vocab_size: 3000 → 2000"]
+    assert differences(old, copy.deepcopy(old)) == []
+
+
+def test_continued_pretraining_sits_under_sft_and_dpo_and_ignores_the_template(recipe):
+    recipe["continued_pretraining"]["enabled"] = True
+    steps = plan.steps(recipe)
+    assert steps["sft"].upstream["cpt"] == steps["dpo"].upstream["cpt"] == steps["cpt"].key
+    assert plan.adapter_stages(recipe, "sft") == ["cpt", "sft"]
+    assert plan.adapter_stages(recipe, "dpo") == ["cpt", "sft", "dpo"]
+    assert changed_steps(recipe, "template.prompt", "### Q\n{input}\n### A\n") >= {"sft", "dpo"}
+    assert "cpt" not in changed_steps(recipe, "template.prompt", "### Q\n{input}\n### A\n")
+    assert changed_steps(recipe, "continued_pretraining.learning_rate", 0.01) == {
+        "cpt", "sft", "dpo", "generate_sft", "generate_dpo"}
+
+
+def test_the_process_count_keys_training_but_not_curation(recipe):
+    assert changed_steps(recipe, "distributed.processes", 2) == {"sft", "dpo", "generate_sft", "generate_dpo"}
+
+
+def test_editing_one_source_reingests_that_source_only(recipe):
+    recipe["sources"].append({**recipe["sources"][0], "id": "more_sft", "path": "data/raw/more.jsonl"})
+    before = keys(recipe)
+    recipe["sources"][-1]["path"] = "data/raw/other.jsonl"
+    after = keys(recipe)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"ingest_more_sft", "curate_sft", "sft", "dpo", "generate_sft", "generate_dpo"}
+
+
+def test_curation_settings_of_a_source_do_not_reingest_it(recipe):
+    recipe["sources"][0]["weight"] = 0.5
+    assert "ingest_sample_sft" not in changed_steps(recipe, "sources", recipe["sources"])
+    before = keys(load_recipe(REPO / "recipes/default.yaml"))
+    assert before["ingest_sample_sft"] == keys(recipe)["ingest_sample_sft"]
+    assert before["curate_sft"] != keys(recipe)["curate_sft"]
