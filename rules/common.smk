@@ -9,7 +9,6 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
-from tunesmith.ingest import source_files
 from tunesmith.recipe import RecipeError, validate_recipe
 
 if workflow.config_settings.configfiles:
@@ -60,7 +59,7 @@ def source_paths(sources):
     for source in sources:
         if source["format"] == "hf" and not Path(source["path"]).exists():
             continue
-        files += source_files(source["path"], source["format"])
+        files += plan.source_files(source["path"], source["format"])
     return files
 
 

@@ -171,3 +171,23 @@ def test_curation_settings_of_a_source_do_not_reingest_it(recipe):
     before = keys(load_recipe(REPO / "recipes/default.yaml"))
     assert before["ingest_sample_sft"] == keys(recipe)["ingest_sample_sft"]
     assert before["curate_sft"] != keys(recipe)["curate_sft"]
+
+
+def test_unkeyed_reasons_become_files_and_code(tmp_path):
+    from tunesmith.explain import Job, causes
+
+    job = Job("ingest_source", ["data/raw/sft.jsonl"], ["results/ingested/668af66c95dc.parquet"],
+              "Updated input files: data/raw/sft.jsonl; Code has changed since last execution")
+    assert causes(job, {}, tmp_path, set()) == ["changed file data/raw/sft.jsonl",
+                                                "the code of rule ingest_source changed"]
+    later = Job("write_submission", ["results/generations/48a4d4548f92/dpo.jsonl"], ["submission.jsonl"],
+                "Input files updated by another job: results/generations/48a4d4548f92/dpo.jsonl")
+    assert causes(later, {}, tmp_path, set()) == ["consumes rebuilt results/generations/48a4d4548f92/dpo.jsonl"]
+
+
+def test_a_keyed_job_never_built_says_so(tmp_path, recipe):
+    from tunesmith.explain import Job, causes
+
+    step = plan.steps(recipe)["sft"]
+    job = Job("train_sft", [], [f"results/sft/{step.key}/adapter"], f"Missing output files: results/sft/{step.key}/adapter")
+    assert causes(job, {step.key: step}, tmp_path, set()) == ["never built with any settings"]

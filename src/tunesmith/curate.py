@@ -336,11 +336,11 @@ CREATE OR REPLACE TEMP TABLE next_labels AS
 SELECT l.pos, least(l.label, min(n.label)) AS label
 FROM labels l JOIN edges e USING (pos) JOIN labels n ON n.pos = e.other GROUP BY l.pos, l.label
 """
-CLUSTERS_SQL = f"""
+CLUSTERS_SQL = """
 CREATE TEMP TABLE clusters AS
 SELECT l.pos, l.label, dense_rank() OVER (ORDER BY l.label) AS cluster,
   CASE WHEN l.pos = l.label THEN 1.0
-       ELSE len(list_filter(list_zip(s.signature, k.signature), lambda pair: pair[1] = pair[2])) / {{permutations}}
+       ELSE len(list_filter(list_zip(s.signature, k.signature), lambda pair: pair[1] = pair[2])) / {permutations}
   END AS jaccard
 FROM labels l JOIN signatures s ON s.pos = l.pos JOIN signatures k ON k.pos = l.label
 """
@@ -387,7 +387,7 @@ KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classifi
 ORDER BY uniform(pos, $seed, 'example') LIMIT $n"""
 CONTAMINATION_CARD_SQL = """SELECT d.source, d.file, d.line, c.task_id, round(c.overlap, 4) FROM contamination c
 JOIN deduplicated d USING (pos) WHERE d.verdict.reason = 'contaminated' ORDER BY pos, task_id"""
-CLUSTERS_CARD_SQL = f"""SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) AS size, d.source, d.file, d.line,
+CLUSTERS_CARD_SQL = """SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) AS size, d.source, d.file, d.line,
   c.pos = c.label AS kept, round(c.jaccard, 4) FROM clusters c JOIN deduplicated d USING (pos)
 ORDER BY size DESC, c.cluster, c.pos"""
 

@@ -24,7 +24,6 @@ the second, "tie" or "draw"). Only pairs both judgments agree on are kept.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import re
@@ -37,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunesmith.atomic import atomic_path
+from tunesmith.plan import SHARD_SUFFIXES, source_files
 from tunesmith.recipe import load_schema
 
 
@@ -54,8 +54,6 @@ SOURCE_METADATA = b"tunesmith.source"
 CANONICAL_TYPE = pa.struct([("record", pa.string()), ("labels", pa.string()),
                             ("reason", pa.string()), ("detail", pa.string())])
 
-SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
-                  "parquet": (".parquet",)}
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 TURN_LABELS = {"user": "User", "assistant": "Assistant"}
 FIRST, SECOND, TIE = 1, 2, "tie"
@@ -284,22 +282,6 @@ def source_with_defaults(source: dict) -> dict:
     """The source with the schema's defaults filled, so that direct calls behave like recipes."""
     properties = load_schema()["properties"]["sources"]["items"]["properties"]
     return {name: source.get(name, prop["default"]) for name, prop in properties.items()} | source
-
-
-def source_files(path: str, format: str) -> list[str]:
-    """The files a path names: itself, a directory's shards of that format (recursively, hidden
-    files skipped), or a glob's matches (`**` recursive). Sorted, so line order is reproducible."""
-    if format == "hf":
-        return [path]
-    if any(character in path for character in "*?["):
-        return sorted(match for match in glob.glob(path, recursive=True) if Path(match).is_file())
-    folder = Path(path)
-    if folder.is_dir():
-        suffixes = SHARD_SUFFIXES.get(format, ())
-        return sorted(str(file) for file in folder.rglob("*")
-                      if file.is_file() and file.suffix.lower() in suffixes
-                      and not any(part.startswith(".") for part in file.relative_to(folder).parts))
-    return [path] if folder.is_file() else []
 
 
 def resolve_sources(sources: list[dict], role: str, list_files: bool = True) -> list[Source]:
