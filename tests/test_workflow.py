@@ -373,3 +373,29 @@ def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):
     assert jobs["train_cpt"] == 1 and jobs["train_sft"] == 1 and jobs["generate_answers"] == 3
     sft_inputs = result.stdout.split("rule train_sft:")[1].split("output:")[0]
     assert re.search(r"results/cpt/[0-9a-f]{12}/adapter", sft_inputs), sft_inputs
+
+
+@pytest.mark.e2e
+def test_the_shipped_sweep_builds_every_variant_and_a_leaderboard(default_run, tmp_path):
+    """recipes/sweep.yaml beside a finished default run: only what the variants change is built."""
+    work = tmp_path / "run"
+    shutil.copytree(default_run, work, symlinks=True)
+    plan_only = snakemake("-n", "--directory", work, "--configfile", REPO / "recipes/sweep.yaml")
+    jobs = planned_jobs(plan_only.stdout)
+    assert not {"ingest_source", "curate_data", "pretrain_base", "train_sft"} & set(jobs), jobs
+    assert jobs["train_dpo"] == 1 and jobs["generate_answers"] == 5 and jobs["rank_variants"] == 1
+    built = snakemake("--directory", work, "--configfile", REPO / "recipes/sweep.yaml", "--cores", "1",
+                      "--resources", "gpu=1")
+    assert built.returncode == 0, built.stderr[-5000:]
+    board = json.loads((work / "results/sweep/leaderboard.json").read_text())
+    assert [row["rank"] for row in board] == [1, 2, 3, 4]
+    assert {json.dumps(row["overrides"], sort_keys=True) for row in board} == {
+        json.dumps({"dpo.beta": beta, "generate.repetition_penalty": penalty}, sort_keys=True)
+        for beta in (0.1, 0.3) for penalty in (1.0, 1.2)}
+    assert [row["chrf"] for row in board] == sorted((row["chrf"] for row in board), reverse=True)
+    for row in board:
+        assert validate_submission(work / "results/sweep" / row["variant"] / "submission.jsonl",
+                                   REPO / "data/tasks.jsonl") == 100
+    same_as_recipe = work / "results/sweep/dpo.beta=0.1,generate.repetition_penalty=1.0/submission.jsonl"
+    assert same_as_recipe.read_bytes() == (work / "submission.jsonl").read_bytes()
+    assert "Sweep leaderboard" in built.stdout + built.stderr
