@@ -29,7 +29,7 @@ except RecipeError as error:
 RECIPES = {"": config, **VARIANTS}
 PLANS = {name: plan.steps(recipe) for name, recipe in RECIPES.items()}
 STEPS = {step.key: step for steps in PLANS.values() for step in steps.values()}
-RECIPE_OF = {step.key: RECIPES[name] for name, steps in PLANS.items() for step in steps.values()}
+VARIANT_OF = {step.key: name for name, steps in PLANS.items() for step in steps.values()}
 KEY = "[0-9a-f]{12}"
 
 
@@ -43,10 +43,6 @@ def step(wildcards):
 def setting(name):
     """A params function: the setting `name` of the step whose key is in the wildcards."""
     return lambda wildcards: step(wildcards).settings[name]
-
-
-def variant(wildcards):
-    return RECIPES[wildcards.get("variant", "")]
 
 
 def keyed(pattern, key, **more):
@@ -83,17 +79,21 @@ def curated(wildcards):
     return keyed(rules.curate_data.output.kept, key, role=STEPS[key].stage.removeprefix("curate_"))
 
 
+def variant_name(wildcards):
+    """The variant behind a job ("" for the recipe): the one that made its key, else the one it names."""
+    return VARIANT_OF[wildcards.key] if "key" in wildcards.keys() else wildcards.get("variant", "")
+
+
 def recipe_of(wildcards):
-    """The recipe behind a job: the one that made its key, else the variant (or recipe) it names."""
-    return RECIPE_OF[wildcards.key] if "key" in wildcards.keys() else variant(wildcards)
+    return RECIPES[variant_name(wildcards)]
 
 
-def model_files(recipe, stage):
+def model_files(variant, stage):
     """The built base model folder (none for a hub id or own folder) and a stage's adapters, in merge order."""
-    steps = plan.steps(recipe)
+    steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
     adapters = [keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
-                for name in plan.adapter_stages(recipe, stage)]
+                for name in plan.adapter_stages(RECIPES[variant], stage)]
     return base, adapters
 
 
@@ -102,7 +102,7 @@ def rules_of_adapters():
 
 
 def base_model_input(wildcards):
-    return model_files(recipe_of(wildcards), "base")[0]
+    return model_files(variant_name(wildcards), "base")[0]
 
 
 def base_model_path(wildcards):
@@ -111,7 +111,7 @@ def base_model_path(wildcards):
 
 
 def adapter_chain(wildcards):
-    return model_files(recipe_of(wildcards), wildcards.stage)[1]
+    return model_files(variant_name(wildcards), wildcards.stage)[1]
 
 
 def base_adapters(wildcards):
@@ -137,23 +137,23 @@ def task_file(wildcards):
     return recipe_of(wildcards)["tasks"]["path"]
 
 
-def generations(recipe, stage_names):
-    steps = plan.steps(recipe)
-    return [keyed(rules.generate_answers.output.generations, steps[f"generate_{name}"].key, stage=name)
+def generations(variant, stage_names):
+    return [keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
             for name in stage_names]
 
 
 def stages(wildcards):
-    return plan.model_stages(variant(wildcards))
+    return plan.model_stages(recipe_of(wildcards))
 
 
 def references(wildcards):
-    return variant(wildcards)["tasks"]["references"] or []
+    return recipe_of(wildcards)["tasks"]["references"] or []
 
 
 def submission_inputs(wildcards):
-    recipe = variant(wildcards)
-    return {"generations": generations(recipe, [plan.submitted_stage(recipe)]), "tasks": recipe["tasks"]["path"]}
+    recipe = recipe_of(wildcards)
+    return {"generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
+            "tasks": recipe["tasks"]["path"]}
 
 
 def scores(wildcards):

@@ -12,7 +12,7 @@ rule write_submission:
 
 rule evaluate_stages:
     input:
-        generations=lambda wildcards: generations(variant(wildcards), stages(wildcards)),
+        generations=lambda wildcards: generations(variant_name(wildcards), stages(wildcards)),
         references=references,
     output:
         scores=report("results/eval.json", category="Evaluation", caption="../report/eval.rst"),

@@ -83,7 +83,7 @@ rule export_model:
         "logs/export_model/{stage}.log",
     params:
         base_path=base_model_path,
-        model=lambda wildcards: plan.steps(config)["sft"].settings["model"],
+        model=lambda wildcards: PLANS[""]["sft"].settings["model"],
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores

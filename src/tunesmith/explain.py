@@ -24,7 +24,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes/default.yaml"
 KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
 # Where a step's settings live in the recipe (tunesmith.plan names them after the rule's params).
 RECIPE_PATHS = {"model.": "", "settings.": "curate.", "vocab_size": "base_model.build.vocab_size",
-                "build.": "base_model.build.", "sources": "sources"}
+                "build.": "base_model.build."}
 
 
 @dataclass

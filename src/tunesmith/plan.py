@@ -134,8 +134,7 @@ def _set(recipe: dict, dotted: str, value) -> None:
 def variant_name(overrides: dict) -> str:
     """`dpo.beta=0.2,generate.max_new_tokens=24`: readable, and a safe folder name."""
     parts = [f"{key}={json.dumps(value, ensure_ascii=False, separators=(',', ':'))}" for key, value in overrides.items()]
-    name = ",".join(parts).replace("/", "_").replace('"', "")
-    return name
+    return ",".join(parts).replace("/", "_").replace('"', "")
 
 
 def combinations(recipe: dict) -> dict[str, dict]:
