@@ -1,13 +1,10 @@
 # tunesmith: raw corpora -> curated data -> (tiny) base model -> LoRA SFT -> DPO -> submission.jsonl
 #   snakemake submission.jsonl --cores 1 --resources gpu=1                  # the embedded default recipe
-#   snakemake submission.jsonl --cores 1 --resources gpu=1 --configfile recipes/llm-jp-3-13b-qlora.yaml
-#   snakemake --cores 1 --resources gpu=1 --configfile recipes/sweep.yaml   # every variant + leaderboard
+#   snakemake submission.jsonl --cores 1 --resources gpu=1 --config recipe=recipes/llm-jp-3-13b-qlora.yaml
+#   snakemake --cores 1 --resources gpu=1 --config recipe=recipes/sweep.yaml  # every variant + leaderboard
 from snakemake.utils import min_version
 
 min_version("9.0")
-
-
-configfile: "recipes/default.yaml"
 
 
 report: "report/workflow.rst"

@@ -103,12 +103,12 @@ if [ "$(sinfo -h -n localhost -o %t 2>/dev/null)" != idle ]; then
 fi
 
 # 6. The workflow, as a user runs it, in a working directory of its own. Targets go before
-#    --configfile, which takes several values. Bounded: a lost job must not hang CI.
+#    --config, which takes several values. Bounded: a lost job must not hang CI.
 RUN=$WORK/run
 mkdir "$RUN" && ln -s "$REPO/data" "$RUN/data" && cd "$RUN"
 start=$SECONDS
 timeout -k 30 1500 snakemake submission.jsonl -s "$REPO/Snakefile" --profile "$REPO/profiles/slurm" \
-    --configfile "$REPO/recipes/default.yaml"
+    --config recipe="$REPO/recipes/default.yaml"
 echo "slurm.sh: workflow took $((SECONDS - start)) s"
 
 # 7. The submission is complete and valid...

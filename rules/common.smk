@@ -3,27 +3,21 @@
 # Stage artifacts live under content keys (tunesmith.plan): results/<stage>/<key>/... . A rule's
 # wildcards carry the key, and every helper below looks up the recipe step that made that key, so
 # recipes and sweep variants that agree upstream share those artifacts.
-import copy
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
-from tunesmith.recipe import RecipeError, validate_recipe
-
-if workflow.config_settings.configfiles:
-    # A recipe is one complete run: a --configfile replaces the default recipe instead of being
-    # merged onto it, so no key of recipes/default.yaml leaks into another recipe.
-    config.clear()
-    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
+from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
-    recipe_files = workflow.config_settings.configfiles or ["recipes/default.yaml"]
-    origin = ", ".join(map(str, recipe_files))
-    validate_recipe(config, origin=origin)
-    VARIANTS = plan.variants(config, origin=origin)
+    # Read by tunesmith, not by Snakemake's --configfile loader (which templates files, running code).
+    RECIPE_PATH, RECIPE = workflow_recipe(config, workflow.config_settings.configfiles, workflow.basedir)
+    VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
+config.clear()
+config.update(RECIPE)
 
 # The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep adds named ones.
 RECIPES = {"": config, **VARIANTS}
@@ -182,7 +176,7 @@ onsuccess:
 
 
 def variant_overrides():
-    return plan.combinations(config)
+    return combinations(config)
 
 
 wildcard_constraints:

@@ -5,7 +5,8 @@ import pytest
 from conftest import REPO
 from tunesmith import plan
 from tunesmith.explain import differences, planned_jobs, recipe_key
-from tunesmith.recipe import RecipeError, load_recipe
+from tunesmith import recipe as recipe_module
+from tunesmith.recipe import RecipeError, combinations, load_recipe, variants
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def keys(recipe):
 
 def edited(recipe, dotted, value):
     changed = copy.deepcopy(recipe)
-    plan._set(changed, dotted, value)
+    recipe_module._set(changed, dotted, value)
     return changed
 
 
@@ -73,30 +74,30 @@ def test_a_hub_model_has_no_build_steps_and_keys_on_its_id(recipe):
 
 def test_a_matrix_makes_every_combination_validated(recipe):
     recipe["sweep"]["matrix"] = {"dpo.beta": [0.1, 0.3], "generate.repetition_penalty": [1.0, 1.1, 1.2]}
-    variants = plan.variants(recipe)
-    assert len(variants) == 6
-    assert "dpo.beta=0.3,generate.repetition_penalty=1.1" in variants
-    variant = variants["dpo.beta=0.3,generate.repetition_penalty=1.1"]
+    found = variants(recipe)
+    assert len(found) == 6
+    assert "dpo.beta=0.3,generate.repetition_penalty=1.1" in found
+    variant = found["dpo.beta=0.3,generate.repetition_penalty=1.1"]
     assert variant["dpo"]["beta"] == 0.3 and variant["generate"]["repetition_penalty"] == 1.1
     assert variant["sweep"]["matrix"] == {} and recipe["dpo"]["beta"] == 0.1, "the recipe itself was changed"
-    shared = {plan.steps(v)["sft"].key for v in variants.values()}
+    shared = {plan.steps(v)["sft"].key for v in found.values()}
     assert shared == {plan.steps(recipe)["sft"].key}, "variants that differ downstream must share SFT"
-    assert len({plan.steps(v)["dpo"].key for v in variants.values()}) == 2
+    assert len({plan.steps(v)["dpo"].key for v in found.values()}) == 2
 
 
 def test_no_matrix_is_no_sweep(recipe):
-    assert plan.variants(recipe) == {} and plan.combinations(recipe) == {}
+    assert variants(recipe) == {} and combinations(recipe) == {}
 
 
 @pytest.mark.parametrize("matrix, message", [
-    ({"dpo.betta": [0.2]}, "sweep variant dpo.betta=0.2 is not a valid tunesmith recipe:\n  dpo: Additional properties are not allowed"),
-    ({"dpo.beta": ["high"]}, "sweep variant dpo.beta=high is not a valid tunesmith recipe:\n  dpo.beta: 'high' is not of type 'number'"),
-    ({"dpo.lora.r.x": [1]}, "'dpo.lora.r.x' does not name a recipe key ('r' is not a section)"),
+    ({"dpo.betta": [0.2]}, "sweep variant dpo.betta=0.2:\n  sweep.matrix.dpo.betta: 'betta' is not a key of 'dpo'"),
+    ({"dpo.beta": ["high"]}, "sweep variant dpo.beta=high is not a valid tunesmith recipe:\n  dpo.beta: must be number, got 'high'"),
+    ({"dpo.lora.r.x": [1]}, "sweep.matrix.dpo.lora.r.x: 'dpo.lora.r' is not a recipe section"),
 ])
 def test_a_bad_matrix_entry_names_the_variant_and_key(recipe, matrix, message):
     recipe["sweep"]["matrix"] = matrix
     with pytest.raises(RecipeError) as error:
-        plan.variants(recipe, origin="sweep.yaml")
+        variants(recipe, origin="sweep.yaml")
     assert message in str(error.value)
 
 
@@ -104,7 +105,7 @@ def test_a_sweep_needs_references_to_rank_by(recipe):
     recipe["sweep"]["matrix"] = {"dpo.beta": [0.2]}
     recipe["tasks"]["references"] = None
     with pytest.raises(RecipeError, match="needs tasks.references"):
-        plan.variants(recipe)
+        variants(recipe)
 
 
 DRY_RUN = """

@@ -17,10 +17,8 @@ from pathlib import Path
 
 from tunesmith import plan
 from tunesmith.manifest import manifest_path
-from tunesmith.recipe import load_recipe
+from tunesmith.recipe import load_recipe, variants
 
-SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes/default.yaml"
 KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
 # Where a step's settings live in the recipe (tunesmith.plan names them after the rule's params).
 RECIPE_PATHS = {"model.": "", "settings.": "curate.", "vocab_size": "base_model.build.vocab_size",
@@ -118,15 +116,19 @@ def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str])
 
 
 def explain(recipe: str | os.PathLike | None = None, targets: list[str] | None = None,
-            root: str | os.PathLike = ".") -> list[str]:
-    """Lines saying which jobs a build of `targets` would run and the recipe keys or files behind each."""
-    root = Path(root)
-    recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
+            root: str | os.PathLike = ".", snakefile: str | os.PathLike = "Snakefile") -> list[str]:
+    """Lines saying which jobs a build of `targets` would run and the recipe keys or files behind each.
+    `root` is the workflow's working directory, `snakefile` the workflow (relative paths from the
+    current directory); the recipe defaults to the workflow's recipes/default.yaml."""
+    root, snakefile = Path(root), Path(snakefile).resolve()
+    if not snakefile.is_file():
+        raise OSError(f"{snakefile}: no Snakefile there; run from the project folder or pass --snakefile")
+    recipe_path = Path(recipe) if recipe else snakefile.parent / "recipes" / "default.yaml"
     config = load_recipe(recipe_path)
-    steps = {step.key: step for name, variant in {"": config, **plan.variants(config, str(recipe_path))}.items()
+    steps = {step.key: step for variant in {"": config, **variants(config, str(recipe_path))}.values()
              for step in plan.steps(variant).values()}
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *(targets or []), "--dry-run",
-               "--directory", str(root), "--configfile", str(recipe_path.resolve())]
+    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), *(targets or []), "--dry-run",
+               "--directory", str(root), "--config", f"recipe={recipe_path.resolve()}"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"snakemake --dry-run failed:\n{(result.stdout + result.stderr)[-3000:]}")

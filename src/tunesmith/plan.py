@@ -8,14 +8,11 @@ those once; changing a setting changes the key of its stage and of everything do
 
 from __future__ import annotations
 
-import copy
 import glob
-import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.recipe import RecipeError, section_hash, validate_recipe
+from tunesmith.recipe import section_hash
 
 MODEL_STAGES = ("base", "sft", "dpo")
 INGEST_KEYS = ("id", "path", "format", "role", "split")
@@ -119,47 +116,3 @@ def steps(recipe: dict) -> dict[str, Step]:
         plan[f"generate_{stage}"] = Step(f"generate_{stage}", {"model": model, "generate": recipe["generate"]},
                                          {**base, **adapters}, files=(tasks,))
     return plan
-
-
-def _set(recipe: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    node = recipe
-    for name in parents:
-        if not isinstance(node.get(name), dict):
-            raise RecipeError(f"sweep.matrix: '{dotted}' does not name a recipe key ('{name}' is not a section)")
-        node = node[name]
-    node[last] = copy.deepcopy(value)
-
-
-def variant_name(overrides: dict) -> str:
-    """`dpo.beta=0.2,generate.max_new_tokens=24`: readable, and a safe folder name."""
-    parts = [f"{key}={json.dumps(value, ensure_ascii=False, separators=(',', ':'))}" for key, value in overrides.items()]
-    return ",".join(parts).replace("/", "_").replace('"', "")
-
-
-def combinations(recipe: dict) -> dict[str, dict]:
-    """The sweep's variants as overrides ({dotted key: value}), by variant name."""
-    matrix = recipe["sweep"]["matrix"]
-    found = {}
-    if not matrix:  # the product of no lists is one empty combination, not none
-        return found
-    for values in itertools.product(*matrix.values()):
-        overrides = dict(zip(matrix, values))
-        found[variant_name(overrides)] = overrides
-    return found
-
-
-def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
-    """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
-    validated (a misspelt key is an error naming the variant); empty when there is no sweep."""
-    found = {}
-    for name, overrides in combinations(recipe).items():
-        if not recipe["tasks"]["references"]:
-            raise RecipeError(f"{origin}: sweep.matrix ranks variants by their scores, which needs tasks.references")
-        variant = copy.deepcopy(recipe)
-        variant["sweep"] = {"matrix": {}}
-        for dotted, value in overrides.items():
-            _set(variant, dotted, value)
-        validate_recipe(variant, origin=f"{origin}, sweep variant {name}")
-        found[name] = variant
-    return found
