@@ -27,7 +27,8 @@ def lints(snakefile, directory, *more) -> dict[str, list[str]]:
     """`snakemake --lint` findings: item (rule or snakefile) -> lint titles. Snakemake 9.27 prints them as
     text only (its CLI never passes `--lint json` on), as 'Lints for <item>:' and '    * <title>:' lines."""
     command = [sys.executable, "-m", "snakemake", "--lint", "-s", str(snakefile), "--directory", str(directory), *map(str, more)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "200"})
     output = result.stdout + result.stderr
     found, item = {}, None
     for line in output.splitlines():

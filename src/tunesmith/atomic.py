@@ -8,7 +8,6 @@ the job that owns the output starts again.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -60,7 +59,9 @@ def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
     # tempfile's random part has no dot, so `.out.jsonl.manifest.json.<random>.partial` (another
     # output's temporary) is not taken for one of `out.jsonl`.
     own = re.compile(rf"\.{re.escape(final.name)}\.[^.]+{re.escape(PARTIAL)}")
-    stale = [path for path in final.parent.glob(f".{glob.escape(final.name)}.*{PARTIAL}") if own.fullmatch(path.name)]
+    if not final.parent.is_dir():
+        return []
+    stale = [path for path in final.parent.iterdir() if own.fullmatch(path.name)]
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
