@@ -45,7 +45,7 @@ def lints(snakefile, directory, *more) -> dict[str, list[str]]:
 
 def test_the_workflow_has_no_lints_but_the_accepted_one(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
-    found = lints(REPO / "Snakefile", tmp_path, "--configfile", REPO / "recipes/default.yaml")
+    found = lints(REPO / "Snakefile", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     unexpected = {item: titles for item, titles in found.items() if set(titles) - ACCEPTED}
     assert not unexpected, "\n".join(f"{item}: {titles}" for item, titles in unexpected.items())
     assert any(item.startswith("rule train_sft ") for item in found), found  # the accepted one was read

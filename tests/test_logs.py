@@ -170,7 +170,7 @@ def test_a_full_disk_is_named_on_the_console_and_in_the_log(tmp_path, full):
     (work / "data").symlink_to(REPO / "data")
     command = [*prefix, "sh", "-c", textwrap.dedent(FILL_AND_RUN), "sh",
                sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "submission.jsonl",
-               "--cores", "1", "--resources", "gpu=1", "--configfile", str(REPO / "recipes/default.yaml")]
+               "--cores", "1", "--resources", "gpu=1", "--config", f"recipe={REPO / 'recipes/default.yaml'}"]
     result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "FULL": " ".join(str(work / name) for name in full)})
     console = result.stdout + result.stderr
