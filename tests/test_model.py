@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from tiny_model import TASKS, cpt_adapter, dpo_adapter, recipe, sft_adapter, tiny  # noqa: F401  (fixtures)
+from tiny_model import TASKS, cpt_adapter, dpo_adapter, dpo_run, recipe, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tunesmith.adapters import concatenate, read_config
 from tunesmith.model import (
     ModelError, check_eos, load_model, load_tokenizer, quantization_config, read_metadata, write_metadata,

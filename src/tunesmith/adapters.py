@@ -147,8 +147,3 @@ def finish_stage_folder(folder: str | os.PathLike, beneath: str | None, base_pat
         return
     concatenate([beneath, str(trained)], folder, base_path)
 
-
-def chain_of(folder: str | os.PathLike) -> list[dict]:
-    """The stages an adapter folder holds, beneath first (from its tunesmith.json)."""
-    path = Path(folder) / "tunesmith.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("chain", []) if path.is_file() else []

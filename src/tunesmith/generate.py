@@ -174,14 +174,17 @@ def vllm_generator(base_path: str, base_section: dict, adapter: str | None, sett
 
 
 def repeated_ngram_count(text: str, size: int) -> int:
-    """How often the most frequent n-gram of `size` characters occurs, overlaps included."""
-    counts = Counter(text[start : start + size] for start in range(len(text) - size + 1))
+    """How often the most frequent n-gram of `size` characters occurs, overlaps included. N-grams
+    without a letter or digit (a table's |:---:|:---:| rule) do not count."""
+    grams = (text[start : start + size] for start in range(len(text) - size + 1))
+    counts = Counter(gram for gram in grams if _words(gram))
     return max(counts.values(), default=0)
 
 
 # A list item's marker: "1.", "2)", "3、", "(4)", "・", "-", "*", "①".
 _LIST_MARKER = re.compile(r"^\s*(?:[-*・•]|\(?\d+[.)、:：]?\)?|[\u2460-\u2473])\s*")
 _ALLOWED_CONTROLS = "\n\t\r"
+MIN_WORD_SHARE = 0.1  # below this share of letters and digits, an answer is punctuation, not text
 
 
 def _words(text: str) -> list[str]:
@@ -210,10 +213,13 @@ def output_problems(text: str, guards: dict) -> list[str]:
         problems.append("replacement_char")
     if any(unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS for character in text):
         problems.append("control_char")
-    words = _words(text)
+    words, visible = _words(text), "".join(text.split())
     if len(words) >= guards["char_share_min_length"]:
         if Counter(words).most_common(1)[0][1] > guards["max_char_share"] * len(words):
             problems.append("degenerate_char")
+    elif len(visible) >= guards["char_share_min_length"] and len(words) < MIN_WORD_SHARE * len(visible):
+        problems.append("degenerate_char")  # punctuation with hardly a word: 」、、、、、、、、、、
+
     if repeated_ngram_count(text, guards["ngram_size"]) > guards["max_ngram_repeats"]:
         problems.append("repeated_ngram")
     if repeated_line_count(text) > guards["max_line_repeats"]:
