@@ -73,7 +73,7 @@ def _package_imports(module: str) -> set[str]:
 def test_the_package_has_no_import_cycle():
     modules = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
     graph = {module: _package_imports(module) & set(modules) for module in modules}
-    assert "train" not in graph["launcher"] | graph["distributed"], "the launcher must not know the train functions"
+    assert "train" not in graph.get("launcher", set()) | graph["distributed"], "launching must not know the train functions"
 
     def cycle_from(start, path):
         for name in graph[start]:
