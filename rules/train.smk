@@ -87,11 +87,12 @@ rule train_dpo:
         "../scripts/train_dpo.py"
 
 
-# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`.
+# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`. The merge
+# runs on the CPU in the recipe's dtype (exact; a 13B model never has to fit a GPU).
 rule export_model:
     input:
         base_model_input,
-        adapters=adapter_chain,
+        adapter=adapter_chain,
     output:
         model=directory("results/export/{stage}"),
     log:
@@ -102,7 +103,5 @@ rule export_model:
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores
-    resources:
-        gpu=1,
     script:
         "../scripts/export_model.py"

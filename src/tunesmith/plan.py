@@ -65,7 +65,8 @@ def submitted_stage(recipe: dict) -> str:
 
 
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
-    """The adapters merged, in order, onto the base model to make a stage's model."""
+    """The adapters a stage's model is made of, in training order; the last one's folder holds them
+    all as one standalone adapter (tunesmith.adapters), which is what generation and export load."""
     cpt = ["cpt"] if recipe["continued_pretraining"]["enabled"] else []
     dpo_chain = ["dpo"] if recipe["dpo"]["start"] == "continue_sft" else ["sft", "dpo"]
     return {"base": [], "sft": cpt + ["sft"], "dpo": cpt + dpo_chain}[stage]
