@@ -9,7 +9,9 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
+from tunesmith.evaluate import end_of_run_message
 from tunesmith.recipe import RecipeError, validate_recipe
+from tunesmith.tasks import check_task_files
 
 if workflow.config_settings.configfiles:
     # A recipe is one complete run: a --configfile replaces the default recipe instead of being
@@ -22,6 +24,12 @@ try:
     origin = ", ".join(map(str, recipe_files))
     validate_recipe(config, origin=origin)
     VARIANTS = plan.variants(config, origin=origin)
+    # Task, references and judge files are checked now, so a bad row stops `snakemake -n`, not a job
+    # after training (issue 10; the recipe validator will call this itself).
+    file_problems = list(dict.fromkeys(problem for recipe in [config, *VARIANTS.values()]
+                                       for problem in check_task_files(recipe)))
+    if file_problems:
+        raise RecipeError(f"{origin}: the task files cannot be used:\n" + "\n".join(f"  {p}" for p in file_problems))
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
 
@@ -150,18 +158,54 @@ def references(wildcards):
     return recipe_of(wildcards)["tasks"]["references"] or []
 
 
+# ---- judge (issue 10) ----
+def judge_answers_input(wildcards):
+    """What a judge job grades: a stage's generations, or the answers of judge.reference_grades."""
+    if wildcards.stage == "reference":
+        return recipe_of(wildcards)["judge"]["reference_grades"]
+    return keyed(rules.generate_answers.output.generations, step(wildcards).upstream["generations"],
+                 stage=wildcards.stage)
+
+
+def judge_template(wildcards):
+    return step(wildcards).settings["judge"]["prompt_template"] or []
+
+
+def judge_is_remote(wildcards):
+    return step(wildcards).settings["judge"]["backend"] == "openai"
+
+
+def judged(variant, stage_names):
+    """The judge's grades of each stage (and `reference`) for a variant; none without a judge."""
+    steps = PLANS[variant]
+    return {name: keyed(rules.judge_answers.output.grades, steps[f"judge_{name}"].key, stage=name)
+            for name in stage_names if f"judge_{name}" in steps}
+
+
+def evaluation_inputs(wildcards):
+    variant = variant_name(wildcards)
+    names = plan.model_stages(RECIPES[variant])
+    return {"generations": generations(variant, names), "references": references(wildcards),
+            "tasks": task_file(wildcards), "judged": list(judged(variant, names).values()),
+            "judged_reference": list(judged(variant, ["reference"]).values())}
+
+
+def scored_by(recipe):
+    """What scores a recipe, in words (None: nothing does)."""
+    parts = []
+    if plan.judge_enabled(recipe):
+        judge = recipe["judge"]
+        parts.append(f"judge {judge['openai']['model'] if judge['backend'] == 'openai' else judge['local']['path']}")
+    if recipe["tasks"]["references"]:
+        parts.append(f"references {recipe['tasks']['references']}")
+    return "; ".join(parts) or None
+# ---- end judge ----
+
+
 def submission_inputs(wildcards):
     recipe = recipe_of(wildcards)
     return {"generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
             "tasks": recipe["tasks"]["path"]}
-
-
-def scores(wildcards):
-    """Scored first, so building a submission also shows what each stage bought."""
-    if not references(wildcards):
-        return []
-    name = wildcards.get("variant", "")
-    return expand(rules.evaluate_variant.output.scores, variant=name) if name else rules.evaluate_stages.output.scores
 
 
 def sweep_targets():
@@ -169,13 +213,16 @@ def sweep_targets():
 
 
 def evaluation_targets():
-    return [rules.evaluate_stages.output.scores] if config["tasks"]["references"] else []
+    return [rules.evaluate_stages.output.scores] if scored_by(config) else []
 
 
 onsuccess:
-    table = Path(rules.evaluate_stages.output.table)
-    if table.is_file() and Path("submission.jsonl").is_file():
-        print(f"\nsubmission.jsonl is ready. Scores on {config['tasks']['references']}:\n{table.read_text()}")
+    if Path("submission.jsonl").is_file():
+        print("\nsubmission.jsonl is ready.")
+    expected = evaluation_inputs({})
+    print(end_of_run_message(rules.evaluate_stages.output.scores, rules.evaluate_stages.output.table,
+                             expected["generations"] + expected["judged"] + expected["judged_reference"],
+                             scored_by(config)))
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"Sweep leaderboard ({board}):\n{board.read_text()}")
