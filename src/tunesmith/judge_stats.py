@@ -30,8 +30,11 @@ def distribution(grades: list[int]) -> dict[str, int]:
 
 def spearman(first: list[int], second: list[int]) -> float | None:
     """Spearman's rank correlation (ties get their average rank); None when either side is constant."""
-    value = pd.Series(first, dtype=float).corr(pd.Series(second, dtype=float), method="spearman")
-    return None if pd.isna(value) else float(value)
+    # Pearson's r of the average ranks (pandas' own method="spearman" would need scipy).
+    ranks = [pd.Series(values, dtype=float).rank(method="average").to_numpy() for values in (first, second)]
+    if len(first) < 2 or any(rank.std() == 0 for rank in ranks):
+        return None
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
 def quadratic_weighted_kappa(first: list[int], second: list[int], categories=GRADES) -> float | None:

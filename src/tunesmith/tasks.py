@@ -125,7 +125,8 @@ class References:
 
 def _csv_records(path: Path) -> list[tuple[int, dict]]:
     """Rows of a CSV file with the line where each starts (quoted fields may span lines)."""
-    text = path.read_text(encoding="utf-8-sig")
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # newline="": CR LF inside quotes stays
+        text = handle.read()
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
