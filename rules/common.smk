@@ -187,7 +187,13 @@ def evaluation_inputs(wildcards):
     names = plan.model_stages(RECIPES[variant])
     return {"generations": generations(variant, names), "references": references(wildcards),
             "tasks": task_file(wildcards), "judged": list(judged(variant, names).values()),
-            "judged_reference": list(judged(variant, ["reference"]).values())}
+            "judged_reference": next(iter(judged(variant, ["reference"]).values()), [])}
+
+
+def scored_files():
+    """The files the recipe's evaluation scores: what results/eval.json must name to be this run's."""
+    found = evaluation_inputs({})
+    return [*found["generations"], *found["judged"], *([found["judged_reference"]] if found["judged_reference"] else [])]
 
 
 def scored_by(recipe):
@@ -219,10 +225,8 @@ def evaluation_targets():
 onsuccess:
     if Path("submission.jsonl").is_file():
         print("\nsubmission.jsonl is ready.")
-    expected = evaluation_inputs({})
     print(end_of_run_message(rules.evaluate_stages.output.scores, rules.evaluate_stages.output.table,
-                             expected["generations"] + expected["judged"] + expected["judged_reference"],
-                             scored_by(config)))
+                             scored_files(), scored_by(config)))
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"Sweep leaderboard ({board}):\n{board.read_text()}")

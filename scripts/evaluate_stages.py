@@ -10,12 +10,12 @@ judged = list(snakemake.input.judged)
 with recorded(snakemake, "evaluate"):
     evaluate(
         generations=dict(zip(snakemake.params.stages, snakemake.input.generations)),
-        references_path=snakemake.input.references[0] if snakemake.input.references else None,
+        references_path=snakemake.input.references or None,  # one file is a str, none an empty list
         out_path=snakemake.output.scores,
         table_path=snakemake.output.table,
         tasks_path=snakemake.input.tasks,
         judged=dict(zip(snakemake.params.stages, judged)) if judged else None,
-        judged_reference=snakemake.input.judged_reference[0] if snakemake.input.judged_reference else None,
+        judged_reference=snakemake.input.judged_reference or None,
         judge=snakemake.params.judge,
         seed=snakemake.params.seed,
     )

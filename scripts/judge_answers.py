@@ -9,7 +9,7 @@ with recorded(snakemake, f"judge_{snakemake.wildcards.stage}"):
     judge_answers(
         answers_path=snakemake.input.answers,
         tasks_path=snakemake.input.tasks,
-        references_path=snakemake.input.references[0] if snakemake.input.references else None,
+        references_path=snakemake.input.references or None,  # one file is a str, none an empty list
         settings=snakemake.params.judge,
         seed=snakemake.params.seed,
         out_path=snakemake.output.grades,

@@ -6,17 +6,13 @@ which is what exercises the parsing fallbacks and the unparseable count), plus s
 import json
 import logging
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from judge_server import build_tiny_judge, serving
 from tunesmith.judge import judge_answers
 from tunesmith.judge_backends import JudgeError
 from tunesmith.judge_cache import GradeCache
@@ -234,32 +230,6 @@ def test_a_named_key_variable_that_is_unset_is_an_error(files, tmp_path, monkeyp
 
 # ---- transformers serve on 127.0.0.1 ------------------------------------------------------------
 
-def build_tiny_judge(folder: Path) -> str:
-    """A random 2-layer Llama with the tiny byte-level tokenizer (and its chat template), from a config."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tunesmith.base_model import train_tokenizer
-
-    train_tokenizer([str(REPO / "data/raw/pretrain.txt")], 600, folder / "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    model_dir = folder / "model"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return str(model_dir)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
     return build_tiny_judge(tmp_path_factory.mktemp("judge_model"))
@@ -268,29 +238,8 @@ def tiny_judge(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(tiny_judge, tmp_path_factory):
     """`transformers serve --device cpu` with the tiny model on 127.0.0.1; stopped after the module."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", "--device", "cpu", "--host", "127.0.0.1",
-               "--port", str(port), tiny_judge]
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {Path(log.name).read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", tiny_judge
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    with serving(tiny_judge, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url, tiny_judge
 
 
 SECRET = "sk-tunesmith-test-7f3a9c1e5b"
