@@ -436,25 +436,24 @@ def test_bad_task_side_files_fail_the_dry_run_naming_key_file_and_line(tmp_path)
     assert "judge.reference_grades: gpt4.jsonl: file not found" in output
     from tunesmith.cli import main
 
-    import os
-    here = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)  # the recipe's paths are relative to the working directory
         assert main(["validate", str(recipe)]) == 1
-    finally:
-        os.chdir(here)
 
 
 @pytest.mark.e2e
 def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
     """Beside a finished default run: a recipe with no references and a judge served by `transformers
-    serve` grades the stages' answers (no retraining), scores them, and a second build asks nothing."""
+    serve` grades the stages' answers (no retraining) and scores them; a judge setting that changes no
+    grade reruns the judge jobs, which the cache answers without a request; and the end-of-run message
+    never passes another recipe's table off as this one's."""
     from judge_server import build_tiny_judge, serving
 
     work = tmp_path / "run"
     shutil.copytree(default_run, work, symlinks=True)
     model = build_tiny_judge(tmp_path / "judge")
-    with serving(model, tmp_path / "serve.log") as url:
+    # Continuous batching: the server generates the concurrent requests together (2 shared cores).
+    with serving(model, tmp_path / "serve.log", continuous_batching=True) as url:
         recipe = judge_recipe(tmp_path, url=url, model=model)
         plan_only = planned_jobs(snakemake("-n", "--directory", work, "--configfile", recipe).stdout)
         assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "trace_lineage": 1, "all": 1}, plan_only
@@ -469,16 +468,21 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
         assert "Scores (judge " in built.stdout + built.stderr
         table = (work / "results/eval.md").read_text(encoding="utf-8")
         assert "| task | input | base answer | base grade | base reason |" in table
-        for grades in work.glob("results/judged/*/*.jsonl"):
-            assert (Path(str(grades) + ".manifest.json")).is_file()
-        # Regrading from scratch is answered by the cache: no request reaches the server.
-        for folder in work.glob("results/judged/*"):
-            shutil.rmtree(folder)
-        rebuilt = snakemake("results/eval.json", "--directory", work, "--configfile", recipe, "--cores", "1")
-        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-        logs = "".join(path.read_text() for path in work.glob("logs/judge_answers/*/*.log"))
-        assert logs.count("100 from the cache, 0 requests sent") == 3, logs[-2000:]
-    # The recipe before, with references and no judge: its old table is not shown as fresh scores.
-    back = snakemake("submission.jsonl", "--directory", work, "--configfile", REPO / "recipes/default.yaml",
-                     "--cores", "1")
-    assert "holds the scores of another recipe or of older answers" in back.stdout + back.stderr
+        assert len(list(work.glob("results/judged/*/*.jsonl.manifest.json"))) == 3
+        faster = judge_recipe(tmp_path, url=url, model=model).read_text().replace("concurrency: 4", "concurrency: 2")
+        recipe.write_text(faster, encoding="utf-8")
+        rerun = snakemake("results/eval.json", "--directory", work, "--configfile", recipe, "--cores", "1")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert planned_jobs(rerun.stdout + rerun.stderr)["judge_answers"] == 3
+        logs = [path.read_text() for path in work.glob("logs/judge_answers/*/*.log")]
+        assert sum("100 from the cache, 0 requests sent" in log for log in logs) == 3, logs
+    # The default recipe again, with one job to run: results/eval.json is the judged recipe's.
+    back = snakemake("submission.jsonl", "--forcerun", "write_submission", "--directory", work,
+                     "--configfile", REPO / "recipes/default.yaml", "--cores", "1")
+    assert "holds the scores of another recipe or of older answers, not shown" in back.stdout + back.stderr
+    assert "| base |" not in back.stdout + back.stderr
+    no_scores = edited_recipe(tmp_path, "references: data/references.jsonl", "references: null")
+    bare = snakemake("submission.jsonl", "--forcerun", "write_submission", "--directory", work,
+                     "--configfile", no_scores, "--cores", "1")
+    assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
+    assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr

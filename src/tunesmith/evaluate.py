@@ -185,7 +185,7 @@ def evaluate(
             "backend": judge["backend"], "confidence": judge["confidence"],
             "model": judge["openai"]["model"] if judge["backend"] == "openai" else judge["local"]["path"]},
         "agreement": None,
-        "inputs_by_task": {task.task_id: task.input for task in tasks} if tasks else {},
+        "inputs_by_task": {task.task_id: task.prompt_text for task in tasks} if tasks else {},
         "inputs": sorted(map(os.fspath, [*generations.values(), *judged.values(),
                                          *([judged_reference] if judged_reference else [])])),
     }
