@@ -11,7 +11,8 @@ rebuild is then the number of answers graded again). Each timed pass starts with
 without it requests are generated one after the other whatever the client does). Continuous batching
 makes a lone request slower, so the sequential baseline is timed on a plain server (the fastest way
 to send one request at a time) and concurrency on a continuous-batching one; the table also shows
-each client on the other server. Ends with one line:
+each client on the other server. Both servers run with OMP_NUM_THREADS=1 (tests/judge_server.py):
+on shared cores, two spinning OpenMP threads made each request several times slower. Ends with one line:
 RESULT judge ratio=<sequential s / concurrent s> rerun_requests=<requests sent on the rebuild>
 """
 
@@ -57,7 +58,7 @@ def timed(answers: Path, settings: dict, cache: Path, out: Path) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tasks = read_tasks(REPO / "data/tasks.jsonl")
