@@ -329,3 +329,17 @@ def test_an_entry_that_is_not_json_is_graded_again(tmp_path):
     (tmp_path / "ab" / ("ab" + "0" * 62 + ".json")).write_text("{trunc", encoding="utf-8")
     assert cache.get("ab" + "0" * 62) is None
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_the_vllm_backend_is_refused_before_loading_without_vllm(files, tmp_path, monkeypatch):
+    import builtins
+
+    from tunesmith.model import ModelError
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *args, **kwargs: (_ for _ in ()).throw(
+        ImportError(name)) if name == "vllm" else real_import(name, *args, **kwargs))
+    tasks, generations = files
+    settings = judge_settings(backend="vllm", **{"local.path": str(tmp_path / "no-model-here")})
+    with pytest.raises(ModelError, match="vllm package is not installed"):
+        judge_answers(str(generations), str(tasks), None, settings, 0, str(tmp_path / "o.jsonl"), str(tmp_path / "c"))

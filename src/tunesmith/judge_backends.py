@@ -126,11 +126,14 @@ class LocalJudge:
             "temperature": temperature or 1.0, "top_p": 1.0, "repetition_penalty": 1.0, "stop_strings": [],
             "batch_size": section["batch_size"], "vllm": section["vllm"],
         }
+        if settings["backend"] == "vllm":
+            from tunesmith.generate import check_backend
+
+            check_backend({"backend": "vllm"})  # before loading anything
         self.tokenizer = load_tokenizer(self.path, model_section, padding_side="left")
         if settings["backend"] == "vllm":
-            from tunesmith.generate import check_backend, vllm_generator
+            from tunesmith.generate import vllm_generator
 
-            check_backend({"backend": "vllm"})
             self.generate = vllm_generator(self.path, model_section, [], self.generation, seed, work_dir)
         else:
             from tunesmith.generate import generate_batched
