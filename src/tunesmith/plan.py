@@ -55,13 +55,45 @@ def sources_of(recipe: dict, role: str) -> list[dict]:
 
 
 def model_stages(recipe: dict) -> list[str]:
-    """Stages whose answers are generated and scored."""
-    return list(MODEL_STAGES) if recipe["dpo"]["enabled"] else ["base", "sft"]
+    """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
+    build order (dpo only when DPO is enabled)."""
+    wanted = {*recipe["evaluate"]["stages"], submitted_stage(recipe)}
+    return [stage for stage in MODEL_STAGES if stage in wanted and (stage != "dpo" or recipe["dpo"]["enabled"])]
 
 
 def submitted_stage(recipe: dict) -> str:
     stage = recipe["submission"]["stage"]
     return "sft" if stage == "dpo" and not recipe["dpo"]["enabled"] else stage
+
+
+# ---- judge (issue 10) -------------------------------------------------------------------------
+# One judge step per scored stage, keyed on its generations and the judge settings that decide a
+# grade; the evaluation-only keys (bootstrap, reference grades) stay out, so changing them regrades
+# nothing. A `reference` step grades the answers of judge.reference_grades for the agreement table.
+JUDGE_EVALUATION_KEYS = ("bootstrap_samples", "confidence", "reference_grades")
+
+
+def judge_enabled(recipe: dict) -> bool:
+    return recipe["judge"]["backend"] != "none"
+
+
+def judge_settings(recipe: dict) -> dict:
+    return {key: value for key, value in recipe["judge"].items() if key not in JUDGE_EVALUATION_KEYS}
+
+
+def judge_steps(recipe: dict, plan: dict[str, Step]) -> dict[str, Step]:
+    if not judge_enabled(recipe):
+        return {}
+    judge = recipe["judge"]
+    files = tuple(path for path in (recipe["tasks"]["path"], recipe["tasks"]["references"],
+                                    judge["prompt_template"]) if path)
+    settings = {"judge": judge_settings(recipe), "seed": recipe["seed"]}
+    steps = {f"judge_{stage}": Step(f"judge_{stage}", settings, {"generations": plan[f"generate_{stage}"].key}, files)
+             for stage in model_stages(recipe)}
+    if judge["reference_grades"]:
+        steps["judge_reference"] = Step("judge_reference", settings, {}, (*files, judge["reference_grades"]))
+    return steps
+# ---- end judge --------------------------------------------------------------------------------
 
 
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
@@ -116,4 +148,5 @@ def steps(recipe: dict) -> dict[str, Step]:
         adapters = {name: plan[name].key for name in adapter_stages(recipe, stage)}
         plan[f"generate_{stage}"] = Step(f"generate_{stage}", {"model": model, "generate": recipe["generate"]},
                                          {**base, **adapters}, files=(tasks,))
+    plan.update(judge_steps(recipe, plan))  # judge (issue 10)
     return plan
