@@ -157,8 +157,9 @@ def judge_answers_input(wildcards):
     """What a judge job grades: a stage's generations, or the answers of judge.reference_grades."""
     if wildcards.stage == "reference":
         return recipe_of(wildcards)["judge"]["reference_grades"]
-    return keyed(rules.generate_answers.output.generations, step(wildcards).upstream["generations"],
-                 stage=wildcards.stage)
+    return keyed(
+        rules.generate_answers.output.generations, step(wildcards).upstream["generations"], stage=wildcards.stage
+    )
 
 
 def judge_template(wildcards):
@@ -172,22 +173,33 @@ def judge_is_remote(wildcards):
 def judged(variant, stage_names):
     """The judge's grades of each stage (and `reference`) for a variant; none without a judge."""
     steps = PLANS[variant]
-    return {name: keyed(rules.judge_answers.output.grades, steps[f"judge_{name}"].key, stage=name)
-            for name in stage_names if f"judge_{name}" in steps}
+    return {
+        name: keyed(rules.judge_answers.output.grades, steps[f"judge_{name}"].key, stage=name)
+        for name in stage_names
+        if f"judge_{name}" in steps
+    }
 
 
 def evaluation_inputs(wildcards):
     variant = variant_name(wildcards)
     names = plan.model_stages(RECIPES[variant])
-    return {"generations": generations(variant, names), "references": references(wildcards),
-            "tasks": task_file(wildcards), "judged": list(judged(variant, names).values()),
-            "judged_reference": next(iter(judged(variant, ["reference"]).values()), [])}
+    return {
+        "generations": generations(variant, names),
+        "references": references(wildcards),
+        "tasks": task_file(wildcards),
+        "judged": list(judged(variant, names).values()),
+        "judged_reference": next(iter(judged(variant, ["reference"]).values()), []),
+    }
 
 
 def scored_files():
     """The files the recipe's evaluation scores: what results/eval.json must name to be this run's."""
     found = evaluation_inputs({})
-    return [*found["generations"], *found["judged"], *([found["judged_reference"]] if found["judged_reference"] else [])]
+    return [
+        *found["generations"],
+        *found["judged"],
+        *([found["judged_reference"]] if found["judged_reference"] else []),
+    ]
 
 
 def scored_by(recipe):
@@ -199,6 +211,8 @@ def scored_by(recipe):
     if recipe["tasks"]["references"]:
         parts.append(f"references {recipe['tasks']['references']}")
     return "; ".join(parts) or None
+
+
 # ---- end judge ----
 
 
@@ -221,8 +235,14 @@ def evaluation_targets():
 onsuccess:
     if Path("submission.jsonl").is_file():
         print("\nsubmission.jsonl is ready.")
-    print(end_of_run_message(rules.evaluate_stages.output.scores, rules.evaluate_stages.output.table,
-                             scored_files(), scored_by(config)))
+    print(
+        end_of_run_message(
+            rules.evaluate_stages.output.scores,
+            rules.evaluate_stages.output.table,
+            scored_files(),
+            scored_by(config),
+        )
+    )
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"Sweep leaderboard ({board}):\n{board.read_text()}")

@@ -146,7 +146,7 @@ def test_a_sweep_can_rank_by_a_judge_without_references(recipe):
     judged = with_judge(recipe)
     judged["sweep"]["matrix"] = {"dpo.beta": [0.2, 0.3]}
     judged["tasks"]["references"] = None
-    assert len(plan.variants(judged)) == 2
+    assert len(variants(judged)) == 2
 
 
 def test_a_sweep_needs_references_to_rank_by(recipe):
