@@ -15,7 +15,7 @@ from tunesmith.normalize import match_key
 REPO = Path(__file__).resolve().parents[1]
 # validation_fraction 0 keeps the crafted rows' split predictable; the split has its own test.
 SETTINGS = {"max_prompt_chars": 40, "max_response_chars": 20, "dedup": True, "decontaminate": True,
-            "validation_fraction": 0}
+            "validation_fraction": 0, "min_kept_share": 0}
 FILTER_REASONS = {"too_short", "too_few_tokens", "too_many_tokens", "not_japanese", "blocked", "repetitive",
                   "near_duplicate", "downsampled", "over_cap"}
 TASKS = [{"task_id": 7, "input": "Name the capital of France."},
@@ -135,12 +135,10 @@ def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):
     assert card["totals"]["rows_in"] == 4
 
 
-def test_empty_file_gives_empty_outputs(tmp_path):
-    card, kept, quarantined = run(tmp_path, {"empty": b""})
-    assert (kept, quarantined) == ([], [])
-    assert card["totals"] == {"rows_in": 0, "kept": 0, "written": {"train": 0, "validation": 0}, "quarantined": {}}
-    assert pq.read_schema(tmp_path / "out" / "kept.parquet").names == ["id", "source", "file", "line", "prompt",
-                                                                       "response", "split"]
+def test_empty_file_fails_since_the_role_would_keep_nothing(tmp_path):
+    with pytest.raises(CurationError, match=r"curation of role 'sft' keeps no rows:\n  source 'empty' .*kept 0 of 0"):
+        run(tmp_path, {"empty": b""})
+    assert not (tmp_path / "out" / "kept.parquet").exists()
 
 
 def test_dedup_keeps_the_first_by_recipe_order_and_counts_reconcile(tmp_path):
@@ -237,13 +235,13 @@ def test_length_token_script_block_and_repetition_filters_name_field_and_measure
     card, kept, quarantined = run(tmp_path, {"f": b"\n".join(lines)}, max_prompt_chars=100, max_response_chars=100,
                                   min_prompt_chars=3, min_response_chars=3, tokens={"max_prompt": 20},
                                   japanese={"min_share": 0.5}, block_patterns=["パスワード"],
-                                  repetition={"max_char_share": 0.5, "max_ngram_share": 0.6, "ngram": 5,
+                                  repetition={"min_copies": 5, "min_share": 0.6, "max_unit_chars": 10,
                                               "min_chars": 10})
     assert [row["line"] for row in kept] == [1, 6, 9]
     assert by_line(quarantined) == {
         2: ("too_short", "prompt 2"), 3: ("too_short", "output 2"), 4: ("too_many_tokens", "prompt 28 tokens"),
-        5: ("not_japanese", "prompt 0.0"), 7: ("repetitive", "output: character あ is 1.0 of the characters"),
-        8: ("repetitive", "output: 東京です。 repeats 5 times, covering 1.0"),
+        5: ("not_japanese", "prompt 0.0"), 7: ("repetitive", "output: 'あ' repeated 24 times in a row, covering 1.0"),
+        8: ("repetitive", "output: '東京です。' repeated 5 times in a row, covering 1.0"),
         10: ("blocked", "output matches 'パスワード'"), 11: ("not_japanese", "prompt 0.0"),
     }
 
@@ -291,7 +289,7 @@ def test_near_duplicates_cluster_and_keep_the_first_by_source_order(tmp_path):
     assert [(row["source"], row["line"]) for row in kept] == [("first", 1), ("first", 2), ("second", 3)]
     details = {(row["source"], row["line"]): row["detail"] for row in quarantined}
     assert set(details) == {("second", 1), ("second", 2)}
-    assert all(detail.startswith("kept first:2 (cluster 1, estimated Jaccard 0.") for detail in details.values())
+    assert all(detail.startswith("kept first:2 (cluster 1, Jaccard 0.") for detail in details.values())
     [cluster] = card["near_duplicate_clusters"]["listed"]
     assert cluster["size"] == 3 and cluster["kept"] == {"source": "first", "file": str(tmp_path / "first.jsonl"),
                                                         "line": 2}
@@ -303,7 +301,8 @@ def test_near_duplicates_cluster_and_keep_the_first_by_source_order(tmp_path):
 
 
 def test_near_duplicate_settings_are_checked(tmp_path):
-    with pytest.raises(CurationError, match="permutations \\(100\\) must be a multiple of bands \\(16\\)"):
+    with pytest.raises(CurationError, match=r"curate\.near_dedup\.permutations: 100 is not a multiple of "
+                                            r"curate\.near_dedup\.bands \(16\)"):
         run(tmp_path, {"a": sft("東京", "首都")}, near_dedup={"permutations": 100})
 
 

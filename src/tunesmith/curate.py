@@ -23,6 +23,7 @@ response of an SFT row, the chosen answer of a preference pair. A rejected answe
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunesmith.atomic import atomic_path, write_json
+from tunesmith.measures import MACROS, SPACES_RE2, repeated_unit, tandem_repeats
 from tunesmith.ingest import (IngestError, Source, canonical_function, ingest_source, ingested_source, resolve_sources,
                               source_with_defaults)
 from tunesmith.normalize import match_keys_arrow, normalize_arrow
@@ -66,6 +68,8 @@ class Shape:
     prompt: str
     responses: tuple[str, ...]
     taught: str  # the answer the model learns to give: what quality filters judge
+    instruction: str  # the prompt without its context (an alpaca input) ...
+    context: str  # ... and the context: near duplicates are compared on each apart
     kept_columns: str
     identical: str  # a pair whose answers are the same teaches a preference nothing
 
@@ -73,23 +77,11 @@ class Shape:
 SHAPES = {
     "sft": Shape(("instruction", "output"), ("input",),
                  "CASE WHEN coalesce(input, '') = '' THEN instruction ELSE instruction || chr(10) || input END",
-                 ("output",), "output", "prompt_text AS prompt, output AS response", "false"),
-    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("chosen", "rejected"), "chosen",
+                 ("output",), "output", "instruction", "coalesce(input, '')",
+                 "prompt_text AS prompt, output AS response", "false"),
+    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("chosen", "rejected"), "chosen", "prompt", "''",
                         "prompt_text AS prompt, chosen, rejected", "chosen = rejected"),
 }
-
-# RE2's \s is ASCII only; \p{Z} adds the ideographic and no-break spaces of Japanese text.
-MACROS = r"""
-CREATE MACRO japanese_chars(t) AS length(regexp_replace(t, '[^\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]', '', 'g'));
-CREATE MACRO letter_chars(t) AS length(regexp_replace(t, '[^\p{L}]', '', 'g'));
-CREATE MACRO visible_chars(t) AS length(regexp_replace(t, '[\s\v\p{Z}]', '', 'g'));
-CREATE MACRO estimated_tokens(t) AS japanese_chars(t) + ceil((visible_chars(t) - japanese_chars(t)) / 4)::BIGINT;
-CREATE MACRO japanese_share(t) AS japanese_chars(t) / nullif(letter_chars(t), 0);
-CREATE MACRO code_points(t) AS list_transform(string_split(t, ''), lambda c: unicode(c));
-CREATE MACRO uniform(id, seed, purpose) AS hash(concat_ws(':', id, seed, purpose)) / 18446744073709551616.0;
-CREATE MACRO top_count(items) AS list_max(list_transform(map_entries(list_aggregate(items, 'histogram')),
-                                                          lambda e: {'n': e.value, 'item': e.key}));
-"""
 
 # Line-level reasons, judged on the record as read. json_type() raises on invalid JSON, so each test
 # is guarded by the one above it (DuckDB evaluates a CASE branch only for the rows that reach it).
@@ -99,8 +91,11 @@ SELECT *,
   CASE WHEN read_reason IS NOT NULL THEN read_reason
        WHEN regexp_matches(raw, '^[\s\v\p{Z}]*$') THEN 'blank_line'
        WHEN NOT json_valid(raw) THEN 'invalid_json'
+       -- json_valid also takes trailing commas, NaN and Infinity: Python's parser judges those rows
+       WHEN regexp_matches(raw, ',\s*[\]}]|NaN|Infinity') AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
        WHEN json_type(raw) <> 'OBJECT' THEN 'not_object' END AS line_reason,
   CASE WHEN read_reason IS NOT NULL THEN read_detail
+       WHEN line_reason = 'invalid_json' AND json_valid(raw) THEN strict_json_problem(raw)
        WHEN line_reason = 'not_object' THEN lower(json_type(raw)) END AS line_detail
 FROM lines
 """
@@ -163,7 +158,7 @@ def _check_sql(shape: Shape, settings: dict) -> str:
     normalised = ", ".join(f"normalize_text({f}_raw) AS {f}" for f in fields)
     texts = [("prompt_text", "'prompt'")] + [(r, f"{r}_name") for r in shape.responses]
     taught = [("prompt_text", "'prompt'"), (shape.taught, f"{shape.taught}_name")]
-    tokens, japanese, repetition = settings["tokens"], settings["japanese"], settings["repetition"]
+    tokens, japanese = settings["tokens"], settings["japanese"]
 
     # An explicit null counts as missing: it carries no text, exactly like an absent key.
     missing = _listed([f"CASE WHEN {f}_type IS NULL THEN {f}_name "
@@ -202,12 +197,6 @@ def _check_sql(shape: Shape, settings: dict) -> str:
                             for reason, condition in (("not_japanese", not_japanese), ("blocked", blocked))
                             if condition != "''")
 
-    # Repetition is measured on the taught answer's non-space characters, only for rows that passed
-    # everything else, are long enough to judge, and could repeat enough (`_repetition_bound`: exact
-    # counting per row is slow, and few rows come near the limits).
-    n = repetition["ngram"]
-    chars = f"string_split(regexp_replace({shape.taught}, '[\\s\\v\\p{{Z}}]', '', 'g'), '')"
-    grams = f"list_transform(range(1, len(taught_chars) - {n - 2}), lambda i: array_to_string(taught_chars[i:i + {n - 1}], ''))"
     return f"""
 CREATE TEMP TABLE checked AS
 WITH typed AS (
@@ -216,36 +205,39 @@ WITH typed AS (
 ), normalised AS (
   SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}), {normalised} FROM typed
 ), structural AS (
-  SELECT *, {shape.prompt} AS prompt_text,
-    CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
-       {cases}
-       WHEN {shape.identical} THEN {{'reason': 'chosen_equals_rejected', 'detail': NULL}}
-       {late}
-    END AS early_verdict
-  FROM normalised
-), measured AS (
-  SELECT *, CASE WHEN early_verdict IS NULL AND visible_chars({shape.taught}) >= {repetition['min_chars']}
-                      AND could_repeat(regexp_replace({shape.taught}, '[\s\v\p{{Z}}]', '', 'g'))
-                 THEN {chars} END AS taught_chars
-  FROM structural
-), scored AS (
-  SELECT *,
-    CASE WHEN taught_chars IS NOT NULL THEN top_count(taught_chars) END AS top_char,
-    CASE WHEN taught_chars IS NOT NULL THEN top_count({grams}) END AS top_ngram
-  FROM measured
+  SELECT *, {shape.prompt} AS prompt_text, {shape.instruction} AS instruction_text,
+    {shape.context} AS context_text FROM normalised
 )
-SELECT pos, source_rank, prompt_text, {", ".join(shape.responses)},
-  CASE WHEN early_verdict IS NOT NULL THEN early_verdict
-       WHEN top_char.n / len(taught_chars) > {repetition['max_char_share']}
-         THEN {{'reason': 'repetitive', 'detail': {shape.taught}_name || ': character ' || top_char.item || ' is '
-               || round(top_char.n / len(taught_chars), 2) || ' of the characters'}}
-       -- least() skips NULLs: guard it, or every unjudged row would score 1
-       WHEN taught_chars IS NOT NULL AND top_ngram.n > 1 AND least(1, top_ngram.n * {n} / len(taught_chars)) > {repetition['max_ngram_share']}
-         THEN {{'reason': 'repetitive', 'detail': {shape.taught}_name || ': ' || top_ngram.item || ' repeats '
-               || top_ngram.n || ' times, covering ' || round(least(1, top_ngram.n * {n} / len(taught_chars)), 2)}}
+SELECT pos, source_rank, prompt_text, instruction_text, context_text, {", ".join(shape.responses)},
+  {shape.taught}_name AS taught_name,
+  CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
+     {cases}
+     WHEN {shape.identical} THEN {{'reason': 'chosen_equals_rejected', 'detail': NULL}}
+     {late}
   END AS verdict
-FROM scored
+FROM structural
 """
+
+
+def _judge_repetition(con, shape: Shape, repetition: dict) -> None:
+    """Quarantine as repetitive the rows still passing whose taught answer (spaces removed) holds a
+    unit repeated `min_copies` times in a row covering `min_share` of it (tunesmith.measures)."""
+    rows = con.execute(f"SELECT pos, regexp_replace({shape.taught}, '{SPACES_RE2}', '', 'g') AS taught FROM checked "
+                       f"WHERE verdict IS NULL AND visible_chars({shape.taught}) >= $min_chars",
+                       {"min_chars": repetition["min_chars"]}).fetchnumpy()
+    texts = rows["taught"].tolist()
+    copies, units = tandem_repeats(texts, repetition["max_unit_chars"], repetition["min_copies"])
+    lengths = numpy.fromiter(map(len, texts), numpy.int64, len(texts))
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        share = numpy.where(lengths > 0, copies * units / numpy.maximum(lengths, 1), 0)
+    flagged = numpy.flatnonzero((copies > 0) & (share >= repetition["min_share"]))
+    details = [f"{repeated_unit(texts[index], int(units[index]), int(copies[index]))!r} repeated "
+               f"{int(copies[index])} times in a row, covering {round(float(share[index]), 2)}" for index in flagged]
+    con.register("repeated", pa.table({"pos": pa.array(rows["pos"][flagged], pa.int64()),
+                                       "detail": pa.array(details, pa.string())}))
+    con.execute("""UPDATE checked SET verdict = {'reason': 'repetitive', 'detail': taught_name || ': ' || r.detail}
+                   FROM repeated r WHERE checked.pos = r.pos""")
+    con.unregister("repeated")
 
 
 # Row keys for the rows that passed every field check: what exact dedup compares and what the id hashes.
@@ -254,9 +246,16 @@ CREATE TEMP TABLE keyed AS
 SELECT c.*, l.source, l.file, l.line,
   CASE WHEN verdict IS NULL THEN fold_key(prompt_text) END AS prompt_key,
   CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
-  sha256(dedup_key) AS id
+  sha256(dedup_key) AS id,
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), fold_key(instruction_text), {response_keys}) END AS question_key,
+  CASE WHEN verdict IS NULL THEN fold_key(context_text) END AS context_key
 FROM checked c JOIN lines l USING (pos)
 """
+# What a near-duplicate pair must be similar in (curate.near_dedup.key). instruction_response: the
+# instruction with the response(s), and the context passage (an alpaca input) apart, so that a long
+# passage shared by different questions does not make them near copies, and a short input that is
+# the question itself still tells rows apart. prompt_response: the whole row as one text.
+NEAR_PARTS = {"instruction_response": ("question_key", "context_key"), "prompt_response": ("dedup_key",)}
 
 # Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
 # The row side is streamed through the join, never materialised: a row's n-grams are many, matches few.
@@ -301,10 +300,11 @@ SELECT * EXCLUDE (verdict),
 FROM ranked
 """
 
-# MinHash LSH. Each row's shingles are hashed once; `permutations` seeded hash functions of those
-# hashes give the signature (one min aggregate each, computed in one pass). Rows whose band of
-# `rows` values agree become candidates; candidates whose signatures agree on at least `threshold`
-# of the values are linked.
+# MinHash LSH finds candidate pairs: each row's shingles are hashed once; `permutations` seeded hash
+# functions of those hashes give the signature (one min aggregate each, computed in one pass); rows
+# whose band of `rows` values agree become candidates. A candidate pair counts when the exact
+# Jaccard similarity of its shingle sets reaches `threshold` (an estimate would lose true pairs
+# near the threshold, and candidates are few).
 SHINGLES_SQL = """
 CREATE TEMP TABLE shingles AS
 SELECT pos, unnest({grams}) AS shingle FROM deduplicated WHERE verdict IS NULL
@@ -318,32 +318,38 @@ WITH bands AS (
 ), candidates AS (
   SELECT DISTINCT x.pos AS a, y.pos AS b FROM bands x JOIN bands y ON x.band = y.band AND x.bucket = y.bucket
   WHERE x.pos < y.pos
+), sets AS (
+  SELECT pos, {sets} FROM deduplicated WHERE pos IN (SELECT a FROM candidates UNION SELECT b FROM candidates)
 )
 SELECT a, b, jaccard FROM (
-  SELECT c.a, c.b, len(list_filter(list_zip(sa.signature, sb.signature), lambda pair: pair[1] = pair[2]))
-                   / {permutations} AS jaccard
-  FROM candidates c JOIN signatures sa ON sa.pos = c.a JOIN signatures sb ON sb.pos = c.b
+  SELECT c.a, c.b, least({similarities}) AS jaccard
+  FROM candidates c JOIN sets sa ON sa.pos = c.a JOIN sets sb ON sb.pos = c.b
 ) WHERE jaccard >= {threshold}
 """
-# Connected components by minimum-label propagation: each linked row takes the smallest position
-# among itself and its neighbours' labels until nothing changes. The label is the cluster's first row.
-COMPONENTS_SQL = """
-CREATE TEMP TABLE edges AS SELECT a AS pos, b AS other FROM links UNION ALL SELECT b, a FROM links;
-CREATE TEMP TABLE labels AS SELECT pos, least(pos, min(other)) AS label FROM edges GROUP BY pos;
-"""
-PROPAGATE_SQL = """
-CREATE OR REPLACE TEMP TABLE next_labels AS
-SELECT l.pos, least(l.label, min(n.label)) AS label
-FROM labels l JOIN edges e USING (pos) JOIN labels n ON n.pos = e.other GROUP BY l.pos, l.label
-"""
-CLUSTERS_SQL = """
-CREATE TEMP TABLE clusters AS
-SELECT l.pos, l.label, dense_rank() OVER (ORDER BY l.label) AS cluster,
-  CASE WHEN l.pos = l.label THEN 1.0
-       ELSE len(list_filter(list_zip(s.signature, k.signature), lambda pair: pair[1] = pair[2])) / {permutations}
-  END AS jaccard
-FROM labels l JOIN signatures s ON s.pos = l.pos JOIN signatures k ON k.pos = l.label
-"""
+
+
+def _similarity_sql(part: str) -> str:
+    """SQL: the Jaccard similarity of a candidate pair's n-gram sets of one key part (sets `sa`, `sb`);
+    a part too short to have n-grams on either side is similar only when equal (two empty contexts are)."""
+    grams, key = f"{part}_grams", f"{part}"
+    shared = f"len(list_intersect(sa.{grams}, sb.{grams}))"
+    return (f"CASE WHEN len(sa.{grams}) = 0 OR len(sb.{grams}) = 0 THEN (sa.{key} = sb.{key})::DOUBLE "
+            f"ELSE {shared} / (len(sa.{grams}) + len(sb.{grams}) - {shared}) END")
+
+
+def _kept_against(links) -> tuple[list[int], list[int], list[float]]:
+    """(dropped row, the kept row it copies, their Jaccard) from links (a < b, jaccard), in row order.
+    A row goes only when it is close to a row that is *kept*: a row close only to a dropped row stays,
+    so clusters do not chain. Each dropped row names its closest kept row (the earliest on a tie)."""
+    order = numpy.lexsort((links["a"], -links["jaccard"], links["b"]))
+    dropped: dict[int, tuple[int, float]] = {}
+    for a, b, jaccard in zip(links["a"][order].tolist(), links["b"][order].tolist(),
+                             links["jaccard"][order].tolist()):
+        if b not in dropped and a not in dropped:  # rows before b are settled when b comes
+            dropped[b] = (a, jaccard)
+    rows = sorted(dropped)
+    return rows, [dropped[row][0] for row in rows], [dropped[row][1] for row in rows]
+
 
 # Mixing and the split: weights and caps per source, hashed on the row id with the seed.
 MIX_SQL = f"""
@@ -364,7 +370,7 @@ WITH near AS (
 SELECT * EXCLUDE (verdict),
   CASE WHEN verdict IS NOT NULL THEN verdict
        WHEN near_dropped THEN {{'reason': 'near_duplicate',
-                                'detail': 'kept ' || kept_ref || ' (cluster ' || cluster || ', estimated Jaccard '
+                                'detail': 'kept ' || kept_ref || ' (cluster ' || cluster || ', Jaccard '
                                           || round(jaccard, 2) || ')'}}
        WHEN mix_draw >= weight THEN {{'reason': 'downsampled', 'detail': 'weight ' || weight}}
        WHEN mix_rank > max_rows THEN {{'reason': 'over_cap', 'detail': 'max_rows ' || max_rows}}
@@ -392,52 +398,41 @@ CLUSTERS_CARD_SQL = """SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) 
 ORDER BY size DESC, c.cluster, c.pos"""
 
 
-def _repetition_bound(repetition: dict):
-    """An Arrow UDF: whether each text (spaces removed) could fail the repetition limits. It counts
-    characters and n-grams into 256 hash buckets per row: a bucket holds at least every copy of any
-    character (n-gram) hashed to it, so its largest count bounds the most common one's from above,
-    and a row whose bound passes the limits passes them exactly. Rows it flags are counted exactly
-    in SQL; the decisions are the exact ones."""
-    n, char_share, ngram_share = repetition["ngram"], repetition["max_char_share"], repetition["max_ngram_share"]
-    buckets, slack = 256, 1e-9  # slack: flag rather than miss a row at the limit's rounding
+def _strict_json_problems(raws):
+    """An Arrow UDF: why each text that DuckDB's lenient parser accepted is not JSON (None when it is)."""
+    def problem(raw: str) -> str | None:
+        def constant(name):
+            raise ValueError(f"{name} is not JSON")
+        try:
+            json.loads(raw, parse_constant=constant)
+        except json.JSONDecodeError as error:
+            return f"trailing comma at character {error.pos}"  # the leniency json_valid has besides NaN
+        except ValueError as error:
+            return str(error)
+        except RecursionError:  # deeper than Python goes; DuckDB's parser has read it
+            return None
+        return None
+    return pa.array([problem(raw) for raw in raws.to_pylist()], pa.string())
 
-    def bucket_maxima(rows, hashes, m):
-        bucket = (hashes * numpy.uint64(0x9E3779B97F4A7C15) >> numpy.uint64(56)).astype(numpy.int64)
-        counts = numpy.bincount(rows * buckets + bucket, minlength=m * buckets)
-        return counts.reshape(m, buckets).max(axis=1)
 
-    def apply(texts):
-        texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
-        texts = pc.fill_null(texts, "").cast(pa.large_string())
-        m = len(texts)
-        offsets = numpy.frombuffer(texts.buffers()[1], numpy.int64)[texts.offset:texts.offset + m + 1]
-        data = numpy.frombuffer(texts.buffers()[2], numpy.uint8) if texts.buffers()[2] else numpy.zeros(0, numpy.uint8)
-        start = offsets[0]
-        raw = numpy.concatenate([data[start:offsets[-1]], numpy.zeros(3, numpy.uint8)])
-        continuation = (raw & 0xC0) == 0x80
-        first = numpy.flatnonzero(~continuation[:-3])
-        value = raw[first].astype(numpy.uint64)  # a character: its UTF-8 bytes as one number
-        inside = numpy.ones(len(first), bool)
-        for k in (1, 2, 3):
-            inside &= continuation[first + k]
-            value = numpy.where(inside, (value << numpy.uint64(8)) | raw[first + k], value)
-        before = numpy.concatenate([[0], numpy.cumsum(~continuation[:-3])])
-        char_offsets = before[offsets - start]
-        lengths = numpy.diff(char_offsets)
-        rows = numpy.repeat(numpy.arange(m), lengths)
-        top_char = bucket_maxima(rows, value, m)
-        windows = max(len(value) - n + 1, 0)
-        gram = numpy.zeros(windows, numpy.uint64)
-        for offset in range(n):
-            gram = gram * numpy.uint64(1_000_003) + value[offset:offset + windows]
-        inside_row = numpy.arange(windows) + n <= char_offsets[1:][rows[:windows]]
-        top_gram = bucket_maxima(rows[:windows][inside_row], gram[inside_row], m)
-        with numpy.errstate(divide="ignore", invalid="ignore"):
-            flagged = ((top_char / lengths > char_share - slack)
-                       | ((top_gram > 1) & (numpy.minimum(1, top_gram * n / lengths) > ngram_share - slack)))
-        return pa.array(flagged & (lengths > 0), pa.bool_())
-
-    return apply
+def check_settings(settings: dict, at: str = "curate") -> list[str]:
+    """Problems of curate settings no schema can state, each starting with its key path (empty: fine):
+    block patterns RE2 cannot compile (as DuckDB compiles them), and MinHash bands that do not divide
+    the permutations. Reads no file, so the recipe validator can run it before any job."""
+    settings = with_defaults(settings)
+    problems = []
+    with duckdb.connect() as con:
+        for index, pattern in enumerate(settings["block_patterns"]):
+            try:
+                con.execute("SELECT regexp_matches('', $pattern)", {"pattern": pattern})
+            except duckdb.Error as error:
+                reason = str(error).removeprefix("Invalid Input Error: ")
+                problems.append(f"{at}.block_patterns[{index}]: {pattern!r} is not an RE2 regular expression ({reason})")
+    near = settings["near_dedup"]
+    if near["permutations"] % near["bands"]:
+        problems.append(f"{at}.near_dedup.permutations: {near['permutations']} is not a multiple of "
+                        f"{at}.near_dedup.bands ({near['bands']})")
+    return problems
 
 
 def with_defaults(settings: dict) -> dict:
@@ -500,14 +495,11 @@ def _check_columns(con, chosen: list[Source]) -> None:
 
 
 def _near_duplicates(con, settings: dict, seed: int) -> None:
-    """Fill `clusters` (pos, label, cluster, jaccard) with the MinHash LSH clusters of the rows that
-    passed every other check; empty when the pass is off."""
+    """Fill `clusters` (pos, label, cluster, jaccard): each kept row with the rows dropped as its near
+    copies (label: the kept row; jaccard 1 for the kept row itself); empty when the pass is off."""
     near = settings["near_dedup"]
-    if near["permutations"] % near["bands"]:
-        raise CurationError(f"curate.near_dedup: permutations ({near['permutations']}) must be a multiple of "
-                            f"bands ({near['bands']})")
+    con.execute("CREATE TEMP TABLE clusters (pos BIGINT, label BIGINT, cluster BIGINT, jaccard DOUBLE)")
     if not near["enabled"]:
-        con.execute("CREATE TEMP TABLE clusters (pos BIGINT, label BIGINT, cluster BIGINT, jaccard DOUBLE)")
         return
     con.execute(SHINGLES_SQL.format(grams=_ngrams_sql("dedup_key", near["ngram"])))
     # hash(shingle XOR salt): DuckDB's several-argument hash() combines its arguments too weakly for
@@ -516,17 +508,22 @@ def _near_duplicates(con, settings: dict, seed: int) -> None:
              for index in range(near["permutations"])]
     minima = ", ".join(f"min(hash(xor(shingle, {salt}::UBIGINT)))" for salt in salts)
     con.execute(SIGNATURES_SQL.format(minima=minima))
+    con.execute("DROP TABLE shingles")
+    parts = NEAR_PARTS[near["key"]]
+    sets = ", ".join(f"{part}, list_distinct({_ngrams_sql(part, near['ngram'])}) AS {part}_grams" for part in parts)
     con.execute(LINKS_SQL.format(rows=near["permutations"] // near["bands"], bands=near["bands"],
-                                 permutations=near["permutations"], threshold=near["threshold"]))
-    con.execute(COMPONENTS_SQL)
-    while True:  # each round spreads labels one link further; clusters are small, rounds few
-        con.execute(PROPAGATE_SQL)
-        changed = con.execute("SELECT count(*) FROM next_labels JOIN labels USING (pos) "
-                              "WHERE next_labels.label <> labels.label").fetchone()[0]
-        con.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT * FROM next_labels")
-        if not changed:
-            break
-    con.execute(CLUSTERS_SQL.format(permutations=near["permutations"]))
+                                 threshold=near["threshold"], sets=sets,
+                                 similarities=", ".join(map(_similarity_sql, parts))))
+    con.execute("DROP TABLE signatures")
+    dropped, kept, jaccard = _kept_against(con.execute("SELECT a, b, jaccard FROM links").fetchnumpy())
+    labels = sorted(set(kept))
+    cluster = {label: index + 1 for index, label in enumerate(labels)}
+    con.register("near_copies", pa.table({
+        "pos": pa.array(labels + dropped, pa.int64()), "label": pa.array(labels + kept, pa.int64()),
+        "cluster": pa.array([cluster[label] for label in labels + kept], pa.int64()),
+        "jaccard": pa.array([1.0] * len(labels) + jaccard, pa.float64())}))
+    con.execute("INSERT INTO clusters SELECT * FROM near_copies")
+    con.unregister("near_copies")
 
 
 def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, quarantined: Path) -> dict:
@@ -589,6 +586,40 @@ def _clusters(con) -> tuple[int, list[dict]]:
     return total, list(clusters.values())
 
 
+MIXING = ("downsampled", "over_cap")  # the recipe's choice, not a loss
+TOP_REASONS = 3
+
+
+def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: float, several_files: list) -> None:
+    """Fail when the role keeps nothing, or a source passes curation's checks for under `min_share`
+    of its records (mixing aside): a mapping or convention mistake, not dirt. Names each source at
+    fault with its top quarantine reasons and an example of each."""
+    empty = sum(entry["kept"] for entry in counts.values()) == 0
+    problems = []
+    for source in chosen:
+        entry = counts[source.id]
+        passed = entry["kept"] + sum(entry["quarantined"].get(reason, 0) for reason in MIXING)
+        share = passed / entry["rows_in"] if entry["rows_in"] else 0
+        if not empty and (not entry["rows_in"] or share >= min_share):
+            continue
+        reasons = sorted(((n, reason) for reason, n in entry["quarantined"].items() if reason not in MIXING),
+                         key=lambda item: (-item[0], REASONS.index(item[1])))[:TOP_REASONS]
+        described = []
+        for n, reason in reasons:
+            file, line, detail = con.execute(
+                "SELECT file, line, outcome.detail FROM classified WHERE source = $source AND outcome.reason = $reason "
+                "ORDER BY pos LIMIT 1", {"source": source.id, "reason": reason}).fetchall()[0]
+            where = f"{file}:{line}" if source.rank in several_files else f"line {line}"
+            described.append(f"{reason} {n} (e.g. {where}" + (f": {detail})" if detail else ")"))
+        below = "" if empty else f" ({round(share, 2)}, below curate.min_kept_share {min_share})"
+        problems.append(f"{source.where}: kept {entry['kept']} of {entry['rows_in']} records{below}"
+                        + ("; top quarantine reasons: " + ", ".join(described) if described else ""))
+    if problems:
+        headline = (f"curation of role '{role}' keeps no rows" if empty
+                    else f"curation of role '{role}': a source keeps too little")
+        raise CurationError(headline + ":\n  " + "\n  ".join(problems))
+
+
 def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept_path: str, quarantine_path: str,
            card_path: str, *, ingested: list[str] | None = None, seed: int = 0,
            card_markdown_path: str | None = None, lengths_plot_path: str | None = None, threads: int = 1) -> dict:
@@ -600,6 +631,9 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     histograms are written when their paths are given. `threads` only speeds up the SQL: the written
     files are the same for any number."""
     settings = with_defaults(settings)
+    problems = check_settings(settings)
+    if problems:
+        raise CurationError("\n".join(problems))
     chosen = _resolved(sources, role, list_files=ingested is None)
     if ingested is None:
         with tempfile.TemporaryDirectory(prefix="tunesmith-ingest-") as folder:
@@ -622,8 +656,8 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     with duckdb.connect(config={"threads": threads}) as con:
         con.create_function("normalize_text", normalize_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
         con.create_function("fold_key", match_keys_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
-        con.create_function("could_repeat", _repetition_bound(settings["repetition"]), ["VARCHAR"], "BOOLEAN",
-                            type="arrow")
+        con.create_function("strict_json_problem", _strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
+                            null_handling="special")
         con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
                             "STRUCT(record VARCHAR, labels VARCHAR, reason VARCHAR, detail VARCHAR)", type="arrow")
         con.execute(MACROS)
@@ -642,11 +676,10 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
         con.execute(FRAME_SQL)
         _check_columns(con, chosen)
         con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
-        try:
-            con.execute(_check_sql(shape, settings))
-        except duckdb.InvalidInputException as error:
-            raise CurationError(f"curate.block_patterns: {error}") from None
-        con.execute(KEYS_SQL.format(response_keys=", ".join(f"fold_key({r})" for r in shape.responses)))
+        con.execute(_check_sql(shape, settings))
+        _judge_repetition(con, shape, settings["repetition"])
+        response_keys = ", ".join(f"fold_key({r})" for r in shape.responses)
+        con.execute(KEYS_SQL.format(response_keys=response_keys))
         con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
         decontamination = settings["decontamination"]
         n = decontamination["ngram"]
@@ -666,6 +699,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
             con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} (FORMAT parquet)")
             con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} (FORMAT parquet)")
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
+            _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
             card = _card(con, role, shape, counts, seed)
             lengths = _lengths(con, shape)
             card["lengths"] = {field: {measure: _summary(values) for measure, values in measures.items()}

@@ -17,8 +17,11 @@ records that are valid JSON objects. Conversations become a prompt by `render_tu
 - the final assistant turn is the response (a conversation not ending with one is quarantined).
 
 Pairwise judgments: `g1_winner` judged (answer_1, answer_2), `g2_winner` the same pair shown in
-swapped order, so each winner names a position in its own order (1 or "A" the first shown, 2 or "B"
-the second, "tie" or "draw"). Only pairs both judgments agree on are kept.
+swapped order. By default (`winners: answers`, FastChat's judgment files) each winner names the
+answer it prefers whatever order its judge saw: `model_1` (or answer_1, 1, A) or `model_2` (answer_2,
+2, B), `tie` or `draw`, since FastChat maps g2's verdict back to the model names. With `winners:
+positions` each winner names a position in its own judge's order (1 or A the first shown, 2 or B the
+second), so g2's 1 means answer_2. Only pairs both judgments agree on are kept.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assi
 TURN_LABELS = {"user": "User", "assistant": "Assistant"}
 FIRST, SECOND, TIE = 1, 2, "tie"
 WINNERS = {"1": FIRST, "a": FIRST, "2": SECOND, "b": SECOND, "tie": TIE, "draw": TIE}
+# FastChat's names for the answers; under `winners: positions` they would be ambiguous, so only there refused.
+ANSWER_NAMES = {"model_1": FIRST, "answer_1": FIRST, "model_2": SECOND, "answer_2": SECOND}
 SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -188,18 +193,18 @@ def _preference(record: dict, columns: dict[str, str]):
     return {"prompt": prompt_text, "chosen": answers[0], "rejected": answers[1]}, labels
 
 
-def _position(value, column: str):
+def _winner(value, column: str, names: dict):
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise Rejected("wrong_type", f"{column}: {_type_name(value)}")
-    position = WINNERS.get(value.strip().lower())
-    if position is None:
+    winner = names.get(value.strip().lower())
+    if winner is None:
         raise Rejected("judge_invalid", f"{column}: {value!r}")
-    return position
+    return winner
 
 
-def _pairwise(record: dict, columns: dict[str, str]):
+def _pairwise(record: dict, columns: dict[str, str], winners: str = "answers"):
     names = {ours: columns.get(ours, ours) for ours in ("question", "answer_1", "answer_2", "g1_winner", "g2_winner")}
     values = {ours: record.get(column, _ABSENT) for ours, column in names.items()}
     missing = [names[ours] if value is _ABSENT else f"{names[ours]}=null"
@@ -210,9 +215,11 @@ def _pairwise(record: dict, columns: dict[str, str]):
              if not isinstance(values[ours], str)]
     if wrong:
         raise Rejected("wrong_type", ", ".join(wrong))
-    first = _position(values["g1_winner"], names["g1_winner"])
-    second = _position(values["g2_winner"], names["g2_winner"])
-    second = {FIRST: SECOND, SECOND: FIRST}.get(second, second)  # g2 saw the answers swapped
+    accepted = WINNERS | ANSWER_NAMES if winners == "answers" else WINNERS
+    first = _winner(values["g1_winner"], names["g1_winner"], accepted)
+    second = _winner(values["g2_winner"], names["g2_winner"], accepted)
+    if winners == "positions":
+        second = {FIRST: SECOND, SECOND: FIRST}.get(second, second)  # g2 saw the answers swapped
     said = f"{names['g1_winner']}={values['g1_winner']!r}, {names['g2_winner']}={values['g2_winner']!r}"
     if TIE in (first, second):
         raise Rejected("judge_tie", said)
@@ -257,6 +264,7 @@ class Source:
     files: tuple[str, ...]
     weight: float = 1
     max_rows: int | None = None
+    winners: str = "answers"
 
     @property
     def where(self) -> str:
@@ -318,7 +326,7 @@ def _resolve(source: dict, rank: int, role: str, list_files: bool = True) -> Sou
             if Path(source["path"]).is_dir() else "file not found")
         raise IngestError(f"{where}: {problem}")
     return Source(rank, source["id"], source["path"], source["format"], style, columns, source["split"],
-                  tuple(files), source["weight"], source["max_rows"])
+                  tuple(files), source["weight"], source["max_rows"], source["winners"])
 
 
 # ---- readers: each returns columns (file, line, raw, read_reason, read_detail) as lists ----------
@@ -444,23 +452,50 @@ def _quoted(name: str, quote: str) -> str:
     return quote + name.replace(quote, quote * 2) + quote
 
 
-def _json_object_sql(columns: list[str]) -> str:
-    """SQL turning a row into the JSON object text of the given columns."""
-    struct = ", ".join(f"{_quoted(name, chr(39))}: {_quoted(name, chr(34))}" for name in columns)
+def _json_object_sql(columns: list[tuple[str, str]]) -> str:
+    """SQL turning a row into the JSON object text of the given (name, DuckDB type) columns. Binary
+    columns are text stored as bytes: decoded as UTF-8 (NULL where they are not valid UTF-8, see
+    `_invalid_bytes_sql`), not written as escaped bytes."""
+    def value(name: str, kind: str) -> str:
+        column = _quoted(name, chr(34))
+        return f"try(decode({column}))" if kind == "BLOB" else column
+    struct = ", ".join(f"{_quoted(name, chr(39))}: {value(name, kind)}" for name, kind in columns)
     return f"to_json({{{struct}}})" if columns else "'{}'"
 
 
+def _invalid_bytes_sql(columns: list[tuple[str, str]]) -> str:
+    """SQL naming the binary columns of a row that are not valid UTF-8 ('' when none)."""
+    checks = [f"CASE WHEN {_quoted(name, chr(34))} IS NOT NULL AND try(decode({_quoted(name, chr(34))})) IS NULL "
+              f"THEN {_quoted(name, chr(39))} END" for name, kind in columns if kind == "BLOB"]
+    return f"concat_ws(', ', {', '.join(checks)})" if checks else "''"
+
+
 def _read_parquet(source: Source, out: _Columns) -> None:
-    """All files in one DuckDB scan; `line` = the row's 1-based number in its file."""
+    """`line` = the row's 1-based number in its file. Files are read in one DuckDB scan per distinct
+    schema, so shards whose column types differ are each read as they are (a union would cast one
+    shard's numbers to the other's text, hiding a wrong type); each record holds its shard's columns."""
     extra = ("filename", "file_row_number")
+    groups: dict[tuple, list[str]] = {}
+    for file in source.files:
+        try:
+            schema = pq.read_schema(file)
+        except (OSError, pa.ArrowException) as error:
+            raise IngestError(f"{source.at(file)}: cannot read: {error}") from None
+        groups.setdefault(tuple((field.name, str(field.type)) for field in schema), []).append(file)
+    rows = []
     with duckdb.connect(config={"threads": 1}) as con:
-        scan = "read_parquet($files, filename=true, file_row_number=true, union_by_name=true)"
-        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}", {"files": list(source.files)})
-                   .fetchall() if row[0] not in extra]
-        rows = con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)} "
-                           f"FROM {scan} ORDER BY filename, file_row_number", {"files": list(source.files)}).fetchall()
-    for file, line, raw in rows:
-        out.add(file, line, raw)
+        for files in groups.values():
+            scan = "read_parquet($files, filename=true, file_row_number=true)"
+            columns = [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}",
+                                                                     {"files": files}).fetchall()
+                       if name not in extra]
+            rows += con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)}, "
+                                f"{_invalid_bytes_sql(columns)} FROM {scan}", {"files": files}).fetchall()
+    for file, line, raw, invalid in sorted(rows, key=lambda row: (row[0], row[1])):
+        if invalid:
+            out.add(file, line, raw, "invalid_utf8", f"column(s) {invalid}: invalid UTF-8 bytes")
+        else:
+            out.add(file, line, raw)
 
 
 def _load_hf(source: Source):
@@ -488,7 +523,8 @@ def _read_hf(source: Source, out: _Columns) -> None:
     table = dataset.with_format("arrow")[:]  # honours any index mapping (select, shuffle)
     with duckdb.connect(config={"threads": 1}) as con:
         con.register("dataset", table)
-        rows = con.execute(f"SELECT {_json_object_sql(table.column_names)} FROM dataset").fetchall()
+        columns = [(name, kind) for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM dataset").fetchall()]
+        rows = con.execute(f"SELECT {_json_object_sql(columns)} FROM dataset").fetchall()
     for number, (raw,) in enumerate(rows, start=1):
         out.add(source.path, number, raw)
 
@@ -562,7 +598,13 @@ def canonical_function(sources: list[Source]):
         for rank, raw in zip(ranks.to_pylist(), raws.to_pylist()):
             source = by_rank[rank]
             try:
-                record, labels = STYLES[source.style].convert(json.loads(raw), source.columns)
+                try:
+                    value = json.loads(raw)
+                except RecursionError:  # valid JSON (SQL checked it) that Python's parser cannot descend
+                    raise Rejected("invalid_json", f"nested more than {sys.getrecursionlimit()} levels deep") from None
+                convert = STYLES[source.style].convert
+                record, labels = (convert(value, source.columns, source.winners) if source.style == "pairwise"
+                                  else convert(value, source.columns))
                 results.append({"record": _json_text(record), "labels": _json_text(labels) if labels else None,
                                 "reason": None, "detail": None})
             except Rejected as rejected:
