@@ -29,7 +29,9 @@ import duckdb
 import pyarrow as pa
 
 from _common import print_table
-from tunesmith.curate import MACROS, _near_duplicates, with_defaults
+from tunesmith.curate import with_defaults
+from tunesmith.measures import MACROS
+from tunesmith.near_dup import near_duplicates
 from tunesmith.normalize import match_keys_of_normalized, normalize_many
 
 WORDS = ("東京 大阪 日本 学校 先生 電車 天気 今日 明日 昨日 公園 図書館 友だち 家族 仕事 会社 料理 音楽 映画 旅行 "

@@ -20,7 +20,7 @@ if workflow.config_settings.configfiles:
 try:
     recipe_files = workflow.config_settings.configfiles or ["recipes/default.yaml"]
     origin = ", ".join(map(str, recipe_files))
-    validate_recipe(config, origin=origin)
+    validate_recipe(config, origin=origin, check_files=True)
     VARIANTS = plan.variants(config, origin=origin)
 except RecipeError as error:
     raise WorkflowError(str(error)) from None

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesmith.curate import CurationError, curate
-from tunesmith.ingest import source_files
+from tunesmith.sources import source_files
 
 SETTINGS = {"max_prompt_chars": 200, "max_response_chars": 100, "dedup": True, "decontaminate": False,
             "min_kept_share": 0}

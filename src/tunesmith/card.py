@@ -1,14 +1,93 @@
-"""The data card of a curated dataset as Markdown, and its length histograms as a PNG.
-
-`tunesmith.curate` builds the card (a dict, also written as JSON); this module only renders it.
+"""The data card of a curated dataset: its data, read from the curation pipeline's tables (a dict,
+written as JSON), rendered as Markdown, and its length histograms as a PNG.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
+import numpy
+
 from tunesmith.atomic import atomic_path
+from tunesmith.curate_pipeline import REASONS, SPLITS, Shape
+
+EXAMPLES_PER_REASON = 3
+KEPT_EXAMPLES = 3
+EXAMPLE_CHARS = 1000  # a 10 MB record would make the card unreadable
+CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (all are counted)
+EXAMPLES_SQL = f"""SELECT outcome.reason, source, file, line, outcome.detail, left(raw, {EXAMPLE_CHARS}) FROM classified
+JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n ORDER BY pos"""
+KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classified WHERE outcome IS NULL
+ORDER BY uniform(pos, $seed, 'example') LIMIT $n"""
+CONTAMINATION_CARD_SQL = """SELECT d.source, d.file, d.line, c.task_id, round(c.overlap, 4) FROM contamination c
+JOIN deduplicated d USING (pos) WHERE d.verdict.reason = 'contaminated' ORDER BY pos, task_id"""
+CLUSTERS_CARD_SQL = """SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) AS size, d.source, d.file, d.line,
+  c.pos = c.label AS kept, round(c.jaccard, 4) FROM clusters c JOIN deduplicated d USING (pos)
+ORDER BY size DESC, c.cluster, c.pos"""
+
+
+def card_data(con, role: str, shape: Shape, counts: dict, seed: int) -> dict:
+    examples: dict[str, list[dict]] = {reason: [] for reason in REASONS}
+    for reason, source, file, line, detail, raw in con.execute(EXAMPLES_SQL, {"n": EXAMPLES_PER_REASON,
+                                                                               "seed": seed}).fetchall():
+        examples[reason].append({"source": source, "file": file, "line": line, "detail": detail, "raw": raw})
+    kept_columns = [column.split(" AS ")[-1] for column in shape.kept_columns.split(", ")]
+    kept_examples = [dict(zip(["source", "file", "line", "split", *kept_columns], row)) for row in con.execute(
+        KEPT_EXAMPLES_SQL.format(columns=shape.kept_columns), {"n": KEPT_EXAMPLES, "seed": seed}).fetchall()]
+    totals = sum((Counter(entry["quarantined"]) for entry in counts.values()), Counter())
+    cluster_count, clusters = _clusters(con)
+    return {
+        "role": role,
+        "sources": counts,
+        "totals": {"rows_in": sum(entry["rows_in"] for entry in counts.values()),
+                   "kept": sum(entry["kept"] for entry in counts.values()),
+                   "written": {split: sum(entry["written"][split] for entry in counts.values()) for split in SPLITS},
+                   "quarantined": {reason: totals[reason] for reason in REASONS if totals[reason]}},
+        "contamination": [{"source": source, "file": file, "line": line, "task_id": task_id, "overlap": overlap}
+                          for source, file, line, task_id, overlap in con.execute(CONTAMINATION_CARD_SQL).fetchall()],
+        "near_duplicate_clusters": {"count": cluster_count, "listed": clusters},
+        "examples": {reason: rows for reason, rows in examples.items() if rows},
+        "kept_examples": kept_examples,
+    }
+
+
+def lengths(con, shape: Shape) -> dict:
+    """Per text field of the kept rows: characters and estimated tokens, as numpy arrays (for the card)."""
+    fields = [("prompt", "prompt_text")] + [(r if len(shape.responses) > 1 else "response", r)
+                                            for r in shape.responses]
+    selected = ", ".join(f"length({column}) AS {name}_chars, estimated_tokens({column}) AS {name}_tokens"
+                         for name, column in fields)
+    arrays = con.execute(f"SELECT {selected} FROM classified WHERE outcome IS NULL").fetchnumpy()
+    return {name: {"chars": arrays[f"{name}_chars"], "tokens": arrays[f"{name}_tokens"]} for name, _ in fields}
+
+
+def summary(values) -> dict:
+    if not len(values):
+        return {"count": 0}
+    quantiles = numpy.quantile(values, [0.5, 0.9, 0.99], method="lower")
+    return {"count": int(len(values)), "min": int(values.min()), "p50": int(quantiles[0]), "p90": int(quantiles[1]),
+            "p99": int(quantiles[2]), "max": int(values.max()), "mean": round(float(values.mean()), 2)}
+
+
+def _clusters(con) -> tuple[int, list[dict]]:
+    clusters: dict[int, dict] = {}
+    for cluster, size, source, file, line, kept, jaccard in con.execute(CLUSTERS_CARD_SQL).fetchall():
+        if cluster not in clusters and len(clusters) == CARD_CLUSTERS:
+            continue
+        entry = clusters.setdefault(cluster, {"cluster": cluster, "size": size, "kept": None, "members": []})
+        row = {"source": source, "file": file, "line": line}
+        if kept:
+            entry["kept"] = row
+        else:
+            entry["members"].append({**row, "jaccard": jaccard})
+    total = con.execute("SELECT count(DISTINCT cluster) FROM clusters").fetchone()[0]
+    return total, list(clusters.values())
+
+
+
 
 SNIPPET_CHARS = 300
 

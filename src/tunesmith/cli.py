@@ -13,7 +13,7 @@ from tunesmith.recipe import RecipeError, load_recipe
 def validate(args) -> int:
     """Check a recipe against the schema; print it with every default filled in."""
     try:
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, check_files=True)
     except (RecipeError, OSError) as error:
         print(error, file=sys.stderr)
         return 1

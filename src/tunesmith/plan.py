@@ -9,18 +9,15 @@ those once; changing a setting changes the key of its stage and of everything do
 from __future__ import annotations
 
 import copy
-import glob
 import itertools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tunesmith.recipe import RecipeError, section_hash, validate_recipe
+from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
 INGEST_KEYS = ("id", "path", "format", "role", "split")
-SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
-                  "parquet": (".parquet",)}
 
 
 @dataclass(frozen=True)
@@ -35,22 +32,6 @@ class Step:
     def key(self) -> str:
         return section_hash({"stage": self.stage, "settings": self.settings, "upstream": self.upstream,
                              "files": list(self.files)})[:12]
-
-
-def source_files(path: str, format: str) -> list[str]:
-    """The files a path names: itself, a directory's shards of that format (recursively, hidden
-    files skipped), or a glob's matches (`**` recursive). Sorted, so line order is reproducible."""
-    if format == "hf":
-        return [path]
-    if any(character in path for character in "*?["):
-        return sorted(match for match in glob.glob(path, recursive=True) if Path(match).is_file())
-    folder = Path(path)
-    if folder.is_dir():
-        suffixes = SHARD_SUFFIXES.get(format, ())
-        return sorted(str(file) for file in folder.rglob("*")
-                      if file.is_file() and file.suffix.lower() in suffixes
-                      and not any(part.startswith(".") for part in file.relative_to(folder).parts))
-    return [path] if folder.is_file() else []
 
 
 def sources_of(recipe: dict, role: str) -> list[dict]:

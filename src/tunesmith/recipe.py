@@ -48,8 +48,10 @@ def _key_path(error) -> str:
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 
-def validate_recipe(recipe: dict, origin: str = "recipe") -> dict:
-    """Fill defaults into `recipe` in place and check it; raise RecipeError naming the key paths."""
+def validate_recipe(recipe: dict, origin: str = "recipe", check_files: bool = False) -> dict:
+    """Fill defaults into `recipe` in place and check it; raise RecipeError naming the key paths.
+    `check_files` also checks what the sources name on disk (`tunesmith.sources.check_inputs`: each
+    path names files, the first record has the mapped columns), relative to the working directory."""
     if not isinstance(recipe, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping, got {type(recipe).__name__}")
     validator = _with_defaults(Draft202012Validator)(load_schema())
@@ -58,6 +60,12 @@ def validate_recipe(recipe: dict, origin: str = "recipe") -> dict:
         lines = [f"  {_key_path(error)}: {error.message}" for error in errors]
         raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n" + "\n".join(lines))
     _check_consistency(recipe, origin)
+    if check_files:
+        from tunesmith.sources import check_inputs  # sources imports this module
+
+        problems = check_inputs(recipe)
+        if problems:
+            raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n" + "\n".join(f"  {p}" for p in problems))
     return recipe
 
 
@@ -89,18 +97,21 @@ def _check_consistency(recipe: dict, origin: str) -> None:
         problems.append("  base_model.build.num_attention_heads: must divide base_model.build.hidden_size")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("  template.prompt: a plain template needs an {input} placeholder")
+    from tunesmith.sources import check_settings  # sources imports this module
+
+    problems += [f"  {problem}" for problem in check_settings(recipe["curate"])]
     if problems:
         raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n" + "\n".join(problems))
 
 
-def load_recipe(path: str | os.PathLike) -> dict:
-    """Read and validate a recipe file."""
+def load_recipe(path: str | os.PathLike, check_files: bool = False) -> dict:
+    """Read and validate a recipe file (`check_files`: see validate_recipe)."""
     try:
         with open(path, encoding="utf-8") as handle:
             recipe = yaml.safe_load(handle)
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
-    return validate_recipe(recipe if recipe is not None else {}, origin=str(path))
+    return validate_recipe(recipe if recipe is not None else {}, origin=str(path), check_files=check_files)
 
 
 def section_hash(section) -> str:

@@ -1,0 +1,427 @@
+"""Curation's SQL pipeline: ingested records → one `classified` table in DuckDB, each row with its
+outcome (NULL: kept; else the first failing reason and its detail), its split and its copies.
+
+The steps, in priority order (a row failing several is quarantined for the first; see REASONS):
+reading and record-style problems (framed, styled); missing, mistyped and empty fields; length in
+characters (too_short, too_long) and in estimated tokens (too_few_tokens, too_many_tokens);
+chosen_equals_rejected; the Japanese share (not_japanese); the block list (blocked); degenerate
+repetition of the taught answer (repetitive); overlap with a task input (contaminated); exact copies
+(duplicate); near copies (near_duplicate, MinHash LSH candidates checked by exact Jaccard, no chains);
+then mixing: per-source weight (downsampled) and cap (over_cap). Kept rows get a `split`
+(train/validation) by a hash of their id and the seed. The text measures are `tunesmith.measures`.
+
+Quality filters (script share, block list, repetition) judge the prompt and the *taught* answer: the
+response of an SFT row, the chosen answer of a preference pair. A rejected answer is meant to be bad.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy
+import pyarrow as pa
+
+from tunesmith.measures import MACROS, SPACES_RE2, repeated_unit, tandem_repeats
+from tunesmith.near_dup import near_duplicates, ngrams_sql
+from tunesmith.normalize import match_keys_arrow, normalize_arrow
+from tunesmith.sources import Source
+from tunesmith.styles import STYLES, Rejected
+
+# Priority order: a row that fails several checks is quarantined for the first. The reader's own
+# reasons (bad bytes, a CSV row of the wrong width) come first; the record style's (a conversation
+# without an answer, judges that tie or disagree) come after the checks of the fields they read.
+REASONS = ("invalid_utf8", "wrong_column_count", "blank_line", "invalid_json", "not_object", "missing_field",
+           "wrong_type", "bad_conversation", "judge_invalid", "judge_tie", "judge_disagree", "empty_field",
+           "too_short", "too_long", "too_few_tokens", "too_many_tokens", "chosen_equals_rejected", "not_japanese",
+           "blocked", "repetitive", "contaminated", "duplicate", "near_duplicate", "downsampled", "over_cap")
+
+
+SPLITS = ("train", "validation")
+
+
+class CurationError(ValueError):
+    """A source or result that cannot be used; the message names the source id and path."""
+
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one role's records look like, and how they become a prompt and responses (SQL)."""
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    prompt: str
+    responses: tuple[str, ...]
+    taught: str  # the answer the model learns to give: what quality filters judge
+    instruction: str  # the prompt without its context (an alpaca input) ...
+    context: str  # ... and the context: near duplicates are compared on each apart
+    kept_columns: str
+    identical: str  # a pair whose answers are the same teaches a preference nothing
+
+
+SHAPES = {
+    "sft": Shape(("instruction", "output"), ("input",),
+                 "CASE WHEN coalesce(input, '') = '' THEN instruction ELSE instruction || chr(10) || input END",
+                 ("output",), "output", "instruction", "coalesce(input, '')",
+                 "prompt_text AS prompt, output AS response", "false"),
+    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("chosen", "rejected"), "chosen", "prompt", "''",
+                        "prompt_text AS prompt, chosen, rejected", "chosen = rejected"),
+}
+
+# Line-level reasons, judged on the record as read. json_type() raises on invalid JSON, so each test
+# is guarded by the one above it (DuckDB evaluates a CASE branch only for the rows that reach it).
+FRAME_SQL = r"""
+CREATE TEMP VIEW framed AS
+SELECT *,
+  CASE WHEN read_reason IS NOT NULL THEN read_reason
+       WHEN regexp_matches(raw, '^[\s\v\p{Z}]*$') THEN 'blank_line'
+       WHEN NOT json_valid(raw) THEN 'invalid_json'
+       -- json_valid also takes trailing commas, NaN and Infinity: Python's parser judges those rows
+       WHEN regexp_matches(raw, ',\s*[\]}]|NaN|Infinity') AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
+       WHEN json_type(raw) <> 'OBJECT' THEN 'not_object' END AS line_reason,
+  CASE WHEN read_reason IS NOT NULL THEN read_detail
+       WHEN line_reason = 'invalid_json' AND json_valid(raw) THEN strict_json_problem(raw)
+       WHEN line_reason = 'not_object' THEN lower(json_type(raw)) END AS line_detail
+FROM lines
+"""
+
+# Records of a mapped style become canonical JSON (or a reason) in Python; the rest are canonical as
+# read. `labels` name where each canonical field came from, for the details of later checks.
+STYLE_SQL = """
+CREATE TEMP VIEW styled AS
+WITH converted AS (
+  SELECT *, CASE WHEN line_reason IS NULL AND list_contains({mapped}, source_rank)
+                 THEN canonical(source_rank, json(raw)) END AS conversion
+  FROM framed
+)
+SELECT * EXCLUDE (conversion),
+  CASE WHEN conversion IS NULL THEN raw ELSE conversion.record END AS record,
+  conversion.labels AS labels,
+  CASE WHEN line_reason IS NOT NULL THEN line_reason ELSE conversion.reason END AS early_reason,
+  CASE WHEN line_reason IS NOT NULL THEN line_detail ELSE conversion.detail END AS early_detail
+FROM converted
+"""
+
+# Per source: how many records are JSON objects, and which of the given columns any of them has.
+COLUMNS_SQL = """SELECT count(*), list_distinct(flatten(list(list_intersect(json_keys(raw), $columns))))
+FROM framed WHERE source_rank = $rank AND line_reason IS NULL"""
+
+# A reference to a row in details and the card; a source of several files names the file too.
+REF = ("source || ':' || CASE WHEN list_contains($several_files, source_rank) THEN file || ':' ELSE '' END "
+       "|| line")
+
+
+def _listed(parts: list[str]) -> str:
+    """SQL for the comma-separated names of the fields whose condition holds ('' when none)."""
+    return "concat_ws(', ', " + ", ".join(parts) + ")" if parts else "''"
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_path(path) -> str:  # COPY takes no parameter for its target
+    return _quoted(str(path))
+
+
+def _check_sql(shape: Shape, settings: dict) -> str:
+    """Field-level reasons as one CASE yielding {reason, detail}; NULL means the row passed."""
+    fields = shape.required + shape.optional
+    # Details name each field as the record has it (a mapped column, a conversation turn).
+    typed = ",\n  ".join(
+        f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_type,\n  "
+        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  "
+        f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name"
+        for f in fields)
+    normalised = ", ".join(f"normalize_text({f}_raw) AS {f}" for f in fields)
+    texts = [("prompt_text", "'prompt'")] + [(r, f"{r}_name") for r in shape.responses]
+    taught = [("prompt_text", "'prompt'"), (shape.taught, f"{shape.taught}_name")]
+    tokens, japanese = settings["tokens"], settings["japanese"]
+
+    # An explicit null counts as missing: it carries no text, exactly like an absent key.
+    missing = _listed([f"CASE WHEN {f}_type IS NULL THEN {f}_name "
+                       f"WHEN {f}_type = 'NULL' THEN {f}_name || '=null' END" for f in shape.required])
+    wrong = _listed([f"CASE WHEN {f}_type NOT IN ('VARCHAR', 'NULL') THEN {f}_name || ': ' || lower({f}_type) END"
+                     for f in fields])
+    empty = _listed([f"CASE WHEN {f} = '' THEN {f}_name END" for f in shape.required])
+
+    def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> str:
+        """Fields beyond a bound; a minimum of 1 character or 0 tokens, or a null maximum, checks nothing."""
+        parts = []
+        for text, name in texts:
+            bound = prompt_bound if text == "prompt_text" else response_bound
+            if bound is None or (compare == "<" and bound <= (1 if measure == "length" else 0)):
+                continue
+            parts.append(f"CASE WHEN {measure}({text}) {compare} {bound} THEN {name} || ' ' || {measure}({text})"
+                         f"{unit} END")
+        return _listed(parts)
+
+    too_short = limits("length", "<", settings["min_prompt_chars"], settings["min_response_chars"])
+    too_long = limits("length", ">", settings["max_prompt_chars"], settings["max_response_chars"])
+    too_few = limits("estimated_tokens", "<", tokens["min_prompt"], tokens["min_response"], " || ' tokens'")
+    too_many = limits("estimated_tokens", ">", tokens["max_prompt"], tokens["max_response"], " || ' tokens'")
+    judged_script = {"prompt": taught[:1], "response": taught[1:], "both": taught}[japanese["fields"]]
+    not_japanese = _listed([f"CASE WHEN japanese_share({text}) < {japanese['min_share']} THEN {name} || ' ' || "
+                            f"round(japanese_share({text}), 2) END" for text, name in judged_script]
+                           if japanese["min_share"] > 0 else [])
+    blocked = _listed([f"CASE WHEN regexp_matches({text}, {_quoted(pattern)}) THEN {name} || ' matches ' || "
+                       f"{_quoted(_quoted(pattern))} END" for pattern in settings["block_patterns"]
+                       for text, name in taught])
+    rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty), ("too_short", too_short),
+             ("too_long", too_long), ("too_few_tokens", too_few), ("too_many_tokens", too_many)]
+    cases = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
+                             for reason, condition in rules if condition != "''")
+    late = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
+                            for reason, condition in (("not_japanese", not_japanese), ("blocked", blocked))
+                            if condition != "''")
+
+    return f"""
+CREATE TEMP TABLE checked AS
+WITH typed AS (
+  SELECT pos, source_rank, early_reason, early_detail, {typed}
+  FROM styled
+), normalised AS (
+  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}), {normalised} FROM typed
+), structural AS (
+  SELECT *, {shape.prompt} AS prompt_text, {shape.instruction} AS instruction_text,
+    {shape.context} AS context_text FROM normalised
+)
+SELECT pos, source_rank, prompt_text, instruction_text, context_text, {", ".join(shape.responses)},
+  {shape.taught}_name AS taught_name,
+  CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
+     {cases}
+     WHEN {shape.identical} THEN {{'reason': 'chosen_equals_rejected', 'detail': NULL}}
+     {late}
+  END AS verdict
+FROM structural
+"""
+
+
+def _judge_repetition(con, shape: Shape, repetition: dict) -> None:
+    """Quarantine as repetitive the rows still passing whose taught answer (spaces removed) holds a
+    unit repeated `min_copies` times in a row covering `min_share` of it (tunesmith.measures)."""
+    rows = con.execute(f"SELECT pos, regexp_replace({shape.taught}, '{SPACES_RE2}', '', 'g') AS taught FROM checked "
+                       f"WHERE verdict IS NULL AND visible_chars({shape.taught}) >= $min_chars",
+                       {"min_chars": repetition["min_chars"]}).fetchnumpy()
+    texts = rows["taught"].tolist()
+    copies, units = tandem_repeats(texts, repetition["max_unit_chars"], repetition["min_copies"])
+    lengths = numpy.fromiter(map(len, texts), numpy.int64, len(texts))
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        share = numpy.where(lengths > 0, copies * units / numpy.maximum(lengths, 1), 0)
+    flagged = numpy.flatnonzero((copies > 0) & (share >= repetition["min_share"]))
+    details = [f"{repeated_unit(texts[index], int(units[index]), int(copies[index]))!r} repeated "
+               f"{int(copies[index])} times in a row, covering {round(float(share[index]), 2)}" for index in flagged]
+    con.register("repeated", pa.table({"pos": pa.array(rows["pos"][flagged], pa.int64()),
+                                       "detail": pa.array(details, pa.string())}))
+    con.execute("""UPDATE checked SET verdict = {'reason': 'repetitive', 'detail': taught_name || ': ' || r.detail}
+                   FROM repeated r WHERE checked.pos = r.pos""")
+    con.unregister("repeated")
+
+
+# Row keys for the rows that passed every field check: what exact dedup compares and what the id hashes.
+KEYS_SQL = """
+CREATE TEMP TABLE keyed AS
+SELECT c.*, l.source, l.file, l.line,
+  CASE WHEN verdict IS NULL THEN fold_key(prompt_text) END AS prompt_key,
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
+  sha256(dedup_key) AS id,
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), fold_key(instruction_text), {response_keys}) END AS question_key,
+  CASE WHEN verdict IS NULL THEN fold_key(context_text) END AS context_key
+FROM checked c JOIN lines l USING (pos)
+"""
+
+# Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
+# The row side is streamed through the join, never materialised: a row's n-grams are many, matches few.
+CONTAMINATION_SQL = """
+CREATE TEMP TABLE contamination AS
+WITH task_grams AS (
+  SELECT DISTINCT task_id, unnest({task_grams}) AS gram FROM tasks WHERE length(task_key) >= {n}
+), task_sizes AS (
+  SELECT task_id, count(*) AS grams FROM task_grams GROUP BY task_id
+), hits AS (
+  SELECT r.pos, t.task_id, count(DISTINCT r.gram) AS shared
+  FROM (SELECT pos, unnest({row_grams}) AS gram FROM keyed WHERE verdict IS NULL) r
+  JOIN task_grams t USING (gram) GROUP BY ALL
+)
+SELECT pos, task_id, shared / grams AS overlap FROM hits JOIN task_sizes USING (task_id)
+WHERE shared / grams >= {threshold}
+UNION ALL
+SELECT k.pos, t.task_id, 1.0 FROM keyed k JOIN tasks t ON t.task_key IN ({texts})
+WHERE k.verdict IS NULL AND length(t.task_key) < {n}
+"""
+
+# Exact duplicates are only judged among rows that passed every other check, so a duplicate of a
+# broken row is kept and a duplicate of a contaminated row is reported as contaminated.
+DEDUP_SQL = f"""
+CREATE TEMP TABLE deduplicated AS
+WITH matched AS (
+  SELECT pos, list(task_id ORDER BY task_id) AS task_ids,
+    string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
+  FROM contamination GROUP BY pos
+), ranked AS (
+  SELECT k.*, m.task_ids, m.matches,
+    row_number() OVER copies AS copy_rank,
+    first_value({REF}) OVER copies AS first_copy
+  FROM keyed k LEFT JOIN matched m USING (pos)
+  WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.dedup_key ORDER BY k.pos)
+)
+SELECT * EXCLUDE (verdict),
+  CASE WHEN verdict IS NOT NULL THEN verdict
+       WHEN task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': matches}}
+       WHEN $dedup AND copy_rank > 1 THEN {{'reason': 'duplicate', 'detail': 'kept ' || first_copy}}
+  END AS verdict
+FROM ranked
+"""
+
+# Mixing and the split: weights and caps per source, hashed on the row id with the seed.
+MIX_SQL = f"""
+CREATE TEMP TABLE classified AS
+WITH near AS (
+  SELECT c.pos, c.cluster, c.jaccard, k.ref AS kept_ref, c.pos <> c.label AS dropped
+  FROM clusters c JOIN (SELECT pos, {REF} AS ref FROM deduplicated) k ON k.pos = c.label
+), weighed AS (
+  SELECT d.*, n.cluster, n.jaccard, n.kept_ref, coalesce(n.dropped, false) AS near_dropped,
+    w.weight, w.max_rows, uniform(d.id, $seed, 'mix') AS mix_draw
+  FROM deduplicated d LEFT JOIN near n USING (pos) JOIN weights w USING (source_rank)
+), capped AS (
+  SELECT *, CASE WHEN verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
+                 THEN row_number() OVER (PARTITION BY source_rank, verdict IS NULL AND NOT near_dropped
+                                         AND mix_draw < least(weight, 1) ORDER BY mix_draw, pos) END AS mix_rank
+  FROM weighed
+)
+SELECT * EXCLUDE (verdict),
+  CASE WHEN verdict IS NOT NULL THEN verdict
+       WHEN near_dropped THEN {{'reason': 'near_duplicate',
+                                'detail': 'kept ' || kept_ref || ' (cluster ' || cluster || ', Jaccard '
+                                          || round(jaccard, 2) || ')'}}
+       WHEN mix_draw >= weight THEN {{'reason': 'downsampled', 'detail': 'weight ' || weight}}
+       WHEN mix_rank > max_rows THEN {{'reason': 'over_cap', 'detail': 'max_rows ' || max_rows}}
+  END AS outcome,
+  CASE WHEN uniform(id, $seed, 'split') < $validation_fraction THEN 'validation' ELSE 'train' END AS split,
+  -- weight above 1: whole copies, plus one more with the fractional part as probability (train only)
+  CASE WHEN split = 'validation' OR weight <= 1 THEN 1
+       ELSE floor(weight)::INTEGER + (mix_draw < weight - floor(weight))::INTEGER END AS copies
+FROM capped
+"""
+
+KEPT_SQL = """SELECT id, source, file, line, {columns}, split FROM classified, range(copies) AS c(copy)
+WHERE outcome IS NULL ORDER BY pos, copy"""
+QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
+FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
+
+
+def _strict_json_problems(raws):
+    """An Arrow UDF: why each text that DuckDB's lenient parser accepted is not JSON (None when it is)."""
+    def problem(raw: str) -> str | None:
+        def constant(name):
+            raise ValueError(f"{name} is not JSON")
+        try:
+            json.loads(raw, parse_constant=constant)
+        except json.JSONDecodeError as error:
+            return f"trailing comma at character {error.pos}"  # the leniency json_valid has besides NaN
+        except ValueError as error:
+            return str(error)
+        except RecursionError:  # deeper than Python goes; DuckDB's parser has read it
+            return None
+        return None
+    return pa.array([problem(raw) for raw in raws.to_pylist()], pa.string())
+
+
+def _check_columns(con, chosen: list[Source]) -> None:
+    """A column the style reads (or the recipe maps) that no record has is a recipe mistake, not dirt:
+    fail, naming it, before anything is written rather than quarantine every record."""
+    for source in chosen:
+        expected = source.expected_columns()
+        objects, found = con.execute(COLUMNS_SQL, {"rank": source.rank,
+                                                   "columns": [theirs for _, theirs in expected]}).fetchall()[0]
+        absent = [theirs if ours == theirs else f"{theirs} (for {ours})"
+                  for ours, theirs in expected if theirs not in (found or [])]
+        if objects and absent:
+            raise CurationError(f"{source.where}: no record has the column(s) {', '.join(absent)} "
+                                f"(style '{source.style}'; map other names with `columns`)")
+
+
+# What the SQL receives back for a record of a mapped style: its canonical JSON, or why it has none;
+# labels name, per canonical field, where the value came from (for quarantine details).
+CANONICAL_TYPE = pa.struct([("record", pa.string()), ("labels", pa.string()),
+                            ("reason", pa.string()), ("detail", pa.string())])
+SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _json_text(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if not SURROGATES.search(text) else json.dumps(value)
+
+
+def canonical_function(sources: list[Source]):
+    """An Arrow UDF (source_rank, record JSON text) → CANONICAL_TYPE for the sources' styles."""
+    by_rank = {source.rank: source for source in sources}
+
+    def apply(ranks, raws):
+        results = []
+        for rank, raw in zip(ranks.to_pylist(), raws.to_pylist()):
+            source = by_rank[rank]
+            try:
+                try:
+                    value = json.loads(raw)
+                except RecursionError:  # valid JSON (SQL checked it) that Python's parser cannot descend
+                    raise Rejected("invalid_json", f"nested more than {sys.getrecursionlimit()} levels deep") from None
+                convert = STYLES[source.style].convert
+                record, labels = (convert(value, source.columns, source.winners) if source.style == "pairwise"
+                                  else convert(value, source.columns))
+                results.append({"record": _json_text(record), "labels": _json_text(labels) if labels else None,
+                                "reason": None, "detail": None})
+            except Rejected as rejected:
+                results.append({"record": None, "labels": None, "reason": rejected.reason, "detail": rejected.detail})
+        return pa.array(results, type=CANONICAL_TYPE)
+
+    return apply
+
+
+def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
+             several_files: list[int]) -> None:
+    """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
+    order): leaves `lines` (the records as read) and `classified` (their outcomes), plus
+    `contamination` and `clusters` for the card. `settings` are curate settings with defaults."""
+    con.create_function("normalize_text", normalize_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
+    con.create_function("fold_key", match_keys_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
+    con.create_function("strict_json_problem", _strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
+                        null_handling="special")
+    con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
+                        "STRUCT(record VARCHAR, labels VARCHAR, reason VARCHAR, detail VARCHAR)", type="arrow")
+    con.execute(MACROS)
+    con.register("task_inputs", pa.table({"task_id": pa.array([task.task_id for task in tasks], pa.int64()),
+                                          "input": pa.array([task.input for task in tasks], pa.string())}))
+    con.register("weights", pa.table({"source_rank": [source.rank for source in chosen],
+                                      "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
+                                      "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
+    ranks = ", ".join(f"({_quoted(source.id)}, {source.rank})" for source in chosen)
+    con.execute(f"""CREATE TEMP TABLE lines AS
+        SELECT row_number() OVER (ORDER BY r.source_rank, i.file, i.line) AS pos, r.source_rank, i.*
+        FROM read_parquet([{", ".join(map(_sql_path, paths))}]) i
+        JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
+    # A blank task input would match everything.
+    con.execute("CREATE TEMP TABLE tasks AS SELECT task_id, fold_key(normalize_text(input)) AS task_key "
+                "FROM task_inputs WHERE task_key <> ''")
+    con.execute(FRAME_SQL)
+    _check_columns(con, chosen)
+    con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
+    con.execute(_check_sql(shape, settings))
+    _judge_repetition(con, shape, settings["repetition"])
+    response_keys = ", ".join(f"fold_key({r})" for r in shape.responses)
+    con.execute(KEYS_SQL.format(response_keys=response_keys))
+    con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
+    decontamination = settings["decontamination"]
+    n = decontamination["ngram"]
+    keys = ["prompt_key"] + [f"fold_key({r})" for r in shape.responses]
+    contamination_sql = CONTAMINATION_SQL if tasks else "CREATE TEMP TABLE contamination AS {empty}"
+    con.execute(contamination_sql.format(empty="SELECT 0::BIGINT AS pos, 0::BIGINT AS task_id, 0.0 AS overlap LIMIT 0",
+        n=n, threshold=decontamination["threshold"], task_grams=ngrams_sql("task_key", n), texts=", ".join(keys),
+        row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
+    con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
+    con.execute("DROP TABLE keyed")
+    near_duplicates(con, settings["near_dedup"], seed)
+    con.execute(MIX_SQL, {"several_files": several_files, "seed": seed,
+                          "validation_fraction": settings["validation_fraction"]})
