@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy
 
 from tunesmith.atomic import atomic_path
-from tunesmith.curate_pipeline import REASONS, SPLITS, Shape
+from tunesmith.curate_checks import Shape
+from tunesmith.curate_pipeline import REASONS, SPLITS
 
 EXAMPLES_PER_REASON = 3
 KEPT_EXAMPLES = 3
@@ -58,8 +59,7 @@ def lengths(con, shape: Shape) -> dict:
     """Per text field of the kept rows: characters and estimated tokens, as numpy arrays (for the card)."""
     fields = [("prompt", "prompt_text")] + [(r if len(shape.responses) > 1 else "response", r)
                                             for r in shape.responses]
-    selected = ", ".join(f"length({column}) AS {name}_chars, estimated_tokens({column}) AS {name}_tokens"
-                         for name, column in fields)
+    selected = ", ".join(f"{column}_chars AS {name}_chars, {column}_tokens AS {name}_tokens" for name, column in fields)
     arrays = con.execute(f"SELECT {selected} FROM classified WHERE outcome IS NULL").fetchnumpy()
     return {name: {"chars": arrays[f"{name}_chars"], "tokens": arrays[f"{name}_tokens"]} for name, _ in fields}
 

@@ -18,8 +18,8 @@ import duckdb
 
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.card import card_data, lengths, summary
-from tunesmith.curate_pipeline import (KEPT_SQL, QUARANTINE_SQL, REASONS, SHAPES, SPLITS, CurationError, _sql_path,
-                                       classify)
+from tunesmith.curate_checks import SHAPES
+from tunesmith.curate_pipeline import KEPT_SQL, QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify
 from tunesmith.ingest import ingest_source, ingested_source
 from tunesmith.recipe import load_schema
 from tunesmith.sources import IngestError, Source, check_settings, resolve_sources, source_with_defaults

@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
 
-import numpy
 import pyarrow as pa
 
-from tunesmith.measures import MACROS, SPACES_RE2, repeated_unit, tandem_repeats
+from tunesmith.curate_checks import Shape, check_sql, normalise_texts, strict_json_problems, typed_sql
+from tunesmith.measures import MACROS
 from tunesmith.near_dup import near_duplicates, ngrams_sql
-from tunesmith.normalize import match_keys_arrow, normalize_arrow
+from tunesmith.normalize import match_key
 from tunesmith.sources import Source
 from tunesmith.styles import STYLES, Rejected
 
@@ -46,29 +45,6 @@ class CurationError(ValueError):
     """A source or result that cannot be used; the message names the source id and path."""
 
 
-
-@dataclass(frozen=True)
-class Shape:
-    """What one role's records look like, and how they become a prompt and responses (SQL)."""
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    prompt: str
-    responses: tuple[str, ...]
-    taught: str  # the answer the model learns to give: what quality filters judge
-    instruction: str  # the prompt without its context (an alpaca input) ...
-    context: str  # ... and the context: near duplicates are compared on each apart
-    kept_columns: str
-    identical: str  # a pair whose answers are the same teaches a preference nothing
-
-
-SHAPES = {
-    "sft": Shape(("instruction", "output"), ("input",),
-                 "CASE WHEN coalesce(input, '') = '' THEN instruction ELSE instruction || chr(10) || input END",
-                 ("output",), "output", "instruction", "coalesce(input, '')",
-                 "prompt_text AS prompt, output AS response", "false"),
-    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("chosen", "rejected"), "chosen", "prompt", "''",
-                        "prompt_text AS prompt, chosen, rejected", "chosen = rejected"),
-}
 
 # Line-level reasons, judged on the record as read. json_type() raises on invalid JSON, so each test
 # is guarded by the one above it (DuckDB evaluates a CASE branch only for the rows that reach it).
@@ -113,11 +89,6 @@ REF = ("source || ':' || CASE WHEN list_contains($several_files, source_rank) TH
        "|| line")
 
 
-def _listed(parts: list[str]) -> str:
-    """SQL for the comma-separated names of the fields whose condition holds ('' when none)."""
-    return "concat_ws(', ', " + ", ".join(parts) + ")" if parts else "''"
-
-
 def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -126,109 +97,15 @@ def _sql_path(path) -> str:  # COPY takes no parameter for its target
     return _quoted(str(path))
 
 
-def _check_sql(shape: Shape, settings: dict) -> str:
-    """Field-level reasons as one CASE yielding {reason, detail}; NULL means the row passed."""
-    fields = shape.required + shape.optional
-    # Details name each field as the record has it (a mapped column, a conversation turn).
-    typed = ",\n  ".join(
-        f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_type,\n  "
-        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  "
-        f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name"
-        for f in fields)
-    normalised = ", ".join(f"normalize_text({f}_raw) AS {f}" for f in fields)
-    texts = [("prompt_text", "'prompt'")] + [(r, f"{r}_name") for r in shape.responses]
-    taught = [("prompt_text", "'prompt'"), (shape.taught, f"{shape.taught}_name")]
-    tokens, japanese = settings["tokens"], settings["japanese"]
-
-    # An explicit null counts as missing: it carries no text, exactly like an absent key.
-    missing = _listed([f"CASE WHEN {f}_type IS NULL THEN {f}_name "
-                       f"WHEN {f}_type = 'NULL' THEN {f}_name || '=null' END" for f in shape.required])
-    wrong = _listed([f"CASE WHEN {f}_type NOT IN ('VARCHAR', 'NULL') THEN {f}_name || ': ' || lower({f}_type) END"
-                     for f in fields])
-    empty = _listed([f"CASE WHEN {f} = '' THEN {f}_name END" for f in shape.required])
-
-    def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> str:
-        """Fields beyond a bound; a minimum of 1 character or 0 tokens, or a null maximum, checks nothing."""
-        parts = []
-        for text, name in texts:
-            bound = prompt_bound if text == "prompt_text" else response_bound
-            if bound is None or (compare == "<" and bound <= (1 if measure == "length" else 0)):
-                continue
-            parts.append(f"CASE WHEN {measure}({text}) {compare} {bound} THEN {name} || ' ' || {measure}({text})"
-                         f"{unit} END")
-        return _listed(parts)
-
-    too_short = limits("length", "<", settings["min_prompt_chars"], settings["min_response_chars"])
-    too_long = limits("length", ">", settings["max_prompt_chars"], settings["max_response_chars"])
-    too_few = limits("estimated_tokens", "<", tokens["min_prompt"], tokens["min_response"], " || ' tokens'")
-    too_many = limits("estimated_tokens", ">", tokens["max_prompt"], tokens["max_response"], " || ' tokens'")
-    judged_script = {"prompt": taught[:1], "response": taught[1:], "both": taught}[japanese["fields"]]
-    not_japanese = _listed([f"CASE WHEN japanese_share({text}) < {japanese['min_share']} THEN {name} || ' ' || "
-                            f"round(japanese_share({text}), 2) END" for text, name in judged_script]
-                           if japanese["min_share"] > 0 else [])
-    blocked = _listed([f"CASE WHEN regexp_matches({text}, {_quoted(pattern)}) THEN {name} || ' matches ' || "
-                       f"{_quoted(_quoted(pattern))} END" for pattern in settings["block_patterns"]
-                       for text, name in taught])
-    rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty), ("too_short", too_short),
-             ("too_long", too_long), ("too_few_tokens", too_few), ("too_many_tokens", too_many)]
-    cases = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
-                             for reason, condition in rules if condition != "''")
-    late = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
-                            for reason, condition in (("not_japanese", not_japanese), ("blocked", blocked))
-                            if condition != "''")
-
-    return f"""
-CREATE TEMP TABLE checked AS
-WITH typed AS (
-  SELECT pos, source_rank, early_reason, early_detail, {typed}
-  FROM styled
-), normalised AS (
-  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}), {normalised} FROM typed
-), structural AS (
-  SELECT *, {shape.prompt} AS prompt_text, {shape.instruction} AS instruction_text,
-    {shape.context} AS context_text FROM normalised
-)
-SELECT pos, source_rank, prompt_text, instruction_text, context_text, {", ".join(shape.responses)},
-  {shape.taught}_name AS taught_name,
-  CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
-     {cases}
-     WHEN {shape.identical} THEN {{'reason': 'chosen_equals_rejected', 'detail': NULL}}
-     {late}
-  END AS verdict
-FROM structural
-"""
-
-
-def _judge_repetition(con, shape: Shape, repetition: dict) -> None:
-    """Quarantine as repetitive the rows still passing whose taught answer (spaces removed) holds a
-    unit repeated `min_copies` times in a row covering `min_share` of it (tunesmith.measures)."""
-    rows = con.execute(f"SELECT pos, regexp_replace({shape.taught}, '{SPACES_RE2}', '', 'g') AS taught FROM checked "
-                       f"WHERE verdict IS NULL AND visible_chars({shape.taught}) >= $min_chars",
-                       {"min_chars": repetition["min_chars"]}).fetchnumpy()
-    texts = rows["taught"].tolist()
-    copies, units = tandem_repeats(texts, repetition["max_unit_chars"], repetition["min_copies"])
-    lengths = numpy.fromiter(map(len, texts), numpy.int64, len(texts))
-    with numpy.errstate(divide="ignore", invalid="ignore"):
-        share = numpy.where(lengths > 0, copies * units / numpy.maximum(lengths, 1), 0)
-    flagged = numpy.flatnonzero((copies > 0) & (share >= repetition["min_share"]))
-    details = [f"{repeated_unit(texts[index], int(units[index]), int(copies[index]))!r} repeated "
-               f"{int(copies[index])} times in a row, covering {round(float(share[index]), 2)}" for index in flagged]
-    con.register("repeated", pa.table({"pos": pa.array(rows["pos"][flagged], pa.int64()),
-                                       "detail": pa.array(details, pa.string())}))
-    con.execute("""UPDATE checked SET verdict = {'reason': 'repetitive', 'detail': taught_name || ': ' || r.detail}
-                   FROM repeated r WHERE checked.pos = r.pos""")
-    con.unregister("repeated")
-
-
 # Row keys for the rows that passed every field check: what exact dedup compares and what the id hashes.
 KEYS_SQL = """
 CREATE TEMP TABLE keyed AS
-SELECT c.*, l.source, l.file, l.line,
-  CASE WHEN verdict IS NULL THEN fold_key(prompt_text) END AS prompt_key,
+SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all), l.source, l.file, l.line,
+  CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
   CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
   sha256(dedup_key) AS id,
-  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), fold_key(instruction_text), {response_keys}) END AS question_key,
-  CASE WHEN verdict IS NULL THEN fold_key(context_text) END AS context_key
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys}) END AS question_key,
+  CASE WHEN verdict IS NULL THEN context_key_all END AS context_key
 FROM checked c JOIN lines l USING (pos)
 """
 
@@ -312,23 +189,6 @@ QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome
 FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
 
 
-def _strict_json_problems(raws):
-    """An Arrow UDF: why each text that DuckDB's lenient parser accepted is not JSON (None when it is)."""
-    def problem(raw: str) -> str | None:
-        def constant(name):
-            raise ValueError(f"{name} is not JSON")
-        try:
-            json.loads(raw, parse_constant=constant)
-        except json.JSONDecodeError as error:
-            return f"trailing comma at character {error.pos}"  # the leniency json_valid has besides NaN
-        except ValueError as error:
-            return str(error)
-        except RecursionError:  # deeper than Python goes; DuckDB's parser has read it
-            return None
-        return None
-    return pa.array([problem(raw) for raw in raws.to_pylist()], pa.string())
-
-
 def _check_columns(con, chosen: list[Source]) -> None:
     """A column the style reads (or the recipe maps) that no record has is a recipe mistake, not dirt:
     fail, naming it, before anything is written rather than quarantine every record."""
@@ -385,15 +245,15 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
     order): leaves `lines` (the records as read) and `classified` (their outcomes), plus
     `contamination` and `clusters` for the card. `settings` are curate settings with defaults."""
-    con.create_function("normalize_text", normalize_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
-    con.create_function("fold_key", match_keys_arrow, ["VARCHAR"], "VARCHAR", type="arrow")
-    con.create_function("strict_json_problem", _strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
+    con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
     con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
                         "STRUCT(record VARCHAR, labels VARCHAR, reason VARCHAR, detail VARCHAR)", type="arrow")
     con.execute(MACROS)
-    con.register("task_inputs", pa.table({"task_id": pa.array([task.task_id for task in tasks], pa.int64()),
-                                          "input": pa.array([task.input for task in tasks], pa.string())}))
+    # A blank task input would match everything.
+    task_keys = [(task.task_id, match_key(task.input)) for task in tasks]
+    con.register("tasks", pa.table({"task_id": pa.array([task_id for task_id, key in task_keys if key], pa.int64()),
+                                    "task_key": pa.array([key for _, key in task_keys if key], pa.string())}))
     con.register("weights", pa.table({"source_rank": [source.rank for source in chosen],
                                       "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
                                       "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
@@ -402,20 +262,19 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         SELECT row_number() OVER (ORDER BY r.source_rank, i.file, i.line) AS pos, r.source_rank, i.*
         FROM read_parquet([{", ".join(map(_sql_path, paths))}]) i
         JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
-    # A blank task input would match everything.
-    con.execute("CREATE TEMP TABLE tasks AS SELECT task_id, fold_key(normalize_text(input)) AS task_key "
-                "FROM task_inputs WHERE task_key <> ''")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
-    con.execute(_check_sql(shape, settings))
-    _judge_repetition(con, shape, settings["repetition"])
-    response_keys = ", ".join(f"fold_key({r})" for r in shape.responses)
+    con.execute(typed_sql(shape))
+    normalise_texts(con, shape, settings["repetition"])
+    con.execute(check_sql(shape, settings))
+    con.execute("DROP TABLE typed; DROP TABLE texts")
+    response_keys = ", ".join(f"{r}_key" for r in shape.responses)
     con.execute(KEYS_SQL.format(response_keys=response_keys))
     con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
     decontamination = settings["decontamination"]
     n = decontamination["ngram"]
-    keys = ["prompt_key"] + [f"fold_key({r})" for r in shape.responses]
+    keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
     contamination_sql = CONTAMINATION_SQL if tasks else "CREATE TEMP TABLE contamination AS {empty}"
     con.execute(contamination_sql.format(empty="SELECT 0::BIGINT AS pos, 0::BIGINT AS task_id, 0.0 AS overlap LIMIT 0",
         n=n, threshold=decontamination["threshold"], task_grams=ngrams_sql("task_key", n), texts=", ".join(keys),

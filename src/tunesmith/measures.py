@@ -1,8 +1,7 @@
 """Text measures curation judges rows by: script share, estimated tokens, degenerate repetition.
 
-The script and token measures are DuckDB macros (MACROS), so they run inside curation's SQL; the
-repetition measure is numpy over a whole column (`tandem_repeats`), since SQL has no way to find a
-unit repeated back to back.
+Each is computed over a whole Arrow column at once (`measure`: RE2 kernels; `repetitions`: numpy,
+since no regular expression engine at hand finds a unit repeated back to back without backreferences).
 
 - Japanese share: Japanese characters (hiragana, katakana, kanji, the long-vowel mark) over letter
   units, where a run of Latin letters (a word) is one unit and every other letter is one. A
@@ -20,18 +19,51 @@ from __future__ import annotations
 import numpy
 
 # RE2's \s is ASCII only; \p{Z} adds the ideographic and no-break spaces of Japanese text.
+SPACES_RE2 = r"[\s\v\p{Z}]"
+JAPANESE_RE2 = r"[\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]"
+NOT_OTHER_LETTER_RE2 = r"[^\p{L}]|[\p{Latin}\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]"
+LATIN_WORD_RE2 = r"\p{Latin}+"
+# What the SQL still computes itself: n-gram windows over code points, and seeded uniform draws.
 MACROS = r"""
-CREATE MACRO japanese_chars(t) AS length(regexp_replace(t, '[^\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]', '', 'g'));
-CREATE MACRO letter_units(t) AS japanese_chars(t)
-  + length(regexp_replace(t, '[^\p{L}]|[\p{Latin}\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]', '', 'g'))
-  + len(regexp_extract_all(t, '\p{Latin}+'));
-CREATE MACRO visible_chars(t) AS length(regexp_replace(t, '[\s\v\p{Z}]', '', 'g'));
-CREATE MACRO estimated_tokens(t) AS japanese_chars(t) + ceil((visible_chars(t) - japanese_chars(t)) / 4)::BIGINT;
-CREATE MACRO japanese_share(t) AS japanese_chars(t) / nullif(letter_units(t), 0);
 CREATE MACRO code_points(t) AS list_transform(string_split(t, ''), lambda c: unicode(c));
 CREATE MACRO uniform(id, seed, purpose) AS hash(concat_ws(':', id, seed, purpose)) / 18446744073709551616.0;
 """
-SPACES_RE2 = r"[\s\v\p{Z}]"
+
+
+def measure(text) -> dict:
+    """Per string of an Arrow array (nulls give nulls): characters, Japanese characters, letter units
+    and non-space characters, as int64 arrays (RE2 through pyarrow, over the whole array at once).
+    The Japanese share is japanese / units; estimated tokens are japanese + ceil((visible - japanese) / 4)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def count(pattern):
+        return pc.count_substring_regex(text, pattern).cast(pa.int64())
+
+    chars = pc.utf8_length(text).cast(pa.int64())
+    japanese = count(JAPANESE_RE2)
+    other_letters = pc.utf8_length(pc.replace_substring_regex(text, NOT_OTHER_LETTER_RE2, "")).cast(pa.int64())
+    return {"chars": chars, "japanese": japanese,
+            "units": pc.add(pc.add(japanese, other_letters), count(LATIN_WORD_RE2)),
+            "visible": pc.subtract(chars, count(SPACES_RE2))}
+
+
+def repetitions(compact, min_chars: int, min_copies: int, min_share: float, max_unit_chars: int):
+    """Per text with spaces removed (an Arrow array): the repetition found, as the quarantine detail
+    ("'はい' repeated 90 times in a row, covering 1.0"), or null. Texts shorter than `min_chars` are
+    not judged."""
+    import pyarrow as pa
+
+    texts = [text or "" for text in compact.to_pylist()]
+    judged = [index for index, text in enumerate(texts) if len(text) >= min_chars]
+    copies, units = tandem_repeats([texts[index] for index in judged], max_unit_chars, min_copies)
+    details = [None] * len(texts)
+    for index, copy, unit in zip(judged, copies.tolist(), units.tolist()):
+        share = copy * unit / len(texts[index]) if copy else 0
+        if copy and share >= min_share:
+            details[index] = (f"{repeated_unit(texts[index], unit, copy)!r} repeated {copy} times in a row, "
+                              f"covering {round(share, 2)}")
+    return pa.array(details, pa.string())
 
 
 def tandem_repeats(texts: list[str], max_unit_chars: int, min_copies: int) -> tuple[numpy.ndarray, numpy.ndarray]:
