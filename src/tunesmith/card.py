@@ -21,7 +21,8 @@ CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (a
 EXAMPLES_SQL = f"""SELECT outcome.reason, source, file, line, outcome.detail, left(raw, {EXAMPLE_CHARS}) FROM classified
 JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL
 QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n ORDER BY pos"""
-KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classified WHERE outcome IS NULL
+KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classified JOIN keyed USING (pos, source, file, line)
+WHERE outcome IS NULL
 ORDER BY uniform(pos, $seed, 'example') LIMIT $n"""
 CONTAMINATION_CARD_SQL = """SELECT d.source, d.file, d.line, c.task_id, round(c.overlap, 4) FROM contamination c
 JOIN deduplicated d USING (pos) WHERE d.verdict.reason = 'contaminated' ORDER BY pos, task_id"""
@@ -60,7 +61,8 @@ def lengths(con, shape: Shape) -> dict:
     fields = [("prompt", "prompt_text")] + [(r if len(shape.responses) > 1 else "response", r)
                                             for r in shape.responses]
     selected = ", ".join(f"{column}_chars AS {name}_chars, {column}_tokens AS {name}_tokens" for name, column in fields)
-    arrays = con.execute(f"SELECT {selected} FROM classified WHERE outcome IS NULL").fetchnumpy()
+    arrays = con.execute(f"SELECT {selected} FROM classified JOIN keyed USING (pos) WHERE outcome IS NULL "
+                         "ORDER BY pos").fetchnumpy()
     return {name: {"chars": arrays[f"{name}_chars"], "tokens": arrays[f"{name}_tokens"]} for name, _ in fields}
 
 

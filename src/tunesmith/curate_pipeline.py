@@ -80,13 +80,20 @@ SELECT * EXCLUDE (conversion),
 FROM converted
 """
 
-# Per source: how many records are JSON objects, and which of the given columns any of them has.
+# Per source: how many records are JSON objects, and which of the given columns any of them has;
+# the first `limit` objects usually settle it, the whole source is read only when they do not.
 COLUMNS_SQL = """SELECT count(*), list_distinct(flatten(list(list_intersect(json_keys(raw), $columns))))
-FROM framed WHERE source_rank = $rank AND line_reason IS NULL"""
+FROM (SELECT raw FROM framed WHERE source_rank = $rank AND line_reason IS NULL LIMIT $limit)"""
+COLUMNS_PREFIX = 10_000
 
 # A reference to a row in details and the card; a source of several files names the file too.
-REF = ("source || ':' || CASE WHEN list_contains($several_files, source_rank) THEN file || ':' ELSE '' END "
-       "|| line")
+def _ref(row: str = "") -> str:
+    """SQL for the reference of the row whose columns are prefixed by `row` (e.g. "k.")."""
+    return (f"{row}source || ':' || CASE WHEN list_contains($several_files, {row}source_rank) THEN {row}file || ':' "
+            f"ELSE '' END || {row}line")
+
+
+REF = _ref()
 
 
 def _quoted(text: str) -> str:
@@ -138,28 +145,32 @@ WITH matched AS (
     string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
   FROM contamination GROUP BY pos
 ), ranked AS (
-  SELECT k.*, m.task_ids, m.matches,
+  SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,
+    k.verdict, m.task_ids, m.matches,
     row_number() OVER copies AS copy_rank,
-    first_value({REF}) OVER copies AS first_copy
+    first_value(k.pos) OVER copies AS first_pos
   FROM keyed k LEFT JOIN matched m USING (pos)
   WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.dedup_key ORDER BY k.pos)
 )
-SELECT * EXCLUDE (verdict),
-  CASE WHEN verdict IS NOT NULL THEN verdict
-       WHEN task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': matches}}
-       WHEN $dedup AND copy_rank > 1 THEN {{'reason': 'duplicate', 'detail': 'kept ' || first_copy}}
+-- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
+SELECT r.* EXCLUDE (verdict, first_pos, copy_rank, task_ids, matches),
+  CASE WHEN r.verdict IS NOT NULL THEN r.verdict
+       WHEN r.task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': r.matches}}
+       WHEN $dedup AND r.copy_rank > 1 THEN {{'reason': 'duplicate', 'detail': 'kept ' || (
+         SELECT {REF} FROM keyed WHERE keyed.pos = r.first_pos)}}
   END AS verdict
-FROM ranked
+FROM ranked r
 """
 
 # Mixing and the split: weights and caps per source, hashed on the row id with the seed.
 MIX_SQL = f"""
 CREATE TEMP TABLE classified AS
 WITH near AS (
-  SELECT c.pos, c.cluster, c.jaccard, k.ref AS kept_ref, c.pos <> c.label AS dropped
-  FROM clusters c JOIN (SELECT pos, {REF} AS ref FROM deduplicated) k ON k.pos = c.label
+  SELECT c.pos, c.cluster, c.jaccard, {_ref("k.")} AS kept_ref, c.pos <> c.label AS dropped
+  FROM clusters c JOIN deduplicated k ON k.pos = c.label
 ), weighed AS (
-  SELECT d.*, n.cluster, n.jaccard, n.kept_ref, coalesce(n.dropped, false) AS near_dropped,
+  SELECT d.* EXCLUDE (dedup_key, question_key, context_key), n.cluster, n.jaccard, n.kept_ref,
+    coalesce(n.dropped, false) AS near_dropped,
     w.weight, w.max_rows, uniform(d.id, $seed, 'mix') AS mix_draw
   FROM deduplicated d LEFT JOIN near n USING (pos) JOIN weights w USING (source_rank)
 ), capped AS (
@@ -183,8 +194,8 @@ SELECT * EXCLUDE (verdict),
 FROM capped
 """
 
-KEPT_SQL = """SELECT id, source, file, line, {columns}, split FROM classified, range(copies) AS c(copy)
-WHERE outcome IS NULL ORDER BY pos, copy"""
+KEPT_SQL = """SELECT c.id, c.source, c.file, c.line, {columns}, c.split
+FROM classified c JOIN keyed k ON k.pos = c.pos, range(c.copies) AS r(copy) WHERE c.outcome IS NULL ORDER BY c.pos, copy"""
 QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
 FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
 
@@ -194,10 +205,14 @@ def _check_columns(con, chosen: list[Source]) -> None:
     fail, naming it, before anything is written rather than quarantine every record."""
     for source in chosen:
         expected = source.expected_columns()
-        objects, found = con.execute(COLUMNS_SQL, {"rank": source.rank,
-                                                   "columns": [theirs for _, theirs in expected]}).fetchall()[0]
-        absent = [theirs if ours == theirs else f"{theirs} (for {ours})"
-                  for ours, theirs in expected if theirs not in (found or [])]
+        columns = [theirs for _, theirs in expected]
+        for limit in (COLUMNS_PREFIX, None):
+            objects, found = con.execute(COLUMNS_SQL, {"rank": source.rank, "columns": columns,
+                                                       "limit": limit}).fetchall()[0]
+            absent = [theirs if ours == theirs else f"{theirs} (for {ours})"
+                      for ours, theirs in expected if theirs not in (found or [])]
+            if not absent or objects < COLUMNS_PREFIX:
+                break
         if objects and absent:
             raise CurationError(f"{source.where}: no record has the column(s) {', '.join(absent)} "
                                 f"(style '{source.style}'; map other names with `columns`)")
@@ -280,7 +295,6 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         n=n, threshold=decontamination["threshold"], task_grams=ngrams_sql("task_key", n), texts=", ".join(keys),
         row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
     con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
-    con.execute("DROP TABLE keyed")
     near_duplicates(con, settings["near_dedup"], seed)
     con.execute(MIX_SQL, {"several_files": several_files, "seed": seed,
                           "validation_fraction": settings["validation_fraction"]})

@@ -82,7 +82,7 @@ def match_keys_of_normalized(texts: list[str | None]) -> list[str | None]:
 # not Python's, so every row holding a character whose result could differ (unassigned in Python's
 # `unicodedata`, or normalised or case-folded differently alone or between combining marks) is
 # redone by the functions above: the results are exactly theirs. Characters are checked as they
-# first appear in the data (a corpus uses a few thousand), not all 0x110000 up front.
+# first appear in the data (a corpus uses a few thousand) and in the common blocks, not all 0x110000.
 
 _WHITESPACE = "".join(chr(point) for point in range(0x3001) if chr(point).isspace())  # none lies higher
 _ZERO_WIDTH_CHARACTERS = "\u200b\u200c\u200d\u2060\ufeff"
@@ -110,7 +110,7 @@ def _patterns() -> dict:
                                                                   - {0x20})}
 
 
-def _verdicts(points: list[int]) -> None:
+def _verdicts(points) -> None:
     """Compare Python's and pyarrow's NFKC (alone and between combining marks) and case folding of
     code points not seen before. By Unicode's stability policy only characters one side has not
     assigned can differ; private-use characters are the same everywhere. The joiner is Python's
@@ -118,7 +118,8 @@ def _verdicts(points: list[int]) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    new = [point for point in points if point not in _VERDICTS]
+    new = [point if isinstance(point, int) else ord(point) for point in points]
+    new = [point for point in new if point not in _VERDICTS]
     if not new:
         return
     characters = [chr(point) for point in new]
@@ -135,54 +136,37 @@ def _verdicts(points: list[int]) -> None:
         _VERDICTS[point] = (flag, flag or character.casefold() != lower)
 
 
-def _present_code_points(array) -> list[int]:
-    """The distinct non-ASCII code points of a string array (ASCII is the same in both tables)."""
-    import numpy
-
-    if array.null_count == len(array):
-        return []
-    offsets = numpy.frombuffer(array.buffers()[1], numpy.int64 if array.type.equals(_large_string()) else numpy.int32)
-    begin, end = int(offsets[array.offset]), int(offsets[array.offset + len(array)])
-    data = numpy.frombuffer(array.buffers()[2], numpy.uint8, count=end - begin, offset=begin) if end > begin else None
-    if data is None:
-        return []
-    lead = numpy.flatnonzero(data >= 0xC0)
-    if not len(lead):
-        return []
-    padded = numpy.concatenate([data, numpy.zeros(3, numpy.uint8)]).astype(numpy.uint32)
-    first = padded[lead]
-    two = ((first & 0x1F) << 6) | (padded[lead + 1] & 0x3F)
-    three = ((first & 0x0F) << 12) | ((padded[lead + 1] & 0x3F) << 6) | (padded[lead + 2] & 0x3F)
-    four = (((first & 0x07) << 18) | ((padded[lead + 1] & 0x3F) << 12) | ((padded[lead + 2] & 0x3F) << 6)
-            | (padded[lead + 3] & 0x3F))
-    points = numpy.where(first >= 0xF0, four, numpy.where(first >= 0xE0, three, two))
-    return numpy.flatnonzero(numpy.bincount(points, minlength=0x80)).tolist()
+# Verified up front (~0.1 s): Latin, punctuation, kana, common kanji, full-width forms. Other characters
+# are verified when rows holding them first turn up.
+_COMMON_BLOCKS = [(0x00, 0x17F), (0x2000, 0x206F), (0x3000, 0x30FF), (0x4E00, 0x9FFF), (0xFF00, 0xFFEF)]
 
 
-def _large_string():
-    import pyarrow as pa
-
-    return pa.large_string()
-
-
-def _unsafe(array, which: int) -> str | None:
-    """An RE2 class of the characters of `array` whose result could differ (0: normalise, 1: fold)."""
-    points = _present_code_points(array)
-    _verdicts(points)
-    unsafe = [point for point in points if _VERDICTS[point][which]]
-    return _characters_class(unsafe) if unsafe else None
+@functools.cache
+def _seeded() -> None:
+    _verdicts([point for low, high in _COMMON_BLOCKS for point in range(low, high + 1)])
 
 
-def _with_python_rows(array, result, unsafe: str | None, function):
-    """`result`, with the rows of `array` that contain an `unsafe` character computed by `function`."""
+def _safe_class(which: int) -> str:
+    """An RE2 class matching any character not verified safe for `which` (0: normalise, 1: fold)."""
+    return "[^" + _characters_class(point for point, verdict in _VERDICTS.items() if not verdict[which])[1:]
+
+
+def _with_python_rows(array, result, which: int, function):
+    """`result`, with the rows of `array` holding a character not verified safe computed by `function`
+    (exactly as Python does); the characters of those rows are verified for the next call."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if unsafe is None:
-        return result
-    mask = pc.fill_null(pc.match_substring_regex(array, unsafe), False)
+    _seeded()
+    mask = pc.fill_null(pc.match_substring_regex(array, _safe_class(which)), False)
     if not pc.any(mask).as_py():
         return result
+    known = len(_VERDICTS)
+    _verdicts(sorted(set("".join(array.filter(mask).to_pylist())) - set(map(chr, _VERDICTS)), key=ord))
+    if len(_VERDICTS) > known:  # newly verified characters may clear most of those rows
+        mask = pc.fill_null(pc.match_substring_regex(array, _safe_class(which)), False)
+        if not pc.any(mask).as_py():
+            return result
     redone = [function(text) for text in array.filter(mask).to_pylist()]
     return pc.replace_with_mask(result, mask, pa.array(redone, result.type))
 
@@ -229,7 +213,7 @@ def normalize_arrow(array):
     if pc.any(mask).as_py():
         text = pc.replace_with_mask(text, mask, _normalized_after_nfkc(text.filter(mask)))
     text = pc.utf8_trim(text, characters=_WHITESPACE)
-    return _with_python_rows(array, text, _unsafe(array, 0), normalize_text)
+    return _with_python_rows(array, text, 0, normalize_text)
 
 
 def match_keys_arrow(array):
@@ -238,4 +222,4 @@ def match_keys_arrow(array):
 
     array = _one_chunk(array)
     keys = _replaced(pc.utf8_lower(array), _patterns()["all_space"], "")
-    return _with_python_rows(array, keys, _unsafe(array, 1), lambda text: _ALL_SPACE.sub("", text.casefold()))
+    return _with_python_rows(array, keys, 1, lambda text: _ALL_SPACE.sub("", text.casefold()))
