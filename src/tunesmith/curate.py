@@ -135,14 +135,17 @@ def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: f
 
 def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept_path: str, quarantine_path: str,
            card_path: str, *, ingested: list[str] | None = None, seed: int = 0,
-           card_markdown_path: str | None = None, lengths_plot_path: str | None = None, threads: int = 1) -> dict:
+           card_markdown_path: str | None = None, lengths_plot_path: str | None = None, threads: int = 1,
+           memory_limit: str = "50%") -> dict:
     """Curate the sources of one role; write kept rows, quarantined rows and a card. Returns the card.
 
     `ingested`: the Parquet files `tunesmith.ingest.ingest_source` wrote for these sources (the
     workflow's per-source cache); None ingests them here first, into a temporary folder. `seed` is the
     recipe seed (mixing, split, MinHash functions, examples). The Markdown card and the PNG of length
     histograms are written when their paths are given. `threads` only speeds up the SQL: the written
-    files are the same for any number."""
+    files are the same for any number. DuckDB keeps to `memory_limit` (of the machine's memory, or
+    e.g. "4GB") and spills to a temporary folder (TMPDIR), so a corpus larger than memory
+    curates; the Python side works in bounded batches."""
     settings = with_defaults(settings)
     problems = check_settings(settings)
     if problems:
@@ -158,13 +161,14 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
                 raise CurationError(str(error)) from None
             return curate(sources, role, tasks_path, settings, kept_path, quarantine_path, card_path,
                           ingested=paths, seed=seed, card_markdown_path=card_markdown_path,
-                          lengths_plot_path=lengths_plot_path, threads=threads)
+                          lengths_plot_path=lengths_plot_path, threads=threads, memory_limit=memory_limit)
     paths, described = _matched_ingests(chosen, ingested)
     tasks = read_tasks(tasks_path) if settings["decontaminate"] else []
     shape = SHAPES[role]
     several_files = [source.rank for source in chosen if len(described[source.id]["files"]) > 1]
 
-    with duckdb.connect(config={"threads": threads}) as con:
+    with tempfile.TemporaryDirectory(prefix="tunesmith-curate-spill-") as spill, \
+            duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill}) as con:
         classify(con, chosen, shape, settings, seed, paths, tasks, several_files)
         con.execute("SET threads = 1")  # Parquet bytes (row groups, page order) must not depend on scheduling
 

@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from tunesmith.measures import SPACES_RE2, measure, repetitions
+from tunesmith.measures import measure, repetitions
 from tunesmith.normalize import match_keys_arrow, normalize_arrow
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
@@ -86,10 +85,12 @@ def normalise_texts(con, shape: Shape, repetition: dict) -> None:
         for field in fields:
             text = normalize_arrow(batch[f"{field}_raw"])
             columns[field] = text
-            columns |= {f"{field}_{name}": values for name, values in measure(text).items()}
+            measures, compact, compact_lengths = measure(text)
+            columns |= {f"{field}_{name}": values for name, values in measures.items()}
             columns[f"{field}_key"] = match_keys_arrow(text)
-        compact = pc.replace_substring_regex(columns[shape.taught], SPACES_RE2, "")
-        columns[f"{shape.taught}_repeated"] = repetitions(compact, **repetition)
+            if field == shape.taught:
+                repeated = repetitions(compact, compact_lengths, **repetition)
+        columns[f"{shape.taught}_repeated"] = repeated
         con.register("texts_batch", pa.table(columns))
         con.execute("INSERT INTO texts SELECT * FROM texts_batch" if start > first
                     else "CREATE TEMP TABLE texts AS SELECT * FROM texts_batch")
