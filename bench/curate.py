@@ -111,15 +111,12 @@ REPETITION = {"min_chars": 20, "min_copies": 8, "min_share": 0.5, "max_unit_char
 
 def _repetitive(outputs: list[str]) -> list[bool]:
     """The repetition rule on answers with spaces removed (the same numpy measure ours uses)."""
-    from tunesmith.measures import tandem_repeats
+    import pyarrow as pa
 
-    judged = [index for index, text in enumerate(outputs) if len(text) >= REPETITION["min_chars"]]
-    copies, units = tandem_repeats([outputs[index] for index in judged], REPETITION["max_unit_chars"],
-                                   REPETITION["min_copies"])
-    flags = [False] * len(outputs)
-    for index, copy, unit in zip(judged, copies.tolist(), units.tolist()):
-        flags[index] = copy > 0 and copy * unit / len(outputs[index]) >= REPETITION["min_share"]
-    return flags
+    from tunesmith.measures import code_points, repetitions
+
+    points, lengths = code_points(pa.array(outputs, pa.string()))
+    return [detail is not None for detail in repetitions(points, lengths, **REPETITION).to_pylist()]
 
 
 def run_pandas(corpus_path: str, out: str) -> dict:
