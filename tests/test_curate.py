@@ -406,3 +406,48 @@ def test_default_recipe_cleans_the_planted_filter_rows(tmp_path):
     planted = {(cluster["kept"]["line"], len(cluster["members"])) for cluster in card["near_duplicate_clusters"]["listed"]}
     assert quarantined["near_duplicate"] >= 1 and planted
     assert 0 < card["totals"]["written"]["validation"] < card["totals"]["written"]["train"]
+
+
+def test_card_shows_kept_and_dropped_lengths_and_the_max_length_cut(tmp_path):
+    lines = [sft("東京について", "首都です。"), sft("大阪について教えてください", "大きな町です。" * 3),
+             sft("Tell me", "東京です。"), b"{broken"]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines))
+    out = tmp_path / "out"
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False, "japanese": {"min_share": 0.5}, "min_kept_share": 0}, str(out / "k.parquet"),
+                  str(out / "q.parquet"), str(out / "c.json"), max_length=20,
+                  card_markdown_path=str(out / "c.md"), lengths_plot_path=str(out / "lengths.png"))
+    # Estimated tokens (。 is not a Japanese character): 6 + 4 + 1 = 11; 13 + 18 + ceil(3 / 4) = 32 > 20.
+    assert card["lengths"]["total"]["tokens"]["max"] == 32 and card["lengths"]["total"]["tokens"]["count"] == 2
+    assert card["lengths_dropped"]["prompt"]["chars"]["count"] == 1  # the English prompt; the broken line has none
+    assert card["tokens"] == {"counted_by": "estimate", "tokenizer": None, "why": None, "max_length": 20,
+                              "kept_over_max_length": 1}
+    assert "1 kept rows have more tokens" in (out / "c.md").read_text(encoding="utf-8")
+    assert (out / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tokens_can_be_counted_by_the_base_models_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tunesmith.base_model import train_tokenizer
+
+    folder = tmp_path / "tokenizer"
+    train_tokenizer([str(REPO / "data" / "raw" / "pretrain.txt")], vocab_size=600, out_dir=folder)
+    encode = AutoTokenizer.from_pretrained(folder)
+    prompt, response = "東京について教えてください。", "東京は日本の首都です。"
+    (tmp_path / "a.jsonl").write_bytes(sft(prompt, response) + b"\n" + sft("短い", "x" * 30))
+    counts = [len(encode(text, add_special_tokens=False)["input_ids"]) for text in (prompt, response, "x" * 30)]
+    limit = counts[2] - 1  # the second row's response is one token too long, by the tokenizer
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False, "min_kept_share": 0, "tokens": {"max_response": limit}},
+                  str(tmp_path / "k.parquet"), str(tmp_path / "q.parquet"), str(tmp_path / "c.json"),
+                  tokenizer=str(folder))
+    assert card["tokens"]["counted_by"] == "tokenizer"
+    assert card["lengths"]["prompt"]["tokens"]["max"] == counts[0]
+    assert card["lengths"]["response"]["tokens"]["max"] == counts[1]
+    assert card["totals"]["quarantined"] == {"too_many_tokens": 1}
+    # Not available locally: the estimate, and the card says why.
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False, "min_kept_share": 0}, str(tmp_path / "k.parquet"),
+                  str(tmp_path / "q.parquet"), str(tmp_path / "c.json"), tokenizer="nobody/no-such-model")
+    assert card["tokens"]["counted_by"] == "estimate" and "not available locally" in card["tokens"]["why"]

@@ -56,14 +56,20 @@ def card_data(con, role: str, shape: Shape, counts: dict, seed: int) -> dict:
     }
 
 
-def lengths(con, shape: Shape) -> dict:
-    """Per text field of the kept rows: characters and estimated tokens, as numpy arrays (for the card)."""
+def lengths(con, shape: Shape, kept: bool = True) -> dict:
+    """Per text field of the kept rows (or of the dropped rows whose fields could be read and
+    measured): characters and tokens, as numpy arrays; plus "total" tokens (the prompt and its
+    longest answer: what a training row's max_length cuts)."""
     fields = [("prompt", "prompt_text")] + [(r if len(shape.responses) > 1 else "response", r)
                                             for r in shape.responses]
     selected = ", ".join(f"{column}_chars AS {name}_chars, {column}_tokens AS {name}_tokens" for name, column in fields)
-    arrays = con.execute(f"SELECT {selected} FROM classified JOIN keyed USING (pos) WHERE outcome IS NULL "
+    total = "prompt_text_tokens + greatest(" + ", ".join(f"{r}_tokens" for r in shape.responses) + ")"
+    which = "outcome IS NULL" if kept else "outcome IS NOT NULL AND prompt_text_tokens IS NOT NULL"
+    arrays = con.execute(f"SELECT {selected}, {total} AS total_tokens FROM classified JOIN keyed USING (pos) "
+                         f"WHERE {which} AND {' AND '.join(f'{r}_tokens IS NOT NULL' for r in shape.responses)} "
                          "ORDER BY pos").fetchnumpy()
-    return {name: {"chars": arrays[f"{name}_chars"], "tokens": arrays[f"{name}_tokens"]} for name, _ in fields}
+    measured = {name: {"chars": arrays[f"{name}_chars"], "tokens": arrays[f"{name}_tokens"]} for name, _ in fields}
+    return measured | {"total": {"tokens": arrays["total_tokens"]}}
 
 
 def summary(values) -> dict:
@@ -129,8 +135,14 @@ def render_markdown(card: dict, lengths_image: str | None = None) -> str:
                     entry["rows_in"], entry["kept"], entry["written"]["train"], entry["written"]["validation"],
                     *(entry["quarantined"].get(reason, 0) for reason in reasons)]
                    for source, entry in card["sources"].items()])
+    counted = card.get("tokens", {})
     out += ["## Lengths of the kept rows", "",
-            "Tokens are estimated: one per Japanese character, one per 4 other non-space characters.", ""]
+            (f"Tokens are counted by the tokenizer {counted['tokenizer']}." if counted.get("counted_by") == "tokenizer"
+             else "Tokens are estimated: one per Japanese character, one per 4 other non-space characters."
+             + (f" ({counted['why']})" if counted.get("why") else "")), ""]
+    if counted.get("max_length"):
+        out += [f"{counted['kept_over_max_length']} kept rows have more tokens (prompt and longest answer) than the "
+                f"training max_length {counted['max_length']}; training cuts or drops them.", ""]
     out += _table(["field", "measure", "count", "min", "p50", "p90", "p99", "max", "mean"],
                   [[field, measure, *(summary.get(key, "") for key in ("count", "min", "p50", "p90", "p99", "max",
                                                                        "mean"))]
@@ -166,22 +178,37 @@ def write_markdown(card: dict, path: str, lengths_image: str | None = None) -> N
         Path(tmp).write_text(render_markdown(card, lengths_image), encoding="utf-8")
 
 
-def plot_lengths(lengths: dict, role: str, path: str) -> None:
-    """Histograms of the kept rows' lengths: one row of panels per text field, characters and
-    estimated tokens side by side."""
+def plot_lengths(kept: dict, dropped: dict, role: str, path: str, max_length: int | None = None,
+                 counted_by: str = "estimated") -> None:
+    """Histograms of the rows' lengths, kept and dropped on the same bins: one row of panels per text
+    field (characters and tokens side by side), and the prompt with its longest answer in tokens
+    with the training max_length marked: rows right of the line are cut or dropped in training."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(len(lengths), 2, figsize=(9, 2.6 * len(lengths)), squeeze=False)
-    for row, (field, measures) in enumerate(lengths.items()):
-        for column, (measure, values) in enumerate(measures.items()):
+    figure, axes = pyplot.subplots(len(kept), 2, figsize=(9, 2.6 * len(kept)), squeeze=False)
+    for row, (field, measures) in enumerate(kept.items()):
+        for column in range(2):
             axis = axes[row][column]
-            if len(values):
-                axis.hist(values, bins=min(50, max(1, len(set(values.tolist())))), color="#4c72b0")
-            axis.set_title(f"{role} {field}: {measure} ({len(values)} kept rows)", fontsize=9)
-            axis.set_xlabel("characters" if measure == "chars" else "estimated tokens", fontsize=8)
+            if column >= len(measures):
+                axis.axis("off")
+                continue
+            measure = list(measures)[column]
+            values, others = measures[measure], dropped.get(field, {}).get(measure, numpy.zeros(0))
+            both = numpy.concatenate([values, others]) if len(others) else values
+            if len(both):
+                bins = numpy.histogram_bin_edges(both, bins=min(50, max(1, len(set(both.tolist())))))
+                axis.hist([values, others], bins=bins, stacked=True, color=["#4c72b0", "#dd8452"],
+                          label=[f"kept ({len(values)})", f"dropped ({len(others)})"])
+                axis.legend(fontsize=7)
+            what = "prompt + longest answer" if field == "total" else field
+            if field == "total" and max_length:
+                axis.axvline(max_length, color="#c44e52", linestyle="--")
+                what += f" (max_length {max_length}: {int((values > max_length).sum())} kept rows over)"
+            axis.set_title(f"{role} {what}: {measure}", fontsize=9)
+            axis.set_xlabel("characters" if measure == "chars" else f"{counted_by} tokens", fontsize=8)
             axis.set_ylabel("rows", fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -99,6 +99,18 @@ def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, q
     return counts
 
 
+def _local_tokenizer(path: str | None, trust_remote_code: bool):
+    """(the tokenizer at `path` loaded without the network, or None; why not, or None)."""
+    if path is None:
+        return None, None
+    try:
+        from transformers import AutoTokenizer  # slow to import; only recipes that count tokens need it
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code), None
+    except Exception as error:  # transformers raises many kinds; each means "not here"
+        return None, f"the tokenizer {path} is not available locally ({type(error).__name__}), so tokens are estimated"
+
+
 MIXING = ("downsampled", "over_cap")  # the recipe's choice, not a loss
 TOP_REASONS = 3
 
@@ -136,7 +148,8 @@ def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: f
 def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept_path: str, quarantine_path: str,
            card_path: str, *, ingested: list[str] | None = None, seed: int = 0,
            card_markdown_path: str | None = None, lengths_plot_path: str | None = None, threads: int = 1,
-           memory_limit: str = "50%") -> dict:
+           memory_limit: str = "50%", max_length: int | None = None, tokenizer: str | None = None,
+           trust_remote_code: bool = False) -> dict:
     """Curate the sources of one role; write kept rows, quarantined rows and a card. Returns the card.
 
     `ingested`: the Parquet files `tunesmith.ingest.ingest_source` wrote for these sources (the
@@ -145,7 +158,10 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     histograms are written when their paths are given. `threads` only speeds up the SQL: the written
     files are the same for any number. DuckDB keeps to `memory_limit` (of the machine's memory, or
     e.g. "4GB") and spills to a temporary folder (TMPDIR), so a corpus larger than memory
-    curates; the Python side works in bounded batches."""
+    curates; the Python side works in bounded batches. `tokenizer`: a tokenizer folder or hub id (the
+    base model's) that counts tokens for the limits and the card instead of the estimate, when it
+    loads without the network (else the estimate, and the card says why). `max_length`: the
+    training stage's, marked on the length histograms and counted in the card (rows it will cut)."""
     settings = with_defaults(settings)
     problems = check_settings(settings)
     if problems:
@@ -161,7 +177,8 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
                 raise CurationError(str(error)) from None
             return curate(sources, role, tasks_path, settings, kept_path, quarantine_path, card_path,
                           ingested=paths, seed=seed, card_markdown_path=card_markdown_path,
-                          lengths_plot_path=lengths_plot_path, threads=threads, memory_limit=memory_limit)
+                          lengths_plot_path=lengths_plot_path, threads=threads, memory_limit=memory_limit,
+                          max_length=max_length, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
     paths, described = _matched_ingests(chosen, ingested)
     tasks = read_tasks(tasks_path) if settings["decontaminate"] else []
     shape = SHAPES[role]
@@ -169,7 +186,8 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-curate-spill-") as spill, \
             duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill}) as con:
-        classify(con, chosen, shape, settings, seed, paths, tasks, several_files)
+        counter, why = _local_tokenizer(tokenizer, trust_remote_code)
+        classify(con, chosen, shape, settings, seed, paths, tasks, several_files, counter)
         con.execute("SET threads = 1")  # Parquet bytes (row groups, page order) must not depend on scheduling
 
         with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
@@ -178,15 +196,22 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
             card = card_data(con, role, shape, counts, seed)
-            measured = lengths(con, shape)
-            card["lengths"] = {field: {measure: summary(values) for measure, values in measures.items()}
-                               for field, measures in measured.items()}
+            measured, dropped = lengths(con, shape), lengths(con, shape, kept=False)
+            card["lengths"], card["lengths_dropped"] = (
+                {field: {measure: summary(values) for measure, values in measures.items()}
+                 for field, measures in found.items()} for found in (measured, dropped))
+            card["tokens"] = {"counted_by": "tokenizer" if counter is not None else "estimate",
+                              "tokenizer": tokenizer if counter is not None else None, "why": why,
+                              "max_length": max_length,
+                              "kept_over_max_length": (int((measured["total"]["tokens"] > max_length).sum())
+                                                       if max_length else None)}
             write_json(card_path, card)
             if card_markdown_path or lengths_plot_path:
                 from tunesmith.card import plot_lengths, write_markdown
 
                 if lengths_plot_path:
-                    plot_lengths(measured, role, lengths_plot_path)
+                    plot_lengths(measured, dropped, role, lengths_plot_path, max_length,
+                                 "counted" if counter is not None else "estimated")
                 if card_markdown_path:
                     write_markdown(card, card_markdown_path,
                                    Path(lengths_plot_path).name if lengths_plot_path else None)

@@ -73,9 +73,10 @@ def typed_sql(shape: Shape) -> str:
     return f"CREATE TEMP TABLE typed AS SELECT pos, source_rank, early_reason, early_detail, {fields} FROM styled"
 
 
-def normalise_texts(con, shape: Shape, repetition: dict) -> None:
+def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None) -> None:
     """Table `texts`: per row of `typed`, each field normalised, its measures, its match key, and for
-    the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or NULL)."""
+    the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or NULL).
+    With a `tokenizer`, each field's token count too (`{field}_ntokens`, special tokens left out)."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
     for start in range(first, max(last, first) + 1, TEXT_BATCH_ROWS):  # an empty table still makes `texts`
@@ -88,6 +89,11 @@ def normalise_texts(con, shape: Shape, repetition: dict) -> None:
             measures, compact, compact_lengths = measure(text)
             columns |= {f"{field}_{name}": values for name, values in measures.items()}
             columns[f"{field}_key"] = match_keys_arrow(text)
+            if tokenizer is not None:
+                values = text.to_pylist()
+                ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
+                columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
+                                                        for value, row in zip(values, ids)], pa.int64())
             if field == shape.taught:
                 repeated = repetitions(compact, compact_lengths, **repetition)
         columns[f"{shape.taught}_repeated"] = repeated
@@ -118,8 +124,10 @@ def _prompt_measures(shape: Shape) -> str:
     return ", ".join(parts)
 
 
-def check_sql(shape: Shape, settings: dict) -> str:
-    """Table `checked`: field-level reasons as one CASE yielding {reason, detail} (NULL: passed)."""
+def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
+    """Table `checked`: field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
+    `counted`: tokens come from the tokenizer's counts (`normalise_texts`), not the estimate; a
+    prompt's are the sum of its parts'."""
     fields = shape.required + shape.optional
     texts = [("prompt_text", "'prompt'")] + [(r, f"{r}_name") for r in shape.responses]
     taught = [("prompt_text", "'prompt'"), (shape.taught, f"{shape.taught}_name")]
@@ -164,8 +172,15 @@ def check_sql(shape: Shape, settings: dict) -> str:
     late = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
                             for reason, condition in late if condition != "''")
     measured = [text for text, _ in texts[1:]] + ["prompt_text"]
-    tokens_sql = ", ".join(f"{text}_japanese + ceil(({text}_visible - {text}_japanese) / 4)::BIGINT AS {text}_tokens"
-                           for text in measured)
+    if counted:
+        head, *rest = shape.prompt_parts
+        prompt_tokens = f"{head}_ntokens" + "".join(
+            f" + CASE WHEN coalesce({part}, '') = '' THEN 0 ELSE {part}_ntokens END" for part in rest)
+        tokens_sql = ", ".join([f"{text}_ntokens AS {text}_tokens" for text in measured[:-1]]
+                               + [f"{prompt_tokens} AS prompt_text_tokens"])
+    else:
+        tokens_sql = ", ".join(f"{text}_japanese + ceil(({text}_visible - {text}_japanese) / 4)::BIGINT "
+                               f"AS {text}_tokens" for text in measured)
     context = f"coalesce({shape.context}, '')" if shape.context else "''"
     context_key = f"coalesce({shape.context}_key, '')" if shape.context else "''"
     prompt_key = " || ".join(f"coalesce({part}_key, '')" for part in shape.prompt_parts)

@@ -256,10 +256,11 @@ def canonical_function(sources: list[Source]):
 
 
 def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
-             several_files: list[int]) -> None:
+             several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
     order): leaves `lines` (the records as read) and `classified` (their outcomes), plus
-    `contamination` and `clusters` for the card. `settings` are curate settings with defaults."""
+    `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
+    `tokenizer` (optional) counts tokens instead of the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
     con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
@@ -281,8 +282,8 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     _check_columns(con, chosen)
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
     con.execute(typed_sql(shape))
-    normalise_texts(con, shape, settings["repetition"])
-    con.execute(check_sql(shape, settings))
+    normalise_texts(con, shape, settings["repetition"], tokenizer)
+    con.execute(check_sql(shape, settings, counted=tokenizer is not None))
     con.execute("DROP TABLE typed; DROP TABLE texts")
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
     con.execute(KEYS_SQL.format(response_keys=response_keys))

@@ -86,8 +86,15 @@ def steps(recipe: dict) -> dict[str, Step]:
             # What reading needs; style, columns, weight and caps are curation's business.
             plan[name] = Step("ingest", {"source": {key: source[key] for key in INGEST_KEYS}})
             ingested[name] = plan[name].key
+        # What the card measures against: the training stage's max_length, and the tokenizer that
+        # counts tokens when curate.tokens.count asks for the base model's.
+        counted = recipe["curate"]["tokens"]["count"] == "base_model" and recipe["base_model"]["path"] is not None
+        lengths = {"max_length": recipe["sft" if role == "sft" else "dpo"]["max_length"],
+                   "tokenizer": recipe["base_model"]["path"] if counted else None,
+                   "trust_remote_code": recipe["base_model"]["trust_remote_code"] if counted else False}
         plan[f"curate_{role}"] = Step(f"curate_{role}", {"sources": sources_of(recipe, role),
-                                                         "settings": recipe["curate"], "seed": recipe["seed"]},
+                                                         "settings": recipe["curate"], "seed": recipe["seed"],
+                                                         "lengths": lengths},
                                       ingested, files=(tasks,))
     distributed = recipe["distributed"]
     plan["sft"] = Step("sft", {"model": model, "sft": recipe["sft"], "distributed": distributed},
