@@ -57,10 +57,17 @@ def _classes(points: numpy.ndarray) -> numpy.ndarray:
 
 def code_points(text) -> tuple[numpy.ndarray, numpy.ndarray]:
     """The code points of all strings of an Arrow array joined (uint32), and each string's length
-    (nulls: 0)."""
-    values = text.to_pylist()
-    points = numpy.frombuffer("".join(value or "" for value in values).encode("utf-32-le"), numpy.uint32)
-    lengths = numpy.fromiter((len(value) if value else 0 for value in values), numpy.int64, len(values))
+    (nulls: 0). The array's UTF-8 buffer is decoded as one text: no Python object per string."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.fill_null(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text, "")
+    text = text.cast(pa.large_string())
+    lengths = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(numpy.int64)
+    offsets = numpy.frombuffer(text.buffers()[1], numpy.int64)[text.offset:text.offset + len(text) + 1]
+    data = text.buffers()[2]
+    joined = data.to_pybytes()[offsets[0]:offsets[-1]] if len(text) and data is not None else b""
+    points = numpy.frombuffer(joined.decode("utf-8").encode("utf-32-le"), numpy.uint32)
     return points, lengths
 
 
