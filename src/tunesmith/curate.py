@@ -99,6 +99,16 @@ def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, q
     return counts
 
 
+def _available_share(share: float) -> str:
+    """`share` of the memory available now (MemAvailable), as a DuckDB memory limit (at least 256 MB)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            available_kib = next(int(line.split()[1]) for line in handle if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: DuckDB's own default
+        return "80%"
+    return f"{max(256, int(available_kib * share / 1024))}MB"
+
+
 def _local_tokenizer(path: str | None, trust_remote_code: bool):
     """(the tokenizer at `path` loaded without the network, or None; why not, or None)."""
     if path is None:
@@ -148,7 +158,7 @@ def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: f
 def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept_path: str, quarantine_path: str,
            card_path: str, *, ingested: list[str] | None = None, seed: int = 0,
            card_markdown_path: str | None = None, lengths_plot_path: str | None = None, threads: int = 1,
-           memory_limit: str = "50%", max_length: int | None = None, tokenizer: str | None = None,
+           memory_limit: str | None = None, max_length: int | None = None, tokenizer: str | None = None,
            trust_remote_code: bool = False) -> dict:
     """Curate the sources of one role; write kept rows, quarantined rows and a card. Returns the card.
 
@@ -156,8 +166,8 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     workflow's per-source cache); None ingests them here first, into a temporary folder. `seed` is the
     recipe seed (mixing, split, MinHash functions, examples). The Markdown card and the PNG of length
     histograms are written when their paths are given. `threads` only speeds up the SQL: the written
-    files are the same for any number. DuckDB keeps to `memory_limit` (of the machine's memory, or
-    e.g. "4GB") and spills to a temporary folder (TMPDIR), so a corpus larger than memory
+    files are the same for any number. DuckDB keeps to `memory_limit` (e.g. "4GB"; by default 40% of
+    the memory available when curation starts, since the machine is often shared) and spills to a temporary folder (TMPDIR), so a corpus larger than memory
     curates; the Python side works in bounded batches. `tokenizer`: a tokenizer folder or hub id (the
     base model's) that counts tokens for the limits and the card instead of the estimate, when it
     loads without the network (else the estimate, and the card says why). `max_length`: the
@@ -184,6 +194,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     shape = SHAPES[role]
     several_files = [source.rank for source in chosen if len(described[source.id]["files"]) > 1]
 
+    memory_limit = memory_limit or _available_share(0.4)
     with tempfile.TemporaryDirectory(prefix="tunesmith-curate-spill-") as spill, \
             duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill}) as con:
         counter, why = _local_tokenizer(tokenizer, trust_remote_code)

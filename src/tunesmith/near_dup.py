@@ -1,17 +1,40 @@
-"""Near duplicates among the rows that passed every other check, in DuckDB: MinHash LSH finds
-candidate pairs, exact Jaccard similarity decides, and rows are taken in order so that a row goes
-only when it is that similar to a row that is kept (no chains).
+"""Near duplicates among the rows that passed every other check: MinHash LSH finds candidate pairs,
+exact Jaccard similarity decides, and rows are taken in order so that a row goes only when it is
+that similar to a row that is kept (no chains).
 
-Reads the `deduplicated` table (pos, verdict, dedup_key, question_key, context_key) and writes
-`clusters` (pos, label, cluster, jaccard): each kept row with the rows dropped as its near copies.
+The MinHash signatures and the band test are rensa's (a maintained Rust library): it signs every
+row from our shingle hashes in one call and flags the rows whose bands collide with another row's;
+only those rows' signatures come back, to DuckDB, which pairs rows whose band of `rows` values agree.
+The pass then checks each candidate pair's exact Jaccard similarity of its character n-gram sets
+(an estimate would lose true pairs near the threshold, and candidates are few), which rensa has no
+notion of, and keeps rows in order (greedy, no chains). Reads the `deduplicated` table (pos,
+verdict, dedup_key, question_key, context_key); writes `clusters` (pos, label, cluster, jaccard):
+each kept row with the rows dropped as its near copies.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy
 import pyarrow as pa
+
+from tunesmith.measures import code_points
+
+# What a near-duplicate pair must be similar in (curate.near_dedup.key). instruction_response: the
+# instruction with the response(s), and the context passage (an alpaca input) apart, so that a long
+# passage shared by different questions does not make them near copies, and a short input that is
+# the question itself still tells rows apart. prompt_response: the whole row as one text.
+NEAR_PARTS = {"instruction_response": ("question_key", "context_key"), "prompt_response": ("dedup_key",)}
+SIGNATURE_CHUNK_ROWS = 16_384  # flagged rows' signatures brought back at a time (Python lists in between)
+CANDIDATES_SQL = """
+CREATE TEMP TABLE candidates AS
+WITH bands AS (
+  SELECT pos, band, hash(signature[band * {rows} + 1 : (band + 1) * {rows}]) AS bucket
+  FROM signatures, range({bands}) AS b(band)
+)
+SELECT DISTINCT x.pos AS a, y.pos AS b FROM bands x JOIN bands y ON x.band = y.band AND x.bucket = y.bucket
+WHERE x.pos < y.pos
+"""
+
 
 def ngrams_sql(text: str, n: int) -> str:
     """SQL: the list of hashes of the text's character n-grams (duplicates kept; empty when shorter)."""
@@ -20,48 +43,78 @@ def ngrams_sql(text: str, n: int) -> str:
             f"list_transform(range(1, len(cp) - {n - 2}), lambda i: hash({window})))[1]")
 
 
-# What a near-duplicate pair must be similar in (curate.near_dedup.key). instruction_response: the
-# instruction with the response(s), and the context passage (an alpaca input) apart, so that a long
-# passage shared by different questions does not make them near copies, and a short input that is
-# the question itself still tells rows apart. prompt_response: the whole row as one text.
-NEAR_PARTS = {"instruction_response": ("question_key", "context_key"), "prompt_response": ("dedup_key",)}
+def _shingle_hashes(texts, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The 64-bit hashes of every character n-gram of each text (numpy over code points), flat, and
+    each text's offsets into them; a text shorter than n has none."""
+    points, lengths = code_points(texts)
+    windows = numpy.maximum(lengths - n + 1, 0)
+    starts = numpy.repeat(numpy.cumsum(lengths) - lengths, windows) + (
+        numpy.arange(windows.sum()) - numpy.repeat(numpy.cumsum(windows) - windows, windows))
+    value = numpy.zeros(len(starts), numpy.uint64)
+    with numpy.errstate(over="ignore"):
+        for offset in range(n):
+            value = value * numpy.uint64(0x100000001B3) + points[starts + offset].astype(numpy.uint64)
+        # splitmix64's finaliser: every bit of the window reaches every bit of the hash
+        value ^= value >> numpy.uint64(30)
+        value *= numpy.uint64(0xBF58476D1CE4E5B9)
+        value ^= value >> numpy.uint64(27)
+        value *= numpy.uint64(0x94D049BB133111EB)
+        value ^= value >> numpy.uint64(31)
+    return value, numpy.concatenate([[0], numpy.cumsum(windows)]).astype(numpy.int64)
 
 
-# MinHash LSH finds candidate pairs: each row's shingles are hashed once; `permutations` seeded hash
-# functions of those hashes give the signature (one min aggregate each, computed in one pass); rows
-# whose band of `rows` values agree become candidates. A candidate pair counts when the exact
-# Jaccard similarity of its shingle sets reaches `threshold` (an estimate would lose true pairs
-# near the threshold, and candidates are few).
-SHINGLES_SQL = """
-CREATE TEMP TABLE shingles AS
-SELECT pos, unnest({grams}) AS shingle FROM deduplicated WHERE verdict IS NULL
-"""
-SIGNATURES_SQL = "CREATE TEMP TABLE signatures AS SELECT pos, [{minima}] AS signature FROM shingles GROUP BY pos"
-LINKS_SQL = """
-CREATE TEMP TABLE links AS
-WITH bands AS (
-  SELECT pos, band, hash(signature[band * {rows} + 1 : (band + 1) * {rows}]) AS bucket
-  FROM signatures, range({bands}) AS b(band)
-), candidates AS (
-  SELECT DISTINCT x.pos AS a, y.pos AS b FROM bands x JOIN bands y ON x.band = y.band AND x.bucket = y.bucket
-  WHERE x.pos < y.pos
-), sets AS (
-  SELECT pos, {sets} FROM deduplicated WHERE pos IN (SELECT a FROM candidates UNION SELECT b FROM candidates)
-)
-SELECT a, b, jaccard FROM (
-  SELECT c.a, c.b, least({similarities}) AS jaccard
-  FROM candidates c JOIN sets sa ON sa.pos = c.a JOIN sets sb ON sb.pos = c.b
-) WHERE jaccard >= {threshold}
-"""
+def _signatures(con, near: dict, seed: int) -> None:
+    """Table `signatures` (pos, signature): the MinHash signatures of the rows whose LSH bands collide
+    with another row's (the only ones that can be in a candidate pair)."""
+    from rensa import RMinHash, RMinHashLSH
+
+    con.execute("CREATE TEMP TABLE signatures (pos BIGINT, signature UBIGINT[])")
+    table = con.sql("SELECT pos, dedup_key FROM deduplicated WHERE verdict IS NULL AND length(dedup_key) >= "
+                    f"{near['ngram']} ORDER BY pos").to_arrow_table()
+    if not table.num_rows:
+        return
+    hashes, offsets = _shingle_hashes(table["dedup_key"].combine_chunks(), near["ngram"])
+    positions, permutations = table["pos"].to_numpy(), near["permutations"]
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets.astype(numpy.uint64), permutations, seed)
+    index = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
+    flagged = numpy.flatnonzero(numpy.asarray(index.insert_matrix_and_query_duplicate_flags(matrix), bool))
+    del matrix, index
+    for start in range(0, len(flagged), SIGNATURE_CHUNK_ROWS):
+        rows = flagged[start:start + SIGNATURE_CHUNK_ROWS]
+        sizes = offsets[rows + 1] - offsets[rows]
+        within = numpy.arange(sizes.sum()) - numpy.repeat(numpy.cumsum(sizes) - sizes, sizes)
+        chunk = hashes[numpy.repeat(offsets[rows], sizes) + within]
+        chunk_offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.uint64)
+        signatures = RMinHash.digest_matrix_from_flat_token_hashes(chunk, chunk_offsets, permutations, seed).to_rows()
+        con.register("signature_chunk", pa.table({"pos": pa.array(positions[rows], pa.int64()),
+                                                  "signature": pa.array(signatures, pa.list_(pa.uint64()))}))
+        con.execute("INSERT INTO signatures SELECT * FROM signature_chunk")
+        con.unregister("signature_chunk")
 
 
-def _similarity_sql(part: str) -> str:
-    """SQL: the Jaccard similarity of a candidate pair's n-gram sets of one key part (sets `sa`, `sb`);
-    a part too short to have n-grams on either side is similar only when equal (two empty contexts are)."""
-    grams, key = f"{part}_grams", f"{part}"
-    shared = f"len(list_intersect(sa.{grams}, sb.{grams}))"
-    return (f"CASE WHEN len(sa.{grams}) = 0 OR len(sb.{grams}) = 0 THEN (sa.{key} = sb.{key})::DOUBLE "
-            f"ELSE {shared} / (len(sa.{grams}) + len(sb.{grams}) - {shared}) END")
+def _similarity(a: str, b: str, n: int) -> float:
+    """Exact Jaccard similarity of two texts' character n-gram sets; texts too short to have n-grams
+    are similar only when equal (two empty contexts are)."""
+    if len(a) < n or len(b) < n:
+        return float(a == b)
+    grams_a = {a[index:index + n] for index in range(len(a) - n + 1)}
+    grams_b = {b[index:index + n] for index in range(len(b) - n + 1)}
+    shared = len(grams_a & grams_b)
+    return shared / (len(grams_a) + len(grams_b) - shared)
+
+
+def _links(con, near: dict) -> dict:
+    """Candidate pairs (a < b) whose exact Jaccard, in every key part, reaches the threshold, as
+    numpy arrays a, b, jaccard (the least over the parts)."""
+    parts, n = NEAR_PARTS[near["key"]], near["ngram"]
+    pairs = con.execute("SELECT a, b FROM candidates ORDER BY a, b").fetchall()
+    texts = {pos: values for pos, *values in con.execute(
+        f"SELECT d.pos, {', '.join(f'd.{part}' for part in parts)} FROM deduplicated d "
+        "JOIN (SELECT a AS pos FROM candidates UNION SELECT b FROM candidates) c ON c.pos = d.pos").fetchall()}
+    found = [(a, b, min(_similarity(x, y, n) for x, y in zip(texts[a], texts[b]))) for a, b in pairs]
+    found = [link for link in found if link[2] >= near["threshold"]]
+    return {"a": numpy.array([a for a, _, _ in found], numpy.int64), "b": numpy.array([b for _, b, _ in found], numpy.int64),
+            "jaccard": numpy.array([j for _, _, j in found], numpy.float64)}
 
 
 def _kept_against(links) -> tuple[list[int], list[int], list[float]]:
@@ -84,21 +137,11 @@ def near_duplicates(con, near: dict, seed: int) -> None:
     con.execute("CREATE TEMP TABLE clusters (pos BIGINT, label BIGINT, cluster BIGINT, jaccard DOUBLE)")
     if not near["enabled"]:
         return
-    con.execute(SHINGLES_SQL.format(grams=ngrams_sql("dedup_key", near["ngram"])))
-    # hash(shingle XOR salt): DuckDB's several-argument hash() combines its arguments too weakly for
-    # min-wise independence (estimates twice as noisy as they should be); a full hash of a salted value is not.
-    salts = [int.from_bytes(hashlib.sha256(f"{seed}/minhash/{index}".encode()).digest()[:8], "big")
-             for index in range(near["permutations"])]
-    minima = ", ".join(f"min(hash(xor(shingle, {salt}::UBIGINT)))" for salt in salts)
-    con.execute(SIGNATURES_SQL.format(minima=minima))
-    con.execute("DROP TABLE shingles")
-    parts = NEAR_PARTS[near["key"]]
-    sets = ", ".join(f"{part}, list_distinct({ngrams_sql(part, near['ngram'])}) AS {part}_grams" for part in parts)
-    con.execute(LINKS_SQL.format(rows=near["permutations"] // near["bands"], bands=near["bands"],
-                                 threshold=near["threshold"], sets=sets,
-                                 similarities=", ".join(map(_similarity_sql, parts))))
+    _signatures(con, near, seed)
+    con.execute(CANDIDATES_SQL.format(rows=near["permutations"] // near["bands"], bands=near["bands"]))
     con.execute("DROP TABLE signatures")
-    dropped, kept, jaccard = _kept_against(con.execute("SELECT a, b, jaccard FROM links").fetchnumpy())
+    dropped, kept, jaccard = _kept_against(_links(con, near))
+    con.execute("DROP TABLE candidates")
     labels = sorted(set(kept))
     cluster = {label: index + 1 for index, label in enumerate(labels)}
     con.register("near_copies", pa.table({
