@@ -4,9 +4,10 @@
 
 All sides get the same texts (the normalised, case-folded, whitespace-free keys curation compares),
 the same character 5-grams, 128 permutations, 16 bands of 8 rows and threshold 0.8 (the recipe
-defaults). Ours is `tunesmith.near_dup.near_duplicates` on a DuckDB table of those keys (signatures,
-bands, candidate pairs, exact-Jaccard check, rows kept in order with no chains); datasketch 2.0 and
-rensa 0.5 (Rust) are the usual loop (one MinHash per row, `query` then `insert`, a candidate counting
+defaults). Ours is `tunesmith.near_dup.near_duplicates` on a DuckDB table of those keys (numpy
+shingle hashes, rensa's batch signatures and band-collision flags, DuckDB bands over the flagged
+rows, exact-Jaccard check, rows kept in order with no chains); datasketch 2.0 and rensa 0.5 (Rust)
+on their own are the usual loop (one MinHash per row, `query` then `insert`, a candidate counting
 when its MinHash Jaccard estimate reaches the threshold).
 
 Ground truth: the corpus is random sentences from a word list, plus `--pairs` planted near duplicates
@@ -187,7 +188,7 @@ def main() -> int:
           f"{near['threshold']}")
     print(f"settings: {near['ngram']}-grams, {near['permutations']} permutations, {near['bands']} bands, "
           f"threshold {near['threshold']}; ours on {arguments.threads} DuckDB threads, the others single-threaded")
-    names = {"ours": "tunesmith (DuckDB MinHash LSH, exact Jaccard, kept rows)",
+    names = {"ours": "tunesmith (rensa signatures, DuckDB bands, exact Jaccard, kept rows)",
              "rensa": "rensa RMinHashLSH, candidates checked by RMinHash.jaccard",
              "datasketch": "datasketch MinHashLSH, candidates checked by MinHash.jaccard"}
     print_table(["method", "wall s", "rows/s", "peak RSS MiB", "recall", "rows flagged"], [

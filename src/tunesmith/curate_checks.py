@@ -95,7 +95,9 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None) -> None
                 columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
                                                         for value, row in zip(values, ids)], pa.int64())
             if field == shape.taught:
-                repeated = repetitions(compact, compact_lengths, **repetition)
+                repeated = repetitions(compact, compact_lengths, min_chars=repetition["min_chars"],
+                                       min_copies=repetition["min_copies"], min_share=repetition["min_share"],
+                                       max_unit_chars=repetition["max_unit_chars"])
         columns[f"{shape.taught}_repeated"] = repeated
         con.register("texts_batch", pa.table(columns))
         con.execute("INSERT INTO texts SELECT * FROM texts_batch" if start > first
