@@ -42,6 +42,7 @@ rule curate_data:
         sources=setting("sources"),
         settings=setting("settings"),
         seed=setting("seed"),
+        lengths=setting("lengths"),
     wildcard_constraints:
         key=KEY,
         role="sft|preference",

@@ -8,16 +8,13 @@ those once; changing a setting changes the key of its stage and of everything do
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tunesmith.recipe import section_hash
+from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
 INGEST_KEYS = ("id", "path", "format", "role", "split")
-SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
-                  "parquet": (".parquet",)}
 
 
 @dataclass(frozen=True)
@@ -32,22 +29,6 @@ class Step:
     def key(self) -> str:
         return section_hash({"stage": self.stage, "settings": self.settings, "upstream": self.upstream,
                              "files": list(self.files)})[:12]
-
-
-def source_files(path: str, format: str) -> list[str]:
-    """The files a path names: itself, a directory's shards of that format (recursively, hidden
-    files skipped), or a glob's matches (`**` recursive). Sorted, so line order is reproducible."""
-    if format == "hf":
-        return [path]
-    if any(character in path for character in "*?["):
-        return sorted(match for match in glob.glob(path, recursive=True) if Path(match).is_file())
-    folder = Path(path)
-    if folder.is_dir():
-        suffixes = SHARD_SUFFIXES.get(format, ())
-        return sorted(str(file) for file in folder.rglob("*")
-                      if file.is_file() and file.suffix.lower() in suffixes
-                      and not any(part.startswith(".") for part in file.relative_to(folder).parts))
-    return [path] if folder.is_file() else []
 
 
 def sources_of(recipe: dict, role: str) -> list[dict]:
@@ -135,8 +116,15 @@ def steps(recipe: dict) -> dict[str, Step]:
             # What reading needs; style, columns, weight and caps are curation's business.
             plan[name] = Step("ingest", {"source": {key: source[key] for key in INGEST_KEYS}})
             ingested[name] = plan[name].key
+        # What the card measures against: the training stage's max_length, and the tokenizer that
+        # counts tokens when curate.tokens.count asks for the base model's.
+        counted = recipe["curate"]["tokens"]["count"] == "base_model" and recipe["base_model"]["path"] is not None
+        lengths = {"max_length": recipe["sft" if role == "sft" else "dpo"]["max_length"],
+                   "tokenizer": recipe["base_model"]["path"] if counted else None,
+                   "trust_remote_code": recipe["base_model"]["trust_remote_code"] if counted else False}
         plan[f"curate_{role}"] = Step(f"curate_{role}", {"sources": sources_of(recipe, role),
-                                                         "settings": recipe["curate"], "seed": recipe["seed"]},
+                                                         "settings": recipe["curate"], "seed": recipe["seed"],
+                                                         "lengths": lengths},
                                       ingested, files=(tasks,))
     distributed = recipe["distributed"]
     plan["sft"] = Step("sft", {"model": model, "sft": recipe["sft"], "distributed": distributed},

@@ -277,14 +277,17 @@ def _cross_key_problems(recipe: dict) -> list[str]:
         problems.append("base_model.build.num_attention_heads: must divide base_model.build.hidden_size")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("template.prompt: a plain template needs an {input} placeholder")
-    return problems
+    from tunesmith.sources import check_settings  # sources imports this module
+
+    return problems + check_settings(recipe["curate"])
 
 
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
+    from tunesmith.sources import check_inputs  # both import this module
     from tunesmith.tasks import check_task_files
 
-    problems = check_task_files(recipe)
+    problems = check_inputs(recipe) + check_task_files(recipe)
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):
         resolved = Path(source["path"]).resolve()
