@@ -116,14 +116,15 @@ def test_the_recipe_validator_reports_them_before_any_job(tmp_path):
         validate_recipe(json.loads(json.dumps(recipe)), check_files=True)
 
 
-@pytest.mark.parametrize("command", [["tunesmith", "validate"], ["snakemake", "-n", "--cores", "1", "--configfile"]],
-                         ids=["validate", "snakemake-n"])
+@pytest.mark.parametrize("command", [["tunesmith", "validate", "{}"], ["snakemake", "-n", "--cores", "1", "--config",
+                                                                       "recipe={}"]], ids=["validate", "snakemake-n"])
 def test_validate_and_a_dry_run_both_fail_on_a_missing_source_before_any_job(tmp_path, command):
     recipe = (REPO / "recipes" / "default.yaml").read_text(encoding="utf-8").replace(
         "path: data/raw/sft.jsonl", "path: data/raw/no-such-sft.jsonl")
     (tmp_path / "broken.yaml").write_text(recipe, encoding="utf-8")
     binary = Path(sys.executable).parent / command[0]
-    result = subprocess.run([str(binary), *command[1:], str(tmp_path / "broken.yaml")], cwd=REPO,
+    arguments = [argument.format(tmp_path / "broken.yaml") for argument in command[1:]]
+    result = subprocess.run([str(binary), *arguments], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "sources[0].path: 'data/raw/no-such-sft.jsonl': file not found" in result.stdout + result.stderr
