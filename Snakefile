@@ -12,6 +12,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/curate.smk"
+include: "rules/fetch.smk"
 include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"

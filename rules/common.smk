@@ -83,9 +83,11 @@ def recipe_of(wildcards):
 
 
 def model_files(variant, stage):
-    """The built base model folder (none for a hub id or own folder) and a stage's adapters, in merge order."""
+    """The base model a job waits for (the built tiny model's folder, or the fetched snapshot's record)
+    and a stage's adapters, in merge order."""
     steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
+    base = fetched_record(variant, "base") or base
     adapters = [keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
                 for name in plan.adapter_stages(RECIPES[variant], stage)]
     return base, adapters
@@ -100,8 +102,38 @@ def base_model_input(wildcards):
 
 
 def base_model_path(wildcards):
-    built = base_model_input(wildcards)
-    return built[0] if built else recipe_of(wildcards)["base_model"]["path"]
+    """The folder model jobs load: the fetched snapshot, or the built tiny model."""
+    variant = variant_name(wildcards)
+    return fetched_folder(variant, "base") or model_files(variant, "base")[0][0]
+
+
+# ---- fetch (issue 14): snapshots of named models, made by the fetch_model localrule ----
+def fetched_record(variant, role):
+    """[the snapshot record of a fetched model] (what jobs wait for); [] when the role fetches nothing."""
+    step = PLANS[variant].get(f"fetch_{role}")
+    return [keyed(rules.fetch_model.output.record, step.key)] if step else []
+
+
+def fetched_folder(variant, role):
+    """The snapshot folder model jobs load for `role` ("base", or "judge" for a local judge), or None."""
+    step = PLANS[variant].get(f"fetch_{role}")
+    return keyed(rules.fetch_model.output.model, step.key) if step else None
+
+
+def fetch_recipe_key(wildcards):
+    """The recipe section that named a fetched model, for its error messages."""
+    bases = {PLANS[variant]["fetch_base"].key for variant in PLANS if "fetch_base" in PLANS[variant]}
+    return "base_model" if wildcards.key in bases else "judge.local"
+
+
+def fetch_inputs(wildcards):
+    """A local model folder's files (edits re-fetch it); a hub id has none."""
+    return list(step(wildcards).files)
+
+
+def fetch_targets():
+    """Every snapshot the recipe and its sweep variants need: `snakemake fetch_models` on a login node."""
+    return sorted({record for variant in PLANS for role in ("base", "judge") for record in fetched_record(variant, role)})
 
 
 def adapter_chain(wildcards):

@@ -1,10 +1,12 @@
 """DPO on the curated preference data, starting from the merged SFT model."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 model = snakemake.params.model
 with recorded(snakemake, "dpo"):
     train_dpo(

@@ -1,10 +1,12 @@
 """LoRA SFT on the curated SFT data, of the base merged with the continued-pretraining adapter if any."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 model = snakemake.params.model
 with recorded(snakemake, "sft"):
     train_sft(

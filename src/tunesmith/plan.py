@@ -12,6 +12,7 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.fetch import is_local_folder, local_files
 from tunesmith.recipe import section_hash
 
 MODEL_STAGES = ("base", "sft", "dpo")
@@ -71,12 +72,35 @@ def adapter_stages(recipe: dict, stage: str) -> list[str]:
     return {"base": [], "sft": cpt + ["sft"], "dpo": cpt + dpo_chain}[stage]
 
 
+def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
+    """The models the fetch_model stage snapshots, by role: (path, revision)."""
+    models = {}
+    if recipe["base_model"]["path"] is not None:
+        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
+    # A local judge model (issue 10's `judge` section, where a branch has it) is fetched the same way.
+    judge = recipe.get("judge") or {}
+    if judge.get("backend") in ("transformers", "vllm") and (judge.get("local") or {}).get("path"):
+        models["judge"] = (judge["local"]["path"], judge["local"].get("revision"))
+    return models
+
+
 def steps(recipe: dict) -> dict[str, Step]:
     """Every stage of a validated recipe, in build order, by name."""
     plan: dict[str, Step] = {}
     model = {"base_model": recipe["base_model"], "template": recipe["template"], "seed": recipe["seed"]}
     tasks = recipe["tasks"]["path"]
     base = {}
+    # ---- fetch (issue 14) ------------------------------------------------------------------------
+    # A named model (hub id or local folder) is snapshotted once by the fetch_model localrule, where
+    # the network is; every model step consumes that snapshot, never the hub. The key hashes the id
+    # (or folder and its file list) and the revision, so pinning another revision rebuilds everything
+    # downstream. Same model, same key: a base that also judges is fetched once.
+    for role, (path, revision) in fetched_models(recipe).items():
+        plan[f"fetch_{role}"] = Step("fetch", {"path": path, "revision": revision},
+                                     files=tuple(local_files(path)) if is_local_folder(path) else ())
+    if "fetch_base" in plan:
+        base = {"fetch_base": plan["fetch_base"].key}
+    # ---- end fetch ------------------------------------------------------------------------------
     if recipe["base_model"]["path"] is None:
         pretrain = sources_of(recipe, "pretrain")
         plan["tokenizer"] = Step("tokenizer", {"vocab_size": recipe["base_model"]["build"]["vocab_size"],
