@@ -274,3 +274,41 @@ def test_a_revision_for_a_local_folder_is_refused_before_any_job(hub_recipe, tmp
     hub_recipe["base_model"].update(path=str(tmp_path), revision="main")
     with pytest.raises(RecipeError, match="base_model.revision: 'main' is set, but base_model.path .* local folder"):
         validate_recipe(hub_recipe, check_files=True)
+
+
+# ---- the workflow ----------------------------------------------------------------------------------
+
+def snakemake(work: Path, env: dict, *args) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.e2e
+def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny_model_folder, tmp_path):
+    """The cluster case: fetch on the login node from the cache, then a model job that has neither the
+    cache nor a route to the hub loads the snapshot."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(REPO / "data")
+    recipe_path = work / "hub.yaml"
+    recipe_path.write_text((REPO / "recipes/default.yaml").read_text().replace("  path: null\n",
+                                                                                f"  path: {REPO_ID}\n"))
+    make_hub_cache(tiny_model_folder, tmp_path / "cache")
+    config = ["--config", f"recipe={recipe_path}"]
+    fetched = snakemake(work, hub_env(tmp_path / "cache", offline=True), "fetch_models", "--cores", "1", *config)
+    assert fetched.returncode == 0, fetched.stderr[-4000:]
+    steps = plan.steps(load_recipe(recipe_path))
+    record = json.loads((work / f"results/models/{steps['fetch_base'].key}/snapshot.json").read_text())
+    assert record["commit"] == COMMIT
+
+    (tmp_path / "empty_cache").mkdir()
+    answers = f"results/generations/{steps['generate_base'].key}/base.jsonl"
+    generated = snakemake(work, hub_env(tmp_path / "empty_cache", offline=False), answers, "--cores", "1",
+                          "--resources", "gpu=1", *config)
+    assert generated.returncode == 0, generated.stderr[-4000:]
+    assert "fetch_model" not in generated.stdout + generated.stderr, "the snapshot was reused, not fetched again"
+    rows = [json.loads(line) for line in (work / answers).read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 100
+    manifest = json.loads((work / f"{answers}.manifest.json").read_text())
+    assert f"results/models/{steps['fetch_base'].key}/snapshot.json" in manifest["inputs"]
+    assert manifest["settings"]["base_path"] == f"results/models/{steps['fetch_base'].key}/model"
