@@ -17,6 +17,7 @@ include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/submission.smk"
+include: "rules/publish.smk"
 
 
 rule all:
@@ -26,3 +27,4 @@ rule all:
         evaluation_targets(),
         rules.trace_lineage.output,
         sweep_targets(),
+        dataset_targets(),

@@ -213,3 +213,49 @@ def variant_overrides():
 
 wildcard_constraints:
     variant="[^/]+",
+
+
+# ---- publish (issue 14): datasets in trl's layouts, cards, and the opt-in push targets ----
+def dataset_targets():
+    """The recipe's curated datasets in the layouts trl and `datasets` load."""
+    return [keyed(rules.export_dataset.output.dataset, PLANS[""][f"curate_{role}"].key, role=role)
+            for role in ("sft", "preference") if f"curate_{role}" in PLANS[""]]
+
+
+def exported_dataset(wildcards):
+    key = PLANS[""][f"curate_{wildcards.role}"].key
+    return {"dataset": keyed(rules.export_dataset.output.dataset, key, role=wildcards.role),
+            "card": keyed(rules.curate_data.output.card, key, role=wildcards.role)}
+
+
+def data_cards():
+    """The recipe's data cards by role (what a model card counts)."""
+    return {role: keyed(rules.curate_data.output.card, PLANS[""][f"curate_{role}"].key, role=role)
+            for role in ("sft", "preference") if f"curate_{role}" in PLANS[""]}
+
+
+def model_card_inputs(wildcards):
+    if wildcards.stage == "dpo" and not config["dpo"]["enabled"]:
+        raise WorkflowError("dpo.enabled is false: there is no dpo model to publish; use sft")
+    sources = (model_files("", wildcards.stage)[1] if wildcards.kind == "adapter"
+               else [expand(rules.export_model.output.model, stage=wildcards.stage)[0]])
+    return {"sources": sources, **data_cards(), "scores": evaluation_targets(), "record": fetched_record("", "base")}
+
+
+def model_card_sections(wildcards):
+    return {name: config[name] for name in ("base_model", "template", "continued_pretraining", "sft", "dpo",
+                                            "distributed", "generate")
+            if name != "continued_pretraining" or config[name]["enabled"]
+            if name != "dpo" or wildcards.stage == "dpo"}
+
+
+def publish_repo(kind):
+    """A params function: the hub repository a push goes to, refused before any job when unset."""
+    key = "dataset_repo" if kind == "dataset" else "model_repo"
+
+    def repo(wildcards):
+        if not config["publish"][key]:
+            raise WorkflowError(f"publish.{key} is null: name the hub repository (owner/name) to push to")
+        return config["publish"][key]
+
+    return repo

@@ -53,6 +53,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.commits: list[dict] = []
         self.created: list[dict] = []
+        self.validated: list[dict] = []  # README metadata the client asked the hub to check
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,6 +139,10 @@ class FakeHub:
             self.created.append(request)
             name = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
             handler._json(200, {"url": f"{self.url}/{name}", "name": name})
+            return True
+        if path == "/api/validate-yaml" and method == "POST":
+            self.validated.append(json.loads(body))
+            handler._json(200, {"errors": [], "warnings": []})
             return True
         match = re.fullmatch(r"/api/(models|datasets)/(.+?)/preupload/([^/]+)", path)
         if match and method == "POST":
