@@ -242,13 +242,6 @@ def model_card_inputs(wildcards):
     return {"sources": sources, **data_cards(), "scores": evaluation_targets(), "record": fetched_record("", "base")}
 
 
-def model_card_sections(wildcards):
-    return {name: config[name] for name in ("base_model", "template", "continued_pretraining", "sft", "dpo",
-                                            "distributed", "generate")
-            if name != "continued_pretraining" or config[name]["enabled"]
-            if name != "dpo" or wildcards.stage == "dpo"}
-
-
 def publish_repo(kind):
     """A params function: the hub repository a push goes to, refused before any job when unset."""
     key = "dataset_repo" if kind == "dataset" else "model_repo"

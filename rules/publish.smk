@@ -4,6 +4,7 @@
 #   snakemake results/pushed/export/dpo.json ...                              # the merged DPO model
 #   snakemake results/pushed/dataset/sft.json ...                             # the curated SFT data
 # results/publish/<kind>/<name>/ is exactly what a push uploads (build it alone to read it first).
+from tunesmith.hub import MODEL_SECTIONS
 
 
 rule export_dataset:
@@ -33,7 +34,7 @@ rule stage_model:
     log:
         "logs/stage_model/{kind}/{stage}.log",
     params:
-        sections=model_card_sections,
+        sections={name: config[name] for name in MODEL_SECTIONS},
         publish=config["publish"],
     wildcard_constraints:
         kind="adapter|export",

@@ -35,7 +35,9 @@ def hub_record(tmp_path) -> str:
 
 
 def sections(tiny):  # noqa: F811
-    return {name: tiny.recipe[name] for name in ("base_model", "template", "sft", "dpo", "distributed", "generate")}
+    from tunesmith.hub import MODEL_SECTIONS
+
+    return {name: tiny.recipe[name] for name in MODEL_SECTIONS}
 
 
 def keyed_adapter(folder: str, tmp_path: Path, stage: str) -> str:
@@ -101,6 +103,7 @@ def test_a_single_adapter_sits_at_the_repository_root(tiny, sft_adapter, tmp_pat
     text = (tmp_path / "staged/README.md").read_text()
     assert 'PeftModel.from_pretrained(model, "me/tiny-dpo")' in text
     assert "No reference answers were given" in text and "a local base model" in text
+    assert "beta:" not in text and "continued_pretraining:" not in text, "only the sections that made it"
     assert "license" not in text.split("---")[1], "no license unless publish.license names one"
 
 
@@ -226,3 +229,16 @@ def test_the_workflow_pushes_the_curated_dataset_with_its_card(tmp_path):
                      if path.is_file() and path.name != ".snakemake_timestamp"}
     receipt = json.loads((tmp_path / "results/pushed/dataset/sft.json").read_text())
     assert sorted(entry["path"] for entry in receipt["files"]) == sorted(files), "the plan is what was sent"
+
+
+def test_a_merged_export_is_staged_as_a_transformers_model(tiny, tmp_path):  # noqa: F811
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    staged = stage_model("export", "sft", [tiny.base_dir], sections(tiny), {"sft": data_cards(tiny)["sft"]},
+                         scores(tmp_path), hub_record(tmp_path), PUBLISH, str(tmp_path / "staged"))
+    assert "model.safetensors" in staged and "README.md" in staged
+    card = ModelCard.load(tmp_path / "staged/README.md")
+    assert card.data.library_name == "transformers" and card.data.base_model == "tiny-org/tiny-llama"
+    assert 'AutoModelForCausalLM.from_pretrained("me/tiny-dpo")' in card.text
+    AutoModelForCausalLM.from_pretrained(tmp_path / "staged")

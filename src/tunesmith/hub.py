@@ -59,7 +59,7 @@ def _scores_table(scores: dict | None) -> list[str]:
     return lines + [""]
 
 
-def base_model_id(record: dict | None, base_section: dict) -> tuple[str | None, str | None]:
+def base_model_id(record: dict | None) -> tuple[str | None, str | None]:
     """(hub id, commit) of the base model when it came from the hub, else (None, None)."""
     if record and record.get("source") == "hub":
         return record["repo_id"], record["commit"]
@@ -72,7 +72,7 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
     `stage`: hub metadata, how to load it, the template, the recipe sections, data counts, scores."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    base_repo, commit = base_model_id(record, sections["base_model"])
+    base_repo, commit = base_model_id(record)
     names = [Path(adapter).parent.parent.name for adapter in adapters]  # results/<stage>/<key>/adapter
     tags = ["tunesmith", "trl", stage, *(["lora", "peft"] if kind == "adapter" else [])]
     data = ModelCardData(base_model=base_repo, library_name="peft" if kind == "adapter" else "transformers",
@@ -111,7 +111,10 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
     body += ["## Scores on the task file", "", *_scores_table(scores)]
     body += ["## Training data", "", *_counts_table(data_cards)]
     body += ["## Recipe", "", "The recipe sections that made this model (every default filled in):", ""]
-    body += _yaml_block({name: sections[name] for name in MODEL_SECTIONS if name in sections})
+    shown = [name for name in MODEL_SECTIONS if name in sections
+             if name != "continued_pretraining" or sections[name]["enabled"]
+             if name != "dpo" or stage == "dpo"]
+    body += _yaml_block({name: sections[name] for name in shown})
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 
 
@@ -194,7 +197,7 @@ def stage_model(kind: str, stage: str, sources: list[str], sections: dict, data_
     """Stage an adapter chain (`kind` adapter: `sources` are the adapters in merge order) or a merged
     export (`kind` export: `sources` is its folder) of `stage` with its model card."""
     record = _read_json(record_path)
-    base_repo, commit = base_model_id(record, sections["base_model"])
+    base_repo, commit = base_model_id(record)
     adapters = sources if kind == "adapter" else []
     card = model_card(kind, stage, sections, adapters, {role: _read_json(path) for role, path in data_cards.items()},
                       _read_json(scores_path), record, publish)
