@@ -16,6 +16,7 @@ include: "rules/fetch.smk"
 include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
+include: "rules/judge.smk"
 include: "rules/submission.smk"
 include: "rules/publish.smk"
 

@@ -34,5 +34,5 @@ def built(recipe: dict, step: str, *parts: str) -> Path:
     """Where the workflow stores a step's artifact for `recipe`: results/<folder>/<key>/... (see rules/)."""
     from tunesmith.plan import steps
 
-    folder = {"base_model": "base_model", "curate_sft": "curated", "sft": "sft"}[step]
+    folder = {"base_model": "base_model", "curate_sft": "curated", "curate_preference": "curated", "sft": "sft"}[step]
     return Path(__file__).resolve().parents[1] / "results" / folder / steps(recipe)[step].key / Path(*parts)

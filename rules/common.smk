@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
+from tunesmith.evaluate import end_of_run_message
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
@@ -60,8 +61,10 @@ def step_sources(wildcards):
 def ingested(wildcards):
     """The per-source Parquet files of a curation step, in the order of its sources."""
     upstream = step(wildcards).upstream
-    return [keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
-            for source in step(wildcards).settings["sources"]]
+    return [
+        keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
+        for source in step(wildcards).settings["sources"]
+    ]
 
 
 def source_of_step(wildcards):
@@ -84,12 +87,15 @@ def recipe_of(wildcards):
 
 def model_files(variant, stage):
     """The base model a job waits for (the built tiny model's folder, or the fetched snapshot's record)
-    and a stage's adapters, in merge order."""
+    and the stage's adapter folder (none for the base): the last of its chain, which holds the adapters
+    beneath it (tunesmith.adapters)."""
     steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
     base = fetched_record(variant, "base") or base
-    adapters = [keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
-                for name in plan.adapter_stages(RECIPES[variant], stage)]
+    adapters = [
+        keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
+        for name in plan.adapter_stages(RECIPES[variant], stage)[-1:]
+    ]
     return base, adapters
 
 
@@ -131,6 +137,18 @@ def fetch_inputs(wildcards):
     return list(step(wildcards).files)
 
 
+def judge_model_record(wildcards):
+    """What a judge job waits for: the fetched snapshot of a local judge model (none for an endpoint)."""
+    return fetched_record(variant_name(wildcards), "judge")
+
+
+def judge_settings(wildcards):
+    """The judge section a judge job gets; a local judge model is loaded from its fetched snapshot."""
+    judge = step(wildcards).settings["judge"]
+    folder = fetched_folder(variant_name(wildcards), "judge")
+    return {**judge, "local": {**judge["local"], "path": folder}} if folder else judge
+
+
 def fetch_targets():
     """Every snapshot the recipe and its sweep variants need: `snakemake fetch_models` on a login node."""
     return sorted({record for variant in PLANS for role in ("base", "judge") for record in fetched_record(variant, role)})
@@ -164,8 +182,10 @@ def task_file(wildcards):
 
 
 def generations(variant, stage_names):
-    return [keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
-            for name in stage_names]
+    return [
+        keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
+        for name in stage_names
+    ]
 
 
 def stages(wildcards):
@@ -176,18 +196,76 @@ def references(wildcards):
     return recipe_of(wildcards)["tasks"]["references"] or []
 
 
+# ---- judge (issue 10) ----
+def judge_answers_input(wildcards):
+    """What a judge job grades: a stage's generations, or the answers of judge.reference_grades."""
+    if wildcards.stage == "reference":
+        return recipe_of(wildcards)["judge"]["reference_grades"]
+    return keyed(
+        rules.generate_answers.output.generations, step(wildcards).upstream["generations"], stage=wildcards.stage
+    )
+
+
+def judge_template(wildcards):
+    return step(wildcards).settings["judge"]["prompt_template"] or []
+
+
+def judge_is_remote(wildcards):
+    return step(wildcards).settings["judge"]["backend"] == "openai"
+
+
+def judged(variant, stage_names):
+    """The judge's grades of each stage (and `reference`) for a variant; none without a judge."""
+    steps = PLANS[variant]
+    return {
+        name: keyed(rules.judge_answers.output.grades, steps[f"judge_{name}"].key, stage=name)
+        for name in stage_names
+        if f"judge_{name}" in steps
+    }
+
+
+def evaluation_inputs(wildcards):
+    variant = variant_name(wildcards)
+    names = plan.model_stages(RECIPES[variant])
+    return {
+        "generations": generations(variant, names),
+        "references": references(wildcards),
+        "tasks": task_file(wildcards),
+        "judged": list(judged(variant, names).values()),
+        "judged_reference": next(iter(judged(variant, ["reference"]).values()), []),
+    }
+
+
+def scored_files():
+    """The files the recipe's evaluation scores: what results/eval.json must name to be this run's."""
+    found = evaluation_inputs({})
+    return [
+        *found["generations"],
+        *found["judged"],
+        *([found["judged_reference"]] if found["judged_reference"] else []),
+    ]
+
+
+def scored_by(recipe):
+    """What scores a recipe, in words (None: nothing does)."""
+    parts = []
+    if plan.judge_enabled(recipe):
+        judge = recipe["judge"]
+        parts.append(f"judge {judge['openai']['model'] if judge['backend'] == 'openai' else judge['local']['path']}")
+    if recipe["tasks"]["references"]:
+        parts.append(f"references {recipe['tasks']['references']}")
+    return "; ".join(parts) or None
+
+
+# ---- end judge ----
+
+
 def submission_inputs(wildcards):
     recipe = recipe_of(wildcards)
-    return {"generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
-            "tasks": recipe["tasks"]["path"]}
-
-
-def scores(wildcards):
-    """Scored first, so building a submission also shows what each stage bought."""
-    if not references(wildcards):
-        return []
-    name = wildcards.get("variant", "")
-    return expand(rules.evaluate_variant.output.scores, variant=name) if name else rules.evaluate_stages.output.scores
+    return {
+        "generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
+        "tasks": recipe["tasks"]["path"],
+    }
 
 
 def sweep_targets():
@@ -195,13 +273,20 @@ def sweep_targets():
 
 
 def evaluation_targets():
-    return [rules.evaluate_stages.output.scores] if config["tasks"]["references"] else []
+    return [rules.evaluate_stages.output.scores] if scored_by(config) else []
 
 
 onsuccess:
-    table = Path(rules.evaluate_stages.output.table)
-    if table.is_file() and Path("submission.jsonl").is_file():
-        print(f"\nsubmission.jsonl is ready. Scores on {config['tasks']['references']}:\n{table.read_text()}")
+    if Path("submission.jsonl").is_file():
+        print("\nsubmission.jsonl is ready.")
+    print(
+        end_of_run_message(
+            rules.evaluate_stages.output.scores,
+            rules.evaluate_stages.output.table,
+            scored_files(),
+            scored_by(config),
+        )
+    )
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"Sweep leaderboard ({board}):\n{board.read_text()}")

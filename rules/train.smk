@@ -3,8 +3,13 @@ rule train_cpt:
         base_model_input,
         texts=step_sources,
     output:
-        adapter=report(directory("results/cpt/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="cpt", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/cpt/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="cpt",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_cpt/{key}.log",
     params:
@@ -29,8 +34,13 @@ rule train_sft:
         dataset=curated,
         base_adapters=base_adapters,
     output:
-        adapter=report(directory("results/sft/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="sft", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/sft/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="sft",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_sft/{key}.log",
     params:
@@ -54,8 +64,13 @@ rule train_dpo:
         sft_adapter=sft_adapter,
         base_adapters=base_adapters,
     output:
-        adapter=report(directory("results/dpo/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="dpo", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/dpo/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="dpo",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_dpo/{key}.log",
     params:
@@ -72,11 +87,12 @@ rule train_dpo:
         "../scripts/train_dpo.py"
 
 
-# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`.
+# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`. The merge
+# runs on the CPU in the recipe's dtype (exact; a 13B model never has to fit a GPU).
 rule export_model:
     input:
         base_model_input,
-        adapters=adapter_chain,
+        adapter=adapter_chain,
     output:
         model=directory("results/export/{stage}"),
     log:
@@ -87,7 +103,5 @@ rule export_model:
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores
-    resources:
-        gpu=1,
     script:
         "../scripts/export_model.py"

@@ -12,7 +12,7 @@ with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
     generate_answers(
         base_path=snakemake.params.base_path,
         base_section=model["base_model"],
-        adapters=list(snakemake.input.adapters),
+        adapter=next(iter(snakemake.input.adapters), None),  # the stage's one adapter folder; none for base
         template_section=model["template"],
         settings=snakemake.params.generate,
         tasks_path=snakemake.input.tasks,

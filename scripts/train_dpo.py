@@ -1,6 +1,7 @@
-"""DPO on the curated preference data, starting from the merged SFT model."""
+"""DPO on the curated preference data, on top of the frozen SFT adapter, with the SFT model as reference."""
 
 from tunesmith.fetch import hub_offline
+from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_dpo
@@ -9,7 +10,9 @@ log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 model = snakemake.params.model
 with recorded(snakemake, "dpo"):
-    train_dpo(
+    run_distributed(
+        train_dpo,
+        distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
         base_section=model["base_model"],
         template_section=model["template"],
@@ -20,5 +23,4 @@ with recorded(snakemake, "dpo"):
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),
-        distributed=snakemake.params.distributed,
     )

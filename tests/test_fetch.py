@@ -251,14 +251,17 @@ def test_a_local_folder_keys_on_its_files(tiny_model_folder, tmp_path, hub_recip
     assert plan.steps(hub_recipe)["fetch_base"].key != first.key
 
 
-def test_a_local_judge_model_is_fetched_and_shares_the_base_snapshot(hub_recipe):
-    """Issue 10's judge section is not on this branch; a recipe that has one is planned like this."""
+def test_a_local_judge_model_is_fetched_and_keys_its_grades(hub_recipe):
     judged = copy.deepcopy(hub_recipe)
-    judged["judge"] = {"backend": "transformers", "local": {"path": "llm-jp/llm-jp-3-13b"}}
+    judged["judge"].update(backend="transformers")
+    judged["judge"]["local"]["path"] = "llm-jp/llm-jp-3-13b"
     steps = plan.steps(judged)
-    assert steps["fetch_judge"].key == steps["fetch_base"].key
-    judged["judge"]["local"]["path"] = "org/judge"
-    assert plan.steps(judged)["fetch_judge"].key != steps["fetch_base"].key
+    assert steps["fetch_judge"].key == steps["fetch_base"].key, "a base that also judges is fetched once"
+    assert steps["judge_dpo"].upstream["fetch_judge"] == steps["fetch_judge"].key
+    judged["judge"]["local"]["revision"] = COMMIT
+    pinned = plan.steps(judged)
+    assert pinned["fetch_judge"].key != steps["fetch_base"].key
+    assert pinned["judge_dpo"].key != steps["judge_dpo"].key and pinned["sft"].key == steps["sft"].key
     judged["judge"]["backend"] = "openai"
     assert "fetch_judge" not in plan.steps(judged)
 

@@ -56,8 +56,10 @@ def sources_of(recipe: dict, role: str) -> list[dict]:
 
 
 def model_stages(recipe: dict) -> list[str]:
-    """Stages whose answers are generated and scored."""
-    return list(MODEL_STAGES) if recipe["dpo"]["enabled"] else ["base", "sft"]
+    """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
+    build order (dpo only when DPO is enabled)."""
+    wanted = {*recipe["evaluate"]["stages"], submitted_stage(recipe)}
+    return [stage for stage in MODEL_STAGES if stage in wanted and (stage != "dpo" or recipe["dpo"]["enabled"])]
 
 
 def submitted_stage(recipe: dict) -> str:
@@ -65,8 +67,41 @@ def submitted_stage(recipe: dict) -> str:
     return "sft" if stage == "dpo" and not recipe["dpo"]["enabled"] else stage
 
 
+# ---- judge (issue 10) -------------------------------------------------------------------------
+# One judge step per scored stage, keyed on its generations and the judge settings that decide a
+# grade; the evaluation-only keys (bootstrap, reference grades) stay out, so changing them regrades
+# nothing. A `reference` step grades the answers of judge.reference_grades for the agreement table.
+JUDGE_EVALUATION_KEYS = ("bootstrap_samples", "confidence", "reference_grades")
+
+
+def judge_enabled(recipe: dict) -> bool:
+    return recipe["judge"]["backend"] != "none"
+
+
+def judge_settings(recipe: dict) -> dict:
+    return {key: value for key, value in recipe["judge"].items() if key not in JUDGE_EVALUATION_KEYS}
+
+
+def judge_steps(recipe: dict, plan: dict[str, Step]) -> dict[str, Step]:
+    if not judge_enabled(recipe):
+        return {}
+    judge = recipe["judge"]
+    files = tuple(path for path in (recipe["tasks"]["path"], recipe["tasks"]["references"],
+                                    judge["prompt_template"]) if path)
+    settings = {"judge": judge_settings(recipe), "seed": recipe["seed"]}
+    fetched = {"fetch_judge": plan["fetch_judge"].key} if "fetch_judge" in plan else {}  # a local judge model
+    steps = {f"judge_{stage}": Step(f"judge_{stage}", settings,
+                                    {"generations": plan[f"generate_{stage}"].key, **fetched}, files)
+             for stage in model_stages(recipe)}
+    if judge["reference_grades"]:
+        steps["judge_reference"] = Step("judge_reference", settings, fetched, (*files, judge["reference_grades"]))
+    return steps
+# ---- end judge --------------------------------------------------------------------------------
+
+
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
-    """The adapters merged, in order, onto the base model to make a stage's model."""
+    """The adapters a stage's model is made of, in training order; the last one's folder holds them
+    all as one standalone adapter (tunesmith.adapters), which is what generation and export load."""
     cpt = ["cpt"] if recipe["continued_pretraining"]["enabled"] else []
     dpo_chain = ["dpo"] if recipe["dpo"]["start"] == "continue_sft" else ["sft", "dpo"]
     return {"base": [], "sft": cpt + ["sft"], "dpo": cpt + dpo_chain}[stage]
@@ -77,10 +112,10 @@ def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
     models = {}
     if recipe["base_model"]["path"] is not None:
         models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
-    # A local judge model (issue 10's `judge` section, where a branch has it) is fetched the same way.
-    judge = recipe.get("judge") or {}
-    if judge.get("backend") in ("transformers", "vllm") and (judge.get("local") or {}).get("path"):
-        models["judge"] = (judge["local"]["path"], judge["local"].get("revision"))
+    # A local judge model (judge.backend transformers or vllm) is fetched the same way.
+    judge = recipe["judge"]
+    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
+        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
     return models
 
 
@@ -139,4 +174,5 @@ def steps(recipe: dict) -> dict[str, Step]:
         adapters = {name: plan[name].key for name in adapter_stages(recipe, stage)}
         plan[f"generate_{stage}"] = Step(f"generate_{stage}", {"model": model, "generate": recipe["generate"]},
                                          {**base, **adapters}, files=(tasks,))
+    plan.update(judge_steps(recipe, plan))  # judge (issue 10)
     return plan
