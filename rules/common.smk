@@ -151,7 +151,9 @@ def judge_settings(wildcards):
 
 def fetch_targets():
     """Every snapshot the recipe and its sweep variants need: `snakemake fetch_models` on a login node."""
-    return sorted({record for variant in PLANS for role in ("base", "judge") for record in fetched_record(variant, role)})
+    return sorted(
+        {record for variant in PLANS for role in ("base", "judge") for record in fetched_record(variant, role)}
+    )
 
 
 def adapter_chain(wildcards):
@@ -303,27 +305,38 @@ wildcard_constraints:
 # ---- publish (issue 14): datasets in trl's layouts, cards, and the opt-in push targets ----
 def dataset_targets():
     """The recipe's curated datasets in the layouts trl and `datasets` load."""
-    return [keyed(rules.export_dataset.output.dataset, PLANS[""][f"curate_{role}"].key, role=role)
-            for role in ("sft", "preference") if f"curate_{role}" in PLANS[""]]
+    return [
+        keyed(rules.export_dataset.output.dataset, PLANS[""][f"curate_{role}"].key, role=role)
+        for role in ("sft", "preference")
+        if f"curate_{role}" in PLANS[""]
+    ]
 
 
 def exported_dataset(wildcards):
     key = PLANS[""][f"curate_{wildcards.role}"].key
-    return {"dataset": keyed(rules.export_dataset.output.dataset, key, role=wildcards.role),
-            "card": keyed(rules.curate_data.output.card, key, role=wildcards.role)}
+    return {
+        "dataset": keyed(rules.export_dataset.output.dataset, key, role=wildcards.role),
+        "card": keyed(rules.curate_data.output.card, key, role=wildcards.role),
+    }
 
 
 def data_cards():
     """The recipe's data cards by role (what a model card counts)."""
-    return {role: keyed(rules.curate_data.output.card, PLANS[""][f"curate_{role}"].key, role=role)
-            for role in ("sft", "preference") if f"curate_{role}" in PLANS[""]}
+    return {
+        role: keyed(rules.curate_data.output.card, PLANS[""][f"curate_{role}"].key, role=role)
+        for role in ("sft", "preference")
+        if f"curate_{role}" in PLANS[""]
+    }
 
 
 def model_card_inputs(wildcards):
     if wildcards.stage == "dpo" and not config["dpo"]["enabled"]:
         raise WorkflowError("dpo.enabled is false: there is no dpo model to publish; use sft")
-    sources = (model_files("", wildcards.stage)[1] if wildcards.kind == "adapter"
-               else [expand(rules.export_model.output.model, stage=wildcards.stage)[0]])
+    sources = (
+        model_files("", wildcards.stage)[1]
+        if wildcards.kind == "adapter"
+        else [expand(rules.export_model.output.model, stage=wildcards.stage)[0]]
+    )
     return {"sources": sources, **data_cards(), "scores": evaluation_targets(), "record": fetched_record("", "base")}
 
 
