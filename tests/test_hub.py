@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from hub_server import FakeHub
-from tiny_model import dpo_adapter, sft_adapter, tiny  # noqa: F401  (fixtures)
+from tiny_model import dpo_adapter, dpo_run, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tunesmith.fetch import file_sha256
 from tunesmith.hub import HubError, stage_dataset, stage_model, upload_plan
 
@@ -53,45 +53,42 @@ def data_cards(tiny):  # noqa: F811
             "preference": tiny.preference_data.replace(".parquet", ".card.json")}
 
 
-def test_an_adapter_chain_is_staged_with_its_card_and_a_hub_base(tiny, sft_adapter, dpo_adapter, tmp_path):  # noqa: F811
+def test_an_adapter_is_staged_with_its_card_and_a_hub_base(tiny, dpo_adapter, tmp_path):  # noqa: F811
+    """The DPO folder holds its whole stack as one standalone adapter (tunesmith.adapters): staged at
+    the root, it loads onto the hub base exactly as the workflow's own folder does."""
     import torch
     from huggingface_hub import ModelCard
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    chain = [keyed_adapter(sft_adapter.path, tmp_path, "sft"), keyed_adapter(dpo_adapter, tmp_path, "dpo")]
-    before = Path(sft_adapter.path, "adapter_config.json").read_text()
-    staged = stage_model("adapter", "dpo", chain, sections(tiny), data_cards(tiny), scores(tmp_path),
-                         hub_record(tmp_path), PUBLISH, str(tmp_path / "staged"))
+    before = Path(dpo_adapter, "adapter_config.json").read_text()
+    staged = stage_model("adapter", "dpo", [keyed_adapter(dpo_adapter, tmp_path, "dpo")], sections(tiny),
+                         data_cards(tiny), scores(tmp_path), hub_record(tmp_path), PUBLISH, str(tmp_path / "staged"))
     folder = tmp_path / "staged"
-    assert {"README.md", "sft/adapter_config.json", "sft/adapter_model.safetensors", "dpo/adapter_config.json",
-            "dpo/adapter_model.safetensors"} <= set(staged)
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(staged)
     # Weights are linked, not copied; the config that names the base is a new file, the original untouched.
-    assert (folder / "sft/adapter_model.safetensors").stat().st_ino == \
-        Path(sft_adapter.path, "adapter_model.safetensors").stat().st_ino
-    config = json.loads((folder / "sft/adapter_config.json").read_text())
+    assert (folder / "adapter_model.safetensors").stat().st_ino == \
+        Path(dpo_adapter, "adapter_model.safetensors").stat().st_ino
+    config = json.loads((folder / "adapter_config.json").read_text())
     assert (config["base_model_name_or_path"], config["revision"]) == ("tiny-org/tiny-llama", COMMIT)
-    assert Path(sft_adapter.path, "adapter_config.json").read_text() == before
+    assert Path(dpo_adapter, "adapter_config.json").read_text() == before
 
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "tiny-org/tiny-llama" and card.data.library_name == "peft"
     assert card.data.license == "apache-2.0" and "dpo" in card.data.tags
     text = card.text
-    assert f'revision="{COMMIT}"' in text and "for name in ['sft', 'dpo']:" in text
+    assert f'revision="{COMMIT}"' in text and 'PeftModel.from_pretrained(model, "me/tiny-dpo")' in text
     assert "| dpo | 6.0% | 1.5 | 100 |" in text, "scores"
     sft_card = json.loads(Path(data_cards(tiny)["sft"]).read_text())
     source, counts = next(iter(sft_card["sources"].items()))
     assert f"| sft | {source} | {counts['rows_in']} | {counts['kept']} |" in text, "data card counts"
     assert f"beta: {tiny.recipe['dpo']['beta']}" in text and "### 指示" in text, "recipe sections and template"
 
-    # The card's recipe for loading works on the staged folder (with the local base standing in for the hub).
-    model = AutoModelForCausalLM.from_pretrained(tiny.base_dir)
-    for name in ("sft", "dpo"):
-        model = PeftModel.from_pretrained(model, str(folder), subfolder=name).merge_and_unload()
-    reference = AutoModelForCausalLM.from_pretrained(tiny.base_dir)
-    for adapter in (sft_adapter.path, dpo_adapter):
-        reference = PeftModel.from_pretrained(reference, adapter).merge_and_unload()
-    for (name, weight), (_, expected) in zip(model.state_dict().items(), reference.state_dict().items()):
+    # The card's way of loading works on the staged folder (the local base standing in for the hub's).
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.base_dir), str(folder))
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.base_dir), dpo_adapter)
+    for (name, weight), (_, expected) in zip(model.merge_and_unload().state_dict().items(),
+                                             reference.merge_and_unload().state_dict().items()):
         assert torch.equal(weight, expected), name
 
 

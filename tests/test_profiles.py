@@ -63,8 +63,8 @@ def test_every_job_of_the_13b_recipe_is_sized_for_it(competition_jobs):
         assert jobs[rule]["runtime"] >= 480, "an epoch of QLoRA on 13B takes hours"
     assert jobs["generate_answers"]["gpu"] == 1 and jobs["generate_answers"]["mem_mb"] >= 32000
     assert jobs["generate_answers"]["runtime"] >= 120
-    # Export merges the unquantised bf16 model (26 GB) in host memory: not the plugin's 2 GB / 30 min.
-    assert jobs["export_model"]["gpu"] == 1 and jobs["export_model"]["mem_mb"] >= 64000
+    # Export merges the unquantised bf16 model (26 GB) on the CPU: not the plugin's 2 GB / 30 min.
+    assert jobs["export_model"]["mem_mb"] >= 64000
     assert jobs["export_model"]["runtime"] >= 120
     assert "gpu" not in jobs["curate_data"] and jobs["curate_data"]["mem_mb"] >= 8000
 
@@ -82,7 +82,7 @@ def test_every_gpu_rule_has_its_own_size_in_the_profile(competition_jobs):
     sized = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]
     gpu_rules = set(re.findall(r"^rule (\w+):(?:(?!^rule ).)*?\n\s+gpu=", "\n".join(
         path.read_text() for path in (REPO / "rules").glob("*.smk")), flags=re.M | re.S))
-    assert {"train_sft", "train_dpo", "train_cpt", "generate_answers", "export_model"} <= gpu_rules
+    assert {"train_sft", "train_dpo", "train_cpt", "generate_answers", "judge_answers"} <= gpu_rules
     assert gpu_rules <= set(sized), f"no set-resources entry for {sorted(gpu_rules - set(sized))}"
     for rule in gpu_rules:
         assert {"mem_mb", "runtime"} <= set(sized[rule]), rule
