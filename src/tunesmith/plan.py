@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunesmith.fetch import is_local_folder, local_files
 from tunesmith.recipe import section_hash
 from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
@@ -69,10 +70,12 @@ def judge_steps(recipe: dict, plan: dict[str, Step]) -> dict[str, Step]:
     files = tuple(path for path in (recipe["tasks"]["path"], recipe["tasks"]["references"],
                                     judge["prompt_template"]) if path)
     settings = {"judge": judge_settings(recipe), "seed": recipe["seed"]}
-    steps = {f"judge_{stage}": Step(f"judge_{stage}", settings, {"generations": plan[f"generate_{stage}"].key}, files)
+    fetched = {"fetch_judge": plan["fetch_judge"].key} if "fetch_judge" in plan else {}  # a local judge model
+    steps = {f"judge_{stage}": Step(f"judge_{stage}", settings,
+                                    {"generations": plan[f"generate_{stage}"].key, **fetched}, files)
              for stage in model_stages(recipe)}
     if judge["reference_grades"]:
-        steps["judge_reference"] = Step("judge_reference", settings, {}, (*files, judge["reference_grades"]))
+        steps["judge_reference"] = Step("judge_reference", settings, fetched, (*files, judge["reference_grades"]))
     return steps
 # ---- end judge --------------------------------------------------------------------------------
 
@@ -85,12 +88,35 @@ def adapter_stages(recipe: dict, stage: str) -> list[str]:
     return {"base": [], "sft": cpt + ["sft"], "dpo": cpt + dpo_chain}[stage]
 
 
+def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
+    """The models the fetch_model stage snapshots, by role: (path, revision)."""
+    models = {}
+    if recipe["base_model"]["path"] is not None:
+        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
+    # A local judge model (judge.backend transformers or vllm) is fetched the same way.
+    judge = recipe["judge"]
+    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
+        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
+    return models
+
+
 def steps(recipe: dict) -> dict[str, Step]:
     """Every stage of a validated recipe, in build order, by name."""
     plan: dict[str, Step] = {}
     model = {"base_model": recipe["base_model"], "template": recipe["template"], "seed": recipe["seed"]}
     tasks = recipe["tasks"]["path"]
     base = {}
+    # ---- fetch (issue 14) ------------------------------------------------------------------------
+    # A named model (hub id or local folder) is snapshotted once by the fetch_model localrule, where
+    # the network is; every model step consumes that snapshot, never the hub. The key hashes the id
+    # (or folder and its file list) and the revision, so pinning another revision rebuilds everything
+    # downstream. Same model, same key: a base that also judges is fetched once.
+    for role, (path, revision) in fetched_models(recipe).items():
+        plan[f"fetch_{role}"] = Step("fetch", {"path": path, "revision": revision},
+                                     files=tuple(local_files(path)) if is_local_folder(path) else ())
+    if "fetch_base" in plan:
+        base = {"fetch_base": plan["fetch_base"].key}
+    # ---- end fetch ------------------------------------------------------------------------------
     if recipe["base_model"]["path"] is None:
         pretrain = sources_of(recipe, "pretrain")
         plan["tokenizer"] = Step("tokenizer", {"vocab_size": recipe["base_model"]["build"]["vocab_size"],
