@@ -65,7 +65,7 @@ def ingested(wildcards):
 
 
 def source_of_step(wildcards):
-    return source_paths([step(wildcards).settings["source"]])
+    return source_paths(step(wildcards).settings["sources"])
 
 
 def curated(wildcards):

@@ -9,7 +9,7 @@ rule ingest_source:
     log:
         "logs/ingest_source/{key}.log",
     params:
-        source=setting("source"),
+        sources=setting("sources"),
     wildcard_constraints:
         key=KEY,
     script:
@@ -32,7 +32,7 @@ rule curate_data:
         "logs/curate_data/{key}/{role}.log",
     params:
         sources=setting("sources"),
-        settings=setting("settings"),
+        curate=setting("curate"),
         seed=setting("seed"),
     wildcard_constraints:
         key=KEY,

@@ -8,7 +8,7 @@ log_to(snakemake.log[0])
 with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
     export_merged(
         base_path=snakemake.params.base_path,
-        section=snakemake.params.model["base_model"],
+        section=snakemake.params.base_model,
         adapters=list(snakemake.input.adapters),
         out_dir=snakemake.output.model,
     )

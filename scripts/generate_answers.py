@@ -5,16 +5,15 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-model = snakemake.params.model
 with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
     generate_answers(
         base_path=snakemake.params.base_path,
-        base_section=model["base_model"],
+        base_section=snakemake.params.base_model,
         adapters=list(snakemake.input.adapters),
-        template_section=model["template"],
+        template_section=snakemake.params.template,
         settings=snakemake.params.generate,
         tasks_path=snakemake.input.tasks,
-        seed=model["seed"],
+        seed=snakemake.params.seed,
         out_path=snakemake.output.generations,
         threads=snakemake.threads,
     )

@@ -5,16 +5,15 @@ from tunesmith.manifest import recorded
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
-model = snakemake.params.model
 with recorded(snakemake, "dpo"):
     train_dpo(
         base_path=snakemake.params.base_path,
-        base_section=model["base_model"],
-        template_section=model["template"],
+        base_section=snakemake.params.base_model,
+        template_section=snakemake.params.template,
         dpo=snakemake.params.dpo,
         dataset_path=snakemake.input.dataset,
         sft_adapter=snakemake.input.sft_adapter,
-        seed=model["seed"],
+        seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),

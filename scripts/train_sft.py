@@ -5,15 +5,14 @@ from tunesmith.manifest import recorded
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
-model = snakemake.params.model
 with recorded(snakemake, "sft"):
     train_sft(
         base_path=snakemake.params.base_path,
-        base_section=model["base_model"],
-        template_section=model["template"],
+        base_section=snakemake.params.base_model,
+        template_section=snakemake.params.template,
         sft=snakemake.params.sft,
         dataset_path=snakemake.input.dataset,
-        seed=model["seed"],
+        seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),

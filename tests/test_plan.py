@@ -4,7 +4,7 @@ import pytest
 
 from conftest import REPO
 from tunesmith import plan
-from tunesmith.explain import differences, planned_jobs, recipe_key
+from tunesmith.explain import differences, planned_jobs
 from tunesmith import recipe as recipe_module
 from tunesmith.recipe import RecipeError, combinations, load_recipe, variants
 
@@ -134,10 +134,10 @@ def test_dry_run_jobs_are_parsed_with_commas_inside_paths():
 
 
 def test_differences_name_recipe_keys():
-    old = {"model": {"template": {"prompt": "A"}, "seed": 1}, "settings": {"dedup": True}, "vocab_size": 3000}
-    new = {"model": {"template": {"prompt": "B"}, "seed": 1}, "settings": {"dedup": False}, "vocab_size": 2000}
-    assert [recipe_key(line) for line in differences(old, new)] == [
-        'template.prompt: "A" → "B"', "curate.dedup: true → false", "base_model.build.vocab_size: 3000 → 2000"]
+    old = {"template": {"prompt": "A"}, "seed": 1, "curate": {"dedup": True}, "base_model": {"build": {"vocab_size": 3000}}}
+    new = {"template": {"prompt": "B"}, "seed": 1, "curate": {"dedup": False}, "base_model": {"build": {"vocab_size": 2000}}}
+    assert differences(old, new) == [
+        'base_model.build.vocab_size: 3000 → 2000', "curate.dedup: true → false", 'template.prompt: "A" → "B"']
     assert differences(old, copy.deepcopy(old)) == []
 
 

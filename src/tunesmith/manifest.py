@@ -82,15 +82,14 @@ def _hashes(paths) -> dict[str, str]:
 
 def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str) -> Path:
     """Write the manifest of a finished job beside its first output."""
-    model = settings.get("model") or {}  # what model rules read: base_model, template, seed
-    template = model.get("template")
+    template = settings.get("template")  # model rules receive the recipe's template section
     manifest = {
         "stage": stage,
         "outputs": _hashes(outputs),
         "inputs": _hashes(inputs),
         "settings": settings,
         "settings_hash": section_hash(settings),
-        "seed": model.get("seed", settings.get("seed")),
+        "seed": settings.get("seed"),
         "template_hash": None,
         "versions": _versions(),
         "git_commit": _git_commit(),
