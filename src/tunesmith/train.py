@@ -266,7 +266,8 @@ def train_sft(
             **_common_args(sft, seed, checkpoints),
             completion_only_loss=True,
             packing=sft["packing"],
-            packing_strategy=sft["packing_strategy"],
+            # Read only when packing: the strategy of no packing must not rekey SFT.
+            **({"packing_strategy": sft["packing_strategy"]} if sft["packing"] else {}),
             **_eval_args(sft, eval_dataset),
         )
         trainer = SFTTrainer(
