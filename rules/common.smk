@@ -60,8 +60,10 @@ def step_sources(wildcards):
 def ingested(wildcards):
     """The per-source Parquet files of a curation step, in the order of its sources."""
     upstream = step(wildcards).upstream
-    return [keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
-            for source in step(wildcards).settings["sources"]]
+    return [
+        keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
+        for source in step(wildcards).settings["sources"]
+    ]
 
 
 def source_of_step(wildcards):
@@ -86,8 +88,10 @@ def model_files(variant, stage):
     """The built base model folder (none for a hub id or own folder) and a stage's adapters, in merge order."""
     steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
-    adapters = [keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
-                for name in plan.adapter_stages(RECIPES[variant], stage)]
+    adapters = [
+        keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
+        for name in plan.adapter_stages(RECIPES[variant], stage)
+    ]
     return base, adapters
 
 
@@ -132,8 +136,10 @@ def task_file(wildcards):
 
 
 def generations(variant, stage_names):
-    return [keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
-            for name in stage_names]
+    return [
+        keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
+        for name in stage_names
+    ]
 
 
 def stages(wildcards):
@@ -146,8 +152,10 @@ def references(wildcards):
 
 def submission_inputs(wildcards):
     recipe = recipe_of(wildcards)
-    return {"generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
-            "tasks": recipe["tasks"]["path"]}
+    return {
+        "generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
+        "tasks": recipe["tasks"]["path"],
+    }
 
 
 def scores(wildcards):

@@ -24,10 +24,18 @@ rule curate_data:
         kept="results/curated/{key}/{role}.parquet",
         quarantine="results/curated/{key}/{role}.quarantine.parquet",
         card="results/curated/{key}/{role}.card.json",
-        card_markdown=report("results/curated/{key}/{role}.card.md", category="Data cards", subcategory="{role}",
-                             caption="../report/card.rst"),
-        lengths_plot=report("results/curated/{key}/{role}.lengths.png", category="Data cards",
-                            subcategory="{role}", caption="../report/card.rst"),
+        card_markdown=report(
+            "results/curated/{key}/{role}.card.md",
+            category="Data cards",
+            subcategory="{role}",
+            caption="../report/card.rst",
+        ),
+        lengths_plot=report(
+            "results/curated/{key}/{role}.lengths.png",
+            category="Data cards",
+            subcategory="{role}",
+            caption="../report/card.rst",
+        ),
     log:
         "logs/curate_data/{key}/{role}.log",
     params:

@@ -3,8 +3,13 @@ rule train_cpt:
         base_model_input,
         texts=step_sources,
     output:
-        adapter=report(directory("results/cpt/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="cpt", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/cpt/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="cpt",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_cpt/{key}.log",
     params:
@@ -29,8 +34,13 @@ rule train_sft:
         dataset=curated,
         base_adapters=base_adapters,
     output:
-        adapter=report(directory("results/sft/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="sft", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/sft/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="sft",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_sft/{key}.log",
     params:
@@ -56,8 +66,13 @@ rule train_dpo:
         sft_adapter=sft_adapter,
         base_adapters=base_adapters,
     output:
-        adapter=report(directory("results/dpo/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="dpo", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/dpo/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="dpo",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_dpo/{key}.log",
     params:

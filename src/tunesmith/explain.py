@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith import plan
-from tunesmith.manifest import manifest_path
+from tunesmith.manifest import current_manifest
 from tunesmith.recipe import load_recipe, variants
 
 KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
@@ -68,9 +68,8 @@ def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
     found = []
     for folder in (root / match["head"]).glob("*"):
         candidate = f"{match['head']}{folder.name}{match['tail']}"
-        manifest = root / manifest_path(candidate)
-        if folder.name != match["key"] and manifest.is_file():
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = current_manifest(candidate, root) if folder.name != match["key"] else None
+        if data is not None:
             found.append((data["finished"], candidate, data))
     if not found:
         return None
