@@ -85,12 +85,13 @@ def recipe_of(wildcards):
 
 
 def model_files(variant, stage):
-    """The built base model folder (none for a hub id or own folder) and a stage's adapters, in merge order."""
+    """The built base model folder (none for a hub id or own folder) and the stage's adapter folder
+    (none for the base): the last of its chain, which holds the adapters beneath it (tunesmith.adapters)."""
     steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
     adapters = [
         keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
-        for name in plan.adapter_stages(RECIPES[variant], stage)
+        for name in plan.adapter_stages(RECIPES[variant], stage)[-1:]
     ]
     return base, adapters
 

@@ -91,11 +91,12 @@ rule train_dpo:
         "../scripts/train_dpo.py"
 
 
-# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`.
+# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`. The merge
+# runs on the CPU in the recipe's dtype (exact; a 13B model never has to fit a GPU).
 rule export_model:
     input:
         base_model_input,
-        adapters=adapter_chain,
+        adapter=adapter_chain,
     output:
         model=directory("results/export/{stage}"),
     log:
@@ -103,10 +104,9 @@ rule export_model:
     params:
         base_path=base_model_path,
         base_model=lambda wildcards: PLANS[""]["sft"].settings["base_model"],
+        template=lambda wildcards: PLANS[""]["sft"].settings["template"],
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores
-    resources:
-        gpu=1,
     script:
         "../scripts/export_model.py"

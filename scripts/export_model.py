@@ -1,4 +1,4 @@
-"""Merge the submitted stage's adapter chain into the base model and save a standalone model folder."""
+"""Merge the submitted stage's adapter into the base model on CPU and save a standalone model folder."""
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
@@ -9,6 +9,7 @@ with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
     export_merged(
         base_path=snakemake.params.base_path,
         section=snakemake.params.base_model,
-        adapters=list(snakemake.input.adapters),
+        adapter=snakemake.input.adapter,
         out_dir=snakemake.output.model,
+        template_section=snakemake.params.template,
     )

@@ -9,7 +9,7 @@ with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
     generate_answers(
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,
-        adapters=list(snakemake.input.adapters),
+        adapter=next(iter(snakemake.input.adapters), None),  # the stage's one adapter folder; none for base
         template_section=snakemake.params.template,
         settings=snakemake.params.generate,
         tasks_path=snakemake.input.tasks,

@@ -1,12 +1,15 @@
-"""DPO on the curated preference data, starting from the merged SFT model."""
+"""DPO on the curated preference data, on top of the frozen SFT adapter, with the SFT model as reference."""
 
+from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
 with recorded(snakemake, "dpo"):
-    train_dpo(
+    run_distributed(
+        train_dpo,
+        distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,
         template_section=snakemake.params.template,
@@ -17,5 +20,4 @@ with recorded(snakemake, "dpo"):
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),
-        distributed=snakemake.params.distributed,
     )

@@ -1,12 +1,15 @@
-"""LoRA SFT on the curated SFT data, of the base merged with the continued-pretraining adapter if any."""
+"""LoRA SFT on the curated SFT data, on top of the continued-pretraining adapter if any."""
 
+from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
 with recorded(snakemake, "sft"):
-    train_sft(
+    run_distributed(
+        train_sft,
+        distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,
         template_section=snakemake.params.template,
@@ -16,5 +19,4 @@ with recorded(snakemake, "sft"):
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),
-        distributed=snakemake.params.distributed,
     )

@@ -123,8 +123,42 @@ def test_every_job_logged_and_adapters_load(default_run):
     for stage in ("sft", "dpo"):
         adapter = one(default_run, f"results/{stage}/*/adapter")
         assert PeftConfig.from_pretrained(adapter).peft_type == "LORA"
-        assert json.loads((adapter / "tunesmith.json").read_text())["stage"] == stage
+        metadata = json.loads((adapter / "tunesmith.json").read_text())
+        assert metadata["stage"] == stage and [step["stage"] for step in metadata["chain"]][-1] == stage
+        assert metadata["rows"] + sum(metadata["rows_dropped"].values()) == metadata["rows_curated"] > 0
+    assert (one(default_run, "results/dpo/*/adapter") / "trained" / "adapter_model.safetensors").is_file()
     assert not list(default_run.rglob("*.partial")), "an atomic write left a temporary file behind"
+
+
+@pytest.mark.e2e
+def test_the_dpo_adapter_loads_standalone_from_elsewhere_and_reproduces_our_greedy_answers(default_run, tmp_path,
+                                                                                          monkeypatch):
+    """What a user does with results/dpo/<key>/adapter: the standard peft API, from another folder."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from tunesmith.recipe import load_recipe
+    from tunesmith.template import PromptTemplate
+
+    adapter = one(default_run, "results/dpo/*/adapter").resolve()
+    rows = [json.loads(line) for line in one(default_run, "results/generations/*/dpo.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    monkeypatch.chdir(tmp_path)  # nothing relative to the workflow folder may be needed
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model.peft_config["default"].base_model_name_or_path)
+    recipe = load_recipe(REPO / "recipes/default.yaml")
+    template = PromptTemplate(recipe["template"])
+    tasks = {task.task_id: task for task in read_tasks(REPO / "data/tasks.jsonl")}
+    assert recipe["generate"]["repetition_penalty"] == 1.0 and not recipe["generate"]["do_sample"]
+    for row in rows:
+        encoded = tokenizer(template.render_prompt(tasks[row["task_id"]].prompt_text, tokenizer), return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**encoded, max_new_tokens=recipe["generate"]["max_new_tokens"], do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        answer = tokenizer.decode(output[0, encoded.input_ids.shape[1]:], skip_special_tokens=True)
+        assert answer == row["attempts"][0]["raw_output"], row["task_id"]  # the first attempt is the greedy one
+    assert len({row["attempts"][0]["raw_output"] for row in rows}) > 5, "answers that do not depend on the task"
 
 
 @pytest.mark.e2e

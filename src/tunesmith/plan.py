@@ -122,7 +122,7 @@ def _generation(recipe: dict) -> list[str]:
     keys = ["seed", "generate.max_new_tokens", "generate.do_sample", "generate.repetition_penalty",
             "generate.stop_strings", "generate.backend", "generate.guards.min_chars", "generate.guards.max_chars",
             "generate.guards.max_char_share", "generate.guards.char_share_min_length", "generate.guards.ngram_size",
-            "generate.guards.max_ngram_repeats", "generate.guards.retries"]
+            "generate.guards.max_ngram_repeats", "generate.guards.max_line_repeats", "generate.guards.retries"]
     if settings["do_sample"]:
         keys += ["generate.temperature", "generate.top_p"]
     keys += ["generate.vllm"] if settings["backend"] == "vllm" else ["generate.batch_size"]
@@ -161,7 +161,7 @@ STAGES = {
     "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r), *_training(r, "sft"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": "curate_sft"}),
     "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
-                                      *_training(r, "dpo", lora=r["dpo"]["start"] == "merged_sft"), *_distributed(r)],
+                                      *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": "curate_preference", "sft": "sft"}),
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
                       + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
@@ -264,7 +264,8 @@ def submitted_stage(recipe: dict) -> str:
 
 
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
-    """The adapters merged, in order, onto the base model to make a stage's model."""
+    """The adapters a stage's model is made of, in training order; the last one's folder holds them
+    all as one standalone adapter (tunesmith.adapters), which is what generation and export load."""
     cpt = ["cpt"] if recipe["continued_pretraining"]["enabled"] else []
     dpo_chain = ["dpo"] if recipe["dpo"]["start"] == "continue_sft" else ["sft", "dpo"]
     return {"base": [], "sft": cpt + ["sft"], "dpo": cpt + dpo_chain}[stage]
