@@ -15,6 +15,7 @@ include: "rules/curate.smk"
 include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
+include: "rules/judge.smk"
 include: "rules/submission.smk"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
+from tunesmith.evaluate import end_of_run_message
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
@@ -32,6 +33,11 @@ def step(wildcards):
         return STEPS[wildcards.key]
     except KeyError:
         raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
+
+
+def evaluation_setting(name):
+    """A params function of the evaluation (unkeyed: the recipe's, or a sweep variant's by its name)."""
+    return lambda wildcards: PLANS[variant_name(wildcards)]["evaluate"].settings[name]
 
 
 def setting(name):
@@ -151,6 +157,70 @@ def references(wildcards):
     return recipe_of(wildcards)["tasks"]["references"] or []
 
 
+# ---- judge (issue 10) ----
+def judge_answers_input(wildcards):
+    """What a judge job grades: a stage's generations, or the answers of judge.reference_grades."""
+    if wildcards.stage == "reference":
+        return recipe_of(wildcards)["judge"]["reference_grades"]
+    return keyed(
+        rules.generate_answers.output.generations, step(wildcards).upstream["generations"], stage=wildcards.stage
+    )
+
+
+def judge_template(wildcards):
+    return step(wildcards).settings["judge"]["prompt_template"] or []
+
+
+def judge_is_remote(wildcards):
+    return step(wildcards).settings["judge"]["backend"] == "openai"
+
+
+def judged(variant, stage_names):
+    """The judge's grades of each stage (and `reference`) for a variant; none without a judge."""
+    steps = PLANS[variant]
+    return {
+        name: keyed(rules.judge_answers.output.grades, steps[f"judge_{name}"].key, stage=name)
+        for name in stage_names
+        if f"judge_{name}" in steps
+    }
+
+
+def evaluation_inputs(wildcards):
+    variant = variant_name(wildcards)
+    names = plan.model_stages(RECIPES[variant])
+    return {
+        "generations": generations(variant, names),
+        "references": references(wildcards),
+        "tasks": task_file(wildcards),
+        "judged": list(judged(variant, names).values()),
+        "judged_reference": next(iter(judged(variant, ["reference"]).values()), []),
+    }
+
+
+def scored_files():
+    """The files the recipe's evaluation scores: what results/eval.json must name to be this run's."""
+    found = evaluation_inputs({})
+    return [
+        *found["generations"],
+        *found["judged"],
+        *([found["judged_reference"]] if found["judged_reference"] else []),
+    ]
+
+
+def scored_by(recipe):
+    """What scores a recipe, in words (None: nothing does)."""
+    parts = []
+    if plan.judge_enabled(recipe):
+        judge = recipe["judge"]
+        parts.append(f"judge {judge['openai']['model'] if judge['backend'] == 'openai' else judge['local']['path']}")
+    if recipe["tasks"]["references"]:
+        parts.append(f"references {recipe['tasks']['references']}")
+    return "; ".join(parts) or None
+
+
+# ---- end judge ----
+
+
 def submission_inputs(wildcards):
     recipe = recipe_of(wildcards)
     return {
@@ -159,26 +229,25 @@ def submission_inputs(wildcards):
     }
 
 
-def scores(wildcards):
-    """Scored first, so building a submission also shows what each stage bought."""
-    if not references(wildcards):
-        return []
-    name = wildcards.get("variant", "")
-    return expand(rules.evaluate_variant.output.scores, variant=name) if name else rules.evaluate_stages.output.scores
-
-
 def sweep_targets():
     return [rules.rank_variants.output.table] if VARIANTS else []
 
 
 def evaluation_targets():
-    return [rules.evaluate_stages.output.scores] if config["tasks"]["references"] else []
+    return [rules.evaluate_stages.output.scores] if scored_by(config) else []
 
 
 onsuccess:
-    table = Path(rules.evaluate_stages.output.table)
-    if table.is_file() and Path("submission.jsonl").is_file():
-        print(f"\nsubmission.jsonl is ready. Scores on {config['tasks']['references']}:\n{table.read_text()}")
+    if Path("submission.jsonl").is_file():
+        print("\nsubmission.jsonl is ready.")
+    print(
+        end_of_run_message(
+            rules.evaluate_stages.output.scores,
+            rules.evaluate_stages.output.table,
+            scored_files(),
+            scored_by(config),
+        )
+    )
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"Sweep leaderboard ({board}):\n{board.read_text()}")

@@ -15,7 +15,16 @@ def recipe():
 
 
 def keys(recipe):
-    return {name: step.key for name, step in plan.steps(recipe).items()}
+    """The keys of the stored artifacts (the evaluation writes fixed paths; its own test is below)."""
+    return {name: step.key for name, step in plan.steps(recipe).items() if name != "evaluate"}
+
+
+def test_the_evaluation_reads_its_own_keys_and_follows_what_it_scores(recipe):
+    before = plan.steps(recipe)["evaluate"]
+    assert set(before.upstream) == {"generate_base", "generate_sft", "generate_dpo"}
+    assert plan.steps(edited(recipe, "generate.max_new_tokens", 8))["evaluate"].key != before.key
+    assert plan.steps(edited(recipe, "evaluate.stages", ["dpo"]))["evaluate"].key != before.key
+    assert plan.steps(edited(recipe, "dpo.beta", 0.3))["evaluate"].settings == before.settings
 
 
 def edited(recipe, dotted, value):
@@ -59,7 +68,7 @@ def test_continuing_the_sft_adapter_merges_only_the_dpo_adapter(recipe):
 def test_disabled_dpo_has_no_preference_or_dpo_stage_and_submits_sft(recipe):
     recipe["dpo"]["enabled"] = False
     assert set(plan.steps(recipe)) == {"tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "sft",
-                                       "generate_base", "generate_sft"}
+                                       "generate_base", "generate_sft", "evaluate"}
     assert plan.submitted_stage(recipe) == "sft"
 
 
@@ -101,10 +110,58 @@ def test_a_bad_matrix_entry_names_the_variant_and_key(recipe, matrix, message):
     assert message in str(error.value)
 
 
+def with_judge(recipe, **changes):
+    judged = copy.deepcopy(recipe)
+    judged["judge"].update(backend="openai", **changes)
+    judged["judge"]["openai"].update(base_url="http://127.0.0.1:8000/v1", model="judge-model")
+    return judged
+
+
+def test_each_scored_stage_gets_a_judge_step_on_its_generations(recipe):
+    assert not any(name.startswith("judge_") for name in plan.steps(recipe))
+    steps = plan.steps(with_judge(recipe))
+    assert [name for name in steps if name.startswith("judge_")] == ["judge_base", "judge_sft", "judge_dpo"]
+    for stage in ("base", "sft", "dpo"):
+        assert steps[f"judge_{stage}"].upstream == {"generations": steps[f"generate_{stage}"].key}
+    assert "bootstrap_samples" not in steps["judge_dpo"].settings["judge"]
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("judge.openai.model", "another-judge", {"judge_base", "judge_sft", "judge_dpo"}),
+    ("judge.bootstrap_samples", 500, set()),  # evaluation only: regrades nothing
+    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "judge_dpo"}),
+])
+def test_judge_keys_follow_their_settings_and_answers(recipe, dotted, value, expected):
+    assert changed_steps(with_judge(recipe), dotted, value) == expected
+
+
+def test_reference_grades_add_a_reference_judge_step(recipe):
+    steps = plan.steps(with_judge(recipe, reference_grades="gpt4.csv"))
+    assert steps["judge_reference"].upstream == {} and "gpt4.csv" in steps["judge_reference"].files
+
+
+def test_only_the_submitted_stage_is_scored_unless_more_are_asked_for(recipe):
+    recipe["evaluate"]["stages"] = []
+    assert plan.model_stages(recipe) == ["dpo"]
+    assert [name for name in plan.steps(recipe) if name.startswith("generate_")] == ["generate_dpo"]
+    recipe["evaluate"]["stages"] = ["base"]
+    assert plan.model_stages(recipe) == ["base", "dpo"]
+    recipe["dpo"]["enabled"] = False
+    recipe["evaluate"]["stages"] = ["sft", "dpo"]
+    assert plan.model_stages(recipe) == ["sft"]
+
+
+def test_a_sweep_can_rank_by_a_judge_without_references(recipe):
+    judged = with_judge(recipe)
+    judged["sweep"]["matrix"] = {"dpo.beta": [0.2, 0.3]}
+    judged["tasks"]["references"] = None
+    assert len(variants(judged)) == 2
+
+
 def test_a_sweep_needs_references_to_rank_by(recipe):
     recipe["sweep"]["matrix"] = {"dpo.beta": [0.2]}
     recipe["tasks"]["references"] = None
-    with pytest.raises(RecipeError, match="needs tasks.references"):
+    with pytest.raises(RecipeError, match=r"needs a judge \(judge.backend\) or tasks.references"):
         variants(recipe)
 
 

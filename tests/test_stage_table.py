@@ -18,6 +18,9 @@ SHAPES = {
                                          "sft": {"packing": True}},
     "DeepSpeed on two processes, vLLM": {"distributed": {"processes": 2, "strategy": "deepspeed"},
                                          "generate": {"backend": "vllm"}},
+    "a local judge with reference grades": {"judge": {"backend": "transformers", "local": {"path": "judge-model"},
+                                                      "reference_grades": "grades.jsonl"}},
+    "an endpoint judge": {"judge": {"backend": "openai", "openai": {"model": "gpt-4o"}}},
     "no DPO, no near-dup, no decontamination": {"dpo": {"enabled": False},
                                                 "curate": {"near_dedup": {"enabled": False}, "decontaminate": False}},
 }

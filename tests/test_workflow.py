@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -69,8 +70,8 @@ def default_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("default_run")
     (work / "data").symlink_to(REPO / "data")
     # Targets first: --config and --resources each take several values.
-    result = snakemake("submission.jsonl", "--directory", work, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
-                       "--cores", "1", "--resources", "gpu=1")
+    result = snakemake("submission.jsonl", "results/eval.json", "--directory", work,
+                       "--config", f"recipe={REPO / 'recipes/default.yaml'}", "--cores", "1", "--resources", "gpu=1")
     assert result.returncode == 0, result.stderr[-5000:]
     return work
 
@@ -178,17 +179,16 @@ def edited_recipe(directory, old, new):
     return path
 
 
+# `snakemake submission.jsonl` builds the submitted stage's chain only; scores are a separate target.
 RERUNS = [
     ("comment only", "# The embedded default", "# The embedded, edited default", {}),
-    ("dpo.beta", "beta: 0.1", "beta: 0.2",
-     {"train_dpo": 1, "generate_answers": 1, "evaluate_stages": 1, "write_submission": 1}),
+    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
     ("generate.max_new_tokens", "max_new_tokens: 32", "max_new_tokens: 24",
-     {"generate_answers": 3, "evaluate_stages": 1, "write_submission": 1}),
+     {"generate_answers": 1, "write_submission": 1}),
     ("curate.max_prompt_chars", "curate:\n", "curate:\n  max_prompt_chars: 1000\n",
-     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 2, "evaluate_stages": 1,
-      "write_submission": 1}),
+     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
     ("sft.learning_rate", "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler",
-     {"train_sft": 1, "train_dpo": 1, "generate_answers": 2, "evaluate_stages": 1, "write_submission": 1}),
+     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
 ]
 
 
@@ -327,7 +327,7 @@ def test_recipes_that_differ_downstream_share_upstream_artifacts(default_run, tm
     assert len(list(work.glob("results/dpo/*/adapter"))) == 2
     assert len(list(work.glob("results/sft/*/adapter"))) == 1, "the second recipe trained SFT again"
     back = snakemake("submission.jsonl", "-n", "--directory", work, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
-    assert planned_jobs(back.stdout) == {"evaluate_stages": 1, "write_submission": 1}
+    assert planned_jobs(back.stdout) == {"write_submission": 1}
 
 
 @pytest.mark.e2e
@@ -347,7 +347,7 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
     dpo = text.split("train_dpo: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
-    assert lines[-1] == "6 jobs would run."
+    assert lines[-1] == "4 jobs would run."  # sft, dpo, the dpo answers, the submission
 
 
 @pytest.mark.e2e
@@ -393,8 +393,7 @@ def test_changing_a_stage_script_reruns_that_stage(default_run, tmp_path):
                "--directory", str(default_run), "--config", f"recipe={REPO / 'recipes/default.yaml'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "evaluate_stages": 1,
-                                           "write_submission": 1}
+    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}
 
 
 def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):
@@ -404,7 +403,8 @@ def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):
     result = snakemake("submission.jsonl", "-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
-    assert jobs["train_cpt"] == 1 and jobs["train_sft"] == 1 and jobs["generate_answers"] == 3
+    # the submission answers with its own stage only: the other stages' answers are for the scores
+    assert jobs["train_cpt"] == 1 and jobs["train_sft"] == 1 and jobs["generate_answers"] == 1
     sft_inputs = result.stdout.split("rule train_sft:")[1].split("output:")[0]
     assert re.search(r"results/cpt/[0-9a-f]{12}/adapter", sft_inputs), sft_inputs
 
@@ -433,3 +433,90 @@ def test_the_shipped_sweep_builds_every_variant_and_a_leaderboard(default_run, t
     same_as_recipe = work / "results/sweep/dpo.beta=0.1,generate.repetition_penalty=1.0/submission.jsonl"
     assert same_as_recipe.read_bytes() == (work / "submission.jsonl").read_bytes()
     assert "Sweep leaderboard" in built.stdout + built.stderr
+
+
+# ---- the judge (issue 10) ----------------------------------------------------------------------
+
+def judge_recipe(directory, url="http://127.0.0.1:9/v1", model="judge-model", references="null", extra=""):
+    """The default recipe with an OpenAI-compatible judge and the given references (null: none)."""
+    text = (REPO / "recipes/default.yaml").read_text(encoding="utf-8")
+    text = text.replace("references: data/references.jsonl", f"references: {references}")
+    text += (f"\njudge:\n  backend: openai\n  max_new_tokens: 16\n  parse_retries: 1\n"
+             f"  openai:\n    base_url: {url}\n    model: {model}\n    concurrency: 4\n{extra}")
+    path = directory / "judged.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_submission_does_not_wait_for_the_scores(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "-n", "--directory", tmp_path, "--config", f"recipe={judge_recipe(tmp_path)}")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert "evaluate_stages" not in jobs and "judge_answers" not in jobs and jobs["generate_answers"] == 1
+    everything = planned_jobs(snakemake("-n", "--directory", tmp_path, "--config", f"recipe={judge_recipe(tmp_path)}").stdout)
+    assert everything["judge_answers"] == 3 and everything["generate_answers"] == 3
+    assert everything["evaluate_stages"] == 1
+
+
+def test_bad_task_side_files_fail_the_dry_run_naming_key_file_and_line(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / "refs.csv").write_text('input,output,eval_aspect\n"どの課題にもない問題","答え",\n', encoding="utf-8")
+    recipe = judge_recipe(tmp_path, references="refs.csv", extra="  reference_grades: gpt4.jsonl\n")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "tasks.references: refs.csv:2: input 'どの課題にもない問題…' matches no task of the task file" in output
+    assert "judge.reference_grades: gpt4.jsonl: file not found" in output
+    from tunesmith.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)  # the recipe's paths are relative to the working directory
+        assert main(["validate", str(recipe)]) == 1
+
+
+@pytest.mark.e2e
+def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
+    """Beside a finished default run: a recipe with no references and a judge served by `transformers
+    serve` grades the stages' answers (no retraining) and scores them; a judge setting that changes no
+    grade reruns the judge jobs, which the cache answers without a request; and the end-of-run message
+    never passes another recipe's table off as this one's."""
+    from judge_server import build_tiny_judge, serving
+
+    work = tmp_path / "run"
+    shutil.copytree(default_run, work, symlinks=True)
+    model = build_tiny_judge(tmp_path / "judge")
+    # Continuous batching: the server generates the concurrent requests together (2 shared cores).
+    with serving(model, tmp_path / "serve.log", continuous_batching=True) as url:
+        recipe = judge_recipe(tmp_path, url=url, model=model)
+        plan_only = planned_jobs(snakemake("-n", "--directory", work, "--config", f"recipe={recipe}").stdout)
+        assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "trace_lineage": 1, "all": 1}, plan_only
+        built = snakemake("--directory", work, "--config", f"recipe={recipe}", "--cores", "3", "--resources", "gpu=1")
+        assert built.returncode == 0, built.stderr[-5000:]
+        report = json.loads((work / "results/eval.json").read_text(encoding="utf-8"))
+        assert report["references"] is None and list(report["stages"]) == ["base", "sft", "dpo"]
+        for stage, result in report["stages"].items():
+            judge = result["judge"]
+            assert judge["graded"] + judge["unparseable"] == 100, stage
+            assert "chrf" not in result
+        assert "Scores (judge " in built.stdout + built.stderr
+        table = (work / "results/eval.md").read_text(encoding="utf-8")
+        assert "| task | input | base answer | base grade | base reason |" in table
+        assert len(list(work.glob("results/judged/*/*.jsonl.manifest.json"))) == 3
+        faster = judge_recipe(tmp_path, url=url, model=model).read_text().replace("concurrency: 4", "concurrency: 2")
+        recipe.write_text(faster, encoding="utf-8")
+        rerun = snakemake("results/eval.json", "--directory", work, "--config", f"recipe={recipe}", "--cores", "1")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert planned_jobs(rerun.stdout + rerun.stderr)["judge_answers"] == 3
+        logs = [path.read_text() for path in work.glob("logs/judge_answers/*/*.log")]
+        assert sum("100 from the cache, 0 requests sent" in log for log in logs) == 3, logs
+    # The default recipe again, with one job to run: results/eval.json is the judged recipe's.
+    back = snakemake("submission.jsonl", "--forcerun", "write_submission", "--directory", work,
+                     "--config", f"recipe={REPO / 'recipes/default.yaml'}", "--cores", "1")
+    assert "holds the scores of another recipe or of older answers, not shown" in back.stdout + back.stderr
+    assert "| base |" not in back.stdout + back.stderr
+    no_scores = edited_recipe(tmp_path, "references: data/references.jsonl", "references: null")
+    bare = snakemake("submission.jsonl", "--forcerun", "write_submission", "--directory", work,
+                     "--config", f"recipe={no_scores}", "--cores", "1")
+    assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
+    assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr

@@ -134,6 +134,27 @@ def _generation(recipe: dict) -> list[str]:
     return keys
 
 
+def _judge(recipe: dict) -> list[str]:
+    """What decides a grade: the judge, its prompt, and the task side it is shown. The evaluation's own
+    keys (bootstrap_samples, confidence, reference_grades) are not a judge job's, so changing them
+    regrades nothing."""
+    judge = recipe["judge"]
+    keys = ["seed", "judge.backend", "judge.max_new_tokens", "judge.temperature", "judge.parse_retries",
+            "judge.prompt_template", "tasks.path", "tasks.references"]
+    return keys + (["judge.openai"] if judge["backend"] == "openai" else ["judge.local"])
+
+
+def _evaluation(recipe: dict) -> list[str]:
+    """Scoring the compared stages: which they are, the references, and how grades are summarised."""
+    keys = ["seed", "evaluate.stages", "submission.stage", "dpo.enabled", "tasks.path", "tasks.references",
+            "judge.backend"]
+    judge = recipe["judge"]
+    if judge["backend"] != "none":
+        keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
+                 "judge.openai.model" if judge["backend"] == "openai" else "judge.local.path"]
+    return keys
+
+
 def _built_base(recipe: dict) -> dict:
     return {"base_model": "base_model"} if recipe["base_model"]["path"] is None else {}
 
@@ -166,6 +187,14 @@ STAGES = {
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
                       + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
+    # One judge job per scored stage, and `reference` for the answers of judge.reference_grades.
+    "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
+                   lambda r, stage: {} if stage == "reference" else {"generations": f"generate_{stage}"}),
+    # Unkeyed (results/eval.json, submission.jsonl): the recipe's own scores and submission.
+    "evaluate": Stage("", lambda r, _: _evaluation(r), lambda r, _: {
+        **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
+        **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
+        **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {})}),
 }
 
 
@@ -254,13 +283,19 @@ def sources_of(recipe: dict, role: str) -> list[dict]:
 
 
 def model_stages(recipe: dict) -> list[str]:
-    """Stages whose answers are generated and scored."""
-    return list(MODEL_STAGES) if recipe["dpo"]["enabled"] else ["base", "sft"]
+    """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
+    build order (dpo only when DPO is enabled)."""
+    wanted = {*recipe["evaluate"]["stages"], submitted_stage(recipe)}
+    return [stage for stage in MODEL_STAGES if stage in wanted and (stage != "dpo" or recipe["dpo"]["enabled"])]
 
 
 def submitted_stage(recipe: dict) -> str:
     stage = recipe["submission"]["stage"]
     return "sft" if stage == "dpo" and not recipe["dpo"]["enabled"] else stage
+
+
+def judge_enabled(recipe: dict) -> bool:
+    return recipe["judge"]["backend"] != "none"
 
 
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
@@ -286,6 +321,10 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
     if recipe["dpo"]["enabled"]:
         found.append(("dpo", "dpo", None))
     found += [(f"generate_{stage}", "generate", stage) for stage in model_stages(recipe)]
+    if judge_enabled(recipe):
+        found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]
+        found += [("judge_reference", "judge", "reference")] if recipe["judge"]["reference_grades"] else []
+    found.append(("evaluate", "evaluate", None))
     return found
 
 
@@ -296,14 +335,26 @@ def steps(recipe: dict) -> dict[str, Step]:
         row = STAGES[stage]
         reads = tuple(row.reads(recipe, instance))
         upstream = {consumed: plan[step].key for consumed, step in row.consumes(recipe, instance).items()}
-        files = (recipe["tasks"]["path"],) if "tasks.path" in reads else ()
+        files = tuple(value for value in (recipe["tasks"]["path"], recipe["tasks"]["references"],
+                                          recipe["judge"]["prompt_template"], recipe["judge"]["reference_grades"])
+                      if value and any(dotted.startswith(("tasks.", "judge.")) and _lookup(recipe, dotted) == value
+                                       for dotted in reads))
         # One ingest step per source, named by its stage alone: editing or adding one source
         # re-reads that source only, and two recipes naming the same source share its ingest.
         plan[name] = Step(name if stage != "ingest" else "ingest", pick(recipe, reads), upstream, files, reads)
     return plan
 
 
+def _lookup(recipe: dict, dotted: str):
+    value = recipe
+    for part in _parts(dotted):
+        value = value[part]
+    return value
+
+
 def folder_of(step: Step) -> str:
-    """results/<folder>/<key>: where a step's artifacts live."""
+    """results/<folder>/<key>: where a keyed step's artifacts live."""
     stage = next(name for name in STAGES if step.stage == name or step.stage.startswith(f"{name}_"))
+    if not STAGES[stage].folder:
+        raise ValueError(f"{step.stage} is not stored under a key")
     return f"results/{STAGES[stage].folder}/{step.key}"

@@ -282,7 +282,9 @@ def _cross_key_problems(recipe: dict) -> list[str]:
 
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
-    problems = []
+    from tunesmith.tasks import check_task_files
+
+    problems = check_task_files(recipe)
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):
         resolved = Path(source["path"]).resolve()
@@ -338,8 +340,9 @@ def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
     except RecipeError as error:
         raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n  {error}") from None
     for name, overrides in named.items():
-        if not recipe["tasks"]["references"]:
-            raise RecipeError(f"{origin}: sweep.matrix ranks variants by their scores, which needs tasks.references")
+        if not recipe["tasks"]["references"] and recipe["judge"]["backend"] == "none":
+            raise RecipeError(f"{origin}: sweep.matrix ranks variants by their scores, which needs a judge "
+                              "(judge.backend) or tasks.references")
         variant = _unshared(recipe)
         variant["sweep"] = {"matrix": {}}
         try:
