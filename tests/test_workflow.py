@@ -205,6 +205,27 @@ def test_an_edit_reruns_exactly_what_depends_on_it(default_run, tmp_path, edit, 
 
 
 @pytest.mark.e2e
+def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
+    """The stage table declares no key its code ignores (reading an undeclared key fails the job)."""
+    from tunesmith import plan
+    from tunesmith.recipe import load_recipe
+
+    steps = {step.key: step for step in plan.steps(load_recipe(REPO / "recipes/default.yaml")).values()}
+    checked = set()
+    for path in default_run.glob("results/**/*.manifest.json"):
+        match = re.search(r"results/[^/]+/([0-9a-f]{12})", str(path.relative_to(default_run)))
+        if not match or match[1] not in steps:
+            continue
+        step = steps[match[1]]
+        read = set(json.loads(path.read_text(encoding="utf-8"))["settings_read"])
+        unread = plan.leaf_keys(step.settings, list(step.settings)) - read
+        assert not unread, f"{step.stage} declares keys it never reads: {sorted(unread)}"
+        checked.add(step.stage)
+    assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
+                       "generate_base", "generate_sft", "generate_dpo"}
+
+
+@pytest.mark.e2e
 def test_every_artifact_has_a_manifest(default_run):
     from tunesmith.manifest import content_hash
 

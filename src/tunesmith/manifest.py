@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tunesmith.atomic import atomic_path, remove_stale_partials, write_json
+from tunesmith.reads import RecordingParams
 from tunesmith.recipe import section_hash
 
 
@@ -83,7 +84,8 @@ def _hashes(paths) -> dict[str, str]:
     return {os.fspath(path): content_hash(path) for path in paths if Path(path).exists()}
 
 
-def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str) -> Path:
+def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str,
+                   settings_read: list[str] | None = None) -> Path:
     """Write the manifest of a finished job beside its first output."""
     template = settings.get("template")  # model rules receive the recipe's template section
     manifest = {
@@ -92,6 +94,7 @@ def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: 
         "inputs": _hashes(inputs),
         "settings": settings,
         "settings_hash": section_hash(settings),
+        "settings_read": settings_read,  # the keys of `settings` the job looked up (tunesmith.reads)
         "seed": settings.get("seed"),
         "template_hash": None,
         "versions": _versions(),
@@ -120,9 +123,14 @@ def recorded(job, stage: str):
         remove_stale_partials(manifest_path(output))
     if outputs:
         manifest_path(outputs[0]).unlink(missing_ok=True)
-    yield
-    settings = {name: value for name, value in job.params.items()}
-    write_manifest(stage, [os.fspath(p) for p in job.input], outputs, settings, started)
+    params, read = job.params, set()
+    job.params = RecordingParams(params, read)  # which of its settings the job really looks up
+    try:
+        yield
+    finally:
+        job.params = params
+    settings = {name: value for name, value in params.items()}
+    write_manifest(stage, [os.fspath(p) for p in job.input], outputs, settings, started, settings_read=sorted(read))
 
 
 def _is_current(manifest: dict, root: Path) -> bool:
