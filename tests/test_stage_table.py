@@ -2,13 +2,13 @@
 the stages that read it and of everything downstream of them, and of nothing else."""
 
 import copy
-import math
 
 import pytest
 
 from conftest import REPO
+from stage_keys import alternatives, downstream_of as downstream, get as _get, put as _put
 from tunesmith import plan
-from tunesmith.recipe import RecipeError, load_recipe, load_schema, validate_recipe
+from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
 
 SHAPES = {
     "default": {},
@@ -35,48 +35,6 @@ def shaped(name: str, base: str = "default.yaml") -> dict:
             else:
                 recipe[section][key] = value
     return validate_recipe(recipe)
-
-
-def schema_at(dotted: str) -> dict:
-    node = load_schema()
-    for part in plan._parts(dotted):
-        node = node["items"] if isinstance(part, int) else node["properties"][part]
-    return node
-
-
-def alternatives(dotted: str, value) -> list:
-    """Other values the key may take (the recipe may still refuse one through another key)."""
-    schema = schema_at(dotted)
-    if "enum" in schema:
-        return [choice for choice in schema["enum"] if choice != value]
-    if isinstance(value, bool):
-        return [not value]
-    if isinstance(value, int):
-        up = value + 1
-        return [up if up <= schema.get("maximum", math.inf) else value - 1]
-    if isinstance(value, float):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", -math.inf))
-        return [value / 2 if value / 2 > low else value + (schema.get("maximum", value + 1) - value) / 2]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return [value + ["extra"]] if "target_modules" not in dotted else [value[:1]]
-    if isinstance(value, str) and dotted.startswith("template."):
-        return [value + " "]
-    if value is None and dotted in ("template.system", "tasks.references"):
-        return ["系統"] if dotted == "template.system" else []
-    return []  # paths and ids: another value names other files
-
-
-def downstream(steps: dict, names: set[str]) -> set[str]:
-    found = set(names)
-    changed = True
-    while changed:
-        changed = False
-        by_key = {steps[name].key: name for name in found}
-        for name, step in steps.items():
-            if name not in found and any(key in by_key for key in step.upstream.values()):
-                found.add(name)
-                changed = True
-    return found
 
 
 def leaves(recipe):
@@ -124,18 +82,3 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
     unused = {key for key in declared - read
               if not key.startswith(("submission.", "dpo.enabled", "continued_pretraining.enabled"))}
     assert not unused, f"no stage reads {sorted(unused)}"
-
-
-def _get(recipe, dotted):
-    value = recipe
-    for part in plan._parts(dotted):
-        value = value[part]
-    return value
-
-
-def _put(recipe, dotted, value):
-    *parents, last = plan._parts(dotted)
-    node = recipe
-    for part in parents:
-        node = node[part]
-    node[last] = value
