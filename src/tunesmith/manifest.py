@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tunesmith.atomic import atomic_path, remove_stale_partials, write_json
-from tunesmith.reads import RecordingParams
+from tunesmith.reads import RecordingParams, recording_params
 from tunesmith.recipe import section_hash
 
 
@@ -124,11 +124,8 @@ def recorded(job, stage: str):
     if outputs:
         manifest_path(outputs[0]).unlink(missing_ok=True)
     params, read = job.params, set()
-    job.params = RecordingParams(params, read)  # which of its settings the job really looks up
-    try:
+    with recording_params(job, RecordingParams(params, read)):  # which settings the job really looks up
         yield
-    finally:
-        job.params = params
     settings = {name: value for name, value in params.items()}
     write_manifest(stage, [os.fspath(p) for p in job.input], outputs, settings, started, settings_read=sorted(read))
 

@@ -11,6 +11,8 @@ hashing or printing a whole section does not count.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class _Recording(dict):
     """A dict whose lookups are recorded as dotted paths; nested dicts and lists are wrapped too."""
@@ -82,3 +84,22 @@ def leaves(log: set) -> list[str]:
     """The recorded paths that no other recorded path extends: what was read to the end."""
     return sorted(path for path in log
                   if not any(other != path and other.startswith((f"{path}.", f"{path}[")) for other in log))
+
+
+@contextmanager
+def recording_params(job, recording: RecordingParams):
+    """`job.params` is `recording` inside the block. Snakemake's script object builds `params` afresh
+    on every access (a read-only property), so the object is given a subclass overriding it there."""
+    original = type(job)
+    if isinstance(getattr(original, "params", None), property):
+        job.__class__ = type(original.__name__, (original,), {"params": property(lambda self: recording)})
+        try:
+            yield
+        finally:
+            job.__class__ = original
+    else:
+        params, job.params = job.params, recording
+        try:
+            yield
+        finally:
+            job.params = params
