@@ -42,6 +42,7 @@ rule curate_data:
         sources=setting("sources"),
         curate=setting("curate"),
         seed=setting("seed"),
+        lengths=lambda wildcards: plan.curation_lengths(step(wildcards).settings, wildcards.role),
     wildcard_constraints:
         key=KEY,
         role="sft|preference",

@@ -1,10 +1,12 @@
 """Merge the submitted stage's adapter into the base model on CPU and save a standalone model folder."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.model import export_merged
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
     export_merged(
         base_path=snakemake.params.base_path,

@@ -1,10 +1,12 @@
 """Answer the task file with one stage's model (base, sft or dpo), in batches."""
 
 from tunesmith.generate import generate_answers
+from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
     generate_answers(
         base_path=snakemake.params.base_path,

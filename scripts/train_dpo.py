@@ -1,11 +1,13 @@
 """DPO on the curated preference data, on top of the frozen SFT adapter, with the SFT model as reference."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, "dpo"):
     run_distributed(
         train_dpo,

@@ -1,11 +1,13 @@
 """LoRA SFT on the curated SFT data, on top of the continued-pretraining adapter if any."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, "sft"):
     run_distributed(
         train_sft,

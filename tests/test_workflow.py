@@ -38,7 +38,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0, result.stderr
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
     }
 
@@ -347,7 +347,7 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     # Four variants and the recipe itself: curation, the base model and SFT once; DPO once per beta;
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
         "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1,
         "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1,
     }

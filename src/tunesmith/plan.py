@@ -16,19 +16,17 @@ adapter reads no `dpo.lora`), the stages it consumes, and the folder its artifac
 from __future__ import annotations
 
 import copy
-import glob
 import re
 from dataclasses import dataclass, field
 
 from tunesmith.recipe import section_hash
-from pathlib import Path
+from tunesmith.fetch import is_local_folder, local_files
+from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
 ROLES = ("sft", "preference")
 # What an ingest step reads of its source; style, columns, weight and caps are curation's business.
 INGEST_KEYS = ("id", "path", "format", "role", "split")
-SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
-                  "parquet": (".parquet",)}
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,10 @@ class Stage:
     folder: str  # results/<folder>/<key>/...
     reads: object = field(repr=False)  # (recipe, instance) -> the recipe keys read, as dotted paths
     consumes: object = field(repr=False)  # (recipe, instance) -> {name: step name} of consumed artifacts
+    # (recipe, instance) -> the settings, where they are not simply the keys read (a fetch is keyed on
+    # the model alone, whichever section names it, so a base that also judges is fetched once)
+    shape: object = field(default=None, repr=False)
+    files: object = field(default=None, repr=False)  # (recipe, instance) -> files outside the workflow it reads
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,10 @@ class Step:
 # ---- what each stage reads ------------------------------------------------------------------------
 
 def _model(recipe: dict) -> list[str]:
-    """Loading the base model (tunesmith.model): a built tiny model is an upstream artifact instead of a path."""
+    """Loading the base model (tunesmith.model). Which model it is comes from upstream: the built tiny
+    model, or the fetched snapshot of `base_model.path` (the fetch step reads the path and revision)."""
     section = recipe["base_model"]
     keys = ["base_model.dtype", "base_model.quantization", "base_model.trust_remote_code"]
-    if section["path"] is not None:
-        keys.append("base_model.path")
     if section["quantization"] == "nf4":
         keys.append("base_model.compute_dtype")
     return keys
@@ -141,7 +142,10 @@ def _judge(recipe: dict) -> list[str]:
     judge = recipe["judge"]
     keys = ["seed", "judge.backend", "judge.max_new_tokens", "judge.temperature", "judge.parse_retries",
             "judge.prompt_template", "tasks.path", "tasks.references"]
-    return keys + (["judge.openai"] if judge["backend"] == "openai" else ["judge.local"])
+    if judge["backend"] == "openai":
+        return keys + ["judge.openai"]
+    # A local judge model is the fetch_judge snapshot: its path and revision are the fetch's keys.
+    return keys + [f"judge.local.{name}" for name in judge["local"] if name not in ("path", "revision")]
 
 
 def _evaluation(recipe: dict) -> list[str]:
@@ -156,7 +160,41 @@ def _evaluation(recipe: dict) -> list[str]:
 
 
 def _built_base(recipe: dict) -> dict:
-    return {"base_model": "base_model"} if recipe["base_model"]["path"] is None else {}
+    """The base model a model stage consumes: the built tiny model, or the fetched snapshot."""
+    return {"base_model": "base_model"} if recipe["base_model"]["path"] is None else {"fetch_base": "fetch_base"}
+
+
+def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
+    """The models the fetch_model stage snapshots, by role: (path, revision). A local judge model
+    (judge.backend transformers or vllm) is fetched the same way as the base."""
+    models = {}
+    if recipe["base_model"]["path"] is not None:
+        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
+    judge = recipe["judge"]
+    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
+        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
+    return models
+
+
+def _fetched(recipe: dict, role: str) -> dict:
+    path, revision = fetched_models(recipe)[role]
+    return {"path": path, "revision": revision}
+
+
+def curation_lengths(settings: dict, role: str) -> dict:
+    """What a curation card measures against (from the curation step's settings): the training stage's
+    max_length, and the tokenizer that counts tokens when curate.tokens.count asks for the base model's."""
+    counted = settings["curate"]["tokens"]["count"] == "base_model" and "base_model" in settings
+    return {"max_length": settings["sft" if role == "sft" else "dpo"]["max_length"],
+            "tokenizer": settings["base_model"]["path"] if counted else None,
+            "trust_remote_code": settings["base_model"]["trust_remote_code"] if counted else False}
+
+
+def _curation_lengths_reads(recipe: dict, role: str) -> list[str]:
+    keys = [f"{'sft' if role == 'sft' else 'dpo'}.max_length"]
+    if recipe["curate"]["tokens"]["count"] == "base_model" and recipe["base_model"]["path"] is not None:
+        keys += ["base_model.path", "base_model.trust_remote_code"]
+    return keys
 
 
 def _beneath(recipe: dict) -> dict:
@@ -165,6 +203,12 @@ def _beneath(recipe: dict) -> dict:
 
 
 STAGES = {
+    # A named model (hub id or local folder) is snapshotted once by the fetch_model localrule, where the
+    # network is; every model step consumes the snapshot, never the hub.
+    "fetch": Stage("models", lambda r, role: [f"{'base_model' if role == 'base' else 'judge.local'}.{name}"
+                                              for name in ("path", "revision")], lambda r, _: {},
+                   shape=_fetched, files=lambda r, role: tuple(local_files(_fetched(r, role)["path"]))
+                   if is_local_folder(_fetched(r, role)["path"]) else ()),
     "tokenizer": Stage("tokenizer", lambda r, _: ["base_model.build.vocab_size",
                                                   *_sources(r, "pretrain", ["path", "format"])],
                        lambda r, _: {}),
@@ -173,7 +217,7 @@ STAGES = {
         *_sources(r, "pretrain", ["path", "format"])], lambda r, _: {"tokenizer": "tokenizer"}),
     "ingest": Stage("ingested", lambda r, index: [f"sources[{index}].{name}" for name in INGEST_KEYS],
                     lambda r, _: {}),
-    "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r)]
+    "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
                         f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
     # No template: raw text, so a template edit does not rerun continued pretraining.
@@ -189,7 +233,8 @@ STAGES = {
                           name: name for name in adapter_stages(r, stage)}}),
     # One judge job per scored stage, and `reference` for the answers of judge.reference_grades.
     "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
-                   lambda r, stage: {} if stage == "reference" else {"generations": f"generate_{stage}"}),
+                   lambda r, stage: ({} if stage == "reference" else {"generations": f"generate_{stage}"})
+                   | ({"fetch_judge": "fetch_judge"} if "judge" in fetched_models(r) else {})),
     # Unkeyed (results/eval.json, submission.jsonl): the recipe's own scores and submission.
     "evaluate": Stage("", lambda r, _: _evaluation(r), lambda r, _: {
         **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
@@ -262,22 +307,6 @@ def leaf_keys(recipe: dict, keys) -> set[str]:
 
 # ---- the plan ---------------------------------------------------------------------------------------
 
-def source_files(path: str, format: str) -> list[str]:
-    """The files a path names: itself, a directory's shards of that format (recursively, hidden
-    files skipped), or a glob's matches (`**` recursive). Sorted, so line order is reproducible."""
-    if format == "hf":
-        return [path]
-    if any(character in path for character in "*?["):
-        return sorted(match for match in glob.glob(path, recursive=True) if Path(match).is_file())
-    folder = Path(path)
-    if folder.is_dir():
-        suffixes = SHARD_SUFFIXES.get(format, ())
-        return sorted(str(file) for file in folder.rglob("*")
-                      if file.is_file() and file.suffix.lower() in suffixes
-                      and not any(part.startswith(".") for part in file.relative_to(folder).parts))
-    return [path] if folder.is_file() else []
-
-
 def sources_of(recipe: dict, role: str) -> list[dict]:
     return [source for source in recipe["sources"] if source["role"] == role]
 
@@ -308,7 +337,7 @@ def adapter_stages(recipe: dict, stage: str) -> list[str]:
 
 def _instances(recipe: dict) -> list[tuple[str, str, object]]:
     """(step name, stage, instance) in build order."""
-    found = []
+    found = [(f"fetch_{role}", "fetch", role) for role in fetched_models(recipe)]
     if recipe["base_model"]["path"] is None:
         found += [("tokenizer", "tokenizer", None), ("base_model", "base_model", None)]
     if recipe["continued_pretraining"]["enabled"]:
@@ -335,13 +364,15 @@ def steps(recipe: dict) -> dict[str, Step]:
         row = STAGES[stage]
         reads = tuple(row.reads(recipe, instance))
         upstream = {consumed: plan[step].key for consumed, step in row.consumes(recipe, instance).items()}
-        files = tuple(value for value in (recipe["tasks"]["path"], recipe["tasks"]["references"],
-                                          recipe["judge"]["prompt_template"], recipe["judge"]["reference_grades"])
-                      if value and any(dotted.startswith(("tasks.", "judge.")) and _lookup(recipe, dotted) == value
-                                       for dotted in reads))
-        # One ingest step per source, named by its stage alone: editing or adding one source
-        # re-reads that source only, and two recipes naming the same source share its ingest.
-        plan[name] = Step(name if stage != "ingest" else "ingest", pick(recipe, reads), upstream, files, reads)
+        files = row.files(recipe, instance) if row.files else tuple(
+            value for value in (recipe["tasks"]["path"], recipe["tasks"]["references"],
+                                recipe["judge"]["prompt_template"], recipe["judge"]["reference_grades"])
+            if value and any(dotted.startswith(("tasks.", "judge.")) and _lookup(recipe, dotted) == value
+                             for dotted in reads))
+        settings = row.shape(recipe, instance) if row.shape else pick(recipe, reads)
+        # Ingest and fetch steps are named by their stage alone: two recipes (or a base that also
+        # judges) naming the same source or model share its step.
+        plan[name] = Step(stage if stage in ("ingest", "fetch") else name, settings, upstream, files, reads)
     return plan
 
 
