@@ -108,7 +108,7 @@ def _curation(recipe: dict) -> list[str]:
     keys = ["seed", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
             "curate.max_response_chars", "curate.tokens", "curate.japanese.min_share", "curate.repetition",
             "curate.block_patterns", "curate.dedup", "curate.near_dedup.enabled", "curate.decontaminate",
-            "curate.validation_fraction"]
+            "curate.validation_fraction", "curate.min_kept_share"]
     if settings["japanese"]["min_share"] > 0:
         keys.append("curate.japanese.fields")
     if settings["near_dedup"]["enabled"]:
