@@ -35,6 +35,11 @@ def step(wildcards):
         raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
 
 
+def evaluation_setting(name):
+    """A params function of the evaluation (unkeyed: the recipe's, or a sweep variant's by its name)."""
+    return lambda wildcards: PLANS[variant_name(wildcards)]["evaluate"].settings[name]
+
+
 def setting(name):
     """A params function: the setting `name` of the step whose key is in the wildcards."""
     return lambda wildcards: step(wildcards).settings[name]
@@ -68,7 +73,7 @@ def ingested(wildcards):
 
 
 def source_of_step(wildcards):
-    return source_paths([step(wildcards).settings["source"]])
+    return source_paths(step(wildcards).settings["sources"])
 
 
 def curated(wildcards):

@@ -10,7 +10,7 @@ with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
         sources=snakemake.params.sources,
         role=snakemake.wildcards.role,
         tasks_path=snakemake.input.tasks,
-        settings=snakemake.params.settings,
+        settings=snakemake.params.curate,
         kept_path=snakemake.output.kept,
         quarantine_path=snakemake.output.quarantine,
         card_path=snakemake.output.card,

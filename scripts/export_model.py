@@ -7,12 +7,11 @@ from tunesmith.model import export_merged
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-model = snakemake.params.model
 with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
     export_merged(
         base_path=snakemake.params.base_path,
-        section=model["base_model"],
+        section=snakemake.params.base_model,
         adapter=snakemake.input.adapter,
         out_dir=snakemake.output.model,
-        template_section=model["template"],
+        template_section=snakemake.params.template,
     )

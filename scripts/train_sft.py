@@ -8,17 +8,16 @@ from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-model = snakemake.params.model
 with recorded(snakemake, "sft"):
     run_distributed(
         train_sft,
         distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
-        base_section=model["base_model"],
-        template_section=model["template"],
+        base_section=snakemake.params.base_model,
+        template_section=snakemake.params.template,
         sft=snakemake.params.sft,
         dataset_path=snakemake.input.dataset,
-        seed=model["seed"],
+        seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),
