@@ -1,6 +1,6 @@
 """Write a curated dataset in the layouts trl and `datasets` load (split files and a dataset card)."""
 
-from tunesmith.export_data import export_curated
+from tunesmith.hub import export_curated
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
@@ -11,6 +11,6 @@ with recorded(snakemake, f"export_{snakemake.wildcards.role}"):
         data_card_path=snakemake.input.card,
         role=snakemake.wildcards.role,
         sources=snakemake.params.sources,
-        curate=snakemake.params.settings,
+        curate=snakemake.params.curate,
         out_dir=snakemake.output.dataset,
     )
