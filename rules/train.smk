@@ -1,3 +1,6 @@
+# Tracking (the recipe's `tracking`) reaches the training scripts through the workflow config, not params: it
+# cannot change the weights, and Snakemake reruns a job whose params changed (tunesmith.tracking).
+
 rule train_cpt:
     input:
         base_model_input,
@@ -23,7 +26,12 @@ rule train_cpt:
         key=KEY,
     threads: workflow.cores
     resources:
-        gpu=processes,
+        gpu=training_resource("gpu"),
+        nodes=training_resource("nodes"),
+        tasks=training_resource("tasks"),
+        tasks_per_gpu=training_resource("tasks_per_gpu"),
+        gres=training_resource("gres"),
+        mpi=training_resource("mpi"),
     script:
         "../scripts/train_cpt.py"
 
@@ -52,7 +60,12 @@ rule train_sft:
         key=KEY,
     threads: workflow.cores
     resources:
-        gpu=processes,
+        gpu=training_resource("gpu"),
+        nodes=training_resource("nodes"),
+        tasks=training_resource("tasks"),
+        tasks_per_gpu=training_resource("tasks_per_gpu"),
+        gres=training_resource("gres"),
+        mpi=training_resource("mpi"),
     script:
         "../scripts/train_sft.py"
 
@@ -82,7 +95,12 @@ rule train_dpo:
         key=KEY,
     threads: workflow.cores
     resources:
-        gpu=processes,
+        gpu=training_resource("gpu"),
+        nodes=training_resource("nodes"),
+        tasks=training_resource("tasks"),
+        tasks_per_gpu=training_resource("tasks_per_gpu"),
+        gres=training_resource("gres"),
+        mpi=training_resource("mpi"),
     script:
         "../scripts/train_dpo.py"
 

@@ -3,6 +3,7 @@
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.tracking import run_of
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
@@ -19,5 +20,6 @@ with recorded(snakemake, "sft"):
         seed=model["seed"],
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
+        tracking=run_of(snakemake, "sft"),
         base_adapters=list(snakemake.input.base_adapters),
     )
