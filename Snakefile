@@ -12,11 +12,13 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/curate.smk"
+include: "rules/fetch.smk"
 include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/judge.smk"
 include: "rules/submission.smk"
+include: "rules/publish.smk"
 
 
 rule all:
@@ -26,3 +28,4 @@ rule all:
         evaluation_targets(),
         rules.trace_lineage.output,
         sweep_targets(),
+        dataset_targets(),

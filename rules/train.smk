@@ -1,5 +1,7 @@
 # Tracking (the recipe's `tracking`) reaches the training scripts through the workflow config, not params: it
-# cannot change the weights, and Snakemake reruns a job whose params changed (tunesmith.tracking).
+# cannot change the weights, and Snakemake reruns a job whose params changed. The stage table declares the
+# keys each training job reads of it (plan.Stage.unkeyed), and tunesmith.tracking.run_of reads those.
+
 
 rule train_cpt:
     input:
@@ -53,7 +55,9 @@ rule train_sft:
         "logs/train_sft/{key}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         sft=setting("sft"),
         distributed=setting("distributed"),
     wildcard_constraints:
@@ -88,7 +92,9 @@ rule train_dpo:
         "logs/train_dpo/{key}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         dpo=setting("dpo"),
         distributed=setting("distributed"),
     wildcard_constraints:
@@ -117,7 +123,8 @@ rule export_model:
         "logs/export_model/{stage}.log",
     params:
         base_path=base_model_path,
-        model=lambda wildcards: PLANS[""]["sft"].settings["model"],
+        base_model=lambda wildcards: PLANS[""]["sft"].settings["base_model"],
+        template=lambda wildcards: PLANS[""]["sft"].settings["template"],
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores

@@ -2,6 +2,7 @@
 frozen SFT adapter. Tracking settings come from the workflow config, not params: tracking cannot change the
 weights, and a changed param would rerun the job."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
@@ -9,18 +10,18 @@ from tunesmith.tracking import run_of
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
-model = snakemake.params.model
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, "dpo"):
     run_distributed(
         train_dpo,
         distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
-        base_section=model["base_model"],
-        template_section=model["template"],
+        base_section=snakemake.params.base_model,
+        template_section=snakemake.params.template,
         dpo=snakemake.params.dpo,
         dataset_path=snakemake.input.dataset,
         sft_adapter=snakemake.input.sft_adapter,
-        seed=model["seed"],
+        seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         tracking=run_of(snakemake, "dpo"),

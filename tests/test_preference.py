@@ -210,3 +210,12 @@ def test_the_dpo_keys_are_checked_together():
     orpo = recipe()
     orpo["dpo"] |= {"method": "orpo", "loss_type": "ipo"}
     assert "dpo.loss_type: 'ipo' is a DPO loss; method 'orpo'" in preference_problems(orpo)[0]
+
+
+def test_the_recipe_validator_refuses_them_before_any_job():
+    from tunesmith.recipe import RecipeError, validate_recipe
+
+    kto = recipe()
+    kto["dpo"] |= {"method": "kto", "batch_size": 1}
+    with pytest.raises(RecipeError, match="dpo.batch_size: method kto needs at least 2"):
+        validate_recipe(kto)

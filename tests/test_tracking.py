@@ -132,3 +132,22 @@ def test_the_default_mlflow_store_is_a_local_sqlite_file_under_results(tmp_path)
     assert environment(run, str(tmp_path))["MLFLOW_EXPERIMENT_NAME"] == "tunesmith"
     file_store = run | {"mlflow_tracking_uri": f"file:{tmp_path / 'mlruns'}"}
     assert environment(file_store, str(tmp_path))["MLFLOW_ALLOW_FILE_STORE"] == "true"
+
+
+def test_a_job_reads_the_tracking_keys_its_stage_declares_and_refuses_a_missing_backend_before_any_job(tmp_path,
+                                                                                                 monkeypatch):
+    """run_of picks what the stage table declares: without mlflow in report_to, mlflow's URI is not read."""
+    import importlib.util
+
+    from tunesmith.recipe import file_problems
+
+    job, _ = _job(tmp_path, ["tensorboard"], tracking_uri="sqlite:////elsewhere/mlflow.db")
+    job.config["tracking"]["wandb"] = {"mode": "online"}
+    run = run_of(job, "dpo")
+    assert run["report_to"] == ["tensorboard"] and run["wandb_mode"] == "offline"
+    assert run["mlflow_tracking_uri"] != "sqlite:////elsewhere/mlflow.db"
+    assert run_of(_job(tmp_path, [])[0], "cpt") == {"report_to": []}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "wandb" else real(name, *args))
+    problems = file_problems(_job(tmp_path, ["wandb"])[0].config)
+    assert any(problem.startswith("tracking.report_to: lists 'wandb'") for problem in problems), problems

@@ -62,7 +62,11 @@ def _git_commit() -> str | None:
 
 def run_settings(section: dict, stage: str, key: str, recipe: dict, settings: dict, output: str,
                  results: str = "results") -> dict:
-    """What a training function needs to track its run (JSON data, so it travels to launched processes)."""
+    """What a training function needs to track its run (JSON data, so it travels to launched processes), from
+    the `tracking` section (or the part of it the stage table declares: a backend's settings only with it)."""
+    report_to = list(section["report_to"])
+    if not report_to:
+        return {"report_to": []}
     results = Path(results).resolve()
     tags = {
         "tunesmith.stage": stage,
@@ -73,19 +77,24 @@ def run_settings(section: dict, stage: str, key: str, recipe: dict, settings: di
         "tunesmith.output": str(output),
     }
     return {
-        "report_to": list(section["report_to"]),
+        "report_to": report_to,
         "run_name": f"{stage}-{key}",
         "project": section["project"],
         "tags": tags,
-        "mlflow_tracking_uri": section["mlflow"]["tracking_uri"] or f"sqlite:///{results / 'mlflow.db'}",
-        "wandb_mode": section["wandb"]["mode"],
+        "mlflow_tracking_uri": section.get("mlflow", {}).get("tracking_uri") or f"sqlite:///{results / 'mlflow.db'}",
+        "wandb_mode": section.get("wandb", {}).get("mode", "offline"),
         "wandb_dir": str(results),
     }
 
 
 def run_of(job, stage: str) -> dict:
-    """`run_settings` of a Snakemake training job: its key, params (as its manifest records them) and the recipe."""
-    return run_settings(job.config["tracking"], stage, job.wildcards.key, dict(job.config),
+    """`run_settings` of a Snakemake training job: its key, params (as its manifest records them) and the recipe.
+    The job reads the tracking keys the stage table declares for it (`Stage.unkeyed`), from the workflow's config."""
+    from tunesmith import plan  # plan imports the modules that import this one
+
+    recipe = dict(job.config)
+    section = plan.pick(recipe, plan.STAGES[stage].unkeyed(recipe, None))["tracking"]
+    return run_settings(section, stage, job.wildcards.key, recipe,
                         {name: value for name, value in job.params.items()}, job.output[0])
 
 
