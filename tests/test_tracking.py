@@ -13,10 +13,8 @@ from safetensors.torch import load_file
 from tiny_model import SEED, recipe, sft_adapter, tiny  # noqa: F401
 from tunesmith.manifest import _git_commit
 from tunesmith.model import read_metadata
-from tunesmith.recipe import section_hash
-from tunesmith.tracking import (
-    EVENTS_FOLDER, EVENTS_PLOT, TrackingError, environment, run_of, run_settings, tracked, tracking_problems,
-)
+from tunesmith.recipe import section_hash, tracking_problems
+from tunesmith.tracking import EVENTS_FOLDER, EVENTS_PLOT, TrackingError, environment, run_of, run_settings, tracked
 from tunesmith.train import train_sft
 
 

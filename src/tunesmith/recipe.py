@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -285,13 +286,21 @@ def _cross_key_problems(recipe: dict) -> list[str]:
     return problems + preference_problems(recipe) + check_settings(recipe["curate"])
 
 
+def tracking_problems(recipe: dict) -> list[str]:
+    """Tracking backends (tunesmith.tracking) whose package is not installed: checked with the files, since it
+    is the machine the workflow runs on that lacks them."""
+    hints = {"mlflow": "pip install 'tunesmith[tracking]'", "tensorboard": "pip install tensorboard",
+             "wandb": "pip install wandb", "trackio": "pip install trackio"}
+    return [f"tracking.report_to: lists '{name}', but the {name} package is not installed ({hints[name]}, "
+            "or remove it from tracking.report_to)"
+            for name in recipe["tracking"]["report_to"] if importlib.util.find_spec(name) is None]
+
+
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
     from tunesmith.sources import check_inputs  # both import this module
     from tunesmith.tasks import check_task_files
-    from tunesmith.tracking import tracking_problems  # tracking imports this module
 
-    # A tracking backend's package is a file problem: it is the machine the workflow runs on that lacks it.
     problems = check_inputs(recipe) + check_task_files(recipe) + tracking_problems(recipe)
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):

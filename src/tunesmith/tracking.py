@@ -32,7 +32,6 @@ from pathlib import Path
 
 from tunesmith.recipe import section_hash
 
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 EVENTS_FOLDER = "tensorboard"
 EVENTS_PLOT = "training_tensorboard.png"
 _WANDB_TAG_LENGTH = 64  # W&B's limit on one tag
@@ -43,15 +42,8 @@ class TrackingError(RuntimeError):
 
 
 def missing_backends(report_to) -> list[str]:
-    return [name for name in report_to if importlib.util.find_spec(PACKAGES[name]) is None]
-
-
-def tracking_problems(recipe: dict) -> list[str]:
-    """Problems of the recipe's `tracking` section found before any job (for tunesmith.recipe's validator)."""
-    hints = {"mlflow": "pip install 'tunesmith[tracking]'", "tensorboard": "pip install tensorboard",
-             "wandb": "pip install wandb", "trackio": "pip install trackio"}
-    return [f"tracking.report_to: lists '{name}', but the {PACKAGES[name]} package is not installed ({hints[name]}, "
-            f"or remove it from tracking.report_to)" for name in missing_backends(recipe["tracking"]["report_to"])]
+    """The backends whose package (named as the backend) is not installed."""
+    return [name for name in report_to if importlib.util.find_spec(name) is None]
 
 
 def _git_commit() -> str | None:
