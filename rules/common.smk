@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
 from tunesmith.evaluate import end_of_run_message
+from tunesmith.launcher import job_resources
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
@@ -171,9 +172,10 @@ def base_adapters(wildcards):
     return [keyed(rules.train_cpt.output.adapter, key)] if key else []
 
 
-def processes(wildcards):
-    """GPUs a training job holds: one per process (`distributed.processes`)."""
-    return step(wildcards).settings["distributed"]["processes"]
+def training_resource(name):
+    """A resources function of training jobs: GPUs, and Slurm's nodes and tasks above one node
+    (`tunesmith.launcher.job_resources`; None leaves the resource out)."""
+    return lambda wildcards: job_resources(step(wildcards).settings["distributed"]).get(name)
 
 
 def sft_adapter(wildcards):

@@ -1,3 +1,8 @@
+# Tracking (the recipe's `tracking`) reaches the training scripts through the workflow config, not params: it
+# cannot change the weights, and Snakemake reruns a job whose params changed. The stage table declares the
+# keys each training job reads of it (plan.Stage.unkeyed), and tunesmith.tracking.run_of reads those.
+
+
 rule train_cpt:
     input:
         base_model_input,
@@ -23,7 +28,12 @@ rule train_cpt:
         key=KEY,
     threads: workflow.cores
     resources:
-        gpu=processes,
+        gpu=training_resource("gpu"),
+        nodes=training_resource("nodes"),
+        tasks=training_resource("tasks"),
+        tasks_per_gpu=training_resource("tasks_per_gpu"),
+        gres=training_resource("gres"),
+        mpi=training_resource("mpi"),
     script:
         "../scripts/train_cpt.py"
 
@@ -54,7 +64,12 @@ rule train_sft:
         key=KEY,
     threads: workflow.cores
     resources:
-        gpu=processes,
+        gpu=training_resource("gpu"),
+        nodes=training_resource("nodes"),
+        tasks=training_resource("tasks"),
+        tasks_per_gpu=training_resource("tasks_per_gpu"),
+        gres=training_resource("gres"),
+        mpi=training_resource("mpi"),
     script:
         "../scripts/train_sft.py"
 
@@ -86,7 +101,12 @@ rule train_dpo:
         key=KEY,
     threads: workflow.cores
     resources:
-        gpu=processes,
+        gpu=training_resource("gpu"),
+        nodes=training_resource("nodes"),
+        tasks=training_resource("tasks"),
+        tasks_per_gpu=training_resource("tasks_per_gpu"),
+        gres=training_resource("gres"),
+        mpi=training_resource("mpi"),
     script:
         "../scripts/train_dpo.py"
 

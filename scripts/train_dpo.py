@@ -1,9 +1,12 @@
-"""DPO on the curated preference data, on top of the frozen SFT adapter, with the SFT model as reference."""
+"""The preference stage (dpo.method: DPO, ORPO, SimPO or KTO) on the curated preference data, on top of the
+frozen SFT adapter. Tracking settings come from the workflow config, not params: tracking cannot change the
+weights, and a changed param would rerun the job."""
 
 from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.tracking import run_of
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
@@ -21,5 +24,6 @@ with recorded(snakemake, "dpo"):
         seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
+        tracking=run_of(snakemake, "dpo"),
         base_adapters=list(snakemake.input.base_adapters),
     )

@@ -4,6 +4,7 @@ from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.tracking import run_of
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
@@ -20,5 +21,6 @@ with recorded(snakemake, "sft"):
         seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
+        tracking=run_of(snakemake, "sft"),
         base_adapters=list(snakemake.input.base_adapters),
     )

@@ -21,6 +21,10 @@ SHAPES = {
     "a local judge with reference grades": {"judge": {"backend": "transformers", "local": {"path": "judge-model"},
                                                       "reference_grades": "grades.jsonl"}},
     "an endpoint judge": {"judge": {"backend": "openai", "openai": {"model": "gpt-4o"}}},
+    "SimPO on two nodes, tracked in MLflow and W&B": {"dpo": {"method": "simpo"}, "distributed": {"nodes": 2},
+                                                       "tracking": {"report_to": ["mlflow", "wandb"]}},
+    "ORPO, untracked": {"dpo": {"method": "orpo"}, "tracking": {"report_to": []}},
+    "KTO on two processes": {"dpo": {"method": "kto"}, "distributed": {"processes": 2}},
     "no DPO, no near-dup, no decontamination": {"dpo": {"enabled": False},
                                                 "curate": {"near_dedup": {"enabled": False}, "decontaminate": False}},
 }
@@ -77,9 +81,44 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
             except RecipeError:
                 continue  # e.g. continued pretraining without a pretrain source
             read |= {plan.generic(key) for step in plan.steps(recipe).values()
-                     for key in plan.leaf_keys(recipe, step.reads)}
+                     for key in plan.leaf_keys(recipe, step.reads + step.unkeyed)}
     declared = {plan.generic(key) for key in leaves(shaped("default"))}
     # Switches that decide which stages exist, and the opt-in push rules' own section (rules/publish.smk).
     unused = {key for key in declared - read
               if not key.startswith(("dpo.enabled", "continued_pretraining.enabled", "publish."))}
     assert not unused, f"no stage reads {sorted(unused)}"
+
+
+def test_each_preference_method_reads_its_own_settings_only():
+    reads = {method: plan.leaf_keys(recipe, plan.steps(recipe)["dpo"].reads) for method, recipe in (
+        ("dpo", shaped("default")), ("simpo", shaped("SimPO on two nodes, tracked in MLflow and W&B")),
+        ("orpo", shaped("ORPO, untracked")), ("kto", shaped("KTO on two processes")))}
+    own = {"dpo": {"dpo.loss_type"}, "simpo": {"dpo.simpo.gamma", "dpo.simpo.sft_weight"}, "orpo": set(),
+           "kto": {"dpo.kto.desirable_weight", "dpo.kto.undesirable_weight"}}
+    everyone = set().union(*own.values())
+    for method, keys in reads.items():
+        assert "dpo.method" in keys and "dpo.beta" in keys
+        assert keys & everyone == own[method], method
+
+
+def test_several_nodes_read_the_strategy_even_with_one_process_each():
+    recipe = shaped("default")
+    recipe["distributed"]["nodes"] = 2
+    assert {"distributed.nodes", "distributed.strategy"} <= set(plan.steps(recipe)["sft"].reads)
+    assert "distributed.strategy" not in plan.steps(shaped("default"))["sft"].reads
+
+
+def test_tracking_is_declared_for_the_training_stages_and_changes_no_key():
+    """A training job reads where it reports (Stage.unkeyed; tunesmith.tracking.run_of picks those keys), but
+    tracking cannot change the weights: switching backends or project reruns nothing."""
+    tracked = shaped("SimPO on two nodes, tracked in MLflow and W&B")
+    steps = plan.steps(tracked)
+    for name in ("sft", "dpo"):
+        assert set(steps[name].unkeyed) == {"tracking.report_to", "tracking.project", "tracking.mlflow",
+                                            "tracking.wandb"}
+    assert plan.steps(shaped("ORPO, untracked"))["sft"].unkeyed == ("tracking.report_to",)
+    assert not [name for name, step in steps.items() if name not in ("cpt", "sft", "dpo") and step.unkeyed]
+    untracked = copy.deepcopy(tracked)
+    untracked["tracking"] = {"report_to": [], "project": "other"}
+    after = plan.steps(validate_recipe(untracked))
+    assert {name: step.key for name, step in after.items()} == {name: step.key for name, step in steps.items()}

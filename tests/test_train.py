@@ -4,6 +4,7 @@ training on two processes."""
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -492,6 +493,60 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), out), PeftModel)
 
 
+FAKE_SRUN = """#!{python}
+# srun's part in a Slurm step: each of --ntasks copies of the command with its SLURM_NODEID, and the address
+# of the node srun was started on; one failing task stops the others (--kill-on-bad-exit).
+import os, subprocess, sys, time
+arguments = sys.argv[1:]
+with open({record!r}, "w") as handle:
+    handle.write(repr(arguments))
+tasks = int(next(a for a in arguments if a.startswith("--ntasks=")).split("=")[1])
+command = arguments[next(i for i, a in enumerate(arguments) if not a.startswith("--")):]
+processes = [subprocess.Popen(command, env={{**os.environ, "SLURM_NODEID": str(i), "SLURM_PROCID": str(i),
+                                           "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1"}}) for i in range(tasks)]
+while all(p.poll() is None for p in processes):
+    time.sleep(0.2)
+if any(p.poll() not in (None, 0) for p in processes):
+    for p in processes:
+        p.poll() is None and p.terminate()
+codes = [p.wait() for p in processes]
+sys.exit(next((code for code in codes if code), 0))
+"""
+
+
+def test_sft_on_two_nodes_is_one_process_group(tiny, tmp_path, capfd, monkeypatch):
+    """distributed.nodes 2 as two node ranks of this host: srun (here a stand-in that starts one task per node, as
+    Slurm does, with SLURM_NODEID) runs one `tunesmith.launcher --node` per node, each an `accelerate launch
+    --num_machines 2 --machine_rank <node>` of one gloo process; rank 0 writes the one adapter."""
+    import sys
+
+    bin_folder, record = tmp_path / "bin", tmp_path / "srun.args"
+    bin_folder.mkdir()
+    (bin_folder / "srun").write_text(FAKE_SRUN.format(python=sys.executable, record=str(record)))
+    (bin_folder / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    sft = tiny.section("sft") | {"max_steps": 3, "logging_steps": 1}
+    distributed = tiny.section("distributed") | {"processes": 1, "nodes": 2}
+    out = tmp_path / "adapters" / "sft"
+    result = run_distributed(train_sft, distributed, base_path=tiny.base_dir, base_section=tiny.section("base_model"),
+                             template_section=tiny.section("template"), sft=sft, dataset_path=tiny.sft_data,
+                             seed=SEED, out_dir=str(out), threads=2)
+    output = capfd.readouterr().err
+    for rank in (0, 1):
+        assert any(f"[rank {rank}/2]" in line and "sft: " in line for line in output.splitlines()), \
+            f"rank {rank} did not train:\n{output[-3000:]}"
+    srun = eval(record.read_text())
+    assert srun[:4] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=2"]
+    assert sorted(entry.name for entry in out.parent.iterdir()) == ["sft"], "one adapter; the spec folder is gone"
+    metadata = read_metadata(out)
+    assert metadata["processes"] == 2 and metadata["nodes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
+    assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
+    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
+    assert len(logged(out, "loss")) == 3
+    assert_lora_trained(str(out))
+
+
 def test_a_failing_multi_process_run_reports_its_output_and_writes_nothing(tiny, tmp_path):
     from tunesmith.launcher import DistributedError
 
@@ -515,7 +570,7 @@ def test_deepspeed_without_the_package_stops_before_training(tiny, tmp_path, mon
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
     monkeypatch.setattr(train_module, "trainable_model", lambda *args, **kwargs: pytest.fail("loaded a model"))
-    distributed = {"processes": 2, "strategy": "deepspeed", "zero_stage": 2}
+    distributed = {"processes": 2, "nodes": 1, "strategy": "deepspeed", "zero_stage": 2}
     with pytest.raises(DistributedError, match="deepspeed"):
         run_distributed(train_dpo, distributed, base_path=tiny.base_dir, base_section=tiny.section("base_model"),
                         template_section=tiny.section("template"), dpo=tiny.section("dpo"),

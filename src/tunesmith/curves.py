@@ -72,3 +72,46 @@ def plot_curves(history: list[dict], path: str, title: str) -> list[str]:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return plotted
+
+
+def read_events(folder: str) -> dict:
+    """The scalars (`{tag: [(step, value)]}`) and text summaries (`{tag: [text]}`) of a folder of TensorBoard
+    event files. Of a resumed run, the steps the killed attempt logged after its last checkpoint are those
+    of the attempt that redid them (TensorBoard's purge of orphaned data)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(folder, size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    scalars = {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in tags["scalars"]}
+    texts = {tag: [b"".join(event.tensor_proto.string_val).decode("utf-8") for event in events.Tensors(tag)]
+             for tag in tags["tensors"] if tag.endswith("/text_summary")}
+    return {"scalars": scalars, "text": texts}
+
+
+def plot_events(folder: str, path: str, title: str) -> list[str]:
+    """Every scalar the TensorBoard events in `folder` hold, one small panel each; returns the tags plotted."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scalars = read_events(folder)["scalars"]
+    tags = sorted(tag for tag, points in scalars.items() if points)
+    columns = 3
+    rows = max(1, math.ceil(len(tags) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for axis, tag in zip(axes.flat, tags):
+        steps, values = zip(*scalars[tag])
+        axis.plot(steps, values, marker="." if len(steps) < 20 else None)
+        axis.set_title(tag, fontsize="small")
+        axis.tick_params(labelsize="x-small")
+    for axis in list(axes.flat)[len(tags):]:
+        axis.axis("off")
+    figure.suptitle(f"{title}: TensorBoard scalars")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return tags

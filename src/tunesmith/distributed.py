@@ -22,6 +22,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def nodes() -> int:
+    """The machines the process group spans (torchrun's worker groups, one per node)."""
+    return int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     return rank() == 0
 

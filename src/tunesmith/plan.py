@@ -42,6 +42,8 @@ class Stage:
     # the model alone, whichever section names it, so a base that also judges is fetched once)
     shape: object = field(default=None, repr=False)
     files: object = field(default=None, repr=False)  # (recipe, instance) -> files outside the workflow it reads
+    # (recipe, instance) -> keys the job reads that cannot change its artifact, so in no key (tracking)
+    unkeyed: object = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Step:
     upstream: dict = field(default_factory=dict)  # name -> key of a consumed artifact
     files: tuple = ()  # files outside the workflow (the task file) it reads
     reads: tuple = ()  # the dotted keys behind `settings`
+    unkeyed: tuple = ()  # keys the job also reads that cannot change its artifact (Stage.unkeyed)
 
     @property
     def key(self) -> str:
@@ -83,10 +86,20 @@ def _template(recipe: dict, generation: bool = False) -> list[str]:
 
 def _distributed(recipe: dict) -> list[str]:
     section = recipe["distributed"]
-    if section["processes"] == 1:
-        return ["distributed.processes"]
-    return ["distributed.processes", "distributed.strategy"] + (
+    if section["processes"] * section["nodes"] == 1:
+        return ["distributed.processes", "distributed.nodes"]
+    return ["distributed.processes", "distributed.nodes", "distributed.strategy"] + (
         ["distributed.zero_stage"] if section["strategy"] == "deepspeed" else [])
+
+
+def _tracking(recipe: dict, _=None) -> list[str]:
+    """Where a training job reports its run (tunesmith.tracking). Tracking cannot change the trained weights,
+    so these keys are in no content key (Stage.unkeyed): changing them reruns nothing."""
+    report_to = recipe["tracking"]["report_to"]
+    if not report_to:
+        return ["tracking.report_to"]
+    return ["tracking.report_to", "tracking.project"] + [
+        f"tracking.{name}" for name in ("mlflow", "wandb") if name in report_to]
 
 
 def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
@@ -97,6 +110,10 @@ def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
         keys.append(f"{section}.lora")
     if "packing" in values and not values["packing"]:
         keys.remove(f"{section}.packing_strategy")
+    if "method" in values:  # the preference stage: each method's own settings only for that method
+        method = values["method"]
+        keys = [key for key in keys if key not in ("dpo.loss_type", "dpo.simpo", "dpo.kto")]
+        keys += {"dpo": ["dpo.loss_type"], "simpo": ["dpo.simpo"], "kto": ["dpo.kto"]}.get(method, [])
     return keys
 
 
@@ -225,12 +242,13 @@ STAGES = {
                         f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
     # No template: raw text, so a template edit does not rerun continued pretraining.
     "cpt": Stage("cpt", lambda r, _: ["seed", *_model(r), *_training(r, "continued_pretraining"), *_distributed(r),
-                                      *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r)),
+                                      *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r),
+                 unkeyed=_tracking),
     "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r), *_training(r, "sft"), *_distributed(r)],
-                 lambda r, _: {**_beneath(r), "dataset": "curate_sft"}),
+                 lambda r, _: {**_beneath(r), "dataset": "curate_sft"}, unkeyed=_tracking),
     "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
-                 lambda r, _: {**_beneath(r), "dataset": "curate_preference", "sft": "sft"}),
+                 lambda r, _: {**_beneath(r), "dataset": "curate_preference", "sft": "sft"}, unkeyed=_tracking),
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
                       + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
@@ -375,7 +393,8 @@ def steps(recipe: dict) -> dict[str, Step]:
         settings = row.shape(recipe, instance) if row.shape else pick(recipe, reads)
         # Ingest and fetch steps are named by their stage alone: two recipes (or a base that also
         # judges) naming the same source or model share its step.
-        plan[name] = Step(stage if stage in ("ingest", "fetch") else name, settings, upstream, files, reads)
+        unkeyed = tuple(row.unkeyed(recipe, instance)) if row.unkeyed else ()
+        plan[name] = Step(stage if stage in ("ingest", "fetch") else name, settings, upstream, files, reads, unkeyed)
     return plan
 
 

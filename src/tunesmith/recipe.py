@@ -11,6 +11,7 @@ way. Every problem is reported with its key path and a bounded excerpt of the va
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -19,6 +20,7 @@ from pathlib import Path
 
 
 from tunesmith.recipe_file import RecipeError, _excerpt, _unshared, read_recipe
+from tunesmith.preference import preference_problems
 from tunesmith.schema import load_schema, strict_validator
 from tunesmith.sources import check_inputs, check_settings
 from tunesmith.tasks import check_task_files
@@ -125,12 +127,22 @@ def _cross_key_problems(recipe: dict) -> list[str]:
         problems.append("base_model.build.num_attention_heads: must divide base_model.build.hidden_size")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("template.prompt: a plain template needs an {input} placeholder")
-    return problems + check_settings(recipe["curate"])
+    return problems + preference_problems(recipe) + check_settings(recipe["curate"])
+
+
+def tracking_problems(recipe: dict) -> list[str]:
+    """Tracking backends (tunesmith.tracking) whose package is not installed: checked with the files, since it
+    is the machine the workflow runs on that lacks them."""
+    hints = {"mlflow": "pip install 'tunesmith[tracking]'", "tensorboard": "pip install tensorboard",
+             "wandb": "pip install wandb", "trackio": "pip install trackio"}
+    return [f"tracking.report_to: lists '{name}', but the {name} package is not installed ({hints[name]}, "
+            "or remove it from tracking.report_to)"
+            for name in recipe["tracking"]["report_to"] if importlib.util.find_spec(name) is None]
 
 
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
-    problems = check_inputs(recipe) + check_task_files(recipe)
+    problems = check_inputs(recipe) + check_task_files(recipe) + tracking_problems(recipe)
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):
         resolved = Path(source["path"]).resolve()

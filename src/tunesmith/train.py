@@ -1,15 +1,17 @@
-"""LoRA continued pretraining, SFT and DPO, with trl.
+"""LoRA continued pretraining, SFT and the preference stage (DPO, ORPO, SimPO or KTO), with trl.
 
 Each stage trains one new LoRA adapter on top of the frozen, unmerged adapter of the stage beneath
 (continued pretraining under SFT, SFT under DPO): the same code for the tiny fp32 default and a
 4-bit base, where merging would round the update away. Continued pretraining (optional) uses
-causal-LM loss on the pretrain sources' raw text; SFT and DPO the curated rows rendered with the
-recipe's template (`tunesmith.train_data`). DPO's reference is the SFT model itself (base + SFT
-adapter), whose log-probabilities are computed once before training. Each stage writes a standalone
-adapter folder (`tunesmith.adapters`), `tunesmith.json` (stage, template hash, base, the chain,
-rows trained, dropped and truncated, processes) and its training curves. A killed run resumes from
-its last complete checkpoint (`tunesmith.checkpoints`). On several processes
-(`tunesmith.launcher`) rank 0 writes the same outputs.
+causal-LM loss on the pretrain sources' raw text; SFT and the preference stage the curated rows
+rendered with the recipe's template (`tunesmith.train_data`). The preference stage's method
+(`tunesmith.preference`) chooses the trl trainer; DPO's and KTO's reference is the SFT model itself
+(base + SFT adapter), whose log-probabilities are computed once before training. Each stage writes a
+standalone adapter folder (`tunesmith.adapters`), `tunesmith.json` (stage, template hash, base, the
+chain, rows trained, dropped and truncated, processes) and its training curves, and reports to the
+recipe's tracking backends (`tunesmith.tracking`). A killed run resumes from its last complete
+checkpoint (`tunesmith.checkpoints`). On several processes or nodes (`tunesmith.launcher`) rank 0
+writes the same outputs.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ from tunesmith.adapters import finish_stage_folder, read_config, trained_part
 from tunesmith.base_model import read_text_lines
 from tunesmith.checkpoints import checkpoint_dir, last_complete_checkpoint
 from tunesmith.curves import plot_curves, write_log
-from tunesmith.distributed import is_main_process, main_process_first, output_folder, world_size
+from tunesmith.distributed import is_main_process, main_process_first, nodes, output_folder, world_size
 from tunesmith.model import (
     activate_stack, check_eos, load_model, load_tokenizer, read_metadata, trainable_model, write_metadata,
 )
+from tunesmith.preference import TRL_DROPS_LONG_PROMPTS, is_unpaired, needs_reference, trainer_class_and_config
 from tunesmith.template import PromptTemplate
+from tunesmith.tracking import keep_events, track_trainer, tracked
+from tunesmith.tracking import metadata as tracking_metadata
 from tunesmith.train_data import Renderer, rendered, split_rows
+from tunesmith.unpaired import unpaired_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +85,9 @@ def _eval_steps(evaluations: int) -> float:
     return 1 / evaluations if evaluations > 1 else sys.maxsize
 
 
-def _common_args(section: dict, seed: int, output_dir: str, evaluate: bool = False) -> dict:
-    """TrainingArguments shared by SFTConfig and DPOConfig, from a recipe's cpt/sft/dpo section."""
+def _common_args(section: dict, seed: int, output_dir: str, reporting: dict, evaluate: bool = False) -> dict:
+    """TrainingArguments every stage's trl config shares, from a recipe's cpt/sft/dpo section; `reporting` is what
+    tunesmith.tracking.tracked yields (report_to, run name)."""
     on_gpu = torch.cuda.is_available()
     evaluations = section["evaluations"] if evaluate else 0
     return dict(
@@ -100,7 +107,7 @@ def _common_args(section: dict, seed: int, output_dir: str, evaluate: bool = Fal
         save_strategy="steps" if section["save_steps"] else "no",
         save_steps=section["save_steps"] or 500,
         save_total_limit=2,
-        report_to=[],
+        **reporting,
         seed=seed,
         data_seed=seed,
         use_cpu=not on_gpu,
@@ -125,19 +132,22 @@ def _chain(beneath: str | None, stage: str, lora: dict) -> list[dict]:
                      "target_modules": list(lora["target_modules"])}]
 
 
-def _save(trainer, tmp: str, title: str, beneath: str | None, base_path: str, **metadata) -> None:
-    """The standalone adapter (and the trained part when adapters lie beneath), `tunesmith.json` and
-    the curves. Every rank calls save_model (with FSDP or ZeRO-3 it gathers the sharded weights);
-    rank 0 alone writes."""
+def _save(trainer, tmp: str, title: str, beneath: str | None, base_path: str, tracking: dict | None = None,
+          **metadata) -> None:
+    """The standalone adapter (and the trained part when adapters lie beneath), `tunesmith.json`, the
+    curves and the TensorBoard events. Every rank calls save_model (with FSDP or ZeRO-3 it gathers the
+    sharded weights); rank 0 alone writes."""
     trainer.save_model(os.path.join(tmp, TRAINED_FOLDER))
     if not is_main_process():
         return
+    keep_events(trainer.args.output_dir, tmp, title)
     shutil.rmtree(os.path.join(tmp, "trainer"), ignore_errors=True)
     finish_stage_folder(tmp, beneath, base_path)
     args = trainer.args
     # What actually ran, e.g. MULTI_GPU (ddp), FSDP, DEEPSPEED, MULTI_CPU, or NO for one process.
-    write_metadata(tmp, **metadata, base_model=read_config(tmp)["base_model_name_or_path"], beneath=beneath,
-                   processes=args.world_size, parallelism=trainer.accelerator.distributed_type.value,
+    write_metadata(tmp, **metadata, **tracking_metadata(tracking), base_model=read_config(tmp)["base_model_name_or_path"],
+                   beneath=beneath, processes=args.world_size, nodes=nodes(),
+                   parallelism=trainer.accelerator.distributed_type.value,
                    effective_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps
                    * args.world_size)
     write_log(trainer.state.log_history, os.path.join(tmp, "training_log.csv"))
@@ -152,6 +162,7 @@ def _beneath(base_adapters) -> str | None:
 
 def train_cpt(
     base_path: str, base_section: dict, cpt: dict, text_paths: list[str], seed: int, out_dir: str, threads: int = 1,
+    tracking: dict | None = None,
 ) -> dict:
     """LoRA continued pretraining: causal-LM loss on every token of the pretrain sources' raw text
     (one document per line, packed into max_length blocks). SFT then trains on top of this adapter."""
@@ -169,17 +180,19 @@ def train_cpt(
     model = trainable_model(base_path, base_section, beneath=None, new_adapter=_lora_config(cpt["lora"]))
     with output_folder(out_dir) as tmp:
         checkpoints = checkpoint_dir(out_dir, cpt, list(text_paths), [base_path, seed, world_size()], tmp)
-        args = SFTConfig(
-            **_common_args(cpt, seed, checkpoints),
-            dataset_text_field="text",
-            packing=True,
-            # Documents joined (each ends in EOS) and cut into max_length blocks: no padding, no
-            # padding-free attention, so it is fast on CPU too.
-            packing_strategy="wrapped",
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        result = _train(trainer, checkpoints)
-        _save(trainer, tmp, f"cpt ({base_path})", None, base_path, stage="cpt", seed=seed,
+        with tracked(tracking, checkpoints) as reporting:
+            args = SFTConfig(
+                **_common_args(cpt, seed, checkpoints, reporting),
+                dataset_text_field="text",
+                packing=True,
+                # Documents joined (each ends in EOS) and cut into max_length blocks: no padding, no
+                # padding-free attention, so it is fast on CPU too.
+                packing_strategy="wrapped",
+            )
+            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+            track_trainer(trainer, tracking)
+            result = _train(trainer, checkpoints)
+        _save(trainer, tmp, f"cpt ({base_path})", None, base_path, tracking, stage="cpt", seed=seed,
               chain=_chain(None, "cpt", cpt["lora"]), documents=len(documents),
               sequences=len(trainer.train_dataset))
     _finish(out_dir)
@@ -188,12 +201,15 @@ def train_cpt(
     return {"train_loss": result.training_loss, "documents": len(documents)}
 
 
-def _datasets(dataset_path: str, renderer: Renderer, render):
-    """The curated rows rendered for trl: (train, eval or None, their Lengths)."""
+def _datasets(dataset_path: str, render, prepare=None):
+    """The curated rows (turned into other rows by `prepare`, if given) rendered for trl: (train, eval or None,
+    their Lengths)."""
     from datasets import Dataset
 
     with main_process_first():
         rows = Dataset.from_parquet(dataset_path)
+    if prepare is not None:
+        rows = prepare(rows)
     train_rows, eval_rows = split_rows(rows, dataset_path)
     train, train_lengths = rendered(train_rows, render)
     held, eval_lengths = rendered(eval_rows, render) if eval_rows else ([], None)
@@ -219,7 +235,7 @@ def _row_counts(trainer, train_lengths, eval_lengths, packing: bool = False) -> 
 
 def train_sft(
     base_path: str, base_section: dict, template_section: dict, sft: dict, dataset_path: str,
-    seed: int, out_dir: str, threads: int = 1, base_adapters: list[str] = (),
+    seed: int, out_dir: str, threads: int = 1, base_adapters: list[str] = (), tracking: dict | None = None,
 ) -> dict:
     """LoRA SFT on top of `base_adapters` (the continued-pretraining adapter, frozen), if any;
     returns the final training loss and the rows that trained."""
@@ -230,25 +246,27 @@ def train_sft(
     check_eos(tokenizer, base_path)
     packing = sft["packing_strategy"] if sft["packing"] else None
     renderer = Renderer(template, tokenizer, sft["max_length"], sft["long_prompts"], packing=packing)
-    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer, renderer.sft)
+    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.sft)
     log.info("sft: %s (max_length %d)", train_lengths.describe(), sft["max_length"])
     beneath = _beneath(base_adapters)
     model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(sft["lora"]))
     with output_folder(out_dir) as tmp:
         shape = [base_path, template.hash, seed, world_size()]
         checkpoints = checkpoint_dir(out_dir, sft, [dataset_path, *base_adapters], shape, tmp)
-        args = SFTConfig(
-            **_common_args(sft, seed, checkpoints, evaluate=eval_dataset is not None),
-            completion_only_loss=True,
-            packing=sft["packing"],
-            # Read only when packing: the strategy of no packing must not rekey SFT.
-            **({"packing_strategy": packing} if packing else {}),
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                             processing_class=tokenizer, callbacks=[_keep_stack_active()])
-        counts = _row_counts(trainer, train_lengths, eval_lengths, packing=bool(packing))
-        result = _train(trainer, checkpoints)
-        _save(trainer, tmp, f"sft ({base_path})", beneath, base_path, stage="sft", template_hash=template.hash,
+        with tracked(tracking, checkpoints) as reporting:
+            args = SFTConfig(
+                **_common_args(sft, seed, checkpoints, reporting, evaluate=eval_dataset is not None),
+                completion_only_loss=True,
+                packing=sft["packing"],
+                # Read only when packing: the strategy of no packing must not rekey SFT.
+                **({"packing_strategy": packing} if packing else {}),
+            )
+            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                                 processing_class=tokenizer, callbacks=[_keep_stack_active()])
+            track_trainer(trainer, tracking)
+            counts = _row_counts(trainer, train_lengths, eval_lengths, packing=bool(packing))
+            result = _train(trainer, checkpoints)
+        _save(trainer, tmp, f"sft ({base_path})", beneath, base_path, tracking, stage="sft", template_hash=template.hash,
               seed=seed, chain=_chain(beneath, "sft", sft["lora"]), base_adapters=list(base_adapters),
               max_length=sft["max_length"], **counts)
     _finish(out_dir)
@@ -268,20 +286,36 @@ def _forget(trainer, reference) -> None:
 def train_dpo(
     base_path: str, base_section: dict, template_section: dict, dpo: dict, dataset_path: str,
     sft_adapter: str, seed: int, out_dir: str, threads: int = 1, base_adapters: list[str] = (),
+    tracking: dict | None = None,
 ) -> dict:
-    """DPO from the SFT model (base + SFT adapter, which holds the continued-pretraining adapter too),
-    which is also the reference, as `dpo.start` chooses:
+    """The preference stage with `dpo.method` (DPO, ORPO, SimPO or KTO; tunesmith.preference) from the SFT model
+    (base + SFT adapter, which holds the continued-pretraining adapter too), as `dpo.start` chooses:
     - new_adapter: a new LoRA adapter (dpo.lora) trains on top of the frozen SFT adapter;
     - continue_sft: the adapter SFT trained keeps training (on top of the frozen CPT adapter, if any).
-    The reference log-probabilities are those of the SFT model, computed once before training."""
-    from trl import DPOConfig, DPOTrainer
+    DPO's and KTO's reference is the SFT model, its log-probabilities computed once before training; ORPO and
+    SimPO need none. KTO trains on the pairs' answers one by one (tunesmith.unpaired)."""
+    from datasets import Dataset
 
+    method = dpo["method"]
     _setup(seed, threads)
     template, tokenizer = PromptTemplate(template_section), load_tokenizer(base_path, base_section)
     check_eos(tokenizer, base_path)
-    renderer = Renderer(template, tokenizer, dpo["max_length"], dpo["long_prompts"])
-    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer, renderer.preference)
-    log.info("dpo: %s (max_length %d)", train_lengths.describe(), dpo["max_length"])
+    renderer = Renderer(template, tokenizer, dpo["max_length"], dpo["long_prompts"],
+                        drop_here=method not in TRL_DROPS_LONG_PROMPTS)
+    unpairing = {}
+
+    def unpaired(rows):
+        answers, counts = unpaired_rows(rows, seed)
+        unpairing.update(counts)
+        log.info("kto: %d pairs gave %d desirable and %d undesirable answers (left out: %s)", counts["pairs"],
+                 counts["desirable"], counts["undesirable"], counts["answers_left_out"] or "none")
+        return Dataset.from_list(answers)
+
+    if is_unpaired(method):
+        dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.unpaired, unpaired)
+    else:
+        dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.preference)
+    log.info("%s: %s (max_length %d)", method, train_lengths.describe(), dpo["max_length"])
     if dpo["start"] == "continue_sft":
         beneath = _beneath(base_adapters)
         model = trainable_model(base_path, base_section, beneath, continue_adapter=trained_part(sft_adapter))
@@ -292,26 +326,32 @@ def train_dpo(
         model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(dpo["lora"]))
         lora, chain = dpo["lora"], {"on_top_of": sft_adapter}
     # The LoRA layers live inside the transformers model: trl wants that model, not peft's wrapper.
-    reference = load_model(base_path, base_section, adapter=sft_adapter).get_base_model()
+    reference = load_model(base_path, base_section, adapter=sft_adapter).get_base_model() \
+        if needs_reference(method) else None
     with output_folder(out_dir) as tmp:
         shape = [base_path, template.hash, seed, world_size()]
         checkpoints = checkpoint_dir(out_dir, dpo, [dataset_path, *base_adapters, sft_adapter], shape, tmp)
-        args = DPOConfig(**_common_args(dpo, seed, checkpoints, evaluate=eval_dataset is not None), beta=dpo["beta"],
-                         loss_type=[dpo["loss_type"]], precompute_ref_log_probs=True)
-        trainer = DPOTrainer(
-            model=model, ref_model=reference, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-            processing_class=tokenizer, callbacks=[_keep_stack_active()],
-        )
-        _forget(trainer, reference)
-        del reference
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        counts = _row_counts(trainer, train_lengths, eval_lengths)
-        result = _train(trainer, checkpoints)
-        _save(trainer, tmp, f"dpo ({base_path})", beneath, base_path, stage="dpo", template_hash=template.hash,
-              seed=seed, chain=_chain(beneath, "dpo", lora), base_adapters=list(base_adapters),
-              max_length=dpo["max_length"], **chain, **counts)
+        with tracked(tracking, checkpoints) as reporting:
+            trainer_class, args = trainer_class_and_config(
+                dpo, _common_args(dpo, seed, checkpoints, reporting, evaluate=eval_dataset is not None))
+            trainer = trainer_class(
+                model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                callbacks=[_keep_stack_active()], **({"ref_model": reference} if reference is not None else {}),
+            )
+            if reference is not None:
+                _forget(trainer, reference)
+                del reference
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            track_trainer(trainer, tracking)
+            counts = _row_counts(trainer, train_lengths, eval_lengths)
+            result = _train(trainer, checkpoints)
+        _save(trainer, tmp, f"dpo: {method} ({base_path})", beneath, base_path, tracking, stage="dpo", method=method,
+              template_hash=template.hash, seed=seed, chain=_chain(beneath, "dpo", lora),
+              base_adapters=list(base_adapters), max_length=dpo["max_length"], **chain, **counts,
+              **({"unpaired": unpairing} if unpairing else {}))
     _finish(out_dir)
-    log.info("dpo: %d pairs trained, final loss %.4f", counts["rows"], result.training_loss)
+    log.info("dpo (%s): %d %s trained, final loss %.4f", method, counts["rows"],
+             "answers" if is_unpaired(method) else "pairs", result.training_loss)
     return {"train_loss": result.training_loss, "rows": counts["rows"]}

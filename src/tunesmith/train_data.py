@@ -1,6 +1,6 @@
 """The rows a training stage hands trl, and an honest count of what trl does with them.
 
-SFT and DPO read the curated Parquet datasets (rows whose `split` is `validation` give the eval
+SFT and the preference stage read the curated Parquet datasets (rows whose `split` is `validation` give the eval
 metrics) and render them with the recipe's one template into prompt/completion text, so trl computes
 the loss on responses only and generation later sees the same prompt text. trl then tokenises each
 row with the base model's tokenizer and, at `max_length`, cuts the end of a long completion and
@@ -64,9 +64,12 @@ class Lengths:
 class Renderer:
     """Renders curated rows for trl and measures them, cutting long prompts from the left when asked."""
 
-    def __init__(self, template, tokenizer, max_length: int, long_prompts: str, packing: str | None = None):
+    def __init__(self, template, tokenizer, max_length: int, long_prompts: str, packing: str | None = None,
+                 drop_here: bool = False):
         self.template, self.tokenizer, self.max_length = template, tokenizer, max_length
         self.long_prompts, self.packing = long_prompts, packing
+        # Trainers that keep a row whose prompt fills max_length (with an empty answer) get it dropped here instead.
+        self.drop_here = drop_here
 
     def _length(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])  # BOS included, as trl tokenises
@@ -91,16 +94,19 @@ class Renderer:
         eos = self.tokenizer.eos_token  # trl appends it to completions that lack it
         return completion if completion.endswith(eos) else completion + eos
 
-    def _account(self, prompt: str, completions: list[str], lengths: Lengths) -> None:
+    def _account(self, prompt: str, completions: list[str], lengths: Lengths) -> bool:
+        """Count the row; whether it is dropped."""
         prompt_tokens = self._length(prompt)
         longest = max(self._length(prompt + self._with_eos(completion)) for completion in completions)
         lengths.rows += 1
         if self.packing == "wrapped":  # one token stream cut into blocks: every token trains
-            return
+            return False
         if prompt_tokens >= self.max_length:
             lengths.dropped[PROMPT_FILLS] += 1
-        elif longest > self.max_length:
+            return True
+        if longest > self.max_length:
             lengths.truncated[RESPONSE_CUT] += 1
+        return False
 
     def _completion_tokens(self, completions: list[str]) -> int:
         return max(len(self.tokenizer(self._with_eos(completion), add_special_tokens=False)["input_ids"])
@@ -116,11 +122,21 @@ class Renderer:
         chosen = self.template.render_completion(row["prompt"], row["chosen"], self.tokenizer)
         rejected = self.template.render_completion(row["prompt"], row["rejected"], self.tokenizer)
         prompt = self._prompt(row["prompt"], self._completion_tokens([chosen, rejected]), lengths)
-        self._account(prompt, [chosen, rejected], lengths)
+        if self._account(prompt, [chosen, rejected], lengths) and self.drop_here:
+            return None
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    def unpaired(self, row: dict, lengths: Lengths) -> dict | None:
+        """A single answer with its label (KTO; tunesmith.unpaired makes these rows from the pairs)."""
+        completion = self.template.render_completion(row["prompt"], row["completion"], self.tokenizer)
+        prompt = self._prompt(row["prompt"], self._completion_tokens([completion]), lengths)
+        if self._account(prompt, [completion], lengths) and self.drop_here:
+            return None
+        return {"prompt": prompt, "completion": completion, "label": bool(row["label"])}
 
 
 def rendered(rows, render) -> tuple[list[dict], Lengths]:
-    """`render(row, lengths)` over rows, in order, with the measures of the split."""
+    """`render(row, lengths)` over rows, in order, with the measures of the split; rows it drops are left out."""
     lengths = Lengths()
-    return [render(row, lengths) for row in rows], lengths
+    kept = [render(row, lengths) for row in rows]
+    return [row for row in kept if row is not None], lengths
