@@ -31,6 +31,7 @@ from tunesmith.distributed import is_main_process, main_process_first, output_fo
 from tunesmith.model import (
     activate_stack, check_eos, load_model, load_tokenizer, read_metadata, trainable_model, write_metadata,
 )
+from tunesmith.progress import training_lines
 from tunesmith.template import PromptTemplate
 from tunesmith.train_data import Renderer, rendered, split_rows
 
@@ -65,6 +66,7 @@ def _train(trainer, checkpoints: str):
     last = last_complete_checkpoint(checkpoints, remove_incomplete=is_main_process())
     if last:
         log.info("resuming from %s", last)
+    training_lines(trainer, "training")  # a line per logging step: steps done and left, loss, rewards
     return trainer.train(resume_from_checkpoint=last)
 
 
