@@ -74,8 +74,8 @@ def test_the_heartbeat_shows_the_latest_log_line_and_how_to_follow_the_log(tmp_p
     clock.now = 95
     beat.beat()
     assert shown == [
-        f"tunesmith: train_sft (key=abc), 1 min 5 s in: Map:  20%|##        | 2/10 (follow: tail -f {log})\n",
-        "tunesmith: train_sft (key=abc), 1 min 35 s in: training: 9/10 steps (90%)\n",
+        f"tunesmith: [1 min 5 s] train_sft (key=abc): Map:  20%|##        | 2/10 (follow: tail -f {log})\n",
+        "tunesmith: [1 min 35 s] train_sft (key=abc): training: 9/10 steps (90%)\n",
     ]
 
 

@@ -181,8 +181,8 @@ class Heartbeat(threading.Thread):
         latest = last_line(self.log_path)
         follow = f" (follow: tail -f {self.log_path})" if self.beats == 0 else ""
         self.beats += 1
-        self.console(f"tunesmith: {self.label}, {duration(self.clock() - self.started)} in"
-                     + (f": {latest}" if latest else "") + follow + "\n")
+        self.console(f"tunesmith: [{duration(self.clock() - self.started)}] {self.label}"
+                     + (f": {latest}" if latest else " is running") + follow + "\n")
 
     def stop(self) -> None:
         self.stopped.set()
