@@ -25,4 +25,5 @@ rule all:
         rules.write_submission.output,
         evaluation_targets(),
         rules.trace_lineage.output,
+        rules.summarise_run.output,
         sweep_targets(),
