@@ -12,11 +12,13 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/curate.smk"
+include: "rules/fetch.smk"
 include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/judge.smk"
 include: "rules/submission.smk"
+include: "rules/publish.smk"
 
 
 rule all:
@@ -27,3 +29,4 @@ rule all:
         rules.trace_lineage.output,
         rules.summarise_run.output,
         sweep_targets(),
+        dataset_targets(),

@@ -35,6 +35,11 @@ def step(wildcards):
         raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
 
 
+def evaluation_setting(name):
+    """A params function of the evaluation (unkeyed: the recipe's, or a sweep variant's by its name)."""
+    return lambda wildcards: PLANS[variant_name(wildcards)]["evaluate"].settings[name]
+
+
 def setting(name):
     """A params function: the setting `name` of the step whose key is in the wildcards."""
     return lambda wildcards: step(wildcards).settings[name]
@@ -68,7 +73,7 @@ def ingested(wildcards):
 
 
 def source_of_step(wildcards):
-    return source_paths([step(wildcards).settings["source"]])
+    return source_paths(step(wildcards).settings["sources"])
 
 
 def curated(wildcards):
@@ -86,10 +91,12 @@ def recipe_of(wildcards):
 
 
 def model_files(variant, stage):
-    """The built base model folder (none for a hub id or own folder) and the stage's adapter folder
-    (none for the base): the last of its chain, which holds the adapters beneath it (tunesmith.adapters)."""
+    """The base model a job waits for (the built tiny model's folder, or the fetched snapshot's record)
+    and the stage's adapter folder (none for the base): the last of its chain, which holds the adapters
+    beneath it (tunesmith.adapters)."""
     steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
+    base = fetched_record(variant, "base") or base
     adapters = [
         keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
         for name in plan.adapter_stages(RECIPES[variant], stage)[-1:]
@@ -106,8 +113,52 @@ def base_model_input(wildcards):
 
 
 def base_model_path(wildcards):
-    built = base_model_input(wildcards)
-    return built[0] if built else recipe_of(wildcards)["base_model"]["path"]
+    """The folder model jobs load: the fetched snapshot, or the built tiny model."""
+    variant = variant_name(wildcards)
+    return fetched_folder(variant, "base") or model_files(variant, "base")[0][0]
+
+
+# ---- fetch (issue 14): snapshots of named models, made by the fetch_model localrule ----
+def fetched_record(variant, role):
+    """[the snapshot record of a fetched model] (what jobs wait for); [] when the role fetches nothing."""
+    step = PLANS[variant].get(f"fetch_{role}")
+    return [keyed(rules.fetch_model.output.record, step.key)] if step else []
+
+
+def fetched_folder(variant, role):
+    """The snapshot folder model jobs load for `role` ("base", or "judge" for a local judge), or None."""
+    step = PLANS[variant].get(f"fetch_{role}")
+    return keyed(rules.fetch_model.output.model, step.key) if step else None
+
+
+def fetch_recipe_key(wildcards):
+    """The recipe section that named a fetched model, for its error messages."""
+    bases = {PLANS[variant]["fetch_base"].key for variant in PLANS if "fetch_base" in PLANS[variant]}
+    return "base_model" if wildcards.key in bases else "judge.local"
+
+
+def fetch_inputs(wildcards):
+    """A local model folder's files (edits re-fetch it); a hub id has none."""
+    return list(step(wildcards).files)
+
+
+def judge_model_record(wildcards):
+    """What a judge job waits for: the fetched snapshot of a local judge model (none for an endpoint)."""
+    return fetched_record(variant_name(wildcards), "judge")
+
+
+def judge_settings(wildcards):
+    """The judge section a judge job gets; a local judge model is loaded from its fetched snapshot."""
+    judge = step(wildcards).settings["judge"]
+    folder = fetched_folder(variant_name(wildcards), "judge")
+    return {**judge, "local": {**judge["local"], "path": folder}} if folder else judge
+
+
+def fetch_targets():
+    """Every snapshot the recipe and its sweep variants need: `snakemake fetch_models` on a login node."""
+    return sorted(
+        {record for variant in PLANS for role in ("base", "judge") for record in fetched_record(variant, role)}
+    )
 
 
 def adapter_chain(wildcards):
@@ -304,3 +355,53 @@ def variant_overrides():
 
 wildcard_constraints:
     variant="[^/]+",
+
+
+# ---- publish (issue 14): datasets in trl's layouts, cards, and the opt-in push targets ----
+def dataset_targets():
+    """The recipe's curated datasets in the layouts trl and `datasets` load."""
+    return [
+        keyed(rules.export_dataset.output.dataset, PLANS[""][f"curate_{role}"].key, role=role)
+        for role in ("sft", "preference")
+        if f"curate_{role}" in PLANS[""]
+    ]
+
+
+def exported_dataset(wildcards):
+    key = PLANS[""][f"curate_{wildcards.role}"].key
+    return {
+        "dataset": keyed(rules.export_dataset.output.dataset, key, role=wildcards.role),
+        "card": keyed(rules.curate_data.output.card, key, role=wildcards.role),
+    }
+
+
+def data_cards():
+    """The recipe's data cards by role (what a model card counts)."""
+    return {
+        role: keyed(rules.curate_data.output.card, PLANS[""][f"curate_{role}"].key, role=role)
+        for role in ("sft", "preference")
+        if f"curate_{role}" in PLANS[""]
+    }
+
+
+def model_card_inputs(wildcards):
+    if wildcards.stage == "dpo" and not config["dpo"]["enabled"]:
+        raise WorkflowError("dpo.enabled is false: there is no dpo model to publish; use sft")
+    sources = (
+        model_files("", wildcards.stage)[1]
+        if wildcards.kind == "adapter"
+        else [expand(rules.export_model.output.model, stage=wildcards.stage)[0]]
+    )
+    return {"sources": sources, **data_cards(), "scores": evaluation_targets(), "record": fetched_record("", "base")}
+
+
+def publish_repo(kind):
+    """A params function: the hub repository a push goes to, refused before any job when unset."""
+    key = "dataset_repo" if kind == "dataset" else "model_repo"
+
+    def repo(wildcards):
+        if not config["publish"][key]:
+            raise WorkflowError(f"publish.{key} is null: name the hub repository (owner/name) to push to")
+        return config["publish"][key]
+
+    return repo

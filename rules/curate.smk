@@ -9,7 +9,7 @@ rule ingest_source:
     log:
         "logs/ingest_source/{key}.log",
     params:
-        source=setting("source"),
+        sources=setting("sources"),
     wildcard_constraints:
         key=KEY,
     script:
@@ -40,8 +40,9 @@ rule curate_data:
         "logs/curate_data/{key}/{role}.log",
     params:
         sources=setting("sources"),
-        settings=setting("settings"),
+        curate=setting("curate"),
         seed=setting("seed"),
+        lengths=lambda wildcards: plan.curation_lengths(step(wildcards).settings, wildcards.role),
     wildcard_constraints:
         key=KEY,
         role="sft|preference",

@@ -10,12 +10,13 @@ rule judge_answers:
         tasks=task_file,
         references=references,
         template=judge_template,
+        judge_model=judge_model_record,
     output:
         grades="results/judged/{key}/{stage}.jsonl",
     log:
         "logs/judge_answers/{key}/{stage}.log",
     params:
-        judge=setting("judge"),
+        judge=judge_settings,
         seed=setting("seed"),
         answers_kind=lambda wildcards: "reference_grades" if wildcards.stage == "reference" else "generations",
         cache=JUDGE_CACHE,

@@ -24,8 +24,8 @@ rule evaluate_stages:
         "logs/evaluate_stages.log",
     params:
         stages=stages,
-        judge=lambda wildcards: recipe_of(wildcards)["judge"],
-        seed=lambda wildcards: recipe_of(wildcards)["seed"],
+        judge=evaluation_setting("judge"),
+        seed=evaluation_setting("seed"),
     script:
         "../scripts/evaluate_stages.py"
 

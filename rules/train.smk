@@ -45,7 +45,9 @@ rule train_sft:
         "logs/train_sft/{key}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         sft=setting("sft"),
         distributed=setting("distributed"),
     wildcard_constraints:
@@ -75,7 +77,9 @@ rule train_dpo:
         "logs/train_dpo/{key}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         dpo=setting("dpo"),
         distributed=setting("distributed"),
     wildcard_constraints:
@@ -99,7 +103,8 @@ rule export_model:
         "logs/export_model/{stage}.log",
     params:
         base_path=base_model_path,
-        model=lambda wildcards: PLANS[""]["sft"].settings["model"],
+        base_model=lambda wildcards: PLANS[""]["sft"].settings["base_model"],
+        template=lambda wildcards: PLANS[""]["sft"].settings["template"],
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores

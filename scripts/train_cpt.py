@@ -1,11 +1,13 @@
 """LoRA continued pretraining of the base model on the raw text of the pretrain sources."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_cpt
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, "cpt"):
     run_distributed(
         train_cpt,

@@ -42,7 +42,7 @@ def test_recorded_writes_the_manifest_only_when_the_job_succeeds(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.jsonl").write_text("{}\n")
     job = Job(input=["in.jsonl"], output=["out.jsonl"],
-              params=Params(model={"seed": 3, "template": {"kind": "plain", "prompt": "{input}"}}))
+              params=Params(seed=3, template={"kind": "plain", "prompt": "{input}"}))
     with pytest.raises(RuntimeError):
         with recorded(job, "demo"):
             raise RuntimeError("job failed")

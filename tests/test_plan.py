@@ -4,7 +4,7 @@ import pytest
 
 from conftest import REPO
 from tunesmith import plan
-from tunesmith.explain import differences, planned_jobs, recipe_key
+from tunesmith.explain import differences, planned_jobs
 from tunesmith import recipe as recipe_module
 from tunesmith.recipe import RecipeError, combinations, load_recipe, variants
 
@@ -15,7 +15,16 @@ def recipe():
 
 
 def keys(recipe):
-    return {name: step.key for name, step in plan.steps(recipe).items()}
+    """The keys of the stored artifacts (the evaluation writes fixed paths; its own test is below)."""
+    return {name: step.key for name, step in plan.steps(recipe).items() if name != "evaluate"}
+
+
+def test_the_evaluation_reads_its_own_keys_and_follows_what_it_scores(recipe):
+    before = plan.steps(recipe)["evaluate"]
+    assert set(before.upstream) == {"generate_base", "generate_sft", "generate_dpo"}
+    assert plan.steps(edited(recipe, "generate.max_new_tokens", 8))["evaluate"].key != before.key
+    assert plan.steps(edited(recipe, "evaluate.stages", ["dpo"]))["evaluate"].key != before.key
+    assert plan.steps(edited(recipe, "dpo.beta", 0.3))["evaluate"].settings == before.settings
 
 
 def edited(recipe, dotted, value):
@@ -59,7 +68,7 @@ def test_continuing_the_sft_adapter_merges_only_the_dpo_adapter(recipe):
 def test_disabled_dpo_has_no_preference_or_dpo_stage_and_submits_sft(recipe):
     recipe["dpo"]["enabled"] = False
     assert set(plan.steps(recipe)) == {"tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "sft",
-                                       "generate_base", "generate_sft"}
+                                       "generate_base", "generate_sft", "evaluate"}
     assert plan.submitted_stage(recipe) == "sft"
 
 
@@ -182,10 +191,10 @@ def test_dry_run_jobs_are_parsed_with_commas_inside_paths():
 
 
 def test_differences_name_recipe_keys():
-    old = {"model": {"template": {"prompt": "A"}, "seed": 1}, "settings": {"dedup": True}, "vocab_size": 3000}
-    new = {"model": {"template": {"prompt": "B"}, "seed": 1}, "settings": {"dedup": False}, "vocab_size": 2000}
-    assert [recipe_key(line) for line in differences(old, new)] == [
-        'template.prompt: "A" → "B"', "curate.dedup: true → false", "base_model.build.vocab_size: 3000 → 2000"]
+    old = {"template": {"prompt": "A"}, "seed": 1, "curate": {"dedup": True}, "base_model": {"build": {"vocab_size": 3000}}}
+    new = {"template": {"prompt": "B"}, "seed": 1, "curate": {"dedup": False}, "base_model": {"build": {"vocab_size": 2000}}}
+    assert differences(old, new) == [
+        'base_model.build.vocab_size: 3000 → 2000', "curate.dedup: true → false", 'template.prompt: "A" → "B"']
     assert differences(old, copy.deepcopy(old)) == []
 
 

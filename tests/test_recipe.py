@@ -44,7 +44,7 @@ def test_both_required_recipes_are_shipped():
 def test_competition_recipe_matches_the_competition_setup():
     recipe = load_recipe(REPO / "recipes" / "llm-jp-3-13b-qlora.yaml")
     assert recipe["base_model"] | {"build": None} == {
-        "path": "llm-jp/llm-jp-3-13b", "dtype": "bfloat16", "quantization": "nf4", "compute_dtype": "bfloat16",
+        "path": "llm-jp/llm-jp-3-13b", "revision": None, "dtype": "bfloat16", "quantization": "nf4", "compute_dtype": "bfloat16",
         "trust_remote_code": False, "build": None,
     }
     sft = recipe["sft"]

@@ -1,5 +1,6 @@
 """The Snakemake DAG itself: planning, recipe errors at the command line, and one real end-to-end run."""
 
+import copy
 import json
 import re
 import shutil
@@ -37,7 +38,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0, result.stderr
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
         "summarise_run": 1,
     }
@@ -197,6 +198,72 @@ def test_an_edit_reruns_exactly_what_depends_on_it(default_run, tmp_path, edit, 
 
 
 @pytest.mark.e2e
+def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
+    """The stage table declares no key its code ignores (reading an undeclared key fails the job)."""
+    from tunesmith import plan
+    from tunesmith.recipe import load_recipe
+
+    steps = {step.key: step for step in plan.steps(load_recipe(REPO / "recipes/default.yaml")).values()}
+    checked = set()
+    for path in default_run.glob("results/**/*.manifest.json"):
+        match = re.search(r"results/[^/]+/([0-9a-f]{12})", str(path.relative_to(default_run)))
+        if not match or match[1] not in steps:
+            continue
+        step = steps[match[1]]
+        read = set(json.loads(path.read_text(encoding="utf-8"))["settings_read"])
+        unread = plan.leaf_keys(step.settings, list(step.settings)) - read
+        assert not unread, f"{step.stage} declares keys it never reads: {sorted(unread)}"
+        checked.add(step.stage)
+    assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
+                       "generate_base", "generate_sft", "generate_dpo"}
+
+
+STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stage", ["tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "curate_preference",
+                                   "sft", "dpo", "generate_base", "generate_sft", "generate_dpo"])
+def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run, tmp_path, stage):
+    """Every recipe key that neither the stage nor anything upstream of it reads, changed at once (where
+    the recipe stays valid): a dry run on the finished default run plans no job of that stage."""
+    import yaml
+
+    from stage_keys import alternatives, downstream_of, get, put
+    from tunesmith import plan
+    from tunesmith.recipe import RecipeError, validate_recipe
+
+    recipe = yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8"))
+    filled = validate_recipe(yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8")))
+    steps = plan.steps(filled)
+    upstream = {name for name in steps if stage in downstream_of(steps, {name})}
+    read = set().union(*(plan.leaf_keys(filled, steps[name].reads) for name in upstream))
+    changed = []
+    for dotted in sorted(plan.leaf_keys(filled, [key for key in filled if key != "sweep"]) - read):
+        if dotted.startswith(STRUCTURAL):
+            continue
+        for value in alternatives(dotted, get(filled, dotted)):
+            candidate = put(copy.deepcopy(recipe), dotted, value)
+            try:
+                validate_recipe(copy.deepcopy(candidate))
+            except RecipeError:
+                continue  # another key forbids this value (e.g. heads must divide the width)
+            recipe = candidate
+            changed.append(dotted)
+            break
+    assert len(changed) > 20, changed
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    result = snakemake("-n", "--directory", default_run, "--config", f"recipe={edited}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from tunesmith.explain import planned_jobs as parsed
+
+    key = steps[stage].key
+    rerun = [job.rule for job in parsed(result.stdout) if any(key in output for output in job.outputs)]
+    assert not rerun, f"changing {changed} reruns {stage}"
+
+
+@pytest.mark.e2e
 def test_every_artifact_has_a_manifest(default_run):
     from tunesmith.manifest import content_hash
 
@@ -272,7 +339,7 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     # Four variants and the recipe itself: curation, the base model and SFT once; DPO once per beta;
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
         "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1, "summarise_run": 1,
         "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1,
     }

@@ -20,9 +20,6 @@ from tunesmith.manifest import current_manifest
 from tunesmith.recipe import load_recipe, variants
 
 KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
-# Where a step's settings live in the recipe (tunesmith.plan names them after the rule's params).
-RECIPE_PATHS = {"model.": "", "settings.": "curate.", "vocab_size": "base_model.build.vocab_size",
-                "build.": "base_model.build."}
 
 
 @dataclass
@@ -63,13 +60,6 @@ def differences(old, new, path: str = "") -> list[str]:
     return []
 
 
-def recipe_key(path: str) -> str:
-    for prefix, replacement in RECIPE_PATHS.items():
-        if path.startswith(prefix):
-            return replacement + path[len(prefix):]
-    return path
-
-
 def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
     """The newest manifest of the same stage under another key (what this job would replace)."""
     match = KEYED.match(output)
@@ -97,8 +87,9 @@ def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str])
         if previous is None:
             return ["never built with any settings"]
         candidate, manifest = previous
-        changed = [recipe_key(line) for line in differences(
-            {name: manifest["settings"].get(name) for name in step.settings}, step.settings)]
+        # A step's settings are the recipe keys it reads, shaped like the recipe; its rule receives
+        # them as params by section, which is what the manifest recorded.
+        changed = differences({name: manifest["settings"].get(name) for name in step.settings}, step.settings)
         consumed = [f"consumes {path}, which is rebuilt" for path in job.inputs if path in rebuilt]
         return [*changed, *consumed, f"(replaces {candidate} for this recipe; that one stays cached)"]
     found = []

@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tunesmith.atomic import atomic_path, remove_stale_partials, write_json
+from tunesmith.reads import RecordingParams, recording_params
 from tunesmith.recipe import section_hash
 
 
@@ -83,17 +84,18 @@ def _hashes(paths) -> dict[str, str]:
     return {os.fspath(path): content_hash(path) for path in paths if Path(path).exists()}
 
 
-def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str) -> Path:
+def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str,
+                   settings_read: list[str] | None = None) -> Path:
     """Write the manifest of a finished job beside its first output."""
-    model = settings.get("model") or {}  # what model rules read: base_model, template, seed
-    template = model.get("template")
+    template = settings.get("template")  # model rules receive the recipe's template section
     manifest = {
         "stage": stage,
         "outputs": _hashes(outputs),
         "inputs": _hashes(inputs),
         "settings": settings,
         "settings_hash": section_hash(settings),
-        "seed": model.get("seed", settings.get("seed")),
+        "settings_read": settings_read,  # the keys of `settings` the job looked up (tunesmith.reads)
+        "seed": settings.get("seed"),
         "template_hash": None,
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -121,9 +123,11 @@ def recorded(job, stage: str):
         remove_stale_partials(manifest_path(output))
     if outputs:
         manifest_path(outputs[0]).unlink(missing_ok=True)
-    yield
-    settings = {name: value for name, value in job.params.items()}
-    write_manifest(stage, [os.fspath(p) for p in job.input], outputs, settings, started)
+    params, read = job.params, set()
+    with recording_params(job, RecordingParams(params, read)):  # which settings the job really looks up
+        yield
+    settings = {name: value for name, value in params.items()}
+    write_manifest(stage, [os.fspath(p) for p in job.input], outputs, settings, started, settings_read=sorted(read))
 
 
 def _is_current(manifest: dict, root: Path) -> bool:

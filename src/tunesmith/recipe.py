@@ -272,25 +272,34 @@ def _cross_key_problems(recipe: dict) -> list[str]:
         if source["path"].strip() in ("", ".", "./", "/"):
             problems.append(f"sources[{index}].path: {_excerpt(source['path'])} names no corpus "
                             "(it would read the whole working directory or file system)")
+    if recipe["base_model"]["path"] is None and recipe["base_model"]["revision"] is not None:
+        problems.append("base_model.revision: set, but base_model.path is null (the tiny model is built, not fetched)")
     build = recipe["base_model"]["build"]
     if build["hidden_size"] % build["num_attention_heads"]:
         problems.append("base_model.build.num_attention_heads: must divide base_model.build.hidden_size")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("template.prompt: a plain template needs an {input} placeholder")
-    return problems
+    from tunesmith.sources import check_settings  # sources imports this module
+
+    return problems + check_settings(recipe["curate"])
 
 
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
+    from tunesmith.sources import check_inputs  # both import this module
     from tunesmith.tasks import check_task_files
 
-    problems = check_task_files(recipe)
+    problems = check_inputs(recipe) + check_task_files(recipe)
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):
         resolved = Path(source["path"]).resolve()
         if resolved == workdir or resolved in workdir.parents:
             problems.append(f"sources[{index}].path: {source['path']!r} contains the whole working directory "
                             "(its results/ too); name the corpus's own folder or files")
+    base = recipe["base_model"]
+    if base["path"] is not None and Path(base["path"]).is_dir() and base["revision"] is not None:
+        problems.append(f"base_model.revision: {base['revision']!r} is set, but base_model.path {base['path']!r} is a "
+                        "local folder, which has no revisions; set it to null")
     return problems
 
 

@@ -243,7 +243,8 @@ def train_sft(
             **_common_args(sft, seed, checkpoints, evaluate=eval_dataset is not None),
             completion_only_loss=True,
             packing=sft["packing"],
-            packing_strategy=sft["packing_strategy"],
+            # Read only when packing: the strategy of no packing must not rekey SFT.
+            **({"packing_strategy": packing} if packing else {}),
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                              processing_class=tokenizer, callbacks=[_keep_stack_active()])
