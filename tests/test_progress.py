@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -108,3 +109,28 @@ def test_a_job_log_holds_lines_not_carriage_return_bars_and_the_console_hears_of
     console = [line for line in result.stderr.splitlines() if line.startswith("tunesmith: ")]
     assert console and f"(follow: tail -f {log})" in console[0], result.stderr
     assert "generating: " in console[-1]
+
+
+def test_ingest_and_curation_of_a_corpus_log_where_they_are(tmp_path, caplog, monkeypatch):
+    """Ingest logs the records read (a line per PROGRESS_RECORDS, and a closing count); curation logs
+    when classification is done and what it kept and quarantined."""
+    import json
+
+    import tunesmith.ingest as ingest
+    from tunesmith.curate import curate
+
+    monkeypatch.setattr(ingest, "PROGRESS_RECORDS", 2)
+    rows = [{"instruction": f"質問{i}はどうですか。", "output": f"答え{i}です。"} for i in range(5)] + [{"instruction": "x"}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    (tmp_path / "tasks.jsonl").write_text('{"task_id": 0, "input": "関係ない"}\n', encoding="utf-8")
+    source = {"id": "a", "path": str(tmp_path / "a.jsonl"), "format": "jsonl", "role": "sft"}
+    with caplog.at_level(logging.INFO):
+        card = curate([source], "sft", str(tmp_path / "tasks.jsonl"), {"validation_fraction": 0, "min_kept_share": 0},
+                      str(tmp_path / "kept.parquet"), str(tmp_path / "quarantine.parquet"), str(tmp_path / "card.json"))
+    lines = [record.getMessage() for record in caplog.records]
+    assert re.fullmatch(r"ingest a: 6 records read, \d+ s in", lines[0]), lines  # the line per PROGRESS_RECORDS
+    assert re.fullmatch(r"ingest a: 6 records read in \d+ s", lines[1]), lines
+    kept, quarantined = card["totals"]["kept"], sum(card["totals"]["quarantined"].values())
+    assert quarantined >= 1 and kept + quarantined == 6
+    assert any(line.startswith("curation of sft: 1 sources read, every record classified") for line in lines), lines
+    assert any(line.startswith(f"curation of sft: {kept} records kept, {quarantined} quarantined, ") for line in lines)

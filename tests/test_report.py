@@ -98,6 +98,14 @@ def test_the_summary_printed_at_the_end_of_the_readme_command(default_run):
 
 
 @pytest.mark.e2e
+def test_the_readme_command_run_again_has_nothing_to_do(default_run):
+    """The summary's pages are inputs of nothing and read only files: a finished run stays finished."""
+    result = snakemake("-n", "--cores", "1", "--resources", "gpu=1", directory=default_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+@pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
 def test_the_report_opens_on_the_score_table_in_a_browser(default_run, tmp_path):
     report = default_run / "report.html"
@@ -120,3 +128,36 @@ def test_the_report_opens_on_the_score_table_in_a_browser(default_run, tmp_path)
     assert page.returncode == 0 and "<h2" in page.stdout and "(submitted)" in page.stdout
     chromium(f"--screenshot={shots / 'answers.png'}", "--window-size=1400,1000", answers.as_uri(),
              profile=tmp_path / "profile-answers-shot")
+
+
+# The README's figures are the ones a fresh run prints: its Measured table states each stage's scores
+# as a range ("about"), and a fresh default run must fall inside it. Whoever changes what the default
+# learns measures clean runs and writes the new ranges there.
+SCORES_ROW = re.compile(r"^\| scores of the default run[^|]*\| (?P<figures>[^|]+) \|$", re.MULTILINE)
+STAGE_RANGE = re.compile(r"(?P<stage>base|SFT|DPO) (?P<exact>[\d.]+–[\d.]+)% / (?P<chrf>[\d.]+–[\d.]+)")
+
+
+def readme_score_ranges() -> dict[str, dict[str, tuple[float, float]]]:
+    match = SCORES_ROW.search((REPO / "README.md").read_text(encoding="utf-8"))
+    assert match, "README.md: no '| scores of the default run ... |' row in the Measured table"
+    ranges = {}
+    for found in STAGE_RANGE.finditer(match["figures"]):
+        ranges[found["stage"].lower()] = {key: tuple(map(float, found[key].split("–"))) for key in ("exact", "chrf")}
+    return ranges
+
+
+def test_the_readme_states_a_score_range_for_every_stage():
+    ranges = readme_score_ranges()
+    assert set(ranges) == {"base", "sft", "dpo"}, ranges
+    for stage, measures in ranges.items():
+        for low, high in measures.values():
+            assert low <= high, (stage, measures)
+
+
+@pytest.mark.e2e
+def test_a_fresh_default_run_scores_within_the_readmes_ranges(default_run):
+    scores = json.loads((default_run / "results/eval.json").read_text(encoding="utf-8"))["stages"]
+    for stage, measures in readme_score_ranges().items():
+        exact, chrf = 100 * scores[stage]["exact_match"], scores[stage]["chrf"]
+        assert measures["exact"][0] <= exact <= measures["exact"][1], (stage, "exact match %", exact, measures)
+        assert measures["chrf"][0] <= chrf <= measures["chrf"][1], (stage, "chrF", chrf, measures)

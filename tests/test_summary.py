@@ -193,7 +193,7 @@ def test_the_answers_page_puts_each_stage_beside_the_reference_by_family(run):
 def test_a_task_file_without_families_is_one_group(run):
     write_jsonl(Path(run["tasks"]), [{"task_id": i, "input": text} for i, text, _, _ in TASKS])
     page = answers_page(run, "dpo")
-    assert "<nav>" not in page and re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page) == ["all tasks: 3 tasks"]
+    assert "<nav>" not in page and re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page) == ["all: 3 tasks"]
 
 
 def test_the_rule_writes_its_pages_and_the_end_of_run_knows_they_are_this_recipes(run):

@@ -91,7 +91,7 @@ def answers_page(files: dict, submitted: str) -> str:
     families = task_families(files["tasks"])
     groups: dict[str, list[int]] = {}
     for task in tasks:
-        groups.setdefault(families.get(task.task_id, "all tasks"), []).append(task.task_id)
+        groups.setdefault(families.get(task.task_id, "all"), []).append(task.task_id)
     inputs = {task.task_id: task.prompt_text for task in tasks}
     names = [stage + (" (submitted)" if stage == submitted else "") for stage in stages]
     out = ["<!doctype html>", '<html lang="ja"><head><meta charset="utf-8"><title>Answers per task</title>',

@@ -32,8 +32,18 @@ class HubError(RuntimeError):
 
 # ---- cards ---------------------------------------------------------------------------------------
 
+def _plain(value):
+    """Dicts and lists as themselves: a job's params are recording subclasses (tunesmith.reads) that
+    yaml.safe_dump refuses; reading every item here records that the card shows it."""
+    if isinstance(value, dict):
+        return {key: _plain(value[key]) for key in value}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _yaml_block(data) -> list[str]:
-    return ["```yaml", yaml.safe_dump(data, allow_unicode=True, sort_keys=False).rstrip(), "```", ""]
+    return ["```yaml", yaml.safe_dump(_plain(data), allow_unicode=True, sort_keys=False).rstrip(), "```", ""]
 
 
 def _counts_table(cards: dict[str, dict]) -> list[str]:
