@@ -3,6 +3,7 @@
 # Stage artifacts live under content keys (tunesmith.plan): results/<stage>/<key>/... . A rule's
 # wildcards carry the key, and every helper below looks up the recipe step that made that key, so
 # recipes and sweep variants that agree upstream share those artifacts.
+import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -294,7 +295,7 @@ def run_files():
         for name in rules_of_adapters()
         if name in steps
     }
-    return {
+    files = {
         "submission": rules.write_submission.output.submission,
         "tasks": found["tasks"],
         "references": found["references"] or None,
@@ -312,6 +313,8 @@ def run_files():
         },
         "adapters": adapters,
     }
+    # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
+    return json.loads(json.dumps(files))
 
 
 def summarise_inputs(wildcards):

@@ -31,7 +31,7 @@ def build_report(directory) -> str:
 
 def embedded(html: str, name: str):
     """A JSON value the report's page script defines (`var name = ...;`)."""
-    return json.loads(re.search(rf"var {name} = (.*);\n", html).group(1))
+    return json.loads(re.findall(rf"var {name} = (.*);\n", html)[-1])  # the data follow the bundled scripts
 
 
 def chromium(*args, profile: Path) -> subprocess.CompletedProcess:
@@ -77,7 +77,8 @@ def test_the_report_works_after_the_submission_alone(default_run, tmp_path):
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     html = build_report(work)
     first_page = embedded(html, "workflow_desc")
-    assert "No summary of this recipe" in first_page and "snakemake --cores 1 --resources gpu=1" in first_page
+    text = re.sub(r"<[^>]+>", "", first_page)  # docutils splits a literal into spans
+    assert "No summary of this recipe" in text and "snakemake --cores 1 --resources gpu=1" in text
     assert "manifests (not built yet)" in first_page
     names = {entry["name"] for entry in embedded(html, "results").values()}
     assert "training_curves.png" in names and "eval.md" not in names and "lineage.txt" not in names
