@@ -52,7 +52,7 @@ rule stage_dataset:
         "logs/stage_dataset/{role}.log",
     params:
         sources=lambda wildcards: PLANS[""][f"curate_{wildcards.role}"].settings["sources"],
-        settings=lambda wildcards: PLANS[""][f"curate_{wildcards.role}"].settings["settings"],
+        curate=lambda wildcards: PLANS[""][f"curate_{wildcards.role}"].settings["curate"],
         publish=config["publish"],
     wildcard_constraints:
         role="sft|preference",

@@ -1,6 +1,6 @@
 """Write a curated dataset in the layouts trl and `datasets` load (split files and a dataset card)."""
 
-from tunesmith.export_data import export_curated
+from tunesmith.hub import export_curated
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 

@@ -11,7 +11,7 @@ with recorded(snakemake, "stage_dataset"):
         data_card_path=snakemake.input.card,
         role=snakemake.wildcards.role,
         sources=snakemake.params.sources,
-        curate=snakemake.params.settings,
+        curate=snakemake.params.curate,
         publish=snakemake.params.publish,
         out_dir=snakemake.output.folder,
     )

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("default.yaml", "llm-jp-3-13b-qlora.yaml", "sweep.yaml")
 # Keys whose valid values can still be refused because of another key (tunesmith.recipe's cross-key rules).
 CROSS_KEYS = re.compile(r"^(sources|base_model\.(path|quantization|build\.(hidden_size|num_attention_heads))|"
-                        r"dpo\.enabled|continued_pretraining\.enabled|distributed|template\.(kind|prompt)|"
+                        r"dpo\.enabled|judge\.(backend|openai\.(base_url|model)|local\.path)|continued_pretraining\.enabled|distributed|template\.(kind|prompt)|"
                         r"tasks|sweep|curate\.near_dedup\.(permutations|bands))")
 HANG_SECONDS = 10
 

@@ -5,7 +5,8 @@ import duckdb
 import pytest
 
 from tiny_model import SEED, tiny  # noqa: F401  (fixture)
-from tunesmith.export_data import LAYOUTS, export_curated
+from tunesmith.export_data import LAYOUTS
+from tunesmith.hub import export_curated
 
 
 def export(tiny, role, tmp_path):  # noqa: F811
@@ -99,17 +100,3 @@ def test_an_interrupted_export_leaves_no_folder(tiny, tmp_path, monkeypatch):  #
         export(tiny, "sft", tmp_path)
     assert not (tmp_path / "sft.dataset").exists()
     assert not list(tmp_path.glob(".sft.dataset*")), "no partial folder is left beside it"
-
-
-def test_a_jobs_recording_params_export_and_are_read(tiny, tmp_path):  # noqa: F811
-    """In the workflow, sources and curate arrive as recording params (tunesmith.reads): the card's
-    YAML block shows them as plain values and the job records that it read them."""
-    from tunesmith.reads import wrap
-
-    read = set()
-    folder = tmp_path / "sft.dataset"
-    export_curated(tiny.sft_data, tiny.sft_data.replace(".parquet", ".card.json"), "sft",
-                   wrap(tiny.recipe["sources"], read, "sources"), wrap(tiny.recipe["curate"], read, "curate"), str(folder))
-    card = (folder / "README.md").read_text(encoding="utf-8")
-    assert "## Curation settings" in card and "!!python" not in card
-    assert "sources[0].path" in read and "curate.dedup" in read, sorted(read)

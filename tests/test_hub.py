@@ -108,7 +108,7 @@ def test_a_dataset_is_staged_with_its_card_and_loads_from_the_stage(tiny, tmp_pa
     from datasets import load_dataset
     from huggingface_hub import DatasetCard
 
-    from tunesmith.export_data import export_curated
+    from tunesmith.hub import export_curated
 
     card_path = data_cards(tiny)["sft"]
     export_curated(tiny.sft_data, card_path, "sft", tiny.recipe["sources"], tiny.recipe["curate"],

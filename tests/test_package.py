@@ -65,3 +65,44 @@ def test_validate_and_a_dry_run_work_from_the_project_folder(installed, tmp_path
                   str(tmp_path), "submission.jsonl", cwd=REPO)
     assert planned.returncode == 0, planned.stderr[-3000:]
     assert "write_submission" in planned.stdout and "Traceback" not in planned.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """The tunesmith modules a module imports, at any depth of its code (a deferred import counts too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tunesmith"):
+            found |= {node.module.split(".")[1]} if "." in node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("tunesmith.")}
+    return found - {path.stem}
+
+
+def test_no_module_of_the_package_imports_itself_through_others():
+    package = REPO / "src" / "tunesmith"
+    graph = {path.stem: _imports(path) for path in package.glob("*.py")}
+    cycles = []
+
+    def visit(module, path):
+        for imported in sorted(graph.get(module, ())):
+            if imported == path[0]:
+                cycles.append(" -> ".join([*path, imported]))
+            elif imported not in path:
+                visit(imported, [*path, imported])
+
+    for module in graph:
+        visit(module, [module])
+    assert not cycles, "import circles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_long_modules_say_why_at_their_top():
+    import ast
+
+    long = []
+    for path in sorted((REPO / "src" / "tunesmith").glob("*.py")):
+        lines = path.read_text(encoding="utf-8").count("\n")
+        if lines > 350 and "Over 350 lines because" not in (ast.get_docstring(ast.parse(path.read_text())) or ""):
+            long.append(f"{path.name}: {lines} lines")
+    assert not long, "modules over 350 lines without a reason at their top:\n" + "\n".join(long)

@@ -33,3 +33,12 @@ def test_a_snakemake_script_object_records_its_params_and_gets_them_back():
         assert job.params.sft["a"] == 1 and job.params.seed == 3
     assert sorted(log) == ["seed", "sft", "sft.a"]
     assert type(job) is Snakemake and job.params.sft == {"a": 1, "b": 2}
+
+
+def test_a_recorded_section_dumps_as_plain_yaml():
+    import yaml
+
+    log = set()
+    section = wrap({"sources": [{"id": "a", "path": "x.jsonl"}], "curate": {"max": 3}}, log, "")
+    assert yaml.safe_load(yaml.safe_dump(section)) == {"sources": [{"id": "a", "path": "x.jsonl"}], "curate": {"max": 3}}
+    assert yaml.safe_load(yaml.dump(section["sources"])) == [{"id": "a", "path": "x.jsonl"}]

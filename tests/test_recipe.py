@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunesmith import plan
 from tunesmith.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe, variants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,14 +246,14 @@ def test_numbers_are_strict_and_finite(change, problem):
 
 @pytest.mark.parametrize("field, value, problem", [
     ("id", "abc\n", "does not match"),
-    ("path", "", "names no corpus"),
+    ("path", "", "must not be empty"),
     ("path", ".", "names no corpus"),
     ("path", "/", "names no corpus"),
 ])
 def test_a_source_entry_that_names_nothing_is_refused(field, value, problem):
     recipe = minimal_recipe()
     recipe["sources"][0][field] = value
-    with pytest.raises(RecipeError, match=rf"sources\[0\]\.{field}: .*{problem}"):
+    with pytest.raises(RecipeError, match=rf"sources\[0\]\.{field}: (.* )?{problem}"):
         validate_recipe(recipe)
 
 

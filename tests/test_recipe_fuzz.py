@@ -3,7 +3,6 @@ hang, every mutation the schema forbids is refused, and `tunesmith validate` and
 The mutations and their expected verdicts are in tests/recipe_fuzz.py."""
 
 import copy
-import math
 import re
 
 import pytest

@@ -24,27 +24,13 @@ from tunesmith.curate_checks import SHAPES
 from tunesmith.curate_pipeline import KEPT_SQL, QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify
 from tunesmith.ingest import ingest_source, ingested_source
 from tunesmith.progress import duration
-from tunesmith.recipe import load_schema
+from tunesmith.schema import with_defaults
 from tunesmith.sources import IngestError, Source, check_settings, resolve_sources, source_with_defaults
 from tunesmith.tasks import read_tasks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REASONS", "CurationError", "curate", "with_defaults"]
-
-def with_defaults(settings: dict) -> dict:
-    """The curate settings with the schema's defaults filled (nested objects too), so that direct
-    calls behave like recipes."""
-    def fill(schema: dict, value: dict) -> dict:
-        filled = dict(value)
-        for name, prop in schema.get("properties", {}).items():
-            if name not in filled:
-                filled[name] = prop["default"]
-            if prop.get("type") == "object" and isinstance(filled[name], dict):
-                filled[name] = fill(prop, filled[name])
-        return filled
-    return fill(load_schema()["properties"]["curate"], settings)
-
+__all__ = ["REASONS", "CurationError", "curate"]
 
 def _resolved(sources: list[dict], role: str, list_files: bool) -> list[Source]:
     if role not in SHAPES:
@@ -177,7 +163,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     base model's) that counts tokens for the limits and the card instead of the estimate, when it
     loads without the network (else the estimate, and the card says why). `max_length`: the
     training stage's, marked on the length histograms and counted in the card (rows it will cut)."""
-    settings = with_defaults(settings)
+    settings = with_defaults("curate", settings)
     problems = check_settings(settings)
     if problems:
         raise CurationError("\n".join(problems))

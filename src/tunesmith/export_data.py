@@ -82,15 +82,3 @@ def _schema(role: str, layout: str) -> pa.Schema:
         ("preference", "messages"): [("prompt", turns), ("chosen", turns), ("rejected", turns)],
     }[(role, layout)]
     return pa.schema([*fields, ("id", pa.string()), ("source", pa.string())])
-
-
-def export_curated(kept_path: str, data_card_path: str, role: str, sources: list[dict], curate: dict,
-                   out_dir: str) -> dict:
-    """`export_dataset` of a curated dataset, with its dataset card (no license: that is publish's)."""
-    import json
-
-    from tunesmith.hub import dataset_card
-
-    card = dataset_card(role, json.loads(Path(data_card_path).read_text(encoding="utf-8")), sources, curate,
-                        configs(role))
-    return export_dataset(kept_path, role, out_dir, card)

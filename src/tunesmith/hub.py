@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from tunesmith.atomic import atomic_path, write_json
+from tunesmith.export_data import configs, export_dataset
 from tunesmith.fetch import file_sha256
 
 CARD = "README.md"
@@ -32,18 +33,8 @@ class HubError(RuntimeError):
 
 # ---- cards ---------------------------------------------------------------------------------------
 
-def _plain(value):
-    """Dicts and lists as themselves: a job's params are recording subclasses (tunesmith.reads) that
-    yaml.safe_dump refuses; reading every item here records that the card shows it."""
-    if isinstance(value, dict):
-        return {key: _plain(value[key]) for key in value}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
 def _yaml_block(data) -> list[str]:
-    return ["```yaml", yaml.safe_dump(_plain(data), allow_unicode=True, sort_keys=False).rstrip(), "```", ""]
+    return ["```yaml", yaml.safe_dump(data, allow_unicode=True, sort_keys=False).rstrip(), "```", ""]
 
 
 def _counts_table(cards: dict[str, dict]) -> list[str]:
@@ -216,11 +207,16 @@ def stage_model(kind: str, stage: str, sources: list[str], sections: dict, data_
     return stage_folder(parts, out_dir, card, base_repo=base_repo if kind == "adapter" else None, base_commit=commit)
 
 
+def export_curated(kept_path: str, data_card_path: str, role: str, sources: list[dict], curate: dict,
+                   out_dir: str) -> dict:
+    """`export_dataset` of a curated dataset, with its dataset card (no license: that is publish's)."""
+    card = dataset_card(role, _read_json(data_card_path), sources, curate, configs(role))
+    return export_dataset(kept_path, role, out_dir, card)
+
+
 def stage_dataset(dataset_dir: str, data_card_path: str, role: str, sources: list[dict], curate: dict,
                   publish: dict, out_dir: str) -> list[str]:
     """Stage an exported curated dataset with its card, carrying publish.license."""
-    from tunesmith.export_data import configs
-
     card = dataset_card(role, _read_json(data_card_path), sources, curate, configs(role), license=publish["license"])
     return stage_folder([("", dataset_dir)], out_dir, card)
 

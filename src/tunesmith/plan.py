@@ -11,6 +11,9 @@ adapter reads no `dpo.lora`), the stages it consumes, and the folder its artifac
   and what is downstream of them (a key no stage reads reruns nothing);
 - `tunesmith explain` diffs a stage's settings against the manifest of the artifact it replaces,
   and the benchmarks find built artifacts, through the same table.
+
+Over 350 lines because the table is data (a row per stage, with the choices that change what it reads)
+and kept beside the few functions that read it, so that nothing else holds a stage's keys.
 """
 
 from __future__ import annotations

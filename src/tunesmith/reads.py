@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import yaml
+
 
 class _Recording(dict):
     """A dict whose lookups are recorded as dotted paths; nested dicts and lists are wrapped too."""
@@ -58,6 +60,12 @@ def wrap(value, log: set, prefix: str):
     if isinstance(value, list) and any(isinstance(item, dict) for item in value):
         return _RecordingList(value, log, prefix)
     return value
+
+
+# Cards and logs dump sections as YAML; a recorded section dumps as the plain data it holds.
+for _dumper in (yaml.SafeDumper, yaml.Dumper):
+    _dumper.add_representer(_Recording, yaml.representer.SafeRepresenter.represent_dict)
+    _dumper.add_representer(_RecordingList, yaml.representer.SafeRepresenter.represent_list)
 
 
 class RecordingParams:

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.recipe import load_schema
+from tunesmith.schema import with_defaults
 from tunesmith.styles import STYLE_BY_ROLE, STYLES
 
 SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
@@ -92,8 +92,7 @@ class Source:
 
 def source_with_defaults(source: dict) -> dict:
     """The source with the schema's defaults filled, so that direct calls behave like recipes."""
-    properties = load_schema()["properties"]["sources"]["items"]["properties"]
-    return {name: source.get(name, prop["default"]) for name, prop in properties.items()} | source
+    return with_defaults("sources/items", source)
 
 
 def resolve_sources(sources: list[dict], role: str, list_files: bool = True) -> list[Source]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 
 from tunesmith.atomic import atomic_path
-from tunesmith.recipe import load_schema
+from tunesmith.schema import load_schema
 from tunesmith.tasks import Task, read_tasks
 
 # A `\uXXXX` escape is one preceded by an odd number of backslashes: `\\u3042` is a literal
