@@ -27,5 +27,6 @@ rule all:
         rules.write_submission.output,
         evaluation_targets(),
         rules.trace_lineage.output,
+        rules.summarise_run.output,
         sweep_targets(),
         dataset_targets(),

@@ -3,12 +3,13 @@
 # Stage artifacts live under content keys (tunesmith.plan): results/<stage>/<key>/... . A rule's
 # wildcards carry the key, and every helper below looks up the recipe step that made that key, so
 # recipes and sweep variants that agree upstream share those artifacts.
+import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
-from tunesmith.evaluate import end_of_run_message
+from tunesmith import summary
 from tunesmith.launcher import job_resources
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
@@ -285,20 +286,72 @@ def evaluation_targets():
     return [rules.evaluate_stages.output.scores] if scored_by(config) else []
 
 
+def run_files():
+    """The files the recipe's end-of-run summary and report pages read (tunesmith.summary.collect): the
+    scored stages' answers when something scores them, else the submitted stage's alone."""
+    steps = PLANS[""]
+    found = evaluation_inputs({})
+    names = plan.model_stages(config) if scored_by(config) else [plan.submitted_stage(config)]
+    adapters = {
+        name: keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
+        for name in rules_of_adapters()
+        if name in steps
+    }
+    files = {
+        "submission": rules.write_submission.output.submission,
+        "tasks": found["tasks"],
+        "references": found["references"] or None,
+        "scores": rules.evaluate_stages.output.scores,
+        "scored": scored_files(),
+        "configured": scored_by(config),
+        "generations": dict(zip(names, generations("", names))),
+        "judged": judged("", names),
+        "cards": {
+            step.stage.removeprefix("curate_"): keyed(
+                rules.curate_data.output.card, step.key, role=step.stage.removeprefix("curate_")
+            )
+            for step in steps.values()
+            if step.stage.startswith("curate_")
+        },
+        "adapters": adapters,
+    }
+    # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
+    return json.loads(json.dumps(files))
+
+
+def summarise_inputs(wildcards):
+    """What the summary reads, as the rule's input: the files of run_files() (judged maps included)."""
+    files = run_files()
+    return {
+        "submission": files["submission"],
+        "tasks": files["tasks"],
+        "references": files["references"] or [],
+        "scores": evaluation_targets(),
+        "generations": list(files["generations"].values()),
+        "judged": list(files["judged"].values()),
+        "cards": list(files["cards"].values()),
+        "adapters": list(files["adapters"].values()),
+    }
+
+
+def submitted():
+    """The submitted stage and why (the summary's first line)."""
+    stage = plan.submitted_stage(config)
+    return stage, summary.submission_reason(stage, config["submission"]["stage"], config["dpo"]["enabled"])
+
+
+def reported(path, current=True, **flags):
+    """`report(path, ...)` for a fixed path once it holds this recipe's results: `snakemake --report`
+    refuses a registered file that is missing, and a report after `snakemake submission.jsonl` shows
+    what that built (and never another recipe's tables)."""
+    return report(path, **flags) if current and Path(path).is_file() else path
+
+
 onsuccess:
-    if Path("submission.jsonl").is_file():
-        print("\nsubmission.jsonl is ready.")
-    print(
-        end_of_run_message(
-            rules.evaluate_stages.output.scores,
-            rules.evaluate_stages.output.table,
-            scored_files(),
-            scored_by(config),
-        )
-    )
+    print("", summary.end_of_run(run_files(), *submitted(), rules.summarise_run.output.summary), sep="\n")
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
-        print(f"Sweep leaderboard ({board}):\n{board.read_text()}")
+        print(f"\nSweep leaderboard ({board}):\n{board.read_text()}")
 
 
 def variant_overrides():

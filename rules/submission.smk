@@ -10,12 +10,16 @@ rule write_submission:
         "../scripts/write_submission.py"
 
 
+# Registered in the report only when results/eval.json scored this recipe's answers (tunesmith.summary).
+EVALUATED = summary.holds_inputs("results/eval.json", scored_files())
+
+
 rule evaluate_stages:
     input:
         unpack(evaluation_inputs),
     output:
-        scores=report("results/eval.json", category="Evaluation", caption="../report/eval.rst"),
-        table=report("results/eval.md", category="Evaluation", caption="../report/eval.rst"),
+        scores=reported("results/eval.json", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
+        table=reported("results/eval.md", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
     log:
         "logs/evaluate_stages.log",
     params:
@@ -63,9 +67,32 @@ rule trace_lineage:
     input:
         submission=rules.write_submission.output.submission,
     output:
-        lineage=report("results/lineage.txt", category="Manifests", caption="../report/lineage.rst"),
-        manifests=report("results/manifests.json", category="Manifests", caption="../report/manifests.rst"),
+        lineage=reported("results/lineage.txt", category="Manifests", caption="../report/lineage.rst"),
+        manifests=reported("results/manifests.json", category="Manifests", caption="../report/manifests.rst"),
     log:
         "logs/trace_lineage.log",
     script:
         "../scripts/trace_lineage.py"
+
+
+# For the user: what the run's summary says, as the report's first page (report/workflow.rst reads
+# summary.rst) and every task's answers beside the reference. Registered once it is this recipe's.
+SUMMARISED = summary.holds_inputs("results/report/summary.json", summary.summary_inputs(run_files()))
+
+
+rule summarise_run:
+    input:
+        unpack(summarise_inputs),
+    output:
+        summary="results/report/summary.json",
+        start_page="results/report/summary.rst",
+        answers=reported(
+            "results/report/answers.html", SUMMARISED, category="Evaluation", caption="../report/answers.rst"
+        ),
+    log:
+        "logs/summarise_run.log",
+    params:
+        files=run_files(),
+        submitted=submitted(),
+    script:
+        "../scripts/summarise_run.py"

@@ -75,7 +75,7 @@ def test_evaluate_without_stages_is_an_error(tmp_path):
 # ---- the judge's scores ---------------------------------------------------------------------------
 
 from conftest import REPO  # noqa: E402
-from tunesmith.evaluate import end_of_run_message, judge_score, leaderboard  # noqa: E402
+from tunesmith.evaluate import judge_score, leaderboard  # noqa: E402
 from tunesmith.judge_stats import agreement, bootstrap_interval, quadratic_weighted_kappa, spearman  # noqa: E402
 from tunesmith.recipe import load_recipe  # noqa: E402
 
@@ -158,23 +158,6 @@ def test_evaluate_with_a_judge_and_no_references(tmp_path):
     assert "Agreement with gpt4.csv on 2 answers: exact 50.0%, within one 100.0%" in text
     assert "| task | input | sft answer | sft grade | sft reason | dpo answer | dpo grade | dpo reason |" in text
     assert "| 2 | 問題2 | 答え2 | unparseable | 返答 | 答え2 | 3 | 理由\\|あり |" in text  # pipes escaped
-
-
-def test_the_end_of_run_message_never_shows_another_recipes_table(tmp_path):
-    scores, table = tmp_path / "eval.json", tmp_path / "eval.md"
-    scores.write_text(json.dumps({"inputs": ["results/generations/aaa/dpo.jsonl"]}))
-    table.write_text("| dpo | 0.5 |\n")
-    # references null and no judge: nothing scores this recipe, whatever an earlier recipe left behind
-    message = end_of_run_message(scores, table, [], None)
-    assert "| dpo" not in message and "None" not in message
-    assert message.startswith("No scores: this recipe has no judge")
-    stale = end_of_run_message(scores, table, ["results/generations/bbb/dpo.jsonl"], "references r.jsonl")
-    assert "| dpo" not in stale and "another recipe or of older answers" in stale
-    assert f"`snakemake {scores}`" in stale
-    fresh = end_of_run_message(scores, table, ["results/generations/aaa/dpo.jsonl"], "references r.jsonl")
-    assert fresh == "Scores (references r.jsonl):\n| dpo | 0.5 |\n"
-    scores.unlink()
-    assert "No scores yet" in end_of_run_message(scores, table, ["x"], "judge m")
 
 
 def test_the_leaderboard_ranks_by_the_judge_when_there_is_one(tmp_path):

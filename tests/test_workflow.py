@@ -39,6 +39,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
+        "summarise_run": 1,
     }
 
 
@@ -64,16 +65,7 @@ def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    """The user's command on the embedded default recipe, in a fresh working directory."""
-    work = tmp_path_factory.mktemp("default_run")
-    (work / "data").symlink_to(REPO / "data")
-    # Targets first: --config and --resources each take several values.
-    result = snakemake("submission.jsonl", "results/eval.json", "--directory", work,
-                       "--config", f"recipe={REPO / 'recipes/default.yaml'}", "--cores", "1", "--resources", "gpu=1")
-    assert result.returncode == 0, result.stderr[-5000:]
-    return work
+# default_run (tests/conftest.py): the README's first command, once for the session.
 
 
 @pytest.mark.e2e
@@ -354,7 +346,7 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
-        "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1,
+        "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1, "summarise_run": 1,
         "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1,
     }
     assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
@@ -421,22 +413,6 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     dpo = text.split("train_dpo: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
     assert lines[-1] == "4 jobs would run."  # sft, dpo, the dpo answers, the submission
-
-
-@pytest.mark.e2e
-def test_the_report_holds_cards_curves_scores_and_manifests(default_run):
-    built = snakemake("results/lineage.txt", "--directory", default_run, "--cores", "1",
-                      "--config", f"recipe={REPO / 'recipes/default.yaml'}")
-    assert built.returncode == 0, built.stderr[-3000:]
-    assert "submission.jsonl" in (default_run / "results/lineage.txt").read_text()
-    result = snakemake("--report", "report.html", "--cores", "1", "--directory", default_run,
-                       "--config", f"recipe={REPO / 'recipes/default.yaml'}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    html = (default_run / "report.html").read_text(encoding="utf-8")
-    for section in ("Data cards", "Training curves", "Evaluation", "Manifests"):
-        assert section in html, section
-    for name in ("training_curves.png", "eval.md", "manifests.json", "lineage.txt"):
-        assert name in html, name
 
 
 @pytest.mark.e2e
@@ -563,7 +539,7 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
     with serving(model, tmp_path / "serve.log", continuous_batching=True) as url:
         recipe = judge_recipe(tmp_path, url=url, model=model)
         plan_only = planned_jobs(snakemake("-n", "--directory", work, "--config", f"recipe={recipe}").stdout)
-        assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "trace_lineage": 1, "all": 1}, plan_only
+        assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "summarise_run": 1, "all": 1}, plan_only
         built = snakemake("--directory", work, "--config", f"recipe={recipe}", "--cores", "3", "--resources", "gpu=1")
         assert built.returncode == 0, built.stderr[-5000:]
         report = json.loads((work / "results/eval.json").read_text(encoding="utf-8"))

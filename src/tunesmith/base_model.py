@@ -14,6 +14,7 @@ import torch
 
 from tunesmith.atomic import atomic_path
 from tunesmith.normalize import normalize_text
+from tunesmith.progress import training_lines
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ def pretrain_base(
             bf16=False,
             activation_checkpointing=False,  # trl turns it on by default; a tiny model needs no memory saving
             dataloader_num_workers=0,
+            disable_tqdm=True,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        training_lines(trainer, "pretraining")
         result = trainer.train() if build["pretrain_steps"] > 0 else None
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

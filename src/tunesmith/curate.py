@@ -10,7 +10,9 @@ refuses a result that keeps nothing or too little of a source, and writes the ca
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,9 +23,12 @@ from tunesmith.card import card_data, lengths, summary
 from tunesmith.curate_checks import SHAPES
 from tunesmith.curate_pipeline import KEPT_SQL, QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify
 from tunesmith.ingest import ingest_source, ingested_source
+from tunesmith.progress import duration
 from tunesmith.schema import with_defaults
 from tunesmith.sources import IngestError, Source, check_settings, resolve_sources, source_with_defaults
 from tunesmith.tasks import read_tasks
+
+log = logging.getLogger(__name__)
 
 __all__ = ["REASONS", "CurationError", "curate"]
 
@@ -184,7 +189,10 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     with tempfile.TemporaryDirectory(prefix="tunesmith-curate-spill-") as spill, \
             duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill}) as con:
         counter, why = _local_tokenizer(tokenizer, trust_remote_code)
+        started = time.monotonic()  # a big corpus's job says where it is (tunesmith.progress)
         classify(con, chosen, shape, settings, seed, paths, tasks, several_files, counter)
+        log.info("curation of %s: %d sources read, every record classified, %s in; writing the rows",
+                 role, len(chosen), duration(time.monotonic() - started))
         con.execute("SET threads = 1")  # Parquet bytes (row groups, page order) must not depend on scheduling
 
         with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
@@ -203,6 +211,10 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
                               "kept_over_max_length": (int((measured["total"]["tokens"] > max_length).sum())
                                                        if max_length else None)}
             write_json(card_path, card)
+            log.info("curation of %s: %d records kept, %d quarantined, %s in", role,
+                     sum(entry["kept"] for entry in counts.values()),
+                     sum(sum(entry["quarantined"].values()) for entry in counts.values()),
+                     duration(time.monotonic() - started))
             if card_markdown_path or lengths_plot_path:
                 from tunesmith.card import plot_lengths, write_markdown
 

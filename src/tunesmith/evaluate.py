@@ -202,23 +202,6 @@ def evaluate(
     return report
 
 
-def end_of_run_message(scores_path: str | os.PathLike, table_path: str | os.PathLike, expected_inputs: list[str],
-                       configured: str | None) -> str:
-    """What the end of a run says about scores. `configured` names what scores this recipe (None: nothing
-    does); `expected_inputs` are the files its evaluation would score. A table from another recipe or
-    from older answers is never shown as this run's."""
-    target = os.fspath(scores_path)
-    if configured is None:
-        return "No scores: this recipe has no judge (judge.backend) and no references (tasks.references)."
-    if not Path(scores_path).is_file() or not Path(table_path).is_file():
-        return f"No scores yet: `snakemake {target}` grades this recipe's answers ({configured})."
-    written = json.loads(Path(scores_path).read_text(encoding="utf-8")).get("inputs")
-    if written != sorted(map(os.fspath, expected_inputs)):
-        return (f"{target} holds the scores of another recipe or of older answers, not shown; "
-                f"`snakemake {target}` scores this one ({configured}).")
-    return f"Scores ({configured}):\n{Path(table_path).read_text(encoding='utf-8')}"
-
-
 def _ranking_value(stage: dict) -> tuple:
     judge = stage.get("judge")
     if judge is not None:

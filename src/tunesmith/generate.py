@@ -21,10 +21,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from tunesmith.atomic import write_jsonl
 from tunesmith.model import ModelError, device, load_model, load_tokenizer, read_metadata
+from tunesmith.progress import progress
 from tunesmith.tasks import read_tasks
 from tunesmith.template import PromptTemplate
 
@@ -74,7 +74,7 @@ def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed:
         generation.update(stop_strings=stop_strings, tokenizer=tokenizer)
     model.eval()
     batch_size = settings["batch_size"]
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch"):
+    for start in progress(range(0, len(order), batch_size), "generating", "batches"):
         indices = order[start : start + batch_size]
         batch = tokenizer([prompts[index] for index in indices], return_tensors="pt", padding=True).to(model.device)
         torch.manual_seed(seed)  # each batch's samples depend on the seed, not on the batches before it

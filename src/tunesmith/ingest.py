@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunesmith.atomic import atomic_path
+from tunesmith.progress import Progress
 from tunesmith.sources import IngestError, Source, resolve_source
 
 # One row per record as read: the per-source cache that curation reads (see ingest_source).
@@ -29,6 +30,7 @@ INGESTED_SCHEMA = pa.schema([("source", pa.string()), ("file", pa.string()), ("l
                              ("raw", pa.string()), ("read_reason", pa.string()), ("read_detail", pa.string())])
 SOURCE_METADATA = b"tunesmith.source"
 SURROGATES = re.compile("[\ud800-\udfff]")
+PROGRESS_RECORDS = 1_000_000  # a big corpus logs a line per this many records read (and every 30 s)
 
 
 # ---- readers: each returns columns (file, line, raw, read_reason, read_detail) as lists ----------
@@ -308,9 +310,15 @@ def ingest_source(source: dict, out_path: str) -> dict:
     described = {"id": resolved.id, "path": resolved.path, "format": resolved.format, "split": resolved.split,
                  "files": list(resolved.files)}
     schema = INGESTED_SCHEMA.with_metadata({SOURCE_METADATA: json.dumps(described, ensure_ascii=False)})
+    read = Progress(f"ingest {resolved.id}", None, "records read", every=PROGRESS_RECORDS)
     with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        out = _Columns(resolved.id, lambda batch: writer.write_batch(batch.replace_schema_metadata(schema.metadata)))
+        def write(batch):
+            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+            read.update(read.done + batch.num_rows)
+
+        out = _Columns(resolved.id, write)
         _read_into(resolved, out)
+    read.close()
     return {**described, "rows": out.rows}
 
 

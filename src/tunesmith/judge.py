@@ -21,6 +21,7 @@ from tunesmith.atomic import write_jsonl
 from tunesmith.judge_backends import judge_identity, make_backend
 from tunesmith.judge_cache import GradeCache, entry_key, text_hash
 from tunesmith.normalize import normalize_text
+from tunesmith.progress import Progress
 from tunesmith.rubric import RETRY_PROMPT, load_rubric, parse_reply
 from tunesmith.submission import read_generations
 from tunesmith.tasks import load_references, read_reference_grades, read_tasks
@@ -118,7 +119,10 @@ def judge_answers(
     log.info("%d answers to grade with %s %s (rubric %s): %d in the cache, %d to ask", len(items),
              identity["backend"], identity["model"], rubric.hash, len(entries), len(pending))
 
+    graded = Progress("judge", len(pending), "answers graded", every=10)
+
     def on_graded(item: Item, entry: dict) -> None:
+        graded.update()
         entry = {**entry, "task_id": item.task_id, "answer_sha256": text_hash(item.answer), "judge": identity,
                  "rubric": rubric.hash}
         cache.put(item.key, entry)
@@ -126,6 +130,7 @@ def judge_answers(
 
     work_dir = os.path.dirname(os.path.abspath(out_path))
     requests = grade(pending, lambda: make_backend(settings, seed, work_dir, threads), settings["parse_retries"], on_graded)
+    graded.close()
     rows = []
     for item in items:
         entry = entries[item.task_id]

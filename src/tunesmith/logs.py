@@ -25,6 +25,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tunesmith import progress
+
 HEADER = "==== tunesmith attempt "
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 # What writers outside Python (pyarrow, tokenizers, safetensors) put in the errors they raise.
@@ -99,6 +101,9 @@ def log_to(path: str | os.PathLike) -> None:
     )
     sys.excepthook = _failure_hook(stream, job)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    progress.quiet_library_bars()  # no carriage-return bars in a log
+    if stream.failure is None and progress.CONSOLE_SECONDS > 0:  # a long job shows on the console that it moves
+        progress.Heartbeat(path, job_label(job).removeprefix("rule "), stream.to_console).start()
 
 
 def _open_log(path: Path) -> tuple[int, int | None]:

@@ -34,6 +34,7 @@ from tunesmith.model import (
     activate_stack, check_eos, load_model, load_tokenizer, read_metadata, trainable_model, write_metadata,
 )
 from tunesmith.preference import TRL_DROPS_LONG_PROMPTS, is_unpaired, needs_reference, trainer_class_and_config
+from tunesmith.progress import training_lines
 from tunesmith.template import PromptTemplate
 from tunesmith.tracking import keep_events, track_trainer, tracked
 from tunesmith.tracking import metadata as tracking_metadata
@@ -71,6 +72,7 @@ def _train(trainer, checkpoints: str):
     last = last_complete_checkpoint(checkpoints, remove_incomplete=is_main_process())
     if last:
         log.info("resuming from %s", last)
+    training_lines(trainer, "training")  # a line per logging step: steps done and left, loss, rewards
     return trainer.train(resume_from_checkpoint=last)
 
 

@@ -1,0 +1,17 @@
+"""The run's summary for the report: its first page and every task's answers beside the reference."""
+
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.summary import write_summary
+
+log_to(snakemake.log[0])
+stage, reason = snakemake.params.submitted
+with recorded(snakemake, "summary"):
+    write_summary(
+        files=snakemake.params.files,
+        stage=stage,
+        reason=reason,
+        summary_path=snakemake.output.summary,
+        start_page_path=snakemake.output.start_page,
+        answers_path=snakemake.output.answers,
+    )

@@ -1,0 +1,296 @@
+"""What a finished run tells its user: the end-of-run summary on the terminal and the report's first
+page, two renderings of one collection of facts (`collect`); the rule also writes the report's
+per-task answers page (`tunesmith.answers`).
+
+The facts: which stage was submitted and why; the scores per stage (exact match, chrF, the judge's
+grade), from results/eval.json only when that file scored this recipe's own answers (a table from
+another recipe or from older answers is never shown as this one's), else exact match and chrF
+computed on the spot from the answers on disk when there are references; the records kept and
+quarantined per source (the data cards); the rows each training stage really trained on (the
+adapters' tunesmith.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tunesmith.answers import answers_page, reference_answers
+from tunesmith.atomic import atomic_path, write_json
+from tunesmith.evaluate import score
+from tunesmith.submission import read_generations
+
+SHOWN_REASONS = 3  # quarantine reasons named per source on the terminal; the data card has them all
+REPORT = "report.html"
+REPORT_COMMAND = f"snakemake --report {REPORT} --cores 1"
+BUILD_ALL = "snakemake --cores 1 --resources gpu=1"
+
+
+def holds_inputs(path: str | os.PathLike, expected: list[str]) -> bool:
+    """Whether the JSON at `path` records exactly `expected` as its `inputs`: the files of this recipe
+    that it was computed from (eval.json and summary.json name theirs)."""
+    try:
+        written = json.loads(Path(path).read_text(encoding="utf-8")).get("inputs")
+    except (OSError, ValueError):
+        return False
+    return written == sorted(map(os.fspath, expected))
+
+
+def summary_inputs(files: dict) -> list[str]:
+    """The keyed files a summary of `files` is computed from; their paths name the recipe's stages."""
+    return sorted(map(os.fspath, [*files["generations"].values(), *files["judged"].values(),
+                                  *files["cards"].values(), *files["adapters"].values()]))
+
+
+def submission_reason(stage: str, requested: str, dpo_enabled: bool) -> str:
+    if requested == "dpo" and not dpo_enabled:
+        return "submission.stage is dpo, but dpo.enabled is false: SFT's answers"
+    return f"submission.stage is {requested}"
+
+
+def collect(files: dict, stage: str, reason: str) -> dict:
+    """Every fact the summary shows. `files` (built by rules/common.smk for the recipe): submission,
+    tasks, references, scores (results/eval.json), scored (the files eval.json must name to be this
+    recipe's), configured (what scores the recipe, in words, or None), and stage → path maps
+    generations, judged, adapters, role → path cards."""
+    return {
+        "submission": _submission(files, stage, reason),
+        "scores": _scores(files),
+        "data": {role: _card(path) for role, path in files["cards"].items()},
+        "training": {name: _trained(path) for name, path in files["adapters"].items()},
+        "inputs": summary_inputs(files),
+    }
+
+
+def _submission(files: dict, stage: str, reason: str) -> dict:
+    path = Path(files["submission"])
+    found = {"path": os.fspath(path), "stage": stage, "reason": reason, "rows": None, "other_recipe": False}
+    if path.is_file():
+        found["rows"] = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        manifest = path.with_name(path.name + ".manifest.json")  # which answers it was written from
+        if manifest.is_file():
+            made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
+            found["other_recipe"] = os.fspath(files["generations"][stage]) not in made_from
+    return found
+
+
+def _scores(files: dict) -> dict:
+    configured, target = files["configured"], os.fspath(files["scores"])
+    if configured is None:
+        return {"stages": {}, "from": None, "configured": None,
+                "note": "No scores: this recipe has no judge (judge.backend) and no references (tasks.references)."}
+    if holds_inputs(files["scores"], files["scored"]):
+        report = json.loads(Path(files["scores"]).read_text(encoding="utf-8"))
+        return {"stages": report["stages"], "from": target, "configured": configured, "note": None,
+                "judge": report.get("judge"), "per_task": report.get("per_task", {})}
+    stale = Path(files["scores"]).is_file()
+    note = (f"{target} holds the scores of another recipe or of older answers, not shown; " if stale
+            else "No scores yet: ") + f"`snakemake {target}` scores this recipe's answers ({configured})."
+    stages = {}
+    references = reference_answers(files["references"], files["tasks"]) if files["references"] else None
+    if references:  # exact match and chrF cost nothing: score the answers that exist
+        stages = {stage: {key: value for key, value in score(read_generations(path), references).items()
+                          if key != "per_task"}
+                  for stage, path in files["generations"].items() if Path(path).is_file()}
+    return {"stages": stages, "from": "answers" if stages else None, "configured": configured, "note": note}
+
+
+def _card(path) -> dict | None:
+    if not Path(path).is_file():
+        return None
+    card = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {"path": os.fspath(path),
+            "sources": {name: {"rows_in": entry["rows_in"], "kept": entry["kept"],
+                               "quarantined": dict(sorted(entry["quarantined"].items(), key=lambda item: -item[1]))}
+                        for name, entry in card["sources"].items()}}
+
+
+def _trained(adapter) -> dict | None:
+    path = Path(adapter) / "tunesmith.json"
+    if not path.is_file():
+        return None
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences")
+    return {key: metadata[key] for key in keys if key in metadata}
+
+
+# ---- comparing stages ----
+def measure(result: dict) -> tuple[str, float] | None:
+    """What a stage is ranked by: the judge's mean grade when it graded, else exact match (chrF breaks ties)."""
+    judge = result.get("judge")
+    if judge and judge.get("mean") is not None:
+        return "judge mean", judge["mean"]
+    if "exact_match" in result:
+        return "exact match", result["exact_match"]
+    return None
+
+
+def better_stages(summary: dict) -> list[str]:
+    """Stages that score above the submitted one on its own measure."""
+    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
+    if submitted not in stages or measure(stages[submitted]) is None:
+        return []
+    name, value = measure(stages[submitted])
+    ranked = lambda result: (measure(result)[1], result.get("chrf", 0.0))  # noqa: E731
+    return [stage for stage, result in stages.items() if stage != submitted and measure(result)
+            and measure(result)[0] == name and ranked(result) > ranked(stages[submitted])]
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The score table: header and one row per stage (the submitted one marked)."""
+    stages = summary["scores"]["stages"]
+    judged = any("judge" in result for result in stages.values())
+    referenced = any("exact_match" in result for result in stages.values())
+    header = ["stage"] + (["exact match", "chrF"] if referenced else []) + (
+        ["judge (1–5)", "interval", "unparseable"] if judged else [])
+    rows = []
+    for stage, result in stages.items():
+        row = [stage + (" (submitted)" if stage == summary["submission"]["stage"] else "")]
+        if referenced:
+            row += [_percent(result.get("exact_match")), "–" if "chrf" not in result else f"{result['chrf']:.1f}"]
+        if judged:
+            grades = result.get("judge") or {}
+            interval = grades.get("interval")
+            row += ["–" if grades.get("mean") is None else f"{grades['mean']:.2f}",
+                    "–" if not interval else f"{interval[0]:.2f}–{interval[1]:.2f}", str(grades.get("unparseable", "–"))]
+        rows.append(row)
+    return header, rows
+
+
+def comparison_note(summary: dict) -> str | None:
+    better = better_stages(summary)
+    if not better:
+        return None
+    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
+    name, value = measure(stages[submitted])
+    shown = (lambda v: f"{v:.2f}") if name == "judge mean" else _percent
+    others = ", ".join(f"{stage} {shown(measure(stages[stage])[1])}" for stage in better)
+    return (f"{' and '.join(better)} {'scores' if len(better) == 1 else 'score'} above the submitted {submitted} on "
+            f"{name} ({others} against {shown(value)}); `submission.stage: {better[0]}` would submit it.")
+
+
+def data_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for role, card in summary["data"].items():
+        for source, entry in (card or {}).get("sources", {}).items():
+            quarantined = entry["quarantined"]
+            reasons = ", ".join(f"{reason} {count}" for reason, count in list(quarantined.items())[:SHOWN_REASONS])
+            if len(quarantined) > SHOWN_REASONS:
+                reasons += f", {len(quarantined) - SHOWN_REASONS} more"
+            rows.append([role, source, str(entry["rows_in"]), str(entry["kept"]), str(sum(quarantined.values())),
+                         reasons])
+    return rows
+
+
+def training_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for stage, counts in summary["training"].items():
+        if not counts:
+            continue
+        unit = "pairs" if stage == "dpo" else "rows"
+        lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
+                for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
+        trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
+        rows.append([stage, trained, str(counts.get("rows_curated", "–")), "; ".join(lost) or "none",
+                     str(counts.get("eval_rows", "–"))])
+    return rows
+
+
+TRAINING_HEADER = ["stage", "trained", "curated train rows", "lost at max_length", "validation rows"]
+DATA_HEADER = ["dataset", "source", "records in", "kept", "quarantined", "main reasons"]
+
+
+# ---- the terminal ----
+def _aligned(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return [indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in [header, *rows]]
+
+
+def terminal(summary: dict, summary_current: bool) -> str:
+    """The few lines the end of a run prints."""
+    submission, scores = summary["submission"], summary["scores"]
+    if submission["rows"] is None:
+        lines = [f"{submission['path']} is not built yet: `snakemake {submission['path']} --cores 1 --resources gpu=1`."]
+    elif submission["other_recipe"]:
+        lines = [f"{submission['path']} holds the answers of another recipe, not of this one's {submission['stage']} "
+                 f"stage: `snakemake {submission['path']} --cores 1 --resources gpu=1` rebuilds it."]
+    else:
+        lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
+                 f"({submission['reason']})."]
+    if scores["stages"]:
+        where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
+        lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
+        note = comparison_note(summary)
+        lines += [f"  Note: {note}"] if note else []
+    if scores["note"]:
+        lines += ["", scores["note"]]
+    if any(summary["data"].values()):
+        lines += ["", "Data (every record kept or quarantined; reasons in the data cards):",
+                  *_aligned(DATA_HEADER, data_rows(summary))]
+    if training_rows(summary):
+        lines += ["", "Trained:", *_aligned(TRAINING_HEADER, training_rows(summary))]
+    report = (f"`{REPORT_COMMAND}` writes {REPORT}: these tables on its first page, every task's answers beside "
+              "its reference (Evaluation › answers.html), data cards, training curves and manifests."
+              if summary_current else
+              f"`{BUILD_ALL}` builds the scores and the report's pages, then `{REPORT_COMMAND}` writes {REPORT}.")
+    return "\n".join([*lines, "", f"Report: {report}", "Logs: logs/<rule>/ (one per job, every attempt kept)."])
+
+
+# ---- the report's first page (reStructuredText, included by report/workflow.rst) ----
+def _rst_text(text: str) -> str:
+    """Plain text that reStructuredText shows as written."""
+    return "".join("\\" + char if char in "\\`*_|[]<>:" else char for char in str(text))
+
+
+def _list_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [f".. list-table:: {_rst_text(title)}", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        lines += [f"   {'*' if index == 0 else ' '} - {_rst_text(cell) or '..'}" for index, cell in enumerate(row)]
+    return lines + [""]
+
+
+def start_page(summary: dict) -> str:
+    submission, scores = summary["submission"], summary["scores"]
+    lines = ["Results", "=======", "",
+             f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
+             f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
+    if scores["stages"]:
+        lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
+        note = comparison_note(summary)
+        lines += [f"**Note:** {_rst_text(note)}", ""] if note else []
+        lines += ["Every task's answer of each stage beside the reference, by task family: `answers.html`_ "
+                  "(category `Evaluation`_).", ""]
+    if scores["note"]:
+        lines += [_rst_text(scores["note"]), ""]
+    if any(summary["data"].values()):
+        lines += _list_table("Data: records per source (every record kept or quarantined)", DATA_HEADER,
+                             data_rows(summary))
+        lines += ["Reasons, length histograms and examples: `Data cards`_.", ""]
+    if training_rows(summary):
+        lines += _list_table("Rows trained per stage", TRAINING_HEADER, training_rows(summary))
+        lines += ["Loss, learning rate and, for DPO, reward margins and accuracies: `Training curves`_.", ""]
+    return "\n".join(lines)
+
+
+# ---- entry points ----
+def write_summary(files: dict, stage: str, reason: str, summary_path, start_page_path, answers_path) -> dict:
+    """The rule's job: summary.json (the facts, with the files they came from), the report's first page
+    (reStructuredText) and its per-task answers page (HTML)."""
+    summary = collect(files, stage, reason)
+    with atomic_path(start_page_path) as tmp:
+        Path(tmp).write_text(start_page(summary), encoding="utf-8")
+    with atomic_path(answers_path) as tmp:
+        Path(tmp).write_text(answers_page(files, stage), encoding="utf-8")
+    write_json(summary_path, summary)
+    return summary
+
+
+def end_of_run(files: dict, stage: str, reason: str, summary_path) -> str:
+    """What the end of every successful run prints, computed afresh from the files this recipe names."""
+    return terminal(collect(files, stage, reason), holds_inputs(summary_path, summary_inputs(files)))

@@ -1,0 +1,164 @@
+"""`snakemake --report` right after the README's first command: it builds, opens on the results in a
+real headless browser (Chromium from Debian's packages), and works after `snakemake submission.jsonl`
+alone. Uses the session's one finished default run (tests/conftest.py `default_run`)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def snakemake(*args, directory):
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(directory),
+               "--config", f"recipe={REPO / 'recipes/default.yaml'}", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def build_report(directory) -> str:
+    result = snakemake("--report", "report.html", "--cores", "1", directory=directory)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (Path(directory) / "report.html").read_text(encoding="utf-8")
+
+
+def embedded(html: str, name: str):
+    """A JSON value the report's page script defines (`var name = ...;`)."""
+    return json.loads(re.findall(rf"var {name} = (.*);\n", html)[-1])  # the data follow the bundled scripts
+
+
+def chromium(*args, profile: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium as root in a container: no sandbox, no GPU, nothing fetched on its own."""
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
+               "--virtual-time-budget=15000", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.e2e
+def test_the_report_builds_right_after_the_readme_command_with_the_results_first(default_run):
+    html = build_report(default_run)
+    scores = json.loads((default_run / "results/eval.json").read_text(encoding="utf-8"))["stages"]
+    first_page = embedded(html, "workflow_desc")
+    # The first page: the submitted stage, the score table with this run's figures, the data-card counts.
+    assert "Submitted:" in first_page and "<strong>dpo</strong>" in first_page
+    table = first_page.split("Scores (references")[1].split("</table>")[0]
+    for stage, result in scores.items():
+        assert f"<td>{stage}" in table and f"<td>{result['exact_match']:.1%}</td>" in table, stage
+        assert f"<td>{result['chrf']:.1f}</td>" in table
+    card = json.loads(next(default_run.glob("results/curated/*/sft.card.json")).read_text(encoding="utf-8"))
+    sources = first_page.split("Data: records per source")[1].split("</table>")[0]
+    for name, entry in card["sources"].items():
+        assert f"<td>{name}</td>" in sources and f"<td>{entry['rows_in']}</td>" in sources
+    assert "system-message" not in first_page, "reStructuredText errors on the first page"
+    results = embedded(html, "results")
+    names = {entry["name"] for entry in results.values()}
+    assert {"answers.html", "eval.md", "lineage.txt", "manifests.json", "training_curves.png"} <= names, names
+    assert {"sft.lengths.png", "preference.lengths.png"} <= names
+    categories = embedded(html, "categories")
+    assert {"Data cards", "Training curves", "Evaluation", "Manifests"} <= set(categories)
+
+
+@pytest.mark.e2e
+def test_the_report_works_after_the_submission_alone(default_run, tmp_path):
+    """`snakemake submission.jsonl` builds no scores, lineage or summary: the report shows what there is."""
+    work = tmp_path / "run"
+    shutil.copytree(default_run, work, symlinks=True)
+    for built in ("results/eval.json", "results/eval.md", "results/lineage.txt", "results/manifests.json",
+                  "results/report", "report.html"):
+        path = work / built
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    html = build_report(work)
+    first_page = embedded(html, "workflow_desc")
+    text = re.sub(r"<[^>]+>", "", first_page)  # docutils splits a literal into spans
+    assert "No summary of this recipe" in text and "snakemake --cores 1 --resources gpu=1" in text
+    assert "manifests (not built yet)" in first_page
+    names = {entry["name"] for entry in embedded(html, "results").values()}
+    assert "training_curves.png" in names and "eval.md" not in names and "lineage.txt" not in names
+
+
+@pytest.mark.e2e
+def test_the_summary_printed_at_the_end_of_the_readme_command(default_run):
+    console = (default_run / "console.txt").read_text(encoding="utf-8")
+    end = console[console.rindex("submission.jsonl is ready"):]
+    assert end.startswith("submission.jsonl is ready: 100 answers of stage dpo (submission.stage is dpo).")
+    scores = json.loads((default_run / "results/eval.json").read_text(encoding="utf-8"))["stages"]
+    for stage, result in scores.items():
+        row = next(line.split() for line in end.splitlines() if line.split()[:1] == [stage])
+        assert f"{result['exact_match']:.1%}" in row and f"{result['chrf']:.1f}" in row, (stage, row)
+    assert "sample_sft" in end and "Trained:" in end
+    assert "`snakemake --report report.html --cores 1` writes report.html" in end
+    assert "\x1b[" not in end.split("submission.jsonl is ready")[1], "terminal escapes in the summary"
+
+
+@pytest.mark.e2e
+def test_the_readme_command_run_again_has_nothing_to_do(default_run):
+    """The summary's pages are inputs of nothing and read only files: a finished run stays finished."""
+    result = snakemake("-n", "--cores", "1", "--resources", "gpu=1", directory=default_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
+def test_the_report_opens_on_the_score_table_in_a_browser(default_run, tmp_path):
+    report = default_run / "report.html"
+    if not report.is_file():
+        build_report(default_run)
+    shots = Path(os.environ.get("TUNESMITH_SCREENSHOTS", tmp_path))  # set it to keep them for a human eye
+    shots.mkdir(parents=True, exist_ok=True)
+    dom = chromium("--dump-dom", report.as_uri(), profile=tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = dom.stdout.split('<div id="app">', 1)[1]  # what React drew, not the page's data scripts
+    rendered = rendered.split("<script", 1)[0]
+    assert "<table" in rendered and "exact match" in rendered and "chrF" in rendered, rendered[:3000]
+    assert "Submitted:" in rendered
+    shot = shots / "report.png"
+    taken = chromium(f"--screenshot={shot}", "--window-size=1600,1100", report.as_uri(),
+                     profile=tmp_path / "profile-shot")
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+    answers = next(default_run.glob("results/report/answers.html"))
+    page = chromium("--dump-dom", answers.as_uri(), profile=tmp_path / "profile-answers")
+    assert page.returncode == 0 and "<h2" in page.stdout and "(submitted)" in page.stdout
+    chromium(f"--screenshot={shots / 'answers.png'}", "--window-size=1400,1000", answers.as_uri(),
+             profile=tmp_path / "profile-answers-shot")
+
+
+# The README's figures are the ones a fresh run prints: its Measured table states each stage's scores
+# as a range ("about"), and a fresh default run must fall inside it. Whoever changes what the default
+# learns measures clean runs and writes the new ranges there.
+SCORES_ROW = re.compile(r"^\| scores of the default run[^|]*\| (?P<figures>[^|]+) \|$", re.MULTILINE)
+STAGE_RANGE = re.compile(r"(?P<stage>base|SFT|DPO) (?P<exact>[\d.]+–[\d.]+)% / (?P<chrf>[\d.]+–[\d.]+)")
+
+
+def readme_score_ranges() -> dict[str, dict[str, tuple[float, float]]]:
+    match = SCORES_ROW.search((REPO / "README.md").read_text(encoding="utf-8"))
+    assert match, "README.md: no '| scores of the default run ... |' row in the Measured table"
+    ranges = {}
+    for found in STAGE_RANGE.finditer(match["figures"]):
+        ranges[found["stage"].lower()] = {key: tuple(map(float, found[key].split("–"))) for key in ("exact", "chrf")}
+    return ranges
+
+
+def test_the_readme_states_a_score_range_for_every_stage():
+    ranges = readme_score_ranges()
+    assert set(ranges) == {"base", "sft", "dpo"}, ranges
+    for stage, measures in ranges.items():
+        for low, high in measures.values():
+            assert low <= high, (stage, measures)
+
+
+@pytest.mark.e2e
+def test_a_fresh_default_run_scores_within_the_readmes_ranges(default_run):
+    scores = json.loads((default_run / "results/eval.json").read_text(encoding="utf-8"))["stages"]
+    for stage, measures in readme_score_ranges().items():
+        exact, chrf = 100 * scores[stage]["exact_match"], scores[stage]["chrf"]
+        assert measures["exact"][0] <= exact <= measures["exact"][1], (stage, "exact match %", exact, measures)
+        assert measures["chrf"][0] <= chrf <= measures["chrf"][1], (stage, "chrF", chrf, measures)

@@ -1,0 +1,207 @@
+"""The end-of-run summary, the report's first page (tunesmith.summary) and its per-task answers page
+(tunesmith.answers), on a small made-up run."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tunesmith.answers import answers_page
+from tunesmith.summary import collect, end_of_run, start_page, submission_reason, summary_inputs, terminal, write_summary
+
+TASKS = [(0, "「かぜ」を2回繰り返してください。", "repetition", "かぜかぜ"),
+         (1, "8と4の合計は？", "addition", "12"),
+         (2, "「<b>」を2回繰り返してください。", "repetition", "<b><b>")]
+ANSWERS = {"base": ["りんご", "10", "x"], "sft": ["かぜかぜ", "12", "<b><b>"], "dpo": ["かぜかぜ", "10", "<b><b>"]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """A finished run's files as rules/common.smk names them (keys made up), in a working directory."""
+    monkeypatch.chdir(tmp_path)
+    tasks = write_jsonl(Path("data/tasks.jsonl"), [{"task_id": i, "input": text, "family": family}
+                                                   for i, text, family, _ in TASKS])
+    references = write_jsonl(Path("data/references.jsonl"), [{"task_id": i, "output": out} for i, _, _, out in TASKS])
+    generations = {stage: write_jsonl(Path(f"results/generations/{key}/{stage}.jsonl"),
+                                      [{"task_id": i, "output": answer} for i, answer in enumerate(ANSWERS[stage])])
+                   for stage, key in (("base", "aaaaaaaaaaa1"), ("sft", "aaaaaaaaaaa2"), ("dpo", "aaaaaaaaaaa3"))}
+    Path("submission.jsonl").write_text("".join(json.dumps({"task_id": i, "input": TASKS[i][1], "output": a},
+                                                           ensure_ascii=False) + "\n"
+                                                for i, a in enumerate(ANSWERS["dpo"])), encoding="utf-8")
+    Path("submission.jsonl.manifest.json").write_text(json.dumps({"inputs": {str(generations["dpo"]): "sha256:0"}}))
+    cards = {}
+    for role, sources in (("sft", {"sample_sft": (120, 100, {"duplicate": 12, "contaminated": 5, "too_long": 2,
+                                                                "blank_line": 1})}),
+                          ("preference", {"sample_preference": (50, 48, {"chosen_equals_rejected": 2})})):
+        cards[role] = Path(f"results/curated/bbbbbbbbbbb{len(cards)}/{role}.card.json")
+        cards[role].parent.mkdir(parents=True)
+        cards[role].write_text(json.dumps({"sources": {name: {"rows_in": rows_in, "kept": kept, "quarantined": q}
+                                                       for name, (rows_in, kept, q) in sources.items()}}))
+    adapters = {}
+    for stage, counts in (("sft", {"rows": 95, "rows_curated": 95, "rows_dropped": {}, "rows_truncated": {},
+                                   "eval_rows": 5}),
+                          ("dpo", {"rows": 44, "rows_curated": 46, "rows_dropped": {"prompt_fills_max_length": 2},
+                                   "rows_truncated": {}, "eval_rows": 2})):
+        adapters[stage] = Path(f"results/{stage}/ccccccccccc{len(adapters)}/adapter")
+        adapters[stage].mkdir(parents=True)
+        (adapters[stage] / "tunesmith.json").write_text(json.dumps({"stage": stage, **counts}))
+    files = {"submission": "submission.jsonl", "tasks": str(tasks), "references": str(references),
+             "scores": "results/eval.json", "scored": sorted(map(str, generations.values())),
+             "configured": f"references {references}", "generations": {k: str(v) for k, v in generations.items()},
+             "judged": {}, "cards": {k: str(v) for k, v in cards.items()},
+             "adapters": {k: str(v) for k, v in adapters.items()}}
+    return files
+
+
+def write_scores(files, inputs=None, stages=None):
+    stages = stages or {"base": {"exact_match": 0.0, "chrf": 3.1, "n": 3}, "sft": {"exact_match": 1.0, "chrf": 100.0,
+                                                                                   "n": 3},
+                        "dpo": {"exact_match": 2 / 3, "chrf": 80.0, "n": 3}}
+    Path(files["scores"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(files["scores"]).write_text(json.dumps({"stages": stages, "judge": None, "per_task": {},
+                                                 "inputs": files["scored"] if inputs is None else inputs}))
+
+
+def block(text: str, title: str) -> list[list[str]]:
+    """The rows (split into words) of the terminal's table under the line starting with `title`."""
+    lines = text.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(title))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("  ") or line.startswith("  Note:"):
+            break
+        rows.append(line.split())
+    return rows
+
+
+def dpo_summary(files):
+    return collect(files, "dpo", submission_reason("dpo", "dpo", True))
+
+
+def test_the_terminal_says_what_was_submitted_the_scores_the_rows_and_the_report(run):
+    write_scores(run)
+    text = terminal(dpo_summary(run), summary_current=True)
+    lines = text.splitlines()
+    assert lines[0] == "submission.jsonl is ready: 3 answers of stage dpo (submission.stage is dpo)."
+    assert "Scores (references data/references.jsonl; from results/eval.json):" in text
+    table = lines[lines.index("Scores (references data/references.jsonl; from results/eval.json):") + 1:][:4]
+    assert table[0].split() == ["stage", "exact", "match", "chrF"]
+    assert table[1].split() == ["base", "0.0%", "3.1"]
+    assert table[3].split() == ["dpo", "(submitted)", "66.7%", "80.0"]
+    # The issue's complaint: the submitted stage scores below another one and nothing said so.
+    assert "Note: sft scores above the submitted dpo on exact match (sft 100.0% against 66.7%); " \
+           "`submission.stage: sft` would submit it." in text
+    data = next(line for line in lines if "sample_sft" in line).split()
+    assert data[:5] == ["sft", "sample_sft", "120", "100", "20"]
+    assert "duplicate 12, contaminated 5, too_long 2, 1 more" in text
+    trained = next(line for line in lines if line.strip().startswith("dpo") and "pairs" in line)
+    assert "44 pairs" in trained and "2 dropped (prompt_fills_max_length)" in trained
+    assert "`snakemake --report report.html --cores 1` writes report.html" in text
+
+
+def test_scores_of_another_recipe_are_never_shown(run):
+    write_scores(run, inputs=["results/generations/ffffffffffff/dpo.jsonl"])
+    run["references"] = None  # nothing to compute on the spot either
+    text = terminal(dpo_summary(run), summary_current=False)
+    assert "results/eval.json holds the scores of another recipe or of older answers, not shown" in text
+    assert "`snakemake results/eval.json` scores this recipe's answers" in text
+    assert "66.7%" not in text and "Scores (" not in text
+    run["configured"] = None
+    text = terminal(dpo_summary(run), summary_current=False)
+    assert "No scores: this recipe has no judge (judge.backend) and no references (tasks.references)." in text
+    assert "None" not in text
+    Path(run["scores"]).unlink()
+    run["configured"] = "judge m"
+    assert "No scores yet: `snakemake results/eval.json` scores this recipe's answers (judge m)." in terminal(
+        dpo_summary(run), summary_current=False)
+
+
+def test_without_eval_json_exact_match_and_chrf_are_computed_from_the_answers_on_disk(run):
+    Path(run["generations"]["base"]).unlink()  # `snakemake submission.jsonl` built only some stages
+    text = terminal(dpo_summary(run), summary_current=False)
+    assert "Scores (references data/references.jsonl; computed now from the answers on disk):" in text
+    rows = block(text, "Scores (")
+    assert rows == [["sft", "100.0%", "100.0"], ["dpo", "(submitted)", "66.7%", rows[1][3]]]
+    assert "No scores yet: `snakemake results/eval.json`" in text
+    assert "`snakemake --cores 1 --resources gpu=1` builds the scores and the report's pages" in text
+
+
+def test_a_submission_of_another_recipe_is_said_to_be_one(run):
+    Path("submission.jsonl.manifest.json").write_text(json.dumps({"inputs": {"results/generations/x/dpo.jsonl": ""}}))
+    assert terminal(dpo_summary(run), True).startswith("submission.jsonl holds the answers of another recipe")
+    Path("submission.jsonl").unlink()
+    assert terminal(dpo_summary(run), True).startswith("submission.jsonl is not built yet")
+
+
+def test_why_a_stage_was_submitted():
+    assert submission_reason("sft", "dpo", False) == "submission.stage is dpo, but dpo.enabled is false: SFT's answers"
+    assert submission_reason("sft", "sft", True) == "submission.stage is sft"
+
+
+def test_judge_grades_lead_the_comparison(run):
+    judge = lambda mean: {"mean": mean, "interval": [mean - 0.3, mean + 0.3], "unparseable": 1}  # noqa: E731
+    write_scores(run, stages={"sft": {"exact_match": 1.0, "chrf": 90.0, "judge": judge(2.5)},
+                              "dpo": {"exact_match": 0.5, "chrf": 80.0, "judge": judge(3.25)}})
+    text = terminal(dpo_summary(run), True)
+    header = next(line for line in text.splitlines() if line.strip().startswith("stage"))
+    assert header.split() == ["stage", "exact", "match", "chrF", "judge", "(1–5)", "interval", "unparseable"]
+    assert block(text, "Scores (")[1] == ["dpo", "(submitted)", "50.0%", "80.0", "3.25", "2.95–3.55", "1"]
+    assert "Note:" not in text  # the judge ranks: dpo's 3.25 beats sft's 2.5, whatever exact match says
+
+
+def test_the_start_page_is_restructuredtext_with_the_score_and_data_tables(run):
+    from docutils.core import publish_parts
+
+    write_scores(run)
+    page = start_page(dpo_summary(run))
+    # The link targets Snakemake's report defines for its categories and files.
+    targets = "".join(f"\n.. _{name}: javascript:void(0)" for name in ("Evaluation", "Data cards", "Training curves",
+                                                                     "answers.html"))
+    body = publish_parts(page + "\n" + targets, writer="html", settings_overrides={"report_level": 2})["html_body"]
+    assert "system-message" not in body, body
+    assert '<th class="head">exact match</th>' in body
+    assert "<td>66.7%</td>" in body and "<td>sample_sft</td>" in body
+    assert "submission.stage: sft" in body
+
+
+def test_the_answers_page_puts_each_stage_beside_the_reference_by_family(run):
+    judged = write_jsonl(Path("results/judged/ddddddddddd1/dpo.jsonl"),
+                         [{"task_id": i, "answer": a, "grade": 5 - i, "reason": f"理由{i}", "status": "graded"}
+                          for i, a in enumerate(ANSWERS["dpo"])])
+    run["judged"] = {"dpo": str(judged)}
+    page = answers_page(run, "dpo")
+    families = re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page)
+    assert families == ["repetition: 2 tasks", "addition: 1 tasks"]
+    assert "<th>base</th><th>sft</th><th>dpo (submitted)</th>" in page
+    repetition = page.split("<h2")[1]
+    assert "<td>0/2 exact</td><td>2/2 exact</td><td>2/2 exact, grade 4.00</td>" in repetition
+    row = next(line for line in page.splitlines() if line.startswith('<tr><td class="id">2</td>'))
+    assert "「&lt;b&gt;」を2回" in row and "<b>" not in row  # task text is escaped, never markup
+    assert row.count('class="exact"') == 2 and row.count('class="missed"') == 1
+    assert "grade 3: 理由2" in row
+    addition = next(line for line in page.splitlines() if line.startswith('<tr><td class="id">1</td>'))
+    assert addition.index("12") < addition.index("10")  # the reference, then the answers in stage order
+
+
+def test_a_task_file_without_families_is_one_group(run):
+    write_jsonl(Path(run["tasks"]), [{"task_id": i, "input": text} for i, text, _, _ in TASKS])
+    page = answers_page(run, "dpo")
+    assert "<nav>" not in page and re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page) == ["all: 3 tasks"]
+
+
+def test_the_rule_writes_its_pages_and_the_end_of_run_knows_they_are_this_recipes(run):
+    write_scores(run)
+    paths = ("results/report/summary.json", "results/report/summary.rst", "results/report/answers.html")
+    write_summary(run, "dpo", "submission.stage is dpo", *paths)
+    written = json.loads(Path(paths[0]).read_text())
+    assert written["inputs"] == summary_inputs(run)
+    assert "--cores 1` writes report.html: these tables" in end_of_run(run, "dpo", "x", paths[0])
+    other = {**run, "generations": {**run["generations"], "dpo": "results/generations/eeeeeeeeeeee/dpo.jsonl"}}
+    assert "builds the scores and the report's pages" in end_of_run(other, "dpo", "x", paths[0])
