@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith import sample_data
+import sample_data
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.tasks import read_references, read_tasks
 
@@ -52,7 +52,7 @@ def test_committed_data_is_the_generator_output(tmp_path):
 
 def test_output_does_not_depend_on_the_hash_seed(tmp_path):
     environment = {**os.environ, "PYTHONHASHSEED": "12345"}
-    command = [sys.executable, "-m", "tunesmith.sample_data", "--out", str(tmp_path)]
+    command = [sys.executable, str(Path(sample_data.__file__)), "--out", str(tmp_path)]
     subprocess.run(command, check=True, env=environment)
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name

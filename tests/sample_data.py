@@ -1,6 +1,6 @@
 """The committed sample data: small, learnable Japanese tasks, with deliberate dirt for curation to find.
 
-`python -m tunesmith.sample_data --out data` writes the same bytes on every run (seeded random streams,
+`python tests/sample_data.py --out data` writes the same bytes on every run (seeded random streams,
 fixed table order, no set iteration); a test checks that the files under data/ are exactly its output.
 
 Six families, ten phrasings each (three are two-line: instruction, newline, input): adding 1-9 to 1-9,
