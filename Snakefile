@@ -18,6 +18,7 @@ include: "rules/curate.smk"
 include: "rules/base_model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
+include: "rules/preference.smk"
 include: "rules/submission.smk"
 
 

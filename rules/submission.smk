@@ -14,6 +14,8 @@ rule evaluate_stages:
     input:
         generations=lambda wildcards: generations(variant_name(wildcards), stages(wildcards)),
         references=references,
+        tasks=task_file,
+        preferences=lambda wildcards: list(preference_scores(variant_name(wildcards)).values()),
     output:
         scores=report("results/eval.json", category="Evaluation", caption="../report/eval.rst"),
         table=report("results/eval.md", category="Evaluation", caption="../report/eval.rst"),
@@ -21,6 +23,7 @@ rule evaluate_stages:
         "logs/evaluate_stages.log",
     params:
         stages=stages,
+        preference_stages=lambda wildcards: list(preference_scores(variant_name(wildcards))),
     script:
         "../scripts/evaluate_stages.py"
 

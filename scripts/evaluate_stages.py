@@ -1,4 +1,5 @@
-"""Score each stage's answers against the reference file (exact match, chrF)."""
+"""Score each stage's answers against the reference file (exact match, chrF, per task family), with
+each stage's preference accuracy on the held-out pairs."""
 
 from tunesmith.evaluate import evaluate
 from tunesmith.logs import log_to
@@ -11,4 +12,6 @@ with recorded(snakemake, "evaluate"):
         references_path=snakemake.input.references,
         out_path=snakemake.output.scores,
         table_path=snakemake.output.table,
+        tasks_path=snakemake.input.tasks,
+        preferences=dict(zip(snakemake.params.preference_stages, snakemake.input.preferences)),
     )

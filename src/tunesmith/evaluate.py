@@ -16,7 +16,7 @@ from sacrebleu.metrics import CHRF
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.submission import read_generations
-from tunesmith.tasks import read_references
+from tunesmith.tasks import read_references, read_task_families
 
 
 def score(outputs: dict[int, str], references: dict[int, str]) -> dict:
@@ -58,26 +58,86 @@ def evaluate(
     references_path: str | os.PathLike,
     out_path: str | os.PathLike,
     table_path: str | os.PathLike | None = None,
+    tasks_path: str | os.PathLike | None = None,
+    preferences: dict[str, str | os.PathLike] | None = None,
 ) -> dict:
     """Score each stage's generations file (stage name → path) and write the results atomically.
 
     Writes `{"stages": {stage: {exact_match, chrf, n}}, "per_task": {stage: [...]}}` to `out_path`,
-    stages in the order given, and a Markdown summary table to `table_path` if one is given.
+    stages in the order given, and a Markdown summary table to `table_path` if one is given. With a
+    `tasks_path` whose tasks carry a `family`, each stage also gets scores per family; `preferences`
+    (stage → the file `tunesmith.preference.score_preferences` wrote) adds each stage's preference
+    accuracy on the held-out pairs.
     """
     if not generations:
         raise ValueError("no stages to evaluate")
     references = read_references(references_path)
     stages, per_task = {}, {}
+    families = read_task_families(tasks_path) if tasks_path is not None else {}
     for stage, path in generations.items():
-        result = score(read_generations(path), references)
+        outputs = read_generations(path)
+        result = score(outputs, references)
         stages[stage] = {"exact_match": result["exact_match"], "chrf": result["chrf"], "n": result["n"]}
         per_task[stage] = result["per_task"]
+        if families:
+            stages[stage]["families"] = family_scores(outputs, references, families)
+            for task in per_task[stage]:
+                task["family"] = families.get(task["task_id"])
     report = {"stages": stages, "per_task": per_task}
+    if preferences:
+        report["preference"] = read_preference_scores(preferences)
     write_json(out_path, report)
     if table_path is not None:
         with atomic_path(table_path) as tmp:
-            Path(tmp).write_text(_markdown_table(stages), encoding="utf-8")
+            Path(tmp).write_text(_markdown_table(stages) + _family_table(report) + _preference_table(report),
+                                 encoding="utf-8")
     return report
+
+
+def family_scores(outputs: dict[int, str], references: dict[int, str], families: dict[int, str]) -> dict:
+    """Exact match, chrF and task count per family (`families`: task id → family), families sorted;
+    tasks without a family are scored only overall."""
+    names = sorted({families[task_id] for task_id in references if task_id in families})
+    found = {}
+    for name in names:
+        result = score(outputs, {task_id: reference for task_id, reference in references.items()
+                                 if families.get(task_id) == name})
+        found[name] = {"exact_match": result["exact_match"], "chrf": result["chrf"], "n": result["n"]}
+    return found
+
+
+def _family_table(report: dict) -> str:
+    stages = report["stages"]
+    names = list(next(iter(stages.values())).get("families", {}))
+    if not names:
+        return ""
+    lines = ["", "Exact match per task family:", "",
+             "| family | tasks | " + " | ".join(stages) + " |", "|:--|--:|" + "--:|" * len(stages)]
+    for name in names:
+        first = next(iter(stages.values()))["families"][name]
+        lines.append(f"| {name} | {first['n']} | "
+                     + " | ".join(f"{result['families'][name]['exact_match']:.0%}" for result in stages.values())
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_preference_scores(preferences: dict[str, str | os.PathLike]) -> dict[str, dict]:
+    """Each stage's preference accuracy, mean margin and pair count (not the per-pair detail)."""
+    found = {}
+    for stage, path in preferences.items():
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        found[stage] = {key: result[key] for key in ("pairs", "accuracy", "mean_margin")}
+    return found
+
+
+def _preference_table(report: dict) -> str:
+    if "preference" not in report:
+        return ""
+    lines = ["", "Preference accuracy (chosen answer more likely than rejected, held-out pairs):", "",
+             "| stage | pairs | accuracy | mean log-prob margin |", "|:--|--:|--:|--:|"]
+    lines += [f"| {stage} | {result['pairs']} | {result['accuracy']:.1%} | {result['mean_margin']:.2f} |"
+              for stage, result in report["preference"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def leaderboard(

@@ -18,6 +18,7 @@ from pathlib import Path
 from tunesmith.recipe import RecipeError, section_hash, validate_recipe
 
 MODEL_STAGES = ("base", "sft", "dpo")
+PREFERENCE_STAGES = ("sft", "dpo")  # the stages whose preference accuracy is compared
 INGEST_KEYS = ("id", "path", "format", "role", "split")
 SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
                   "parquet": (".parquet",)}
@@ -114,6 +115,15 @@ def steps(recipe: dict) -> dict[str, Step]:
     if recipe["dpo"]["enabled"]:
         plan["dpo"] = Step("dpo", {"model": model, "dpo": recipe["dpo"], "distributed": distributed},
                            {**below, "dataset": plan["curate_preference"].key, "sft": plan["sft"].key})
+    # ---- preference accuracy (issue 13): one step per compared stage, on the held-out preference pairs.
+    # It reads the model and template only (not the seed, nor generation settings).
+    if recipe["dpo"]["enabled"]:
+        scoring = {"model": {"base_model": recipe["base_model"], "template": recipe["template"]}}
+        for stage in PREFERENCE_STAGES:
+            adapters = {name: plan[name].key for name in adapter_stages(recipe, stage)}
+            plan[f"preference_{stage}"] = Step(f"preference_{stage}", scoring,
+                                               {**base, **adapters, "dataset": plan["curate_preference"].key})
+    # ---- end of preference accuracy
     for stage in model_stages(recipe):
         adapters = {name: plan[name].key for name in adapter_stages(recipe, stage)}
         plan[f"generate_{stage}"] = Step(f"generate_{stage}", {"model": model, "generate": recipe["generate"]},
