@@ -40,17 +40,20 @@ munged -F --socket="$WORK/munge.sock" --key-file="$WORK/munge.key" --pid-file="$
     --log-file="$WORK/munged.log" --seed-file="$WORK/munged.seed" >"$WORK/munged.out" 2>&1 &
 PIDS+=($!)
 
-# 4. The cluster: one node with this machine's CPUs and memory and one GPU. The GPU is /dev/null, so
-#    that jobs asking `--gpus=1` are scheduled on a machine without one. No systemd and no cgroups
-#    here: linuxproc tracks a job's processes, and task/none binds nothing. Without slurmdbd only
-#    squeue knows a job's state, for MinJobAge seconds after it ends. Two free ports, not 6817/6818.
+# 4. The cluster: one node with this machine's CPUs and one GPU. The GPU is /dev/null, so that jobs
+#    asking `--gpus=1` are scheduled on a machine without one. The node claims 256 GB of memory
+#    (config_overrides: slurm.conf, not the hardware, says what the node has), so that the profile's
+#    job sizes, which fit the 13B recipe, are submitted unchanged; nothing enforces them here. No
+#    systemd and no cgroups: linuxproc tracks a job's processes, and task/none binds nothing. Without
+#    slurmdbd only squeue knows a job's state, for MinJobAge seconds after it ends. Two free ports,
+#    not 6817/6818.
 read -r CONTROLLER_PORT NODE_PORT < <(python3 -c '
 import socket
 sockets = [socket.socket() for _ in range(2)]
 for s in sockets: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in sockets))')
 CPUS=$(nproc)
-MEMORY_MB=$(awk '/^MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+MEMORY_MB=256000
 mkdir -p "$WORK/state" "$WORK/spool" "$CONFIG"
 cat >"$CONFIG/slurm.conf" <<EOF
 $MARK
@@ -59,6 +62,7 @@ SlurmctldHost=localhost
 SlurmctldPort=$CONTROLLER_PORT
 SlurmdPort=$NODE_PORT
 SlurmUser=root
+SlurmdParameters=config_overrides
 MpiDefault=none
 MailProg=/bin/true
 AuthType=auth/munge
@@ -103,12 +107,13 @@ if [ "$(sinfo -h -n localhost -o %t 2>/dev/null)" != idle ]; then
 fi
 
 # 6. The workflow, as a user runs it, in a working directory of its own. Targets go before
-#    --configfile, which takes several values. Bounded: a lost job must not hang CI.
+#    --config, which takes several values. --cores: this machine's CPUs, not the profile's 8 per job
+#    (each model job would run 8 threads on them). Bounded: a lost job must not hang CI.
 RUN=$WORK/run
 mkdir "$RUN" && ln -s "$REPO/data" "$RUN/data" && cd "$RUN"
 start=$SECONDS
 timeout -k 30 1500 snakemake submission.jsonl -s "$REPO/Snakefile" --profile "$REPO/profiles/slurm" \
-    --configfile "$REPO/recipes/default.yaml"
+    --cores "$CPUS" --config recipe="$REPO/recipes/default.yaml"
 echo "slurm.sh: workflow took $((SECONDS - start)) s"
 
 # 7. The submission is complete and valid...
@@ -124,3 +129,27 @@ squeue --states=all -O 'JobID:6,Comment:34,State:11,NumCPUs:5,MinMemory:8,tres-p
 gpu_jobs=$(squeue -h --states=all -O tres-per-job | grep -c 'gpu:1' || true)
 echo "slurm.sh: $ran jobs run, $submitted submitted through sbatch, $job_logs job logs, $gpu_jobs with a GPU"
 [ "$ran" -gt 0 ] && [ "$submitted" -eq "$ran" ] && [ "$job_logs" -eq "$ran" ] && [ "$gpu_jobs" -gt 0 ]
+
+# 9. ...each with the memory and time limit the profile gives its rule (the plugin adds a little
+#    memory for its own job step, so at least the profile's memory).
+squeue -h --states=all -O 'Comment:200,MinMemory:20,TimeLimit:20' | python3 -c '
+import re, sys, yaml
+
+def minutes(limit):  # squeue: [days-]hours:minutes:seconds, or minutes:seconds
+    days, _, clock = limit.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, mins = (parts[0], parts[1]) if len(parts) == 3 else (0, parts[0])
+    return int(days or 0) * 1440 + hours * 60 + mins
+
+profile = yaml.safe_load(open(sys.argv[1]))
+checked = 0
+for line in sys.stdin:
+    comment, memory, limit = line.split()
+    rule = re.match(r"rule_(.+?)(?:_wildcards_|$)", comment)[1]
+    size = {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
+    memory_mb = float(memory[:-1]) * {"M": 1, "G": 1024, "T": 1024 ** 2}[memory[-1]]
+    assert memory_mb >= size["mem_mb"] and minutes(limit) == size["runtime"], (rule, memory, limit, size)
+    checked += 1
+print(f"slurm.sh: {checked} jobs got their memory and time limit from the profile")
+assert checked > 0
+' "$REPO/profiles/slurm/config.yaml"

@@ -32,7 +32,6 @@ def print_table(header: list[str], rows: list[list[str]], left: int = 1) -> None
 
 def built(recipe: dict, step: str, *parts: str) -> Path:
     """Where the workflow stores a step's artifact for `recipe`: results/<folder>/<key>/... (see rules/)."""
-    from tunesmith.plan import steps
+    from tunesmith.plan import folder_of, steps
 
-    folder = {"base_model": "base_model", "curate_sft": "curated", "sft": "sft"}[step]
-    return Path(__file__).resolve().parents[1] / "results" / folder / steps(recipe)[step].key / Path(*parts)
+    return Path(__file__).resolve().parents[1] / folder_of(steps(recipe)[step]) / Path(*parts)

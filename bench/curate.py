@@ -1,26 +1,30 @@
-"""tunesmith's curation against a straightforward pandas implementation of the same steps, on 1M rows.
+"""tunesmith's curation against straightforward polars and pandas implementations of the same steps, on 1M rows.
 
-    python bench/curate.py              # options: --rows --threads --keep (keep the corpus folder)
+    python bench/curate.py              # options: --rows --threads --sides --keep (keep the corpus folder)
+    python bench/curate.py --rows 10000000 --sides ours   # larger than the memory limit: DuckDB spills
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
 about 20% duplicates after normalisation (10% exact copies, 10% copies differing in full-width
 characters, spaces or letter case), some near duplicates (one character changed), and a little dirt
 (invalid JSON, English prompts, degenerate answers, overlong prompts, empty answers).
 
-Both sides read the JSONL and write kept rows and quarantined rows (with reasons) to Parquet, doing:
-parse, normalise (tunesmith.normalize), missing/empty/length checks, share of Japanese characters in
-the prompt (>= 0.3), repetition of the answer (character share <= 0.5, 5-gram coverage <= 0.6, answers
-of 20+ characters), exact dedup on match keys keeping the first, a content-hash id and a split.
-Ours is `ingest_source` + `curate` (near-dup pass and decontamination off, as the pandas side has
-neither) with DuckDB on `--threads` threads; pandas is pandas (one thread). Each runs in its own
-subprocess, so peak RSS (from wait4) is its own. The kept and quarantined counts of both are printed
-so a difference in the rules would show. Ends with one line:
-RESULT curate ratio=<pandas seconds / ours> mem_ratio=<our peak RSS / pandas peak RSS>
+Every side reads the JSONL and writes kept rows and quarantined rows (with reasons) to Parquet, doing:
+parse, normalise (NFKC, zero-width, `_x000D_`, CR, spaces), missing/empty/length checks, the Japanese
+share of the prompt (>= 0.3; a Latin word counts as one letter unit), repetition of the answer (a unit
+repeated 8+ times in a row covering half of an answer of 20+ characters; the baselines call the same
+numpy measure, `tunesmith.measures.tandem_repeats`, which neither library has), exact dedup on match
+keys keeping the first, a content-hash id and a split. Ours is `ingest_source` + `curate`
+(near-duplicate pass and decontamination off, as the baselines have neither; it also writes the card)
+with DuckDB on `--threads` threads; polars uses its own threads; pandas is one thread. Each runs in its
+own subprocess, so peak RSS (from wait4) is its own. The run checks that every side keeps exactly the
+same rows (by line) and prints the counts per reason. Ends with one line:
+RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<ours / polars peak RSS>
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -100,20 +104,24 @@ def run_ours(corpus_path: str, out: str, threads: int) -> dict:
     return {"kept": card["totals"]["kept"], "quarantined": card["totals"]["quarantined"]}
 
 
-def _repetitive(text: str) -> bool:
-    from collections import Counter
+# The rules of SETTINGS (the schema's defaults for the rest), written out for the baselines.
+MIN_SHARE, MAX_CHARS = 0.3, 2048
+REPETITION = {"min_chars": 20, "min_copies": 8, "min_share": 0.5, "max_unit_chars": 30}
 
-    chars = "".join(text.split())
-    if len(chars) < 20:
-        return False
-    if Counter(chars).most_common(1)[0][1] / len(chars) > 0.5:
-        return True
-    count = Counter(chars[index:index + 5] for index in range(len(chars) - 4)).most_common(1)[0][1]
-    return count > 1 and min(1, count * 5 / len(chars)) > 0.6
+
+def _repetitive(outputs: list[str]) -> list[bool]:
+    """The repetition rule on answers with spaces removed (the same numpy measure ours uses)."""
+    import pyarrow as pa
+
+    from tunesmith.measures import code_points, repetitions
+
+    points, lengths = code_points(pa.array(outputs, pa.string()))
+    return [detail is not None for detail in repetitions(points, lengths, **REPETITION).to_pylist()]
 
 
 def run_pandas(corpus_path: str, out: str) -> dict:
     import hashlib
+    import re
 
     import numpy
     import pandas
@@ -137,12 +145,16 @@ def run_pandas(corpus_path: str, out: str) -> dict:
     frame["prompt"] = numpy.where(frame["input"].fillna("") == "", frame["instruction"],
                                   frame["instruction"] + "\n" + frame["input"].fillna(""))
     japanese = frame["prompt"].str.count(r"[\u3041-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\u3005]")
-    letters = frame["prompt"].str.count(r"[^\W\d_]")
+    latin_words = frame["prompt"].str.count(r"[A-Za-z\u00c0-\u024f]+")
+    other_letters = frame["prompt"].str.count(
+        r"(?![A-Za-z\u00c0-\u024f\u3041-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\u3005])[^\W\d_]")
+    units = japanese + latin_words + other_letters
+    compact = frame["output"].map(lambda text: re.sub(r"\s+", "", text) if isinstance(text, str) else "")
     conditions = [records.isna(), frame["instruction"].isna() | frame["output"].isna(),
                   (frame["instruction"] == "") | (frame["output"] == ""),
-                  (frame["prompt"].str.len() > 2048) | (frame["output"].str.len() > 2048),
-                  (letters > 0) & (japanese / letters.where(letters > 0) < 0.3),
-                  frame["output"].map(lambda text: isinstance(text, str) and _repetitive(text))]
+                  (frame["prompt"].str.len() > MAX_CHARS) | (frame["output"].str.len() > MAX_CHARS),
+                  (units > 0) & (japanese / units.where(units > 0) < MIN_SHARE),
+                  pandas.Series(_repetitive(compact.tolist()), index=frame.index)]
     reasons = ["invalid_json", "missing_field", "empty_field", "too_long", "not_japanese", "repetitive"]
     frame["reason"] = numpy.select(conditions, reasons, default="")
     passed = frame["reason"] == ""
@@ -160,12 +172,68 @@ def run_pandas(corpus_path: str, out: str) -> dict:
     return {"kept": len(kept), "quarantined": {reason: int(count) for reason, count in counts.items()}}
 
 
+def run_polars(corpus_path: str, out: str) -> dict:
+    import polars as pl
+
+    def normalised(column: str):
+        text = pl.col(column).str.normalize("NFKC")
+        for pattern, replacement in [("[\u200b\u200c\u200d\u2060\ufeff]", ""), ("(?i)_x000D_", ""),
+                                     ("\r\n?", "\n"), ("[^\\S\n]+", " "), (" ?\n ?", "\n"), ("\n{3,}", "\n\n")]:
+            text = text.str.replace_all(pattern, replacement)
+        return text.str.strip_chars()
+
+    def match_key(column: str):
+        return pl.col(column).str.to_lowercase().str.replace_all("\\s+", "")
+
+    frame = pl.read_lines(corpus_path, name="raw").with_row_index("line", offset=1)
+    valid = frame["raw"].str.json_path_match("$").is_not_null() & frame["raw"].str.starts_with("{")
+    fields = pl.Struct({"instruction": pl.String, "input": pl.String, "output": pl.String})
+    parsed = (frame.filter(valid).with_columns(record=pl.col("raw").str.json_decode(fields)).unnest("record")
+              .with_columns(normalised("instruction"), normalised("input"), normalised("output")))
+    parsed = parsed.with_columns(prompt=pl.when(pl.col("input").fill_null("") == "").then(pl.col("instruction"))
+                                 .otherwise(pl.col("instruction") + "\n" + pl.col("input")))
+    japanese = pl.col("prompt").str.count_matches(r"[\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]")
+    units = (japanese + pl.col("prompt").str.count_matches(r"\p{Latin}+")
+             + pl.col("prompt").str.count_matches(r"[\p{L}--[\p{Latin}\p{Hiragana}\p{Katakana}\p{Han}\x{30FC}]]"))
+    parsed = parsed.with_columns(japanese=japanese, units=units,
+                                 compact=pl.col("output").fill_null("").str.replace_all(r"\s+", ""))
+    parsed = parsed.with_columns(repetitive=pl.Series(_repetitive(parsed["compact"].to_list())))
+    reason = (pl.when(pl.col("instruction").is_null() | pl.col("output").is_null()).then(pl.lit("missing_field"))
+              .when((pl.col("instruction") == "") | (pl.col("output") == "")).then(pl.lit("empty_field"))
+              .when((pl.col("prompt").str.len_chars() > MAX_CHARS) | (pl.col("output").str.len_chars() > MAX_CHARS))
+              .then(pl.lit("too_long"))
+              .when((pl.col("units") > 0) & (pl.col("japanese") / pl.col("units") < MIN_SHARE)).then(pl.lit("not_japanese"))
+              .when(pl.col("repetitive")).then(pl.lit("repetitive")).otherwise(pl.lit("")))
+    parsed = parsed.with_columns(reason=reason)
+    parsed = parsed.with_columns(key=pl.when(pl.col("reason") == "").then(
+        pl.concat_str([match_key("prompt"), match_key("output")], separator="\n")))
+    first = pl.col("line") == pl.col("line").min().over("key")
+    parsed = parsed.with_columns(reason=pl.when((pl.col("reason") == "") & ~first).then(pl.lit("duplicate"))
+                                 .otherwise(pl.col("reason")))
+    kept = parsed.filter(pl.col("reason") == "").with_columns(
+        id=pl.col("key").map_batches(lambda keys: pl.Series([hashlib.sha256(key.encode()).hexdigest()
+                                                             for key in keys.to_list()]), return_dtype=pl.String))
+    kept = kept.with_columns(split=pl.when(pl.col("id").str.slice(0, 8).str.to_integer(base=16) / 2**32 < 0.05)
+                             .then(pl.lit("validation")).otherwise(pl.lit("train")))
+    kept.select("id", "line", "prompt", "output", "split").write_parquet(f"{out}/polars.parquet")
+    quarantined = pl.concat([frame.filter(~valid).select("line", pl.lit("invalid_json").alias("reason"), "raw"),
+                             parsed.filter(pl.col("reason") != "").select("line", "reason", "raw")]).sort("line")
+    quarantined.write_parquet(f"{out}/polars.quarantine.parquet")
+    counts = dict(quarantined.group_by("reason").len().iter_rows())
+    return {"kept": kept.height, "quarantined": {reason: int(count) for reason, count in counts.items()}}
+
+
+SIDES = {"ours": run_ours, "polars": run_polars, "pandas": run_pandas}
+NAMES = {"ours": "tunesmith (ingest_source + curate, {threads} DuckDB threads)",
+         "polars": "polars (same steps, its own threads)", "pandas": "pandas (same steps, one thread)"}
+
+
 def child(arguments) -> int:
     start = time.perf_counter()
     if arguments.child == "ours":
         result = run_ours(arguments.corpus, arguments.out, arguments.threads)
     else:
-        result = run_pandas(arguments.corpus, arguments.out)
+        result = SIDES[arguments.child](arguments.corpus, arguments.out)
     print(json.dumps({"seconds": time.perf_counter() - start, **result}))
     return 0
 
@@ -174,7 +242,8 @@ def measured(kind: str, corpus_path: Path, out: str, threads: int) -> dict:
     """Run one side in its own process; its result, wall seconds and peak RSS (MiB)."""
     command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus_path), "--out", out,
                "--threads", str(threads)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    environment = {**os.environ, "POLARS_MAX_THREADS": str(threads)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -182,41 +251,55 @@ def measured(kind: str, corpus_path: Path, out: str, threads: int) -> dict:
     return {**json.loads(output.strip().splitlines()[-1]), "rss_mib": usage.ru_maxrss / 1024}
 
 
+def kept_lines(folder: str, kind: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return sorted(set(pq.read_table(f"{folder}/{kind}.parquet", columns=["line"])["line"].to_pylist()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads for ours")
+    parser.add_argument("--threads", type=int, default=2, help="threads for ours (DuckDB) and polars")
+    parser.add_argument("--sides", default="ours,polars,pandas", help="comma-separated: ours, polars, pandas")
     parser.add_argument("--keep", action="store_true", help="keep the corpus and outputs (printed folder)")
-    parser.add_argument("--child", choices=["ours", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
         return child(arguments)
 
+    sides = arguments.sides.split(",")
     folder = tempfile.mkdtemp(prefix="bench-curate-")
     corpus_path = Path(folder) / "corpus.jsonl"
     start = time.perf_counter()
     corpus(corpus_path, arguments.rows)
     print(f"corpus: {arguments.rows:,} rows, {corpus_path.stat().st_size / 2**20:.0f} MiB, "
           f"generated in {time.perf_counter() - start:.1f} s")
-    ours = measured("ours", corpus_path, folder, arguments.threads)
-    theirs = measured("pandas", corpus_path, folder, arguments.threads)
+    results = {kind: measured(kind, corpus_path, folder, arguments.threads) for kind in sides}
     print_table(["implementation", "wall s", "rows/s", "peak RSS MiB", "kept", "quarantined"], [
-        [name, f"{side['seconds']:.1f}", f"{arguments.rows / side['seconds']:,.0f}", f"{side['rss_mib']:,.0f}",
-         f"{side['kept']:,}", ", ".join(f"{reason} {count:,}" for reason, count in sorted(side["quarantined"].items()))]
-        for name, side in ((f"tunesmith (ingest_source + curate, {arguments.threads} DuckDB threads)", ours),
-                           ("pandas (same steps, one thread)", theirs))])
-    print(f"same kept count: {ours['kept'] == theirs['kept']}")
+        [NAMES[kind].format(threads=arguments.threads), f"{side['seconds']:.1f}",
+         f"{arguments.rows / side['seconds']:,.0f}", f"{side['rss_mib']:,.0f}", f"{side['kept']:,}",
+         ", ".join(f"{reason} {count:,}" for reason, count in sorted(side["quarantined"].items()))]
+        for kind, side in results.items()])
+    lines = {kind: kept_lines(folder, kind) for kind in sides}
+    same = all(found == lines[sides[0]] for found in lines.values())
+    print(f"same kept rows (by line) on every side: {same}")
     if arguments.keep:
         print(f"kept: {folder}")
     else:
         import shutil
 
         shutil.rmtree(folder)
-    print(f"RESULT curate ratio={theirs['seconds'] / ours['seconds']:.2f} "
-          f"mem_ratio={ours['rss_mib'] / theirs['rss_mib']:.2f}")
-    return 0
+    ours = results["ours"]
+    ratios = [f"{name}={results[kind]['seconds'] / ours['seconds']:.2f}"
+              for name, kind in (("ratio", "pandas"), ("polars_ratio", "polars")) if kind in results]
+    if "polars" in results:
+        ratios.append(f"mem_ratio={ours['rss_mib'] / results['polars']['rss_mib']:.2f}")
+    print(f"RESULT curate {' '.join(ratios)} same_rows={str(same).lower()} ours_seconds={ours['seconds']:.1f} "
+          f"ours_rss_mib={ours['rss_mib']:.0f}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

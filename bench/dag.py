@@ -93,7 +93,7 @@ def measure(label: str, recipe: Path, scratch: Path) -> list:
     work = scratch / label
     work.mkdir()
     (work / "data").symlink_to(ROOT / "data")
-    args = ["--configfile", str(recipe)]
+    args = ["--config", f"recipe={recipe}"]
     jobs = fake_build(ROOT / "Snakefile", work, args)
     ours, spurious = noop(ROOT / "Snakefile", work, args)
     bare_dir = scratch / f"{label}-bare"

@@ -1,36 +1,38 @@
-"""tunesmith's MinHash LSH near-duplicate pass against datasketch's MinHashLSH, on 100,000 rows.
+"""tunesmith's near-duplicate pass against datasketch's and rensa's MinHash LSH, on 100,000 rows.
 
     python bench/near_dup.py            # options: --rows --pairs --threads
 
-Both sides get the same texts (the normalised, case-folded, whitespace-free keys curation compares),
+All sides get the same texts (the normalised, case-folded, whitespace-free keys curation compares),
 the same character 5-grams, 128 permutations, 16 bands of 8 rows and threshold 0.8 (the recipe
-defaults). Ours is `tunesmith.curate._near_duplicates` on a DuckDB table of those keys (signatures,
-bands, candidate pairs, estimated-Jaccard check, connected components); datasketch is the usual loop
-(one MinHash per row with shared permutations, `update_batch`, `query` then `insert`).
+defaults). Ours is `tunesmith.near_dup.near_duplicates` on a DuckDB table of those keys (numpy
+shingle hashes, rensa's batch signatures and band-collision flags, DuckDB bands over the flagged
+rows, exact-Jaccard check, rows kept in order with no chains); datasketch 2.0 and rensa 0.5 (Rust)
+on their own are the usual loop (one MinHash per row, `query` then `insert`, a candidate counting
+when its MinHash Jaccard estimate reaches the threshold).
 
 Ground truth: the corpus is random sentences from a word list, plus `--pairs` planted near duplicates
 (a copy with one to three small edits). The truth set is the planted pairs whose exact 5-gram Jaccard
 similarity is at least the threshold. Recall = share of those pairs each method reports: ours when
-both rows end up in the same cluster; datasketch when the copy's query returns the original and their
-MinHash Jaccard estimate reaches the threshold (the same check ours makes; the recall of its raw LSH
-candidates, which include pairs below the threshold, is printed too).
-Ends with one line:
-RESULT near_dup ratio=<datasketch seconds / ours> recall_delta=<(our recall - datasketch recall) in points>
+the copy is dropped as a near copy of the original (both end up in one cluster); the others when the
+copy's query returns the original and their estimate reaches the threshold. Each side runs in its own
+subprocess, so its wall time and peak RSS (wait4) are its own. Ends with one line:
+RESULT near_dup ratio=<datasketch s / ours> rensa_ratio=<rensa s / ours> recall_delta=<ours - rensa, points>
+  mem_ratio=<our peak RSS / rensa's>
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import subprocess
 import sys
 import time
 
-import duckdb
-import pyarrow as pa
-
 from _common import print_table
-from tunesmith.curate import MACROS, _near_duplicates, with_defaults
 from tunesmith.normalize import match_keys_of_normalized, normalize_many
+from tunesmith.recipe import load_schema
 
 WORDS = ("東京 大阪 日本 学校 先生 電車 天気 今日 明日 昨日 公園 図書館 友だち 家族 仕事 会社 料理 音楽 映画 旅行 "
          "朝 夜 春 夏 秋 冬 山 海 川 花 猫 犬 鳥 本 手紙 写真 買い物 散歩 勉強 練習 試合 駅 店 病院").split()
@@ -75,39 +77,97 @@ def corpus(rows: int, pairs: int) -> tuple[list[str], list[tuple[int, int]]]:
 
 
 def ours(keys: list[str], settings: dict, threads: int) -> tuple[float, dict[int, int]]:
-    """Seconds of the near-duplicate pass, and each clustered row's cluster."""
+    """Seconds of the near-duplicate pass, and each clustered row's label (its kept row)."""
+    import duckdb  # here, so that the other sides' processes do not carry DuckDB and Arrow
+    import pyarrow as pa
+
+    from tunesmith.measures import MACROS
+    from tunesmith.near_dup import near_duplicates
+
     with duckdb.connect(config={"threads": threads}) as con:
         con.execute(MACROS)
         con.register("keys", pa.table({"dedup_key": keys}))
         con.execute("CREATE TABLE deduplicated AS SELECT row_number() OVER () - 1 AS pos, "
-                    "NULL::STRUCT(reason VARCHAR, detail VARCHAR) AS verdict, dedup_key FROM keys")
+                    "NULL::STRUCT(reason VARCHAR, detail VARCHAR) AS verdict, dedup_key, dedup_key AS question_key, "
+                    "'' AS context_key FROM keys")
         start = time.perf_counter()
-        _near_duplicates(con, settings, SEED)
+        near_duplicates(con, settings, SEED)
         seconds = time.perf_counter() - start
-        return seconds, dict(con.execute("SELECT pos, cluster FROM clusters").fetchall())
+        return seconds, dict(con.execute("SELECT pos, label FROM clusters").fetchall())
 
 
-def theirs(keys: list[str], settings: dict) -> tuple[float, set[tuple[int, int]], set[tuple[int, int]]]:
-    """Seconds of datasketch's MinHash + LSH, the (earlier row, row) pairs its queries returned, and
-    those whose MinHash Jaccard estimate reaches the threshold (the check ours makes)."""
+def datasketch_pairs(keys: list[str], near: dict) -> tuple[float, set[tuple[int, int]]]:
+    """Seconds of datasketch's MinHash + LSH, and the (earlier row, row) pairs its queries returned
+    whose MinHash Jaccard estimate reaches the threshold."""
     from datasketch import MinHash, MinHashLSH
 
-    near = settings["near_dedup"]
     n, permutations, bands = near["ngram"], near["permutations"], near["bands"]
     start = time.perf_counter()
     template = MinHash(num_perm=permutations, seed=SEED)
     lsh = MinHashLSH(threshold=near["threshold"], num_perm=permutations, params=(bands, permutations // bands))
-    found, verified, signatures = set(), set(), []
+    verified, signatures = set(), []
     for index, key in enumerate(keys):
         minhash = MinHash(num_perm=permutations, permutations=template.permutations, scheme=template.scheme)
         minhash.update_batch([gram.encode("utf-8") for gram in shingles(key, n)])
         for other in lsh.query(minhash):
-            found.add((other, index))
             if signatures[other].jaccard(minhash) >= near["threshold"]:
                 verified.add((other, index))
         lsh.insert(index, minhash)
         signatures.append(minhash)
-    return time.perf_counter() - start, found, verified
+    return time.perf_counter() - start, verified
+
+
+def rensa_pairs(keys: list[str], near: dict) -> tuple[float, set[tuple[int, int]]]:
+    """The same loop with rensa's RMinHash and RMinHashLSH."""
+    from rensa import RMinHash, RMinHashLSH
+
+    n, permutations = near["ngram"], near["permutations"]
+    start = time.perf_counter()
+    lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
+    verified, signatures = set(), []
+    for index, key in enumerate(keys):
+        minhash = RMinHash(num_perm=permutations, seed=SEED)
+        minhash.update(list(shingles(key, n)))
+        for other in lsh.query(minhash):
+            if signatures[other].jaccard(minhash) >= near["threshold"]:
+                verified.add((other, index))
+        lsh.insert(index, minhash)
+        signatures.append(minhash)
+    return time.perf_counter() - start, verified
+
+
+def near_defaults() -> dict:
+    """curate.near_dedup's defaults, from the schema."""
+    properties = load_schema()["properties"]["curate"]["properties"]["near_dedup"]["properties"]
+    return {name: prop["default"] for name, prop in properties.items()}
+
+
+def child(kind: str, rows: int, pairs: int, threads: int) -> dict:
+    near = near_defaults()
+    keys, planted = corpus(rows, pairs)
+    truth = [(a, b) for a, b in planted
+             if len(shingles(keys[a], near["ngram"]) & shingles(keys[b], near["ngram"]))
+             / len(shingles(keys[a], near["ngram"]) | shingles(keys[b], near["ngram"])) >= near["threshold"]]
+    if kind == "ours":
+        seconds, label_of = ours(keys, near, threads)
+        found = sum(a in label_of and label_of.get(a) == label_of.get(b) for a, b in truth)
+        flagged = sum(pos != label for pos, label in label_of.items())
+    else:
+        seconds, verified = (datasketch_pairs if kind == "datasketch" else rensa_pairs)(keys, near)
+        found, flagged = sum(pair in verified for pair in truth), len({b for _, b in verified})
+    return {"seconds": seconds, "recall": found / len(truth), "flagged": flagged, "rows": len(keys),
+            "mean_chars": sum(map(len, keys)) / len(keys), "planted": len(planted), "truth": len(truth)}
+
+
+def measured(kind: str, arguments) -> dict:
+    command = [sys.executable, __file__, "--child", kind, "--rows", str(arguments.rows), "--pairs",
+               str(arguments.pairs), "--threads", str(arguments.threads)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{kind} failed with status {status}")
+    return {**json.loads(output.strip().splitlines()[-1]), "rss_mib": usage.ru_maxrss / 1024}
 
 
 def main() -> int:
@@ -115,35 +175,30 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--pairs", type=int, default=5_000, help="planted near duplicates")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads for ours")
+    parser.add_argument("--child", choices=["ours", "datasketch", "rensa"], help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    settings = with_defaults({})
-    near = settings["near_dedup"]
-    keys, planted = corpus(arguments.rows, arguments.pairs)
-    truth = [(a, b) for a, b in planted
-             if len(shingles(keys[a], near["ngram"]) & shingles(keys[b], near["ngram"]))
-             / len(shingles(keys[a], near["ngram"]) | shingles(keys[b], near["ngram"])) >= near["threshold"]]
-
-    our_seconds, cluster_of = ours(keys, settings, arguments.threads)
-    their_seconds, their_pairs, their_verified = theirs(keys, settings)
-    our_recall = sum(a in cluster_of and cluster_of.get(a) == cluster_of.get(b) for a, b in truth) / len(truth)
-    candidate_recall = sum((a, b) in their_pairs for a, b in truth) / len(truth)
-    their_recall = sum((a, b) in their_verified for a, b in truth) / len(truth)
-    clustered = len(cluster_of) - len(set(cluster_of.values()))
-
-    print(f"rows: {len(keys):,} keys of {sum(map(len, keys)) / len(keys):.0f} characters on average; "
-          f"{len(planted):,} planted near duplicates, {len(truth):,} of them with exact Jaccard >= {near['threshold']}")
+    if arguments.child:
+        print(json.dumps(child(arguments.child, arguments.rows, arguments.pairs, arguments.threads)))
+        return 0
+    near = near_defaults()
+    results = {kind: measured(kind, arguments) for kind in ("ours", "rensa", "datasketch")}
+    ours_side = results["ours"]
+    print(f"rows: {ours_side['rows']:,} keys of {ours_side['mean_chars']:.0f} characters on average; "
+          f"{ours_side['planted']:,} planted near duplicates, {ours_side['truth']:,} of them with exact Jaccard >= "
+          f"{near['threshold']}")
     print(f"settings: {near['ngram']}-grams, {near['permutations']} permutations, {near['bands']} bands, "
-          f"threshold {near['threshold']}; ours on {arguments.threads} DuckDB threads, datasketch single-threaded")
-    print_table(["method", "wall s", "rows/s", "recall", "rows flagged"], [
-        ["tunesmith (DuckDB MinHash LSH, verified, clusters)", f"{our_seconds:.2f}",
-         f"{len(keys) / our_seconds:,.0f}", f"{our_recall:.4f}", f"{clustered:,}"],
-        ["datasketch MinHashLSH, candidates checked by MinHash.jaccard", f"{their_seconds:.2f}",
-         f"{len(keys) / their_seconds:,.0f}", f"{their_recall:.4f}", f"{len({b for _, b in their_verified}):,}"],
-        ["datasketch MinHashLSH, raw candidates (same run)", "", "", f"{candidate_recall:.4f}",
-         f"{len({b for _, b in their_pairs}):,}"],
-    ])
-    print(f"RESULT near_dup ratio={their_seconds / our_seconds:.2f} "
-          f"recall_delta={100 * (our_recall - their_recall):.2f}")
+          f"threshold {near['threshold']}; ours on {arguments.threads} DuckDB threads, the others single-threaded")
+    names = {"ours": "tunesmith (rensa signatures, DuckDB bands, exact Jaccard, kept rows)",
+             "rensa": "rensa RMinHashLSH, candidates checked by RMinHash.jaccard",
+             "datasketch": "datasketch MinHashLSH, candidates checked by MinHash.jaccard"}
+    print_table(["method", "wall s", "rows/s", "peak RSS MiB", "recall", "rows flagged"], [
+        [names[kind], f"{side['seconds']:.2f}", f"{side['rows'] / side['seconds']:,.0f}", f"{side['rss_mib']:,.0f}",
+         f"{side['recall']:.4f}", f"{side['flagged']:,}"] for kind, side in results.items()])
+    rensa = results["rensa"]
+    print(f"RESULT near_dup ratio={results['datasketch']['seconds'] / ours_side['seconds']:.2f} "
+          f"rensa_ratio={rensa['seconds'] / ours_side['seconds']:.2f} "
+          f"recall_delta={100 * (ours_side['recall'] - rensa['recall']):.2f} "
+          f"mem_ratio={ours_side['rss_mib'] / rensa['rss_mib']:.2f}")
     return 0
 
 

@@ -9,7 +9,7 @@ rule train_tokenizer:
     log:
         "logs/train_tokenizer/{key}.log",
     params:
-        vocab_size=setting("vocab_size"),
+        base_model=setting("base_model"),
         sources=setting("sources"),
     wildcard_constraints:
         key=KEY,
@@ -26,7 +26,7 @@ rule pretrain_base:
     log:
         "logs/pretrain_base/{key}.log",
     params:
-        build=setting("build"),
+        base_model=setting("base_model"),
         seed=setting("seed"),
         sources=setting("sources"),
     wildcard_constraints:

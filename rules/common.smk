@@ -3,27 +3,22 @@
 # Stage artifacts live under content keys (tunesmith.plan): results/<stage>/<key>/... . A rule's
 # wildcards carry the key, and every helper below looks up the recipe step that made that key, so
 # recipes and sweep variants that agree upstream share those artifacts.
-import copy
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tunesmith import plan
-from tunesmith.recipe import RecipeError, validate_recipe
-
-if workflow.config_settings.configfiles:
-    # A recipe is one complete run: a --configfile replaces the default recipe instead of being
-    # merged onto it, so no key of recipes/default.yaml leaks into another recipe.
-    config.clear()
-    config.update(copy.deepcopy(workflow.config_settings.overwrite_config))
+from tunesmith.evaluate import end_of_run_message
+from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
-    recipe_files = workflow.config_settings.configfiles or ["recipes/default.yaml"]
-    origin = ", ".join(map(str, recipe_files))
-    validate_recipe(config, origin=origin)
-    VARIANTS = plan.variants(config, origin=origin)
+    # Read by tunesmith, not by Snakemake's --configfile loader (which templates files, running code).
+    RECIPE_PATH, RECIPE = workflow_recipe(config, workflow.config_settings.configfiles, workflow.basedir)
+    VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
+config.clear()
+config.update(RECIPE)
 
 # The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep adds named ones.
 RECIPES = {"": config, **VARIANTS}
@@ -38,6 +33,11 @@ def step(wildcards):
         return STEPS[wildcards.key]
     except KeyError:
         raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
+
+
+def evaluation_setting(name):
+    """A params function of the evaluation (unkeyed: the recipe's, or a sweep variant's by its name)."""
+    return lambda wildcards: PLANS[variant_name(wildcards)]["evaluate"].settings[name]
 
 
 def setting(name):
@@ -66,12 +66,14 @@ def step_sources(wildcards):
 def ingested(wildcards):
     """The per-source Parquet files of a curation step, in the order of its sources."""
     upstream = step(wildcards).upstream
-    return [keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
-            for source in step(wildcards).settings["sources"]]
+    return [
+        keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
+        for source in step(wildcards).settings["sources"]
+    ]
 
 
 def source_of_step(wildcards):
-    return source_paths([step(wildcards).settings["source"]])
+    return source_paths(step(wildcards).settings["sources"])
 
 
 def curated(wildcards):
@@ -89,11 +91,16 @@ def recipe_of(wildcards):
 
 
 def model_files(variant, stage):
-    """The built base model folder (none for a hub id or own folder) and a stage's adapters, in merge order."""
+    """The base model a job waits for (the built tiny model's folder, or the fetched snapshot's record)
+    and the stage's adapter folder (none for the base): the last of its chain, which holds the adapters
+    beneath it (tunesmith.adapters)."""
     steps = PLANS[variant]
     base = [keyed(rules.pretrain_base.output.model, steps["base_model"].key)] if "base_model" in steps else []
-    adapters = [keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
-                for name in plan.adapter_stages(RECIPES[variant], stage)]
+    base = fetched_record(variant, "base") or base
+    adapters = [
+        keyed(rules_of_adapters()[name].output.adapter, steps[name].key)
+        for name in plan.adapter_stages(RECIPES[variant], stage)[-1:]
+    ]
     return base, adapters
 
 
@@ -106,8 +113,52 @@ def base_model_input(wildcards):
 
 
 def base_model_path(wildcards):
-    built = base_model_input(wildcards)
-    return built[0] if built else recipe_of(wildcards)["base_model"]["path"]
+    """The folder model jobs load: the fetched snapshot, or the built tiny model."""
+    variant = variant_name(wildcards)
+    return fetched_folder(variant, "base") or model_files(variant, "base")[0][0]
+
+
+# ---- fetch (issue 14): snapshots of named models, made by the fetch_model localrule ----
+def fetched_record(variant, role):
+    """[the snapshot record of a fetched model] (what jobs wait for); [] when the role fetches nothing."""
+    step = PLANS[variant].get(f"fetch_{role}")
+    return [keyed(rules.fetch_model.output.record, step.key)] if step else []
+
+
+def fetched_folder(variant, role):
+    """The snapshot folder model jobs load for `role` ("base", or "judge" for a local judge), or None."""
+    step = PLANS[variant].get(f"fetch_{role}")
+    return keyed(rules.fetch_model.output.model, step.key) if step else None
+
+
+def fetch_recipe_key(wildcards):
+    """The recipe section that named a fetched model, for its error messages."""
+    bases = {PLANS[variant]["fetch_base"].key for variant in PLANS if "fetch_base" in PLANS[variant]}
+    return "base_model" if wildcards.key in bases else "judge.local"
+
+
+def fetch_inputs(wildcards):
+    """A local model folder's files (edits re-fetch it); a hub id has none."""
+    return list(step(wildcards).files)
+
+
+def judge_model_record(wildcards):
+    """What a judge job waits for: the fetched snapshot of a local judge model (none for an endpoint)."""
+    return fetched_record(variant_name(wildcards), "judge")
+
+
+def judge_settings(wildcards):
+    """The judge section a judge job gets; a local judge model is loaded from its fetched snapshot."""
+    judge = step(wildcards).settings["judge"]
+    folder = fetched_folder(variant_name(wildcards), "judge")
+    return {**judge, "local": {**judge["local"], "path": folder}} if folder else judge
+
+
+def fetch_targets():
+    """Every snapshot the recipe and its sweep variants need: `snakemake fetch_models` on a login node."""
+    return sorted(
+        {record for variant in PLANS for role in ("base", "judge") for record in fetched_record(variant, role)}
+    )
 
 
 def adapter_chain(wildcards):
@@ -138,8 +189,10 @@ def task_file(wildcards):
 
 
 def generations(variant, stage_names):
-    return [keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
-            for name in stage_names]
+    return [
+        keyed(rules.generate_answers.output.generations, PLANS[variant][f"generate_{name}"].key, stage=name)
+        for name in stage_names
+    ]
 
 
 def preference_scores(variant):
@@ -157,18 +210,78 @@ def references(wildcards):
     return recipe_of(wildcards)["tasks"]["references"] or []
 
 
+# ---- judge (issue 10) ----
+def judge_answers_input(wildcards):
+    """What a judge job grades: a stage's generations, or the answers of judge.reference_grades."""
+    if wildcards.stage == "reference":
+        return recipe_of(wildcards)["judge"]["reference_grades"]
+    return keyed(
+        rules.generate_answers.output.generations, step(wildcards).upstream["generations"], stage=wildcards.stage
+    )
+
+
+def judge_template(wildcards):
+    return step(wildcards).settings["judge"]["prompt_template"] or []
+
+
+def judge_is_remote(wildcards):
+    return step(wildcards).settings["judge"]["backend"] == "openai"
+
+
+def judged(variant, stage_names):
+    """The judge's grades of each stage (and `reference`) for a variant; none without a judge."""
+    steps = PLANS[variant]
+    return {
+        name: keyed(rules.judge_answers.output.grades, steps[f"judge_{name}"].key, stage=name)
+        for name in stage_names
+        if f"judge_{name}" in steps
+    }
+
+
+def evaluation_inputs(wildcards):
+    variant = variant_name(wildcards)
+    names = plan.model_stages(RECIPES[variant])
+    return {
+        "generations": generations(variant, names),
+        "references": references(wildcards),
+        "tasks": task_file(wildcards),
+        "judged": list(judged(variant, names).values()),
+        "judged_reference": next(iter(judged(variant, ["reference"]).values()), []),
+        "preferences": list(preference_scores(variant).values()),
+    }
+
+
+def scored_files():
+    """The files the recipe's evaluation scores: what results/eval.json must name to be this run's."""
+    found = evaluation_inputs({})
+    return [
+        *found["generations"],
+        *found["judged"],
+        *([found["judged_reference"]] if found["judged_reference"] else []),
+        *found["preferences"],
+    ]
+
+
+def scored_by(recipe):
+    """What scores a recipe, in words (None: nothing does)."""
+    parts = []
+    if plan.judge_enabled(recipe):
+        judge = recipe["judge"]
+        parts.append(f"judge {judge['openai']['model'] if judge['backend'] == 'openai' else judge['local']['path']}")
+    if recipe["tasks"]["references"]:
+        parts.append(f"references {recipe['tasks']['references']}")
+    return "; ".join(parts) or None
+
+
+# ---- end judge ----
+
+
 def submission_inputs(wildcards):
     recipe = recipe_of(wildcards)
-    return {"generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
-            "tasks": recipe["tasks"]["path"]}
-
-
-def scores(wildcards):
-    """Scored first, so building a submission also shows what each stage bought."""
-    if not references(wildcards):
-        return []
-    name = wildcards.get("variant", "")
-    return expand(rules.evaluate_variant.output.scores, variant=name) if name else rules.evaluate_stages.output.scores
+    return {
+        "generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
+        "tasks": recipe["tasks"]["path"],
+    }
 
 
 def sweep_targets():
@@ -176,21 +289,78 @@ def sweep_targets():
 
 
 def evaluation_targets():
-    return [rules.evaluate_stages.output.scores] if config["tasks"]["references"] else []
+    return [rules.evaluate_stages.output.scores] if scored_by(config) else []
 
 
 onsuccess:
-    table = Path(rules.evaluate_stages.output.table)
-    if table.is_file() and Path("submission.jsonl").is_file():
-        print(f"\nsubmission.jsonl is ready. Scores on {config['tasks']['references']}:\n{table.read_text()}")
+    if Path("submission.jsonl").is_file():
+        print("\nsubmission.jsonl is ready.")
+    print(
+        end_of_run_message(
+            rules.evaluate_stages.output.scores,
+            rules.evaluate_stages.output.table,
+            scored_files(),
+            scored_by(config),
+        )
+    )
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"Sweep leaderboard ({board}):\n{board.read_text()}")
 
 
 def variant_overrides():
-    return plan.combinations(config)
+    return combinations(config)
 
 
 wildcard_constraints:
     variant="[^/]+",
+
+
+# ---- publish (issue 14): datasets in trl's layouts, cards, and the opt-in push targets ----
+def dataset_targets():
+    """The recipe's curated datasets in the layouts trl and `datasets` load."""
+    return [
+        keyed(rules.export_dataset.output.dataset, PLANS[""][f"curate_{role}"].key, role=role)
+        for role in ("sft", "preference")
+        if f"curate_{role}" in PLANS[""]
+    ]
+
+
+def exported_dataset(wildcards):
+    key = PLANS[""][f"curate_{wildcards.role}"].key
+    return {
+        "dataset": keyed(rules.export_dataset.output.dataset, key, role=wildcards.role),
+        "card": keyed(rules.curate_data.output.card, key, role=wildcards.role),
+    }
+
+
+def data_cards():
+    """The recipe's data cards by role (what a model card counts)."""
+    return {
+        role: keyed(rules.curate_data.output.card, PLANS[""][f"curate_{role}"].key, role=role)
+        for role in ("sft", "preference")
+        if f"curate_{role}" in PLANS[""]
+    }
+
+
+def model_card_inputs(wildcards):
+    if wildcards.stage == "dpo" and not config["dpo"]["enabled"]:
+        raise WorkflowError("dpo.enabled is false: there is no dpo model to publish; use sft")
+    sources = (
+        model_files("", wildcards.stage)[1]
+        if wildcards.kind == "adapter"
+        else [expand(rules.export_model.output.model, stage=wildcards.stage)[0]]
+    )
+    return {"sources": sources, **data_cards(), "scores": evaluation_targets(), "record": fetched_record("", "base")}
+
+
+def publish_repo(kind):
+    """A params function: the hub repository a push goes to, refused before any job when unset."""
+    key = "dataset_repo" if kind == "dataset" else "model_repo"
+
+    def repo(wildcards):
+        if not config["publish"][key]:
+            raise WorkflowError(f"publish.{key} is null: name the hub repository (owner/name) to push to")
+        return config["publish"][key]
+
+    return repo

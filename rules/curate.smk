@@ -9,7 +9,7 @@ rule ingest_source:
     log:
         "logs/ingest_source/{key}.log",
     params:
-        source=setting("source"),
+        sources=setting("sources"),
     wildcard_constraints:
         key=KEY,
     script:
@@ -24,16 +24,25 @@ rule curate_data:
         kept="results/curated/{key}/{role}.parquet",
         quarantine="results/curated/{key}/{role}.quarantine.parquet",
         card="results/curated/{key}/{role}.card.json",
-        card_markdown=report("results/curated/{key}/{role}.card.md", category="Data cards", subcategory="{role}",
-                             caption="../report/card.rst"),
-        lengths_plot=report("results/curated/{key}/{role}.lengths.png", category="Data cards",
-                            subcategory="{role}", caption="../report/card.rst"),
+        card_markdown=report(
+            "results/curated/{key}/{role}.card.md",
+            category="Data cards",
+            subcategory="{role}",
+            caption="../report/card.rst",
+        ),
+        lengths_plot=report(
+            "results/curated/{key}/{role}.lengths.png",
+            category="Data cards",
+            subcategory="{role}",
+            caption="../report/card.rst",
+        ),
     log:
         "logs/curate_data/{key}/{role}.log",
     params:
         sources=setting("sources"),
-        settings=setting("settings"),
+        curate=setting("curate"),
         seed=setting("seed"),
+        lengths=lambda wildcards: plan.curation_lengths(step(wildcards).settings, wildcards.role),
     wildcard_constraints:
         key=KEY,
         role="sft|preference",

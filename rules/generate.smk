@@ -9,7 +9,9 @@ rule generate_answers:
         "logs/generate_answers/{key}/{stage}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         generate=setting("generate"),
     wildcard_constraints:
         key=KEY,

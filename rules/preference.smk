@@ -12,7 +12,8 @@ rule score_preferences:
         "logs/score_preferences/{key}/{stage}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
     wildcard_constraints:
         key=KEY,
         stage="sft|dpo",

@@ -1,7 +1,7 @@
+# The submission waits for nothing but its own stage's answers: scores are built beside it.
 rule write_submission:
     input:
         unpack(submission_inputs),
-        scores=scores,
     output:
         submission="submission.jsonl",
     log:
@@ -12,10 +12,7 @@ rule write_submission:
 
 rule evaluate_stages:
     input:
-        generations=lambda wildcards: generations(variant_name(wildcards), stages(wildcards)),
-        references=references,
-        tasks=task_file,
-        preferences=lambda wildcards: list(preference_scores(variant_name(wildcards)).values()),
+        unpack(evaluation_inputs),
     output:
         scores=report("results/eval.json", category="Evaluation", caption="../report/eval.rst"),
         table=report("results/eval.md", category="Evaluation", caption="../report/eval.rst"),
@@ -23,6 +20,8 @@ rule evaluate_stages:
         "logs/evaluate_stages.log",
     params:
         stages=stages,
+        judge=evaluation_setting("judge"),
+        seed=evaluation_setting("seed"),
         preference_stages=lambda wildcards: list(preference_scores(variant_name(wildcards))),
     script:
         "../scripts/evaluate_stages.py"

@@ -3,8 +3,13 @@ rule train_cpt:
         base_model_input,
         texts=step_sources,
     output:
-        adapter=report(directory("results/cpt/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="cpt", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/cpt/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="cpt",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_cpt/{key}.log",
     params:
@@ -29,13 +34,20 @@ rule train_sft:
         dataset=curated,
         base_adapters=base_adapters,
     output:
-        adapter=report(directory("results/sft/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="sft", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/sft/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="sft",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_sft/{key}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         sft=setting("sft"),
         distributed=setting("distributed"),
     wildcard_constraints:
@@ -54,13 +66,20 @@ rule train_dpo:
         sft_adapter=sft_adapter,
         base_adapters=base_adapters,
     output:
-        adapter=report(directory("results/dpo/{key}/adapter"), patterns=["training_{name}.png", "training_{name}.csv"],
-                       category="Training curves", subcategory="dpo", caption="../report/curves.rst"),
+        adapter=report(
+            directory("results/dpo/{key}/adapter"),
+            patterns=["training_{name}.png", "training_{name}.csv"],
+            category="Training curves",
+            subcategory="dpo",
+            caption="../report/curves.rst",
+        ),
     log:
         "logs/train_dpo/{key}.log",
     params:
         base_path=base_model_path,
-        model=setting("model"),
+        base_model=setting("base_model"),
+        template=setting("template"),
+        seed=setting("seed"),
         dpo=setting("dpo"),
         distributed=setting("distributed"),
     wildcard_constraints:
@@ -72,22 +91,22 @@ rule train_dpo:
         "../scripts/train_dpo.py"
 
 
-# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`.
+# A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`. The merge
+# runs on the CPU in the recipe's dtype (exact; a 13B model never has to fit a GPU).
 rule export_model:
     input:
         base_model_input,
-        adapters=adapter_chain,
+        adapter=adapter_chain,
     output:
         model=directory("results/export/{stage}"),
     log:
         "logs/export_model/{stage}.log",
     params:
         base_path=base_model_path,
-        model=lambda wildcards: PLANS[""]["sft"].settings["model"],
+        base_model=lambda wildcards: PLANS[""]["sft"].settings["base_model"],
+        template=lambda wildcards: PLANS[""]["sft"].settings["template"],
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores
-    resources:
-        gpu=1,
     script:
         "../scripts/export_model.py"

@@ -10,7 +10,7 @@ with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
         sources=snakemake.params.sources,
         role=snakemake.wildcards.role,
         tasks_path=snakemake.input.tasks,
-        settings=snakemake.params.settings,
+        settings=snakemake.params.curate,
         kept_path=snakemake.output.kept,
         quarantine_path=snakemake.output.quarantine,
         card_path=snakemake.output.card,
@@ -19,4 +19,7 @@ with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
         card_markdown_path=snakemake.output.card_markdown,
         lengths_plot_path=snakemake.output.lengths_plot,
         threads=snakemake.threads,
+        max_length=snakemake.params.lengths["max_length"],
+        tokenizer=snakemake.params.lengths["tokenizer"],
+        trust_remote_code=snakemake.params.lengths["trust_remote_code"],
     )

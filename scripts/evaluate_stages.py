@@ -1,17 +1,23 @@
-"""Score each stage's answers against the reference file (exact match, chrF, per task family), with
-each stage's preference accuracy on the held-out pairs."""
+"""Score each stage's answers: the judge's grades when a judge is configured, exact match and chrF
+against the references when there are any (overall and per task family), the judge's agreement with
+reference grades, and each stage's preference accuracy on the held-out pairs."""
 
 from tunesmith.evaluate import evaluate
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
+judged = list(snakemake.input.judged)
 with recorded(snakemake, "evaluate"):
     evaluate(
         generations=dict(zip(snakemake.params.stages, snakemake.input.generations)),
-        references_path=snakemake.input.references,
+        references_path=snakemake.input.references or None,  # one file is a str, none an empty list
         out_path=snakemake.output.scores,
         table_path=snakemake.output.table,
         tasks_path=snakemake.input.tasks,
+        judged=dict(zip(snakemake.params.stages, judged)) if judged else None,
+        judged_reference=snakemake.input.judged_reference or None,
+        judge=snakemake.params.judge,
+        seed=snakemake.params.seed,
         preferences=dict(zip(snakemake.params.preference_stages, snakemake.input.preferences)),
     )

@@ -1,14 +1,17 @@
-"""Merge the submitted stage's adapter chain into the base model and save a standalone model folder."""
+"""Merge the submitted stage's adapter into the base model on CPU and save a standalone model folder."""
 
+from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.model import export_merged
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
     export_merged(
         base_path=snakemake.params.base_path,
-        section=snakemake.params.model["base_model"],
-        adapters=list(snakemake.input.adapters),
+        section=snakemake.params.base_model,
+        adapter=snakemake.input.adapter,
         out_dir=snakemake.output.model,
+        template_section=snakemake.params.template,
     )

@@ -7,6 +7,6 @@ from tunesmith.manifest import recorded
 log_to(snakemake.log[0])
 with recorded(snakemake, "ingest_source"):
     ingest_source(
-        source=snakemake.params.source,
+        source=snakemake.params.sources[0],
         out_path=snakemake.output.ingested,
     )

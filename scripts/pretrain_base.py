@@ -9,7 +9,7 @@ with recorded(snakemake, "base_model"):
     pretrain_base(
         tokenizer_dir=snakemake.input.tokenizer,
         text_paths=list(snakemake.input.texts),
-        build=snakemake.params.build,
+        build=snakemake.params.base_model["build"],
         seed=snakemake.params.seed,
         out_dir=snakemake.output.model,
         threads=snakemake.threads,

@@ -1,12 +1,17 @@
 """LoRA continued pretraining of the base model on the raw text of the pretrain sources."""
 
+from tunesmith.fetch import hub_offline
+from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_cpt
 
 log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, "cpt"):
-    train_cpt(
+    run_distributed(
+        train_cpt,
+        distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,
         cpt=snakemake.params.continued_pretraining,
@@ -14,5 +19,4 @@ with recorded(snakemake, "cpt"):
         seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
-        distributed=snakemake.params.distributed,
     )

@@ -1,21 +1,24 @@
-"""LoRA SFT on the curated SFT data, of the base merged with the continued-pretraining adapter if any."""
+"""LoRA SFT on the curated SFT data, on top of the continued-pretraining adapter if any."""
 
+from tunesmith.fetch import hub_offline
+from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
-model = snakemake.params.model
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
 with recorded(snakemake, "sft"):
-    train_sft(
+    run_distributed(
+        train_sft,
+        distributed=snakemake.params.distributed,
         base_path=snakemake.params.base_path,
-        base_section=model["base_model"],
-        template_section=model["template"],
+        base_section=snakemake.params.base_model,
+        template_section=snakemake.params.template,
         sft=snakemake.params.sft,
         dataset_path=snakemake.input.dataset,
-        seed=model["seed"],
+        seed=snakemake.params.seed,
         out_dir=snakemake.output.adapter,
         threads=snakemake.threads,
         base_adapters=list(snakemake.input.base_adapters),
-        distributed=snakemake.params.distributed,
     )

@@ -8,6 +8,6 @@ log_to(snakemake.log[0])
 with recorded(snakemake, "tokenizer"):
     train_tokenizer(
         text_paths=list(snakemake.input.texts),
-        vocab_size=snakemake.params.vocab_size,
+        vocab_size=snakemake.params.base_model["build"]["vocab_size"],
         out_dir=snakemake.output.tokenizer,
     )

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tunesmith.atomic import atomic_path, read_jsonl, write_json, write_jsonl
+from tunesmith.atomic import atomic_path, read_jsonl, remove_stale_partials, write_json, write_jsonl
 
 
 class Boom(Exception):
@@ -255,6 +255,42 @@ def test_process_killed_mid_write_leaves_nothing_at_the_final_path(tmp_path, mod
     assert not final.exists()
     # the kill really happened mid-write: the partial data sits under a hidden temporary name
     assert len(partials(final.parent)) == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+@pytest.mark.parametrize("mode, name", [("file", "out.jsonl"), ("directory", "model"), ("jsonl", "rows.jsonl")])
+def test_what_a_killed_writer_left_is_removed_by_the_next_owner(tmp_path, mode, name):
+    final = tmp_path / name
+    for _ in range(2):  # two killed attempts, two leftovers
+        subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_WRITER), str(final), mode], timeout=60)
+    left = partials(tmp_path)
+    assert len(left) == 2
+    assert sorted(path.name for path in remove_stale_partials(final)) == left
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(final, directory=mode == "directory"):
+        pass
+    assert final.exists() and partials(tmp_path) == []
+
+
+def test_only_the_outputs_own_partials_are_removed(tmp_path):
+    own_file = tmp_path / ".out.jsonl.k2f_9x0a.partial"
+    own_folder = tmp_path / ".out.jsonl.a1b2c3d4.partial"
+    others = [
+        tmp_path / ".out.jsonl.manifest.json.k2f_9x0a.partial",  # another output's temporary
+        tmp_path / ".out.jsonl2.k2f_9x0a.partial",
+        tmp_path / ".out.jsonl.k2f_9x0a.keep",
+        tmp_path / "out.jsonl.k2f_9x0a.partial",
+    ]
+    own_file.write_text("half")
+    own_folder.mkdir()
+    (own_folder / "weights.bin").write_bytes(b"half")
+    for path in others:
+        path.write_text("not ours")
+    (tmp_path / "out.jsonl").write_text("finished\n")
+    assert sorted(remove_stale_partials(tmp_path / "out.jsonl")) == sorted([own_file, own_folder])
+    assert sorted(tmp_path.iterdir()) == sorted([*others, tmp_path / "out.jsonl"])
+    assert (tmp_path / "out.jsonl").read_text() == "finished\n"
+    assert remove_stale_partials(tmp_path / "no" / "such" / "folder" / "out.jsonl") == []
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")

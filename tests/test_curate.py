@@ -15,7 +15,7 @@ from tunesmith.normalize import match_key
 REPO = Path(__file__).resolve().parents[1]
 # validation_fraction 0 keeps the crafted rows' split predictable; the split has its own test.
 SETTINGS = {"max_prompt_chars": 40, "max_response_chars": 20, "dedup": True, "decontaminate": True,
-            "validation_fraction": 0}
+            "validation_fraction": 0, "min_kept_share": 0}
 FILTER_REASONS = {"too_short", "too_few_tokens", "too_many_tokens", "not_japanese", "blocked", "repetitive",
                   "near_duplicate", "downsampled", "over_cap"}
 TASKS = [{"task_id": 7, "input": "Name the capital of France."},
@@ -135,12 +135,10 @@ def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):
     assert card["totals"]["rows_in"] == 4
 
 
-def test_empty_file_gives_empty_outputs(tmp_path):
-    card, kept, quarantined = run(tmp_path, {"empty": b""})
-    assert (kept, quarantined) == ([], [])
-    assert card["totals"] == {"rows_in": 0, "kept": 0, "written": {"train": 0, "validation": 0}, "quarantined": {}}
-    assert pq.read_schema(tmp_path / "out" / "kept.parquet").names == ["id", "source", "file", "line", "prompt",
-                                                                       "response", "split"]
+def test_empty_file_fails_since_the_role_would_keep_nothing(tmp_path):
+    with pytest.raises(CurationError, match=r"curation of role 'sft' keeps no rows:\n  source 'empty' .*kept 0 of 0"):
+        run(tmp_path, {"empty": b""})
+    assert not (tmp_path / "out" / "kept.parquet").exists()
 
 
 def test_dedup_keeps_the_first_by_recipe_order_and_counts_reconcile(tmp_path):
@@ -237,13 +235,13 @@ def test_length_token_script_block_and_repetition_filters_name_field_and_measure
     card, kept, quarantined = run(tmp_path, {"f": b"\n".join(lines)}, max_prompt_chars=100, max_response_chars=100,
                                   min_prompt_chars=3, min_response_chars=3, tokens={"max_prompt": 20},
                                   japanese={"min_share": 0.5}, block_patterns=["パスワード"],
-                                  repetition={"max_char_share": 0.5, "max_ngram_share": 0.6, "ngram": 5,
+                                  repetition={"min_copies": 5, "min_share": 0.6, "max_unit_chars": 10,
                                               "min_chars": 10})
     assert [row["line"] for row in kept] == [1, 6, 9]
     assert by_line(quarantined) == {
         2: ("too_short", "prompt 2"), 3: ("too_short", "output 2"), 4: ("too_many_tokens", "prompt 28 tokens"),
-        5: ("not_japanese", "prompt 0.0"), 7: ("repetitive", "output: character あ is 1.0 of the characters"),
-        8: ("repetitive", "output: 東京です。 repeats 5 times, covering 1.0"),
+        5: ("not_japanese", "prompt 0.0"), 7: ("repetitive", "output: 'あ' repeated 24 times in a row, covering 1.0"),
+        8: ("repetitive", "output: '東京です。' repeated 5 times in a row, covering 1.0"),
         10: ("blocked", "output matches 'パスワード'"), 11: ("not_japanese", "prompt 0.0"),
     }
 
@@ -291,7 +289,7 @@ def test_near_duplicates_cluster_and_keep_the_first_by_source_order(tmp_path):
     assert [(row["source"], row["line"]) for row in kept] == [("first", 1), ("first", 2), ("second", 3)]
     details = {(row["source"], row["line"]): row["detail"] for row in quarantined}
     assert set(details) == {("second", 1), ("second", 2)}
-    assert all(detail.startswith("kept first:2 (cluster 1, estimated Jaccard 0.") for detail in details.values())
+    assert all(detail.startswith("kept first:2 (cluster 1, Jaccard 0.") for detail in details.values())
     [cluster] = card["near_duplicate_clusters"]["listed"]
     assert cluster["size"] == 3 and cluster["kept"] == {"source": "first", "file": str(tmp_path / "first.jsonl"),
                                                         "line": 2}
@@ -303,7 +301,8 @@ def test_near_duplicates_cluster_and_keep_the_first_by_source_order(tmp_path):
 
 
 def test_near_duplicate_settings_are_checked(tmp_path):
-    with pytest.raises(CurationError, match="permutations \\(100\\) must be a multiple of bands \\(16\\)"):
+    with pytest.raises(CurationError, match=r"curate\.near_dedup\.permutations: 100 is not a multiple of "
+                                            r"curate\.near_dedup\.bands \(16\)"):
         run(tmp_path, {"a": sft("東京", "首都")}, near_dedup={"permutations": 100})
 
 
@@ -407,3 +406,48 @@ def test_default_recipe_cleans_the_planted_filter_rows(tmp_path):
     planted = {(cluster["kept"]["line"], len(cluster["members"])) for cluster in card["near_duplicate_clusters"]["listed"]}
     assert quarantined["near_duplicate"] >= 1 and planted
     assert 0 < card["totals"]["written"]["validation"] < card["totals"]["written"]["train"]
+
+
+def test_card_shows_kept_and_dropped_lengths_and_the_max_length_cut(tmp_path):
+    lines = [sft("東京について", "首都です。"), sft("大阪について教えてください", "大きな町です。" * 3),
+             sft("Tell me", "東京です。"), b"{broken"]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines))
+    out = tmp_path / "out"
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False, "japanese": {"min_share": 0.5}, "min_kept_share": 0}, str(out / "k.parquet"),
+                  str(out / "q.parquet"), str(out / "c.json"), max_length=20,
+                  card_markdown_path=str(out / "c.md"), lengths_plot_path=str(out / "lengths.png"))
+    # Estimated tokens (。 is not a Japanese character): 6 + 4 + 1 = 11; 13 + 18 + ceil(3 / 4) = 32 > 20.
+    assert card["lengths"]["total"]["tokens"]["max"] == 32 and card["lengths"]["total"]["tokens"]["count"] == 2
+    assert card["lengths_dropped"]["prompt"]["chars"]["count"] == 1  # the English prompt; the broken line has none
+    assert card["tokens"] == {"counted_by": "estimate", "tokenizer": None, "why": None, "max_length": 20,
+                              "kept_over_max_length": 1}
+    assert "1 kept rows have more tokens" in (out / "c.md").read_text(encoding="utf-8")
+    assert (out / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tokens_can_be_counted_by_the_base_models_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from tunesmith.base_model import train_tokenizer
+
+    folder = tmp_path / "tokenizer"
+    train_tokenizer([str(REPO / "data" / "raw" / "pretrain.txt")], vocab_size=600, out_dir=folder)
+    encode = AutoTokenizer.from_pretrained(folder)
+    prompt, response = "東京について教えてください。", "東京は日本の首都です。"
+    (tmp_path / "a.jsonl").write_bytes(sft(prompt, response) + b"\n" + sft("短い", "x" * 30))
+    counts = [len(encode(text, add_special_tokens=False)["input_ids"]) for text in (prompt, response, "x" * 30)]
+    limit = counts[2] - 1  # the second row's response is one token too long, by the tokenizer
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False, "min_kept_share": 0, "tokens": {"max_response": limit}},
+                  str(tmp_path / "k.parquet"), str(tmp_path / "q.parquet"), str(tmp_path / "c.json"),
+                  tokenizer=str(folder))
+    assert card["tokens"]["counted_by"] == "tokenizer"
+    assert card["lengths"]["prompt"]["tokens"]["max"] == counts[0]
+    assert card["lengths"]["response"]["tokens"]["max"] == counts[1]
+    assert card["totals"]["quarantined"] == {"too_many_tokens": 1}
+    # Not available locally: the estimate, and the card says why.
+    card = curate([{"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}], "sft", str(tmp_path / "none"),
+                  {"decontaminate": False, "min_kept_share": 0}, str(tmp_path / "k.parquet"),
+                  str(tmp_path / "q.parquet"), str(tmp_path / "c.json"), tokenizer="nobody/no-such-model")
+    assert card["tokens"]["counted_by"] == "estimate" and "not available locally" in card["tokens"]["why"]

@@ -59,9 +59,10 @@ def test_evaluate_writes_every_stage_in_order(tmp_path):
     assert len(written["per_task"]["base"]) == 3
 
     lines = table.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "| stage | exact match | chrF |"
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["base", "sft", "dpo"]
-    assert lines[4] == "| dpo | 100.0% | 100.0 |"
+    assert lines[0] == f"References: {references}, covering 3 of 3 tasks."
+    assert lines[2] == "| stage | exact match | chrF | tasks with a reference |"
+    assert [line.split("|")[1].strip() for line in lines[4:]] == ["base", "sft", "dpo"]
+    assert lines[6] == "| dpo | 100.0% | 100.0 | 3 |"
     assert sorted(path.name for path in out.parent.iterdir()) == ["eval.json", "eval.md"]
 
 
@@ -101,4 +102,124 @@ def test_no_family_section_without_families(tmp_path):
     generations = {"sft": write_jsonl(tmp_path / "sft.jsonl", [{"task_id": 0, "output": "a"}])}
     report = evaluate(generations, references, tmp_path / "eval.json", table_path=tmp_path / "eval.md", tasks_path=tasks)
     assert "families" not in report["stages"]["sft"] and "preference" not in report
-    assert "family" not in (tmp_path / "eval.md").read_text()
+    assert "per task family" not in (tmp_path / "eval.md").read_text()
+
+
+# ---- the judge's scores ---------------------------------------------------------------------------
+
+from conftest import REPO  # noqa: E402
+from tunesmith.evaluate import end_of_run_message, judge_score, leaderboard  # noqa: E402
+from tunesmith.judge_stats import agreement, bootstrap_interval, quadratic_weighted_kappa, spearman  # noqa: E402
+from tunesmith.recipe import load_recipe  # noqa: E402
+
+JUDGE = load_recipe(REPO / "recipes/default.yaml")["judge"] | {"backend": "openai"}
+JUDGE["openai"] = JUDGE["openai"] | {"model": "judge-model", "base_url": "http://127.0.0.1:1/v1"}
+
+# Grades of ten answers by two judges; expected values computed by scikit-learn 1.9.1
+# (cohen_kappa_score(weights="quadratic", labels=[1..5])) and scipy 1.17 (spearmanr).
+OURS = [5, 4, 4, 3, 2, 1, 5, 3, 2, 4]
+THEIRS = [4, 4, 5, 3, 1, 1, 5, 2, 2, 3]
+
+
+def test_agreement_statistics_on_a_fixture():
+    found = agreement(dict(enumerate(OURS)), dict(enumerate(THEIRS)))
+    assert found["n"] == 10
+    assert found["exact"] == pytest.approx(0.5)
+    assert found["within_one"] == pytest.approx(1.0)
+    assert found["quadratic_weighted_kappa"] == pytest.approx(0.8648648648648649)
+    assert found["spearman"] == pytest.approx(0.893099424632264)
+    assert quadratic_weighted_kappa([1, 1, 1, 2], [5, 5, 4, 5]) == pytest.approx(0.00990099009900991)
+    assert spearman([1, 1, 1, 2], [5, 5, 4, 5]) == pytest.approx(1 / 3)
+
+
+def test_agreement_edge_cases():
+    assert quadratic_weighted_kappa([3, 3], [3, 3]) is None  # chance agreement is perfect: undefined
+    assert spearman([3, 3, 3], [1, 2, 3]) is None
+    assert quadratic_weighted_kappa([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert agreement({0: 3}, {1: 3})["n"] == 0  # no task graded by both
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
+    grades = [1, 2, 2, 3, 3, 3, 4, 4, 5, 5] * 3
+    low, high = bootstrap_interval(grades, 2000, 0.95, seed=1)
+    assert low < sum(grades) / len(grades) < high and high - low < 1.2
+    assert bootstrap_interval(grades, 2000, 0.95, seed=1) == [low, high]
+    narrower = bootstrap_interval(grades, 2000, 0.5, seed=1)
+    assert low < narrower[0] < narrower[1] < high
+    assert bootstrap_interval([4] * 5, 100, 0.95, seed=0) == [4.0, 4.0]
+    assert bootstrap_interval([], 100, 0.95, seed=0) is None
+
+
+def test_unparseable_replies_are_counted_and_left_out_of_the_mean():
+    rows = [{"grade": 5}, {"grade": 3}, {"grade": None}, {"grade": None}]
+    result = judge_score(rows, 200, 0.9, seed=0)
+    assert result["mean"] == pytest.approx(4.0)  # not (5 + 3 + 0 + 0) / 4
+    assert (result["graded"], result["unparseable"]) == (2, 2)
+    assert result["distribution"] == {"1": 0, "2": 0, "3": 1, "4": 0, "5": 1}
+    assert judge_score([{"grade": None}], 200, 0.9, seed=0)["mean"] is None
+
+
+def judged_rows(grades, answers=None):
+    return [{"task_id": task_id, "answer": (answers or {}).get(task_id, f"答え{task_id}"), "grade": grade,
+             "reason": "理由|あり" if grade else "返答", "status": "graded" if grade else "unparseable"}
+            for task_id, grade in enumerate(grades)]
+
+
+def test_evaluate_with_a_judge_and_no_references(tmp_path):
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"task_id": i, "input": f"問題{i}"} for i in range(3)])
+    generations = {stage: write_jsonl(tmp_path / f"{stage}.jsonl", [{"task_id": i, "output": "x"} for i in range(3)])
+                   for stage in ("sft", "dpo")}
+    judged = {"sft": write_jsonl(tmp_path / "j_sft.jsonl", judged_rows([1, 2, None])),
+              "dpo": write_jsonl(tmp_path / "j_dpo.jsonl", judged_rows([4, 5, 3]))}
+    reference = write_jsonl(tmp_path / "j_ref.jsonl", [dict(row, reference_grade=grade) for row, grade
+                                                       in zip(judged_rows([4, 2, None]), [4, 3, 5])])
+    out, table = tmp_path / "eval.json", tmp_path / "eval.md"
+    report = evaluate(generations, None, out, table, tasks_path=tasks, judged=judged, judged_reference=reference,
+                      judge=JUDGE | {"reference_grades": "gpt4.csv"}, seed=3)
+    assert report["references"] is None and report["judge"]["model"] == "judge-model"
+    assert report["stages"]["dpo"]["judge"]["mean"] == pytest.approx(4.0)
+    assert report["stages"]["sft"]["judge"]["unparseable"] == 1 and "chrf" not in report["stages"]["sft"]
+    assert report["per_task"]["dpo"][1] == {"task_id": 1, "answer": "答え1", "grade": 5, "reason": "理由|あり",
+                                            "status": "graded"}
+    assert report["agreement"]["n"] == 2 and report["agreement"]["exact"] == pytest.approx(0.5)
+    assert report["agreement"]["unparseable"] == 1
+    assert report["inputs"] == sorted(map(str, [*generations.values(), *judged.values(), reference]))
+    text = table.read_text(encoding="utf-8")
+    assert text.startswith("Judge: openai judge-model.")
+    assert "| stage | judge mean (1–5) | 95% interval | graded | unparseable | 1/2/3/4/5 |" in text
+    assert "| dpo | 4.00 |" in text and "| 0/0/1/1/1 |" in text
+    assert "Agreement with gpt4.csv on 2 answers: exact 50.0%, within one 100.0%" in text
+    assert "| task | input | sft answer | sft grade | sft reason | dpo answer | dpo grade | dpo reason |" in text
+    assert "| 2 | 問題2 | 答え2 | unparseable | 返答 | 答え2 | 3 | 理由\\|あり |" in text  # pipes escaped
+
+
+def test_the_end_of_run_message_never_shows_another_recipes_table(tmp_path):
+    scores, table = tmp_path / "eval.json", tmp_path / "eval.md"
+    scores.write_text(json.dumps({"inputs": ["results/generations/aaa/dpo.jsonl"]}))
+    table.write_text("| dpo | 0.5 |\n")
+    # references null and no judge: nothing scores this recipe, whatever an earlier recipe left behind
+    message = end_of_run_message(scores, table, [], None)
+    assert "| dpo" not in message and "None" not in message
+    assert message.startswith("No scores: this recipe has no judge")
+    stale = end_of_run_message(scores, table, ["results/generations/bbb/dpo.jsonl"], "references r.jsonl")
+    assert "| dpo" not in stale and "another recipe or of older answers" in stale
+    assert f"`snakemake {scores}`" in stale
+    fresh = end_of_run_message(scores, table, ["results/generations/aaa/dpo.jsonl"], "references r.jsonl")
+    assert fresh == "Scores (references r.jsonl):\n| dpo | 0.5 |\n"
+    scores.unlink()
+    assert "No scores yet" in end_of_run_message(scores, table, ["x"], "judge m")
+
+
+def test_the_leaderboard_ranks_by_the_judge_when_there_is_one(tmp_path):
+    scores = {}
+    for name, mean, chrf in (("a", 3.0, 90.0), ("b", 4.5, 10.0), ("c", 3.0, 95.0)):
+        scores[name] = tmp_path / f"{name}.json"
+        judge = {"mean": mean, "interval": [mean - 0.2, mean + 0.2]}
+        scores[name].write_text(json.dumps({"stages": {"dpo": {"exact_match": 0.0, "chrf": chrf, "n": 2,
+                                                               "judge": judge}}}))
+    overrides = {name: {"dpo.beta": beta} for name, beta in (("a", 0.1), ("b", 0.2), ("c", 0.3))}
+    rows = leaderboard(scores, overrides, dict.fromkeys(scores, "dpo"), tmp_path / "b.json", tmp_path / "b.md")
+    assert [row["variant"] for row in rows] == ["b", "c", "a"]  # the judge first, chrF breaks the tie
+    table = (tmp_path / "b.md").read_text().splitlines()
+    assert table[0] == "| rank | dpo.beta | submitted | judge mean | interval | exact match | chrF |"
+    assert table[2] == "| 1 | 0.2 | dpo | 4.50 | 4.30–4.70 | 0.0% | 10.0 |"

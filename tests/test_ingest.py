@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesmith.curate import CurationError, curate
-from tunesmith.ingest import source_files
+from tunesmith.sources import source_files
 
-SETTINGS = {"max_prompt_chars": 200, "max_response_chars": 100, "dedup": True, "decontaminate": False}
+SETTINGS = {"max_prompt_chars": 200, "max_response_chars": 100, "dedup": True, "decontaminate": False,
+            "min_kept_share": 0}
 
 
 def record(**fields) -> str:
@@ -152,8 +153,8 @@ def test_parquet_glob_rows_numbered_per_file_and_mapped(tmp_path):
         ("p1.parquet", 3): ("missing_field", "question=null"), ("p2.parquet", 1): "kept",
         ("p2.parquet", 2): ("empty_field", "answer"), ("typed.parquet", 1): ("wrong_type", "output: ubigint"),
     }
-    # Shards are read together (union by name): a column one lacks is null in its rows.
-    assert json.loads(raw_at(quarantined, "p1.parquet", 2)) == {"question": "Q2", "answer": None, "meta": None}
+    # Each record holds the columns of its own shard (shards of one schema are read in one scan).
+    assert json.loads(raw_at(quarantined, "p1.parquet", 2)) == {"question": "Q2", "answer": None}
     assert json.loads(raw_at(quarantined, "p2.parquet", 2)) == {"question": "Q5", "answer": "", "meta": None}
     assert card["sources"]["pq"]["files"] == 2
 
@@ -306,7 +307,7 @@ def test_preference_in_plain_and_chat_form(tmp_path):
     assert card["sources"]["prefs"]["style"] == "preference"
 
 
-def test_pairwise_keeps_only_pairs_both_judgments_agree_on(tmp_path):
+def test_pairwise_by_positions_keeps_only_pairs_both_judgments_agree_on(tmp_path):
     def judged(g1, g2, answer_1="first", answer_2="second", question=None, **extra):
         fields = {"question": question or f"Q {g1} {g2}", "answer_1": answer_1, "answer_2": answer_2,
                   "g1_winner": g1, "g2_winner": g2, **extra}
@@ -328,8 +329,9 @@ def test_pairwise_keeps_only_pairs_both_judgments_agree_on(tmp_path):
     (tmp_path / "renamed.csv").write_text("instruction,answer_1,answer_2,judge_a,judge_b\nR,x,y,2,1\nS,x,y,1,1\n",
                                           encoding="utf-8")
     card, kept, quarantined = run(tmp_path, [
-        {"id": "judged", "path": str(tmp_path / "judged.jsonl"), "style": "pairwise"},
+        {"id": "judged", "path": str(tmp_path / "judged.jsonl"), "style": "pairwise", "winners": "positions"},
         {"id": "renamed", "path": str(tmp_path / "renamed.csv"), "format": "csv", "style": "pairwise",
+         "winners": "positions",
          "columns": {"question": "instruction", "g1_winner": "judge_a", "g2_winner": "judge_b"}},
     ], role="preference")
     assert [(row["line"], row["chosen"], row["rejected"]) for row in kept] == [

@@ -2,11 +2,13 @@
 test_workflow.py."""
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
 
-from tunesmith.manifest import LineageError, content_hash, lineage, manifest_path, recorded
+from tunesmith.manifest import (LineageError, content_hash, current_manifest, index_manifests, lineage, manifest_path,
+                                recorded)
 
 
 class Job(SimpleNamespace):
@@ -40,7 +42,7 @@ def test_recorded_writes_the_manifest_only_when_the_job_succeeds(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.jsonl").write_text("{}\n")
     job = Job(input=["in.jsonl"], output=["out.jsonl"],
-              params=Params(model={"seed": 3, "template": {"kind": "plain", "prompt": "{input}"}}))
+              params=Params(seed=3, template={"kind": "plain", "prompt": "{input}"}))
     with pytest.raises(RuntimeError):
         with recorded(job, "demo"):
             raise RuntimeError("job failed")
@@ -55,3 +57,68 @@ def test_recorded_writes_the_manifest_only_when_the_job_succeeds(tmp_path, monke
     assert lineage("out.jsonl", root=tmp_path)[2].startswith("  in.jsonl  [source, sha256")
     with pytest.raises(LineageError):
         lineage("in.jsonl", root=tmp_path)
+
+
+def test_a_job_starting_again_clears_what_a_killed_attempt_left(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    job = Job(input=[], output=["results/adapter", "results/rows.jsonl"], params=Params())
+    leftovers = [
+        tmp_path / "results/.adapter.a1b2c3d4.partial",  # a folder output's temporary, half written
+        tmp_path / "results/.rows.jsonl.x7_k2m9q.partial",
+        tmp_path / "results/.adapter.manifest.json.p0q1r2s3.partial",
+    ]
+    leftovers[0].mkdir()
+    (leftovers[0] / "weights.bin").write_bytes(b"half")
+    leftovers[1].write_text('{"task_id": 0}\n')
+    leftovers[2].write_text("{")
+    old_manifest = tmp_path / manifest_path("results/adapter")
+    old_manifest.write_text(json.dumps({"outputs": {"results/adapter": "0" * 64}}))
+    unrelated = tmp_path / "results/.other.jsonl.x7_k2m9q.partial"  # another job's: maybe still writing
+    unrelated.write_text("")
+    with pytest.raises(RuntimeError):
+        with recorded(job, "demo"):
+            raise RuntimeError("this attempt fails too")
+    assert not any(path.exists() for path in leftovers)
+    assert not old_manifest.exists(), "a failed rerun must not leave the previous build's manifest"
+    assert unrelated.exists()
+
+
+def built(tmp_path, name, inputs, text):
+    """A job of the workflow, run through `recorded`: its output and manifest."""
+    with recorded(Job(input=inputs, output=[name], params=Params()), name.split(".")[0]):
+        (tmp_path / name).write_text(text)
+
+
+def test_a_manifest_beside_a_deleted_output_is_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "source.jsonl").write_text("{}\n")
+    built(tmp_path, "curated.jsonl", ["source.jsonl"], "[]\n")
+    built(tmp_path, "answers.jsonl", ["curated.jsonl"], "[1]\n")
+    assert "curated.jsonl  [curated, sha256" in lineage("answers.jsonl", root=tmp_path)[2]
+    (tmp_path / "curated.jsonl").unlink()
+    assert manifest_path("curated.jsonl").exists()  # what a user's `rm` leaves
+    assert "curated.jsonl" not in index_manifests(tmp_path)
+    assert lineage("answers.jsonl", root=tmp_path)[2] == "  curated.jsonl  [missing]"
+    assert current_manifest("curated.jsonl", tmp_path) is None
+    assert current_manifest("answers.jsonl", tmp_path)["stage"] == "answers"
+    (tmp_path / "answers.jsonl").unlink()
+    with pytest.raises(LineageError, match="answers.jsonl: no such file"):
+        lineage("answers.jsonl", root=tmp_path)
+
+
+def test_explain_does_not_take_a_deleted_build_for_the_one_it_replaces(tmp_path, monkeypatch):
+    from tunesmith.explain import previous_build
+
+    monkeypatch.chdir(tmp_path)
+    for key, finished in (("aaaaaaaaaaaa", "2026-01-01"), ("bbbbbbbbbbbb", "2026-02-01")):
+        folder = tmp_path / "results/sft" / key / "adapter"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(key.encode())
+        manifest = {"stage": "sft", "outputs": {f"results/sft/{key}/adapter": content_hash(folder)},
+                    "settings": {"sft": {"key": key}}, "finished": finished}
+        (tmp_path / manifest_path(f"results/sft/{key}/adapter")).write_text(json.dumps(manifest))
+    wanted = "results/sft/cccccccccccc/adapter"
+    assert previous_build(wanted, tmp_path)[0] == "results/sft/bbbbbbbbbbbb/adapter"
+    shutil.rmtree(tmp_path / "results/sft/bbbbbbbbbbbb/adapter")  # the newer build was deleted by hand
+    assert previous_build(wanted, tmp_path)[0] == "results/sft/aaaaaaaaaaaa/adapter"

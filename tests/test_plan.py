@@ -4,8 +4,9 @@ import pytest
 
 from conftest import REPO
 from tunesmith import plan
-from tunesmith.explain import differences, planned_jobs, recipe_key
-from tunesmith.recipe import RecipeError, load_recipe
+from tunesmith.explain import differences, planned_jobs
+from tunesmith import recipe as recipe_module
+from tunesmith.recipe import RecipeError, combinations, load_recipe, variants
 
 
 @pytest.fixture
@@ -14,12 +15,21 @@ def recipe():
 
 
 def keys(recipe):
-    return {name: step.key for name, step in plan.steps(recipe).items()}
+    """The keys of the stored artifacts (the evaluation writes fixed paths; its own test is below)."""
+    return {name: step.key for name, step in plan.steps(recipe).items() if name != "evaluate"}
+
+
+def test_the_evaluation_reads_its_own_keys_and_follows_what_it_scores(recipe):
+    before = plan.steps(recipe)["evaluate"]
+    assert set(before.upstream) == {"generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
+    assert plan.steps(edited(recipe, "generate.max_new_tokens", 8))["evaluate"].key != before.key
+    assert plan.steps(edited(recipe, "evaluate.stages", ["dpo"]))["evaluate"].key != before.key
+    assert plan.steps(edited(recipe, "dpo.beta", 0.3))["evaluate"].settings == before.settings
 
 
 def edited(recipe, dotted, value):
     changed = copy.deepcopy(recipe)
-    plan._set(changed, dotted, value)
+    recipe_module._set(changed, dotted, value)
     return changed
 
 
@@ -37,12 +47,13 @@ def test_keys_are_stable_and_independent_of_key_order(recipe):
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
-    ("dpo.beta", 0.3, {"dpo", "generate_dpo"}),
+    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "preference_dpo"}),
     ("generate.max_new_tokens", 8, {"generate_base", "generate_sft", "generate_dpo"}),
-    ("sft.learning_rate", 0.001, {"sft", "dpo", "generate_sft", "generate_dpo"}),
-    ("curate.dedup", False, {"curate_sft", "curate_preference", "sft", "dpo", "generate_sft", "generate_dpo"}),
+    ("sft.learning_rate", 0.001, {"sft", "dpo", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}),
+    ("curate.dedup", False, {"curate_sft", "curate_preference", "sft", "dpo", "generate_sft", "generate_dpo",
+                             "preference_sft", "preference_dpo"}),
     ("base_model.build.vocab_size", 2000, {"tokenizer", "base_model", "sft", "dpo", "generate_base",
-                                           "generate_sft", "generate_dpo"}),
+                                           "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}),
     ("submission.stage", "sft", set()),
 ])
 def test_a_setting_changes_the_keys_of_its_stage_and_downstream_only(recipe, dotted, value, expected):
@@ -58,7 +69,7 @@ def test_continuing_the_sft_adapter_merges_only_the_dpo_adapter(recipe):
 def test_disabled_dpo_has_no_preference_or_dpo_stage_and_submits_sft(recipe):
     recipe["dpo"]["enabled"] = False
     assert set(plan.steps(recipe)) == {"tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "sft",
-                                       "generate_base", "generate_sft"}
+                                       "generate_base", "generate_sft", "evaluate"}
     assert plan.submitted_stage(recipe) == "sft"
 
 
@@ -73,38 +84,86 @@ def test_a_hub_model_has_no_build_steps_and_keys_on_its_id(recipe):
 
 def test_a_matrix_makes_every_combination_validated(recipe):
     recipe["sweep"]["matrix"] = {"dpo.beta": [0.1, 0.3], "generate.repetition_penalty": [1.0, 1.1, 1.2]}
-    variants = plan.variants(recipe)
-    assert len(variants) == 6
-    assert "dpo.beta=0.3,generate.repetition_penalty=1.1" in variants
-    variant = variants["dpo.beta=0.3,generate.repetition_penalty=1.1"]
+    found = variants(recipe)
+    assert len(found) == 6
+    assert "dpo.beta=0.3,generate.repetition_penalty=1.1" in found
+    variant = found["dpo.beta=0.3,generate.repetition_penalty=1.1"]
     assert variant["dpo"]["beta"] == 0.3 and variant["generate"]["repetition_penalty"] == 1.1
     assert variant["sweep"]["matrix"] == {} and recipe["dpo"]["beta"] == 0.1, "the recipe itself was changed"
-    shared = {plan.steps(v)["sft"].key for v in variants.values()}
+    shared = {plan.steps(v)["sft"].key for v in found.values()}
     assert shared == {plan.steps(recipe)["sft"].key}, "variants that differ downstream must share SFT"
-    assert len({plan.steps(v)["dpo"].key for v in variants.values()}) == 2
+    assert len({plan.steps(v)["dpo"].key for v in found.values()}) == 2
 
 
 def test_no_matrix_is_no_sweep(recipe):
-    assert plan.variants(recipe) == {} and plan.combinations(recipe) == {}
+    assert variants(recipe) == {} and combinations(recipe) == {}
 
 
 @pytest.mark.parametrize("matrix, message", [
-    ({"dpo.betta": [0.2]}, "sweep variant dpo.betta=0.2 is not a valid tunesmith recipe:\n  dpo: Additional properties are not allowed"),
-    ({"dpo.beta": ["high"]}, "sweep variant dpo.beta=high is not a valid tunesmith recipe:\n  dpo.beta: 'high' is not of type 'number'"),
-    ({"dpo.lora.r.x": [1]}, "'dpo.lora.r.x' does not name a recipe key ('r' is not a section)"),
+    ({"dpo.betta": [0.2]}, "sweep variant dpo.betta=0.2:\n  sweep.matrix.dpo.betta: 'betta' is not a key of 'dpo'"),
+    ({"dpo.beta": ["high"]}, "sweep variant dpo.beta=high is not a valid tunesmith recipe:\n  dpo.beta: must be number, got 'high'"),
+    ({"dpo.lora.r.x": [1]}, "sweep.matrix.dpo.lora.r.x: 'dpo.lora.r' is not a recipe section"),
 ])
 def test_a_bad_matrix_entry_names_the_variant_and_key(recipe, matrix, message):
     recipe["sweep"]["matrix"] = matrix
     with pytest.raises(RecipeError) as error:
-        plan.variants(recipe, origin="sweep.yaml")
+        variants(recipe, origin="sweep.yaml")
     assert message in str(error.value)
+
+
+def with_judge(recipe, **changes):
+    judged = copy.deepcopy(recipe)
+    judged["judge"].update(backend="openai", **changes)
+    judged["judge"]["openai"].update(base_url="http://127.0.0.1:8000/v1", model="judge-model")
+    return judged
+
+
+def test_each_scored_stage_gets_a_judge_step_on_its_generations(recipe):
+    assert not any(name.startswith("judge_") for name in plan.steps(recipe))
+    steps = plan.steps(with_judge(recipe))
+    assert [name for name in steps if name.startswith("judge_")] == ["judge_base", "judge_sft", "judge_dpo"]
+    for stage in ("base", "sft", "dpo"):
+        assert steps[f"judge_{stage}"].upstream == {"generations": steps[f"generate_{stage}"].key}
+    assert "bootstrap_samples" not in steps["judge_dpo"].settings["judge"]
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("judge.openai.model", "another-judge", {"judge_base", "judge_sft", "judge_dpo"}),
+    ("judge.bootstrap_samples", 500, set()),  # evaluation only: regrades nothing
+    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "judge_dpo", "preference_dpo"}),
+])
+def test_judge_keys_follow_their_settings_and_answers(recipe, dotted, value, expected):
+    assert changed_steps(with_judge(recipe), dotted, value) == expected
+
+
+def test_reference_grades_add_a_reference_judge_step(recipe):
+    steps = plan.steps(with_judge(recipe, reference_grades="gpt4.csv"))
+    assert steps["judge_reference"].upstream == {} and "gpt4.csv" in steps["judge_reference"].files
+
+
+def test_only_the_submitted_stage_is_scored_unless_more_are_asked_for(recipe):
+    recipe["evaluate"]["stages"] = []
+    assert plan.model_stages(recipe) == ["dpo"]
+    assert [name for name in plan.steps(recipe) if name.startswith("generate_")] == ["generate_dpo"]
+    recipe["evaluate"]["stages"] = ["base"]
+    assert plan.model_stages(recipe) == ["base", "dpo"]
+    recipe["dpo"]["enabled"] = False
+    recipe["evaluate"]["stages"] = ["sft", "dpo"]
+    assert plan.model_stages(recipe) == ["sft"]
+
+
+def test_a_sweep_can_rank_by_a_judge_without_references(recipe):
+    judged = with_judge(recipe)
+    judged["sweep"]["matrix"] = {"dpo.beta": [0.2, 0.3]}
+    judged["tasks"]["references"] = None
+    assert len(variants(judged)) == 2
 
 
 def test_a_sweep_needs_references_to_rank_by(recipe):
     recipe["sweep"]["matrix"] = {"dpo.beta": [0.2]}
     recipe["tasks"]["references"] = None
-    with pytest.raises(RecipeError, match="needs tasks.references"):
-        plan.variants(recipe)
+    with pytest.raises(RecipeError, match=r"needs a judge \(judge.backend\) or tasks.references"):
+        variants(recipe)
 
 
 DRY_RUN = """
@@ -133,10 +192,10 @@ def test_dry_run_jobs_are_parsed_with_commas_inside_paths():
 
 
 def test_differences_name_recipe_keys():
-    old = {"model": {"template": {"prompt": "A"}, "seed": 1}, "settings": {"dedup": True}, "vocab_size": 3000}
-    new = {"model": {"template": {"prompt": "B"}, "seed": 1}, "settings": {"dedup": False}, "vocab_size": 2000}
-    assert [recipe_key(line) for line in differences(old, new)] == [
-        'template.prompt: "A" → "B"', "curate.dedup: true → false", "base_model.build.vocab_size: 3000 → 2000"]
+    old = {"template": {"prompt": "A"}, "seed": 1, "curate": {"dedup": True}, "base_model": {"build": {"vocab_size": 3000}}}
+    new = {"template": {"prompt": "B"}, "seed": 1, "curate": {"dedup": False}, "base_model": {"build": {"vocab_size": 2000}}}
+    assert differences(old, new) == [
+        'base_model.build.vocab_size: 3000 → 2000', "curate.dedup: true → false", 'template.prompt: "A" → "B"']
     assert differences(old, copy.deepcopy(old)) == []
 
 
@@ -149,11 +208,12 @@ def test_continued_pretraining_sits_under_sft_and_dpo_and_ignores_the_template(r
     assert changed_steps(recipe, "template.prompt", "### Q\n{input}\n### A\n") >= {"sft", "dpo"}
     assert "cpt" not in changed_steps(recipe, "template.prompt", "### Q\n{input}\n### A\n")
     assert changed_steps(recipe, "continued_pretraining.learning_rate", 0.01) == {
-        "cpt", "sft", "dpo", "generate_sft", "generate_dpo"}
+        "cpt", "sft", "dpo", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
 
 
 def test_the_process_count_keys_training_but_not_curation(recipe):
-    assert changed_steps(recipe, "distributed.processes", 2) == {"sft", "dpo", "generate_sft", "generate_dpo"}
+    assert changed_steps(recipe, "distributed.processes", 2) == {"sft", "dpo", "generate_sft", "generate_dpo",
+                                                                 "preference_sft", "preference_dpo"}
 
 
 def test_editing_one_source_reingests_that_source_only(recipe):
@@ -162,7 +222,8 @@ def test_editing_one_source_reingests_that_source_only(recipe):
     recipe["sources"][-1]["path"] = "data/raw/other.jsonl"
     after = keys(recipe)
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"ingest_more_sft", "curate_sft", "sft", "dpo", "generate_sft", "generate_dpo"}
+    assert changed == {"ingest_more_sft", "curate_sft", "sft", "dpo", "generate_sft", "generate_dpo",
+                       "preference_sft", "preference_dpo"}
 
 
 def test_curation_settings_of_a_source_do_not_reingest_it(recipe):

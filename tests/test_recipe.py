@@ -1,12 +1,13 @@
 """Every shipped recipe validates; broken recipes are rejected with the key path named."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tunesmith import plan
-from tunesmith.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe
+from tunesmith.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe, variants
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -28,12 +29,12 @@ def minimal_recipe(**overrides):
 def test_shipped_recipe_validates_and_opens_with_its_command(path):
     recipe = load_recipe(path)
     assert recipe["sources"], "a shipped recipe must name its sources"
-    for variant in plan.variants(recipe, origin=str(path)).values():
+    for variant in variants(recipe, origin=str(path)).values():
         assert variant["sources"] == recipe["sources"]
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# snakemake "), "a recipe opens with the command that runs it"
     if path.name != "default.yaml":
-        assert f"--configfile recipes/{path.name}" in first_line
+        assert f"--config recipe=recipes/{path.name}" in first_line
 
 
 def test_both_required_recipes_are_shipped():
@@ -43,7 +44,7 @@ def test_both_required_recipes_are_shipped():
 def test_competition_recipe_matches_the_competition_setup():
     recipe = load_recipe(REPO / "recipes" / "llm-jp-3-13b-qlora.yaml")
     assert recipe["base_model"] | {"build": None} == {
-        "path": "llm-jp/llm-jp-3-13b", "dtype": "bfloat16", "quantization": "nf4", "compute_dtype": "bfloat16",
+        "path": "llm-jp/llm-jp-3-13b", "revision": None, "dtype": "bfloat16", "quantization": "nf4", "compute_dtype": "bfloat16",
         "trust_remote_code": False, "build": None,
     }
     sft = recipe["sft"]
@@ -88,19 +89,19 @@ def test_every_schema_key_has_description_and_default_and_objects_are_closed():
 
 
 BROKEN = [
-    ({"sft": {"betta": 1}}, "sft", "'betta' was unexpected"),
-    ({"sft": {"lora": {"r": 0}}}, "sft.lora.r", "minimum"),
-    ({"dpo": {"beta": "high"}}, "dpo.beta", "not of type 'number'"),
-    ({"generate": {"batch_size": 0}}, "generate.batch_size", "minimum"),
-    ({"base_model": {"quantization": "nf3"}}, "base_model.quantization", "is not one of"),
+    ({"sft": {"betta": 1}}, "sft", "unknown key(s) 'betta'"),
+    ({"sft": {"lora": {"r": 0}}}, "sft.lora.r", "must be at least 1, got 0"),
+    ({"dpo": {"beta": "high"}}, "dpo.beta", "must be number, got 'high'"),
+    ({"generate": {"batch_size": 0}}, "generate.batch_size", "must be at least 1, got 0"),
+    ({"base_model": {"quantization": "nf3"}}, "base_model.quantization", "must be one of ['none', 'nf4', 'int8'], got 'nf3'"),
     ({"template": {"kind": "plain", "prompt": "no placeholder"}}, "template.prompt", "{input}"),
-    ({"tasks": {"path": 7}}, "tasks.path", "not of type 'string'"),
-    ({"recipe_name": "x"}, "(top level)", "'recipe_name' was unexpected"),
+    ({"tasks": {"path": 7}}, "tasks.path", "must be string, got 7"),
+    ({"recipe_name": "x"}, "(top level)", "unknown key(s) 'recipe_name'"),
     ({"base_model": {"build": {"hidden_size": 130, "num_attention_heads": 4}}}, "base_model.build.num_attention_heads", "divide"),
     ({"distributed": {"processes": 2, "strategy": "fsdp"}, "base_model": {"quantization": "nf4"}},
      "distributed.strategy", "cannot shard a quantised base"),
-    ({"distributed": {"processes": 0}}, "distributed.processes", "less than the minimum of 1"),
-    ({"generate": {"backend": "tgi"}}, "generate.backend", "is not one of"),
+    ({"distributed": {"processes": 0}}, "distributed.processes", "must be at least 1, got 0"),
+    ({"generate": {"backend": "tgi"}}, "generate.backend", "must be one of"),
 ]
 
 
@@ -116,7 +117,7 @@ def test_broken_recipe_names_key_path_and_problem(change, key, problem):
 def test_broken_source_entry_is_named_by_index():
     recipe = minimal_recipe()
     recipe["sources"].append({"id": "x", "path": "x.jsonl", "role": "rlhf"})
-    with pytest.raises(RecipeError, match=r"sources\[3\]\.role: 'rlhf' is not one of"):
+    with pytest.raises(RecipeError, match=r"sources\[3\]\.role: must be one of \['sft', 'preference', 'pretrain'\], got 'rlhf'"):
         validate_recipe(recipe)
 
 
@@ -168,4 +169,132 @@ def test_cli_validate_reports_key_paths_and_shows_defaults(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("generate:\n  batch_size: -1\n")
     assert main(["validate", str(bad)]) == 1
-    assert "generate.batch_size: -1 is less than the minimum of 1" in capsys.readouterr().err
+    assert "generate.batch_size: must be at least 1, got -1" in capsys.readouterr().err
+
+
+# ---- reading: a recipe is data, read within bounds --------------------------------------------------
+
+def write(tmp_path, text: str | bytes, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path):
+    path = write(tmp_path, "seed: 1\ndpo:\n  beta: 0.1\nsft: {}\ndpo:\n  beta: 0.5\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: line 5: key 'dpo' is given twice \(first on line 2\)"):
+        load_recipe(path)
+
+
+def test_non_string_keys_and_invalid_utf8_are_refused_by_line(tmp_path):
+    with pytest.raises(RecipeError, match="line 2: key 1 is not a string"):
+        load_recipe(write(tmp_path, "seed: 1\n1: x\n"))
+    with pytest.raises(RecipeError, match=r"recipe.yaml:2: not UTF-8 \(byte 8"):
+        load_recipe(write(tmp_path, b"seed: 1\n\xff\xfe: x\n"))
+
+
+def test_a_yte_recipe_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    path = write(tmp_path, f"__use_yte__: true\nseed: ?__import__('pathlib').Path({str(marker)!r}).touch() or 42\n")
+    with pytest.raises(RecipeError, match="__use_yte__: recipes are data"):
+        load_recipe(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text", [
+    # the "billion laughs": nine levels of nine aliases
+    "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+        for previous, name in zip("abcdefgh", "bcdefghi")),
+    "a: &a [1]\nb: " + "[" * 200 + "1" + "]" * 200 + "\n",
+], ids=["alias bomb", "deep nesting"])
+def test_alias_bombs_and_deep_nesting_are_refused_quickly(tmp_path, text):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(RecipeError, match="expands to more than|nested more than"):
+        load_recipe(write(tmp_path, text))
+    assert time.perf_counter() - started < 5
+
+
+def test_anchors_are_copied_apart_so_a_sweep_changes_one_key(tmp_path):
+    recipe = (REPO / "recipes" / "default.yaml").read_text(encoding="utf-8")
+    recipe = recipe.replace("sft:\n  lora:\n", "sft:\n  lora: &lora\n").replace(
+        "dpo:\n  enabled: true\n  beta: 0.1\n  lora:\n    r: 8\n    alpha: 16\n    dropout: 0.0\n",
+        "dpo:\n  enabled: true\n  beta: 0.1\n  lora: *lora\n")
+    assert "*lora" in recipe
+    loaded = load_recipe(write(tmp_path, recipe + "sweep:\n  matrix:\n    sft.lora.r: [4, 8]\n"))
+    assert loaded["sft"]["lora"] is not loaded["dpo"]["lora"]
+    for variant in variants(loaded).values():
+        assert variant["dpo"]["lora"]["r"] == 16, "the sweep over sft.lora.r changed dpo.lora.r"
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"seed": 42.0}, "seed: must be integer, got 42.0"),
+    ({"seed": True}, "seed: must be integer, got True"),
+    ({"seed": 2**32}, "seed: must be at most 4294967295"),
+    ({"seed": -1}, "seed: must be at least 0"),
+    ({"curate": {"japanese": {"min_share": float("nan")}}}, "curate.japanese.min_share: must be number, got nan"),
+    ({"sft": {"learning_rate": float("inf")}}, "sft.learning_rate: must be number, got inf"),
+    ({"sft": {"max_steps": 2**70}}, "sft.max_steps: must be integer"),
+    ({"curate": {"near_dedup": {"ngram": 5.0}}}, "curate.near_dedup.ngram: must be integer, got 5.0"),
+])
+def test_numbers_are_strict_and_finite(change, problem):
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(minimal_recipe(**change))
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("id", "abc\n", "does not match"),
+    ("path", "", "names no corpus"),
+    ("path", ".", "names no corpus"),
+    ("path", "/", "names no corpus"),
+])
+def test_a_source_entry_that_names_nothing_is_refused(field, value, problem):
+    recipe = minimal_recipe()
+    recipe["sources"][0][field] = value
+    with pytest.raises(RecipeError, match=rf"sources\[0\]\.{field}: .*{problem}"):
+        validate_recipe(recipe)
+
+
+def test_a_folder_holding_the_working_directory_is_refused_when_files_are_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = minimal_recipe()
+    recipe["sources"][0]["path"] = str(tmp_path.parent)
+    validate_recipe(copy.deepcopy(recipe))  # the files are not looked at unless asked
+    with pytest.raises(RecipeError, match=r"sources\[0\]\.path: .* contains the whole working directory"):
+        validate_recipe(recipe, check_files=True)
+
+
+def test_an_error_shows_a_bounded_excerpt_of_the_value():
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(minimal_recipe(seed="x" * 1_000_000))
+    assert len(str(caught.value)) < 400 and "seed: must be integer, got 'xxx" in str(caught.value)
+
+
+def test_a_sweep_bomb_is_refused_before_it_is_expanded(tmp_path):
+    import time
+
+    matrix = {f"generate.{key}": [1, 2, 3] for key in ("batch_size", "max_new_tokens")}
+    matrix |= {"sft.lora.r": list(range(1, 11)), "dpo.lora.r": list(range(1, 11))}
+    started = time.perf_counter()
+    with pytest.raises(RecipeError, match="sweep.matrix: 900 variants; a sweep builds at most 64"):
+        validate_recipe(minimal_recipe(tasks={"references": "refs.jsonl"}, sweep={"matrix": matrix}))
+    assert time.perf_counter() - started < 2
+
+
+def test_validate_expands_the_sweep_like_the_workflow():
+    recipe = minimal_recipe(tasks={"references": "refs.jsonl"}, sweep={"matrix": {"dpo.beta": [0.1, -1]}})
+    with pytest.raises(RecipeError, match=r"sweep variant dpo.beta=-1 .*\n  dpo.beta: must be above 0, got -1"):
+        validate_recipe(recipe)
+
+
+def test_validate_show_piped_to_head_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    command = (f"{sys.executable} -m tunesmith.cli validate --show --no-files {REPO / 'recipes' / 'default.yaml'}"
+               " | head -n 1")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "seed: 42\n" and result.stderr == "", result.stderr

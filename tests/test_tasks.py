@@ -275,3 +275,137 @@ def test_shipped_tasks_each_name_their_family():
     families = read_task_families(DATA / "tasks.jsonl")
     assert sorted(families) == list(range(100))
     assert set(families.values()) == {"addition", "antonym", "capital", "repetition", "katakana", "uppercase"}
+
+
+# ---- references as they really come: ELYZA CSV, JSONL by id or by input, gaps -------------------
+
+from tunesmith.recipe import load_recipe  # noqa: E402
+from tunesmith.tasks import check_task_files, load_references, read_reference_grades  # noqa: E402
+
+ELYZA_TASKS = [
+    {"task_id": 0, "input": "仕事の熱意を取り戻すためのアイデアを5つ挙げてください。"},
+    {"task_id": 1, "input": "クマが海辺に行ってアザラシと友達になる短編小説を書いてください。_x000D_"},
+    {"task_id": 2, "input": "古代ギリシャを学ぶ上で知っておくべきポイントは？"},
+]
+# The ELYZA-tasks-100 CSV: no ids, quoted fields that span lines, a doubled quote, CRLF line ends.
+ELYZA_CSV = (
+    'input,output,eval_aspect\r\n'
+    '"仕事の熱意を取り戻すためのアイデアを5つ挙げてください。","1. 目標を設定する\r\n2. 休暇を取る","- 5つ挙げていない場合: -1点\r\n- 熱意に関係ない: -2点"\r\n'
+    '"古代ギリシャを学ぶ上で知っておくべきポイントは？","ポリス、""民主政""、哲学",\r\n'
+    '"クマが海辺に行ってアザラシと友達になる短編小説を書いてください。","むかしむかし…","- 小説になっていない: 1点"\r\n'
+)
+
+
+def tasks_file(tmp_path, rows=ELYZA_TASKS):
+    return write(tmp_path / "tasks.jsonl", "".join(dump(row) + "\n" for row in rows))
+
+
+def test_elyza_csv_references_match_tasks_by_input_text(tmp_path):
+    tasks = read_tasks(tasks_file(tmp_path))
+    loaded = load_references(write(tmp_path / "elyza.csv", ELYZA_CSV), tasks)
+    assert loaded.missing == []
+    assert loaded.by_task[0].output == "1. 目標を設定する\r\n2. 休暇を取る"
+    assert loaded.by_task[0].eval_aspect.startswith("- 5つ挙げていない場合")
+    assert loaded.by_task[0].line == 2
+    assert loaded.by_task[2].output == 'ポリス、"民主政"、哲学' and loaded.by_task[2].eval_aspect is None
+    assert loaded.by_task[2].line == 5  # the record before it spans lines 2-4
+    # the task's input has Excel residue the CSV does not: normalised text still matches
+    assert loaded.by_task[1].eval_aspect == "- 小説になっていない: 1点" and loaded.by_task[1].line == 6
+
+
+def test_references_without_some_tasks_are_counted_not_silent(tmp_path):
+    tasks = read_tasks(tasks_file(tmp_path))
+    csv_text = "\r\n".join(ELYZA_CSV.split("\r\n")[:5]) + "\r\n"  # header and the first two records
+    loaded = load_references(write(tmp_path / "partial.csv", csv_text), tasks)
+    assert sorted(loaded.by_task) == [0, 2] and loaded.missing == [1]
+
+
+def test_jsonl_references_by_id_or_by_input_with_eval_aspect(tmp_path):
+    tasks = read_tasks(tasks_file(tmp_path))
+    path = write(tmp_path / "refs.jsonl", "\n".join([
+        dump({"task_id": 2, "output": "ポリス", "eval_aspect": "- ポリスに触れる"}),
+        dump({"input": ELYZA_TASKS[0]["input"], "output": "アイデア"}),
+    ]) + "\n")
+    loaded = load_references(path, tasks)
+    assert loaded.by_task[2].eval_aspect == "- ポリスに触れる" and loaded.by_task[0].output == "アイデア"
+    assert loaded.missing == [1]
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ('input,output\n"知らない問題","x"\n', 2, "matches no task of the task file"),
+    ('task_id,output\n7,x\n', 2, "task_id 7 is not in the task file"),
+    ('task_id,output\nseven,x\n', 2, "field 'task_id' must be an integer, got 'seven'"),
+    ('input,answer\n"a","b"\n', 1, "no 'output' column"),
+    ('output,eval_aspect\n"a","b"\n', 1, "needs a 'task_id' or an 'input' column"),
+    ('input,output,eval_aspect\n"古代ギリシャを学ぶ上で知っておくべきポイントは？","x"\n', 2, "2 fields where the header has 3"),
+    ('task_id,output\n0,a\n\n0,b\n', 4, "task 0 already has a row at line 2"),
+])
+def test_bad_csv_references_name_file_and_line(tmp_path, text, line, message):
+    tasks = read_tasks(tasks_file(tmp_path))
+    path = write(tmp_path / "refs.csv", text)
+    with pytest.raises(TaskFileError) as caught:
+        load_references(path, tasks)
+    assert f"{path}:{line}: " in str(caught.value) and message in str(caught.value)
+
+
+def test_every_unmatched_row_is_reported_at_once(tmp_path):
+    tasks = read_tasks(tasks_file(tmp_path))
+    path = write(tmp_path / "refs.jsonl", "".join(dump({"task_id": 10 + i, "output": "x"}) + "\n" for i in range(3)))
+    with pytest.raises(TaskFileError) as caught:
+        load_references(path, tasks)
+    assert [line.split(": ", 1)[0] for line in str(caught.value).splitlines()] == [f"{path}:{i}" for i in (1, 2, 3)]
+
+
+def test_reference_grades_need_an_answer_and_a_grade_from_1_to_5(tmp_path):
+    tasks = read_tasks(tasks_file(tmp_path))
+    good = write(tmp_path / "grades.csv", "task_id,output,grade\n0,アイデア,4\n2,ポリス,1\n")
+    grades = read_reference_grades(good, tasks)
+    assert {task: (graded.output, graded.grade) for task, graded in grades.items()} == {0: ("アイデア", 4), 2: ("ポリス", 1)}
+    bad = write(tmp_path / "bad.jsonl", dump({"task_id": 0, "output": "a", "grade": 6}) + "\n"
+                + dump({"task_id": 1, "output": "b", "grade": 0}) + "\n")
+    with pytest.raises(TaskFileError) as caught:
+        read_reference_grades(bad, tasks)
+    assert str(caught.value).splitlines() == [f"{bad}:1: grade must be an integer from 1 to 5, got 6",
+                                              f"{bad}:2: grade must be an integer from 1 to 5, got 0"]
+    no_answer = write(tmp_path / "no_answer.jsonl", dump({"task_id": 1, "grade": 3}) + "\n")
+    with pytest.raises(TaskFileError, match=r"no_answer.jsonl:1: missing field 'output'"):
+        read_reference_grades(no_answer, tasks)
+
+
+def recipe_with(tmp_path, **tasks_section):
+    recipe = load_recipe(REPO_RECIPE)
+    recipe["tasks"].update(tasks_section)
+    return recipe
+
+
+REPO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "default.yaml"
+
+
+def test_check_task_files_names_the_recipe_key_file_and_line(tmp_path):
+    tasks = tasks_file(tmp_path)
+    bad_refs = write(tmp_path / "refs.csv", 'input,output\n"知らない問題","x"\n')
+    recipe = recipe_with(tmp_path, path=str(tasks), references=str(bad_refs))
+    recipe["judge"].update(backend="openai", reference_grades=str(tmp_path / "nowhere.jsonl"))
+    recipe["judge"]["openai"]["base_url"] = "http://127.0.0.1:8000/v1"
+    problems = check_task_files(recipe)
+    assert problems == [
+        f"tasks.references: {bad_refs}:2: input '知らない問題…' matches no task of the task file",
+        f"judge.reference_grades: {tmp_path / 'nowhere.jsonl'}: file not found",
+        "judge.openai.model: judge.backend openai needs it",
+    ]
+    broken_tasks = write(tmp_path / "broken.jsonl", dump(ELYZA_TASKS[0]) + "\n{oops\n")
+    assert check_task_files(recipe_with(tmp_path, path=str(broken_tasks))) == [
+        f"tasks.path: {broken_tasks}:2: not valid JSON (Expecting property name enclosed in double quotes at line 2)"]
+
+
+def test_the_shipped_recipes_task_files_have_no_problems():
+    for name in ("default.yaml", "sweep.yaml", "llm-jp-3-13b-qlora.yaml"):
+        recipe = load_recipe(REPO_RECIPE.parent / name)
+        assert check_task_files(recipe) == [], name
+
+
+def test_a_task_file_without_references_is_fine_for_a_judge(tmp_path):
+    recipe = recipe_with(tmp_path, path=str(tasks_file(tmp_path)), references=None)
+    recipe["judge"].update(backend="transformers")
+    recipe["judge"]["local"]["path"] = "some/model"
+    assert check_task_files(recipe) == []

@@ -62,6 +62,10 @@ def test_hash_changes_with_rendering_keys_only():
         ("### 回答\n### 回答 サクラ\n### 指示", "サクラ"),
         ("東京です。### 回答", "東京です。"),
         ("### 指示", ""),
+        ("### 回答例\n東京", "### 回答例\n東京"),  # a heading that begins with a marker's text is the answer
+        ("### 回答\n### 回答例です", "### 回答例です"),
+        ("例は次の通り。\n### 回答例\nA", "例は次の通り。\n### 回答例\nA"),
+        ("8\n### 回答 9", "8"),
     ],
 )
 def test_clean_output_strips_leaked_markers(raw, clean):

@@ -1,18 +1,25 @@
-"""LoRA CPT, SFT and DPO on the tiny model: adapter folders, metadata, what the loss sees, clean failure,
-the curated validation split, and training on two processes."""
+"""LoRA CPT, SFT and DPO on the tiny model: adapter folders and metadata, what the loss sees, the DPO
+reference, rows trained/dropped/truncated, evaluation cadence, clean failure and resume, curves, and
+training on two processes."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from tiny_model import PRETRAIN_TEXT, SEED, cpt_adapter, dpo_adapter, sft_adapter, tiny  # noqa: F401  (fixtures)
-from tunesmith.model import load_model, read_metadata
+from tiny_model import PRETRAIN_TEXT, SEED, cpt_adapter, dpo_adapter, dpo_run, sft_adapter, tiny  # noqa: F401
+from tunesmith.adapters import read_config, trained_part
+from tunesmith.launcher import run_distributed
+from tunesmith.model import ModelError, load_model, read_metadata
 from tunesmith.template import PromptTemplate
-from tunesmith.train import split_rows, train_cpt, train_dpo, train_sft
+from tunesmith.train import train_cpt, train_dpo, train_sft
+from tunesmith.train_data import split_rows
 
 
 def assert_no_partial_siblings(folder: Path) -> None:
@@ -27,6 +34,11 @@ def assert_lora_trained(adapter: str) -> None:
     assert all(tensor.abs().sum() > 0 for tensor in second_factors.values())
 
 
+def logged(folder, key: str) -> list[int]:
+    with open(Path(folder) / "training_log.csv", newline="") as handle:
+        return [int(float(row["step"])) for row in csv.DictReader(handle) if row.get(key)]
+
+
 def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -35,17 +47,18 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny.base_dir), folder)
     assert any("lora_A" in name for name, _ in model.named_parameters())
     metadata = read_metadata(folder)
-    assert metadata == {
+    assert {key: metadata[key] for key in ("stage", "template_hash", "base_model", "seed", "base_adapters",
+                                           "beneath", "processes", "parallelism", "effective_batch_size")} == {
         "stage": "sft", "template_hash": PromptTemplate(tiny.recipe["template"]).hash, "base_model": tiny.base_dir,
-        "seed": SEED, "base_adapters": [], "rows": metadata["rows"], "eval_rows": metadata["eval_rows"],
-        "processes": 1, "parallelism": "NO", "effective_batch_size": tiny.recipe["sft"]["batch_size"],
+        "seed": SEED, "base_adapters": [], "beneath": None, "processes": 1, "parallelism": "NO",
+        "effective_batch_size": tiny.recipe["sft"]["batch_size"],
     }
-    assert metadata["rows"] + metadata["eval_rows"] == pq.read_metadata(tiny.sft_data).num_rows
-    with open(folder / "training_log.csv", newline="") as handle:
-        losses = [row["loss"] for row in csv.DictReader(handle) if row.get("loss")]
-    assert len(losses) == tiny.recipe["sft"]["max_steps"]
+    assert [step["stage"] for step in metadata["chain"]] == ["sft"]
+    assert metadata["rows"] == len(sft_adapter.trainer.train_dataset), "the rows trl really trained on"
+    assert metadata["rows_curated"] + metadata["eval_rows_curated"] == pq.read_metadata(tiny.sft_data).num_rows
+    assert len(logged(folder, "loss")) == tiny.recipe["sft"]["max_steps"]
     assert sft_adapter.result["rows"] == metadata["rows"]
-    assert not (folder / "trainer").exists()
+    assert not (folder / "trainer").exists() and not (folder / "trained").exists(), "nothing lies beneath SFT"
     assert_no_partial_siblings(folder)
 
 
@@ -68,23 +81,55 @@ def test_sft_loss_is_on_the_rendered_completion_only(tiny, sft_adapter):
         assert tokenizer.decode(labelled) == row["response"] + tokenizer.eos_token
 
 
-def test_dpo_trains_on_top_of_the_sft_adapter(tiny, sft_adapter, dpo_adapter):
-    from peft import PeftModel
-
+def test_dpo_trains_a_new_adapter_on_top_of_the_frozen_sft_adapter(tiny, sft_adapter, dpo_adapter):
     metadata = read_metadata(dpo_adapter)
     assert metadata["stage"] == "dpo" and metadata["on_top_of"] == sft_adapter.path
+    assert metadata["beneath"] == sft_adapter.path
     assert metadata["template_hash"] == read_metadata(sft_adapter.path)["template_hash"]
-    assert metadata["rows"] + metadata["eval_rows"] == pq.read_metadata(tiny.preference_data).num_rows
+    assert metadata["rows_curated"] + metadata["eval_rows_curated"] == pq.read_metadata(tiny.preference_data).num_rows
     assert (Path(dpo_adapter) / "training_log.csv").is_file()
-    merged_sft = load_model(tiny.base_dir, tiny.section("base_model"), adapters=[sft_adapter.path])
-    assert isinstance(PeftModel.from_pretrained(merged_sft, dpo_adapter), PeftModel)
-    assert_lora_trained(dpo_adapter)
+    trained = trained_part(dpo_adapter)
+    assert trained == str(Path(dpo_adapter) / "trained")
+    assert_lora_trained(trained)
+    # The standalone adapter's first rows are the SFT adapter, untouched by DPO (scale folded into A).
+    sft_config, sft_weights = read_config(sft_adapter.path), load_file(f"{sft_adapter.path}/adapter_model.safetensors")
+    standalone = load_file(f"{dpo_adapter}/adapter_model.safetensors")
+    scale, rank = sft_config["lora_alpha"] / sft_config["r"], sft_config["r"]
+    for name, tensor in sft_weights.items():
+        if ".lora_A." in name:
+            torch.testing.assert_close(standalone[name][:rank], scale * tensor.float())
+        else:
+            torch.testing.assert_close(standalone[name][:, :rank], tensor.float())
     assert_no_partial_siblings(Path(dpo_adapter))
 
 
-def _train(tiny, dataset: str, out_dir: Path) -> dict:
-    return train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"),
-                     dataset, SEED, str(out_dir))
+def _sequence_logps(model, trainer, dataset) -> torch.Tensor:
+    """Summed log-probabilities of each pair's chosen completion under `model`, as trl batches them."""
+    batch = trainer.data_collator([dataset[index] for index in range(len(dataset))])
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logps = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = labels[:, 1:]
+    picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != -100)
+    return picked.sum(dim=1).chunk(2)[0]
+
+
+def test_the_dpo_reference_is_the_sft_model_not_the_base(tiny, sft_adapter, dpo_run):
+    trainer = dpo_run.trainer
+    pairs = trainer.train_dataset.select(range(6))
+    reference = torch.tensor(pairs["ref_chosen_logps"])
+    section = tiny.section("base_model")
+    sft_model = load_model(tiny.base_dir, section, adapter=sft_adapter.path)
+    torch.testing.assert_close(reference, _sequence_logps(sft_model, trainer, pairs), rtol=1e-4, atol=1e-3)
+    base = _sequence_logps(load_model(tiny.base_dir, section), trainer, pairs)
+    assert (reference - base).abs().max() > 0.05, "SFT changed nothing; the comparison would prove nothing"
+    assert trainer.ref_model is None, "the reference model is released once its log-probabilities are computed"
+
+
+def _train(tiny, dataset: str, out_dir: Path, **changes) -> dict:
+    return train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"),
+                     tiny.section("sft") | changes, dataset, SEED, str(out_dir))
 
 
 def test_missing_dataset_leaves_no_output(tiny, tmp_path):
@@ -112,83 +157,69 @@ def test_failure_during_training_keeps_the_previous_adapter(tiny, tmp_path, monk
     assert [entry.name for entry in out_dir.iterdir()] == ["tunesmith.json"]
 
 
-KILLED_RUN = """
-import sys
-from tunesmith.train import train_sft
-base, base_section, template, sft, data, seed, out = sys.argv[1:]
-import json
-train_sft(base, json.loads(base_section), json.loads(template), json.loads(sft), data, int(seed), out)
-"""
+# --- rows trained, dropped and truncated ------------------------------------------------------------
+
+FILLER = "とても長い前置きの文章です。"
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path, caplog):
-    """SIGKILL a real SFT run after its second checkpoint; the restart continues, not from step 0."""
+def with_long_prompts(parquet: str, out: Path, count: int, filler: str = FILLER) -> tuple[str, list]:
+    """The curated data with `count` train rows whose prompt starts with a long preamble."""
+    table = pq.read_table(parquet)
+    rows = table.to_pylist()
+    changed = [index for index, row in enumerate(rows) if row["split"] == "train"][:count]
+    for index in changed:
+        rows[index]["prompt"] = filler * 40 + rows[index]["prompt"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out)
+    return str(out), [rows[index] for index in changed]
+
+
+def test_rows_trl_drops_are_counted_and_not_reported_as_trained(tiny, tmp_path, caplog):
     import logging
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    sft = tiny.section("sft") | {"max_steps": 40, "save_steps": 2, "logging_steps": 1}
-    out = tmp_path / "adapter"
-    args = [tiny.base_dir, json.dumps(tiny.section("base_model")), json.dumps(tiny.section("template")),
-            json.dumps(sft), tiny.sft_data, str(SEED), str(out)]
-    script = tmp_path / "run.py"
-    script.write_text(KILLED_RUN)
-    process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(Path(f"{out}.checkpoints").glob("*/checkpoint-4/trainer_state.json")):
-        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.05)
-    (checkpoints,) = Path(f"{out}.checkpoints").iterdir()
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not out.exists(), "a killed run must not leave an adapter"
-    resumed_from = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
-    assert resumed_from >= 4
+    dataset, _ = with_long_prompts(tiny.sft_data, tmp_path / "long.parquet", count=7)
+    train_rows = sum(1 for side in pq.read_table(dataset)["split"].to_pylist() if side == "train")
+    from tiny_model import _recording_trainer
 
-    import trl
-
-    steps_run = []
-    original_step = trl.SFTTrainer.training_step
-
-    def recording_step(self, *args, **kwargs):
-        steps_run.append(self.state.global_step + 1)
-        return original_step(self, *args, **kwargs)
-
-    with caplog.at_level(logging.INFO, logger="tunesmith.train"), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trl.SFTTrainer, "training_step", recording_step)
-        train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
-                  SEED, str(out))
-    assert f"resuming from {checkpoints / f'checkpoint-{resumed_from}'}" in caplog.text
-    assert steps_run[0] == resumed_from + 1 and steps_run[-1] == 40
-    with open(out / "training_log.csv", newline="") as handle:
-        logged = [int(float(row["step"])) for row in csv.DictReader(handle) if row.get("loss")]
-    assert logged == list(range(1, 41)), "the history of the killed run is kept, each step once"
-    assert not Path(f"{out}.checkpoints").exists(), "checkpoints are removed once the adapter is in place"
+    with caplog.at_level(logging.INFO, logger="tunesmith.train"):
+        _, trainer = _recording_trainer(lambda: _train(tiny, dataset, tmp_path / "sft", max_steps=1))
+    metadata = read_metadata(tmp_path / "sft")
+    assert metadata["rows_curated"] == train_rows
+    assert metadata["rows_dropped"]["prompt_fills_max_length"] >= 7
+    assert metadata["rows"] == len(trainer.train_dataset) == train_rows - metadata["rows_dropped"]["prompt_fills_max_length"]
+    assert metadata["rows_truncated"]["response_cut_at_max_length"] > 0
+    assert f"{metadata['rows']} of {train_rows} rows train; dropped: " in caplog.text
 
 
-def test_same_seed_gives_the_same_adapter_weights(tiny, tmp_path):
-    sft = tiny.section("sft")
-    for name in ("first", "second"):
-        train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
-                  SEED, str(tmp_path / name))
-    first = load_file(tmp_path / "first" / "adapter_model.safetensors")
-    second = load_file(tmp_path / "second" / "adapter_model.safetensors")
-    assert first.keys() == second.keys()
-    assert all((first[key] == second[key]).all() for key in first)
+def test_long_prompts_can_be_cut_from_the_left_instead(tiny, tmp_path):
+    dataset, long_rows = with_long_prompts(tiny.sft_data, tmp_path / "long.parquet", count=7)
+    train_rows = sum(1 for side in pq.read_table(dataset)["split"].to_pylist() if side == "train")
+    from tiny_model import _recording_trainer
+
+    _, trainer = _recording_trainer(lambda: _train(tiny, dataset, tmp_path / "sft", max_steps=1,
+                                                   long_prompts="truncate_left"))
+    metadata = read_metadata(tmp_path / "sft")
+    assert metadata["rows_dropped"] == {} and metadata["rows"] == len(trainer.train_dataset) == train_rows
+    assert metadata["rows_truncated"]["prompt_cut_from_left"] >= 7
+    tokenizer, max_length = trainer.processing_class, tiny.recipe["sft"]["max_length"]
+    for row in trainer.train_dataset:
+        labels = [label for label in row["labels"] if label != -100] if "labels" in row else row["completion_mask"]
+        assert len(row["input_ids"]) <= max_length and any(labels), "every row keeps part of its response"
+    inputs = set()  # each trained row's input, between the template's markers
+    for row in trainer.train_dataset:
+        text = tokenizer.decode(row["input_ids"]).removeprefix(tokenizer.bos_token)
+        if text.startswith("### 指示\n") and "\n### 回答\n" in text:
+            inputs.add(text[len("### 指示\n") : text.index("\n### 回答\n")])
+    for long_row in long_rows:  # the template and the end of the input stay; only the preamble's start goes
+        original = long_row["prompt"].removeprefix(FILLER * 40)
+        cut = [text for text in inputs if long_row["prompt"].endswith(text) and len(original) < len(text)
+               < len(long_row["prompt"])]
+        assert cut, f"no row trained on a left-cut version of {original!r}"
 
 
-def test_training_curves_are_drawn(sft_adapter):
-    png = Path(sft_adapter.path) / "training_curves.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-
+# --- evaluation cadence -----------------------------------------------------------------------------
 
 def with_split(parquet: str, out: Path, validation: float = 0.1) -> str:
     """The curated data with a `split` column as curation writes it: by each row's content hash."""
-    import pyarrow as pa
-
     table = pq.read_table(parquet)
     if "split" in table.column_names:
         table = table.drop_columns(["split"])
@@ -216,71 +247,170 @@ def test_split_rows_follows_the_curated_split_column(tiny, tmp_path):
 def test_sft_evaluates_on_the_validation_rows(tiny, tmp_path):
     dataset = with_split(tiny.sft_data, tmp_path / "split.parquet")
     held = [side for side in pq.read_table(dataset)["split"].to_pylist() if side == "validation"]
-    sft = tiny.section("sft") | {"max_steps": 4, "logging_steps": 2}
-    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, dataset, SEED,
-              str(tmp_path / "adapter"))
-    with open(tmp_path / "adapter" / "training_log.csv", newline="") as handle:
-        evaluated = [row for row in csv.DictReader(handle) if row.get("eval_loss")]
-    assert [int(float(row["step"])) for row in evaluated] == [2, 4]
+    _train(tiny, dataset, tmp_path / "adapter", max_steps=4, logging_steps=2, evaluations=2)
+    assert logged(tmp_path / "adapter", "eval_loss") == [2, 4]
     metadata = read_metadata(tmp_path / "adapter")
     assert metadata["eval_rows"] == len(held) > 0
-    assert metadata["rows"] == pq.read_metadata(dataset).num_rows - len(held)
+    assert metadata["rows_curated"] == pq.read_metadata(dataset).num_rows - len(held)
 
 
-def test_dpo_evaluates_on_the_validation_pairs(tiny, sft_adapter, tmp_path):
+def test_evaluations_per_run_are_bounded_not_tied_to_logging(tiny, tmp_path):
+    _train(tiny, tiny.sft_data, tmp_path / "three", max_steps=20, logging_steps=1, evaluations=3)
+    evaluated = logged(tmp_path / "three", "eval_loss")
+    assert len(logged(tmp_path / "three", "loss")) == 20
+    assert 1 <= len(evaluated) <= 3 and evaluated[-1] == 20
+    _train(tiny, tiny.sft_data, tmp_path / "none", max_steps=3, evaluations=0)
+    assert logged(tmp_path / "none", "eval_loss") == []
+
+
+def test_dpo_evaluates_on_the_validation_pairs_and_plots_its_rewards(tiny, sft_adapter, tmp_path):
+    from tunesmith.curves import plot_curves
+
     dataset = with_split(tiny.preference_data, tmp_path / "split.parquet", validation=0.2)
     held = [side for side in pq.read_table(dataset)["split"].to_pylist() if side == "validation"]
-    dpo = tiny.section("dpo") | {"max_steps": 2, "logging_steps": 2}
+    dpo = tiny.section("dpo") | {"max_steps": 2, "logging_steps": 1, "evaluations": 1}
     train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), dpo, dataset, sft_adapter.path,
               SEED, str(tmp_path / "dpo"))
-    with open(tmp_path / "dpo" / "training_log.csv", newline="") as handle:
-        evaluated = [row for row in csv.DictReader(handle) if row.get("eval_loss")]
-    assert [int(float(row["step"])) for row in evaluated] == [2]
-    assert evaluated[0]["eval_rewards/accuracies"] != ""
+    assert logged(tmp_path / "dpo", "eval_loss") == [2]
+    assert logged(tmp_path / "dpo", "eval_rewards/accuracies") == [2]
+    assert logged(tmp_path / "dpo", "rewards/margins") == [1, 2]
     assert read_metadata(tmp_path / "dpo")["eval_rows"] == len(held) > 0
+    with open(tmp_path / "dpo" / "training_log.csv", newline="") as handle:
+        history = [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(handle)]
+    plotted = plot_curves(history, str(tmp_path / "curves.png"), "dpo")
+    assert {"loss", "rewards/margins", "rewards/accuracies", "eval_rewards/margins",
+            "eval_rewards/accuracies"} <= set(plotted)
+
+
+def test_training_curves_are_drawn(sft_adapter, dpo_adapter):
+    from PIL import Image
+
+    sizes = {}
+    for name, folder in (("sft", sft_adapter.path), ("dpo", dpo_adapter)):
+        png = Path(folder) / "training_curves.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        sizes[name] = Image.open(png).size
+    assert sizes["dpo"][1] > 2 * sizes["sft"][1], "DPO's reward margin and accuracy panels are missing"
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+KILLED_RUN = """
+import json, os, signal, sys
+import transformers
+from tunesmith.train import train_dpo, train_sft
+stage, kill_step, arguments = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+original = transformers.Trainer._save_optimizer_and_scheduler
+
+def die_half_way(self, output_dir):
+    # checkpoint-N holds the adapter by now; its optimizer and trainer state are still to come
+    if output_dir.endswith(f"checkpoint-{kill_step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, output_dir)
+
+transformers.Trainer._save_optimizer_and_scheduler = die_half_way
+(train_sft if stage == "sft" else train_dpo)(**arguments)
+"""
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tiny, sft_adapter, tmp_path, caplog,
+                                                                            stage):
+    """SIGKILL a real run in the middle of writing checkpoint-6; the rerun skips (and removes) it,
+    resumes from checkpoint-4 and ends with the adapter an uninterrupted run writes. For DPO this also
+    shows the frozen SFT adapter stays active after resuming."""
+    import logging
+    import subprocess
+    import sys
+
+    section = tiny.section(stage) | {"max_steps": 8, "save_steps": 2, "logging_steps": 1}
+    out = tmp_path / "adapter"
+    arguments = dict(base_path=tiny.base_dir, base_section=tiny.section("base_model"),
+                     template_section=tiny.section("template"), seed=SEED, out_dir=str(out))
+    if stage == "sft":
+        arguments |= dict(sft=section, dataset_path=tiny.sft_data)
+    else:
+        arguments |= dict(dpo=section, dataset_path=tiny.preference_data, sft_adapter=sft_adapter.path)
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+    process = subprocess.run([sys.executable, str(script), stage, "6", json.dumps(arguments)], capture_output=True,
+                             text=True, timeout=600)
+    assert process.returncode == -9, process.stderr[-3000:]
+    assert not out.exists(), "a killed run must not leave an adapter"
+    (checkpoints,) = Path(f"{out}.checkpoints").iterdir()
+    # The oldest is rotated away only after a checkpoint is complete: 2 and 4 stay beside the broken 6.
+    assert sorted(path.name for path in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4",
+                                                                             "checkpoint-6"]
+    assert not (checkpoints / "checkpoint-6" / "trainer_state.json").exists()
+
+    with caplog.at_level(logging.INFO):
+        (train_sft if stage == "sft" else train_dpo)(**arguments)
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-6" in caplog.text
+    assert f"resuming from {checkpoints / 'checkpoint-4'}" in caplog.text
+    assert logged(out, "loss") == list(range(1, 9)), "the history of the killed run is kept, each step once"
+    assert not Path(f"{out}.checkpoints").exists(), "checkpoints are removed once the adapter is in place"
+
+    uninterrupted = tmp_path / "uninterrupted"
+    (train_sft if stage == "sft" else train_dpo)(**arguments | {"out_dir": str(uninterrupted)})
+    resumed, straight = (load_file(Path(trained_part(folder)) / "adapter_model.safetensors")
+                         for folder in (out, uninterrupted))
+    assert resumed.keys() == straight.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_gives_the_same_adapter_weights(tiny, tmp_path):
+    for name in ("first", "second"):
+        _train(tiny, tiny.sft_data, tmp_path / name)
+    first = load_file(tmp_path / "first" / "adapter_model.safetensors")
+    second = load_file(tmp_path / "second" / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    assert all((first[key] == second[key]).all() for key in first)
 
 
 @pytest.mark.parametrize("strategy", ["wrapped", "bfd"])
 def test_packed_sft_trains(tiny, tmp_path, strategy):
-    sft = tiny.section("sft") | {"packing": True, "packing_strategy": strategy, "max_steps": 2}
-    result = train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
-                       SEED, str(tmp_path / "adapter"))
+    result = _train(tiny, tiny.sft_data, tmp_path / "adapter", packing=True, packing_strategy=strategy, max_steps=2)
     assert result["train_loss"] > 0 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    metadata = read_metadata(tmp_path / "adapter")
+    assert metadata["sequences"] > 0 and metadata["rows"] == metadata["rows_curated"] - sum(
+        metadata["rows_dropped"].values())
 
 
-def test_dpo_can_continue_the_sft_adapter(tiny, sft_adapter, tmp_path):
+def test_dpo_can_continue_the_sft_adapter_and_saves_only_that_adapter(tiny, sft_adapter, tmp_path):
     from peft import PeftModel
-
-    from tunesmith.train import train_dpo
 
     dpo = tiny.section("dpo") | {"start": "continue_sft"}
     train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), dpo, tiny.preference_data,
               sft_adapter.path, SEED, str(tmp_path / "dpo"))
     metadata = read_metadata(tmp_path / "dpo")
     assert metadata["continues"] == sft_adapter.path and "on_top_of" not in metadata
+    folder = tmp_path / "dpo"
+    assert sorted(entry.name for entry in folder.iterdir() if entry.is_dir()) == [], "no ref/ copy, nothing beneath"
     sft_weights = load_file(Path(sft_adapter.path) / "adapter_model.safetensors")
-    dpo_weights = load_file(tmp_path / "dpo" / "adapter_model.safetensors")
+    dpo_weights = load_file(folder / "adapter_model.safetensors")
     assert sft_weights.keys() == dpo_weights.keys(), "the same adapter, trained on"
     assert any(not (sft_weights[key] == dpo_weights[key]).all() for key in sft_weights)
-    base = load_model(tiny.base_dir, tiny.section("base_model"))
-    assert isinstance(PeftModel.from_pretrained(base, str(tmp_path / "dpo")), PeftModel)
+    assert read_config(folder)["r"] == read_config(sft_adapter.path)["r"]
+    assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), str(folder)),
+                      PeftModel)
 
 
-def test_export_writes_a_standalone_merged_model(tiny, sft_adapter, dpo_adapter, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_training_refuses_a_tokenizer_whose_eos_splits_before_loading_the_model(tiny, tmp_path, monkeypatch):
+    import tunesmith.train as train_module
 
-    from tunesmith.model import export_merged
-
-    chain = [sft_adapter.path, dpo_adapter]
-    export_merged(tiny.base_dir, tiny.section("base_model"), chain, str(tmp_path / "merged"))
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    merged = load_model(tiny.base_dir, tiny.section("base_model"), adapters=chain)
-    ids = tokenizer("### 指示\\n3と5を足すと？\\n### 回答\\n", return_tensors="pt").input_ids
-    with torch.no_grad():
-        assert torch.allclose(exported(ids).logits, merged(ids).logits, atol=1e-5)
-    assert not list((tmp_path / "merged").glob("adapter_*")), "no adapter files: a plain model folder"
+    base = tmp_path / "base"
+    shutil.copytree(tiny.base_dir, base)
+    spec = json.loads((base / "tokenizer.json").read_text(encoding="utf-8"))
+    for token in spec["added_tokens"]:
+        if token["content"] == "</s>":
+            token["single_word"] = True  # not matched right after text: "</s>" is encoded as its pieces
+    (base / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    monkeypatch.setattr(train_module, "trainable_model", lambda *args, **kwargs: pytest.fail("loaded a model"))
+    with pytest.raises(ModelError, match="never stops"):
+        train_sft(str(base), tiny.section("base_model"), tiny.section("template"), tiny.section("sft"), tiny.sft_data,
+                  SEED, str(tmp_path / "sft"))
+    assert not (tmp_path / "sft").exists()
 
 
 # --- continued pretraining -------------------------------------------------------------------------
@@ -299,8 +429,7 @@ def test_cpt_trains_an_adapter_on_every_token_of_the_raw_text(tiny, cpt_adapter)
     assert batch["input_ids"].shape == (4, tiny.recipe["continued_pretraining"]["max_length"])
     assert (batch["labels"] != -100).all()
     assert (batch["input_ids"] == trainer.processing_class.eos_token_id).any(), "documents end in EOS"
-    with open(folder / "training_log.csv", newline="") as handle:
-        assert len([row for row in csv.DictReader(handle) if row.get("loss")]) == 3
+    assert len(logged(folder, "loss")) == 3
     assert_no_partial_siblings(folder)
 
 
@@ -313,26 +442,28 @@ def test_cpt_refuses_sources_without_text(tiny, tmp_path):
     assert not (tmp_path / "cpt").exists()
 
 
-def test_sft_trains_on_the_base_merged_with_the_cpt_adapter(tiny, cpt_adapter, tmp_path, monkeypatch):
+def test_sft_and_dpo_train_on_top_of_the_frozen_cpt_adapter(tiny, cpt_adapter, tmp_path, monkeypatch):
     import tunesmith.train as train_module
 
-    loaded = []
-    real_load = train_module.load_model
-    monkeypatch.setattr(train_module, "load_model",
-                        lambda *args, **kwargs: loaded.append(kwargs.get("adapters")) or real_load(*args, **kwargs))
-    sft = tiny.section("sft") | {"max_steps": 2}
-    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data, SEED,
-              str(tmp_path / "sft"), base_adapters=[cpt_adapter.path])
-    assert loaded == [[cpt_adapter.path]]
-    assert read_metadata(tmp_path / "sft")["base_adapters"] == [cpt_adapter.path]
-    assert_lora_trained(str(tmp_path / "sft"))
+    beneath = []
+    real = train_module.trainable_model
+    monkeypatch.setattr(train_module, "trainable_model",
+                        lambda base, section, below, **kwargs: beneath.append(below) or real(base, section, below,
+                                                                                             **kwargs))
+    train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft") | {"max_steps": 2},
+              tiny.sft_data, SEED, str(tmp_path / "sft"), base_adapters=[cpt_adapter.path])
+    assert beneath == [cpt_adapter.path]
+    metadata = read_metadata(tmp_path / "sft")
+    assert metadata["base_adapters"] == [cpt_adapter.path] and metadata["beneath"] == cpt_adapter.path
+    assert [step["stage"] for step in metadata["chain"]] == ["cpt", "sft"]
+    assert read_config(tmp_path / "sft")["r"] == read_config(cpt_adapter.path)["r"] + tiny.recipe["sft"]["lora"]["r"]
+    assert_lora_trained(trained_part(tmp_path / "sft"))
 
-    loaded.clear()
-    dpo = tiny.section("dpo") | {"max_steps": 1}
-    train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), dpo, tiny.preference_data,
-              str(tmp_path / "sft"), SEED, str(tmp_path / "dpo"), base_adapters=[cpt_adapter.path])
-    assert loaded == [[cpt_adapter.path, str(tmp_path / "sft")]], "DPO's model is base + CPT + SFT, in that order"
-    assert read_metadata(tmp_path / "dpo")["base_adapters"] == [cpt_adapter.path]
+    beneath.clear()
+    train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo") | {"max_steps": 1},
+              tiny.preference_data, str(tmp_path / "sft"), SEED, str(tmp_path / "dpo"), base_adapters=[cpt_adapter.path])
+    assert beneath == [str(tmp_path / "sft")], "DPO trains on top of the SFT folder, which holds CPT + SFT"
+    assert [step["stage"] for step in read_metadata(tmp_path / "dpo")["chain"]] == ["cpt", "sft", "dpo"]
 
 
 # --- several processes -----------------------------------------------------------------------------
@@ -344,8 +475,9 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     sft = tiny.section("sft") | {"max_steps": 3, "logging_steps": 1}
     distributed = tiny.section("distributed") | {"processes": 2}
     out = tmp_path / "adapters" / "sft"
-    result = train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), sft, tiny.sft_data,
-                       SEED, str(out), threads=2, distributed=distributed)
+    result = run_distributed(train_sft, distributed, base_path=tiny.base_dir, base_section=tiny.section("base_model"),
+                             template_section=tiny.section("template"), sft=sft, dataset_path=tiny.sft_data,
+                             seed=SEED, out_dir=str(out), threads=2)
     output = capfd.readouterr().err
     for rank in (0, 1):
         assert any(f"[rank {rank}/2]" in line and "sft: " in line for line in output.splitlines()), \
@@ -355,67 +487,37 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     assert metadata["processes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
     assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
     assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
-    with open(out / "training_log.csv", newline="") as handle:
-        assert len([row for row in csv.DictReader(handle) if row.get("loss")]) == 3
+    assert len(logged(out, "loss")) == 3
     assert_lora_trained(str(out))
     assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), out), PeftModel)
 
 
 def test_a_failing_multi_process_run_reports_its_output_and_writes_nothing(tiny, tmp_path):
-    from tunesmith.distributed import DistributedError
+    from tunesmith.launcher import DistributedError
 
     distributed = tiny.section("distributed") | {"processes": 2}
     out = tmp_path / "adapters" / "sft"
     with pytest.raises(DistributedError, match="distributed.processes") as error:
-        train_sft(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"),
-                  str(tmp_path / "no-such.parquet"), SEED, str(out), distributed=distributed)
+        run_distributed(train_sft, distributed, base_path=tiny.base_dir, base_section=tiny.section("base_model"),
+                        template_section=tiny.section("template"), sft=tiny.section("sft"),
+                        dataset_path=str(tmp_path / "no-such.parquet"), seed=SEED, out_dir=str(out))
     assert "no-such.parquet" in str(error.value), "the processes' own error is shown"
     assert not out.parent.exists() or not list(out.parent.iterdir())
-
-
-def test_launch_options_per_strategy(monkeypatch):
-    import importlib.util
-
-    import torch
-
-    from tunesmith.distributed import DistributedError, check_strategy, launch_arguments
-
-    section = {"processes": 4, "strategy": "ddp", "zero_stage": 2}
-    ddp = launch_arguments(section, 29123)
-    assert ddp[0] == "--multi_gpu" and ddp[ddp.index("--num_processes") + 1] == "4"
-    assert ddp[ddp.index("--main_process_port") + 1] == "29123"
-    fsdp = launch_arguments(section | {"strategy": "fsdp"}, 29123)
-    assert "--use_fsdp" in fsdp and fsdp[fsdp.index("--fsdp_version") + 1] == "2"
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
-    with pytest.raises(DistributedError, match="distributed.strategy is 'deepspeed'.*pip install deepspeed"):
-        launch_arguments(section | {"strategy": "deepspeed"}, 29123)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
-    deepspeed = launch_arguments(section | {"strategy": "deepspeed", "zero_stage": 3}, 29123)
-    assert deepspeed[deepspeed.index("--zero_stage") + 1] == "3"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for strategy in ("fsdp", "deepspeed"):
-        with pytest.raises(DistributedError, match=f"distributed.strategy is '{strategy}'.*CUDA"):
-            check_strategy(section | {"strategy": strategy}, {"quantization": "none"})
-    check_strategy(section, {"quantization": "nf4"})
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(DistributedError, match="base_model.quantization"):
-        check_strategy(section | {"strategy": "fsdp"}, {"quantization": "nf4"})
 
 
 def test_deepspeed_without_the_package_stops_before_training(tiny, tmp_path, monkeypatch):
     import importlib.util
 
     import tunesmith.train as train_module
-    from tunesmith.distributed import DistributedError
+    from tunesmith.launcher import DistributedError
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "deepspeed" else real_find_spec(name, *args))
-    monkeypatch.setattr(train_module, "load_model", lambda *args, **kwargs: pytest.fail("loaded a model"))
+    monkeypatch.setattr(train_module, "trainable_model", lambda *args, **kwargs: pytest.fail("loaded a model"))
     distributed = {"processes": 2, "strategy": "deepspeed", "zero_stage": 2}
     with pytest.raises(DistributedError, match="deepspeed"):
-        train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo"),
-                  tiny.preference_data, "sft", SEED, str(tmp_path / "dpo"), distributed=distributed)
+        run_distributed(train_dpo, distributed, base_path=tiny.base_dir, base_section=tiny.section("base_model"),
+                        template_section=tiny.section("template"), dpo=tiny.section("dpo"),
+                        dataset_path=tiny.preference_data, sft_adapter="sft", seed=SEED, out_dir=str(tmp_path / "dpo"))
     assert not list(tmp_path.iterdir())

@@ -1,10 +1,12 @@
 """The Snakemake DAG itself: planning, recipe errors at the command line, and one real end-to-end run."""
 
+import copy
 import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -33,17 +35,17 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 def test_default_recipe_plans_every_stage(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
-    result = snakemake("-n", "--directory", tmp_path, "--configfile", REPO / "recipes/default.yaml")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0, result.stderr
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
     }
 
 
 def test_competition_recipe_plans_without_building_a_base_model(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
-    result = snakemake("-n", "--directory", tmp_path, "--configfile", REPO / "recipes/llm-jp-3-13b-qlora.yaml")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     assert "pretrain_base" not in jobs and "train_tokenizer" not in jobs
@@ -54,11 +56,11 @@ def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
     recipe = tmp_path / "typo.yaml"
     recipe.write_text((REPO / "recipes/default.yaml").read_text().replace("beta: 0.1", "betta: 0.1"))
-    result = snakemake("-n", "--directory", tmp_path, "--configfile", recipe)
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "typo.yaml is not a valid tunesmith recipe" in output
-    assert "dpo: Additional properties are not allowed ('betta' was unexpected)" in output
+    assert "dpo: unknown key(s) 'betta'" in output
     assert "Traceback" not in output
     assert not (tmp_path / "results").exists()
 
@@ -68,9 +70,9 @@ def default_run(tmp_path_factory):
     """The user's command on the embedded default recipe, in a fresh working directory."""
     work = tmp_path_factory.mktemp("default_run")
     (work / "data").symlink_to(REPO / "data")
-    # Targets first: --configfile and --resources each take several values.
-    result = snakemake("submission.jsonl", "--directory", work, "--configfile", REPO / "recipes/default.yaml",
-                       "--cores", "1", "--resources", "gpu=1")
+    # Targets first: --config and --resources each take several values.
+    result = snakemake("submission.jsonl", "results/eval.json", "--directory", work,
+                       "--config", f"recipe={REPO / 'recipes/default.yaml'}", "--cores", "1", "--resources", "gpu=1")
     assert result.returncode == 0, result.stderr[-5000:]
     return work
 
@@ -123,14 +125,48 @@ def test_every_job_logged_and_adapters_load(default_run):
     for stage in ("sft", "dpo"):
         adapter = one(default_run, f"results/{stage}/*/adapter")
         assert PeftConfig.from_pretrained(adapter).peft_type == "LORA"
-        assert json.loads((adapter / "tunesmith.json").read_text())["stage"] == stage
+        metadata = json.loads((adapter / "tunesmith.json").read_text())
+        assert metadata["stage"] == stage and [step["stage"] for step in metadata["chain"]][-1] == stage
+        assert metadata["rows"] + sum(metadata["rows_dropped"].values()) == metadata["rows_curated"] > 0
+    assert (one(default_run, "results/dpo/*/adapter") / "trained" / "adapter_model.safetensors").is_file()
     assert not list(default_run.rglob("*.partial")), "an atomic write left a temporary file behind"
+
+
+@pytest.mark.e2e
+def test_the_dpo_adapter_loads_standalone_from_elsewhere_and_reproduces_our_greedy_answers(default_run, tmp_path,
+                                                                                          monkeypatch):
+    """What a user does with results/dpo/<key>/adapter: the standard peft API, from another folder."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from tunesmith.recipe import load_recipe
+    from tunesmith.template import PromptTemplate
+
+    adapter = one(default_run, "results/dpo/*/adapter").resolve()
+    rows = [json.loads(line) for line in one(default_run, "results/generations/*/dpo.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    monkeypatch.chdir(tmp_path)  # nothing relative to the workflow folder may be needed
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model.peft_config["default"].base_model_name_or_path)
+    recipe = load_recipe(REPO / "recipes/default.yaml")
+    template = PromptTemplate(recipe["template"])
+    tasks = {task.task_id: task for task in read_tasks(REPO / "data/tasks.jsonl")}
+    assert recipe["generate"]["repetition_penalty"] == 1.0 and not recipe["generate"]["do_sample"]
+    for row in rows:
+        encoded = tokenizer(template.render_prompt(tasks[row["task_id"]].prompt_text, tokenizer), return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**encoded, max_new_tokens=recipe["generate"]["max_new_tokens"], do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        answer = tokenizer.decode(output[0, encoded.input_ids.shape[1]:], skip_special_tokens=True)
+        assert answer == row["attempts"][0]["raw_output"], row["task_id"]  # the first attempt is the greedy one
+    assert len({row["attempts"][0]["raw_output"] for row in rows}) > 5, "answers that do not depend on the task"
 
 
 @pytest.mark.e2e
 def test_a_finished_run_is_up_to_date(default_run):
     result = snakemake("submission.jsonl", "-n", "--directory", default_run,
-                       "--configfile", REPO / "recipes/default.yaml")
+                       "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -144,17 +180,16 @@ def edited_recipe(directory, old, new):
     return path
 
 
+# `snakemake submission.jsonl` builds the submitted stage's chain only; scores are a separate target.
 RERUNS = [
     ("comment only", "# The embedded default", "# The embedded, edited default", {}),
-    ("dpo.beta", "beta: 0.1", "beta: 0.2",
-     {"train_dpo": 1, "generate_answers": 1, "evaluate_stages": 1, "write_submission": 1}),
+    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
     ("generate.max_new_tokens", "max_new_tokens: 32", "max_new_tokens: 24",
-     {"generate_answers": 3, "evaluate_stages": 1, "write_submission": 1}),
+     {"generate_answers": 1, "write_submission": 1}),
     ("curate.max_prompt_chars", "curate:\n", "curate:\n  max_prompt_chars: 1000\n",
-     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 2, "evaluate_stages": 1,
-      "write_submission": 1}),
+     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
     ("sft.learning_rate", "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler",
-     {"train_sft": 1, "train_dpo": 1, "generate_answers": 2, "evaluate_stages": 1, "write_submission": 1}),
+     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
 ]
 
 
@@ -162,12 +197,78 @@ RERUNS = [
 @pytest.mark.parametrize("edit,old,new,expected", RERUNS, ids=[edit for edit, *_ in RERUNS])
 def test_an_edit_reruns_exactly_what_depends_on_it(default_run, tmp_path, edit, old, new, expected):
     recipe = edited_recipe(tmp_path, old, new)
-    result = snakemake("submission.jsonl", "-n", "--directory", default_run, "--configfile", recipe)
+    result = snakemake("submission.jsonl", "-n", "--directory", default_run, "--config", f"recipe={recipe}")
     assert result.returncode == 0, result.stderr
     if not expected:
         assert "Nothing to be done" in result.stdout + result.stderr
     else:
         assert planned_jobs(result.stdout) == expected
+
+
+@pytest.mark.e2e
+def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
+    """The stage table declares no key its code ignores (reading an undeclared key fails the job)."""
+    from tunesmith import plan
+    from tunesmith.recipe import load_recipe
+
+    steps = {step.key: step for step in plan.steps(load_recipe(REPO / "recipes/default.yaml")).values()}
+    checked = set()
+    for path in default_run.glob("results/**/*.manifest.json"):
+        match = re.search(r"results/[^/]+/([0-9a-f]{12})", str(path.relative_to(default_run)))
+        if not match or match[1] not in steps:
+            continue
+        step = steps[match[1]]
+        read = set(json.loads(path.read_text(encoding="utf-8"))["settings_read"])
+        unread = plan.leaf_keys(step.settings, list(step.settings)) - read
+        assert not unread, f"{step.stage} declares keys it never reads: {sorted(unread)}"
+        checked.add(step.stage)
+    assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
+                       "generate_base", "generate_sft", "generate_dpo"}
+
+
+STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stage", ["tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "curate_preference",
+                                   "sft", "dpo", "generate_base", "generate_sft", "generate_dpo"])
+def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run, tmp_path, stage):
+    """Every recipe key that neither the stage nor anything upstream of it reads, changed at once (where
+    the recipe stays valid): a dry run on the finished default run plans no job of that stage."""
+    import yaml
+
+    from stage_keys import alternatives, downstream_of, get, put
+    from tunesmith import plan
+    from tunesmith.recipe import RecipeError, validate_recipe
+
+    recipe = yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8"))
+    filled = validate_recipe(yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8")))
+    steps = plan.steps(filled)
+    upstream = {name for name in steps if stage in downstream_of(steps, {name})}
+    read = set().union(*(plan.leaf_keys(filled, steps[name].reads) for name in upstream))
+    changed = []
+    for dotted in sorted(plan.leaf_keys(filled, [key for key in filled if key != "sweep"]) - read):
+        if dotted.startswith(STRUCTURAL):
+            continue
+        for value in alternatives(dotted, get(filled, dotted)):
+            candidate = put(copy.deepcopy(recipe), dotted, value)
+            try:
+                validate_recipe(copy.deepcopy(candidate))
+            except RecipeError:
+                continue  # another key forbids this value (e.g. heads must divide the width)
+            recipe = candidate
+            changed.append(dotted)
+            break
+    assert len(changed) > 20, changed
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    result = snakemake("-n", "--directory", default_run, "--config", f"recipe={edited}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from tunesmith.explain import planned_jobs as parsed
+
+    key = steps[stage].key
+    rerun = [job.rule for job in parsed(result.stdout) if any(key in output for output in job.outputs)]
+    assert not rerun, f"changing {changed} reruns {stage}"
 
 
 @pytest.mark.e2e
@@ -209,7 +310,7 @@ def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
 def test_disabled_dpo_submits_the_sft_answers(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
     recipe = edited_recipe(tmp_path, "dpo:\n  enabled: true", "dpo:\n  enabled: false")
-    result = snakemake("-n", "--directory", tmp_path, "--configfile", recipe)
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     assert "train_dpo" not in jobs and jobs["generate_answers"] == 2
@@ -219,7 +320,7 @@ def test_disabled_dpo_submits_the_sft_answers(tmp_path):
 def test_export_plans_a_merged_model_of_the_dpo_chain(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
     result = snakemake("results/export/dpo", "-n", "--directory", tmp_path,
-                       "--configfile", REPO / "recipes/default.yaml")
+                       "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     assert jobs["export_model"] == 1 and jobs["train_dpo"] == 1 and "write_submission" not in jobs
@@ -241,12 +342,12 @@ def sweep_recipe(directory):
 
 def test_a_sweep_builds_shared_upstream_once(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
-    result = snakemake("-n", "--directory", tmp_path, "--configfile", sweep_recipe(tmp_path))
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={sweep_recipe(tmp_path)}")
     assert result.returncode == 0, result.stderr
     # Four variants and the recipe itself: curation, the base model and SFT once; DPO once per beta;
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
         "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1,
         "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1,
     }
@@ -257,11 +358,11 @@ def test_a_misspelt_sweep_key_names_the_variant(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
     recipe = sweep_recipe(tmp_path)
     recipe.write_text(recipe.read_text().replace("dpo.beta:", "dpo.betta:"))
-    result = snakemake("-n", "--directory", tmp_path, "--configfile", recipe)
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output
     assert "sweep variant dpo.betta=0.1,generate.repetition_penalty=1.0" in output
-    assert "'betta' was unexpected" in output
+    assert "'betta' is not a key of 'dpo'" in output
 
 
 def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
@@ -287,13 +388,13 @@ def test_recipes_that_differ_downstream_share_upstream_artifacts(default_run, tm
     work = tmp_path / "run"
     shutil.copytree(default_run, work, symlinks=True)
     beta = edited_recipe(tmp_path, "beta: 0.1", "beta: 0.2")
-    built = snakemake("submission.jsonl", "--directory", work, "--configfile", beta, "--cores", "1",
+    built = snakemake("submission.jsonl", "--directory", work, "--config", f"recipe={beta}", "--cores", "1",
                       "--resources", "gpu=1")
     assert built.returncode == 0, built.stderr[-5000:]
     assert len(list(work.glob("results/dpo/*/adapter"))) == 2
     assert len(list(work.glob("results/sft/*/adapter"))) == 1, "the second recipe trained SFT again"
-    back = snakemake("submission.jsonl", "-n", "--directory", work, "--configfile", REPO / "recipes/default.yaml")
-    assert planned_jobs(back.stdout) == {"evaluate_stages": 1, "write_submission": 1}
+    back = snakemake("submission.jsonl", "-n", "--directory", work, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
+    assert planned_jobs(back.stdout) == {"write_submission": 1}
 
 
 @pytest.mark.e2e
@@ -301,29 +402,29 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     from tunesmith.cli import main
 
     assert main(["explain", "submission.jsonl", "--directory", str(default_run),
-                 "--configfile", str(REPO / "recipes/default.yaml")]) == 0
+                 "--recipe", str(REPO / "recipes/default.yaml"), "--snakefile", str(REPO / "Snakefile")]) == 0
     from tunesmith.explain import explain
 
-    assert explain(REPO / "recipes/default.yaml", ["submission.jsonl"], root=default_run) == [
+    assert explain(REPO / "recipes/default.yaml", ["submission.jsonl"], root=default_run, snakefile=REPO / "Snakefile") == [
         "Nothing to rebuild: every target is up to date."]
     lines = explain(edited_recipe(tmp_path, "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler"),
-                    ["submission.jsonl"], root=default_run)
+                    ["submission.jsonl"], root=default_run, snakefile=REPO / "Snakefile")
     text = "\n".join(lines)
     sft = text.split("train_sft: ")[1].split("\n", 3)
     assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
     dpo = text.split("train_dpo: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
-    assert lines[-1] == "6 jobs would run."
+    assert lines[-1] == "4 jobs would run."  # sft, dpo, the dpo answers, the submission
 
 
 @pytest.mark.e2e
 def test_the_report_holds_cards_curves_scores_and_manifests(default_run):
     built = snakemake("results/lineage.txt", "--directory", default_run, "--cores", "1",
-                      "--configfile", REPO / "recipes/default.yaml")
+                      "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert built.returncode == 0, built.stderr[-3000:]
     assert "submission.jsonl" in (default_run / "results/lineage.txt").read_text()
     result = snakemake("--report", "report.html", "--cores", "1", "--directory", default_run,
-                       "--configfile", REPO / "recipes/default.yaml")
+                       "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (default_run / "report.html").read_text(encoding="utf-8")
     for section in ("Data cards", "Training curves", "Evaluation", "Manifests"):
@@ -336,7 +437,7 @@ def test_the_report_holds_cards_curves_scores_and_manifests(default_run):
 def test_two_clean_runs_are_byte_identical(default_run, tmp_path_factory):
     work = tmp_path_factory.mktemp("second_run")
     (work / "data").symlink_to(REPO / "data")
-    result = snakemake("submission.jsonl", "--directory", work, "--configfile", REPO / "recipes/default.yaml",
+    result = snakemake("submission.jsonl", "--directory", work, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
                        "--cores", "1", "--resources", "gpu=1")
     assert result.returncode == 0, result.stderr[-5000:]
     compared = ["submission.jsonl", "results/curated/*/sft.parquet", "results/curated/*/preference.parquet",
@@ -356,21 +457,21 @@ def test_changing_a_stage_script_reruns_that_stage(default_run, tmp_path):
     script = workflow / "scripts/train_dpo.py"
     script.write_text(script.read_text().replace("log_to(snakemake.log[0])", "log_to(snakemake.log[0])  # edited"))
     command = [sys.executable, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "submission.jsonl", "-n",
-               "--directory", str(default_run), "--configfile", str(REPO / "recipes/default.yaml")]
+               "--directory", str(default_run), "--config", f"recipe={REPO / 'recipes/default.yaml'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "evaluate_stages": 1,
-                                           "write_submission": 1}
+    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}
 
 
 def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
     recipe = tmp_path / "cpt.yaml"
     recipe.write_text((REPO / "recipes/default.yaml").read_text() + "\ncontinued_pretraining:\n  enabled: true\n")
-    result = snakemake("submission.jsonl", "-n", "--directory", tmp_path, "--configfile", recipe)
+    result = snakemake("submission.jsonl", "-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
-    assert jobs["train_cpt"] == 1 and jobs["train_sft"] == 1 and jobs["generate_answers"] == 3
+    # the submission answers with its own stage only: the other stages' answers are for the scores
+    assert jobs["train_cpt"] == 1 and jobs["train_sft"] == 1 and jobs["generate_answers"] == 1
     sft_inputs = result.stdout.split("rule train_sft:")[1].split("output:")[0]
     assert re.search(r"results/cpt/[0-9a-f]{12}/adapter", sft_inputs), sft_inputs
 
@@ -380,11 +481,11 @@ def test_the_shipped_sweep_builds_every_variant_and_a_leaderboard(default_run, t
     """recipes/sweep.yaml beside a finished default run: only what the variants change is built."""
     work = tmp_path / "run"
     shutil.copytree(default_run, work, symlinks=True)
-    plan_only = snakemake("-n", "--directory", work, "--configfile", REPO / "recipes/sweep.yaml")
+    plan_only = snakemake("-n", "--directory", work, "--config", f"recipe={REPO / 'recipes/sweep.yaml'}")
     jobs = planned_jobs(plan_only.stdout)
     assert not {"ingest_source", "curate_data", "pretrain_base", "train_sft"} & set(jobs), jobs
     assert jobs["train_dpo"] == 1 and jobs["generate_answers"] == 5 and jobs["rank_variants"] == 1
-    built = snakemake("--directory", work, "--configfile", REPO / "recipes/sweep.yaml", "--cores", "1",
+    built = snakemake("--directory", work, "--config", f"recipe={REPO / 'recipes/sweep.yaml'}", "--cores", "1",
                       "--resources", "gpu=1")
     assert built.returncode == 0, built.stderr[-5000:]
     board = json.loads((work / "results/sweep/leaderboard.json").read_text())
@@ -399,3 +500,90 @@ def test_the_shipped_sweep_builds_every_variant_and_a_leaderboard(default_run, t
     same_as_recipe = work / "results/sweep/dpo.beta=0.1,generate.repetition_penalty=1.0/submission.jsonl"
     assert same_as_recipe.read_bytes() == (work / "submission.jsonl").read_bytes()
     assert "Sweep leaderboard" in built.stdout + built.stderr
+
+
+# ---- the judge (issue 10) ----------------------------------------------------------------------
+
+def judge_recipe(directory, url="http://127.0.0.1:9/v1", model="judge-model", references="null", extra=""):
+    """The default recipe with an OpenAI-compatible judge and the given references (null: none)."""
+    text = (REPO / "recipes/default.yaml").read_text(encoding="utf-8")
+    text = text.replace("references: data/references.jsonl", f"references: {references}")
+    text += (f"\njudge:\n  backend: openai\n  max_new_tokens: 16\n  parse_retries: 1\n"
+             f"  openai:\n    base_url: {url}\n    model: {model}\n    concurrency: 4\n{extra}")
+    path = directory / "judged.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_submission_does_not_wait_for_the_scores(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "-n", "--directory", tmp_path, "--config", f"recipe={judge_recipe(tmp_path)}")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result.stdout)
+    assert "evaluate_stages" not in jobs and "judge_answers" not in jobs and jobs["generate_answers"] == 1
+    everything = planned_jobs(snakemake("-n", "--directory", tmp_path, "--config", f"recipe={judge_recipe(tmp_path)}").stdout)
+    assert everything["judge_answers"] == 3 and everything["generate_answers"] == 3
+    assert everything["evaluate_stages"] == 1
+
+
+def test_bad_task_side_files_fail_the_dry_run_naming_key_file_and_line(tmp_path):
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / "refs.csv").write_text('input,output,eval_aspect\n"どの課題にもない問題","答え",\n', encoding="utf-8")
+    recipe = judge_recipe(tmp_path, references="refs.csv", extra="  reference_grades: gpt4.jsonl\n")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "tasks.references: refs.csv:2: input 'どの課題にもない問題…' matches no task of the task file" in output
+    assert "judge.reference_grades: gpt4.jsonl: file not found" in output
+    from tunesmith.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)  # the recipe's paths are relative to the working directory
+        assert main(["validate", str(recipe)]) == 1
+
+
+@pytest.mark.e2e
+def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
+    """Beside a finished default run: a recipe with no references and a judge served by `transformers
+    serve` grades the stages' answers (no retraining) and scores them; a judge setting that changes no
+    grade reruns the judge jobs, which the cache answers without a request; and the end-of-run message
+    never passes another recipe's table off as this one's."""
+    from judge_server import build_tiny_judge, serving
+
+    work = tmp_path / "run"
+    shutil.copytree(default_run, work, symlinks=True)
+    model = build_tiny_judge(tmp_path / "judge")
+    # Continuous batching: the server generates the concurrent requests together (2 shared cores).
+    with serving(model, tmp_path / "serve.log", continuous_batching=True) as url:
+        recipe = judge_recipe(tmp_path, url=url, model=model)
+        plan_only = planned_jobs(snakemake("-n", "--directory", work, "--config", f"recipe={recipe}").stdout)
+        assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "trace_lineage": 1, "all": 1}, plan_only
+        built = snakemake("--directory", work, "--config", f"recipe={recipe}", "--cores", "3", "--resources", "gpu=1")
+        assert built.returncode == 0, built.stderr[-5000:]
+        report = json.loads((work / "results/eval.json").read_text(encoding="utf-8"))
+        assert report["references"] is None and list(report["stages"]) == ["base", "sft", "dpo"]
+        for stage, result in report["stages"].items():
+            judge = result["judge"]
+            assert judge["graded"] + judge["unparseable"] == 100, stage
+            assert "chrf" not in result
+        assert "Scores (judge " in built.stdout + built.stderr
+        table = (work / "results/eval.md").read_text(encoding="utf-8")
+        assert "| task | input | base answer | base grade | base reason |" in table
+        assert len(list(work.glob("results/judged/*/*.jsonl.manifest.json"))) == 3
+        faster = judge_recipe(tmp_path, url=url, model=model).read_text().replace("concurrency: 4", "concurrency: 2")
+        recipe.write_text(faster, encoding="utf-8")
+        rerun = snakemake("results/eval.json", "--directory", work, "--config", f"recipe={recipe}", "--cores", "1")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert planned_jobs(rerun.stdout + rerun.stderr)["judge_answers"] == 3
+        logs = [path.read_text() for path in work.glob("logs/judge_answers/*/*.log")]
+        assert sum("100 from the cache, 0 requests sent" in log for log in logs) == 3, logs
+    # The default recipe again, with one job to run: results/eval.json is the judged recipe's.
+    back = snakemake("submission.jsonl", "--forcerun", "write_submission", "--directory", work,
+                     "--config", f"recipe={REPO / 'recipes/default.yaml'}", "--cores", "1")
+    assert "holds the scores of another recipe or of older answers, not shown" in back.stdout + back.stderr
+    assert "| base |" not in back.stdout + back.stderr
+    no_scores = edited_recipe(tmp_path, "references: data/references.jsonl", "references: null")
+    bare = snakemake("submission.jsonl", "--forcerun", "write_submission", "--directory", work,
+                     "--config", f"recipe={no_scores}", "--cores", "1")
+    assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
+    assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr

@@ -92,19 +92,7 @@ def tiny(tmp_path_factory) -> Tiny:
 
 def _recording_trainer(train) -> tuple:
     """Run `train()` with trl's SFTTrainer recording its instance; returns (result, trainer)."""
-    import trl
-
-    trainers = []
-
-    class RecordingSFTTrainer(trl.SFTTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            trainers.append(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trl, "SFTTrainer", RecordingSFTTrainer)
-        result = train()
-    return result, trainers[0]
+    return _recording("SFTTrainer", train)
 
 
 def _train_sft(tiny: Tiny, out_dir: Path) -> SftRun:
@@ -122,12 +110,37 @@ def sft_adapter(tiny, tmp_path_factory) -> SftRun:
     return _once("sft", lambda: _train_sft(tiny, tmp_path_factory.mktemp("adapters") / "sft"))
 
 
-def _train_dpo(tiny: Tiny, sft: SftRun, out_dir: Path) -> str:
+def _recording(trainer_name: str, train) -> tuple:
+    """Run `train()` with trl's `trainer_name` class recording its instance; returns (result, trainer)."""
+    import trl
+
+    trainers = []
+    original = getattr(trl, trainer_name)
+
+    class Recording(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trl, trainer_name, Recording)
+        result = train()
+    return result, trainers[0]
+
+
+@dataclass(frozen=True)
+class DpoRun:
+    path: str
+    trainer: object  # the DPOTrainer that trained it: its datasets hold the reference log-probabilities
+
+
+def _train_dpo(tiny: Tiny, sft: SftRun, out_dir: Path) -> DpoRun:
     from tunesmith.train import train_dpo
 
-    train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo"),
-              tiny.preference_data, sft.path, SEED, str(out_dir))
-    return str(out_dir)
+    _, trainer = _recording("DPOTrainer", lambda: train_dpo(
+        tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo"),
+        tiny.preference_data, sft.path, SEED, str(out_dir)))
+    return DpoRun(str(out_dir), trainer)
 
 
 def _train_cpt(tiny: Tiny, out_dir: Path) -> SftRun:
@@ -146,6 +159,12 @@ def cpt_adapter(tiny, tmp_path_factory) -> SftRun:
 
 
 @pytest.fixture(scope="session")
-def dpo_adapter(tiny, sft_adapter, tmp_path_factory) -> str:
-    """A LoRA DPO adapter trained 3 steps on top of the SFT adapter; returns its folder."""
+def dpo_run(tiny, sft_adapter, tmp_path_factory) -> DpoRun:
+    """A LoRA DPO adapter trained 3 steps on top of the frozen SFT adapter, and its trainer."""
     return _once("dpo", lambda: _train_dpo(tiny, sft_adapter, tmp_path_factory.mktemp("adapters") / "dpo"))
+
+
+@pytest.fixture(scope="session")
+def dpo_adapter(dpo_run) -> str:
+    """The DPO adapter folder (standalone: base + SFT + DPO)."""
+    return dpo_run.path

@@ -1,18 +1,23 @@
 """Atomic outputs: a job that dies half-way never leaves a plausible-looking partial file or folder.
 
-Everything is written under a temporary sibling name and moved into place with one `os.replace`,
-which is atomic on POSIX file systems when both names are in the same directory.
+Everything is written under a temporary sibling name, `.<name>.<random>.partial`, and moved into place
+with one `os.replace`, which is atomic on POSIX file systems when both names are in the same directory.
+A writer killed by a signal cannot delete its temporary sibling; `remove_stale_partials` does, when
+the job that owns the output starts again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+PARTIAL = ".partial"
 
 
 @contextmanager
@@ -21,9 +26,9 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL, dir=final.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=PARTIAL, dir=final.parent)
         os.close(fd)
         tmp = Path(name)
     # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask-based mode.
@@ -41,6 +46,28 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings that killed writers of `final` left, and return them.
+
+    Only for a caller that knows no writer of `final` is running: Snakemake runs one job per output
+    at a time and locks the working directory against a second snakemake, so a job may clear its
+    own outputs' siblings as it starts (`tunesmith.manifest.recorded`).
+    """
+    final = Path(final)
+    # tempfile's random part has no dot, so `.out.jsonl.manifest.json.<random>.partial` (another
+    # output's temporary) is not taken for one of `out.jsonl`.
+    own = re.compile(rf"\.{re.escape(final.name)}\.[^.]+{re.escape(PARTIAL)}")
+    if not final.parent.is_dir():
+        return []
+    stale = [path for path in final.parent.iterdir() if own.fullmatch(path.name)]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:

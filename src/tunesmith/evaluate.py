@@ -1,8 +1,10 @@
-"""Scoring each stage's answers against the reference outputs: exact match and chrF.
+"""Scoring each stage's answers: exact match and chrF against reference outputs, and the judge's grades.
 
-Both metrics compare normalised text, so an answer that differs from the reference only in
-full-width versus half-width forms or spacing is not penalised. chrF works on characters, which
-suits Japanese: it needs no word segmentation.
+Exact match and chrF compare normalised text, so an answer that differs from the reference only in
+full-width versus half-width forms or spacing is not penalised; chrF works on characters, which
+suits Japanese (no word segmentation). Both need references; the judge does not. When a judge is
+configured its mean grade (with a bootstrap interval over tasks) leads the summary and the sweep's
+leaderboard; unparseable judge replies are counted beside it, never averaged in as zeros.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from pathlib import Path
 
 from sacrebleu.metrics import CHRF
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, read_jsonl, write_json
+from tunesmith.judge_stats import agreement, bootstrap_interval, distribution
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.submission import read_generations
-from tunesmith.tasks import read_references, read_task_families
+from tunesmith.tasks import load_references, read_references, read_task_families, read_tasks
+
+SHOWN_CHARACTERS = 80  # per cell of the per-task table; the JSON keeps every character
 
 
 def score(outputs: dict[int, str], references: dict[int, str]) -> dict:
@@ -47,51 +52,191 @@ def score(outputs: dict[int, str], references: dict[int, str]) -> dict:
     }
 
 
-def _markdown_table(stages: dict[str, dict]) -> str:
-    lines = ["| stage | exact match | chrF |", "|:--|--:|--:|"]
-    lines += [f"| {stage} | {result['exact_match']:.1%} | {result['chrf']:.1f} |" for stage, result in stages.items()]
-    return "\n".join(lines) + "\n"
+def judge_score(rows: list[dict], samples: int, confidence: float, seed: int) -> dict:
+    """Mean grade over the graded answers with its bootstrap interval, the distribution, and the
+    count of unparseable replies (left out of the mean and shown beside it)."""
+    grades = [row["grade"] for row in rows if row["grade"] is not None]
+    return {
+        "mean": sum(grades) / len(grades) if grades else None,
+        "interval": bootstrap_interval(grades, samples, confidence, seed),
+        "confidence": confidence,
+        "graded": len(grades),
+        "unparseable": len(rows) - len(grades),
+        "distribution": distribution(grades),
+    }
+
+
+def _cell(text) -> str:
+    text = "" if text is None else " ".join(str(text).split())
+    text = text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "…"
+    return text.replace("|", "\\|")
+
+
+def _number(value, form: str) -> str:
+    return "–" if value is None else format(value, form)
+
+
+def markdown(report: dict) -> str:
+    """The scores table, the grade distribution and agreement, then every task's answers beside their grades."""
+    stages = report["stages"]
+    judged = report["judge"] is not None
+    with_references = report["references"] is not None
+    header, rule = ["stage"], [":--"]
+    if judged:
+        header += ["judge mean (1–5)", f"{report['judge']['confidence']:.0%} interval", "graded", "unparseable",
+                   "1/2/3/4/5"]
+        rule += ["--:"] * 5
+    if with_references:
+        header += ["exact match", "chrF", "tasks with a reference"]
+        rule += ["--:"] * 3
+    lines = []
+    if judged:
+        lines.append(f"Judge: {report['judge']['backend']} {report['judge']['model']}.")
+    if with_references:
+        covered = report["references"]
+        lines.append(f"References: {covered['path']}, covering {covered['covered']} of {covered['tasks']} tasks"
+                     + (f" (none for task {', '.join(map(str, covered['missing']))})." if covered["missing"] else "."))
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    for stage, result in stages.items():
+        cells = [stage]
+        if judged:
+            grades = result["judge"]
+            interval = grades["interval"]
+            cells += [_number(grades["mean"], ".2f"),
+                      "–" if interval is None else f"{interval[0]:.2f}–{interval[1]:.2f}",
+                      str(grades["graded"]), str(grades["unparseable"]),
+                      "/".join(str(grades["distribution"][str(grade)]) for grade in range(1, 6))]
+        if with_references:
+            cells += [f"{result['exact_match']:.1%}", f"{result['chrf']:.1f}", str(result["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.get("agreement"):
+        found = report["agreement"]
+        lines += ["", f"Agreement with {found['path']} on {found['n']} answers: exact {_number(found['exact'], '.1%')}, "
+                  f"within one {_number(found['within_one'], '.1%')}, Spearman {_number(found['spearman'], '.3f')}, "
+                  f"quadratic-weighted kappa {_number(found['quadratic_weighted_kappa'], '.3f')}; "
+                  f"unparseable {found['unparseable']}."]
+    if judged:
+        per_task = report["per_task"]
+        header = ["task", "input"] + [f"{stage} {part}" for stage in stages for part in ("answer", "grade", "reason")]
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["--:", ":--"] + [":--", "--:", ":--"] * len(stages)) + "|"]
+        rows = {stage: {row["task_id"]: row for row in per_task[stage]} for stage in stages}
+        for task_id, text in report["inputs_by_task"].items():
+            cells = [str(task_id), _cell(text)]
+            for stage in stages:
+                row = rows[stage].get(int(task_id), {})
+                grade = row.get("grade")
+                cells += [_cell(row.get("answer")), "unparseable" if row.get("status") == "unparseable" else str(grade),
+                          _cell(row.get("reason"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines).lstrip("\n") + "\n" + _family_table(report) + _preference_table(report)
 
 
 def evaluate(
     generations: dict[str, str | os.PathLike],
-    references_path: str | os.PathLike,
+    references_path: str | os.PathLike | None,
     out_path: str | os.PathLike,
     table_path: str | os.PathLike | None = None,
     tasks_path: str | os.PathLike | None = None,
+    judged: dict[str, str | os.PathLike] | None = None,
+    judged_reference: str | os.PathLike | None = None,
+    judge: dict | None = None,
+    seed: int = 0,
     preferences: dict[str, str | os.PathLike] | None = None,
 ) -> dict:
-    """Score each stage's generations file (stage name → path) and write the results atomically.
+    """Score each stage (stage name → generations path) and write the results atomically.
 
-    Writes `{"stages": {stage: {exact_match, chrf, n}}, "per_task": {stage: [...]}}` to `out_path`,
-    stages in the order given, and a Markdown summary table to `table_path` if one is given. With a
-    `tasks_path` whose tasks carry a `family`, each stage also gets scores per family; `preferences`
-    (stage → the file `tunesmith.preference.score_preferences` wrote) adds each stage's preference
-    accuracy on the held-out pairs.
+    With references: exact match and chrF; with `judged` (stage → judge_answers output) and the
+    recipe's `judge` section: the judge's scores, and with `judged_reference`, its agreement with
+    the reference grades. `out_path` gets `{"stages", "per_task", "references", "judge", "agreement",
+    "inputs"}` (inputs: the files scored, which tell whose scores these are), `table_path` Markdown.
+    With a `tasks_path` whose tasks carry a `family`, each stage also gets scores per family;
+    `preferences` (stage → the file `tunesmith.preference.score_preferences` wrote) adds each stage's
+    preference accuracy on the held-out pairs (report key "preference").
     """
     if not generations:
         raise ValueError("no stages to evaluate")
-    references = read_references(references_path)
+    judged = judged or {}
+    tasks = read_tasks(tasks_path) if tasks_path else None
+    references = None
+    if references_path and tasks is None:  # ids only: nothing to match input text against
+        references = read_references(references_path)
+    elif references_path:
+        loaded = load_references(references_path, tasks)
+        references = {task_id: reference.output for task_id, reference in loaded.by_task.items() if reference.output}
     stages, per_task = {}, {}
-    families = read_task_families(tasks_path) if tasks_path is not None else {}
+    families = read_task_families(tasks_path) if tasks_path else {}
     for stage, path in generations.items():
-        outputs = read_generations(path)
-        result = score(outputs, references)
-        stages[stage] = {"exact_match": result["exact_match"], "chrf": result["chrf"], "n": result["n"]}
-        per_task[stage] = result["per_task"]
-        if families:
-            stages[stage]["families"] = family_scores(outputs, references, families)
-            for task in per_task[stage]:
-                task["family"] = families.get(task["task_id"])
-    report = {"stages": stages, "per_task": per_task}
+        result, rows = {}, {}
+        if references is not None:
+            outputs = read_generations(path)
+            scored = score(outputs, references)
+            result.update(exact_match=scored["exact_match"], chrf=scored["chrf"], n=scored["n"])
+            rows = {row["task_id"]: row for row in scored["per_task"]}
+            if families:
+                result["families"] = family_scores(outputs, references, families)
+                for task_id, row in rows.items():
+                    row["family"] = families.get(task_id)
+        if stage in judged:
+            judge_rows = read_jsonl(judged[stage])
+            result["judge"] = judge_score(judge_rows, judge["bootstrap_samples"], judge["confidence"], seed)
+            for row in judge_rows:
+                rows[row["task_id"]] = {**rows.get(row["task_id"], {"task_id": row["task_id"]}),
+                                        **{key: row[key] for key in ("answer", "grade", "reason", "status")}}
+        stages[stage] = result
+        per_task[stage] = [rows[task_id] for task_id in sorted(rows)]
+    report = {
+        "stages": stages,
+        "per_task": per_task,
+        "references": None if references is None else {
+            "path": os.fspath(references_path), "tasks": len(tasks) if tasks else len(references),
+            "covered": len(references),
+            "missing": sorted(task.task_id for task in tasks or [] if task.task_id not in references)},
+        "judge": None if not judged else {
+            "backend": judge["backend"], "confidence": judge["confidence"],
+            "model": judge["openai"]["model"] if judge["backend"] == "openai" else judge["local"]["path"]},
+        "agreement": None,
+        "inputs_by_task": {task.task_id: task.prompt_text for task in tasks} if tasks else {},
+        "inputs": sorted(map(os.fspath, [*generations.values(), *judged.values(),
+                                         *([judged_reference] if judged_reference else []),
+                                         *(preferences or {}).values()])),
+    }
+    if judged_reference:
+        rows = read_jsonl(judged_reference)
+        found = agreement({row["task_id"]: row["grade"] for row in rows if row["grade"] is not None},
+                          {row["task_id"]: row["reference_grade"] for row in rows})
+        report["agreement"] = {**found, "path": judge["reference_grades"],
+                               "unparseable": sum(row["grade"] is None for row in rows)}
     if preferences:
         report["preference"] = read_preference_scores(preferences)
     write_json(out_path, report)
     if table_path is not None:
         with atomic_path(table_path) as tmp:
-            Path(tmp).write_text(_markdown_table(stages) + _family_table(report) + _preference_table(report),
-                                 encoding="utf-8")
+            Path(tmp).write_text(markdown(report), encoding="utf-8")
     return report
+
+
+def end_of_run_message(scores_path: str | os.PathLike, table_path: str | os.PathLike, expected_inputs: list[str],
+                       configured: str | None) -> str:
+    """What the end of a run says about scores. `configured` names what scores this recipe (None: nothing
+    does); `expected_inputs` are the files its evaluation would score. A table from another recipe or
+    from older answers is never shown as this run's."""
+    target = os.fspath(scores_path)
+    if configured is None:
+        return "No scores: this recipe has no judge (judge.backend) and no references (tasks.references)."
+    if not Path(scores_path).is_file() or not Path(table_path).is_file():
+        return f"No scores yet: `snakemake {target}` grades this recipe's answers ({configured})."
+    written = json.loads(Path(scores_path).read_text(encoding="utf-8")).get("inputs")
+    if written != sorted(map(os.fspath, expected_inputs)):
+        return (f"{target} holds the scores of another recipe or of older answers, not shown; "
+                f"`snakemake {target}` scores this one ({configured}).")
+    return f"Scores ({configured}):\n{Path(table_path).read_text(encoding='utf-8')}"
+
+
+def _ranking_value(stage: dict) -> tuple:
+    judge = stage.get("judge")
+    if judge is not None:
+        return (judge["mean"] if judge["mean"] is not None else float("-inf"), stage.get("chrf", 0.0))
+    return (stage["chrf"], stage["exact_match"])
 
 
 def family_scores(outputs: dict[int, str], references: dict[int, str], families: dict[int, str]) -> dict:
@@ -147,7 +292,8 @@ def leaderboard(
     out_path: str | os.PathLike,
     table_path: str | os.PathLike,
 ) -> list[dict]:
-    """Rank sweep variants by the chrF, then exact match, of the stage each one submits.
+    """Rank sweep variants by the judge's mean grade of the stage each one submits when a judge graded
+    them (chrF breaks ties), else by chrF, then exact match.
 
     `scores` maps variant name → its evaluation file; `overrides` the recipe keys it changes;
     `submitted` the stage it submits. Writes the ranking as JSON and as a Markdown table.
@@ -156,19 +302,31 @@ def leaderboard(
     for name, path in scores.items():
         stages = json.loads(Path(path).read_text(encoding="utf-8"))["stages"]
         stage = submitted[name]
+        judge = stages[stage].get("judge")
         rows.append({"variant": name, "overrides": overrides[name], "stage": stage,
-                     "exact_match": stages[stage]["exact_match"], "chrf": stages[stage]["chrf"],
+                     "judge_mean": judge["mean"] if judge else None,
+                     "judge_interval": judge["interval"] if judge else None,
+                     "exact_match": stages[stage].get("exact_match"), "chrf": stages[stage].get("chrf"),
                      "stages": stages})
-    rows.sort(key=lambda row: (-row["chrf"], -row["exact_match"], row["variant"]))
+    by_judge = all(row["stages"][row["stage"]].get("judge") for row in rows)
+    rows.sort(key=lambda row: (tuple(-value for value in _ranking_value(row["stages"][row["stage"]])), row["variant"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     write_json(out_path, rows)
     keys = sorted({key for row in rows for key in row["overrides"]})
-    lines = ["| rank | " + " | ".join(keys) + " | submitted | exact match | chrF |",
-             "|--:|" + "--|" * len(keys) + ":--|--:|--:|"]
+    has_references = any(row["chrf"] is not None for row in rows)
+    columns = (["judge mean", "interval"] if by_judge else []) + (["exact match", "chrF"] if has_references else [])
+    lines = ["| rank | " + " | ".join(keys) + " | submitted | " + " | ".join(columns) + " |",
+             "|--:|" + "--|" * len(keys) + ":--|" + "--:|" * len(columns)]
     for row in rows:
         values = " | ".join(json.dumps(row["overrides"].get(key), ensure_ascii=False) for key in keys)
-        lines.append(f"| {row['rank']} | {values} | {row['stage']} | {row['exact_match']:.1%} | {row['chrf']:.1f} |")
+        cells = []
+        if by_judge:
+            interval = row["judge_interval"]
+            cells += [_number(row["judge_mean"], ".2f"), "–" if not interval else f"{interval[0]:.2f}–{interval[1]:.2f}"]
+        if has_references:
+            cells += [f"{row['exact_match']:.1%}", f"{row['chrf']:.1f}"]
+        lines.append(f"| {row['rank']} | {values} | {row['stage']} | " + " | ".join(cells) + " |")
     with atomic_path(table_path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return rows

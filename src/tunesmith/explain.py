@@ -16,15 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith import plan
-from tunesmith.manifest import manifest_path
-from tunesmith.recipe import load_recipe
+from tunesmith.manifest import current_manifest
+from tunesmith.recipe import load_recipe, variants
 
-SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes/default.yaml"
 KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
-# Where a step's settings live in the recipe (tunesmith.plan names them after the rule's params).
-RECIPE_PATHS = {"model.": "", "settings.": "curate.", "vocab_size": "base_model.build.vocab_size",
-                "build.": "base_model.build."}
 
 
 @dataclass
@@ -65,13 +60,6 @@ def differences(old, new, path: str = "") -> list[str]:
     return []
 
 
-def recipe_key(path: str) -> str:
-    for prefix, replacement in RECIPE_PATHS.items():
-        if path.startswith(prefix):
-            return replacement + path[len(prefix):]
-    return path
-
-
 def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
     """The newest manifest of the same stage under another key (what this job would replace)."""
     match = KEYED.match(output)
@@ -80,9 +68,8 @@ def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
     found = []
     for folder in (root / match["head"]).glob("*"):
         candidate = f"{match['head']}{folder.name}{match['tail']}"
-        manifest = root / manifest_path(candidate)
-        if folder.name != match["key"] and manifest.is_file():
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = current_manifest(candidate, root) if folder.name != match["key"] else None
+        if data is not None:
             found.append((data["finished"], candidate, data))
     if not found:
         return None
@@ -100,8 +87,9 @@ def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str])
         if previous is None:
             return ["never built with any settings"]
         candidate, manifest = previous
-        changed = [recipe_key(line) for line in differences(
-            {name: manifest["settings"].get(name) for name in step.settings}, step.settings)]
+        # A step's settings are the recipe keys it reads, shaped like the recipe; its rule receives
+        # them as params by section, which is what the manifest recorded.
+        changed = differences({name: manifest["settings"].get(name) for name in step.settings}, step.settings)
         consumed = [f"consumes {path}, which is rebuilt" for path in job.inputs if path in rebuilt]
         return [*changed, *consumed, f"(replaces {candidate} for this recipe; that one stays cached)"]
     found = []
@@ -118,15 +106,19 @@ def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str])
 
 
 def explain(recipe: str | os.PathLike | None = None, targets: list[str] | None = None,
-            root: str | os.PathLike = ".") -> list[str]:
-    """Lines saying which jobs a build of `targets` would run and the recipe keys or files behind each."""
-    root = Path(root)
-    recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
+            root: str | os.PathLike = ".", snakefile: str | os.PathLike = "Snakefile") -> list[str]:
+    """Lines saying which jobs a build of `targets` would run and the recipe keys or files behind each.
+    `root` is the workflow's working directory, `snakefile` the workflow (relative paths from the
+    current directory); the recipe defaults to the workflow's recipes/default.yaml."""
+    root, snakefile = Path(root), Path(snakefile).resolve()
+    if not snakefile.is_file():
+        raise OSError(f"{snakefile}: no Snakefile there; run from the project folder or pass --snakefile")
+    recipe_path = Path(recipe) if recipe else snakefile.parent / "recipes" / "default.yaml"
     config = load_recipe(recipe_path)
-    steps = {step.key: step for name, variant in {"": config, **plan.variants(config, str(recipe_path))}.items()
+    steps = {step.key: step for variant in {"": config, **variants(config, str(recipe_path))}.values()
              for step in plan.steps(variant).values()}
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *(targets or []), "--dry-run",
-               "--directory", str(root), "--configfile", str(recipe_path.resolve())]
+    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), *(targets or []), "--dry-run",
+               "--directory", str(root), "--config", f"recipe={recipe_path.resolve()}"]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"snakemake --dry-run failed:\n{(result.stdout + result.stderr)[-3000:]}")

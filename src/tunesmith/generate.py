@@ -6,6 +6,8 @@ prompts, the stop handling, the guards and the task-order output.
 Prompts are sorted by length and left-padded into batches (one prompt at a time is what makes a
 notebook take 40 minutes); answers are cleaned of template markers, checked by the recipe's guards,
 the failing ones regenerated a bounded number of times, and all are written in task-id order.
+A stage's model is the base with the stage's one standalone adapter folder (`tunesmith.adapters`),
+applied unmerged by both backends.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import re
+import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -28,19 +31,20 @@ from tunesmith.template import PromptTemplate
 log = logging.getLogger(__name__)
 
 
-def check_template(adapters: list[str], template: PromptTemplate, allow_mismatch: bool = False) -> None:
-    """Refuse adapters trained under another template: their answers would be silently worse. The
+def check_template(adapter: str | None, template: PromptTemplate, allow_mismatch: bool = False) -> None:
+    """Refuse an adapter trained under another template: its answers would be silently worse. A
     continued-pretraining adapter saw raw text only, so it has no template to match."""
-    for adapter in adapters:
-        metadata = read_metadata(adapter)
-        if metadata.get("stage") == "cpt":
-            continue
-        trained = metadata.get("template_hash")
-        if trained != template.hash and not allow_mismatch:
-            raise ModelError(
-                f"{adapter} was trained with template {trained}, but the recipe's template is {template.hash}; "
-                "rebuild the adapter or set template.allow_mismatch"
-            )
+    if adapter is None:
+        return
+    metadata = read_metadata(adapter)
+    if metadata.get("stage") == "cpt":
+        return
+    trained = metadata.get("template_hash")
+    if trained != template.hash and not allow_mismatch:
+        raise ModelError(
+            f"{adapter} was trained with template {trained}, but the recipe's template is {template.hash}; "
+            "rebuild the adapter or set template.allow_mismatch"
+        )
 
 
 def cut_at_stop_strings(text: str, stop_strings: list[str]) -> str:
@@ -124,11 +128,9 @@ def vllm_sampling(settings: dict, seed: int) -> dict:
     return sampling
 
 
-def vllm_generator(base_path: str, base_section: dict, adapters: list[str], settings: dict, seed: int,
-                   work_dir: str):
-    """A `generate(prompts, settings, seed)` on a vLLM engine. One adapter is served as a LoRA request;
-    a chain (each adapter trained on the model merged with the ones before it) cannot be, so it is
-    merged on CPU into a temporary model folder in `work_dir`, removed once the engine has loaded it."""
+def vllm_generator(base_path: str, base_section: dict, adapter: str | None, settings: dict, seed: int):
+    """A `generate(prompts, settings, seed)` on a vLLM engine, serving the stage's standalone adapter
+    (its whole chain in one) as a LoRA request on the unmerged base."""
     from vllm import LLM, SamplingParams
 
     quantization = {"none": None, "nf4": "bitsandbytes"}.get(base_section["quantization"], "unsupported")
@@ -136,33 +138,29 @@ def vllm_generator(base_path: str, base_section: dict, adapters: list[str], sett
         raise ModelError(f"generate.backend vllm cannot load base_model.quantization "
                          f"'{base_section['quantization']}'; use nf4 or none, or generate.backend: transformers")
     lora_request, engine = None, {}
-    if len(adapters) == 1:
+    if adapter is not None:
         from vllm.lora.request import LoRARequest
 
-        with open(os.path.join(adapters[0], "adapter_config.json"), encoding="utf-8") as handle:
+        with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as handle:
             rank = json.load(handle)["r"]
-        lora_request = LoRARequest("adapter", 1, adapters[0])
+        fitting = [size for size in VLLM_LORA_RANKS if size >= rank]
+        if not fitting:
+            raise ModelError(f"{adapter} has LoRA rank {rank} (the sum of its chain's ranks), above vLLM's largest "
+                             f"{VLLM_LORA_RANKS[-1]}; lower sft.lora.r / dpo.lora.r or use generate.backend: transformers")
+        lora_request = LoRARequest("adapter", 1, adapter)
         # vLLM accepts only these ranks for its LoRA buffers; the adapter's must fit.
-        engine = dict(enable_lora=True, max_lora_rank=next(size for size in VLLM_LORA_RANKS if size >= rank),
-                      max_loras=1)
-    with tempfile.TemporaryDirectory(prefix=".merged-", dir=work_dir) as scratch:
-        model_path = base_path
-        if len(adapters) > 1:
-            from tunesmith.model import export_merged
-
-            model_path = os.path.join(scratch, "model")
-            export_merged(base_path, base_section, adapters, model_path, on=torch.device("cpu"))
-        llm = LLM(
-            model=model_path,
-            tokenizer=model_path,
-            dtype=base_section["dtype"],
-            quantization=quantization,
-            trust_remote_code=base_section["trust_remote_code"],
-            seed=seed,
-            gpu_memory_utilization=settings["vllm"]["gpu_memory_utilization"],
-            max_model_len=settings["vllm"]["max_model_len"],
-            **engine,
-        )
+        engine = dict(enable_lora=True, max_lora_rank=fitting[0], max_loras=1)
+    llm = LLM(
+        model=base_path,
+        tokenizer=base_path,
+        dtype=base_section["dtype"],
+        quantization=quantization,
+        trust_remote_code=base_section["trust_remote_code"],
+        seed=seed,
+        gpu_memory_utilization=settings["vllm"]["gpu_memory_utilization"],
+        max_model_len=settings["vllm"]["max_model_len"],
+        **engine,
+    )
 
     def generate(prompts: list[str], some_settings: dict, some_seed: int) -> list[str]:
         stop_strings = list(some_settings["stop_strings"])
@@ -176,9 +174,29 @@ def vllm_generator(base_path: str, base_section: dict, adapters: list[str], sett
 
 
 def repeated_ngram_count(text: str, size: int) -> int:
-    """How often the most frequent n-gram of `size` characters occurs, overlaps included."""
-    counts = Counter(text[start : start + size] for start in range(len(text) - size + 1))
+    """How often the most frequent n-gram of `size` characters occurs, overlaps included. N-grams
+    without a letter or digit (a table's |:---:|:---:| rule) do not count."""
+    grams = (text[start : start + size] for start in range(len(text) - size + 1))
+    counts = Counter(gram for gram in grams if _words(gram))
     return max(counts.values(), default=0)
+
+
+# A list item's marker: "1.", "2)", "3、", "(4)", "・", "-", "*", "①".
+_LIST_MARKER = re.compile(r"^\s*(?:[-*・•]|\(?\d+[.)、:：]?\)?|[\u2460-\u2473])\s*")
+_ALLOWED_CONTROLS = "\n\t\r"
+MIN_WORD_SHARE = 0.1  # below this share of letters and digits, an answer is punctuation, not text
+
+
+def _words(text: str) -> list[str]:
+    """Letters and digits: what degenerates, unlike the punctuation and rules of lists and tables."""
+    return [character for character in text if unicodedata.category(character)[0] in "LN"]
+
+
+def repeated_line_count(text: str) -> int:
+    """How often the most frequent line recurs, list markers aside ("1. 東京", "2. 東京"); lines
+    without a letter or digit (a table's |---| rule) do not count."""
+    lines = [_LIST_MARKER.sub("", line).strip() for line in text.splitlines()]
+    return max(Counter(line for line in lines if _words(line)).values(), default=0)
 
 
 def output_problems(text: str, guards: dict) -> list[str]:
@@ -191,74 +209,122 @@ def output_problems(text: str, guards: dict) -> list[str]:
         problems.append("too_short")
     if len(text) > guards["max_chars"]:
         problems.append("too_long")
-    visible = "".join(text.split())
-    if len(visible) >= guards["char_share_min_length"]:
-        if Counter(visible).most_common(1)[0][1] > guards["max_char_share"] * len(visible):
+    if "\ufffd" in text:  # a byte sequence cut mid-character, decoded
+        problems.append("replacement_char")
+    if any(unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS for character in text):
+        problems.append("control_char")
+    words, visible = _words(text), "".join(text.split())
+    if len(words) >= guards["char_share_min_length"]:
+        if Counter(words).most_common(1)[0][1] > guards["max_char_share"] * len(words):
             problems.append("degenerate_char")
+    elif len(visible) >= guards["char_share_min_length"] and len(words) < MIN_WORD_SHARE * len(visible):
+        problems.append("degenerate_char")  # punctuation with hardly a word: 」、、、、、、、、、、
+
     if repeated_ngram_count(text, guards["ngram_size"]) > guards["max_ngram_repeats"]:
         problems.append("repeated_ngram")
+    if repeated_line_count(text) > guards["max_line_repeats"]:
+        problems.append("repeated_line")
     return problems
 
 
 @dataclass(frozen=True)
-class Answer:
+class Attempt:
     raw: str
-    output: str  # cleaned of template markers, as submitted
+    output: str  # cleaned of template markers, as it would be submitted
     problems: list[str]  # the guards' reasons against `output`; empty when it passes
-    regenerated: list[list[str]] = field(default_factory=list)  # the problems of each attempt thrown away
+    seed: int
+    retry: bool  # generated with the guards' retry settings
+
+    def record(self) -> dict:
+        return {"output": self.output, "raw_output": self.raw, "problems": self.problems, "seed": self.seed,
+                "retry": self.retry}
+
+
+@dataclass
+class Answer:
+    """Every attempt at one prompt, and the one submitted."""
+    attempts: list[Attempt] = field(default_factory=list)
+    kept: int = 0
+
+    @property
+    def chosen(self) -> Attempt:
+        return self.attempts[self.kept]
+
+    @property
+    def raw(self) -> str:
+        return self.chosen.raw
+
+    @property
+    def output(self) -> str:
+        return self.chosen.output
+
+    @property
+    def problems(self) -> list[str]:
+        return self.chosen.problems
+
+    @property
+    def regenerated(self) -> list[list[str]]:
+        """The problems of each attempt that was not submitted, in order."""
+        return [attempt.problems for index, attempt in enumerate(self.attempts) if index != self.kept]
+
+    def add(self, attempt: Attempt) -> None:
+        """Record `attempt`; it replaces the kept one only with strictly fewer problems, so a right
+        greedy answer that a guard misjudges is never swapped for a sampled one that is no better."""
+        self.attempts.append(attempt)
+        if len(attempt.problems) < len(self.problems):
+            self.kept = len(self.attempts) - 1
 
 
 def answer_with_guards(generate, prompts: list[str], settings: dict, seed: int, clean) -> list[Answer]:
-    """Answer every prompt, then regenerate only the failing answers, all together, with the guards'
-    retry settings, up to `retries` times; keep the first passing answer, else the last attempt."""
+    """Answer every prompt, then regenerate only the answers that still fail, all together, with the
+    guards' retry settings, up to `retries` times, stopping early once nothing fails."""
     guards = settings["guards"]
 
-    def judged(raw: str) -> Answer:
+    def attempt(raw: str, some_seed: int, retry: bool) -> Attempt:
         output = clean(raw)
-        return Answer(raw, output, output_problems(output, guards))
+        return Attempt(raw, output, output_problems(output, guards), some_seed, retry)
 
-    answers = [judged(raw) for raw in generate(prompts, settings, seed)]
+    answers = [Answer([attempt(raw, seed, False)]) for raw in generate(prompts, settings, seed)]
     retry_settings = {**settings, **guards["retry"]}
-    for attempt in range(1, guards["retries"] + 1):
+    for number in range(1, guards["retries"] + 1):
         failing = [index for index, answer in enumerate(answers) if answer.problems]
         if not failing:
             break
         # Another seed per attempt, so a sampled retry does not repeat the attempt before it.
-        fresh = generate([prompts[index] for index in failing], retry_settings, seed + attempt)
+        fresh = generate([prompts[index] for index in failing], retry_settings, seed + number)
         for index, raw in zip(failing, fresh):
-            before = answers[index]
-            answers[index] = replace(judged(raw), regenerated=before.regenerated + [before.problems])
+            answers[index].add(attempt(raw, seed + number, True))
     return answers
 
 
 def log_guard_summary(answers: list[Answer]) -> None:
-    regenerated = [answer for answer in answers if answer.regenerated]
-    reasons = Counter(reason for answer in regenerated for attempt in answer.regenerated for reason in attempt)
+    retried = [answer for answer in answers if len(answer.attempts) > 1]
+    reasons = Counter(reason for answer in retried for reason in answer.attempts[0].problems)
+    replaced = sum(1 for answer in retried if answer.kept)
     still = Counter(reason for answer in answers for reason in answer.problems)
-    log.info("regenerated %d of %d answers (%s); %d still fail the guards (%s)",
-             len(regenerated), len(answers), dict(reasons) or "none",
-             sum(1 for answer in answers if answer.problems), dict(still) or "none")
+    log.info("regenerated %d of %d answers (first attempts failed for %s); %d replaced by a retry with fewer "
+             "problems; %d still fail the guards (%s)", len(retried), len(answers), dict(reasons) or "nothing",
+             replaced, sum(1 for answer in answers if answer.problems), dict(still) or "none")
 
 
 def generate_answers(
-    base_path: str, base_section: dict, adapters: list[str], template_section: dict, settings: dict,
+    base_path: str, base_section: dict, adapter: str | None, template_section: dict, settings: dict,
     tasks_path: str, seed: int, out_path: str, threads: int = 1,
 ) -> int:
-    """Answer every task with the base model plus the adapter chain (merged in order, or served by
-    vLLM with generate.backend vllm); write JSONL in task-id order."""
+    """Answer every task with the base model and the stage's adapter folder (None for the base
+    itself), unmerged, on transformers or vLLM; write JSONL in task-id order, each row with every
+    attempt the guards asked for and which one was kept."""
     torch.set_num_threads(threads)
     template = PromptTemplate(template_section)
-    check_template(adapters, template, allow_mismatch=template_section["allow_mismatch"])
+    check_template(adapter, template, allow_mismatch=template_section["allow_mismatch"])
     check_backend(settings)
     tasks = read_tasks(tasks_path)
     tokenizer = load_tokenizer(base_path, base_section, padding_side="left")
     prompts = [template.render_prompt(task.prompt_text, tokenizer) for task in tasks]
     if settings["backend"] == "vllm":
-        work_dir = os.path.dirname(os.path.abspath(out_path))
-        os.makedirs(work_dir, exist_ok=True)
-        generate = vllm_generator(base_path, base_section, adapters, settings, seed, work_dir)
+        generate = vllm_generator(base_path, base_section, adapter, settings, seed)
     else:
-        model = load_model(base_path, base_section, adapters=adapters)
+        model = load_model(base_path, base_section, adapter=adapter)
 
         def generate(some_prompts, some_settings, some_seed):
             return generate_batched(model, tokenizer, some_prompts, some_settings, some_seed)
@@ -268,7 +334,8 @@ def generate_answers(
     log_guard_summary(answers)
     rows = (
         {"task_id": task.task_id, "input": task.input, "output": answer.output, "raw_output": answer.raw,
-         "regenerated": answer.regenerated, "problems": answer.problems}
+         "problems": answer.problems, "regenerated": answer.regenerated, "kept_attempt": answer.kept,
+         "attempts": [attempt.record() for attempt in answer.attempts]}
         for task, answer in zip(tasks, answers)
     )
     return write_jsonl(out_path, rows)

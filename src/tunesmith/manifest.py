@@ -3,7 +3,9 @@
 Every job writes `<output>.manifest.json` beside its main output: content hashes of its inputs and
 outputs, the recipe sections it read (and their hash), seed, template hash, package versions, the
 project's git commit, the device, and start/end times. `lineage` walks those files back from the
-submission to the source corpora.
+submission to the source corpora. A manifest whose outputs are gone (deleted by hand, or by Snakemake
+before a rerun that then failed) describes nothing: readers skip it, and a job removes its own old
+manifest as it starts.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, remove_stale_partials, write_json
+from tunesmith.reads import RecordingParams, recording_params
 from tunesmith.recipe import section_hash
+
 
 class LineageError(ValueError):
     """An artifact whose history cannot be traced."""
@@ -80,17 +84,18 @@ def _hashes(paths) -> dict[str, str]:
     return {os.fspath(path): content_hash(path) for path in paths if Path(path).exists()}
 
 
-def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str) -> Path:
+def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: dict, started: str,
+                   settings_read: list[str] | None = None) -> Path:
     """Write the manifest of a finished job beside its first output."""
-    model = settings.get("model") or {}  # what model rules read: base_model, template, seed
-    template = model.get("template")
+    template = settings.get("template")  # model rules receive the recipe's template section
     manifest = {
         "stage": stage,
         "outputs": _hashes(outputs),
         "inputs": _hashes(inputs),
         "settings": settings,
         "settings_hash": section_hash(settings),
-        "seed": model.get("seed", settings.get("seed")),
+        "settings_read": settings_read,  # the keys of `settings` the job looked up (tunesmith.reads)
+        "seed": settings.get("seed"),
         "template_hash": None,
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -109,19 +114,45 @@ def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: 
 
 @contextmanager
 def recorded(job, stage: str):
-    """Around a Snakemake script's work: on success, write the manifest of its outputs."""
+    """Around a Snakemake script's work: first clear what an earlier, killed or failed attempt left beside
+    the job's outputs (temporary `.partial` siblings, the old manifest); on success, write the manifest."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    yield
-    settings = {name: value for name, value in job.params.items()}
-    write_manifest(stage, [os.fspath(p) for p in job.input], [os.fspath(p) for p in job.output], settings, started)
+    outputs = [os.fspath(p) for p in job.output]
+    for output in outputs:
+        remove_stale_partials(output)
+        remove_stale_partials(manifest_path(output))
+    if outputs:
+        manifest_path(outputs[0]).unlink(missing_ok=True)
+    params, read = job.params, set()
+    with recording_params(job, RecordingParams(params, read)):  # which settings the job really looks up
+        yield
+    settings = {name: value for name, value in params.items()}
+    write_manifest(stage, [os.fspath(p) for p in job.input], outputs, settings, started, settings_read=sorted(read))
+
+
+def _is_current(manifest: dict, root: Path) -> bool:
+    """Whether every output the manifest records still exists."""
+    return all((root / output).exists() for output in manifest["outputs"])
+
+
+def current_manifest(output: str | os.PathLike, root: str | os.PathLike = ".") -> dict | None:
+    """The manifest beside `output`, or None when there is none or its outputs are gone."""
+    path = Path(root) / manifest_path(output)
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    return manifest if _is_current(manifest, Path(root)) else None
 
 
 def index_manifests(root: str | os.PathLike = ".") -> dict[str, dict]:
-    """Every manifest the workflow wrote under `root` (top level and results/), by output path."""
+    """Every current manifest the workflow wrote under `root` (top level and results/), by output path."""
+    root = Path(root)
     index = {}
-    found = [*Path(root).glob(f"*{SUFFIX}"), *Path(root).glob(f"results/**/*{SUFFIX}")]
+    found = [*root.glob(f"*{SUFFIX}"), *root.glob(f"results/**/*{SUFFIX}")]
     for path in sorted(found):
         manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not _is_current(manifest, root):
+            continue
         for output in manifest["outputs"]:
             index[os.path.normpath(output)] = manifest
     return index
@@ -156,6 +187,8 @@ def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = "
     the workflow wrote them, relative to its working directory `root`."""
     root = Path(root)
     index = index_manifests(root)
+    if not (root / target).exists():
+        raise LineageError(f"{target}: no such file under {root}")
     if os.path.normpath(target) not in index:
         raise LineageError(f"{target}: no manifest under {root}; was it built by the tunesmith workflow there?")
     lines, seen = [], set()
@@ -164,9 +197,11 @@ def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = "
         key = os.path.normpath(path)
         manifest = index.get(key)
         indent = "  " * depth
+        if not (root / path).exists():
+            lines.append(f"{indent}{path}  [missing]")
+            return
         if manifest is None:
-            digest = content_hash(root / path)[:16] if (root / path).exists() else "missing"
-            lines.append(f"{indent}{path}  [source, sha256 {digest}]")
+            lines.append(f"{indent}{path}  [source, sha256 {content_hash(root / path)[:16]}]")
             return
         lines.append(f"{indent}{path}  [{manifest['stage']}, sha256 {manifest['outputs'].get(path, '')[:16]}]")
         if key in seen:

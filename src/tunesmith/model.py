@@ -1,7 +1,11 @@
-"""Loading a base model, its tokenizer and a chain of LoRA adapters: the one code path every stage uses.
+"""Loading a base model, its tokenizer and LoRA adapters: the one code path every stage uses.
 
-The tiny model the default recipe builds and a hub checkpoint such as llm-jp/llm-jp-3-13b go through
-the same `from_pretrained` calls; only the recipe's `base_model` section differs.
+The tiny model the default recipe builds and a hub checkpoint such as llm-jp/llm-jp-3-13b in 4-bit
+go through the same `from_pretrained` calls; only the recipe's `base_model` section differs.
+Adapters are never merged into the weights a stage runs on (on a 4-bit base a merge re-quantises the
+sum and rounds a realistic update almost entirely away): generation loads one standalone adapter
+folder (`tunesmith.adapters`) unmerged, and training stacks its new adapter on the frozen adapter
+of the stage beneath. Only `export_merged` merges, on CPU and unquantised, where it is exact.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "tunesmith.json"
+TRAINED = "default"  # peft's name for the adapter a stage trains: the trainer saves it at the folder's root
+BENEATH = "beneath"  # the frozen adapter of the stage below
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -30,17 +36,18 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def quantization_config(section: dict):
-    """bitsandbytes settings for QLoRA, or None. Refuses to quantise without CUDA, before loading:
-    bitsandbytes 0.50's CPU path silently yields no LoRA gradients after any eval-mode forward."""
+def quantization_config(section: dict, training: bool = False):
+    """bitsandbytes settings for QLoRA, or None. Training a quantised base is refused without CUDA,
+    before loading: bitsandbytes 0.50's CPU path silently yields no LoRA gradients after any eval-mode
+    forward. Inference on CPU works (and is how the tests see what 4-bit weights do to an adapter)."""
     kind = section["quantization"]
     if kind == "none":
         return None
-    if not torch.cuda.is_available():
+    if training and not torch.cuda.is_available():
         raise ModelError(
-            f"base_model.quantization is '{kind}', which needs a CUDA GPU, and none is present. "
+            f"base_model.quantization is '{kind}', which needs a CUDA GPU to train, and none is present. "
             "Training a bitsandbytes-quantised model on CPU silently produces no LoRA gradients; "
-            "set base_model.quantization: none (and dtype: float32) to run on CPU."
+            "set base_model.quantization: none (and dtype: float32) to train on CPU."
         )
     from transformers import BitsAndBytesConfig
 
@@ -64,13 +71,25 @@ def load_tokenizer(base_path: str, section: dict, padding_side: str = "right"):
     return tokenizer
 
 
-def load_model(base_path: str, section: dict, adapters: list[str] = (), on: torch.device | None = None):
-    """The base model with each adapter of the chain merged in, in order (continued pretraining, SFT,
-    DPO), on this process's device or `on`."""
-    from peft import PeftModel
+def check_eos(tokenizer, base_path: str) -> None:
+    """Refuse to train when EOS written as text (as trl appends it to every completion) does not encode
+    to `eos_token_id`: a model trained on its pieces never learns to stop."""
+    eos = tokenizer.eos_token
+    ids = tokenizer("回答" + eos, add_special_tokens=False)["input_ids"] if eos else []
+    if not eos or tokenizer.eos_token_id is None or ids[-1:] != [tokenizer.eos_token_id]:
+        pieces = tokenizer.convert_ids_to_tokens(ids[-4:]) if ids else []
+        raise ModelError(
+            f"{base_path}: the tokenizer's EOS {eos!r} (id {tokenizer.eos_token_id}) does not encode to its id when "
+            f"appended to text (it becomes {pieces}); training would teach a model that never stops. Use a tokenizer "
+            "whose eos_token is a registered special token (base_model.path)"
+        )
+
+
+def load_base(base_path: str, section: dict, training: bool = False, on: torch.device | None = None):
+    """The base model, quantised as the recipe says, on this process's device or `on`."""
     from transformers import AutoModelForCausalLM
 
-    quantization = quantization_config(section)
+    quantization = quantization_config(section, training=training)
     model = AutoModelForCausalLM.from_pretrained(
         base_path,
         dtype=_DTYPES[section["dtype"]],
@@ -80,26 +99,110 @@ def load_model(base_path: str, section: dict, adapters: list[str] = (), on: torc
     )
     if quantization is None:
         model.to(on or device())
-    for adapter in adapters:
-        log.info("merging adapter %s", adapter)
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 
-def export_merged(base_path: str, section: dict, adapters: list[str], out_dir: str,
-                  on: torch.device | None = None) -> None:
-    """A standalone model folder (safetensors + tokenizer) with the adapter chain merged in, for users
-    who upload a full model (and for vLLM). The base is loaded unquantised (in `dtype`) so the merge
-    is exact."""
+def load_model(base_path: str, section: dict, adapter: str | None = None, on: torch.device | None = None):
+    """A stage's model for inference: the base with the stage's standalone adapter applied unmerged."""
+    from peft import PeftModel
+
+    model = load_base(base_path, section, on=on)
+    if adapter is None:
+        return model.eval()
+    log.info("applying adapter %s (unmerged)", adapter)
+    return PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
+
+
+def trainable_model(base_path: str, section: dict, beneath: str | None, new_adapter=None,
+                    continue_adapter: str | None = None):
+    """The model a stage trains: the base, the frozen adapter `beneath` (the stage below: its standalone
+    folder) if any, and on top the adapter that trains, either new (`new_adapter`, a LoraConfig) or one
+    trained before (`continue_adapter`, a folder). Both adapters are active; only the top one has
+    gradients. It is peft's "default" adapter, so the trainer saves and resumes it alone."""
+    from peft import PeftModel, get_peft_model
+
+    # ZeRO-3 gathers parameters by the dtype of the first one: keep a bf16 base's adapters in bf16.
+    zero3 = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" and section["quantization"] == "none"
+    model = load_base(base_path, section, training=True)
+    if beneath is None:
+        if continue_adapter is not None:
+            return PeftModel.from_pretrained(model, continue_adapter, is_trainable=True,
+                                             autocast_adapter_dtype=not zero3)
+        return get_peft_model(model, new_adapter, autocast_adapter_dtype=not zero3)
+    model = PeftModel.from_pretrained(model, beneath, adapter_name=BENEATH, is_trainable=False,
+                                      autocast_adapter_dtype=not zero3)
+    if continue_adapter is not None:
+        model.load_adapter(continue_adapter, adapter_name=TRAINED, is_trainable=True,
+                           autocast_adapter_dtype=not zero3)
+    else:
+        model.add_adapter(TRAINED, new_adapter, autocast_adapter_dtype=not zero3)
+    activate_stack(model)
+    return model
+
+
+def activate_stack(model) -> None:
+    """Make the frozen adapter beneath and the trained one active together. transformers' resume
+    (`_load_from_checkpoint`) re-activates the trained adapter alone, so training calls this again."""
+    if BENEATH not in model.peft_config:
+        return
+    # The trained adapter first: the trainer treats the first active adapter as the one it trains.
+    model.base_model.set_adapter([TRAINED, BENEATH])
+    model.active_adapter = TRAINED
+    model.set_requires_grad(BENEATH, requires_grad=False)
+    model.set_requires_grad(TRAINED, requires_grad=True)
+
+
+def chat_template(template_section: dict, tokenizer) -> str | None:
+    """A Jinja chat template that renders exactly the text training saw, BOS included, for users of
+    `apply_chat_template(tokenize=True)` (which adds no BOS of its own)."""
+    if template_section["kind"] != "plain":
+        return template_section.get("chat_template") or tokenizer.chat_template
+    before, after = template_section["prompt"].split("{input}", 1)
+    literal = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
+    return (
+        "{{ bos_token }}{% for message in messages %}"
+        f"{{% if message['role'] == 'user' %}}{{{{ {literal(before)} }}}}{{{{ message['content'] }}}}"
+        f"{{{{ {literal(after)} }}}}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
+
+
+def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, template_section: dict) -> None:
+    """A standalone model folder (safetensors, tokenizer with a chat template that reproduces the
+    training prompt, model card) with the stage's adapter merged in, for users who upload a full model.
+    The base is loaded on the CPU, unquantised in the recipe's dtype, so the merge is exact and a 13B
+    model never has to fit a GPU."""
+    from peft import PeftModel
+
     from tunesmith.atomic import atomic_path
 
     unquantised = {**section, "quantization": "none"}
-    model = load_model(base_path, unquantised, adapters=adapters, on=on)
+    model = load_base(base_path, unquantised, on=torch.device("cpu"))
+    model = PeftModel.from_pretrained(model, adapter, torch_device="cpu").merge_and_unload()
     tokenizer = load_tokenizer(base_path, section)
+    tokenizer.chat_template = chat_template(template_section, tokenizer)
+    adapter_metadata = read_metadata(adapter)
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_metadata(tmp, stage="export", base_model=base_path, adapters=list(adapters))
+        (Path(tmp) / "README.md").write_text(model_card(base_path, section, adapter, adapter_metadata,
+                                                        template_section), encoding="utf-8")
+        write_metadata(tmp, stage="export", base_model=base_path, adapter=adapter, dtype=section["dtype"],
+                       chain=adapter_metadata.get("chain", []), template_hash=adapter_metadata.get("template_hash"))
+
+
+def model_card(base_path: str, section: dict, adapter: str, metadata: dict, template_section: dict) -> str:
+    chain = " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in metadata.get("chain", []))
+    prompt = template_section["prompt"] if template_section["kind"] == "plain" else "(the tokenizer's chat template)"
+    return (
+        f"# Fine-tuned {base_path}\n\n"
+        f"Built by tunesmith: the base model `{base_path}` with the adapter chain {chain or adapter} merged in "
+        f"({section['dtype']}, merged on CPU without quantisation).\n\n"
+        f"## Prompt\nThe model was trained on prompts rendered as below; `tokenizer.apply_chat_template("
+        f"messages, add_generation_prompt=True)` reproduces it (BOS included).\n\n```\n{prompt}```\n\n"
+        f"Rows trained: {metadata.get('rows', 'unknown')}; template hash {metadata.get('template_hash')}.\n"
+    )
 
 
 def write_metadata(folder: str | os.PathLike, **fields) -> None:

@@ -11,7 +11,12 @@ import unicodedata
 
 # `_x000D_` is how Excel exports a carriage return; real task files carry it inside inputs.
 _EXCEL_CR = re.compile(r"_x000D_", re.IGNORECASE)
-_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+# Pictographs (Extended_Pictographic, approximated by its blocks) and what may end one before a
+# zero-width joiner: the emoji presentation selector U+FE0F (skin tones lie in the pictograph block).
+EMOJI = "\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u21aa\u231a-\u23ff\u24c2\u25aa-\u27bf\u2934\u2935\u2b05-\u2b55\u3030\u303d\u3297\u3299\U0001F000-\U0001FAFF"
+# Zero-width characters are invisible noise, except the joiner inside an emoji sequence (👩‍👩‍👧‍👦 is one
+# family, not four people): there it is kept.
+_ZERO_WIDTH = re.compile(f"[\u200b\u200c\u2060\ufeff]|(?<![{EMOJI}\ufe0f])\u200d|\u200d(?![{EMOJI}])")
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -19,7 +24,8 @@ _ALL_SPACE = re.compile(r"\s+")
 
 
 def normalize_text(text: str | None) -> str | None:
-    """NFKC, `_x000D_` and CR removed, zero-width characters dropped, runs of spaces folded, trimmed.
+    """NFKC, `_x000D_` and CR removed, zero-width characters dropped (but the joiner inside an emoji
+    sequence), runs of spaces folded, trimmed.
 
     Line breaks are kept (they carry meaning in instructions); more than one blank line is folded.
     """
@@ -73,9 +79,15 @@ def match_keys_of_normalized(texts: list[str | None]) -> list[str | None]:
 
 # ---- the same two functions over Arrow string arrays, vectorised (curation's million rows) --------
 # pyarrow's C++ kernels (utf8proc NFKC, RE2) do each step for a whole array. Their Unicode tables are
-# not Python's, so every character whose result could differ (unassigned in Python's `unicodedata`,
-# or normalised or case-folded differently alone or between combining marks) sends its row to the
-# functions above: the results are exactly theirs.
+# not Python's, so every row holding a character whose result could differ (unassigned in Python's
+# `unicodedata`, or normalised or case-folded differently alone or between combining marks) is
+# redone by the functions above: the results are exactly theirs. Characters are checked as they
+# first appear in the data (a corpus uses a few thousand) and in the common blocks, not all 0x110000.
+
+_WHITESPACE = "".join(chr(point) for point in range(0x3001) if chr(point).isspace())  # none lies higher
+_ZERO_WIDTH_CHARACTERS = "\u200b\u200c\u200d\u2060\ufeff"
+_VERDICTS: dict[int, tuple[bool, bool]] = {}  # code point -> (may normalise differently, may case-fold differently)
+
 
 def _characters_class(code_points) -> str:
     """An RE2 character class of the code points, as ranges."""
@@ -89,47 +101,74 @@ def _characters_class(code_points) -> str:
 
 
 @functools.cache
-def _arrow_tables() -> dict:
+def _patterns() -> dict:
+    points = list(map(ord, _WHITESPACE))
+    return {"horizontal_space": _characters_class(point for point in points if point != 0x0A) + "+",
+            "all_space": _characters_class(points) + "+",
+            "zero_width": _characters_class(map(ord, _ZERO_WIDTH_CHARACTERS.replace("\u200d", ""))),
+            "needs_steps": "(?i:_x000D_)|  |" + _characters_class(set(points + list(map(ord, _ZERO_WIDTH_CHARACTERS)))
+                                                                  - {0x20})}
+
+
+def _verdicts(points) -> None:
+    """Compare Python's and pyarrow's NFKC (alone and between combining marks) and case folding of
+    code points not seen before. By Unicode's stability policy only characters one side has not
+    assigned can differ; private-use characters are the same everywhere. The joiner is Python's
+    alone: whether it stays depends on its neighbours (emoji sequences)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    # By Unicode's stability policy, only characters one side has not assigned can normalise
-    # differently; private-use characters are the same everywhere.
-    unsafe, points = set(), []
-    for point in range(0x110000):
-        category = unicodedata.category(chr(point))
-        if category == "Cn":
-            unsafe.add(point)
-        elif category not in ("Co", "Cs"):
-            points.append(point)
-    characters = [chr(point) for point in points]
-    whitespace = [point for point, character in zip(points, characters) if character.isspace()]
+    new = [point if isinstance(point, int) else ord(point) for point in points]
+    new = [point for point in new if point not in _VERDICTS]
+    if not new:
+        return
+    characters = [chr(point) for point in new]
+    normalise = [unicodedata.category(character) == "Cn" or point == 0x200D for point, character in zip(new, characters)]
     for context in ("{}", "A\u0301{}\u0316"):
         texts = [context.format(character) for character in characters]
-        ours = pc.utf8_normalize(pa.array(texts, pa.string()), form="NFKC").to_pylist()
-        unsafe.update(point for point, text, result in zip(points, texts, ours)
-                      if unicodedata.normalize("NFKC", text) != result)
+        theirs = pc.utf8_normalize(pa.array(texts, pa.string()), form="NFKC").to_pylist()
+        normalise = [flag or unicodedata.normalize("NFKC", text) != result
+                     for flag, text, result in zip(normalise, texts, theirs)]
     lowered = pc.utf8_lower(pa.array(characters, pa.string())).to_pylist()
-    unfoldable = {point for point, character, lower in zip(points, characters, lowered) if character.casefold() != lower}
-    return {"whitespace": "".join(map(chr, whitespace)),
-            "horizontal_space": _characters_class(point for point in whitespace if point != 0x0A) + "+",
-            "all_space": _characters_class(whitespace) + "+",
-            "zero_width": _characters_class(map(ord, "\u200b\u200c\u200d\u2060\ufeff")),
-            "needs_steps": "(?i:_x000D_)|  |" + _characters_class(set(whitespace + list(map(ord, "\u200b\u200c\u200d\u2060\ufeff")))
-                                                                  - {0x20}),
-            "unsafe_normalize": _characters_class(unsafe), "unsafe_fold": _characters_class(unfoldable | unsafe)}
+    for point, character, lower, flag in zip(new, characters, lowered, normalise):
+        category = unicodedata.category(character)
+        flag = flag and category not in ("Co", "Cs")
+        _VERDICTS[point] = (flag, flag or character.casefold() != lower)
 
 
-def _with_python_rows(array, result, unsafe: str, function):
-    """`result`, with the rows of `array` that contain an `unsafe` character computed by `function`."""
+# Verified up front (~0.1 s): Latin, punctuation, kana, common kanji, full-width forms. Other characters
+# are verified when rows holding them first turn up.
+_COMMON_BLOCKS = [(0x00, 0x17F), (0x2000, 0x206F), (0x3000, 0x30FF), (0x4E00, 0x9FFF), (0xFF00, 0xFFEF)]
+
+
+@functools.cache
+def _seeded() -> None:
+    _verdicts([point for low, high in _COMMON_BLOCKS for point in range(low, high + 1)])
+
+
+def _safe_class(which: int) -> str:
+    """An RE2 class matching any character not verified safe for `which` (0: normalise, 1: fold)."""
+    return "[^" + _characters_class(point for point, verdict in _VERDICTS.items() if not verdict[which])[1:]
+
+
+def _with_python_rows(array, result, which: int, function):
+    """`result`, with the rows of `array` holding a character not verified safe computed by `function`
+    (exactly as Python does); the characters of those rows are verified for the next call."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    mask = pc.fill_null(pc.match_substring_regex(array, unsafe), False)
+    _seeded()
+    mask = pc.fill_null(pc.match_substring_regex(array, _safe_class(which)), False)
     if not pc.any(mask).as_py():
         return result
+    known = len(_VERDICTS)
+    _verdicts(sorted(set("".join(array.filter(mask).to_pylist())) - set(map(chr, _VERDICTS)), key=ord))
+    if len(_VERDICTS) > known:  # newly verified characters may clear most of those rows
+        mask = pc.fill_null(pc.match_substring_regex(array, _safe_class(which)), False)
+        if not pc.any(mask).as_py():
+            return result
     redone = [function(text) for text in array.filter(mask).to_pylist()]
-    return pc.replace_with_mask(result, mask, pa.array(redone, pa.string()))
+    return pc.replace_with_mask(result, mask, pa.array(redone, result.type))
 
 
 def _one_chunk(array):
@@ -151,12 +190,12 @@ def _replaced(text, pattern: str, replacement: str):
 def _normalized_after_nfkc(text):
     import pyarrow.compute as pc
 
-    tables = _arrow_tables()
-    text = _replaced(text, tables["zero_width"], "")
+    patterns = _patterns()
+    text = _replaced(text, patterns["zero_width"], "")
     while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
         text = _replaced(text, "(?i)_x000D_", "")
     text = _replaced(text, "\r\n?", "\n")
-    text = _replaced(text, tables["horizontal_space"], " ")
+    text = _replaced(text, patterns["horizontal_space"], " ")
     text = _replaced(text, " ?\n ?", "\n")
     return _replaced(text, "\n{3,}", "\n\n")
 
@@ -165,23 +204,22 @@ def normalize_arrow(array):
     """`normalize_text` of each string of an Arrow string array (nulls stay null)."""
     import pyarrow.compute as pc
 
-    tables = _arrow_tables()
+    patterns = _patterns()
     array = _one_chunk(array)
     text = pc.utf8_normalize(array, form="NFKC")
     # Only rows with a zero-width character, a marker, or whitespace other than single spaces change
     # beyond NFKC and trimming; the steps run on those alone.
-    mask = pc.fill_null(pc.match_substring_regex(text, tables["needs_steps"]), False)
+    mask = pc.fill_null(pc.match_substring_regex(text, patterns["needs_steps"]), False)
     if pc.any(mask).as_py():
         text = pc.replace_with_mask(text, mask, _normalized_after_nfkc(text.filter(mask)))
-    text = pc.utf8_trim(text, characters=tables["whitespace"])
-    return _with_python_rows(array, text, tables["unsafe_normalize"], normalize_text)
+    text = pc.utf8_trim(text, characters=_WHITESPACE)
+    return _with_python_rows(array, text, 0, normalize_text)
 
 
 def match_keys_arrow(array):
     """`match_key` of each string of an Arrow array of already normalised strings (nulls stay null)."""
     import pyarrow.compute as pc
 
-    tables = _arrow_tables()
     array = _one_chunk(array)
-    keys = _replaced(pc.utf8_lower(array), tables["all_space"], "")
-    return _with_python_rows(array, keys, tables["unsafe_fold"], lambda text: _ALL_SPACE.sub("", text.casefold()))
+    keys = _replaced(pc.utf8_lower(array), _patterns()["all_space"], "")
+    return _with_python_rows(array, keys, 1, lambda text: _ALL_SPACE.sub("", text.casefold()))

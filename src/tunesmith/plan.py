@@ -1,36 +1,55 @@
-"""The build plan of a recipe: what each stage reads, the content key it is stored under, and sweeps.
+"""The build plan of a recipe: the stage table, and each stage's settings and content key.
 
-Every stage's artifact lives under a key that hashes the stage's name, the recipe settings it reads
-and the keys of the artifacts it consumes (a Merkle chain). Two recipes, or two sweep variants, that
-agree on everything upstream of a stage therefore name the same upstream paths, and Snakemake builds
-those once; changing a setting changes the key of its stage and of everything downstream only.
+The stage table (`STAGES`) is the one place that says, for every stage: the recipe keys it reads,
+given the recipe's choices (a hub model reads no `base_model.build` key; DPO that continues the SFT
+adapter reads no `dpo.lora`), the stages it consumes, and the folder its artifacts live in. From it:
+- each rule receives exactly those keys, as a subset of the recipe shaped like the recipe
+  (`params.settings`), so the code of a stage cannot read a key the table does not declare;
+- each stage's artifact lives under a key hashing its name, those settings and the keys of the
+  artifacts it consumes (a Merkle chain): recipes and sweep variants that agree on everything a
+  stage depends on share its artifact, and a change to a key reruns exactly the stages that read it
+  and what is downstream of them (a key no stage reads reruns nothing);
+- `tunesmith explain` diffs a stage's settings against the manifest of the artifact it replaces,
+  and the benchmarks find built artifacts, through the same table.
 """
 
 from __future__ import annotations
 
 import copy
-import glob
-import itertools
-import json
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tunesmith.recipe import RecipeError, section_hash, validate_recipe
+from tunesmith.recipe import section_hash
+from tunesmith.fetch import is_local_folder, local_files
+from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
 PREFERENCE_STAGES = ("sft", "dpo")  # the stages whose preference accuracy is compared
+ROLES = ("sft", "preference")
+# What an ingest step reads of its source; style, columns, weight and caps are curation's business.
 INGEST_KEYS = ("id", "path", "format", "role", "split")
-SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
-                  "parquet": (".parquet",)}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A row of the stage table."""
+    folder: str  # results/<folder>/<key>/...
+    reads: object = field(repr=False)  # (recipe, instance) -> the recipe keys read, as dotted paths
+    consumes: object = field(repr=False)  # (recipe, instance) -> {name: step name} of consumed artifacts
+    # (recipe, instance) -> the settings, where they are not simply the keys read (a fetch is keyed on
+    # the model alone, whichever section names it, so a base that also judges is fetched once)
+    shape: object = field(default=None, repr=False)
+    files: object = field(default=None, repr=False)  # (recipe, instance) -> files outside the workflow it reads
 
 
 @dataclass(frozen=True)
 class Step:
-    """One stage of one recipe: the settings its rule gets as params, and the keys it consumes."""
-    stage: str
-    settings: dict
+    """One stage of one recipe: the recipe keys it reads with their values, and the keys it consumes."""
+    stage: str  # the step's name: "sft", "curate_preference", "generate_dpo", "ingest" (per source)...
+    settings: dict  # the recipe restricted to the keys the stage reads
     upstream: dict = field(default_factory=dict)  # name -> key of a consumed artifact
-    files: tuple = ()  # files outside the workflow (sources, task file) it reads
+    files: tuple = ()  # files outside the workflow (the task file) it reads
+    reads: tuple = ()  # the dotted keys behind `settings`
 
     @property
     def key(self) -> str:
@@ -38,29 +57,271 @@ class Step:
                              "files": list(self.files)})[:12]
 
 
-def source_files(path: str, format: str) -> list[str]:
-    """The files a path names: itself, a directory's shards of that format (recursively, hidden
-    files skipped), or a glob's matches (`**` recursive). Sorted, so line order is reproducible."""
-    if format == "hf":
-        return [path]
-    if any(character in path for character in "*?["):
-        return sorted(match for match in glob.glob(path, recursive=True) if Path(match).is_file())
-    folder = Path(path)
-    if folder.is_dir():
-        suffixes = SHARD_SUFFIXES.get(format, ())
-        return sorted(str(file) for file in folder.rglob("*")
-                      if file.is_file() and file.suffix.lower() in suffixes
-                      and not any(part.startswith(".") for part in file.relative_to(folder).parts))
-    return [path] if folder.is_file() else []
+# ---- what each stage reads ------------------------------------------------------------------------
 
+def _model(recipe: dict) -> list[str]:
+    """Loading the base model (tunesmith.model). Which model it is comes from upstream: the built tiny
+    model, or the fetched snapshot of `base_model.path` (the fetch step reads the path and revision)."""
+    section = recipe["base_model"]
+    keys = ["base_model.dtype", "base_model.quantization", "base_model.trust_remote_code"]
+    if section["quantization"] == "nf4":
+        keys.append("base_model.compute_dtype")
+    return keys
+
+
+def _template(recipe: dict, generation: bool = False) -> list[str]:
+    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers."""
+    template = recipe["template"]
+    keys = ["template.kind"] + (["template.prompt"] if template["kind"] == "plain"
+                                else ["template.system", "template.chat_template"])
+    if generation:
+        keys += ["template.stop_markers", "template.allow_mismatch"]
+    return keys
+
+
+def _distributed(recipe: dict) -> list[str]:
+    section = recipe["distributed"]
+    if section["processes"] == 1:
+        return ["distributed.processes"]
+    return ["distributed.processes", "distributed.strategy"] + (
+        ["distributed.zero_stage"] if section["strategy"] == "deepspeed" else [])
+
+
+def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
+    """A training section's keys: everything but the switches that decide whether the stage exists."""
+    values = recipe[section]
+    keys = [f"{section}.{name}" for name in values if name not in ("enabled", "lora", "start")]
+    if lora:
+        keys.append(f"{section}.lora")
+    if "packing" in values and not values["packing"]:
+        keys.remove(f"{section}.packing_strategy")
+    return keys
+
+
+def _sources(recipe: dict, role: str, fields=None) -> list[str]:
+    return [f"sources[{index}]" + (f".{name}" if name else "")
+            for index, source in enumerate(recipe["sources"]) if source["role"] == role
+            for name in (fields or [None])]
+
+
+def _curation(recipe: dict) -> list[str]:
+    settings = recipe["curate"]
+    keys = ["seed", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
+            "curate.max_response_chars", "curate.tokens", "curate.japanese.min_share", "curate.repetition",
+            "curate.block_patterns", "curate.dedup", "curate.near_dedup.enabled", "curate.decontaminate",
+            "curate.validation_fraction", "curate.min_kept_share"]
+    if settings["japanese"]["min_share"] > 0:
+        keys.append("curate.japanese.fields")
+    if settings["near_dedup"]["enabled"]:
+        keys += [f"curate.near_dedup.{name}" for name in settings["near_dedup"] if name != "enabled"]
+    if settings["decontaminate"]:
+        keys.append("curate.decontamination")
+    return keys
+
+
+def _generation(recipe: dict) -> list[str]:
+    settings = recipe["generate"]
+    keys = ["seed", "generate.max_new_tokens", "generate.do_sample", "generate.repetition_penalty",
+            "generate.stop_strings", "generate.backend", "generate.guards.min_chars", "generate.guards.max_chars",
+            "generate.guards.max_char_share", "generate.guards.char_share_min_length", "generate.guards.ngram_size",
+            "generate.guards.max_ngram_repeats", "generate.guards.max_line_repeats", "generate.guards.retries"]
+    if settings["do_sample"]:
+        keys += ["generate.temperature", "generate.top_p"]
+    keys += ["generate.vllm"] if settings["backend"] == "vllm" else ["generate.batch_size"]
+    if settings["guards"]["retries"]:
+        retry = settings["guards"]["retry"]
+        keys += ["generate.guards.retry.do_sample", "generate.guards.retry.repetition_penalty"]
+        keys += ["generate.guards.retry.temperature"] if retry["do_sample"] else []
+        keys += ["generate.top_p"] if retry["do_sample"] and not settings["do_sample"] else []
+    return keys
+
+
+def _judge(recipe: dict) -> list[str]:
+    """What decides a grade: the judge, its prompt, and the task side it is shown. The evaluation's own
+    keys (bootstrap_samples, confidence, reference_grades) are not a judge job's, so changing them
+    regrades nothing."""
+    judge = recipe["judge"]
+    keys = ["seed", "judge.backend", "judge.max_new_tokens", "judge.temperature", "judge.parse_retries",
+            "judge.prompt_template", "tasks.path", "tasks.references"]
+    if judge["backend"] == "openai":
+        return keys + ["judge.openai"]
+    # A local judge model is the fetch_judge snapshot: its path and revision are the fetch's keys.
+    return keys + [f"judge.local.{name}" for name in judge["local"] if name not in ("path", "revision")]
+
+
+def _evaluation(recipe: dict) -> list[str]:
+    """Scoring the compared stages: which they are, the references, and how grades are summarised."""
+    keys = ["seed", "evaluate.stages", "submission.stage", "dpo.enabled", "tasks.path", "tasks.references",
+            "judge.backend"]
+    judge = recipe["judge"]
+    if judge["backend"] != "none":
+        keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
+                 "judge.openai.model" if judge["backend"] == "openai" else "judge.local.path"]
+    return keys
+
+
+def _built_base(recipe: dict) -> dict:
+    """The base model a model stage consumes: the built tiny model, or the fetched snapshot."""
+    return {"base_model": "base_model"} if recipe["base_model"]["path"] is None else {"fetch_base": "fetch_base"}
+
+
+def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
+    """The models the fetch_model stage snapshots, by role: (path, revision). A local judge model
+    (judge.backend transformers or vllm) is fetched the same way as the base."""
+    models = {}
+    if recipe["base_model"]["path"] is not None:
+        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
+    judge = recipe["judge"]
+    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
+        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
+    return models
+
+
+def _fetched(recipe: dict, role: str) -> dict:
+    path, revision = fetched_models(recipe)[role]
+    return {"path": path, "revision": revision}
+
+
+def curation_lengths(settings: dict, role: str) -> dict:
+    """What a curation card measures against (from the curation step's settings): the training stage's
+    max_length, and the tokenizer that counts tokens when curate.tokens.count asks for the base model's."""
+    counted = settings["curate"]["tokens"]["count"] == "base_model" and "base_model" in settings
+    return {"max_length": settings["sft" if role == "sft" else "dpo"]["max_length"],
+            "tokenizer": settings["base_model"]["path"] if counted else None,
+            "trust_remote_code": settings["base_model"]["trust_remote_code"] if counted else False}
+
+
+def _curation_lengths_reads(recipe: dict, role: str) -> list[str]:
+    keys = [f"{'sft' if role == 'sft' else 'dpo'}.max_length"]
+    if recipe["curate"]["tokens"]["count"] == "base_model" and recipe["base_model"]["path"] is not None:
+        keys += ["base_model.path", "base_model.trust_remote_code"]
+    return keys
+
+
+def _beneath(recipe: dict) -> dict:
+    """What SFT and DPO train on top of: the base, and the continued-pretraining adapter if any."""
+    return {**_built_base(recipe), **({"cpt": "cpt"} if recipe["continued_pretraining"]["enabled"] else {})}
+
+
+STAGES = {
+    # A named model (hub id or local folder) is snapshotted once by the fetch_model localrule, where the
+    # network is; every model step consumes the snapshot, never the hub.
+    "fetch": Stage("models", lambda r, role: [f"{'base_model' if role == 'base' else 'judge.local'}.{name}"
+                                              for name in ("path", "revision")], lambda r, _: {},
+                   shape=_fetched, files=lambda r, role: tuple(local_files(_fetched(r, role)["path"]))
+                   if is_local_folder(_fetched(r, role)["path"]) else ()),
+    "tokenizer": Stage("tokenizer", lambda r, _: ["base_model.build.vocab_size",
+                                                  *_sources(r, "pretrain", ["path", "format"])],
+                       lambda r, _: {}),
+    "base_model": Stage("base_model", lambda r, _: [
+        "seed", *(f"base_model.build.{name}" for name in r["base_model"]["build"] if name != "vocab_size"),
+        *_sources(r, "pretrain", ["path", "format"])], lambda r, _: {"tokenizer": "tokenizer"}),
+    "ingest": Stage("ingested", lambda r, index: [f"sources[{index}].{name}" for name in INGEST_KEYS],
+                    lambda r, _: {}),
+    "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
+                    + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
+                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
+    # No template: raw text, so a template edit does not rerun continued pretraining.
+    "cpt": Stage("cpt", lambda r, _: ["seed", *_model(r), *_training(r, "continued_pretraining"), *_distributed(r),
+                                      *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r)),
+    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r), *_training(r, "sft"), *_distributed(r)],
+                 lambda r, _: {**_beneath(r), "dataset": "curate_sft"}),
+    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
+                                      *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
+                 lambda r, _: {**_beneath(r), "dataset": "curate_preference", "sft": "sft"}),
+    "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
+                      + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
+                          name: name for name in adapter_stages(r, stage)}}),
+    # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
+    # (no seed, no generation settings).
+    "preference": Stage("preference", lambda r, _: [*_model(r), *_template(r)], lambda r, stage: {
+        **_built_base(r), **{name: name for name in adapter_stages(r, stage)}, "dataset": "curate_preference"}),
+    # One judge job per scored stage, and `reference` for the answers of judge.reference_grades.
+    "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
+                   lambda r, stage: ({} if stage == "reference" else {"generations": f"generate_{stage}"})
+                   | ({"fetch_judge": "fetch_judge"} if "judge" in fetched_models(r) else {})),
+    # Unkeyed (results/eval.json, submission.jsonl): the recipe's own scores and submission.
+    "evaluate": Stage("", lambda r, _: _evaluation(r), lambda r, _: {
+        **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
+        **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
+        **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {}),
+        **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
+}
+
+
+# ---- picking settings -------------------------------------------------------------------------------
+
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parts(dotted: str) -> list:
+    return [name if name else int(index) for name, index in _PART.findall(dotted)]
+
+
+def pick(recipe: dict, keys) -> dict:
+    """The recipe restricted to `keys` (dotted paths; `sources[2].path` for a list item's key), shaped
+    like the recipe. Of a list, only the picked items are kept, in order: a source's index in the
+    recipe does not matter, its place among the picked ones does."""
+    picked: dict = {}
+    for dotted in keys:
+        parts, value = _parts(dotted), recipe
+        for part in parts:
+            value = value[part]
+        node = picked
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = copy.deepcopy(value)
+    return _as_lists(picked)
+
+
+def _as_lists(node):
+    """Dicts keyed by list indexes (from `pick`) back into lists, in index order."""
+    if not isinstance(node, dict):
+        return node
+    items = {name: _as_lists(value) for name, value in node.items()}
+    if items and all(isinstance(name, int) for name in items):
+        return [items[index] for index in sorted(items)]
+    return items
+
+
+def generic(dotted: str) -> str:
+    """A key with list indexes dropped (`sources[2].path` -> `sources[].path`), as the schema names it."""
+    return re.sub(r"\[\d+\]", "[]", dotted)
+
+
+def leaf_keys(recipe: dict, keys) -> set[str]:
+    """The dotted leaf keys under `keys` (a section stands for every key in it)."""
+    found = set()
+
+    def walk(value, dotted):
+        if isinstance(value, dict) and value and dotted != "sweep.matrix":
+            for name, item in value.items():
+                walk(item, f"{dotted}.{name}" if dotted else name)
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            for index, item in enumerate(value):
+                walk(item, f"{dotted}[{index}]")
+        else:
+            found.add(dotted)
+
+    for dotted in keys:
+        value = recipe
+        for part in _parts(dotted):
+            value = value[part]
+        walk(value, dotted)
+    return found
+
+
+# ---- the plan ---------------------------------------------------------------------------------------
 
 def sources_of(recipe: dict, role: str) -> list[dict]:
     return [source for source in recipe["sources"] if source["role"] == role]
 
 
 def model_stages(recipe: dict) -> list[str]:
-    """Stages whose answers are generated and scored."""
-    return list(MODEL_STAGES) if recipe["dpo"]["enabled"] else ["base", "sft"]
+    """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
+    build order (dpo only when DPO is enabled)."""
+    wanted = {*recipe["evaluate"]["stages"], submitted_stage(recipe)}
+    return [stage for stage in MODEL_STAGES if stage in wanted and (stage != "dpo" or recipe["dpo"]["enabled"])]
 
 
 def submitted_stage(recipe: dict) -> str:
@@ -68,108 +329,71 @@ def submitted_stage(recipe: dict) -> str:
     return "sft" if stage == "dpo" and not recipe["dpo"]["enabled"] else stage
 
 
+def judge_enabled(recipe: dict) -> bool:
+    return recipe["judge"]["backend"] != "none"
+
+
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
-    """The adapters merged, in order, onto the base model to make a stage's model."""
+    """The adapters a stage's model is made of, in training order; the last one's folder holds them
+    all as one standalone adapter (tunesmith.adapters), which is what generation and export load."""
     cpt = ["cpt"] if recipe["continued_pretraining"]["enabled"] else []
     dpo_chain = ["dpo"] if recipe["dpo"]["start"] == "continue_sft" else ["sft", "dpo"]
     return {"base": [], "sft": cpt + ["sft"], "dpo": cpt + dpo_chain}[stage]
 
 
-def steps(recipe: dict) -> dict[str, Step]:
-    """Every stage of a validated recipe, in build order, by name."""
-    plan: dict[str, Step] = {}
-    model = {"base_model": recipe["base_model"], "template": recipe["template"], "seed": recipe["seed"]}
-    tasks = recipe["tasks"]["path"]
-    base = {}
+def _instances(recipe: dict) -> list[tuple[str, str, object]]:
+    """(step name, stage, instance) in build order."""
+    found = [(f"fetch_{role}", "fetch", role) for role in fetched_models(recipe)]
     if recipe["base_model"]["path"] is None:
-        pretrain = sources_of(recipe, "pretrain")
-        plan["tokenizer"] = Step("tokenizer", {"vocab_size": recipe["base_model"]["build"]["vocab_size"],
-                                               "sources": pretrain})
-        plan["base_model"] = Step("base_model", {"build": recipe["base_model"]["build"], "seed": recipe["seed"],
-                                                 "sources": pretrain}, {"tokenizer": plan["tokenizer"].key})
-        base = {"base_model": plan["base_model"].key}
-    below = dict(base)  # what SFT and DPO train on top of: the base, and the CPT adapter if any
+        found += [("tokenizer", "tokenizer", None), ("base_model", "base_model", None)]
     if recipe["continued_pretraining"]["enabled"]:
-        # No template: raw text, so a template edit does not rerun continued pretraining.
-        plan["cpt"] = Step("cpt", {"base_model": recipe["base_model"], "seed": recipe["seed"],
-                                   "continued_pretraining": recipe["continued_pretraining"],
-                                   "distributed": recipe["distributed"], "sources": sources_of(recipe, "pretrain")},
-                           base)
-        below["cpt"] = plan["cpt"].key
-    roles = ["sft", "preference"] if recipe["dpo"]["enabled"] else ["sft"]
-    for role in roles:
-        # One ingest step per source, keyed on its entry alone: editing or adding one source
-        # re-reads that source only.
-        ingested = {}
-        for source in sources_of(recipe, role):
-            name = f"ingest_{source['id']}"
-            # What reading needs; style, columns, weight and caps are curation's business.
-            plan[name] = Step("ingest", {"source": {key: source[key] for key in INGEST_KEYS}})
-            ingested[name] = plan[name].key
-        plan[f"curate_{role}"] = Step(f"curate_{role}", {"sources": sources_of(recipe, role),
-                                                         "settings": recipe["curate"], "seed": recipe["seed"]},
-                                      ingested, files=(tasks,))
-    distributed = recipe["distributed"]
-    plan["sft"] = Step("sft", {"model": model, "sft": recipe["sft"], "distributed": distributed},
-                       {**below, "dataset": plan["curate_sft"].key})
+        found.append(("cpt", "cpt", None))
+    for role in (ROLES if recipe["dpo"]["enabled"] else ("sft",)):
+        found += [(f"ingest_{source['id']}", "ingest", index) for index, source in enumerate(recipe["sources"])
+                  if source["role"] == role]
+        found.append((f"curate_{role}", "curate", role))
+    found.append(("sft", "sft", None))
     if recipe["dpo"]["enabled"]:
-        plan["dpo"] = Step("dpo", {"model": model, "dpo": recipe["dpo"], "distributed": distributed},
-                           {**below, "dataset": plan["curate_preference"].key, "sft": plan["sft"].key})
-    # ---- preference accuracy (issue 13): one step per compared stage, on the held-out preference pairs.
-    # It reads the model and template only (not the seed, nor generation settings).
-    if recipe["dpo"]["enabled"]:
-        scoring = {"model": {"base_model": recipe["base_model"], "template": recipe["template"]}}
-        for stage in PREFERENCE_STAGES:
-            adapters = {name: plan[name].key for name in adapter_stages(recipe, stage)}
-            plan[f"preference_{stage}"] = Step(f"preference_{stage}", scoring,
-                                               {**base, **adapters, "dataset": plan["curate_preference"].key})
-    # ---- end of preference accuracy
-    for stage in model_stages(recipe):
-        adapters = {name: plan[name].key for name in adapter_stages(recipe, stage)}
-        plan[f"generate_{stage}"] = Step(f"generate_{stage}", {"model": model, "generate": recipe["generate"]},
-                                         {**base, **adapters}, files=(tasks,))
+        found.append(("dpo", "dpo", None))
+        # Preference accuracy (issue 13): the compared stages on the held-out preference pairs.
+        found += [(f"preference_{stage}", "preference", stage) for stage in PREFERENCE_STAGES]
+    found += [(f"generate_{stage}", "generate", stage) for stage in model_stages(recipe)]
+    if judge_enabled(recipe):
+        found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]
+        found += [("judge_reference", "judge", "reference")] if recipe["judge"]["reference_grades"] else []
+    found.append(("evaluate", "evaluate", None))
+    return found
+
+
+def steps(recipe: dict) -> dict[str, Step]:
+    """Every stage of a validated recipe, in build order, by step name."""
+    plan: dict[str, Step] = {}
+    for name, stage, instance in _instances(recipe):
+        row = STAGES[stage]
+        reads = tuple(row.reads(recipe, instance))
+        upstream = {consumed: plan[step].key for consumed, step in row.consumes(recipe, instance).items()}
+        files = row.files(recipe, instance) if row.files else tuple(
+            value for value in (recipe["tasks"]["path"], recipe["tasks"]["references"],
+                                recipe["judge"]["prompt_template"], recipe["judge"]["reference_grades"])
+            if value and any(dotted.startswith(("tasks.", "judge.")) and _lookup(recipe, dotted) == value
+                             for dotted in reads))
+        settings = row.shape(recipe, instance) if row.shape else pick(recipe, reads)
+        # Ingest and fetch steps are named by their stage alone: two recipes (or a base that also
+        # judges) naming the same source or model share its step.
+        plan[name] = Step(stage if stage in ("ingest", "fetch") else name, settings, upstream, files, reads)
     return plan
 
 
-def _set(recipe: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    node = recipe
-    for name in parents:
-        if not isinstance(node.get(name), dict):
-            raise RecipeError(f"sweep.matrix: '{dotted}' does not name a recipe key ('{name}' is not a section)")
-        node = node[name]
-    node[last] = copy.deepcopy(value)
+def _lookup(recipe: dict, dotted: str):
+    value = recipe
+    for part in _parts(dotted):
+        value = value[part]
+    return value
 
 
-def variant_name(overrides: dict) -> str:
-    """`dpo.beta=0.2,generate.max_new_tokens=24`: readable, and a safe folder name."""
-    parts = [f"{key}={json.dumps(value, ensure_ascii=False, separators=(',', ':'))}" for key, value in overrides.items()]
-    return ",".join(parts).replace("/", "_").replace('"', "")
-
-
-def combinations(recipe: dict) -> dict[str, dict]:
-    """The sweep's variants as overrides ({dotted key: value}), by variant name."""
-    matrix = recipe["sweep"]["matrix"]
-    found = {}
-    if not matrix:  # the product of no lists is one empty combination, not none
-        return found
-    for values in itertools.product(*matrix.values()):
-        overrides = dict(zip(matrix, values))
-        found[variant_name(overrides)] = overrides
-    return found
-
-
-def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
-    """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
-    validated (a misspelt key is an error naming the variant); empty when there is no sweep."""
-    found = {}
-    for name, overrides in combinations(recipe).items():
-        if not recipe["tasks"]["references"]:
-            raise RecipeError(f"{origin}: sweep.matrix ranks variants by their scores, which needs tasks.references")
-        variant = copy.deepcopy(recipe)
-        variant["sweep"] = {"matrix": {}}
-        for dotted, value in overrides.items():
-            _set(variant, dotted, value)
-        validate_recipe(variant, origin=f"{origin}, sweep variant {name}")
-        found[name] = variant
-    return found
+def folder_of(step: Step) -> str:
+    """results/<folder>/<key>: where a keyed step's artifacts live."""
+    stage = next(name for name in STAGES if step.stage == name or step.stage.startswith(f"{name}_"))
+    if not STAGES[stage].folder:
+        raise ValueError(f"{step.stage} is not stored under a key")
+    return f"results/{STAGES[stage].folder}/{step.key}"

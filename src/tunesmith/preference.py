@@ -103,15 +103,15 @@ def compare_pairs(model, tokenizer, template: PromptTemplate, pairs: list[dict],
 
 
 def score_preferences(
-    base_path: str, base_section: dict, adapters: list[str], template_section: dict, dataset_path: str,
+    base_path: str, base_section: dict, adapter: str | None, template_section: dict, dataset_path: str,
     out_path: str, threads: int = 1,
 ) -> dict:
-    """Preference accuracy of one stage's model (the base with `adapters` merged in order) on the
-    held-out preference pairs; written to `out_path` as JSON."""
+    """Preference accuracy of one stage's model (the base with the stage's standalone adapter folder) on
+    the held-out preference pairs; written to `out_path` as JSON."""
     torch.set_num_threads(threads)
     template = PromptTemplate(template_section)
     tokenizer = load_tokenizer(base_path, base_section)
-    model = load_model(base_path, base_section, adapters=list(adapters))
+    model = load_model(base_path, base_section, adapter=adapter)
     result = compare_pairs(model, tokenizer, template, held_out_pairs(dataset_path))
     log.info("preference accuracy %.3f on %d held-out pairs (mean margin %.2f)", result["accuracy"],
              result["pairs"], result["mean_margin"])

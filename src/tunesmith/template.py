@@ -7,6 +7,7 @@ stage sees exactly one BOS. Chat templates that write `{{ bos_token }}` have it 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tunesmith.recipe import section_hash
@@ -74,15 +75,17 @@ class PromptTemplate:
         return [line.strip() for line in lines if line.strip() and "{input}" not in line]
 
     def clean_output(self, text: str) -> str:
-        """Drop markers the model echoed before its answer, and everything from a marker after it."""
+        """Drop markers the model echoed before its answer, and everything from a marker after it. A
+        marker counts only as a whole word, followed by a space, a line end or the end: an answer that
+        begins with "### 回答例" keeps it."""
         text = text.strip()
-        markers = self.markers()
+        found = [re.compile(re.escape(marker) + r"(?=\s|$)") for marker in self.markers()]
         stripped = True
         while stripped:
             stripped = False
-            for marker in markers:
-                if text.startswith(marker):
-                    text = text[len(marker) :].lstrip()
+            for pattern in found:
+                if match := pattern.match(text):
+                    text = text[match.end() :].lstrip()
                     stripped = True
-        cut = min((text.find(marker) for marker in markers if marker in text), default=len(text))
+        cut = min((match.start() for pattern in found if (match := pattern.search(text))), default=len(text))
         return text[:cut].strip()

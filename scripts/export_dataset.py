@@ -1,0 +1,16 @@
+"""Write a curated dataset in the layouts trl and `datasets` load (split files and a dataset card)."""
+
+from tunesmith.export_data import export_curated
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+
+log_to(snakemake.log[0])
+with recorded(snakemake, f"export_{snakemake.wildcards.role}"):
+    export_curated(
+        kept_path=snakemake.input.kept,
+        data_card_path=snakemake.input.card,
+        role=snakemake.wildcards.role,
+        sources=snakemake.params.sources,
+        curate=snakemake.params.settings,
+        out_dir=snakemake.output.dataset,
+    )

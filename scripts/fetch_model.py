@@ -1,0 +1,15 @@
+"""Snapshot the model a recipe names (hub id at a revision, or a local folder) and record its files."""
+
+from tunesmith.fetch import fetch_model
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "fetch"):
+    fetch_model(
+        path=snakemake.params.path,
+        revision=snakemake.params.revision,
+        out_dir=snakemake.output.model,
+        record_path=snakemake.output.record,
+        key=snakemake.params.recipe_key,
+    )

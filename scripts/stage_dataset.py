@@ -1,0 +1,17 @@
+"""Stage an exported curated dataset with its dataset card: what a push uploads."""
+
+from tunesmith.hub import stage_dataset
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "stage_dataset"):
+    stage_dataset(
+        dataset_dir=snakemake.input.dataset,
+        data_card_path=snakemake.input.card,
+        role=snakemake.wildcards.role,
+        sources=snakemake.params.sources,
+        curate=snakemake.params.settings,
+        publish=snakemake.params.publish,
+        out_dir=snakemake.output.folder,
+    )

@@ -1,0 +1,19 @@
+"""Stage an adapter chain or a merged export with its model card: what a push uploads."""
+
+from tunesmith.hub import stage_model
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+
+log_to(snakemake.log[0])
+with recorded(snakemake, f"stage_{snakemake.wildcards.kind}"):
+    stage_model(
+        kind=snakemake.wildcards.kind,
+        stage=snakemake.wildcards.stage,
+        sources=list(snakemake.input.sources),
+        sections=snakemake.params.sections,
+        data_cards={role: snakemake.input[role] for role in ("sft", "preference") if role in snakemake.input.keys()},
+        scores_path=snakemake.input.scores or None,
+        record_path=snakemake.input.record or None,
+        publish=snakemake.params.publish,
+        out_dir=snakemake.output.folder,
+    )

@@ -1,0 +1,236 @@
+"""What a recipe's sources name, checked before any job reads them.
+
+`source_files` lists the files a source path names (plan and ingest both use it: the workflow's file
+dependencies and the reader see the same list). `resolve_sources` turns recipe entries into checked
+`Source`s. `check_inputs` and `check_settings` are the early checks the recipe validator runs, so
+that `snakemake -n` and `tunesmith validate` report them before any job: each problem starts with the
+recipe key path and names the file; `check_inputs` reads at most one record per source.
+
+This module stays light (no DuckDB or Arrow at import): the workflow imports it to plan the DAG.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.recipe import load_schema
+from tunesmith.styles import STYLE_BY_ROLE, STYLES
+
+SHARD_SUFFIXES = {"jsonl": (".jsonl", ".ndjson"), "json": (".json",), "csv": (".csv", ".tsv"),
+                  "parquet": (".parquet",)}
+FIRST_RECORD_BYTES = 1 << 20  # enough for the first record of any sane file; a larger one is not checked early
+
+
+class IngestError(ValueError):
+    """A source that cannot be read at all; the message names the source id, the path and the problem."""
+
+
+def source_files(path: str, format: str) -> list[str]:
+    """The files a path names: itself, a directory's shards of that format (recursively, hidden
+    files skipped), or a glob's matches (`**` recursive). Sorted, so line order is reproducible."""
+    if format == "hf":
+        return [path]
+    if any(character in path for character in "*?["):
+        return sorted(match for match in glob.glob(path, recursive=True) if Path(match).is_file())
+    folder = Path(path)
+    if folder.is_dir():
+        suffixes = SHARD_SUFFIXES.get(format, ())
+        return sorted(str(file) for file in folder.rglob("*")
+                      if file.is_file() and file.suffix.lower() in suffixes
+                      and not any(part.startswith(".") for part in file.relative_to(folder).parts))
+    return [path] if folder.is_file() else []
+
+
+def _missing_files(path: str, format: str) -> str:
+    """Why a path names no file."""
+    if any(character in path for character in "*?["):
+        return "no file matches"
+    if Path(path).is_dir():
+        return f"directory has no {'/'.join(SHARD_SUFFIXES.get(format, ('.' + format,)))} files"
+    return "file not found"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A recipe source with its defaults filled, its style resolved and its files listed."""
+    rank: int
+    id: str
+    path: str
+    format: str
+    style: str
+    columns: dict
+    split: str
+    files: tuple[str, ...]
+    weight: float = 1
+    max_rows: int | None = None
+    winners: str = "answers"
+
+    @property
+    def where(self) -> str:
+        return f"source '{self.id}' ({self.path})"
+
+    def at(self, file: str) -> str:
+        """`where`, plus the file when the path names several."""
+        return self.where if file == self.path else f"{self.where}, file {file}"
+
+    @property
+    def mapped(self) -> bool:
+        """Whether records need converting; plain alpaca records are already canonical."""
+        return self.style != "alpaca" or any(ours != theirs for ours, theirs in self.columns.items())
+
+    def expected_columns(self) -> list[tuple[str, str]]:
+        """(our name, their column) of every column some record must have: the style's own, and
+        every column the recipe names explicitly."""
+        ours = dict.fromkeys(STYLES[self.style].expected) | dict.fromkeys(self.columns)
+        return [(name, self.columns.get(name, name)) for name in ours]
+
+
+def source_with_defaults(source: dict) -> dict:
+    """The source with the schema's defaults filled, so that direct calls behave like recipes."""
+    properties = load_schema()["properties"]["sources"]["items"]["properties"]
+    return {name: source.get(name, prop["default"]) for name, prop in properties.items()} | source
+
+
+def resolve_sources(sources: list[dict], role: str, list_files: bool = True) -> list[Source]:
+    """Check every source of `role` before anything is read; raise IngestError naming the first problem.
+    Without `list_files` the files are not looked for (curation of ingested files needs none)."""
+    chosen = [source for source in map(source_with_defaults, sources) if source["role"] == role]
+    if not chosen:
+        raise IngestError(f"no source has role '{role}'")
+    ids = [source["id"] for source in chosen]
+    for source in chosen:
+        if ids.count(source["id"]) > 1:
+            raise IngestError(f"source '{source['id']}' ({source['path']}): id is used twice")
+    return [_resolve(source, rank, role, list_files) for rank, source in enumerate(chosen)]
+
+
+def _resolve(source: dict, rank: int, role: str, list_files: bool = True) -> Source:
+    """One source entry (defaults filled) checked against its role, with its files listed."""
+    where = f"source '{source['id']}' ({source['path']})"
+    if source["format"] not in SHARD_SUFFIXES and source["format"] != "hf":
+        raise IngestError(f"{where}: format '{source['format']}' cannot be curated as {role}")
+    style = STYLE_BY_ROLE.get(role) if source["style"] == "auto" else source["style"]
+    if style not in STYLES or STYLES[style].role != role:
+        fitting = sorted(name for name, entry in STYLES.items() if entry.role == role)
+        raise IngestError(f"{where}: style '{source['style']}' does not fit role '{role}' (use one of {fitting})")
+    columns = {ours: theirs for ours, theirs in source["columns"].items() if theirs is not None}
+    unknown = sorted(set(columns) - set(STYLES[style].columns))
+    if unknown:
+        raise IngestError(f"{where}: columns {unknown} are not fields of style '{style}' "
+                          f"(its fields: {list(STYLES[style].columns)})")
+    files = source_files(source["path"], source["format"]) if list_files else []
+    if list_files and not files:
+        raise IngestError(f"{where}: {_missing_files(source['path'], source['format'])}")
+    return Source(rank, source["id"], source["path"], source["format"], style, columns, source["split"],
+                  tuple(files), source["weight"], source["max_rows"], source["winners"])
+
+
+def resolve_source(source: dict) -> Source:
+    """One recipe source entry, checked against its own role (sft or preference) and its files listed."""
+    source = source_with_defaults(source)
+    if source["role"] not in STYLE_BY_ROLE:
+        raise IngestError(f"source '{source['id']}' ({source['path']}): role '{source['role']}' is not curated")
+    return _resolve(source, 0, source["role"])
+
+
+# ---- early checks: each problem starts with its recipe key path ------------------------------------
+
+def check_inputs(recipe: dict) -> list[str]:
+    """Problems with what the sources of a validated recipe name, found before any job: a path that
+    names no file, a style that does not fit the role, a mapped field the style lacks, and a column
+    the style reads (or the recipe maps) that the first record of the source's first file lacks.
+    Reads at most one record per source; Hugging Face sources are left to their ingest job."""
+    problems = []
+    for index, entry in enumerate(recipe.get("sources", [])):
+        at, source = f"sources[{index}]", source_with_defaults(entry)
+        if source["format"] == "hf":
+            continue
+        files = source_files(source["path"], source["format"])
+        if not files:
+            problems.append(f"{at}.path: {source['path']!r}: {_missing_files(source['path'], source['format'])}")
+            continue
+        role = source["role"]
+        if role not in STYLE_BY_ROLE:
+            continue  # pretrain text: one document per line, no columns
+        style = STYLE_BY_ROLE[role] if source["style"] == "auto" else source["style"]
+        if STYLES[style].role != role:
+            fitting = sorted(name for name, entry in STYLES.items() if entry.role == role)
+            problems.append(f"{at}.style: '{style}' does not fit role '{role}' (use one of {fitting})")
+            continue
+        columns = {ours: theirs for ours, theirs in source["columns"].items() if theirs is not None}
+        for ours in sorted(set(columns) - set(STYLES[style].columns)):
+            problems.append(f"{at}.columns.{ours}: not a field of style '{style}' "
+                            f"(its fields: {', '.join(STYLES[style].columns)})")
+        names = _first_record_columns(files[0], source["format"])
+        if names is None:
+            continue  # unreadable or not an object: curation quarantines it with its reason
+        for ours in STYLES[style].expected:
+            theirs = columns.get(ours, ours)
+            if theirs not in names:
+                key = f"{at}.columns.{ours}" if ours in columns else f"{at}.style"
+                hint = "" if ours in columns else f" (style '{style}' reads it; map another column with `columns`)"
+                problems.append(f"{key}: the first record of {files[0]} has no column {theirs!r}{hint}; "
+                                f"it has {', '.join(map(repr, names)) or 'none'}")
+    return problems
+
+
+def _first_record_columns(file: str, format: str) -> list[str] | None:
+    """The column names of a file's first record (a Parquet file's schema), or None when the start of
+    the file holds no readable object."""
+    if format == "parquet":
+        import pyarrow.parquet as pq  # only Parquet sources need it
+
+        try:
+            return pq.read_schema(file).names
+        except Exception:  # unreadable: the ingest job reports it with the reader's message
+            return None
+    try:
+        with open(file, "rb") as handle:
+            text = handle.read(FIRST_RECORD_BYTES).removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    if format == "csv":
+        header = next(csv.reader(io.StringIO(text, newline=""), delimiter="\t" if file.lower().endswith(".tsv")
+                                 else ","), None)
+        return header
+    decoder = json.JSONDecoder()
+    try:
+        if format == "jsonl":
+            first = next((line for line in text.split("\n") if line.strip()), None)
+            record = json.loads(first) if first is not None else None
+        else:
+            start = len(text) - len(text.lstrip())
+            if text[start:start + 1] == "[":
+                start = len(text) - len(text[start + 1:].lstrip())
+            record, _ = decoder.raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    return list(record) if isinstance(record, dict) else None
+
+
+def check_settings(curate: dict, at: str = "curate") -> list[str]:
+    """Problems of curate settings (defaults filled) that no schema can state, each starting with its
+    key path: block patterns that RE2 cannot compile (compiled by DuckDB, as curation does), and
+    MinHash bands that do not divide the permutations. Reads no file."""
+    problems = []
+    if curate.get("block_patterns"):
+        import duckdb  # only recipes with block patterns pay for the import
+
+        with duckdb.connect() as con:
+            for index, pattern in enumerate(curate["block_patterns"]):
+                try:
+                    con.execute("SELECT regexp_matches('', $pattern)", {"pattern": pattern})
+                except duckdb.Error as error:
+                    reason = str(error).removeprefix("Invalid Input Error: ")
+                    problems.append(f"{at}.block_patterns[{index}]: {pattern!r} is not an RE2 regular expression "
+                                    f"({reason})")
+    near = curate.get("near_dedup", {})
+    if "permutations" in near and "bands" in near and near["permutations"] % near["bands"]:
+        problems.append(f"{at}.near_dedup.permutations: {near['permutations']} is not a multiple of "
+                        f"{at}.near_dedup.bands ({near['bands']})")
+    return problems

@@ -1,0 +1,35 @@
+"""Which settings a job looked up: lookups, `.get` and `**` unpacking count; hashing a section does not."""
+
+import json
+
+from tunesmith.reads import RecordingParams, leaves, recording_params, wrap
+
+
+def test_lookups_are_recorded_as_dotted_paths_and_hashing_is_not_a_read():
+    log = set()
+    settings = wrap({"sft": {"lora": {"r": 1, "alpha": 2}, "max_length": 3, "unused": 4},
+                     "sources": [{"path": "a", "split": "train"}]}, log, "")
+    section = settings["sft"]
+    copied = {**section["lora"]}
+    section.get("max_length")
+    json.dumps(settings, sort_keys=True)
+    assert [source["path"] for source in settings["sources"]] == ["a"]
+    assert copied == {"r": 1, "alpha": 2}
+    assert leaves(log) == ["sft.lora.alpha", "sft.lora.r", "sft.max_length", "sources[0].path"]
+    assert "sft.unused" not in log and "sources[0].split" not in log
+
+
+def test_a_snakemake_script_object_records_its_params_and_gets_them_back():
+    from snakemake.iocontainers import Params, Snakemake
+
+    class Files(list):
+        def _plainstrings(self):
+            return self
+
+    job = Snakemake(Files(), Files(), Params(fromdict={"sft": {"a": 1, "b": 2}, "seed": 3}), {}, 1, {}, Files(), {},
+                    "train_sft", 0)
+    log = set()
+    with recording_params(job, RecordingParams(job.params, log)):
+        assert job.params.sft["a"] == 1 and job.params.seed == 3
+    assert sorted(log) == ["seed", "sft", "sft.a"]
+    assert type(job) is Snakemake and job.params.sft == {"a": 1, "b": 2}
