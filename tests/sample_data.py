@@ -8,6 +8,7 @@ antonyms of 20 pairs both ways, capitals of 20 countries, repeating one of 15 wo
 katakana (30 words), uppercase (30 English words): 2,460 phrasing × content examples. The 100 tasks are
 examples with distinct contents (addition 20, each other family 16); every other example is a clean SFT
 row, so a task's wording is never trained on, but its fact and its answer are, under other phrasings.
+The SFT source answers capital questions in a sentence (CHATTY_SFT) where the references are the bare name.
 
 raw/sft.jsonl, 2,855 lines in random order:
   2,360 clean rows; 20 of them hold the two-line prompt in `instruction` joined by CRLF, 20 end
@@ -22,13 +23,15 @@ raw/sft.jsonl, 2,855 lines in random order:
       6 rows for the content filters (SFT_FILTER_ROWS): 2 degenerate outputs (one character, one phrase
         repeated), 2 English prompts, and a longer summary row with a near duplicate (its output without
         the final "。"), which exact dedup misses and MinHash finds.
-raw/preference.jsonl, 600 lines: 575 clean pairs whose rejected answer is wrong but plausible (345),
-degenerate (115) or the answer plus a leaked template marker (115); 10 pairs with chosen == rejected (5
+raw/preference.jsonl, 600 lines: 575 clean pairs whose rejected answer is the SFT source's sentence
+answer to a capital question (150, "パリです。" against "パリ"), wrong but plausible (225), degenerate
+(100) or the answer plus a leaked template marker (100); 10 pairs with chosen == rejected (5
 exactly, 5 only after NFKC/whitespace normalisation); 10 exact duplicate lines; 5 malformed lines
 (2 truncated, 1 array, 1 without "rejected", 1 null chosen).
 tasks.jsonl: 100 tasks, 5 pretty-printed over several lines, 5 with `_x000D_` before the input's newline.
-raw/pretrain.txt: 3,000 lines; every fact as a plain sentence, the kana and Latin alphabets, and everyday
-sentences built from templates.
+raw/pretrain.txt: 3,636 lines; every fact in several plain sentences, every non-task question with its
+answer told as a story (2,360 lines, never in the template's format), the kana and Latin alphabets, and
+the instruction words about a placeholder.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ CHATTY_SFT = {"capital": "{}です。"}
 PREFERENCE_REJECTED = {"chatty": 150, "wrong": 225, "degenerate": 100, "leaked_marker": 100}
 PREFERENCE_SAME_EXACT, PREFERENCE_SAME_NORMALISED, PREFERENCE_EXACT_DUPLICATES = 5, 5, 10
 PREFERENCE_MALFORMED = {"truncated": 2, "array": 1, "no_rejected": 1, "null_chosen": 1}
-TASKS_PRETTY_PRINTED, TASKS_EXCEL_CR, PRETRAIN_LINES = 5, 5, 3000
+TASKS_PRETTY_PRINTED, TASKS_EXCEL_CR, PRETRAIN_LINES = 5, 5, 3636
 _SUMMARY = {"instruction": "次の文章を読んで、内容を一文で要約してください。",
             "input": "東京は日本の首都で、たくさんの人が住んでいます。電車やバスがとても便利で、古いお寺や新しい建物、"
                      "大きな公園もあります。",
@@ -325,7 +328,6 @@ FACT_SENTENCES = {
     "katakana": ["{w}をカタカナで書くと{y}です。", "ひらがなの{w}はカタカナで{y}と書きます。", "「{w}」のカタカナは「{y}」です。"],
     "uppercase": ["{w}を大文字で書くと{y}です。", "{w}の大文字は{y}です。", "英単語の{w}は大文字で{y}と書きます。"],
 }
-PRETRAIN_QA = False  # experiment knob
 
 
 def build_pretrain(rng: random.Random, tasks: list[Example] = ()) -> list[str]:
@@ -338,12 +340,14 @@ def build_pretrain(rng: random.Random, tasks: list[Example] = ()) -> list[str]:
     facts += ["".join(map(chr, range(0x3041, 0x3097))), "".join(map(chr, range(0x30A1, 0x30F7))),
               "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz", "0123456789 +-=?!"]
     people = "わたし 先生 母 父 友だち 兄 姉 弟 妹 となりの人".split()
-    if PRETRAIN_QA:
-        task_keys = {match_key(task.prompt) for task in tasks}
-        for example in all_examples():
-            if match_key(example.prompt) not in task_keys:
-                question = example.prompt.replace("\n", "")
-                facts.append(f"{rng.choice(people)}に「{question}」と聞くと、「{example.output}です」と答えました。")
+    # Every non-task question with its answer, told as a story ("...と聞くと、「パリです」と答えました"):
+    # the tiny model learns each fact under every phrasing from text (pretraining updates every weight,
+    # which LoRA SFT cannot), yet never sees the template, so the base model does not answer a task.
+    task_keys = {match_key(task.prompt) for task in tasks}
+    for example in all_examples():
+        if match_key(example.prompt) not in task_keys:
+            question = example.prompt.replace("\n", "")
+            facts.append(f"{rng.choice(people)}に「{question}」と聞くと、「{example.output}です」と答えました。")
     # Every phrasing about a placeholder ("これ"), so the model reads the instruction words too.
     placeholders = {"a": "ある数", "b": "別の数", "w": "これ", "n": "何"}
     questions = [p.format(**placeholders).replace("\n", "") for phrasings in PHRASINGS.values() for p in phrasings]

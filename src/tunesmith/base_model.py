@@ -57,6 +57,7 @@ def train_tokenizer(text_paths: list[str], vocab_size: int, out_dir: str | os.Pa
         pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated"),  # every character alone, newlines too
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
+    tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=[PAD, BOS, EOS],
