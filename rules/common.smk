@@ -198,8 +198,11 @@ def generations(variant, stage_names):
 def preference_scores(variant):
     """Stage -> its preference-accuracy file, for the stages a recipe compares (none without DPO)."""
     steps = PLANS[variant]
-    return {stage: keyed(rules.score_preferences.output.scores, steps[f"preference_{stage}"].key, stage=stage)
-            for stage in plan.PREFERENCE_STAGES if f"preference_{stage}" in steps}
+    return {
+        stage: keyed(rules.score_preferences.output.scores, steps[f"preference_{stage}"].key, stage=stage)
+        for stage in plan.PREFERENCE_STAGES
+        if f"preference_{stage}" in steps
+    }
 
 
 def stages(wildcards):
