@@ -198,6 +198,16 @@ def generations(variant, stage_names):
     ]
 
 
+def preference_scores(variant):
+    """Stage -> its preference-accuracy file, for the stages a recipe compares (none without DPO)."""
+    steps = PLANS[variant]
+    return {
+        stage: keyed(rules.score_preferences.output.scores, steps[f"preference_{stage}"].key, stage=stage)
+        for stage in plan.PREFERENCE_STAGES
+        if f"preference_{stage}" in steps
+    }
+
+
 def stages(wildcards):
     return plan.model_stages(recipe_of(wildcards))
 
@@ -243,6 +253,7 @@ def evaluation_inputs(wildcards):
         "tasks": task_file(wildcards),
         "judged": list(judged(variant, names).values()),
         "judged_reference": next(iter(judged(variant, ["reference"]).values()), []),
+        "preferences": list(preference_scores(variant).values()),
     }
 
 
@@ -253,6 +264,7 @@ def scored_files():
         *found["generations"],
         *found["judged"],
         *([found["judged_reference"]] if found["judged_reference"] else []),
+        *found["preferences"],
     ]
 
 

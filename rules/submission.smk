@@ -26,6 +26,7 @@ rule evaluate_stages:
         stages=stages,
         judge=evaluation_setting("judge"),
         seed=evaluation_setting("seed"),
+        preference_stages=lambda wildcards: list(preference_scores(variant_name(wildcards))),
     script:
         "../scripts/evaluate_stages.py"
 

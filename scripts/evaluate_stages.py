@@ -1,5 +1,6 @@
 """Score each stage's answers: the judge's grades when a judge is configured, exact match and chrF
-against the references when there are any, and the judge's agreement with reference grades."""
+against the references when there are any (overall and per task family), the judge's agreement with
+reference grades, and each stage's preference accuracy on the held-out pairs."""
 
 from tunesmith.evaluate import evaluate
 from tunesmith.logs import log_to
@@ -18,4 +19,5 @@ with recorded(snakemake, "evaluate"):
         judged_reference=snakemake.input.judged_reference or None,
         judge=snakemake.params.judge,
         seed=snakemake.params.seed,
+        preferences=dict(zip(snakemake.params.preference_stages, snakemake.input.preferences)),
     )

@@ -204,7 +204,7 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
                                         "duplicate"}),
 ])
 def test_shipped_data(tmp_path, role, name, built_with):
-    """The committed sample data carries deliberate dirt (see tunesmith.sample_data); curation finds all of it."""
+    """The committed sample data carries deliberate dirt (see tests/sample_data.py); curation finds all of it."""
     path = REPO / "data" / "raw" / name
     card = curate([{"id": role, "path": str(path), "format": "jsonl", "role": role}], role,
                   str(REPO / "data" / "tasks.jsonl"), {**SETTINGS, "max_prompt_chars": 2048, "max_response_chars": 2048},
@@ -394,7 +394,7 @@ def test_default_recipe_cleans_the_planted_filter_rows(tmp_path):
     """The default recipe's card shows each content filter at work on the shipped data, and no
     more contamination than was planted (a row sharing only a task's template is not a copy)."""
     from tunesmith.recipe import load_recipe
-    from tunesmith.sample_data import SFT_CONTAMINATION_ROWS, SFT_FILTER_ROWS
+    from sample_data import SFT_CONTAMINATION_ROWS, SFT_FILTER_ROWS
 
     recipe = load_recipe(REPO / "recipes" / "default.yaml")
     card = curate(recipe["sources"], "sft", str(REPO / "data" / "tasks.jsonl"), recipe["curate"],

@@ -72,6 +72,39 @@ def test_evaluate_without_stages_is_an_error(tmp_path):
         evaluate({}, references, tmp_path / "eval.json")
 
 
+def test_scores_per_family_and_preference_accuracy(tmp_path):
+    references = write_jsonl(tmp_path / "references.jsonl", [{"task_id": k, "output": v} for k, v in REFERENCES.items()])
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"task_id": 0, "input": "東京は？", "family": "capital"},
+                                                   {"task_id": 1, "input": "猫は？", "family": "sentence"},
+                                                   {"task_id": 2, "input": "3+5は？", "family": "sentence"}])
+    generations = {"sft": write_jsonl(tmp_path / "sft.jsonl", [{"task_id": 0, "output": "東京です。"},
+                                                               {"task_id": 1, "output": "猫が寝ている。"},
+                                                               {"task_id": 2, "output": "9"}])}
+    preference = tmp_path / "sft.preference.json"
+    preference.write_text(json.dumps({"pairs": 4, "accuracy": 0.75, "mean_margin": 1.5, "per_pair": []}))
+    report = evaluate(generations, references, tmp_path / "eval.json", table_path=tmp_path / "eval.md",
+                      tasks_path=tasks, preferences={"sft": preference})
+    families = report["stages"]["sft"]["families"]
+    assert list(families) == ["capital", "sentence"]
+    assert (families["capital"]["exact_match"], families["capital"]["n"]) == (1.0, 1)
+    assert (families["sentence"]["exact_match"], families["sentence"]["n"]) == (0.5, 2)
+    assert families["capital"]["chrf"] == pytest.approx(100)
+    assert [task["family"] for task in report["per_task"]["sft"]] == ["capital", "sentence", "sentence"]
+    assert report["preference"] == {"sft": {"pairs": 4, "accuracy": 0.75, "mean_margin": 1.5}}
+    table = (tmp_path / "eval.md").read_text(encoding="utf-8")
+    assert "| capital | 1 | 100% |" in table and "| sentence | 2 | 50% |" in table
+    assert "| sft | 4 | 75.0% | 1.50 |" in table
+
+
+def test_no_family_section_without_families(tmp_path):
+    references = write_jsonl(tmp_path / "references.jsonl", [{"task_id": 0, "output": "a"}])
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"task_id": 0, "input": "q"}])
+    generations = {"sft": write_jsonl(tmp_path / "sft.jsonl", [{"task_id": 0, "output": "a"}])}
+    report = evaluate(generations, references, tmp_path / "eval.json", table_path=tmp_path / "eval.md", tasks_path=tasks)
+    assert "families" not in report["stages"]["sft"] and "preference" not in report
+    assert "per task family" not in (tmp_path / "eval.md").read_text()
+
+
 # ---- the judge's scores ---------------------------------------------------------------------------
 
 from conftest import REPO  # noqa: E402

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.tasks import Task, TaskFileError, read_references, read_tasks
+from tunesmith.tasks import Task, TaskFileError, read_references, read_task_families, read_tasks
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -254,6 +254,27 @@ def test_unclosed_record_is_blamed_on_the_line_where_it_starts(tmp_path):
                     encoding="utf-8")
     with pytest.raises(TaskFileError, match=r"tasks\.jsonl:2: not valid JSON .* at line 3"):
         read_tasks(path)
+
+
+def test_task_families_are_read_where_given(tmp_path):
+    path = write(tmp_path / "tasks.jsonl", "\n".join([
+        dump({"task_id": 0, "input": "a", "family": "capital"}), dump({"task_id": 1, "input": "b"}),
+        dump({"task_id": 2, "input": "c", "family": "addition"})]) + "\n")
+    assert read_task_families(path) == {0: "capital", 2: "addition"}
+
+
+@pytest.mark.parametrize("family", [3, "", ["capital"]])
+def test_a_bad_family_names_file_and_line(tmp_path, family):
+    path = write(tmp_path / "tasks.jsonl", dump({"task_id": 0, "input": "a"}) + "\n"
+                 + dump({"task_id": 1, "input": "b", "family": family}) + "\n")
+    with pytest.raises(TaskFileError, match=r"tasks.jsonl:2: field 'family' must be a non-empty string"):
+        read_task_families(path)
+
+
+def test_shipped_tasks_each_name_their_family():
+    families = read_task_families(DATA / "tasks.jsonl")
+    assert sorted(families) == list(range(100))
+    assert set(families.values()) == {"addition", "antonym", "capital", "repetition", "katakana", "uppercase"}
 
 
 # ---- references as they really come: ELYZA CSV, JSONL by id or by input, gaps -------------------

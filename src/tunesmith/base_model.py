@@ -1,4 +1,4 @@
-"""The embedded default base model: a byte-level BPE tokenizer and a tiny Llama, built from shipped text.
+"""The embedded default base model: a character tokenizer and a tiny Llama, built from shipped text.
 
 It exists so the whole pipeline runs on a laptop with no GPU and no network. It is saved with
 `save_pretrained`, so later stages load it exactly like a hub checkpoint.
@@ -41,13 +41,23 @@ def read_text_lines(paths: list[str]) -> list[str]:
 
 
 def train_tokenizer(text_paths: list[str], vocab_size: int, out_dir: str | os.PathLike) -> None:
-    """Train a byte-level BPE on the texts; BOS is added by the post-processor on every encode."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Train a byte-level tokenizer with one token per character: BPE merges bytes only within a
+    character, so the most frequent `vocab_size` characters (special tokens and the 256 bytes
+    included) get a token of their own and any other text still encodes, as bytes. BOS is added by
+    the post-processor on every encode.
+
+    Characters rather than BPE words, because the tiny model learns the sample tasks (copy a word n
+    times, hiragana to katakana, upper case) as per-character rules: a BPE vocabulary that spells
+    "ねこ", "ねこねこ" and "サクラ" as unrelated tokens leaves it only memorising."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     lines = read_text_lines(text_paths)
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated"),  # every character alone, newlines too
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -19,7 +19,7 @@ from tunesmith.atomic import atomic_path, read_jsonl, write_json
 from tunesmith.judge_stats import agreement, bootstrap_interval, distribution
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.submission import read_generations
-from tunesmith.tasks import load_references, read_references, read_tasks
+from tunesmith.tasks import load_references, read_references, read_task_families, read_tasks
 
 SHOWN_CHARACTERS = 80  # per cell of the per-task table; the JSON keeps every character
 
@@ -128,7 +128,7 @@ def markdown(report: dict) -> str:
                 cells += [_cell(row.get("answer")), "unparseable" if row.get("status") == "unparseable" else str(grade),
                           _cell(row.get("reason"))]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return "\n".join(lines).lstrip("\n") + "\n" + _family_table(report) + _preference_table(report)
 
 
 def evaluate(
@@ -141,6 +141,7 @@ def evaluate(
     judged_reference: str | os.PathLike | None = None,
     judge: dict | None = None,
     seed: int = 0,
+    preferences: dict[str, str | os.PathLike] | None = None,
 ) -> dict:
     """Score each stage (stage name → generations path) and write the results atomically.
 
@@ -148,6 +149,9 @@ def evaluate(
     recipe's `judge` section: the judge's scores, and with `judged_reference`, its agreement with
     the reference grades. `out_path` gets `{"stages", "per_task", "references", "judge", "agreement",
     "inputs"}` (inputs: the files scored, which tell whose scores these are), `table_path` Markdown.
+    With a `tasks_path` whose tasks carry a `family`, each stage also gets scores per family;
+    `preferences` (stage → the file `tunesmith.preference_accuracy.score_preferences` wrote) adds each stage's
+    preference accuracy on the held-out pairs (report key "preference").
     """
     if not generations:
         raise ValueError("no stages to evaluate")
@@ -160,12 +164,18 @@ def evaluate(
         loaded = load_references(references_path, tasks)
         references = {task_id: reference.output for task_id, reference in loaded.by_task.items() if reference.output}
     stages, per_task = {}, {}
+    families = read_task_families(tasks_path) if tasks_path else {}
     for stage, path in generations.items():
         result, rows = {}, {}
         if references is not None:
-            scored = score(read_generations(path), references)
+            outputs = read_generations(path)
+            scored = score(outputs, references)
             result.update(exact_match=scored["exact_match"], chrf=scored["chrf"], n=scored["n"])
             rows = {row["task_id"]: row for row in scored["per_task"]}
+            if families:
+                result["families"] = family_scores(outputs, references, families)
+                for task_id, row in rows.items():
+                    row["family"] = families.get(task_id)
         if stage in judged:
             judge_rows = read_jsonl(judged[stage])
             result["judge"] = judge_score(judge_rows, judge["bootstrap_samples"], judge["confidence"], seed)
@@ -187,7 +197,8 @@ def evaluate(
         "agreement": None,
         "inputs_by_task": {task.task_id: task.prompt_text for task in tasks} if tasks else {},
         "inputs": sorted(map(os.fspath, [*generations.values(), *judged.values(),
-                                         *([judged_reference] if judged_reference else [])])),
+                                         *([judged_reference] if judged_reference else []),
+                                         *(preferences or {}).values()])),
     }
     if judged_reference:
         rows = read_jsonl(judged_reference)
@@ -195,6 +206,8 @@ def evaluate(
                           {row["task_id"]: row["reference_grade"] for row in rows})
         report["agreement"] = {**found, "path": judge["reference_grades"],
                                "unparseable": sum(row["grade"] is None for row in rows)}
+    if preferences:
+        report["preference"] = read_preference_scores(preferences)
     write_json(out_path, report)
     if table_path is not None:
         with atomic_path(table_path) as tmp:
@@ -207,6 +220,52 @@ def _ranking_value(stage: dict) -> tuple:
     if judge is not None:
         return (judge["mean"] if judge["mean"] is not None else float("-inf"), stage.get("chrf", 0.0))
     return (stage["chrf"], stage["exact_match"])
+
+
+def family_scores(outputs: dict[int, str], references: dict[int, str], families: dict[int, str]) -> dict:
+    """Exact match, chrF and task count per family (`families`: task id → family), families sorted;
+    tasks without a family are scored only overall."""
+    names = sorted({families[task_id] for task_id in references if task_id in families})
+    found = {}
+    for name in names:
+        result = score(outputs, {task_id: reference for task_id, reference in references.items()
+                                 if families.get(task_id) == name})
+        found[name] = {"exact_match": result["exact_match"], "chrf": result["chrf"], "n": result["n"]}
+    return found
+
+
+def _family_table(report: dict) -> str:
+    stages = report["stages"]
+    names = list(next(iter(stages.values())).get("families", {}))
+    if not names:
+        return ""
+    lines = ["", "Exact match per task family:", "",
+             "| family | tasks | " + " | ".join(stages) + " |", "|:--|--:|" + "--:|" * len(stages)]
+    for name in names:
+        first = next(iter(stages.values()))["families"][name]
+        lines.append(f"| {name} | {first['n']} | "
+                     + " | ".join(f"{result['families'][name]['exact_match']:.0%}" for result in stages.values())
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_preference_scores(preferences: dict[str, str | os.PathLike]) -> dict[str, dict]:
+    """Each stage's preference accuracy, mean margin and pair count (not the per-pair detail)."""
+    found = {}
+    for stage, path in preferences.items():
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        found[stage] = {key: result[key] for key in ("pairs", "accuracy", "mean_margin")}
+    return found
+
+
+def _preference_table(report: dict) -> str:
+    if "preference" not in report:
+        return ""
+    lines = ["", "Preference accuracy (chosen answer more likely than rejected, held-out pairs):", "",
+             "| stage | pairs | accuracy | mean log-prob margin |", "|:--|--:|--:|--:|"]
+    lines += [f"| {stage} | {result['pairs']} | {result['accuracy']:.1%} | {result['mean_margin']:.2f} |"
+              for stage, result in report["preference"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def leaderboard(

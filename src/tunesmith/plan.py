@@ -27,6 +27,7 @@ from tunesmith.fetch import is_local_folder, local_files
 from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
+PREFERENCE_STAGES = ("sft", "dpo")  # the stages whose preference accuracy is compared
 ROLES = ("sft", "preference")
 # What an ingest step reads of its source; style, columns, weight and caps are curation's business.
 INGEST_KEYS = ("id", "path", "format", "role", "split")
@@ -252,6 +253,10 @@ STAGES = {
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
                       + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
+    # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
+    # (no seed, no generation settings).
+    "preference": Stage("preference", lambda r, _: [*_model(r), *_template(r)], lambda r, stage: {
+        **_built_base(r), **{name: name for name in adapter_stages(r, stage)}, "dataset": "curate_preference"}),
     # One judge job per scored stage, and `reference` for the answers of judge.reference_grades.
     "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
                    lambda r, stage: ({} if stage == "reference" else {"generations": f"generate_{stage}"})
@@ -260,7 +265,8 @@ STAGES = {
     "evaluate": Stage("", lambda r, _: _evaluation(r), lambda r, _: {
         **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
         **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
-        **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {})}),
+        **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {}),
+        **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
 }
 
 
@@ -370,6 +376,8 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
     found.append(("sft", "sft", None))
     if recipe["dpo"]["enabled"]:
         found.append(("dpo", "dpo", None))
+        # Preference accuracy (issue 13): the compared stages on the held-out preference pairs.
+        found += [(f"preference_{stage}", "preference", stage) for stage in PREFERENCE_STAGES]
     found += [(f"generate_{stage}", "generate", stage) for stage in model_stages(recipe)]
     if judge_enabled(recipe):
         found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]

@@ -99,6 +99,20 @@ def read_references(path: str | os.PathLike) -> dict[int, str]:
     return {value["task_id"]: value["output"] for _, value in records}
 
 
+def read_task_families(path: str | os.PathLike) -> dict[int, str]:
+    """The optional `family` of each task (a category such as "capital" or "addition"), by task id, for
+    scores per family; tasks without one are left out."""
+    families = {}
+    for line, value in _read_records(path, {"task_id": int, "input": str}):
+        family = value.get("family")
+        if family is None:
+            continue
+        if not isinstance(family, str) or not family.strip():
+            raise TaskFileError(f"{path}:{line}: field 'family' must be a non-empty string, got {family!r:.60}")
+        families[value["task_id"]] = family
+    return families
+
+
 @dataclass(frozen=True)
 class Reference:
     """What a references file says about one task: a reference answer and/or grading criteria."""

@@ -1,6 +1,6 @@
 """The committed sample data: small, learnable Japanese tasks, with deliberate dirt for curation to find.
 
-`python -m tunesmith.sample_data --out data` writes the same bytes on every run (seeded random streams,
+`python tests/sample_data.py --out data` writes the same bytes on every run (seeded random streams,
 fixed table order, no set iteration); a test checks that the files under data/ are exactly its output.
 
 Six families, ten phrasings each (three are two-line: instruction, newline, input): adding 1-9 to 1-9,
@@ -8,6 +8,7 @@ antonyms of 20 pairs both ways, capitals of 20 countries, repeating one of 15 wo
 katakana (30 words), uppercase (30 English words): 2,460 phrasing × content examples. The 100 tasks are
 examples with distinct contents (addition 20, each other family 16); every other example is a clean SFT
 row, so a task's wording is never trained on, but its fact and its answer are, under other phrasings.
+The SFT source answers capital questions in a sentence (CHATTY_SFT) where the references are the bare name.
 
 raw/sft.jsonl, 2,855 lines in random order:
   2,360 clean rows; 20 of them hold the two-line prompt in `instruction` joined by CRLF, 20 end
@@ -22,13 +23,15 @@ raw/sft.jsonl, 2,855 lines in random order:
       6 rows for the content filters (SFT_FILTER_ROWS): 2 degenerate outputs (one character, one phrase
         repeated), 2 English prompts, and a longer summary row with a near duplicate (its output without
         the final "。"), which exact dedup misses and MinHash finds.
-raw/preference.jsonl, 600 lines: 575 clean pairs whose rejected answer is wrong but plausible (345),
-degenerate (115) or the answer plus a leaked template marker (115); 10 pairs with chosen == rejected (5
+raw/preference.jsonl, 600 lines: 575 clean pairs whose rejected answer is the SFT source's sentence
+answer to a capital question (150, "パリです。" against "パリ"), wrong but plausible (225), degenerate
+(100) or the answer plus a leaked template marker (100); 10 pairs with chosen == rejected (5
 exactly, 5 only after NFKC/whitespace normalisation); 10 exact duplicate lines; 5 malformed lines
 (2 truncated, 1 array, 1 without "rejected", 1 null chosen).
 tasks.jsonl: 100 tasks, 5 pretty-printed over several lines, 5 with `_x000D_` before the input's newline.
-raw/pretrain.txt: 3,000 lines; every fact as a plain sentence, the kana and Latin alphabets, and everyday
-sentences built from templates.
+raw/pretrain.txt: 3,636 lines; every fact in several plain sentences, every non-task question with its
+answer told as a story (2,360 lines, never in the template's format), the kana and Latin alphabets, and
+the instruction words about a placeholder.
 """
 
 from __future__ import annotations
@@ -100,10 +103,14 @@ SFT_CRLF_ROWS, SFT_EXCEL_CR_ROWS, SFT_EXACT_DUPLICATES, SFT_CONTAMINATION_ROWS =
 SFT_NEAR_DUPLICATES = {"letter_case": 40, "full_width": 50, "whitespace": 60}
 SFT_MALFORMED = {"truncated": 8, "array": 5, "no_output": 5, "no_instruction": 5, "number_instruction": 4,
                  "list_output": 4, "null_output": 4, "empty_output": 3, "blank_output": 2}
-PREFERENCE_REJECTED = {"wrong": 345, "degenerate": 115, "leaked_marker": 115}
+# The SFT source answers capital questions in a sentence ("パリです。"), as chatty instruction data often
+# does; the tasks' references and the preference data's chosen answers are the bare name ("パリ"), so
+# the "chatty" pairs teach DPO what SFT did not: to stop after the answer.
+CHATTY_SFT = {"capital": "{}です。"}
+PREFERENCE_REJECTED = {"chatty": 150, "wrong": 225, "degenerate": 100, "leaked_marker": 100}
 PREFERENCE_SAME_EXACT, PREFERENCE_SAME_NORMALISED, PREFERENCE_EXACT_DUPLICATES = 5, 5, 10
 PREFERENCE_MALFORMED = {"truncated": 2, "array": 1, "no_rejected": 1, "null_chosen": 1}
-TASKS_PRETTY_PRINTED, TASKS_EXCEL_CR, PRETRAIN_LINES = 5, 5, 3000
+TASKS_PRETTY_PRINTED, TASKS_EXCEL_CR, PRETRAIN_LINES = 5, 5, 3636
 _SUMMARY = {"instruction": "次の文章を読んで、内容を一文で要約してください。",
             "input": "東京は日本の首都で、たくさんの人が住んでいます。電車やバスがとても便利で、古いお寺や新しい建物、"
                      "大きな公園もあります。",
@@ -130,8 +137,13 @@ class Example:
         """The text the model sees, and the form a task input takes."""
         return self.instruction + "\n" + self.input if self.input else self.instruction
 
+    @property
+    def sft_output(self) -> str:
+        """The answer as the SFT source writes it (a sentence for the families in CHATTY_SFT)."""
+        return CHATTY_SFT.get(self.family, "{}").format(self.output)
+
     def row(self) -> dict:
-        return {"instruction": self.instruction, "input": self.input, "output": self.output}
+        return {"instruction": self.instruction, "input": self.input, "output": self.sft_output}
 
 
 def _to_katakana(hiragana: str) -> str:
@@ -216,7 +228,7 @@ def _malformed(example: Example, kind: str) -> str:
         del row[kind.removeprefix("no_")]
         return _line(row)
     name, value = {"number_instruction": ("instruction", len(example.instruction)),
-                   "list_output": ("output", [example.output]), "null_output": ("output", None),
+                   "list_output": ("output", [example.sft_output]), "null_output": ("output", None),
                    "empty_output": ("output", ""), "blank_output": ("output", " \t ")}[kind]
     return _line({**row, name: value})
 
@@ -250,6 +262,8 @@ def build_sft(rng: random.Random, pool: list[Example], tasks: list[Example]) -> 
 
 def _rejected(rng: random.Random, example: Example, kind: str, answers: list[str]) -> str:
     answer = example.output
+    if kind == "chatty":
+        return example.sft_output
     if kind == "degenerate":
         return rng.choice(["ああああああああ", "。。。。。。。。", answer[0] * 12, "はいはいはいはいはいはい"])
     if kind == "leaked_marker":
@@ -265,8 +279,12 @@ def _rejected(rng: random.Random, example: Example, kind: str, answers: list[str
 
 def build_preferences(rng: random.Random, pool: list[Example]) -> list[str]:
     answers = {family: [answer for _, answer in contents] for family, contents in family_contents().items()}
-    kinds = [kind for kind, count in PREFERENCE_REJECTED.items() for _ in range(count)]
-    examples = rng.sample(pool, len(kinds) + PREFERENCE_SAME_EXACT + PREFERENCE_SAME_NORMALISED)
+    chatty = rng.sample([e for e in pool if e.family in CHATTY_SFT], PREFERENCE_REJECTED["chatty"])
+    kinds = [kind for kind, count in PREFERENCE_REJECTED.items() if kind != "chatty" for _ in range(count)]
+    others = rng.sample([e for e in pool if e not in chatty],
+                        len(kinds) + PREFERENCE_SAME_EXACT + PREFERENCE_SAME_NORMALISED)
+    kinds = ["chatty"] * len(chatty) + kinds
+    examples = chatty + others
     rows = [{"prompt": e.prompt, "chosen": e.output, "rejected": _rejected(rng, e, kind, answers[e.family])}
             for e, kind in zip(examples, kinds)]
     for index, example in enumerate(examples[len(kinds) :]):
@@ -292,36 +310,54 @@ def build_tasks(rng: random.Random, tasks: list[Example]) -> tuple[list[str], li
     records, references = [], []
     for task_id, task in enumerate(tasks):
         text = task.instruction + "_x000D_\n" + task.input if task_id in excel_cr else task.prompt
-        record = {"task_id": task_id, "input": text}
+        record = {"task_id": task_id, "input": text, "family": task.family}
         records.append(json.dumps(record, ensure_ascii=False, indent=2 if task_id in pretty else None))
         references.append(_line({"task_id": task_id, "output": task.output}))
     return records, references
 
 
-def build_pretrain(rng: random.Random) -> list[str]:
-    """Every fact as a sentence, the alphabets, and everyday sentences, so BPE sees every character used."""
-    contents = family_contents()
-    facts = [f"{fields['w']}の首都は{city}です。" for fields, city in contents["capital"]]
-    facts += [f"{city}は{fields['w']}の首都です。" for fields, city in contents["capital"]]
-    facts += [f"「{fields['w']}」の反対は「{other}」です。" for fields, other in contents["antonym"]]
-    facts += [f"{fields['a']}たす{fields['b']}は{total}です。" for fields, total in contents["addition"]]
-    facts += [f"{fields['a']}+{fields['b']}={total}" for fields, total in contents["addition"]]
-    facts += [f"{fields['w']}を{fields['n']}回繰り返すと{text}になります。" for fields, text in contents["repetition"]]
-    facts += [f"{fields['w']}をカタカナで書くと{text}です。" for fields, text in contents["katakana"]]
-    facts += [f"{fields['w']}を大文字で書くと{text}です。" for fields, text in contents["uppercase"]]
+# Each fact in several plain sentences: the base model learns the facts from prose, never in the
+# instruction/answer format that SFT teaches. `{x}` is the content's word, `{y}` the answer.
+FACT_SENTENCES = {
+    "addition": ["{a}たす{b}は{y}です。", "{a}+{b}={y}", "{a}と{b}を足すと{y}になります。", "{a}に{b}を加えると{y}です。"],
+    "antonym": ["「{w}」の反対は「{y}」です。", "{w}の反対の言葉は{y}です。", "「{w}」と「{y}」は反対の意味です。",
+                "{w}の対義語は{y}です。"],
+    "capital": ["{w}の首都は{y}です。", "{y}は{w}の首都です。", "{w}の首都といえば{y}です。", "{w}の首都は{y}という都市です。",
+                "{y}は{w}でいちばん大切な都市で、{w}の首都です。", "わたしは{w}の首都の{y}に行きました。"],
+    "repetition": ["{w}を{n}回繰り返すと{y}になります。", "「{w}」を{n}回書くと「{y}」です。", "{w}を{n}回続けると{y}です。"],
+    "katakana": ["{w}をカタカナで書くと{y}です。", "ひらがなの{w}はカタカナで{y}と書きます。", "「{w}」のカタカナは「{y}」です。"],
+    "uppercase": ["{w}を大文字で書くと{y}です。", "{w}の大文字は{y}です。", "英単語の{w}は大文字で{y}と書きます。"],
+}
+
+
+def build_pretrain(rng: random.Random, tasks: list[Example] = ()) -> list[str]:
+    """Every fact in several sentences, each kana's katakana and each letter's capital, the instruction
+    words about a placeholder, and everyday sentences, so the tokenizer sees every character used."""
+    facts = [sentence.format(**fields, y=answer) for family, contents in family_contents().items()
+             for fields, answer in contents for sentence in FACT_SENTENCES[family]]
+    facts += [f"ひらがなの{kana}はカタカナで{_to_katakana(kana)}です。" for kana in map(chr, range(0x3041, 0x3097))]
+    facts += [f"{letter}の大文字は{letter.upper()}です。" for letter in "abcdefghijklmnopqrstuvwxyz"]
     facts += ["".join(map(chr, range(0x3041, 0x3097))), "".join(map(chr, range(0x30A1, 0x30F7))),
               "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz", "0123456789 +-=?!"]
-    # Every phrasing about a placeholder ("これ"), so the tokenizer learns the instruction words too.
+    people = "わたし 先生 母 父 友だち 兄 姉 弟 妹 となりの人".split()
+    # Every non-task question with its answer, told as a story ("...と聞くと、「パリです」と答えました"):
+    # the tiny model learns each fact under every phrasing from text (pretraining updates every weight,
+    # which LoRA SFT cannot), yet never sees the template, so the base model does not answer a task.
+    task_keys = {match_key(task.prompt) for task in tasks}
+    for example in all_examples():
+        if match_key(example.prompt) not in task_keys:
+            question = example.prompt.replace("\n", "")
+            facts.append(f"{rng.choice(people)}に「{question}」と聞くと、「{example.output}です」と答えました。")
+    # Every phrasing about a placeholder ("これ"), so the model reads the instruction words too.
     placeholders = {"a": "ある数", "b": "別の数", "w": "これ", "n": "何"}
     questions = [p.format(**placeholders).replace("\n", "") for phrasings in PHRASINGS.values() for p in phrasings]
-    people = "わたし 先生 母 父 友だち 兄 姉 弟 妹 となりの人".split()
     times = "今日 昨日 先週 朝 夜 週末 去年 春 夏 冬".split()
     places = "公園 学校 駅 図書館 海 山 店 家 病院 会社".split()
     actions = ("本を読みました ごはんを食べました 音楽を聞きました 写真をとりました 友だちと話しました "
                "手紙を書きました 散歩しました 買い物をしました 絵をかきました 歌を歌いました").split()
     everyday = [f"{t}、{p}は{w}で{a}。" for t in times for p in people for w in places for a in actions]
-    everyday += [f"{person}は「{question}」と聞きました。" for person in people for question in questions]
-    lines = facts + rng.sample(everyday, PRETRAIN_LINES - len(facts))
+    lines = facts + [f"{person}は「{question}」と聞きました。" for person in people[:4] for question in questions]
+    lines += rng.sample(everyday, max(0, PRETRAIN_LINES - len(lines)))
     rng.shuffle(lines)
     return lines
 
@@ -344,7 +380,7 @@ def generate(out: str | Path, seed: int = 0) -> None:
     records, references = build_tasks(stream("task-file"), tasks)
     _write(out / "raw" / "sft.jsonl", build_sft(stream("sft"), pool, tasks))
     _write(out / "raw" / "preference.jsonl", build_preferences(stream("preference"), pool))
-    _write(out / "raw" / "pretrain.txt", build_pretrain(stream("pretrain")))
+    _write(out / "raw" / "pretrain.txt", build_pretrain(stream("pretrain"), tasks))
     _write(out / "tasks.jsonl", records)
     _write(out / "references.jsonl", references)
 

@@ -1,0 +1,19 @@
+"""Preference accuracy of one stage's model (sft or dpo) on the held-out preference pairs."""
+
+from tunesmith.fetch import hub_offline
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.preference_accuracy import score_preferences
+
+log_to(snakemake.log[0])
+hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
+with recorded(snakemake, f"preference_{snakemake.wildcards.stage}"):
+    score_preferences(
+        base_path=snakemake.params.base_path,
+        base_section=snakemake.params.base_model,
+        adapter=next(iter(snakemake.input.adapters), None),  # the stage's one standalone adapter folder
+        template_section=snakemake.params.template,
+        dataset_path=snakemake.input.dataset,
+        out_path=snakemake.output.scores,
+        threads=snakemake.threads,
+    )
