@@ -162,8 +162,8 @@ def test_generation_stops_at_a_stop_string_and_the_answer_is_cut_before_it(tiny,
     # match before the answer starts, nor the replacement character of a half-decoded byte sequence.
     counts = Counter(character for text in free for character in set(text[1 : len(text) // 2])
                      if character not in prompts[0][-8:] + "\ufffd")
+    assert counts, "no answer has a character in its first half; the test would prove nothing"
     stop = counts.most_common(1)[0][0]
-    assert counts[stop] >= 2, "no character recurs in the answers; the test would prove nothing"
 
     lengths = []
     real_generate = prompt_model.generate
