@@ -178,6 +178,11 @@ def test_rows_trl_drops_are_counted_and_not_reported_as_trained(tiny, tmp_path, 
     import logging
 
     dataset, _ = with_long_prompts(tiny.sft_data, tmp_path / "long.parquet", count=7)
+    table = pq.read_table(dataset)
+    rows = table.to_pylist()
+    for row in [row for row in rows if row["split"] == "train"][7:10]:  # short prompts, answers past max_length
+        row["response"] = FILLER * 40
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), dataset)
     train_rows = sum(1 for side in pq.read_table(dataset)["split"].to_pylist() if side == "train")
     from tiny_model import _recording_trainer
 

@@ -39,7 +39,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
-        "summarise_run": 1,
+        "summarise_run": 1, "score_preferences": 2,
     }
 
 
@@ -250,7 +250,7 @@ STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path",
 @pytest.mark.e2e
 @pytest.mark.parametrize("stage", ["tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "curate_preference",
                                    "sft", "dpo", "generate_base", "generate_sft", "generate_dpo"])
-def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run, tmp_path, stage):
+def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run, tmp_path, stage, monkeypatch):
     """Every recipe key that neither the stage nor anything upstream of it reads, changed at once (where
     the recipe stays valid): a dry run on the finished default run plans no job of that stage."""
     import yaml
@@ -259,6 +259,7 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
     from tunesmith import plan
     from tunesmith.recipe import RecipeError, validate_recipe
 
+    monkeypatch.chdir(default_run)
     recipe = yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8"))
     filled = validate_recipe(yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8")))
     steps = plan.steps(filled)
@@ -270,8 +271,8 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
             continue
         for value in alternatives(dotted, get(filled, dotted)):
             candidate = put(copy.deepcopy(recipe), dotted, value)
-            try:
-                validate_recipe(copy.deepcopy(candidate))
+            try:  # as the workflow validates it: with the files, from the run's folder
+                validate_recipe(copy.deepcopy(candidate), check_files=True)
             except RecipeError:
                 continue  # another key forbids this value (e.g. heads must divide the width)
             recipe = candidate
@@ -367,7 +368,7 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
         "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1, "summarise_run": 1,
-        "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1,
+        "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1, "score_preferences": 3,
     }
     assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
 

@@ -214,8 +214,9 @@ def output_problems(text: str, guards: dict) -> list[str]:
     if any(unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS for character in text):
         problems.append("control_char")
     words, visible = _words(text), "".join(text.split())
+    max_share = guards["max_char_share"]  # looked up for every answer: a setting, whatever the answers
     if len(words) >= guards["char_share_min_length"]:
-        if Counter(words).most_common(1)[0][1] > guards["max_char_share"] * len(words):
+        if Counter(words).most_common(1)[0][1] > max_share * len(words):
             problems.append("degenerate_char")
     elif len(visible) >= guards["char_share_min_length"] and len(words) < MIN_WORD_SHARE * len(visible):
         problems.append("degenerate_char")  # punctuation with hardly a word: 」、、、、、、、、、、
