@@ -214,7 +214,11 @@ def test_an_edit_reruns_exactly_what_depends_on_it(default_run, tmp_path, edit, 
 # Keys a rule's input functions read (the files they name), not its job.
 READ_BY_INPUT_FILES = {"tokenizer": re.compile(r"sources\[\d+\]\.(path|format)"),
                        "base_model": re.compile(r"sources\[\d+\]\.(path|format)"),
-                       **{f"generate_{stage}": re.compile(r"tasks\.path") for stage in ("base", "sft", "dpo")}}
+                       **{f"generate_{stage}": re.compile(r"tasks\.path") for stage in ("base", "sft", "dpo")},
+                       # the task file (decontamination) is an input; the length histograms' max_length
+                       # and token counter are worked out for the rule's params (plan.curation_lengths)
+                       **{f"curate_{role}": re.compile(rf"tasks\.path|curate\.tokens\.count|{stage}\.max_length")
+                          for role, stage in (("sft", "sft"), ("preference", "dpo"))}}
 
 
 @pytest.mark.e2e

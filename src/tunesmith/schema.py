@@ -69,7 +69,14 @@ def with_defaults(section: str, value: dict) -> dict:
         pass  # a direct call's values are the caller's business; only the defaults are wanted here
     # A validated recipe's part lacks nothing: hand it back itself, so that a job's recorded params
     # (tunesmith.reads) still record the keys the code looks up (copying and comparing look nothing up).
-    return value if filled == value else filled
+    # Otherwise the defaults join the caller's own values, each looked up once.
+    return value if filled == value else _merged(filled, value)
+
+
+def _merged(filled, value):
+    if isinstance(value, dict) and isinstance(filled, dict):
+        return {**filled, **{name: _merged(filled.get(name), value[name]) for name in value}}
+    return value
 
 
 def strict_validator(schema: dict):

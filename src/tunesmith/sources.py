@@ -117,7 +117,8 @@ def _resolve(source: dict, rank: int, role: str, list_files: bool = True) -> Sou
     if style not in STYLES or STYLES[style].role != role:
         fitting = sorted(name for name, entry in STYLES.items() if entry.role == role)
         raise IngestError(f"{where}: style '{source['style']}' does not fit role '{role}' (use one of {fitting})")
-    columns = {ours: theirs for ours, theirs in source["columns"].items() if theirs is not None}
+    mapping = source["columns"]
+    columns = {ours: mapping[ours] for ours in mapping if mapping[ours] is not None}
     unknown = sorted(set(columns) - set(STYLES[style].columns))
     if unknown:
         raise IngestError(f"{where}: columns {unknown} are not fields of style '{style}' "
