@@ -258,6 +258,12 @@ def test_grading_through_transformers_serve(served, files, tmp_path, monkeypatch
     handler = logging.FileHandler(log_file, encoding="utf-8")
     root = logging.getLogger()
     level, root.level = root.level, logging.DEBUG  # the most the client could ever log
+    # Libraries imported by earlier tests quiet their clients' loggers (huggingface_hub: httpx): undo it here.
+    clients = {name: (logging.getLogger(name).level, logging.getLogger(name).disabled)
+               for name in ("openai", "httpx", "httpcore")}
+    for name in clients:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+        logging.getLogger(name).disabled = False
     root.addHandler(handler)
     try:
         out, cache = tmp_path / "judged" / "dpo.jsonl", tmp_path / "cache"
@@ -283,6 +289,9 @@ def test_grading_through_transformers_serve(served, files, tmp_path, monkeypatch
         root.removeHandler(handler)
         handler.close()
         root.level = level
+        for name, (client_level, disabled) in clients.items():
+            logging.getLogger(name).setLevel(client_level)
+            logging.getLogger(name).disabled = disabled
     assert "POST" in log_file.read_text(encoding="utf-8") or log_file.stat().st_size > 0
     for file in tmp_path.rglob("*"):
         if file.is_file():
