@@ -292,7 +292,17 @@ def pick(recipe: dict, keys) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = copy.deepcopy(value)
-    return _as_lists(picked)
+    return _sorted(_as_lists(picked))
+
+
+def _sorted(node):
+    """Mappings in key order: Snakemake compares a job's params as written, so the order of keys in the
+    recipe file must not make a finished job look changed."""
+    if isinstance(node, dict):
+        return {name: _sorted(node[name]) for name in sorted(node)}
+    if isinstance(node, list):
+        return [_sorted(item) for item in node]
+    return node
 
 
 def _as_lists(node):
