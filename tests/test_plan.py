@@ -95,6 +95,15 @@ def test_a_matrix_makes_every_combination_validated(recipe):
     assert len({plan.steps(v)["dpo"].key for v in found.values()}) == 2
 
 
+def test_the_shipped_sweep_is_the_default_recipe_plus_a_matrix():
+    """Its variants reuse a finished default run's curation, base model and SFT only while the two agree."""
+    sweep = load_recipe(REPO / "recipes/sweep.yaml")
+    assert sweep.pop("sweep")["matrix"]
+    default = load_recipe(REPO / "recipes/default.yaml")
+    default.pop("sweep", None)
+    assert sweep == default
+
+
 def test_no_matrix_is_no_sweep(recipe):
     assert variants(recipe) == {} and combinations(recipe) == {}
 
