@@ -79,8 +79,15 @@ def source_of_step(wildcards):
 
 
 def curated(wildcards):
+    """The dataset a training step consumes: a curated role's Parquet, or KTO's unpaired answers."""
     key = step(wildcards).upstream["dataset"]
+    if STEPS[key].stage == "unpair_preference":
+        return keyed(rules.unpair_preferences.output.kept, key)
     return keyed(rules.curate_data.output.kept, key, role=STEPS[key].stage.removeprefix("curate_"))
+
+
+def curated_pairs(wildcards):
+    return keyed(rules.curate_data.output.kept, step(wildcards).upstream["pairs"], role="preference")
 
 
 def variant_name(wildcards):

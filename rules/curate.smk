@@ -49,3 +49,22 @@ rule curate_data:
     threads: workflow.cores
     script:
         "../scripts/curate_data.py"
+
+
+# KTO (dpo.method: kto) trains on single answers labelled desirable or undesirable: the curated pairs,
+# unpaired (tunesmith.unpaired). Every answer is kept or quarantined with its reason.
+rule unpair_preferences:
+    input:
+        pairs=curated_pairs,
+    output:
+        kept="results/curated/{key}/unpaired.parquet",
+        quarantine="results/curated/{key}/unpaired.quarantine.parquet",
+        card="results/curated/{key}/unpaired.card.json",
+    log:
+        "logs/unpair_preferences/{key}.log",
+    params:
+        seed=setting("seed"),
+    wildcard_constraints:
+        key=KEY,
+    script:
+        "../scripts/unpair_preferences.py"

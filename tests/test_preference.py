@@ -3,9 +3,11 @@ the adapter stacked on the frozen SFT adapter, the reference (KTO: the SFT model
 unpaired rows, rows a long prompt fills, and the recipe checks between the `dpo` keys."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -18,7 +20,7 @@ from tunesmith.model import load_model, read_metadata
 from tunesmith.preference import preference_problems
 from tunesmith.template import PromptTemplate
 from tunesmith.train import train_dpo
-from tunesmith.unpaired import BOTH_LABELS, SHARED_ANSWER, unpaired_rows
+from tunesmith.unpaired import BOTH_LABELS, SHARED_ANSWER, UnpairError, unpaired_rows, write_unpaired
 
 TRAINERS = {"orpo": "experimental.orpo.ORPOTrainer", "simpo": "experimental.cpo.CPOTrainer", "kto": "KTOTrainer"}
 
@@ -36,6 +38,10 @@ def _train_method(tiny, sft, out_dir: Path, method: str, dataset=None, **changes
     section = tiny.section("dpo") | {"method": method, "logging_steps": 1} | changes
     if method == "simpo":
         section["beta"] = 2.0
+    if dataset is None and method == "kto":  # what the unpair_preferences rule makes of the curated pairs
+        dataset = str(out_dir.parent / "unpaired.parquet")
+        write_unpaired(tiny.preference_data, SEED, dataset, out_dir.parent / "unpaired.quarantine.parquet",
+                       out_dir.parent / "unpaired.card.json")
     return _recording_in(module, name, lambda: train_dpo(
         tiny.base_dir, tiny.section("base_model"), tiny.section("template"), section,
         dataset or tiny.preference_data, sft.path, SEED, str(out_dir)))
@@ -146,11 +152,10 @@ def test_kto_reference_is_the_sft_model_and_its_rows_are_the_pairs_answers_with_
         text = tokenizer.decode(row["prompt_ids"] + row["completion_ids"])
         assert by_text[text] == row["label"]
     metadata = read_metadata(folder)
-    unpaired = metadata["unpaired"]
-    assert unpaired["pairs"] == pq.read_metadata(tiny.preference_data).num_rows
-    assert unpaired["desirable"] + unpaired["undesirable"] == metadata["rows_curated"] + metadata["eval_rows_curated"]
-    assert 2 * unpaired["pairs"] == (unpaired["desirable"] + unpaired["undesirable"]
-                                    + sum(unpaired["answers_left_out"].values()))
+    card = json.loads((Path(folder).parent / "unpaired.card.json").read_text())
+    assert card["pairs"] == pq.read_metadata(tiny.preference_data).num_rows
+    assert card["desirable"] + card["undesirable"] == card["kept"] == (metadata["rows_curated"]
+                                                                     + metadata["eval_rows_curated"])
 
 
 @pytest.mark.parametrize("method", ["orpo", "simpo"])
@@ -176,14 +181,17 @@ def test_unpaired_rows_label_each_answer_once_and_reconcile():
         {"prompt": "p1", "chosen": "A", "rejected": "D", "split": "validation"},  # A again: one row, train's
         {"prompt": "p2", "chosen": "A", "rejected": "E", "split": "validation"},  # another prompt: its own row
     ]
-    rows, counts = unpaired_rows(pairs, seed=3)
+    rows, left_out, counts = unpaired_rows(pairs, seed=3)
     assert sorted((row["prompt"], row["completion"], row["label"], row["split"]) for row in rows) == [
         ("p1", "A", True, "train"), ("p1", "C", False, "train"), ("p1", "D", False, "validation"),
         ("p2", "A", True, "validation"), ("p2", "E", False, "validation")]
     assert counts == {"pairs": 4, "desirable": 2, "undesirable": 3,
                       "answers_left_out": {SHARED_ANSWER: 2, BOTH_LABELS: 1}}
-    assert 2 * counts["pairs"] == len(rows) + sum(counts["answers_left_out"].values())
-    again, _ = unpaired_rows(pairs, seed=3)
+    # Every answer is kept or left out with its reason: B twice (once a repeat, once for its two labels), A's repeat.
+    assert sorted((row["completion"], row["label"], row["reason"]) for row in left_out) == [
+        ("A", True, SHARED_ANSWER), ("B", False, BOTH_LABELS), ("B", True, SHARED_ANSWER)]
+    assert 2 * counts["pairs"] == len(rows) + len(left_out)
+    again, _, _ = unpaired_rows(pairs, seed=3)
     assert again == rows, "the same seed gives the same order"
     assert [row["completion"] for row in unpaired_rows(pairs, seed=4)[0]] != [row["completion"] for row in rows] or \
         [row["prompt"] for row in unpaired_rows(pairs, seed=5)[0]] != [row["prompt"] for row in rows]
@@ -191,10 +199,40 @@ def test_unpaired_rows_label_each_answer_once_and_reconcile():
 
 def test_unpaired_rows_mix_labels_in_training_order():
     pairs = [{"prompt": f"p{index}", "chosen": "good", "rejected": "bad"} for index in range(40)]
-    rows, counts = unpaired_rows(pairs, seed=0)
+    rows, _, counts = unpaired_rows(pairs, seed=0)
     assert counts["desirable"] == counts["undesirable"] == 40 and "split" not in rows[0]
     first_batch = [row["label"] for row in rows[:8]]
     assert 0 < sum(first_batch) < 8, "a batch of KTO rows holds both labels, not all desirable answers first"
+
+
+def test_the_unpaired_dataset_keeps_or_quarantines_every_answer_and_refuses_one_label(tmp_path):
+    pairs = [{"prompt": f"p{index % 5}", "chosen": f"good{index}", "rejected": "bad",
+              "split": "validation" if index == 9 else "train"} for index in range(10)]
+    source = tmp_path / "preference.parquet"
+    pq.write_table(pa.Table.from_pylist(pairs), source)
+    paths = [tmp_path / name for name in ("unpaired.parquet", "unpaired.quarantine.parquet", "unpaired.card.json")]
+    card = write_unpaired(source, 0, *paths)
+    kept, quarantined = pq.read_table(paths[0]).to_pylist(), pq.read_table(paths[1]).to_pylist()
+    assert set(kept[0]) == {"prompt", "completion", "label", "split"}
+    # "bad" under each of the 5 prompts is one row; its other 5 copies are quarantined as repeats.
+    assert (len(kept), len(quarantined)) == (15, 5) and card["answers_in"] == 20 == len(kept) + len(quarantined)
+    assert {row["reason"] for row in quarantined} == {SHARED_ANSWER}
+    assert card == json.loads(paths[2].read_text()) and card["splits"] == {"train": 14, "validation": 1}
+    assert card["kept"] == card["desirable"] + card["undesirable"] == 15
+    # A > B and B > A: each answer has both labels, so KTO would have nothing to learn from.
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "chosen": "A", "rejected": "B", "split": "train"},
+                                         {"prompt": "p", "chosen": "B", "rejected": "A", "split": "train"}]), source)
+    with pytest.raises(UnpairError, match=r"preference.parquet: the 2 curated pairs give no desirable training"):
+        write_unpaired(source, 0, *paths)
+
+
+def test_kto_refuses_a_dataset_of_pairs_and_dpo_one_of_single_answers(tiny, sft_adapter, tmp_path):
+    with pytest.raises(ValueError, match=r"dpo.method kto trains on rows of completion, label, prompt, but the file "
+                                         r"has columns .*chosen.* \(the unpair_preferences rule makes it"):
+        train_dpo(tiny.base_dir, tiny.section("base_model"), tiny.section("template"),
+                  tiny.section("dpo") | {"method": "kto"}, tiny.preference_data, sft_adapter.path, SEED,
+                  str(tmp_path / "dpo"))
+    assert not (tmp_path / "dpo").exists()
 
 
 # --- recipe checks ------------------------------------------------------------------------------------

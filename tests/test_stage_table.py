@@ -101,6 +101,17 @@ def test_each_preference_method_reads_its_own_settings_only():
         assert keys & everyone == own[method], method
 
 
+def test_kto_trains_on_the_unpaired_answers_curation_makes_of_the_pairs():
+    kto = plan.steps(shaped("KTO on two processes"))
+    assert kto["unpair_preference"].upstream == {"pairs": kto["curate_preference"].key}
+    assert kto["unpair_preference"].reads == ("seed",)
+    assert kto["dpo"].upstream["dataset"] == kto["unpair_preference"].key
+    # Preference accuracy still compares the stages on the curated pairs.
+    assert kto["preference_dpo"].upstream["dataset"] == kto["curate_preference"].key
+    for name in ("default", "ORPO, untracked", "no DPO, no near-dup, no decontamination"):
+        assert "unpair_preference" not in plan.steps(shaped(name)), name
+
+
 def test_several_nodes_read_the_strategy_even_with_one_process_each():
     recipe = shaped("default")
     recipe["distributed"]["nodes"] = 2

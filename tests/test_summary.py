@@ -168,7 +168,43 @@ def test_the_start_page_is_restructuredtext_with_the_score_and_data_tables(run):
     assert "system-message" not in body, body
     assert '<th class="head">exact match</th>' in body
     assert "<td>66.7%</td>" in body and "<td>sample_sft</td>" in body
-    assert "submission.stage: sft" in body
+    # The setting to change is set as code, not as text holding literal backticks.
+    assert re.search(r'<(tt|code) class="docutils literal">(<span class="pre">)?submission.stage:', body), body
+    assert "`" not in body
+
+
+def families_of(stages):
+    """eval.json's per-family block for each stage: (exact match of repetition, of addition)."""
+    return {stage: {"repetition": {"exact_match": rep, "chrf": 0.0, "n": 2},
+                    "addition": {"exact_match": add, "chrf": 0.0, "n": 1}} for stage, (rep, add) in stages.items()}
+
+
+def test_exact_match_per_family_and_preference_accuracy_are_on_the_terminal_and_the_first_page(run):
+    from docutils.core import publish_parts
+
+    families = families_of({"base": (0.0, 0.0), "sft": (1.0, 1.0), "dpo": (1.0, 0.0)})
+    write_scores(run, stages={stage: {"exact_match": 0.5, "chrf": 1.0, "n": 3, "families": found}
+                              for stage, found in families.items()})
+    scores = json.loads(Path(run["scores"]).read_text())
+    scores["preference"] = {"sft": {"pairs": 27, "accuracy": 0.7, "mean_margin": 1.0},
+                            "dpo": {"pairs": 27, "accuracy": 0.9, "mean_margin": 2.0}}
+    Path(run["scores"]).write_text(json.dumps(scores))
+    text = terminal(dpo_summary(run), True)
+    assert block(text, "Scores (")[:2] == [["base", "50.0%", "1.0", "–"], ["sft", "50.0%", "1.0", "70.0%"]]
+    assert block(text, "Exact match per task family:") == [["repetition", "2", "0.0%", "100.0%", "100.0%"],
+                                                           ["addition", "1", "0.0%", "100.0%", "0.0%"]]
+    page = start_page(dpo_summary(run))
+    body = publish_parts(page, writer="html", settings_overrides={"report_level": 2})["html_body"]
+    assert '<th class="head">preference accuracy</th>' in body and "<td>90.0%</td>" in body
+    assert "Exact match per task family" in body and "<td>repetition</td>" in body
+
+
+def test_answers_on_disk_are_scored_per_family_without_eval_json(run):
+    text = terminal(dpo_summary(run), summary_current=False)
+    assert block(text, "Exact match per task family:") == [["addition", "1", "0.0%", "100.0%", "0.0%"],
+                                                           ["repetition", "2", "0.0%", "100.0%", "100.0%"]]
+    write_jsonl(Path(run["tasks"]), [{"task_id": i, "input": text} for i, text, _, _ in TASKS])
+    assert "per task family" not in terminal(dpo_summary(run), summary_current=False)
 
 
 def test_the_answers_page_puts_each_stage_beside_the_reference_by_family(run):

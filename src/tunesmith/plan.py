@@ -241,6 +241,8 @@ STAGES = {
     "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
                         f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
+    # KTO's labelled single answers, made from the curated pairs (tunesmith.unpaired); only when dpo.method is kto.
+    "unpair": Stage("curated", lambda r, _: ["seed"], lambda r, _: {"pairs": "curate_preference"}),
     # No template: raw text, so a template edit does not rerun continued pretraining.
     "cpt": Stage("cpt", lambda r, _: ["seed", *_model(r), *_training(r, "continued_pretraining"), *_distributed(r),
                                       *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r),
@@ -249,7 +251,7 @@ STAGES = {
                  lambda r, _: {**_beneath(r), "dataset": "curate_sft"}, unkeyed=_tracking),
     "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
-                 lambda r, _: {**_beneath(r), "dataset": "curate_preference", "sft": "sft"}, unkeyed=_tracking),
+                 lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
                       + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
@@ -364,6 +366,12 @@ def judge_enabled(recipe: dict) -> bool:
     return recipe["judge"]["backend"] != "none"
 
 
+def preference_dataset(recipe: dict) -> str:
+    """The step whose dataset the preference stage trains on: the curated pairs, or for KTO their answers
+    labelled one by one."""
+    return "unpair_preference" if recipe["dpo"]["method"] == "kto" else "curate_preference"
+
+
 def adapter_stages(recipe: dict, stage: str) -> list[str]:
     """The adapters a stage's model is made of, in training order; the last one's folder holds them
     all as one standalone adapter (tunesmith.adapters), which is what generation and export load."""
@@ -383,6 +391,8 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
         found += [(f"ingest_{source['id']}", "ingest", index) for index, source in enumerate(recipe["sources"])
                   if source["role"] == role]
         found.append((f"curate_{role}", "curate", role))
+    if recipe["dpo"]["enabled"] and preference_dataset(recipe) == "unpair_preference":
+        found.append(("unpair_preference", "unpair", None))
     found.append(("sft", "sft", None))
     if recipe["dpo"]["enabled"]:
         found.append(("dpo", "dpo", None))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tunesmith.answers import answers_page, reference_answers
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.evaluate import score
+from tunesmith.evaluate import family_scores, score
+from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
 
 SHOWN_REASONS = 3  # quarantine reasons named per source on the terminal; the data card has them all
@@ -83,16 +84,21 @@ def _scores(files: dict) -> dict:
     if holds_inputs(files["scores"], files["scored"]):
         report = json.loads(Path(files["scores"]).read_text(encoding="utf-8"))
         return {"stages": report["stages"], "from": target, "configured": configured, "note": None,
-                "judge": report.get("judge"), "per_task": report.get("per_task", {})}
+                "judge": report.get("judge"), "per_task": report.get("per_task", {}),
+                "preference": report.get("preference") or {}}
     stale = Path(files["scores"]).is_file()
     note = (f"{target} holds the scores of another recipe or of older answers, not shown; " if stale
             else "No scores yet: ") + f"`snakemake {target}` scores this recipe's answers ({configured})."
     stages = {}
     references = reference_answers(files["references"], files["tasks"]) if files["references"] else None
     if references:  # exact match and chrF cost nothing: score the answers that exist
-        stages = {stage: {key: value for key, value in score(read_generations(path), references).items()
-                          if key != "per_task"}
-                  for stage, path in files["generations"].items() if Path(path).is_file()}
+        families = read_task_families(files["tasks"]) if files["tasks"] else {}
+        for stage, path in files["generations"].items():
+            if Path(path).is_file():
+                outputs = read_generations(path)
+                stages[stage] = {key: value for key, value in score(outputs, references).items() if key != "per_task"}
+                if families:
+                    stages[stage]["families"] = family_scores(outputs, references, families)
     return {"stages": stages, "from": "answers" if stages else None, "configured": configured, "note": note}
 
 
@@ -111,7 +117,7 @@ def _trained(adapter) -> dict | None:
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences")
+    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences", "method")
     return {key: metadata[key] for key in keys if key in metadata}
 
 
@@ -146,13 +152,16 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     stages = summary["scores"]["stages"]
     judged = any("judge" in result for result in stages.values())
     referenced = any("exact_match" in result for result in stages.values())
+    preference = summary["scores"].get("preference") or {}
     header = ["stage"] + (["exact match", "chrF"] if referenced else []) + (
-        ["judge (1–5)", "interval", "unparseable"] if judged else [])
+        ["preference accuracy"] if preference else []) + (["judge (1–5)", "interval", "unparseable"] if judged else [])
     rows = []
     for stage, result in stages.items():
         row = [stage + (" (submitted)" if stage == summary["submission"]["stage"] else "")]
         if referenced:
             row += [_percent(result.get("exact_match")), "–" if "chrf" not in result else f"{result['chrf']:.1f}"]
+        if preference:
+            row += [_percent(preference.get(stage, {}).get("accuracy"))]
         if judged:
             grades = result.get("judge") or {}
             interval = grades.get("interval")
@@ -162,7 +171,9 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def comparison_note(summary: dict) -> str | None:
+def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
+    """The note that another stage scores above the submitted one; `plain` and `code` mark up its text and
+    the setting to change (the terminal's backticks, the report's reStructuredText)."""
     better = better_stages(summary)
     if not better:
         return None
@@ -170,8 +181,27 @@ def comparison_note(summary: dict) -> str | None:
     name, value = measure(stages[submitted])
     shown = (lambda v: f"{v:.2f}") if name == "judge mean" else _percent
     others = ", ".join(f"{stage} {shown(measure(stages[stage])[1])}" for stage in better)
-    return (f"{' and '.join(better)} {'scores' if len(better) == 1 else 'score'} above the submitted {submitted} on "
-            f"{name} ({others} against {shown(value)}); `submission.stage: {better[0]}` would submit it.")
+    return (plain(f"{' and '.join(better)} {'scores' if len(better) == 1 else 'score'} above the submitted "
+                  f"{submitted} on {name} ({others} against {shown(value)}); ")
+            + code(f"submission.stage: {better[0]}") + plain(" would submit it."))
+
+
+def family_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Exact match per task family (the task file's `family` field): a row per family, a column per stage;
+    None when the task file names no families or nothing has references."""
+    stages = {stage: result["families"] for stage, result in summary["scores"]["stages"].items()
+              if result.get("families")}
+    families = list(dict.fromkeys(family for found in stages.values() for family in found))
+    if not stages:
+        return None
+    submitted = summary["submission"]["stage"]
+    header = ["family", "tasks"] + [stage + (" (submitted)" if stage == submitted else "") for stage in stages]
+    rows = []
+    for family in families:
+        counts = [found[family]["n"] for found in stages.values() if family in found]
+        rows.append([family, str(max(counts))] + [_percent(found.get(family, {}).get("exact_match"))
+                                                  for found in stages.values()])
+    return header, rows
 
 
 def data_rows(summary: dict) -> list[list[str]]:
@@ -192,7 +222,7 @@ def training_rows(summary: dict) -> list[list[str]]:
     for stage, counts in summary["training"].items():
         if not counts:
             continue
-        unit = "pairs" if stage == "dpo" else "rows"
+        unit = "rows" if stage != "dpo" else "answers" if counts.get("method") == "kto" else "pairs"
         lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
                 for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
         trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
@@ -228,6 +258,8 @@ def terminal(summary: dict, summary_current: bool) -> str:
         lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
         note = comparison_note(summary)
         lines += [f"  Note: {note}"] if note else []
+        if family_rows(summary):
+            lines += ["", "Exact match per task family:", *_aligned(*family_rows(summary))]
     if scores["note"]:
         lines += ["", scores["note"]]
     if any(summary["data"].values()):
@@ -262,8 +294,10 @@ def start_page(summary: dict) -> str:
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
-        note = comparison_note(summary)
-        lines += [f"**Note:** {_rst_text(note)}", ""] if note else []
+        note = comparison_note(summary, plain=_rst_text, code=lambda text: f"``{text}``")
+        lines += [f"**Note:** {note}", ""] if note else []
+        if family_rows(summary):
+            lines += _list_table("Exact match per task family", *family_rows(summary))
         lines += ["Every task's answer of each stage beside the reference, by task family: `answers.html`_ "
                   "(category `Evaluation`_).", ""]
     if scores["note"]:

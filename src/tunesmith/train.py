@@ -42,7 +42,6 @@ from tunesmith.template import PromptTemplate
 from tunesmith.tracking import keep_events, track_trainer, tracked
 from tunesmith.tracking import metadata as tracking_metadata
 from tunesmith.train_data import Renderer, rendered, split_rows
-from tunesmith.unpaired import unpaired_rows
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +287,23 @@ def _forget(trainer, reference) -> None:
         models[:] = [model for model in models if model is not reference]
 
 
+UNPAIRED_COLUMNS, PAIR_COLUMNS = {"prompt", "completion", "label"}, {"prompt", "chosen", "rejected"}
+
+
+def check_dataset_layout(dataset_path: str, method: str) -> None:
+    """KTO trains on labelled answers (prompt, completion, label), every other method on pairs (prompt, chosen,
+    rejected): a dataset of the other layout is an error naming the file, before any model loads."""
+    import pyarrow.parquet as pq
+
+    columns = set(pq.read_schema(dataset_path).names)
+    wanted = UNPAIRED_COLUMNS if is_unpaired(method) else PAIR_COLUMNS
+    if not wanted <= columns:
+        made_by = ("the unpair_preferences rule makes it from the curated pairs" if is_unpaired(method)
+                   else "curation of a preference source makes it")
+        raise ValueError(f"{dataset_path}: dpo.method {method} trains on rows of {', '.join(sorted(wanted))}, but "
+                         f"the file has columns {', '.join(sorted(columns))} ({made_by})")
+
+
 def train_dpo(
     base_path: str, base_section: dict, template_section: dict, dpo: dict, dataset_path: str,
     sft_adapter: str, seed: int, out_dir: str, threads: int = 1, base_adapters: list[str] = (),
@@ -298,28 +314,17 @@ def train_dpo(
     - new_adapter: a new LoRA adapter (dpo.lora) trains on top of the frozen SFT adapter;
     - continue_sft: the adapter SFT trained keeps training (on top of the frozen CPT adapter, if any).
     DPO's and KTO's reference is the SFT model, its log-probabilities computed once before training; ORPO and
-    SimPO need none. KTO trains on the pairs' answers one by one (tunesmith.unpaired)."""
-    from datasets import Dataset
-
+    SimPO need none. KTO trains on labelled single answers, the curated dataset tunesmith.unpaired makes from
+    the pairs."""
     method = dpo["method"]
     _setup(seed, threads)
     template, tokenizer = PromptTemplate(template_section), load_tokenizer(base_path, base_section)
     check_eos(tokenizer, base_path)
     renderer = Renderer(template, tokenizer, dpo["max_length"], dpo["long_prompts"],
                         drop_here=method not in TRL_DROPS_LONG_PROMPTS)
-    unpairing = {}
-
-    def unpaired(rows):
-        answers, counts = unpaired_rows(rows, seed)
-        unpairing.update(counts)
-        log.info("kto: %d pairs gave %d desirable and %d undesirable answers (left out: %s)", counts["pairs"],
-                 counts["desirable"], counts["undesirable"], counts["answers_left_out"] or "none")
-        return Dataset.from_list(answers)
-
-    if is_unpaired(method):
-        dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.unpaired, unpaired)
-    else:
-        dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.preference)
+    check_dataset_layout(dataset_path, method)
+    render = renderer.unpaired if is_unpaired(method) else renderer.preference
+    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, render)
     log.info("%s: %s (max_length %d)", method, train_lengths.describe(), dpo["max_length"])
     if dpo["start"] == "continue_sft":
         beneath = _beneath(base_adapters)
@@ -354,8 +359,7 @@ def train_dpo(
             result = _train(trainer, checkpoints)
         _save(trainer, tmp, f"dpo: {method} ({base_path})", beneath, base_path, tracking, stage="dpo", method=method,
               template_hash=template.hash, seed=seed, chain=_chain(beneath, "dpo", lora),
-              base_adapters=list(base_adapters), max_length=dpo["max_length"], **chain, **counts,
-              **({"unpaired": unpairing} if unpairing else {}))
+              base_adapters=list(base_adapters), max_length=dpo["max_length"], **chain, **counts)
     _finish(out_dir)
     log.info("dpo (%s): %d %s trained, final loss %.4f", method, counts["rows"],
              "answers" if is_unpaired(method) else "pairs", result.training_loss)

@@ -1,0 +1,15 @@
+"""KTO's curated dataset: the curated preference pairs as labelled single answers, a quarantine file and a card."""
+
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.unpaired import write_unpaired
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "unpair_preference"):
+    write_unpaired(
+        pairs_path=snakemake.input.pairs,
+        seed=snakemake.params.seed,
+        kept_path=snakemake.output.kept,
+        quarantine_path=snakemake.output.quarantine,
+        card_path=snakemake.output.card,
+    )
