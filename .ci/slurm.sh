@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the default recipe's submission.jsonl through a real Slurm cluster: one node, `localhost`,
-# started here from Debian's packages, with `snakemake --profile profiles/slurm`.
+# Builds the default recipe's submission.jsonl through a real Slurm cluster of two nodes on this host
+# (`node1` and `node2`, one slurmd each: Debian's Slurm is built with multiple-slurmd support),
+# started here from Debian's packages, with `snakemake --profile profiles/slurm`; then trains across
+# both nodes (distributed.nodes: 2) through the same profile.
 #   sudo bash .ci/slurm.sh      # as root, in the project's venv; ~8 min on 2 cores
 # Everything lives in a fresh temporary folder but the apt packages and /etc/slurm/{slurm,gres}.conf,
 # removed at the end; its own munge key and socket and its own ports keep clear of any other munge.
@@ -40,27 +42,27 @@ munged -F --socket="$WORK/munge.sock" --key-file="$WORK/munge.key" --pid-file="$
     --log-file="$WORK/munged.log" --seed-file="$WORK/munged.seed" >"$WORK/munged.out" 2>&1 &
 PIDS+=($!)
 
-# 4. The cluster: one node with this machine's CPUs and one GPU. The GPU is /dev/null, so that jobs
+# 4. The cluster: two nodes, each with this machine's CPUs and one GPU. The GPU is /dev/null, so that jobs
 #    asking `--gpus=1` are scheduled on a machine without one. The node claims 256 GB of memory
 #    (config_overrides: slurm.conf, not the hardware, says what the node has), so that the profile's
 #    job sizes, which fit the 13B recipe, are submitted unchanged; nothing enforces them here. No
 #    systemd and no cgroups: linuxproc tracks a job's processes, and task/none binds nothing. Without
-#    slurmdbd only squeue knows a job's state, for MinJobAge seconds after it ends. Two free ports,
-#    not 6817/6818.
-read -r CONTROLLER_PORT NODE_PORT < <(python3 -c '
+#    slurmdbd only squeue knows a job's state, for MinJobAge seconds after it ends. Three free ports
+#    (the controller's and one per node daemon), not 6817/6818; the spool, pid and log files of each
+#    node daemon are its own (%n, the node's name).
+read -r CONTROLLER_PORT NODE_PORT NODE2_PORT < <(python3 -c '
 import socket
-sockets = [socket.socket() for _ in range(2)]
+sockets = [socket.socket() for _ in range(3)]
 for s in sockets: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in sockets))')
 CPUS=$(nproc)
 MEMORY_MB=256000
-mkdir -p "$WORK/state" "$WORK/spool" "$CONFIG"
+mkdir -p "$WORK/state" "$WORK/spool/node1" "$WORK/spool/node2" "$CONFIG"
 cat >"$CONFIG/slurm.conf" <<EOF
 $MARK
 ClusterName=tunesmith
 SlurmctldHost=localhost
 SlurmctldPort=$CONTROLLER_PORT
-SlurmdPort=$NODE_PORT
 SlurmUser=root
 SlurmdParameters=config_overrides
 MpiDefault=none
@@ -69,11 +71,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$WORK/munge.sock
 StateSaveLocation=$WORK/state
-SlurmdSpoolDir=$WORK/spool
+SlurmdSpoolDir=$WORK/spool/%n
 SlurmctldPidFile=$WORK/slurmctld.pid
-SlurmdPidFile=$WORK/slurmd.pid
+SlurmdPidFile=$WORK/slurmd.%n.pid
 SlurmctldLogFile=$WORK/slurmctld.log
-SlurmdLogFile=$WORK/slurmd.log
+SlurmdLogFile=$WORK/slurmd.%n.log
 SlurmctldDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -85,24 +87,27 @@ DefMemPerCPU=1000
 MinJobAge=900
 ReturnToService=2
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:1 State=UNKNOWN
-PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+NodeName=node1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=$NODE_PORT CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:1 State=UNKNOWN
+NodeName=node2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=$NODE2_PORT CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:1 State=UNKNOWN
+PartitionName=main Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
 EOF
-echo "NodeName=localhost Name=gpu File=/dev/null" >"$CONFIG/gres.conf"
+printf 'NodeName=node1 Name=gpu File=/dev/null\nNodeName=node2 Name=gpu File=/dev/null\n' >"$CONFIG/gres.conf"
 
-# 5. The controller and the node daemon, as root, in the foreground (-D) so that $! is the daemon.
+# 5. The controller and the two node daemons, as root, in the foreground (-D) so that $! is the daemon.
 slurmctld -D >"$WORK/slurmctld.out" 2>&1 &
 PIDS+=($!)
-slurmd -D -N localhost >"$WORK/slurmd.out" 2>&1 &
-PIDS+=($!)
+for node in node1 node2; do
+    slurmd -D -N "$node" >"$WORK/slurmd.$node.out" 2>&1 &
+    PIDS+=($!)
+done
 for _ in $(seq 60); do
-    [ "$(sinfo -h -n localhost -o %t 2>/dev/null)" = idle ] && break
+    [ "$(sinfo -h -o %t 2>/dev/null | sort -u)" = idle ] && break
     sleep 1
 done
 sinfo -N -o '%N %t %c %m %G' || true
-if [ "$(sinfo -h -n localhost -o %t 2>/dev/null)" != idle ]; then
-    echo "slurm.sh: the node never became idle" >&2
-    tail -n 20 "$WORK"/slurmctld.log "$WORK"/slurmd.log "$WORK"/*.out >&2 || true
+if [ "$(sinfo -h -o %t 2>/dev/null | sort -u)" != idle ]; then
+    echo "slurm.sh: the nodes never became idle" >&2
+    tail -n 20 "$WORK"/slurmctld.log "$WORK"/slurmd.*.log "$WORK"/*.out >&2 || true
     exit 1
 fi
 
@@ -156,3 +161,35 @@ for line in sys.stdin:
 print(f"slurm.sh: {checked} jobs got their memory and time limit from the profile")
 assert checked > 0
 ' "$REPO/profiles/slurm/config.yaml"
+
+# 10. Training across the two nodes: the same quick recipe with distributed.nodes 2 (one process per
+#     node; gloo on CPU). The plugin submits `sbatch --nodes=2 --ntasks=2 --gres=gpu:1`, the job's
+#     launcher runs one `srun` task per node, each an `accelerate launch` with its node's rank, and the
+#     ranks meet at the launching node's address. The target is the DPO adapter: only SFT and DPO rerun
+#     (their keys hold distributed.nodes), and generation on one node was checked above.
+cd "$RUN"
+python3 -c 'import sys, yaml
+recipe = yaml.safe_load(open(sys.argv[1]))
+recipe.setdefault("distributed", {})["nodes"] = 2
+yaml.safe_dump(recipe, open(sys.argv[2], "w"), allow_unicode=True, sort_keys=False)' "$RUN/quick.yaml" "$RUN/two_nodes.yaml"
+DPO_ADAPTER=$(python3 -c 'import sys
+from tunesmith import plan
+from tunesmith.recipe import load_recipe
+print("results/dpo/" + plan.steps(load_recipe(sys.argv[1]))["dpo"].key + "/adapter")' "$RUN/two_nodes.yaml")
+start=$SECONDS
+timeout -k 30 1200 snakemake "$DPO_ADAPTER" -s "$REPO/Snakefile" --profile "$REPO/profiles/slurm" \
+    --cores "$CPUS" --config recipe="$RUN/two_nodes.yaml"
+echo "slurm.sh: the two-node workflow took $((SECONDS - start)) s"
+squeue -h --states=all -O 'Comment:60,NumNodes:6,NodeList:30,State:11' | grep -E 'rule_train_(sft|dpo)' || true
+python3 -c 'import glob, json, subprocess
+listed = subprocess.run(["squeue", "-h", "--states=all", "-O", "Comment:200,NumNodes:6,State:20"], capture_output=True,
+                        text=True, check=True).stdout.splitlines()
+spanned = [line.split() for line in listed if "rule_train_" in line]
+two = [fields for fields in spanned if fields[1] == "2"]
+assert sorted(fields[0].split("_wildcards")[0] for fields in two) == ["rule_train_dpo", "rule_train_sft"], spanned
+assert all(fields[2] == "COMPLETED" for fields in two), two
+trained = [json.load(open(path)) for path in glob.glob("results/*/*/adapter/tunesmith.json")]
+across = [meta for meta in trained if meta.get("nodes") == 2]
+assert sorted(meta["stage"] for meta in across) == ["dpo", "sft"], [(m["stage"], m.get("nodes")) for m in trained]
+assert all(meta["processes"] == 2 and meta["parallelism"] == "MULTI_CPU" for meta in across), across
+print("slurm.sh: SFT and DPO trained across 2 nodes (2 processes), their jobs allocated 2 nodes each")'

@@ -498,6 +498,30 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), out), PeftModel)
 
 
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_preference_training_on_two_processes_shares_its_reference_log_probabilities(tiny, sft_adapter, tmp_path,
+                                                                                   method):
+    """DPO and KTO compute the reference model's log-probabilities once, before training (trl caches them in the
+    dataset's folder): with two processes every rank must find rank 0's cache. A dataset living only in memory
+    has its cache in a folder of each process's own, so rank 1 found nothing (a two-node Slurm run found this)."""
+    from tunesmith.unpaired import write_unpaired
+
+    dataset = tiny.preference_data
+    if method == "kto":
+        dataset = str(tmp_path / "unpaired.parquet")
+        write_unpaired(tiny.preference_data, SEED, dataset, tmp_path / "q.parquet", tmp_path / "card.json")
+    dpo = tiny.section("dpo") | {"method": method, "max_steps": 2, "logging_steps": 1}
+    distributed = tiny.section("distributed") | {"processes": 2}
+    out = tmp_path / "adapters" / "dpo"
+    result = run_distributed(train_dpo, distributed, base_path=tiny.base_dir, base_section=tiny.section("base_model"),
+                             template_section=tiny.section("template"), dpo=dpo, dataset_path=dataset,
+                             sft_adapter=sft_adapter.path, seed=SEED, out_dir=str(out), threads=2)
+    metadata = read_metadata(out)
+    assert metadata["processes"] == 2 and metadata["parallelism"] == "MULTI_CPU" and result["train_loss"] > 0
+    assert sorted(entry.name for entry in out.parent.iterdir()) == ["dpo"], "one adapter, nothing left beside it"
+    assert_lora_trained(trained_part(str(out)))
+
+
 FAKE_SRUN = """#!{python}
 # srun's part in a Slurm step: each of --ntasks copies of the command with its SLURM_NODEID, and the address
 # of the node srun was started on; one failing task stops the others (--kill-on-bad-exit).

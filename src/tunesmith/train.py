@@ -287,6 +287,28 @@ def _forget(trainer, reference) -> None:
         models[:] = [model for model in models if model is not reference]
 
 
+def _shared_datasets(out_dir: str, *datasets):
+    """`datasets` (None stays None) as every rank can share them. On one process, as they are. On several, saved
+    by rank 0 to Arrow files in a folder beside the output (`.<name>.datasets.partial`, on the file system the
+    output lives on, so every node sees it) and loaded by every rank: trl caches what it computes from a
+    dataset (tokenised rows, the reference model's log-probabilities) next to the dataset's files, and rank 0's
+    cache is what the others read. A dataset that lives only in memory has its cache in a temporary folder of
+    each process's own, where the other ranks find nothing. Returns (datasets, folder or None)."""
+    if world_size() == 1:
+        return datasets, None
+    from datasets import load_from_disk
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".{os.path.basename(out_dir)}.datasets.partial")
+    with main_process_first():
+        if is_main_process():
+            shutil.rmtree(folder, ignore_errors=True)
+            for index, dataset in enumerate(datasets):
+                if dataset is not None:
+                    dataset.save_to_disk(os.path.join(folder, str(index)))
+    return tuple(None if dataset is None else load_from_disk(os.path.join(folder, str(index)))
+                 for index, dataset in enumerate(datasets)), folder
+
+
 UNPAIRED_COLUMNS, PAIR_COLUMNS = {"prompt", "completion", "label"}, {"prompt", "chosen", "rejected"}
 
 
@@ -344,6 +366,8 @@ def train_dpo(
         with tracked(tracking, checkpoints) as reporting:
             trainer_class, args = trainer_class_and_config(
                 dpo, _common_args(dpo, seed, checkpoints, reporting, evaluate=eval_dataset is not None))
+            # After the arguments: making them starts the process group that the ranks wait on.
+            (dataset, eval_dataset), shared = _shared_datasets(out_dir, dataset, eval_dataset)
             trainer = trainer_class(
                 model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
                 callbacks=[_keep_stack_active()], **({"ref_model": reference} if reference is not None else {}),
@@ -360,6 +384,8 @@ def train_dpo(
         _save(trainer, tmp, f"dpo: {method} ({base_path})", beneath, base_path, tracking, stage="dpo", method=method,
               template_hash=template.hash, seed=seed, chain=_chain(beneath, "dpo", lora),
               base_adapters=list(base_adapters), max_length=dpo["max_length"], **chain, **counts)
+    if shared and is_main_process():
+        shutil.rmtree(shared, ignore_errors=True)
     _finish(out_dir)
     log.info("dpo (%s): %d %s trained, final loss %.4f", method, counts["rows"],
              "answers" if is_unpaired(method) else "pairs", result.training_loss)
