@@ -191,9 +191,9 @@ def family_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
     None when the task file names no families or nothing has references."""
     stages = {stage: result["families"] for stage, result in summary["scores"]["stages"].items()
               if result.get("families")}
-    families = list(dict.fromkeys(family for found in stages.values() for family in found))
     if not stages:
         return None
+    families = list(dict.fromkeys(family for found in stages.values() for family in found))
     submitted = summary["submission"]["stage"]
     header = ["family", "tasks"] + [stage + (" (submitted)" if stage == submitted else "") for stage in stages]
     rows = []
@@ -258,8 +258,8 @@ def terminal(summary: dict, summary_current: bool) -> str:
         lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
         note = comparison_note(summary)
         lines += [f"  Note: {note}"] if note else []
-        if family_rows(summary):
-            lines += ["", "Exact match per task family:", *_aligned(*family_rows(summary))]
+        families = family_rows(summary)
+        lines += ["", "Exact match per task family:", *_aligned(*families)] if families else []
     if scores["note"]:
         lines += ["", scores["note"]]
     if any(summary["data"].values()):
@@ -296,8 +296,8 @@ def start_page(summary: dict) -> str:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
         note = comparison_note(summary, plain=_rst_text, code=lambda text: f"``{text}``")
         lines += [f"**Note:** {note}", ""] if note else []
-        if family_rows(summary):
-            lines += _list_table("Exact match per task family", *family_rows(summary))
+        families = family_rows(summary)
+        lines += _list_table("Exact match per task family", *families) if families else []
         lines += ["Every task's answer of each stage beside the reference, by task family: `answers.html`_ "
                   "(category `Evaluation`_).", ""]
     if scores["note"]:

@@ -15,6 +15,7 @@ each batch instead of running all desirable answers first.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections import Counter
@@ -23,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunesmith.atomic import atomic_path, write_json
+
+log = logging.getLogger(__name__)
 
 SHARED_ANSWER = "answer_shared_by_pairs"
 BOTH_LABELS = "answer_both_chosen_and_rejected"
@@ -86,4 +89,6 @@ def write_unpaired(pairs_path: str | os.PathLike, seed: int, kept_path: str | os
     card = {**counts, "answers_in": 2 * counts["pairs"], "kept": len(rows), "quarantined": counts["answers_left_out"],
             "splits": dict(sorted(splits.items())), "pairs_path": os.fspath(pairs_path)}
     write_json(card_path, card)
+    log.info("kto: %d pairs gave %d desirable and %d undesirable answers (left out: %s)", counts["pairs"],
+             counts["desirable"], counts["undesirable"], counts["answers_left_out"] or "none")
     return card
