@@ -10,6 +10,7 @@ rule ingest_source:
         "logs/ingest_source/{key}.log",
     params:
         sources=setting("sources"),
+        curate=setting("curate"),
     wildcard_constraints:
         key=KEY,
     script:

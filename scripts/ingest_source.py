@@ -9,4 +9,5 @@ with recorded(snakemake, "ingest_source"):
     ingest_source(
         source=snakemake.params.sources[0],
         out_path=snakemake.output.ingested,
+        max_line_bytes=snakemake.params.curate["max_line_bytes"],
     )

@@ -122,7 +122,7 @@ def test_csv_rows_keep_their_starting_line(tmp_path):
             b"too,many,fields,here\r\n"            # 6
             b"Empty output,,\r\n"                  # 7
             b"\xff bad,,x\r\n"                     # 8
-            b"nul\x00inside,,y\r\n"                # 9: a NUL is text in a CSV cell
+            b"nul\x00inside,,y\r\n"                # 9: a NUL never trains
             b"short\r\n")                          # 10
     (tmp_path / "rows.csv").write_bytes(data)
     card, kept, quarantined = run(tmp_path, [{"id": "csv", "path": str(tmp_path / "rows.csv"), "format": "csv"}])
@@ -130,10 +130,11 @@ def test_csv_rows_keep_their_starting_line(tmp_path):
         ("rows.csv", 2): "kept", ("rows.csv", 3): "kept", ("rows.csv", 5): ("blank_line", None),
         ("rows.csv", 6): ("wrong_column_count", "4 fields, the header has 3"),
         ("rows.csv", 7): ("empty_field", "output"),
-        ("rows.csv", 8): ("invalid_utf8", "invalid UTF-8 bytes in the record"), ("rows.csv", 9): "kept",
+        ("rows.csv", 8): ("invalid_utf8", "invalid UTF-8 bytes in the record"),
+        ("rows.csv", 9): ("control_characters", "instruction: U+0000 NUL at character 4, 1 in all"),
         ("rows.csv", 10): ("wrong_column_count", "1 fields, the header has 3"),
     }
-    assert [row["prompt"] for row in kept] == ["Say hi", "Multi\nline\nctx", "nul\x00inside"]
+    assert [row["prompt"] for row in kept] == ["Say hi", "Multi\nline\nctx"]
     assert raw_at(quarantined, "rows.csv", 8) == '{"instruction": "\ufffd bad", "input": "", "output": "x"}'
     assert card["sources"]["csv"]["rows_in"] == 8  # the header is not a record; lines 3-4 are one
 
@@ -197,12 +198,14 @@ def test_huge_line_nul_bytes_and_empty_files_are_rows_not_crashes(tmp_path):
         b'{"instruction": "raw\x00nul", "output": "y"}', b"\x00\x00", b'{"instruction": "esc\\u0000", "output": "k"}',
     ]))
     (tmp_path / "b.jsonl").write_bytes(b"")
-    card, kept, quarantined = run(tmp_path, [{"id": "dirt", "path": str(tmp_path / "*.jsonl")}])
+    card, kept, quarantined = run(tmp_path, [{"id": "dirt", "path": str(tmp_path / "*.jsonl")}],
+                                  max_line_bytes=16 << 20)  # the 10 MB line is read
     assert outcomes(tmp_path, kept, quarantined) == {
         ("a.jsonl", 1): "kept", ("a.jsonl", 2): ("too_long", "prompt 10000000"),
-        ("a.jsonl", 3): ("invalid_json", None), ("a.jsonl", 4): ("invalid_json", None), ("a.jsonl", 5): "kept",
+        ("a.jsonl", 3): ("invalid_json", None), ("a.jsonl", 4): ("invalid_json", None),
+        ("a.jsonl", 5): ("control_characters", "instruction: U+0000 NUL at character 4, 1 in all"),
     }
-    assert len(quarantined[0]["raw"]) == len(huge)  # the quarantine keeps the record whole
+    assert len(quarantined[0]["raw"]) == len(huge)  # under max_line_bytes: kept whole
     assert (card["sources"]["dirt"]["files"], card["sources"]["dirt"]["rows_in"]) == (2, 5)
 
 
@@ -403,7 +406,7 @@ def test_ingest_source_writes_raw_records_with_what_was_read(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(b'{"instruction": "I", "output": "O"}\r\n\n\xff\n')
     summary = ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"))
     assert summary == {"id": "a", "path": str(tmp_path / "a.jsonl"), "format": "jsonl", "split": "train",
-                       "files": [str(tmp_path / "a.jsonl")], "rows": 3}
+                       "files": [str(tmp_path / "a.jsonl")], "not_text": {}, "rows": 3}
     assert ingested_source(str(tmp_path / "a.parquet")) == {key: value for key, value in summary.items() if key != "rows"}
     rows = pq.read_table(tmp_path / "a.parquet").to_pylist()
     assert [(row["line"], row["raw"], row["read_reason"]) for row in rows] == [

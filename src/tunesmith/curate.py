@@ -173,7 +173,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
             paths = [str(Path(folder) / f"{index}.parquet") for index in range(len(chosen))]
             try:
                 for entry, path in zip([s for s in map(source_with_defaults, sources) if s["role"] == role], paths):
-                    ingest_source(entry, path)
+                    ingest_source(entry, path, settings["max_line_bytes"])
             except IngestError as error:
                 raise CurationError(str(error)) from None
             return curate(sources, role, tasks_path, settings, kept_path, quarantine_path, card_path,

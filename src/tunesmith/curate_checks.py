@@ -64,13 +64,49 @@ def strict_json_problems(raws):
 
 def typed_sql(shape: Shape) -> str:
     """Table `typed`: per record, each canonical field's JSON type, its text as read (for strings)
-    and its name as the record has it (a mapped column, a conversation turn), for details."""
-    fields = ",\n  ".join(
-        f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_type,\n  "
-        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  "
-        f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name"
-        for f in shape.required + shape.optional)
-    return f"CREATE TEMP TABLE typed AS SELECT pos, source_rank, early_reason, early_detail, {fields} FROM styled"
+    and its name as the record has it (a mapped column, a conversation turn), for details. A string
+    from a column that table `not_text` lists (a Parquet timestamp, written as JSON text) has that
+    column's type instead, so it is a wrong type, not text."""
+    fields = shape.required + shape.optional
+    names = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in fields)
+    joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
+                     f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in fields)
+    columns = ",\n  ".join(
+        f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_json,\n  "
+        f"CASE WHEN {f}_json = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) "
+        f"ELSE {f}_json END AS {f}_type,\n  "
+        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  {f}_name"
+        for f in fields)
+    return (f"CREATE TEMP TABLE typed AS SELECT pos, s.source_rank, early_reason, early_detail, {columns} "
+            f"FROM (SELECT *, {names} FROM styled) s {joins}")
+
+
+# Characters that never train, checked on each field as read (before any normalisation); tab, line
+# feed and carriage return are text. C0 and C1 controls (NUL, BEL, ESC of ANSI escape sequences, DEL)
+# and the bidirectional embeddings, overrides and isolates (U+202E makes code or text read
+# differently than it is: "trojan source") quarantine the row as control_characters; U+FFFD, what a
+# decoder writes for bytes it could not read, as replacement_character. The detail names the field,
+# the first such character, where it is and how many there are.
+CONTROL_CHARACTERS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL",
+                 0x85: "NEL", 0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO",
+                 0x202E: "RLO, right-to-left override", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI"}
+
+
+def _character_details(field: str) -> tuple[str, str]:
+    """SQL of the control_characters and replacement_character details of one field (NULL: none)."""
+    raw, name, pattern = f"{field}_raw", f"{field}_name", _quoted(CONTROL_CHARACTERS)
+    first = f"regexp_extract({raw}, {pattern})"
+    names = " ".join(f"WHEN {point} THEN ' {label}'" for point, label in CONTROL_NAMES.items())
+    ansi = f"CASE WHEN regexp_matches({raw}, '\\x1B\\[') THEN ' (an ANSI escape sequence)' ELSE '' END"
+    control = (f"CASE WHEN regexp_matches({raw}, {pattern}) THEN {name} || ': ' || printf('U+%04X', unicode({first})) "
+               f"|| CASE unicode({first}) {names} ELSE '' END || CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
+               f"|| ' at character ' || strpos({raw}, {first}) || ', ' || len(regexp_extract_all({raw}, {pattern})) "
+               f"|| ' in all' END")
+    replacement = (f"CASE WHEN strpos({raw}, chr(65533)) > 0 THEN {name} || ': U+FFFD at character ' "
+                   f"|| strpos({raw}, chr(65533)) || ', ' || (len({raw}) - len(replace({raw}, chr(65533), ''))) "
+                   f"|| ' in all' END")
+    return control, replacement
 
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None) -> None:
@@ -141,6 +177,8 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     wrong = _listed([f"CASE WHEN {f}_type NOT IN ('VARCHAR', 'NULL') THEN {f}_name || ': ' || lower({f}_type) END"
                      for f in fields])
     empty = _listed([f"CASE WHEN {f} = '' THEN {f}_name END" for f in shape.required])
+    control = _listed([f"{f}_control" for f in fields])
+    replacement = _listed([f"{f}_replacement" for f in fields])
 
     def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> str:
         """Fields beyond a bound; a minimum of 1 character or 0 tokens, or a null maximum, checks nothing."""
@@ -166,7 +204,8 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
                        f"{_quoted(_quoted(pattern))} END" for pattern in settings["block_patterns"]
                        for text, name in taught])
     repetitive = f"coalesce({shape.taught}_name || ': ' || {shape.taught}_repeated, '')"
-    rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty), ("too_short", too_short),
+    rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty),
+             ("control_characters", control), ("replacement_character", replacement), ("too_short", too_short),
              ("too_long", too_long), ("too_few_tokens", too_few), ("too_many_tokens", too_many)]
     late = [("not_japanese", not_japanese), ("blocked", blocked), ("repetitive", repetitive)]
     cases = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
@@ -189,7 +228,10 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     return f"""
 CREATE TEMP TABLE checked AS
 WITH joined AS (
-  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}) FROM typed JOIN texts USING (pos)
+  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}),
+    {", ".join(f"{control} AS {f}_control, {replacement} AS {f}_replacement"
+               for f in fields for control, replacement in [_character_details(f)])}
+  FROM typed JOIN texts USING (pos)
 ), measured AS (
   SELECT *, {shape.prompt} AS prompt_text, {_prompt_measures(shape)} FROM joined
 ), structural AS (

@@ -27,15 +27,17 @@ from tunesmith.measures import MACROS
 from tunesmith.near_dup import near_duplicates, ngrams_sql
 from tunesmith.normalize import match_key
 from tunesmith.sources import Source
-from tunesmith.styles import STYLES, Rejected
+from tunesmith.styles import STYLES, Rejected, json_object
 
 # Priority order: a row that fails several checks is quarantined for the first. The reader's own
-# reasons (bad bytes, a CSV row of the wrong width) come first; the record style's (a conversation
+# reasons (bad bytes, a CSV row of the wrong width or broken quoting, a line over curate.max_line_bytes:
+# too_long, whatever its place here) come first; the record style's (a conversation
 # without an answer, judges that tie or disagree) come after the checks of the fields they read.
-REASONS = ("invalid_utf8", "wrong_column_count", "blank_line", "invalid_json", "not_object", "missing_field",
-           "wrong_type", "bad_conversation", "judge_invalid", "judge_tie", "judge_disagree", "empty_field",
-           "too_short", "too_long", "too_few_tokens", "too_many_tokens", "chosen_equals_rejected", "not_japanese",
-           "blocked", "repetitive", "contaminated", "duplicate", "near_duplicate", "downsampled", "over_cap")
+REASONS = ("invalid_utf8", "wrong_column_count", "malformed_csv", "blank_line", "invalid_json", "not_object",
+           "duplicate_key", "missing_field", "wrong_type", "bad_conversation", "judge_invalid", "judge_tie",
+           "judge_disagree", "empty_field", "control_characters", "replacement_character", "too_short", "too_long",
+           "too_few_tokens", "too_many_tokens", "chosen_equals_rejected", "not_japanese", "blocked", "repetitive",
+           "contaminated", "duplicate", "near_duplicate", "downsampled", "over_cap")
 
 
 SPLITS = ("train", "validation")
@@ -56,10 +58,16 @@ SELECT *,
        WHEN NOT json_valid(raw) THEN 'invalid_json'
        -- json_valid also takes trailing commas, NaN and Infinity: Python's parser judges those rows
        WHEN regexp_matches(raw, ',\s*[\]}]|NaN|Infinity') AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
-       WHEN json_type(raw) <> 'OBJECT' THEN 'not_object' END AS line_reason,
+       WHEN json_type(raw) <> 'OBJECT' THEN 'not_object'
+       -- DuckDB keeps a repeated key's first value, Python its last: a record that repeats a key is
+       -- ambiguous, whichever reader reads it (keys inside conversation turns: tunesmith.styles)
+       WHEN len(json_keys(raw)) <> len(list_distinct(json_keys(raw))) THEN 'duplicate_key' END AS line_reason,
   CASE WHEN read_reason IS NOT NULL THEN read_detail
        WHEN line_reason = 'invalid_json' AND json_valid(raw) THEN strict_json_problem(raw)
-       WHEN line_reason = 'not_object' THEN lower(json_type(raw)) END AS line_detail
+       WHEN line_reason = 'not_object' THEN lower(json_type(raw))
+       WHEN line_reason = 'duplicate_key' THEN 'repeated: ' || array_to_string(list_sort(list_filter(
+         list_distinct(json_keys(raw)), lambda k: len(list_filter(json_keys(raw), lambda o: o = k)) > 1)), ', ')
+  END AS line_detail
 FROM lines
 """
 
@@ -218,6 +226,19 @@ def _check_columns(con, chosen: list[Source]) -> None:
                                 f"(style '{source.style}'; map other names with `columns`)")
 
 
+def _register_not_text(con, chosen: list[Source], paths: list[str]) -> None:
+    """Table `not_text` (source_rank, file, column, type): the columns ingest found to hold no text
+    (a Parquet timestamp: JSON text in the record, but a wrong type for a text field)."""
+    from tunesmith.ingest import ingested_source  # Arrow and DuckDB are loaded by now
+
+    rows = [(source.rank, file, column, kind) for source, path in zip(chosen, paths)
+            for file, columns in ingested_source(path).get("not_text", {}).items()
+            for column, kind in columns.items()]
+    con.register("not_text", pa.table({name: pa.array(values, kind) for name, values, kind in zip(
+        ("source_rank", "file", "column", "type"), zip(*rows) if rows else ([], [], [], []),
+        (pa.int64(), pa.string(), pa.string(), pa.string()))}))
+
+
 # What the SQL receives back for a record of a mapped style: its canonical JSON, or why it has none;
 # labels name, per canonical field, where the value came from (for quarantine details).
 CANONICAL_TYPE = pa.struct([("record", pa.string()), ("labels", pa.string()),
@@ -240,7 +261,7 @@ def canonical_function(sources: list[Source]):
             source = by_rank[rank]
             try:
                 try:
-                    value = json.loads(raw)
+                    value = json.loads(raw, object_pairs_hook=json_object)
                 except RecursionError:  # valid JSON (SQL checked it) that Python's parser cannot descend
                     raise Rejected("invalid_json", f"nested more than {sys.getrecursionlimit()} levels deep") from None
                 convert = STYLES[source.style].convert
@@ -280,6 +301,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
+    _register_not_text(con, chosen, paths)
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
     con.execute(typed_sql(shape))
     normalise_texts(con, shape, settings["repetition"], tokenizer)

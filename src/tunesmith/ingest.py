@@ -4,12 +4,16 @@
 so that changing one source re-reads only that one). Reading keeps what a quarantine must be able to
 point at: the file, the line (JSONL, CSV: the line where the record starts; JSON arrays: the element;
 Parquet and Hugging Face datasets: the row, all 1-based) and the record's own text, bad bytes
-replaced and reported. Nothing is judged here beyond what only the reader can know (invalid UTF-8, a
-CSV row of the wrong width). Record styles are curation's business (`tunesmith.styles`).
+replaced and reported. Nothing is judged here beyond what only the reader can know: invalid UTF-8, a
+CSV row of the wrong width or broken quoting (`malformed_csv`), and a line (or record) longer than
+`curate.max_line_bytes` (`too_long`: skipped unparsed, so one huge line costs no more memory than the
+limit; its first TOO_LONG_KEPT_CHARS characters are kept for the quarantine). Record styles are
+curation's business (`tunesmith.styles`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,6 +35,12 @@ INGESTED_SCHEMA = pa.schema([("source", pa.string()), ("file", pa.string()), ("l
 SOURCE_METADATA = b"tunesmith.source"
 SURROGATES = re.compile("[\ud800-\udfff]")
 PROGRESS_RECORDS = 1_000_000  # a big corpus logs a line per this many records read (and every 30 s)
+MAX_LINE_BYTES = 8 << 20  # the schema's default of curate.max_line_bytes, for direct calls
+TOO_LONG_KEPT_CHARS = 1000  # what the quarantine keeps of a line over the limit (the card shows as much)
+SKIP_BYTES = 1 << 20  # an over-long line is skipped in pieces of this size
+# Parquet (and dataset) column types that to_json writes as JSON strings although they hold no text: a
+# timestamp mapped onto an instruction must be a wrong type, not the text "2024-01-01 00:00:00".
+NOT_TEXT_TYPES = re.compile(r"^(DATE|TIME|TIMESTAMP|INTERVAL|UUID|BIT)\b")
 
 
 # ---- readers: each returns columns (file, line, raw, read_reason, read_detail) as lists ----------
@@ -40,11 +50,18 @@ class _Columns:
     millions of lines never sits in memory as Python objects."""
     BATCH_ROWS = 65_536
 
-    def __init__(self, source_id: str, sink):
-        self.source_id, self.sink, self.rows = source_id, sink, 0
+    def __init__(self, source_id: str, sink, max_line_bytes: int = MAX_LINE_BYTES):
+        self.source_id, self.sink, self.rows, self.max_line_bytes = source_id, sink, 0, max_line_bytes
+        self.not_text: dict[str, dict[str, str]] = {}  # file -> {column: type}: see _not_text
         self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
 
     def add(self, file, line, raw, reason=None, detail=None):
+        # Every reader's records pass here: a record too long for curation (a JSON array's element, a
+        # Parquet row) is quarantined like an over-long line, which the line readers never parse.
+        if reason is None and raw is not None and len(raw) * 4 > self.max_line_bytes:
+            size = len(raw.encode("utf-8", errors="surrogatepass"))
+            if size > self.max_line_bytes:
+                raw, reason, detail = _too_long(raw, size, self.max_line_bytes)
         self.file.append(file)
         self.line.append(line)
         self.raw.append(raw)
@@ -55,6 +72,12 @@ class _Columns:
 
     def add_lines(self, file: str, first_line: int, raw) -> None:
         """Consecutive lines of one file as an Arrow string array (no reader reason), in order."""
+        import pyarrow.compute as pc
+
+        if len(raw) and pc.max(pc.binary_length(raw)).as_py() > self.max_line_bytes:
+            for offset, text in enumerate(raw.to_pylist()):  # rare: the few over-long rows get their reason
+                self.add(file, first_line + offset, text)
+            return
         self.flush()
         n = len(raw)
         self.rows += n
@@ -85,6 +108,28 @@ def _repaired(text: str) -> str:
     return SURROGATES.sub("\ufffd", text)
 
 
+def _too_long(start, size: int, limit: int) -> tuple[str, str, str]:
+    """(raw, reason, detail) of a line or record of `size` bytes over `limit`; `start` its first bytes or text."""
+    if isinstance(start, bytes):
+        start = start[:TOO_LONG_KEPT_CHARS * 4].removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    kept = _repaired(start[:TOO_LONG_KEPT_CHARS])
+    return kept + " …", "too_long", f"{size} bytes, over curate.max_line_bytes {limit} (not read; the first " \
+                                   f"{len(kept)} characters kept)"
+
+
+def _skip_line(handle, size: int) -> tuple[int, bytes]:
+    """Read past the rest of a line (`size` bytes of it already read) without keeping it: (its size in
+    bytes, without the line end; the bytes read after its end)."""
+    while True:
+        piece = handle.read(SKIP_BYTES)
+        end = piece.find(b"\n")
+        if end >= 0:
+            return size + end - (end > 0 and piece[end - 1:end] == b"\r"), piece[end + 1:]
+        if not piece:
+            return size, b""
+        size += len(piece)
+
+
 JSONL_CHUNK_BYTES = 64 << 20
 
 
@@ -106,6 +151,11 @@ def _read_jsonl(file: str, out: _Columns) -> None:
             if end:
                 number = _add_jsonl_lines(file, number, data[:end], out)
             pending = data[end:]
+            if len(pending) > out.max_line_bytes:  # a line over the limit: skipped unparsed, never held whole
+                head = pending[:TOO_LONG_KEPT_CHARS * 4]
+                size, pending = _skip_line(handle, len(pending))
+                out.add(file, number, *_too_long(head, size, out.max_line_bytes))
+                number += 1
 
 
 def _add_jsonl_lines(file: str, number: int, data: bytes, out: _Columns) -> int:
@@ -168,32 +218,120 @@ def _read_json(file: str, out: _Columns) -> None:
         out.add(file, 1, text)
 
 
+class _CsvLines:
+    """The physical lines of a CSV file for `csv.reader`, one at a time (never the whole file), numbered
+    as a person counts them (LF, CRLF or a lone CR ends a line). The lines of the record being read
+    are kept (`taken`), so that a record the reader refuses can be given back (`give_back`) and read
+    again from its second line. A line over the limit is not read: it ends the record being read
+    (StopIteration) and waits in `over_long` until it is reported."""
+
+    def __init__(self, handle, limit: int):
+        self.handle, self.limit, self.number = handle, limit, 0
+        self.queue: list = []  # lines given back, or read and not yet handed out
+        self.taken: list[tuple[int, str, bool]] = []  # (number, text, had invalid UTF-8) of the record
+        self.over_long = None  # (number, raw, reason, detail) of a line over the limit, once reached
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if not self.queue:
+            self._read()
+        if not self.queue:
+            raise StopIteration
+        line = self.queue[0]
+        if len(line) == 4:  # a line over the limit ends any record; alone, it is reported
+            if not self.taken:
+                self.over_long = self.queue.pop(0)
+            raise StopIteration
+        self.queue.pop(0)
+        self.taken.append(line)
+        return line[1]
+
+    def give_back(self, lines) -> None:
+        self.queue[:0] = lines
+
+    def _read(self) -> None:
+        data = self.handle.readline(self.limit + 2)  # the limit, a CR and an LF
+        if not data:
+            return
+        if self.number == 0:
+            data = data.removeprefix(b"\xef\xbb\xbf")
+        content = len(data) - data.endswith(b"\n") - data.endswith(b"\r\n")
+        if content > self.limit:
+            size = content
+            if not data.endswith(b"\n"):
+                size, rest = _skip_line(self.handle, len(data))
+                if rest:  # what followed the line's end: put back for the next read
+                    self.handle.seek(-len(rest), io.SEEK_CUR)
+            self.number += 1
+            self.queue.append((self.number, *_too_long(data, size, self.limit)))
+            return
+        for piece in re.split(rb"(?<=\r)(?!\n)", data):  # a lone CR ends a line too
+            if piece:
+                self.number += 1
+                try:
+                    self.queue.append((self.number, piece.decode("utf-8"), False))
+                except UnicodeDecodeError:
+                    self.queue.append((self.number, piece.decode("utf-8", errors="surrogateescape"), True))
+
+
 def _read_csv(file: str, out: _Columns, source: Source) -> None:
     """One row per record, `line` = the line where it starts (header is line 1); each record becomes
-    a JSON object of header → text, so the field checks apply; a row of the wrong width is kept apart."""
-    text, bad_bytes = _decoded(Path(file).read_bytes())
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if file.lower().endswith(".tsv") else ",")
+    a JSON object of header → text, so the field checks apply; a row of the wrong width is kept apart.
+
+    Quoting is read strictly: a record the csv module refuses (a quote opened and not closed where a
+    field may end: text after it, or the end of the file) is `malformed_csv`. When that record ran
+    over several lines, only its first line is quarantined and reading resumes at the next, so an
+    unclosed quote costs one record, not the records it would swallow."""
     limit = csv.field_size_limit(sys.maxsize)  # the default 128 kB limit would crash on a long answer
     try:
-        header = next(reader, None)
-        if header is None:
-            return
-        duplicated = sorted({name for name in header if header.count(name) > 1})
-        if duplicated:
-            raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
-        start = reader.line_num + 1
-        for fields in reader:
-            line, start = start, reader.line_num + 1
-            if not fields:
-                out.add(file, line, "")
-                continue
-            fits = len(fields) == len(header)
-            raw, reason, detail = _dumped(dict(zip(header, fields)) if fits else fields, bad_bytes)
-            if reason is None and not fits:
-                reason, detail = "wrong_column_count", f"{len(fields)} fields, the header has {len(header)}"
-            out.add(file, line, raw, reason, detail)
+        with open(file, "rb") as handle:
+            _read_csv_records(file, out, source, _CsvLines(handle, out.max_line_bytes))
     finally:
         csv.field_size_limit(limit)
+
+
+def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines) -> None:
+    reader = csv.reader(lines, delimiter="\t" if file.lower().endswith(".tsv") else ",", strict=True)
+    header = None
+    while True:
+        lines.taken = []
+        try:
+            fields = next(reader)
+        except StopIteration:
+            if lines.over_long is None:
+                return
+            number, *row = lines.over_long
+            lines.over_long = None
+            if header is None:
+                raise IngestError(f"{source.at(file)}: line {number}: the header is longer than "
+                                  f"curate.max_line_bytes ({out.max_line_bytes} bytes)")
+            out.add(file, number, *row)
+            continue
+        except csv.Error as error:
+            (number, text, _), *rest = lines.taken
+            if header is None:
+                raise IngestError(f"{source.at(file)}: line {number}: the header cannot be read: {error}") from None
+            lines.give_back(rest)
+            ends = f"; lines {rest[0][0]}-{rest[-1][0]} are read as records of their own" if rest else ""
+            out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv", f"{error}{ends}")
+            continue
+        line, bad_bytes = lines.taken[0][0], any(bad for _, _, bad in lines.taken)
+        if header is None:
+            header = fields
+            duplicated = sorted({name for name in header if header.count(name) > 1})
+            if duplicated:
+                raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
+            continue
+        if not fields:
+            out.add(file, line, "")
+            continue
+        fits = len(fields) == len(header)
+        raw, reason, detail = _dumped(dict(zip(header, fields)) if fits else fields, bad_bytes)
+        if reason is None and not fits:
+            reason, detail = "wrong_column_count", f"{len(fields)} fields, the header has {len(header)}"
+        out.add(file, line, raw, reason, detail)
 
 
 def _quoted(name: str, quote: str) -> str:
@@ -218,10 +356,30 @@ def _invalid_bytes_sql(columns: list[tuple[str, str]]) -> str:
     return f"concat_ws(', ', {', '.join(checks)})" if checks else "''"
 
 
+def _not_text(columns: list[tuple[str, str]]) -> dict[str, str]:
+    """{column: its type, lower-cased} of the columns whose values to_json writes as strings though
+    they hold no text (timestamps, dates, UUIDs...): curation's wrong_type check needs to know them."""
+    return {name: kind.lower() for name, kind in columns if NOT_TEXT_TYPES.match(kind)}
+
+
+def _as_bytes(file: str) -> pa.Table:
+    """A Parquet file with its string columns read as bytes, so that a value that is not UTF-8 is one
+    bad row (decoded by `_json_object_sql`, reported by `_invalid_bytes_sql`), not an unreadable file."""
+    schema = pq.read_schema(file)
+    binary = pa.schema([field.with_type(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary())
+                        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) else field
+                        for field in schema])
+    table = pq.read_table(file, schema=binary)
+    return table.append_column("filename", pa.array([file] * len(table), pa.string())).append_column(
+        "file_row_number", pa.array(range(len(table)), pa.int64()))
+
+
 def _read_parquet(source: Source, out: _Columns) -> None:
     """`line` = the row's 1-based number in its file. Files are read in one DuckDB scan per distinct
     schema, so shards whose column types differ are each read as they are (a union would cast one
-    shard's numbers to the other's text, hiding a wrong type); each record holds its shard's columns."""
+    shard's numbers to the other's text, hiding a wrong type); each record holds its shard's columns.
+    A scan that meets a string that is not UTF-8 reads its files again with strings as bytes, so the
+    bad value costs its row (invalid_utf8), not the source."""
     extra = ("filename", "file_row_number")
     groups: dict[tuple, list[str]] = {}
     for file in source.files:
@@ -231,14 +389,27 @@ def _read_parquet(source: Source, out: _Columns) -> None:
             raise IngestError(f"{source.at(file)}: cannot read: {error}") from None
         groups.setdefault(tuple((field.name, str(field.type)) for field in schema), []).append(file)
     rows = []
+
+    def read(con, scan: str, files: list[str]) -> None:
+        nonlocal rows
+        columns = [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}",
+                                                                 {"files": files}).fetchall() if name not in extra]
+        rows += con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)}, "
+                            f"{_invalid_bytes_sql(columns)} FROM {scan}", {"files": files}).fetchall()
+        if _not_text(columns):
+            out.not_text |= dict.fromkeys(files, _not_text(columns))
+
     with duckdb.connect(config={"threads": 1}) as con:
         for files in groups.values():
-            scan = "read_parquet($files, filename=true, file_row_number=true)"
-            columns = [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}",
-                                                                     {"files": files}).fetchall()
-                       if name not in extra]
-            rows += con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)}, "
-                                f"{_invalid_bytes_sql(columns)} FROM {scan}", {"files": files}).fetchall()
+            try:
+                read(con, "read_parquet($files, filename=true, file_row_number=true)", files)
+            except duckdb.InvalidInputException as error:
+                if "Invalid string encoding" not in str(error):
+                    raise
+                for file in files:
+                    con.register("bytes_read", _as_bytes(file))
+                    read(con, "bytes_read", [file])
+                    con.unregister("bytes_read")
     for file, line, raw, invalid in sorted(rows, key=lambda row: (row[0], row[1])):
         if invalid:
             out.add(file, line, raw, "invalid_utf8", f"column(s) {invalid}: invalid UTF-8 bytes")
@@ -273,6 +444,8 @@ def _read_hf(source: Source, out: _Columns) -> None:
         con.register("dataset", table)
         columns = [(name, kind) for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM dataset").fetchall()]
         rows = con.execute(f"SELECT {_json_object_sql(columns)} FROM dataset").fetchall()
+    if _not_text(columns):
+        out.not_text[source.path] = _not_text(columns)
     for number, (raw,) in enumerate(rows, start=1):
         out.add(source.path, number, raw)
 
@@ -299,27 +472,39 @@ def _read_into(source: Source, out: _Columns) -> None:
         raise IngestError(f"{source.where}: cannot read: {error}") from None
 
 
-def ingest_source(source: dict, out_path: str) -> dict:
+def ingest_source(source: dict, out_path: str, max_line_bytes: int = MAX_LINE_BYTES) -> dict:
     """Read one source into a Parquet file of raw records (INGESTED_SCHEMA), atomically.
 
     This is the per-source cache curation reads: a recipe change to one source re-reads only that
     source. The file's metadata (SOURCE_METADATA) records what was read: id, path, format, split and
-    the files, so curation can count files and refuse a file ingested from another path. Returns that
-    record with the row count."""
+    the files, so curation can count files and refuse a file ingested from another path, and per file
+    the columns of types that hold no text (`not_text`, for curation's wrong_type check). A line or
+    record over `max_line_bytes` (curate.max_line_bytes) is quarantined as too_long, unparsed. Returns
+    that record with the row count."""
     resolved = resolve_source(source)
     described = {"id": resolved.id, "path": resolved.path, "format": resolved.format, "split": resolved.split,
                  "files": list(resolved.files)}
-    schema = INGESTED_SCHEMA.with_metadata({SOURCE_METADATA: json.dumps(described, ensure_ascii=False)})
     read = Progress(f"ingest {resolved.id}", None, "records read", every=PROGRESS_RECORDS)
-    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
+        writers = []
+
+        def writer():  # opened at the first batch: the readers know the column types by then
+            if not writers:
+                metadata = {**described, "not_text": out.not_text}
+                schema = INGESTED_SCHEMA.with_metadata({SOURCE_METADATA: json.dumps(metadata, ensure_ascii=False)})
+                writers.append(stack.enter_context(pq.ParquetWriter(tmp, schema)))
+            return writers[0]
+
         def write(batch):
-            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+            sink = writer()
+            sink.write_batch(batch.replace_schema_metadata(sink.schema.metadata))
             read.update(read.done + batch.num_rows)
 
-        out = _Columns(resolved.id, write)
+        out = _Columns(resolved.id, write, max_line_bytes)
         _read_into(resolved, out)
+        writer()
     read.close()
-    return {**described, "rows": out.rows}
+    return {**described, "not_text": out.not_text, "rows": out.rows}
 
 
 def ingested_source(path: str) -> dict:

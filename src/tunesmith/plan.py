@@ -236,8 +236,8 @@ STAGES = {
     "base_model": Stage("base_model", lambda r, _: [
         "seed", *(f"base_model.build.{name}" for name in r["base_model"]["build"] if name != "vocab_size"),
         *_sources(r, "pretrain", ["path", "format"])], lambda r, _: {"tokenizer": "tokenizer"}),
-    "ingest": Stage("ingested", lambda r, index: [f"sources[{index}].{name}" for name in INGEST_KEYS],
-                    lambda r, _: {}),
+    "ingest": Stage("ingested", lambda r, index: [f"sources[{index}].{name}" for name in INGEST_KEYS]
+                    + ["curate.max_line_bytes"], lambda r, _: {}),
     "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
                         f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),

@@ -9,6 +9,9 @@ Conversations become a prompt by `render_turns`:
   `User: ...` / `Assistant: ...`, so earlier answers stay in the prompt;
 - the final assistant turn is the response (a conversation not ending with one is quarantined).
 
+A record (tunesmith.curate_pipeline) or a conversation turn that repeats a key is refused
+(`duplicate_key`): readers disagree about which value it holds.
+
 Pairwise judgments: `g1_winner` judged (answer_1, answer_2), `g2_winner` the same pair shown in
 swapped order. By default (`winners: answers`, FastChat's judgment files) each winner names the
 answer it prefers whatever order its judge saw: `model_1` (or answer_1, 1, A) or `model_2` (answer_2,
@@ -38,6 +41,22 @@ class Rejected(Exception):
 _ABSENT = object()
 
 
+class RepeatedKeys(dict):
+    """A JSON object that repeats keys (`repeated`); its values are the last ones, as Python reads them."""
+    repeated: list[str]
+
+
+def json_object(pairs: list[tuple[str, object]]) -> dict:
+    """`json.loads`'s object_pairs_hook: a dict, or a RepeatedKeys when the object repeats a key, so
+    that a turn read from it is refused (DuckDB would have read the first value, Python the last)."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    repeated = RepeatedKeys(value)
+    repeated.repeated = sorted({key for key, _ in pairs if sum(other == key for other, _ in pairs) > 1})
+    return repeated
+
+
 def _type_name(value) -> str:
     """The name DuckDB's json_type gives the value, lower-cased, so details read alike."""
     if value is None:
@@ -61,6 +80,8 @@ def _turns(value, label: str) -> list[tuple[str, str]]:
         if not isinstance(turn, dict):
             wrong.append(f"{where}: {_type_name(turn)}")
             continue
+        if isinstance(turn, RepeatedKeys):
+            raise Rejected("duplicate_key", f"{where} repeats {', '.join(turn.repeated)}")
         keys = ("role", "content") if "role" in turn or "content" in turn else ("from", "value")
         for key in keys:
             if turn.get(key) is None:
