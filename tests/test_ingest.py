@@ -3,6 +3,7 @@
 import json
 import re
 import time
+from pathlib import Path
 from collections import Counter
 
 import pyarrow as pa
@@ -443,3 +444,158 @@ def test_curation_reads_only_the_ingested_files_and_one_source_can_be_reingested
     with pytest.raises(CurationError, match=r"source 'two' .*: no ingested file"):
         curate(sources, "sft", str(tmp_path / "no-tasks.jsonl"), SETTINGS, str(out / "k.parquet"),
                str(out / "q.parquet"), str(out / "c.json"), ingested=[str(tmp_path / "one.parquet")])
+
+
+# ---- data that must never train (issue 19): each fixture is written here, small ---------------------
+
+def test_an_unclosed_csv_quote_costs_its_line_and_the_lines_after_it_are_records(tmp_path):
+    (tmp_path / "quotes.csv").write_bytes(
+        b"instruction,output\n"
+        b"First,one\n"                            # 2
+        b'"Broken start,two\n'                    # 3: the quote is never closed ...
+        b"Third,three\n"                          # 4: ... so the lenient reader swallowed this line
+        b'"Fourth ""quoted"" text",four\n'        # 5: ... and this one, into one row of the right width
+        b'"Multi\nline",six\n'                    # 6-7: a quoted line break is text
+        b'"quoted"tail,eight\n'                   # 8: text after a closing quote
+        b'"Last unclosed,nine\n'                  # 9: open at the end of the file
+        b"Tenth,ten\n")                           # 10
+    card, kept, quarantined = run(tmp_path, [{"id": "csv", "path": str(tmp_path / "quotes.csv"), "format": "csv"}])
+    found = outcomes(tmp_path, kept, quarantined)
+    assert {line: value if value == "kept" else value[0] for (_, line), value in found.items()} == {
+        2: "kept", 3: "malformed_csv", 4: "kept", 5: "kept", 6: "kept", 8: "malformed_csv", 9: "malformed_csv",
+        10: "kept"}
+    assert found[("quotes.csv", 3)][1] == "',' expected after '\"'; lines 4-5 are read as records of their own"
+    assert found[("quotes.csv", 9)][1] == "unexpected end of data; lines 10-10 are read as records of their own"
+    assert [(row["prompt"], row["response"]) for row in kept] == [
+        ("First", "one"), ("Third", "three"), ('Fourth "quoted" text', "four"), ("Multi\nline", "six"),
+        ("Tenth", "ten")]
+    assert raw_at(quarantined, "quotes.csv", 3) == '"Broken start,two'  # the line as written
+    assert card["sources"]["csv"]["rows_in"] == 8  # the records a person counts: lines 2-10, 6-7 one
+
+
+def test_parquet_columns_without_text_are_wrong_type_and_bad_utf8_costs_one_row(tmp_path):
+    import datetime
+    import uuid
+
+    question = pa.Array.from_buffers(pa.string(), 3, pa.array([b"Q1", b"Q\xff2", b"Q3"], pa.binary()).buffers())
+    pq.write_table(pa.table({"question": question, "answer": ["A1", "A2", "A3"],
+                             "asked": pa.array([datetime.datetime(2024, 1, 1)] * 3)}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"instruction": pa.array([datetime.date(2024, 1, 2)]), "output": ["O"]}),
+                   tmp_path / "b.parquet")
+    pq.write_table(pa.table({"instruction": pa.array([uuid.uuid4().bytes], pa.uuid()), "output": ["O"]}),
+                   tmp_path / "c.parquet")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "text", "path": str(tmp_path / "a.parquet"), "format": "parquet",
+         "columns": {"instruction": "question", "output": "answer"}},
+        {"id": "dates", "path": str(tmp_path / "a.parquet"), "format": "parquet",
+         "columns": {"instruction": "asked", "output": "answer"}},
+        {"id": "plain", "path": str(tmp_path / "[bc].parquet"), "format": "parquet"},
+    ])
+    by_source = {(row["source"], Path(row["file"]).name, row["line"]): (row["reason"], row["detail"])
+                 for row in quarantined}
+    assert by_source == {
+        ("text", "a.parquet", 2): ("invalid_utf8", "column(s) question: invalid UTF-8 bytes"),
+        **{("dates", "a.parquet", line): ("wrong_type", "asked: timestamp") for line in (1, 3)},
+        ("dates", "a.parquet", 2): ("invalid_utf8", "column(s) question: invalid UTF-8 bytes"),  # read first
+        ("plain", "b.parquet", 1): ("wrong_type", "instruction: date"),
+        ("plain", "c.parquet", 1): ("wrong_type", "instruction: uuid"),
+    }
+    assert [row["prompt"] for row in kept] == ["Q1", "Q3"]
+    assert json.loads(raw_at(quarantined, "a.parquet", 1))["asked"] == "2024-01-01 00:00:00"
+
+
+def test_control_and_replacement_characters_never_train(tmp_path):
+    (tmp_path / "c.jsonl").write_text(jsonl(
+        record(instruction="Tabs\tand\nlines stay", output="ok\r\nfine"),   # 1
+        record(instruction="Ring", output="bell\x07"),                      # 2
+        record(instruction="\x1b[31mred\x1b[0m", output="ansi"),            # 3
+        record(instruction="abc\u202edcba", output="trojan"),               # 4
+        record(instruction="decode damage", output="x\ufffdy\ufffd"),       # 5
+        record(instruction="next line", output="c1\x85"),                   # 6
+    ), encoding="utf-8")
+    pq.write_table(pa.table({"instruction": ["nul\x00"], "output": ["O"]}), tmp_path / "n.parquet")
+    (tmp_path / "chat.jsonl").write_text(jsonl(record(messages=[
+        {"role": "user", "content": "hi\x00"}, {"role": "assistant", "content": "A"}])), encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "c", "path": str(tmp_path / "c.jsonl")},
+        {"id": "n", "path": str(tmp_path / "n.parquet"), "format": "parquet"},
+        {"id": "chat", "path": str(tmp_path / "chat.jsonl"), "style": "messages"},
+    ])
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("c.jsonl", 1): "kept",
+        ("c.jsonl", 2): ("control_characters", "output: U+0007 BEL at character 5, 1 in all"),
+        ("c.jsonl", 3): ("control_characters",
+                         "instruction: U+001B ESC (an ANSI escape sequence) at character 1, 2 in all"),
+        ("c.jsonl", 4): ("control_characters", "instruction: U+202E RLO, right-to-left override at character 4, 1 in all"),
+        ("c.jsonl", 5): ("replacement_character", "output: U+FFFD at character 2, 2 in all"),
+        ("c.jsonl", 6): ("control_characters", "output: U+0085 NEL at character 3, 1 in all"),
+        ("n.parquet", 1): ("control_characters", "instruction: U+0000 NUL at character 4, 1 in all"),
+        ("chat.jsonl", 1): ("control_characters", "messages[:1]: U+0000 NUL at character 3, 1 in all"),
+    }
+    assert [row["response"] for row in kept] == ["ok\nfine"]  # tab, line feed and CR are text
+
+
+def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
+    (tmp_path / "alpaca.jsonl").write_text(
+        '{"instruction": "first", "instruction": "last", "output": "o", "output": "p"}\n'
+        '{"instruction": "fine", "output": "o", "meta": {"a": 1, "a": 2}}\n', encoding="utf-8")
+    (tmp_path / "chat.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "A"}]}\n',
+        encoding="utf-8")
+    (tmp_path / "renamed.jsonl").write_text('{"q": "first", "q": "last", "a": "o"}\n', encoding="utf-8")
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "P", "chosen": "c", "rejected": "r", "chosen": "r"}\n'
+                                          '{"prompt": "P", "chosen": "c", "rejected": "r"}\n', encoding="utf-8")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "alpaca", "path": str(tmp_path / "alpaca.jsonl")},
+        {"id": "chat", "path": str(tmp_path / "chat.jsonl"), "style": "messages"},
+        {"id": "renamed", "path": str(tmp_path / "renamed.jsonl"), "columns": {"instruction": "q", "output": "a"}},
+    ])
+    assert outcomes(tmp_path, kept, quarantined) == {
+        ("alpaca.jsonl", 1): ("duplicate_key", "repeated: instruction, output"),
+        ("alpaca.jsonl", 2): "kept",  # nothing reads `meta`
+        ("chat.jsonl", 1): ("duplicate_key", "messages[0] repeats content"),
+        ("renamed.jsonl", 1): ("duplicate_key", "repeated: q"),
+    }
+    _, kept, quarantined = run(tmp_path, [{"id": "prefs", "path": str(tmp_path / "prefs.jsonl")}], role="preference")
+    assert (len(kept), [(row["line"], row["reason"], row["detail"]) for row in quarantined]) == (
+        1, [(1, "duplicate_key", "repeated: chosen")])
+
+
+def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatch):
+    from tunesmith import ingest
+
+    monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 1500)  # lines over the limit inside and across chunks
+    monkeypatch.setattr(ingest, "SKIP_BYTES", 700)
+    parsed = []  # the longest line handed to the JSONL splitter: over-long lines are skipped, not held whole
+    split = ingest._add_jsonl_lines
+    monkeypatch.setattr(ingest, "_add_jsonl_lines", lambda file, number, data, out: (
+        parsed.append(max(map(len, data.split(b"\n")))), split(file, number, data, out))[1])
+    long = record(instruction="L" * 6000, output="o")
+    (tmp_path / "a.jsonl").write_text(jsonl(record(instruction="I1", output="o"), long, long + "   ",
+                                            record(instruction="I4", output="o"), long), encoding="utf-8")
+    (tmp_path / "b.csv").write_text("instruction,output\nC2,o\n" + "x" * 3000 + ",o\nC4,o\n" + "y" * 3000,
+                                    encoding="utf-8")
+    pq.write_table(pa.table({"instruction": ["P1", "p" * 3000], "output": ["o", "o"]}), tmp_path / "c.parquet")
+    card, kept, quarantined = run(tmp_path, [
+        {"id": "a", "path": str(tmp_path / "a.jsonl")},
+        {"id": "b", "path": str(tmp_path / "b.csv"), "format": "csv"},
+        {"id": "c", "path": str(tmp_path / "c.parquet"), "format": "parquet"},
+    ], max_line_bytes=2048)
+    found = outcomes(tmp_path, kept, quarantined)
+    over = {key: value[1] for key, value in found.items() if value != "kept"}
+    assert {key for key, value in found.items() if value == "kept"} == {
+        ("a.jsonl", 1), ("a.jsonl", 4), ("b.csv", 2), ("b.csv", 4), ("c.parquet", 1)}
+    size = len(long.encode())
+    assert over == {
+        ("a.jsonl", 2): f"{size} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        ("a.jsonl", 3): f"{size + 3} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        ("a.jsonl", 5): f"{size} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        ("b.csv", 3): "3002 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        ("b.csv", 5): "3000 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        ("c.parquet", 2): f"{len(json.dumps({'instruction': 'p' * 3000, 'output': 'o'}, separators=(',', ':')))} "
+                          "bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+    }
+    assert {row["reason"] for row in quarantined} == {"too_long"}
+    assert max(parsed) <= 2048 + 1500  # at most the limit and a chunk, never the 6 kB lines
+    assert raw_at(quarantined, "a.jsonl", 2) == long[:1000] + " …"
+    assert card["sources"]["a"]["rows_in"] == 5 and card["sources"]["b"]["rows_in"] == 4

@@ -392,10 +392,11 @@ def _read_parquet(source: Source, out: _Columns) -> None:
 
     def read(con, scan: str, files: list[str]) -> None:
         nonlocal rows
+        parameters = {"files": files} if "$files" in scan else None
         columns = [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}",
-                                                                 {"files": files}).fetchall() if name not in extra]
+                                                                 parameters).fetchall() if name not in extra]
         rows += con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)}, "
-                            f"{_invalid_bytes_sql(columns)} FROM {scan}", {"files": files}).fetchall()
+                            f"{_invalid_bytes_sql(columns)} FROM {scan}", parameters).fetchall()
         if _not_text(columns):
             out.not_text |= dict.fromkeys(files, _not_text(columns))
 
