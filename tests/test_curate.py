@@ -97,7 +97,8 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
     assert [example["raw"] for example in card["examples"]["blank_line"]] == ["  \t", "", "\u3000"]
     assert set(card["totals"]["quarantined"]) == set(REASONS) - {
         "chosen_equals_rejected", "wrong_column_count", "bad_conversation", "judge_invalid", "judge_tie",
-        "judge_disagree"} - FILTER_REASONS  # CSV rows and record styles: tests/test_ingest.py; filters: below
+        "judge_disagree", "malformed_csv", "duplicate_key", "control_characters", "replacement_character",
+    } - FILTER_REASONS  # CSV rows, record styles and issue 19's characters and keys: tests/test_ingest.py
 
 
 def test_preference_reasons_compare_normalised_answers(tmp_path):
@@ -115,10 +116,10 @@ def test_preference_reasons_compare_normalised_answers(tmp_path):
 
 def test_kept_text_is_normalised_and_id_is_the_dedup_key_hash(tmp_path):
     lines = [b'{"instruction": "Line one_x000D_\\r\\nline two", "input": " ctx\\u200b ", "output": "ok\\r\\n"}\r',
-             sft("ｆｕｌｌ  width", "ＯＫ"), b'{"instruction": "nul\\u0000inside", "output": "kept"}']
+             sft("ｆｕｌｌ  width", "ＯＫ")]
     _, kept, _ = run(tmp_path, {"a": b"\n".join(lines)})
     assert [(row["prompt"], row["response"]) for row in kept] == [
-        ("Line one\nline two\nctx", "ok"), ("full width", "OK"), ("nul\x00inside", "kept")]
+        ("Line one\nline two\nctx", "ok"), ("full width", "OK")]
     assert kept[0]["id"] == hashlib.sha256(f"{match_key(kept[0]['prompt'])}\n{match_key('ok')}".encode()).hexdigest()
     assert list(kept[0]) == ["id", "source", "file", "line", "prompt", "response", "split"]
 
