@@ -570,10 +570,14 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
     split = ingest._add_jsonl_lines
     monkeypatch.setattr(ingest, "_add_jsonl_lines", lambda file, number, data, out: (
         parsed.append(max(map(len, data.split(b"\n")))), split(file, number, data, out))[1])
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1500)
+    split_csv = ingest._CsvLines._split
+    monkeypatch.setattr(ingest._CsvLines, "_split", lambda lines, data: (
+        parsed.append(max(map(len, data.split(b"\n")))), split_csv(lines, data))[1])
     long = record(instruction="L" * 6000, output="o")
     (tmp_path / "a.jsonl").write_text(jsonl(record(instruction="I1", output="o"), long, long + "   ",
                                             record(instruction="I4", output="o"), long), encoding="utf-8")
-    (tmp_path / "b.csv").write_text("instruction,output\nC2,o\n" + "x" * 3000 + ",o\nC4,o\n" + "y" * 3000,
+    (tmp_path / "b.csv").write_text("instruction,output\nC2,o\n" + "x" * 6000 + ",o\nC4,o\n" + "y" * 3000,
                                     encoding="utf-8")
     pq.write_table(pa.table({"instruction": ["P1", "p" * 3000], "output": ["o", "o"]}), tmp_path / "c.parquet")
     card, kept, quarantined = run(tmp_path, [
@@ -590,12 +594,12 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
         ("a.jsonl", 2): f"{size} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("a.jsonl", 3): f"{size + 3} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("a.jsonl", 5): f"{size} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
-        ("b.csv", 3): "3002 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        ("b.csv", 3): "6002 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("b.csv", 5): "3000 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("c.parquet", 2): f"{len(json.dumps({'instruction': 'p' * 3000, 'output': 'o'}, separators=(',', ':')))} "
                           "bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
     }
     assert {row["reason"] for row in quarantined} == {"too_long"}
-    assert max(parsed) <= 2048 + 1500  # at most the limit and a chunk, never the 6 kB lines
+    assert max(parsed) <= 2048 + 1500  # at most the limit and a block, never a 6 kB line
     assert raw_at(quarantined, "a.jsonl", 2) == long[:1000] + " …"
     assert card["sources"]["a"]["rows_in"] == 5 and card["sources"]["b"]["rows_in"] == 4

@@ -13,6 +13,7 @@ curation's business (`tunesmith.styles`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
@@ -218,16 +219,22 @@ def _read_json(file: str, out: _Columns) -> None:
         out.add(file, 1, text)
 
 
+CSV_BLOCK_BYTES = 1 << 20  # CSV files are read in blocks of whole lines, split and decoded at once
+LINE_ENDS = re.compile("(?<=\n)|(?<=\r)(?!\n)")  # after LF, CRLF or a lone CR (str.splitlines splits on more)
+LINE_ENDS_BYTES = re.compile(LINE_ENDS.pattern.encode())
+OTHER_LINE_ENDS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
 class _CsvLines:
-    """The physical lines of a CSV file for `csv.reader`, one at a time (never the whole file), numbered
-    as a person counts them (LF, CRLF or a lone CR ends a line). The lines of the record being read
-    are kept (`taken`), so that a record the reader refuses can be given back (`give_back`) and read
-    again from its second line. A line over the limit is not read: it ends the record being read
-    (StopIteration) and waits in `over_long` until it is reported."""
+    """The physical lines of a CSV file for `csv.reader`, one at a time (read in blocks, never the whole
+    file), numbered as a person counts them (LF, CRLF or a lone CR ends a line). The lines of the
+    record being read are kept (`taken`), so that a record the reader refuses can be given back
+    (`give_back`) and read again from its second line. A line over the limit is not parsed (nor held
+    whole): it ends the record being read (StopIteration) and waits in `over_long` to be reported."""
 
     def __init__(self, handle, limit: int):
-        self.handle, self.limit, self.number = handle, limit, 0
-        self.queue: list = []  # lines given back, or read and not yet handed out
+        self.handle, self.limit, self.number, self.pending = handle, limit, 0, b""
+        self.queue: collections.deque = collections.deque()  # lines given back, or read and not handed out
         self.taken: list[tuple[int, str, bool]] = []  # (number, text, had invalid UTF-8) of the record
         self.over_long = None  # (number, raw, reason, detail) of a line over the limit, once reached
 
@@ -237,43 +244,68 @@ class _CsvLines:
     def __next__(self) -> str:
         if not self.queue:
             self._read()
-        if not self.queue:
-            raise StopIteration
+            if not self.queue:
+                raise StopIteration
         line = self.queue[0]
         if len(line) == 4:  # a line over the limit ends any record; alone, it is reported
             if not self.taken:
-                self.over_long = self.queue.pop(0)
+                self.over_long = self.queue.popleft()
             raise StopIteration
-        self.queue.pop(0)
+        self.queue.popleft()
         self.taken.append(line)
         return line[1]
 
     def give_back(self, lines) -> None:
-        self.queue[:0] = lines
+        self.queue.extendleft(reversed(lines))
 
     def _read(self) -> None:
-        data = self.handle.readline(self.limit + 2)  # the limit, a CR and an LF
-        if not data:
-            return
-        if self.number == 0:
-            data = data.removeprefix(b"\xef\xbb\xbf")
-        content = len(data) - data.endswith(b"\n") - data.endswith(b"\r\n")
-        if content > self.limit:
-            size = content
-            if not data.endswith(b"\n"):
-                size, rest = _skip_line(self.handle, len(data))
-                if rest:  # what followed the line's end: put back for the next read
-                    self.handle.seek(-len(rest), io.SEEK_CUR)
-            self.number += 1
-            self.queue.append((self.number, *_too_long(data, size, self.limit)))
-            return
-        for piece in re.split(rb"(?<=\r)(?!\n)", data):  # a lone CR ends a line too
-            if piece:
+        """Queue the next block's lines (at least one, unless the file has ended)."""
+        while not self.queue:
+            chunk = self.handle.read(CSV_BLOCK_BYTES)
+            data = self.pending + chunk
+            if self.number == 0 and not self.pending:
+                data = data.removeprefix(b"\xef\xbb\xbf")
+            if not chunk:
+                self.pending = b""
+                if data:
+                    self._split(data)
+                return
+            end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1  # a last CR may start a CRLF
+            self.pending = data[end:]
+            if end:
+                self._split(data[:end])
+            if len(self.pending) > self.limit + 1:  # a line over the limit: skipped unparsed, never held whole
+                head = self.pending[:TOO_LONG_KEPT_CHARS * 4]
+                size, self.pending = _skip_line(self.handle, len(self.pending))
                 self.number += 1
+                self.queue.append((self.number, *_too_long(head, size, self.limit)))
+
+    def _split(self, data: bytes) -> None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            lines = []
+            for piece in LINE_ENDS_BYTES.split(data):
                 try:
-                    self.queue.append((self.number, piece.decode("utf-8"), False))
+                    lines.append((piece.decode("utf-8"), False))
                 except UnicodeDecodeError:
-                    self.queue.append((self.number, piece.decode("utf-8", errors="surrogateescape"), True))
+                    lines.append((piece.decode("utf-8", errors="surrogateescape"), True))
+        else:
+            # str.splitlines is fast but also splits on VT, FF, FS, GS, RS, NEL, U+2028 and U+2029
+            pieces = LINE_ENDS.split(text) if OTHER_LINE_ENDS.search(text) else text.splitlines(keepends=True)
+            lines = [(piece, False) for piece in pieces]
+        quick = self.limit // 4  # a line of fewer characters is within the limit, whatever they are
+        for line, bad_bytes in lines:
+            if not line:
+                continue
+            self.number += 1
+            if len(line) > quick:
+                size = len(line.encode("utf-8", errors="surrogateescape"))
+                size -= len(line) - len(line.rstrip("\r\n"))  # its end: LF, CRLF or CR, one of them
+                if size > self.limit:
+                    self.queue.append((self.number, *_too_long(line, size, self.limit)))
+                    continue
+            self.queue.append((self.number, line, bad_bytes))
 
 
 def _read_csv(file: str, out: _Columns, source: Source) -> None:
@@ -294,44 +326,45 @@ def _read_csv(file: str, out: _Columns, source: Source) -> None:
 
 def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines) -> None:
     reader = csv.reader(lines, delimiter="\t" if file.lower().endswith(".tsv") else ",", strict=True)
-    header = None
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise IngestError(f"{source.at(file)}: line 1: the header cannot be read: {error}") from None
+    if header is None:
+        if lines.over_long is not None:
+            raise IngestError(f"{source.at(file)}: line 1: the header is longer than curate.max_line_bytes "
+                              f"({out.max_line_bytes} bytes)")
+        return
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
+    width = len(header)
     while True:
-        lines.taken = []
+        lines.taken = taken = []
         try:
             fields = next(reader)
         except StopIteration:
             if lines.over_long is None:
                 return
-            number, *row = lines.over_long
+            out.add(file, *lines.over_long)
             lines.over_long = None
-            if header is None:
-                raise IngestError(f"{source.at(file)}: line {number}: the header is longer than "
-                                  f"curate.max_line_bytes ({out.max_line_bytes} bytes)")
-            out.add(file, number, *row)
             continue
         except csv.Error as error:
-            (number, text, _), *rest = lines.taken
-            if header is None:
-                raise IngestError(f"{source.at(file)}: line {number}: the header cannot be read: {error}") from None
+            (number, text, _), *rest = taken
             lines.give_back(rest)
             ends = f"; lines {rest[0][0]}-{rest[-1][0]} are read as records of their own" if rest else ""
             out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv", f"{error}{ends}")
             continue
-        line, bad_bytes = lines.taken[0][0], any(bad for _, _, bad in lines.taken)
-        if header is None:
-            header = fields
-            duplicated = sorted({name for name in header if header.count(name) > 1})
-            if duplicated:
-                raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
-            continue
+        line = taken[0][0]
         if not fields:
             out.add(file, line, "")
-            continue
-        fits = len(fields) == len(header)
-        raw, reason, detail = _dumped(dict(zip(header, fields)) if fits else fields, bad_bytes)
-        if reason is None and not fits:
-            reason, detail = "wrong_column_count", f"{len(fields)} fields, the header has {len(header)}"
-        out.add(file, line, raw, reason, detail)
+        elif len(fields) == width:
+            # Surrogates in CSV text can only be bytes that were not UTF-8 (CSV has no escapes).
+            out.add(file, line, *_dumped(dict(zip(header, fields)), True))
+        else:
+            raw, reason, detail = _dumped(fields, True)
+            out.add(file, line, raw, reason or "wrong_column_count",
+                    detail or f"{len(fields)} fields, the header has {width}")
 
 
 def _quoted(name: str, quote: str) -> str:
