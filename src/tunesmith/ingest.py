@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
-import io
 import json
 import re
 import sys
