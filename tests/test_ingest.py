@@ -1,10 +1,11 @@
 """Ingest: every format and record style through `curate`, exact file/line, and every record accounted for."""
 
+import datetime
 import json
 import re
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -170,7 +171,8 @@ def test_hugging_face_datasets_from_disk_and_local_folders(tmp_path, monkeypatch
         "test": datasets.Dataset.from_dict({"instruction": ["E1", "E2", "E3"], "output": ["e1", "", "e3"]}),
     }).save_to_disk(str(saved))
     single = tmp_path / "single"
-    datasets.Dataset.from_dict({"text": ["S1"], "output": ["s1"]}).save_to_disk(str(single))
+    datasets.Dataset.from_dict({"text": ["S1"], "output": ["s1"], "when": [datetime.datetime(2024, 1, 1)]}).save_to_disk(
+        str(single))
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "train.jsonl").write_text(jsonl(record(instruction="F1", output="f1")), encoding="utf-8")
@@ -178,10 +180,12 @@ def test_hugging_face_datasets_from_disk_and_local_folders(tmp_path, monkeypatch
         {"id": "saved", "path": str(saved), "format": "hf", "split": "test"},
         {"id": "single", "path": str(single), "format": "hf", "style": "text_output"},
         {"id": "folder", "path": str(folder), "format": "hf"},
+        {"id": "dated", "path": str(single), "format": "hf", "style": "text_output", "columns": {"text": "when"}},
     ])
     assert [(row["source"], row["line"], row["prompt"]) for row in kept] == [
         ("saved", 1, "E1"), ("saved", 3, "E3"), ("single", 1, "S1"), ("folder", 1, "F1")]
-    assert [(row["file"], row["line"], row["reason"]) for row in quarantined] == [(str(saved), 2, "empty_field")]
+    assert [(row["file"], row["line"], row["reason"], row["detail"]) for row in quarantined] == [
+        (str(saved), 2, "empty_field", "output"), (str(single), 1, "wrong_type", "when: timestamp")]
     assert card["sources"]["saved"]["rows_in"] == 3
 
     with pytest.raises(CurationError, match=r"source 'saved' \(.*saved\): no split 'validation'"):
@@ -474,7 +478,6 @@ def test_an_unclosed_csv_quote_costs_its_line_and_the_lines_after_it_are_records
 
 
 def test_parquet_columns_without_text_are_wrong_type_and_bad_utf8_costs_one_row(tmp_path):
-    import datetime
     import uuid
 
     question = pa.Array.from_buffers(pa.string(), 3, pa.array([b"Q1", b"Q\xff2", b"Q3"], pa.binary()).buffers())
