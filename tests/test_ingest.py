@@ -463,7 +463,17 @@ def test_an_unclosed_csv_quote_costs_its_line_and_the_lines_after_it_are_records
         b'"quoted"tail,eight\n'                   # 8: text after a closing quote
         b'"Last unclosed,nine\n'                  # 9: open at the end of the file
         b"Tenth,ten\n")                           # 10
-    card, kept, quarantined = run(tmp_path, [{"id": "csv", "path": str(tmp_path / "quotes.csv"), "format": "csv"}])
+    (tmp_path / "junk.csv").write_bytes(
+        b"instruction,output\n"
+        b'"Multi\nline"junk,x\n'                   # 2-3: a closing quote with text after it: one broken record
+        b"Fourth,four\n")                         # 4
+    card, kept, quarantined = run(tmp_path, [{"id": "csv", "path": str(tmp_path / "quotes.csv"), "format": "csv"},
+                                             {"id": "junk", "path": str(tmp_path / "junk.csv"), "format": "csv"}])
+    junk = {line: value for (file, line), value in outcomes(tmp_path, kept, quarantined).items() if file == "junk.csv"}
+    assert junk == {2: ("malformed_csv", "',' expected after '\"' (line 3, in a field opened on line 2)"), 4: "kept"}
+    assert raw_at(quarantined, "junk.csv", 2) == '"Multi\nline"junk,x'
+    kept = [row for row in kept if row["source"] == "csv"]
+    quarantined = [row for row in quarantined if row["source"] == "csv"]
     found = outcomes(tmp_path, kept, quarantined)
     assert {line: value if value == "kept" else value[0] for (_, line), value in found.items()} == {
         2: "kept", 3: "malformed_csv", 4: "kept", 5: "kept", 6: "kept", 8: "malformed_csv", 9: "malformed_csv",

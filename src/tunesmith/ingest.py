@@ -313,8 +313,10 @@ def _read_csv(file: str, out: _Columns, source: Source) -> None:
 
     Quoting is read strictly: a record the csv module refuses (a quote opened and not closed where a
     field may end: text after it, or the end of the file) is `malformed_csv`. When that record ran
-    over several lines, only its first line is quarantined and reading resumes at the next, so an
-    unclosed quote costs one record, not the records it would swallow."""
+    over several lines and the quote that ended its field stands where a field starts (it was meant
+    to open one), the first line's quote was never closed: only that line is quarantined and reading
+    resumes at the next, so an unclosed quote costs one record, not the records it would swallow.
+    Otherwise (a closing quote with text after it) the record's lines are quarantined together."""
     limit = csv.field_size_limit(sys.maxsize)  # the default 128 kB limit would crash on a long answer
     try:
         with open(file, "rb") as handle:
@@ -323,8 +325,20 @@ def _read_csv(file: str, out: _Columns, source: Source) -> None:
         csv.field_size_limit(limit)
 
 
+def _opens_a_field(line: str, delimiter: str) -> bool:
+    """Whether the quote that ended a quoted field on `line` (its first quote not doubled) stands where
+    a field starts (at the line's start or after a delimiter): then it was meant to open a field, and
+    the quote that opened the record's field lines before was never closed. True when the line has
+    no such quote (the record ran into the end of the file)."""
+    index = line.find('"')
+    while index >= 0 and line[index + 1:index + 2] == '"':
+        index = line.find('"', index + 2)
+    return index <= 0 or line[index - 1] == delimiter
+
+
 def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines) -> None:
-    reader = csv.reader(lines, delimiter="\t" if file.lower().endswith(".tsv") else ",", strict=True)
+    delimiter = "\t" if file.lower().endswith(".tsv") else ","
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
     except csv.Error as error:
@@ -350,6 +364,12 @@ def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines
             continue
         except csv.Error as error:
             (number, text, _), *rest = taken
+            if rest and not _opens_a_field(rest[-1][1], delimiter):
+                # A quoted field ran over lines and was closed where text follows: one broken record.
+                text = "".join(piece for _, piece, _ in taken)
+                out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv",
+                        f"{error} (line {rest[-1][0]}, in a field opened on line {number})")
+                continue
             lines.give_back(rest)
             ends = f"; lines {rest[0][0]}-{rest[-1][0]} are read as records of their own" if rest else ""
             out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv", f"{error}{ends}")
