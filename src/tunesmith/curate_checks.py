@@ -81,34 +81,6 @@ def typed_sql(shape: Shape) -> str:
             f"FROM (SELECT *, {names} FROM styled) s {joins}")
 
 
-# Characters that never train, checked on each field as read (before any normalisation); tab, line
-# feed and carriage return are text. C0 and C1 controls (NUL, BEL, ESC of ANSI escape sequences, DEL)
-# and the bidirectional embeddings, overrides and isolates (U+202E makes code or text read
-# differently than it is: "trojan source") quarantine the row as control_characters; U+FFFD, what a
-# decoder writes for bytes it could not read, as replacement_character. The detail names the field,
-# the first such character, where it is and how many there are.
-CONTROL_CHARACTERS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
-CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL",
-                 0x85: "NEL", 0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO",
-                 0x202E: "RLO, right-to-left override", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI"}
-
-
-def _character_details(field: str) -> tuple[str, str]:
-    """SQL of the control_characters and replacement_character details of one field (NULL: none)."""
-    raw, name, pattern = f"{field}_raw", f"{field}_name", _quoted(CONTROL_CHARACTERS)
-    first = f"regexp_extract({raw}, {pattern})"
-    names = " ".join(f"WHEN {point} THEN ' {label}'" for point, label in CONTROL_NAMES.items())
-    ansi = f"CASE WHEN regexp_matches({raw}, '\\x1B\\[') THEN ' (an ANSI escape sequence)' ELSE '' END"
-    control = (f"CASE WHEN regexp_matches({raw}, {pattern}) THEN {name} || ': ' || printf('U+%04X', unicode({first})) "
-               f"|| CASE unicode({first}) {names} ELSE '' END || CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
-               f"|| ' at character ' || strpos({raw}, {first}) || ', ' || len(regexp_extract_all({raw}, {pattern})) "
-               f"|| ' in all' END")
-    replacement = (f"CASE WHEN strpos({raw}, chr(65533)) > 0 THEN {name} || ': U+FFFD at character ' "
-                   f"|| strpos({raw}, chr(65533)) || ', ' || (len({raw}) - len(replace({raw}, chr(65533), ''))) "
-                   f"|| ' in all' END")
-    return control, replacement
-
-
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None) -> None:
     """Table `texts`: per row of `typed`, each field normalised, its measures, its match key, and for
     the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or NULL).
@@ -160,6 +132,34 @@ def _prompt_measures(shape: Shape) -> str:
             total += f" + CASE WHEN coalesce({part}, '') = '' THEN 0 ELSE {part}_{name}{' + 1' if name == 'chars' else ''} END"
         parts.append(f"{total} AS prompt_text_{name}")
     return ", ".join(parts)
+
+
+# Characters that never train, checked on each field as read (before any normalisation); tab, line
+# feed and carriage return are text. C0 and C1 controls (NUL, BEL, ESC of ANSI escape sequences, DEL)
+# and the bidirectional embeddings, overrides and isolates (U+202E makes code or text read
+# differently than it is: "trojan source") quarantine the row as control_characters; U+FFFD, what a
+# decoder writes for bytes it could not read, as replacement_character. The detail names the field,
+# the first such character, where it is and how many there are.
+CONTROL_CHARACTERS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL",
+                 0x85: "NEL", 0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO",
+                 0x202E: "RLO, right-to-left override", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI"}
+
+
+def _character_details(field: str) -> tuple[str, str]:
+    """SQL of the control_characters and replacement_character details of one field (NULL: none)."""
+    raw, name, pattern = f"{field}_raw", f"{field}_name", _quoted(CONTROL_CHARACTERS)
+    first = f"regexp_extract({raw}, {pattern})"
+    names = " ".join(f"WHEN {point} THEN ' {label}'" for point, label in CONTROL_NAMES.items())
+    ansi = f"CASE WHEN regexp_matches({raw}, '\\x1B\\[') THEN ' (an ANSI escape sequence)' ELSE '' END"
+    control = (f"CASE WHEN regexp_matches({raw}, {pattern}) THEN {name} || ': ' || printf('U+%04X', unicode({first})) "
+               f"|| CASE unicode({first}) {names} ELSE '' END || CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
+               f"|| ' at character ' || strpos({raw}, {first}) || ', ' || len(regexp_extract_all({raw}, {pattern})) "
+               f"|| ' in all' END")
+    replacement = (f"CASE WHEN strpos({raw}, chr(65533)) > 0 THEN {name} || ': U+FFFD at character ' "
+                   f"|| strpos({raw}, chr(65533)) || ', ' || (len({raw}) - len(replace({raw}, chr(65533), ''))) "
+                   f"|| ' in all' END")
+    return control, replacement
 
 
 def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
