@@ -2,7 +2,8 @@
 outcome (NULL: kept; else the first failing reason and its detail), its split and its copies.
 
 The steps, in priority order (a row failing several is quarantined for the first; see REASONS):
-reading and record-style problems (framed, styled); missing, mistyped and empty fields; length in
+reading and record-style problems (framed, styled; repeated keys); missing, mistyped and empty fields;
+control and replacement characters in a field as read (control_characters, replacement_character); length in
 characters (too_short, too_long) and in estimated tokens (too_few_tokens, too_many_tokens);
 chosen_equals_rejected; the Japanese share (not_japanese); the block list (blocked); degenerate
 repetition of the taught answer (repetitive); overlap with a task input (contaminated); exact copies
