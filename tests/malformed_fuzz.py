@@ -117,7 +117,8 @@ def families() -> list[Family]:
     found.append(typed)
     typed = Family("parquet_bad_utf8")  # apart: a reader that fails on it fails its whole family
     good, broken = [marker(), marker()], marker()
-    values = [f"question {good[0]}".encode(), f"question {broken} \xff".encode("latin-1"), f"question {good[1]}".encode()]
+    values = [f"question {good[0]}".encode(), f"question {broken} \xff".encode("latin-1"),
+              f"question {good[1]}".encode()]
     question = pa.Array.from_buffers(pa.string(), 3, pa.array(values, pa.binary()).buffers())
     typed.files["bytes.parquet"] = _parquet({"instruction": question, "output": ["a", "b", "c"]})
     typed.sources.append({"id": "bytes", "path": "bytes.parquet", "format": "parquet"})
@@ -216,7 +217,8 @@ def families() -> list[Family]:
             long.good.add(good)
     long.files["long.jsonl"] = ("\n".join(jsonl) + "\n").encode()
     long.files["long.csv"] = _csv(rows).encode()
-    long.sources += [{"id": "long_jsonl", "path": "long.jsonl"}, {"id": "long_csv", "path": "long.csv", "format": "csv"}]
+    long.sources += [{"id": "long_jsonl", "path": "long.jsonl"},
+                     {"id": "long_csv", "path": "long.csv", "format": "csv"}]
     long.records = {"long_jsonl": len(jsonl), "long_csv": len(rows) - 1}
     found.append(long)
     return found

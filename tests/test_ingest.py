@@ -171,8 +171,8 @@ def test_hugging_face_datasets_from_disk_and_local_folders(tmp_path, monkeypatch
         "test": datasets.Dataset.from_dict({"instruction": ["E1", "E2", "E3"], "output": ["e1", "", "e3"]}),
     }).save_to_disk(str(saved))
     single = tmp_path / "single"
-    datasets.Dataset.from_dict({"text": ["S1"], "output": ["s1"], "when": [datetime.datetime(2024, 1, 1)]}).save_to_disk(
-        str(single))
+    dated = {"when": [datetime.datetime(2024, 1, 1)]}  # a timestamp: no text, whatever to_json makes of it
+    datasets.Dataset.from_dict({"text": ["S1"], "output": ["s1"], **dated}).save_to_disk(str(single))
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "train.jsonl").write_text(jsonl(record(instruction="F1", output="f1")), encoding="utf-8")
@@ -539,7 +539,8 @@ def test_control_and_replacement_characters_never_train(tmp_path):
         ("c.jsonl", 2): ("control_characters", "output: U+0007 BEL at character 5, 1 in all"),
         ("c.jsonl", 3): ("control_characters",
                          "instruction: U+001B ESC (an ANSI escape sequence) at character 1, 2 in all"),
-        ("c.jsonl", 4): ("control_characters", "instruction: U+202E RLO, right-to-left override at character 4, 1 in all"),
+        ("c.jsonl", 4): ("control_characters",
+                         "instruction: U+202E RLO, right-to-left override at character 4, 1 in all"),
         ("c.jsonl", 5): ("replacement_character", "output: U+FFFD at character 2, 2 in all"),
         ("c.jsonl", 6): ("control_characters", "output: U+0085 NEL at character 3, 1 in all"),
         ("n.parquet", 1): ("control_characters", "instruction: U+0000 NUL at character 4, 1 in all"),

@@ -153,7 +153,8 @@ def _character_details(field: str) -> tuple[str, str]:
     names = " ".join(f"WHEN {point} THEN ' {label}'" for point, label in CONTROL_NAMES.items())
     ansi = f"CASE WHEN regexp_matches({raw}, '\\x1B\\[') THEN ' (an ANSI escape sequence)' ELSE '' END"
     control = (f"CASE WHEN regexp_matches({raw}, {pattern}) THEN {name} || ': ' || printf('U+%04X', unicode({first})) "
-               f"|| CASE unicode({first}) {names} ELSE '' END || CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
+               f"|| CASE unicode({first}) {names} ELSE '' END "
+               f"|| CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
                f"|| ' at character ' || strpos({raw}, {first}) || ', ' || len(regexp_extract_all({raw}, {pattern})) "
                f"|| ' in all' END")
     replacement = (f"CASE WHEN strpos({raw}, chr(65533)) > 0 THEN {name} || ': U+FFFD at character ' "
