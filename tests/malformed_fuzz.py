@@ -156,8 +156,8 @@ def families() -> list[Family]:
     characters.records = {"chars_jsonl": len(jsonl), "chars_csv": len(rows), "chars_parquet": len(parquet["output"])}
     found.append(characters)
 
-    # 4. Repeated keys, in every style that reads JSON objects; both values would pass, so only a
-    #    refusal keeps the record out (which value trains depended on the reader).
+    # 4. Repeated keys, in every style that reads JSON objects; both values would pass (and both carry
+    #    the marker), so only a refusal keeps the record out (which value trains depended on the reader).
     for role in ("sft", "preference"):
         repeated = Family(f"duplicate_keys_{role}", role=role)
         lines: dict[str, list[str]] = {}
@@ -165,13 +165,13 @@ def families() -> list[Family]:
             for case in range(3):
                 bad, good = marker(), marker()
                 if style == "alpaca":
-                    texts = [f'{{"instruction": "first {bad}", "instruction": "last", "output": "o"}}',
+                    texts = [f'{{"instruction": "first {bad}", "instruction": "last {bad}", "output": "o"}}',
                              f'{{"instruction": "question {good}", "output": "o"}}']
                 elif style == "renamed":
                     texts = [f'{{"q": "question {bad}", "a": "first", "a": "last"}}',
                              f'{{"q": "question {good}", "a": "o"}}']
                 elif style == "messages":
-                    texts = [f'{{"messages": [{{"role": "user", "content": "q {bad}", "content": "other"}}, '
+                    texts = [f'{{"messages": [{{"role": "user", "content": "q {bad}", "content": "other {bad}"}}, '
                              f'{{"role": "assistant", "content": "a"}}]}}',
                              json.dumps({"messages": [{"role": "user", "content": f"q {good}"},
                                                       {"role": "assistant", "content": "a"}]})]
@@ -200,6 +200,17 @@ def families() -> list[Family]:
                 entry["style"] = style
             repeated.sources.append(entry)
             repeated.records[style] = len(texts)
+        if role == "sft":  # a JSON array's elements, which ingest parses itself
+            elements = []
+            for _ in range(3):
+                bad, good = marker(), marker()
+                elements += [f'{{"instruction": "first {bad}", "output": "o", "instruction": "last {bad}"}}',
+                             json.dumps({"instruction": f"question {good}", "output": "o"})]
+                repeated.bad.add(bad)
+                repeated.good.add(good)
+            repeated.files["array.json"] = ("[" + ", ".join(elements) + "]").encode()
+            repeated.sources.append({"id": "array", "path": "array.json", "format": "json"})
+            repeated.records["array"] = len(elements)
         found.append(repeated)
 
     # 5. Lines over curate.max_line_bytes.

@@ -557,18 +557,22 @@ def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
         '{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "A"}]}\n',
         encoding="utf-8")
     (tmp_path / "renamed.jsonl").write_text('{"q": "first", "q": "last", "a": "o"}\n', encoding="utf-8")
+    (tmp_path / "array.json").write_text('[{"instruction": "first", "instruction": "last", "output": "o"}, '
+                                         '{"instruction": "fine too", "output": "o"}]', encoding="utf-8")
     (tmp_path / "prefs.jsonl").write_text('{"prompt": "P", "chosen": "c", "rejected": "r", "chosen": "r"}\n'
                                           '{"prompt": "P", "chosen": "c", "rejected": "r"}\n', encoding="utf-8")
     card, kept, quarantined = run(tmp_path, [
         {"id": "alpaca", "path": str(tmp_path / "alpaca.jsonl")},
         {"id": "chat", "path": str(tmp_path / "chat.jsonl"), "style": "messages"},
         {"id": "renamed", "path": str(tmp_path / "renamed.jsonl"), "columns": {"instruction": "q", "output": "a"}},
+        {"id": "array", "path": str(tmp_path / "array.json"), "format": "json"},
     ])
     assert outcomes(tmp_path, kept, quarantined) == {
         ("alpaca.jsonl", 1): ("duplicate_key", "repeated: instruction, output"),
         ("alpaca.jsonl", 2): "kept",  # nothing reads `meta`
         ("chat.jsonl", 1): ("duplicate_key", "messages[0] repeats content"),
         ("renamed.jsonl", 1): ("duplicate_key", "repeated: q"),
+        ("array.json", 1): ("duplicate_key", "repeated: instruction"), ("array.json", 2): "kept",
     }
     _, kept, quarantined = run(tmp_path, [{"id": "prefs", "path": str(tmp_path / "prefs.jsonl")}], role="preference")
     assert (len(kept), [(row["line"], row["reason"], row["detail"]) for row in quarantined]) == (

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from tunesmith.atomic import atomic_path
 from tunesmith.progress import Progress
 from tunesmith.sources import IngestError, Source, resolve_source
+from tunesmith.styles import json_object
 
 # One row per record as read: the per-source cache that curation reads (see ingest_source).
 INGESTED_SCHEMA = pa.schema([("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
@@ -197,6 +198,16 @@ def _dumped(value, bad_bytes: bool) -> tuple[str, str | None, str | None]:
     return json.dumps(value, ensure_ascii=True), None, None
 
 
+def _repeated_keys(value) -> list[str]:
+    """The keys an object anywhere in a parsed value repeats (objects parsed with styles.json_object)."""
+    if isinstance(value, list):
+        return sorted({key for item in value for key in _repeated_keys(item)})
+    if not isinstance(value, dict):
+        return []
+    own = getattr(value, "repeated", [])
+    return sorted({*own, *(key for item in value.values() for key in _repeated_keys(item))})
+
+
 def _read_json(file: str, out: _Columns) -> None:
     """A JSON array: one row per element (`line` = its 1-based index). Any other document, or text
     that does not parse, is one row, so it is quarantined (or kept, if it is a single record)."""
@@ -204,13 +215,17 @@ def _read_json(file: str, out: _Columns) -> None:
     if not text.strip():
         return
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=json_object)
     except ValueError:
         document = None
     else:
         if isinstance(document, list):
             for index, element in enumerate(document, start=1):
-                out.add(file, index, *_dumped(element, bad_bytes))
+                raw, reason, detail = _dumped(element, bad_bytes)
+                repeated = _repeated_keys(element)
+                if reason is None and repeated:  # the element is re-written from a dict: say so before it is lost
+                    reason, detail = "duplicate_key", f"repeated: {', '.join(repeated)}"
+                out.add(file, index, raw, reason, detail)
             return
     if bad_bytes:
         out.add(file, 1, _repaired(text), "invalid_utf8", "invalid UTF-8 bytes in the document")
