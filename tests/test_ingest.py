@@ -595,8 +595,8 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
     long = record(instruction="L" * 6000, output="o")
     (tmp_path / "a.jsonl").write_text(jsonl(record(instruction="I1", output="o"), long, long + "   ",
                                             record(instruction="I4", output="o"), long), encoding="utf-8")
-    (tmp_path / "b.csv").write_text("instruction,output\nC2,o\n" + "x" * 6000 + ",o\nC4,o\n" + "y" * 3000,
-                                    encoding="utf-8")
+    (tmp_path / "b.csv").write_text("instruction,output\nC2,o\n" + "x" * 6000 + ",o\nC4,o\n" + "y" * 3000 + "\n"
+                                    '"Open\n' + "z" * 3000 + '\nclosed",o\nC9,o\n', encoding="utf-8")
     pq.write_table(pa.table({"instruction": ["P1", "p" * 3000], "output": ["o", "o"]}), tmp_path / "c.parquet")
     card, kept, quarantined = run(tmp_path, [
         {"id": "a", "path": str(tmp_path / "a.jsonl")},
@@ -606,7 +606,7 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
     found = outcomes(tmp_path, kept, quarantined)
     over = {key: value[1] for key, value in found.items() if value != "kept"}
     assert {key for key, value in found.items() if value == "kept"} == {
-        ("a.jsonl", 1), ("a.jsonl", 4), ("b.csv", 2), ("b.csv", 4), ("c.parquet", 1)}
+        ("a.jsonl", 1), ("a.jsonl", 4), ("b.csv", 2), ("b.csv", 4), ("b.csv", 9), ("c.parquet", 1)}
     size = len(long.encode())
     assert over == {
         ("a.jsonl", 2): f"{size} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
@@ -614,10 +614,12 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
         ("a.jsonl", 5): f"{size} bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("b.csv", 3): "6002 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("b.csv", 5): "3000 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        # a quoted field around an over-long line still ends where it ends: lines 6-8 are one record
+        ("b.csv", 6): "line 7: 3000 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         ("c.parquet", 2): f"{len(json.dumps({'instruction': 'p' * 3000, 'output': 'o'}, separators=(',', ':')))} "
                           "bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
     }
     assert {row["reason"] for row in quarantined} == {"too_long"}
     assert max(parsed) <= 2048 + 1500  # at most the limit and a block, never a 6 kB line
     assert raw_at(quarantined, "a.jsonl", 2) == long[:1000] + " …"
-    assert card["sources"]["a"]["rows_in"] == 5 and card["sources"]["b"]["rows_in"] == 4
+    assert card["sources"]["a"]["rows_in"] == 5 and card["sources"]["b"]["rows_in"] == 6

@@ -244,13 +244,12 @@ class _CsvLines:
     file), numbered as a person counts them (LF, CRLF or a lone CR ends a line). The lines of the
     record being read are kept (`taken`), so that a record the reader refuses can be given back
     (`give_back`) and read again from its second line. A line over the limit is not parsed (nor held
-    whole): it ends the record being read (StopIteration) and waits in `over_long` to be reported."""
+    whole): `taken` holds its (number, raw, reason, detail) instead."""
 
     def __init__(self, handle, limit: int):
         self.handle, self.limit, self.number, self.pending = handle, limit, 0, b""
         self.queue: collections.deque = collections.deque()  # lines given back, or read and not handed out
-        self.taken: list[tuple[int, str, bool]] = []  # (number, text, had invalid UTF-8) of the record
-        self.over_long = None  # (number, raw, reason, detail) of a line over the limit, once reached
+        self.taken: list[tuple] = []  # (number, text, had invalid UTF-8) of the record's lines (see above)
 
     def __iter__(self):
         return self
@@ -260,14 +259,11 @@ class _CsvLines:
             self._read()
             if not self.queue:
                 raise StopIteration
-        line = self.queue[0]
-        if len(line) == 4:  # a line over the limit ends any record; alone, it is reported
-            if not self.taken:
-                self.over_long = self.queue.popleft()
-            raise StopIteration
-        self.queue.popleft()
+        line = self.queue.popleft()
         self.taken.append(line)
-        return line[1]
+        # A line over the limit reaches the parser as an empty line, so that a quoted field around it
+        # still ends where it ends; the record that holds it is too_long.
+        return "\n" if len(line) == 4 else line[1]
 
     def give_back(self, lines) -> None:
         self.queue.extendleft(reversed(lines))
@@ -359,10 +355,10 @@ def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines
     except csv.Error as error:
         raise IngestError(f"{source.at(file)}: line 1: the header cannot be read: {error}") from None
     if header is None:
-        if lines.over_long is not None:
-            raise IngestError(f"{source.at(file)}: line 1: the header is longer than curate.max_line_bytes "
-                              f"({out.max_line_bytes} bytes)")
         return
+    if any(len(line) == 4 for line in lines.taken):
+        raise IngestError(f"{source.at(file)}: line 1: the header is longer than curate.max_line_bytes "
+                          f"({out.max_line_bytes} bytes)")
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
@@ -372,16 +368,12 @@ def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines
         try:
             fields = next(reader)
         except StopIteration:
-            if lines.over_long is None:
-                return
-            out.add(file, *lines.over_long)
-            lines.over_long = None
-            continue
+            return
         except csv.Error as error:
-            (number, text, _), *rest = taken
-            if rest and not _opens_a_field(rest[-1][1], delimiter):
+            (number, text, *_), *rest = taken  # a record never starts with an over-long line: that one is blank
+            if rest and len(rest[-1]) == 3 and not _opens_a_field(rest[-1][1], delimiter):
                 # A quoted field ran over lines and was closed where text follows: one broken record.
-                text = "".join(piece for _, piece, _ in taken)
+                text = "".join(entry[1] for entry in taken)
                 out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv",
                         f"{error} (line {rest[-1][0]}, in a field opened on line {number})")
                 continue
@@ -390,7 +382,11 @@ def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines
             out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv", f"{error}{ends}")
             continue
         line = taken[0][0]
-        if not fields:
+        over = next((entry for entry in taken if len(entry) == 4), None)
+        if over is not None:
+            number, raw, reason, detail = over
+            out.add(file, line, raw, reason, detail if number == line else f"line {number}: {detail}")
+        elif not fields:
             out.add(file, line, "")
         elif len(fields) == width:
             # Surrogates in CSV text can only be bytes that were not UTF-8 (CSV has no escapes).
