@@ -23,8 +23,11 @@ from tunesmith.generate import (
     repeated_ngram_count,
 )
 from tunesmith.model import ModelError, load_model, load_tokenizer, write_metadata
-from tunesmith.normalize import normalize_text
+from tunesmith.normalize import clean_text, normalize_text
 from tunesmith.template import PromptTemplate
+
+
+CODE_TASK = "次のコードの誤りを直してください！（例①）\n```python\ndef f(x):\n    if x > 0：\n        return x\n```"
 
 
 def task_records() -> list[dict]:
@@ -54,7 +57,7 @@ def prompt_model(tiny):
 def test_batches_and_left_padding_do_not_change_greedy_answers(tiny, prompt_model):
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in task_records()[::5]]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[::5]]
     assert len(prompts) == 20 and len({len(tokenizer(prompt).input_ids) for prompt in prompts}) > 10
     settings = {**tiny.section("generate"), "max_new_tokens": 12, "do_sample": False}
 
@@ -74,6 +77,7 @@ def test_batches_and_left_padding_do_not_change_greedy_answers(tiny, prompt_mode
 
 def test_answers_are_in_task_order_with_verbatim_inputs_and_clean_outputs(tiny, sft_adapter, tmp_path, monkeypatch):
     records = [record for record in task_records() if record["task_id"] in {3, 8, 10, 24, 53, 63, 71, 90}]
+    records.append({"task_id": 200, "input": CODE_TASK + "_x000D_\r\n"})  # prompted as written
     tasks_path = tmp_path / "tasks.jsonl"
     with open(tasks_path, "w", encoding="utf-8") as handle:  # out of id order, two layouts, escaped and not
         for index, record in enumerate(reversed(records)):
@@ -100,10 +104,17 @@ def test_answers_are_in_task_order_with_verbatim_inputs_and_clean_outputs(tiny, 
     assert any("_x000D_" in row["input"] for row in rows)
     template = PromptTemplate(tiny.section("template"))
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
-    assert seen_prompts == [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    assert seen_prompts == [template.render_prompt(clean_text(record["input"]), tokenizer) for record in expected]
+    assert seen_prompts[-1] == template.render_prompt(CODE_TASK, tokenizer)
     assert [row["output"] for row in rows] == [f"答え{index}" for index in range(len(rows))]
     assert all(row["raw_output"].startswith("### 回答\n") for row in rows)
     assert all(row["regenerated"] == [] and row["problems"] == [] for row in rows)
+    # A recipe whose training text was normalised (curate.normalize_training_text) is prompted so too.
+    seen_prompts.clear()
+    generate_answers(tiny.base_dir, tiny.section("base_model"), sft_adapter.path, tiny.section("template"),
+                     settings, str(tasks_path), seed=0, out_path=str(tmp_path / "answers.jsonl"), normalize_prompts=True)
+    assert seen_prompts == [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    assert "    if" not in seen_prompts[-1] and "！" not in seen_prompts[-1]
 
 
 def adapter_with_hash(folder, template_hash: str) -> str:
@@ -155,7 +166,7 @@ def test_cut_at_stop_strings_cuts_before_the_earliest_one():
 def test_generation_stops_at_a_stop_string_and_the_answer_is_cut_before_it(tiny, prompt_model, monkeypatch):
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in task_records()[:8]]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[:8]]
     settings = {**tiny.section("generate"), "max_new_tokens": 16, "batch_size": 8}
     free = generate_batched(prompt_model, tokenizer, prompts, settings, seed=0)
     # The character found early in most answers; not one of the prompt's end, which could complete a
@@ -447,7 +458,7 @@ def test_vllm_maps_our_settings_serves_the_adapter_and_keeps_task_order(tiny, sf
     expected = write_tasks(tmp_path, {5, 11, 30, 42})
     template = PromptTemplate(tiny.section("template"))
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in expected]
 
     def answer(prompt, sampling):
         index = prompts.index(prompt)

@@ -24,6 +24,7 @@ import torch
 
 from tunesmith.atomic import write_jsonl
 from tunesmith.model import ModelError, device, load_model, load_tokenizer, read_metadata
+from tunesmith.normalize import normalize_text
 from tunesmith.progress import progress
 from tunesmith.tasks import read_tasks
 from tunesmith.template import PromptTemplate
@@ -310,18 +311,20 @@ def log_guard_summary(answers: list[Answer]) -> None:
 
 def generate_answers(
     base_path: str, base_section: dict, adapter: str | None, template_section: dict, settings: dict,
-    tasks_path: str, seed: int, out_path: str, threads: int = 1,
+    tasks_path: str, seed: int, out_path: str, threads: int = 1, normalize_prompts: bool = False,
 ) -> int:
     """Answer every task with the base model and the stage's adapter folder (None for the base
     itself), unmerged, on transformers or vLLM; write JSONL in task-id order, each row with every
-    attempt the guards asked for and which one was kept."""
+    attempt the guards asked for and which one was kept. Task inputs are prompted as written (cleaned
+    of noise), or normalised with `normalize_prompts` (curate.normalize_training_text)."""
     torch.set_num_threads(threads)
     template = PromptTemplate(template_section)
     check_template(adapter, template, allow_mismatch=template_section["allow_mismatch"])
     check_backend(settings)
     tasks = read_tasks(tasks_path)
     tokenizer = load_tokenizer(base_path, base_section, padding_side="left")
-    prompts = [template.render_prompt(task.prompt_text, tokenizer) for task in tasks]
+    prompts = [template.render_prompt(normalize_text(task.input) if normalize_prompts else task.prompt_text, tokenizer)
+               for task in tasks]
     if settings["backend"] == "vllm":
         generate = vllm_generator(base_path, base_section, adapter, settings, seed)
     else:
