@@ -291,6 +291,36 @@ def test_default_guards_pass_ordinary_japanese_lists_tables_and_enumerations(nam
     assert output_problems(GOOD_ANSWERS[name], GUARDS) == []
 
 
+# Right answers made mostly of digits, numerals, code or table cells (issue 17): digits and numerals
+# are not one character dominating the answer, so these pass untouched; real degeneration still fails.
+NUMERIC_CODE_TABLE_ANSWERS = {
+    'trillion_yen': '1兆円は1,000,000,000,000円、1億円は100,000,000円です。つまり1兆円は1億円の10,000倍です。',
+    'binary_number': '10進数の10を2進数で表すと1010です。2進数の1010は、1×8＋0×4＋1×2＋0×1＝10になります。',
+    'binary_table': '0から7までの2進数は次の通りです。\n0: 000\n1: 001\n2: 010\n3: 011\n4: 100\n5: 101\n6: 110\n7: 111',
+    'powers_of_ten': '10の累乗は、10¹＝10、10²＝100、10³＝1,000、10⁴＝10,000、10⁶＝1,000,000です。',
+    'full_width_digits': '答えは１０００００円です。内訳は５００００円が２回で、合計１０００００円になります。',
+    'kanji_numerals': '一億は一万の一万倍で、一兆は一億の一万倍です。',
+    'phone_and_date': '2024年10月10日10時00分に、03-1111-0000へお電話ください。受付は10:00〜11:00です。',
+    'decimal': '円周率は3.14159265358979323846…と続く無理数で、小数点以下は0.0001のように割り切れません。',
+    'python_code': 'フィボナッチ数を返す関数です。\n```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n```\n`fib(10)` は55を返します。',
+    'numbers_table': '| 年 | 売上（円） | 前年比 |\n|---:|---:|---:|\n| 2020 | 1,000,000 | 100% |\n| 2021 | 1,100,000 | 110% |\n| 2022 | 1,000,000 | 91% |\n| 2023 | 1,010,000 | 101% |',
+    'multiplication': '7×8＝56、7×9＝63、7×10＝70です。7の段は7ずつ増えます。',
+    'binary_1023': '2進数で書くと、1023は1111111111、1024は10000000000です。',
+    'kanji_digits': '百万は一〇〇〇〇〇〇、一千万は一〇〇〇〇〇〇〇と書きます。',
+}
+
+
+@pytest.mark.parametrize("name", NUMERIC_CODE_TABLE_ANSWERS)
+def test_default_guards_pass_numeric_code_and_table_answers(name):
+    assert output_problems(NUMERIC_CODE_TABLE_ANSWERS[name], GUARDS) == []
+
+
+@pytest.mark.parametrize("text", ["あ" * 30, "。" * 30, "答えは" + "の" * 25, "1" * 10 + "円" * 12,
+                                  "〇" * 10 + "ね" * 12 + "。"])
+def test_default_guards_still_flag_one_character_dominating_an_answer(text):
+    assert "degenerate_char" in output_problems(text, GUARDS)
+
+
 # --- regeneration ---------------------------------------------------------------------------------
 
 class ScriptedModel:

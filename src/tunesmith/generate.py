@@ -193,6 +193,19 @@ def _words(text: str) -> list[str]:
     return [character for character in text if unicodedata.category(character)[0] in "LN"]
 
 
+# Kanji written as numerals (一〇〇〇〇〇〇, 一億は一万の一万倍): letters by category, numerals by use.
+_KANJI_NUMERALS = frozenset("〇零一二三四五六七八九十百千万億兆京")
+
+
+def _dominant_character_count(words: list[str]) -> int:
+    """How often the most frequent character of `words` occurs, numerals aside: digits (any width,
+    superscripts, ①, Ⅳ) and kanji numerals repeat in right answers (1,000,000,000,000円, 2進数の
+    11111111) and count only as part of the answer, never as the character that dominates it."""
+    counts = Counter(character for character in words
+                     if unicodedata.category(character)[0] != "N" and character not in _KANJI_NUMERALS)
+    return max(counts.values(), default=0)
+
+
 def repeated_line_count(text: str) -> int:
     """How often the most frequent line recurs, list markers aside ("1. 東京", "2. 東京"); lines
     without a letter or digit (a table's |---| rule) do not count."""
@@ -217,7 +230,7 @@ def output_problems(text: str, guards: dict) -> list[str]:
     words, visible = _words(text), "".join(text.split())
     max_share = guards["max_char_share"]  # looked up for every answer: a setting, whatever the answers
     if len(words) >= guards["char_share_min_length"]:
-        if Counter(words).most_common(1)[0][1] > max_share * len(words):
+        if _dominant_character_count(words) > max_share * len(words):
             problems.append("degenerate_char")
     elif len(visible) >= guards["char_share_min_length"] and len(words) < MIN_WORD_SHARE * len(visible):
         problems.append("degenerate_char")  # punctuation with hardly a word: 」、、、、、、、、、、
