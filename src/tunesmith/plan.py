@@ -170,9 +170,10 @@ def _judge(recipe: dict) -> list[str]:
 
 
 def _evaluation(recipe: dict) -> list[str]:
-    """Scoring the compared stages: which they are, the references, and how grades are summarised."""
-    keys = ["seed", "evaluate.stages", "submission.stage", "dpo.enabled", "tasks.path", "tasks.references",
-            "judge.backend"]
+    """Scoring the compared stages: which they are, the references, and how grades are summarised; and
+    the submission's own check (submission.allow_empty), which has no stage of its own (unkeyed)."""
+    keys = ["seed", "evaluate.stages", "submission.stage", "submission.allow_empty", "dpo.enabled", "tasks.path",
+            "tasks.references", "judge.backend"]
     judge = recipe["judge"]
     if judge["backend"] != "none":
         keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
