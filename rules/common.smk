@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
+from tunesmith.logs import explain_stale_locks
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
@@ -19,6 +20,8 @@ try:
     VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
+# A killed run's lock: Snakemake's error then names the unlock command that works here.
+explain_stale_locks(config.get("recipe"))
 config.clear()
 config.update(RECIPE)
 
