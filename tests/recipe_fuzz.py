@@ -283,6 +283,10 @@ def main(argv=None) -> int:
         for name in [name for name in sys.modules if name.startswith("tunesmith")]:
             del sys.modules[name]
     work = scratch_directory()
+    from conftest import fake_hub_cache  # offline (as tests run), a hub id validates only when cached
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_CACHE"] = constants.HF_HUB_CACHE = str(fake_hub_cache(work))
     counts = {"tried": 0, "wrongly_accepted": 0, "wrongly_rejected": 0, "tracebacks": 0, "hangs": 0,
               "workflow_disagreements": 0}
     problems = []

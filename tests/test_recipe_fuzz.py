@@ -13,6 +13,7 @@ import recipe_fuzz
 from conftest import REPO
 from tunesmith.recipe import load_schema, validate_recipe
 
+pytestmark = pytest.mark.usefixtures("cached_hub_models")  # offline, the 13B recipe's hub model must be cached
 
 @pytest.fixture(scope="module")
 def work():
