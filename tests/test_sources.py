@@ -205,5 +205,5 @@ def test_a_format_that_does_not_fit_the_files_content_is_refused_at_validation(t
 
 def test_a_bad_first_record_is_left_to_curation_not_refused(tmp_path):
     """One malformed line is quarantined by curation; only a file none of whose first lines fits is refused."""
-    mostly = write_jsonl(tmp_path / "mostly.jsonl", "{oops", {"instruction": "I", "output": "O"})
+    mostly = write_jsonl(tmp_path / "mostly.jsonl", "oops, a stray line", {"instruction": "I", "output": "O"})
     assert not any(".format:" in problem for problem in check_inputs(recipe_with([{"id": "m", "path": mostly}])))
