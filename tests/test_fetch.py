@@ -335,6 +335,10 @@ def test_a_folder_that_holds_no_model_is_refused_at_validation(hub_recipe, tmp_p
         f"judge.local.path: the folder '{tmp_path}' holds no weights (*.safetensors or *.bin)"]
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert model_problems(str(tmp_path), None, "base_model") == []
+    hub_recipe["base_model"]["path"] = "llm-jp/llm-jp-3-13b {input}\n"  # a hostile sweep value: no traceback
+    with pytest.raises(RecipeError, match=r"base_model\.path: 'llm-jp/llm-jp-3-13b \{input\}\\n' is neither a local "
+                                          "folder nor a hub id"):
+        validate_recipe(copy.deepcopy(hub_recipe), check_files=True)
     for special in ("/proc/self", "/dev"):
         hub_recipe["base_model"]["path"] = special
         with pytest.raises(RecipeError, match=rf"base_model\.path: '{special}' is under /"):

@@ -67,7 +67,13 @@ def model_problems(path: str, revision: str | None, key: str) -> list[str]:
     if folder.exists():
         return [f"{key}.path: {path!r} is a file; name the model's folder or a hub id"]
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(path)
+    except HFValidationError as error:
+        return [f"{key}.path: {path!r} is neither a local folder nor a hub id ({_first_sentence(error)})"]
     if constants.HF_HUB_OFFLINE and not isinstance(
             try_to_load_from_cache(path, "config.json", revision=revision), str):
         return [f"{key}.path: {path!r} is neither a local folder nor in the Hugging Face cache "
@@ -75,6 +81,10 @@ def model_problems(path: str, revision: str | None, key: str) -> list[str]:
                 "the fetch where the network is (`snakemake fetch_models --cores 1 --config recipe=...`, "
                 "without HF_HUB_OFFLINE), or name a local folder"]
     return []
+
+
+def _first_sentence(error: Exception) -> str:
+    return str(error).strip().split("\n")[0].split(". ")[0][:200]
 
 
 def local_files(folder: str | os.PathLike) -> list[str]:
