@@ -8,14 +8,25 @@ import sys
 
 import yaml
 
-from tunesmith.recipe import RecipeError, load_recipe, variants
+from tunesmith.recipe import RecipeError, load_recipe, parse_overrides, variants
+
+
+def shown_recipe(recipe: dict) -> dict:
+    """The recipe as `validate --show` prints it: every default filled in, except a source's null
+    `columns` entries (null means "the style's own column name", a dozen lines per source that say
+    nothing); its other nulls are settings (max_rows: no cap, base_model.path: the tiny model) and stay."""
+    shown = dict(recipe)
+    shown["sources"] = [{**source, "columns": {name: column for name, column in source["columns"].items()
+                                               if column is not None}}
+                        for source in recipe["sources"]]
+    return shown
 
 
 def validate(args) -> int:
     """Check a recipe exactly as the workflow does (schema, cross-key rules, sweep variants, and the
     files it names, relative to the current directory); print it with every default filled in."""
     try:
-        recipe = load_recipe(args.recipe, check_files=not args.no_files)
+        recipe = load_recipe(args.recipe, check_files=not args.no_files, overrides=parse_overrides(args.set))
         sweep = variants(recipe, origin=args.recipe)
     except RecipeError as error:
         print(error, file=sys.stderr)
@@ -27,7 +38,7 @@ def validate(args) -> int:
               file=sys.stderr)
         return 1
     if args.show:
-        yaml.safe_dump(recipe, sys.stdout, allow_unicode=True, sort_keys=False)
+        yaml.safe_dump(shown_recipe(recipe), sys.stdout, allow_unicode=True, sort_keys=False)
     else:
         print(f"{args.recipe}: valid" + (f" ({len(sweep)} sweep variants)" if sweep else ""))
     return 0
@@ -62,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("validate", help=validate.__doc__)
     check.add_argument("recipe", help="recipe YAML file")
-    check.add_argument("--show", action="store_true", help="print the recipe with defaults filled in")
+    check.add_argument("--show", action="store_true",
+                       help="print the recipe with defaults filled in (a source's unmapped, null columns left out)")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe key, as the workflow's --config set=KEY=VALUE[,KEY=VALUE...] does "
+                            "(repeatable; e.g. --set sft.epochs=3)")
     check.add_argument("--no-files", action="store_true",
                        help="skip the checks of the files the recipe names (to check a recipe away from its data)")
     check.set_defaults(run=validate)
