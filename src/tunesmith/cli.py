@@ -46,10 +46,11 @@ def validate(args) -> int:
 
 def show_lineage(args) -> int:
     """Walk back from an artifact (e.g. submission.jsonl) to the data and settings that made it."""
-    from tunesmith.manifest import LineageError, lineage
+    from tunesmith.manifest import LineageError, lineage, task_overview
 
     try:
-        print("\n".join(lineage(args.target, task_id=args.task_id, root=args.root)))
+        overview = [] if args.task_id is None else task_overview(args.target, args.task_id, root=args.root)
+        print("\n".join(overview + lineage(args.target, task_id=args.task_id, root=args.root)))
     except LineageError as error:
         print(error, file=sys.stderr)
         return 1
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(run=validate)
     trace = commands.add_parser("lineage", help=show_lineage.__doc__)
     trace.add_argument("target", help="an artifact path, as written by the workflow (e.g. submission.jsonl)")
-    trace.add_argument("--task-id", type=int, help="also show what each stage holds about this task")
+    trace.add_argument("--task-id", type=int, help="first the task's input, reference, answer and whether it was correct, "
+                       "then what each stage holds about it (an id the task file lacks is an error)")
     trace.add_argument("--root", default=".", help="the workflow's working directory")
     trace.set_defaults(run=show_lineage)
     why = commands.add_parser("explain", help=explain_rebuild.__doc__)
