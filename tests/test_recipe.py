@@ -358,3 +358,10 @@ def test_cli_validate_set_and_show_without_null_column_mappings(tmp_path, capsys
     assert yaml.safe_load(capsys.readouterr().out)["sources"][0]["columns"] == {"instruction": "question"}
     assert main(["validate", default, "--no-files", "--set", "sft.learning_rte=1"]) == 1
     assert "did you mean 'learning_rate'" in capsys.readouterr().err
+
+
+def test_a_configfile_is_refused_saying_its_python_has_already_run():
+    from tunesmith.recipe import workflow_recipe
+
+    with pytest.raises(RecipeError, match=r"--config recipe=PATH, not --configfile.*already run any YTE Python"):
+        workflow_recipe({}, ["evil.yaml"], REPO)

@@ -292,8 +292,9 @@ def workflow_recipe(config: dict, configfiles, basedir: str | os.PathLike) -> tu
     else the workflow's recipes/default.yaml, with `--config set=KEY=VALUE[,KEY=VALUE...]` applied; read
     and validated here, files included."""
     if configfiles:
-        raise RecipeError("a recipe is passed as --config recipe=PATH, not --configfile: Snakemake templates "
-                          "--configfile files (YTE, which can run code) and merges them onto the default recipe")
+        raise RecipeError("a recipe is passed as --config recipe=PATH, not --configfile: Snakemake merges "
+                          "--configfile files onto the default recipe, and it has already run any YTE Python in "
+                          "them (__use_yte__: true) while loading them; never pass a file you do not trust")
     unknown = sorted(set(config) - {"recipe", "set"})
     if unknown:
         raise RecipeError(f"--config takes only recipe=PATH and set=KEY=VALUE[,KEY=VALUE...]; unknown: "
