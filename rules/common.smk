@@ -374,11 +374,11 @@ def print_summary():
         print(f"\nSweep leaderboard ({board}):\n{board.read_text()}")
 
 
+when_nothing_to_do(workflow, print_summary)  # a run with nothing to do prints the summary too
+
+
 onsuccess:
     print_summary()
-
-
-when_nothing_to_do(workflow, print_summary)  # a run with nothing to do prints the summary too
 
 
 def variant_overrides():
