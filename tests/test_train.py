@@ -59,6 +59,10 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     assert metadata["rows_curated"] + metadata["eval_rows_curated"] == pq.read_metadata(tiny.sft_data).num_rows
     assert len(logged(folder, "loss")) == tiny.recipe["sft"]["max_steps"]
     assert sft_adapter.result["rows"] == metadata["rows"]
+    # max_steps stops SFT inside its first epoch: the rows it saw, not the rows it had.
+    steps, batch = tiny.recipe["sft"]["max_steps"], tiny.recipe["sft"]["batch_size"]
+    assert 0 < metadata["epochs_seen"] < 1 and abs(metadata["rows_seen"] - steps * batch) <= batch, metadata
+    assert read_config(folder)["target_modules"] == sorted(tiny.recipe["sft"]["lora"]["target_modules"])
     assert not (folder / "trainer").exists() and not (folder / "trained").exists(), "nothing lies beneath SFT"
     assert_no_partial_siblings(folder)
 
@@ -363,6 +367,10 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tin
     assert resumed.keys() == straight.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-4, atol=1e-6)
+    # The resumed log continues the killed run's running token count (trl keeps it outside the checkpoint).
+    counted = {name: [(row["step"], row["num_tokens"]) for row in csv.DictReader(open(folder / "training_log.csv"))
+                      if row.get("num_tokens")] for name, folder in (("resumed", out), ("straight", uninterrupted))}
+    assert len(counted["straight"]) == 8 and counted["resumed"] == counted["straight"]
 
 
 def test_same_seed_gives_the_same_adapter_weights(tiny, tmp_path):

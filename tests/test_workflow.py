@@ -653,3 +653,61 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
                      "--config", f"recipe={no_scores}", "--cores", "1")
     assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
     assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr
+
+
+@pytest.mark.e2e
+def test_the_merged_export_loads_in_transformers_and_answers_as_the_run_did(tmp_path):
+    """`snakemake results/export/sft` for real (a quick recipe: a few steps, no DPO), then the folder alone through
+    transformers (AutoModelForCausalLM, its tokenizer and saved chat template), as a user of the upload would:
+    its greedy answers are the run's own greedy answers for that stage."""
+    import yaml
+    from quick_recipe import quick_recipe
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.template import PromptTemplate
+
+    recipe_path = quick_recipe(REPO / "recipes/default.yaml", tmp_path / "quick.yaml")
+    recipe = yaml.safe_load(open(recipe_path, encoding="utf-8"))
+    recipe["dpo"]["enabled"] = False  # the submission is SFT's
+    yaml.safe_dump(recipe, open(recipe_path, "w", encoding="utf-8"), allow_unicode=True, sort_keys=False)
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "results/export/sft", "--directory", work, "--config",
+                       f"recipe={recipe_path}", "--cores", "2", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    folder = work / "results/export/sft"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    generated = [json.loads(line) for line in one(work, "results/generations/*/sft.jsonl").read_text().splitlines()]
+    tasks = {task.task_id: task for task in read_tasks(REPO / "data/tasks.jsonl")}
+    template = PromptTemplate(_validated(recipe)["template"])
+    same, differ = 0, []
+    for row in generated:
+        prompt_text = tasks[row["task_id"]].prompt_text
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt_text}], tokenize=False,
+                                             add_generation_prompt=True)
+        # The saved chat template reproduces the training prompt, BOS included (written once, by the template).
+        assert text == tokenizer.bos_token + template.render_prompt(prompt_text, tokenizer)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**ids, do_sample=False, max_new_tokens=recipe["generate"]["max_new_tokens"],
+                                    repetition_penalty=recipe["generate"]["repetition_penalty"],
+                                    pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        greedy = row["attempts"][0]
+        assert not greedy["retry"]
+        if answer == greedy["raw_output"]:
+            same += 1
+        else:
+            differ.append((row["task_id"], answer, greedy["raw_output"]))
+    print(f"\nexported model: {same} of {len(generated)} greedy answers equal the run's")
+    # The merge is exact up to float rounding (W + BA against Wx + B(Ax)), which can flip a near-tie.
+    assert same >= 0.95 * len(generated), differ[:5]
+
+
+def _validated(raw: dict) -> dict:
+    from tunesmith.recipe import validate_recipe
+
+    return validate_recipe(raw)
