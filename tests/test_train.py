@@ -664,3 +664,25 @@ def test_adapters_on_a_4bit_base_train_in_float32_and_move_at_a_preference_learn
     else:
         assert dtypes == {torch.float32}
         assert share >= 0.99
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_the_evaluation_batch_defaults_to_the_training_batch_and_sizes_the_reference_precompute(tiny, tmp_path,
+                                                                                              method):
+    """trl's own evaluation batch is 8 (and with it the batch of the reference's log-probabilities on the validation
+    rows): several times a 13B recipe's training batch of 2, and the likely peak of its GPU memory."""
+    from trl import SFTConfig
+
+    from tunesmith.preference import trainer_class_and_config
+    from tunesmith.train import _common_args
+
+    batch = tiny.recipe["dpo"]["batch_size"]
+    assert batch != 8, "the default would not be told apart from trl's"
+    for value, expected in ((None, batch), (3, 3)):
+        dpo = tiny.section("dpo") | {"method": method, "eval_batch_size": value}
+        _, args = trainer_class_and_config(dpo, _common_args(dpo, SEED, str(tmp_path), {"report_to": []},
+                                                             evaluate=True))
+        assert (args.per_device_eval_batch_size, args.precompute_ref_batch_size) == (expected, expected)
+        sft = tiny.section("sft") | {"eval_batch_size": value}
+        args = SFTConfig(**_common_args(sft, SEED, str(tmp_path), {"report_to": []}, evaluate=True))
+        assert args.per_device_eval_batch_size == (expected if value else tiny.recipe["sft"]["batch_size"])
