@@ -500,7 +500,8 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     metadata = read_metadata(out)
     assert metadata["processes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
     assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
-    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
+    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"], "rows_seen": metadata["rows_seen"]}
+    assert result["train_loss"] > 0 and metadata["rows_seen"] == 3 * metadata["effective_batch_size"]
     assert len(logged(out, "loss")) == 3
     assert_lora_trained(str(out))
     assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), out), PeftModel)
@@ -579,7 +580,8 @@ def test_sft_on_two_nodes_is_one_process_group(tiny, tmp_path, capfd, monkeypatc
     metadata = read_metadata(out)
     assert metadata["processes"] == 2 and metadata["nodes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
     assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
-    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
+    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"], "rows_seen": metadata["rows_seen"]}
+    assert result["train_loss"] > 0 and metadata["rows_seen"] == 3 * metadata["effective_batch_size"]
     assert len(logged(out, "loss")) == 3
     assert_lora_trained(str(out))
 

@@ -125,12 +125,12 @@ def _common_args(section: dict, seed: int, output_dir: str, reporting: dict, eva
     tunesmith.tracking.tracked yields (report_to, run name)."""
     on_gpu = torch.cuda.is_available()
     evaluations = section["evaluations"] if evaluate else 0
+    # CPT has no validation split (and no such key); SFT and the preference stage default to their training batch.
+    eval_batch_size = section["eval_batch_size"] if "eval_batch_size" in section else None
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=section["batch_size"],
-        # CPT has no validation split (and no key); SFT and the preference stage default to their training batch.
-        per_device_eval_batch_size=(section["eval_batch_size"] or section["batch_size"]) if "eval_batch_size" in section
-        else section["batch_size"],
+        per_device_eval_batch_size=eval_batch_size or section["batch_size"],
         gradient_accumulation_steps=section["gradient_accumulation_steps"],
         num_train_epochs=section["epochs"],
         max_steps=section["max_steps"],
