@@ -7,6 +7,8 @@ Both need `../shared/llm-jp-3-tokenizer` (developers and CI have it; a user's cl
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -162,11 +164,13 @@ def standin_run(tmp_path_factory):
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
                "submission.jsonl", "--config", f"recipe={work / 'recipe.yaml'}", "--cores", "2",
                "--resources", "gpu=1"]
-    started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    started, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     (work / "console.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
     assert result.returncode == 0, result.stderr[-6000:]
-    print(f"stand-in run: {time.monotonic() - started:.0f} s")
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"stand-in run: {time.monotonic() - started:.0f} s wall, "
+          f"{used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime:.0f} s CPU, load {os.getloadavg()[0]:.1f}")
     return work, standin
 
 
@@ -228,6 +232,10 @@ def sft_training_rows(standin_run, tmp_path_factory):
     return built["trainer"]
 
 
+def learned(labels: list[int]) -> list[int]:
+    return [label for label in labels if label != -100]  # trl's labels: -100 where no loss (the prompt, padding)
+
+
 @pytest.mark.e2e
 def test_training_rows_have_one_bos_learn_eos_and_pad_apart(sft_training_rows):
     trainer = sft_training_rows
@@ -235,28 +243,34 @@ def test_training_rows_have_one_bos_learn_eos_and_pad_apart(sft_training_rows):
     rows = trainer.train_dataset
     assert len(rows) > 0
     for row in rows:
-        ids, mask = row["input_ids"], row["completion_mask"]
+        ids, labels = row["input_ids"], row["labels"]
         assert ids[0] == BOS_ID and ids.count(BOS_ID) == 1, tokenizer.convert_ids_to_tokens(ids[:4])
-        assert ids[-1] == EOS_ID and mask[-1] == 1, "EOS is not learned at the end of the answer"
+        assert labels[0] == -100 and learned(labels)[-1] == ids[-1] == EOS_ID, "EOS is not learned at the answer's end"
+        assert EOS_ID not in ids[:-1]
     assert tokenizer.pad_token_id == PAD_ID != tokenizer.eos_token_id
-    # Padding a batch: pad id 4 fills, labels ignore it, and each row's last label is still EOS.
-    batch = trainer.data_collator([rows[0], rows[1]] if len(rows[0]["input_ids"]) != len(rows[1]["input_ids"])
-                                  else [rows[0], rows[2]])
-    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
-        learned = [label for label in labels if label != -100]
-        assert learned[-1] == EOS_ID and PAD_ID not in learned
-    assert PAD_ID in batch["input_ids"].flatten().tolist()
+    assert trainer.data_collator.pad_token_id == PAD_ID
+    # A padded batch: pad id 4 fills, no loss on it, and each row still learns EOS last.
+    lengths = [len(row["input_ids"]) for row in rows]
+    shortest, longest = lengths.index(min(lengths)), lengths.index(max(lengths))
+    assert lengths[shortest] < lengths[longest]
+    batch = trainer.data_collator([rows[shortest], rows[longest]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    assert ids[lengths[shortest]:] == [PAD_ID] * (lengths[longest] - lengths[shortest])
+    assert set(labels[lengths[shortest]:]) == {-100} and learned(labels)[-1] == EOS_ID
 
 
 @pytest.mark.e2e
 def test_prompt_answer_boundary_holds_on_every_training_row(sft_training_rows):
     """The tokenised prompt is a prefix of the tokenised prompt + answer: the masked prompt is the context
-    generation will see (trl silently moves the boundary where it is not)."""
+    generation will see (where it is not, trl silently moves the boundary)."""
     trainer = sft_training_rows
     tokenizer = trainer.processing_class
-    prompt_ends = [row["completion_mask"].index(1) for row in trainer.train_dataset]
-    rendered = [row["prompt"] for row in trainer.train_dataset]
-    crossing = [text for text, end in zip(rendered, prompt_ends) if len(tokenizer(text)["input_ids"]) != end]
+    crossing = []
+    for row in trainer.train_dataset:
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        first_learned = next(index for index, label in enumerate(row["labels"]) if label != -100)
+        if first_learned != len(prompt_ids) or row["input_ids"][:len(prompt_ids)] != prompt_ids:
+            crossing.append(row["prompt"])
     assert not crossing, f"{len(crossing)} rows' prompts end inside a token, e.g. {crossing[0]!r}"
 
 
@@ -281,8 +295,8 @@ def test_planted_code_answer_reaches_training_and_the_prompt_unchanged(standin_r
     # Curation puts a row on the training or validation side by its content hash: look on its side.
     side = trainer.train_dataset if planted[0]["split"] == "train" else trainer.eval_dataset
     (trained,) = [row for row in side if PLANTED_INPUT in row["prompt"]]
-    completion = [token for token, learned in zip(trained["input_ids"], trained["completion_mask"]) if learned]
-    assert tokenizer.decode(completion) == PLANTED_ANSWER + tokenizer.eos_token
+    assert trained["completion"] == PLANTED_ANSWER + tokenizer.eos_token
+    assert tokenizer.decode(learned(trained["labels"])) == PLANTED_ANSWER + tokenizer.eos_token
     # Generation's prompt (tunesmith.generate.generate_answers renders it so) holds the task input as written.
     recipe = load_recipe(str(work / "recipe.yaml"))
     task = read_tasks(work / "tasks.jsonl")[TASKS.index(PLANTED_TASK)]
