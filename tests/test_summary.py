@@ -106,6 +106,17 @@ def test_the_terminal_says_what_was_submitted_the_scores_the_rows_and_the_report
     assert "`snakemake --report report.html --cores 1` writes report.html" in text
 
 
+def test_answers_that_needed_the_empty_answer_fallback_are_counted(run):
+    assert "end-of-sequence blocked" not in terminal(dpo_summary(run), summary_current=True)
+    write_jsonl(Path(run["generations"]["dpo"]), [{"task_id": i, "output": answer, "fallback": "eos_blocked" if i else None}
+                                                  for i, answer in enumerate(ANSWERS["dpo"])])
+    summary = dpo_summary(run)
+    assert summary["submission"]["fallbacks"] == 2
+    lines = terminal(summary, summary_current=True).splitlines()
+    assert lines[1].startswith("  2 of these answers were empty after every attempt") and "`fallback`" in lines[1]
+    assert "2 of these answers were empty after every attempt" in start_page(summary)
+
+
 def test_scores_of_another_recipe_are_never_shown(run):
     write_scores(run, inputs=["results/generations/ffffffffffff/dpo.jsonl"])
     run["references"] = None  # nothing to compute on the spot either

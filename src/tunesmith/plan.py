@@ -126,7 +126,7 @@ def _sources(recipe: dict, role: str, fields=None) -> list[str]:
 
 def _curation(recipe: dict) -> list[str]:
     settings = recipe["curate"]
-    keys = ["seed", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
+    keys = ["seed", "curate.normalize_training_text", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
             "curate.max_response_chars", "curate.tokens", "curate.japanese.min_share", "curate.repetition",
             "curate.block_patterns", "curate.dedup", "curate.near_dedup.enabled", "curate.decontaminate",
             "curate.validation_fraction", "curate.min_kept_share"]
@@ -170,9 +170,10 @@ def _judge(recipe: dict) -> list[str]:
 
 
 def _evaluation(recipe: dict) -> list[str]:
-    """Scoring the compared stages: which they are, the references, and how grades are summarised."""
-    keys = ["seed", "evaluate.stages", "submission.stage", "dpo.enabled", "tasks.path", "tasks.references",
-            "judge.backend"]
+    """Scoring the compared stages: which they are, the references, and how grades are summarised; and
+    the submission's own check (submission.allow_empty), which has no stage of its own (unkeyed)."""
+    keys = ["seed", "evaluate.stages", "submission.stage", "submission.allow_empty", "dpo.enabled", "tasks.path",
+            "tasks.references", "judge.backend"]
     judge = recipe["judge"]
     if judge["backend"] != "none":
         keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
@@ -252,8 +253,9 @@ STAGES = {
     "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
+    # Prompts are the task inputs cleaned as the training text was (normalised only if it was).
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
-                      + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
+                      + ["tasks.path", "curate.normalize_training_text"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
     # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
     # (no seed, no generation settings).

@@ -73,7 +73,24 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         if manifest.is_file():
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
             found["other_recipe"] = os.fspath(files["generations"][stage]) not in made_from
+    found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
+
+
+def _fallbacks(generations) -> int | None:
+    """How many answers of the submitted stage were empty after every attempt and were generated again
+    with end-of-sequence blocked (tunesmith.generate: a row's `fallback`)."""
+    if not generations or not Path(generations).is_file():
+        return None
+    rows = (json.loads(line) for line in Path(generations).read_text(encoding="utf-8").splitlines() if line.strip())
+    return sum(1 for row in rows if row.get("fallback"))
+
+
+def _fallback_note(submission: dict) -> str | None:
+    count = submission.get("fallbacks")
+    return (f"{count} of these answers were empty after every attempt (the model ended them at once) and were "
+            "generated again with end-of-sequence blocked for their first tokens (their generations rows say "
+            "`fallback`).") if count else None
 
 
 def _scores(files: dict) -> dict:
@@ -253,6 +270,7 @@ def terminal(summary: dict, summary_current: bool) -> str:
     else:
         lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
                  f"({submission['reason']})."]
+        lines += [f"  {_fallback_note(submission)}"] if _fallback_note(submission) else []
     if scores["stages"]:
         where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
         lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
@@ -292,6 +310,7 @@ def start_page(summary: dict) -> str:
     lines = ["Results", "=======", "",
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
+    lines += [_rst_text(_fallback_note(submission)), ""] if _fallback_note(submission) else []
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
         note = comparison_note(summary, plain=_rst_text, code=lambda text: f"``{text}``")
