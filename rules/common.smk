@@ -373,6 +373,25 @@ onsuccess:
         print(f"\nSweep leaderboard ({board}):\n{board.read_text()}")
 
 
+# A run on this machine that would train a quantised base without CUDA stops here, before curation or a
+# 26 GB fetch. onstart runs only when jobs are about to run (not for -n), and a cluster executor's jobs
+# run elsewhere (workflow.local_exec is False): those plan and submit as usual.
+onstart:
+    if workflow.local_exec and not workflow.touch:
+        from tunesmith.model import ModelError, refuse_quantised_training_here  # torch: only when jobs run
+
+        try:
+            refuse_quantised_training_here(
+                {
+                    f"{job.rule.name} {job.wildcards.key}": STEPS[job.wildcards.key].settings["base_model"]
+                    for job in workflow.dag.needrun_jobs()
+                    if job.rule.name in ("train_cpt", "train_sft", "train_dpo")
+                }
+            )
+        except ModelError as error:
+            raise WorkflowError(str(error)) from None
+
+
 def variant_overrides():
     return combinations(config)
 

@@ -605,3 +605,54 @@ def test_deepspeed_without_the_package_stops_before_training(tiny, tmp_path, mon
                         template_section=tiny.section("template"), dpo=tiny.section("dpo"),
                         dataset_path=tiny.preference_data, sft_adapter="sft", seed=SEED, out_dir=str(tmp_path / "dpo"))
     assert not list(tmp_path.iterdir())
+
+
+# --- a quantised base: the adapter trains in float32 ------------------------------------------------
+
+def _lora_a_share_moved(trainer, learning_rate: float) -> float:
+    """One AdamW step of the trainer's own optimiser on a fake gradient: the share of lora_A entries it changes."""
+    optimizer = trainer.create_optimizer()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    generator = torch.Generator().manual_seed(SEED)
+    trained = [(name, parameter) for name, parameter in trainer.model.named_parameters() if parameter.requires_grad]
+    for _, parameter in trained:
+        parameter.grad = torch.randn(parameter.shape, generator=generator).to(parameter.dtype)
+    before = {name: parameter.detach().clone() for name, parameter in trained if "lora_A" in name}
+    optimizer.step()
+    changed = sum(int((parameter.detach() != before[name]).sum()) for name, parameter in trained if name in before)
+    return changed / sum(tensor.numel() for tensor in before.values())
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+@pytest.mark.parametrize("trl_cast_kept", [False, True], ids=["ours", "trl_cast_kept"])
+def test_adapters_on_a_4bit_base_train_in_float32_and_move_at_a_preference_learning_rate(
+        tiny, sft_adapter, tmp_path, monkeypatch, stage, trl_cast_kept):
+    """trl 1.16 casts the trainable parameters of a quantised model to bf16; an AdamW step at DPO's 5e-6 is then
+    below bf16's resolution for most of lora_A. The trainers are built exactly as train_sft/train_dpo build them,
+    on the tiny model in nf4 on the CPU (bitsandbytes loads it there; training 4-bit on CPU does not work, so
+    nothing trains here). `trl_cast_kept` shows the defect the float32 cast removes."""
+    import tunesmith.model as model_module
+    import tunesmith.train as train_module
+
+    monkeypatch.setattr(model_module, "can_train_quantised", lambda: True)  # a GPU machine, as far as loading goes
+    if trl_cast_kept:
+        monkeypatch.setattr(train_module, "trainable_in_float32", lambda model, section: 0)
+    base = tiny.section("base_model") | {"quantization": "nf4", "dtype": "bfloat16", "compute_dtype": "bfloat16"}
+    section = tiny.section(stage) | {"learning_rate": 5e-6, "max_steps": 1}
+    if stage == "sft":
+        trainer, _ = train_module.sft_trainer(tiny.base_dir, base, tiny.section("template"), section, tiny.sft_data,
+                                              SEED, str(tmp_path / "checkpoints"), {"report_to": []})
+    else:
+        trainer, _, _ = train_module.preference_trainer(
+            tiny.base_dir, base, tiny.section("template"), section, tiny.preference_data, sft_adapter.path, SEED,
+            str(tmp_path / "checkpoints"), {"report_to": []}, str(tmp_path / "dpo"))
+    assert getattr(trainer.model, "is_loaded_in_4bit", False), "the base is not quantised: the test proves nothing"
+    dtypes = {parameter.dtype for parameter in trainer.model.parameters() if parameter.requires_grad}
+    share = _lora_a_share_moved(trainer, 5e-6)
+    print(f"\n{stage}: trainable dtypes {dtypes}; share of lora_A entries one lr-5e-6 step changes: {share:.4f}")
+    if trl_cast_kept:
+        assert dtypes == {torch.bfloat16} and share < 0.5, "trl no longer casts to bf16: drop this case"
+    else:
+        assert dtypes == {torch.float32}
+        assert share >= 0.99

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import duckdb
 import pytest
+import torch
 
 from conftest import REPO
 from tunesmith.submission import validate_submission
@@ -50,6 +52,41 @@ def test_competition_recipe_plans_without_building_a_base_model(tmp_path):
     jobs = planned_jobs(result.stdout)
     assert "pretrain_base" not in jobs and "train_tokenizer" not in jobs
     assert jobs["train_sft"] == jobs["train_dpo"] == jobs["write_submission"] == 1
+
+
+QUANTISED_REFUSAL = "base_model.quantization is 'nf4', which needs a CUDA GPU to train"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
+def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path):
+    """Not when training starts, after curation and a 26 GB fetch: when the workflow starts. A dry run plans it
+    (test_competition_recipe_plans_without_building_a_base_model)."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("--cores", 1, "--directory", tmp_path, "--config",
+                       f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and QUANTISED_REFUSAL in output, output[-3000:]
+    assert "train_sft" in output.split(QUANTISED_REFUSAL)[1].splitlines()[0], "the message names the jobs"
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists(), "a job ran"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
+def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path):
+    """Through the Slurm profile the jobs run on GPU nodes: nothing is refused here, jobs reach sbatch (a fake one
+    on PATH that records its calls and fails, so nothing runs)."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for command in ("sbatch", "sacct", "squeue", "sinfo", "sacctmgr", "scontrol", "scancel"):
+        (fake / command).write_text(f'#!/bin/sh\necho "{command} $*" >> {tmp_path}/calls.txt\nexit 1\n')
+        (fake / command).chmod(0o755)
+    environment = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
+               str(REPO / "profiles/slurm"), "--directory", str(tmp_path), "--config",
+               f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
+    assert QUANTISED_REFUSAL not in result.stdout + result.stderr
+    assert "sbatch --parsable" in (tmp_path / "calls.txt").read_text()
 
 
 def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):

@@ -134,7 +134,8 @@ def _trained(adapter) -> dict | None:
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences", "method")
+    keys = ("rows", "rows_seen", "epochs_seen", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows",
+            "sequences", "method")
     return {key: metadata[key] for key in keys if key in metadata}
 
 
@@ -243,6 +244,8 @@ def training_rows(summary: dict) -> list[list[str]]:
         lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
                 for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
         trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
+        if "rows_seen" in counts:  # available vs seen: with max_steps, training may stop before an epoch
+            trained = f"{counts['rows_seen']} of {trained} seen ({counts['epochs_seen']:.2f} epochs)"
         rows.append([stage, trained, str(counts.get("rows_curated", "–")), "; ".join(lost) or "none",
                      str(counts.get("eval_rows", "–"))])
     return rows
