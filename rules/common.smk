@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
+from tunesmith.logs import when_nothing_to_do
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
@@ -366,11 +367,18 @@ def reported(path, current=True, **flags):
     return report(path, **flags) if current and Path(path).is_file() else path
 
 
-onsuccess:
+def print_summary():
     print("", summary.end_of_run(run_files(), *submitted(), rules.summarise_run.output.summary), sep="\n")
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"\nSweep leaderboard ({board}):\n{board.read_text()}")
+
+
+when_nothing_to_do(workflow, print_summary)  # a run with nothing to do prints the summary too
+
+
+onsuccess:
+    print_summary()
 
 
 # A run on this machine that would train a quantised base without CUDA stops here, before curation or a

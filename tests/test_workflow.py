@@ -653,3 +653,16 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
                      "--config", f"recipe={no_scores}", "--cores", "1")
     assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
     assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr
+
+
+def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_path):
+    """`--config set=KEY=VALUE[,KEY=VALUE...]` (issue 21): a bad override fails before any job, naming its key."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
+                       "set=sft.epochs=2,sft.learning_rte=1e-4")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe" in output
+    assert "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
