@@ -240,7 +240,8 @@ STAGES = {
                     lambda r, _: {}),
     "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
-                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
+                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role},
+                    unkeyed=lambda r, role: ["curate.memory_limit"]),  # the rows are the same under any limit
     # KTO's labelled single answers, made from the curated pairs (tunesmith.unpaired); only when dpo.method is kto.
     "unpair": Stage("curated", lambda r, _: ["seed"], lambda r, _: {"pairs": "curate_preference"}),
     # No template: raw text, so a template edit does not rerun continued pretraining.
