@@ -23,8 +23,11 @@ from tunesmith.generate import (
     repeated_ngram_count,
 )
 from tunesmith.model import ModelError, load_model, load_tokenizer, write_metadata
-from tunesmith.normalize import normalize_text
+from tunesmith.normalize import clean_text, normalize_text
 from tunesmith.template import PromptTemplate
+
+
+CODE_TASK = "次のコードの誤りを直してください！（例①）\n```python\ndef f(x):\n    if x > 0：\n        return x\n```"
 
 
 def task_records() -> list[dict]:
@@ -54,7 +57,7 @@ def prompt_model(tiny):
 def test_batches_and_left_padding_do_not_change_greedy_answers(tiny, prompt_model):
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in task_records()[::5]]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[::5]]
     assert len(prompts) == 20 and len({len(tokenizer(prompt).input_ids) for prompt in prompts}) > 10
     settings = {**tiny.section("generate"), "max_new_tokens": 12, "do_sample": False}
 
@@ -74,6 +77,7 @@ def test_batches_and_left_padding_do_not_change_greedy_answers(tiny, prompt_mode
 
 def test_answers_are_in_task_order_with_verbatim_inputs_and_clean_outputs(tiny, sft_adapter, tmp_path, monkeypatch):
     records = [record for record in task_records() if record["task_id"] in {3, 8, 10, 24, 53, 63, 71, 90}]
+    records.append({"task_id": 200, "input": CODE_TASK + "_x000D_\r\n"})  # prompted as written
     tasks_path = tmp_path / "tasks.jsonl"
     with open(tasks_path, "w", encoding="utf-8") as handle:  # out of id order, two layouts, escaped and not
         for index, record in enumerate(reversed(records)):
@@ -100,10 +104,17 @@ def test_answers_are_in_task_order_with_verbatim_inputs_and_clean_outputs(tiny, 
     assert any("_x000D_" in row["input"] for row in rows)
     template = PromptTemplate(tiny.section("template"))
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
-    assert seen_prompts == [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    assert seen_prompts == [template.render_prompt(clean_text(record["input"]), tokenizer) for record in expected]
+    assert seen_prompts[-1] == template.render_prompt(CODE_TASK, tokenizer)
     assert [row["output"] for row in rows] == [f"答え{index}" for index in range(len(rows))]
     assert all(row["raw_output"].startswith("### 回答\n") for row in rows)
     assert all(row["regenerated"] == [] and row["problems"] == [] for row in rows)
+    # A recipe whose training text was normalised (curate.normalize_training_text) is prompted so too.
+    seen_prompts.clear()
+    generate_answers(tiny.base_dir, tiny.section("base_model"), sft_adapter.path, tiny.section("template"),
+                     settings, str(tasks_path), seed=0, out_path=str(tmp_path / "answers.jsonl"), normalize_prompts=True)
+    assert seen_prompts == [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    assert "    if" not in seen_prompts[-1] and "！" not in seen_prompts[-1]
 
 
 def adapter_with_hash(folder, template_hash: str) -> str:
@@ -155,7 +166,7 @@ def test_cut_at_stop_strings_cuts_before_the_earliest_one():
 def test_generation_stops_at_a_stop_string_and_the_answer_is_cut_before_it(tiny, prompt_model, monkeypatch):
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in task_records()[:8]]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[:8]]
     settings = {**tiny.section("generate"), "max_new_tokens": 16, "batch_size": 8}
     free = generate_batched(prompt_model, tokenizer, prompts, settings, seed=0)
     # The character found early in most answers; not one of the prompt's end, which could complete a
@@ -278,6 +289,36 @@ GOOD_ANSWERS = {
 @pytest.mark.parametrize("name", GOOD_ANSWERS)
 def test_default_guards_pass_ordinary_japanese_lists_tables_and_enumerations(name):
     assert output_problems(GOOD_ANSWERS[name], GUARDS) == []
+
+
+# Right answers made mostly of digits, numerals, code or table cells (issue 17): digits and numerals
+# are not one character dominating the answer, so these pass untouched; real degeneration still fails.
+NUMERIC_CODE_TABLE_ANSWERS = {
+    'trillion_yen': '1兆円は1,000,000,000,000円、1億円は100,000,000円です。つまり1兆円は1億円の10,000倍です。',
+    'binary_number': '10進数の10を2進数で表すと1010です。2進数の1010は、1×8＋0×4＋1×2＋0×1＝10になります。',
+    'binary_table': '0から7までの2進数は次の通りです。\n0: 000\n1: 001\n2: 010\n3: 011\n4: 100\n5: 101\n6: 110\n7: 111',
+    'powers_of_ten': '10の累乗は、10¹＝10、10²＝100、10³＝1,000、10⁴＝10,000、10⁶＝1,000,000です。',
+    'full_width_digits': '答えは１０００００円です。内訳は５００００円が２回で、合計１０００００円になります。',
+    'kanji_numerals': '一億は一万の一万倍で、一兆は一億の一万倍です。',
+    'phone_and_date': '2024年10月10日10時00分に、03-1111-0000へお電話ください。受付は10:00〜11:00です。',
+    'decimal': '円周率は3.14159265358979323846…と続く無理数で、小数点以下は0.0001のように割り切れません。',
+    'python_code': 'フィボナッチ数を返す関数です。\n```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n```\n`fib(10)` は55を返します。',
+    'numbers_table': '| 年 | 売上（円） | 前年比 |\n|---:|---:|---:|\n| 2020 | 1,000,000 | 100% |\n| 2021 | 1,100,000 | 110% |\n| 2022 | 1,000,000 | 91% |\n| 2023 | 1,010,000 | 101% |',
+    'multiplication': '7×8＝56、7×9＝63、7×10＝70です。7の段は7ずつ増えます。',
+    'binary_1023': '2進数で書くと、1023は1111111111、1024は10000000000です。',
+    'kanji_digits': '百万は一〇〇〇〇〇〇、一千万は一〇〇〇〇〇〇〇と書きます。',
+}
+
+
+@pytest.mark.parametrize("name", NUMERIC_CODE_TABLE_ANSWERS)
+def test_default_guards_pass_numeric_code_and_table_answers(name):
+    assert output_problems(NUMERIC_CODE_TABLE_ANSWERS[name], GUARDS) == []
+
+
+@pytest.mark.parametrize("text", ["あ" * 30, "。" * 30, "答えは" + "の" * 25, "1" * 10 + "円" * 12,
+                                  "〇" * 10 + "ね" * 12 + "。"])
+def test_default_guards_still_flag_one_character_dominating_an_answer(text):
+    assert "degenerate_char" in output_problems(text, GUARDS)
 
 
 # --- regeneration ---------------------------------------------------------------------------------
@@ -447,7 +488,7 @@ def test_vllm_maps_our_settings_serves_the_adapter_and_keeps_task_order(tiny, sf
     expected = write_tasks(tmp_path, {5, 11, 30, 42})
     template = PromptTemplate(tiny.section("template"))
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in expected]
 
     def answer(prompt, sampling):
         index = prompts.index(prompt)

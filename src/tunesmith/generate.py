@@ -24,6 +24,7 @@ import torch
 
 from tunesmith.atomic import write_jsonl
 from tunesmith.model import ModelError, device, load_model, load_tokenizer, read_metadata
+from tunesmith.normalize import normalize_text
 from tunesmith.progress import progress
 from tunesmith.tasks import read_tasks
 from tunesmith.template import PromptTemplate
@@ -192,6 +193,19 @@ def _words(text: str) -> list[str]:
     return [character for character in text if unicodedata.category(character)[0] in "LN"]
 
 
+# Kanji written as numerals (一〇〇〇〇〇〇, 一億は一万の一万倍): letters by category, numerals by use.
+_KANJI_NUMERALS = frozenset("〇零一二三四五六七八九十百千万億兆京")
+
+
+def _dominant_character_count(words: list[str]) -> int:
+    """How often the most frequent character of `words` occurs, numerals aside: digits (any width,
+    superscripts, ①, Ⅳ) and kanji numerals repeat in right answers (1,000,000,000,000円, 2進数の
+    11111111) and count only as part of the answer, never as the character that dominates it."""
+    counts = Counter(character for character in words
+                     if unicodedata.category(character)[0] != "N" and character not in _KANJI_NUMERALS)
+    return max(counts.values(), default=0)
+
+
 def repeated_line_count(text: str) -> int:
     """How often the most frequent line recurs, list markers aside ("1. 東京", "2. 東京"); lines
     without a letter or digit (a table's |---| rule) do not count."""
@@ -216,7 +230,7 @@ def output_problems(text: str, guards: dict) -> list[str]:
     words, visible = _words(text), "".join(text.split())
     max_share = guards["max_char_share"]  # looked up for every answer: a setting, whatever the answers
     if len(words) >= guards["char_share_min_length"]:
-        if Counter(words).most_common(1)[0][1] > max_share * len(words):
+        if _dominant_character_count(words) > max_share * len(words):
             problems.append("degenerate_char")
     elif len(visible) >= guards["char_share_min_length"] and len(words) < MIN_WORD_SHARE * len(visible):
         problems.append("degenerate_char")  # punctuation with hardly a word: 」、、、、、、、、、、
@@ -310,18 +324,20 @@ def log_guard_summary(answers: list[Answer]) -> None:
 
 def generate_answers(
     base_path: str, base_section: dict, adapter: str | None, template_section: dict, settings: dict,
-    tasks_path: str, seed: int, out_path: str, threads: int = 1,
+    tasks_path: str, seed: int, out_path: str, threads: int = 1, normalize_prompts: bool = False,
 ) -> int:
     """Answer every task with the base model and the stage's adapter folder (None for the base
     itself), unmerged, on transformers or vLLM; write JSONL in task-id order, each row with every
-    attempt the guards asked for and which one was kept."""
+    attempt the guards asked for and which one was kept. Task inputs are prompted as written (cleaned
+    of noise), or normalised with `normalize_prompts` (curate.normalize_training_text)."""
     torch.set_num_threads(threads)
     template = PromptTemplate(template_section)
     check_template(adapter, template, allow_mismatch=template_section["allow_mismatch"])
     check_backend(settings)
     tasks = read_tasks(tasks_path)
     tokenizer = load_tokenizer(base_path, base_section, padding_side="left")
-    prompts = [template.render_prompt(task.prompt_text, tokenizer) for task in tasks]
+    prompts = [template.render_prompt(normalize_text(task.input) if normalize_prompts else task.prompt_text, tokenizer)
+               for task in tasks]
     if settings["backend"] == "vllm":
         generate = vllm_generator(base_path, base_section, adapter, settings, seed)
     else:

@@ -126,7 +126,7 @@ def _sources(recipe: dict, role: str, fields=None) -> list[str]:
 
 def _curation(recipe: dict) -> list[str]:
     settings = recipe["curate"]
-    keys = ["seed", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
+    keys = ["seed", "curate.normalize_training_text", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
             "curate.max_response_chars", "curate.tokens", "curate.japanese.min_share", "curate.repetition",
             "curate.block_patterns", "curate.dedup", "curate.near_dedup.enabled", "curate.decontaminate",
             "curate.validation_fraction", "curate.min_kept_share"]
@@ -253,8 +253,9 @@ STAGES = {
     "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
+    # Prompts are the task inputs cleaned as the training text was (normalised only if it was).
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
-                      + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
+                      + ["tasks.path", "curate.normalize_training_text"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
     # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
     # (no seed, no generation settings).
