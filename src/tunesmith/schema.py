@@ -83,6 +83,11 @@ def _merged(filled, value):
     return value
 
 
+@cache
+def _strict_class():
+    return _with_defaults_and_strict_types(Draft202012Validator)  # a class made once, not per validation
+
+
 def strict_validator(schema: dict):
     """A validator of `schema` that fills defaults as it checks (the instance is changed in place)."""
-    return _with_defaults_and_strict_types(Draft202012Validator)(schema)
+    return _strict_class()(schema)
