@@ -18,7 +18,7 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 
 from __future__ import annotations
 
-import copy
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -279,8 +279,9 @@ STAGES = {
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def _parts(dotted: str) -> list:
-    return [name if name else int(index) for name, index in _PART.findall(dotted)]
+@functools.cache
+def _parts(dotted: str) -> tuple:
+    return tuple(name if name else int(index) for name, index in _PART.findall(dotted))
 
 
 def pick(recipe: dict, keys) -> dict:
@@ -295,8 +296,8 @@ def pick(recipe: dict, keys) -> dict:
         node = picked
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = copy.deepcopy(value)
-    return _sorted(_as_lists(picked))
+        node[parts[-1]] = value
+    return _sorted(_as_lists(picked))  # new dicts and lists all the way down: nothing shared with the recipe
 
 
 def _sorted(node):
