@@ -7,10 +7,11 @@ and one of 64 (three more settings of two values each), in a temporary working d
 1. plan the DAG with a dry run and create every output as an empty placeholder (a file, or a folder
    for directory outputs), then `snakemake --touch` so each looks built in order. Building the DAG
    for real takes minutes of training; planning cost does not depend on what the files hold;
-2. time `snakemake -n` on it REPEATS times (median) and count the jobs it plans: every planned job
-   on an unchanged DAG is a spurious rerun;
-3. write a bare Snakefile with one rule per job of that DAG (the same inputs and outputs, `touch` as
-   the only work, no recipe, no validation, no helpers), build it, and time its no-op `-n` the same way.
+2. write a bare Snakefile with one rule per job of that DAG (the same inputs and outputs, `touch` as
+   the only work, no recipe, no validation, no helpers) and build it;
+3. time `snakemake -n` on each REPEATS times, by turns (ours, bare, ours, ...: load on a shared machine
+   changes within seconds), take the medians, and count the jobs ours plans: every planned job on an
+   unchanged DAG is a spurious rerun.
 Each timing is a whole `python -m snakemake` process, as a user's command is. Ends with one line:
 RESULT dag noop_seconds=<default DAG no-op> baseline_seconds=<bare workflow> overhead=<ours / bare - 1>
   sweep64_seconds=... sweep64_baseline_seconds=... sweep64_overhead=... spurious=<jobs planned on the no-ops>
@@ -73,14 +74,18 @@ def fake_build(snakefile: Path, work: Path, args: list[str]) -> list:
 
 
 def noop(snakefile: Path, work: Path, args: list[str]) -> tuple[float, int]:
-    """Median wall time of `snakemake -n` and the number of jobs it plans."""
-    times, planned = [], 0
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        result = snakemake(snakefile, work, "-n", *args)
-        times.append(time.perf_counter() - start)
-        planned = len([job for job in planned_jobs(result.stdout) if job.rule != "all"])
-    return statistics.median(times), planned
+    """Wall time of one `snakemake -n` and the number of jobs it plans."""
+    start = time.perf_counter()
+    result = snakemake(snakefile, work, "-n", *args)
+    return time.perf_counter() - start, len([job for job in planned_jobs(result.stdout) if job.rule != "all"])
+
+
+def interleaved(ours: tuple, bare: tuple) -> tuple[float, int, float, int]:
+    """Median no-op times of ours and the bare workflow, run by turns (a shared machine's load changes
+    within seconds: both sides see the same), with the jobs each planned."""
+    runs = [(noop(*ours), noop(*bare)) for _ in range(REPEATS)]
+    return (statistics.median(mine[0] for mine, _ in runs), max(mine[1] for mine, _ in runs),
+            statistics.median(theirs[0] for _, theirs in runs), max(theirs[1] for _, theirs in runs))
 
 
 def bare_workflow(jobs: list, work: Path) -> Path:
@@ -103,13 +108,12 @@ def measure(label: str, recipe: Path, scratch: Path) -> list:
     (work / "data").symlink_to(ROOT / "data")
     args = ["--config", f"recipe={recipe}"]
     jobs = fake_build(ROOT / "Snakefile", work, args)
-    ours, spurious = noop(ROOT / "Snakefile", work, args)
     bare_dir = scratch / f"{label}-bare"
     bare_dir.mkdir()
     (bare_dir / "data").symlink_to(ROOT / "data")
     snakefile = bare_workflow(jobs, work)
     snakemake(snakefile, bare_dir, "--cores", "1")
-    baseline, bare_spurious = noop(snakefile, bare_dir, [])
+    ours, spurious, baseline, bare_spurious = interleaved((ROOT / "Snakefile", work, args), (snakefile, bare_dir, []))
     return [label, len(jobs), ours, baseline, spurious, bare_spurious]
 
 
