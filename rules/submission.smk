@@ -6,6 +6,8 @@ rule write_submission:
         submission="submission.jsonl",
     log:
         "logs/write_submission.log",
+    params:
+        submission=evaluation_setting("submission"),
     script:
         "../scripts/write_submission.py"
 

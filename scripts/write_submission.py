@@ -10,4 +10,5 @@ with recorded(snakemake, "submission"):
         generations_path=snakemake.input.generations[0],
         tasks_path=snakemake.input.tasks,
         out_path=snakemake.output.submission,
+        allow_empty=snakemake.params.submission["allow_empty"],
     )

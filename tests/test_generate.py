@@ -19,9 +19,9 @@ from tunesmith.generate import (
     cut_at_stop_strings,
     generate_answers,
     generate_batched,
-    output_problems,
-    repeated_ngram_count,
+    vllm_sampling,
 )
+from tunesmith.guards import output_problems, repeated_ngram_count
 from tunesmith.model import ModelError, load_model, load_tokenizer, write_metadata
 from tunesmith.normalize import clean_text, normalize_text
 from tunesmith.template import PromptTemplate
@@ -348,8 +348,10 @@ def test_only_failing_answers_are_regenerated_with_the_retry_settings_and_record
     clean = PromptTemplate(tiny_recipe()["template"]).clean_output  # markers go before the guards judge
     answers = answer_with_guards(model, ["a", "b", "c", "d"], guarded_settings(retries=2), 42, clean)
 
-    assert [prompts for prompts, _, _ in model.calls] == [["a", "b", "c", "d"], ["b", "c", "d"], ["c", "d"]]
-    assert [seed for _, _, seed in model.calls] == [42, 43, 44]
+    # then "d", empty after every attempt, twice more with end-of-sequence blocked (its script has no text)
+    assert [prompts for prompts, _, _ in model.calls] == [["a", "b", "c", "d"], ["b", "c", "d"], ["c", "d"], ["d"], ["d"]]
+    assert [seed for _, _, seed in model.calls] == [42, 43, 44, 42, 42]
+    assert [settings.get("min_new_tokens") for _, settings, _ in model.calls] == [None, None, None, 4, 16]
     first, retry = model.calls[0][1], model.calls[1][1]
     assert (first["do_sample"], first["repetition_penalty"]) == (False, 1.0)
     assert (retry["do_sample"], retry["repetition_penalty"], retry["temperature"]) == (True, 1.3, 0.7)
@@ -357,11 +359,11 @@ def test_only_failing_answers_are_regenerated_with_the_retry_settings_and_record
     assert [answer.raw for answer in answers] == ["東京", "ソウル", "パリ", "### 回答\n"]
     assert [answer.kept for answer in answers] == [0, 1, 2, 0]
     assert [[attempt.problems for attempt in answer.attempts] for answer in answers] == [
-        [[]], [["empty"], []], [["degenerate_char", "repeated_ngram"], ["empty"], []], [["empty"]] * 3,
+        [[]], [["empty"], []], [["degenerate_char", "repeated_ngram"], ["empty"], []], [["empty"]] * 5,
     ]
     assert [[attempt.seed for attempt in answer.attempts] for answer in answers][2] == [42, 43, 44]
     assert [answer.regenerated for answer in answers] == [
-        [], [["empty"]], [["degenerate_char", "repeated_ngram"], ["empty"]], [["empty"], ["empty"]],
+        [], [["empty"]], [["degenerate_char", "repeated_ngram"], ["empty"]], [["empty"]] * 4,
     ]
     assert [answer.problems for answer in answers] == [[], [], [], ["empty"]]
 
@@ -384,17 +386,49 @@ def test_a_retry_replaces_the_greedy_answer_only_with_strictly_fewer_problems():
 
 
 def test_regeneration_is_bounded_and_keeps_the_best_attempt():
-    model = ScriptedModel({"a": ["東京"], "b": ["", "の" * 30, "はい"]})
+    model = ScriptedModel({"a": ["東京"], "b": ["の" * 30, "", "はい"]})
     answers = answer_with_guards(model, ["a", "b"], guarded_settings(retries=1), 0, str.strip)
     assert [prompts for prompts, _, _ in model.calls] == [["a", "b"], ["b"]]
-    # "" has one problem (empty), "の"*30 two: the empty first answer stays.
-    assert answers[1].output == "" and answers[1].kept == 0 and answers[1].problems == ["empty"]
-    assert answers[1].regenerated == [["degenerate_char", "repeated_ngram"]]
+    # "の"*30 has two problems, "" one (empty): but any text beats none, so the first answer stays.
+    assert answers[1].output == "の" * 30 and answers[1].kept == 0
+    assert answers[1].regenerated == [["empty"]]
 
     model = ScriptedModel({"a": ["東京"], "b": [""]})
     answers = answer_with_guards(model, ["a", "b"], guarded_settings(retries=0), 0, str.strip)
-    assert len(model.calls) == 1
-    assert [answer.regenerated for answer in answers] == [[], []] and answers[1].problems == ["empty"]
+    assert len(model.calls) == 1 + 2  # no retry; the empty-answer fallback tried twice, found no text
+    assert [answer.regenerated for answer in answers] == [[], [["empty"], ["empty"]]]
+    assert answers[1].problems == ["empty"] and answers[1].fallback is None
+
+
+def test_a_model_that_ends_every_answer_at_once_still_answers(tiny, prompt_model):
+    """Issue 17: a DPO model emitted EOS first for a task, greedy and sampled alike, and "" was submitted.
+    With a large bias on the EOS logit every attempt is empty; the fallback blocks EOS for the first
+    tokens and the model's own text is kept, recorded as such."""
+    tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
+    template = PromptTemplate(tiny.section("template"))
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[:4]]
+    settings = {**tiny.section("generate"), "max_new_tokens": 24}
+    bias = torch.zeros(prompt_model.config.vocab_size)
+    bias[tokenizer.eos_token_id] = 1e4
+    handle = prompt_model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias)
+    try:
+        assert generate_batched(prompt_model, tokenizer, prompts, settings, seed=0) == [""] * len(prompts)
+        answers = answer_with_guards(lambda some, chosen, seed: generate_batched(prompt_model, tokenizer, some, chosen,
+                                                                                  seed),
+                                     prompts, settings, 0, template.clean_output)
+    finally:
+        handle.remove()
+    retries = settings["guards"]["retries"]
+    for answer in answers:
+        assert answer.output.strip() and answer.fallback == "eos_blocked"
+        assert [attempt.problems for attempt in answer.attempts[:retries + 1]] == [["empty"]] * (retries + 1)
+        assert answer.chosen.min_new_tokens in (4, 16)
+
+
+def test_the_empty_answer_fallback_blocks_eos_on_vllm_too():
+    settings = tiny_recipe()["generate"]
+    assert "min_tokens" not in vllm_sampling(settings, 0)
+    assert vllm_sampling({**settings, "min_new_tokens": 4}, 0)["min_tokens"] == 4
 
 
 def test_generated_rows_record_every_attempt_and_the_one_kept(tiny, tmp_path, monkeypatch):
@@ -405,23 +439,30 @@ def test_generated_rows_record_every_attempt_and_the_one_kept(tiny, tmp_path, mo
 
     def scripted(model, tokenizer, prompts, settings, seed):
         calls.append(len(prompts))
-        if len(calls) == 1:  # the second task (in id order) degenerates, then recovers
-            return ["答え", "### 回答\n" + "の" * 40, "答え", "答え"]
-        return ["回復"] * len(prompts)
+        if len(calls) == 1:  # the second task (in id order) degenerates, then recovers; the last is empty
+            return ["答え", "### 回答\n" + "の" * 40, "答え", ""]
+        if settings.get("min_new_tokens"):  # only with end-of-sequence blocked does the last one write
+            return ["やっと"] * len(prompts)
+        return ["回復", ""] if len(prompts) == 2 else [""] * len(prompts)
 
     monkeypatch.setattr(generate_module, "generate_batched", scripted)
     generate_answers(tiny.base_dir, tiny.section("base_model"), None, tiny.section("template"),
                      tiny.section("generate"), str(tasks_path), seed=0, out_path=str(tmp_path / "answers.jsonl"))
     rows = read_jsonl(tmp_path / "answers.jsonl")
-    assert calls == [4, 1]
+    assert calls == [4, 2, 1, 1]  # the retries (two of them for the empty answer), then its fallback
     assert [row["task_id"] for row in rows] == [4, 9, 12, 22]
-    assert [row["output"] for row in rows] == ["答え", "回復", "答え", "答え"]
-    assert [row["regenerated"] for row in rows] == [[], [["degenerate_char", "repeated_ngram"]], [], []]
+    assert [row["output"] for row in rows] == ["答え", "回復", "答え", "やっと"]
+    assert [row["regenerated"] for row in rows] == [[], [["degenerate_char", "repeated_ngram"]], [],
+                                                    [["empty"], ["empty"], ["empty"]]]
     assert all(row["problems"] == [] for row in rows) and rows[1]["raw_output"] == "回復"
     assert rows[1]["kept_attempt"] == 1 and [attempt["retry"] for attempt in rows[1]["attempts"]] == [False, True]
     assert rows[1]["attempts"][0] == {"output": "の" * 40, "raw_output": "### 回答\n" + "の" * 40,
-                                      "problems": ["degenerate_char", "repeated_ngram"], "seed": 0, "retry": False}
-    assert rows[0]["attempts"] == [{"output": "答え", "raw_output": "答え", "problems": [], "seed": 0, "retry": False}]
+                                      "problems": ["degenerate_char", "repeated_ngram"], "seed": 0, "retry": False,
+                                      "min_new_tokens": 0}
+    assert rows[0]["attempts"] == [{"output": "答え", "raw_output": "答え", "problems": [], "seed": 0, "retry": False,
+                                    "min_new_tokens": 0}]
+    assert [row["fallback"] for row in rows] == [None, None, None, "eos_blocked"]
+    assert rows[3]["kept_attempt"] == 3 and rows[3]["attempts"][3]["min_new_tokens"] == 4
 
 
 def test_generation_runs_on_a_4bit_base_on_cpu(tiny, sft_adapter, tmp_path):

@@ -75,11 +75,14 @@ def _model(recipe: dict) -> list[str]:
     return keys
 
 
-def _template(recipe: dict, generation: bool = False) -> list[str]:
-    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers."""
+def _template(recipe: dict, generation: bool = False, training: bool = False) -> list[str]:
+    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers, training
+    also checks the token boundary of its rows."""
     template = recipe["template"]
     keys = ["template.kind"] + (["template.prompt"] if template["kind"] == "plain"
                                 else ["template.system", "template.chat_template"])
+    if training:
+        keys.append("template.max_boundary_mismatch")
     if generation:
         keys += ["template.stop_markers", "template.allow_mismatch"]
     return keys
@@ -170,9 +173,10 @@ def _judge(recipe: dict) -> list[str]:
 
 
 def _evaluation(recipe: dict) -> list[str]:
-    """Scoring the compared stages: which they are, the references, and how grades are summarised."""
-    keys = ["seed", "evaluate.stages", "submission.stage", "dpo.enabled", "tasks.path", "tasks.references",
-            "judge.backend"]
+    """Scoring the compared stages: which they are, the references, and how grades are summarised; and
+    the submission's own check (submission.allow_empty), which has no stage of its own (unkeyed)."""
+    keys = ["seed", "evaluate.stages", "submission.stage", "submission.allow_empty", "dpo.enabled", "tasks.path",
+            "tasks.references", "judge.backend"]
     judge = recipe["judge"]
     if judge["backend"] != "none":
         keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
@@ -248,9 +252,9 @@ STAGES = {
     "cpt": Stage("cpt", lambda r, _: ["seed", *_model(r), *_training(r, "continued_pretraining"), *_distributed(r),
                                       *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r),
                  unkeyed=_tracking),
-    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r), *_training(r, "sft"), *_distributed(r)],
+    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r, training=True), *_training(r, "sft"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": "curate_sft"}, unkeyed=_tracking),
-    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
+    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r, training=True), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
     # Prompts are the task inputs cleaned as the training text was (normalised only if it was).

@@ -73,7 +73,24 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         if manifest.is_file():
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
             found["other_recipe"] = os.fspath(files["generations"][stage]) not in made_from
+    found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
+
+
+def _fallbacks(generations) -> int | None:
+    """How many answers of the submitted stage were empty after every attempt and were generated again
+    with end-of-sequence blocked (tunesmith.generate: a row's `fallback`)."""
+    if not generations or not Path(generations).is_file():
+        return None
+    rows = (json.loads(line) for line in Path(generations).read_text(encoding="utf-8").splitlines() if line.strip())
+    return sum(1 for row in rows if row.get("fallback"))
+
+
+def _fallback_note(submission: dict) -> str | None:
+    count = submission.get("fallbacks")
+    return (f"{count} of these answers were empty after every attempt (the model ended them at once) and were "
+            "generated again with end-of-sequence blocked for their first tokens (their generations rows say "
+            "`fallback`).") if count else None
 
 
 def _scores(files: dict) -> dict:
@@ -117,7 +134,8 @@ def _trained(adapter) -> dict | None:
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences", "method")
+    keys = ("rows", "rows_seen", "epochs_seen", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows",
+            "sequences", "method")
     return {key: metadata[key] for key in keys if key in metadata}
 
 
@@ -226,6 +244,8 @@ def training_rows(summary: dict) -> list[list[str]]:
         lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
                 for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
         trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
+        if "rows_seen" in counts:  # available vs seen: with max_steps, training may stop before an epoch
+            trained = f"{counts['rows_seen']} of {trained} seen ({counts['epochs_seen']:.2f} epochs)"
         rows.append([stage, trained, str(counts.get("rows_curated", "–")), "; ".join(lost) or "none",
                      str(counts.get("eval_rows", "–"))])
     return rows
@@ -253,6 +273,7 @@ def terminal(summary: dict, summary_current: bool) -> str:
     else:
         lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
                  f"({submission['reason']})."]
+        lines += [f"  {_fallback_note(submission)}"] if _fallback_note(submission) else []
     if scores["stages"]:
         where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
         lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
@@ -292,6 +313,7 @@ def start_page(summary: dict) -> str:
     lines = ["Results", "=======", "",
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
+    lines += [_rst_text(_fallback_note(submission)), ""] if _fallback_note(submission) else []
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
         note = comparison_note(summary, plain=_rst_text, code=lambda text: f"``{text}``")
