@@ -299,6 +299,26 @@ def test_validate_show_piped_to_head_ends_quietly(tmp_path):
     assert result.stdout == "seed: 42\n" and result.stderr == "", result.stderr
 
 
+def test_the_workflow_gets_the_variants_validation_made_without_validating_them_again(monkeypatch):
+    """Loading a sweep validates every variant; the workflow's `variants` right after gets those
+    (a 64-variant sweep was validated twice per `snakemake -n`), once: a later call validates again."""
+    import tunesmith.recipe as recipe_module
+
+    recipe = load_recipe(REPO / "recipes/sweep.yaml")
+    validated = []
+    schema_problems = recipe_module._schema_problems
+    monkeypatch.setattr(recipe_module, "_schema_problems", lambda r: validated.append(1) or schema_problems(r))
+    first = variants(recipe)
+    assert len(first) == 4 and not validated
+    again = variants(recipe)
+    assert again == first and again is not first and len(validated) == 4
+    recipe_module._LAST_VARIANTS.clear()
+    recipe = load_recipe(REPO / "recipes/sweep.yaml")
+    changed = copy.deepcopy(recipe)
+    changed["seed"] += 1  # asked for while the variants held are `recipe`'s
+    assert all(variant["seed"] == changed["seed"] for variant in variants(changed).values())
+
+
 # ---- overrides: `--config set=KEY=VALUE[,KEY=VALUE...]`, `tunesmith validate --set` --------------------
 
 def test_overrides_are_parsed_as_yaml_values_split_at_each_key():

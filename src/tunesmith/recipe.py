@@ -10,6 +10,7 @@ way. Every problem is reported with its key path and a bounded excerpt of the va
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import importlib.util
@@ -261,9 +262,18 @@ def _set(recipe: dict, dotted: str, value) -> None:
     node[last] = _unshared(value)
 
 
+# The variants last validated, with (a copy of) the recipe they came from: validating a recipe
+# validates its variants, and the workflow asks for them right after (a sweep of 64 was validated twice).
+_LAST_VARIANTS: list = []
+
+
 def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
     """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
     each validated like a recipe; empty when there is no sweep."""
+    if _LAST_VARIANTS and _LAST_VARIANTS[0] == recipe:
+        found = _LAST_VARIANTS[1]
+        _LAST_VARIANTS.clear()  # handed over once: no two callers share (and could change) the same variants
+        return found
     found = {}
     try:
         named = combinations(recipe)
@@ -282,6 +292,8 @@ def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
             raise RecipeError(f"{origin}, sweep variant {name}:\n  {error}") from None
         validate_recipe(variant, origin=f"{origin}, sweep variant {name}")
         found[name] = variant
+    if found:
+        _LAST_VARIANTS[:] = [copy.deepcopy(recipe), found]
     return found
 
 
