@@ -16,6 +16,7 @@ from pathlib import Path
 from sacrebleu.metrics import CHRF
 
 from tunesmith.atomic import atomic_path, read_jsonl, write_json
+from tunesmith import significance
 from tunesmith.judge_stats import agreement, bootstrap_interval, distribution
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.submission import read_generations
@@ -87,8 +88,9 @@ def markdown(report: dict) -> str:
                    "1/2/3/4/5"]
         rule += ["--:"] * 5
     if with_references:
-        header += ["exact match", "chrF", "tasks with a reference"]
-        rule += ["--:"] * 3
+        header += ["exact match", f"{report.get('confidence', 0.95):.0%} interval", "chrF",
+                   f"{report.get('confidence', 0.95):.0%} interval", "tasks with a reference"]
+        rule += ["--:"] * 5
     lines = []
     if judged:
         lines.append(f"Judge: {report['judge']['backend']} {report['judge']['model']}.")
@@ -107,7 +109,8 @@ def markdown(report: dict) -> str:
                       str(grades["graded"]), str(grades["unparseable"]),
                       "/".join(str(grades["distribution"][str(grade)]) for grade in range(1, 6))]
         if with_references:
-            cells += [f"{result['exact_match']:.1%}", f"{result['chrf']:.1f}", str(result["n"])]
+            cells += [f"{result['exact_match']:.1%}", interval_text(result.get("exact_match_interval"), percent=True),
+                      f"{result['chrf']:.1f}", interval_text(result.get("chrf_interval")), str(result["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("agreement"):
         found = report["agreement"]
@@ -128,7 +131,37 @@ def markdown(report: dict) -> str:
                 cells += [_cell(row.get("answer")), "unparseable" if row.get("status") == "unparseable" else str(grade),
                           _cell(row.get("reason"))]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n" + _family_table(report) + _preference_table(report)
+    return ("\n".join(lines).lstrip("\n") + "\n" + _comparison_table(report) + _family_table(report)
+            + _preference_table(report))
+
+
+def interval_text(interval, percent: bool = False) -> str:
+    if not interval:
+        return "–"
+    return f"{interval[0]:.1%}–{interval[1]:.1%}" if percent else f"{interval[0]:.1f}–{interval[1]:.1f}"
+
+
+def _comparison_table(report: dict) -> str:
+    """Each stage against the stage before it, measure by measure, with the paired test's verdict."""
+    names = list(report["stages"])
+    rows = [(first, second, name, result) for first, second in zip(names, names[1:])
+            for name, result in comparison(report, first, second).items()]
+    if not rows:
+        return ""
+    lines = ["", f"Each stage against the one before it (paired over the same tasks; confidence "
+             f"{report.get('confidence', 0.95):.0%}):", "",
+             "| stages | measure | before | after | difference | interval | test | p | verdict |",
+             "|:--|:--|--:|--:|--:|--:|:--|--:|:--|"]
+    for first, second, name, result in rows:
+        percent = name in ("exact match", "preference accuracy")
+        value = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
+        scale = 100 if percent else 1
+        interval = result["interval"]
+        lines.append(f"| {first} → {second} | {name} | {value(result['a'])} | {value(result['b'])} | "
+                     f"{result['difference'] * scale:+.1f}{' pts' if percent else ''} | "
+                     + ("–" if interval is None else f"{interval[0] * scale:+.1f} to {interval[1] * scale:+.1f}")
+                     + f" | {result['test']} | {result['p_value']:.3g} | {result['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluate(
@@ -142,6 +175,8 @@ def evaluate(
     judge: dict | None = None,
     seed: int = 0,
     preferences: dict[str, str | os.PathLike] | None = None,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 1000,
 ) -> dict:
     """Score each stage (stage name → generations path) and write the results atomically.
 
@@ -151,7 +186,8 @@ def evaluate(
     "inputs"}` (inputs: the files scored, which tell whose scores these are), `table_path` Markdown.
     With a `tasks_path` whose tasks carry a `family`, each stage also gets scores per family;
     `preferences` (stage → the file `tunesmith.preference_accuracy.score_preferences` wrote) adds each stage's
-    preference accuracy on the held-out pairs (report key "preference").
+    preference accuracy on the held-out pairs (report key "preference"). Every score gets an interval at
+    `confidence`, and every two stages a paired comparison (report key "comparisons", tunesmith.significance).
     """
     if not generations:
         raise ValueError("no stages to evaluate")
@@ -163,14 +199,16 @@ def evaluate(
     elif references_path:
         loaded = load_references(references_path, tasks)
         references = {task_id: reference.output for task_id, reference in loaded.by_task.items() if reference.output}
-    stages, per_task = {}, {}
+    stages, per_task, answers = {}, {}, {}
     families = read_task_families(tasks_path) if tasks_path else {}
     for stage, path in generations.items():
         result, rows = {}, {}
+        answers[stage] = {"outputs": read_generations(path)}
         if references is not None:
-            outputs = read_generations(path)
+            outputs = answers[stage]["outputs"]
             scored = score(outputs, references)
             result.update(exact_match=scored["exact_match"], chrf=scored["chrf"], n=scored["n"])
+            result.update(score_intervals(outputs, references, confidence, bootstrap_samples, seed))
             rows = {row["task_id"]: row for row in scored["per_task"]}
             if families:
                 result["families"] = family_scores(outputs, references, families)
@@ -182,8 +220,12 @@ def evaluate(
             for row in judge_rows:
                 rows[row["task_id"]] = {**rows.get(row["task_id"], {"task_id": row["task_id"]}),
                                         **{key: row[key] for key in ("answer", "grade", "reason", "status")}}
+            answers[stage]["grades"] = {row["task_id"]: row["grade"] for row in judge_rows if row["grade"] is not None}
         stages[stage] = result
         per_task[stage] = [rows[task_id] for task_id in sorted(rows)]
+    pairs = {stage: read_preference_pairs(path) for stage, path in (preferences or {}).items()}
+    for stage, found in pairs.items():
+        answers.setdefault(stage, {})["preference"] = found
     report = {
         "stages": stages,
         "per_task": per_task,
@@ -208,11 +250,87 @@ def evaluate(
                                "unparseable": sum(row["grade"] is None for row in rows)}
     if preferences:
         report["preference"] = read_preference_scores(preferences)
+        for stage, found in report["preference"].items():
+            found["interval"] = significance.share_interval(round(found["accuracy"] * found["pairs"]), found["pairs"],
+                                                            confidence)
+    report["confidence"] = confidence
+    names = list(answers)
+    report["comparisons"] = [
+        {"a": first, "b": second, "measures": compare_answers(answers[first], answers[second], references,
+                                                              confidence, bootstrap_samples, seed)}
+        for index, first in enumerate(names) for second in names[index + 1:]]
     write_json(out_path, report)
     if table_path is not None:
         with atomic_path(table_path) as tmp:
             Path(tmp).write_text(markdown(report), encoding="utf-8")
     return report
+
+
+def score_intervals(outputs: dict[int, str], references: dict[int, str], confidence: float, samples: int,
+                    seed: int) -> dict:
+    """Exact match's Wilson interval and corpus chrF's bootstrap interval over the tasks."""
+    ids = sorted(references)
+    texts = [normalize_text(outputs.get(task_id, "")) for task_id in ids]
+    targets = [normalize_text(references[task_id]) for task_id in ids]
+    exact = sum(match_key(text) == match_key(target) for text, target in zip(texts, targets))
+    return {"exact_match_interval": significance.share_interval(exact, len(ids), confidence),
+            "chrf_interval": significance.chrf_interval(texts, targets, confidence, samples, seed)}
+
+
+def read_preference_pairs(path: str | os.PathLike) -> dict[str, bool]:
+    """Each held-out pair's outcome (chosen answer the more likely), by `source:line`."""
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {f"{pair['source']}:{pair['line']}": bool(pair["prefers_chosen"]) for pair in result.get("per_pair", [])}
+
+
+def compare_answers(first: dict, second: dict, references: dict[int, str] | None, confidence: float, samples: int,
+                    seed: int) -> dict[str, dict]:
+    """Two sets of answers to the same tasks, measure by measure, each with its paired test
+    (tunesmith.significance): exact match and chrF against `references`, judge grades, preference accuracy.
+    `first`/`second`: {"outputs": {task: answer}, "grades": {task: grade}, "preference": {pair: bool}} (any
+    part may be missing); only the tasks (pairs) both sides have are compared."""
+    found = {}
+    if references and first.get("outputs") is not None and second.get("outputs") is not None:
+        ids = sorted(references)
+        targets = [normalize_text(references[task_id]) for task_id in ids]
+        sides = [[normalize_text(side["outputs"].get(task_id, "")) for task_id in ids] for side in (first, second)]
+        exact = [[match_key(text) == match_key(target) for text, target in zip(side, targets)] for side in sides]
+        found["exact match"] = significance.compare_binary(*exact, confidence, samples, seed)
+        found["chrF"] = significance.compare_chrf(*sides, targets, confidence, samples, seed)
+    if first.get("grades") and second.get("grades"):
+        shared = sorted(set(first["grades"]) & set(second["grades"]))
+        found["judge grade"] = significance.compare_grades([first["grades"][task] for task in shared],
+                                                           [second["grades"][task] for task in shared],
+                                                           confidence, samples, seed)
+    if first.get("preference") and second.get("preference"):
+        shared = sorted(set(first["preference"]) & set(second["preference"]))
+        found["preference accuracy"] = significance.compare_binary(
+            [first["preference"][pair] for pair in shared], [second["preference"][pair] for pair in shared],
+            confidence, samples, seed, measure="preference accuracy")
+    return found
+
+
+def comparison(report: dict, first: str, second: str) -> dict[str, dict]:
+    """The paired comparison of two stages in an evaluation report, oriented first → second."""
+    for entry in report.get("comparisons", []):
+        if (entry["a"], entry["b"]) == (first, second):
+            return entry["measures"]
+        if (entry["a"], entry["b"]) == (second, first):
+            return {name: flipped(result) for name, result in entry["measures"].items()}
+    return {}
+
+
+def flipped(result: dict) -> dict:
+    """A paired result seen from the other side (B → A)."""
+    verdicts = {significance.BETTER: significance.WORSE, significance.WORSE: significance.BETTER}
+    interval = result["interval"]
+    return {**result, "a": result["b"], "b": result["a"], "difference": -result["difference"],
+            "interval": None if interval is None else [-interval[1], -interval[0]],
+            "verdict": verdicts.get(result["verdict"], result["verdict"]),
+            "detail": {_FLIPPED.get(key, key): value for key, value in result.get("detail", {}).items()}}
+
+
+_FLIPPED = {"only_first": "only_second", "only_second": "only_first", "up": "down", "down": "up"}
 
 
 def _ranking_value(stage: dict) -> tuple:
@@ -262,8 +380,9 @@ def _preference_table(report: dict) -> str:
     if "preference" not in report:
         return ""
     lines = ["", "Preference accuracy (chosen answer more likely than rejected, held-out pairs):", "",
-             "| stage | pairs | accuracy | mean log-prob margin |", "|:--|--:|--:|--:|"]
-    lines += [f"| {stage} | {result['pairs']} | {result['accuracy']:.1%} | {result['mean_margin']:.2f} |"
+             "| stage | pairs | accuracy | interval | mean log-prob margin |", "|:--|--:|--:|--:|--:|"]
+    lines += [f"| {stage} | {result['pairs']} | {result['accuracy']:.1%} | "
+              f"{interval_text(result.get('interval'), percent=True)} | {result['mean_margin']:.2f} |"
               for stage, result in report["preference"].items()]
     return "\n".join(lines) + "\n"
 
