@@ -214,5 +214,5 @@ def test_the_leaderboard_ranks_by_the_judge_when_there_is_one(tmp_path):
     rows = leaderboard(scores, overrides, dict.fromkeys(scores, "dpo"), tmp_path / "b.json", tmp_path / "b.md")
     assert [row["variant"] for row in rows] == ["b", "c", "a"]  # the judge first, chrF breaks the tie
     table = (tmp_path / "b.md").read_text().splitlines()
-    assert table[0] == "| rank | dpo.beta | submitted | judge mean | interval | exact match | chrF |"
-    assert table[2] == "| 1 | 0.2 | dpo | 4.50 | 4.30–4.70 | 0.0% | 10.0 |"
+    assert table[0] == "| rank | dpo.beta | submitted | judge mean | interval | exact match | interval | chrF | interval |"
+    assert table[2] == "| 1 | 0.2 | dpo | 4.50 | 4.30–4.70 | 0.0% | – | 10.0 | – |"

@@ -15,8 +15,21 @@ def recipe():
 
 
 def keys(recipe):
-    """The keys of the stored artifacts (the evaluation writes fixed paths; its own test is below)."""
-    return {name: step.key for name, step in plan.steps(recipe).items() if name != "evaluate"}
+    """The keys of the stored artifacts but the evaluation and submission (their own tests are below)."""
+    return {name: step.key for name, step in plan.steps(recipe).items() if name not in ("evaluate", "submit")}
+
+
+def test_the_submission_is_keyed_on_its_stages_answers_or_on_the_evaluation_for_best(recipe):
+    before = plan.steps(recipe)
+    assert before["submit"].upstream == {"generations": before["generate_dpo"].key}
+    assert plan.folder_of(before["submit"]) == f"results/submissions/{before['submit'].key}"
+    assert plan.folder_of(before["evaluate"]) == f"results/evaluated/{before['evaluate'].key}"
+    # Another stage's answers do not touch the dpo submission; its own do.
+    assert plan.steps(edited(recipe, "evaluate.stages", ["dpo"]))["submit"].key == before["submit"].key
+    assert plan.steps(edited(recipe, "dpo.beta", 0.3))["submit"].key != before["submit"].key
+    best = plan.steps(edited(recipe, "submission.stage", "best"))
+    assert best["submit"].upstream == {"evaluation": best["evaluate"].key}
+    assert {name for name in best if name.startswith("generate_")} == {"generate_base", "generate_sft", "generate_dpo"}
 
 
 def test_the_evaluation_reads_its_own_keys_and_follows_what_it_scores(recipe):
@@ -69,7 +82,7 @@ def test_continuing_the_sft_adapter_merges_only_the_dpo_adapter(recipe):
 def test_disabled_dpo_has_no_preference_or_dpo_stage_and_submits_sft(recipe):
     recipe["dpo"]["enabled"] = False
     assert set(plan.steps(recipe)) == {"tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "sft",
-                                       "generate_base", "generate_sft", "evaluate"}
+                                       "generate_base", "generate_sft", "evaluate", "submit"}
     assert plan.submitted_stage(recipe) == "sft"
 
 

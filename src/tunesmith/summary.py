@@ -54,7 +54,12 @@ def collect(files: dict, stage: str, reason: str) -> dict:
     """Every fact the summary shows. `files` (built by rules/common.smk for the recipe): submission,
     tasks, references, scores (results/eval.json), scored (the files eval.json must name to be this
     recipe's), configured (what scores the recipe, in words, or None), and stage → path maps
-    generations, judged, adapters, role → path cards."""
+    generations, judged, adapters, role → path cards; submitted and choice: the recipe's keyed submission
+    and the choice of stage written beside it, which for `submission.stage: best` names the stage and why."""
+    choice = Path(files["choice"]) if files.get("choice") else None
+    if choice is not None and choice.is_file():
+        chosen = json.loads(choice.read_text(encoding="utf-8"))
+        stage, reason = chosen["stage"], chosen["reason"]
     return {
         "submission": _submission(files, stage, reason),
         "scores": _scores(files),
@@ -72,7 +77,8 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         manifest = path.with_name(path.name + ".manifest.json")  # which answers it was written from
         if manifest.is_file():
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
-            found["other_recipe"] = os.fspath(files["generations"][stage]) not in made_from
+            copied = files.get("submitted") or files["generations"].get(stage)
+            found["other_recipe"] = os.fspath(copied) not in made_from
     return found
 
 
