@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 
@@ -274,3 +275,33 @@ def test_a_keyed_job_never_built_says_so(tmp_path, recipe):
     step = plan.steps(recipe)["sft"]
     job = Job("train_sft", [], [f"results/sft/{step.key}/adapter"], f"Missing output files: results/sft/{step.key}/adapter")
     assert causes(job, {step.key: step}, tmp_path, set()) == ["never built with any settings"]
+
+
+def test_explain_shows_only_the_keys_that_really_differ(tmp_path, recipe):
+    """The earlier build's manifest records the sections its rule got as params: curation gets `lengths`
+    instead of `sft`, the task file as an input. Those are no change; a key the earlier build lacked is said so."""
+    from tunesmith.explain import Job, causes
+
+    step = plan.steps(recipe)["curate_sft"]
+    assert {"sft", "tasks", "curate", "seed"} <= set(step.settings)
+    earlier = "results/curated/000000000000/sft.parquet"
+    (tmp_path / earlier).parent.mkdir(parents=True)
+    (tmp_path / earlier).write_text("rows")
+    settings = {name: copy.deepcopy(step.settings[name]) for name in ("sources", "curate", "seed")}
+    settings["curate"]["near_dedup"]["threshold"] = 0.8
+    del settings["curate"]["min_kept_share"]
+    (tmp_path / f"{earlier}.manifest.json").write_text(json.dumps(
+        {"stage": "curate", "outputs": {earlier: "0"}, "settings": {**settings, "lengths": {"max_length": 1}},
+         "finished": "2026-01-01T00:00:00+00:00"}))
+    output = f"results/curated/{step.key}/sft.parquet"
+    job = Job("curate_data", [], [output], f"Missing output files: {output}")
+    share = json.dumps(step.settings["curate"]["min_kept_share"])
+    assert causes(job, {step.key: step}, tmp_path, set()) == [
+        f"curate.min_kept_share: {share} (the earlier build had no such key)",
+        f"curate.near_dedup.threshold: 0.8 → {step.settings['curate']['near_dedup']['threshold']}",
+        f"(replaces {earlier} for this recipe; that one stays cached)"]
+
+
+def test_differences_of_lists_name_the_item():
+    assert differences({"sources": [{"weight": 1}, {"weight": 2}]}, {"sources": [{"weight": 1}, {"weight": 3}]}) == [
+        "sources[1].weight: 2 → 3"]

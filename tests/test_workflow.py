@@ -450,7 +450,7 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
     dpo = text.split("train_dpo: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
-    assert lines[-1] == "4 jobs would run."  # sft, dpo, the dpo answers, the submission
+    assert lines[-1] == "5 jobs would run."  # sft, dpo, the dpo answers, the keyed submission and its copy
 
 
 @pytest.mark.e2e
