@@ -47,7 +47,7 @@ def best_stage(report: dict) -> dict:
         result = comparison(report, before, candidate).get(measure)
         if result is None:
             raise ValueError(f"the evaluation has no paired {measure} comparison of {before} and {candidate}")
-        tests.append({"a": before, "b": candidate, **result})
+        tests.append({**result, "from": before, "to": candidate})
         if result["verdict"] == BETTER:
             steps.append(f"{candidate} beats {before}: {describe(result)}")
             break
@@ -57,7 +57,7 @@ def best_stage(report: dict) -> dict:
     if candidate == top and not tests:
         reason = f"{lead}, and there is no stage before it"
     elif candidate == top:
-        reason = f"{lead} and beats {tests[-1]['a']} beyond noise"
+        reason = f"{lead} and beats {tests[-1]['from']} beyond noise"
     else:
         reason = f"{lead}, but {candidate} is submitted: {top} is not better than the stage before it beyond noise"
     return {"stage": candidate, "reason": reason, "measure": measure, "steps": steps, "tests": tests}
