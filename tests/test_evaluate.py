@@ -216,3 +216,26 @@ def test_the_leaderboard_ranks_by_the_judge_when_there_is_one(tmp_path):
     table = (tmp_path / "b.md").read_text().splitlines()
     assert table[0] == "| rank | dpo.beta | submitted | judge mean | interval | exact match | interval | chrF | interval |"
     assert table[2] == "| 1 | 0.2 | dpo | 4.50 | 4.30–4.70 | 0.0% | – | 10.0 | – |"
+
+
+def test_the_leaderboard_compares_each_variant_with_the_recipes_own_submission(tmp_path):
+    references = tmp_path / "references.jsonl"
+    write_jsonl(references, [{"task_id": i, "output": f"答え{i}"} for i in range(30)])
+
+    def evaluated(name, right):
+        generations = tmp_path / f"{name}.jsonl"
+        write_jsonl(generations, [{"task_id": i, "output": f"答え{i}" if i < right else "違う"} for i in range(30)])
+        evaluate({"dpo": generations}, references, tmp_path / f"{name}.eval.json", bootstrap_samples=200)
+        return tmp_path / f"{name}.eval.json"
+
+    baseline = evaluated("recipe", 10)
+    scores = {"close": evaluated("close", 12), "far": evaluated("far", 25)}
+    rows = leaderboard(scores, {"close": {"dpo.beta": 0.2}, "far": {"dpo.beta": 0.3}}, dict.fromkeys(scores, "dpo"),
+                       tmp_path / "b.json", tmp_path / "b.md", baseline=baseline, baseline_choice="dpo")
+    against = {row["variant"]: row["against_baseline"]["measures"]["exact match"] for row in rows}
+    assert against["close"]["verdict"] == "within noise" and against["far"]["verdict"] == "better"
+    assert against["far"]["detail"] == {"only_first": 0, "only_second": 15}
+    table = (tmp_path / "b.md").read_text().splitlines()
+    assert table[0].endswith("| exact match against the recipe (paired) |")
+    assert table[2].startswith("| 1 | 0.3 | dpo | 83.3% |") and "| better: +50.0 pts [" in table[2]
+    assert "within noise: +6.7 pts [" in table[3]
