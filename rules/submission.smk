@@ -51,6 +51,7 @@ rule current_submission:
         choice="results/submission_choice.json",
     log:
         "logs/current_submission.log",
+    localrule: True
     script:
         "../scripts/copy_current.py"
 
@@ -68,6 +69,7 @@ rule current_evaluation:
         table=reported("results/eval.md", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
     log:
         "logs/current_evaluation.log",
+    localrule: True
     script:
         "../scripts/copy_current.py"
 
