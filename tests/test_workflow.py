@@ -411,7 +411,7 @@ def test_a_misspelt_sweep_key_names_the_variant(tmp_path):
 
 
 def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
-    from tunesmith.evaluate import leaderboard
+    from tunesmith.leaderboard import leaderboard
 
     scores = {}
     for name, chrf in (("a", 10.0), ("b", 30.0), ("c", 20.0)):

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from tunesmith.atomic import write_json
-from tunesmith.evaluate import comparison
+from tunesmith.paired import comparison
 from tunesmith.significance import BETTER, describe
 from tunesmith.submission import write_submission
 from tunesmith.summary import submission_reason

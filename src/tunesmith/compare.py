@@ -26,7 +26,7 @@ import duckdb
 
 from tunesmith import plan
 from tunesmith.atomic import atomic_path
-from tunesmith.evaluate import compare_answers, report_answers, report_references
+from tunesmith.paired import compare_answers, report_answers, report_references
 from tunesmith.manifest import index_manifests
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.recipe import load_recipe, variants
