@@ -61,28 +61,30 @@ def compare_answers(first: dict, second: dict, references: dict[int, str] | None
     return found
 
 
-def report_references(report: dict) -> dict[int, str] | None:
-    """The reference answers an evaluation report scored against, read again from its files."""
+def report_references(report: dict, root: str | os.PathLike = ".") -> dict[int, str] | None:
+    """The reference answers an evaluation report scored against, read again from its files (paths relative
+    to the workflow's working directory `root`)."""
     files = report.get("files") or {}
     if not files.get("references"):
         return None
+    references = Path(root) / files["references"]
     if not files.get("tasks"):
-        return read_references(files["references"])
-    loaded = load_references(files["references"], read_tasks(files["tasks"]))
+        return read_references(references)
+    loaded = load_references(references, read_tasks(Path(root) / files["tasks"]))
     return {task_id: reference.output for task_id, reference in loaded.by_task.items() if reference.output}
 
 
-def report_answers(report: dict, stage: str) -> dict:
+def report_answers(report: dict, stage: str, root: str | os.PathLike = ".") -> dict:
     """A stage's answers, grades and preference outcomes, from an evaluation report's files (compare_answers)."""
-    files = report.get("files") or {}
+    files, root = report.get("files") or {}, Path(root)
     found = {}
     if stage in files.get("generations", {}):
-        found["outputs"] = read_generations(files["generations"][stage])
+        found["outputs"] = read_generations(root / files["generations"][stage])
     if stage in files.get("judged", {}):
-        found["grades"] = {row["task_id"]: row["grade"] for row in read_jsonl(files["judged"][stage])
+        found["grades"] = {row["task_id"]: row["grade"] for row in read_jsonl(root / files["judged"][stage])
                            if row["grade"] is not None}
     if stage in files.get("preferences", {}):
-        found["preference"] = read_preference_pairs(files["preferences"][stage])
+        found["preference"] = read_preference_pairs(root / files["preferences"][stage])
     return found
 
 
