@@ -19,8 +19,8 @@ from pathlib import Path
 from tunesmith.answers import answers_page, reference_answers
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.evaluate import family_scores, interval_text, score
-from tunesmith.paired import comparison, score_intervals
-from tunesmith.significance import BETTER, describe
+from tunesmith.choice import comparison_note, submission_reason  # noqa: F401 (submission_reason: the workflow's)
+from tunesmith.paired import score_intervals
 from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
 
@@ -44,12 +44,6 @@ def summary_inputs(files: dict) -> list[str]:
     """The keyed files a summary of `files` is computed from; their paths name the recipe's stages."""
     return sorted(map(os.fspath, [*files["generations"].values(), *files["judged"].values(),
                                   *files["cards"].values(), *files["adapters"].values()]))
-
-
-def submission_reason(stage: str, requested: str, dpo_enabled: bool) -> str:
-    if requested == "dpo" and not dpo_enabled:
-        return "submission.stage is dpo, but dpo.enabled is false: SFT's answers"
-    return f"submission.stage is {requested}"
 
 
 def collect(files: dict, stage: str, reason: str) -> dict:
@@ -80,7 +74,24 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
             copied = files.get("submitted") or files["generations"].get(stage)
             found["other_recipe"] = os.fspath(copied) not in made_from
+    found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
+
+
+def _fallbacks(generations) -> int | None:
+    """How many answers of the submitted stage were empty after every attempt and were generated again
+    with end-of-sequence blocked (tunesmith.generate: a row's `fallback`)."""
+    if not generations or not Path(generations).is_file():
+        return None
+    rows = (json.loads(line) for line in Path(generations).read_text(encoding="utf-8").splitlines() if line.strip())
+    return sum(1 for row in rows if row.get("fallback"))
+
+
+def _fallback_note(submission: dict) -> str | None:
+    count = submission.get("fallbacks")
+    return (f"{count} of these answers were empty after every attempt (the model ended them at once) and were "
+            "generated again with end-of-sequence blocked for their first tokens (their generations rows say "
+            "`fallback`).") if count else None
 
 
 def _scores(files: dict) -> dict:
@@ -126,30 +137,9 @@ def _trained(adapter) -> dict | None:
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences", "method")
+    keys = ("rows", "rows_seen", "epochs_seen", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows",
+            "sequences", "method")
     return {key: metadata[key] for key in keys if key in metadata}
-
-
-# ---- comparing stages ----
-def measure(result: dict) -> tuple[str, float] | None:
-    """What a stage is ranked by: the judge's mean grade when it graded, else exact match (chrF breaks ties)."""
-    judge = result.get("judge")
-    if judge and judge.get("mean") is not None:
-        return "judge mean", judge["mean"]
-    if "exact_match" in result:
-        return "exact match", result["exact_match"]
-    return None
-
-
-def better_stages(summary: dict) -> list[tuple[str, dict]]:
-    """(stage, test) of the stages the evaluation's paired test finds better than the submitted one on its measure."""
-    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
-    if submitted not in stages or measure(stages[submitted]) is None:
-        return []
-    name = {"judge mean": "judge grade"}.get(measure(stages[submitted])[0], measure(stages[submitted])[0])
-    report = {"comparisons": summary["scores"].get("comparisons", [])}
-    tests = {stage: comparison(report, submitted, stage).get(name) for stage in stages if stage != submitted}
-    return [(stage, result) for stage, result in tests.items() if result and result["verdict"] == BETTER]
 
 
 def _percent(value) -> str:
@@ -185,21 +175,6 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def _with_interval(value: str, interval, percent: bool = False) -> str:
     """A score with its interval: `65.0% (55.3%–73.8%)`, `41.2 (38.0–44.5)`."""
     return value if not interval or value == "–" else f"{value} ({interval_text(interval, percent)})"
-
-
-def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
-    """The note that another stage scores above the submitted one beyond noise (the paired test's figures);
-    `plain` and `code` mark up its text and the setting to change (the terminal's backticks, the report's
-    reStructuredText)."""
-    better = better_stages(summary)
-    if not better:
-        return None
-    submitted = summary["submission"]["stage"]
-    tests = "; ".join(f"{submitted} → {stage}: {describe(result)}" for stage, result in better)
-    names = [stage for stage, _ in better]
-    return (plain(f"{' and '.join(names)} {'scores' if len(names) == 1 else 'score'} above the submitted "
-                  f"{submitted} beyond noise ({tests}); ")
-            + code(f"submission.stage: {names[0]}") + plain(" would submit it."))
 
 
 def family_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
@@ -242,6 +217,8 @@ def training_rows(summary: dict) -> list[list[str]]:
         lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
                 for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
         trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
+        if "rows_seen" in counts:  # available vs seen: with max_steps, training may stop before an epoch
+            trained = f"{counts['rows_seen']} of {trained} seen ({counts['epochs_seen']:.2f} epochs)"
         rows.append([stage, trained, str(counts.get("rows_curated", "–")), "; ".join(lost) or "none",
                      str(counts.get("eval_rows", "–"))])
     return rows
@@ -270,6 +247,7 @@ def terminal(summary: dict, summary_current: bool) -> str:
         lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
                  f"({submission['reason']})."]
         lines += [f"  {step}" for step in submission.get("steps", [])]  # submission.stage: best's tests
+        lines += [f"  {_fallback_note(submission)}"] if _fallback_note(submission) else []
     if scores["stages"]:
         where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
         lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary)),
@@ -311,6 +289,7 @@ def start_page(summary: dict) -> str:
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
     lines += [f"- {_rst_text(step)}" for step in submission.get("steps", [])] + ([""] if submission.get("steps") else [])
+    lines += [_rst_text(_fallback_note(submission)), ""] if _fallback_note(submission) else []
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
         note = comparison_note(summary, plain=_rst_text, code=lambda text: f"``{text}``")
