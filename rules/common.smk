@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
+from tunesmith.logs import explain_stale_locks, when_nothing_to_do
 from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
 
 try:
@@ -19,6 +20,8 @@ try:
     VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
+# A killed run's lock: Snakemake's error then names the unlock command that works here.
+explain_stale_locks(config.get("recipe"))
 config.clear()
 config.update(RECIPE)
 
@@ -35,11 +38,6 @@ def step(wildcards):
         return STEPS[wildcards.key]
     except KeyError:
         raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
-
-
-def evaluation_setting(name):
-    """A params function of the evaluation (unkeyed: the recipe's, or a sweep variant's by its name)."""
-    return lambda wildcards: PLANS[variant_name(wildcards)]["evaluate"].settings[name]
 
 
 def setting(name):
@@ -289,12 +287,26 @@ def scored_by(recipe):
 # ---- end judge ----
 
 
-def submission_inputs(wildcards):
+def submission_stages(wildcards):
+    """The stages whose answers a submission job gets: the named one, or every scored one for `best`."""
     recipe = recipe_of(wildcards)
+    best = recipe["submission"]["stage"] == "best"
+    return plan.model_stages(recipe) if best else [plan.submitted_stage(recipe)]
+
+
+def submission_inputs(wildcards):
+    recipe, variant = recipe_of(wildcards), variant_name(wildcards)
+    best = recipe["submission"]["stage"] == "best"
     return {
-        "generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
+        "generations": generations(variant, submission_stages(wildcards)),
         "tasks": recipe["tasks"]["path"],
+        "scores": [keyed(rules.evaluate_stages.output.scores, PLANS[variant]["evaluate"].key)] if best else [],
     }
+
+
+def keyed_result(wildcards, step_name, pattern):
+    """A keyed result (the submission, the evaluation) of the recipe or of the sweep variant in the wildcards."""
+    return keyed(pattern, PLANS[variant_name(wildcards)][step_name].key)
 
 
 def sweep_targets():
@@ -302,7 +314,7 @@ def sweep_targets():
 
 
 def evaluation_targets():
-    return [rules.evaluate_stages.output.scores] if scored_by(config) else []
+    return [rules.current_evaluation.output.scores] if scored_by(config) else []
 
 
 def run_files():
@@ -317,10 +329,13 @@ def run_files():
         if name in steps
     }
     files = {
-        "submission": rules.write_submission.output.submission,
+        "submission": rules.current_submission.output.submission,
+        # The recipe's own (keyed) submission and its choice of stage: what submission.jsonl must copy.
+        "submitted": keyed(rules.write_submission.output.submission, steps["submit"].key),
+        "choice": keyed(rules.write_submission.output.choice, steps["submit"].key),
         "tasks": found["tasks"],
         "references": found["references"] or None,
-        "scores": rules.evaluate_stages.output.scores,
+        "scores": rules.current_evaluation.output.scores,
         "scored": scored_files(),
         "configured": scored_by(config),
         "generations": dict(zip(names, generations("", names))),
@@ -354,7 +369,8 @@ def summarise_inputs(wildcards):
 
 
 def submitted():
-    """The submitted stage and why (the summary's first line)."""
+    """The submitted stage and why (the summary's first line); for `best`, what the choice file says once the
+    submission job wrote it (tunesmith.summary.collect reads it again at job time)."""
     stage = plan.submitted_stage(config)
     return stage, summary.submission_reason(stage, config["submission"]["stage"], config["dpo"]["enabled"])
 
@@ -366,11 +382,37 @@ def reported(path, current=True, **flags):
     return report(path, **flags) if current and Path(path).is_file() else path
 
 
-onsuccess:
+def print_summary():
     print("", summary.end_of_run(run_files(), *submitted(), rules.summarise_run.output.summary), sep="\n")
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"\nSweep leaderboard ({board}):\n{board.read_text()}")
+
+
+when_nothing_to_do(workflow, print_summary)  # a run with nothing to do prints the summary too
+
+
+onsuccess:
+    print_summary()
+
+
+# A run on this machine that would train a quantised base without CUDA stops here, before curation or a
+# 26 GB fetch. onstart runs only when jobs are about to run (not for -n), and a cluster executor's jobs
+# run elsewhere (workflow.local_exec is False): those plan and submit as usual.
+onstart:
+    if workflow.local_exec and not workflow.touch:
+        from tunesmith.model import ModelError, refuse_quantised_training_here  # torch: only when jobs run
+
+        try:
+            refuse_quantised_training_here(
+                {
+                    f"{job.rule.name} {job.wildcards.key}": STEPS[job.wildcards.key].settings["base_model"]
+                    for job in workflow.dag.needrun_jobs()
+                    if job.rule.name in ("train_cpt", "train_sft", "train_dpo")
+                }
+            )
+        except ModelError as error:
+            raise WorkflowError(str(error)) from None
 
 
 def variant_overrides():

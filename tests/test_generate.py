@@ -19,10 +19,9 @@ from tunesmith.generate import (
     cut_at_stop_strings,
     generate_answers,
     generate_batched,
-    output_problems,
-    repeated_ngram_count,
     vllm_sampling,
 )
+from tunesmith.guards import output_problems, repeated_ngram_count
 from tunesmith.model import ModelError, load_model, load_tokenizer, write_metadata
 from tunesmith.normalize import clean_text, normalize_text
 from tunesmith.template import PromptTemplate

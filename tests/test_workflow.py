@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import duckdb
 import pytest
+import torch
 
 from conftest import REPO
 from tunesmith.submission import validate_submission
@@ -39,17 +41,52 @@ def test_default_recipe_plans_every_stage(tmp_path):
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
-        "summarise_run": 1, "score_preferences": 2,
+        "summarise_run": 1, "score_preferences": 2, "current_submission": 1, "current_evaluation": 1,
     }
 
 
-def test_competition_recipe_plans_without_building_a_base_model(tmp_path):
+def test_competition_recipe_plans_without_building_a_base_model(tmp_path, cached_hub_models):
     (tmp_path / "data").symlink_to(REPO / "data")
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     assert "pretrain_base" not in jobs and "train_tokenizer" not in jobs
     assert jobs["train_sft"] == jobs["train_dpo"] == jobs["write_submission"] == 1
+
+
+QUANTISED_REFUSAL = "base_model.quantization is 'nf4', which needs a CUDA GPU to train"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
+def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path):
+    """Not when training starts, after curation and a 26 GB fetch: when the workflow starts. A dry run plans it
+    (test_competition_recipe_plans_without_building_a_base_model)."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("--cores", 1, "--directory", tmp_path, "--config",
+                       f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and QUANTISED_REFUSAL in output, output[-3000:]
+    assert "train_sft" in output.split(QUANTISED_REFUSAL)[1].splitlines()[0], "the message names the jobs"
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists(), "a job ran"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
+def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path):
+    """Through the Slurm profile the jobs run on GPU nodes: nothing is refused here, jobs reach sbatch (a fake one
+    on PATH that records its calls and fails, so nothing runs)."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for command in ("sbatch", "sacct", "squeue", "sinfo", "sacctmgr", "scontrol", "scancel"):
+        (fake / command).write_text(f'#!/bin/sh\necho "{command} $*" >> {tmp_path}/calls.txt\nexit 1\n')
+        (fake / command).chmod(0o755)
+    environment = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
+               str(REPO / "profiles/slurm"), "--directory", str(tmp_path), "--config",
+               f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
+    assert QUANTISED_REFUSAL not in result.stdout + result.stderr
+    assert "sbatch --parsable" in (tmp_path / "calls.txt").read_text()
 
 
 def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):
@@ -189,13 +226,14 @@ def edited_recipe(directory, old, new):
 # `snakemake submission.jsonl` builds the submitted stage's chain only; scores are a separate target.
 RERUNS = [
     ("comment only", "# The embedded default", "# The embedded, edited default", {}),
-    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
+    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
     ("generate.max_new_tokens", "max_new_tokens: 32", "max_new_tokens: 24",
-     {"generate_answers": 1, "write_submission": 1}),
+     {"generate_answers": 1, "write_submission": 1, "current_submission": 1}),
     ("curate.max_prompt_chars", "curate:\n", "curate:\n  max_prompt_chars: 1000\n",
-     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
+     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1,
+      "current_submission": 1}),
     ("sft.learning_rate", "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler",
-     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
+     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
 ]
 
 
@@ -218,7 +256,10 @@ READ_BY_INPUT_FILES = {"tokenizer": re.compile(r"sources\[\d+\]\.(path|format)")
                        # the task file (decontamination) is an input; the length histograms' max_length
                        # and token counter are worked out for the rule's params (plan.curation_lengths)
                        **{f"curate_{role}": re.compile(rf"tasks\.path|curate\.tokens\.count|{stage}\.max_length")
-                          for role, stage in (("sft", "sft"), ("preference", "dpo"))}}
+                          for role, stage in (("sft", "sft"), ("preference", "dpo"))},
+                       # which stages' answers, grades and pairs are scored (plan.model_stages), and the files
+                       "evaluate": re.compile(r"evaluate\.stages|submission\.stage|dpo\.enabled|tasks\.(path|references)"
+                                              r"|judge\.backend")}
 
 
 @pytest.mark.e2e
@@ -245,7 +286,8 @@ def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
         checked.add(step.stage)
     assert not problems, "\n".join(problems)
     assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
-                       "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
+                       "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo",
+                       "evaluate", "submit"}
 
 
 STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks")
@@ -298,9 +340,14 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
 def test_every_artifact_has_a_manifest(default_run):
     from tunesmith.manifest import content_hash
 
-    submission = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
+    current = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
+    assert current["stage"] == "current"  # submission.jsonl is a copy of the recipe's keyed submission
+    assert current["outputs"]["submission.jsonl"] == content_hash(default_run / "submission.jsonl")
+    keyed = one(default_run, "results/submissions/*/submission.jsonl")
+    assert keyed.read_bytes() == (default_run / "submission.jsonl").read_bytes()
+    assert str(keyed.relative_to(default_run)) in current["inputs"]
+    submission = json.loads(keyed.with_name("submission.jsonl.manifest.json").read_text())
     assert submission["stage"] == "submission"
-    assert submission["outputs"]["submission.jsonl"] == content_hash(default_run / "submission.jsonl")
     dpo_generations = one(default_run, "results/generations/*/dpo.jsonl").relative_to(default_run)
     assert str(dpo_generations) in submission["inputs"]
     sft_adapter = one(default_run, "results/sft/*/adapter")
@@ -320,7 +367,8 @@ def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
     task_id = contaminated["task_id"]
     text = "\n".join(lineage("submission.jsonl", task_id=task_id, root=default_run))
     key = "[0-9a-f]{12}"
-    order = ["submission.jsonl  \\[submission", f"results/generations/{key}/dpo.jsonl  \\[generate_dpo",
+    order = ["submission.jsonl  \\[current", f"results/submissions/{key}/submission.jsonl  \\[submission",
+             f"results/generations/{key}/dpo.jsonl  \\[generate_dpo",
              f"results/dpo/{key}/adapter  \\[dpo", f"results/sft/{key}/adapter  \\[sft",
              f"results/curated/{key}/sft.parquet  \\[curate_sft", "data/raw/sft.jsonl  \\[source, sha256"]
     assert text.startswith("submission.jsonl") and all(re.search(step, text) for step in order), text
@@ -384,8 +432,10 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
-        "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1, "summarise_run": 1,
-        "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1, "score_preferences": 3,
+        # The recipe is one of its own variants (beta 0.1, penalty 1.0): its keyed scores and submission are that one's.
+        "generate_answers": 8, "evaluate_stages": 4, "write_submission": 4, "trace_lineage": 1, "summarise_run": 1,
+        "current_evaluation": 1, "current_submission": 1, "variant_evaluation": 4, "variant_submission": 4,
+        "rank_variants": 1, "score_preferences": 3,
     }
     assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
 
@@ -402,7 +452,7 @@ def test_a_misspelt_sweep_key_names_the_variant(tmp_path):
 
 
 def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
-    from tunesmith.evaluate import leaderboard
+    from tunesmith.leaderboard import leaderboard
 
     scores = {}
     for name, chrf in (("a", 10.0), ("b", 30.0), ("c", 20.0)):
@@ -414,8 +464,8 @@ def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
                        tmp_path / "board.md")
     assert [row["variant"] for row in rows] == ["b", "c", "a"]
     table = (tmp_path / "board.md").read_text().splitlines()
-    assert table[0] == "| rank | dpo.beta | submitted | exact match | chrF |"
-    assert table[2] == "| 1 | 0.2 | dpo | 0.0% | 30.0 |"
+    assert table[0] == "| rank | dpo.beta | submitted | exact match | interval | chrF | interval |"
+    assert table[2] == "| 1 | 0.2 | dpo | 0.0% | – | 30.0 | – |"
 
 
 @pytest.mark.e2e
@@ -430,7 +480,8 @@ def test_recipes_that_differ_downstream_share_upstream_artifacts(default_run, tm
     assert len(list(work.glob("results/dpo/*/adapter"))) == 2
     assert len(list(work.glob("results/sft/*/adapter"))) == 1, "the second recipe trained SFT again"
     back = snakemake("submission.jsonl", "-n", "--directory", work, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
-    assert planned_jobs(back.stdout) == {"write_submission": 1}
+    # Both recipes' submissions stay under their keys: switching back only copies the first one's again.
+    assert planned_jobs(back.stdout) == {"current_submission": 1}
 
 
 @pytest.mark.e2e
@@ -450,7 +501,7 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
     dpo = text.split("train_dpo: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
-    assert lines[-1] == "4 jobs would run."  # sft, dpo, the dpo answers, the submission
+    assert lines[-1] == "5 jobs would run."  # sft, dpo, the dpo answers, the keyed submission and its copy
 
 
 @pytest.mark.e2e
@@ -489,7 +540,8 @@ def test_changing_a_stage_script_reruns_that_stage(default_run, tmp_path):
                "--directory", str(default_run), "--config", f"recipe={REPO / 'recipes/default.yaml'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}
+    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1,
+                                           "current_submission": 1}
 
 
 def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):
@@ -616,3 +668,74 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
                      "--config", f"recipe={no_scores}", "--cores", "1")
     assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
     assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr
+
+
+def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_path):
+    """`--config set=KEY=VALUE[,KEY=VALUE...]` (issue 21): a bad override fails before any job, naming its key."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
+                       "set=sft.epochs=2,sft.learning_rte=1e-4")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe" in output
+    assert "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.e2e
+def test_the_merged_export_loads_in_transformers_and_answers_as_the_run_did(tmp_path):
+    """`snakemake results/export/sft` for real (a quick recipe: a few steps, no DPO), then the folder alone through
+    transformers (AutoModelForCausalLM, its tokenizer and saved chat template), as a user of the upload would:
+    its greedy answers are the run's own greedy answers for that stage."""
+    import yaml
+    from quick_recipe import quick_recipe
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.template import PromptTemplate
+
+    recipe_path = quick_recipe(REPO / "recipes/default.yaml", tmp_path / "quick.yaml")
+    recipe = yaml.safe_load(open(recipe_path, encoding="utf-8"))
+    recipe["dpo"]["enabled"] = False  # the submission is SFT's
+    yaml.safe_dump(recipe, open(recipe_path, "w", encoding="utf-8"), allow_unicode=True, sort_keys=False)
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "results/export/sft", "--directory", work, "--config",
+                       f"recipe={recipe_path}", "--cores", "2", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    folder = work / "results/export/sft"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    generated = [json.loads(line) for line in one(work, "results/generations/*/sft.jsonl").read_text().splitlines()]
+    tasks = {task.task_id: task for task in read_tasks(REPO / "data/tasks.jsonl")}
+    template = PromptTemplate(_validated(recipe)["template"])
+    same, differ = 0, []
+    for row in generated:
+        prompt_text = tasks[row["task_id"]].prompt_text
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt_text}], tokenize=False,
+                                             add_generation_prompt=True)
+        # The saved chat template reproduces the training prompt, BOS included (written once, by the template).
+        assert text == tokenizer.bos_token + template.render_prompt(prompt_text, tokenizer)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**ids, do_sample=False, max_new_tokens=recipe["generate"]["max_new_tokens"],
+                                    repetition_penalty=recipe["generate"]["repetition_penalty"],
+                                    pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        greedy = row["attempts"][0]
+        assert not greedy["retry"]
+        if answer == greedy["raw_output"]:
+            same += 1
+        else:
+            differ.append((row["task_id"], answer, greedy["raw_output"]))
+    print(f"\nexported model: {same} of {len(generated)} greedy answers equal the run's")
+    # The merge is exact up to float rounding (W + BA against Wx + B(Ax)), which can flip a near-tie.
+    assert same >= 0.95 * len(generated), differ[:5]
+
+
+def _validated(raw: dict) -> dict:
+    from tunesmith.recipe import validate_recipe
+
+    return validate_recipe(raw)

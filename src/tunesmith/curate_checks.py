@@ -67,23 +67,34 @@ def strict_json_problems(raws):
     return pa.array([problem(raw) for raw in raws.to_pylist()], pa.string())
 
 
-def typed_sql(shape: Shape) -> str:
+def typed_sql(shape: Shape, not_text: bool = False) -> str:
     """Table `typed`: per record, each canonical field's JSON type, its text as read (for strings)
-    and its name as the record has it (a mapped column, a conversation turn), for details. A string
-    from a column that table `not_text` lists (a Parquet timestamp, written as JSON text) has that
-    column's type instead, so it is a wrong type, not text."""
-    fields = shape.required + shape.optional
-    names = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in fields)
+    and its name as the record has it (a mapped column, a conversation turn), for details. With
+    `not_text`, a string from a column that table `not_text` lists (a Parquet timestamp, written as
+    JSON text) has that column's type instead, so it is a wrong type, not text."""
+    names = shape.required + shape.optional
+    # One parse of the record for all fields (a path list), then each small value typed and read.
+    paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
+    labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
     joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
-                     f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in fields)
-    columns = ",\n  ".join(
-        f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_json,\n  "
-        f"CASE WHEN {f}_json = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) "
-        f"ELSE {f}_json END AS {f}_type,\n  "
-        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  {f}_name"
-        for f in fields)
-    return (f"CREATE TEMP TABLE typed AS SELECT pos, s.source_rank, early_reason, early_detail, {columns} "
-            f"FROM (SELECT *, {names} FROM styled) s {joins}")
+                     f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
+
+    def typed(index: int, f: str) -> str:
+        found = f"json_type(parts[{index}])"
+        if not not_text:
+            return found
+        return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
+    fields = ",\n  ".join(
+        f"{typed(index, f)} AS {f}_type,\n  "
+        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(parts[{index}], '$') END AS {f}_raw,\n  {f}_name"
+        for index, f in enumerate(names, start=1))
+    # The characters that never train are found here, on the text as read (see _character_details).
+    characters = ", ".join(f"{control} AS {f}_control, {replacement} AS {f}_replacement"
+                           for f in names for control, replacement in [_character_details(f)])
+    return (f"CREATE TEMP TABLE typed AS SELECT *, {characters} FROM ("
+            f"SELECT pos, s.source_rank, early_reason, early_detail, {fields} FROM "
+            f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, {labels} "
+            f"FROM styled) s {joins})")
 
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False) -> None:
@@ -244,10 +255,7 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     return f"""
 CREATE TEMP TABLE checked AS
 WITH joined AS (
-  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}),
-    {", ".join(f"{control} AS {f}_control, {replacement} AS {f}_replacement"
-               for f in fields for control, replacement in [_character_details(f)])}
-  FROM typed JOIN texts USING (pos)
+  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}) FROM typed JOIN texts USING (pos)
 ), measured AS (
   SELECT *, {shape.prompt} AS prompt_text, {_prompt_measures(shape)} FROM joined
 ), structural AS (

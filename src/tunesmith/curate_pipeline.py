@@ -227,9 +227,9 @@ def _check_columns(con, chosen: list[Source]) -> None:
                                 f"(style '{source.style}'; map other names with `columns`)")
 
 
-def _register_not_text(con, chosen: list[Source], paths: list[str]) -> None:
+def _register_not_text(con, chosen: list[Source], paths: list[str]) -> bool:
     """Table `not_text` (source_rank, file, column, type): the columns ingest found to hold no text
-    (a Parquet timestamp: JSON text in the record, but a wrong type for a text field)."""
+    (a Parquet timestamp: JSON text in the record, but a wrong type for a text field). Whether any."""
     from tunesmith.ingest import ingested_source  # Arrow and DuckDB are loaded by now
 
     rows = [(source.rank, file, column, kind) for source, path in zip(chosen, paths)
@@ -238,6 +238,7 @@ def _register_not_text(con, chosen: list[Source], paths: list[str]) -> None:
     con.register("not_text", pa.table({name: pa.array(values, kind) for name, values, kind in zip(
         ("source_rank", "file", "column", "type"), zip(*rows) if rows else ([], [], [], []),
         (pa.int64(), pa.string(), pa.string(), pa.string()))}))
+    return bool(rows)
 
 
 # What the SQL receives back for a record of a mapped style: its canonical JSON, or why it has none;
@@ -302,9 +303,9 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
-    _register_not_text(con, chosen, paths)
+    not_text = _register_not_text(con, chosen, paths)
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
-    con.execute(typed_sql(shape))
+    con.execute(typed_sql(shape, not_text))
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"])
     con.execute(check_sql(shape, settings, counted=tokenizer is not None))
     con.execute("DROP TABLE typed; DROP TABLE texts")

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from sacrebleu.metrics import CHRF
 
+from tunesmith import significance
 from tunesmith.atomic import atomic_path, read_jsonl, write_json
 from tunesmith.judge_stats import agreement, bootstrap_interval, distribution
 from tunesmith.normalize import match_key, normalize_text
+from tunesmith.paired import comparison, compare_answers, read_preference_pairs, score_intervals
 from tunesmith.submission import read_generations
 from tunesmith.tasks import load_references, read_references, read_task_families, read_tasks
 
@@ -87,8 +89,9 @@ def markdown(report: dict) -> str:
                    "1/2/3/4/5"]
         rule += ["--:"] * 5
     if with_references:
-        header += ["exact match", "chrF", "tasks with a reference"]
-        rule += ["--:"] * 3
+        header += ["exact match", f"{report.get('confidence', 0.95):.0%} interval", "chrF",
+                   f"{report.get('confidence', 0.95):.0%} interval", "tasks with a reference"]
+        rule += ["--:"] * 5
     lines = []
     if judged:
         lines.append(f"Judge: {report['judge']['backend']} {report['judge']['model']}.")
@@ -107,7 +110,8 @@ def markdown(report: dict) -> str:
                       str(grades["graded"]), str(grades["unparseable"]),
                       "/".join(str(grades["distribution"][str(grade)]) for grade in range(1, 6))]
         if with_references:
-            cells += [f"{result['exact_match']:.1%}", f"{result['chrf']:.1f}", str(result["n"])]
+            cells += [f"{result['exact_match']:.1%}", interval_text(result.get("exact_match_interval"), percent=True),
+                      f"{result['chrf']:.1f}", interval_text(result.get("chrf_interval")), str(result["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     if report.get("agreement"):
         found = report["agreement"]
@@ -128,7 +132,37 @@ def markdown(report: dict) -> str:
                 cells += [_cell(row.get("answer")), "unparseable" if row.get("status") == "unparseable" else str(grade),
                           _cell(row.get("reason"))]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n" + _family_table(report) + _preference_table(report)
+    return ("\n".join(lines).lstrip("\n") + "\n" + _comparison_table(report) + _family_table(report)
+            + _preference_table(report))
+
+
+def interval_text(interval, percent: bool = False) -> str:
+    if not interval:
+        return "–"
+    return f"{interval[0]:.1%}–{interval[1]:.1%}" if percent else f"{interval[0]:.1f}–{interval[1]:.1f}"
+
+
+def _comparison_table(report: dict) -> str:
+    """Each stage against the stage before it, measure by measure, with the paired test's verdict."""
+    names = list(report["stages"])
+    rows = [(first, second, name, result) for first, second in zip(names, names[1:])
+            for name, result in comparison(report, first, second).items()]
+    if not rows:
+        return ""
+    lines = ["", f"Each stage against the one before it (paired over the same tasks; confidence "
+             f"{report.get('confidence', 0.95):.0%}):", "",
+             "| stages | measure | before | after | difference | interval | test | p | verdict |",
+             "|:--|:--|--:|--:|--:|--:|:--|--:|:--|"]
+    for first, second, name, result in rows:
+        percent = name in ("exact match", "preference accuracy")
+        value = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
+        scale = 100 if percent else 1
+        interval = result["interval"]
+        lines.append(f"| {first} → {second} | {name} | {value(result['a'])} | {value(result['b'])} | "
+                     f"{result['difference'] * scale:+.1f}{' pts' if percent else ''} | "
+                     + ("–" if interval is None else f"{interval[0] * scale:+.1f} to {interval[1] * scale:+.1f}")
+                     + f" | {result['test']} | {result['p_value']:.3g} | {result['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def evaluate(
@@ -142,6 +176,8 @@ def evaluate(
     judge: dict | None = None,
     seed: int = 0,
     preferences: dict[str, str | os.PathLike] | None = None,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 1000,
 ) -> dict:
     """Score each stage (stage name → generations path) and write the results atomically.
 
@@ -151,7 +187,8 @@ def evaluate(
     "inputs"}` (inputs: the files scored, which tell whose scores these are), `table_path` Markdown.
     With a `tasks_path` whose tasks carry a `family`, each stage also gets scores per family;
     `preferences` (stage → the file `tunesmith.preference_accuracy.score_preferences` wrote) adds each stage's
-    preference accuracy on the held-out pairs (report key "preference").
+    preference accuracy on the held-out pairs (report key "preference"). Every score gets an interval at
+    `confidence`, and every two stages a paired comparison (report key "comparisons", tunesmith.significance).
     """
     if not generations:
         raise ValueError("no stages to evaluate")
@@ -163,14 +200,16 @@ def evaluate(
     elif references_path:
         loaded = load_references(references_path, tasks)
         references = {task_id: reference.output for task_id, reference in loaded.by_task.items() if reference.output}
-    stages, per_task = {}, {}
+    stages, per_task, answers = {}, {}, {}
     families = read_task_families(tasks_path) if tasks_path else {}
     for stage, path in generations.items():
         result, rows = {}, {}
+        answers[stage] = {"outputs": read_generations(path)}
         if references is not None:
-            outputs = read_generations(path)
+            outputs = answers[stage]["outputs"]
             scored = score(outputs, references)
             result.update(exact_match=scored["exact_match"], chrf=scored["chrf"], n=scored["n"])
+            result.update(score_intervals(outputs, references, confidence, bootstrap_samples, seed))
             rows = {row["task_id"]: row for row in scored["per_task"]}
             if families:
                 result["families"] = family_scores(outputs, references, families)
@@ -182,8 +221,12 @@ def evaluate(
             for row in judge_rows:
                 rows[row["task_id"]] = {**rows.get(row["task_id"], {"task_id": row["task_id"]}),
                                         **{key: row[key] for key in ("answer", "grade", "reason", "status")}}
+            answers[stage]["grades"] = {row["task_id"]: row["grade"] for row in judge_rows if row["grade"] is not None}
         stages[stage] = result
         per_task[stage] = [rows[task_id] for task_id in sorted(rows)]
+    pairs = {stage: read_preference_pairs(path) for stage, path in (preferences or {}).items()}
+    for stage, found in pairs.items():
+        answers.setdefault(stage, {})["preference"] = found
     report = {
         "stages": stages,
         "per_task": per_task,
@@ -208,18 +251,26 @@ def evaluate(
                                "unparseable": sum(row["grade"] is None for row in rows)}
     if preferences:
         report["preference"] = read_preference_scores(preferences)
+        for stage, found in report["preference"].items():
+            found["interval"] = significance.share_interval(round(found["accuracy"] * found["pairs"]), found["pairs"],
+                                                            confidence)
+    report["confidence"], report["bootstrap_samples"] = confidence, bootstrap_samples
+    # Where each stage's answers, grades and pairs are: what `tunesmith compare` and the leaderboard pair up.
+    report["files"] = {"generations": {stage: os.fspath(path) for stage, path in generations.items()},
+                       "judged": {stage: os.fspath(path) for stage, path in judged.items()},
+                       "preferences": {stage: os.fspath(path) for stage, path in (preferences or {}).items()},
+                       "tasks": None if tasks_path is None else os.fspath(tasks_path),
+                       "references": None if references_path is None else os.fspath(references_path)}
+    names = list(answers)
+    report["comparisons"] = [
+        {"a": first, "b": second, "measures": compare_answers(answers[first], answers[second], references,
+                                                              confidence, bootstrap_samples, seed)}
+        for index, first in enumerate(names) for second in names[index + 1:]]
     write_json(out_path, report)
     if table_path is not None:
         with atomic_path(table_path) as tmp:
             Path(tmp).write_text(markdown(report), encoding="utf-8")
     return report
-
-
-def _ranking_value(stage: dict) -> tuple:
-    judge = stage.get("judge")
-    if judge is not None:
-        return (judge["mean"] if judge["mean"] is not None else float("-inf"), stage.get("chrf", 0.0))
-    return (stage["chrf"], stage["exact_match"])
 
 
 def family_scores(outputs: dict[int, str], references: dict[int, str], families: dict[int, str]) -> dict:
@@ -262,54 +313,8 @@ def _preference_table(report: dict) -> str:
     if "preference" not in report:
         return ""
     lines = ["", "Preference accuracy (chosen answer more likely than rejected, held-out pairs):", "",
-             "| stage | pairs | accuracy | mean log-prob margin |", "|:--|--:|--:|--:|"]
-    lines += [f"| {stage} | {result['pairs']} | {result['accuracy']:.1%} | {result['mean_margin']:.2f} |"
+             "| stage | pairs | accuracy | interval | mean log-prob margin |", "|:--|--:|--:|--:|--:|"]
+    lines += [f"| {stage} | {result['pairs']} | {result['accuracy']:.1%} | "
+              f"{interval_text(result.get('interval'), percent=True)} | {result['mean_margin']:.2f} |"
               for stage, result in report["preference"].items()]
     return "\n".join(lines) + "\n"
-
-
-def leaderboard(
-    scores: dict[str, str | os.PathLike],
-    overrides: dict[str, dict],
-    submitted: dict[str, str],
-    out_path: str | os.PathLike,
-    table_path: str | os.PathLike,
-) -> list[dict]:
-    """Rank sweep variants by the judge's mean grade of the stage each one submits when a judge graded
-    them (chrF breaks ties), else by chrF, then exact match.
-
-    `scores` maps variant name → its evaluation file; `overrides` the recipe keys it changes;
-    `submitted` the stage it submits. Writes the ranking as JSON and as a Markdown table.
-    """
-    rows = []
-    for name, path in scores.items():
-        stages = json.loads(Path(path).read_text(encoding="utf-8"))["stages"]
-        stage = submitted[name]
-        judge = stages[stage].get("judge")
-        rows.append({"variant": name, "overrides": overrides[name], "stage": stage,
-                     "judge_mean": judge["mean"] if judge else None,
-                     "judge_interval": judge["interval"] if judge else None,
-                     "exact_match": stages[stage].get("exact_match"), "chrf": stages[stage].get("chrf"),
-                     "stages": stages})
-    by_judge = all(row["stages"][row["stage"]].get("judge") for row in rows)
-    rows.sort(key=lambda row: (tuple(-value for value in _ranking_value(row["stages"][row["stage"]])), row["variant"]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    write_json(out_path, rows)
-    keys = sorted({key for row in rows for key in row["overrides"]})
-    has_references = any(row["chrf"] is not None for row in rows)
-    columns = (["judge mean", "interval"] if by_judge else []) + (["exact match", "chrF"] if has_references else [])
-    lines = ["| rank | " + " | ".join(keys) + " | submitted | " + " | ".join(columns) + " |",
-             "|--:|" + "--|" * len(keys) + ":--|" + "--:|" * len(columns)]
-    for row in rows:
-        values = " | ".join(json.dumps(row["overrides"].get(key), ensure_ascii=False) for key in keys)
-        cells = []
-        if by_judge:
-            interval = row["judge_interval"]
-            cells += [_number(row["judge_mean"], ".2f"), "–" if not interval else f"{interval[0]:.2f}–{interval[1]:.2f}"]
-        if has_references:
-            cells += [f"{row['exact_match']:.1%}", f"{row['chrf']:.1f}"]
-        lines.append(f"| {row['rank']} | {values} | {row['stage']} | " + " | ".join(cells) + " |")
-    with atomic_path(table_path) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return rows

@@ -18,7 +18,7 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 
 from __future__ import annotations
 
-import copy
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -75,11 +75,14 @@ def _model(recipe: dict) -> list[str]:
     return keys
 
 
-def _template(recipe: dict, generation: bool = False) -> list[str]:
-    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers."""
+def _template(recipe: dict, generation: bool = False, training: bool = False) -> list[str]:
+    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers, training
+    also checks the token boundary of its rows."""
     template = recipe["template"]
     keys = ["template.kind"] + (["template.prompt"] if template["kind"] == "plain"
                                 else ["template.system", "template.chat_template"])
+    if training:
+        keys.append("template.max_boundary_mismatch")
     if generation:
         keys += ["template.stop_markers", "template.allow_mismatch"]
     return keys
@@ -170,10 +173,9 @@ def _judge(recipe: dict) -> list[str]:
 
 
 def _evaluation(recipe: dict) -> list[str]:
-    """Scoring the compared stages: which they are, the references, and how grades are summarised; and
-    the submission's own check (submission.allow_empty), which has no stage of its own (unkeyed)."""
-    keys = ["seed", "evaluate.stages", "submission.stage", "submission.allow_empty", "dpo.enabled", "tasks.path",
-            "tasks.references", "judge.backend"]
+    """Scoring the compared stages: which they are, the references, and how grades are summarised."""
+    keys = ["seed", "evaluate.stages", "evaluate.confidence", "evaluate.bootstrap_samples", "submission.stage",
+            "dpo.enabled", "tasks.path", "tasks.references", "judge.backend"]
     judge = recipe["judge"]
     if judge["backend"] != "none":
         keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
@@ -241,16 +243,17 @@ STAGES = {
                     + ["curate.max_line_bytes"], lambda r, _: {}),
     "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
-                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
+                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role},
+                    unkeyed=lambda r, role: ["curate.memory_limit"]),  # the rows are the same under any limit
     # KTO's labelled single answers, made from the curated pairs (tunesmith.unpaired); only when dpo.method is kto.
     "unpair": Stage("curated", lambda r, _: ["seed"], lambda r, _: {"pairs": "curate_preference"}),
     # No template: raw text, so a template edit does not rerun continued pretraining.
     "cpt": Stage("cpt", lambda r, _: ["seed", *_model(r), *_training(r, "continued_pretraining"), *_distributed(r),
                                       *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r),
                  unkeyed=_tracking),
-    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r), *_training(r, "sft"), *_distributed(r)],
+    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r, training=True), *_training(r, "sft"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": "curate_sft"}, unkeyed=_tracking),
-    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
+    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r, training=True), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
     # Prompts are the task inputs cleaned as the training text was (normalised only if it was).
@@ -265,12 +268,19 @@ STAGES = {
     "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
                    lambda r, stage: ({} if stage == "reference" else {"generations": f"generate_{stage}"})
                    | ({"fetch_judge": "fetch_judge"} if "judge" in fetched_models(r) else {})),
-    # Unkeyed (results/eval.json, submission.jsonl): the recipe's own scores and submission.
-    "evaluate": Stage("", lambda r, _: _evaluation(r), lambda r, _: {
+    # Keyed like every artifact, so two recipes' scores and submissions coexist; results/eval.json and
+    # submission.jsonl are copies of the current recipe's (rules/submission.smk).
+    "evaluate": Stage("evaluated", lambda r, _: _evaluation(r), lambda r, _: {
         **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
         **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
         **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {}),
         **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
+    # The submitted answers: one stage's, or with `submission.stage: best` the stage the evaluation's paired
+    # tests pick (tunesmith.choice), so then it consumes the evaluation.
+    "submit": Stage("submissions", lambda r, _: ["submission.stage", "submission.allow_empty", "dpo.enabled",
+                                                 "tasks.path"],
+                    lambda r, _: {"evaluation": "evaluate"} if r["submission"]["stage"] == "best"
+                    else {"generations": f"generate_{submitted_stage(r)}"}),
 }
 
 
@@ -279,8 +289,9 @@ STAGES = {
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def _parts(dotted: str) -> list:
-    return [name if name else int(index) for name, index in _PART.findall(dotted)]
+@functools.cache
+def _parts(dotted: str) -> tuple:
+    return tuple(name if name else int(index) for name, index in _PART.findall(dotted))
 
 
 def pick(recipe: dict, keys) -> dict:
@@ -295,8 +306,8 @@ def pick(recipe: dict, keys) -> dict:
         node = picked
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = copy.deepcopy(value)
-    return _sorted(_as_lists(picked))
+        node[parts[-1]] = value
+    return _sorted(_as_lists(picked))  # new dicts and lists all the way down: nothing shared with the recipe
 
 
 def _sorted(node):
@@ -354,12 +365,14 @@ def sources_of(recipe: dict, role: str) -> list[dict]:
 
 def model_stages(recipe: dict) -> list[str]:
     """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
-    build order (dpo only when DPO is enabled)."""
+    build order (dpo only when DPO is enabled); every stage when the submission picks the best."""
     wanted = {*recipe["evaluate"]["stages"], submitted_stage(recipe)}
+    wanted = set(MODEL_STAGES) if "best" in wanted else wanted
     return [stage for stage in MODEL_STAGES if stage in wanted and (stage != "dpo" or recipe["dpo"]["enabled"])]
 
 
 def submitted_stage(recipe: dict) -> str:
+    """The stage submission.stage names (`best`: chosen after evaluation, tunesmith.choice)."""
     stage = recipe["submission"]["stage"]
     return "sft" if stage == "dpo" and not recipe["dpo"]["enabled"] else stage
 
@@ -405,6 +418,7 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
         found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]
         found += [("judge_reference", "judge", "reference")] if recipe["judge"]["reference_grades"] else []
     found.append(("evaluate", "evaluate", None))
+    found.append(("submit", "submit", None))
     return found
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from tunesmith.answers import answers_page, reference_answers
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.evaluate import family_scores, score
+from tunesmith.evaluate import family_scores, interval_text, score
+from tunesmith.choice import comparison_note, submission_reason  # noqa: F401 (submission_reason: the workflow's)
+from tunesmith.paired import score_intervals
 from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
 
@@ -44,19 +46,17 @@ def summary_inputs(files: dict) -> list[str]:
                                   *files["cards"].values(), *files["adapters"].values()]))
 
 
-def submission_reason(stage: str, requested: str, dpo_enabled: bool) -> str:
-    if requested == "dpo" and not dpo_enabled:
-        return "submission.stage is dpo, but dpo.enabled is false: SFT's answers"
-    return f"submission.stage is {requested}"
-
-
 def collect(files: dict, stage: str, reason: str) -> dict:
     """Every fact the summary shows. `files` (built by rules/common.smk for the recipe): submission,
     tasks, references, scores (results/eval.json), scored (the files eval.json must name to be this
     recipe's), configured (what scores the recipe, in words, or None), and stage → path maps
-    generations, judged, adapters, role → path cards."""
+    generations, judged, adapters, role → path cards; submitted and choice: the recipe's keyed submission
+    and the choice of stage written beside it, which for `submission.stage: best` names the stage and why."""
+    choice = Path(files.get("choice") or "")
+    chosen = json.loads(choice.read_text(encoding="utf-8")) if choice.is_file() else {}
+    stage, reason = chosen.get("stage", stage), chosen.get("reason", reason)
     return {
-        "submission": _submission(files, stage, reason),
+        "submission": {**_submission(files, stage, reason), "steps": chosen.get("steps", [])},
         "scores": _scores(files),
         "data": {role: _card(path) for role, path in files["cards"].items()},
         "training": {name: _trained(path) for name, path in files["adapters"].items()},
@@ -72,7 +72,8 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         manifest = path.with_name(path.name + ".manifest.json")  # which answers it was written from
         if manifest.is_file():
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
-            found["other_recipe"] = os.fspath(files["generations"][stage]) not in made_from
+            copied = files.get("submitted") or files["generations"].get(stage)
+            found["other_recipe"] = os.fspath(copied) not in made_from
     found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
 
@@ -102,7 +103,8 @@ def _scores(files: dict) -> dict:
         report = json.loads(Path(files["scores"]).read_text(encoding="utf-8"))
         return {"stages": report["stages"], "from": target, "configured": configured, "note": None,
                 "judge": report.get("judge"), "per_task": report.get("per_task", {}),
-                "preference": report.get("preference") or {}}
+                "preference": report.get("preference") or {}, "comparisons": report.get("comparisons", []),
+                "confidence": report.get("confidence", 0.95)}
     stale = Path(files["scores"]).is_file()
     note = (f"{target} holds the scores of another recipe or of older answers, not shown; " if stale
             else "No scores yet: ") + f"`snakemake {target}` scores this recipe's answers ({configured})."
@@ -114,6 +116,7 @@ def _scores(files: dict) -> dict:
             if Path(path).is_file():
                 outputs = read_generations(path)
                 stages[stage] = {key: value for key, value in score(outputs, references).items() if key != "per_task"}
+                stages[stage].update(score_intervals(outputs, references, 0.95, 1000, 0))
                 if families:
                     stages[stage]["families"] = family_scores(outputs, references, families)
     return {"stages": stages, "from": "answers" if stages else None, "configured": configured, "note": note}
@@ -134,30 +137,9 @@ def _trained(adapter) -> dict | None:
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences", "method")
+    keys = ("rows", "rows_seen", "epochs_seen", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows",
+            "sequences", "method")
     return {key: metadata[key] for key in keys if key in metadata}
-
-
-# ---- comparing stages ----
-def measure(result: dict) -> tuple[str, float] | None:
-    """What a stage is ranked by: the judge's mean grade when it graded, else exact match (chrF breaks ties)."""
-    judge = result.get("judge")
-    if judge and judge.get("mean") is not None:
-        return "judge mean", judge["mean"]
-    if "exact_match" in result:
-        return "exact match", result["exact_match"]
-    return None
-
-
-def better_stages(summary: dict) -> list[str]:
-    """Stages that score above the submitted one on its own measure."""
-    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
-    if submitted not in stages or measure(stages[submitted]) is None:
-        return []
-    name, value = measure(stages[submitted])
-    ranked = lambda result: (measure(result)[1], result.get("chrf", 0.0))  # noqa: E731
-    return [stage for stage, result in stages.items() if stage != submitted and measure(result)
-            and measure(result)[0] == name and ranked(result) > ranked(stages[submitted])]
 
 
 def _percent(value) -> str:
@@ -176,9 +158,11 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     for stage, result in stages.items():
         row = [stage + (" (submitted)" if stage == summary["submission"]["stage"] else "")]
         if referenced:
-            row += [_percent(result.get("exact_match")), "–" if "chrf" not in result else f"{result['chrf']:.1f}"]
+            row += [_with_interval(_percent(result.get("exact_match")), result.get("exact_match_interval"), True),
+                    _with_interval("–" if "chrf" not in result else f"{result['chrf']:.1f}", result.get("chrf_interval"))]
         if preference:
-            row += [_percent(preference.get(stage, {}).get("accuracy"))]
+            found = preference.get(stage, {})
+            row += [_with_interval(_percent(found.get("accuracy")), found.get("interval"), True)]
         if judged:
             grades = result.get("judge") or {}
             interval = grades.get("interval")
@@ -188,19 +172,9 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
-    """The note that another stage scores above the submitted one; `plain` and `code` mark up its text and
-    the setting to change (the terminal's backticks, the report's reStructuredText)."""
-    better = better_stages(summary)
-    if not better:
-        return None
-    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
-    name, value = measure(stages[submitted])
-    shown = (lambda v: f"{v:.2f}") if name == "judge mean" else _percent
-    others = ", ".join(f"{stage} {shown(measure(stages[stage])[1])}" for stage in better)
-    return (plain(f"{' and '.join(better)} {'scores' if len(better) == 1 else 'score'} above the submitted "
-                  f"{submitted} on {name} ({others} against {shown(value)}); ")
-            + code(f"submission.stage: {better[0]}") + plain(" would submit it."))
+def _with_interval(value: str, interval, percent: bool = False) -> str:
+    """A score with its interval: `65.0% (55.3%–73.8%)`, `41.2 (38.0–44.5)`."""
+    return value if not interval or value == "–" else f"{value} ({interval_text(interval, percent)})"
 
 
 def family_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
@@ -243,6 +217,8 @@ def training_rows(summary: dict) -> list[list[str]]:
         lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
                 for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
         trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
+        if "rows_seen" in counts:  # available vs seen: with max_steps, training may stop before an epoch
+            trained = f"{counts['rows_seen']} of {trained} seen ({counts['epochs_seen']:.2f} epochs)"
         rows.append([stage, trained, str(counts.get("rows_curated", "–")), "; ".join(lost) or "none",
                      str(counts.get("eval_rows", "–"))])
     return rows
@@ -270,10 +246,12 @@ def terminal(summary: dict, summary_current: bool) -> str:
     else:
         lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
                  f"({submission['reason']})."]
+        lines += [f"  {step}" for step in submission.get("steps", [])]  # submission.stage: best's tests
         lines += [f"  {_fallback_note(submission)}"] if _fallback_note(submission) else []
     if scores["stages"]:
         where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
-        lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
+        lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary)),
+                  f"(In brackets: {scores.get('confidence', 0.95):.0%} intervals over the tasks.)"]
         note = comparison_note(summary)
         lines += [f"  Note: {note}"] if note else []
         families = family_rows(summary)
@@ -310,6 +288,7 @@ def start_page(summary: dict) -> str:
     lines = ["Results", "=======", "",
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
+    lines += [f"- {_rst_text(step)}" for step in submission.get("steps", [])] + ([""] if submission.get("steps") else [])
     lines += [_rst_text(_fallback_note(submission)), ""] if _fallback_note(submission) else []
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
