@@ -116,21 +116,21 @@ def test_default_run_writes_a_valid_submission(default_run):
 
 
 def check_default_margins(report: dict) -> None:
-    """What each stage of the default run buys, with room for another CPU's rounding but none for a lost
-    adapter, a template mismatch or a DPO that un-learns. Measured (seeded, 2 CPU cores): base 0% exact
-    (chrF 1), SFT 65% (chrF 93), DPO 67% (chrF 93); capitals SFT 0% (it answers in sentences, as its data
-    does), DPO 62%; preference accuracy on the 27 held-out pairs SFT 70%, DPO 93%."""
+    """What each stage of the default run buys, with room for another CPU's rounding and another seed (the
+    same recipe under seeds 1, 2, 3, 4, 42: SFT 46-67% exact, DPO 55-72%, DPO above SFT by 3-16 points;
+    capitals SFT 0%, DPO 38-88%; preference accuracy SFT 56-73%, DPO 82-100%), but none for a lost adapter,
+    a template mismatch or a DPO that un-learns."""
     scores = report["stages"]
     assert set(scores) == {"base", "sft", "dpo"}
     base, sft, dpo = (scores[stage] for stage in ("base", "sft", "dpo"))
     assert base["exact_match"] <= 0.05, "the untrained base answers tasks: the template leaked into pretraining?"
-    assert sft["exact_match"] >= 0.55 and sft["exact_match"] - base["exact_match"] >= 0.5, scores
-    assert sft["chrf"] - base["chrf"] >= 70, scores
+    assert sft["exact_match"] >= 0.4 and sft["exact_match"] - base["exact_match"] >= 0.4, scores
+    assert sft["chrf"] - base["chrf"] >= 55, scores
     assert dpo["exact_match"] >= sft["exact_match"] - 0.05, "DPO un-learned what SFT taught"
     # What the preference data teaches: the bare capital, not SFT's sentence.
-    assert dpo["families"]["capital"]["exact_match"] >= sft["families"]["capital"]["exact_match"] + 0.3, scores
+    assert dpo["families"]["capital"]["exact_match"] >= sft["families"]["capital"]["exact_match"] + 0.25, scores
     preference = report["preference"]
-    assert preference["dpo"]["accuracy"] >= preference["sft"]["accuracy"] + 0.1, preference
+    assert preference["dpo"]["accuracy"] >= preference["sft"]["accuracy"] + 0.05, preference
 
 
 @pytest.mark.e2e
