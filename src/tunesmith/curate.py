@@ -14,7 +14,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -89,6 +89,21 @@ def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, q
             raise CurationError(f"{source.where}: {n_in} rows in, but "
                                 f"{counts[source.id]['kept']} kept + {outcomes.total()} quarantined")
     return counts
+
+
+@contextmanager
+def _output_folder(folder: Path):
+    """The outputs' folder, made for the run; a curation that fails leaves no folder it made (and so
+    nothing at all: a bad mapping fails before any row is written)."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            with suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
 
 
 def duckdb_memory_limit(limit: str) -> str:
@@ -215,8 +230,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
 
     memory_limit = memory_limit or with_defaults("curate", {})["memory_limit"]  # the schema's default
     limit = duckdb_memory_limit(memory_limit)
-    Path(kept_path).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{Path(kept_path).name}.spill-", suffix=PARTIAL,
+    with _output_folder(Path(kept_path).parent), tempfile.TemporaryDirectory(prefix=f".{Path(kept_path).name}.spill-", suffix=PARTIAL,
                                      dir=Path(kept_path).parent) as spill, \
             _too_small(memory_limit, limit), \
             duckdb.connect(config={"threads": threads, "memory_limit": limit, "temp_directory": spill}) as con:
