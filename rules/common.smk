@@ -11,20 +11,22 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
-from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
+from tunesmith.recipe import RecipeError, combinations, replicate_seeds, replicates, variants, workflow_recipe
 
 try:
     # Read by tunesmith, not by Snakemake's --configfile loader (which templates files, running code).
     RECIPE_PATH, RECIPE = workflow_recipe(config, workflow.config_settings.configfiles, workflow.basedir)
     VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
+    REPLICATES = replicates(RECIPE)  # `repeats`: the recipe under further seeds, named seed=N
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
 config.clear()
 config.update(RECIPE)
 
-# The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep adds named ones.
-RECIPES = {"": config, **VARIANTS}
-PLANS = {name: plan.steps(recipe) for name, recipe in RECIPES.items()}
+# The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep and seed replicates add
+# named ones.
+RECIPES = {"": config, **VARIANTS, **REPLICATES}
+PLANS = {name: plan.steps(recipe, data_of=config if name in REPLICATES else None) for name, recipe in RECIPES.items()}
 STEPS = {step.key: step for steps in PLANS.values() for step in steps.values()}
 VARIANT_OF = {step.key: name for name, steps in PLANS.items() for step in steps.values()}
 KEY = "[0-9a-f]{12}"
@@ -299,6 +301,22 @@ def submission_inputs(wildcards):
 
 def sweep_targets():
     return [rules.rank_variants.output.table] if VARIANTS else []
+
+
+def replicate_targets():
+    return [rules.summarise_replicates.output.scores] if REPLICATES else []
+
+
+def replicate_evaluations():
+    """Seed -> the evaluation of the recipe trained under it (the recipe's own seed first)."""
+    own = {config["seed"]: rules.evaluate_stages.output.scores}
+    return {
+        **own,
+        **{
+            seed: expand(rules.evaluate_replicate.output.scores, variant=name)[0]
+            for seed, name in zip(replicate_seeds(config)[1:], REPLICATES)
+        },
+    }
 
 
 def evaluation_targets():

@@ -47,6 +47,29 @@ use rule evaluate_stages as evaluate_variant with:
         "logs/sweep/{variant}/evaluate_stages.log",
 
 
+# Seed replicates (`repeats`): the recipe's scores under each further seed, then each stage's spread.
+use rule evaluate_stages as evaluate_replicate with:
+    output:
+        scores="results/replicates/{variant}/eval.json",
+        table="results/replicates/{variant}/eval.md",
+    log:
+        "logs/replicates/{variant}/evaluate_stages.log",
+
+
+rule summarise_replicates:
+    input:
+        scores=list(replicate_evaluations().values()),
+    output:
+        scores=reported("results/replicates.json", category="Evaluation", caption="../report/replicates.rst"),
+        table=reported("results/replicates.md", category="Evaluation", caption="../report/replicates.rst"),
+    log:
+        "logs/summarise_replicates.log",
+    params:
+        seeds=list(replicate_evaluations()),
+    script:
+        "../scripts/summarise_replicates.py"
+
+
 rule rank_variants:
     input:
         scores=expand(rules.evaluate_variant.output.scores, variant=VARIANTS),

@@ -248,7 +248,8 @@ def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
                        "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
 
 
-STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks")
+STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks",
+              "repeats")  # repeats adds replicates of every stage that reads the seed
 
 
 @pytest.mark.e2e

@@ -28,6 +28,7 @@ from tunesmith.tasks import check_task_files
 __all__ = ["RecipeError", "load_recipe", "load_schema", "read_recipe", "validate_recipe", "variants", "workflow_recipe"]
 
 MAX_VARIANTS = 64
+SEED_MAX = 2**32 - 1  # the schema's maximum of `seed`
 
 
 def section_hash(section) -> str:
@@ -127,6 +128,12 @@ def _cross_key_problems(recipe: dict) -> list[str]:
         problems.append("base_model.build.num_attention_heads: must divide base_model.build.hidden_size")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("template.prompt: a plain template needs an {input} placeholder")
+    if recipe["repeats"] > 1 and not recipe["tasks"]["references"] and recipe["judge"]["backend"] == "none":
+        problems.append("repeats: the seed replicates are compared by their scores, which needs a judge "
+                        "(judge.backend) or tasks.references")
+    if recipe["seed"] + recipe["repeats"] - 1 > SEED_MAX:
+        problems.append(f"repeats: seeds {recipe['seed']} to {recipe['seed'] + recipe['repeats'] - 1} pass "
+                        f"{SEED_MAX}, the largest seed; lower seed")
     return problems + preference_problems(recipe) + check_settings(recipe["curate"])
 
 
@@ -214,6 +221,22 @@ def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
             raise RecipeError(f"{origin}, sweep variant {name}:\n  {error}") from None
         validate_recipe(variant, origin=f"{origin}, sweep variant {name}")
         found[name] = variant
+    return found
+
+
+def replicate_seeds(recipe: dict) -> list[int]:
+    """The seeds a recipe is trained under (`repeats`): its own first."""
+    return [recipe["seed"] + index for index in range(recipe["repeats"])]
+
+
+def replicates(recipe: dict) -> dict[str, dict]:
+    """The recipe's seed replicates beyond its own seed, by name (`seed=43`): the recipe with only `seed`
+    changed (and `repeats` 1, no sweep), so that every stage that reads no seed is shared with it."""
+    found = {}
+    for seed in replicate_seeds(recipe)[1:]:
+        replicate = _unshared(recipe)
+        replicate.update(seed=seed, repeats=1, sweep={"matrix": {}})
+        found[variant_name({"seed": seed})] = replicate
     return found
 
 
