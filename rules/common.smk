@@ -351,6 +351,12 @@ def run_files():
             if step.stage.startswith("curate_")
         },
         "adapters": adapters,
+        "replicates": {
+            "path": rules.summarise_replicates.output.scores,
+            "evaluations": list(replicate_evaluations().values()),
+        }
+        if REPLICATES
+        else None,
     }
     # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
     return json.loads(json.dumps(files))
@@ -368,6 +374,17 @@ def summarise_inputs(wildcards):
         "judged": list(files["judged"].values()),
         "cards": list(files["cards"].values()),
         "adapters": list(files["adapters"].values()),
+        "replicates": replicate_targets(),
+    }
+
+
+def recipe_facts():
+    """What the report's first page names of the recipe: its file and key settings; the chart's confidence."""
+    return {
+        "path": str(RECIPE_PATH),
+        "settings": summary.key_settings(config),
+        "confidence": config["judge"]["confidence"],
+        "seed": config["seed"],
     }
 
 
@@ -381,7 +398,7 @@ def reported(path, current=True, **flags):
     """`report(path, ...)` for a fixed path once it holds this recipe's results: `snakemake --report`
     refuses a registered file that is missing, and a report after `snakemake submission.jsonl` shows
     what that built (and never another recipe's tables)."""
-    return report(path, **flags) if current and Path(path).is_file() else path
+    return report(path, **flags) if current and Path(path).exists() else path
 
 
 onsuccess:

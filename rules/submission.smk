@@ -113,10 +113,22 @@ rule summarise_run:
         answers=reported(
             "results/report/answers.html", SUMMARISED, category="Evaluation", caption="../report/answers.rst"
         ),
+        # The data cards and the evaluation as pages to read inside the report (the raw files stay downloads).
+        cards=reported(
+            directory("results/report/cards"),
+            SUMMARISED,
+            patterns=["{role}.html"],
+            category="Data cards",
+            caption="../report/card_page.rst",
+        ),
+        evaluation=reported(
+            "results/report/evaluation.html", SUMMARISED, category="Evaluation", caption="../report/evaluation.rst"
+        ),
     log:
         "logs/summarise_run.log",
     params:
         files=run_files(),
         submitted=submitted(),
+        recipe=recipe_facts(),
     script:
         "../scripts/summarise_run.py"
