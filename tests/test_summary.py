@@ -305,3 +305,24 @@ def test_the_chart_draws_an_interval_over_tasks_around_each_stage(run):
                    {"stages": {"sft": {"exact_match": {"per_seed": {"42": 0.5, "43": 0.56}}}}})
     assert [panel["title"] for panel in drawn] == ["exact match (%)", "judge mean grade (1–5)"]
     assert drawn[0]["seeds"] == {"sft": [0.5, 0.56]} and drawn[1]["intervals"] == {"sft": [2.8, 3.2]}
+
+
+def test_the_seed_spread_is_on_the_terminal_and_the_first_page_only_when_it_is_this_recipes(run):
+    from docutils.core import publish_parts
+
+    from tunesmith.replicates import summarise_replicates
+
+    write_scores(run)
+    other = Path("results/replicates/seed=43/eval.json")
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps({"stages": {"sft": {"exact_match": 0.5, "chrf": 70.0}}}))
+    summarise_replicates({42: run["scores"], 43: str(other)}, "results/replicates.json", "results/replicates.md")
+    run["replicates"] = {"path": "results/replicates.json", "evaluations": [run["scores"], str(other)]}
+    text = terminal(dpo_summary(run), True)
+    rows = block(text, "Over 2 seeds (repeats; results/replicates.md):")
+    assert ["sft", "exact", "match", "75.0%", "35.4", "pt", "50.0%–100.0%", "100.0%", "50.0%"] in rows
+    body = publish_parts(start_page(dpo_summary(run)), writer="html", settings_overrides={"report_level": 5})["html_body"]
+    assert "Over 2 seeds (repeats)" in body and "<td>35.4 pt</td>" in body
+    # A replicates file made from other evaluations (another recipe's, older answers) is not shown.
+    run["replicates"]["evaluations"] = [run["scores"], "results/replicates/seed=44/eval.json"]
+    assert "seeds" not in terminal(dpo_summary(run), True) and dpo_summary(run)["replicates"] is None

@@ -21,6 +21,7 @@ from tunesmith.answers import answers_page, reference_answers
 from tunesmith.pages import write_pages
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.evaluate import family_scores, score
+from tunesmith.replicates import rows as replicate_rows
 from tunesmith.stage_chart import stage_chart
 from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
@@ -304,6 +305,9 @@ def terminal(summary: dict, summary_current: bool) -> str:
         lines += [f"  Note: {note}"] if note else []
         families = family_rows(summary)
         lines += ["", "Exact match per task family:", *_aligned(*families)] if families else []
+    if summary.get("replicates"):
+        lines += ["", f"Over {len(summary['replicates']['seeds'])} seeds (repeats; results/replicates.md):",
+                  *_aligned(*replicate_rows(summary["replicates"]))]
     if scores["note"]:
         lines += ["", scores["note"]]
     if any(summary["data"].values()):
@@ -342,13 +346,11 @@ def _recipe_lines(summary: dict) -> list[str]:
 
 
 def _replicate_lines(summary: dict) -> list[str]:
-    from tunesmith.replicates import rows
-
     replicates = summary.get("replicates")
     if not replicates:
         return []
     return _list_table(f"Over {len(replicates['seeds'])} seeds (repeats): mean, spread and each seed's score",
-                       *rows(replicates))
+                       *replicate_rows(replicates))
 
 
 def start_page(summary: dict, chart: bytes | None = None) -> str:
