@@ -351,12 +351,14 @@ def run_files():
             if step.stage.startswith("curate_")
         },
         "adapters": adapters,
-        "replicates": {
-            "path": rules.summarise_replicates.output.scores,
-            "evaluations": list(replicate_evaluations().values()),
-        }
-        if REPLICATES
-        else None,
+        "replicates": (
+            {
+                "path": rules.summarise_replicates.output.scores,
+                "evaluations": list(replicate_evaluations().values()),
+            }
+            if REPLICATES
+            else None
+        ),
     }
     # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
     return json.loads(json.dumps(files))
