@@ -25,7 +25,7 @@ include: "rules/publish.smk"
 rule all:
     default_target: True
     input:
-        rules.write_submission.output,
+        rules.current_submission.output,
         evaluation_targets(),
         rules.trace_lineage.output,
         rules.summarise_run.output,

@@ -39,11 +39,6 @@ def step(wildcards):
         raise WorkflowError(f"no stage of this recipe is stored under key {wildcards.key}") from None
 
 
-def evaluation_setting(name):
-    """A params function of the evaluation (unkeyed: the recipe's, or a sweep variant's by its name)."""
-    return lambda wildcards: PLANS[variant_name(wildcards)]["evaluate"].settings[name]
-
-
 def setting(name):
     """A params function: the setting `name` of the step whose key is in the wildcards."""
     return lambda wildcards: step(wildcards).settings[name]
@@ -291,12 +286,26 @@ def scored_by(recipe):
 # ---- end judge ----
 
 
-def submission_inputs(wildcards):
+def submission_stages(wildcards):
+    """The stages whose answers a submission job gets: the named one, or every scored one for `best`."""
     recipe = recipe_of(wildcards)
+    best = recipe["submission"]["stage"] == "best"
+    return plan.model_stages(recipe) if best else [plan.submitted_stage(recipe)]
+
+
+def submission_inputs(wildcards):
+    recipe, variant = recipe_of(wildcards), variant_name(wildcards)
+    best = recipe["submission"]["stage"] == "best"
     return {
-        "generations": generations(variant_name(wildcards), [plan.submitted_stage(recipe)]),
+        "generations": generations(variant, submission_stages(wildcards)),
         "tasks": recipe["tasks"]["path"],
+        "scores": [keyed(rules.evaluate_stages.output.scores, PLANS[variant]["evaluate"].key)] if best else [],
     }
+
+
+def keyed_result(wildcards, step_name, pattern):
+    """A keyed result (the submission, the evaluation) of the recipe or of the sweep variant in the wildcards."""
+    return keyed(pattern, PLANS[variant_name(wildcards)][step_name].key)
 
 
 def sweep_targets():
@@ -308,19 +317,16 @@ def replicate_targets():
 
 
 def replicate_evaluations():
-    """Seed -> the evaluation of the recipe trained under it (the recipe's own seed first)."""
-    own = {config["seed"]: rules.evaluate_stages.output.scores}
+    """Seed -> the keyed evaluation of the recipe trained under it (the recipe's own seed first): under their
+    keys they outlive the next recipe, so results/replicates.json names files that stay (`tunesmith compare`)."""
     return {
-        **own,
-        **{
-            seed: expand(rules.evaluate_replicate.output.scores, variant=name)[0]
-            for seed, name in zip(replicate_seeds(config)[1:], REPLICATES)
-        },
+        seed: keyed(rules.evaluate_stages.output.scores, PLANS[name]["evaluate"].key)
+        for seed, name in zip(replicate_seeds(config), ["", *REPLICATES])
     }
 
 
 def evaluation_targets():
-    return [rules.evaluate_stages.output.scores] if scored_by(config) else []
+    return [rules.current_evaluation.output.scores] if scored_by(config) else []
 
 
 def run_files():
@@ -335,10 +341,13 @@ def run_files():
         if name in steps
     }
     files = {
-        "submission": rules.write_submission.output.submission,
+        "submission": rules.current_submission.output.submission,
+        # The recipe's own (keyed) submission and its choice of stage: what submission.jsonl must copy.
+        "submitted": keyed(rules.write_submission.output.submission, steps["submit"].key),
+        "choice": keyed(rules.write_submission.output.choice, steps["submit"].key),
         "tasks": found["tasks"],
         "references": found["references"] or None,
-        "scores": rules.evaluate_stages.output.scores,
+        "scores": rules.current_evaluation.output.scores,
         "scored": scored_files(),
         "configured": scored_by(config),
         "generations": dict(zip(names, generations("", names))),
@@ -381,17 +390,13 @@ def summarise_inputs(wildcards):
 
 
 def recipe_facts():
-    """What the report's first page names of the recipe: its file and key settings; the chart's confidence."""
-    return {
-        "path": str(RECIPE_PATH),
-        "settings": summary.key_settings(config),
-        "confidence": config["judge"]["confidence"],
-        "seed": config["seed"],
-    }
+    """What the report's first page names of the recipe: its file and key settings."""
+    return {"path": str(RECIPE_PATH), "settings": summary.key_settings(config)}
 
 
 def submitted():
-    """The submitted stage and why (the summary's first line)."""
+    """The submitted stage and why (the summary's first line); for `best`, what the choice file says once the
+    submission job wrote it (tunesmith.summary.collect reads it again at job time)."""
     stage = plan.submitted_stage(config)
     return stage, summary.submission_reason(stage, config["submission"]["stage"], config["dpo"]["enabled"])
 

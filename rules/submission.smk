@@ -1,67 +1,111 @@
-# The submission waits for nothing but its own stage's answers: scores are built beside it.
+# Every recipe's submission and scores live under its key (results/submissions/<key>/,
+# results/evaluated/<key>/), so two recipes' results coexist and switching back rebuilds nothing;
+# submission.jsonl and results/eval.{json,md} are copies of the current recipe's, the sweep's
+# results/sweep/<variant>/ copies of each variant's. A named stage's submission waits for nothing but
+# that stage's answers; `submission.stage: best` waits for the evaluation (tunesmith.choice).
 rule write_submission:
     input:
         unpack(submission_inputs),
     output:
-        submission="submission.jsonl",
+        submission="results/submissions/{key}/submission.jsonl",
+        choice="results/submissions/{key}/choice.json",
     log:
-        "logs/write_submission.log",
+        "logs/write_submission/{key}.log",
+    params:
+        submission=setting("submission"),
+        dpo=setting("dpo"),
+        tasks=setting("tasks"),
+        stages=submission_stages,
+    wildcard_constraints:
+        key=KEY,
     script:
         "../scripts/write_submission.py"
-
-
-# Registered in the report only when results/eval.json scored this recipe's answers (tunesmith.summary).
-EVALUATED = summary.holds_inputs("results/eval.json", scored_files())
 
 
 rule evaluate_stages:
     input:
         unpack(evaluation_inputs),
     output:
-        scores=reported("results/eval.json", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
-        table=reported("results/eval.md", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
+        scores="results/evaluated/{key}/eval.json",
+        table="results/evaluated/{key}/eval.md",
     log:
-        "logs/evaluate_stages.log",
+        "logs/evaluate_stages/{key}.log",
     params:
         stages=stages,
-        judge=evaluation_setting("judge"),
-        seed=evaluation_setting("seed"),
+        judge=setting("judge"),
+        seed=setting("seed"),
+        evaluate=setting("evaluate"),
         preference_stages=lambda wildcards: list(preference_scores(variant_name(wildcards))),
+    wildcard_constraints:
+        key=KEY,
     script:
         "../scripts/evaluate_stages.py"
 
 
+rule current_submission:
+    input:
+        submission=lambda wildcards: keyed_result(wildcards, "submit", rules.write_submission.output.submission),
+        choice=lambda wildcards: keyed_result(wildcards, "submit", rules.write_submission.output.choice),
+    output:
+        submission="submission.jsonl",
+        choice="results/submission_choice.json",
+    log:
+        "logs/current_submission.log",
+    localrule: True
+    script:
+        "../scripts/copy_current.py"
+
+
+# Registered in the report only when results/eval.json scored this recipe's answers (tunesmith.summary).
+EVALUATED = summary.holds_inputs("results/eval.json", scored_files())
+
+
+rule current_evaluation:
+    input:
+        scores=lambda wildcards: keyed_result(wildcards, "evaluate", rules.evaluate_stages.output.scores),
+        table=lambda wildcards: keyed_result(wildcards, "evaluate", rules.evaluate_stages.output.table),
+    output:
+        scores=reported("results/eval.json", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
+        table=reported("results/eval.md", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
+    log:
+        "logs/current_evaluation.log",
+    localrule: True
+    script:
+        "../scripts/copy_current.py"
+
+
 # A sweep: every variant's submission and scores, then one leaderboard of them all.
-use rule write_submission as write_variant_submission with:
+use rule current_submission as variant_submission with:
     output:
         submission="results/sweep/{variant}/submission.jsonl",
+        choice="results/sweep/{variant}/submission_choice.json",
     log:
-        "logs/sweep/{variant}/write_submission.log",
+        "logs/sweep/{variant}/current_submission.log",
 
 
-use rule evaluate_stages as evaluate_variant with:
+use rule current_evaluation as variant_evaluation with:
     output:
         scores="results/sweep/{variant}/eval.json",
         table="results/sweep/{variant}/eval.md",
     log:
-        "logs/sweep/{variant}/evaluate_stages.log",
+        "logs/sweep/{variant}/current_evaluation.log",
 
 
-# Seed replicates (`repeats`): the recipe's scores under each further seed, then each stage's spread.
-use rule evaluate_stages as evaluate_replicate with:
-    output:
-        scores="results/replicates/{variant}/eval.json",
-        table="results/replicates/{variant}/eval.md",
-    log:
-        "logs/replicates/{variant}/evaluate_stages.log",
+# Seed replicates (`repeats`): each stage's spread over the keyed evaluations of the recipe's seeds.
+# Registered only when results/replicates.json is this recipe's (made from its seeds' evaluations).
+REPLICATED = bool(REPLICATES) and summary.holds_inputs(
+    "results/replicates.json", list(replicate_evaluations().values())
+)
 
 
 rule summarise_replicates:
     input:
         scores=list(replicate_evaluations().values()),
     output:
-        scores=reported("results/replicates.json", category="Evaluation", caption="../report/replicates.rst"),
-        table=reported("results/replicates.md", category="Evaluation", caption="../report/replicates.rst"),
+        scores=reported(
+            "results/replicates.json", REPLICATED, category="Evaluation", caption="../report/replicates.rst"
+        ),
+        table=reported("results/replicates.md", REPLICATED, category="Evaluation", caption="../report/replicates.rst"),
     log:
         "logs/summarise_replicates.log",
     params:
@@ -72,8 +116,11 @@ rule summarise_replicates:
 
 rule rank_variants:
     input:
-        scores=expand(rules.evaluate_variant.output.scores, variant=VARIANTS),
-        submissions=expand(rules.write_variant_submission.output.submission, variant=VARIANTS),
+        scores=expand(rules.variant_evaluation.output.scores, variant=VARIANTS),
+        submissions=expand(rules.variant_submission.output.submission, variant=VARIANTS),
+        choices=expand(rules.variant_submission.output.choice, variant=VARIANTS),
+        baseline=rules.current_evaluation.output.scores,
+        baseline_choice=rules.current_submission.output.choice,
     output:
         table=report("results/sweep/leaderboard.md", category="Sweep", caption="../report/leaderboard.rst"),
         scores="results/sweep/leaderboard.json",
@@ -81,7 +128,6 @@ rule rank_variants:
         "logs/rank_variants.log",
     params:
         overrides=variant_overrides(),
-        submitted={name: plan.submitted_stage(recipe) for name, recipe in VARIANTS.items()},
     script:
         "../scripts/rank_variants.py"
 
@@ -89,7 +135,7 @@ rule rank_variants:
 # For the report: the submission's chain of jobs and every manifest along it.
 rule trace_lineage:
     input:
-        submission=rules.write_submission.output.submission,
+        submission=rules.current_submission.output.submission,
     output:
         lineage=reported("results/lineage.txt", category="Manifests", caption="../report/lineage.rst"),
         manifests=reported("results/manifests.json", category="Manifests", caption="../report/manifests.rst"),

@@ -20,4 +20,6 @@ with recorded(snakemake, "evaluate"):
         judge=snakemake.params.judge,
         seed=snakemake.params.seed,
         preferences=dict(zip(snakemake.params.preference_stages, snakemake.input.preferences)),
+        confidence=snakemake.params.evaluate["confidence"],
+        bootstrap_samples=snakemake.params.evaluate["bootstrap_samples"],
     )

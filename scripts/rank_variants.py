@@ -1,4 +1,5 @@
-"""Rank a sweep's variants by the scores of the stage each submits: a leaderboard table."""
+"""Rank a sweep's variants by the scores of the stage each submits, each against the recipe's own
+submission (paired): a leaderboard table."""
 
 from tunesmith.evaluate import leaderboard
 from tunesmith.logs import log_to
@@ -9,7 +10,9 @@ with recorded(snakemake, "leaderboard"):
     leaderboard(
         scores=dict(zip(snakemake.params.overrides, snakemake.input.scores)),
         overrides=snakemake.params.overrides,
-        submitted=snakemake.params.submitted,
+        choices=dict(zip(snakemake.params.overrides, snakemake.input.choices)),
         out_path=snakemake.output.scores,
         table_path=snakemake.output.table,
+        baseline=snakemake.input.baseline,
+        baseline_choice=snakemake.input.baseline_choice,
     )

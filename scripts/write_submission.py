@@ -1,13 +1,18 @@
-"""Write submission.jsonl from the submitted stage's answers; it is validated before it lands."""
+"""Write the submission from the chosen stage's answers (the named stage, or for `best` the stage the
+evaluation's paired tests pick); it is validated before it lands, and the choice is written beside it."""
 
+from tunesmith.choice import submit
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
-from tunesmith.submission import write_submission
 
 log_to(snakemake.log[0])
 with recorded(snakemake, "submission"):
-    write_submission(
-        generations_path=snakemake.input.generations[0],
-        tasks_path=snakemake.input.tasks,
+    submit(
+        requested=snakemake.params.submission["stage"],
+        dpo_enabled=snakemake.params.dpo["enabled"],
+        generations=dict(zip(snakemake.params.stages, snakemake.input.generations)),
+        tasks_path=snakemake.params.tasks["path"],
         out_path=snakemake.output.submission,
+        choice_path=snakemake.output.choice,
+        scores_path=snakemake.input.scores[0] if snakemake.input.scores else None,
     )

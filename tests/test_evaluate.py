@@ -53,16 +53,25 @@ def test_evaluate_writes_every_stage_in_order(tmp_path):
     assert written == report
     assert list(written["stages"]) == ["base", "sft", "dpo"]
     assert list(written["per_task"]) == ["base", "sft", "dpo"]
-    assert set(written["stages"]["sft"]) == {"exact_match", "chrf", "n"}
+    assert set(written["stages"]["sft"]) == {"exact_match", "chrf", "n", "exact_match_interval", "chrf_interval"}
     assert written["stages"]["dpo"]["exact_match"] == 1.0
     assert written["stages"]["base"]["chrf"] < written["stages"]["sft"]["chrf"] < written["stages"]["dpo"]["chrf"]
     assert len(written["per_task"]["base"]) == 3
 
     lines = table.read_text(encoding="utf-8").splitlines()
     assert lines[0] == f"References: {references}, covering 3 of 3 tasks."
-    assert lines[2] == "| stage | exact match | chrF | tasks with a reference |"
-    assert [line.split("|")[1].strip() for line in lines[4:]] == ["base", "sft", "dpo"]
-    assert lines[6] == "| dpo | 100.0% | 100.0 | 3 |"
+    assert lines[2] == "| stage | exact match | 95% interval | chrF | 95% interval | tasks with a reference |"
+    assert [line.split("|")[1].strip() for line in lines[4:7]] == ["base", "sft", "dpo"]
+    # Wilson's 95% interval of 3 of 3 starts at 43.85%; chrF's bootstrap of three perfect answers is 100–100.
+    assert lines[6] == "| dpo | 100.0% | 43.9%–100.0% | 100.0 | 100.0–100.0 | 3 |"
+    assert lines[8].startswith("Each stage against the one before it")
+    assert [line.split("|")[1:3] for line in lines[12:16]] == [
+        [" base → sft ", " exact match "], [" base → sft ", " chrF "], [" sft → dpo ", " exact match "],
+        [" sft → dpo ", " chrF "]]
+    # Three tasks cannot show anything beyond noise: McNemar's smallest two-sided p with 3 discordant is 0.25.
+    assert all(line.endswith("| within noise |") for line in lines[12:16]), lines[12:16]
+    assert [(entry["a"], entry["b"]) for entry in report["comparisons"]] == [("base", "sft"), ("base", "dpo"),
+                                                                           ("sft", "dpo")]
     assert sorted(path.name for path in out.parent.iterdir()) == ["eval.json", "eval.md"]
 
 
@@ -90,10 +99,11 @@ def test_scores_per_family_and_preference_accuracy(tmp_path):
     assert (families["sentence"]["exact_match"], families["sentence"]["n"]) == (0.5, 2)
     assert families["capital"]["chrf"] == pytest.approx(100)
     assert [task["family"] for task in report["per_task"]["sft"]] == ["capital", "sentence", "sentence"]
-    assert report["preference"] == {"sft": {"pairs": 4, "accuracy": 0.75, "mean_margin": 1.5}}
+    assert report["preference"] == {"sft": {"pairs": 4, "accuracy": 0.75, "mean_margin": 1.5,
+                                            "interval": [pytest.approx(0.3006, abs=1e-4), pytest.approx(0.9544, abs=1e-4)]}}
     table = (tmp_path / "eval.md").read_text(encoding="utf-8")
     assert "| capital | 1 | 100% |" in table and "| sentence | 2 | 50% |" in table
-    assert "| sft | 4 | 75.0% | 1.50 |" in table
+    assert "| sft | 4 | 75.0% | 30.1%–95.4% | 1.50 |" in table
 
 
 def test_no_family_section_without_families(tmp_path):
@@ -204,5 +214,28 @@ def test_the_leaderboard_ranks_by_the_judge_when_there_is_one(tmp_path):
     rows = leaderboard(scores, overrides, dict.fromkeys(scores, "dpo"), tmp_path / "b.json", tmp_path / "b.md")
     assert [row["variant"] for row in rows] == ["b", "c", "a"]  # the judge first, chrF breaks the tie
     table = (tmp_path / "b.md").read_text().splitlines()
-    assert table[0] == "| rank | dpo.beta | submitted | judge mean | interval | exact match | chrF |"
-    assert table[2] == "| 1 | 0.2 | dpo | 4.50 | 4.30–4.70 | 0.0% | 10.0 |"
+    assert table[0] == "| rank | dpo.beta | submitted | judge mean | interval | exact match | interval | chrF | interval |"
+    assert table[2] == "| 1 | 0.2 | dpo | 4.50 | 4.30–4.70 | 0.0% | – | 10.0 | – |"
+
+
+def test_the_leaderboard_compares_each_variant_with_the_recipes_own_submission(tmp_path):
+    references = tmp_path / "references.jsonl"
+    write_jsonl(references, [{"task_id": i, "output": f"答え{i}"} for i in range(30)])
+
+    def evaluated(name, right):
+        generations = tmp_path / f"{name}.jsonl"
+        write_jsonl(generations, [{"task_id": i, "output": f"答え{i}" if i < right else "違う"} for i in range(30)])
+        evaluate({"dpo": generations}, references, tmp_path / f"{name}.eval.json", bootstrap_samples=200)
+        return tmp_path / f"{name}.eval.json"
+
+    baseline = evaluated("recipe", 10)
+    scores = {"close": evaluated("close", 12), "far": evaluated("far", 25)}
+    rows = leaderboard(scores, {"close": {"dpo.beta": 0.2}, "far": {"dpo.beta": 0.3}}, dict.fromkeys(scores, "dpo"),
+                       tmp_path / "b.json", tmp_path / "b.md", baseline=baseline, baseline_choice="dpo")
+    against = {row["variant"]: row["against_baseline"]["measures"]["exact match"] for row in rows}
+    assert against["close"]["verdict"] == "within noise" and against["far"]["verdict"] == "better"
+    assert against["far"]["detail"] == {"only_first": 0, "only_second": 15}
+    table = (tmp_path / "b.md").read_text().splitlines()
+    assert table[0].endswith("| exact match against the recipe (paired) |")
+    assert table[2].startswith("| 1 | 0.3 | dpo | 83.3% |") and "| better: +50.0 pts [" in table[2]
+    assert "within noise: +6.7 pts [" in table[3]

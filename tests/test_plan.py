@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 
@@ -15,8 +16,21 @@ def recipe():
 
 
 def keys(recipe):
-    """The keys of the stored artifacts (the evaluation writes fixed paths; its own test is below)."""
-    return {name: step.key for name, step in plan.steps(recipe).items() if name != "evaluate"}
+    """The keys of the stored artifacts but the evaluation and submission (their own tests are below)."""
+    return {name: step.key for name, step in plan.steps(recipe).items() if name not in ("evaluate", "submit")}
+
+
+def test_the_submission_is_keyed_on_its_stages_answers_or_on_the_evaluation_for_best(recipe):
+    before = plan.steps(recipe)
+    assert before["submit"].upstream == {"generations": before["generate_dpo"].key}
+    assert plan.folder_of(before["submit"]) == f"results/submissions/{before['submit'].key}"
+    assert plan.folder_of(before["evaluate"]) == f"results/evaluated/{before['evaluate'].key}"
+    # Another stage's answers do not touch the dpo submission; its own do.
+    assert plan.steps(edited(recipe, "evaluate.stages", ["dpo"]))["submit"].key == before["submit"].key
+    assert plan.steps(edited(recipe, "dpo.beta", 0.3))["submit"].key != before["submit"].key
+    best = plan.steps(edited(recipe, "submission.stage", "best"))
+    assert best["submit"].upstream == {"evaluation": best["evaluate"].key}
+    assert {name for name in best if name.startswith("generate_")} == {"generate_base", "generate_sft", "generate_dpo"}
 
 
 def test_the_evaluation_reads_its_own_keys_and_follows_what_it_scores(recipe):
@@ -69,7 +83,7 @@ def test_continuing_the_sft_adapter_merges_only_the_dpo_adapter(recipe):
 def test_disabled_dpo_has_no_preference_or_dpo_stage_and_submits_sft(recipe):
     recipe["dpo"]["enabled"] = False
     assert set(plan.steps(recipe)) == {"tokenizer", "base_model", "ingest_sample_sft", "curate_sft", "sft",
-                                       "generate_base", "generate_sft", "evaluate"}
+                                       "generate_base", "generate_sft", "evaluate", "submit"}
     assert plan.submitted_stage(recipe) == "sft"
 
 
@@ -261,3 +275,33 @@ def test_a_keyed_job_never_built_says_so(tmp_path, recipe):
     step = plan.steps(recipe)["sft"]
     job = Job("train_sft", [], [f"results/sft/{step.key}/adapter"], f"Missing output files: results/sft/{step.key}/adapter")
     assert causes(job, {step.key: step}, tmp_path, set()) == ["never built with any settings"]
+
+
+def test_explain_shows_only_the_keys_that_really_differ(tmp_path, recipe):
+    """The earlier build's manifest records the sections its rule got as params: curation gets `lengths`
+    instead of `sft`, the task file as an input. Those are no change; a key the earlier build lacked is said so."""
+    from tunesmith.explain import Job, causes
+
+    step = plan.steps(recipe)["curate_sft"]
+    assert {"sft", "tasks", "curate", "seed"} <= set(step.settings)
+    earlier = "results/curated/000000000000/sft.parquet"
+    (tmp_path / earlier).parent.mkdir(parents=True)
+    (tmp_path / earlier).write_text("rows")
+    settings = {name: copy.deepcopy(step.settings[name]) for name in ("sources", "curate", "seed")}
+    settings["curate"]["near_dedup"]["threshold"] = 0.8
+    del settings["curate"]["min_kept_share"]
+    (tmp_path / f"{earlier}.manifest.json").write_text(json.dumps(
+        {"stage": "curate", "outputs": {earlier: "0"}, "settings": {**settings, "lengths": {"max_length": 1}},
+         "finished": "2026-01-01T00:00:00+00:00"}))
+    output = f"results/curated/{step.key}/sft.parquet"
+    job = Job("curate_data", [], [output], f"Missing output files: {output}")
+    share = json.dumps(step.settings["curate"]["min_kept_share"])
+    assert causes(job, {step.key: step}, tmp_path, set()) == [
+        f"curate.min_kept_share: {share} (the earlier build had no such key)",
+        f"curate.near_dedup.threshold: 0.8 → {step.settings['curate']['near_dedup']['threshold']}",
+        f"(replaces {earlier} for this recipe; that one stays cached)"]
+
+
+def test_differences_of_lists_name_the_item():
+    assert differences({"sources": [{"weight": 1}, {"weight": 2}]}, {"sources": [{"weight": 1}, {"weight": 3}]}) == [
+        "sources[1].weight: 2 → 3"]

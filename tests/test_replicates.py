@@ -2,6 +2,7 @@
 each stage's spread over the seeds is reported (tunesmith.replicates)."""
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -119,7 +120,10 @@ def test_the_quick_recipe_under_two_seeds_reports_each_stages_spread(tmp_path):
     assert len(list(work.glob("results/sft/*/adapter"))) == 2
     written = json.loads((work / "results/replicates.json").read_text(encoding="utf-8"))
     assert written["seeds"] == [42, 43]
-    assert written["evaluations"] == {"42": "results/eval.json", "43": "results/replicates/seed=43/eval.json"}
+    # Each seed's evaluation under its key (the recipe's own is what results/eval.json copies).
+    assert set(written["evaluations"]) == {"42", "43"}
+    assert all(re.fullmatch(r"results/evaluated/[0-9a-f]{12}/eval.json", path) for path in written["evaluations"].values())
+    assert (work / written["evaluations"]["42"]).read_bytes() == (work / "results/eval.json").read_bytes()
     for stage in ("base", "sft", "dpo"):
         entry = written["stages"][stage]["exact_match"]
         assert set(entry["per_seed"]) == {"42", "43"} and entry["sd"] is not None

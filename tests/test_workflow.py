@@ -39,7 +39,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
-        "summarise_run": 1, "score_preferences": 2,
+        "summarise_run": 1, "score_preferences": 2, "current_submission": 1, "current_evaluation": 1,
     }
 
 
@@ -189,13 +189,14 @@ def edited_recipe(directory, old, new):
 # `snakemake submission.jsonl` builds the submitted stage's chain only; scores are a separate target.
 RERUNS = [
     ("comment only", "# The embedded default", "# The embedded, edited default", {}),
-    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
+    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
     ("generate.max_new_tokens", "max_new_tokens: 32", "max_new_tokens: 24",
-     {"generate_answers": 1, "write_submission": 1}),
+     {"generate_answers": 1, "write_submission": 1, "current_submission": 1}),
     ("curate.max_prompt_chars", "curate:\n", "curate:\n  max_prompt_chars: 1000\n",
-     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
+     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1,
+      "current_submission": 1}),
     ("sft.learning_rate", "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler",
-     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1}),
+     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
 ]
 
 
@@ -299,9 +300,14 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
 def test_every_artifact_has_a_manifest(default_run):
     from tunesmith.manifest import content_hash
 
-    submission = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
+    current = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
+    assert current["stage"] == "current"  # submission.jsonl is a copy of the recipe's keyed submission
+    assert current["outputs"]["submission.jsonl"] == content_hash(default_run / "submission.jsonl")
+    keyed = one(default_run, "results/submissions/*/submission.jsonl")
+    assert keyed.read_bytes() == (default_run / "submission.jsonl").read_bytes()
+    assert str(keyed.relative_to(default_run)) in current["inputs"]
+    submission = json.loads(keyed.with_name("submission.jsonl.manifest.json").read_text())
     assert submission["stage"] == "submission"
-    assert submission["outputs"]["submission.jsonl"] == content_hash(default_run / "submission.jsonl")
     dpo_generations = one(default_run, "results/generations/*/dpo.jsonl").relative_to(default_run)
     assert str(dpo_generations) in submission["inputs"]
     sft_adapter = one(default_run, "results/sft/*/adapter")
@@ -321,7 +327,8 @@ def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
     task_id = contaminated["task_id"]
     text = "\n".join(lineage("submission.jsonl", task_id=task_id, root=default_run))
     key = "[0-9a-f]{12}"
-    order = ["submission.jsonl  \\[submission", f"results/generations/{key}/dpo.jsonl  \\[generate_dpo",
+    order = ["submission.jsonl  \\[current", f"results/submissions/{key}/submission.jsonl  \\[submission",
+             f"results/generations/{key}/dpo.jsonl  \\[generate_dpo",
              f"results/dpo/{key}/adapter  \\[dpo", f"results/sft/{key}/adapter  \\[sft",
              f"results/curated/{key}/sft.parquet  \\[curate_sft", "data/raw/sft.jsonl  \\[source, sha256"]
     assert text.startswith("submission.jsonl") and all(re.search(step, text) for step in order), text
@@ -385,8 +392,10 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
-        "generate_answers": 8, "evaluate_stages": 1, "write_submission": 1, "trace_lineage": 1, "summarise_run": 1,
-        "evaluate_variant": 4, "write_variant_submission": 4, "rank_variants": 1, "score_preferences": 3,
+        # The recipe is one of its own variants (beta 0.1, penalty 1.0): its keyed scores and submission are that one's.
+        "generate_answers": 8, "evaluate_stages": 4, "write_submission": 4, "trace_lineage": 1, "summarise_run": 1,
+        "current_evaluation": 1, "current_submission": 1, "variant_evaluation": 4, "variant_submission": 4,
+        "rank_variants": 1, "score_preferences": 3,
     }
     assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
 
@@ -415,8 +424,8 @@ def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
                        tmp_path / "board.md")
     assert [row["variant"] for row in rows] == ["b", "c", "a"]
     table = (tmp_path / "board.md").read_text().splitlines()
-    assert table[0] == "| rank | dpo.beta | submitted | exact match | chrF |"
-    assert table[2] == "| 1 | 0.2 | dpo | 0.0% | 30.0 |"
+    assert table[0] == "| rank | dpo.beta | submitted | exact match | interval | chrF | interval |"
+    assert table[2] == "| 1 | 0.2 | dpo | 0.0% | – | 30.0 | – |"
 
 
 @pytest.mark.e2e
@@ -431,7 +440,8 @@ def test_recipes_that_differ_downstream_share_upstream_artifacts(default_run, tm
     assert len(list(work.glob("results/dpo/*/adapter"))) == 2
     assert len(list(work.glob("results/sft/*/adapter"))) == 1, "the second recipe trained SFT again"
     back = snakemake("submission.jsonl", "-n", "--directory", work, "--config", f"recipe={REPO / 'recipes/default.yaml'}")
-    assert planned_jobs(back.stdout) == {"write_submission": 1}
+    # Both recipes' submissions stay under their keys: switching back only copies the first one's again.
+    assert planned_jobs(back.stdout) == {"current_submission": 1}
 
 
 @pytest.mark.e2e
@@ -451,7 +461,7 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
     dpo = text.split("train_dpo: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
-    assert lines[-1] == "4 jobs would run."  # sft, dpo, the dpo answers, the submission
+    assert lines[-1] == "5 jobs would run."  # sft, dpo, the dpo answers, the keyed submission and its copy
 
 
 @pytest.mark.e2e
@@ -490,7 +500,8 @@ def test_changing_a_stage_script_reruns_that_stage(default_run, tmp_path):
                "--directory", str(default_run), "--config", f"recipe={REPO / 'recipes/default.yaml'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1}
+    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1,
+                                           "current_submission": 1}
 
 
 def test_continued_pretraining_plans_an_adapter_under_sft(tmp_path):

@@ -90,3 +90,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON Lines file that this package wrote (one object per line)."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def copy_files(sources: list, targets: list) -> None:
+    """Each source copied to its target (the current recipe's keyed results at their fixed paths), atomically."""
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} sources for {len(targets)} targets")
+    for source, target in zip(sources, targets):
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)

@@ -57,6 +57,21 @@ def explain_rebuild(args) -> int:
     return 0
 
 
+def compare_runs(args) -> int:
+    """Compare two finished runs (recipe files, sweep variant names or result keys): the rows each kept that the
+    other quarantined, the rows each stage trained on, score deltas with paired tests, the answers that changed."""
+    from tunesmith.compare import CompareError, compare, summary_lines
+
+    try:
+        text, facts, target = compare(args.a, args.b, recipe=args.recipe, root=args.directory, out_path=args.out)
+    except (CompareError, RecipeError, OSError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(text)
+    print("\n".join(["Verdicts (B against A):", *summary_lines(facts), f"Written to {target}."]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunesmith", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     why.add_argument("--directory", default=".", help="the workflow's working directory")
     why.add_argument("--snakefile", default="Snakefile", help="the workflow (default: ./Snakefile)")
     why.set_defaults(run=explain_rebuild)
+    versus = commands.add_parser("compare", help=compare_runs.__doc__)
+    versus.add_argument("a", help="run A: a recipe file, a sweep variant name (with --recipe) or a result key")
+    versus.add_argument("b", help="run B, the same kinds")
+    versus.add_argument("--recipe", help="the recipe whose sweep variants A and B may name")
+    versus.add_argument("--directory", default=".", help="the workflow's working directory")
+    versus.add_argument("--out", help="the page to write (default: results/compare/<A>_vs_<B>.md)")
+    versus.set_defaults(run=compare_runs)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

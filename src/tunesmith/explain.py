@@ -47,15 +47,25 @@ def planned_jobs(text: str) -> list[Job]:
     return jobs
 
 
+ABSENT = object()  # a key one side does not have at all (not a null value)
+
+
 def differences(old, new, path: str = "") -> list[str]:
-    """Dotted paths whose values differ between two JSON-like values, with both values."""
+    """The leaf keys whose values differ between two JSON-like values, as dotted paths (list items as
+    `[index]`) with both values; a key only one side has is said so, never shown as null."""
+    show = lambda value: json.dumps(value, ensure_ascii=False)  # noqa: E731
+    if old is ABSENT:
+        return [f"{path}: {show(new)} (the earlier build had no such key)"]
+    if new is ABSENT:
+        return [f"{path}: {show(old)} in the earlier build, no such key now"]
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new), key=str):
-            found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            found += differences(old.get(key, ABSENT), new.get(key, ABSENT), f"{path}.{key}" if path else str(key))
         return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for index, (a, b) in enumerate(zip(old, new)) for line in differences(a, b, f"{path}[{index}]")]
     if old != new:
-        show = lambda value: json.dumps(value, ensure_ascii=False)  # noqa: E731
         return [f"{path}: {show(old)} → {show(new)}"]
     return []
 
@@ -88,8 +98,12 @@ def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str])
             return ["never built with any settings"]
         candidate, manifest = previous
         # A step's settings are the recipe keys it reads, shaped like the recipe; its rule receives
-        # them as params by section, which is what the manifest recorded.
-        changed = differences({name: manifest["settings"].get(name) for name in step.settings}, step.settings)
+        # them as params by section, which is what the manifest recorded. A section the rule gets in
+        # another form (curation's lengths, the task file as an input) is not in the manifest under its
+        # name: it cannot be compared there, and is not a change (its files and upstream keys are).
+        recorded = manifest["settings"]
+        shared = [name for name in step.settings if name in recorded]
+        changed = differences({name: recorded[name] for name in shared}, {name: step.settings[name] for name in shared})
         consumed = [f"consumes {path}, which is rebuilt" for path in job.inputs if path in rebuilt]
         return [*changed, *consumed, f"(replaces {candidate} for this recipe; that one stays cached)"]
     found = []

@@ -171,8 +171,8 @@ def _judge(recipe: dict) -> list[str]:
 
 def _evaluation(recipe: dict) -> list[str]:
     """Scoring the compared stages: which they are, the references, and how grades are summarised."""
-    keys = ["seed", "evaluate.stages", "submission.stage", "dpo.enabled", "tasks.path", "tasks.references",
-            "judge.backend"]
+    keys = ["seed", "evaluate.stages", "evaluate.confidence", "evaluate.bootstrap_samples", "submission.stage",
+            "dpo.enabled", "tasks.path", "tasks.references", "judge.backend"]
     judge = recipe["judge"]
     if judge["backend"] != "none":
         keys += ["judge.bootstrap_samples", "judge.confidence", "judge.reference_grades",
@@ -263,12 +263,18 @@ STAGES = {
     "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
                    lambda r, stage: ({} if stage == "reference" else {"generations": f"generate_{stage}"})
                    | ({"fetch_judge": "fetch_judge"} if "judge" in fetched_models(r) else {})),
-    # Unkeyed (results/eval.json, submission.jsonl): the recipe's own scores and submission.
-    "evaluate": Stage("", lambda r, _: _evaluation(r), lambda r, _: {
+    # Keyed like every artifact, so two recipes' scores and submissions coexist; results/eval.json and
+    # submission.jsonl are copies of the current recipe's (rules/submission.smk).
+    "evaluate": Stage("evaluated", lambda r, _: _evaluation(r), lambda r, _: {
         **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
         **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
         **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {}),
         **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
+    # The submitted answers: one stage's, or with `submission.stage: best` the stage the evaluation's paired
+    # tests pick (tunesmith.choice), so then it consumes the evaluation.
+    "submit": Stage("submissions", lambda r, _: ["submission.stage", "dpo.enabled", "tasks.path"],
+                    lambda r, _: {"evaluation": "evaluate"} if r["submission"]["stage"] == "best"
+                    else {"generations": f"generate_{submitted_stage(r)}"}),
 }
 
 
@@ -352,12 +358,14 @@ def sources_of(recipe: dict, role: str) -> list[dict]:
 
 def model_stages(recipe: dict) -> list[str]:
     """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
-    build order (dpo only when DPO is enabled)."""
+    build order (dpo only when DPO is enabled); every stage when the submission picks the best."""
     wanted = {*recipe["evaluate"]["stages"], submitted_stage(recipe)}
+    wanted = set(MODEL_STAGES) if "best" in wanted else wanted
     return [stage for stage in MODEL_STAGES if stage in wanted and (stage != "dpo" or recipe["dpo"]["enabled"])]
 
 
 def submitted_stage(recipe: dict) -> str:
+    """The stage submission.stage names (`best`: chosen after evaluation, tunesmith.choice)."""
     stage = recipe["submission"]["stage"]
     return "sft" if stage == "dpo" and not recipe["dpo"]["enabled"] else stage
 
@@ -403,6 +411,7 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
         found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]
         found += [("judge_reference", "judge", "reference")] if recipe["judge"]["reference_grades"] else []
     found.append(("evaluate", "evaluate", None))
+    found.append(("submit", "submit", None))
     return found
 
 

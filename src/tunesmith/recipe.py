@@ -126,6 +126,10 @@ def _cross_key_problems(recipe: dict) -> list[str]:
     build = recipe["base_model"]["build"]
     if build["hidden_size"] % build["num_attention_heads"]:
         problems.append("base_model.build.num_attention_heads: must divide base_model.build.hidden_size")
+    if (recipe["submission"]["stage"] == "best" and not recipe["tasks"]["references"]
+            and recipe["judge"]["backend"] == "none"):
+        problems.append("submission.stage: best picks the stage that scores highest, which needs a judge "
+                        "(judge.backend) or tasks.references")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("template.prompt: a plain template needs an {input} placeholder")
     if recipe["repeats"] > 1 and not recipe["tasks"]["references"] and recipe["judge"]["backend"] == "none":

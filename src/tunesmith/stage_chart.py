@@ -1,7 +1,7 @@
-"""The report's stage comparison chart: each scored stage's exact match with its bootstrap interval over
-the tasks, and the judge's mean grade with its interval when a judge graded; with seed replicates
-(`repeats`), every seed's figure as a dot beside the bar, so task sampling and training noise are both
-in sight. A PNG for the report's first page."""
+"""The report's stage comparison chart: each scored stage's exact match with its interval over the tasks
+(Wilson's, as eval.json gives it: tunesmith.significance), and the judge's mean grade with its bootstrap
+interval when a judge graded; with seed replicates (`repeats`), every seed's figure as a dot beside the
+bar, so task sampling and training noise are both in sight. A PNG for the report's first page."""
 
 from __future__ import annotations
 
@@ -12,44 +12,31 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tunesmith.judge_stats import bootstrap_interval  # noqa: E402
 
-BOOTSTRAP_SAMPLES = 2000
-
-
-def exact_intervals(per_task: dict[str, list[dict]], confidence: float, seed: int) -> dict[str, list[float]]:
-    """Stage -> the bootstrap interval of its exact-match rate, the tasks resampled (eval.json's per_task rows)."""
-    found = {}
-    for stage, rows in per_task.items():
-        exact = [float(row["exact"]) for row in rows if "exact" in row]
-        if exact:
-            found[stage] = bootstrap_interval(exact, BOOTSTRAP_SAMPLES, confidence, seed)
-    return found
-
-
-def panels(stages: dict, intervals: dict[str, list[float]], replicates: dict | None) -> list[dict]:
+def panels(stages: dict, replicates: dict | None) -> list[dict]:
     """What each panel plots: a label, a value and interval per stage, the seeds' values per stage."""
     seeds = (replicates or {}).get("stages", {})
     found = []
     exact = {stage: result["exact_match"] for stage, result in stages.items() if result.get("exact_match") is not None}
     if exact:
-        found.append({"title": "exact match (%)", "scale": 100, "values": exact, "intervals": intervals,
+        found.append({"title": "exact match (%)", "scale": 100, "values": exact,
+                      "intervals": {stage: stages[stage].get("exact_match_interval") for stage in exact},
                       "seeds": {stage: list(seeds.get(stage, {}).get("exact_match", {}).get("per_seed", {}).values())
                                 for stage in exact}})
     judged = {stage: result["judge"]["mean"] for stage, result in stages.items()
               if (result.get("judge") or {}).get("mean") is not None}
     if judged:
         found.append({"title": "judge mean grade (1–5)", "scale": 1, "values": judged,
-                      "intervals": {stage: stages[stage]["judge"]["interval"] for stage in judged},
+                      "intervals": {stage: stages[stage]["judge"].get("interval") for stage in judged},
                       "seeds": {stage: list(seeds.get(stage, {}).get("judge_mean", {}).get("per_seed", {}).values())
                                 for stage in judged}})
     return found
 
 
-def stage_chart(stages: dict, per_task: dict, confidence: float, seed: int, submitted: str,
-                replicates: dict | None = None) -> bytes | None:
-    """The chart as PNG bytes; None when no stage has a score to draw."""
-    drawn = panels(stages, exact_intervals(per_task, confidence, seed), replicates)
+def stage_chart(stages: dict, confidence: float, submitted: str, replicates: dict | None = None) -> bytes | None:
+    """The chart as PNG bytes (eval.json's stages and their intervals at `confidence`); None when no stage
+    has a score to draw."""
+    drawn = panels(stages, replicates)
     if not drawn:
         return None
     figure, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.0), squeeze=False)
@@ -75,7 +62,7 @@ def stage_chart(stages: dict, per_task: dict, confidence: float, seed: int, subm
         axis.grid(axis="y", alpha=0.3)
         if any(len(seeds) > 1 for seeds in panel["seeds"].values()):
             axis.legend(fontsize=8, loc="upper left")
-    figure.suptitle(f"Bars: this run; whiskers: {confidence:.0%} bootstrap interval over tasks", fontsize=9)
+    figure.suptitle(f"Bars: this run; whiskers: {confidence:.0%} interval over the tasks", fontsize=9)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

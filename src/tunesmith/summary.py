@@ -20,8 +20,9 @@ from pathlib import Path
 from tunesmith.answers import answers_page, reference_answers
 from tunesmith.pages import write_pages
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.evaluate import family_scores, score
+from tunesmith.evaluate import comparison, family_scores, score, score_intervals
 from tunesmith.replicates import rows as replicate_rows
+from tunesmith.significance import BETTER, describe
 from tunesmith.stage_chart import stage_chart
 from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
@@ -87,12 +88,19 @@ def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) ->
     """Every fact the summary shows. `files` (built by rules/common.smk for the recipe): submission,
     tasks, references, scores (results/eval.json), scored (the files eval.json must name to be this
     recipe's), configured (what scores the recipe, in words, or None), and stage → path maps
-    generations, judged, adapters, role → path cards; optionally replicates (results/replicates.json)
-    and the evaluations it must name. `recipe`: {"path", "settings" (key_settings), "confidence", "seed"}."""
+    generations, judged, adapters, role → path cards; submitted and choice: the recipe's keyed submission
+    and the choice of stage written beside it, which for `submission.stage: best` names the stage and why;
+    optionally replicates (results/replicates.json) and the evaluations it must name.
+    `recipe`: {"path", "settings" (key_settings)}."""
+    choice = Path(files["choice"]) if files.get("choice") else None
+    steps = []
+    if choice is not None and choice.is_file():
+        chosen = json.loads(choice.read_text(encoding="utf-8"))
+        stage, reason, steps = chosen["stage"], chosen["reason"], chosen.get("steps", [])
     return {
         "recipe": recipe,
         "replicates": _replicates(files),
-        "submission": _submission(files, stage, reason),
+        "submission": {**_submission(files, stage, reason), "steps": steps},
         "scores": _scores(files),
         "data": {role: _card(path) for role, path in files["cards"].items()},
         "training": {name: _trained(path) for name, path in files["adapters"].items()},
@@ -108,7 +116,8 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         manifest = path.with_name(path.name + ".manifest.json")  # which answers it was written from
         if manifest.is_file():
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
-            found["other_recipe"] = os.fspath(files["generations"][stage]) not in made_from
+            copied = files.get("submitted") or files["generations"].get(stage)
+            found["other_recipe"] = os.fspath(copied) not in made_from
             found["commit"] = json.loads(manifest.read_text(encoding="utf-8")).get("git_commit")
     return found
 
@@ -130,7 +139,8 @@ def _scores(files: dict) -> dict:
         report = json.loads(Path(files["scores"]).read_text(encoding="utf-8"))
         return {"stages": report["stages"], "from": target, "configured": configured, "note": None,
                 "judge": report.get("judge"), "per_task": report.get("per_task", {}),
-                "preference": report.get("preference") or {}}
+                "preference": report.get("preference") or {}, "comparisons": report.get("comparisons", []),
+                "confidence": report.get("confidence", 0.95)}
     stale = Path(files["scores"]).is_file()
     note = (f"{target} holds the scores of another recipe or of older answers, not shown; " if stale
             else "No scores yet: ") + f"`snakemake {target}` scores this recipe's answers ({configured})."
@@ -142,6 +152,7 @@ def _scores(files: dict) -> dict:
             if Path(path).is_file():
                 outputs = read_generations(path)
                 stages[stage] = {key: value for key, value in score(outputs, references).items() if key != "per_task"}
+                stages[stage].update(score_intervals(outputs, references, 0.95, 1000, 0))
                 if families:
                     stages[stage]["families"] = family_scores(outputs, references, families)
     return {"stages": stages, "from": "answers" if stages else None, "configured": configured, "note": note}
@@ -177,15 +188,20 @@ def measure(result: dict) -> tuple[str, float] | None:
     return None
 
 
-def better_stages(summary: dict) -> list[str]:
-    """Stages that score above the submitted one on its own measure."""
+def better_stages(summary: dict) -> list[tuple[str, dict]]:
+    """Stages that score above the submitted one on its own measure beyond noise: the evaluation's paired
+    test of the two says better (tunesmith.significance), never a tie-break. (stage, the test's result)."""
     stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
     if submitted not in stages or measure(stages[submitted]) is None:
         return []
-    name, value = measure(stages[submitted])
-    ranked = lambda result: (measure(result)[1], result.get("chrf", 0.0))  # noqa: E731
-    return [stage for stage, result in stages.items() if stage != submitted and measure(result)
-            and measure(result)[0] == name and ranked(result) > ranked(stages[submitted])]
+    name = {"judge mean": "judge grade"}.get(measure(stages[submitted])[0], measure(stages[submitted])[0])
+    report = {"comparisons": summary["scores"].get("comparisons", [])}
+    found = []
+    for stage in stages:
+        result = comparison(report, submitted, stage).get(name) if stage != submitted else None
+        if result is not None and result["verdict"] == BETTER:
+            found.append((stage, result))
+    return found
 
 
 def _percent(value) -> str:
@@ -204,9 +220,11 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     for stage, result in stages.items():
         row = [stage + (" (submitted)" if stage == summary["submission"]["stage"] else "")]
         if referenced:
-            row += [_percent(result.get("exact_match")), "–" if "chrf" not in result else f"{result['chrf']:.1f}"]
+            row += [_with_interval(_percent(result.get("exact_match")), result.get("exact_match_interval"), True),
+                    _with_interval("–" if "chrf" not in result else f"{result['chrf']:.1f}", result.get("chrf_interval"))]
         if preference:
-            row += [_percent(preference.get(stage, {}).get("accuracy"))]
+            found = preference.get(stage, {})
+            row += [_with_interval(_percent(found.get("accuracy")), found.get("interval"), True)]
         if judged:
             grades = result.get("judge") or {}
             interval = grades.get("interval")
@@ -216,19 +234,28 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _with_interval(value: str, interval, percent: bool = False) -> str:
+    """A score with its interval: `65.0% (55.3–73.8%)`, `41.2 (38.0–44.5)`."""
+    if not interval or value == "–":
+        return value
+    if percent:
+        return f"{value} ({interval[0] * 100:.1f}–{interval[1] * 100:.1f}%)"
+    return f"{value} ({interval[0]:.1f}–{interval[1]:.1f})"
+
+
 def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
-    """The note that another stage scores above the submitted one; `plain` and `code` mark up its text and
-    the setting to change (the terminal's backticks, the report's reStructuredText)."""
+    """The note that another stage scores above the submitted one beyond noise (the paired test's figures);
+    `plain` and `code` mark up its text and the setting to change (the terminal's backticks, the report's
+    reStructuredText)."""
     better = better_stages(summary)
     if not better:
         return None
-    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
-    name, value = measure(stages[submitted])
-    shown = (lambda v: f"{v:.2f}") if name == "judge mean" else _percent
-    others = ", ".join(f"{stage} {shown(measure(stages[stage])[1])}" for stage in better)
-    return (plain(f"{' and '.join(better)} {'scores' if len(better) == 1 else 'score'} above the submitted "
-                  f"{submitted} on {name} ({others} against {shown(value)}); ")
-            + code(f"submission.stage: {better[0]}") + plain(" would submit it."))
+    submitted = summary["submission"]["stage"]
+    tests = "; ".join(f"{submitted} → {stage}: {describe(result)}" for stage, result in better)
+    names = [stage for stage, _ in better]
+    return (plain(f"{' and '.join(names)} {'scores' if len(names) == 1 else 'score'} above the submitted "
+                  f"{submitted} beyond noise ({tests}); ")
+            + code(f"submission.stage: {names[0]}") + plain(" would submit it."))
 
 
 def family_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
@@ -298,9 +325,11 @@ def terminal(summary: dict, summary_current: bool) -> str:
     else:
         lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
                  f"({submission['reason']})."]
+        lines += [f"  {step}" for step in submission.get("steps", [])]  # submission.stage: best's tests
     if scores["stages"]:
         where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
-        lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary))]
+        lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary)),
+                  f"(In brackets: {scores.get('confidence', 0.95):.0%} intervals over the tasks.)"]
         note = comparison_note(summary)
         lines += [f"  Note: {note}"] if note else []
         families = family_rows(summary)
@@ -358,7 +387,9 @@ def start_page(summary: dict, chart: bytes | None = None) -> str:
     submission, scores = summary["submission"], summary["scores"]
     lines = ["Results", "=======", "",
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
-             f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", "", *_recipe_lines(summary)]
+             f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
+    lines += [f"- {_rst_text(step)}" for step in submission.get("steps", [])] + ([""] if submission.get("steps") else [])
+    lines += _recipe_lines(summary)
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
         if chart:
@@ -389,12 +420,12 @@ def start_page(summary: dict, chart: bytes | None = None) -> str:
 
 # ---- entry points ----
 def chart_of(summary: dict) -> bytes | None:
-    """The stage comparison chart of the summary's scores (intervals at the recipe's judge.confidence)."""
-    scores, recipe = summary["scores"], summary.get("recipe") or {}
+    """The stage comparison chart of the summary's scores and their intervals (eval.json's)."""
+    scores = summary["scores"]
     if not scores["stages"]:
         return None
-    return stage_chart(scores["stages"], scores.get("per_task", {}), recipe.get("confidence", 0.95),
-                       recipe.get("seed", 0), summary["submission"]["stage"], summary.get("replicates"))
+    return stage_chart(scores["stages"], scores.get("confidence", 0.95), summary["submission"]["stage"],
+                       summary.get("replicates"))
 
 
 def write_summary(files: dict, stage: str, reason: str, summary_path, start_page_path, answers_path,

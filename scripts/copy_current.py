@@ -1,0 +1,10 @@
+"""The current recipe's (or sweep variant's) keyed result at its fixed path: submission.jsonl,
+results/eval.json and eval.md are copies, so every recipe's own results stay under its key."""
+
+from tunesmith.atomic import copy_files
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "current"):
+    copy_files(sources=list(snakemake.input), targets=list(snakemake.output))

@@ -1,0 +1,86 @@
+"""Which stage's answers are submitted, and why: the stage `submission.stage` names, or with `best` the stage
+the evaluation's paired tests pick (tunesmith.significance).
+
+`best` ranks the scored stages by the judge's mean grade (exact match against the references when there
+is no judge) and takes the highest, but only when its paired test finds it better than the stage before it
+(build order base → sft → dpo) beyond noise; otherwise it falls back to that earlier stage, which must in
+turn beat the one before it, down to the base. A later stage has to earn its place: training that moves
+the score within the noise of the stage it started from is not submitted over it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tunesmith.atomic import write_json
+from tunesmith.evaluate import comparison
+from tunesmith.significance import BETTER, describe
+from tunesmith.submission import write_submission
+from tunesmith.summary import submission_reason
+
+
+def _ranked_by(report: dict) -> tuple[str, str]:
+    """(measure name in comparisons, the stage result's key) the best stage is picked by."""
+    if any((result.get("judge") or {}).get("mean") is not None for result in report["stages"].values()):
+        return "judge grade", "judge"
+    return "exact match", "exact_match"
+
+
+def _value(result: dict, key: str) -> float:
+    value = result.get(key)
+    if key == "judge":
+        value = (value or {}).get("mean")
+    return float("-inf") if value is None else value
+
+
+def best_stage(report: dict) -> dict:
+    """The stage `submission.stage: best` submits, from an evaluation report (tunesmith.evaluate):
+    {"stage", "reason", "tests": the paired results behind the choice, "measure"}."""
+    measure, key = _ranked_by(report)
+    order = list(report["stages"])
+    top = max(order, key=lambda stage: (_value(report["stages"][stage], key), -order.index(stage)))
+    candidate, tests, steps = top, [], []
+    while order.index(candidate) > 0:
+        before = order[order.index(candidate) - 1]
+        result = comparison(report, before, candidate).get(measure)
+        if result is None:
+            raise ValueError(f"the evaluation has no paired {measure} comparison of {before} and {candidate}")
+        tests.append({**result, "from": before, "to": candidate})
+        if result["verdict"] == BETTER:
+            steps.append(f"{candidate} beats {before}: {describe(result)}")
+            break
+        steps.append(f"{candidate} is not better than {before}: {describe(result)}")
+        candidate = before
+    lead = f"submission.stage is best: {top} scores highest on {measure}"
+    if candidate == top and not tests:
+        reason = f"{lead}, and there is no stage before it"
+    elif candidate == top:
+        reason = f"{lead} and beats {tests[-1]['from']} beyond noise"
+    else:
+        reason = f"{lead}, but {candidate} is submitted: {top} is not better than the stage before it beyond noise"
+    return {"stage": candidate, "reason": reason, "measure": measure, "steps": steps, "tests": tests}
+
+
+def choose(requested: str, dpo_enabled: bool, scores_path: str | os.PathLike | None = None) -> dict:
+    """The submitted stage and why; `scores_path` (the evaluation's eval.json) only for `best`."""
+    if requested != "best":
+        stage = "sft" if requested == "dpo" and not dpo_enabled else requested
+        return {"stage": stage, "reason": submission_reason(stage, requested, dpo_enabled), "steps": [], "tests": []}
+    if scores_path is None:
+        raise ValueError("submission.stage: best needs the evaluation's scores")
+    return best_stage(json.loads(Path(scores_path).read_text(encoding="utf-8")))
+
+
+def submit(requested: str, dpo_enabled: bool, generations: dict[str, str | os.PathLike],
+           tasks_path: str | os.PathLike, out_path: str | os.PathLike, choice_path: str | os.PathLike,
+           scores_path: str | os.PathLike | None = None) -> dict:
+    """Write the chosen stage's answers as the submission (validated) and the choice beside it."""
+    chosen = choose(requested, dpo_enabled, scores_path)
+    if chosen["stage"] not in generations:
+        raise ValueError(f"submission.stage: {chosen['stage']} was chosen, but its answers are not among "
+                         f"{', '.join(generations)}")
+    write_submission(generations_path=generations[chosen["stage"]], tasks_path=tasks_path, out_path=out_path)
+    write_json(choice_path, {**chosen, "generations": os.fspath(generations[chosen["stage"]])})
+    return chosen

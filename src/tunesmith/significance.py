@@ -1,0 +1,197 @@
+"""Is a difference between two sets of answers to the same tasks more than noise? The paired statistics
+every score comparison uses (stages of one run, two runs in `tunesmith compare`, sweep variants against
+their baseline, `submission.stage: best`), and the intervals shown beside single scores.
+
+Both sides answer the same tasks, so each comparison pairs them task by task:
+- the difference's interval is a paired bootstrap: the tasks resampled with replacement, the same
+  draw for both sides, the statistic recomputed on each side and differenced;
+- the test fits the measure: exact match and preference accuracy (right or wrong per item) get
+  McNemar's exact test (a two-sided binomial test on the items only one side gets right); judge grades
+  and chrF get Wilcoxon's signed-rank test (ties dropped; for chrF on each task's own chrF, while the
+  interval is corpus chrF's paired bootstrap);
+- the verdict is `better` or `worse` when the test's p-value is below 1 − confidence, else
+  `within noise`.
+Single scores get an interval too: Wilson's for a share (exact match, preference accuracy), a
+percentile bootstrap over tasks for a mean grade or corpus chrF. Tests check these against scipy and
+hand-computed fixtures (tests/test_significance.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sacrebleu.metrics import CHRF
+from scipy import stats
+
+BETTER, WORSE, NOISE = "better", "worse", "within noise"
+
+
+def verdict(difference: float, p_value: float | None, confidence: float) -> str:
+    """`better` / `worse` (B against A) when the test rejects "no difference" at `confidence`, else `within noise`."""
+    if p_value is None or p_value >= 1 - confidence or difference == 0:
+        return NOISE
+    return BETTER if difference > 0 else WORSE
+
+
+# ---- single scores ----
+def share_interval(successes: int, n: int, confidence: float) -> list[float] | None:
+    """Wilson score interval of a share (exact match, preference accuracy); None without items."""
+    if n == 0:
+        return None
+    found = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(found.low), float(found.high)]
+
+
+def _draws(n: int, samples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def mean_interval(values, confidence: float, samples: int, seed: int) -> list[float] | None:
+    """Percentile bootstrap interval of a mean (judge grades) over the tasks."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return None
+    return _percentiles(data[_draws(len(data), samples, seed)].mean(axis=1), confidence)
+
+
+def chrf_statistics(outputs: list[str], references: list[str]) -> np.ndarray:
+    """Each task's chrF sufficient statistics (character and word n-gram matches and counts): corpus chrF
+    of any resample of the tasks is computed from the sum of its rows, as sacrebleu's own bootstrap does."""
+    return np.asarray(CHRF()._extract_corpus_statistics(list(outputs), [list(references)]), dtype=float)
+
+
+def _chrf_of(metric: CHRF, rows: np.ndarray) -> float:
+    return float(metric._compute_score_from_stats(list(rows.sum(axis=0))).score)
+
+
+def _corpus_chrf_draws(statistics: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    metric = CHRF()
+    return np.array([_chrf_of(metric, statistics[draw]) for draw in draws])
+
+
+def chrf_interval(outputs: list[str], references: list[str], confidence: float, samples: int,
+                  seed: int) -> list[float] | None:
+    """Percentile bootstrap interval of corpus chrF over the tasks."""
+    if not references:
+        return None
+    statistics = chrf_statistics(outputs, references)
+    return _percentiles(_corpus_chrf_draws(statistics, _draws(len(references), samples, seed)), confidence)
+
+
+# ---- paired tests ----
+def mcnemar(first: list[bool], second: list[bool]) -> dict:
+    """McNemar's exact test: of the items exactly one side gets right, is each side's share 1/2?
+    `only_first` / `only_second`: the discordant counts; p-value two-sided (1 when none differ)."""
+    only_first = sum(1 for a, b in zip(first, second) if a and not b)
+    only_second = sum(1 for a, b in zip(first, second) if b and not a)
+    discordant = only_first + only_second
+    p_value = 1.0 if discordant == 0 else float(stats.binomtest(only_second, discordant, 0.5).pvalue)
+    return {"only_first": only_first, "only_second": only_second, "p_value": p_value}
+
+
+def wilcoxon(first, second) -> dict:
+    """Wilcoxon's signed-rank test on paired values (zero differences dropped, exact distribution for small
+    samples where scipy chooses it); p-value 1 when every pair is tied."""
+    differences = np.asarray(second, dtype=float) - np.asarray(first, dtype=float)
+    nonzero = differences[differences != 0]
+    if nonzero.size == 0:
+        return {"nonzero": 0, "p_value": 1.0}
+    result = stats.wilcoxon(nonzero, zero_method="wilcox")
+    return {"nonzero": int(nonzero.size), "p_value": float(result.pvalue)}
+
+
+def sign_test(first, second) -> dict:
+    """The sign test: of the pairs that differ, is each direction's share 1/2?"""
+    up = sum(1 for a, b in zip(first, second) if b > a)
+    down = sum(1 for a, b in zip(first, second) if b < a)
+    p_value = 1.0 if up + down == 0 else float(stats.binomtest(up, up + down, 0.5).pvalue)
+    return {"up": up, "down": down, "p_value": p_value}
+
+
+def paired_interval(first, second, confidence: float, samples: int, seed: int) -> list[float] | None:
+    """Paired bootstrap interval of mean(second) − mean(first): one draw of tasks for both sides."""
+    differences = np.asarray(second, dtype=float) - np.asarray(first, dtype=float)
+    if differences.size == 0:
+        return None
+    return _percentiles(differences[_draws(len(differences), samples, seed)].mean(axis=1), confidence)
+
+
+def _result(measure: str, test: str, first: float, second: float, n: int, interval, found: dict,
+            confidence: float) -> dict:
+    difference = second - first
+    return {"measure": measure, "n": n, "a": first, "b": second, "difference": difference, "interval": interval,
+            "test": test, "p_value": found["p_value"], "confidence": confidence,
+            "verdict": verdict(difference, found["p_value"], confidence),
+            "detail": {key: value for key, value in found.items() if key != "p_value"}}
+
+
+def compare_binary(first: list[bool], second: list[bool], confidence: float, samples: int, seed: int,
+                   measure: str = "exact match") -> dict:
+    """Two sides' right/wrong per item (same items, same order): shares, the paired bootstrap interval of
+    the difference (B − A), McNemar's exact test and the verdict."""
+    _same_length(first, second)
+    n = len(first)
+    first_share = sum(map(bool, first)) / n if n else 0.0
+    second_share = sum(map(bool, second)) / n if n else 0.0
+    interval = paired_interval([float(bool(a)) for a in first], [float(bool(b)) for b in second],
+                               confidence, samples, seed)
+    return _result(measure, "McNemar exact", first_share, second_share, n, interval, mcnemar(first, second),
+                   confidence)
+
+
+def compare_grades(first, second, confidence: float, samples: int, seed: int, measure: str = "judge grade",
+                   test: str = "wilcoxon") -> dict:
+    """Two sides' grades per task: means, the paired bootstrap interval of the difference, and the
+    Wilcoxon signed-rank test (`test="sign"`: the sign test)."""
+    _same_length(first, second)
+    n = len(first)
+    found = wilcoxon(first, second) if test == "wilcoxon" else sign_test(first, second)
+    return _result(measure, "Wilcoxon signed-rank" if test == "wilcoxon" else "sign test",
+                   float(np.mean(first)) if n else 0.0, float(np.mean(second)) if n else 0.0, n,
+                   paired_interval(first, second, confidence, samples, seed), found, confidence)
+
+
+def compare_chrf(first_outputs: list[str], second_outputs: list[str], references: list[str], confidence: float,
+                 samples: int, seed: int) -> dict:
+    """Corpus chrF of two sides' answers to the same tasks: the paired bootstrap interval of the difference,
+    and Wilcoxon's signed-rank test on the tasks' own chrF."""
+    _same_length(first_outputs, second_outputs)
+    _same_length(first_outputs, references)
+    metric = CHRF()
+    first, second = chrf_statistics(first_outputs, references), chrf_statistics(second_outputs, references)
+    first_score, second_score = _chrf_of(metric, first), _chrf_of(metric, second)
+    n = len(references)
+    if n == 0:
+        return _result("chrF", "paired bootstrap", 0.0, 0.0, 0, None, {"p_value": 1.0}, confidence)
+    draws = _draws(n, samples, seed)
+    differences = _corpus_chrf_draws(second, draws) - _corpus_chrf_draws(first, draws)
+    # The test: Wilcoxon on each task's own chrF. (The bootstrap's own p-value cannot see noise when a
+    # handful of tasks all move one way: three of three gives p = 0, the signed-rank test 0.25.)
+    found = wilcoxon([_chrf_of(metric, row[None, :]) for row in first], [_chrf_of(metric, row[None, :]) for row in second])
+    return _result("chrF", "Wilcoxon signed-rank", first_score, second_score, n,
+                   _percentiles(differences, confidence), found, confidence)
+
+
+def _same_length(first, second) -> None:
+    if len(first) != len(second):
+        raise ValueError(f"paired values need the same items on both sides: {len(first)} against {len(second)}")
+
+
+# ---- wording ----
+def describe(result: dict, percent: bool | None = None) -> str:
+    """One line: `exact match 40.0% → 55.0% (+15.0 points, 95% interval +3.0 to +27.0; McNemar exact
+    p=0.021): better`."""
+    percent = result["measure"] in ("exact match", "preference accuracy") if percent is None else percent
+    scale, unit, form = (100, " points", ".1f") if percent else (1, "", ".2f")
+    value = (lambda v: f"{v * 100:.1f}%") if percent else (lambda v: format(v, form))
+    interval = result["interval"]
+    shown = "" if interval is None else (f", {result['confidence']:.0%} interval {interval[0] * scale:+{form}} to "
+                                         f"{interval[1] * scale:+{form}}")
+    return (f"{result['measure']} {value(result['a'])} → {value(result['b'])} "
+            f"({result['difference'] * scale:+{form}}{unit}{shown}; {result['test']} p={result['p_value']:.3g}): "
+            f"{result['verdict']}")
