@@ -51,8 +51,9 @@ def test_the_report_builds_right_after_the_readme_command_with_the_results_first
     assert "Submitted:" in first_page and "<strong>dpo</strong>" in first_page
     table = first_page.split("Scores (references")[1].split("</table>")[0]
     for stage, result in scores.items():
-        assert f"<td>{stage}" in table and f"<td>{result['exact_match']:.1%}</td>" in table, stage
-        assert f"<td>{result['chrf']:.1f}</td>" in table
+        # Each score with its interval in brackets (tunesmith.significance).
+        assert f"<td>{stage}" in table and f"<td>{result['exact_match']:.1%} (" in table, stage
+        assert f"<td>{result['chrf']:.1f} (" in table
     card = json.loads(next(default_run.glob("results/curated/*/sft.card.json")).read_text(encoding="utf-8"))
     sources = first_page.split("Data: records per source")[1].split("</table>")[0]
     for name, entry in card["sources"].items():
