@@ -1,7 +1,7 @@
 """Rank a sweep's variants by the scores of the stage each submits, each against the recipe's own
 submission (paired): a leaderboard table."""
 
-from tunesmith.evaluate import leaderboard
+from tunesmith.leaderboard import leaderboard
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 

@@ -56,6 +56,12 @@ def test_best_takes_the_top_stage_when_it_beats_the_one_before(tmp_path):
     # Every stage within noise of the one before: the base.
     run = evaluated(tmp_path / "flat", {"base": {0}, "sft": {0, 1}, "dpo": {0, 1, 2}})
     assert choose("best", True, run["scores"])["stage"] == "base"
+    # A tie goes to the earliest stage, and the reason says so.
+    run = evaluated(tmp_path / "tied", {"base": set(), "sft": set(), "dpo": set()})
+    chosen = choose("best", True, run["scores"])
+    assert chosen["stage"] == "base" and chosen["reason"] == (
+        "submission.stage is best: base scores highest on exact match (tied with sft, dpo: the earliest stage is "
+        "taken), and there is no stage before it")
 
 
 def test_best_ranks_by_the_judge_when_there_is_one(tmp_path):

@@ -2,7 +2,6 @@
 (e2e) two quick-recipe runs that differ in one curation key."""
 
 import json
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -156,5 +155,27 @@ def test_two_recipes_one_curation_key_apart(tmp_path):
                           str(work), "--config", f"recipe={first}", "--cores", "1"], capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     rules = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
-    assert rules <= {"current_submission", "current_evaluation", "summarise_run", "trace_lineage"}, rules
-    shutil.rmtree(work / "results" / "compare")
+    assert rules - {"all"} <= {"current_submission", "current_evaluation", "summarise_run", "trace_lineage"}, rules
+
+
+def test_sides_are_named_by_recipe_file_sweep_variant_or_result_key(tmp_path):
+    from tunesmith import plan
+    from tunesmith.compare import CompareError, resolve
+    from tunesmith.recipe import load_recipe, variants
+
+    sweep = REPO / "recipes/sweep.yaml"
+    name = next(iter(variants(load_recipe(sweep, check_files=False))))
+    side = resolve(name, sweep, tmp_path)
+    steps = plan.steps(variants(load_recipe(sweep, check_files=False))[name])
+    assert side.evaluation == tmp_path / plan.folder_of(steps["evaluate"]) / "eval.json"
+    assert side.curated["sft"][1] == tmp_path / plan.folder_of(steps["curate_sft"]) / "sft.quarantine.parquet"
+    assert side.adapters["dpo"] == tmp_path / plan.folder_of(steps["dpo"]) / "adapter"
+    recipe = resolve(str(REPO / "recipes/default.yaml"), None, tmp_path)
+    assert recipe.evaluation.parent.name == plan.steps(load_recipe(REPO / "recipes/default.yaml"))["evaluate"].key
+    with pytest.raises(CompareError, match=r"dpo.beta=9: not a recipe file, a result key or a sweep variant .*"
+                                           r"its variants: dpo.beta=0.1,generate.repetition_penalty=1.0"):
+        resolve("dpo.beta=9", sweep, tmp_path)
+    with pytest.raises(CompareError, match="needs --recipe"):
+        resolve("dpo.beta=9", None, tmp_path)
+    with pytest.raises(CompareError, match="0123456789ab: no results/evaluated/0123456789ab/eval.json"):
+        resolve("0123456789ab", None, tmp_path)

@@ -118,7 +118,8 @@ def test_no_family_section_without_families(tmp_path):
 # ---- the judge's scores ---------------------------------------------------------------------------
 
 from conftest import REPO  # noqa: E402
-from tunesmith.evaluate import judge_score, leaderboard  # noqa: E402
+from tunesmith.evaluate import judge_score  # noqa: E402
+from tunesmith.leaderboard import leaderboard  # noqa: E402
 from tunesmith.judge_stats import agreement, bootstrap_interval, quadratic_weighted_kappa, spearman  # noqa: E402
 from tunesmith.recipe import load_recipe  # noqa: E402
 

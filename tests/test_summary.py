@@ -9,7 +9,7 @@ import pytest
 
 from tunesmith.answers import answers_page
 from tunesmith import significance
-from tunesmith.evaluate import compare_answers
+from tunesmith.paired import compare_answers
 from tunesmith.summary import collect, end_of_run, start_page, submission_reason, summary_inputs, terminal, write_summary
 
 TASKS = [(0, "「かぜ」を2回繰り返してください。", "repetition", "かぜかぜ"),
@@ -124,7 +124,7 @@ def test_the_note_follows_the_paired_test_not_a_tie_break(run):
                                                   {"a": "sft", "b": "dpo", "measures": {"exact match": tied}}])
     text = terminal(dpo_summary(run), summary_current=True)
     assert "Note:" not in text
-    assert block(text, "Scores (")[0] == ["base", "0.0%", "(0.0–11.3%)", "9.0"]
+    assert block(text, "Scores (")[0] == ["base", "0.0%", "(0.0%–11.3%)", "9.0"]
     # 12 tasks sft gets right and dpo does not, none the other way: beyond noise, with the test's figures.
     dpo, sft = [False] * 12 + [True] * 18, [True] * 30
     stages["sft"]["exact_match"], stages["dpo"]["exact_match"] = 1.0, 0.6
@@ -160,7 +160,7 @@ def test_without_eval_json_exact_match_and_chrf_are_computed_from_the_answers_on
     assert "Scores (references data/references.jsonl; computed now from the answers on disk):" in text
     rows = block(text, "Scores (")
     # Wilson's 95% interval of 3 of 3 starts at 43.85%; chrF's bootstrap over the three tasks.
-    assert rows[0] == ["sft", "100.0%", "(43.9–100.0%)", "100.0", "(100.0–100.0)"]
+    assert rows[0] == ["sft", "100.0%", "(43.9%–100.0%)", "100.0", "(100.0–100.0)"]
     assert rows[1][:3] == ["dpo", "(submitted)", "66.7%"]
     assert "No scores yet: `snakemake results/eval.json`" in text
     assert "`snakemake --cores 1 --resources gpu=1` builds the scores and the report's pages" in text

@@ -219,7 +219,10 @@ READ_BY_INPUT_FILES = {"tokenizer": re.compile(r"sources\[\d+\]\.(path|format)")
                        # the task file (decontamination) is an input; the length histograms' max_length
                        # and token counter are worked out for the rule's params (plan.curation_lengths)
                        **{f"curate_{role}": re.compile(rf"tasks\.path|curate\.tokens\.count|{stage}\.max_length")
-                          for role, stage in (("sft", "sft"), ("preference", "dpo"))}}
+                          for role, stage in (("sft", "sft"), ("preference", "dpo"))},
+                       # which stages' answers, grades and pairs are scored (plan.model_stages), and the files
+                       "evaluate": re.compile(r"evaluate\.stages|submission\.stage|dpo\.enabled|tasks\.(path|references)"
+                                              r"|judge\.backend")}
 
 
 @pytest.mark.e2e
@@ -246,7 +249,8 @@ def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
         checked.add(step.stage)
     assert not problems, "\n".join(problems)
     assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
-                       "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
+                       "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo",
+                       "evaluate", "submit"}
 
 
 STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks",
@@ -412,7 +416,7 @@ def test_a_misspelt_sweep_key_names_the_variant(tmp_path):
 
 
 def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
-    from tunesmith.evaluate import leaderboard
+    from tunesmith.leaderboard import leaderboard
 
     scores = {}
     for name, chrf in (("a", 10.0), ("b", 30.0), ("c", 20.0)):

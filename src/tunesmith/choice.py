@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from tunesmith.atomic import write_json
-from tunesmith.evaluate import comparison
+from tunesmith.paired import comparison
 from tunesmith.significance import BETTER, describe
 from tunesmith.submission import write_submission
 from tunesmith.summary import submission_reason
@@ -53,7 +53,10 @@ def best_stage(report: dict) -> dict:
             break
         steps.append(f"{candidate} is not better than {before}: {describe(result)}")
         candidate = before
-    lead = f"submission.stage is best: {top} scores highest on {measure}"
+    tied = [stage for stage in order if stage != top and _value(report["stages"][stage], key) ==
+            _value(report["stages"][top], key)]
+    lead = f"submission.stage is best: {top} scores highest on {measure}" + (
+        f" (tied with {', '.join(tied)}: the earliest stage is taken)" if tied else "")
     if candidate == top and not tests:
         reason = f"{lead}, and there is no stage before it"
     elif candidate == top:

@@ -26,7 +26,7 @@ import duckdb
 
 from tunesmith import plan
 from tunesmith.atomic import atomic_path
-from tunesmith.evaluate import compare_answers, report_answers, report_references
+from tunesmith.paired import compare_answers, report_answers, report_references
 from tunesmith.manifest import index_manifests
 from tunesmith.normalize import match_key, normalize_text
 from tunesmith.recipe import load_recipe, variants
@@ -177,12 +177,14 @@ def _families(report: dict, stage: str) -> dict[int, str]:
     return {row["task_id"]: row["family"] for row in report["per_task"].get(stage, []) if row.get("family")}
 
 
-def score_diff(first: dict, second: dict, confidence: float, samples: int, seed: int) -> dict:
-    """Per stage both runs scored: every measure overall and exact match (and judge grade) per family, paired."""
-    references = report_references(first) or report_references(second)
+def score_diff(first: dict, second: dict, confidence: float, samples: int, seed: int,
+               root: str | os.PathLike = ".") -> dict:
+    """Per stage both runs scored: every measure overall and exact match (and judge grade) per family, paired.
+    The reports' files are read relative to the workflow's working directory `root`."""
+    references = report_references(first, root) or report_references(second, root)
     found = {}
     for stage in [stage for stage in first["stages"] if stage in second["stages"]]:
-        answers = report_answers(first, stage), report_answers(second, stage)
+        answers = report_answers(first, stage, root), report_answers(second, stage, root)
         overall = compare_answers(*answers, references, confidence, samples, seed)
         families = {}
         family_of = _families(first, stage) or _families(second, stage)
@@ -311,7 +313,7 @@ def compare(first_name: str, second_name: str, recipe: str | os.PathLike | None 
             root: str | os.PathLike = ".", out_path: str | os.PathLike | None = None) -> tuple[str, dict, Path]:
     """Compare two finished runs; returns the page's text, the facts behind it, and where the page went."""
     root = Path(root)
-    first, second = resolve(first_name, recipe, root), resolve(second_name, recipe, root)
+    first, second = (resolve(os.fspath(name), recipe, root) for name in (first_name, second_name))
     for side in (first, second):
         if side.evaluation is None or not side.evaluation.is_file():
             raise CompareError(f"{side.described}: no evaluation at {side.evaluation}; build it first "
@@ -328,7 +330,7 @@ def compare(first_name: str, second_name: str, recipe: str | os.PathLike | None 
         "trained": {stage: (trained(first.adapters[stage]) if stage in first.adapters else None,
                             trained(second.adapters[stage]) if stage in second.adapters else None)
                     for stage in sorted(set(first.adapters) | set(second.adapters), key=["sft", "dpo"].index)},
-        "scores": score_diff(*reports, confidence, samples, 0),
+        "scores": score_diff(*reports, confidence, samples, 0, root=root),
     }
     text = page(first, second, facts)
     target = Path(out_path) if out_path else root / "results" / "compare" / f"{_slug(first.name)}_vs_{_slug(second.name)}.md"

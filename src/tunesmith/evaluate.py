@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sacrebleu.metrics import CHRF
 
-from tunesmith.atomic import atomic_path, read_jsonl, write_json
 from tunesmith import significance
+from tunesmith.atomic import atomic_path, read_jsonl, write_json
 from tunesmith.judge_stats import agreement, bootstrap_interval, distribution
 from tunesmith.normalize import match_key, normalize_text
+from tunesmith.paired import comparison, compare_answers, read_preference_pairs, score_intervals
 from tunesmith.submission import read_generations
 from tunesmith.tasks import load_references, read_references, read_task_families, read_tasks
 
@@ -272,105 +273,6 @@ def evaluate(
     return report
 
 
-def score_intervals(outputs: dict[int, str], references: dict[int, str], confidence: float, samples: int,
-                    seed: int) -> dict:
-    """Exact match's Wilson interval and corpus chrF's bootstrap interval over the tasks."""
-    ids = sorted(references)
-    texts = [normalize_text(outputs.get(task_id, "")) for task_id in ids]
-    targets = [normalize_text(references[task_id]) for task_id in ids]
-    exact = sum(match_key(text) == match_key(target) for text, target in zip(texts, targets))
-    return {"exact_match_interval": significance.share_interval(exact, len(ids), confidence),
-            "chrf_interval": significance.chrf_interval(texts, targets, confidence, samples, seed)}
-
-
-def read_preference_pairs(path: str | os.PathLike) -> dict[str, bool]:
-    """Each held-out pair's outcome (chosen answer the more likely), by `source:line`."""
-    result = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {f"{pair['source']}:{pair['line']}": bool(pair["prefers_chosen"]) for pair in result.get("per_pair", [])}
-
-
-def compare_answers(first: dict, second: dict, references: dict[int, str] | None, confidence: float, samples: int,
-                    seed: int) -> dict[str, dict]:
-    """Two sets of answers to the same tasks, measure by measure, each with its paired test
-    (tunesmith.significance): exact match and chrF against `references`, judge grades, preference accuracy.
-    `first`/`second`: {"outputs": {task: answer}, "grades": {task: grade}, "preference": {pair: bool}} (any
-    part may be missing); only the tasks (pairs) both sides have are compared."""
-    found = {}
-    if references and first.get("outputs") is not None and second.get("outputs") is not None:
-        ids = sorted(references)
-        targets = [normalize_text(references[task_id]) for task_id in ids]
-        sides = [[normalize_text(side["outputs"].get(task_id, "")) for task_id in ids] for side in (first, second)]
-        exact = [[match_key(text) == match_key(target) for text, target in zip(side, targets)] for side in sides]
-        found["exact match"] = significance.compare_binary(*exact, confidence, samples, seed)
-        found["chrF"] = significance.compare_chrf(*sides, targets, confidence, samples, seed)
-    if first.get("grades") and second.get("grades"):
-        shared = sorted(set(first["grades"]) & set(second["grades"]))
-        found["judge grade"] = significance.compare_grades([first["grades"][task] for task in shared],
-                                                           [second["grades"][task] for task in shared],
-                                                           confidence, samples, seed)
-    if first.get("preference") and second.get("preference"):
-        shared = sorted(set(first["preference"]) & set(second["preference"]))
-        found["preference accuracy"] = significance.compare_binary(
-            [first["preference"][pair] for pair in shared], [second["preference"][pair] for pair in shared],
-            confidence, samples, seed, measure="preference accuracy")
-    return found
-
-
-def report_references(report: dict) -> dict[int, str] | None:
-    """The reference answers an evaluation report scored against, read again from its files."""
-    files = report.get("files") or {}
-    if not files.get("references"):
-        return None
-    if not files.get("tasks"):
-        return read_references(files["references"])
-    loaded = load_references(files["references"], read_tasks(files["tasks"]))
-    return {task_id: reference.output for task_id, reference in loaded.by_task.items() if reference.output}
-
-
-def report_answers(report: dict, stage: str) -> dict:
-    """A stage's answers, grades and preference outcomes, from an evaluation report's files (compare_answers)."""
-    files = report.get("files") or {}
-    found = {}
-    if stage in files.get("generations", {}):
-        found["outputs"] = read_generations(files["generations"][stage])
-    if stage in files.get("judged", {}):
-        found["grades"] = {row["task_id"]: row["grade"] for row in read_jsonl(files["judged"][stage])
-                           if row["grade"] is not None}
-    if stage in files.get("preferences", {}):
-        found["preference"] = read_preference_pairs(files["preferences"][stage])
-    return found
-
-
-def comparison(report: dict, first: str, second: str) -> dict[str, dict]:
-    """The paired comparison of two stages in an evaluation report, oriented first → second."""
-    for entry in report.get("comparisons", []):
-        if (entry["a"], entry["b"]) == (first, second):
-            return entry["measures"]
-        if (entry["a"], entry["b"]) == (second, first):
-            return {name: flipped(result) for name, result in entry["measures"].items()}
-    return {}
-
-
-def flipped(result: dict) -> dict:
-    """A paired result seen from the other side (B → A)."""
-    verdicts = {significance.BETTER: significance.WORSE, significance.WORSE: significance.BETTER}
-    interval = result["interval"]
-    return {**result, "a": result["b"], "b": result["a"], "difference": -result["difference"],
-            "interval": None if interval is None else [-interval[1], -interval[0]],
-            "verdict": verdicts.get(result["verdict"], result["verdict"]),
-            "detail": {_FLIPPED.get(key, key): value for key, value in result.get("detail", {}).items()}}
-
-
-_FLIPPED = {"only_first": "only_second", "only_second": "only_first", "up": "down", "down": "up"}
-
-
-def _ranking_value(stage: dict) -> tuple:
-    judge = stage.get("judge")
-    if judge is not None:
-        return (judge["mean"] if judge["mean"] is not None else float("-inf"), stage.get("chrf", 0.0))
-    return (stage["chrf"], stage["exact_match"])
-
-
 def family_scores(outputs: dict[int, str], references: dict[int, str], families: dict[int, str]) -> dict:
     """Exact match, chrF and task count per family (`families`: task id → family), families sorted;
     tasks without a family are scored only overall."""
@@ -416,94 +318,3 @@ def _preference_table(report: dict) -> str:
               f"{interval_text(result.get('interval'), percent=True)} | {result['mean_margin']:.2f} |"
               for stage, result in report["preference"].items()]
     return "\n".join(lines) + "\n"
-
-
-def leaderboard(
-    scores: dict[str, str | os.PathLike],
-    overrides: dict[str, dict],
-    choices: dict[str, str | os.PathLike],
-    out_path: str | os.PathLike,
-    table_path: str | os.PathLike,
-    baseline: str | os.PathLike | None = None,
-    baseline_choice: str | os.PathLike | None = None,
-) -> list[dict]:
-    """Rank sweep variants by the judge's mean grade of the stage each one submits when a judge graded
-    them (chrF breaks ties), else by chrF, then exact match; each variant is also compared, paired over the
-    same tasks, with the recipe's own submitted stage (`baseline`: its eval.json, `baseline_choice` the
-    submission's choice of stage), with a verdict at the evaluation's confidence.
-
-    `scores` maps variant name → its evaluation file; `overrides` the recipe keys it changes;
-    `choices` the choice file of its submission (the stage it submits). Writes JSON and a Markdown table.
-    """
-    base_report = json.loads(Path(baseline).read_text(encoding="utf-8")) if baseline else None
-    base_stage = _chosen(baseline_choice) if baseline_choice else None
-    references = report_references(base_report) if base_report else None
-    rows = []
-    for name, path in scores.items():
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-        stages = report["stages"]
-        stage = _chosen(choices[name])
-        judge = stages[stage].get("judge")
-        against = None
-        if base_report is not None and base_stage in base_report["stages"]:
-            found = compare_answers(report_answers(base_report, base_stage), report_answers(report, stage),
-                                    references, report.get("confidence", 0.95),
-                                    report.get("bootstrap_samples", 1000), 0)
-            against = {"stage": base_stage, "measures": found}
-        rows.append({"variant": name, "overrides": overrides[name], "stage": stage,
-                     "judge_mean": judge["mean"] if judge else None,
-                     "judge_interval": judge["interval"] if judge else None,
-                     "exact_match": stages[stage].get("exact_match"), "chrf": stages[stage].get("chrf"),
-                     "exact_match_interval": stages[stage].get("exact_match_interval"),
-                     "chrf_interval": stages[stage].get("chrf_interval"),
-                     "against_baseline": against, "stages": stages})
-    by_judge = all(row["stages"][row["stage"]].get("judge") for row in rows)
-    rows.sort(key=lambda row: (tuple(-value for value in _ranking_value(row["stages"][row["stage"]])), row["variant"]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
-    write_json(out_path, rows)
-    keys = sorted({key for row in rows for key in row["overrides"]})
-    has_references = any(row["chrf"] is not None for row in rows)
-    measure = "judge grade" if by_judge else "exact match"
-    compared = any(row["against_baseline"] for row in rows)
-    columns = ((["judge mean", "interval"] if by_judge else [])
-               + (["exact match", "interval", "chrF", "interval"] if has_references else [])
-               + ([f"{measure} against the recipe (paired)"] if compared else []))
-    lines = ["| rank | " + " | ".join(keys) + " | submitted | " + " | ".join(columns) + " |",
-             "|--:|" + "--|" * len(keys) + ":--|" + "--:|" * len(columns)]
-    for row in rows:
-        values = " | ".join(json.dumps(row["overrides"].get(key), ensure_ascii=False) for key in keys)
-        cells = []
-        if by_judge:
-            interval = row["judge_interval"]
-            cells += [_number(row["judge_mean"], ".2f"), "–" if not interval else f"{interval[0]:.2f}–{interval[1]:.2f}"]
-        if has_references:
-            cells += [f"{row['exact_match']:.1%}", interval_text(row["exact_match_interval"], percent=True),
-                      f"{row['chrf']:.1f}", interval_text(row["chrf_interval"])]
-        if compared:
-            result = (row["against_baseline"] or {}).get("measures", {}).get(measure)
-            cells += ["–" if result is None else _against(result, row["against_baseline"]["stage"])]
-        lines.append(f"| {row['rank']} | {values} | {row['stage']} | " + " | ".join(cells) + " |")
-    if compared:
-        lines += ["", f"The last column: each variant's submitted stage against the recipe's own, paired over the "
-                  f"same tasks ({'Wilcoxon signed-rank' if by_judge else 'McNemar exact'}); better or worse only "
-                  "beyond noise at the evaluation's confidence (evaluate.confidence)."]
-    with atomic_path(table_path) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return rows
-
-
-def _chosen(choice) -> str:
-    """A stage name, or the stage a submission's choice file names."""
-    if choice in ("base", "sft", "dpo"):
-        return choice
-    return json.loads(Path(choice).read_text(encoding="utf-8"))["stage"]
-
-
-def _against(result: dict, stage: str) -> str:
-    percent = result["measure"] in ("exact match", "preference accuracy")
-    scale = 100 if percent else 1
-    interval = result["interval"]
-    shown = "" if interval is None else f" [{interval[0] * scale:+.1f}, {interval[1] * scale:+.1f}]"
-    return (f"{result['verdict']}: {result['difference'] * scale:+.1f}{' pts' if percent else ''}{shown} vs {stage}, "
-            f"p={result['p_value']:.2g}")

@@ -20,7 +20,8 @@ from pathlib import Path
 from tunesmith.answers import answers_page, reference_answers
 from tunesmith.pages import write_pages
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.evaluate import comparison, family_scores, score, score_intervals
+from tunesmith.evaluate import family_scores, interval_text, score
+from tunesmith.paired import comparison, score_intervals
 from tunesmith.replicates import rows as replicate_rows
 from tunesmith.significance import BETTER, describe
 from tunesmith.stage_chart import stage_chart
@@ -92,15 +93,13 @@ def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) ->
     and the choice of stage written beside it, which for `submission.stage: best` names the stage and why;
     optionally replicates (results/replicates.json) and the evaluations it must name.
     `recipe`: {"path", "settings" (key_settings)}."""
-    choice = Path(files["choice"]) if files.get("choice") else None
-    steps = []
-    if choice is not None and choice.is_file():
-        chosen = json.loads(choice.read_text(encoding="utf-8"))
-        stage, reason, steps = chosen["stage"], chosen["reason"], chosen.get("steps", [])
+    choice = Path(files.get("choice") or "")
+    chosen = json.loads(choice.read_text(encoding="utf-8")) if choice.is_file() else {}
+    stage, reason = chosen.get("stage", stage), chosen.get("reason", reason)
     return {
         "recipe": recipe,
         "replicates": _replicates(files),
-        "submission": {**_submission(files, stage, reason), "steps": steps},
+        "submission": {**_submission(files, stage, reason), "steps": chosen.get("steps", [])},
         "scores": _scores(files),
         "data": {role: _card(path) for role, path in files["cards"].items()},
         "training": {name: _trained(path) for name, path in files["adapters"].items()},
@@ -189,19 +188,14 @@ def measure(result: dict) -> tuple[str, float] | None:
 
 
 def better_stages(summary: dict) -> list[tuple[str, dict]]:
-    """Stages that score above the submitted one on its own measure beyond noise: the evaluation's paired
-    test of the two says better (tunesmith.significance), never a tie-break. (stage, the test's result)."""
+    """(stage, test) of the stages the evaluation's paired test finds better than the submitted one on its measure."""
     stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
     if submitted not in stages or measure(stages[submitted]) is None:
         return []
     name = {"judge mean": "judge grade"}.get(measure(stages[submitted])[0], measure(stages[submitted])[0])
     report = {"comparisons": summary["scores"].get("comparisons", [])}
-    found = []
-    for stage in stages:
-        result = comparison(report, submitted, stage).get(name) if stage != submitted else None
-        if result is not None and result["verdict"] == BETTER:
-            found.append((stage, result))
-    return found
+    tests = {stage: comparison(report, submitted, stage).get(name) for stage in stages if stage != submitted}
+    return [(stage, result) for stage, result in tests.items() if result and result["verdict"] == BETTER]
 
 
 def _percent(value) -> str:
@@ -235,12 +229,8 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _with_interval(value: str, interval, percent: bool = False) -> str:
-    """A score with its interval: `65.0% (55.3–73.8%)`, `41.2 (38.0–44.5)`."""
-    if not interval or value == "–":
-        return value
-    if percent:
-        return f"{value} ({interval[0] * 100:.1f}–{interval[1] * 100:.1f}%)"
-    return f"{value} ({interval[0]:.1f}–{interval[1]:.1f})"
+    """A score with its interval: `65.0% (55.3%–73.8%)`, `41.2 (38.0–44.5)`."""
+    return value if not interval or value == "–" else f"{value} ({interval_text(interval, percent)})"
 
 
 def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
