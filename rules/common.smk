@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
+from tunesmith.logs import when_nothing_to_do
 from tunesmith.recipe import RecipeError, combinations, replicate_seeds, replicates, variants, workflow_recipe
 
 try:
@@ -408,11 +409,37 @@ def reported(path, current=True, **flags):
     return report(path, **flags) if current and Path(path).exists() else path
 
 
-onsuccess:
+def print_summary():
     print("", summary.end_of_run(run_files(), *submitted(), rules.summarise_run.output.summary), sep="\n")
     board = Path(rules.rank_variants.output.table)
     if VARIANTS and board.is_file():
         print(f"\nSweep leaderboard ({board}):\n{board.read_text()}")
+
+
+when_nothing_to_do(workflow, print_summary)  # a run with nothing to do prints the summary too
+
+
+onsuccess:
+    print_summary()
+
+
+# A run on this machine that would train a quantised base without CUDA stops here, before curation or a
+# 26 GB fetch. onstart runs only when jobs are about to run (not for -n), and a cluster executor's jobs
+# run elsewhere (workflow.local_exec is False): those plan and submit as usual.
+onstart:
+    if workflow.local_exec and not workflow.touch:
+        from tunesmith.model import ModelError, refuse_quantised_training_here  # torch: only when jobs run
+
+        try:
+            refuse_quantised_training_here(
+                {
+                    f"{job.rule.name} {job.wildcards.key}": STEPS[job.wildcards.key].settings["base_model"]
+                    for job in workflow.dag.needrun_jobs()
+                    if job.rule.name in ("train_cpt", "train_sft", "train_dpo")
+                }
+            )
+        except ModelError as error:
+            raise WorkflowError(str(error)) from None
 
 
 def variant_overrides():

@@ -13,6 +13,7 @@ rule generate_answers:
         template=setting("template"),
         seed=setting("seed"),
         generate=setting("generate"),
+        curate=setting("curate"),
     wildcard_constraints:
         key=KEY,
         stage="base|sft|dpo",

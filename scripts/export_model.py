@@ -11,7 +11,7 @@ with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
     export_merged(
         base_path=snakemake.params.base_path,
         section=snakemake.params.base_model,
-        adapter=snakemake.input.adapter,
+        adapter=snakemake.input.adapter[0],  # the stage's one adapter folder (a list of one: sft|dpo have one)
         out_dir=snakemake.output.model,
         template_section=snakemake.params.template,
     )

@@ -18,4 +18,5 @@ with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
         seed=snakemake.params.seed,
         out_path=snakemake.output.generations,
         threads=snakemake.threads,
+        normalize_prompts=snakemake.params.curate["normalize_training_text"],
     )

@@ -15,4 +15,5 @@ with recorded(snakemake, "submission"):
         out_path=snakemake.output.submission,
         choice_path=snakemake.output.choice,
         scores_path=snakemake.input.scores[0] if snakemake.input.scores else None,
+        allow_empty=snakemake.params.submission["allow_empty"],
     )

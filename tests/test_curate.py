@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tunesmith.curate as curate_module
+from tunesmith.card import render_markdown
 from tunesmith.curate import REASONS, CurationError, curate
 from tunesmith.normalize import match_key
 
@@ -113,14 +114,47 @@ def test_preference_reasons_compare_normalised_answers(tmp_path):
     assert set(kept[0]) == {"id", "source", "file", "line", "prompt", "chosen", "rejected", "split"}
 
 
-def test_kept_text_is_normalised_and_id_is_the_dedup_key_hash(tmp_path):
+def test_kept_text_is_cleaned_of_noise_only_and_id_is_the_dedup_key_hash(tmp_path):
     lines = [b'{"instruction": "Line one_x000D_\\r\\nline two", "input": " ctx\\u200b ", "output": "ok\\r\\n"}\r',
              sft("ｆｕｌｌ  width", "ＯＫ"), b'{"instruction": "nul\\u0000inside", "output": "kept"}']
     _, kept, _ = run(tmp_path, {"a": b"\n".join(lines)})
     assert [(row["prompt"], row["response"]) for row in kept] == [
-        ("Line one\nline two\nctx", "ok"), ("full width", "OK"), ("nul\x00inside", "kept")]
-    assert kept[0]["id"] == hashlib.sha256(f"{match_key(kept[0]['prompt'])}\n{match_key('ok')}".encode()).hexdigest()
+        ("Line one\nline two\n ctx", "ok"), ("ｆｕｌｌ  width", "ＯＫ"), ("nul\x00inside", "kept")]
+    # The id hashes the match keys (normalised): the same as for the normalised text.
+    assert kept[0]["id"] == hashlib.sha256(f"{match_key('Line one line two ctx')}\n{match_key('ok')}".encode()).hexdigest()
     assert list(kept[0]) == ["id", "source", "file", "line", "prompt", "response", "split"]
+    # curate.normalize_training_text brings the normalised training text back; keys and ids do not move.
+    _, normalised, _ = run(tmp_path, {"a": b"\n".join(lines)}, normalize_training_text=True)
+    assert [(row["prompt"], row["response"]) for row in normalised] == [
+        ("Line one\nline two\nctx", "ok"), ("full width", "OK"), ("nul\x00inside", "kept")]
+    assert [row["id"] for row in normalised] == [row["id"] for row in kept]
+
+
+# A curated answer as a user writes it: indented code, full-width punctuation, a circled number,
+# nested markdown. Every character of it must reach the training rows.
+CODE_PROMPT = "次の関数を説明してください！（例①）\n```python\ndef f0(x):\n    if x > 0：\n        return x\n```"
+CODE_ANSWER = ("この関数は次のように動きます：\n\n1. 引数を調べます？\n   - 正なら：\n     - そのまま返します\n"
+               "```python\ndef f0(x):\n    if x > 0:\n        return x  # ①\n    return None\n```")
+
+
+def test_code_full_width_circled_numbers_and_markdown_reach_the_training_rows_unchanged(tmp_path):
+    lines = [sft(CODE_PROMPT + "_x000D_\r\n", "\n" + CODE_ANSWER + "\u200b\r\n"),
+             # the same row but for width and spacing: an exact copy once normalised
+             sft(CODE_PROMPT.replace("！（", "!(").replace("    ", " "), CODE_ANSWER.replace("：", ":")),
+             # a near copy (an extra sentence) under the width variants: near dedup sees through them
+             sft(CODE_PROMPT.replace("！", "!"), CODE_ANSWER.replace("？", "?") + "\n以上です。"),
+             # a task input, full-width: decontamination compares normalised forms
+             sft("Ｎａｍｅ　ｔｈｅ　ｃａｐｉｔａｌ　ｏｆ　Ｆｒａｎｃｅ．", "Paris")]
+    card, kept, quarantined = run(tmp_path, {"code": b"\n".join(lines)}, max_prompt_chars=400, max_response_chars=400,
+                               near_dedup={"threshold": 0.7})
+    assert [(row["prompt"], row["response"]) for row in kept] == [(CODE_PROMPT, CODE_ANSWER)]
+    reasons = {line: reason for line, (reason, _) in by_line(quarantined).items()}
+    assert reasons == {2: "duplicate", 3: "near_duplicate", 4: "contaminated"}
+    # The data card shows the kept row as it will be trained, in a fence longer than its own.
+    assert [(row["prompt"], row["response"]) for row in card["kept_examples"]] == [(CODE_PROMPT, CODE_ANSWER)]
+    markdown = render_markdown(card)
+    for text in (CODE_PROMPT, CODE_ANSWER):
+        assert "  ````text\n" + "\n".join(f"  {line}" if line else "" for line in text.split("\n")) + "\n  ````" in markdown
 
 
 def test_line_accounting_bom_crlf_and_trailing_newline(tmp_path):

@@ -19,12 +19,15 @@ from tunesmith.generate import (
     cut_at_stop_strings,
     generate_answers,
     generate_batched,
-    output_problems,
-    repeated_ngram_count,
+    vllm_sampling,
 )
+from tunesmith.guards import output_problems, repeated_ngram_count
 from tunesmith.model import ModelError, load_model, load_tokenizer, write_metadata
-from tunesmith.normalize import normalize_text
+from tunesmith.normalize import clean_text, normalize_text
 from tunesmith.template import PromptTemplate
+
+
+CODE_TASK = "次のコードの誤りを直してください！（例①）\n```python\ndef f(x):\n    if x > 0：\n        return x\n```"
 
 
 def task_records() -> list[dict]:
@@ -54,7 +57,7 @@ def prompt_model(tiny):
 def test_batches_and_left_padding_do_not_change_greedy_answers(tiny, prompt_model):
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in task_records()[::5]]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[::5]]
     assert len(prompts) == 20 and len({len(tokenizer(prompt).input_ids) for prompt in prompts}) > 10
     settings = {**tiny.section("generate"), "max_new_tokens": 12, "do_sample": False}
 
@@ -74,6 +77,7 @@ def test_batches_and_left_padding_do_not_change_greedy_answers(tiny, prompt_mode
 
 def test_answers_are_in_task_order_with_verbatim_inputs_and_clean_outputs(tiny, sft_adapter, tmp_path, monkeypatch):
     records = [record for record in task_records() if record["task_id"] in {3, 8, 10, 24, 53, 63, 71, 90}]
+    records.append({"task_id": 200, "input": CODE_TASK + "_x000D_\r\n"})  # prompted as written
     tasks_path = tmp_path / "tasks.jsonl"
     with open(tasks_path, "w", encoding="utf-8") as handle:  # out of id order, two layouts, escaped and not
         for index, record in enumerate(reversed(records)):
@@ -100,10 +104,17 @@ def test_answers_are_in_task_order_with_verbatim_inputs_and_clean_outputs(tiny, 
     assert any("_x000D_" in row["input"] for row in rows)
     template = PromptTemplate(tiny.section("template"))
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
-    assert seen_prompts == [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    assert seen_prompts == [template.render_prompt(clean_text(record["input"]), tokenizer) for record in expected]
+    assert seen_prompts[-1] == template.render_prompt(CODE_TASK, tokenizer)
     assert [row["output"] for row in rows] == [f"答え{index}" for index in range(len(rows))]
     assert all(row["raw_output"].startswith("### 回答\n") for row in rows)
     assert all(row["regenerated"] == [] and row["problems"] == [] for row in rows)
+    # A recipe whose training text was normalised (curate.normalize_training_text) is prompted so too.
+    seen_prompts.clear()
+    generate_answers(tiny.base_dir, tiny.section("base_model"), sft_adapter.path, tiny.section("template"),
+                     settings, str(tasks_path), seed=0, out_path=str(tmp_path / "answers.jsonl"), normalize_prompts=True)
+    assert seen_prompts == [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    assert "    if" not in seen_prompts[-1] and "！" not in seen_prompts[-1]
 
 
 def adapter_with_hash(folder, template_hash: str) -> str:
@@ -155,7 +166,7 @@ def test_cut_at_stop_strings_cuts_before_the_earliest_one():
 def test_generation_stops_at_a_stop_string_and_the_answer_is_cut_before_it(tiny, prompt_model, monkeypatch):
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in task_records()[:8]]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[:8]]
     settings = {**tiny.section("generate"), "max_new_tokens": 16, "batch_size": 8}
     free = generate_batched(prompt_model, tokenizer, prompts, settings, seed=0)
     # The character found early in most answers; not one of the prompt's end, which could complete a
@@ -280,6 +291,36 @@ def test_default_guards_pass_ordinary_japanese_lists_tables_and_enumerations(nam
     assert output_problems(GOOD_ANSWERS[name], GUARDS) == []
 
 
+# Right answers made mostly of digits, numerals, code or table cells (issue 17): digits and numerals
+# are not one character dominating the answer, so these pass untouched; real degeneration still fails.
+NUMERIC_CODE_TABLE_ANSWERS = {
+    'trillion_yen': '1兆円は1,000,000,000,000円、1億円は100,000,000円です。つまり1兆円は1億円の10,000倍です。',
+    'binary_number': '10進数の10を2進数で表すと1010です。2進数の1010は、1×8＋0×4＋1×2＋0×1＝10になります。',
+    'binary_table': '0から7までの2進数は次の通りです。\n0: 000\n1: 001\n2: 010\n3: 011\n4: 100\n5: 101\n6: 110\n7: 111',
+    'powers_of_ten': '10の累乗は、10¹＝10、10²＝100、10³＝1,000、10⁴＝10,000、10⁶＝1,000,000です。',
+    'full_width_digits': '答えは１０００００円です。内訳は５００００円が２回で、合計１０００００円になります。',
+    'kanji_numerals': '一億は一万の一万倍で、一兆は一億の一万倍です。',
+    'phone_and_date': '2024年10月10日10時00分に、03-1111-0000へお電話ください。受付は10:00〜11:00です。',
+    'decimal': '円周率は3.14159265358979323846…と続く無理数で、小数点以下は0.0001のように割り切れません。',
+    'python_code': 'フィボナッチ数を返す関数です。\n```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n```\n`fib(10)` は55を返します。',
+    'numbers_table': '| 年 | 売上（円） | 前年比 |\n|---:|---:|---:|\n| 2020 | 1,000,000 | 100% |\n| 2021 | 1,100,000 | 110% |\n| 2022 | 1,000,000 | 91% |\n| 2023 | 1,010,000 | 101% |',
+    'multiplication': '7×8＝56、7×9＝63、7×10＝70です。7の段は7ずつ増えます。',
+    'binary_1023': '2進数で書くと、1023は1111111111、1024は10000000000です。',
+    'kanji_digits': '百万は一〇〇〇〇〇〇、一千万は一〇〇〇〇〇〇〇と書きます。',
+}
+
+
+@pytest.mark.parametrize("name", NUMERIC_CODE_TABLE_ANSWERS)
+def test_default_guards_pass_numeric_code_and_table_answers(name):
+    assert output_problems(NUMERIC_CODE_TABLE_ANSWERS[name], GUARDS) == []
+
+
+@pytest.mark.parametrize("text", ["あ" * 30, "。" * 30, "答えは" + "の" * 25, "1" * 10 + "円" * 12,
+                                  "〇" * 10 + "ね" * 12 + "。"])
+def test_default_guards_still_flag_one_character_dominating_an_answer(text):
+    assert "degenerate_char" in output_problems(text, GUARDS)
+
+
 # --- regeneration ---------------------------------------------------------------------------------
 
 class ScriptedModel:
@@ -307,8 +348,10 @@ def test_only_failing_answers_are_regenerated_with_the_retry_settings_and_record
     clean = PromptTemplate(tiny_recipe()["template"]).clean_output  # markers go before the guards judge
     answers = answer_with_guards(model, ["a", "b", "c", "d"], guarded_settings(retries=2), 42, clean)
 
-    assert [prompts for prompts, _, _ in model.calls] == [["a", "b", "c", "d"], ["b", "c", "d"], ["c", "d"]]
-    assert [seed for _, _, seed in model.calls] == [42, 43, 44]
+    # then "d", empty after every attempt, twice more with end-of-sequence blocked (its script has no text)
+    assert [prompts for prompts, _, _ in model.calls] == [["a", "b", "c", "d"], ["b", "c", "d"], ["c", "d"], ["d"], ["d"]]
+    assert [seed for _, _, seed in model.calls] == [42, 43, 44, 42, 42]
+    assert [settings.get("min_new_tokens") for _, settings, _ in model.calls] == [None, None, None, 4, 16]
     first, retry = model.calls[0][1], model.calls[1][1]
     assert (first["do_sample"], first["repetition_penalty"]) == (False, 1.0)
     assert (retry["do_sample"], retry["repetition_penalty"], retry["temperature"]) == (True, 1.3, 0.7)
@@ -316,11 +359,11 @@ def test_only_failing_answers_are_regenerated_with_the_retry_settings_and_record
     assert [answer.raw for answer in answers] == ["東京", "ソウル", "パリ", "### 回答\n"]
     assert [answer.kept for answer in answers] == [0, 1, 2, 0]
     assert [[attempt.problems for attempt in answer.attempts] for answer in answers] == [
-        [[]], [["empty"], []], [["degenerate_char", "repeated_ngram"], ["empty"], []], [["empty"]] * 3,
+        [[]], [["empty"], []], [["degenerate_char", "repeated_ngram"], ["empty"], []], [["empty"]] * 5,
     ]
     assert [[attempt.seed for attempt in answer.attempts] for answer in answers][2] == [42, 43, 44]
     assert [answer.regenerated for answer in answers] == [
-        [], [["empty"]], [["degenerate_char", "repeated_ngram"], ["empty"]], [["empty"], ["empty"]],
+        [], [["empty"]], [["degenerate_char", "repeated_ngram"], ["empty"]], [["empty"]] * 4,
     ]
     assert [answer.problems for answer in answers] == [[], [], [], ["empty"]]
 
@@ -343,17 +386,49 @@ def test_a_retry_replaces_the_greedy_answer_only_with_strictly_fewer_problems():
 
 
 def test_regeneration_is_bounded_and_keeps_the_best_attempt():
-    model = ScriptedModel({"a": ["東京"], "b": ["", "の" * 30, "はい"]})
+    model = ScriptedModel({"a": ["東京"], "b": ["の" * 30, "", "はい"]})
     answers = answer_with_guards(model, ["a", "b"], guarded_settings(retries=1), 0, str.strip)
     assert [prompts for prompts, _, _ in model.calls] == [["a", "b"], ["b"]]
-    # "" has one problem (empty), "の"*30 two: the empty first answer stays.
-    assert answers[1].output == "" and answers[1].kept == 0 and answers[1].problems == ["empty"]
-    assert answers[1].regenerated == [["degenerate_char", "repeated_ngram"]]
+    # "の"*30 has two problems, "" one (empty): but any text beats none, so the first answer stays.
+    assert answers[1].output == "の" * 30 and answers[1].kept == 0
+    assert answers[1].regenerated == [["empty"]]
 
     model = ScriptedModel({"a": ["東京"], "b": [""]})
     answers = answer_with_guards(model, ["a", "b"], guarded_settings(retries=0), 0, str.strip)
-    assert len(model.calls) == 1
-    assert [answer.regenerated for answer in answers] == [[], []] and answers[1].problems == ["empty"]
+    assert len(model.calls) == 1 + 2  # no retry; the empty-answer fallback tried twice, found no text
+    assert [answer.regenerated for answer in answers] == [[], [["empty"], ["empty"]]]
+    assert answers[1].problems == ["empty"] and answers[1].fallback is None
+
+
+def test_a_model_that_ends_every_answer_at_once_still_answers(tiny, prompt_model):
+    """Issue 17: a DPO model emitted EOS first for a task, greedy and sampled alike, and "" was submitted.
+    With a large bias on the EOS logit every attempt is empty; the fallback blocks EOS for the first
+    tokens and the model's own text is kept, recorded as such."""
+    tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
+    template = PromptTemplate(tiny.section("template"))
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in task_records()[:4]]
+    settings = {**tiny.section("generate"), "max_new_tokens": 24}
+    bias = torch.zeros(prompt_model.config.vocab_size)
+    bias[tokenizer.eos_token_id] = 1e4
+    handle = prompt_model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias)
+    try:
+        assert generate_batched(prompt_model, tokenizer, prompts, settings, seed=0) == [""] * len(prompts)
+        answers = answer_with_guards(lambda some, chosen, seed: generate_batched(prompt_model, tokenizer, some, chosen,
+                                                                                  seed),
+                                     prompts, settings, 0, template.clean_output)
+    finally:
+        handle.remove()
+    retries = settings["guards"]["retries"]
+    for answer in answers:
+        assert answer.output.strip() and answer.fallback == "eos_blocked"
+        assert [attempt.problems for attempt in answer.attempts[:retries + 1]] == [["empty"]] * (retries + 1)
+        assert answer.chosen.min_new_tokens in (4, 16)
+
+
+def test_the_empty_answer_fallback_blocks_eos_on_vllm_too():
+    settings = tiny_recipe()["generate"]
+    assert "min_tokens" not in vllm_sampling(settings, 0)
+    assert vllm_sampling({**settings, "min_new_tokens": 4}, 0)["min_tokens"] == 4
 
 
 def test_generated_rows_record_every_attempt_and_the_one_kept(tiny, tmp_path, monkeypatch):
@@ -364,23 +439,30 @@ def test_generated_rows_record_every_attempt_and_the_one_kept(tiny, tmp_path, mo
 
     def scripted(model, tokenizer, prompts, settings, seed):
         calls.append(len(prompts))
-        if len(calls) == 1:  # the second task (in id order) degenerates, then recovers
-            return ["答え", "### 回答\n" + "の" * 40, "答え", "答え"]
-        return ["回復"] * len(prompts)
+        if len(calls) == 1:  # the second task (in id order) degenerates, then recovers; the last is empty
+            return ["答え", "### 回答\n" + "の" * 40, "答え", ""]
+        if settings.get("min_new_tokens"):  # only with end-of-sequence blocked does the last one write
+            return ["やっと"] * len(prompts)
+        return ["回復", ""] if len(prompts) == 2 else [""] * len(prompts)
 
     monkeypatch.setattr(generate_module, "generate_batched", scripted)
     generate_answers(tiny.base_dir, tiny.section("base_model"), None, tiny.section("template"),
                      tiny.section("generate"), str(tasks_path), seed=0, out_path=str(tmp_path / "answers.jsonl"))
     rows = read_jsonl(tmp_path / "answers.jsonl")
-    assert calls == [4, 1]
+    assert calls == [4, 2, 1, 1]  # the retries (two of them for the empty answer), then its fallback
     assert [row["task_id"] for row in rows] == [4, 9, 12, 22]
-    assert [row["output"] for row in rows] == ["答え", "回復", "答え", "答え"]
-    assert [row["regenerated"] for row in rows] == [[], [["degenerate_char", "repeated_ngram"]], [], []]
+    assert [row["output"] for row in rows] == ["答え", "回復", "答え", "やっと"]
+    assert [row["regenerated"] for row in rows] == [[], [["degenerate_char", "repeated_ngram"]], [],
+                                                    [["empty"], ["empty"], ["empty"]]]
     assert all(row["problems"] == [] for row in rows) and rows[1]["raw_output"] == "回復"
     assert rows[1]["kept_attempt"] == 1 and [attempt["retry"] for attempt in rows[1]["attempts"]] == [False, True]
     assert rows[1]["attempts"][0] == {"output": "の" * 40, "raw_output": "### 回答\n" + "の" * 40,
-                                      "problems": ["degenerate_char", "repeated_ngram"], "seed": 0, "retry": False}
-    assert rows[0]["attempts"] == [{"output": "答え", "raw_output": "答え", "problems": [], "seed": 0, "retry": False}]
+                                      "problems": ["degenerate_char", "repeated_ngram"], "seed": 0, "retry": False,
+                                      "min_new_tokens": 0}
+    assert rows[0]["attempts"] == [{"output": "答え", "raw_output": "答え", "problems": [], "seed": 0, "retry": False,
+                                    "min_new_tokens": 0}]
+    assert [row["fallback"] for row in rows] == [None, None, None, "eos_blocked"]
+    assert rows[3]["kept_attempt"] == 3 and rows[3]["attempts"][3]["min_new_tokens"] == 4
 
 
 def test_generation_runs_on_a_4bit_base_on_cpu(tiny, sft_adapter, tmp_path):
@@ -447,7 +529,7 @@ def test_vllm_maps_our_settings_serves_the_adapter_and_keeps_task_order(tiny, sf
     expected = write_tasks(tmp_path, {5, 11, 30, 42})
     template = PromptTemplate(tiny.section("template"))
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
-    prompts = [template.render_prompt(normalize_text(record["input"]), tokenizer) for record in expected]
+    prompts = [template.render_prompt(clean_text(record["input"]), tokenizer) for record in expected]
 
     def answer(prompt, sampling):
         index = prompts.index(prompt)

@@ -191,3 +191,27 @@ def test_a_full_disk_is_named_on_the_console_and_in_the_log(tmp_path, full):
         assert text.startswith(f"{HEADER}1 · ") and "Traceback (most recent call last)" in text
         assert failed[0] in text
     assert not list((work / "results").rglob("*.partial"))
+
+
+def test_a_run_with_nothing_to_do_still_calls_the_summary(tmp_path):
+    """Snakemake skips `onsuccess` when every target is up to date (issue 21: `snakemake` with nothing
+    to do still prints the summary); a dry run stays quiet."""
+    (tmp_path / "Snakefile").write_text(
+        "from tunesmith.logs import when_nothing_to_do\n"
+        "when_nothing_to_do(workflow, lambda: print('SUMMARY OF THE RUN'))\n"
+        "onsuccess:\n    print('SUMMARY OF THE RUN')\n"
+        "rule all:\n    output: 'done.txt'\n    shell: 'echo done > {output}'\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    again = run()
+    assert again.returncode == 0, again.stderr
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert (again.stdout + again.stderr).count("SUMMARY OF THE RUN") == 1
+    dry = run("-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr and "SUMMARY" not in dry.stdout + dry.stderr

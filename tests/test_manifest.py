@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from tunesmith.manifest import (LineageError, content_hash, current_manifest, index_manifests, lineage, manifest_path,
-                                recorded)
+                                recorded, task_overview)
 
 
 class Job(SimpleNamespace):
@@ -122,3 +122,41 @@ def test_explain_does_not_take_a_deleted_build_for_the_one_it_replaces(tmp_path,
     assert previous_build(wanted, tmp_path)[0] == "results/sft/bbbbbbbbbbbb/adapter"
     shutil.rmtree(tmp_path / "results/sft/bbbbbbbbbbbb/adapter")  # the newer build was deleted by hand
     assert previous_build(wanted, tmp_path)[0] == "results/sft/aaaaaaaaaaaa/adapter"
+
+
+def a_scored_run(tmp_path, exact=True):
+    """A run's files as the workflow leaves them: tasks and references (sources), a stage's answers, the
+    submission and results/eval.json, each with its manifest."""
+    (tmp_path / "tasks.jsonl").write_text('{"task_id": 0, "input": "1+1は？"}\n{"task_id": 1, "input": "日本の首都は？"}\n')
+    (tmp_path / "references.jsonl").write_text('{"task_id": 0, "output": "2"}\n{"task_id": 1, "output": "東京"}\n')
+    (tmp_path / "results/generations/abc").mkdir(parents=True)
+    answers = '{"task_id": 0, "output": "2"}\n{"task_id": 1, "output": "%s"}\n' % ("東京" if exact else "大阪")
+    built(tmp_path, "results/generations/abc/dpo.jsonl", ["tasks.jsonl"], answers)
+    built(tmp_path, "submission.jsonl", ["results/generations/abc/dpo.jsonl", "tasks.jsonl"], answers)
+    report = {"references": {"path": "references.jsonl"}, "inputs": ["results/generations/abc/dpo.jsonl"],
+              "per_task": {"dpo": [{"task_id": 0, "exact": True, "chrf": 100.0},
+                                   {"task_id": 1, "exact": exact, "chrf": 100.0 if exact else 0.0}]}}
+    built(tmp_path, "results/eval.json", ["results/generations/abc/dpo.jsonl", "tasks.jsonl", "references.jsonl"],
+          json.dumps(report, ensure_ascii=False))
+
+
+def test_lineage_of_a_task_shows_input_reference_answer_and_whether_it_was_correct(tmp_path, monkeypatch, capsys):
+    from tunesmith.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    a_scored_run(tmp_path, exact=False)
+    text = task_overview("submission.jsonl", 1, root=tmp_path)
+    assert text == ["task 1 (tasks.jsonl line 2)", '  input:     "日本の首都は？"', '  reference: "東京"',
+                        '  answer:    "大阪"  (submission.jsonl)',
+                        "  correct:   no (exact match; chrF 0.0)  (results/eval.json, stage dpo)"]
+    assert main(["lineage", "submission.jsonl", "--task-id", "0"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[4] == "  correct:   yes (exact match; chrF 100.0)  (results/eval.json, stage dpo)"
+    assert shown[5].startswith("submission.jsonl  [submission, sha256")  # then the lineage
+    assert main(["lineage", "submission.jsonl", "--task-id", "7"]) == 1
+    assert capsys.readouterr().err.strip() == "task 7 is not in tasks.jsonl (2 tasks, ids 0–1)"
+    # no evaluation: the reference and the verdict say why they are missing
+    (tmp_path / "results/eval.json").unlink()
+    text = task_overview("submission.jsonl", 0, root=tmp_path)
+    assert text[2].startswith("  reference: none (the recipe sets no tasks.references, and there is no current")
+    assert text[4].startswith("  correct:   not scored (results/eval.json is not built")

@@ -217,6 +217,38 @@ def test_an_adapter_folder_loads_standalone_from_any_directory(tiny, dpo_adapter
     torch.testing.assert_close(logits_of(standard, tokenizer, prompts), logits_of(ours, tokenizer, prompts))
 
 
+def test_an_adapter_folder_loads_on_a_4bit_base_in_one_line(tiny, dpo_adapter):
+    """The README's nf4 line: AutoPeftModelForCausalLM alone loads the base in its saved dtype (26 GB for 13B in
+    bf16); the quantisation config passes through to the base's from_pretrained, and the model is the one
+    tunesmith generates with from a quantised recipe."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import BitsAndBytesConfig
+
+    # The README's line, with compute in float32 and the CPU as device, as everything on this machine.
+    model = AutoPeftModelForCausalLM.from_pretrained(dpo_adapter, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32), device_map={"": "cpu"})
+    assert model.get_base_model().is_loaded_in_4bit
+    tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
+    prompts = task_prompts(tiny, 4)
+    nf4 = tiny.section("base_model") | {"quantization": "nf4", "dtype": "float32", "compute_dtype": "float32"}
+    ours = load_model(tiny.base_dir, nf4, adapter=dpo_adapter)
+    torch.testing.assert_close(logits_of(model.eval(), tokenizer, prompts), logits_of(ours, tokenizer, prompts))
+    unquantised = logits_of(load_model(tiny.base_dir, tiny.section("base_model"), adapter=dpo_adapter), tokenizer,
+                            prompts)
+    assert not torch.allclose(logits_of(model, tokenizer, prompts), unquantised, atol=1e-4), "not quantised at all"
+
+
+def test_target_modules_are_written_in_one_order(tmp_path):
+    """peft saves target_modules from a set, in another order each run: the folder is rewritten sorted, so that
+    two clean runs write the same bytes."""
+    from tunesmith.adapters import CONFIG, set_base
+
+    (tmp_path / CONFIG).write_text(json.dumps({"target_modules": ["v_proj", "q_proj", "o_proj", "k_proj"]}))
+    set_base(tmp_path, "llm-jp/llm-jp-3-13b")
+    assert read_config(tmp_path)["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+
 def test_a_hub_base_stays_a_hub_id(tmp_path, monkeypatch):
     from tunesmith.adapters import base_reference
 

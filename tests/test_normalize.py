@@ -1,6 +1,6 @@
 import pytest
 
-from tunesmith.normalize import match_key, normalize_text
+from tunesmith.normalize import clean_text, match_key, normalize_text
 
 
 @pytest.mark.parametrize(
@@ -174,3 +174,41 @@ def test_vectorised_normalisation_matches_normalize_text_exactly():
     chunked = pa.chunked_array([pa.array(texts[:7], pa.string()), pa.array(texts[7:], pa.string())])
     assert normalize_arrow(chunked).to_pylist() == normalised.to_pylist()
     assert normalize_arrow(pa.array([], pa.string())).to_pylist() == []
+
+
+# ---- clean_text: what is trained on and prompted with ------------------------------------------------
+
+def test_clean_text_keeps_indentation_width_symbols_and_markdown():
+    written = ("次の関数を説明してください！（例①）：\n```python\ndef f0(x):\n    if x > 0:\n        return x\n```\n"
+               "- 項目\n  - 入れ子の項目\t（タブ）\n\n\n\u3000全角スペースで始まる行")
+    assert clean_text(written) == written
+    assert normalize_text(written) != written  # the same text is folded for comparison keys only
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("a_x000D_\r\nb\rc", "a\nb\nc"),
+    ("ゼロ\u200b幅\ufeffの\u2060文字\u200c", "ゼロ幅の文字"),
+    ("\n  \n\n    indented first line\n", "    indented first line"),
+    ("answer  \t\u3000\n\n", "answer"),
+    ("_x000_x000D_D_", ""),
+    (" \u3000\u200b ", ""),
+])
+def test_clean_text_removes_only_noise(raw, expected):
+    assert clean_text(raw) == expected
+
+
+def test_clean_text_keeps_the_joiner_inside_emoji_sequences():
+    family = "\U0001F469\u200d\U0001F469\u200d\U0001F467"
+    assert clean_text(f"家族 {family} です\u200d") == f"家族 {family} です"
+
+
+def test_vectorised_cleaning_matches_clean_text_exactly():
+    import pyarrow as pa
+
+    from tunesmith.normalize import clean_arrow
+
+    texts = AWKWARD + _tricky_texts(5000) + ["\U0001F469\u200d\U0001F469 a\u200db", None, "\n \n  x \n"]
+    cleaned = clean_arrow(pa.array(texts, pa.string()))
+    assert cleaned.to_pylist() == [clean_text(text) for text in texts]
+    chunked = pa.chunked_array([pa.array(texts[:7], pa.string()), pa.array(texts[7:], pa.string())])
+    assert clean_arrow(chunked).to_pylist() == cleaned.to_pylist()

@@ -60,6 +60,22 @@ def test_durations_read_as_words():
     assert [duration(s) for s in (4.4, 65, 3725)] == ["4 s", "1 min 5 s", "1 h 2 min"]
 
 
+def test_the_latest_line_skips_warnings_and_library_noise(tmp_path):
+    """Seen during SFT on real data (issue 21): a FutureWarning's second line, `warnings.warn(`, was shown."""
+    log = tmp_path / "train_sft.log"
+    log.write_text(
+        "2026-12-01 23:41:09,964 tunesmith.progress INFO training: 3/10 steps (30%), loss 1.92\n"
+        "/venv/lib/python3.11/site-packages/trl/trainer/sft_trainer.py:401: FutureWarning: `tokenizer` is "
+        "deprecated\n  warnings.warn(\n"
+        "/venv/lib/python3.11/site-packages/torch/utils/checkpoint.py:87: UserWarning: None of the inputs\n"
+        "  return fn(*args)\n"
+        "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'\n",
+        encoding="utf-8")
+    assert last_line(log) == "training: 3/10 steps (30%), loss 1.92"
+    log.write_text("x.py:1: FutureWarning: old\n  warnings.warn(\n", encoding="utf-8")
+    assert last_line(log) == ""  # nothing worth showing: the heartbeat says the job is running
+
+
 def test_the_heartbeat_shows_the_latest_log_line_and_how_to_follow_the_log(tmp_path):
     log = tmp_path / "train_sft.log"
     log.write_text("==== tunesmith attempt 1 ====\n2026-12-01 23:41:09,964 tunesmith.progress INFO training: "

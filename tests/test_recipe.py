@@ -297,3 +297,71 @@ def test_validate_show_piped_to_head_ends_quietly(tmp_path):
                " | head -n 1")
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
     assert result.stdout == "seed: 42\n" and result.stderr == "", result.stderr
+
+
+# ---- overrides: `--config set=KEY=VALUE[,KEY=VALUE...]`, `tunesmith validate --set` --------------------
+
+def test_overrides_are_parsed_as_yaml_values_split_at_each_key():
+    from tunesmith.recipe import parse_overrides
+
+    assert parse_overrides("sft.epochs=3,dpo.beta=0.2") == {"sft.epochs": 3, "dpo.beta": 0.2}
+    # a comma inside a value stays there; a value is YAML like the file's
+    assert parse_overrides(["sft.lora.target_modules=[q_proj, v_proj],generate.do_sample=true", "seed="]) == {
+        "sft.lora.target_modules": ["q_proj", "v_proj"], "generate.do_sample": True, "seed": None}
+    for bad, problem in [("sft.epochs", "is not KEY=VALUE"), ("sft.epochs=1,sft.epochs=2", "given twice"),
+                         ("sft.epochs=[1", "not valid YAML"), ({"sft.epochs": "3"}, "takes KEY=VALUE")]:
+        with pytest.raises(RecipeError, match=problem):
+            parse_overrides(bad)
+
+
+def test_workflow_recipe_applies_set_and_validates_it_like_the_file(tmp_path):
+    from tunesmith import plan
+    from tunesmith.recipe import workflow_recipe
+
+    default = REPO / "recipes" / "default.yaml"
+    _, plain = workflow_recipe({"recipe": str(default)}, [], REPO)
+    _, changed = workflow_recipe({"recipe": str(default), "set": "sft.epochs=3,dpo.beta=0.2"}, [], REPO)
+    assert (changed["sft"]["epochs"], changed["dpo"]["beta"]) == (3, 0.2)
+    # the stages' settings (what each job's manifest records) and keys follow the override
+    assert plan.steps(changed)["sft"].settings["sft"]["epochs"] == 3
+    assert plan.steps(changed)["sft"].key != plan.steps(plain)["sft"].key
+    with pytest.raises(RecipeError, match=r"sft\.epochs: must be above 0, got 0"):
+        workflow_recipe({"recipe": str(default), "set": "sft.epochs=0"}, [], REPO)
+    with pytest.raises(RecipeError, match=r"sft: unknown key\(s\) 'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        workflow_recipe({"recipe": str(default), "set": "sft.learning_rte=1e-4"}, [], REPO)
+    # a key Snakemake lets through (no dot) that is not ours points to the supported form
+    with pytest.raises(RecipeError, match=r"--config set=seed=VALUE"):
+        workflow_recipe({"recipe": str(default), "seed": 3}, [], REPO)
+
+
+def test_unknown_key_suggests_the_closest_known_one():
+    with pytest.raises(RecipeError, match=r"'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        validate_recipe(minimal_recipe(sft={"learning_rte": 1e-4}))
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(minimal_recipe(sft={"zzzzzz": 1}))
+    assert "did you mean" not in str(caught.value)
+
+
+def test_cli_validate_set_and_show_without_null_column_mappings(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    default = str(REPO / "recipes" / "default.yaml")
+    assert main(["validate", default, "--no-files", "--show", "--set", "sft.epochs=3", "--set", "dpo.beta=0.2"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["sft"]["epochs"], shown["dpo"]["beta"]) == (3, 0.2)
+    assert all(source["columns"] == {} for source in shown["sources"])
+    assert shown["sources"][0]["max_rows"] is None  # a null that is a setting stays
+    mapped = tmp_path / "mapped.yaml"
+    mapped.write_text(Path(default).read_text(encoding="utf-8").replace(
+        "role: sft\n", "role: sft\n    columns: {instruction: question}\n", 1))
+    assert main(["validate", str(mapped), "--no-files", "--show"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["sources"][0]["columns"] == {"instruction": "question"}
+    assert main(["validate", default, "--no-files", "--set", "sft.learning_rte=1"]) == 1
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+
+
+def test_a_configfile_is_refused_saying_its_python_has_already_run():
+    from tunesmith.recipe import workflow_recipe
+
+    with pytest.raises(RecipeError, match=r"--config recipe=PATH, not --configfile.*already run any YTE Python"):
+        workflow_recipe({}, ["evil.yaml"], REPO)

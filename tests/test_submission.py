@@ -136,13 +136,25 @@ def test_every_problem_is_reported_at_once(tmp_path, tasks_path):
     assert "task_id 2: input differs" in str(error.value)
 
 
-def test_empty_output_is_valid_but_warned(tmp_path, tasks_path, caplog):
-    """The checker accepts an empty answer (it scores 0): submit it, but say so in the log."""
+def test_empty_output_is_refused_unless_the_recipe_allows_it(tmp_path, tasks_path, caplog):
+    """The checker accepts an empty answer but scores it the minimum: refused, naming the recipe key,
+    unless submission.allow_empty; then submitted with a warning."""
     rows = good_rows()
     rows[2]["output"] = "  "
     path = write_lines(tmp_path / "submission.jsonl", [dump(row) for row in rows])
-    assert validate_submission(path, tasks_path) == 3
+    with pytest.raises(SubmissionError, match=r"submission.jsonl:3: task_id 2: output is empty .*submission.allow_empty"):
+        validate_submission(path, tasks_path)
+    assert validate_submission(path, tasks_path, allow_empty=True) == 3
     assert "submission.jsonl:3: task_id 2: output is empty" in caplog.text
+    rows[2]["output"] = ""
+    generations = tmp_path / "generations.jsonl"
+    generations.write_text("".join(dump({"task_id": row["task_id"], "output": row["output"]}) + "\n" for row in rows),
+                           encoding="utf-8")
+    out = tmp_path / "written.jsonl"
+    with pytest.raises(SubmissionError, match=r"task_id 2: output is empty"):
+        write_submission(generations, tasks_path, out)
+    assert not out.exists()
+    assert write_submission(generations, tasks_path, out, allow_empty=True) == 3
 
 
 def write_generations(path, outputs):

@@ -50,7 +50,7 @@ def run(tmp_path, monkeypatch):
     for stage, counts in (("sft", {"rows": 95, "rows_curated": 95, "rows_dropped": {}, "rows_truncated": {},
                                    "eval_rows": 5}),
                           ("dpo", {"rows": 44, "rows_curated": 46, "rows_dropped": {"prompt_fills_max_length": 2},
-                                   "rows_truncated": {}, "eval_rows": 2})):
+                                   "rows_truncated": {}, "eval_rows": 2, "rows_seen": 24, "epochs_seen": 0.5455})):
         adapters[stage] = Path(f"results/{stage}/ccccccccccc{len(adapters)}/adapter")
         adapters[stage].mkdir(parents=True)
         (adapters[stage] / "tunesmith.json").write_text(json.dumps({"stage": stage, **counts}))
@@ -111,6 +111,8 @@ def test_the_terminal_says_what_was_submitted_the_scores_the_rows_and_the_report
     assert "duplicate 12, contaminated 5, too_long 2, 1 more" in text
     trained = next(line for line in lines if line.strip().startswith("dpo") and "pairs" in line)
     assert "44 pairs" in trained and "2 dropped (prompt_fills_max_length)" in trained
+    # max_steps stopped DPO half-way through its pairs: the rows available and the rows seen, not "44 trained".
+    assert "24 of 44 pairs seen (0.55 epochs)" in trained
     assert "`snakemake --report report.html --cores 1` writes report.html" in text
 
 
@@ -135,6 +137,17 @@ def test_the_note_follows_the_paired_test_not_a_tie_break(run):
     assert (f"Note: sft scores above the submitted dpo beyond noise (dpo → sft: {significance.describe(better)}); "
             "`submission.stage: sft` would submit it.") in text
     assert "McNemar exact p=0.000488" in text  # 2 / 2**12
+
+
+def test_answers_that_needed_the_empty_answer_fallback_are_counted(run):
+    assert "end-of-sequence blocked" not in terminal(dpo_summary(run), summary_current=True)
+    write_jsonl(Path(run["generations"]["dpo"]), [{"task_id": i, "output": answer, "fallback": "eos_blocked" if i else None}
+                                                  for i, answer in enumerate(ANSWERS["dpo"])])
+    summary = dpo_summary(run)
+    assert summary["submission"]["fallbacks"] == 2
+    lines = terminal(summary, summary_current=True).splitlines()
+    assert lines[1].startswith("  2 of these answers were empty after every attempt") and "`fallback`" in lines[1]
+    assert "2 of these answers were empty after every attempt" in start_page(summary)
 
 
 def test_scores_of_another_recipe_are_never_shown(run):

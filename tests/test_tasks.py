@@ -65,10 +65,12 @@ def test_excel_marker_kept_in_input_and_removed_from_prompt_text(tmp_path):
     assert task.prompt_text == "カタカナで書いてください。\nらっぱ"
 
 
-def test_prompt_text_is_normalized():
+def test_prompt_text_is_the_input_cleaned_of_noise_only():
     task = Task(task_id=0, input="  ＡＢＣ\u200b\r\n\r\n\r\nｶﾅ\u3000 ", line=1)
-    assert task.prompt_text == "ABC\n\nカナ"
+    assert task.prompt_text == "  ＡＢＣ\n\n\nｶﾅ"  # width, indentation and blank lines as written
     assert task.input == "  ＡＢＣ\u200b\r\n\r\n\r\nｶﾅ\u3000 "
+    code = "次のコードの誤りを直してください！（例①）\n```python\ndef f(x):\n    if x > 0：\n        return x\n```"
+    assert Task(task_id=1, input=code + "_x000D_\r\n", line=1).prompt_text == code
 
 
 def test_byte_order_mark_at_file_start(tmp_path):

@@ -59,6 +59,10 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     assert metadata["rows_curated"] + metadata["eval_rows_curated"] == pq.read_metadata(tiny.sft_data).num_rows
     assert len(logged(folder, "loss")) == tiny.recipe["sft"]["max_steps"]
     assert sft_adapter.result["rows"] == metadata["rows"]
+    # max_steps stops SFT inside its first epoch: the rows it saw, not the rows it had.
+    steps, batch = tiny.recipe["sft"]["max_steps"], tiny.recipe["sft"]["batch_size"]
+    assert 0 < metadata["epochs_seen"] < 1 and abs(metadata["rows_seen"] - steps * batch) <= batch, metadata
+    assert read_config(folder)["target_modules"] == sorted(tiny.recipe["sft"]["lora"]["target_modules"])
     assert not (folder / "trainer").exists() and not (folder / "trained").exists(), "nothing lies beneath SFT"
     assert_no_partial_siblings(folder)
 
@@ -363,6 +367,10 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tin
     assert resumed.keys() == straight.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-4, atol=1e-6)
+    # The resumed log continues the killed run's running token count (trl keeps it outside the checkpoint).
+    counted = {name: [(row["step"], row["num_tokens"]) for row in csv.DictReader(open(folder / "training_log.csv"))
+                      if row.get("num_tokens")] for name, folder in (("resumed", out), ("straight", uninterrupted))}
+    assert len(counted["straight"]) == 8 and counted["resumed"] == counted["straight"]
 
 
 def test_same_seed_gives_the_same_adapter_weights(tiny, tmp_path):
@@ -492,7 +500,8 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     metadata = read_metadata(out)
     assert metadata["processes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
     assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
-    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
+    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"], "rows_seen": metadata["rows_seen"]}
+    assert result["train_loss"] > 0 and metadata["rows_seen"] == 3 * metadata["effective_batch_size"]
     assert len(logged(out, "loss")) == 3
     assert_lora_trained(str(out))
     assert isinstance(PeftModel.from_pretrained(load_model(tiny.base_dir, tiny.section("base_model")), out), PeftModel)
@@ -571,7 +580,8 @@ def test_sft_on_two_nodes_is_one_process_group(tiny, tmp_path, capfd, monkeypatc
     metadata = read_metadata(out)
     assert metadata["processes"] == 2 and metadata["nodes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
     assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
-    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"]} and result["train_loss"] > 0
+    assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"], "rows_seen": metadata["rows_seen"]}
+    assert result["train_loss"] > 0 and metadata["rows_seen"] == 3 * metadata["effective_batch_size"]
     assert len(logged(out, "loss")) == 3
     assert_lora_trained(str(out))
 
@@ -605,3 +615,76 @@ def test_deepspeed_without_the_package_stops_before_training(tiny, tmp_path, mon
                         template_section=tiny.section("template"), dpo=tiny.section("dpo"),
                         dataset_path=tiny.preference_data, sft_adapter="sft", seed=SEED, out_dir=str(tmp_path / "dpo"))
     assert not list(tmp_path.iterdir())
+
+
+# --- a quantised base: the adapter trains in float32 ------------------------------------------------
+
+def _lora_a_share_moved(trainer, learning_rate: float) -> float:
+    """One AdamW step of the trainer's own optimiser on a fake gradient: the share of lora_A entries it changes."""
+    optimizer = trainer.create_optimizer()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    generator = torch.Generator().manual_seed(SEED)
+    trained = [(name, parameter) for name, parameter in trainer.model.named_parameters() if parameter.requires_grad]
+    for _, parameter in trained:
+        parameter.grad = torch.randn(parameter.shape, generator=generator).to(parameter.dtype)
+    before = {name: parameter.detach().clone() for name, parameter in trained if "lora_A" in name}
+    optimizer.step()
+    changed = sum(int((parameter.detach() != before[name]).sum()) for name, parameter in trained if name in before)
+    return changed / sum(tensor.numel() for tensor in before.values())
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+@pytest.mark.parametrize("trl_cast_kept", [False, True], ids=["ours", "trl_cast_kept"])
+def test_adapters_on_a_4bit_base_train_in_float32_and_move_at_a_preference_learning_rate(
+        tiny, sft_adapter, tmp_path, monkeypatch, stage, trl_cast_kept):
+    """trl 1.16 casts the trainable parameters of a quantised model to bf16; an AdamW step at DPO's 5e-6 is then
+    below bf16's resolution for most of lora_A. The trainers are built exactly as train_sft/train_dpo build them,
+    on the tiny model in nf4 on the CPU (bitsandbytes loads it there; training 4-bit on CPU does not work, so
+    nothing trains here). `trl_cast_kept` shows the defect the float32 cast removes."""
+    import tunesmith.model as model_module
+    import tunesmith.train as train_module
+
+    monkeypatch.setattr(model_module, "can_train_quantised", lambda: True)  # a GPU machine, as far as loading goes
+    if trl_cast_kept:
+        monkeypatch.setattr(train_module, "trainable_in_float32", lambda model, section: 0)
+    base = tiny.section("base_model") | {"quantization": "nf4", "dtype": "bfloat16", "compute_dtype": "bfloat16"}
+    section = tiny.section(stage) | {"learning_rate": 5e-6, "max_steps": 1}
+    if stage == "sft":
+        trainer, _ = train_module.sft_trainer(tiny.base_dir, base, tiny.section("template"), section, tiny.sft_data,
+                                              SEED, str(tmp_path / "checkpoints"), {"report_to": []})
+    else:
+        trainer, _, _ = train_module.preference_trainer(
+            tiny.base_dir, base, tiny.section("template"), section, tiny.preference_data, sft_adapter.path, SEED,
+            str(tmp_path / "checkpoints"), {"report_to": []}, str(tmp_path / "dpo"))
+    assert getattr(trainer.model, "is_loaded_in_4bit", False), "the base is not quantised: the test proves nothing"
+    dtypes = {parameter.dtype for parameter in trainer.model.parameters() if parameter.requires_grad}
+    share = _lora_a_share_moved(trainer, 5e-6)
+    print(f"\n{stage}: trainable dtypes {dtypes}; share of lora_A entries one lr-5e-6 step changes: {share:.4f}")
+    if trl_cast_kept:
+        assert dtypes == {torch.bfloat16} and share < 0.5, "trl no longer casts to bf16: drop this case"
+    else:
+        assert dtypes == {torch.float32}
+        assert share >= 0.99
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_the_evaluation_batch_defaults_to_the_training_batch_and_sizes_the_reference_precompute(tiny, tmp_path,
+                                                                                              method):
+    """trl's own evaluation batch is 8 (and with it the batch of the reference's log-probabilities on the validation
+    rows): several times a 13B recipe's training batch of 2, and the likely peak of its GPU memory."""
+    from trl import SFTConfig
+
+    from tunesmith.preference import trainer_class_and_config
+    from tunesmith.train import _common_args
+
+    batch = tiny.recipe["dpo"]["batch_size"]
+    assert batch != 8, "the default would not be told apart from trl's"
+    for value, expected in ((None, batch), (3, 3)):
+        dpo = tiny.section("dpo") | {"method": method, "eval_batch_size": value}
+        _, args = trainer_class_and_config(dpo, _common_args(dpo, SEED, str(tmp_path), {"report_to": []},
+                                                             evaluate=True))
+        assert (args.per_device_eval_batch_size, args.precompute_ref_batch_size) == (expected, expected)
+        sft = tiny.section("sft") | {"eval_batch_size": value}
+        args = SFTConfig(**_common_args(sft, SEED, str(tmp_path), {"report_to": []}, evaluate=True))
+        assert args.per_device_eval_batch_size == (expected if value else tiny.recipe["sft"]["batch_size"])

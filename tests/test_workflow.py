@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import duckdb
 import pytest
+import torch
 
 from conftest import REPO
 from tunesmith.submission import validate_submission
@@ -50,6 +52,41 @@ def test_competition_recipe_plans_without_building_a_base_model(tmp_path):
     jobs = planned_jobs(result.stdout)
     assert "pretrain_base" not in jobs and "train_tokenizer" not in jobs
     assert jobs["train_sft"] == jobs["train_dpo"] == jobs["write_submission"] == 1
+
+
+QUANTISED_REFUSAL = "base_model.quantization is 'nf4', which needs a CUDA GPU to train"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
+def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path):
+    """Not when training starts, after curation and a 26 GB fetch: when the workflow starts. A dry run plans it
+    (test_competition_recipe_plans_without_building_a_base_model)."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("--cores", 1, "--directory", tmp_path, "--config",
+                       f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and QUANTISED_REFUSAL in output, output[-3000:]
+    assert "train_sft" in output.split(QUANTISED_REFUSAL)[1].splitlines()[0], "the message names the jobs"
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists(), "a job ran"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
+def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path):
+    """Through the Slurm profile the jobs run on GPU nodes: nothing is refused here, jobs reach sbatch (a fake one
+    on PATH that records its calls and fails, so nothing runs)."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for command in ("sbatch", "sacct", "squeue", "sinfo", "sacctmgr", "scontrol", "scancel"):
+        (fake / command).write_text(f'#!/bin/sh\necho "{command} $*" >> {tmp_path}/calls.txt\nexit 1\n')
+        (fake / command).chmod(0o755)
+    environment = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
+               str(REPO / "profiles/slurm"), "--directory", str(tmp_path), "--config",
+               f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
+    assert QUANTISED_REFUSAL not in result.stdout + result.stderr
+    assert "sbatch --parsable" in (tmp_path / "calls.txt").read_text()
 
 
 def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):
@@ -632,3 +669,74 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
                      "--config", f"recipe={no_scores}", "--cores", "1")
     assert "No scores: this recipe has no judge" in bare.stdout + bare.stderr
     assert "| base |" not in bare.stdout + bare.stderr and "Scores on None" not in bare.stdout + bare.stderr
+
+
+def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_path):
+    """`--config set=KEY=VALUE[,KEY=VALUE...]` (issue 21): a bad override fails before any job, naming its key."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
+                       "set=sft.epochs=2,sft.learning_rte=1e-4")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe" in output
+    assert "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.e2e
+def test_the_merged_export_loads_in_transformers_and_answers_as_the_run_did(tmp_path):
+    """`snakemake results/export/sft` for real (a quick recipe: a few steps, no DPO), then the folder alone through
+    transformers (AutoModelForCausalLM, its tokenizer and saved chat template), as a user of the upload would:
+    its greedy answers are the run's own greedy answers for that stage."""
+    import yaml
+    from quick_recipe import quick_recipe
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.template import PromptTemplate
+
+    recipe_path = quick_recipe(REPO / "recipes/default.yaml", tmp_path / "quick.yaml")
+    recipe = yaml.safe_load(open(recipe_path, encoding="utf-8"))
+    recipe["dpo"]["enabled"] = False  # the submission is SFT's
+    yaml.safe_dump(recipe, open(recipe_path, "w", encoding="utf-8"), allow_unicode=True, sort_keys=False)
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "results/export/sft", "--directory", work, "--config",
+                       f"recipe={recipe_path}", "--cores", "2", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    folder = work / "results/export/sft"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    generated = [json.loads(line) for line in one(work, "results/generations/*/sft.jsonl").read_text().splitlines()]
+    tasks = {task.task_id: task for task in read_tasks(REPO / "data/tasks.jsonl")}
+    template = PromptTemplate(_validated(recipe)["template"])
+    same, differ = 0, []
+    for row in generated:
+        prompt_text = tasks[row["task_id"]].prompt_text
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt_text}], tokenize=False,
+                                             add_generation_prompt=True)
+        # The saved chat template reproduces the training prompt, BOS included (written once, by the template).
+        assert text == tokenizer.bos_token + template.render_prompt(prompt_text, tokenizer)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**ids, do_sample=False, max_new_tokens=recipe["generate"]["max_new_tokens"],
+                                    repetition_penalty=recipe["generate"]["repetition_penalty"],
+                                    pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        greedy = row["attempts"][0]
+        assert not greedy["retry"]
+        if answer == greedy["raw_output"]:
+            same += 1
+        else:
+            differ.append((row["task_id"], answer, greedy["raw_output"]))
+    print(f"\nexported model: {same} of {len(generated)} greedy answers equal the run's")
+    # The merge is exact up to float rounding (W + BA against Wx + B(Ax)), which can flip a near-tie.
+    assert same >= 0.95 * len(generated), differ[:5]
+
+
+def _validated(raw: dict) -> dict:
+    from tunesmith.recipe import validate_recipe
+
+    return validate_recipe(raw)

@@ -122,11 +122,14 @@ def _target_names(config: dict) -> set[str]:
 
 
 def set_base(folder: str | os.PathLike, base_path: str) -> None:
-    """Point an adapter saved by trl/peft at the base by a path that works from any working directory."""
+    """Point an adapter saved by trl/peft at the base by a path that works from any working directory, and list
+    its target modules in one order, so that a rerun writes the same bytes."""
     path = Path(folder) / CONFIG
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base_reference(base_path)
     config["inference_mode"] = True
+    if isinstance(config.get("target_modules"), list):  # peft writes a set: its order changes from run to run
+        config["target_modules"] = sorted(config["target_modules"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

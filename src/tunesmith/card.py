@@ -5,6 +5,7 @@ written as JSON), rendered as Markdown, and its length histograms as a PNG.
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -106,6 +107,17 @@ def _snippet(text) -> str:
     return text.replace("`", "ˋ")  # keep code spans and fences intact
 
 
+def _verbatim(text) -> list[str]:
+    """A list item's fenced block showing `text` exactly (whitespace, backticks, full-width forms), cut
+    at EXAMPLE_CHARS: the fence is longer than any run of backticks inside."""
+    text = "" if text is None else str(text)
+    cut = text[:EXAMPLE_CHARS]
+    longest = max((len(run) for run in re.findall("`+", cut)), default=0)
+    fence = "`" * max(3, longest + 1)
+    lines = [f"  {fence}text", *(f"  {line}" if line else "" for line in cut.split("\n")), f"  {fence}"]
+    return lines + ([f"  … ({len(text) - len(cut)} more characters)"] if len(cut) < len(text) else [])
+
+
 def _cell(text) -> str:
     return _snippet(text).replace("|", "\\|").replace("\n", "⏎")
 
@@ -160,11 +172,12 @@ def render_markdown(card: dict, lengths_image: str | None = None) -> str:
     out += ["## Contamination", "", f"{len(card['contamination'])} matches of a row with a task input.", ""]
     out += _table(["row", "task_id", "overlap"],
                   [[_ref(match), match["task_id"], f"{match['overlap']:.2f}"] for match in card["contamination"]])
-    out += ["## Examples", "", "### Kept (random, seeded)", ""]
+    out += ["## Examples", "", "### Kept (random, seeded), as they will be trained", ""]
     for row in card["kept_examples"]:
         fields = {key: value for key, value in row.items() if key not in ("source", "file", "line", "split")}
-        out += [f"- {_ref(row)} ({row['split']})", "", "  ```", *(f"  {key}: {_snippet(value)}"
-                                                                    for key, value in fields.items()), "  ```", ""]
+        out += [f"- {_ref(row)} ({row['split']})", ""]
+        for key, value in fields.items():
+            out += [f"  {key}:", "", *_verbatim(value), ""]
     for reason, rows in card["examples"].items():
         out += [f"### Quarantined: {reason}", ""]
         for row in rows:

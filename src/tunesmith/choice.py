@@ -78,12 +78,14 @@ def choose(requested: str, dpo_enabled: bool, scores_path: str | os.PathLike | N
 
 def submit(requested: str, dpo_enabled: bool, generations: dict[str, str | os.PathLike],
            tasks_path: str | os.PathLike, out_path: str | os.PathLike, choice_path: str | os.PathLike,
-           scores_path: str | os.PathLike | None = None) -> dict:
-    """Write the chosen stage's answers as the submission (validated) and the choice beside it."""
+           scores_path: str | os.PathLike | None = None, allow_empty: bool = False) -> dict:
+    """Write the chosen stage's answers as the submission (validated; empty answers refused unless
+    `allow_empty`, submission.allow_empty) and the choice beside it."""
     chosen = choose(requested, dpo_enabled, scores_path)
     if chosen["stage"] not in generations:
         raise ValueError(f"submission.stage: {chosen['stage']} was chosen, but its answers are not among "
                          f"{', '.join(generations)}")
-    write_submission(generations_path=generations[chosen["stage"]], tasks_path=tasks_path, out_path=out_path)
+    write_submission(generations_path=generations[chosen["stage"]], tasks_path=tasks_path, out_path=out_path,
+                     allow_empty=allow_empty)
     write_json(choice_path, {**chosen, "generations": os.fspath(generations[chosen["stage"]])})
     return chosen

@@ -8,14 +8,25 @@ import sys
 
 import yaml
 
-from tunesmith.recipe import RecipeError, load_recipe, variants
+from tunesmith.recipe import RecipeError, load_recipe, parse_overrides, variants
+
+
+def shown_recipe(recipe: dict) -> dict:
+    """The recipe as `validate --show` prints it: every default filled in, except a source's null
+    `columns` entries (null means "the style's own column name", a dozen lines per source that say
+    nothing); its other nulls are settings (max_rows: no cap, base_model.path: the tiny model) and stay."""
+    shown = dict(recipe)
+    shown["sources"] = [{**source, "columns": {name: column for name, column in source["columns"].items()
+                                               if column is not None}}
+                        for source in recipe["sources"]]
+    return shown
 
 
 def validate(args) -> int:
     """Check a recipe exactly as the workflow does (schema, cross-key rules, sweep variants, and the
     files it names, relative to the current directory); print it with every default filled in."""
     try:
-        recipe = load_recipe(args.recipe, check_files=not args.no_files)
+        recipe = load_recipe(args.recipe, check_files=not args.no_files, overrides=parse_overrides(args.set))
         sweep = variants(recipe, origin=args.recipe)
     except RecipeError as error:
         print(error, file=sys.stderr)
@@ -27,7 +38,7 @@ def validate(args) -> int:
               file=sys.stderr)
         return 1
     if args.show:
-        yaml.safe_dump(recipe, sys.stdout, allow_unicode=True, sort_keys=False)
+        yaml.safe_dump(shown_recipe(recipe), sys.stdout, allow_unicode=True, sort_keys=False)
     else:
         print(f"{args.recipe}: valid" + (f" ({len(sweep)} sweep variants)" if sweep else ""))
     return 0
@@ -35,10 +46,11 @@ def validate(args) -> int:
 
 def show_lineage(args) -> int:
     """Walk back from an artifact (e.g. submission.jsonl) to the data and settings that made it."""
-    from tunesmith.manifest import LineageError, lineage
+    from tunesmith.manifest import LineageError, lineage, task_overview
 
     try:
-        print("\n".join(lineage(args.target, task_id=args.task_id, root=args.root)))
+        overview = [] if args.task_id is None else task_overview(args.target, args.task_id, root=args.root)
+        print("\n".join(overview + lineage(args.target, task_id=args.task_id, root=args.root)))
     except LineageError as error:
         print(error, file=sys.stderr)
         return 1
@@ -77,13 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("validate", help=validate.__doc__)
     check.add_argument("recipe", help="recipe YAML file")
-    check.add_argument("--show", action="store_true", help="print the recipe with defaults filled in")
+    check.add_argument("--show", action="store_true",
+                       help="print the recipe with defaults filled in (a source's unmapped, null columns left out)")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe key, as the workflow's --config set=KEY=VALUE[,KEY=VALUE...] does "
+                            "(repeatable; e.g. --set sft.epochs=3)")
     check.add_argument("--no-files", action="store_true",
                        help="skip the checks of the files the recipe names (to check a recipe away from its data)")
     check.set_defaults(run=validate)
     trace = commands.add_parser("lineage", help=show_lineage.__doc__)
     trace.add_argument("target", help="an artifact path, as written by the workflow (e.g. submission.jsonl)")
-    trace.add_argument("--task-id", type=int, help="also show what each stage holds about this task")
+    trace.add_argument("--task-id", type=int, help="first the task's input, reference, answer and whether it was correct, "
+                       "then what each stage holds about it (an id the task file lacks is an error)")
     trace.add_argument("--root", default=".", help="the workflow's working directory")
     trace.set_defaults(run=show_lineage)
     why = commands.add_parser("explain", help=explain_rebuild.__doc__)

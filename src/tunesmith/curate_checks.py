@@ -1,7 +1,11 @@
-"""Field checks: each record's canonical fields normalised and measured in batches with Arrow kernels
-(`texts`), then one SQL CASE giving each row its first failing field reason (`checked`).
+"""Field checks: each record's canonical fields cleaned, normalised and measured in batches with Arrow
+kernels (`texts`), then one SQL CASE giving each row its first failing field reason (`checked`).
 
-Normalising and measuring happen once per field, over whole columns (tunesmith.normalize,
+A field is kept as it will be trained: cleaned of noise only (tunesmith.normalize.clean_text), or
+normalised when `curate.normalize_training_text` asks for it. Its lengths (characters, tokens) are
+the trained text's; its match key, Japanese share and repetition come from the normalised text, so
+width variants and spacing do not hide a copy, a task input or a repetition.
+Cleaning, normalising and measuring happen once per field, over whole columns (tunesmith.normalize,
 tunesmith.measures), not as per-row functions called from SQL, so the SQL that follows is native.
 The prompt's measures are sums of its parts' (the instruction and an alpaca input).
 """
@@ -12,9 +16,10 @@ import json
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tunesmith.measures import measure, repetitions
-from tunesmith.normalize import match_keys_arrow, normalize_arrow
+from tunesmith.measures import SPACES_RE2, measure, repetitions
+from tunesmith.normalize import clean_arrow, match_keys_arrow, normalize_arrow
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
 MEASURES = ("chars", "japanese", "units", "visible")
@@ -32,7 +37,7 @@ class Shape:
     instruction: str  # the prompt without its context (an alpaca input) ...
     context: str  # ... and the context: near duplicates are compared on each apart
     kept_columns: str
-    identical: str  # a pair whose answers are the same teaches a preference nothing
+    identical: str  # a pair whose answers are the same once normalised teaches a preference nothing
 
 
 SHAPES = {
@@ -41,7 +46,7 @@ SHAPES = {
                  ("instruction", "input"), ("output",), "output", "instruction", "input",
                  "prompt_text AS prompt, output AS response", "false"),
     "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("prompt",), ("chosen", "rejected"), "chosen",
-                        "prompt", None, "prompt_text AS prompt, chosen, rejected", "chosen = rejected"),
+                        "prompt", None, "prompt_text AS prompt, chosen, rejected", "responses_identical"),
 }
 
 
@@ -73,24 +78,32 @@ def typed_sql(shape: Shape) -> str:
     return f"CREATE TEMP TABLE typed AS SELECT pos, source_rank, early_reason, early_detail, {fields} FROM styled"
 
 
-def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None) -> None:
-    """Table `texts`: per row of `typed`, each field normalised, its measures, its match key, and for
-    the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or NULL).
-    With a `tokenizer`, each field's token count too (`{field}_ntokens`, special tokens left out)."""
+def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False) -> None:
+    """Table `texts`: per row of `typed`, each field as it will be trained (cleaned; normalised when
+    `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
+    found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
+    count too (`{field}_ntokens`, special tokens left out)."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
     for start in range(first, max(last, first) + 1, TEXT_BATCH_ROWS):  # an empty table still makes `texts`
         batch = con.sql(f"SELECT pos, {', '.join(f'{f}_raw' for f in fields)} FROM typed "
                         f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
-        columns = {"pos": batch["pos"]}
+        columns, normalised_responses = {"pos": batch["pos"]}, []
         for field in fields:
-            text = normalize_arrow(batch[f"{field}_raw"])
-            columns[field] = text
-            measures, compact, compact_lengths = measure(text)
-            columns |= {f"{field}_{name}": values for name, values in measures.items()}
-            columns[f"{field}_key"] = match_keys_arrow(text)
+            normalised = normalize_arrow(batch[f"{field}_raw"])
+            if field in shape.responses:
+                normalised_responses.append(normalised)
+            trained = normalised if normalize_training_text else clean_arrow(batch[f"{field}_raw"])
+            columns[field] = trained
+            measures, compact, compact_lengths = measure(normalised)
+            if not normalize_training_text:  # lengths are the trained text's
+                chars = pc.utf8_length(trained).cast(pa.int64())
+                spaces = pc.count_substring_regex(trained, SPACES_RE2).cast(pa.int64())
+                measures |= {"chars": chars, "visible": pc.subtract(chars, spaces)}
+            columns |= {f"{field}_{name}": measures[name] for name in MEASURES}
+            columns[f"{field}_key"] = match_keys_arrow(normalised)
             if tokenizer is not None:
-                values = text.to_pylist()
+                values = trained.to_pylist()
                 ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
                 columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
                                                         for value, row in zip(values, ids)], pa.int64())
@@ -99,6 +112,8 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None) -> None
                                        min_copies=repetition["min_copies"], min_share=repetition["min_share"],
                                        max_unit_chars=repetition["max_unit_chars"])
         columns[f"{shape.taught}_repeated"] = repeated
+        if len(normalised_responses) == 2:  # chosen and rejected: the same answer but for width or spacing
+            columns["responses_identical"] = pc.equal(*normalised_responses)
         con.register("texts_batch", pa.table(columns))
         con.execute("INSERT INTO texts SELECT * FROM texts_batch" if start > first
                     else "CREATE TEMP TABLE texts AS SELECT * FROM texts_batch")

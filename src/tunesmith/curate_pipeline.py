@@ -282,7 +282,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     _check_columns(con, chosen)
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
     con.execute(typed_sql(shape))
-    normalise_texts(con, shape, settings["repetition"], tokenizer)
+    normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"])
     con.execute(check_sql(shape, settings, counted=tokenizer is not None))
     con.execute("DROP TABLE typed; DROP TABLE texts")
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)

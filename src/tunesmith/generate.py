@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from tunesmith.atomic import write_jsonl
+from tunesmith.guards import output_problems
 from tunesmith.model import ModelError, device, load_model, load_tokenizer, read_metadata
+from tunesmith.normalize import normalize_text
 from tunesmith.progress import progress
 from tunesmith.tasks import read_tasks
 from tunesmith.template import PromptTemplate
@@ -72,6 +72,10 @@ def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed:
     stop_strings = list(settings["stop_strings"])
     if stop_strings:
         generation.update(stop_strings=stop_strings, tokenizer=tokenizer)
+    if settings.get("min_new_tokens"):  # the fallback for empty answers (answer_with_guards)
+        eos = set(generation_eos_ids(model, tokenizer))
+        generation.update(min_new_tokens=settings["min_new_tokens"],
+                          suppress_tokens=[token for token in tokenizer.all_special_ids if token not in eos] or None)
     model.eval()
     batch_size = settings["batch_size"]
     for start in progress(range(0, len(order), batch_size), "generating", "batches"):
@@ -85,6 +89,13 @@ def generate_batched(model, tokenizer, prompts: list[str], settings: dict, seed:
             answers[index] = cut_at_stop_strings(text, stop_strings)
     tokenizer.padding_side = padding_side
     return answers
+
+
+def generation_eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end an answer: the tokenizer's EOS and the model's generation config's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    return [token for token in {tokenizer.eos_token_id, *configured} if token is not None]
 
 
 def cuda_available() -> bool:
@@ -125,6 +136,8 @@ def vllm_sampling(settings: dict, seed: int) -> dict:
         sampling.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=seed)
     else:
         sampling.update(temperature=0.0, top_p=1.0)
+    if settings.get("min_new_tokens"):  # the fallback for empty answers: no EOS before this many tokens
+        sampling.update(min_tokens=settings["min_new_tokens"])
     return sampling
 
 
@@ -173,59 +186,10 @@ def vllm_generator(base_path: str, base_section: dict, adapter: str | None, sett
     return generate
 
 
-def repeated_ngram_count(text: str, size: int) -> int:
-    """How often the most frequent n-gram of `size` characters occurs, overlaps included. N-grams
-    without a letter or digit (a table's |:---:|:---:| rule) do not count."""
-    grams = (text[start : start + size] for start in range(len(text) - size + 1))
-    counts = Counter(gram for gram in grams if _words(gram))
-    return max(counts.values(), default=0)
-
-
-# A list item's marker: "1.", "2)", "3、", "(4)", "・", "-", "*", "①".
-_LIST_MARKER = re.compile(r"^\s*(?:[-*・•]|\(?\d+[.)、:：]?\)?|[\u2460-\u2473])\s*")
-_ALLOWED_CONTROLS = "\n\t\r"
-MIN_WORD_SHARE = 0.1  # below this share of letters and digits, an answer is punctuation, not text
-
-
-def _words(text: str) -> list[str]:
-    """Letters and digits: what degenerates, unlike the punctuation and rules of lists and tables."""
-    return [character for character in text if unicodedata.category(character)[0] in "LN"]
-
-
-def repeated_line_count(text: str) -> int:
-    """How often the most frequent line recurs, list markers aside ("1. 東京", "2. 東京"); lines
-    without a letter or digit (a table's |---| rule) do not count."""
-    lines = [_LIST_MARKER.sub("", line).strip() for line in text.splitlines()]
-    return max(Counter(line for line in lines if _words(line)).values(), default=0)
-
-
-def output_problems(text: str, guards: dict) -> list[str]:
-    """Reason codes for an answer that should not be submitted as it is; empty when it passes."""
-    text = text.strip()
-    if not text:
-        return ["empty"]
-    problems = []
-    if len(text) < guards["min_chars"]:
-        problems.append("too_short")
-    if len(text) > guards["max_chars"]:
-        problems.append("too_long")
-    if "\ufffd" in text:  # a byte sequence cut mid-character, decoded
-        problems.append("replacement_char")
-    if any(unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS for character in text):
-        problems.append("control_char")
-    words, visible = _words(text), "".join(text.split())
-    max_share = guards["max_char_share"]  # looked up for every answer: a setting, whatever the answers
-    if len(words) >= guards["char_share_min_length"]:
-        if Counter(words).most_common(1)[0][1] > max_share * len(words):
-            problems.append("degenerate_char")
-    elif len(visible) >= guards["char_share_min_length"] and len(words) < MIN_WORD_SHARE * len(visible):
-        problems.append("degenerate_char")  # punctuation with hardly a word: 」、、、、、、、、、、
-
-    if repeated_ngram_count(text, guards["ngram_size"]) > guards["max_ngram_repeats"]:
-        problems.append("repeated_ngram")
-    if repeated_line_count(text) > guards["max_line_repeats"]:
-        problems.append("repeated_line")
-    return problems
+# An answer still empty after the guards' retries is generated again with end-of-sequence (and the
+# other special tokens, which decode to nothing) blocked for its first tokens: a DPO model that learnt
+# to stop at once still writes something. Each step blocks more tokens; the first non-empty answer wins.
+FALLBACK_MIN_NEW_TOKENS = (4, 16)
 
 
 @dataclass(frozen=True)
@@ -235,10 +199,16 @@ class Attempt:
     problems: list[str]  # the guards' reasons against `output`; empty when it passes
     seed: int
     retry: bool  # generated with the guards' retry settings
+    min_new_tokens: int = 0  # > 0: the empty-answer fallback, EOS blocked for this many tokens
 
     def record(self) -> dict:
         return {"output": self.output, "raw_output": self.raw, "problems": self.problems, "seed": self.seed,
-                "retry": self.retry}
+                "retry": self.retry, "min_new_tokens": self.min_new_tokens}
+
+    @property
+    def rank(self) -> tuple[bool, int]:
+        """Lower is better: any answer with text beats an empty one, then fewer problems."""
+        return not self.output.strip(), len(self.problems)
 
 
 @dataclass
@@ -264,15 +234,21 @@ class Answer:
         return self.chosen.problems
 
     @property
+    def fallback(self) -> str | None:
+        """How the submitted answer was made when the model's own attempts were empty."""
+        return "eos_blocked" if self.chosen.min_new_tokens else None
+
+    @property
     def regenerated(self) -> list[list[str]]:
         """The problems of each attempt that was not submitted, in order."""
         return [attempt.problems for index, attempt in enumerate(self.attempts) if index != self.kept]
 
     def add(self, attempt: Attempt) -> None:
-        """Record `attempt`; it replaces the kept one only with strictly fewer problems, so a right
-        greedy answer that a guard misjudges is never swapped for a sampled one that is no better."""
+        """Record `attempt`; it replaces the kept one only when it ranks strictly better (text over
+        none, then fewer problems), so a right greedy answer that a guard misjudges is never swapped
+        for a sampled one that is no better."""
         self.attempts.append(attempt)
-        if len(attempt.problems) < len(self.problems):
+        if attempt.rank < self.chosen.rank:
             self.kept = len(self.attempts) - 1
 
 
@@ -281,9 +257,9 @@ def answer_with_guards(generate, prompts: list[str], settings: dict, seed: int, 
     guards' retry settings, up to `retries` times, stopping early once nothing fails."""
     guards = settings["guards"]
 
-    def attempt(raw: str, some_seed: int, retry: bool) -> Attempt:
+    def attempt(raw: str, some_seed: int, retry: bool, min_new_tokens: int = 0) -> Attempt:
         output = clean(raw)
-        return Attempt(raw, output, output_problems(output, guards), some_seed, retry)
+        return Attempt(raw, output, output_problems(output, guards), some_seed, retry, min_new_tokens)
 
     answers = [Answer([attempt(raw, seed, False)]) for raw in generate(prompts, settings, seed)]
     retry_settings = {**settings, **guards["retry"]}
@@ -295,6 +271,13 @@ def answer_with_guards(generate, prompts: list[str], settings: dict, seed: int, 
         fresh = generate([prompts[index] for index in failing], retry_settings, seed + number)
         for index, raw in zip(failing, fresh):
             answers[index].add(attempt(raw, seed + number, True))
+    for min_new_tokens in FALLBACK_MIN_NEW_TOKENS:
+        empty = [index for index, answer in enumerate(answers) if not answer.output.strip()]
+        if not empty:
+            break
+        forced = generate([prompts[index] for index in empty], {**settings, "min_new_tokens": min_new_tokens}, seed)
+        for index, raw in zip(empty, forced):
+            answers[index].add(attempt(raw, seed, False, min_new_tokens))
     return answers
 
 
@@ -306,22 +289,29 @@ def log_guard_summary(answers: list[Answer]) -> None:
     log.info("regenerated %d of %d answers (first attempts failed for %s); %d replaced by a retry with fewer "
              "problems; %d still fail the guards (%s)", len(retried), len(answers), dict(reasons) or "nothing",
              replaced, sum(1 for answer in answers if answer.problems), dict(still) or "none")
+    fallbacks = sum(1 for answer in answers if answer.fallback)
+    empty = sum(1 for answer in answers if not answer.output.strip())
+    if fallbacks or empty:
+        log.warning("%d answers were empty after every attempt and were generated with end-of-sequence blocked "
+                    "for their first tokens; %d are still empty", fallbacks, empty)
 
 
 def generate_answers(
     base_path: str, base_section: dict, adapter: str | None, template_section: dict, settings: dict,
-    tasks_path: str, seed: int, out_path: str, threads: int = 1,
+    tasks_path: str, seed: int, out_path: str, threads: int = 1, normalize_prompts: bool = False,
 ) -> int:
     """Answer every task with the base model and the stage's adapter folder (None for the base
     itself), unmerged, on transformers or vLLM; write JSONL in task-id order, each row with every
-    attempt the guards asked for and which one was kept."""
+    attempt the guards asked for and which one was kept. Task inputs are prompted as written (cleaned
+    of noise), or normalised with `normalize_prompts` (curate.normalize_training_text)."""
     torch.set_num_threads(threads)
     template = PromptTemplate(template_section)
     check_template(adapter, template, allow_mismatch=template_section["allow_mismatch"])
     check_backend(settings)
     tasks = read_tasks(tasks_path)
     tokenizer = load_tokenizer(base_path, base_section, padding_side="left")
-    prompts = [template.render_prompt(task.prompt_text, tokenizer) for task in tasks]
+    prompts = [template.render_prompt(normalize_text(task.input) if normalize_prompts else task.prompt_text, tokenizer)
+               for task in tasks]
     if settings["backend"] == "vllm":
         generate = vllm_generator(base_path, base_section, adapter, settings, seed)
     else:
@@ -336,6 +326,7 @@ def generate_answers(
     rows = (
         {"task_id": task.task_id, "input": task.input, "output": answer.output, "raw_output": answer.raw,
          "problems": answer.problems, "regenerated": answer.regenerated, "kept_attempt": answer.kept,
+         "fallback": answer.fallback,
          "attempts": [attempt.record() for attempt in answer.attempts]}
         for task, answer in zip(tasks, answers)
     )

@@ -210,3 +210,22 @@ def _size(count: float) -> str:
         if count < 1024 or unit == "TiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
+
+
+class _NothingToDo(logging.Handler):
+    def __init__(self, workflow, show):
+        super().__init__()
+        self.workflow, self.show = workflow, show
+
+    def emit(self, record):
+        from snakemake.common import NOTHING_TO_BE_DONE_MSG
+
+        if record.getMessage() == NOTHING_TO_BE_DONE_MSG and not self.workflow.dryrun:
+            self.show()
+
+
+def when_nothing_to_do(workflow, show) -> None:
+    """Call `show()` when a (not dry) run finds every target up to date. Snakemake returns before its
+    `onsuccess` hook then, yet a no-op run is how users come back to a finished run: the summary that
+    `onsuccess` prints belongs there too. Snakemake says so on its logger, so a handler there listens."""
+    logging.getLogger("snakemake.logging").addHandler(_NothingToDo(workflow, show))

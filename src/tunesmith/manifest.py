@@ -182,6 +182,90 @@ def _task_details(manifest: dict, task_id: int, root: Path) -> list[str]:
     return lines
 
 
+EVALUATION = "results/eval.json"  # the workflow's scores (rule evaluate_stages)
+SHOWN_CHARACTERS = 300
+
+
+def _chain(index: dict, target: str) -> list[str]:
+    """Every path `target` was made from, itself included (normalised), nearest first."""
+    found, stack = [], [os.path.normpath(target)]
+    while stack:
+        path = stack.pop(0)
+        if path in found:
+            continue
+        found.append(path)
+        if path in index:
+            stack.extend(os.path.normpath(source) for source in index[path]["inputs"])
+    return found
+
+
+def _shown(text) -> str:
+    text = json.dumps(text, ensure_ascii=False)
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + " …"
+
+
+def task_overview(target: str, task_id: int, root: str | os.PathLike = ".") -> list[str]:
+    """One task as the run saw it: its input (from the task file along `target`'s lineage), its
+    reference, the answer `target` holds and whether the evaluation found it correct. A task id the
+    task file lacks is a LineageError."""
+    from tunesmith.tasks import TaskFileError, load_references, read_tasks
+
+    root, index = Path(root), index_manifests(root)
+    chain = _chain(index, target)
+    scores = index.get(EVALUATION)
+    report = json.loads((root / EVALUATION).read_text(encoding="utf-8")) if scores else None
+    references = (report or {}).get("references") or {}
+    tasks_file, tasks = None, {}
+    for path in [*chain, *(_chain(index, EVALUATION) if scores else [])]:
+        if path in index or path == references.get("path") or not path.endswith((".jsonl", ".json")):
+            continue
+        try:
+            tasks = {task.task_id: task for task in read_tasks(root / path)}
+        except (TaskFileError, OSError, UnicodeDecodeError):
+            continue
+        tasks_file = path
+        break
+    if tasks_file is None:
+        raise LineageError(f"{target}: no task file along its lineage, so no task {task_id} to show")
+    task = tasks.get(task_id)
+    if task is None:
+        raise LineageError(f"task {task_id} is not in {tasks_file} ({len(tasks)} tasks, ids "
+                           f"{min(tasks)}–{max(tasks)})")
+    lines = [f"task {task_id} ({tasks_file} line {task.line})", f"  input:     {_shown(task.input)}"]
+    if references.get("path"):
+        try:
+            reference = load_references(root / references["path"], list(tasks.values())).by_task.get(task_id)
+        except (TaskFileError, OSError) as error:
+            reference, lines = None, lines + [f"  reference: unreadable ({error})"]
+        if reference is not None:
+            lines.append(f"  reference: {_shown(reference.output)}")
+        elif not lines[-1].startswith("  reference"):
+            lines.append(f"  reference: none ({references['path']} has no row for this task)")
+    else:
+        lines.append("  reference: none (the recipe sets no tasks.references" + ("" if report else
+                     f", and there is no current {EVALUATION}") + ")")
+    answered = [path for path in chain if path.endswith(".jsonl") and (root / path).is_file()]
+    rows = [(path, _jsonl_row(root / path, task_id)) for path in answered]
+    path, row = next(((path, row) for path, row in rows if row and "output" in row), (None, None))
+    lines.append(f"  answer:    {_shown(row['output'])}  ({path})" if row else f"  answer:    none along {target}")
+    generations = [path for path in chain if path.startswith(os.path.join("results", "generations", ""))]
+    scored = [path for path in generations if report and path in map(os.path.normpath, report["inputs"])]
+    if not scored:
+        lines.append(f"  correct:   not scored ({EVALUATION} " + ("scores other answers" if report else "is not built")
+                     + "; it needs tasks.references or a judge)")
+        return lines
+    stage = Path(scored[0]).stem
+    verdict = next((row for row in report["per_task"].get(stage, []) if row["task_id"] == task_id), None)
+    parts = []
+    if verdict and "exact" in verdict:
+        parts.append(f"{'yes' if verdict['exact'] else 'no'} (exact match; chrF {verdict['chrf']:.1f})")
+    if verdict and verdict.get("grade") is not None:
+        parts.append(f"judge grade {verdict['grade']}")
+    lines.append(f"  correct:   {'; '.join(parts) or 'not scored (no reference or grade for this task)'}"
+                 f"  ({EVALUATION}, stage {stage})")
+    return lines
+
+
 def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = ".") -> list[str]:
     """The chain of jobs and files behind `target`, newest first, as printable lines. Paths are as
     the workflow wrote them, relative to its working directory `root`."""

@@ -36,6 +36,44 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def can_train_quantised() -> bool:
+    """Whether this machine can train a bitsandbytes-quantised base: CUDA. (Tests that build, but never train,
+    a trainer on an nf4 base on the CPU replace this.)"""
+    return torch.cuda.is_available()
+
+
+def refuse_quantised_training_here(jobs: dict[str, dict]) -> None:
+    """Refuse a workflow that would train a quantised base on this machine without CUDA, before any job runs (the
+    workflow's `onstart`; not for dry runs or jobs sent to a cluster). `jobs` maps each training job to its
+    `base_model` section."""
+    quantised = sorted(job for job, section in jobs.items() if section["quantization"] != "none")
+    if quantised and not can_train_quantised():
+        kind = jobs[quantised[0]]["quantization"]
+        raise ModelError(
+            f"base_model.quantization is '{kind}', which needs a CUDA GPU to train, and this machine has none "
+            f"(jobs {', '.join(quantised)}); nothing was run. Run on a GPU machine, send the jobs to a cluster "
+            "(--executor slurm, or a profile), plan with snakemake -n, or set base_model.quantization: none "
+            "(and dtype: float32) to train on CPU"
+        )
+
+
+def trainable_in_float32(model, section: dict) -> int:
+    """Put the trainable (adapter) parameters back in float32; returns how many were not. trl 1.16's SFT, DPO and
+    KTO trainers cast them to bf16 on a quantised base ("QLoRA ... converted to bf16"), with no float32 master
+    copy: an AdamW step at a preference learning rate (5e-6) is then below bf16's resolution for most entries of
+    lora_A, which never move. In float32 they do, and autocast still computes in bf16 (`bf16` on a GPU). Under
+    DeepSpeed ZeRO-3 on an unquantised base the adapters stay in the base's dtype (see `trainable_model`):
+    DeepSpeed's optimiser keeps float32 master weights itself."""
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3" and section["quantization"] == "none":
+        return 0
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
 def quantization_config(section: dict, training: bool = False):
     """bitsandbytes settings for QLoRA, or None. Training a quantised base is refused without CUDA,
     before loading: bitsandbytes 0.50's CPU path silently yields no LoRA gradients after any eval-mode
@@ -43,7 +81,7 @@ def quantization_config(section: dict, training: bool = False):
     kind = section["quantization"]
     if kind == "none":
         return None
-    if training and not torch.cuda.is_available():
+    if training and not can_train_quantised():
         raise ModelError(
             f"base_model.quantization is '{kind}', which needs a CUDA GPU to train, and none is present. "
             "Training a bitsandbytes-quantised model on CPU silently produces no LoRA gradients; "

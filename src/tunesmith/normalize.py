@@ -1,6 +1,12 @@
-"""Text normalisation shared by curation, decontamination, prompts and scoring.
+"""Text cleaning for what is trained on and prompted with, and normalisation for what is compared.
 
-One function, so that a training row and a task input that look the same to a person compare equal.
+`clean_text` removes only what is noise in every text (Excel's `_x000D_`, CR line endings, zero-width
+characters outside emoji sequences, blank lines before and whitespace after the text): training rows
+and task prompts keep their indentation, full-width punctuation, circled numbers and markdown, as
+the base model's tokenizer sees them (llm-jp-3's applies no NFKC and has pieces for runs of spaces).
+`normalize_text` (NFKC, spaces folded) and `match_key` are for comparing texts only: exact and near
+dedup, decontamination, exact-match scoring, the Japanese share and repetition measures, so that
+a training row and a task input that look the same to a person compare equal.
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _ALL_SPACE = re.compile(r"\s+")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
+
+
+def clean_text(text: str | None) -> str | None:
+    """The text as written, without what is noise in every case: `_x000D_` markers, CR line endings
+    (CRLF and CR become LF), zero-width characters (but the joiner inside an emoji sequence), blank
+    lines before the text and whitespace after it. Indentation, width variants and symbols stay."""
+    if text is None:
+        return None
+    text = _ZERO_WIDTH.sub("", text)
+    while _EXCEL_CR.search(text):
+        text = _EXCEL_CR.sub("", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _LEADING_BLANK_LINES.sub("", text.rstrip())
 
 
 def normalize_text(text: str | None) -> str | None:
@@ -198,6 +218,27 @@ def _normalized_after_nfkc(text):
     text = _replaced(text, patterns["horizontal_space"], " ")
     text = _replaced(text, " ?\n ?", "\n")
     return _replaced(text, "\n{3,}", "\n\n")
+
+
+def clean_arrow(array):
+    """`clean_text` of each string of an Arrow string array (nulls stay null); rows holding a
+    zero-width joiner (kept or not by its neighbours) are cleaned by `clean_text` itself."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    patterns = _patterns()
+    array = _one_chunk(array)
+    text = _replaced(array, patterns["zero_width"], "")
+    while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
+        text = _replaced(text, "(?i)_x000D_", "")
+    text = _replaced(text, "\r\n?", "\n")
+    text = pc.utf8_rtrim(text, characters=_WHITESPACE)
+    text = _replaced(text, "\\A(?:" + patterns["horizontal_space"][:-1] + "*\n)+", "")
+    joiner = pc.fill_null(pc.match_substring(array, "\u200d"), False)
+    if pc.any(joiner).as_py():
+        redone = [clean_text(value) for value in array.filter(joiner).to_pylist()]
+        text = pc.replace_with_mask(text, joiner, pa.array(redone, text.type))
+    return text
 
 
 def normalize_arrow(array):

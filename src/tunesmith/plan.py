@@ -75,11 +75,14 @@ def _model(recipe: dict) -> list[str]:
     return keys
 
 
-def _template(recipe: dict, generation: bool = False) -> list[str]:
-    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers."""
+def _template(recipe: dict, generation: bool = False, training: bool = False) -> list[str]:
+    """The keys that shape the rendered text (tunesmith.template); generation also cleans answers, training
+    also checks the token boundary of its rows."""
     template = recipe["template"]
     keys = ["template.kind"] + (["template.prompt"] if template["kind"] == "plain"
                                 else ["template.system", "template.chat_template"])
+    if training:
+        keys.append("template.max_boundary_mismatch")
     if generation:
         keys += ["template.stop_markers", "template.allow_mismatch"]
     return keys
@@ -126,7 +129,7 @@ def _sources(recipe: dict, role: str, fields=None) -> list[str]:
 
 def _curation(recipe: dict) -> list[str]:
     settings = recipe["curate"]
-    keys = ["seed", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
+    keys = ["seed", "curate.normalize_training_text", "curate.min_prompt_chars", "curate.min_response_chars", "curate.max_prompt_chars",
             "curate.max_response_chars", "curate.tokens", "curate.japanese.min_share", "curate.repetition",
             "curate.block_patterns", "curate.dedup", "curate.near_dedup.enabled", "curate.decontaminate",
             "curate.validation_fraction", "curate.min_kept_share"]
@@ -247,13 +250,14 @@ STAGES = {
     "cpt": Stage("cpt", lambda r, _: ["seed", *_model(r), *_training(r, "continued_pretraining"), *_distributed(r),
                                       *_sources(r, "pretrain", ["path", "format"])], lambda r, _: _built_base(r),
                  unkeyed=_tracking),
-    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r), *_training(r, "sft"), *_distributed(r)],
+    "sft": Stage("sft", lambda r, _: ["seed", *_model(r), *_template(r, training=True), *_training(r, "sft"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": "curate_sft"}, unkeyed=_tracking),
-    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r), "dpo.start",
+    "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r, training=True), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
+    # Prompts are the task inputs cleaned as the training text was (normalised only if it was).
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
-                      + ["tasks.path"], lambda r, stage: {**_built_base(r), **{
+                      + ["tasks.path", "curate.normalize_training_text"], lambda r, stage: {**_built_base(r), **{
                           name: name for name in adapter_stages(r, stage)}}),
     # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
     # (no seed, no generation settings).
@@ -272,7 +276,8 @@ STAGES = {
         **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
     # The submitted answers: one stage's, or with `submission.stage: best` the stage the evaluation's paired
     # tests pick (tunesmith.choice), so then it consumes the evaluation.
-    "submit": Stage("submissions", lambda r, _: ["submission.stage", "dpo.enabled", "tasks.path"],
+    "submit": Stage("submissions", lambda r, _: ["submission.stage", "submission.allow_empty", "dpo.enabled",
+                                                 "tasks.path"],
                     lambda r, _: {"evaluation": "evaluate"} if r["submission"]["stage"] == "best"
                     else {"generations": f"generate_{submitted_stage(r)}"}),
 }

@@ -53,19 +53,23 @@ def _trl_version() -> str:
 
 def trainer_class_and_config(dpo: dict, common: dict):
     """(trl trainer class, its config) for the recipe's `dpo` section; `common` holds the TrainingArguments
-    every stage shares (tunesmith.train)."""
+    every stage shares (tunesmith.train). The reference's log-probabilities are computed in batches of the
+    evaluation batch size (`dpo.eval_batch_size`; trl's default is the training batch for the training rows
+    and 8 for the validation rows)."""
     method = dpo["method"]
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         return DPOTrainer, DPOConfig(**common, beta=dpo["beta"], loss_type=[dpo["loss_type"]],
-                                     precompute_ref_log_probs=True)
+                                     precompute_ref_log_probs=True,
+                                     precompute_ref_batch_size=common["per_device_eval_batch_size"])
     if method == "kto":
         from trl import KTOConfig, KTOTrainer
 
         return KTOTrainer, KTOConfig(**common, beta=dpo["beta"], desirable_weight=dpo["kto"]["desirable_weight"],
                                      undesirable_weight=dpo["kto"]["undesirable_weight"],
-                                     precompute_ref_log_probs=True)
+                                     precompute_ref_log_probs=True,
+                                     precompute_ref_batch_size=common["per_device_eval_batch_size"])
     CPOConfig, CPOTrainer, ORPOConfig, ORPOTrainer = _experimental()
     if method == "orpo":
         return ORPOTrainer, ORPOConfig(**common, beta=dpo["beta"])

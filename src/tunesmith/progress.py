@@ -30,6 +30,11 @@ QUIET_ENVIRONMENT = {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_P
                      "TQDM_DISABLE": "1"}
 HEADER = "==== tunesmith attempt "  # tunesmith.logs' header of each attempt: not news of progress
 LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+ [A-Z]+ ")
+# Python's warning lines (`path.py:12: FutureWarning: ...`, then the warning's source line indented, often
+# `  warnings.warn(`) and libraries' import-time chatter say nothing of how far a job is: the heartbeat
+# shows the latest line before them.
+WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")
+NOISE = re.compile(r"Failed to load CPU gemm_4bit_forward")  # bitsandbytes, on every import without a GPU
 
 log = logging.getLogger("tunesmith.progress")
 
@@ -147,14 +152,28 @@ def training_lines(trainer, what: str) -> None:
 
 
 def last_line(path: str | os.PathLike, tail_bytes: int = 8192) -> str:
-    """The log's last non-empty line (a carriage-return bar counts as lines), without its time stamp."""
+    """The log's last meaningful line (a carriage-return bar counts as lines), without its time stamp:
+    not a warning (`WARNING_LINE`, with the source line Python prints under it) nor `NOISE`."""
     try:
         with open(path, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip() and not line.startswith(HEADER)]
+    lines, after_warning = [], False
+    for raw in re.split(r"[\r\n]", text):
+        line = raw.strip()
+        if not line:
+            continue
+        if WARNING_LINE.match(line):
+            after_warning = True  # its indented source line(s) follow
+            continue
+        if after_warning and raw[:1].isspace():
+            continue
+        after_warning = False
+        if line.startswith(HEADER) or NOISE.search(line):
+            continue
+        lines.append(line)
     if not lines:
         return ""
     line = LOG_PREFIX.sub("", lines[-1])

@@ -10,22 +10,26 @@ way. Every problem is reported with its key path and a bounded excerpt of the va
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import itertools
 import json
 import math
 import os
+import re
 from pathlib import Path
 
+import yaml
 
-from tunesmith.recipe_file import RecipeError, _excerpt, _unshared, read_recipe
+from tunesmith.recipe_file import RecipeError, _excerpt, _RecipeLoader, _unshared, read_recipe
 from tunesmith.preference import preference_problems
 from tunesmith.schema import load_schema, strict_validator
 from tunesmith.sources import check_inputs, check_settings
 from tunesmith.tasks import check_task_files
 
-__all__ = ["RecipeError", "load_recipe", "load_schema", "read_recipe", "validate_recipe", "variants", "workflow_recipe"]
+__all__ = ["RecipeError", "apply_overrides", "load_recipe", "load_schema", "parse_overrides", "read_recipe",
+           "validate_recipe", "variants", "workflow_recipe"]
 
 MAX_VARIANTS = 64
 SEED_MAX = 2**32 - 1  # the schema's maximum of `seed`
@@ -37,9 +41,66 @@ def section_hash(section) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def load_recipe(path: str | os.PathLike, check_files: bool = False) -> dict:
-    """Read and validate a recipe file (defaults filled); see `validate_recipe`."""
-    return validate_recipe(read_recipe(path), origin=str(path), check_files=check_files)
+def load_recipe(path: str | os.PathLike, check_files: bool = False, overrides: dict | None = None) -> dict:
+    """Read a recipe file, apply `overrides` ({dotted key: value}, see `parse_overrides`) and validate the
+    result (defaults filled); see `validate_recipe`."""
+    recipe, origin = read_recipe(path), str(path)
+    if overrides:
+        apply_overrides(recipe, overrides, origin)
+        origin += " with " + ",".join(overrides)
+    return validate_recipe(recipe, origin=origin, check_files=check_files)
+
+
+# ---- overrides: `--config set=sft.epochs=3,dpo.beta=0.2`, `tunesmith validate --set sft.epochs=3` ---------
+
+_DOTTED = r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*"
+_NEXT_OVERRIDE = re.compile(rf",(?=\s*{_DOTTED}\s*=)")  # a comma that starts the next KEY=VALUE
+
+
+def parse_overrides(entries) -> dict:
+    """`KEY=VALUE` overrides, by dotted key: a string of them joined by commas (Snakemake's `--config`
+    keeps one value per name, so `set=` carries them all), or a list of such strings. A value is read
+    as YAML like the recipe file (`3` an int, `[a, b]` a list, `null`)."""
+    if entries is None:
+        return {}
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        raise RecipeError(f"set: takes KEY=VALUE[,KEY=VALUE...] (e.g. set=sft.epochs=3,dpo.beta=0.2), "
+                          f"got {_excerpt(entries)}")
+    overrides = {}
+    for entry in entries:
+        for item in _NEXT_OVERRIDE.split(entry):
+            key, equals, text = item.partition("=")
+            key = key.strip()
+            if not equals or not re.fullmatch(_DOTTED, key):
+                raise RecipeError(f"set: {_excerpt(item)} is not KEY=VALUE with a dotted recipe key "
+                                  "(e.g. sft.epochs=3)")
+            if key in overrides:
+                raise RecipeError(f"set: {key} is given twice")
+            try:
+                overrides[key] = yaml.load(text, Loader=_RecipeLoader) if text.strip() else None
+            except (yaml.YAMLError, RecipeError) as error:
+                raise RecipeError(f"set: {key}: the value {_excerpt(text)} is not valid YAML: "
+                                  f"{_excerpt(str(error), limit=200, quote=False)}") from None
+    return overrides
+
+
+def apply_overrides(recipe: dict, overrides: dict, origin: str = "recipe") -> dict:
+    """Set each dotted key of `overrides` in the recipe as read (before defaults), making the sections
+    it names; the result is then validated like the file, so an unknown key is reported by its path."""
+    if not isinstance(recipe, dict):
+        return recipe  # validate_recipe says what is wrong with it
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = recipe
+        for depth, name in enumerate(parents):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"{origin}: set {dotted}: '{'.'.join(parents[:depth + 1])}' is not a "
+                                  "recipe section (a list item or a value cannot be set by a dotted key)")
+        node[last] = _unshared(value)
+    return recipe
 
 
 # ---- validation -------------------------------------------------------------------------------------
@@ -57,7 +118,8 @@ def _message(error) -> str:
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = set(error.schema.get("properties", {}))
         unknown = sorted((key for key in instance if key not in allowed), key=str)
-        return f"unknown key(s) {', '.join(map(_excerpt, unknown))} (known: {', '.join(sorted(allowed))})"
+        return f"unknown key(s) {', '.join(map(_guess, unknown, [allowed] * len(unknown)))} " \
+               f"(known: {', '.join(sorted(allowed))})"
     if kind == "enum":
         return f"must be one of {value}, got {_excerpt(instance)}"
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -71,6 +133,12 @@ def _message(error) -> str:
     if kind == "required":
         return error.message
     return _excerpt(error.message, limit=200, quote=False)
+
+
+def _guess(key, allowed) -> str:
+    """An unknown key, with the known one it is closest to (`'learning_rte' (did you mean 'learning_rate'?)`)."""
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+    return _excerpt(key) + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def validate_recipe(recipe, origin: str = "recipe", check_files: bool = False) -> dict:
@@ -248,13 +316,15 @@ def replicates(recipe: dict) -> dict[str, dict]:
 
 def workflow_recipe(config: dict, configfiles, basedir: str | os.PathLike) -> tuple[str, dict]:
     """The recipe a Snakemake run builds: `--config recipe=PATH` (relative to the working directory),
-    else the workflow's recipes/default.yaml; read and validated here, files included."""
+    else the workflow's recipes/default.yaml, with `--config set=KEY=VALUE[,KEY=VALUE...]` applied; read
+    and validated here, files included."""
     if configfiles:
-        raise RecipeError("a recipe is passed as --config recipe=PATH, not --configfile: Snakemake templates "
-                          "--configfile files (YTE, which can run code) and merges them onto the default recipe")
-    unknown = sorted(set(config) - {"recipe"})
+        raise RecipeError("a recipe is passed as --config recipe=PATH, not --configfile: Snakemake merges "
+                          "--configfile files onto the default recipe, and it has already run any YTE Python in "
+                          "them (__use_yte__: true) while loading them; never pass a file you do not trust")
+    unknown = sorted(set(config) - {"recipe", "set"})
     if unknown:
-        raise RecipeError(f"--config takes only recipe=PATH; unknown: {', '.join(unknown)} "
-                          "(settings belong in the recipe file)")
+        raise RecipeError(f"--config takes only recipe=PATH and set=KEY=VALUE[,KEY=VALUE...]; unknown: "
+                          f"{', '.join(unknown)} (to override a recipe key: --config set={unknown[0]}=VALUE)")
     path = str(config.get("recipe") or Path(basedir) / "recipes" / "default.yaml")
-    return path, load_recipe(path, check_files=True)
+    return path, load_recipe(path, check_files=True, overrides=parse_overrides(config.get("set")))

@@ -115,7 +115,7 @@ def _parse_lines(data: bytes, label: str, problems: list[str]) -> list[tuple[int
     return rows
 
 
-def _check_rows(rows, tasks: list[Task], label: str, tasks_path, problems: list[str]) -> None:
+def _check_rows(rows, tasks: list[Task], label: str, tasks_path, problems: list[str], allow_empty: bool = False) -> None:
     tasks_by_id = {task.task_id: task for task in tasks}
     first_line: dict[int, int] = {}
     previous: tuple[int, int] | None = None  # (task_id, line) of the row before
@@ -134,8 +134,12 @@ def _check_rows(rows, tasks: list[Task], label: str, tasks_path, problems: list[
                 f"{_first_difference(row['input'], task.input)}"
             )
         if not row["output"].strip():
-            # Valid for the checker (it scores the task 0), so a warning, not a reason to submit nothing.
-            log.warning("%s: task_id %s: output is empty; graders count it as a failure", where, task_id)
+            # Valid for the checker, but it scores the minimum: refused unless the recipe allows it.
+            if allow_empty:
+                log.warning("%s: task_id %s: output is empty; graders count it as a failure", where, task_id)
+            else:
+                problems.append(f"{where}: task_id {task_id}: output is empty (graders score it the minimum); "
+                                "regenerate it, or set submission.allow_empty: true to submit it anyway")
         if previous is not None and task_id < previous[0]:
             problems.append(
                 f"{where}: task_id {task_id} comes after task_id {previous[0]} (line {previous[1]}); "
@@ -147,10 +151,10 @@ def _check_rows(rows, tasks: list[Task], label: str, tasks_path, problems: list[
         problems.append(f"{label}: no row for task_id {', '.join(map(str, missing))} of {tasks_path}")
 
 
-def _check_file(path, label: str, tasks: list[Task], tasks_path, heading: str) -> int:
+def _check_file(path, label: str, tasks: list[Task], tasks_path, heading: str, allow_empty: bool = False) -> int:
     problems: list[str] = []
     rows = _parse_lines(Path(path).read_bytes(), label, problems)
-    _check_rows(rows, tasks, label, tasks_path, problems)
+    _check_rows(rows, tasks, label, tasks_path, problems, allow_empty)
     if problems:
         shown = problems[:_MAX_PROBLEMS_SHOWN]
         if len(problems) > len(shown):
@@ -159,15 +163,16 @@ def _check_file(path, label: str, tasks: list[Task], tasks_path, heading: str) -
     return len(rows)
 
 
-def validate_submission(path: str | os.PathLike, tasks_path: str | os.PathLike) -> int:
-    """Check a submission against the task file as the competition's checker would; return the row count.
+def validate_submission(path: str | os.PathLike, tasks_path: str | os.PathLike, allow_empty: bool = False) -> int:
+    """Check a submission against the task file as the competition's checker would, and refuse empty
+    outputs unless `allow_empty` (submission.allow_empty); return the row count.
 
     Raises SubmissionError listing every problem found (file and line for each).
     """
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: file not found")
-    return _check_file(path, str(path), read_tasks(tasks_path), tasks_path, heading=str(path))
+    return _check_file(path, str(path), read_tasks(tasks_path), tasks_path, heading=str(path), allow_empty=allow_empty)
 
 
 def _read_generation_lines(path: str | os.PathLike) -> dict[int, tuple[int, str]]:
@@ -207,9 +212,11 @@ def read_generations(path: str | os.PathLike) -> dict[int, str]:
 
 
 def write_submission(
-    generations_path: str | os.PathLike, tasks_path: str | os.PathLike, out_path: str | os.PathLike
+    generations_path: str | os.PathLike, tasks_path: str | os.PathLike, out_path: str | os.PathLike,
+    allow_empty: bool = False,
 ) -> int:
-    """Build the submission from generations and the task file, validate it, then move it into place.
+    """Build the submission from generations and the task file, validate it (empty outputs refused
+    unless `allow_empty`), then move it into place.
 
     On any problem nothing is written and an existing `out_path` is left as it was. Returns the row count.
     """
@@ -235,5 +242,5 @@ def write_submission(
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         # Messages name out_path, not the temporary file, since that is the name the reader knows.
         heading = f"{out_path} not written (built from {generations_path})"
-        _check_file(tmp, str(out_path), tasks, tasks_path, heading=heading)
+        _check_file(tmp, str(out_path), tasks, tasks_path, heading=heading, allow_empty=allow_empty)
     return len(rows)

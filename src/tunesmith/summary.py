@@ -118,6 +118,7 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
             copied = files.get("submitted") or files["generations"].get(stage)
             found["other_recipe"] = os.fspath(copied) not in made_from
             found["commit"] = json.loads(manifest.read_text(encoding="utf-8")).get("git_commit")
+    found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
 
 
@@ -127,6 +128,22 @@ def _replicates(files: dict) -> dict | None:
     if not found or not holds_inputs(found["path"], found["evaluations"]):
         return None
     return json.loads(Path(found["path"]).read_text(encoding="utf-8"))
+
+
+def _fallbacks(generations) -> int | None:
+    """How many answers of the submitted stage were empty after every attempt and were generated again
+    with end-of-sequence blocked (tunesmith.generate: a row's `fallback`)."""
+    if not generations or not Path(generations).is_file():
+        return None
+    rows = (json.loads(line) for line in Path(generations).read_text(encoding="utf-8").splitlines() if line.strip())
+    return sum(1 for row in rows if row.get("fallback"))
+
+
+def _fallback_note(submission: dict) -> str | None:
+    count = submission.get("fallbacks")
+    return (f"{count} of these answers were empty after every attempt (the model ended them at once) and were "
+            "generated again with end-of-sequence blocked for their first tokens (their generations rows say "
+            "`fallback`).") if count else None
 
 
 def _scores(files: dict) -> dict:
@@ -172,7 +189,8 @@ def _trained(adapter) -> dict | None:
     if not path.is_file():
         return None
     metadata = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("rows", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows", "sequences", "method")
+    keys = ("rows", "rows_seen", "epochs_seen", "rows_curated", "rows_dropped", "rows_truncated", "eval_rows",
+            "sequences", "method")
     return {key: metadata[key] for key in keys if key in metadata}
 
 
@@ -288,6 +306,8 @@ def training_rows(summary: dict) -> list[list[str]]:
         lost = [f"{sum(counts[key].values())} {word} ({', '.join(counts[key])})"
                 for key, word in (("rows_dropped", "dropped"), ("rows_truncated", "truncated")) if counts.get(key)]
         trained = f"{counts['rows']} {unit}" + (f" in {counts['sequences']} packed sequences" if "sequences" in counts else "")
+        if "rows_seen" in counts:  # available vs seen: with max_steps, training may stop before an epoch
+            trained = f"{counts['rows_seen']} of {trained} seen ({counts['epochs_seen']:.2f} epochs)"
         rows.append([stage, trained, str(counts.get("rows_curated", "–")), "; ".join(lost) or "none",
                      str(counts.get("eval_rows", "–"))])
     return rows
@@ -316,6 +336,7 @@ def terminal(summary: dict, summary_current: bool) -> str:
         lines = [f"{submission['path']} is ready: {submission['rows']} answers of stage {submission['stage']} "
                  f"({submission['reason']})."]
         lines += [f"  {step}" for step in submission.get("steps", [])]  # submission.stage: best's tests
+        lines += [f"  {_fallback_note(submission)}"] if _fallback_note(submission) else []
     if scores["stages"]:
         where = f"from {scores['from']}" if scores["from"] != "answers" else "computed now from the answers on disk"
         lines += ["", f"Scores ({scores['configured']}; {where}):", *_aligned(*score_rows(summary)),
@@ -379,6 +400,7 @@ def start_page(summary: dict, chart: bytes | None = None) -> str:
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
     lines += [f"- {_rst_text(step)}" for step in submission.get("steps", [])] + ([""] if submission.get("steps") else [])
+    lines += [_rst_text(_fallback_note(submission)), ""] if _fallback_note(submission) else []
     lines += _recipe_lines(summary)
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))

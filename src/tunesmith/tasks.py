@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.normalize import match_key, normalize_text
+from tunesmith.normalize import clean_text, match_key, normalize_text
 
 # Enough to act on; a file with every row wrong does not need every row listed.
 MAX_PROBLEMS_SHOWN = 20
@@ -37,8 +37,10 @@ class Task:
 
     @property
     def prompt_text(self) -> str:
-        """The input as the model sees it: normalised like the training data."""
-        return normalize_text(self.input)
+        """The input as the model sees it: as written, cleaned of noise like the training text
+        (tunesmith.normalize.clean_text); generation normalises it instead when the recipe's
+        curate.normalize_training_text normalised the training text."""
+        return clean_text(self.input)
 
 
 def _iter_json_values(path: Path):

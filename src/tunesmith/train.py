@@ -34,14 +34,15 @@ from tunesmith.checkpoints import checkpoint_dir, last_complete_checkpoint
 from tunesmith.curves import plot_curves, write_log
 from tunesmith.distributed import is_main_process, main_process_first, nodes, output_folder, world_size
 from tunesmith.model import (
-    activate_stack, check_eos, load_model, load_tokenizer, read_metadata, trainable_model, write_metadata,
+    activate_stack, check_eos, load_model, load_tokenizer, read_metadata, trainable_in_float32, trainable_model,
+    write_metadata,
 )
 from tunesmith.preference import TRL_DROPS_LONG_PROMPTS, is_unpaired, needs_reference, trainer_class_and_config
 from tunesmith.progress import training_lines
 from tunesmith.template import PromptTemplate
 from tunesmith.tracking import keep_events, track_trainer, tracked
 from tunesmith.tracking import metadata as tracking_metadata
-from tunesmith.train_data import Renderer, rendered, split_rows
+from tunesmith.train_data import Renderer, check_boundaries, rendered, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _lora_config(lora: dict):
         r=lora["r"],
         lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"],
-        target_modules=list(lora["target_modules"]),
+        target_modules=sorted(lora["target_modules"]),
         task_type="CAUSAL_LM",
     )
 
@@ -67,6 +68,36 @@ def _keep_stack_active():
             activate_stack(model)
 
     return KeepStackActive()
+
+
+def _continue_token_count(trainer):
+    """A callback that, on a resumed run, starts trl's running `num_tokens` from the resumed state's last value
+    (trl keeps the count on the trainer, not in the checkpoint, so the resumed log would restart it at 0)."""
+    from transformers import TrainerCallback
+
+    class ContinueTokenCount(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            counted = [entry["num_tokens"] for entry in state.log_history if "num_tokens" in entry]
+            if counted and hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = counted[-1]
+
+    return ContinueTokenCount()
+
+
+def _after_construction(trainer, base_section: dict) -> None:
+    """What every stage's trainer needs once trl has built it: the trainable adapter back in float32 (trl casts it
+    to bf16 on a quantised base) and the token count continued on resume."""
+    cast = trainable_in_float32(trainer.model, base_section)
+    if cast:
+        log.info("%d trainable adapter tensors cast back to float32 (trl made them bf16 on the quantised base)", cast)
+    trainer.add_callback(_continue_token_count(trainer))
+
+
+def _seen(trainer, counts: dict) -> dict:
+    """What training went through, against what it had: the epochs run (from the trainer's state, resumes included)
+    and the distinct rows seen (all of them after one epoch; with max_steps, often fewer)."""
+    epochs = float(trainer.state.epoch or 0.0)
+    return {"epochs_seen": round(epochs, 4), "rows_seen": min(counts["rows"], round(epochs * counts["rows"]))}
 
 
 def _train(trainer, checkpoints: str):
@@ -94,9 +125,12 @@ def _common_args(section: dict, seed: int, output_dir: str, reporting: dict, eva
     tunesmith.tracking.tracked yields (report_to, run name)."""
     on_gpu = torch.cuda.is_available()
     evaluations = section["evaluations"] if evaluate else 0
+    # CPT has no validation split (and no such key); SFT and the preference stage default to their training batch.
+    eval_batch_size = section["eval_batch_size"] if "eval_batch_size" in section else None
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=section["batch_size"],
+        per_device_eval_batch_size=eval_batch_size or section["batch_size"],
         gradient_accumulation_steps=section["gradient_accumulation_steps"],
         num_train_epochs=section["epochs"],
         max_steps=section["max_steps"],
@@ -194,6 +228,7 @@ def train_cpt(
                 packing_strategy="wrapped",
             )
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+            _after_construction(trainer, base_section)
             track_trainer(trainer, tracking)
             result = _train(trainer, checkpoints)
         _save(trainer, tmp, f"cpt ({base_path})", None, base_path, tracking, stage="cpt", seed=seed,
@@ -237,45 +272,62 @@ def _row_counts(trainer, train_lengths, eval_lengths, packing: bool = False) -> 
     return counts
 
 
+def sft_trainer(
+    base_path: str, base_section: dict, template_section: dict, sft: dict, dataset_path: str, seed: int,
+    checkpoints: str, reporting: dict, base_adapters: list[str] = (),
+):
+    """The SFTTrainer `train_sft` trains, built but not trained: the tokenizer checked, the rows rendered and their
+    token boundaries checked, the model stacked, the trainable adapter in float32. Returns (trainer, what `_save`
+    records: the adapter beneath and the row counts)."""
+    from trl import SFTConfig, SFTTrainer
+
+    template, tokenizer = PromptTemplate(template_section), load_tokenizer(base_path, base_section)
+    check_eos(tokenizer, base_path)
+    packing = sft["packing_strategy"] if sft["packing"] else None
+    renderer = Renderer(template, tokenizer, sft["max_length"], sft["long_prompts"], packing=packing)
+    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.sft)
+    check_boundaries(train_lengths, eval_lengths, template_section["max_boundary_mismatch"], dataset_path)
+    log.info("sft: %s (max_length %d)", train_lengths.describe(), sft["max_length"])
+    beneath = _beneath(base_adapters)
+    model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(sft["lora"]))
+    args = SFTConfig(
+        **_common_args(sft, seed, checkpoints, reporting, evaluate=eval_dataset is not None),
+        completion_only_loss=True,
+        packing=sft["packing"],
+        # Read only when packing: the strategy of no packing must not rekey SFT.
+        **({"packing_strategy": packing} if packing else {}),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=[_keep_stack_active()])
+    _after_construction(trainer, base_section)
+    return trainer, {"beneath": beneath,
+                     "counts": _row_counts(trainer, train_lengths, eval_lengths, packing=bool(packing))}
+
+
 def train_sft(
     base_path: str, base_section: dict, template_section: dict, sft: dict, dataset_path: str,
     seed: int, out_dir: str, threads: int = 1, base_adapters: list[str] = (), tracking: dict | None = None,
 ) -> dict:
     """LoRA SFT on top of `base_adapters` (the continued-pretraining adapter, frozen), if any;
     returns the final training loss and the rows that trained."""
-    from trl import SFTConfig, SFTTrainer
-
     _setup(seed, threads)
-    template, tokenizer = PromptTemplate(template_section), load_tokenizer(base_path, base_section)
-    check_eos(tokenizer, base_path)
-    packing = sft["packing_strategy"] if sft["packing"] else None
-    renderer = Renderer(template, tokenizer, sft["max_length"], sft["long_prompts"], packing=packing)
-    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, renderer.sft)
-    log.info("sft: %s (max_length %d)", train_lengths.describe(), sft["max_length"])
-    beneath = _beneath(base_adapters)
-    model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(sft["lora"]))
+    template = PromptTemplate(template_section)
     with output_folder(out_dir) as tmp:
         shape = [base_path, template.hash, seed, world_size()]
         checkpoints = checkpoint_dir(out_dir, sft, [dataset_path, *base_adapters], shape, tmp)
         with tracked(tracking, checkpoints) as reporting:
-            args = SFTConfig(
-                **_common_args(sft, seed, checkpoints, reporting, evaluate=eval_dataset is not None),
-                completion_only_loss=True,
-                packing=sft["packing"],
-                # Read only when packing: the strategy of no packing must not rekey SFT.
-                **({"packing_strategy": packing} if packing else {}),
-            )
-            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                                 processing_class=tokenizer, callbacks=[_keep_stack_active()])
+            trainer, built = sft_trainer(base_path, base_section, template_section, sft, dataset_path, seed,
+                                         checkpoints, reporting, base_adapters)
             track_trainer(trainer, tracking)
-            counts = _row_counts(trainer, train_lengths, eval_lengths, packing=bool(packing))
             result = _train(trainer, checkpoints)
-        _save(trainer, tmp, f"sft ({base_path})", beneath, base_path, tracking, stage="sft", template_hash=template.hash,
-              seed=seed, chain=_chain(beneath, "sft", sft["lora"]), base_adapters=list(base_adapters),
-              max_length=sft["max_length"], **counts)
+        counts = {**built["counts"], **_seen(trainer, built["counts"])}
+        _save(trainer, tmp, f"sft ({base_path})", built["beneath"], base_path, tracking, stage="sft",
+              template_hash=template.hash, seed=seed, chain=_chain(built["beneath"], "sft", sft["lora"]),
+              base_adapters=list(base_adapters), max_length=sft["max_length"], **counts)
     _finish(out_dir)
-    log.info("sft: %d rows trained, final loss %.4f", counts["rows"], result.training_loss)
-    return {"train_loss": result.training_loss, "rows": counts["rows"]}
+    log.info("sft: %d of %d rows seen (%.2f epochs), final loss %.4f", counts["rows_seen"], counts["rows"],
+             counts["epochs_seen"], result.training_loss)
+    return {"train_loss": result.training_loss, "rows": counts["rows"], "rows_seen": counts["rows_seen"]}
 
 
 def _forget(trainer, reference) -> None:
@@ -326,6 +378,56 @@ def check_dataset_layout(dataset_path: str, method: str) -> None:
                          f"the file has columns {', '.join(sorted(columns))} ({made_by})")
 
 
+def preference_trainer(
+    base_path: str, base_section: dict, template_section: dict, dpo: dict, dataset_path: str, sft_adapter: str,
+    seed: int, checkpoints: str, reporting: dict, out_dir: str, base_adapters: list[str] = (),
+):
+    """The trainer `train_dpo` trains (per `dpo.method`), built but not trained: rows rendered and checked, the
+    model stacked, the reference's log-probabilities computed and the reference dropped, the trainable adapter in
+    float32. Returns (trainer, what `_save` records: beneath, lora, chain, counts; and the shared datasets' folder
+    to remove, or None)."""
+    method = dpo["method"]
+    template, tokenizer = PromptTemplate(template_section), load_tokenizer(base_path, base_section)
+    check_eos(tokenizer, base_path)
+    renderer = Renderer(template, tokenizer, dpo["max_length"], dpo["long_prompts"],
+                        drop_here=method not in TRL_DROPS_LONG_PROMPTS)
+    check_dataset_layout(dataset_path, method)
+    render = renderer.unpaired if is_unpaired(method) else renderer.preference
+    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, render)
+    check_boundaries(train_lengths, eval_lengths, template_section["max_boundary_mismatch"], dataset_path)
+    log.info("%s: %s (max_length %d)", method, train_lengths.describe(), dpo["max_length"])
+    if dpo["start"] == "continue_sft":
+        beneath = _beneath(base_adapters)
+        model = trainable_model(base_path, base_section, beneath, continue_adapter=trained_part(sft_adapter))
+        lora = read_metadata(sft_adapter)["chain"][-1]
+        chain = {"continues": sft_adapter}
+    else:
+        beneath = sft_adapter
+        model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(dpo["lora"]))
+        lora, chain = dpo["lora"], {"on_top_of": sft_adapter}
+    # The LoRA layers live inside the transformers model: trl wants that model, not peft's wrapper.
+    reference = load_model(base_path, base_section, adapter=sft_adapter).get_base_model() \
+        if needs_reference(method) else None
+    trainer_class, args = trainer_class_and_config(
+        dpo, _common_args(dpo, seed, checkpoints, reporting, evaluate=eval_dataset is not None))
+    # After the arguments: making them starts the process group that the ranks wait on.
+    (dataset, eval_dataset), shared = _shared_datasets(out_dir, dataset, eval_dataset)
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+        callbacks=[_keep_stack_active()], **({"ref_model": reference} if reference is not None else {}),
+    )
+    if reference is not None:
+        _forget(trainer, reference)
+        del reference
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    _after_construction(trainer, base_section)
+    built = {"beneath": beneath, "lora": lora, "chain": chain, "counts": _row_counts(trainer, train_lengths,
+                                                                                     eval_lengths)}
+    return trainer, built, shared
+
+
 def train_dpo(
     base_path: str, base_section: dict, template_section: dict, dpo: dict, dataset_path: str,
     sft_adapter: str, seed: int, out_dir: str, threads: int = 1, base_adapters: list[str] = (),
@@ -340,53 +442,23 @@ def train_dpo(
     the pairs."""
     method = dpo["method"]
     _setup(seed, threads)
-    template, tokenizer = PromptTemplate(template_section), load_tokenizer(base_path, base_section)
-    check_eos(tokenizer, base_path)
-    renderer = Renderer(template, tokenizer, dpo["max_length"], dpo["long_prompts"],
-                        drop_here=method not in TRL_DROPS_LONG_PROMPTS)
-    check_dataset_layout(dataset_path, method)
-    render = renderer.unpaired if is_unpaired(method) else renderer.preference
-    dataset, eval_dataset, train_lengths, eval_lengths = _datasets(dataset_path, render)
-    log.info("%s: %s (max_length %d)", method, train_lengths.describe(), dpo["max_length"])
-    if dpo["start"] == "continue_sft":
-        beneath = _beneath(base_adapters)
-        model = trainable_model(base_path, base_section, beneath, continue_adapter=trained_part(sft_adapter))
-        lora = read_metadata(sft_adapter)["chain"][-1]
-        chain = {"continues": sft_adapter}
-    else:
-        beneath = sft_adapter
-        model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(dpo["lora"]))
-        lora, chain = dpo["lora"], {"on_top_of": sft_adapter}
-    # The LoRA layers live inside the transformers model: trl wants that model, not peft's wrapper.
-    reference = load_model(base_path, base_section, adapter=sft_adapter).get_base_model() \
-        if needs_reference(method) else None
+    template = PromptTemplate(template_section)
     with output_folder(out_dir) as tmp:
         shape = [base_path, template.hash, seed, world_size()]
         checkpoints = checkpoint_dir(out_dir, dpo, [dataset_path, *base_adapters, sft_adapter], shape, tmp)
         with tracked(tracking, checkpoints) as reporting:
-            trainer_class, args = trainer_class_and_config(
-                dpo, _common_args(dpo, seed, checkpoints, reporting, evaluate=eval_dataset is not None))
-            # After the arguments: making them starts the process group that the ranks wait on.
-            (dataset, eval_dataset), shared = _shared_datasets(out_dir, dataset, eval_dataset)
-            trainer = trainer_class(
-                model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-                callbacks=[_keep_stack_active()], **({"ref_model": reference} if reference is not None else {}),
-            )
-            if reference is not None:
-                _forget(trainer, reference)
-                del reference
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            trainer, built, shared = preference_trainer(
+                base_path, base_section, template_section, dpo, dataset_path, sft_adapter, seed, checkpoints,
+                reporting, out_dir, base_adapters)
             track_trainer(trainer, tracking)
-            counts = _row_counts(trainer, train_lengths, eval_lengths)
             result = _train(trainer, checkpoints)
-        _save(trainer, tmp, f"dpo: {method} ({base_path})", beneath, base_path, tracking, stage="dpo", method=method,
-              template_hash=template.hash, seed=seed, chain=_chain(beneath, "dpo", lora),
-              base_adapters=list(base_adapters), max_length=dpo["max_length"], **chain, **counts)
+        counts = {**built["counts"], **_seen(trainer, built["counts"])}
+        _save(trainer, tmp, f"dpo: {method} ({base_path})", built["beneath"], base_path, tracking, stage="dpo",
+              method=method, template_hash=template.hash, seed=seed, chain=_chain(built["beneath"], "dpo", built["lora"]),
+              base_adapters=list(base_adapters), max_length=dpo["max_length"], **built["chain"], **counts)
     if shared and is_main_process():
         shutil.rmtree(shared, ignore_errors=True)
     _finish(out_dir)
-    log.info("dpo (%s): %d %s trained, final loss %.4f", method, counts["rows"],
-             "answers" if is_unpaired(method) else "pairs", result.training_loss)
-    return {"train_loss": result.training_loss, "rows": counts["rows"]}
+    log.info("dpo (%s): %d of %d %s seen (%.2f epochs), final loss %.4f", method, counts["rows_seen"], counts["rows"],
+             "answers" if is_unpaired(method) else "pairs", counts["epochs_seen"], result.training_loss)
+    return {"train_loss": result.training_loss, "rows": counts["rows"], "rows_seen": counts["rows_seen"]}
