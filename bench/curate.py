@@ -1,7 +1,8 @@
 """tunesmith's curation against straightforward polars and pandas implementations of the same steps, on 1M rows.
 
     python bench/curate.py              # options: --rows --threads --sides --keep (keep the corpus folder)
-    python bench/curate.py --rows 10000000 --sides ours   # larger than the memory limit: DuckDB spills
+    python bench/curate.py --rows 10000000 --sides ours --memory-limit 2GB   # DuckDB spills beside its outputs
+    python bench/curate.py --scaling 1000000,3000000,10000000,30000000 --memory-limit 2GB   # the exponent
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
 about 20% duplicates after normalisation (10% exact copies, 10% copies differing in full-width
@@ -93,14 +94,15 @@ def corpus(path: Path, rows: int) -> None:
             handle.write(line + "\n")
 
 
-def run_ours(corpus_path: str, out: str, threads: int) -> dict:
+def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None = None) -> dict:
     from tunesmith.curate import curate
     from tunesmith.ingest import ingest_source
 
     source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": "sft"}
     ingest_source(source, f"{out}/ingested.parquet")
     card = curate([source], "sft", "none", SETTINGS, f"{out}/ours.parquet", f"{out}/ours.quarantine.parquet",
-                  f"{out}/ours.card.json", ingested=[f"{out}/ingested.parquet"], seed=SEED, threads=threads)
+                  f"{out}/ours.card.json", ingested=[f"{out}/ingested.parquet"], seed=SEED, threads=threads,
+                  memory_limit=memory_limit)
     return {"kept": card["totals"]["kept"], "quarantined": card["totals"]["quarantined"]}
 
 
@@ -223,6 +225,34 @@ def run_polars(corpus_path: str, out: str) -> dict:
     return {"kept": kept.height, "quarantined": {reason: int(count) for reason, count in counts.items()}}
 
 
+def scaling(sizes: list[int], threads: int, memory_limit: str | None) -> int:
+    """Ours alone at each size (corpus generated, curated, deleted); the exponent b of seconds ~ rows^b."""
+    import math
+
+    rows_seconds = []
+    for rows in sizes:
+        folder = tempfile.mkdtemp(prefix="bench-curate-scaling-")
+        try:
+            corpus_path = Path(folder) / "corpus.jsonl"
+            corpus(corpus_path, rows)
+            side = measured("ours", corpus_path, folder, threads, memory_limit)
+        finally:
+            import shutil
+
+            shutil.rmtree(folder)
+        rows_seconds.append((rows, side["seconds"]))
+        print(f"{rows:>12,} rows: {side['seconds']:8.1f} s, {rows / side['seconds']:9,.0f} rows/s, peak RSS "
+              f"{side['rss_mib']:8,.0f} MiB, kept {side['kept']:,} (load average {os.getloadavg()[0]:.1f})", flush=True)
+    x = [math.log(rows) for rows, _ in rows_seconds]
+    y = [math.log(seconds) for _, seconds in rows_seconds]
+    mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
+    exponent = (sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y)) / sum((a - mean_x) ** 2 for a in x)
+                if len(x) > 1 else float("nan"))
+    print(f"RESULT curate_scaling exponent={exponent:.2f} sizes={','.join(str(rows) for rows in sizes)} "
+          f"memory_limit={memory_limit or 'default'}")
+    return 0
+
+
 SIDES = {"ours": run_ours, "polars": run_polars, "pandas": run_pandas}
 NAMES = {"ours": "tunesmith (ingest_source + curate, {threads} DuckDB threads)",
          "polars": "polars (same steps, its own threads)", "pandas": "pandas (same steps, one thread)"}
@@ -231,17 +261,17 @@ NAMES = {"ours": "tunesmith (ingest_source + curate, {threads} DuckDB threads)",
 def child(arguments) -> int:
     start = time.perf_counter()
     if arguments.child == "ours":
-        result = run_ours(arguments.corpus, arguments.out, arguments.threads)
+        result = run_ours(arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit)
     else:
         result = SIDES[arguments.child](arguments.corpus, arguments.out)
     print(json.dumps({"seconds": time.perf_counter() - start, **result}))
     return 0
 
 
-def measured(kind: str, corpus_path: Path, out: str, threads: int) -> dict:
+def measured(kind: str, corpus_path: Path, out: str, threads: int, memory_limit: str | None = None) -> dict:
     """Run one side in its own process; its result, wall seconds and peak RSS (MiB)."""
     command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus_path), "--out", out,
-               "--threads", str(threads)]
+               "--threads", str(threads)] + (["--memory-limit", memory_limit] if memory_limit else [])
     environment = {**os.environ, "POLARS_MAX_THREADS": str(threads)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
     output = process.stdout.read()
@@ -263,6 +293,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for ours (DuckDB) and polars")
     parser.add_argument("--sides", default="ours,polars,pandas", help="comma-separated: ours, polars, pandas")
     parser.add_argument("--keep", action="store_true", help="keep the corpus and outputs (printed folder)")
+    parser.add_argument("--memory-limit", help="curate.memory_limit for ours (default: the schema's)")
+    parser.add_argument("--scaling", help="comma-separated row counts (e.g. 1000000,3000000,10000000,30000000): "
+                        "ours alone at each, corpora generated one at a time and deleted; fits the wall-time exponent")
     parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -270,6 +303,8 @@ def main() -> int:
     if arguments.child:
         return child(arguments)
 
+    if arguments.scaling:
+        return scaling([int(rows) for rows in arguments.scaling.split(",")], arguments.threads, arguments.memory_limit)
     sides = arguments.sides.split(",")
     folder = tempfile.mkdtemp(prefix="bench-curate-")
     corpus_path = Path(folder) / "corpus.jsonl"
@@ -277,7 +312,8 @@ def main() -> int:
     corpus(corpus_path, arguments.rows)
     print(f"corpus: {arguments.rows:,} rows, {corpus_path.stat().st_size / 2**20:.0f} MiB, "
           f"generated in {time.perf_counter() - start:.1f} s")
-    results = {kind: measured(kind, corpus_path, folder, arguments.threads) for kind in sides}
+    results = {kind: measured(kind, corpus_path, folder, arguments.threads, arguments.memory_limit if kind == "ours" else None)
+               for kind in sides}
     print_table(["implementation", "wall s", "rows/s", "peak RSS MiB", "kept", "quarantined"], [
         [NAMES[kind].format(threads=arguments.threads), f"{side['seconds']:.1f}",
          f"{arguments.rows / side['seconds']:,.0f}", f"{side['rss_mib']:,.0f}", f"{side['kept']:,}",
@@ -297,6 +333,14 @@ def main() -> int:
               for name, kind in (("ratio", "pandas"), ("polars_ratio", "polars")) if kind in results]
     if "polars" in results:
         ratios.append(f"mem_ratio={ours['rss_mib'] / results['polars']['rss_mib']:.2f}")
+    targets = {"ratio": ("pandas", 5.0, "at least 5x pandas' speed"),
+               "polars_ratio": ("polars", 1.5, "at least 1.5x polars' speed")}
+    for name, (kind, bound, words) in targets.items():
+        if kind in results:
+            print(f"target {words}: {'met' if results[kind]['seconds'] / ours['seconds'] >= bound else 'NOT met'}")
+    if "polars" in results:
+        print(f"target peak memory <= polars': {'met' if ours['rss_mib'] <= results['polars']['rss_mib'] else 'NOT met'}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores: figures above ~2 are shared)")
     print(f"RESULT curate {' '.join(ratios)} same_rows={str(same).lower()} ours_seconds={ours['seconds']:.1f} "
           f"ours_rss_mib={ours['rss_mib']:.0f}")
     return 0 if same else 1

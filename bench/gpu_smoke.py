@@ -1,33 +1,44 @@
-"""Benchmark and GPU acceptance run (issue 9): nf4 QLoRA SFT, then DPO on the stacked SFT adapter, then
-batched generation of every stage, on a ~1B-parameter Llama on one GPU.
+"""Benchmark and GPU acceptance run (issues 9 and 17): nf4 QLoRA SFT, then DPO on the stacked SFT adapter, then
+batched generation, with the settings of recipes/llm-jp-3-13b-qlora.yaml, on one GPU.
 
-    python bench/gpu_smoke.py             # CUDA machine: measures, asserts, writes bench/results/gpu_smoke.json
-    python bench/gpu_smoke.py --dry-cpu   # anywhere (a test runs it): the same flow on CPU, tiny model
+    python bench/gpu_smoke.py             # CUDA: a ~1B Llama; asserts, writes bench/results/gpu_smoke.json
+    python bench/gpu_smoke.py --size 13b  # CUDA: llm-jp-3-13b's exact config, random weights, in nf4;
+                                          # writes bench/results/gpu_smoke_13b.json (does it fit 24 GB?)
+    python bench/gpu_smoke.py --dry-cpu   # anywhere (a test runs it): the 1B flow on CPU, tiny model
 
-GPU machines here reach no hub, so the model is a randomly initialised Llama built from a config
-(hidden 2048, 16 layers, intermediate 5632, 32k vocabulary: about 1B parameters) with a byte-level BPE
-tokenizer trained here on data/raw/pretrain.txt; random weights train and generate as fast as real
-ones. The package's own code paths run on it, with the settings of recipes/llm-jp-3-13b-qlora.yaml
-(nf4, bf16 compute, LoRA r=32 on every projection, activation checkpointing):
-`tunesmith.train.train_sft` for a few steps of `wrapped`-packed sequences, `tunesmith.train.train_dpo`
-(a new adapter on top of the frozen SFT adapter, the SFT model as reference), then
-`tunesmith.model.load_model` (each stage's one standalone adapter, unmerged on the 4-bit base) and
-`tunesmith.generate.generate_batched` on 100 task prompts for base, SFT and DPO.
+GPU machines here reach no hub, so the model is randomly initialised from a config; random weights train
+and generate as fast as real ones. The tokenizer is llm-jp-3's own when `../shared/llm-jp-3-tokenizer`
+is there (built by tests/standin.py; 99,574 pieces, the model's vocabulary 99,584 as llm-jp-3's), else a
+byte-level BPE trained here on data/raw/pretrain.txt. The package's own code paths run on it with the
+recipe's settings (nf4, bf16 compute, LoRA r=32 on every projection, activation checkpointing):
+`tunesmith.train.train_sft` on unpacked prompt/completion rows with completion-only loss (as the recipe
+trains), `tunesmith.train.train_dpo` at the recipe's learning rate (a new adapter on top of the frozen
+SFT adapter, the SFT model as reference), then `tunesmith.model.load_model` (each stage's standalone
+adapter, unmerged on the 4-bit base) and `tunesmith.generate.answer_with_guards` over
+`generate_batched` with the recipe's generation settings (repetition penalty 1.2, the guards and their
+sampled retries) on 100 task prompts.
 
-It asserts what a user relies on: the SFT and DPO adapters each change the greedy tokens relative
-to the stage before (their effect survives the 4-bit base), and the SFT adapter's effect on the
-logits of the 4-bit model is at least 90% of its effect on the unquantised model (CPU's
-tests/test_model.py asks 95% of a synthetic adapter in fp32; bf16 compute is noisier). It records
-peak GPU memory (torch.cuda.max_memory_allocated) per phase, training and generation tokens/s and the
-device. `--dry-cpu` trains unquantised (4-bit training does not work on CPU) and generates from the
-nf4 base on CPU, so the loading code is the GPU's. Without CUDA and without `--dry-cpu` it prints
-`SKIP gpu_smoke: ...` and exits 0. Ends with
-`RESULT gpu_smoke sft_tokens_per_s=... dpo_pairs_per_s=... gen_tokens_per_s=... peak_gib=... effect_kept=...`.
+It asserts what a user relies on: the SFT adapter changes the greedy tokens of the base (its effect
+survives the 4-bit base); DPO at the recipe's learning rate moves at least 99% of the entries of its
+`lora_A` matrices (a bf16 adapter rounds most of a 5e-6 step away: issue 17); and the SFT adapter's effect
+on the logits of the 4-bit model is at least 90% of its effect on the unquantised model. It records peak
+GPU memory (torch.cuda.max_memory_allocated) per phase, training and generation tokens/s, the trainable
+parameters' dtypes and the device.
+
+`--size 13b` builds llm-jp-3-13b's config (tests/standin.py: LLM_JP_3_13B) in bf16, saves it, and loads it
+in nf4 through the package; it trains a few SFT and DPO steps on rows filled to max_length 512 at batch 2
+(the worst case of the recipe's length, the memory a 24 GB card must hold) and answers 100 prompts with the
+DPO model; no unquantised comparison (a second 26 GB copy). `--dry-cpu` trains unquantised (4-bit
+training does not work on CPU) and generates from the nf4 base on CPU, so the loading code is the GPU's.
+Without CUDA and without `--dry-cpu` it prints `SKIP gpu_smoke: ...` and exits 0. Ends with
+`RESULT gpu_smoke sft_tokens_per_s=... dpo_pairs_per_s=... gen_tokens_per_s=... peak_gib=... effect_kept=...
+lora_a_moved=...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import os
@@ -45,65 +56,93 @@ from _common import built as stored, print_table, quiet  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_PATH = ROOT / "bench/results/gpu_smoke.json"
+sys.path.insert(0, str(ROOT / "tests"))  # tests/standin.py: llm-jp-3's tokenizer and 13B config
+from standin import LLM_JP_3_13B, SPM_FILE, TOKENIZER_DIR  # noqa: E402
+
+RESULTS = ROOT / "bench/results"
 GIB = 2**30
 MIN_EFFECT_KEPT = 0.9
+MIN_LORA_A_MOVED = 0.99  # share of lora_A entries DPO's steps change; fp32 adapters change all of them
 
 PROFILES = {
-    # About 1B parameters: 16 × 51.4M in the layers + 2 × 65.5M for embeddings and LM head.
-    "gpu": dict(
+    # About 1.2B parameters: 16 × 51.4M in the layers + 2 × 204M for embeddings and LM head (llm-jp-3's vocabulary).
+    "1b": dict(
         model=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-                   num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048),
+                   num_key_value_heads=16, max_position_embeddings=2048),
         train_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
         generate_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
         sft=dict(max_steps=20, batch_size=4, max_length=512),
-        # The recipe's 5e-6 moves a fresh adapter too little in 10 steps to show on greedy tokens.
-        dpo=dict(max_steps=10, batch_size=2, max_length=512, learning_rate=1e-4),
+        dpo=dict(max_steps=10, batch_size=2, max_length=512),
         generate=dict(batch_size=16, max_new_tokens=64),
-        threads=4,
+        stages=("base", "sft", "dpo"), fill_rows=False, effect_kept=True, threads=4,
     ),
-    # The same flow at toy size: training unquantised (bitsandbytes must not train on CPU), generation
-    # from the nf4 base like the GPU's (4-bit inference works on CPU).
+    # llm-jp-3-13b's exact config; rows filled to max_length so that every batch is 2 × 512 tokens.
+    "13b": dict(
+        model={key: value for key, value in LLM_JP_3_13B.items() if key not in ("bos_token_id", "eos_token_id")},
+        train_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
+        generate_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
+        sft=dict(max_steps=5, batch_size=2, max_length=512),
+        dpo=dict(max_steps=4, batch_size=2, max_length=512),
+        generate=dict(batch_size=8, max_new_tokens=128),
+        stages=("dpo",), fill_rows=True, effect_kept=False, threads=8,
+    ),
+    # The 1B flow at toy size: training unquantised (bitsandbytes must not train on CPU), generation from the
+    # nf4 base like the GPU's (4-bit inference works on CPU).
     "dry-cpu": dict(
         model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=4, vocab_size=3200, max_position_embeddings=256),
+                   num_key_value_heads=4, max_position_embeddings=256),
         train_base=dict(quantization="none", dtype="float32", compute_dtype="float32"),
         generate_base=dict(quantization="nf4", dtype="float32", compute_dtype="float32"),
         sft=dict(max_steps=4, batch_size=4, max_length=128),
-        dpo=dict(max_steps=4, batch_size=4, max_length=128, learning_rate=1e-3),
+        dpo=dict(max_steps=4, batch_size=4, max_length=128),
         generate=dict(batch_size=16, max_new_tokens=16),
+        stages=("base", "sft", "dpo"), fill_rows=False, effect_kept=True,
         # One thread: on 2 shared cores, two OpenMP threads made tiny-model generation ~100x slower.
         threads=1,
     ),
 }
-TOKENIZER_VOCAB = 32000  # asked of the BPE trainer; the shipped text yields ~3.1k, the model keeps its own size
+BPE_VOCAB = 32000  # asked of the BPE trainer when llm-jp-3's tokenizer is absent; the shipped text yields ~3.1k
 TASK_PROMPTS = 100
 
 
-def build_random_llama(work: Path, shape: dict, dtype: torch.dtype, device: torch.device) -> tuple[Path, int]:
-    """Save a randomly initialised Llama and its tokenizer as a from_pretrained folder."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tokenizer_for_bench(work: Path):
+    """(llm-jp-3's tokenizer when ../shared has it, else a BPE trained on the shipped text; its name)."""
+    from transformers import AutoTokenizer
 
+    if (TOKENIZER_DIR / SPM_FILE).is_file():
+        from standin import llm_jp_tokenizer
+
+        return llm_jp_tokenizer(), "llm-jp-3"
     from tunesmith.base_model import train_tokenizer
 
-    train_tokenizer([str(ROOT / "data/raw/pretrain.txt")], TOKENIZER_VOCAB, work / "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+    train_tokenizer([str(ROOT / "data/raw/pretrain.txt")], BPE_VOCAB, work / "tokenizer")
+    return AutoTokenizer.from_pretrained(work / "tokenizer"), "bpe (no ../shared/llm-jp-3-tokenizer)"
+
+
+def build_random_llama(work: Path, shape: dict, dtype: torch.dtype, device: torch.device) -> tuple[Path, int, str]:
+    """Save a randomly initialised Llama and its tokenizer as a from_pretrained folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer, tokenizer_name = tokenizer_for_bench(work)
     config = LlamaConfig(
-        **{**shape, "vocab_size": max(shape["vocab_size"], len(tokenizer))},
+        **{**shape, "vocab_size": max(shape.get("vocab_size", 0), LLM_JP_3_13B["vocab_size"]
+                                      if tokenizer_name == "llm-jp-3" else len(tokenizer))},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    with torch.device(device):  # initialising 1B parameters is seconds on a GPU, minutes on CPU
-        model = LlamaForCausalLM(config).to(dtype)
+    # Initialising 13B parameters is seconds on a GPU, many minutes on CPU; in the saved dtype from the start
+    # (an fp32 13B would not fit beside the bf16 copy).
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
     parameters = model.num_parameters()
     base = work / "base"
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
     del model
     release_memory()
-    return base, parameters
+    return base, parameters, tokenizer_name
 
 
 def curated(work: Path, recipe: dict, role: str) -> Path:
@@ -119,6 +158,23 @@ def curated(work: Path, recipe: dict, role: str) -> Path:
                kept_path=str(target), quarantine_path=str(work / f"{role}.quarantine.parquet"),
                card_path=str(work / f"{role}.card.json"))
     return target
+
+
+def fill_rows(path: Path, tokenizer, max_length: int) -> None:
+    """Make every answer of the curated rows at `path` long enough that prompt + answer passes `max_length`
+    tokens (the answer repeated), so that training sees full-length sequences: the memory worst case."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for field in [name for name in ("response", "chosen", "rejected") if name in table.column_names]:
+        filled = []
+        for text in table.column(field).to_pylist():
+            text = text or "。"
+            times = max_length // max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"])) + 1
+            filled.append("\n".join([text] * times))
+        table = table.set_column(table.column_names.index(field), field, pa.array(filled, pa.string()))
+    pq.write_table(table, path)
 
 
 def release_memory() -> None:
@@ -149,21 +205,55 @@ def trainer_log(adapter: Path) -> dict:
     return {"steps": int(last_of("step")), "tokens": int(last_of("num_tokens")), "seconds": last_of("train_runtime")}
 
 
+@contextlib.contextmanager
+def watched_training(record: dict):
+    """Around `tunesmith.train`'s trainer.train(): the trainable parameters' dtypes, and how many entries of
+    the trained adapter's lora_A matrices the steps changed."""
+    import tunesmith.train as train
+
+    original = train._train
+
+    def watching(trainer, checkpoints):
+        def lora_a():
+            return {name: parameter.detach().float().cpu().clone()
+                    for name, parameter in trainer.model.named_parameters()
+                    if parameter.requires_grad and "lora_A" in name}
+
+        record["trainable_dtypes"] = sorted({str(parameter.dtype).removeprefix("torch.")
+                                             for parameter in trainer.model.parameters() if parameter.requires_grad})
+        before = lora_a()
+        result = original(trainer, checkpoints)
+        after = lora_a()
+        entries = sum(tensor.numel() for tensor in before.values())
+        record["lora_a_changed_share"] = sum(int((after[name] != before[name]).sum()) for name in before) / entries
+        record["lora_a_mean_abs_change"] = (sum(float((after[name] - before[name]).abs().sum()) for name in before)
+                                            / entries)
+        return result
+
+    train._train = watching
+    try:
+        yield
+    finally:
+        train._train = original
+
+
 def train_stages(work: Path, base: Path, base_section: dict, recipe: dict, profile: dict, on_gpu: bool) -> dict:
-    """QLoRA SFT (wrapped-packed sequences), then DPO with a new adapter on the frozen SFT adapter."""
+    """QLoRA SFT (unpacked prompt/completion rows, completion-only loss, as the recipe trains), then DPO at the
+    recipe's learning rate with a new adapter on the frozen SFT adapter."""
     from tunesmith.model import read_metadata
     from tunesmith.train import train_dpo, train_sft
 
     common = {"gradient_accumulation_steps": 1, "save_steps": 0, "warmup_steps": 2, "logging_steps": 2,
               "evaluations": 1}
-    sft = {**recipe["sft"], **common, **profile["sft"], "packing": True, "packing_strategy": "wrapped"}
+    sft = {**recipe["sft"], **common, **profile["sft"]}
     dpo = {**recipe["dpo"], **common, **profile["dpo"], "start": "new_adapter"}
     measured = {}
     for stage, section, data, extra in (("sft", sft, work / "sft.parquet", {}),
                                         ("dpo", dpo, work / "preference.parquet", {"sft_adapter": str(work / "sft")})):
         start_peak(on_gpu)
         train = train_sft if stage == "sft" else train_dpo
-        with quiet(work / f"{stage}.log"):
+        watched = {}
+        with quiet(work / f"{stage}.log"), watched_training(watched):
             started = time.perf_counter()
             result = train(base_path=str(base), base_section=base_section, template_section=recipe["template"],
                            **{stage: section}, dataset_path=str(data), seed=recipe["seed"], out_dir=str(work / stage),
@@ -175,16 +265,19 @@ def train_stages(work: Path, base: Path, base_section: dict, recipe: dict, profi
         measured[stage] = {**figures, "wall_seconds": wall, "loss": result["train_loss"], "peak_gib": peak_gib(on_gpu),
                            "tokens_per_s": figures["tokens"] / figures["seconds"],
                            "rows_per_s": pairs / figures["seconds"], "rows_trained": rows["rows"],
-                           "batch_size": section["batch_size"], "max_length": section["max_length"]}
+                           "batch_size": section["batch_size"], "max_length": section["max_length"],
+                           "learning_rate": section["learning_rate"], "packing": section["packing"]
+                           if stage == "sft" else None, **watched}
         release_memory()
     return measured
 
 
-def generate_stages(work: Path, base: Path, base_section: dict, recipe: dict, settings: dict, on_gpu: bool) -> dict:
-    """generate_batched on the first 100 task prompts for base, SFT and DPO, each loaded by load_model
-    (the stage's standalone adapter, unmerged on the 4-bit base). Generated tokens are counted at
-    model.generate: every new token that is not padding."""
-    from tunesmith.generate import generate_batched
+def generate_stages(work: Path, base: Path, base_section: dict, recipe: dict, profile: dict, on_gpu: bool) -> dict:
+    """The recipe's generation (repetition penalty, guards and their sampled retries) over generate_batched on
+    the first 100 task prompts for each stage of the profile, each loaded by load_model (the stage's standalone
+    adapter, unmerged on the 4-bit base). Generated tokens are counted at model.generate, retries included:
+    every new token that is not padding."""
+    from tunesmith.generate import answer_with_guards, generate_batched
     from tunesmith.model import load_model, load_tokenizer
     from tunesmith.tasks import read_tasks
     from tunesmith.template import PromptTemplate
@@ -193,30 +286,33 @@ def generate_stages(work: Path, base: Path, base_section: dict, recipe: dict, se
     template = PromptTemplate(recipe["template"])
     tasks = read_tasks(ROOT / recipe["tasks"]["path"])[:TASK_PROMPTS]
     prompts = [template.render_prompt(task.prompt_text, tokenizer) for task in tasks]
-    generation = {**recipe["generate"], **settings, "do_sample": False, "stop_strings": [], "repetition_penalty": 1.0}
+    settings = {**recipe["generate"], **profile["generate"]}
     stages = {}
-    for stage, adapter in (("base", None), ("sft", work / "sft"), ("dpo", work / "dpo")):
+    for stage in profile["stages"]:
+        adapter = None if stage == "base" else work / stage
         start_peak(on_gpu)
         with quiet(work / "generate.log"):
             model = load_model(str(base), base_section, adapter=str(adapter) if adapter else None)
-        counts, tokens = [], []
+        counts = []
         plain_generate = model.generate
 
         def counting_generate(*args, **kwargs):
             output = plain_generate(*args, **kwargs)
-            new_tokens = output[:, kwargs["input_ids"].shape[1]:]
-            counts.append(int((new_tokens != tokenizer.pad_token_id).sum()))
-            # Without the padding after EOS, which depends on what else was in the batch.
-            tokens.extend([token for token in row if token != tokenizer.pad_token_id] for row in new_tokens.tolist())
+            counts.append(int((output[:, kwargs["input_ids"].shape[1]:] != tokenizer.pad_token_id).sum()))
             return output
 
         model.generate = counting_generate
+
+        def generate(some_prompts, some_settings, some_seed):
+            return generate_batched(model, tokenizer, some_prompts, some_settings, some_seed)
+
         with quiet(work / "generate.log"):
             started = time.perf_counter()
-            answers = generate_batched(model, tokenizer, prompts, generation, recipe["seed"])
+            answers = answer_with_guards(generate, prompts, settings, recipe["seed"], template.clean_output)
             seconds = time.perf_counter() - started
-        stages[stage] = {"answers": answers, "tokens": sum(counts), "seconds": seconds,
-                         "tokens_per_s": sum(counts) / seconds, "peak_gib": peak_gib(on_gpu), "token_ids": tokens}
+        stages[stage] = {"tokens": sum(counts), "seconds": seconds, "tokens_per_s": sum(counts) / seconds,
+                         "peak_gib": peak_gib(on_gpu), "regenerated": sum(len(a.attempts) > 1 for a in answers),
+                         "first_greedy": [answer.attempts[0].raw for answer in answers]}
         del model
         release_memory()
     return stages, prompts
@@ -247,9 +343,13 @@ def effect_kept(base: Path, quantised: dict, unquantised: dict, adapter: Path, p
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-cpu", action="store_true",
-                        help="run the same flow on CPU with a tiny model (training unquantised; checks the script)")
+                        help="run the 1B flow on CPU with a tiny model (training unquantised; checks the script)")
+    parser.add_argument("--size", choices=("1b", "13b"), default="1b",
+                        help="1b: a ~1B Llama; 13b: llm-jp-3-13b's exact config in nf4 (GPU only)")
     options = parser.parse_args()
     if options.dry_cpu:
+        if options.size != "1b":
+            parser.error("--dry-cpu runs the 1B flow at toy size; --size 13b needs a CUDA GPU")
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA initialises: the package then picks the CPU too
     on_gpu = torch.cuda.is_available()
     if not on_gpu and not options.dry_cpu:
@@ -257,7 +357,8 @@ def main() -> int:
         print(f"SKIP gpu_smoke: no CUDA device (torch {torch.__version__}, {build}: torch.cuda.is_available() "
               "is False); QLoRA nf4 needs a GPU. `--dry-cpu` checks the flow on CPU.")
         return 0
-    profile = PROFILES["gpu" if on_gpu else "dry-cpu"]
+    mode = options.size if on_gpu else "dry-cpu"
+    profile = PROFILES[mode]
     os.chdir(ROOT)  # recipe paths are relative to the repository root
     torch.set_num_threads(profile["threads"])
     import datasets
@@ -266,7 +367,7 @@ def main() -> int:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     from tunesmith.atomic import write_json
-    from tunesmith.model import device
+    from tunesmith.model import device, load_tokenizer
     from tunesmith.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "recipes/llm-jp-3-13b-qlora.yaml")
@@ -277,46 +378,53 @@ def main() -> int:
             train_base = {**recipe["base_model"], **profile["train_base"]}
             generate_base = {**recipe["base_model"], **profile["generate_base"]}
             with quiet(work / "prepare.log"):
-                base, parameters = build_random_llama(work, profile["model"], getattr(torch, train_base["dtype"]),
-                                                      device())
-                for role in ("sft", "preference"):
-                    curated(work, recipe, role)
+                base, parameters, tokenizer_name = build_random_llama(work, profile["model"],
+                                                                      getattr(torch, train_base["dtype"]), device())
+                for role, stage in (("sft", "sft"), ("preference", "dpo")):
+                    data = curated(work, recipe, role)
+                    if profile["fill_rows"]:
+                        fill_rows(data, load_tokenizer(str(base), train_base), profile[stage]["max_length"])
             trained = train_stages(work, base, train_base, recipe, profile, on_gpu)
-            generated, prompts = generate_stages(work, base, generate_base, recipe, profile["generate"], on_gpu)
-            kept = effect_kept(base, generate_base, {**generate_base, "quantization": "none"}, work / "sft",
-                               prompts[:8])
+            generated, prompts = generate_stages(work, base, generate_base, recipe, profile, on_gpu)
+            kept = (effect_kept(base, generate_base, {**generate_base, "quantization": "none"}, work / "sft",
+                                prompts[:8]) if profile["effect_kept"] else None)
         except BaseException:
             for log_name in ("prepare.log", "sft.log", "dpo.log", "generate.log"):
                 if (work / log_name).is_file():
                     sys.stderr.write(f"--- {log_name} (tail)\n")
                     sys.stderr.write((work / log_name).read_text(encoding="utf-8")[-4000:])
             raise
-        changed = {stage: sum(a != b for a, b in zip(generated[before]["token_ids"], generated[stage]["token_ids"]))
-                   for before, stage in (("base", "sft"), ("sft", "dpo"))}
+        changed = {stage: sum(a != b for a, b in zip(generated[before]["first_greedy"], generated[stage]["first_greedy"]))
+                   for before, stage in (("base", "sft"), ("sft", "dpo")) if {before, stage} <= set(generated)}
         peaks = [entry["peak_gib"] for entry in (*trained.values(), *generated.values()) if entry["peak_gib"] is not None]
+        moved = trained["dpo"]["lora_a_changed_share"]
         record = {
-            "mode": "gpu" if on_gpu else "dry-cpu",
+            "mode": mode,
             "device": torch.cuda.get_device_name() if on_gpu else "cpu",
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "cuda": torch.version.cuda},
-            "model": {**profile["model"], "parameters": parameters, "train": train_base, "generate": generate_base},
+            "model": {**profile["model"], "parameters": parameters, "tokenizer": tokenizer_name, "train": train_base,
+                      "generate": generate_base},
             "train": trained,
-            "generate": {stage: {key: value for key, value in entry.items() if key not in ("answers", "token_ids")}
+            "generate": {stage: {key: value for key, value in entry.items() if key != "first_greedy"}
                          for stage, entry in generated.items()},
-            "prompts_whose_greedy_tokens_changed": changed,
+            "generation_settings": {**recipe["generate"], **profile["generate"]},
+            "prompts_whose_first_greedy_answer_changed": changed,
             "sft_effect_kept_on_4bit": kept,
+            "dpo_lora_a_changed_share": moved,
             "peak_gib": max(peaks) if peaks else None,
             "wall_seconds": time.perf_counter() - started,
         }
         # A dry run checks the flow only: its numbers stay in the temporary folder.
-        out = RESULT_PATH if on_gpu else work / "gpu_smoke.dry-cpu.json"
+        out = RESULTS / ("gpu_smoke.json" if mode == "1b" else "gpu_smoke_13b.json") if on_gpu else (
+            work / "gpu_smoke.dry-cpu.json")
         write_json(out, record)
 
     def gib(value):
         return f"{value:.2f}" if value is not None else "n/a"
 
-    print(f"device: {record['device']} ({record['mode']}); model: {parameters:,} parameters; training "
-          f"{train_base['quantization']}/{train_base['dtype']}, generation {generate_base['quantization']}")
+    print(f"device: {record['device']} ({mode}); model: {parameters:,} parameters, tokenizer {tokenizer_name}; "
+          f"training {train_base['quantization']}/{train_base['dtype']}, generation {generate_base['quantization']}")
     print()
     rows = [[stage, f"{entry['steps']} steps x {entry['batch_size']} x {entry['max_length']}", str(entry["tokens"]),
              f"{entry['seconds']:.2f}", f"{entry['tokens_per_s']:.0f}", gib(entry["peak_gib"])]
@@ -326,16 +434,25 @@ def main() -> int:
              for stage, entry in generated.items()]
     print_table(["phase", "work", "tokens", "seconds", "tokens/s", "peak GiB"], rows, left=2)
     print()
-    print(f"prompts whose greedy tokens changed: base→sft {changed['sft']}, sft→dpo {changed['dpo']} "
-          f"(of {TASK_PROMPTS}); SFT effect kept on the 4-bit base: {kept:.3f}")
+    if changed:
+        print(f"prompts whose first greedy answer changed: base→sft {changed['sft']}, sft→dpo {changed['dpo']} "
+              f"(of {TASK_PROMPTS}); SFT effect kept on the 4-bit base: {kept:.3f}")
+    print(f"DPO at lr {trained['dpo']['learning_rate']:g}: {moved:.1%} of lora_A entries changed "
+          f"(trainable parameters: {', '.join(trained['dpo']['trainable_dtypes'])})")
     written = out.relative_to(ROOT) if on_gpu else "nothing (dry run; the record stays in a temporary folder)"
     print(f"written: {written}")
     suffix = "" if on_gpu else " mode=dry-cpu"
     print(f"RESULT gpu_smoke sft_tokens_per_s={trained['sft']['tokens_per_s']:.0f} "
           f"dpo_pairs_per_s={trained['dpo']['rows_per_s']:.1f} gen_tokens_per_s={generated['dpo']['tokens_per_s']:.0f} "
-          f"peak_gib={gib(record['peak_gib'])} effect_kept={kept:.3f}{suffix}")
-    failures = [f"the {stage.upper()} adapter changed no greedy token" for stage, count in changed.items() if not count]
-    if kept < MIN_EFFECT_KEPT:
+          f"peak_gib={gib(record['peak_gib'])} effect_kept={'n/a' if kept is None else f'{kept:.3f}'} "
+          f"lora_a_moved={moved:.4f}{suffix}")
+    failures = []
+    if changed.get("sft") == 0:
+        failures.append("the SFT adapter changed no greedy answer")
+    if moved < MIN_LORA_A_MOVED:
+        failures.append(f"DPO at the recipe's learning rate changed {moved:.1%} of lora_A entries "
+                        f"(< {MIN_LORA_A_MOVED:.0%}): trainable parameters are {trained['dpo']['trainable_dtypes']}")
+    if kept is not None and kept < MIN_EFFECT_KEPT:
         failures.append(f"the SFT adapter keeps {kept:.3f} of its effect on the 4-bit base (< {MIN_EFFECT_KEPT})")
     for failure in failures:
         print(f"FAIL gpu_smoke: {failure}", file=sys.stderr)

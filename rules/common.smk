@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
-from tunesmith.logs import when_nothing_to_do
+from tunesmith.logs import explain_stale_locks, when_nothing_to_do
 from tunesmith.recipe import RecipeError, combinations, replicate_seeds, replicates, variants, workflow_recipe
 
 try:
@@ -21,6 +21,8 @@ try:
     REPLICATES = replicates(RECIPE)  # `repeats`: the recipe under further seeds, named seed=N
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
+# A killed run's lock: Snakemake's error then names the unlock command that works here.
+explain_stale_locks(config.get("recipe"))
 config.clear()
 config.update(RECIPE)
 

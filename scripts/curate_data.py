@@ -1,6 +1,6 @@
 """Curate one role's ingested sources (sft or preference) into Parquet, a quarantine file and a data card."""
 
-from tunesmith.curate import curate
+from tunesmith.curate import curate, curate_memory_limit
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
@@ -19,6 +19,7 @@ with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
         card_markdown_path=snakemake.output.card_markdown,
         lengths_plot_path=snakemake.output.lengths_plot,
         threads=snakemake.threads,
+        memory_limit=curate_memory_limit(snakemake),
         max_length=snakemake.params.lengths["max_length"],
         tokenizer=snakemake.params.lengths["tokenizer"],
         trust_remote_code=snakemake.params.lengths["trust_remote_code"],

@@ -45,3 +45,34 @@ def default_run(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-5000:]
     (work / "console.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
     return work
+
+
+SHIPPED_HUB_MODELS = ("llm-jp/llm-jp-3-13b",)  # the hub ids the shipped recipes name
+
+
+def fake_hub_cache(root: Path, repo_ids=SHIPPED_HUB_MODELS) -> Path:
+    """A Hugging Face cache folder in which each hub id's main revision is a snapshot holding only its
+    config.json: enough for validation, which (offline, as tests are) refuses a hub id not in the
+    cache, to plan a recipe that names one. Nothing can be loaded from it."""
+    cache = root / "hf-cache"
+    for repo_id in repo_ids:
+        folder = cache / f"models--{repo_id.replace('/', '--')}"
+        commit = "0" * 40
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / "main").write_text(commit)
+        (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (folder / "snapshots" / commit / "config.json").write_text("{}")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cached_hub_models(tmp_path_factory):
+    """The shipped recipes' hub models in a fake cache (fake_hub_cache), for this process and its
+    children, for a module's tests."""
+    from huggingface_hub import constants
+
+    cache = fake_hub_cache(tmp_path_factory.mktemp("hub"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_CACHE", str(cache))
+        patch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        yield cache

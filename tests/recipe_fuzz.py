@@ -41,7 +41,8 @@ RECIPES = ("default.yaml", "llm-jp-3-13b-qlora.yaml", "sweep.yaml")
 # Keys whose valid values can still be refused because of another key (tunesmith.recipe's cross-key rules).
 CROSS_KEYS = re.compile(r"^(sources|base_model\.(path|quantization|build\.(hidden_size|num_attention_heads))|"
                         r"dpo\.enabled|judge\.(backend|openai\.(base_url|model)|local\.path)|continued_pretraining\.enabled|distributed|template\.(kind|prompt)|"
-                        r"tasks|sweep|curate\.near_dedup\.(permutations|bands))")
+                        r"tasks|sweep|curate\.near_dedup\.(permutations|bands)|"
+                        r"curate\.(tokens\.)?(min|max)_(prompt|response)|generate\.guards\.(min|max)_chars)")
 HANG_SECONDS = 10
 
 
@@ -182,6 +183,93 @@ def mutations(recipe_name: str) -> list[Mutation]:
                 _put(document, (*path, typo), copy.deepcopy(node[name]))
                 found.append(Mutation("misspelt key", dotted((*path, name)), _dump(document), "reject"))
     found += document_mutations(text, raw)
+    found += yaml11_mutations(raw, filled, schema) + path_mutations(raw, filled) + sweep_mutations(raw, filled, schema)
+    return found
+
+
+# ---- issue 19's families: YAML 1.1 forms, special files, NUL and over-long paths, sweeps -------------
+
+RAW = "__raw_scalar__"
+FIFO = "fifo.jsonl"  # made by scratch_directory: a named pipe a reader would wait on for ever
+
+
+def _raw(raw: dict, path: tuple, text: str) -> bytes:
+    """The recipe with the plain (unquoted) scalar `text` at `path`, as a person would type it."""
+    return _dump(_put(copy.deepcopy(raw), path, RAW)).replace(RAW.encode(), text.encode("utf-8"))
+
+
+def yaml11_mutations(raw: dict, filled: dict, schema: dict) -> list[Mutation]:
+    """Forms YAML 1.1 and 1.2 read differently: a number in e-notation without a dot (1.2: the
+    number), sexagesimal 1:30, yes/on, 0b101 and 1_000 (1.2: text, refused where a number or a
+    boolean belongs), 0o and 0x integers (1.2: the integer), a date (1.2: text)."""
+    found, integers, booleans = [], 0, 0
+    for path, leaf in leaves(filled, schema):
+        key, types, current = dotted(path), _types(leaf), _get(filled, path)
+        cross = bool(CROSS_KEYS.match(key))
+        integers += "integer" in types and type(current) is int
+        booleans += types == {"boolean"}
+        if "number" in types and type(current) is float and current > 0 and "enum" not in leaf:
+            found.append(Mutation("e-notation without a dot", key, _raw(raw, path, f"{current:e}".replace(".000000", "")),
+                                  "either" if cross else "accept"))
+        if "integer" in types and type(current) is int and current >= 0:
+            found.append(Mutation("sexagesimal", key, _raw(raw, path, f"{current // 60}:{current % 60:02d}"), "reject"))
+        if "integer" in types and type(current) is int and current >= 0 and integers % 4 == 1:  # a sample: 1 in 4
+            found.append(Mutation("underscored integer", key, _raw(raw, path, f"{current}_0"), "reject"))
+            found.append(Mutation("binary integer", key, _raw(raw, path, "0b1"), "reject"))
+            if current <= leaf.get("maximum", current) and current >= leaf.get("minimum", current):
+                found.append(Mutation("hexadecimal integer", key, _raw(raw, path, hex(current)),
+                                      "either" if cross else "accept"))
+                found.append(Mutation("0o octal integer", key, _raw(raw, path, oct(current)),
+                                      "either" if cross else "accept"))
+        if types == {"boolean"}:
+            for text in ("yes", "on") if booleans % 3 else ("yes", "no", "on", "off", "Y"):
+                found.append(Mutation(f"YAML 1.1 boolean {text}", key, _raw(raw, path, text), "reject"))
+        if "string" in types and "enum" not in leaf and "pattern" not in leaf and not CROSS_KEYS.match(key) \
+                and key.startswith(("publish.license", "tracking.project")):
+            found.append(Mutation("date-like text", key, _raw(raw, path, "2024-01-01"), "accept"))
+    return found
+
+
+def _path_keys(filled: dict) -> list[tuple]:
+    return [("sources", index, "path") for index in range(len(filled["sources"]))] + [
+        ("tasks", "path"), ("tasks", "references")]
+
+
+def path_mutations(raw: dict, filled: dict) -> list[Mutation]:
+    """Files that are not data (/proc, /sys, /dev, a FIFO, a link into /proc), a model folder that holds
+    no model, and paths no file system takes (NUL, a 6,000-character name, 5,000 bytes of folders)."""
+    found = []
+    hostile = {"special file /proc/self/environ": "/proc/self/environ", "special file glob /proc/*/environ":
+               "/proc/*/environ", "special file /dev/zero": "/dev/zero", "special file /dev/stdin": "/dev/stdin",
+               "special file /sys": "/sys/kernel", "special file FIFO": FIFO, "link into /proc": "environ.jsonl",
+               "NUL in a path": "data/x\0.jsonl", "over-long name": "data/" + "x" * 6000 + ".jsonl",
+               "over-long path": "data/" + "/".join(["y" * 200] * 25) + ".jsonl"}
+    for path in _path_keys(filled):
+        for name, value in hostile.items():
+            found.append(Mutation(name, dotted(path), _dump(_put(copy.deepcopy(raw), path, value)), "reject"))
+    for name, value in {"model path /etc": "/etc", "model path /proc/self": "/proc/self",
+                        "model path NUL": "a\0b", "model path a file": "data/tasks.jsonl"}.items():
+        document = _put(copy.deepcopy(raw), ("base_model", "path"), value)
+        document.get("base_model", {}).pop("build", None)
+        found.append(Mutation(name, "base_model.path", _dump(document), "reject"))
+    return found
+
+
+def sweep_mutations(raw: dict, filled: dict, schema: dict) -> list[Mutation]:
+    """A sweep over each string key of a section (list items excluded: a matrix key is dotted names),
+    between its value and one with braces, a slash, a newline and Japanese: whatever validate says,
+    the workflow must say the same (variant names safe whatever the values)."""
+    found = []
+    for path, leaf in leaves(filled, schema):
+        if any(isinstance(part, int) for part in path) or len(path) < 2 or path[0] == "sweep":
+            continue
+        current = _get(filled, path)
+        if "string" not in _types(leaf) or not isinstance(current, str):
+            continue
+        hostile = current + " {input}/{output} {}\n指示"
+        document = copy.deepcopy(raw)
+        document["sweep"] = {"matrix": {dotted(path): [current, hostile]}}
+        found.append(Mutation("sweep over a string key", dotted(path), _dump(document), "either"))
     return found
 
 
@@ -268,6 +356,8 @@ def scratch_directory() -> Path:
     """A working directory with the shipped data, where recipes' relative paths resolve."""
     work = Path(tempfile.mkdtemp(prefix="tunesmith-fuzz-"))
     (work / "data").symlink_to(REPO / "data")
+    os.mkfifo(work / FIFO)
+    (work / "environ.jsonl").symlink_to("/proc/self/environ")
     return work
 
 
@@ -283,6 +373,10 @@ def main(argv=None) -> int:
         for name in [name for name in sys.modules if name.startswith("tunesmith")]:
             del sys.modules[name]
     work = scratch_directory()
+    from conftest import fake_hub_cache  # offline (as tests run), a hub id validates only when cached
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_CACHE"] = constants.HF_HUB_CACHE = str(fake_hub_cache(work))
     counts = {"tried": 0, "wrongly_accepted": 0, "wrongly_rejected": 0, "tracebacks": 0, "hangs": 0,
               "workflow_disagreements": 0}
     problems = []
@@ -303,7 +397,8 @@ def main(argv=None) -> int:
             counts["wrongly_accepted" if found == "accepted" else "wrongly_rejected"] += 1
         if wrong or found.startswith("traceback") or found == "hang":
             problems.append(f"{found:>20}  {mutation.name} at {mutation.key or '(document)'}")
-        if index % step == 0 and not args.src and found in ("accepted", "rejected"):
+        sampled = index % step == 0 or mutation.name == "sweep over a string key"
+        if sampled and not args.src and found in ("accepted", "rejected"):
             flow = workflow_verdict(path, work)
             if flow != found:
                 counts["workflow_disagreements"] += 1
@@ -318,6 +413,8 @@ def main(argv=None) -> int:
         print(f"... and {len(problems) - 60} more")
     kinds = Counter(line.split(" at ")[0].strip() for line in problems)
     print("\nby kind:\n" + "\n".join(f"{count:6d}  {kind}" for kind, count in kinds.most_common()))
+    tried = Counter(mutation.name for mutation in all_mutations)
+    print("\ntried by mutation:\n" + "\n".join(f"{count:6d}  {name}" for name, count in sorted(tried.items())))
     print("RESULT recipe_fuzz " + " ".join(f"{key}={value}" for key, value in counts.items()))
     return 0
 

@@ -275,19 +275,22 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_owner(tmp_path, mode, 
 def test_only_the_outputs_own_partials_are_removed(tmp_path):
     own_file = tmp_path / ".out.jsonl.k2f_9x0a.partial"
     own_folder = tmp_path / ".out.jsonl.a1b2c3d4.partial"
+    duckdb_copy = tmp_path / "tmp_.out.jsonl.q7r8s9t0.partial"  # DuckDB's COPY into our temporary, killed
     others = [
         tmp_path / ".out.jsonl.manifest.json.k2f_9x0a.partial",  # another output's temporary
         tmp_path / ".out.jsonl2.k2f_9x0a.partial",
         tmp_path / ".out.jsonl.k2f_9x0a.keep",
         tmp_path / "out.jsonl.k2f_9x0a.partial",
+        tmp_path / "tmp_.out.jsonl2.k2f_9x0a.partial",
     ]
     own_file.write_text("half")
+    duckdb_copy.write_text("half")
     own_folder.mkdir()
     (own_folder / "weights.bin").write_bytes(b"half")
     for path in others:
         path.write_text("not ours")
     (tmp_path / "out.jsonl").write_text("finished\n")
-    assert sorted(remove_stale_partials(tmp_path / "out.jsonl")) == sorted([own_file, own_folder])
+    assert sorted(remove_stale_partials(tmp_path / "out.jsonl")) == sorted([own_file, own_folder, duckdb_copy])
     assert sorted(tmp_path.iterdir()) == sorted([*others, tmp_path / "out.jsonl"])
     assert (tmp_path / "out.jsonl").read_text() == "finished\n"
     assert remove_stale_partials(tmp_path / "no" / "such" / "folder" / "out.jsonl") == []

@@ -2,6 +2,10 @@
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tunesmith.curate as curate_module
+from tunesmith.atomic import remove_stale_partials
 from tunesmith.card import render_markdown
 from tunesmith.curate import REASONS, CurationError, curate
 from tunesmith.normalize import match_key
@@ -31,7 +36,7 @@ def pair(prompt, chosen, rejected) -> bytes:
     return json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False).encode()
 
 
-def run(tmp_path, files, role="sft", seed=0, extra=None, **settings):
+def run(tmp_path, files, role="sft", seed=0, extra=None, memory_limit=None, **settings):
     """Curate `files` ({source id: bytes}, recipe order) and return (card, kept rows, quarantined rows)."""
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps(task, ensure_ascii=False) + "\n" for task in TASKS), encoding="utf-8")
@@ -42,7 +47,8 @@ def run(tmp_path, files, role="sft", seed=0, extra=None, **settings):
                         **(extra or {}).get(source_id, {})})
     out = tmp_path / "out"
     card = curate(sources, role, str(tasks), {**SETTINGS, **settings},
-                  str(out / "kept.parquet"), str(out / "quarantine.parquet"), str(out / "card.json"), seed=seed)
+                  str(out / "kept.parquet"), str(out / "quarantine.parquet"), str(out / "card.json"), seed=seed,
+                  memory_limit=memory_limit)
     for entry in [*card["sources"].values(), card["totals"]]:  # every record is kept or quarantined, once
         assert entry["rows_in"] == entry["kept"] + sum(entry["quarantined"].values())
     assert json.loads((out / "card.json").read_text(encoding="utf-8")) == card
@@ -485,3 +491,96 @@ def test_tokens_can_be_counted_by_the_base_models_tokenizer(tmp_path):
                   {"decontaminate": False, "min_kept_share": 0}, str(tmp_path / "k.parquet"),
                   str(tmp_path / "q.parquet"), str(tmp_path / "c.json"), tokenizer="nobody/no-such-model")
     assert card["tokens"]["counted_by"] == "estimate" and "not available locally" in card["tokens"]["why"]
+
+
+def _corpus(rows: int) -> bytes:
+    """Distinct Japanese rows with exact and normalised copies and a little dirt, deterministic."""
+    lines = []
+    for index in range(rows):
+        if index % 10 == 3:
+            lines.append(lines[index // 2])  # an exact copy of an earlier line
+        elif index % 10 == 7:
+            lines.append(sft(f"質問 {index // 3} について教えて。 ", f"答え{index // 3}です。".upper()))
+        elif index % 97 == 0:
+            lines.append(b"{broken")
+        else:
+            lines.append(sft(f"質問 {index} について教えて。", f"答え{index}です。" + "説明" * (index % 5)))
+    return b"\n".join(lines) + b"\n"
+
+
+def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimited_run_writes(tmp_path, monkeypatch):
+    """curate.memory_limit below what the corpus needs: DuckDB spills (beside the outputs, not in TMPDIR)
+    and the files are byte for byte those of a run with memory to spare; the spill folder is gone after."""
+    data = _corpus(60_000)
+    assert len(data) > 3 * 2**20
+    spilled = {}
+    classify = curate_module.classify
+
+    def measured(con, *args):
+        classify(con, *args)
+        spilled[len(spilled)] = con.execute("SELECT coalesce(sum(size), 0), list(path) FROM duckdb_temporary_files()"
+                                            ).fetchall()[0]
+    monkeypatch.setattr(curate_module, "classify", measured)
+    written = []
+    for limit in ("32MB", "4GB"):
+        card, kept, quarantined = run(tmp_path, {"a": data}, near_dedup={"enabled": False}, memory_limit=limit,
+                                      max_prompt_chars=2048, max_response_chars=2048)
+        out = tmp_path / "out"
+        assert sorted(path.name for path in out.iterdir()) == ["card.json", "kept.parquet", "quarantine.parquet"]
+        written.append([(out / name).read_bytes() for name in ("kept.parquet", "quarantine.parquet", "card.json")])
+    small, large = spilled[0], spilled[1]
+    assert small[0] > 2**20 and all(path.startswith(str(tmp_path / "out" / ".kept.parquet.spill-")) for path in small[1])
+    assert large[0] == 0
+    assert written[0] == written[1]
+    assert card["totals"]["kept"] > 20_000 and card["totals"]["quarantined"]["duplicate"] > 3_000, card["totals"]
+
+
+KILLED_CURATION = """
+import os, signal, sys
+import tunesmith.curate as curate_module
+from tunesmith.ingest import ingest_source
+classify = curate_module.classify
+
+def classify_then_arm(con, *args):
+    classify(con, *args)
+    con.create_function("die", lambda pos: os.kill(os.getpid(), signal.SIGKILL), ["BIGINT"], "BIGINT")
+
+curate_module.classify = classify_then_arm
+curate_module.KEPT_SQL = curate_module.KEPT_SQL.replace("c.split", "c.split, die(c.pos) AS dies")  # in the write
+source = {"id": "a", "path": sys.argv[1], "format": "jsonl", "role": "sft"}
+out = sys.argv[2]
+ingest_source(source, sys.argv[3])  # the workflow's ingest job
+curate_module.curate([source], "sft", "none", {"decontaminate": False, "min_kept_share": 0}, f"{out}/kept.parquet",
+                     f"{out}/quarantine.parquet", f"{out}/card.json", ingested=[sys.argv[3]], memory_limit="32MB")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_a_curation_killed_while_duckdb_writes_leaves_only_partials_its_rerun_removes(tmp_path):
+    """Issue 19: DuckDB's own `tmp_*.partial` of a killed job stayed forever. The kill leaves only our
+    temporaries beside the outputs (the spill folder too; nothing in TMPDIR), and the rerun's cleanup
+    (`remove_stale_partials`, as `recorded` runs it) removes every one."""
+    corpus, out, scratch = tmp_path / "a.jsonl", tmp_path / "out", tmp_path / "tmp"
+    corpus.write_bytes(_corpus(20_000))
+    scratch.mkdir()
+    result = subprocess.run([sys.executable, "-c", KILLED_CURATION, str(corpus), str(out), str(tmp_path / "a.parquet")], capture_output=True,
+                            timeout=300, env={**os.environ, "TMPDIR": str(scratch)})
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    left = sorted(path.name for path in out.iterdir())
+    assert any(name.startswith(".kept.parquet.spill-") for name in left), left
+    assert all(name.startswith((".kept.parquet.", ".quarantine.parquet.")) and name.endswith(".partial")
+               for name in left), left
+    assert not list(scratch.iterdir())
+    for name in ("kept.parquet", "quarantine.parquet", "card.json"):
+        remove_stale_partials(out / name)
+    assert not list(out.iterdir())
+
+
+def test_memory_limit_is_a_size_or_a_share_of_available_memory_and_too_little_names_the_key(tmp_path):
+    assert curate_module.duckdb_memory_limit("512 MiB") == "512MiB"
+    share = curate_module.duckdb_memory_limit("10%")
+    assert share.endswith("MB") and int(share[:-2]) >= 256
+    with pytest.raises(CurationError, match=r"share must lie in \(0%, 100%\], got '150%'"):
+        curate_module.duckdb_memory_limit("150%")
+    with pytest.raises(CurationError, match=r"curate.memory_limit '4MB' \(4MB\) is too small .*raise it"):
+        run(tmp_path, {"a": _corpus(2_000)}, memory_limit="4MB")

@@ -319,3 +319,44 @@ def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny
     manifest = json.loads((work / f"{answers}.manifest.json").read_text())
     assert f"results/models/{steps['fetch_base'].key}/snapshot.json" in manifest["inputs"]
     assert manifest["settings"]["base_path"] == f"results/models/{steps['fetch_base'].key}/model"
+
+
+# ---- issue 19: a model path that cannot be fetched is refused at validation -------------------------
+
+def test_a_folder_that_holds_no_model_is_refused_at_validation(hub_recipe, tmp_path):
+    from tunesmith.fetch import model_problems
+
+    hub_recipe["base_model"]["path"] = "/etc"
+    with pytest.raises(RecipeError, match=r"base_model\.path: the folder '/etc' holds no config\.json: it is not a "
+                                          "model folder"):
+        validate_recipe(hub_recipe, check_files=True)
+    (tmp_path / "config.json").write_text("{}")
+    assert model_problems(str(tmp_path), None, "judge.local") == [
+        f"judge.local.path: the folder '{tmp_path}' holds no weights (*.safetensors or *.bin)"]
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert model_problems(str(tmp_path), None, "base_model") == []
+    hub_recipe["base_model"]["path"] = "llm-jp/llm-jp-3-13b {input}\n"  # a hostile sweep value: no traceback
+    with pytest.raises(RecipeError, match=r"base_model\.path: 'llm-jp/llm-jp-3-13b \{input\}\\n' is neither a local "
+                                          "folder nor a hub id"):
+        validate_recipe(copy.deepcopy(hub_recipe), check_files=True)
+    for special in ("/proc/self", "/dev"):
+        hub_recipe["base_model"]["path"] = special
+        with pytest.raises(RecipeError, match=rf"base_model\.path: '{special}' is under /"):
+            validate_recipe(copy.deepcopy(hub_recipe), check_files=True)
+
+
+def test_a_hub_id_missing_from_the_cache_is_refused_at_validation_while_offline(hub_recipe, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from conftest import fake_hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(RecipeError, match=r"base_model\.path: 'llm-jp/llm-jp-3-13b' is neither a local folder nor in "
+                                          r"the Hugging Face cache .* at revision main, and HF_HUB_OFFLINE is set"):
+        validate_recipe(copy.deepcopy(hub_recipe), check_files=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache(tmp_path)))
+    validate_recipe(copy.deepcopy(hub_recipe), check_files=True)  # cached: fine offline
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    validate_recipe(copy.deepcopy(hub_recipe), check_files=True)  # online: the fetch job downloads it

@@ -193,6 +193,29 @@ def test_a_full_disk_is_named_on_the_console_and_in_the_log(tmp_path, full):
     assert not list((work / "results").rglob("*.partial"))
 
 
+def test_a_stale_lock_names_the_unlock_command_that_works(tmp_path):
+    """After a SIGKILL of the scheduler the next run stops on Snakemake's lock; its message must give an
+    unlock command that works here (a bare `snakemake --unlock` fails: the workflow needs --cores), and
+    that command must remove the lock."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "locks" / "0.output.lock").write_text("submission.jsonl\n")  # as a killed run leaves it
+
+    def snakemake(*arguments):
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *arguments]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    # --touch: were the lock not seen, the run would only touch files, never train.
+    locked = snakemake("--cores", "1", "--touch", "submission.jsonl")
+    assert locked.returncode != 0
+    assert "is locked" in locked.stderr and "\n    snakemake --unlock --cores 1\n" in locked.stderr, locked.stderr[-2000:]
+    assert "It can be removed with the --unlock argument" not in locked.stderr
+    bare = snakemake("--unlock")
+    assert bare.returncode != 0 and "cores" in bare.stderr  # why the message names --cores
+    assert snakemake("--unlock", "--cores", "1").returncode == 0
+    assert not list((tmp_path / ".snakemake" / "locks").glob("*.lock"))
+
+
 def test_a_run_with_nothing_to_do_still_calls_the_summary(tmp_path):
     """Snakemake skips `onsuccess` when every target is up to date (issue 21: `snakemake` with nothing
     to do still prints the summary); a dry run stays quiet."""

@@ -13,6 +13,7 @@ from conftest import REPO
 
 PROFILE = REPO / "profiles" / "slurm"
 COMPETITION = REPO / "recipes" / "llm-jp-3-13b-qlora.yaml"
+pytestmark = pytest.mark.usefixtures("cached_hub_models")  # offline, its hub model must be in the cache
 
 
 def dry_run(work: Path, *targets, recipe: Path = COMPETITION, profile: Path = PROFILE) -> str:

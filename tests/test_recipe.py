@@ -1,6 +1,7 @@
 """Every shipped recipe validates; broken recipes are rejected with the key path named."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -297,6 +298,133 @@ def test_validate_show_piped_to_head_ends_quietly(tmp_path):
                " | head -n 1")
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
     assert result.stdout == "seed: 42\n" and result.stderr == "", result.stderr
+
+
+# ---- issue 19: hostile and careless recipes ----------------------------------------------------------
+
+DEFAULT_TEXT = (REPO / "recipes" / "default.yaml").read_text(encoding="utf-8")
+
+
+def run_command(command: str, recipe: Path, work: Path):
+    """`tunesmith validate RECIPE` or `snakemake -n` with it, in `work` (which has the shipped data)."""
+    import subprocess
+    import sys
+
+    binary = str(Path(sys.executable).parent / command)
+    arguments = ([binary, "validate", str(recipe)] if command == "tunesmith" else
+                 [binary, "-s", str(REPO / "Snakefile"), "-n", "--cores", "1", "--config", f"recipe={recipe}"])
+    if not (work / "data").exists():
+        (work / "data").symlink_to(REPO / "data")
+    result = subprocess.run(arguments, cwd=work, capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", ["tunesmith", "snakemake"])
+@pytest.mark.parametrize("path, said", [
+    ('"data/raw/sft\\0.jsonl"', "sources[0].path: holds a NUL character (U+0000)"),
+    ("data/" + "x" * 6000 + ".jsonl", "sources[0].path: a path of 6011 bytes with a name of 6006; file systems take"),
+    ("data/" + "/".join(["y" * 200] * 25) + ".jsonl", "sources[0].path: a path of 5035 bytes with a name of 206"),
+])
+def test_nul_and_overlong_paths_get_a_clean_error_naming_the_key(tmp_path, command, path, said):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(DEFAULT_TEXT.replace("path: data/raw/sft.jsonl", f"path: {path}"), encoding="utf-8")
+    code, output = run_command(command, recipe, tmp_path)
+    assert code != 0 and said in output, output[-2000:]
+    assert "Traceback" not in output
+
+
+def test_a_sweep_over_the_prompt_plans_with_safe_variant_names(tmp_path):
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(DEFAULT_TEXT + '\nsweep:\n  matrix:\n    template.prompt: ["### 指示\\n{input}\\n### 回答\\n", '
+                      '"Q: {input} / {output}?\\nA: "]\n', encoding="utf-8")
+    names = list(variants(load_recipe(recipe), origin="sweep"))
+    assert len(names) == 2 and all(re.fullmatch(r"template\.prompt=[A-Za-z0-9._=,+-]+-[0-9a-f]{8}", n) for n in names)
+    code, output = run_command("snakemake", recipe, tmp_path)
+    assert code == 0, output[-3000:]
+    assert all(f"results/sweep/{name}/submission.jsonl" in output for name in names)
+
+
+def test_variant_names_are_unchanged_where_already_safe_and_bounded_and_distinct_otherwise():
+    from tunesmith.recipe import variant_name
+
+    assert variant_name({"dpo.beta": 0.2, "generate.max_new_tokens": 24}) == "dpo.beta=0.2,generate.max_new_tokens=24"
+    long = [variant_name({"template.prompt": "{input}" + "長" * 500 + tail}) for tail in "ab"]
+    assert long[0] != long[1] and all(len(name) <= 100 and "{" not in name for name in long)
+
+
+def test_a_key_in_api_key_env_is_never_printed(tmp_path):
+    for key in ("sk-proj-AbC123dEf456GhI789jKl012mNo345", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"):
+        recipe = load_recipe(REPO / "recipes" / "default.yaml")
+        recipe["judge"].update(backend="openai")
+        recipe["judge"]["openai"].update(base_url="http://127.0.0.1:8000/v1", model="m", api_key_env=key)
+        with pytest.raises(RecipeError) as caught:
+            validate_recipe(recipe)
+        message = str(caught.value)
+        assert "judge.openai.api_key_env: looks like a key, not the name of an environment variable" in message
+        assert key not in message and key[:12] not in message
+
+
+@pytest.mark.parametrize("key, url", [("judge.openai.base_url", "https://user:s3cr3t-pass@api.example.com/v1"),
+                                      ("judge.openai.base_url", "http://tok3n-abc@127.0.0.1:8000/v1"),
+                                      ("tracking.mlflow.tracking_uri", "https://bob:hunter2-pw@mlflow.example.com")])
+def test_credentials_in_a_url_are_refused_without_printing_them(key, url):
+    recipe = load_recipe(REPO / "recipes" / "default.yaml")
+    recipe["judge"].update(backend="openai")
+    recipe["judge"]["openai"].update(base_url="http://127.0.0.1:8000/v1", model="m")
+    section, name = key.rsplit(".", 1)
+    node = recipe
+    for part in section.split("."):
+        node = node[part]
+    node[name] = url
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(recipe)
+    assert f"{key}: the URL holds credentials" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value) and "tok3n" not in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda r: r["curate"].update(min_prompt_chars=500, max_prompt_chars=100),
+     "curate.min_prompt_chars: 500 is above curate.max_prompt_chars (100)"),
+    (lambda r: r["curate"].update(min_response_chars=3000),
+     "curate.min_response_chars: 3000 is above curate.max_response_chars (2048)"),
+    (lambda r: r["curate"].update(tokens={"min_prompt": 10, "max_prompt": 5}),
+     "curate.tokens.min_prompt: 10 is above curate.tokens.max_prompt (5)"),
+    (lambda r: r["generate"].update(guards={"min_chars": 3000}),
+     "generate.guards.min_chars: 3000 is above generate.guards.max_chars (2000)"),
+    (lambda r: r["judge"].update(backend="openai", openai={"base_url": "ftp://127.0.0.1/v1", "model": "m"}),
+     "judge.openai.base_url: 'ftp://127.0.0.1/v1' is not an http(s) URL with a host"),
+    (lambda r: r["judge"].update(backend="openai", openai={"base_url": "127.0.0.1:8000/v1", "model": "m"}),
+     "judge.openai.base_url: '127.0.0.1:8000/v1' is not an http(s) URL with a host"),
+])
+def test_settings_that_cannot_work_are_refused_at_validation(change, problem):
+    recipe = yaml.safe_load(DEFAULT_TEXT)
+    recipe.setdefault("generate", {})
+    validate_recipe(recipe)
+    change(recipe)
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(recipe)
+    assert problem in str(caught.value)
+    assert validate_recipe(yaml.safe_load(DEFAULT_TEXT))  # the shipped values pass
+
+
+def test_the_workflow_gets_the_variants_validation_made_without_validating_them_again(monkeypatch):
+    """Loading a sweep validates every variant; the workflow's `variants` right after gets those
+    (a 64-variant sweep was validated twice per `snakemake -n`), once: a later call validates again."""
+    import tunesmith.recipe as recipe_module
+
+    recipe = load_recipe(REPO / "recipes/sweep.yaml")
+    validated = []
+    schema_problems = recipe_module._schema_problems
+    monkeypatch.setattr(recipe_module, "_schema_problems", lambda r: validated.append(1) or schema_problems(r))
+    first = variants(recipe)
+    assert len(first) == 4 and not validated
+    again = variants(recipe)
+    assert again == first and again is not first and len(validated) == 4
+    recipe_module._LAST_VARIANTS.clear()
+    recipe = load_recipe(REPO / "recipes/sweep.yaml")
+    changed = copy.deepcopy(recipe)
+    changed["seed"] += 1  # asked for while the variants held are `recipe`'s
+    assert all(variant["seed"] == changed["seed"] for variant in variants(changed).values())
 
 
 # ---- overrides: `--config set=KEY=VALUE[,KEY=VALUE...]`, `tunesmith validate --set` --------------------

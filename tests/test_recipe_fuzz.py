@@ -13,6 +13,7 @@ import recipe_fuzz
 from conftest import REPO
 from tunesmith.recipe import load_schema, validate_recipe
 
+pytestmark = pytest.mark.usefixtures("cached_hub_models")  # offline, the 13B recipe's hub model must be cached
 
 @pytest.fixture(scope="module")
 def work():
@@ -81,3 +82,17 @@ def test_validate_and_the_workflow_agree(data, work, monkeypatch, labelled):
     file = work / "agree.yaml"
     file.write_bytes(mutation.text)
     assert recipe_fuzz.workflow_verdict(file, work) == recipe_fuzz.verdict(file), mutation.name
+
+
+SWEEPS = [mutation for mutation in recipe_fuzz.mutations("default.yaml") if mutation.name == "sweep over a string key"]
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=st.sampled_from(SWEEPS))
+def test_a_sweep_over_any_string_key_gets_the_same_verdict_from_validate_and_the_workflow(mutation, work, monkeypatch):
+    """Issue 19: variant names were built from the values, and a value holding {input} validated but broke the
+    workflow's wildcards. Each sweep pairs a key's value with one holding braces, a slash and a newline."""
+    monkeypatch.chdir(work)
+    file = work / "sweep-agree.yaml"
+    file.write_bytes(mutation.text)
+    assert recipe_fuzz.workflow_verdict(file, work) == recipe_fuzz.verdict(file), mutation.key

@@ -128,3 +128,82 @@ def test_validate_and_a_dry_run_both_fail_on_a_missing_source_before_any_job(tmp
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "sources[0].path: 'data/raw/no-such-sft.jsonl': file not found" in result.stdout + result.stderr
+
+
+# ---- issue 19: files that are not data, and files whose content is not their format ----------------
+
+@pytest.mark.parametrize("path, said", [
+    ("/proc/self/environ", "'/proc/self/environ' is under /proc (it resolves to /proc/"),
+    ("/proc/*/environ", "'/proc/*/environ' is under /proc: not data"),
+    ("/sys/kernel", "'/sys/kernel' is under /sys: not data"),
+    ("/dev/zero", "'/dev/zero' is under /dev: not data"),
+])
+def test_proc_sys_and_dev_are_refused_at_validation_naming_the_path(tmp_path, path, said):
+    recipe = recipe_with([{"id": "env", "path": path, "role": "sft"}])
+    problems = check_inputs(recipe)
+    assert any(problem.startswith("sources[0].path: ") and said in problem for problem in problems), problems
+    with pytest.raises(RecipeError, match=r"sources\[0\]\.path: .* is under /(proc|sys|dev)"):
+        validate_recipe(json.loads(json.dumps(recipe)), check_files=True)
+
+
+def test_a_link_to_proc_in_a_data_folder_and_a_fifo_are_refused_before_any_read(tmp_path):
+    import os
+
+    from tunesmith.sources import IngestError, resolve_source
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", {"instruction": "I", "output": "O"})
+    (folder / "b.jsonl").symlink_to("/proc/self/environ")
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    recipe = recipe_with([{"id": "folder", "path": str(folder)}, {"id": "pipe", "path": str(tmp_path / "pipe.jsonl")}])
+    problems = check_inputs(recipe)
+    assert problems[0].startswith(f"sources[0].path: '{folder}/b.jsonl' is under /proc (it resolves to /proc/")
+    assert problems[1] == f"sources[1].path: '{tmp_path}/pipe.jsonl' is a FIFO (named pipe), not a regular file"
+    with pytest.raises(IngestError, match="is under /proc"):  # the ingest job refuses it too, writing nothing
+        resolve_source({"id": "folder", "path": str(folder), "role": "sft"})
+
+
+def test_task_files_that_are_not_regular_files_are_refused(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "tasks.jsonl")
+    recipe = recipe_with([{"id": "ok", "path": write_jsonl(tmp_path / "ok.jsonl", {"instruction": "I", "output": "O"})}])
+    recipe["tasks"]["path"] = str(tmp_path / "tasks.jsonl")  # a FIFO would block the task reader for ever
+    with pytest.raises(RecipeError, match=r"tasks\.path: '.*tasks\.jsonl' is a FIFO"):
+        validate_recipe(recipe, check_files=True)
+    recipe["tasks"]["path"] = "/proc/self/environ"
+    with pytest.raises(RecipeError, match=r"tasks\.path: '/proc/self/environ' is under /proc"):
+        validate_recipe(recipe, check_files=True)
+
+
+def test_a_format_that_does_not_fit_the_files_content_is_refused_at_validation(tmp_path):
+    jsonl = write_jsonl(tmp_path / "rows.jsonl", {"instruction": "I", "output": "O"}, {"instruction": "J", "output": "P"})
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("instruction,output\nI,O\n", encoding="utf-8")
+    parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"instruction": ["I"], "output": ["O"]}), parquet)
+    recipe = recipe_with([{"id": "a", "path": jsonl, "format": "csv"},
+                          {"id": "b", "path": str(csv_file), "format": "jsonl"},
+                          {"id": "c", "path": str(parquet), "format": "jsonl"},
+                          {"id": "d", "path": jsonl, "format": "parquet"},
+                          {"id": "e", "path": jsonl, "format": "json"},
+                          {"id": "f", "path": str(parquet), "format": "text", "role": "pretrain"}])
+    assert check_inputs(recipe) == [
+        f"sources[0].format: csv, but {jsonl} starts with JSON; it looks like JSON Lines (format: jsonl)",
+        f"sources[1].format: jsonl, but none of the first 2 lines of {csv_file} is a JSON object; it looks like CSV "
+        "(format: csv; its first line is 'instruction,output')",
+        f"sources[2].format: jsonl, but {parquet} is a Parquet file (format: parquet)",
+        f"sources[3].format: parquet, but {jsonl} is not a Parquet file (it does not start with PAR1; it looks like "
+        "JSON Lines (format: jsonl))",
+        f"sources[4].format: json, but {jsonl} holds one JSON object per line; it looks like JSON Lines (format: jsonl)",
+        f"sources[5].format: text, but {parquet} is a Parquet file (format: parquet)"]
+    fitting = recipe_with([{"id": "a", "path": jsonl}, {"id": "b", "path": str(csv_file), "format": "csv"},
+                           {"id": "c", "path": str(parquet), "format": "parquet"}])
+    assert check_inputs(fitting) == []
+
+
+def test_a_bad_first_record_is_left_to_curation_not_refused(tmp_path):
+    """One malformed line is quarantined by curation; only a file none of whose first lines fits is refused."""
+    mostly = write_jsonl(tmp_path / "mostly.jsonl", "oops, a stray line", {"instruction": "I", "output": "O"})
+    assert not any(".format:" in problem for problem in check_inputs(recipe_with([{"id": "m", "path": mostly}])))

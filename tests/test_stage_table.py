@@ -2,12 +2,14 @@
 the stages that read it and of everything downstream of them, and of nothing else."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import REPO
 from stage_keys import alternatives, downstream_of as downstream, get as _get, put as _put
 from tunesmith import plan
+from tunesmith.curate import curate_memory_limit
 from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
 
 SHAPES = {
@@ -129,8 +131,21 @@ def test_tracking_is_declared_for_the_training_stages_and_changes_no_key():
         assert set(steps[name].unkeyed) == {"tracking.report_to", "tracking.project", "tracking.mlflow",
                                             "tracking.wandb"}
     assert plan.steps(shaped("ORPO, untracked"))["sft"].unkeyed == ("tracking.report_to",)
-    assert not [name for name, step in steps.items() if name not in ("cpt", "sft", "dpo") and step.unkeyed]
+    assert not [name for name, step in steps.items()
+                if name not in ("cpt", "sft", "dpo") and set(step.unkeyed) - {"curate.memory_limit"}]
     untracked = copy.deepcopy(tracked)
     untracked["tracking"] = {"report_to": [], "project": "other"}
     after = plan.steps(validate_recipe(untracked))
     assert {name: step.key for name, step in after.items()} == {name: step.key for name, step in steps.items()}
+
+
+def test_curation_memory_limit_is_declared_and_changes_no_key():
+    """curate.memory_limit reaches the curation jobs (Stage.unkeyed, read from the config by
+    tunesmith.curate.curate_memory_limit), but the rows are the same under any limit: it reruns nothing."""
+    recipe = shaped("default")
+    before = plan.steps(recipe)
+    assert all(step.unkeyed == ("curate.memory_limit",) for name, step in before.items() if name.startswith("curate_"))
+    recipe["curate"]["memory_limit"] = "1GB"
+    job = SimpleNamespace(config=recipe, wildcards=SimpleNamespace(role="preference"))
+    assert curate_memory_limit(job) == "1GB"
+    assert {name: step.key for name, step in plan.steps(recipe).items()} == {name: step.key for name, step in before.items()}

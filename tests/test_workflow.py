@@ -45,7 +45,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     }
 
 
-def test_competition_recipe_plans_without_building_a_base_model(tmp_path):
+def test_competition_recipe_plans_without_building_a_base_model(tmp_path, cached_hub_models):
     (tmp_path / "data").symlink_to(REPO / "data")
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}")
     assert result.returncode == 0, result.stderr

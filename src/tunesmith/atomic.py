@@ -58,7 +58,9 @@ def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
     final = Path(final)
     # tempfile's random part has no dot, so `.out.jsonl.manifest.json.<random>.partial` (another
     # output's temporary) is not taken for one of `out.jsonl`.
-    own = re.compile(rf"\.{re.escape(final.name)}\.[^.]+{re.escape(PARTIAL)}")
+    # DuckDB's COPY writes `tmp_<target>` beside its target first (curation turns that off, but a
+    # file a killed older run left is cleared all the same).
+    own = re.compile(rf"(tmp_)?\.{re.escape(final.name)}\.[^.]+{re.escape(PARTIAL)}")
     if not final.parent.is_dir():
         return []
     stale = [path for path in final.parent.iterdir() if own.fullmatch(path.name)]

@@ -18,7 +18,12 @@ from tunesmith.atomic import write_json
 from tunesmith.paired import comparison
 from tunesmith.significance import BETTER, describe
 from tunesmith.submission import write_submission
-from tunesmith.summary import submission_reason
+
+
+def submission_reason(stage: str, requested: str, dpo_enabled: bool) -> str:
+    if requested == "dpo" and not dpo_enabled:
+        return "submission.stage is dpo, but dpo.enabled is false: SFT's answers"
+    return f"submission.stage is {requested}"
 
 
 def _ranked_by(report: dict) -> tuple[str, str]:
@@ -79,8 +84,8 @@ def choose(requested: str, dpo_enabled: bool, scores_path: str | os.PathLike | N
 def submit(requested: str, dpo_enabled: bool, generations: dict[str, str | os.PathLike],
            tasks_path: str | os.PathLike, out_path: str | os.PathLike, choice_path: str | os.PathLike,
            scores_path: str | os.PathLike | None = None, allow_empty: bool = False) -> dict:
-    """Write the chosen stage's answers as the submission (validated; empty answers refused unless
-    `allow_empty`, submission.allow_empty) and the choice beside it."""
+    """Write the chosen stage's answers as the submission (validated; `allow_empty`: submission.allow_empty)
+    and the choice beside it."""
     chosen = choose(requested, dpo_enabled, scores_path)
     if chosen["stage"] not in generations:
         raise ValueError(f"submission.stage: {chosen['stage']} was chosen, but its answers are not among "
@@ -89,3 +94,40 @@ def submit(requested: str, dpo_enabled: bool, generations: dict[str, str | os.Pa
                      allow_empty=allow_empty)
     write_json(choice_path, {**chosen, "generations": os.fspath(generations[chosen["stage"]])})
     return chosen
+
+
+# ---- the summary's note: another stage better than the submitted one beyond noise ----
+def measure(result: dict) -> tuple[str, float] | None:
+    """What a stage is ranked by: the judge's mean grade when it graded, else exact match (chrF breaks ties)."""
+    judge = result.get("judge")
+    if judge and judge.get("mean") is not None:
+        return "judge mean", judge["mean"]
+    if "exact_match" in result:
+        return "exact match", result["exact_match"]
+    return None
+
+
+def better_stages(summary: dict) -> list[tuple[str, dict]]:
+    """(stage, test) of the stages the evaluation's paired test finds better than the submitted one on its measure."""
+    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
+    if submitted not in stages or measure(stages[submitted]) is None:
+        return []
+    name = {"judge mean": "judge grade"}.get(measure(stages[submitted])[0], measure(stages[submitted])[0])
+    report = {"comparisons": summary["scores"].get("comparisons", [])}
+    tests = {stage: comparison(report, submitted, stage).get(name) for stage in stages if stage != submitted}
+    return [(stage, result) for stage, result in tests.items() if result and result["verdict"] == BETTER]
+
+
+def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
+    """The note that another stage scores above the submitted one beyond noise (the paired test's figures);
+    `plain` and `code` mark up its text and the setting to change (the terminal's backticks, the report's
+    reStructuredText)."""
+    better = better_stages(summary)
+    if not better:
+        return None
+    submitted = summary["submission"]["stage"]
+    tests = "; ".join(f"{submitted} → {stage}: {describe(result)}" for stage, result in better)
+    names = [stage for stage, _ in better]
+    return (plain(f"{' and '.join(names)} {'scores' if len(names) == 1 else 'score'} above the submitted "
+                  f"{submitted} beyond noise ({tests}); ")
+            + code(f"submission.stage: {names[0]}") + plain(" would submit it."))

@@ -14,11 +14,12 @@ import logging
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import PARTIAL, atomic_path, write_json
 from tunesmith.card import card_data, lengths, summary
 from tunesmith.curate_checks import SHAPES
 from tunesmith.curate_pipeline import KEPT_SQL, QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify
@@ -30,7 +31,7 @@ from tunesmith.tasks import read_tasks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REASONS", "CurationError", "curate"]
+__all__ = ["REASONS", "CurationError", "curate", "curate_memory_limit"]
 
 def _resolved(sources: list[dict], role: str, list_files: bool) -> list[Source]:
     if role not in SHAPES:
@@ -90,14 +91,39 @@ def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, q
     return counts
 
 
-def _available_share(share: float) -> str:
-    """`share` of the memory available now (MemAvailable), as a DuckDB memory limit (at least 256 MB)."""
+def duckdb_memory_limit(limit: str) -> str:
+    """DuckDB's memory limit for `curate.memory_limit`: a size as written ("4GB"), or a share ("40%")
+    of the memory available now (MemAvailable; at least 256 MB), since the machine is often shared."""
+    if not limit.endswith("%"):
+        return limit.replace(" ", "")
+    share = float(limit[:-1]) / 100
+    if not 0 < share <= 1:
+        raise CurationError(f"curate.memory_limit: a share must lie in (0%, 100%], got {limit!r}")
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             available_kib = next(int(line.split()[1]) for line in handle if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):  # not Linux: DuckDB's own default
-        return "80%"
+    except (OSError, StopIteration, ValueError):  # not Linux: DuckDB's share of the physical memory
+        return limit.replace(" ", "")
     return f"{max(256, int(available_kib * share / 1024))}MB"
+
+
+@contextmanager
+def _too_small(memory_limit: str, limit: str):
+    """DuckDB running out of memory (what it cannot spill) as an error that names the recipe key."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as error:
+        raise CurationError(f"curate.memory_limit {memory_limit!r} ({limit}) is too small for this curation; "
+                            f"raise it (DuckDB: {str(error).splitlines()[0]})") from None
+
+
+def curate_memory_limit(job) -> str:
+    """curate.memory_limit for a Snakemake curation job: from the workflow's config, not params (the stage
+    table declares it unkeyed: a different limit writes the same rows, so it must rerun nothing)."""
+    from tunesmith import plan  # plan imports what imports this module
+
+    recipe = dict(job.config)
+    return plan.pick(recipe, plan.STAGES["curate"].unkeyed(recipe, job.wildcards.role))["curate"]["memory_limit"]
 
 
 def _local_tokenizer(path: str | None, trust_remote_code: bool):
@@ -157,9 +183,11 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     workflow's per-source cache); None ingests them here first, into a temporary folder. `seed` is the
     recipe seed (mixing, split, MinHash functions, examples). The Markdown card and the PNG of length
     histograms are written when their paths are given. `threads` only speeds up the SQL: the written
-    files are the same for any number. DuckDB keeps to `memory_limit` (e.g. "4GB"; by default 40% of
-    the memory available when curation starts, since the machine is often shared) and spills to a temporary folder (TMPDIR), so a corpus larger than memory
-    curates; the Python side works in bounded batches. `tokenizer`: a tokenizer folder or hub id (the
+    files are the same for any number. DuckDB keeps to `memory_limit` (curate.memory_limit: "4GB", or a
+    share of the memory available when curation starts; None: the schema's default) and spills
+    beyond it to a temporary folder beside `kept_path` (`.<name>.spill-<random>.partial`, which `tunesmith.atomic.remove_stale_partials`
+    clears after a kill), so a corpus larger than memory curates; the Python side works in bounded
+    batches. The written files are the same under any limit. `tokenizer`: a tokenizer folder or hub id (the
     base model's) that counts tokens for the limits and the card instead of the estimate, when it
     loads without the network (else the estimate, and the card says why). `max_length`: the
     training stage's, marked on the length histograms and counted in the card (rows it will cut)."""
@@ -185,9 +213,15 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
     shape = SHAPES[role]
     several_files = [source.rank for source in chosen if len(described[source.id]["files"]) > 1]
 
-    memory_limit = memory_limit or _available_share(0.4)
-    with tempfile.TemporaryDirectory(prefix="tunesmith-curate-spill-") as spill, \
-            duckdb.connect(config={"threads": threads, "memory_limit": memory_limit, "temp_directory": spill}) as con:
+    memory_limit = memory_limit or with_defaults("curate", {})["memory_limit"]  # the schema's default
+    limit = duckdb_memory_limit(memory_limit)
+    Path(kept_path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(kept_path).name}.spill-", suffix=PARTIAL,
+                                     dir=Path(kept_path).parent) as spill, \
+            _too_small(memory_limit, limit), \
+            duckdb.connect(config={"threads": threads, "memory_limit": limit, "temp_directory": spill}) as con:
+        log.info("curation of %s: DuckDB on %d thread(s), memory limit %s (curate.memory_limit %s), spilling to %s",
+                 role, threads, limit, memory_limit, spill)
         counter, why = _local_tokenizer(tokenizer, trust_remote_code)
         started = time.monotonic()  # a big corpus's job says where it is (tunesmith.progress)
         classify(con, chosen, shape, settings, seed, paths, tasks, several_files, counter)
@@ -196,8 +230,10 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
         con.execute("SET threads = 1")  # Parquet bytes (row groups, page order) must not depend on scheduling
 
         with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
-            con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} (FORMAT parquet)")
-            con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} (FORMAT parquet)")
+            # atomic_path already writes beside the output; DuckDB's own tmp_ copy would be one more file a kill leaves
+            con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} "
+                        "(FORMAT parquet, USE_TMP_FILE false)")
+            con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} (FORMAT parquet, USE_TMP_FILE false)")
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
             card = card_data(con, role, shape, counts, seed)

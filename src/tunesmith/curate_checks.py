@@ -70,12 +70,16 @@ def strict_json_problems(raws):
 def typed_sql(shape: Shape) -> str:
     """Table `typed`: per record, each canonical field's JSON type, its text as read (for strings)
     and its name as the record has it (a mapped column, a conversation turn), for details."""
+    names = shape.required + shape.optional
+    # One parse of the record for all fields (a path list), then each small value typed and read.
+    paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
     fields = ",\n  ".join(
-        f"CASE WHEN early_reason IS NULL THEN json_type(record, '$.{f}') END AS {f}_type,\n  "
-        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(record, '$.{f}') END AS {f}_raw,\n  "
+        f"json_type(parts[{index}]) AS {f}_type,\n  "
+        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(parts[{index}], '$') END AS {f}_raw,\n  "
         f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name"
-        for f in shape.required + shape.optional)
-    return f"CREATE TEMP TABLE typed AS SELECT pos, source_rank, early_reason, early_detail, {fields} FROM styled"
+        for index, f in enumerate(names, start=1))
+    return (f"CREATE TEMP TABLE typed AS SELECT pos, source_rank, early_reason, early_detail, {fields} FROM "
+            f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts FROM styled)")
 
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False) -> None:

@@ -49,6 +49,44 @@ def is_local_folder(path: str) -> bool:
     return Path(path).is_dir()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_problems(path: str, revision: str | None, key: str) -> list[str]:
+    """What keeps `path` from being fetched, found before any job (each problem starts with its recipe
+    key): a local folder that holds no model (no config.json, or no weights beside it), or, with the
+    hub switched off (HF_HUB_OFFLINE), a hub id whose snapshot is not in the Hugging Face cache."""
+    folder = Path(path)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            return [f"{key}.path: the folder {path!r} holds no config.json: it is not a model folder "
+                    "(save_pretrained writes config.json beside the weights)"]
+        if not any(file.name.endswith(WEIGHT_SUFFIXES) for file in folder.iterdir() if file.is_file()):
+            return [f"{key}.path: the folder {path!r} holds no weights (*.safetensors or *.bin)"]
+        return []
+    if folder.exists():
+        return [f"{key}.path: {path!r} is a file; name the model's folder or a hub id"]
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError as error:
+        return [f"{key}.path: {path!r} is neither a local folder nor a hub id ({_first_sentence(error)})"]
+    if constants.HF_HUB_OFFLINE and not isinstance(
+            try_to_load_from_cache(path, "config.json", revision=revision), str):
+        return [f"{key}.path: {path!r} is neither a local folder nor in the Hugging Face cache "
+                f"{constants.HF_HUB_CACHE} at revision {revision or 'main'}, and HF_HUB_OFFLINE is set: run "
+                "the fetch where the network is (`snakemake fetch_models --cores 1 --config recipe=...`, "
+                "without HF_HUB_OFFLINE), or name a local folder"]
+    return []
+
+
+def _first_sentence(error: Exception) -> str:
+    return str(error).strip().split("\n")[0].split(". ")[0][:200]
+
+
 def local_files(folder: str | os.PathLike) -> list[str]:
     """The files of a local model folder (hidden ones skipped), sorted: the fetch job's inputs."""
     folder = Path(folder)

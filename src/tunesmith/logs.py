@@ -212,6 +212,38 @@ def _size(count: float) -> str:
         count /= 1024
 
 
+def unlock_command(recipe_path: str | None = None) -> str:
+    """The command that removes a stale lock here: the workflow needs --cores even to unlock (a rule's
+    threads are a share of them), so Snakemake's own suggestion, a bare `snakemake --unlock`, fails."""
+    return "snakemake --unlock --cores 1" + (f" --config recipe={shlex.quote(recipe_path)}" if recipe_path else "")
+
+
+def explain_stale_locks(recipe_path: str | None = None) -> None:
+    """Make Snakemake's "Directory cannot be locked" error give the unlock command that works here.
+    Snakemake raises it before any job and calls no `onerror` hook for it, so its message is the only
+    place to say it: its exception class is replaced by a subclass with our message (the places that
+    raise it look the class up in `snakemake.exceptions` when they raise)."""
+    import snakemake.exceptions as exceptions
+
+    original = exceptions.LockException
+    if getattr(original, "tunesmith_message", False):
+        original = original.__mro__[1]
+    command = unlock_command(recipe_path)
+
+    class LockException(original):
+        tunesmith_message = True
+
+        def __init__(self):
+            exceptions.WorkflowError.__init__(
+                self,
+                f"Error: the directory {os.getcwd()} is locked: another Snakemake run is building here, or one "
+                "was killed (SIGKILL, a power loss) and left its lock behind. If no other snakemake runs in this "
+                f"directory, remove the lock with\n    {command}\nthen run again: finished jobs are kept and the "
+                "killed ones rerun (a plain `snakemake --unlock` fails here: the workflow needs --cores).")
+
+    exceptions.LockException = LockException
+
+
 class _NothingToDo(logging.Handler):
     def __init__(self, workflow, show):
         super().__init__()

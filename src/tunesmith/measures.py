@@ -72,10 +72,14 @@ def code_points(text) -> tuple[numpy.ndarray, numpy.ndarray]:
 
 
 def _per_text(flags: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
-    """How many of each text's positions are flagged."""
-    total = numpy.concatenate([[0], numpy.cumsum(flags, dtype=numpy.int64)])
-    ends = numpy.cumsum(lengths)
-    return total[ends] - total[ends - lengths]
+    """How many of each text's positions are flagged: one summing pass over the texts that have any
+    (reduceat reads the flags; a running total would write 8 bytes per character)."""
+    counts = numpy.zeros(len(lengths), numpy.int64)
+    nonempty = lengths > 0
+    if nonempty.any():
+        starts = (numpy.cumsum(lengths) - lengths)[nonempty]
+        counts[nonempty] = numpy.add.reduceat(flags.view(numpy.uint8), starts, dtype=numpy.int64)
+    return counts
 
 
 def measure(text) -> tuple[dict, numpy.ndarray, numpy.ndarray]:
@@ -154,14 +158,22 @@ def tandem_repeats(points: numpy.ndarray, lengths: numpy.ndarray, max_unit_chars
             layout = True
         equal = numpy.zeros(len(points), bool)
         equal[:-unit] = points[:-unit] == points[unit:]
-        equal &= index + unit < room
-        run = index - numpy.maximum.accumulate(numpy.where(equal, -1, index))
-        longest = numpy.maximum.reduceat(run, starts) if len(starts) else run[:0]
+        equal &= index + unit < room  # a text's last `unit` positions are never equal: runs stay in their text
+        # min_copies copies need a run of (min_copies - 1) * unit equal positions, so at least that many
+        # in the text: the runs are measured only in the few texts that have them.
+        candidates = numpy.add.reduceat(equal.view(numpy.uint8), starts, dtype=numpy.int64) >= (min_copies - 1) * unit
+        if not candidates.any():
+            continue
+        within = numpy.repeat(candidates, row_lengths)
+        found, found_lengths, found_rows = equal[within], row_lengths[candidates], rows[candidates]
+        positions = numpy.arange(len(found))
+        run = positions - numpy.maximum.accumulate(numpy.where(found, -1, positions))
+        longest = numpy.maximum.reduceat(run, numpy.cumsum(found_lengths) - found_lengths)
         copies = (longest + unit) // unit
         cover = numpy.where(copies >= min_copies, copies * unit, 0)
-        better = cover > best_cover[rows]
-        best_cover[rows[better]] = cover[better]
-        best_copies[rows[better]], best_unit[rows[better]] = copies[better], unit
+        better = cover > best_cover[found_rows]
+        best_cover[found_rows[better]] = cover[better]
+        best_copies[found_rows[better]], best_unit[found_rows[better]] = copies[better], unit
     return best_copies, best_unit
 
 

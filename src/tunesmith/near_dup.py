@@ -24,7 +24,8 @@ from tunesmith.measures import code_points
 # passage shared by different questions does not make them near copies, and a short input that is
 # the question itself still tells rows apart. prompt_response: the whole row as one text.
 NEAR_PARTS = {"instruction_response": ("question_key", "context_key"), "prompt_response": ("dedup_key",)}
-SIGNATURE_CHUNK_ROWS = 16_384  # flagged rows' signatures brought back at a time (Python lists in between)
+SIGNATURE_CHUNK_ROWS = 16_384  # rows hashed at a time
+SIGNED_CHUNK_ROWS = 2_048  # flagged rows signed at a time (their signatures pass through Python lists)
 CANDIDATES_SQL = """
 CREATE TEMP TABLE candidates AS
 WITH bands AS (
@@ -65,31 +66,59 @@ def _shingle_hashes(texts, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
 
 def _signatures(con, near: dict, seed: int) -> None:
     """Table `signatures` (pos, signature): the MinHash signatures of the rows whose LSH bands collide
-    with another row's (the only ones that can be in a candidate pair)."""
+    with another row's (the only ones that can be in a candidate pair).
+
+    Memory holds the shingle hashes of all rows (8 bytes per n-gram; the keys are streamed from
+    DuckDB and hashed a batch at a time), then their compact signature matrix; rensa's one-shot band
+    test flags rows without building an index (which would hold every row's bands). The flagged rows
+    are few: their keys are read again and signed for SQL."""
     from rensa import RMinHash, RMinHashLSH
 
+    n, permutations = near["ngram"], near["permutations"]
     con.execute("CREATE TEMP TABLE signatures (pos BIGINT, signature UBIGINT[])")
-    table = con.sql("SELECT pos, dedup_key FROM deduplicated WHERE verdict IS NULL AND length(dedup_key) >= "
-                    f"{near['ngram']} ORDER BY pos").to_arrow_table()
-    if not table.num_rows:
+    rows = f"FROM deduplicated WHERE verdict IS NULL AND length(dedup_key) >= {n}"
+    count, total = con.execute(f"SELECT count(*), coalesce(sum(length(dedup_key) - {n - 1}), 0) {rows}").fetchall()[0]
+    if not count:
         return
-    hashes, offsets = _shingle_hashes(table["dedup_key"].combine_chunks(), near["ngram"])
-    positions, permutations = table["pos"].to_numpy(), near["permutations"]
-    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets.astype(numpy.uint64), permutations, seed)
-    index = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
-    flagged = numpy.flatnonzero(numpy.asarray(index.insert_matrix_and_query_duplicate_flags(matrix), bool))
-    del matrix, index
-    for start in range(0, len(flagged), SIGNATURE_CHUNK_ROWS):
-        rows = flagged[start:start + SIGNATURE_CHUNK_ROWS]
-        sizes = offsets[rows + 1] - offsets[rows]
-        within = numpy.arange(sizes.sum()) - numpy.repeat(numpy.cumsum(sizes) - sizes, sizes)
-        chunk = hashes[numpy.repeat(offsets[rows], sizes) + within]
-        chunk_offsets = numpy.concatenate([[0], numpy.cumsum(sizes)]).astype(numpy.uint64)
-        signatures = RMinHash.digest_matrix_from_flat_token_hashes(chunk, chunk_offsets, permutations, seed).to_rows()
-        con.register("signature_chunk", pa.table({"pos": pa.array(positions[rows], pa.int64()),
+    positions, hashes = numpy.empty(count, numpy.int64), numpy.empty(total, numpy.uint64)
+    offsets, done = numpy.zeros(count + 1, numpy.uint64), 0
+    for batch in con.sql(f"SELECT pos, dedup_key {rows} ORDER BY pos").to_arrow_reader(SIGNATURE_CHUNK_ROWS):
+        found, found_offsets = _shingle_hashes(batch.column(1), n)
+        positions[done:done + batch.num_rows] = batch.column(0).to_numpy()
+        hashes[offsets[done]:offsets[done] + len(found)] = found
+        offsets[done + 1:done + batch.num_rows + 1] = offsets[done] + found_offsets[1:].astype(numpy.uint64)
+        done += batch.num_rows
+    _release_freed()
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, permutations, seed)
+    del hashes, offsets
+    lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
+    flagged = positions[numpy.asarray(lsh.query_duplicate_flags_matrix_one_shot(matrix), bool)]
+    del matrix, lsh, positions
+    _release_freed()
+    con.register("flagged", pa.table({"pos": pa.array(flagged, pa.int64())}))
+    flagged = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
+    for batch in flagged.to_batches(SIGNED_CHUNK_ROWS):
+        found, found_offsets = _shingle_hashes(batch.column(1), n)
+        signatures = RMinHash.digest_matrix_from_flat_token_hashes(found, found_offsets.astype(numpy.uint64),
+                                                                   permutations, seed).to_rows()
+        con.register("signature_chunk", pa.table({"pos": batch.column(0),
                                                   "signature": pa.array(signatures, pa.list_(pa.uint64()))}))
         con.execute("INSERT INTO signatures SELECT * FROM signature_chunk")
         con.unregister("signature_chunk")
+    con.unregister("flagged")
+    _release_freed()
+
+
+def _release_freed() -> None:
+    """Hand memory freed by large numpy and Arrow buffers back to the system (glibc and Arrow's pool keep it)."""
+    import ctypes
+    import ctypes.util
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _similarity(a: str, b: str, n: int) -> float:

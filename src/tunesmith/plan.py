@@ -18,7 +18,7 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 
 from __future__ import annotations
 
-import copy
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -243,7 +243,8 @@ STAGES = {
                     lambda r, _: {}),
     "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
-                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}),
+                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role},
+                    unkeyed=lambda r, role: ["curate.memory_limit"]),  # the rows are the same under any limit
     # KTO's labelled single answers, made from the curated pairs (tunesmith.unpaired); only when dpo.method is kto.
     "unpair": Stage("curated", lambda r, _: ["seed"], lambda r, _: {"pairs": "curate_preference"}),
     # No template: raw text, so a template edit does not rerun continued pretraining.
@@ -288,8 +289,9 @@ STAGES = {
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
-def _parts(dotted: str) -> list:
-    return [name if name else int(index) for name, index in _PART.findall(dotted)]
+@functools.cache
+def _parts(dotted: str) -> tuple:
+    return tuple(name if name else int(index) for name, index in _PART.findall(dotted))
 
 
 def pick(recipe: dict, keys) -> dict:
@@ -304,8 +306,8 @@ def pick(recipe: dict, keys) -> dict:
         node = picked
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = copy.deepcopy(value)
-    return _sorted(_as_lists(picked))
+        node[parts[-1]] = value
+    return _sorted(_as_lists(picked))  # new dicts and lists all the way down: nothing shared with the recipe
 
 
 def _sorted(node):

@@ -10,6 +10,7 @@ way. Every problem is reported with its key path and a bounded excerpt of the va
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import importlib.util
@@ -19,13 +20,15 @@ import math
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-from tunesmith.recipe_file import RecipeError, _excerpt, _RecipeLoader, _unshared, read_recipe
+from tunesmith.recipe_file import RecipeError, _excerpt, _RecipeLoader, _unshared, read_recipe, yaml11_reading
 from tunesmith.preference import preference_problems
 from tunesmith.schema import load_schema, strict_validator
-from tunesmith.sources import check_inputs, check_settings
+from tunesmith.fetch import model_problems
+from tunesmith.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.tasks import check_task_files
 
 __all__ = ["RecipeError", "apply_overrides", "load_recipe", "load_schema", "parse_overrides", "read_recipe",
@@ -33,6 +36,14 @@ __all__ = ["RecipeError", "apply_overrides", "load_recipe", "load_schema", "pars
 
 MAX_VARIANTS = 64
 SEED_MAX = 2**32 - 1  # the schema's maximum of `seed`
+# A key named like one of these holds or names a secret: its value is never printed.
+SECRET_KEY = re.compile(r"(^|_)(api_key|secret|password|passwd|token)(_env)?$")
+# What an API key looks like, as opposed to the name of the variable that holds it.
+KEY_LIKE = re.compile(r"^(sk|hf|ghp|gho|ghs|github_pat|xox[abpr]|AKIA|rk|pk)[-_]|^(?=.*[a-z])(?=.*[A-Z])(?=.*[0-9]).{24,}$")
+# Keys whose value is a file or folder (or a hub id) the workflow opens: bounded as the file system bounds names.
+PATH_KEYS = ("tasks.path", "tasks.references", "judge.reference_grades", "judge.prompt_template", "base_model.path",
+             "judge.local.path")
+NAME_MAX_BYTES, PATH_MAX_BYTES = 255, 4095
 
 
 def section_hash(section) -> str:
@@ -109,12 +120,25 @@ def key_path(parts) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".") or "(top level)"
 
 
+def is_secret_key(parts) -> bool:
+    """Whether the key at this path holds or names a secret (its value is never printed)."""
+    return any(isinstance(part, str) and SECRET_KEY.search(part) for part in parts)
+
+
 def _message(error) -> str:
-    """The schema error in words, with a bounded excerpt of the offending value."""
+    """The schema error in words, with a bounded excerpt of the offending value (none for a key
+    named like a secret: a key pasted where its variable's name belongs must not reach a log)."""
     kind, value, instance = error.validator, error.validator_value, error.instance
+    if is_secret_key(error.absolute_path):
+        if kind == "pattern" and isinstance(instance, str) and KEY_LIKE.search(instance):
+            return "looks like a key, not the name of an environment variable: put the key in a variable " \
+                   "(export OPENAI_API_KEY=...) and write the variable's name here (the value is not shown)"
+        return f"fails the schema's {kind} rule (the value is not shown: the key is named like a secret)"
     if kind == "type":
         expected = " or ".join(value) if isinstance(value, list) else value
-        return f"must be {expected}, got {_excerpt(instance)}"
+        hint = yaml11_reading(instance)
+        return f"must be {expected}, got {_excerpt(instance)}" + (
+            f" (recipes are read as YAML 1.2, where it is text; {hint})" if hint else "")
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = set(error.schema.get("properties", {}))
         unknown = sorted((key for key in instance if key not in allowed), key=str)
@@ -154,7 +178,7 @@ def validate_recipe(recipe, origin: str = "recipe", check_files: bool = False) -
         problems = file_problems(recipe)
     if problems:
         raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n" + "\n".join(f"  {p}" for p in problems))
-    variants(recipe, origin)
+    variants(recipe, origin, check_files=check_files)
     return recipe
 
 
@@ -206,7 +230,99 @@ def _cross_key_problems(recipe: dict) -> list[str]:
     if recipe["seed"] + recipe["repeats"] - 1 > SEED_MAX:
         problems.append(f"repeats: seeds {recipe['seed']} to {recipe['seed'] + recipe['repeats'] - 1} pass "
                         f"{SEED_MAX}, the largest seed; lower seed")
-    return problems + preference_problems(recipe) + check_settings(recipe["curate"])
+    return (_text_problems(recipe) + _bound_problems(recipe) + problems + preference_problems(recipe)
+            + check_settings(recipe["curate"]))
+
+
+def _strings(value, path=()):
+    """(key path, text) of every string in the recipe, values of lists and mappings included."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _strings(item, (*path, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+
+
+def _text_problems(recipe: dict) -> list[str]:
+    """Text no recipe string may hold, whatever its key: NUL (no file name, variable or prompt can
+    hold it), a lone surrogate (no file can store it as UTF-8), credentials in a URL (manifests and
+    Snakemake's metadata record the recipe's values), a key where a variable's name belongs, and paths
+    longer than the file system takes (each named by its key, the value excerpted unless secret)."""
+    problems = []
+    for parts, text in _strings(recipe):
+        at, shown = key_path(parts), ("(value not shown)" if is_secret_key(parts) else _excerpt(text))
+        if "\0" in text:
+            problems.append(f"{at}: holds a NUL character (U+0000), which no file name or text may hold: {shown}")
+            continue
+        if any("\ud800" <= character <= "\udfff" for character in text):
+            problems.append(f"{at}: holds a lone surrogate (U+D800..U+DFFF), which is not text: {shown}")
+            continue
+        if "://" in text[:40] and "@" in text:
+            try:
+                parts_of_url = urlsplit(text.strip())
+                credentials = parts_of_url.username is not None or parts_of_url.password is not None
+            except ValueError:
+                credentials = False
+            if credentials:
+                problems.append(f"{at}: the URL holds credentials (user:...@); they would be written into manifests "
+                                "and Snakemake's metadata. Name the URL without them and put the key in the variable "
+                                "judge.openai.api_key_env names (the value is not shown)")
+        if is_secret_key(parts) and parts[-1].endswith("_env") and KEY_LIKE.search(text):
+            problems.append(f"{at}: looks like a key, not the name of an environment variable: put the key in a "
+                            "variable (export OPENAI_API_KEY=...) and write the variable's name here (the value is "
+                            "not shown)")
+    paths = [(f"sources[{index}].path", source["path"]) for index, source in enumerate(recipe["sources"])]
+    paths += [(key, _get(recipe, key)) for key in PATH_KEYS]
+    for at, path in paths:
+        if not isinstance(path, str) or "\0" in path:
+            continue
+        encoded = os.fsencode(path) if not any("\ud800" <= c <= "\udfff" for c in path) else b""
+        longest = max((len(part) for part in encoded.split(b"/")), default=0)
+        if len(encoded) > PATH_MAX_BYTES or longest > NAME_MAX_BYTES:
+            problems.append(f"{at}: a path of {len(encoded)} bytes with a name of {longest}; file systems take names "
+                            f"of at most {NAME_MAX_BYTES} bytes and paths of at most {PATH_MAX_BYTES}: "
+                            f"{_excerpt(path)}")
+    return problems
+
+
+def _get(recipe: dict, dotted: str):
+    node = recipe
+    for name in dotted.split("."):
+        node = node.get(name) if isinstance(node, dict) else None
+    return node
+
+
+def _bound_problems(recipe: dict) -> list[str]:
+    """A `min_X` above its sibling `max_X` (curation's lengths and tokens, generation's guards...):
+    every row or answer would fail it, so the recipe cannot work."""
+    problems = []
+
+    def walk(node, parts):
+        for name, value in node.items():
+            if isinstance(value, dict):
+                walk(value, (*parts, name))
+            elif name.startswith("min_") and type(value) in (int, float):
+                ceiling = node.get("max_" + name.removeprefix("min_"))
+                if type(ceiling) in (int, float) and value > ceiling:
+                    problems.append(f"{key_path((*parts, name))}: {value} is above "
+                                    f"{key_path((*parts, 'max_' + name.removeprefix('min_')))} ({ceiling}); nothing "
+                                    "could pass both")
+
+    walk(recipe, ())
+    judge_url = recipe["judge"]["openai"]["base_url"]
+    if recipe["judge"]["backend"] == "openai" and isinstance(judge_url, str):
+        try:
+            url = urlsplit(judge_url)
+            scheme, host = url.scheme, url.hostname
+        except ValueError:
+            scheme, host = "", None
+        if scheme not in ("http", "https") or not host:
+            problems.append(f"judge.openai.base_url: {_excerpt(judge_url) if not ('@' in judge_url) else '(not shown)'} "
+                            "is not an http(s) URL with a host (e.g. http://127.0.0.1:8000/v1)")
+    return problems
 
 
 def tracking_problems(recipe: dict) -> list[str]:
@@ -221,6 +337,10 @@ def tracking_problems(recipe: dict) -> list[str]:
 
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
+    special = [f"{key}: {reason}" for key, path in [(key, _get(recipe, key)) for key in PATH_KEYS[:4]]
+               if isinstance(path, str) and (reason := special_file_problem(path))]
+    if special:  # a FIFO would block the task reader; /proc/self/environ would be read as data
+        return special
     problems = check_inputs(recipe) + check_task_files(recipe) + tracking_problems(recipe)
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):
@@ -232,6 +352,12 @@ def file_problems(recipe: dict) -> list[str]:
     if base["path"] is not None and Path(base["path"]).is_dir() and base["revision"] is not None:
         problems.append(f"base_model.revision: {base['revision']!r} is set, but base_model.path {base['path']!r} is a "
                         "local folder, which has no revisions; set it to null")
+    from tunesmith.plan import fetched_models
+
+    for role, (path, revision) in fetched_models(recipe).items():
+        key = "base_model" if role == "base" else "judge.local"
+        reason = special_file_problem(path)
+        problems += [f"{key}.path: {reason}"] if reason else model_problems(path, revision, key)
     return problems
 
 
@@ -254,10 +380,20 @@ def combinations(recipe: dict) -> dict[str, dict]:
     return found
 
 
+SAFE_VARIANT = re.compile(r"^[A-Za-z0-9._=,+-]{1,120}$")
+
+
 def variant_name(overrides: dict) -> str:
-    """`dpo.beta=0.2,generate.max_new_tokens=24`: readable, and a safe folder name."""
+    """`dpo.beta=0.2,generate.max_new_tokens=24`: readable, and a safe folder name and Snakemake
+    wildcard value whatever the values (no braces, slashes, spaces or control characters, at most
+    120 characters): where the readable form is not, its safe part cut short, then a hash of the
+    values (`template.prompt=___input___-1a2b3c4d`)."""
     parts = [f"{key}={json.dumps(value, ensure_ascii=False, separators=(',', ':'))}" for key, value in overrides.items()]
-    return ",".join(parts).replace("/", "_").replace('"', "")
+    readable = ",".join(parts).replace("/", "_").replace('"', "")
+    if SAFE_VARIANT.match(readable):
+        return readable
+    prefix = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", readable)[:80].rstrip("_")
+    return f"{prefix}-{section_hash(overrides)[:8]}"
 
 
 def _set(recipe: dict, dotted: str, value) -> None:
@@ -272,9 +408,19 @@ def _set(recipe: dict, dotted: str, value) -> None:
     node[last] = _unshared(value)
 
 
-def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
+# The variants last validated, with (a copy of) the recipe they came from: validating a recipe
+# validates its variants, and the workflow asks for them right after (a sweep of 64 was validated twice).
+_LAST_VARIANTS: list = []
+
+
+def variants(recipe: dict, origin: str = "recipe", check_files: bool = False) -> dict[str, dict]:
     """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
-    each validated like a recipe; empty when there is no sweep."""
+    each validated like a recipe (with `check_files`, the files it names too); empty when there is no
+    sweep."""
+    if _LAST_VARIANTS and _LAST_VARIANTS[0] == recipe:
+        found = _LAST_VARIANTS[1]
+        _LAST_VARIANTS.clear()  # handed over once: no two callers share (and could change) the same variants
+        return found
     found = {}
     try:
         named = combinations(recipe)
@@ -291,8 +437,10 @@ def variants(recipe: dict, origin: str = "recipe") -> dict[str, dict]:
                 _set(variant, dotted, value)
         except RecipeError as error:
             raise RecipeError(f"{origin}, sweep variant {name}:\n  {error}") from None
-        validate_recipe(variant, origin=f"{origin}, sweep variant {name}")
+        validate_recipe(variant, origin=f"{origin}, sweep variant {name}", check_files=check_files)
         found[name] = variant
+    if found:
+        _LAST_VARIANTS[:] = [copy.deepcopy(recipe), found]
     return found
 
 

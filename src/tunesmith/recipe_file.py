@@ -5,14 +5,26 @@ the Python they hold) and merges them onto the workflow's own config. Reading he
 allows but a recipe must not be: duplicate keys (the second silently wins), non-string keys, invalid
 UTF-8, aliases that expand past a bound (alias bombs), nesting past a bound, and the YTE marker.
 Anchors are copied apart, so a sweep over one key never changes another that shared its anchor.
+
+Plain scalars are typed by YAML 1.2's core schema (PyYAML's loader with the 1.2 resolver set), so a
+number reads as a person reads it: `3e-3` is a number (YAML 1.1 wants a dot), `1:30` is text (YAML 1.1
+reads sexagesimal 90), `yes`/`on` are text, `0777` is 777, `2024-01-01` is text. Where a value the
+schema refuses would have been something else in YAML 1.1, the message says so (`yaml11_reading`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import BaseResolver, Resolver
+from yaml.scanner import Scanner
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_NODES = 20_000  # nodes of the recipe with every alias expanded; real recipes have a few hundred
@@ -30,9 +42,73 @@ def _excerpt(value, limit: int = EXCERPT_CHARS, quote: bool = True) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _Yaml12Resolver(BaseResolver):
+    """The implicit types of YAML 1.2's core schema (spec 10.3.2), plus `<<` merge keys."""
 
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate and non-string keys, naming their line."""
+    yaml_implicit_resolvers: dict = {}
+
+
+for _tag, _pattern, _first in [
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+              r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", list("-+.0123456789")),
+    ("merge", r"^<<$", ["<"]),
+]:
+    _Yaml12Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), _first)
+
+
+class _Yaml12Constructor(SafeConstructor):
+    """SafeConstructor's ints and floats read the 1.2 way: no octal `0777`, no sexagesimal, no `_`."""
+
+    def construct_yaml_int(self, node):
+        value = self.construct_scalar(node)
+        if value.startswith(("0o", "0x")):
+            return int(value[2:], 8 if value[1] == "o" else 16)
+        return int(value, 10)
+
+    def construct_yaml_float(self, node):
+        value = self.construct_scalar(node)
+        special = value.lower().lstrip("+")
+        if special in (".inf", "-.inf", ".nan"):
+            return {".inf": float("inf"), "-.inf": float("-inf"), ".nan": float("nan")}[special]
+        return float(value)
+
+
+_Yaml12Constructor.add_constructor("tag:yaml.org,2002:int", _Yaml12Constructor.construct_yaml_int)
+_Yaml12Constructor.add_constructor("tag:yaml.org,2002:float", _Yaml12Constructor.construct_yaml_float)
+
+
+def yaml11_reading(text: str) -> str | None:
+    """What YAML 1.1 (PyYAML's default, and many a person's expectation) makes of a plain scalar that
+    YAML 1.2 reads as text, in words; None when both read it alike."""
+    if not isinstance(text, str) or len(text) > EXCERPT_CHARS or "\n" in text:
+        return None
+    plain = (True, False)
+    if (Resolver().resolve(yaml.ScalarNode, text, plain) == "tag:yaml.org,2002:str"
+            or _Yaml12Resolver().resolve(yaml.ScalarNode, text, plain) != "tag:yaml.org,2002:str"):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if isinstance(value, str):
+        return None
+    reading = repr(value) if isinstance(value, (bool, int, float)) else f"the {type(value).__name__} {value}"
+    return f"YAML 1.1 would read {text} as {reading}"
+
+
+class _RecipeLoader(Reader, Scanner, Parser, Composer, _Yaml12Constructor, _Yaml12Resolver):
+    """A safe YAML 1.2 loader that refuses duplicate and non-string keys, naming their line."""
+
+    def __init__(self, stream):
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        Composer.__init__(self)
+        _Yaml12Constructor.__init__(self)
+        _Yaml12Resolver.__init__(self)
 
     def construct_mapping(self, node, deep=False):
         seen = {}

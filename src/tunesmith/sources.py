@@ -15,6 +15,8 @@ import csv
 import glob
 import io
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,41 @@ def source_files(path: str, format: str) -> list[str]:
                       if file.is_file() and file.suffix.lower() in suffixes
                       and not any(part.startswith(".") for part in file.relative_to(folder).parts))
     return [path] if folder.is_file() else []
+
+
+PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device"}
+
+
+def special_file_problem(path: str) -> str | None:
+    """Why a path is no data a recipe may name (None when it may): anything under /proc, /sys or /dev
+    (/proc/self/environ is the process's environment, API keys included), or a file that is not a
+    regular file or folder (a FIFO blocks its reader, a device never ends). For a glob, the folder it
+    searches. Names the path, and what it resolves to when a link led there."""
+    searched = path
+    if glob.has_magic(path):
+        first = min(index for index, character in enumerate(path) if character in "*?[")
+        searched = path[:first].rpartition("/")[0] or ("/" if path.startswith("/") else ".")
+    try:
+        real = os.path.realpath(searched)
+        mode = os.stat(real).st_mode if os.path.lexists(real) else None
+    except (OSError, ValueError):
+        return None  # a path the file system cannot take is the validator's business, with its key
+    via = f" (it resolves to {real})" if real != os.path.abspath(searched) else ""
+    for system in PSEUDO_FILE_SYSTEMS:
+        if (real == system or real.startswith(system + "/")) and not real.startswith("/dev/shm/"):
+            return (f"{path!r} is under {system}{via}: not data (a recipe must never read the process's environment, "
+                    "kernel state or a device); name regular files, a folder or a glob of them")
+    if mode is not None and stat.S_IFMT(mode) in FILE_KINDS:
+        return f"{path!r} is {FILE_KINDS[stat.S_IFMT(mode)]}{via}, not a regular file"
+    return None
+
+
+def special_files_problem(files: list[str]) -> str | None:
+    """The first of a source's files that is no regular data file (a link in a data folder to
+    /proc/self/environ, a FIFO matched by a glob), with the reason."""
+    return next((reason for file in files if (reason := special_file_problem(file))), None)
 
 
 def _missing_files(path: str, format: str) -> str:
@@ -123,9 +160,13 @@ def _resolve(source: dict, rank: int, role: str, list_files: bool = True) -> Sou
     if unknown:
         raise IngestError(f"{where}: columns {unknown} are not fields of style '{style}' "
                           f"(its fields: {list(STYLES[style].columns)})")
+    if list_files and (reason := special_file_problem(source["path"])):
+        raise IngestError(f"{where}: {reason}")
     files = source_files(source["path"], source["format"]) if list_files else []
     if list_files and not files:
         raise IngestError(f"{where}: {_missing_files(source['path'], source['format'])}")
+    if list_files and (reason := special_files_problem(files)):
+        raise IngestError(f"{where}: {reason}")
     return Source(rank, source["id"], source["path"], source["format"], style, columns, source["split"],
                   tuple(files), source["weight"], source["max_rows"], source["winners"])
 
@@ -148,11 +189,20 @@ def check_inputs(recipe: dict) -> list[str]:
     problems = []
     for index, entry in enumerate(recipe.get("sources", [])):
         at, source = f"sources[{index}]", source_with_defaults(entry)
+        if reason := special_file_problem(source["path"]):
+            problems.append(f"{at}.path: {reason}")
+            continue
         if source["format"] == "hf":
             continue
         files = source_files(source["path"], source["format"])
         if not files:
             problems.append(f"{at}.path: {source['path']!r}: {_missing_files(source['path'], source['format'])}")
+            continue
+        if reason := special_files_problem(files):
+            problems.append(f"{at}.path: {reason}")
+            continue
+        if reason := format_problem(files[0], source["format"]):
+            problems.append(f"{at}.format: {reason}")
             continue
         role = source["role"]
         if role not in STYLE_BY_ROLE:
@@ -177,6 +227,73 @@ def check_inputs(recipe: dict) -> list[str]:
                 problems.append(f"{key}: the first record of {files[0]} has no column {theirs!r}{hint}; "
                                 f"it has {', '.join(map(repr, names)) or 'none'}")
     return problems
+
+
+MAGIC = {b"PAR1": "a Parquet file (format: parquet)", b"\x1f\x8b": "gzip-compressed",
+         b"PK\x03\x04": "a zip archive", b"(\xb5/\xfd": "zstd-compressed", b"BZh": "bzip2-compressed",
+         b"\xfd7zXZ\x00": "xz-compressed", b"ARROW1": "an Arrow IPC file"}
+SNIFF_LINES = 20
+
+
+def format_problem(file: str, format: str) -> str | None:
+    """Why a file's content is not of the recipe's `format`, from its first bytes (None when it may
+    be): a Parquet file or a compressed archive named as text; a file named Parquet that is not; a
+    JSON Lines source none of whose first lines is a JSON object (CSV, say); a JSON source holding
+    one object per line (JSON Lines); a CSV source holding JSON. A bad record further in is
+    quarantined by curation, not refused here."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(FIRST_RECORD_BYTES)
+    except OSError:
+        return None  # the ingest job reports an unreadable file with the reader's message
+    found = next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
+    if format == "parquet":
+        return None if head.startswith(b"PAR1") or not head else (
+            f"parquet, but {file} is not a Parquet file (it does not start with PAR1; "
+            f"it looks like {found or _text_kind(head)})")
+    if found:
+        return f"{format}, but {file} is {found}"
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.split("\n") if line.strip()][:SNIFF_LINES]
+    if not lines or format == "text":
+        return None
+    if format == "jsonl" and not any(line.startswith("{") for line in lines):
+        return (f"jsonl, but none of the first {len(lines)} lines of {file} is a JSON object; it looks like "
+                f"{_text_kind(head)}")
+    if format == "json":
+        if not lines[0].startswith(("[", "{")):
+            return f"json, but {file} is not a JSON document; it looks like {_text_kind(head)}"
+        if len(lines) > 1 and lines[1].startswith("{") and _is_json_object(lines[0]):
+            return f"json, but {file} holds one JSON object per line; it looks like JSON Lines (format: jsonl)"
+    if format == "csv" and lines[0].startswith(("{", "[")):
+        return f"csv, but {file} starts with JSON; it looks like {_text_kind(head)}"
+    return None
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _text_kind(head: bytes) -> str:
+    """What the start of a file looks like, in words, for a format_problem message."""
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace").lstrip()
+    first = text.split("\n", 1)[0]
+    if head.startswith(b"PAR1"):
+        return "Parquet (format: parquet)"
+    if text.startswith("["):
+        return "a JSON array (format: json)"
+    if text.startswith("{"):
+        return "JSON Lines (format: jsonl)" if _is_json_object(first.strip()) else "JSON (format: json)"
+    if "," in first or "\t" in first:
+        return f"CSV (format: csv; its first line is {_excerpt_line(first)})"
+    return f"plain text (its first line is {_excerpt_line(first)})"
+
+
+def _excerpt_line(line: str) -> str:
+    return repr(line if len(line) <= 60 else line[:59] + "…")
 
 
 def _first_record_columns(file: str, format: str) -> list[str] | None:

@@ -7,7 +7,11 @@ grade), from results/eval.json only when that file scored this recipe's own answ
 another recipe or from older answers is never shown as this one's), else exact match and chrF
 computed on the spot from the answers on disk when there are references; the records kept and
 quarantined per source (the data cards); the rows each training stage really trained on (the
-adapters' tunesmith.json).
+adapters' tunesmith.json); the recipe's key settings and commit, the seed replicates' spread and the
+stage chart on the first page.
+
+Over 350 lines because the terminal and the first page render the same facts side by side (each table
+once per medium); the first page's recipe, chart and replicate parts are the candidates to move out.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from tunesmith.answers import answers_page, reference_answers
 from tunesmith.pages import write_pages
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.evaluate import family_scores, interval_text, score
-from tunesmith.paired import comparison, score_intervals
+from tunesmith.choice import comparison_note, submission_reason  # noqa: F401 (submission_reason: the workflow's)
+from tunesmith.paired import score_intervals
 from tunesmith.replicates import rows as replicate_rows
-from tunesmith.significance import BETTER, describe
 from tunesmith.stage_chart import stage_chart
 from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
@@ -48,12 +52,6 @@ def summary_inputs(files: dict) -> list[str]:
     """The keyed files a summary of `files` is computed from; their paths name the recipe's stages."""
     return sorted(map(os.fspath, [*files["generations"].values(), *files["judged"].values(),
                                   *files["cards"].values(), *files["adapters"].values()]))
-
-
-def submission_reason(stage: str, requested: str, dpo_enabled: bool) -> str:
-    if requested == "dpo" and not dpo_enabled:
-        return "submission.stage is dpo, but dpo.enabled is false: SFT's answers"
-    return f"submission.stage is {requested}"
 
 
 # The recipe keys the first page names (where the recipe has them): what a reader needs to tell two runs apart.
@@ -194,28 +192,6 @@ def _trained(adapter) -> dict | None:
     return {key: metadata[key] for key in keys if key in metadata}
 
 
-# ---- comparing stages ----
-def measure(result: dict) -> tuple[str, float] | None:
-    """What a stage is ranked by: the judge's mean grade when it graded, else exact match (chrF breaks ties)."""
-    judge = result.get("judge")
-    if judge and judge.get("mean") is not None:
-        return "judge mean", judge["mean"]
-    if "exact_match" in result:
-        return "exact match", result["exact_match"]
-    return None
-
-
-def better_stages(summary: dict) -> list[tuple[str, dict]]:
-    """(stage, test) of the stages the evaluation's paired test finds better than the submitted one on its measure."""
-    stages, submitted = summary["scores"]["stages"], summary["submission"]["stage"]
-    if submitted not in stages or measure(stages[submitted]) is None:
-        return []
-    name = {"judge mean": "judge grade"}.get(measure(stages[submitted])[0], measure(stages[submitted])[0])
-    report = {"comparisons": summary["scores"].get("comparisons", [])}
-    tests = {stage: comparison(report, submitted, stage).get(name) for stage in stages if stage != submitted}
-    return [(stage, result) for stage, result in tests.items() if result and result["verdict"] == BETTER]
-
-
 def _percent(value) -> str:
     return "–" if value is None else f"{value:.1%}"
 
@@ -249,21 +225,6 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def _with_interval(value: str, interval, percent: bool = False) -> str:
     """A score with its interval: `65.0% (55.3%–73.8%)`, `41.2 (38.0–44.5)`."""
     return value if not interval or value == "–" else f"{value} ({interval_text(interval, percent)})"
-
-
-def comparison_note(summary: dict, plain=str, code=lambda text: f"`{text}`") -> str | None:
-    """The note that another stage scores above the submitted one beyond noise (the paired test's figures);
-    `plain` and `code` mark up its text and the setting to change (the terminal's backticks, the report's
-    reStructuredText)."""
-    better = better_stages(summary)
-    if not better:
-        return None
-    submitted = summary["submission"]["stage"]
-    tests = "; ".join(f"{submitted} → {stage}: {describe(result)}" for stage, result in better)
-    names = [stage for stage, _ in better]
-    return (plain(f"{' and '.join(names)} {'scores' if len(names) == 1 else 'score'} above the submitted "
-                  f"{submitted} beyond noise ({tests}); ")
-            + code(f"submission.stage: {names[0]}") + plain(" would submit it."))
 
 
 def family_rows(summary: dict) -> tuple[list[str], list[list[str]]] | None:
