@@ -30,4 +30,5 @@ rule all:
         rules.trace_lineage.output,
         rules.summarise_run.output,
         sweep_targets(),
+        replicate_targets(),
         dataset_targets(),

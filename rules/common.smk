@@ -12,12 +12,13 @@ from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
 from tunesmith.logs import explain_stale_locks, when_nothing_to_do
-from tunesmith.recipe import RecipeError, combinations, variants, workflow_recipe
+from tunesmith.recipe import RecipeError, combinations, replicate_seeds, replicates, variants, workflow_recipe
 
 try:
     # Read by tunesmith, not by Snakemake's --configfile loader (which templates files, running code).
     RECIPE_PATH, RECIPE = workflow_recipe(config, workflow.config_settings.configfiles, workflow.basedir)
     VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
+    REPLICATES = replicates(RECIPE)  # `repeats`: the recipe under further seeds, named seed=N
 except RecipeError as error:
     raise WorkflowError(str(error)) from None
 # A killed run's lock: Snakemake's error then names the unlock command that works here.
@@ -25,9 +26,10 @@ explain_stale_locks(config.get("recipe"))
 config.clear()
 config.update(RECIPE)
 
-# The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep adds named ones.
-RECIPES = {"": config, **VARIANTS}
-PLANS = {name: plan.steps(recipe) for name, recipe in RECIPES.items()}
+# The recipe itself is variant "" (submission.jsonl, results/eval.json); a sweep and seed replicates add
+# named ones.
+RECIPES = {"": config, **VARIANTS, **REPLICATES}
+PLANS = {name: plan.steps(recipe, data_of=config if name in REPLICATES else None) for name, recipe in RECIPES.items()}
 STEPS = {step.key: step for steps in PLANS.values() for step in steps.values()}
 VARIANT_OF = {step.key: name for name, steps in PLANS.items() for step in steps.values()}
 KEY = "[0-9a-f]{12}"
@@ -313,6 +315,19 @@ def sweep_targets():
     return [rules.rank_variants.output.table] if VARIANTS else []
 
 
+def replicate_targets():
+    return [rules.summarise_replicates.output.scores] if REPLICATES else []
+
+
+def replicate_evaluations():
+    """Seed -> the keyed evaluation of the recipe trained under it (the recipe's own seed first): under their
+    keys they outlive the next recipe, so results/replicates.json names files that stay (`tunesmith compare`)."""
+    return {
+        seed: keyed(rules.evaluate_stages.output.scores, PLANS[name]["evaluate"].key)
+        for seed, name in zip(replicate_seeds(config), ["", *REPLICATES])
+    }
+
+
 def evaluation_targets():
     return [rules.current_evaluation.output.scores] if scored_by(config) else []
 
@@ -348,6 +363,14 @@ def run_files():
             if step.stage.startswith("curate_")
         },
         "adapters": adapters,
+        "replicates": (
+            {
+                "path": rules.summarise_replicates.output.scores,
+                "evaluations": list(replicate_evaluations().values()),
+            }
+            if REPLICATES
+            else None
+        ),
     }
     # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
     return json.loads(json.dumps(files))
@@ -365,7 +388,13 @@ def summarise_inputs(wildcards):
         "judged": list(files["judged"].values()),
         "cards": list(files["cards"].values()),
         "adapters": list(files["adapters"].values()),
+        "replicates": replicate_targets(),
     }
+
+
+def recipe_facts():
+    """What the report's first page names of the recipe: its file and key settings."""
+    return {"path": str(RECIPE_PATH), "settings": summary.key_settings(config)}
 
 
 def submitted():
@@ -379,7 +408,7 @@ def reported(path, current=True, **flags):
     """`report(path, ...)` for a fixed path once it holds this recipe's results: `snakemake --report`
     refuses a registered file that is missing, and a report after `snakemake submission.jsonl` shows
     what that built (and never another recipe's tables)."""
-    return report(path, **flags) if current and Path(path).is_file() else path
+    return report(path, **flags) if current and Path(path).exists() else path
 
 
 def print_summary():

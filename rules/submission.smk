@@ -91,6 +91,29 @@ use rule current_evaluation as variant_evaluation with:
         "logs/sweep/{variant}/current_evaluation.log",
 
 
+# Seed replicates (`repeats`): each stage's spread over the keyed evaluations of the recipe's seeds.
+# Registered only when results/replicates.json is this recipe's (made from its seeds' evaluations).
+REPLICATED = bool(REPLICATES) and summary.holds_inputs(
+    "results/replicates.json", list(replicate_evaluations().values())
+)
+
+
+rule summarise_replicates:
+    input:
+        scores=list(replicate_evaluations().values()),
+    output:
+        scores=reported(
+            "results/replicates.json", REPLICATED, category="Evaluation", caption="../report/replicates.rst"
+        ),
+        table=reported("results/replicates.md", REPLICATED, category="Evaluation", caption="../report/replicates.rst"),
+    log:
+        "logs/summarise_replicates.log",
+    params:
+        seeds=list(replicate_evaluations()),
+    script:
+        "../scripts/summarise_replicates.py"
+
+
 rule rank_variants:
     input:
         scores=expand(rules.variant_evaluation.output.scores, variant=VARIANTS),
@@ -136,10 +159,22 @@ rule summarise_run:
         answers=reported(
             "results/report/answers.html", SUMMARISED, category="Evaluation", caption="../report/answers.rst"
         ),
+        # The data cards and the evaluation as pages to read inside the report (the raw files stay downloads).
+        cards=reported(
+            directory("results/report/cards"),
+            SUMMARISED,
+            patterns=["{role}.html"],
+            category="Data cards",
+            caption="../report/card_page.rst",
+        ),
+        evaluation=reported(
+            "results/report/evaluation.html", SUMMARISED, category="Evaluation", caption="../report/evaluation.rst"
+        ),
     log:
         "logs/summarise_run.log",
     params:
         files=run_files(),
         submitted=submitted(),
+        recipe=recipe_facts(),
     script:
         "../scripts/summarise_run.py"

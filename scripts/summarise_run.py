@@ -1,4 +1,5 @@
-"""The run's summary for the report: its first page and every task's answers beside the reference."""
+"""The run's summary for the report: its first page, every task's answers beside the reference, and the
+data cards and evaluation as pages."""
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
@@ -14,4 +15,7 @@ with recorded(snakemake, "summary"):
         summary_path=snakemake.output.summary,
         start_page_path=snakemake.output.start_page,
         answers_path=snakemake.output.answers,
+        recipe=snakemake.params.recipe,
+        cards_folder=snakemake.output.cards,
+        evaluation_path=snakemake.output.evaluation,
     )

@@ -51,8 +51,9 @@ def test_the_report_builds_right_after_the_readme_command_with_the_results_first
     assert "Submitted:" in first_page and "<strong>dpo</strong>" in first_page
     table = first_page.split("Scores (references")[1].split("</table>")[0]
     for stage, result in scores.items():
-        assert f"<td>{stage}" in table and f"<td>{result['exact_match']:.1%}</td>" in table, stage
-        assert f"<td>{result['chrf']:.1f}</td>" in table
+        # Each score with its interval in brackets (tunesmith.significance).
+        assert f"<td>{stage}" in table and f"<td>{result['exact_match']:.1%} (" in table, stage
+        assert f"<td>{result['chrf']:.1f} (" in table
     card = json.loads(next(default_run.glob("results/curated/*/sft.card.json")).read_text(encoding="utf-8"))
     sources = first_page.split("Data: records per source")[1].split("</table>")[0]
     for name, entry in card["sources"].items():
@@ -62,6 +63,9 @@ def test_the_report_builds_right_after_the_readme_command_with_the_results_first
     names = {entry["name"] for entry in results.values()}
     assert {"answers.html", "eval.md", "lineage.txt", "manifests.json", "training_curves.png"} <= names, names
     assert {"sft.lengths.png", "preference.lengths.png"} <= names
+    # The cards and the evaluation are pages to read in the report, beside their raw files.
+    assert {"sft.html", "preference.html", "evaluation.html", "sft.card.md", "eval.json"} <= names
+    assert "Recipe:" in first_page and "made at commit" in first_page and "data:image/png;base64," in first_page
     categories = embedded(html, "categories")
     assert {"Data cards", "Training curves", "Evaluation", "Manifests"} <= set(categories)
 
@@ -82,6 +86,7 @@ def test_the_report_works_after_the_submission_alone(default_run, tmp_path):
     assert "manifests (not built yet)" in first_page
     names = {entry["name"] for entry in embedded(html, "results").values()}
     assert "training_curves.png" in names and "eval.md" not in names and "lineage.txt" not in names
+    assert "evaluation.html" not in names and "sft.html" not in names
 
 
 @pytest.mark.e2e
@@ -129,6 +134,52 @@ def test_the_report_opens_on_the_score_table_in_a_browser(default_run, tmp_path)
     assert page.returncode == 0 and "<h2" in page.stdout and "(submitted)" in page.stdout
     chromium(f"--screenshot={shots / 'answers.png'}", "--window-size=1400,1000", answers.as_uri(),
              profile=tmp_path / "profile-answers-shot")
+
+
+# Measured in the page as laid out: the top of the first page's heading, "Submitted" line and score table,
+# and how far the page scrolls (appended to a copy of the report; Chromium writes the DOM after its scripts ran).
+MEASURE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const app = document.getElementById("app");
+  const find = (selector, text) => [...app.querySelectorAll(selector)].find(node => node.textContent.includes(text));
+  const top = node => node ? Math.round(node.getBoundingClientRect().top) : null;
+  const heading = find("h1, h2", "Results");
+  let scroller = heading;
+  while (scroller && scroller !== document.body && getComputedStyle(scroller).overflowY !== "auto") {
+    scroller = scroller.parentElement;
+  }
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify({heading: top(heading), submitted: top(find("p", "Submitted:")),
+    table: top(find("table", "exact match")), window: window.innerHeight,
+    scrollTop: scroller ? scroller.scrollTop : null});
+  document.body.appendChild(out);
+}, 1000));
+</script>"""
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
+def test_the_first_page_starts_at_the_top_of_a_1440x900_window(default_run, tmp_path):
+    """Snakemake centres the first page in a full-height box: a page taller than the window began above
+    its top, out of the scrollbar's reach (the heading at -305 px). report/workflow.rst fixes that."""
+    report = default_run / "report.html"
+    if not report.is_file():
+        build_report(default_run)
+    html = report.read_text(encoding="utf-8")
+    measured_page = tmp_path / "measured.html"
+    end = html.rindex("</body>")
+    measured_page.write_text(html[:end] + MEASURE + html[end:], encoding="utf-8")
+    dom = chromium("--dump-dom", "--window-size=1440,900", measured_page.as_uri(), profile=tmp_path / "profile")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = json.loads(re.search(r'<pre id="measured">([^<]*)</pre>', dom.stdout)[1])
+    assert found["scrollTop"] == 0, found
+    assert 0 <= found["heading"] < found["submitted"] < found["table"] < found["window"], found
+    shots = Path(os.environ.get("TUNESMITH_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    taken = chromium(f"--screenshot={shots / 'report-1440x900.png'}", "--window-size=1440,900", report.as_uri(),
+                     profile=tmp_path / "profile-shot")
+    assert taken.returncode == 0 and (shots / "report-1440x900.png").stat().st_size > 10_000, taken.stderr[-2000:]
 
 
 # The README's figures are the ones a fresh run prints: its Measured table states each stage's scores

@@ -85,9 +85,10 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
             read |= {plan.generic(key) for step in plan.steps(recipe).values()
                      for key in plan.leaf_keys(recipe, step.reads + step.unkeyed)}
     declared = {plan.generic(key) for key in leaves(shaped("default"))}
-    # Switches that decide which stages exist, and the opt-in push rules' own section (rules/publish.smk).
+    # Switches that decide which stages exist (repeats: the seed replicates, rules/common.smk), and the
+    # opt-in push rules' own section (rules/publish.smk).
     unused = {key for key in declared - read
-              if not key.startswith(("dpo.enabled", "continued_pretraining.enabled", "publish."))}
+              if not key.startswith(("dpo.enabled", "continued_pretraining.enabled", "repeats", "publish."))}
     assert not unused, f"no stage reads {sorted(unused)}"
 
 

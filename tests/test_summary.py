@@ -270,11 +270,11 @@ def test_the_answers_page_puts_each_stage_beside_the_reference_by_family(run):
     assert "<th>base</th><th>sft</th><th>dpo (submitted)</th>" in page
     repetition = page.split("<h2")[1]
     assert "<td>0/2 exact</td><td>2/2 exact</td><td>2/2 exact, grade 4.00</td>" in repetition
-    row = next(line for line in page.splitlines() if line.startswith('<tr><td class="id">2</td>'))
+    row = next(line for line in page.splitlines() if re.match(r'<tr class="[^"]*"><td class="id">2</td>', line))
     assert "「&lt;b&gt;」を2回" in row and "<b>" not in row  # task text is escaped, never markup
     assert row.count('class="exact"') == 2 and row.count('class="missed"') == 1
     assert "grade 3: 理由2" in row
-    addition = next(line for line in page.splitlines() if line.startswith('<tr><td class="id">1</td>'))
+    addition = next(line for line in page.splitlines() if re.match(r'<tr class="[^"]*"><td class="id">1</td>', line))
     assert addition.index("12") < addition.index("10")  # the reference, then the answers in stage order
 
 
@@ -293,3 +293,86 @@ def test_the_rule_writes_its_pages_and_the_end_of_run_knows_they_are_this_recipe
     assert "--cores 1` writes report.html: these tables" in end_of_run(run, "dpo", "x", paths[0])
     other = {**run, "generations": {**run["generations"], "dpo": "results/generations/eeeeeeeeeeee/dpo.jsonl"}}
     assert "builds the scores and the report's pages" in end_of_run(other, "dpo", "x", paths[0])
+
+
+def test_the_answers_page_can_show_only_what_a_stage_got_wrong_that_the_stage_before_got_right(run):
+    from tunesmith.answers import regressions
+
+    page = answers_page(run, "dpo")
+    # sft answers all three tasks exactly; dpo loses the addition (task 1); base had nothing sft lost.
+    rows = {int(found[2]): found[1].split() for found in re.finditer(r'<tr class="([^"]*)"><td class="id">(\d+)</td>',
+                                                                        page)}
+    assert rows == {0: ["task"], 2: ["task"], 1: ["task", "lost-dpo"]}
+    assert regressions({"base": {1: {"exact": True}, 2: {"exact": False}}, "sft": {1: {"exact": False},
+                        2: {"exact": True}}}) == {"sft": [1]}
+    assert '<input type="radio" name="show" id="only-dpo">' in page
+    assert "only what dpo got wrong that sft got right (1)" in page and "only what sft got wrong that base got right (0)" in page
+    # Checked, the button hides every task row but the lost ones (the radio comes before the tables it filters).
+    assert "#only-dpo:checked ~ table tr.task:not(.lost-dpo) { display: none; }" in page
+    assert page.index('id="only-dpo"') < page.index('<table>')
+
+
+def test_the_first_page_names_the_recipe_and_commit_and_shows_the_stage_chart(run):
+    from docutils.core import publish_parts
+
+    from tunesmith.summary import chart_of, key_settings
+    from tunesmith.recipe import validate_recipe
+
+    write_scores(run)
+    scores = json.loads(Path(run["scores"]).read_text())
+    for stage, result in scores["stages"].items():
+        result["exact_match_interval"] = [max(0.0, result["exact_match"] - 0.2), min(1.0, result["exact_match"] + 0.2)]
+    Path(run["scores"]).write_text(json.dumps(scores))
+    Path("submission.jsonl.manifest.json").write_text(json.dumps({"inputs": {run["generations"]["dpo"]: "sha256:0"},
+                                                                  "git_commit": "0123456789abcdef+dirty"}))
+    settings = key_settings(validate_recipe({"sources": [{"id": "s", "path": "data/tasks.jsonl", "role": "sft"},
+                                                         {"id": "p", "path": "data/tasks.jsonl", "role": "preference"},
+                                                         {"id": "t", "path": "data/tasks.jsonl", "format": "text",
+                                                          "role": "pretrain"}],
+                                             "tasks": {"path": "data/tasks.jsonl"}}))
+    assert settings["dpo.beta"] == 0.1 and settings["seed"] == 42 and settings["submission.stage"] == "dpo"
+    summary = collect(run, "dpo", "submission.stage is dpo",
+                      {"path": "recipes/default.yaml", "settings": settings})
+    chart = chart_of(summary)
+    assert chart[:8] == b"\x89PNG\r\n\x1a\n" and len(chart) > 5000
+    page = start_page(summary, chart)
+    targets = "".join(f"\n.. _{name}: javascript:void(0)" for name in ("Evaluation", "Data cards", "Training curves",
+                                                                     "answers.html"))
+    body = publish_parts(page + "\n" + targets, writer="html", settings_overrides={"report_level": 2})["html_body"]
+    assert "system-message" not in body, body
+    text = re.sub(r"<[^>]+>", "", body)
+    assert "Recipe: recipes/default.yaml, made at commit 0123456789ab+dirty" in text
+    assert "dpo.beta: 0.1" in text and "submission.stage: &quot;dpo&quot;" in text
+    assert '<img alt="each stage\'s scores with their intervals" src="data:image/png;base64,' in body
+
+
+def test_the_chart_draws_each_stages_interval_and_the_seeds(run):
+    from tunesmith.stage_chart import panels
+
+    drawn = panels({"sft": {"exact_match": 0.5, "exact_match_interval": [0.4, 0.6],
+                            "judge": {"mean": 3.0, "interval": [2.8, 3.2]}}, "base": {"exact_match": 0.1}},
+                   {"stages": {"sft": {"exact_match": {"per_seed": {"42": 0.5, "43": 0.56}}}}})
+    assert [panel["title"] for panel in drawn] == ["exact match (%)", "judge mean grade (1–5)"]
+    assert drawn[0]["intervals"] == {"sft": [0.4, 0.6], "base": None}
+    assert drawn[0]["seeds"] == {"sft": [0.5, 0.56], "base": []} and drawn[1]["intervals"] == {"sft": [2.8, 3.2]}
+
+
+def test_the_seed_spread_is_on_the_terminal_and_the_first_page_only_when_it_is_this_recipes(run):
+    from docutils.core import publish_parts
+
+    from tunesmith.replicates import summarise_replicates
+
+    write_scores(run)
+    other = Path("results/replicates/seed=43/eval.json")
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps({"stages": {"sft": {"exact_match": 0.5, "chrf": 70.0}}}))
+    summarise_replicates({42: run["scores"], 43: str(other)}, "results/replicates.json", "results/replicates.md")
+    run["replicates"] = {"path": "results/replicates.json", "evaluations": [run["scores"], str(other)]}
+    text = terminal(dpo_summary(run), True)
+    rows = block(text, "Over 2 seeds (repeats; results/replicates.md):")
+    assert ["sft", "exact", "match", "75.0%", "35.4", "pt", "50.0%–100.0%", "100.0%", "50.0%"] in rows
+    body = publish_parts(start_page(dpo_summary(run)), writer="html", settings_overrides={"report_level": 5})["html_body"]
+    assert "Over 2 seeds (repeats)" in body and "<td>35.4 pt</td>" in body
+    # A replicates file made from other evaluations (another recipe's, older answers) is not shown.
+    run["replicates"]["evaluations"] = [run["scores"], "results/replicates/seed=44/eval.json"]
+    assert "seeds" not in terminal(dpo_summary(run), True) and dpo_summary(run)["replicates"] is None

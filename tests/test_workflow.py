@@ -290,7 +290,8 @@ def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
                        "evaluate", "submit"}
 
 
-STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks")
+STRUCTURAL = ("dpo.enabled", "continued_pretraining.enabled", "base_model.path", "sources", "sweep", "tasks",
+              "repeats")  # repeats adds replicates of every stage that reads the seed
 
 
 @pytest.mark.e2e

@@ -29,7 +29,33 @@ th { background: #f3f4f6; } td.id { width: 3rem; text-align: right; }
 .exact { background: #ecfdf5; } .missed { background: #fef2f2; }
 .meta { color: #4b5563; font-size: .85em; margin-top: .25rem; }
 table.scores { width: auto; } nav a { margin-right: .75rem; }
+fieldset { border: 1px solid #d1d5db; margin: .5rem 0 1rem; } fieldset label { margin-right: 1rem; }
 """
+
+
+def regressions(stages: dict[str, dict[int, dict]]) -> dict[str, list[int]]:
+    """Stage -> the tasks it got wrong that the stage before it (in build order) got right (exact match)."""
+    names = list(stages)
+    found = {}
+    for before, stage in zip(names, names[1:]):
+        found[stage] = sorted(task_id for task_id, row in stages[before].items()
+                              if row.get("exact") and not stages[stage].get(task_id, {}).get("exact"))
+    return found
+
+
+def _regression_filter(stages: dict, lost: dict[str, list[int]]) -> list[str]:
+    """Radio buttons (pure CSS, no script) that show only one stage's regressions, and their style."""
+    if not lost:
+        return []
+    names = list(stages)
+    style = "".join(f"#only-{stage}:checked ~ table tr.task:not(.lost-{stage}) {{ display: none; }}"
+                    f"#only-{stage}:checked ~ h2, #only-{stage}:checked ~ table.scores {{ display: none; }}"
+                    for stage in lost)
+    buttons = ['<input type="radio" name="show" id="show-all" checked><label for="show-all">every task</label>']
+    buttons += [f'<input type="radio" name="show" id="only-{stage}"><label for="only-{stage}">only what {stage} got '
+                f"wrong that {names[names.index(stage) - 1]} got right ({len(ids)})</label>"
+                for stage, ids in lost.items()]
+    return [f"<style>{style}</style>", "<p><strong>Show:</strong></p>", *buttons]
 
 
 def task_families(tasks_path) -> dict[int, str]:
@@ -94,6 +120,7 @@ def answers_page(files: dict, submitted: str) -> str:
         groups.setdefault(families.get(task.task_id, "all"), []).append(task.task_id)
     inputs = {task.task_id: task.prompt_text for task in tasks}
     names = [stage + (" (submitted)" if stage == submitted else "") for stage in stages]
+    lost = regressions(stages) if references else {}
     out = ["<!doctype html>", '<html lang="ja"><head><meta charset="utf-8"><title>Answers per task</title>',
            f"<style>{PAGE_STYLE}</style></head><body>", "<h1>Answers per task</h1>",
            f"<p>{len(tasks)} tasks{', grouped by family' if len(groups) > 1 else ''}. Each stage's answer beside "
@@ -103,6 +130,7 @@ def answers_page(files: dict, submitted: str) -> str:
     if len(groups) > 1:
         out.append("<nav>" + "".join(f'<a href="#family-{index}">{html.escape(name)} ({len(ids)})</a>'
                                      for index, (name, ids) in enumerate(groups.items())) + "</nav>")
+    out += _regression_filter(stages, lost)
     header = "<tr><th>task</th><th>input</th>" + ("<th>reference</th>" if references else "") + "".join(
         f"<th>{html.escape(name)}</th>" for name in names) + "</tr>"
     for index, (family, task_ids) in enumerate(groups.items()):
@@ -114,6 +142,7 @@ def answers_page(files: dict, submitted: str) -> str:
             if references:
                 cells.append(f'<td><div class="text">{html.escape(references.get(task_id, "–"))}</div></td>')
             cells += [_answer_cell(stages[stage].get(task_id)) for stage in stages]
-            out.append("<tr>" + "".join(cells) + "</tr>")
+            classes = " ".join(["task", *(f"lost-{stage}" for stage, ids in lost.items() if task_id in ids)])
+            out.append(f'<tr class="{classes}">' + "".join(cells) + "</tr>")
         out.append("</table>")
     return "\n".join(out + ["</body></html>", ""])

@@ -11,7 +11,7 @@ import csv
 
 LOSSES = ("loss", "eval_loss")
 PREFERENCE = (("rewards/margins", "eval_rewards/margins", "reward margin"),
-              ("rewards/accuracies", "eval_rewards/accuracies", "reward accuracy"))
+              ("rewards/accuracies", "eval_rewards/accuracies", "reward accuracy\n(vs SFT reference)"))
 
 
 def write_log(history: list[dict], path: str) -> None:

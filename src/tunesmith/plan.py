@@ -422,10 +422,20 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
     return found
 
 
-def steps(recipe: dict) -> dict[str, Step]:
-    """Every stage of a validated recipe, in build order, by step name."""
+# The stages that make a recipe's data; a seed replicate (`repeats`) shares them with its recipe.
+DATA_STAGES = ("fetch", "tokenizer", "ingest", "curate", "unpair")
+
+
+def steps(recipe: dict, data_of: dict | None = None) -> dict[str, Step]:
+    """Every stage of a validated recipe, in build order, by step name. With `data_of` (the recipe a
+    seed replicate was made from), the data stages are that recipe's: curation reads `seed` too (its
+    split and samples), and a replicate must train on the same rows."""
     plan: dict[str, Step] = {}
+    shared = steps(data_of) if data_of is not None else {}
     for name, stage, instance in _instances(recipe):
+        if name in shared and stage in DATA_STAGES:
+            plan[name] = shared[name]
+            continue
         row = STAGES[stage]
         reads = tuple(row.reads(recipe, instance))
         upstream = {consumed: plan[step].key for consumed, step in row.consumes(recipe, instance).items()}

@@ -35,6 +35,7 @@ __all__ = ["RecipeError", "apply_overrides", "load_recipe", "load_schema", "pars
            "validate_recipe", "variants", "workflow_recipe"]
 
 MAX_VARIANTS = 64
+SEED_MAX = 2**32 - 1  # the schema's maximum of `seed`
 # A key named like one of these holds or names a secret: its value is never printed.
 SECRET_KEY = re.compile(r"(^|_)(api_key|secret|password|passwd|token)(_env)?$")
 # What an API key looks like, as opposed to the name of the variable that holds it.
@@ -223,6 +224,12 @@ def _cross_key_problems(recipe: dict) -> list[str]:
                         "(judge.backend) or tasks.references")
     if recipe["template"]["kind"] == "plain" and "{input}" not in recipe["template"]["prompt"]:
         problems.append("template.prompt: a plain template needs an {input} placeholder")
+    if recipe["repeats"] > 1 and not recipe["tasks"]["references"] and recipe["judge"]["backend"] == "none":
+        problems.append("repeats: the seed replicates are compared by their scores, which needs a judge "
+                        "(judge.backend) or tasks.references")
+    if recipe["seed"] + recipe["repeats"] - 1 > SEED_MAX:
+        problems.append(f"repeats: seeds {recipe['seed']} to {recipe['seed'] + recipe['repeats'] - 1} pass "
+                        f"{SEED_MAX}, the largest seed; lower seed")
     return (_text_problems(recipe) + _bound_problems(recipe) + problems + preference_problems(recipe)
             + check_settings(recipe["curate"]))
 
@@ -434,6 +441,22 @@ def variants(recipe: dict, origin: str = "recipe", check_files: bool = False) ->
         found[name] = variant
     if found:
         _LAST_VARIANTS[:] = [copy.deepcopy(recipe), found]
+    return found
+
+
+def replicate_seeds(recipe: dict) -> list[int]:
+    """The seeds a recipe is trained under (`repeats`): its own first."""
+    return [recipe["seed"] + index for index in range(recipe["repeats"])]
+
+
+def replicates(recipe: dict) -> dict[str, dict]:
+    """The recipe's seed replicates beyond its own seed, by name (`seed=43`): the recipe with only `seed`
+    changed (and `repeats` 1, no sweep), so that every stage that reads no seed is shared with it."""
+    found = {}
+    for seed in replicate_seeds(recipe)[1:]:
+        replicate = _unshared(recipe)
+        replicate.update(seed=seed, repeats=1, sweep={"matrix": {}})
+        found[variant_name({"seed": seed})] = replicate
     return found
 
 

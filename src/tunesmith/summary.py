@@ -7,20 +7,28 @@ grade), from results/eval.json only when that file scored this recipe's own answ
 another recipe or from older answers is never shown as this one's), else exact match and chrF
 computed on the spot from the answers on disk when there are references; the records kept and
 quarantined per source (the data cards); the rows each training stage really trained on (the
-adapters' tunesmith.json).
+adapters' tunesmith.json); the recipe's key settings and commit, the seed replicates' spread and the
+stage chart on the first page.
+
+Over 350 lines because the terminal and the first page render the same facts side by side (each table
+once per medium); the first page's recipe, chart and replicate parts are the candidates to move out.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 
 from tunesmith.answers import answers_page, reference_answers
+from tunesmith.pages import write_pages
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.evaluate import family_scores, interval_text, score
 from tunesmith.choice import comparison_note, submission_reason  # noqa: F401 (submission_reason: the workflow's)
 from tunesmith.paired import score_intervals
+from tunesmith.replicates import rows as replicate_rows
+from tunesmith.stage_chart import stage_chart
 from tunesmith.tasks import read_task_families
 from tunesmith.submission import read_generations
 
@@ -46,16 +54,49 @@ def summary_inputs(files: dict) -> list[str]:
                                   *files["cards"].values(), *files["adapters"].values()]))
 
 
-def collect(files: dict, stage: str, reason: str) -> dict:
+# The recipe keys the first page names (where the recipe has them): what a reader needs to tell two runs apart.
+KEY_SETTINGS = ("seed", "repeats", "base_model.path", "base_model.quantization", "sft.epochs", "sft.learning_rate",
+                "sft.lora.r", "dpo.enabled", "dpo.method", "dpo.beta", "dpo.learning_rate", "dpo.epochs",
+                "generate.max_new_tokens", "generate.repetition_penalty", "submission.stage", "tasks.path")
+# The two preference measures a run shows, which count different things on the same held-out pairs.
+PREFERENCE_MEASURES = (
+    "Preference accuracy (score table): the share of held-out preference pairs whose chosen answer the stage's "
+    "model alone finds more likely than the rejected one. The DPO curve's reward accuracy (Training curves) "
+    "is trl's: the share of those pairs whose implicit reward, the log-probability ratio against the SFT "
+    "reference model, favours the chosen answer, so it counts what DPO changed, not what the model prefers; "
+    "a pair SFT already ranks right counts there only if DPO widened the gap.")
+
+
+def key_settings(recipe: dict) -> dict:
+    """The recipe's values of KEY_SETTINGS (dotted key -> value), skipping DPO's when DPO is off."""
+    found = {}
+    for dotted in KEY_SETTINGS:
+        if dotted.startswith("dpo.") and dotted != "dpo.enabled" and not recipe["dpo"]["enabled"]:
+            continue
+        value = recipe
+        for part in dotted.split("."):
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            found[dotted] = value
+    return found
+
+
+def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) -> dict:
     """Every fact the summary shows. `files` (built by rules/common.smk for the recipe): submission,
     tasks, references, scores (results/eval.json), scored (the files eval.json must name to be this
     recipe's), configured (what scores the recipe, in words, or None), and stage → path maps
     generations, judged, adapters, role → path cards; submitted and choice: the recipe's keyed submission
-    and the choice of stage written beside it, which for `submission.stage: best` names the stage and why."""
+    and the choice of stage written beside it, which for `submission.stage: best` names the stage and why;
+    optionally replicates (results/replicates.json) and the evaluations it must name.
+    `recipe`: {"path", "settings" (key_settings)}."""
     choice = Path(files.get("choice") or "")
     chosen = json.loads(choice.read_text(encoding="utf-8")) if choice.is_file() else {}
     stage, reason = chosen.get("stage", stage), chosen.get("reason", reason)
     return {
+        "recipe": recipe,
+        "replicates": _replicates(files),
         "submission": {**_submission(files, stage, reason), "steps": chosen.get("steps", [])},
         "scores": _scores(files),
         "data": {role: _card(path) for role, path in files["cards"].items()},
@@ -74,8 +115,17 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
             made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
             copied = files.get("submitted") or files["generations"].get(stage)
             found["other_recipe"] = os.fspath(copied) not in made_from
+            found["commit"] = json.loads(manifest.read_text(encoding="utf-8")).get("git_commit")
     found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
+
+
+def _replicates(files: dict) -> dict | None:
+    """The seed replicates' spread (tunesmith.replicates), when results/replicates.json is this recipe's."""
+    found = files.get("replicates")
+    if not found or not holds_inputs(found["path"], found["evaluations"]):
+        return None
+    return json.loads(Path(found["path"]).read_text(encoding="utf-8"))
 
 
 def _fallbacks(generations) -> int | None:
@@ -256,6 +306,9 @@ def terminal(summary: dict, summary_current: bool) -> str:
         lines += [f"  Note: {note}"] if note else []
         families = family_rows(summary)
         lines += ["", "Exact match per task family:", *_aligned(*families)] if families else []
+    if summary.get("replicates"):
+        lines += ["", f"Over {len(summary['replicates']['seeds'])} seeds (repeats; results/replicates.md):",
+                  *_aligned(*replicate_rows(summary["replicates"]))]
     if scores["note"]:
         lines += ["", scores["note"]]
     if any(summary["data"].values()):
@@ -283,15 +336,43 @@ def _list_table(title: str, header: list[str], rows: list[list[str]]) -> list[st
     return lines + [""]
 
 
-def start_page(summary: dict) -> str:
+def _recipe_lines(summary: dict) -> list[str]:
+    recipe, commit = summary.get("recipe"), summary["submission"].get("commit")
+    if not recipe:
+        return []
+    made = f", made at commit ``{commit[:12]}{'+dirty' if commit.endswith('+dirty') else ''}``" if commit else ""
+    settings = ", ".join(f"``{key}: {json.dumps(value, ensure_ascii=False)}``"
+                         for key, value in recipe["settings"].items())
+    return [f"**Recipe:** ``{recipe['path']}``{made}. Key settings: {settings}.", ""]
+
+
+def _replicate_lines(summary: dict) -> list[str]:
+    replicates = summary.get("replicates")
+    if not replicates:
+        return []
+    return _list_table(f"Over {len(replicates['seeds'])} seeds (repeats): mean, spread and each seed's score",
+                       *replicate_rows(replicates))
+
+
+def start_page(summary: dict, chart: bytes | None = None) -> str:
+    """The first page; `chart` (PNG bytes, tunesmith.stage_chart) is embedded under the score table."""
     submission, scores = summary["submission"], summary["scores"]
     lines = ["Results", "=======", "",
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
              f"**{submission['stage']}** ({_rst_text(submission['reason'])}).", ""]
     lines += [f"- {_rst_text(step)}" for step in submission.get("steps", [])] + ([""] if submission.get("steps") else [])
     lines += [_rst_text(_fallback_note(submission)), ""] if _fallback_note(submission) else []
+    lines += _recipe_lines(summary)
     if scores["stages"]:
         lines += _list_table(f"Scores ({scores['configured']})", *score_rows(summary))
+        if chart:
+            # docutils refuses lines over 10,000 characters; an image URI may wrap (whitespace is removed).
+            uri = f"data:image/png;base64,{base64.b64encode(chart).decode('ascii')}"
+            lines += [".. image::", *(f"   {uri[start:start + 100]}" for start in range(0, len(uri), 100)),
+                      "   :alt: each stage's scores with their intervals", ""]
+        if scores.get("preference"):
+            lines += [_rst_text(PREFERENCE_MEASURES), ""]
+        lines += _replicate_lines(summary)
         note = comparison_note(summary, plain=_rst_text, code=lambda text: f"``{text}``")
         lines += [f"**Note:** {note}", ""] if note else []
         families = family_rows(summary)
@@ -311,12 +392,25 @@ def start_page(summary: dict) -> str:
 
 
 # ---- entry points ----
-def write_summary(files: dict, stage: str, reason: str, summary_path, start_page_path, answers_path) -> dict:
+def chart_of(summary: dict) -> bytes | None:
+    """The stage comparison chart of the summary's scores and their intervals (eval.json's)."""
+    scores = summary["scores"]
+    if not scores["stages"]:
+        return None
+    return stage_chart(scores["stages"], scores.get("confidence", 0.95), summary["submission"]["stage"],
+                       summary.get("replicates"))
+
+
+def write_summary(files: dict, stage: str, reason: str, summary_path, start_page_path, answers_path,
+                  recipe: dict | None = None, cards_folder=None, evaluation_path=None) -> dict:
     """The rule's job: summary.json (the facts, with the files they came from), the report's first page
-    (reStructuredText) and its per-task answers page (HTML)."""
-    summary = collect(files, stage, reason)
+    (reStructuredText) and its per-task answers page (HTML); with `cards_folder` and `evaluation_path`, the
+    data cards and the evaluation as HTML pages (tunesmith.pages)."""
+    summary = collect(files, stage, reason, recipe)
     with atomic_path(start_page_path) as tmp:
-        Path(tmp).write_text(start_page(summary), encoding="utf-8")
+        Path(tmp).write_text(start_page(summary, chart_of(summary)), encoding="utf-8")
+    if cards_folder is not None:
+        write_pages(files, summary, cards_folder, evaluation_path)
     with atomic_path(answers_path) as tmp:
         Path(tmp).write_text(answers_page(files, stage), encoding="utf-8")
     write_json(summary_path, summary)

@@ -1,0 +1,13 @@
+"""Each stage's scores over the seed replicates (`repeats`): per seed, mean and spread."""
+
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.replicates import summarise_replicates
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "replicates"):
+    summarise_replicates(
+        evaluations=dict(zip(snakemake.params.seeds, snakemake.input.scores)),
+        out_path=snakemake.output.scores,
+        table_path=snakemake.output.table,
+    )
