@@ -7,6 +7,9 @@ that `snakemake -n` and `tunesmith validate` report them before any job: each pr
 recipe key path and names the file; `check_inputs` reads at most one record per source.
 
 This module stays light (no DuckDB or Arrow at import): the workflow imports it to plan the DAG.
+
+Over 350 lines because the source checks refuse special files (/proc, /sys, devices, FIFOs) and files
+whose content does not fit their format before any job reads them, beside the plan's file listing.
 """
 
 from __future__ import annotations
