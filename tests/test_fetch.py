@@ -234,7 +234,7 @@ def test_pinning_a_revision_is_a_new_key_downstream_only(hub_recipe):
     after = {name: step.key for name, step in plan.steps(pinned).items()}
     changed = {name for name in before if before[name] != after[name]}
     downstream = {name for name in before
-                  if name in ("sft", "dpo", "evaluate") or name.startswith(("generate_", "judge_", "preference_"))}
+                  if name in ("sft", "dpo", "evaluate", "submit") or name.startswith(("generate_", "judge_", "preference_"))}
     assert changed == {"fetch_base"} | downstream and "curate_sft" not in changed
 
 

@@ -189,3 +189,15 @@ def fetch_model(path: str, revision: str | None, out_dir: str, record_path: str,
     log.info("%s: %d files, %.1f MB (%s) at commit %s", path, len(hashes), record["bytes"] / 1e6,
              ", ".join(f"{count} {how}" for how, count in placed.items() if count), record["commit"])
     return record
+
+
+def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
+    """The models the fetch_model stage snapshots, by role: (path, revision). A local judge model
+    (judge.backend transformers or vllm) is fetched the same way as the base."""
+    models = {}
+    if recipe["base_model"]["path"] is not None:
+        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
+    judge = recipe["judge"]
+    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
+        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
+    return models

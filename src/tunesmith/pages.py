@@ -27,6 +27,15 @@ img { max-width: 100%; } .note { color: #4b5563; }
 IMAGE = re.compile(r'<img src="([^":]+\.png)"')
 
 
+# The two measures a user sees side by side, named apart (the score table's and the DPO curve's).
+PREFERENCE_MEASURES = (
+    "Preference accuracy (score table): the share of held-out preference pairs whose chosen answer the stage's "
+    "model alone finds more likely than the rejected one. The DPO curve's reward accuracy (Training curves) "
+    "is trl's: the share of those pairs whose implicit reward, the log-probability ratio against the SFT "
+    "reference model, favours the chosen answer, so it counts what DPO changed, not what the model prefers; "
+    "a pair SFT already ranks right counts there only if DPO widened the gap.")
+
+
 def _renderer() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False}).enable("table")
 
@@ -84,7 +93,6 @@ def write_pages(files: dict, summary: dict, cards_folder, evaluation_path) -> li
 def evaluation_page(files: dict, summary: dict) -> str:
     """results/eval.md (when it scored this recipe's answers), the seeds' spread when there are replicates,
     and what the preference measures mean."""
-    from tunesmith.summary import PREFERENCE_MEASURES
 
     scores = summary["scores"]
     parts = ["<h1>Evaluation</h1>"]

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from tunesmith.recipe import section_hash
-from tunesmith.fetch import is_local_folder, local_files
+from tunesmith.fetch import fetched_models, is_local_folder, local_files
 from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
@@ -186,18 +186,6 @@ def _evaluation(recipe: dict) -> list[str]:
 def _built_base(recipe: dict) -> dict:
     """The base model a model stage consumes: the built tiny model, or the fetched snapshot."""
     return {"base_model": "base_model"} if recipe["base_model"]["path"] is None else {"fetch_base": "fetch_base"}
-
-
-def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
-    """The models the fetch_model stage snapshots, by role: (path, revision). A local judge model
-    (judge.backend transformers or vllm) is fetched the same way as the base."""
-    models = {}
-    if recipe["base_model"]["path"] is not None:
-        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
-    judge = recipe["judge"]
-    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
-        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
-    return models
 
 
 def _fetched(recipe: dict, role: str) -> dict:

@@ -31,7 +31,7 @@ import yaml
 from tunesmith.recipe_file import RecipeError, _excerpt, _RecipeLoader, _unshared, read_recipe, yaml11_reading
 from tunesmith.preference import preference_problems
 from tunesmith.schema import load_schema, strict_validator
-from tunesmith.fetch import model_problems
+from tunesmith.fetch import fetched_models, model_problems
 from tunesmith.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.tasks import check_task_files
 
@@ -356,8 +356,6 @@ def file_problems(recipe: dict) -> list[str]:
     if base["path"] is not None and Path(base["path"]).is_dir() and base["revision"] is not None:
         problems.append(f"base_model.revision: {base['revision']!r} is set, but base_model.path {base['path']!r} is a "
                         "local folder, which has no revisions; set it to null")
-    from tunesmith.plan import fetched_models
-
     for role, (path, revision) in fetched_models(recipe).items():
         key = "base_model" if role == "base" else "judge.local"
         reason = special_file_problem(path)

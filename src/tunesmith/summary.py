@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from tunesmith.answers import answers_page, reference_answers
-from tunesmith.pages import write_pages
+from tunesmith.pages import PREFERENCE_MEASURES, write_pages
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.evaluate import family_scores, interval_text, score
 from tunesmith.choice import comparison_note, submission_reason  # noqa: F401 (submission_reason: the workflow's)
@@ -59,14 +59,6 @@ KEY_SETTINGS = ("seed", "repeats", "base_model.path", "base_model.quantization",
                 "sft.lora.r", "dpo.enabled", "dpo.method", "dpo.beta", "dpo.learning_rate", "dpo.epochs",
                 "generate.max_new_tokens", "generate.repetition_penalty", "submission.stage", "tasks.path")
 # The two preference measures a run shows, which count different things on the same held-out pairs.
-PREFERENCE_MEASURES = (
-    "Preference accuracy (score table): the share of held-out preference pairs whose chosen answer the stage's "
-    "model alone finds more likely than the rejected one. The DPO curve's reward accuracy (Training curves) "
-    "is trl's: the share of those pairs whose implicit reward, the log-probability ratio against the SFT "
-    "reference model, favours the chosen answer, so it counts what DPO changed, not what the model prefers; "
-    "a pair SFT already ranks right counts there only if DPO widened the gap.")
-
-
 def key_settings(recipe: dict) -> dict:
     """The recipe's values of KEY_SETTINGS (dotted key -> value), skipping DPO's when DPO is off."""
     found = {}
