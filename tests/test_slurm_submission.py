@@ -9,6 +9,9 @@ import yaml
 
 from test_profiles import COMPETITION, PROFILE, dry_run, planned_resources, work  # noqa: F401
 
+# The 13B recipe names a hub model: offline, validation wants it in the (fake) cache, as in test_profiles.
+pytestmark = pytest.mark.usefixtures("cached_hub_models")
+
 
 class Resources(dict):
     """A job's resources as the plugin reads them: `.get(name)` and `.name`."""
@@ -40,7 +43,7 @@ def sbatch_arguments(resources: Resources, threads: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(work, tmp_path_factory):  # noqa: F811
+def two_nodes(work, tmp_path_factory, cached_hub_models):  # noqa: F811
     return planned_training_job(work, tmp_path_factory.mktemp("two"), "  processes: 4\n  nodes: 2")
 
 
