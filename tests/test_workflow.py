@@ -162,8 +162,8 @@ def test_curation_accounts_for_every_row(default_run):
 def test_every_job_logged_and_adapters_load(default_run):
     from peft import PeftConfig
 
-    for log in ("train_tokenizer/*", "pretrain_base/*", "train_sft/*", "train_dpo/*", "write_submission",
-                "evaluate_stages"):
+    for log in ("train_tokenizer/*", "pretrain_base/*", "train_sft/*", "train_dpo/*", "write_submission/*",
+                "evaluate_stages/*", "current_submission", "current_evaluation"):
         assert one(default_run, f"logs/{log}.log").is_file()
     for stage in ("sft", "dpo"):
         adapter = one(default_run, f"results/{stage}/*/adapter")
