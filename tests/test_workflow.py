@@ -639,7 +639,10 @@ def test_a_judge_grades_every_stage_without_references(default_run, tmp_path):
     with serving(model, tmp_path / "serve.log", continuous_batching=True) as url:
         recipe = judge_recipe(tmp_path, url=url, model=model)
         plan_only = planned_jobs(snakemake("-n", "--directory", work, "--config", f"recipe={recipe}").stdout)
-        assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "summarise_run": 1, "all": 1}, plan_only
+        # The submission is the default run's (same models, same answers): only the grades, the evaluation and its
+        # copy as the current recipe's results/eval.json are new.
+        assert plan_only == {"judge_answers": 3, "evaluate_stages": 1, "current_evaluation": 1, "summarise_run": 1,
+                             "all": 1}, plan_only
         built = snakemake("--directory", work, "--config", f"recipe={recipe}", "--cores", "3", "--resources", "gpu=1")
         assert built.returncode == 0, built.stderr[-5000:]
         report = json.loads((work / "results/eval.json").read_text(encoding="utf-8"))
