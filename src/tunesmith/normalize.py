@@ -36,11 +36,16 @@ def clean_text(text: str | None) -> str | None:
     lines before the text and whitespace after it. Indentation, width variants and symbols stay."""
     if text is None:
         return None
+    return _LEADING_BLANK_LINES.sub("", _without_noise(text).rstrip())
+
+
+def _without_noise(text: str) -> str:
+    """Zero-width characters (but the joiner inside an emoji sequence) and `_x000D_` markers dropped,
+    CRLF and CR made LF: what both the training text and the match key lose."""
     text = _ZERO_WIDTH.sub("", text)
-    while _EXCEL_CR.search(text):
+    while _EXCEL_CR.search(text):  # removing one marker can join another
         text = _EXCEL_CR.sub("", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _LEADING_BLANK_LINES.sub("", text.rstrip())
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def normalize_text(text: str | None) -> str | None:
@@ -55,11 +60,7 @@ def normalize_text(text: str | None) -> str | None:
 def _normalize_unstripped(text: str) -> str:
     # NFKC and zero-width removal first: they can turn text into a `_x000D_` marker (full-width
     # letters, a zero-width space inside it), and removing one marker can join another.
-    text = _ZERO_WIDTH.sub("", unicodedata.normalize("NFKC", text))
-    while _EXCEL_CR.search(text):
-        text = _EXCEL_CR.sub("", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _HORIZONTAL_SPACE.sub(" ", text)
+    text = _HORIZONTAL_SPACE.sub(" ", _without_noise(unicodedata.normalize("NFKC", text)))
     text = _SPACE_AROUND_NEWLINE.sub("\n", text)
     return _BLANK_LINES.sub("\n\n", text)
 
