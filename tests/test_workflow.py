@@ -94,12 +94,18 @@ def test_bad_recipe_fails_before_any_job_with_the_key_path(tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text((REPO / "recipes/default.yaml").read_text().replace("beta: 0.1", "betta: 0.1"))
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
+    assert_refused_before_any_job(result, tmp_path, "typo.yaml is not a valid tunesmith recipe",
+                                  "dpo: unknown key(s) 'betta'")
+
+
+def assert_refused_before_any_job(result, work, *messages) -> None:
+    """A recipe error: a failed run whose output says each of `messages`, with no traceback and no results."""
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "typo.yaml is not a valid tunesmith recipe" in output
-    assert "dpo: unknown key(s) 'betta'" in output
+    for message in messages:
+        assert message in output, (message, output[-3000:])
     assert "Traceback" not in output
-    assert not (tmp_path / "results").exists()
+    assert not (work / "results").exists()
 
 
 # default_run (tests/conftest.py): the README's first command, once for the session.
@@ -679,12 +685,8 @@ def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_pa
     (tmp_path / "data").symlink_to(REPO / "data")
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
                        "set=sft.epochs=2,sft.learning_rte=1e-4")
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe" in output
-    assert "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)" in output
-    assert "Traceback" not in output
-    assert not (tmp_path / "results").exists()
+    assert_refused_before_any_job(result, tmp_path, "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe",
+                                  "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)")
 
 
 @pytest.mark.e2e
