@@ -12,6 +12,7 @@ from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
 from tunesmith.logs import explain_stale_locks, when_nothing_to_do
+from tunesmith.on_policy import pairs_source
 from tunesmith.recipe import RecipeError, combinations, replicate_seeds, replicates, variants, workflow_recipe
 
 try:
@@ -70,8 +71,8 @@ def ingested(wildcards):
     upstream = step(wildcards).upstream
     return [
         keyed(rules.ingest_source.output.ingested, upstream[f"ingest_{source['id']}"])
-        for source in step(wildcards).settings["sources"]
-    ]
+        for source in step(wildcards).settings.get("sources", [])
+    ] + ([keyed(rules.build_pairs.output.ingested, upstream["pairs"])] if "pairs" in upstream else [])
 
 
 def source_of_step(wildcards):
@@ -500,3 +501,53 @@ def publish_repo(kind):
         return config["publish"][key]
 
     return repo
+
+
+# ---- on-policy pairs (issue 20, rules/pairs.smk): the shard count is in the paths, never in a key ----
+def curation_sources(wildcards):
+    """A curation step's sources; the preference role's add the on-policy pairs (pairs.enabled)."""
+    key = step(wildcards).upstream.get("pairs")
+    pairs = [pairs_source(keyed(rules.build_pairs.output.pairs, key))] if key else []
+    return step(wildcards).settings.get("sources", []) + pairs
+
+
+def pairs_shards(wildcards, name, rule_output):
+    """A pairs step's files, one per shard (rule_output: the pattern of the step that made them)."""
+    key, shards = step(wildcards).upstream[name], recipe_of(wildcards)["pairs"]["shards"]
+    return [keyed(rule_output, key, shard=shard, shards=shards) for shard in range(shards)]
+
+
+def pairs_sft_adapter(wildcards):
+    return model_files(variant_name(wildcards), "sft")[1]
+
+
+def pairs_prompts(wildcards):
+    key = step(wildcards).upstream.get("dataset")
+    return keyed(rules.curate_data.output.kept, key, role="sft") if key else step(wildcards).files[0]
+
+
+def pairs_samples(wildcards):
+    key = step(wildcards).upstream["samples"]
+    return keyed(rules.sample_answers.output.samples, key, shard=wildcards.shard, shards=wildcards.shards)
+
+
+def pairs_graded(wildcards):
+    return pairs_shards(wildcards, "graded", rules.grade_answers.output.graded)
+
+
+def pairs_judge_settings(wildcards):
+    return judge_settings(wildcards) if "judge" in step(wildcards).settings else None
+
+
+def pairs_judge_is_local(wildcards):
+    return "judge" in step(wildcards).settings and not judge_is_remote(wildcards)
+
+
+def pairs_judge_input(kind):
+    """The judge grader's rubric file or fetched model record, as an input function (none for references)."""
+    return lambda wildcards: (
+        (judge_template(wildcards) if kind == "template" else judge_model_record(wildcards))
+        if "judge" in step(wildcards).settings
+        else []
+    )
+

@@ -40,7 +40,7 @@ rule curate_data:
     log:
         "logs/curate_data/{key}/{role}.log",
     params:
-        sources=setting("sources"),
+        sources=curation_sources,
         curate=setting("curate"),
         seed=setting("seed"),
         lengths=lambda wildcards: plan.curation_lengths(step(wildcards).settings, wildcards.role),

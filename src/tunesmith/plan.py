@@ -183,6 +183,23 @@ def _evaluation(recipe: dict) -> list[str]:
     return keys
 
 
+def _pairs_sampling(recipe: dict) -> list[str]:
+    """Sampling on-policy answers (tunesmith.on_policy): the SFT model, the prompts, the sampling settings, and
+    generation's template, stop strings, penalty, backend and guards (the guards' retries are generation's own)."""
+    keys = ["seed", *_model(recipe), *_template(recipe, generation=True), "curate.normalize_training_text",
+            "pairs.prompts", "pairs.sample", "pairs.answers_per_prompt", "pairs.sampling",
+            "generate.repetition_penalty", "generate.stop_strings", "generate.backend",
+            *(f"generate.guards.{name}" for name in recipe["generate"]["guards"] if name not in ("retries", "retry"))]
+    return keys + (["generate.vllm"] if recipe["generate"]["backend"] == "vllm" else [])
+
+
+def _pairs_grading(recipe: dict) -> list[str]:
+    """Grading sampled answers: the grader, and for the judge everything that decides a judge's grade."""
+    if recipe["pairs"]["grader"]["kind"] == "references":
+        return ["pairs.grader.kind", "pairs.grader.metric"]
+    return ["pairs.grader.kind", *(key for key in _judge(recipe) if not key.startswith("tasks."))]
+
+
 def _built_base(recipe: dict) -> dict:
     """The base model a model stage consumes: the built tiny model, or the fetched snapshot."""
     return {"base_model": "base_model"} if recipe["base_model"]["path"] is None else {"fetch_base": "fetch_base"}
@@ -231,7 +248,8 @@ STAGES = {
                     + ["curate.max_line_bytes"], lambda r, _: {}),
     "curate": Stage("curated", lambda r, role: [*_sources(r, role), *_curation(r), *_curation_lengths_reads(r, role)]
                     + (["tasks.path"] if r["curate"]["decontaminate"] else []), lambda r, role: {
-                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role},
+                        f"ingest_{source['id']}": f"ingest_{source['id']}" for source in r["sources"] if source["role"] == role}
+                    | ({"pairs": "pairs_build"} if role == "preference" and r["pairs"]["enabled"] else {}),
                     unkeyed=lambda r, role: ["curate.memory_limit"]),  # the rows are the same under any limit
     # KTO's labelled single answers, made from the curated pairs (tunesmith.unpaired); only when dpo.method is kto.
     "unpair": Stage("curated", lambda r, _: ["seed"], lambda r, _: {"pairs": "curate_preference"}),
@@ -244,6 +262,19 @@ STAGES = {
     "dpo": Stage("dpo", lambda r, _: ["seed", *_model(r), *_template(r, training=True), "dpo.start",
                                       *_training(r, "dpo", lora=r["dpo"]["start"] == "new_adapter"), *_distributed(r)],
                  lambda r, _: {**_beneath(r), "dataset": preference_dataset(r), "sft": "sft"}, unkeyed=_tracking),
+    # On-policy pairs (issue 20, tunesmith.on_policy): the SFT model's sampled answers (pairs.shards jobs, the
+    # shard count in no key: the answers are the same however they are split), their grades (a grader change
+    # regrades, never resamples), and the pairs, which curation reads as the preference source `on_policy`.
+    "pairs_sample": Stage("pairs_samples", lambda r, _: _pairs_sampling(r), lambda r, _: {
+        **_built_base(r), "sft": "sft", **({"dataset": "curate_sft"} if r["pairs"]["prompts"] is None else {})},
+        files=lambda r, _: (r["pairs"]["prompts"],) if r["pairs"]["prompts"] else (),
+        unkeyed=lambda r, _: ["pairs.shards"]),
+    "pairs_grade": Stage("pairs_graded", lambda r, _: _pairs_grading(r), lambda r, _: {"samples": "pairs_sample"}
+                         | ({"fetch_judge": "fetch_judge"} if r["pairs"]["grader"]["kind"] == "judge"
+                            and "judge" in fetched_models(r) else {}),
+                         files=lambda r, _: (r["judge"]["prompt_template"],)
+                         if r["pairs"]["grader"]["kind"] == "judge" and r["judge"]["prompt_template"] else ()),
+    "pairs_build": Stage("pairs", lambda r, _: ["pairs.min_margin"], lambda r, _: {"graded": "pairs_grade"}),
     # Prompts are the task inputs cleaned as the training text was (normalised only if it was).
     "generate": Stage("generations", lambda r, _: [*_model(r), *_template(r, generation=True), *_generation(r)]
                       + ["tasks.path", "curate.normalize_training_text"], lambda r, stage: {**_built_base(r), **{
@@ -390,13 +421,22 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
         found += [("tokenizer", "tokenizer", None), ("base_model", "base_model", None)]
     if recipe["continued_pretraining"]["enabled"]:
         found.append(("cpt", "cpt", None))
+    on_policy = recipe["dpo"]["enabled"] and recipe["pairs"]["enabled"]
+    data = []
     for role in (ROLES if recipe["dpo"]["enabled"] else ("sft",)):
-        found += [(f"ingest_{source['id']}", "ingest", index) for index, source in enumerate(recipe["sources"])
-                  if source["role"] == role]
-        found.append((f"curate_{role}", "curate", role))
+        data += [(f"ingest_{source['id']}", "ingest", index) for index, source in enumerate(recipe["sources"])
+                 if source["role"] == role]
+        data.append((f"curate_{role}", "curate", role))
     if recipe["dpo"]["enabled"] and preference_dataset(recipe) == "unpair_preference":
-        found.append(("unpair_preference", "unpair", None))
+        data.append(("unpair_preference", "unpair", None))
+    # On-policy pairs come from the SFT model: the preference data then follows SFT.
+    later = [entry for entry in data if on_policy and entry[0] in ("curate_preference", "unpair_preference")]
+    found += [entry for entry in data if entry not in later]
     found.append(("sft", "sft", None))
+    if on_policy:
+        found += [("pairs_sample", "pairs_sample", None), ("pairs_grade", "pairs_grade", None),
+                  ("pairs_build", "pairs_build", None)]
+    found += later
     if recipe["dpo"]["enabled"]:
         found.append(("dpo", "dpo", None))
         # Preference accuracy (issue 13): the compared stages on the held-out preference pairs.

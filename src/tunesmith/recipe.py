@@ -201,8 +201,12 @@ def _cross_key_problems(recipe: dict) -> list[str]:
     roles = {source["role"] for source in recipe["sources"]}
     if "sft" not in roles:
         problems.append("sources: no source has role 'sft'; SFT needs one")
-    if recipe["dpo"]["enabled"] and "preference" not in roles:
-        problems.append("dpo.enabled: true, but no source has role 'preference'")
+    if recipe["dpo"]["enabled"] and "preference" not in roles and not recipe["pairs"]["enabled"]:
+        problems.append("dpo.enabled: true, but no source has role 'preference' (nor pairs.enabled)")
+    if recipe["pairs"]["enabled"] and not recipe["dpo"]["enabled"]:
+        problems.append("pairs.enabled: true makes preference pairs for DPO, but dpo.enabled is false")
+    if recipe["pairs"]["enabled"] and "on_policy" in ids:
+        problems.append("sources: id 'on_policy' is the on-policy pairs' own (pairs.enabled); rename the source")
     if recipe["base_model"]["path"] is None and "pretrain" not in roles:
         problems.append("base_model.path: null builds the tiny model, which needs a source with role 'pretrain'")
     if recipe["continued_pretraining"]["enabled"] and "pretrain" not in roles:

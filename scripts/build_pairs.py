@@ -1,0 +1,17 @@
+"""Gather the graded shards into preference pairs (best vs worst above the margin), quarantine the rest, and
+ingest the pairs as the preference source curation reads (tunesmith.on_policy)."""
+
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.on_policy import build_pairs
+
+log_to(snakemake.log[0])
+with recorded(snakemake, "pairs_build"):
+    build_pairs(
+        graded_paths=list(snakemake.input.graded),
+        min_margin=snakemake.params.pairs["min_margin"],
+        pairs_path=snakemake.output.pairs,
+        quarantine_path=snakemake.output.quarantine,
+        summary_path=snakemake.output.summary,
+        ingested_path=snakemake.output.ingested,
+    )

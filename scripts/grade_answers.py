@@ -1,0 +1,19 @@
+"""Grade one shard of on-policy answers against references or with the judge, cached (tunesmith.on_policy)."""
+
+from tunesmith.fetch import hub_offline
+from tunesmith.logs import log_to
+from tunesmith.manifest import recorded
+from tunesmith.on_policy import grade_answers
+
+log_to(snakemake.log[0])
+hub_offline()  # a local judge model is a fetched snapshot; an endpoint is not the hub
+with recorded(snakemake, "pairs_grade"):
+    grade_answers(
+        samples_path=snakemake.input.samples,
+        grader=snakemake.params.pairs["grader"],
+        out_path=snakemake.output.graded,
+        cache_dir=snakemake.params.cache,
+        judge=snakemake.params.judge,
+        seed=snakemake.params.seed,
+        threads=snakemake.threads,
+    )
