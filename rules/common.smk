@@ -550,4 +550,3 @@ def pairs_judge_input(kind):
         if "judge" in step(wildcards).settings
         else []
     )
-

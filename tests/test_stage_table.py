@@ -27,6 +27,9 @@ SHAPES = {
                                                        "tracking": {"report_to": ["mlflow", "wandb"]}},
     "ORPO, untracked": {"dpo": {"method": "orpo"}, "tracking": {"report_to": []}},
     "KTO on two processes": {"dpo": {"method": "kto"}, "distributed": {"processes": 2}},
+    "on-policy pairs, graded by the judge": {"pairs": {"enabled": True, "grader": {"kind": "judge"}},
+                                             "judge": {"backend": "openai", "openai": {"model": "gpt-4o"}}},
+    "on-policy pairs from a prompts file": {"pairs": {"enabled": True, "prompts": "data/tasks.jsonl"}},
     "no DPO, no near-dup, no decontamination": {"dpo": {"enabled": False},
                                                 "curate": {"near_dedup": {"enabled": False}, "decontaminate": False}},
 }
@@ -88,7 +91,7 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
     # Switches that decide which stages exist (repeats: the seed replicates, rules/common.smk), and the
     # opt-in push rules' own section (rules/publish.smk).
     unused = {key for key in declared - read
-              if not key.startswith(("dpo.enabled", "continued_pretraining.enabled", "repeats", "publish."))}
+              if not key.startswith(("dpo.enabled", "continued_pretraining.enabled", "repeats", "publish.", "pairs.enabled"))}
     assert not unused, f"no stage reads {sorted(unused)}"
 
 
