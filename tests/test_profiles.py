@@ -100,3 +100,19 @@ def test_fetch_and_publish_rules_run_on_the_submitting_node(work):
         local = set(workflow._localrules)
     assert {"fetch_model", "fetch_models"} <= local
     assert not local & {"train_sft", "train_dpo", "generate_answers", "export_model", "curate_data"}
+
+
+def test_the_13b_on_policy_variant_shards_sampling_over_gpu_jobs(work, tmp_path):
+    """The commented `pairs:` block of the 13B recipe, switched on: 4 sampling jobs of one GPU each, and the
+    endpoint judge's grading jobs with none."""
+    text = COMPETITION.read_text()
+    block = re.search(r"# pairs:\n((?:#   .*\n)+)", text)
+    assert block, "the 13B recipe's commented on-policy variant is missing"
+    recipe = tmp_path / "on-policy.yaml"
+    recipe.write_text(text.replace(block[0], "pairs:\n" + block[1].replace("#   ", "  ")))
+    output = dry_run(work, recipe=recipe)
+    jobs = planned_resources(output)
+    assert len(re.findall(r"^rule sample_answers:$", output, flags=re.M)) == 4
+    assert len(re.findall(r"^rule grade_answers:$", output, flags=re.M)) == 4
+    assert jobs["sample_answers"]["gpu"] == 1 and jobs["sample_answers"]["mem_mb"] >= 32000
+    assert jobs["grade_answers"].get("gpu", 0) == 0
