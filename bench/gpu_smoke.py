@@ -1,5 +1,6 @@
 """Benchmark and GPU acceptance run (issues 9 and 17): nf4 QLoRA SFT, then DPO on the stacked SFT adapter, then
-batched generation, with the settings of recipes/llm-jp-3-13b-qlora.yaml, on one GPU.
+batched generation, then a small on-policy pairs run (issue 20: the SFT model samples, chrF grades, pairs are
+built), with the settings of recipes/llm-jp-3-13b-qlora.yaml, on one GPU.
 
     python bench/gpu_smoke.py             # CUDA: a ~1B Llama; asserts, writes bench/results/gpu_smoke.json
     python bench/gpu_smoke.py --size 13b  # CUDA: llm-jp-3-13b's exact config, random weights, in nf4;
@@ -74,6 +75,7 @@ PROFILES = {
         sft=dict(max_steps=20, batch_size=4, max_length=512),
         dpo=dict(max_steps=10, batch_size=2, max_length=512),
         generate=dict(batch_size=16, max_new_tokens=64),
+        pairs=dict(sample=32, answers_per_prompt=4, max_new_tokens=64),
         stages=("base", "sft", "dpo"), fill_rows=False, effect_kept=True, threads=4,
     ),
     # llm-jp-3-13b's exact config; rows filled to max_length so that every batch is 2 × 512 tokens.
@@ -84,6 +86,7 @@ PROFILES = {
         sft=dict(max_steps=5, batch_size=2, max_length=512),
         dpo=dict(max_steps=4, batch_size=2, max_length=512),
         generate=dict(batch_size=8, max_new_tokens=128),
+        pairs=dict(sample=8, answers_per_prompt=4, max_new_tokens=128),
         stages=("dpo",), fill_rows=True, effect_kept=False, threads=8,
     ),
     # The 1B flow at toy size: training unquantised (bitsandbytes must not train on CPU), generation from the
@@ -96,6 +99,7 @@ PROFILES = {
         sft=dict(max_steps=4, batch_size=4, max_length=128),
         dpo=dict(max_steps=4, batch_size=4, max_length=128),
         generate=dict(batch_size=16, max_new_tokens=16),
+        pairs=dict(sample=6, answers_per_prompt=3, max_new_tokens=16),
         stages=("base", "sft", "dpo"), fill_rows=False, effect_kept=True,
         # One thread: on 2 shared cores, two OpenMP threads made tiny-model generation ~100x slower.
         threads=1,
@@ -318,6 +322,45 @@ def generate_stages(work: Path, base: Path, base_section: dict, recipe: dict, pr
     return stages, prompts
 
 
+def on_policy_pairs(work: Path, base: Path, base_section: dict, recipe: dict, profile: dict, on_gpu: bool) -> dict:
+    """On-policy pairs (issue 20) at small size: the SFT model samples answers to SFT train prompts
+    (tunesmith.on_policy, the transformers path), chrF against each prompt's SFT answer grades them (cached),
+    and best-vs-worst pairs are built with every other answer accounted for."""
+    from tunesmith import on_policy
+    from tunesmith.model import load_model, load_tokenizer
+    from tunesmith.template import PromptTemplate
+
+    size = profile["pairs"]
+    settings = {**recipe["pairs"], "prompts": None, "sample": size["sample"],
+                "answers_per_prompt": size["answers_per_prompt"], "min_margin": 0.5,
+                "sampling": {**recipe["pairs"]["sampling"], "max_new_tokens": size["max_new_tokens"]}}
+    tokenizer = load_tokenizer(str(base), base_section, padding_side="left")
+    template = PromptTemplate(recipe["template"])
+    prompts = on_policy.read_prompts(settings, recipe["seed"], str(work / "sft.parquet"))
+    for prompt in prompts:
+        prompt["prompt"] = template.render_prompt(prompt["prompt"], tokenizer)
+    start_peak(on_gpu)
+    with quiet(work / "pairs.log"):
+        model = load_model(str(base), base_section, adapter=str(work / "sft"))
+        sampling = on_policy.sampling_settings(settings, recipe["generate"])
+        started = time.perf_counter()
+        rows = on_policy.sample_prompts(on_policy.transformers_sampler(model, tokenizer), prompts, settings, sampling,
+                                        recipe["generate"]["guards"], template.clean_output, recipe["seed"],
+                                        work / "pairs_cache")
+        seconds = time.perf_counter() - started
+        grader = {"kind": "references", "metric": "chrf"}
+        for row in rows:
+            row.update(sft_adapter="smoke", grader="references (chrf)")
+        on_policy.grade_rows(rows, grader, None, work / "grade_cache")
+        pairs, quarantine = on_policy.pairs_of(rows, settings["min_margin"])
+    answers = sum(len(row["answers"]) for row in rows)
+    del model
+    release_memory()
+    return {"prompts": len(rows), "answers": answers, "pairs": len(pairs), "quarantined": len(quarantine),
+            "accounted": 2 * len(pairs) + len(quarantine) == answers, "answers_per_s": answers / seconds,
+            "peak_gib": peak_gib(on_gpu)}
+
+
 def effect_kept(base: Path, quantised: dict, unquantised: dict, adapter: Path, prompts: list[str]) -> float:
     """The share of the adapter's effect on the unquantised model's logits that the quantised model
     keeps through load_model (the projection of one effect onto the other)."""
@@ -386,17 +429,19 @@ def main() -> int:
                         fill_rows(data, load_tokenizer(str(base), train_base), profile[stage]["max_length"])
             trained = train_stages(work, base, train_base, recipe, profile, on_gpu)
             generated, prompts = generate_stages(work, base, generate_base, recipe, profile, on_gpu)
+            paired = on_policy_pairs(work, base, generate_base, recipe, profile, on_gpu)
             kept = (effect_kept(base, generate_base, {**generate_base, "quantization": "none"}, work / "sft",
                                 prompts[:8]) if profile["effect_kept"] else None)
         except BaseException:
-            for log_name in ("prepare.log", "sft.log", "dpo.log", "generate.log"):
+            for log_name in ("prepare.log", "sft.log", "dpo.log", "generate.log", "pairs.log"):
                 if (work / log_name).is_file():
                     sys.stderr.write(f"--- {log_name} (tail)\n")
                     sys.stderr.write((work / log_name).read_text(encoding="utf-8")[-4000:])
             raise
         changed = {stage: sum(a != b for a, b in zip(generated[before]["first_greedy"], generated[stage]["first_greedy"]))
                    for before, stage in (("base", "sft"), ("sft", "dpo")) if {before, stage} <= set(generated)}
-        peaks = [entry["peak_gib"] for entry in (*trained.values(), *generated.values()) if entry["peak_gib"] is not None]
+        peaks = [entry["peak_gib"] for entry in (*trained.values(), *generated.values(), paired)
+                 if entry["peak_gib"] is not None]
         moved = trained["dpo"]["lora_a_changed_share"]
         record = {
             "mode": mode,
@@ -411,6 +456,7 @@ def main() -> int:
             "generation_settings": {**recipe["generate"], **profile["generate"]},
             "prompts_whose_first_greedy_answer_changed": changed,
             "sft_effect_kept_on_4bit": kept,
+            "on_policy_pairs": paired,
             "dpo_lora_a_changed_share": moved,
             "peak_gib": max(peaks) if peaks else None,
             "wall_seconds": time.perf_counter() - started,
@@ -437,6 +483,9 @@ def main() -> int:
     if changed:
         print(f"prompts whose first greedy answer changed: base→sft {changed['sft']}, sft→dpo {changed['dpo']} "
               f"(of {TASK_PROMPTS}); SFT effect kept on the 4-bit base: {kept:.3f}")
+    print(f"on-policy pairs: {paired['prompts']} SFT prompts x {paired['answers'] // max(paired['prompts'], 1)} sampled "
+          f"answers ({paired['answers_per_s']:.1f} answers/s), graded by chrF: {paired['pairs']} pairs, "
+          f"{paired['quarantined']} answers quarantined")
     print(f"DPO at lr {trained['dpo']['learning_rate']:g}: {moved:.1%} of lora_A entries changed "
           f"(trainable parameters: {', '.join(trained['dpo']['trainable_dtypes'])})")
     written = out.relative_to(ROOT) if on_gpu else "nothing (dry run; the record stays in a temporary folder)"
@@ -445,8 +494,11 @@ def main() -> int:
     print(f"RESULT gpu_smoke sft_tokens_per_s={trained['sft']['tokens_per_s']:.0f} "
           f"dpo_pairs_per_s={trained['dpo']['rows_per_s']:.1f} gen_tokens_per_s={generated['dpo']['tokens_per_s']:.0f} "
           f"peak_gib={gib(record['peak_gib'])} effect_kept={'n/a' if kept is None else f'{kept:.3f}'} "
-          f"lora_a_moved={moved:.4f}{suffix}")
+          f"lora_a_moved={moved:.4f} onpolicy_answers_per_s={paired['answers_per_s']:.1f} "
+          f"onpolicy_pairs={paired['pairs']}{suffix}")
     failures = []
+    if not paired["accounted"]:
+        failures.append("on-policy pairs and quarantine do not account for every sampled answer")
     if changed.get("sft") == 0:
         failures.append("the SFT adapter changed no greedy answer")
     if moved < MIN_LORA_A_MOVED:

@@ -16,6 +16,7 @@ def test_gpu_smoke_dry_cpu_runs_the_whole_flow_and_passes_its_checks():
     figures = dict(part.split("=") for part in line.split()[2:])
     assert figures["mode"] == "dry-cpu" and float(figures["effect_kept"]) >= 0.9
     assert float(figures["sft_tokens_per_s"]) > 0 and float(figures["dpo_pairs_per_s"]) > 0
+    assert float(figures["onpolicy_answers_per_s"]) > 0 and "on-policy pairs: 6 SFT prompts x 3 sampled" in result.stdout
     # DPO at the recipe's learning rate (5e-6) moves every lora_A entry of an fp32 adapter.
     assert float(figures["lora_a_moved"]) >= 0.99
     assert "DPO at lr 5e-06:" in result.stdout and "trainable parameters: float32)" in result.stdout

@@ -140,11 +140,11 @@ def test_pairs_are_decontaminated_against_the_task_file(tmp_path):
 # ---- sampling, grading, sharding, resuming ------------------------------------------------------------------
 
 def fake_sampler(calls, fail_after=None):
-    def sample(prompt, n, settings, seed):
+    def sample(prompts, n, settings, seeds):
         if fail_after is not None and len(calls) >= fail_after:
             raise KeyboardInterrupt("killed")
-        calls.append(prompt)
-        return [f"{prompt[-3:]}:{(seed + index) % 97}" for index in range(n)]
+        calls.extend(prompts)
+        return [[f"{prompt[-3:]}:{(seed + index) % 97}" for index in range(n)] for prompt, seed in zip(prompts, seeds)]
     return sample
 
 
@@ -156,7 +156,8 @@ GUARDS = validate_recipe(load_recipe(REPO / "recipes" / "default.yaml"))["genera
 def test_a_killed_sampling_job_resumes_without_sampling_again(tmp_path):
     calls = []
     with pytest.raises(KeyboardInterrupt):
-        on_policy.sample_prompts(fake_sampler(calls, fail_after=4), PROMPTS, SETTINGS, {}, GUARDS, str, 7, tmp_path)
+        on_policy.sample_prompts(fake_sampler(calls, fail_after=4), PROMPTS, SETTINGS, {}, GUARDS, str, 7, tmp_path,
+                                 chunk=2)
     assert len(calls) == 4
     resumed = []
     rows = on_policy.sample_prompts(fake_sampler(resumed), PROMPTS, SETTINGS, {}, GUARDS, str, 7, tmp_path)
@@ -261,3 +262,100 @@ def test_sharded_pairs_are_byte_equal_to_unsharded_and_record_their_lineage(tiny
         assert pair["sft_adapter"] == "sftkey" and pair["seed"] == on_policy.prompt_seed(7, pair["prompt_id"])
         assert len(pair["grades"]) == 3 and pair["grades"][pair["chosen_index"]] - pair["grades"][pair["rejected_index"]] >= 0.5
     assert one["answers"] == 15 == one["paired_answers"] + sum(one["quarantined"].values())
+
+
+# ---- the workflow -------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(tmp_path):
+    """recipes/on-policy.yaml with a few steps per stage, 2 shards: every pairs job reads the keys its stage
+    declares, curated DPO rows lead back to the pair and the SFT adapter that wrote it, and a grader change
+    plans grading and what follows, no sampling."""
+    import re
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from quick_recipe import quick_recipe
+    from tunesmith.manifest import lineage
+
+    recipe_path = quick_recipe(REPO / "recipes/on-policy.yaml", tmp_path / "quick.yaml")
+    raw = yaml.safe_load(open(recipe_path, encoding="utf-8"))
+    raw["pairs"].update(sample=24, min_margin=1, shards=2)
+    yaml.safe_dump(raw, open(recipe_path, "w", encoding="utf-8"), allow_unicode=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(REPO / "data")
+
+    def snakemake(*args):
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+                   *args, "--config", f"recipe={recipe_path}"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=3600)
+
+    result = snakemake("submission.jsonl", "--cores", "2", "--resources", "gpu=2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    steps = plan.steps(load_recipe(recipe_path))
+    for name in ("pairs_sample", "pairs_grade", "pairs_build"):
+        step = steps[name]
+        for manifest_path in work.glob(f"results/{plan.STAGES[name].folder}/{step.key}/*.manifest.json"):
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            unread = plan.leaf_keys(step.settings, list(step.settings)) - set(manifest["settings_read"])
+            assert not unread, (name, sorted(unread))
+    assert len(list(work.glob("results/pairs_samples/*/*-of-2.jsonl"))) == 2
+    text = "\n".join(lineage(f"results/dpo/{steps['dpo'].key}/adapter", root=work))
+    for found in (f"results/curated/{steps['curate_preference'].key}/preference.parquet",
+                  f"results/pairs/{steps['pairs_build'].key}/pairs.parquet  [pairs_build",
+                  f"results/pairs_graded/{steps['pairs_grade'].key}/0-of-2.jsonl  [pairs_grade",
+                  f"results/pairs_samples/{steps['pairs_sample'].key}/1-of-2.jsonl  [pairs_sample",
+                  f"results/sft/{steps['sft'].key}/adapter  [sft"):
+        assert found in text, (found, text)
+    kept = pq.read_table(work / f"results/curated/{steps['curate_preference'].key}/preference.parquet").to_pylist()
+    pairs = read_jsonl(work / f"results/pairs/{steps['pairs_build'].key}/pairs.jsonl")
+    assert kept and {row["source"] for row in kept} == {"on_policy"}
+    for row in kept:
+        pair = pairs[row["line"] - 1]
+        assert (pair["chosen"], pair["rejected"]) == (row["chosen"], row["rejected"])
+        assert pair["sft_adapter"] == steps["sft"].key
+    raw["pairs"]["grader"] = {"kind": "references", "metric": "exact"}
+    yaml.safe_dump(raw, open(recipe_path, "w", encoding="utf-8"), allow_unicode=True)
+    planned = snakemake("submission.jsonl", "-n")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "rule sample_answers:" not in planned.stdout and re.search(r"^rule grade_answers:$", planned.stdout, re.M)
+
+
+def test_the_vllm_sampler_seeds_each_prompt_so_batching_changes_no_answer(monkeypatch):
+    """vLLM (a stand-in: the real one needs CUDA): one engine batch per call, each request with n answers and its
+    prompt's own seed; the answers of a prompt are the same alone or batched with others."""
+    import random
+    import sys
+    import types
+
+    from tunesmith import generate as generate_module
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    batches = []
+
+    class LLM:
+        def generate(self, prompts, requests, lora_request=None, use_tqdm=True):
+            batches.append([request.kwargs for request in requests])
+            return [types.SimpleNamespace(prompt=prompt, outputs=[
+                types.SimpleNamespace(text=f"{prompt}:{random.Random(request.kwargs['seed']).random() + index}###x")
+                for index in range(request.kwargs["n"])]) for prompt, request in zip(prompts, requests)]
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setattr(generate_module, "vllm_engine", lambda *args: (LLM(), "lora"))
+    recipe = on_policy_recipe()
+    sampling = on_policy.sampling_settings(recipe["pairs"], {**recipe["generate"], "stop_strings": ["###"]})
+    sample = on_policy.vllm_sampler("base", recipe["base_model"], "adapter", sampling, 0)
+    together = sample(["a", "b", "c"], 3, sampling, [11, 12, 13])
+    alone = [sample([prompt], 3, sampling, [seed])[0] for prompt, seed in zip("abc", (11, 12, 13))]
+    assert together == alone and len(together[0]) == 3 and not any("###" in text for text in together[0])
+    assert [request["seed"] for request in batches[0]] == [11, 12, 13]
+    assert batches[0][0]["n"] == 3 and batches[0][0]["temperature"] == recipe["pairs"]["sampling"]["temperature"]

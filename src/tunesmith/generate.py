@@ -144,7 +144,24 @@ def vllm_sampling(settings: dict, seed: int) -> dict:
 def vllm_generator(base_path: str, base_section: dict, adapter: str | None, settings: dict, seed: int):
     """A `generate(prompts, settings, seed)` on a vLLM engine, serving the stage's standalone adapter
     (its whole chain in one) as a LoRA request on the unmerged base."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
+
+    llm, lora_request = vllm_engine(base_path, base_section, adapter, settings, seed)
+
+    def generate(prompts: list[str], some_settings: dict, some_seed: int) -> list[str]:
+        stop_strings = list(some_settings["stop_strings"])
+        outputs = llm.generate(prompts, SamplingParams(**vllm_sampling(some_settings, some_seed)),
+                               lora_request=lora_request, use_tqdm=False)
+        if [output.prompt for output in outputs] != list(prompts):
+            raise ModelError("vLLM returned its answers in another order than the prompts")
+        return [cut_at_stop_strings(output.outputs[0].text, stop_strings) for output in outputs]
+
+    return generate
+
+
+def vllm_engine(base_path: str, base_section: dict, adapter: str | None, settings: dict, seed: int):
+    """(vLLM engine on the unmerged base, the LoRA request of the stage's standalone adapter or None)."""
+    from vllm import LLM
 
     quantization = {"none": None, "nf4": "bitsandbytes"}.get(base_section["quantization"], "unsupported")
     if quantization == "unsupported":
@@ -174,16 +191,7 @@ def vllm_generator(base_path: str, base_section: dict, adapter: str | None, sett
         max_model_len=settings["vllm"]["max_model_len"],
         **engine,
     )
-
-    def generate(prompts: list[str], some_settings: dict, some_seed: int) -> list[str]:
-        stop_strings = list(some_settings["stop_strings"])
-        outputs = llm.generate(prompts, SamplingParams(**vllm_sampling(some_settings, some_seed)),
-                               lora_request=lora_request, use_tqdm=False)
-        if [output.prompt for output in outputs] != list(prompts):
-            raise ModelError("vLLM returned its answers in another order than the prompts")
-        return [cut_at_stop_strings(output.outputs[0].text, stop_strings) for output in outputs]
-
-    return generate
+    return llm, lora_request
 
 
 # An answer still empty after the guards' retries is generated again with end-of-sequence (and the

@@ -134,7 +134,7 @@ class LocalJudge:
         if settings["backend"] == "vllm":
             from tunesmith.generate import vllm_generator
 
-            self.generate = vllm_generator(self.path, model_section, [], self.generation, seed, work_dir)
+            self.generate = vllm_generator(self.path, model_section, None, self.generation, seed)
         else:
             from tunesmith.generate import generate_batched
             from tunesmith.model import load_model

@@ -115,73 +115,92 @@ def sampling_settings(settings: dict, generate: dict) -> dict:
 
 
 def transformers_sampler(model, tokenizer):
-    """`sample(prompt, n, settings, seed)` on a transformers model: n sequences of one prompt in one batch
-    (no padding, so nothing depends on the other prompts)."""
+    """`sample(prompts, n, settings, seeds)` on a transformers model: for each prompt, n sequences of it alone in
+    one batch under its own seed (no padding, so nothing depends on the other prompts)."""
     import torch
 
     from tunesmith.generate import cut_at_stop_strings
 
-    def sample(prompt: str, n: int, settings: dict, seed: int) -> list[str]:
-        batch = tokenizer([prompt], return_tensors="pt").to(model.device)
+    def sample(prompts: list[str], n: int, settings: dict, seeds: list[int]) -> list[list[str]]:
         arguments = dict(max_new_tokens=settings["max_new_tokens"], do_sample=True, temperature=settings["temperature"],
                          top_p=settings["top_p"], repetition_penalty=settings["repetition_penalty"],
                          num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id)
         if settings["stop_strings"]:
             arguments.update(stop_strings=settings["stop_strings"], tokenizer=tokenizer)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = model.generate(**batch, **arguments)
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [cut_at_stop_strings(text, settings["stop_strings"]) for text in texts]
+        answers = []
+        for prompt, seed in zip(prompts, seeds):
+            batch = tokenizer([prompt], return_tensors="pt").to(model.device)
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                output = model.generate(**batch, **arguments)
+            texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            answers.append([cut_at_stop_strings(text, settings["stop_strings"]) for text in texts])
+        return answers
 
     return sample
 
 
 def vllm_sampler(base_path: str, base_section: dict, adapter: str | None, settings: dict, seed: int):
-    """The same on vLLM: n answers per request, seeded per request, so they do not depend on vLLM's batching."""
-    from tunesmith.generate import vllm_generator
+    """The same on vLLM: every prompt of a call in one engine batch, each request with n answers and its own
+    seed (vLLM seeds per request), so no answer depends on the batch."""
+    from vllm import SamplingParams
 
-    generate = vllm_generator(base_path, base_section, adapter, settings, seed)
+    from tunesmith.generate import ModelError, cut_at_stop_strings, vllm_engine, vllm_sampling
 
-    def sample(prompt: str, n: int, some_settings: dict, some_seed: int) -> list[str]:
-        return [generate([prompt], some_settings, some_seed + index)[0] for index in range(n)]
+    llm, lora_request = vllm_engine(base_path, base_section, adapter, settings, seed)
+
+    def sample(prompts: list[str], n: int, some_settings: dict, seeds: list[int]) -> list[list[str]]:
+        requests = [SamplingParams(**vllm_sampling(some_settings, some_seed), n=n) for some_seed in seeds]
+        outputs = llm.generate(prompts, requests, lora_request=lora_request, use_tqdm=False)
+        if [output.prompt for output in outputs] != list(prompts):
+            raise ModelError("vLLM returned its answers in another order than the prompts")
+        return [[cut_at_stop_strings(choice.text, some_settings["stop_strings"]) for choice in output.outputs]
+                for output in outputs]
 
     return sample
 
 
+def _cached_row(path: Path, prompt: dict, seed: int) -> dict | None:
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # not ours (entries are written whole): sample again
+    return row if row.get("prompt") == prompt["prompt"] and row.get("seed") == seed else None
+
+
 def sample_prompts(sample, prompts: list[dict], settings: dict, sampling: dict, guards: dict, clean, seed: int,
-                   cache_dir: str | os.PathLike) -> list[dict]:
-    """Each prompt's answers (cached per prompt: a killed job resumes without sampling again what it made)."""
+                   cache_dir: str | os.PathLike, chunk: int = 32) -> list[dict]:
+    """Each prompt's answers, sampled `chunk` prompts per call of `sample` and cached per prompt as each call
+    returns: a killed job resumes without sampling again what it made."""
     from tunesmith.guards import output_problems
 
     cache = Path(cache_dir)
-    rows = []
-    made = Progress("sample", len(prompts), "prompts answered", every=10)
-    for prompt in prompts:
-        this_seed = prompt_seed(seed, prompt["id"])
-        cached = cache / f"{text_hash(prompt['id'])}.json"
-        row = None
-        if cached.is_file():
-            try:
-                row = json.loads(cached.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                row = None  # not ours (written whole): sample again
-            if row is not None and (row.get("prompt") != prompt["prompt"] or row.get("seed") != this_seed):
-                row = None
-        if row is None:
-            raws = sample(prompt["prompt"], settings["answers_per_prompt"], sampling, this_seed)
+    seeds = {prompt["id"]: prompt_seed(seed, prompt["id"]) for prompt in prompts}
+    rows = {prompt["id"]: _cached_row(cache / f"{text_hash(prompt['id'])}.json", prompt, seeds[prompt["id"]])
+            for prompt in prompts}
+    todo = [prompt for prompt in prompts if rows[prompt["id"]] is None]
+    log.info("%d prompts to answer: %d sampled before (cache), %d to sample", len(prompts), len(prompts) - len(todo),
+             len(todo))
+    made = Progress("sample", len(todo), "prompts answered", every=10)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        sampled = sample([prompt["prompt"] for prompt in part], settings["answers_per_prompt"], sampling,
+                         [seeds[prompt["id"]] for prompt in part])
+        for prompt, raws in zip(part, sampled):
             answers = []
             for raw in raws:
                 output = clean(raw)
                 answers.append({"output": output, "raw_output": raw, "problems": output_problems(output, guards)})
             row = {"prompt_id": prompt["id"], "prompt": prompt["prompt"], "reference": prompt["reference"],
-                   "seed": this_seed, "answers": answers}
-            write_json(cached, row)
-        rows.append(row)
-        made.update()
+                   "seed": seeds[prompt["id"]], "answers": answers}
+            write_json(cache / f"{text_hash(prompt['id'])}.json", row)
+            rows[prompt["id"]] = row
+        made.update(made.done + len(part))
     made.close()
-    return rows
+    return [rows[prompt["id"]] for prompt in prompts]
 
 
 def sample_answers(base_path: str, base_section: dict, adapter: str, template_section: dict, settings: dict,
@@ -206,12 +225,12 @@ def sample_answers(base_path: str, base_section: dict, adapter: str, template_se
         prompt["prompt_text"] = prompt["prompt"]
         prompt["prompt"] = template.render_prompt(prompt["prompt"], tokenizer)
     sampling = sampling_settings(settings, generate)
-    if generate["backend"] == "vllm":
-        sample = vllm_sampler(base_path, base_section, adapter, sampling, seed)
-    else:
-        sample = transformers_sampler(load_model(base_path, base_section, adapter=adapter), tokenizer)
+    if generate["backend"] == "vllm":  # one engine batch per call: a chunk of a few hundred prompts
+        sample, chunk = vllm_sampler(base_path, base_section, adapter, sampling, seed), 256
+    else:  # one prompt's answers per model.generate: a chunk is only how often the cache is written
+        sample, chunk = transformers_sampler(load_model(base_path, base_section, adapter=adapter), tokenizer), 8
     rows = sample_prompts(sample, prompts, settings, sampling, generate["guards"], template.clean_output, seed,
-                          cache_dir)
+                          cache_dir, chunk)
     texts = {prompt["id"]: prompt["prompt_text"] for prompt in prompts}
     log.info("sampled %d answers to %d prompts (shard %d of %d)", sum(len(row["answers"]) for row in rows),
              len(rows), shard + 1, shards)
