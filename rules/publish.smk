@@ -4,6 +4,8 @@
 #   snakemake results/pushed/export/dpo.json ...                              # the merged DPO model
 #   snakemake results/pushed/dataset/sft.json ...                             # the curated SFT data
 # results/publish/<kind>/<name>/ is exactly what a push uploads (build it alone to read it first).
+from types import SimpleNamespace
+
 from tunesmith.hub import MODEL_SECTIONS
 
 
@@ -16,7 +18,7 @@ rule export_dataset:
     log:
         "logs/export_dataset/{key}/{role}.log",
     params:
-        sources=setting("sources"),
+        sources=curation_sources,
         curate=setting("curate"),
     wildcard_constraints:
         key=KEY,
@@ -51,7 +53,7 @@ rule stage_dataset:
     log:
         "logs/stage_dataset/{role}.log",
     params:
-        sources=lambda wildcards: PLANS[""][f"curate_{wildcards.role}"].settings["sources"],
+        sources=lambda wildcards: curation_sources(SimpleNamespace(key=PLANS[""][f"curate_{wildcards.role}"].key)),
         curate=lambda wildcards: PLANS[""][f"curate_{wildcards.role}"].settings["curate"],
         publish=config["publish"],
     wildcard_constraints:

@@ -266,6 +266,24 @@ def test_sharded_pairs_are_byte_equal_to_unsharded_and_record_their_lineage(tiny
 
 # ---- the workflow -------------------------------------------------------------------------------------------
 
+def test_the_on_policy_recipe_plans_every_target_with_its_shards(tmp_path):
+    """A dry run of `rule all` (exported datasets and the staged preference dataset too, whose sources are then
+    the pairs alone) with pairs.shards 3."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data").symlink_to(REPO / "data")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--directory", str(tmp_path),
+               "all", "results/publish/dataset/preference",
+               "--config", f"recipe={REPO / 'recipes/on-policy.yaml'}", "set=pairs.shards=3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = {name: result.stdout.count(f"\nrule {name}:") for name in
+              ("sample_answers", "grade_answers", "build_pairs", "export_dataset", "stage_dataset")}
+    assert counts == {"sample_answers": 3, "grade_answers": 3, "build_pairs": 1, "export_dataset": 2,
+                      "stage_dataset": 1}, counts
+
+
 @pytest.mark.e2e
 def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(tmp_path):
     """recipes/on-policy.yaml with a few steps per stage, 2 shards: every pairs job reads the keys its stage
