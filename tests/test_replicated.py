@@ -142,7 +142,8 @@ def test_the_page_shows_both_sides_seeds_or_says_only_one_side_has_them(tmp_path
 
 
 def test_a_recipe_with_repeats_names_the_evaluation_of_each_seed_built(tmp_path):
-    recipe = yaml.safe_load(open(quick_recipe(REPO / "recipes/default.yaml", tmp_path / "quick.yaml"), encoding="utf-8"))
+    path = quick_recipe(REPO / "recipes/default.yaml", tmp_path / "quick.yaml")
+    recipe = yaml.safe_load(open(path, encoding="utf-8"))
     recipe = validate_recipe({**recipe, "repeats": 3}, origin="quick.yaml")
     paths = {recipe["seed"]: tmp_path / plan.folder_of(plan.steps(recipe)["evaluate"]) / "eval.json"}
     for replicate in replicates(recipe).values():

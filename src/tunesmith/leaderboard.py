@@ -186,7 +186,8 @@ def _beyond(found: dict | None, name: str) -> str:
     low, high = (_value(bound, name) for bound in entry["prediction"])
     if not entry["beyond_a_seed"]:
         return f"within a seed: {_value(entry['value'], name)} in {low} to {high}"
-    return f"beyond a seed: {_value(entry['value'], name)} {'above' if entry['difference'] > 0 else 'below'} {low} to {high}"
+    side = "above" if entry["difference"] > 0 else "below"
+    return f"beyond a seed: {_value(entry['value'], name)} {side} {low} to {high}"
 
 
 def seed_lines(seeds: dict | None, confidence: float) -> list[str]:

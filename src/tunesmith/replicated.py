@@ -78,8 +78,8 @@ def _measures(sides: list[list[dict]], references: dict[int, str] | None, ids: l
     sides has; `ids` limits the tasks (a family)."""
     found = {}
     every = [answers for side in sides for answers in side]
-    if references and all("outputs" in answers for answers in every):
-        tasks = sorted(task for task in references if ids is None or task in ids)
+    tasks = sorted(task for task in references or {} if ids is None or task in ids)
+    if tasks and all("outputs" in answers for answers in every):
         targets = [normalize_text(references[task]) for task in tasks]
         texts = [[[normalize_text(answers["outputs"].get(task, "")) for task in tasks] for answers in side]
                  for side in sides]
