@@ -13,7 +13,7 @@ Both sides answer the same tasks, so each comparison pairs them task by task:
   `within noise`.
 Two recipes trained under several seeds each (`repeats`) are compared by a two-level bootstrap that
 resamples each side's seeds and then the tasks (`compare_replicated`), so that its interval holds both
-the seed spread and the task sampling.
+the seed spread and the task sampling; its verdict is `better` or `worse` when that interval excludes 0.
 Single scores get an interval too: Wilson's for a share (exact match, preference accuracy), a
 percentile bootstrap over tasks for a mean grade or corpus chrF. Tests check these against scipy and
 hand-computed fixtures (tests/test_significance.py).
