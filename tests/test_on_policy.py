@@ -125,6 +125,9 @@ def test_pairs_are_decontaminated_against_the_task_file(tmp_path):
                                     str(out / "pairs.jsonl"), str(out / "quarantine.jsonl"),
                                     str(out / "summary.json"), str(out / "pairs.parquet"))
     assert summary["pairs"] == 5
+    (origin,) = on_policy.pairs_origin({"pairs/pairs.jsonl": "", "pairs/pairs.parquet": ""}, tmp_path)
+    assert origin.startswith("on-policy pairs: 5, sampled from SFT adapter results/sft/abc/adapter, graded by "
+                             "references (chrf)") and origin.endswith("pairs/pairs.jsonl")
     settings = validate_recipe(load_recipe(REPO / "recipes" / "default.yaml"))["curate"]
     settings = {**settings, "japanese": {**settings["japanese"], "min_share": 0}, "min_response_chars": 1}
     card = curate([on_policy.pairs_source(str(out / "pairs.jsonl"))], "preference", TASKS, settings,
@@ -329,6 +332,8 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
                   f"results/pairs_samples/{steps['pairs_sample'].key}/1-of-2.jsonl  [pairs_sample",
                   f"results/sft/{steps['sft'].key}/adapter  [sft"):
         assert found in text, (found, text)
+    assert f"on-policy pairs: {len(read_jsonl(work / 'results/pairs' / steps['pairs_build'].key / 'pairs.jsonl'))}, " \
+           f"sampled from SFT adapter results/sft/{steps['sft'].key}/adapter" in text
     kept = pq.read_table(work / f"results/curated/{steps['curate_preference'].key}/preference.parquet").to_pylist()
     pairs = read_jsonl(work / f"results/pairs/{steps['pairs_build'].key}/pairs.jsonl")
     assert kept and {row["source"] for row in kept} == {"on_policy"}

@@ -297,6 +297,10 @@ def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = "
             details.append(f"template {manifest['template_hash']}")
         details += [f"commit {(manifest['git_commit'] or 'unknown')[:10]}", manifest["device"], manifest["finished"]]
         lines.append(f"{indent}  " + ", ".join(details))
+        if manifest["stage"] == "pairs_build":  # on-policy pairs: which SFT model wrote them (tunesmith.on_policy)
+            from tunesmith.on_policy import pairs_origin
+
+            lines.extend(f"{indent}  {line}" for line in pairs_origin(manifest["outputs"], root))
         if task_id is not None:
             lines.extend(f"{indent}  {line}" for line in _task_details(manifest, task_id, root))
         for source in manifest["inputs"]:

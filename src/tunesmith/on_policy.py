@@ -421,3 +421,18 @@ def build_pairs(graded_paths: list[str], min_margin: float, pairs_path: str, qua
     log.info("%d pairs from %d prompts (%d answers); quarantined %s", len(pairs), len(rows), sampled,
              summary["quarantined"] or "nothing")
     return summary
+
+
+def pairs_origin(outputs, root: str | os.PathLike = ".") -> list[str]:
+    """For `tunesmith lineage`: what a build_pairs job's pairs file says of the model that wrote them."""
+    path = next((Path(root) / name for name in outputs if name.endswith("pairs.jsonl")), None)
+    if path is None or not path.is_file():
+        return []
+    pairs = read_jsonl(path)
+    adapters = sorted({pair["sft_adapter"] for pair in pairs})
+    graders = sorted({pair["grader"] for pair in pairs})
+    models = ", ".join(f"results/sft/{key}/adapter" for key in adapters)
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    return [f"on-policy pairs: {len(pairs)}, sampled from SFT adapter {models}, graded by {', '.join(graders)}; "
+            f"each pair's prompt id, sampling seed and every answer's grade in {shown}"]
+
