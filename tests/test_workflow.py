@@ -58,7 +58,7 @@ QUANTISED_REFUSAL = "base_model.quantization is 'nf4', which needs a CUDA GPU to
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
-def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path):
+def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path, cached_hub_models):
     """Not when training starts, after curation and a 26 GB fetch: when the workflow starts. A dry run plans it
     (test_competition_recipe_plans_without_building_a_base_model)."""
     (tmp_path / "data").symlink_to(REPO / "data")
@@ -67,11 +67,12 @@ def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(t
     output = result.stdout + result.stderr
     assert result.returncode != 0 and QUANTISED_REFUSAL in output, output[-3000:]
     assert "train_sft" in output.split(QUANTISED_REFUSAL)[1].splitlines()[0], "the message names the jobs"
+    assert "Traceback" not in output and "WorkflowError" not in output and "common.smk" not in output, output[-3000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists(), "a job ran"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
-def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path):
+def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path, cached_hub_models):
     """Through the Slurm profile the jobs run on GPU nodes: nothing is refused here, jobs reach sbatch (a fake one
     on PATH that records its calls and fails, so nothing runs)."""
     (tmp_path / "data").symlink_to(REPO / "data")
@@ -105,6 +106,8 @@ def assert_refused_before_any_job(result, work, *messages) -> None:
     for message in messages:
         assert message in output, (message, output[-3000:])
     assert "Traceback" not in output
+    # our message alone: not Snakemake's header around it ("WorkflowError in file .../common.smk, line 23:")
+    assert "WorkflowError" not in output and "common.smk" not in output and 'File "' not in output, output[-3000:]
     assert not (work / "results").exists()
 
 
