@@ -687,8 +687,8 @@ def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_pa
     """`--config set=KEY=VALUE[,KEY=VALUE...]` (issue 21): a bad override fails before any job, naming its key."""
     (tmp_path / "data").symlink_to(REPO / "data")
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
-                       "set=sft.epochs=2,sft.learning_rte=1e-4")
-    assert_refused_before_any_job(result, tmp_path, "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe",
+                       "set=sft.num_train_epochs=2,sft.learning_rte=1e-4")
+    assert_refused_before_any_job(result, tmp_path, "with sft.num_train_epochs,sft.learning_rte is not a valid tunesmith recipe",
                                   "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)")
 
 
