@@ -1,0 +1,105 @@
+"""Every recipe key in the schema is read by some code: the reads are recorded, not declared.
+
+What counts as read (tunesmith.reads): a key some job looked up, from the manifests of the README's default run
+(the session's `default_run`, which the end-to-end tests build anyway: no training run is added), and a key the
+workflow itself looks up while planning (`plan.steps` traced with its reads recorded, over the shipped recipes and
+the stage table's recipe shapes; the settings it hands each job are not reads). A section read whole (a
+stage declaring `dpo.lora`, a judge listing `judge.local`'s names) counts for none of the keys inside it, so a
+new key under `dpo.`, `curate.near_dedup.` or `judge.local.` that no code reads fails here, wherever it is.
+
+Keys only read on paths the default run does not take are listed in NOT_IN_THE_DEFAULT_RUN, one by one (never a
+section), each with the recipe choice that reads it; the list is checked to hold no key the run does read.
+"""
+
+import copy
+import json
+
+import pytest
+
+from conftest import REPO
+from test_stage_table import SHAPES, shaped
+from tunesmith import plan
+from tunesmith.reads import schema_leaves, unread_schema_keys, wrap
+from tunesmith.recipe import RecipeError, load_recipe
+from tunesmith.schema import load_schema
+
+# Read only on a path the default run does not take: key -> the choice that reads it (each read where its
+# tests run that path: test_train, test_preference, test_judge, test_generate, test_tracking, test_hub, test_launcher).
+_CPT = ("activation_checkpointing", "gradient_accumulation_steps", "learning_rate", "logging_steps", "lora.lora_alpha",
+        "lora.lora_dropout", "lora.r", "lora.target_modules", "lr_scheduler_type", "max_length", "max_steps",
+        "num_train_epochs", "per_device_train_batch_size", "save_steps", "trainer", "warmup_steps")
+NOT_IN_THE_DEFAULT_RUN = {
+    **{f"continued_pretraining.{name}": "continued_pretraining.enabled: true" for name in _CPT},
+    "dpo.cpo_alpha": "dpo.method: simpo", "dpo.simpo_gamma": "dpo.method: simpo",
+    "dpo.desirable_weight": "dpo.method: kto", "dpo.undesirable_weight": "dpo.method: kto",
+    "dpo.lora.lora_alpha": None, "dpo.lora.lora_dropout": None, "dpo.lora.r": None, "dpo.lora.target_modules": None,
+}
+
+
+def _planning_reads() -> set[str]:
+    """The keys `plan.steps` looks up to decide the stages and what each reads (not the settings it picks for
+    them), over the shipped recipes and the stage table's shapes."""
+    recipes = [load_recipe(REPO / "recipes" / name) for name in ("default.yaml", "sweep.yaml")]
+    for shape in SHAPES:
+        try:
+            recipes.append(shaped(shape))
+        except RecipeError:
+            continue
+    read, original_pick, original_lookup = set(), plan.pick, plan._lookup
+    for recipe in recipes:
+        # the settings a step hands its job, and the declared keys it compares with file paths, are not reads
+        plain = copy.deepcopy(recipe)
+        plan.pick = lambda _, keys, plain=plain: original_pick(plain, keys)
+        plan._lookup = lambda _, dotted, plain=plain: original_lookup(plain, dotted)
+        try:
+            plan.steps(wrap(recipe, read, ""))
+        finally:
+            plan.pick, plan._lookup = original_pick, original_lookup
+    return read
+
+
+def _job_reads(run) -> set[str]:
+    read = set()
+    for path in run.glob("results/**/*.manifest.json"):
+        read |= set(json.loads(path.read_text(encoding="utf-8")).get("settings_read") or [])
+    return read
+
+
+@pytest.fixture(scope="module")
+def default_reads(default_run) -> set[str]:
+    return _job_reads(default_run) | _planning_reads()
+
+
+def problems(schema: dict, read: set[str]) -> list[str]:
+    return [key for key in unread_schema_keys(schema, read) if key not in NOT_IN_THE_DEFAULT_RUN]
+
+
+@pytest.mark.e2e
+def test_every_schema_key_is_read_by_some_job_or_the_plan(default_reads):
+    unread = problems(load_schema(), default_reads)
+    assert not unread, f"no code read these schema keys: {unread}"
+
+
+@pytest.mark.e2e
+def test_the_keys_left_out_are_schema_keys_the_default_run_does_not_read(default_reads):
+    schema = load_schema()
+    assert set(NOT_IN_THE_DEFAULT_RUN) <= schema_leaves(schema)
+    assert set(NOT_IN_THE_DEFAULT_RUN) <= set(unread_schema_keys(schema, default_reads)), "read after all: drop it"
+
+
+def planted(schema: dict, dotted: str) -> dict:
+    """The schema with a new key at `dotted` (a number with a default and a description, like any key)."""
+    schema = copy.deepcopy(schema)
+    node = schema
+    for name in dotted.split("."):
+        node = node["properties"].setdefault(name, {})
+    node.update(type="number", default=1, description="planted")
+    return schema
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("key", ["dpo.planted_key", "curate.near_dedup.planted_key", "judge.local.planted_key"])
+def test_a_planted_key_no_code_reads_is_named(default_reads, key):
+    """The key is in a section the stage table declares whole (dpo's keys, near-dup's, the local judge's), so a
+    check of what is declared passes it; the recorded reads do not."""
+    assert problems(planted(load_schema(), key), default_reads) == [key]
