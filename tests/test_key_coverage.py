@@ -23,16 +23,35 @@ from tunesmith.reads import schema_leaves, unread_schema_keys, wrap
 from tunesmith.recipe import RecipeError, load_recipe
 from tunesmith.schema import load_schema
 
-# Read only on a path the default run does not take: key -> the choice that reads it (each read where its
-# tests run that path: test_train, test_preference, test_judge, test_generate, test_tracking, test_hub, test_launcher).
+# Read only on a path the default run does not take: key -> the choice (or the reader) that reads it. Each is read
+# where its tests take that path (test_train, test_preference, test_judge, test_generate, test_tracking, test_hub,
+# test_launcher, test_workflow's sweep and judge runs, test_standin's run).
 _CPT = ("activation_checkpointing", "gradient_accumulation_steps", "learning_rate", "logging_steps", "lora.lora_alpha",
         "lora.lora_dropout", "lora.r", "lora.target_modules", "lr_scheduler_type", "max_length", "max_steps",
         "num_train_epochs", "per_device_train_batch_size", "save_steps", "trainer", "warmup_steps")
+_LOCAL_JUDGE = ("batch_size", "compute_dtype", "dtype", "quantization", "trust_remote_code", "vllm.gpu_memory_utilization",
+                "vllm.max_model_len")
+_JUDGE = ("bootstrap_samples", "confidence", "max_new_tokens", "parse_retries", "temperature")
+_OPENAI = ("api_key_env", "base_url", "concurrency", "max_retries", "model", "timeout")
 NOT_IN_THE_DEFAULT_RUN = {
     **{f"continued_pretraining.{name}": "continued_pretraining.enabled: true" for name in _CPT},
+    "base_model.compute_dtype": "base_model.quantization: nf4", "base_model.revision": "a hub base_model.path",
     "dpo.cpo_alpha": "dpo.method: simpo", "dpo.simpo_gamma": "dpo.method: simpo",
     "dpo.desirable_weight": "dpo.method: kto", "dpo.undesirable_weight": "dpo.method: kto",
-    "dpo.lora.lora_alpha": None, "dpo.lora.lora_dropout": None, "dpo.lora.r": None, "dpo.lora.target_modules": None,
+    "sft.packing_strategy": "sft.packing: true", "generate.temperature": "generate.do_sample: true",
+    **{f"generate.vllm.{name}": "generate.backend: vllm" for name in ("gpu_memory_utilization", "max_model_len")},
+    "distributed.zero_stage": "distributed.strategy: deepspeed",
+    "template.system": "template.kind: chat", "template.chat_template": "template.kind: chat",
+    **{f"judge.{name}": "judge.backend other than none" for name in _JUDGE},
+    **{f"judge.local.{name}": "judge.backend: transformers or vllm" for name in _LOCAL_JUDGE},
+    **{f"judge.openai.{name}": "judge.backend: openai" for name in _OPENAI},
+    "tracking.project": "tracking.report_to not empty", "tracking.mlflow.tracking_uri": "tracking.report_to: [mlflow]",
+    "tracking.wandb.mode": "tracking.report_to: [wandb]",
+    # read from the workflow's config, not a job's params (so in no manifest)
+    "curate.memory_limit": "tunesmith.curate.curate_memory_limit", "repeats": "rules/common.smk (replicates)",
+    "sweep.matrix": "rules/common.smk (variants)",
+    **{f"publish.{name}": "rules/publish.smk (the push rules)" for name in ("dataset_repo", "license", "model_repo",
+                                                                           "private")},
 }
 
 

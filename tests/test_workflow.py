@@ -692,6 +692,20 @@ def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_pa
                                   "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)")
 
 
+def test_an_old_key_and_a_bad_trainer_field_fail_before_any_job(tmp_path):
+    """trl's names (tunesmith.trl_fields): an old key names the new one, and a `trainer:` field is checked against
+    the installed trl's config when the workflow starts, not when the training job builds it."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    recipe = f"recipe={REPO / 'recipes/default.yaml'}"
+    result = snakemake("-n", "--directory", tmp_path, "--config", recipe, "set=sft.epochs=2")
+    assert_refused_before_any_job(result, tmp_path, "sft.epochs: renamed to sft.num_train_epochs")
+    result = snakemake("-n", "--directory", tmp_path, "--config", recipe,
+                       "set=sft.trainer.neftune_noise_alfa=5,dpo.trainer.beta=0.2")
+    assert_refused_before_any_job(result, tmp_path, "sft.trainer.neftune_noise_alfa: not a field of trl's SFTConfig",
+                                  "did you mean 'neftune_noise_alpha'?",
+                                  "dpo.trainer.beta: tunesmith sets trl's beta itself; use dpo.beta instead")
+
+
 @pytest.mark.e2e
 def test_the_merged_export_loads_in_transformers_and_answers_as_the_run_did(tmp_path):
     """`snakemake results/export/sft` for real (a quick recipe: a few steps, no DPO), then the folder alone through
