@@ -121,6 +121,8 @@ rule rank_variants:
         choices=expand(rules.variant_submission.output.choice, variant=VARIANTS),
         baseline=rules.current_evaluation.output.scores,
         baseline_choice=rules.current_submission.output.choice,
+        # `repeats`: the recipe under its further seeds, whose spread each variant is checked against.
+        baseline_seeds=list(replicate_evaluations().values()) if REPLICATES else [],
     output:
         table=report("results/sweep/leaderboard.md", category="Sweep", caption="../report/leaderboard.rst"),
         scores="results/sweep/leaderboard.json",
@@ -128,6 +130,7 @@ rule rank_variants:
         "logs/rank_variants.log",
     params:
         overrides=variant_overrides(),
+        seeds=list(replicate_evaluations()) if REPLICATES else [],
     script:
         "../scripts/rank_variants.py"
 
