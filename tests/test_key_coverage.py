@@ -1,13 +1,14 @@
 """Every recipe key in the schema is read by some code: the reads are recorded, not declared.
 
 What counts as read (tunesmith.reads): a key some job looked up, from the manifests of the README's default run
-(the session's `default_run`, which the end-to-end tests build anyway: no training run is added), and a key the
+(the session's `default_run`, which the end-to-end tests build anyway: no training run is added); a key the
 workflow itself looks up while planning (`plan.steps` traced with its reads recorded, over the shipped recipes and
-the stage table's recipe shapes; the settings it hands each job are not reads). A section read whole (a
+the stage table's recipe shapes; the settings it hands each job are not reads); and a key the stages' own code
+looks up on branches the default run does not take, where that code runs without a model (`_traced_reads`). A section read whole (a
 stage declaring `dpo.lora`, a judge listing `judge.local`'s names) counts for none of the keys inside it, so a
 new key under `dpo.`, `curate.near_dedup.` or `judge.local.` that no code reads fails here, wherever it is.
 
-Keys only read on paths the default run does not take are listed in NOT_IN_THE_DEFAULT_RUN, one by one (never a
+Keys read only on other paths are listed in NOT_IN_THE_DEFAULT_RUN, one by one (never a
 section), each with the recipe choice that reads it; the list is checked to hold no key the run does read.
 """
 
@@ -23,25 +24,17 @@ from tunesmith.reads import schema_leaves, unread_schema_keys, wrap
 from tunesmith.recipe import RecipeError, load_recipe
 from tunesmith.schema import load_schema
 
-# Read only on a path the default run does not take: key -> the choice (or the reader) that reads it. Each is read
-# where its tests take that path (test_train, test_preference, test_judge, test_generate, test_tracking, test_hub,
-# test_launcher, test_workflow's sweep and judge runs, test_standin's run).
-_CPT = ("activation_checkpointing", "gradient_accumulation_steps", "learning_rate", "logging_steps", "lora.lora_alpha",
-        "lora.lora_dropout", "lora.r", "lora.target_modules", "lr_scheduler_type", "max_length", "max_steps",
-        "num_train_epochs", "per_device_train_batch_size", "save_steps", "trainer", "warmup_steps")
+# Read only on a path neither the default run nor `_traced_reads` takes: key -> the choice (or the reader) that
+# reads it. Each is read where its tests take that path (test_judge, test_generate, test_tracking, test_hub,
+# test_launcher, test_fetch, test_workflow's sweep and judge runs, test_standin's run).
 _LOCAL_JUDGE = ("batch_size", "compute_dtype", "dtype", "quantization", "trust_remote_code", "vllm.gpu_memory_utilization",
                 "vllm.max_model_len")
 _JUDGE = ("bootstrap_samples", "confidence", "max_new_tokens", "parse_retries", "temperature")
 _OPENAI = ("api_key_env", "base_url", "concurrency", "max_retries", "model", "timeout")
 NOT_IN_THE_DEFAULT_RUN = {
-    **{f"continued_pretraining.{name}": "continued_pretraining.enabled: true" for name in _CPT},
     "base_model.compute_dtype": "base_model.quantization: nf4", "base_model.revision": "a hub base_model.path",
-    "dpo.cpo_alpha": "dpo.method: simpo", "dpo.simpo_gamma": "dpo.method: simpo",
-    "dpo.desirable_weight": "dpo.method: kto", "dpo.undesirable_weight": "dpo.method: kto",
-    "sft.packing_strategy": "sft.packing: true", "generate.temperature": "generate.do_sample: true",
     **{f"generate.vllm.{name}": "generate.backend: vllm" for name in ("gpu_memory_utilization", "max_model_len")},
     "distributed.zero_stage": "distributed.strategy: deepspeed",
-    "template.system": "template.kind: chat", "template.chat_template": "template.kind: chat",
     **{f"judge.{name}": "judge.backend other than none" for name in _JUDGE},
     **{f"judge.local.{name}": "judge.backend: transformers or vllm" for name in _LOCAL_JUDGE},
     **{f"judge.openai.{name}": "judge.backend: openai" for name in _OPENAI},
@@ -77,6 +70,31 @@ def _planning_reads() -> set[str]:
     return read
 
 
+def _traced_reads(tmp_path) -> set[str]:
+    """The keys real code looks up on branches the default run does not take, where that code runs in a moment
+    without a model: each preference method's trl config, continued pretraining's and packed SFT's arguments,
+    a chat template, sampled generation."""
+    from tunesmith.preference import trainer_class_and_config
+    from tunesmith.template import PromptTemplate
+    from tunesmith.train import _common_args, _lora_config, cpt_arguments, sft_arguments
+    from tunesmith.generate import vllm_sampling
+
+    read = set()
+    for shape in ("SimPO on two nodes, tracked in MLflow and W&B", "KTO on two processes"):
+        dpo = wrap(shaped(shape), read, "")["dpo"]
+        trainer_class_and_config(dpo, _common_args(dpo, 1, str(tmp_path), {"report_to": []}, evaluate=True))
+    recipe = wrap(shaped("continued pretraining, DPO continuing SFT"), read, "")
+    cpt = recipe["continued_pretraining"]
+    cpt_arguments(cpt, _common_args(cpt, 1, str(tmp_path), {"report_to": []}))
+    _lora_config(cpt["lora"])
+    recipe = wrap(shaped("chat template, sampling, packing"), read, "")
+    sft = recipe["sft"]
+    sft_arguments(sft, _common_args(sft, 1, str(tmp_path), {"report_to": []}))
+    assert PromptTemplate(recipe["template"]).hash
+    vllm_sampling(recipe["generate"], seed=1)
+    return read
+
+
 def _job_reads(run) -> set[str]:
     read = set()
     for path in run.glob("results/**/*.manifest.json"):
@@ -85,8 +103,8 @@ def _job_reads(run) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def default_reads(default_run) -> set[str]:
-    return _job_reads(default_run) | _planning_reads()
+def default_reads(default_run, tmp_path_factory) -> set[str]:
+    return _job_reads(default_run) | _planning_reads() | _traced_reads(tmp_path_factory.mktemp("traced"))
 
 
 def problems(schema: dict, read: set[str]) -> list[str]:

@@ -139,7 +139,7 @@ def test_set_by_tunesmith_holds_every_field_the_trainers_set(monkeypatch, tmp_pa
         import trl.experimental.cpo  # noqa: F401
         import trl.experimental.orpo  # noqa: F401
     from tunesmith import preference
-    from tunesmith.train import _common_args, sft_arguments
+    from tunesmith.train import _common_args, cpt_arguments, sft_arguments
 
     recipe = validate_recipe(put(put(raw(), "sft.trainer.neftune_noise_alpha", 5.0), "dpo.trainer.optim",
                                  "adamw_torch"))
@@ -149,6 +149,10 @@ def test_set_by_tunesmith_holds_every_field_the_trainers_set(monkeypatch, tmp_pa
     arguments = sft_arguments(sft, _common_args(sft, 1, str(tmp_path), reporting, evaluate=True))
     assert arguments["neftune_noise_alpha"] == 5.0
     passed["SFTConfig"] = set(arguments) - set(sft["trainer"])
+    cpt = recipe["continued_pretraining"] | {"trainer": {"weight_decay": 0.01}}
+    arguments = cpt_arguments(cpt, _common_args(cpt, 1, str(tmp_path), reporting))
+    assert arguments["weight_decay"] == 0.01
+    passed["SFTConfig of continued pretraining"] = set(arguments) - {"weight_decay"}
     built = _recorded_configs(monkeypatch, ["trl.DPOConfig", "trl.KTOConfig", "trl.experimental.cpo.CPOConfig",
                                             "trl.experimental.orpo.ORPOConfig"])
     for method in ("dpo", "kto", "simpo", "orpo"):
@@ -158,7 +162,7 @@ def test_set_by_tunesmith_holds_every_field_the_trainers_set(monkeypatch, tmp_pa
         assert config.optim == "adamw_torch", method
     for name, kwargs in built.items():
         passed[name] = set(kwargs) - {"optim"}
-    assert len(passed) == 5
+    assert len(passed) == 6
     for name, fields in passed.items():
         assert fields - set(SET_BY_TUNESMITH) == set(), name
 

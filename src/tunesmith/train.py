@@ -199,6 +199,20 @@ def _beneath(base_adapters) -> str | None:
     return base_adapters[-1] if base_adapters else None
 
 
+def cpt_arguments(cpt: dict, common: dict) -> dict:
+    """Continued pretraining's SFTConfig arguments: `common` (`_common_args`), packed raw text, and the section's
+    `trainer:` fields."""
+    return dict(
+        **common,
+        dataset_text_field="text",
+        packing=True,
+        # Documents joined (each ends in EOS) and cut into max_length blocks: no padding, no
+        # padding-free attention, so it is fast on CPU too.
+        packing_strategy="wrapped",
+        **cpt["trainer"],  # any other SFTConfig field (checked by tunesmith.trl_fields)
+    )
+
+
 def train_cpt(
     base_path: str, base_section: dict, cpt: dict, text_paths: list[str], seed: int, out_dir: str, threads: int = 1,
     tracking: dict | None = None,
@@ -220,15 +234,7 @@ def train_cpt(
     with output_folder(out_dir) as tmp:
         checkpoints = checkpoint_dir(out_dir, cpt, list(text_paths), [base_path, seed, world_size()], tmp)
         with tracked(tracking, checkpoints) as reporting:
-            args = SFTConfig(
-                **_common_args(cpt, seed, checkpoints, reporting),
-                dataset_text_field="text",
-                packing=True,
-                # Documents joined (each ends in EOS) and cut into max_length blocks: no padding, no
-                # padding-free attention, so it is fast on CPU too.
-                packing_strategy="wrapped",
-                **cpt["trainer"],  # any other SFTConfig field (checked by tunesmith.trl_fields)
-            )
+            args = SFTConfig(**cpt_arguments(cpt, _common_args(cpt, seed, checkpoints, reporting)))
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
             _after_construction(trainer, base_section)
             track_trainer(trainer, tracking)
