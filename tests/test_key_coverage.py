@@ -4,12 +4,13 @@ What counts as read (tunesmith.reads): a key some job looked up, from the manife
 (the session's `default_run`, which the end-to-end tests build anyway: no training run is added); a key the
 workflow itself looks up while planning (`plan.steps` traced with its reads recorded, over the shipped recipes and
 the stage table's recipe shapes; the settings it hands each job are not reads); and a key the stages' own code
-looks up on branches the default run does not take, where that code runs without a model (`_traced_reads`). A section read whole (a
-stage declaring `dpo.lora`, a judge listing `judge.local`'s names) counts for none of the keys inside it, so a
-new key under `dpo.`, `curate.near_dedup.` or `judge.local.` that no code reads fails here, wherever it is.
+looks up on branches the default run does not take, where that code runs without a model (`_traced_reads`).
+A section read whole (a stage declaring `dpo.lora`, a judge listing `judge.local`'s names) counts for none of the
+keys inside it, so a new key under `dpo.`, `curate.near_dedup.` or `judge.local.` that no code reads fails here,
+wherever it is.
 
-Keys read only on other paths are listed in NOT_IN_THE_DEFAULT_RUN, one by one (never a
-section), each with the recipe choice that reads it; the list is checked to hold no key the run does read.
+Keys read only on other paths are listed in NOT_IN_THE_DEFAULT_RUN, one by one (never a section), each with the
+recipe choice that reads it; the list is checked to hold no key those reads reach.
 """
 
 import copy
@@ -27,8 +28,8 @@ from tunesmith.schema import load_schema
 # Read only on a path neither the default run nor `_traced_reads` takes: key -> the choice (or the reader) that
 # reads it. Each is read where its tests take that path (test_judge, test_generate, test_tracking, test_hub,
 # test_launcher, test_fetch, test_workflow's sweep and judge runs, test_standin's run).
-_LOCAL_JUDGE = ("batch_size", "compute_dtype", "dtype", "quantization", "trust_remote_code", "vllm.gpu_memory_utilization",
-                "vllm.max_model_len")
+_LOCAL_JUDGE = ("batch_size", "compute_dtype", "dtype", "quantization", "trust_remote_code",
+                "vllm.gpu_memory_utilization", "vllm.max_model_len")
 _JUDGE = ("bootstrap_samples", "confidence", "max_new_tokens", "parse_retries", "temperature")
 _OPENAI = ("api_key_env", "base_url", "concurrency", "max_retries", "model", "timeout")
 NOT_IN_THE_DEFAULT_RUN = {

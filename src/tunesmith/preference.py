@@ -83,8 +83,8 @@ def preference_problems(recipe: dict) -> list[str]:
     dpo = recipe["dpo"]
     problems = []
     if dpo["method"] == "kto" and dpo["per_device_train_batch_size"] < 2:
-        problems.append("dpo.per_device_train_batch_size: method kto needs at least 2 answers per batch (its KL estimate pairs each "
-                        "answer with another row's prompt)")
+        problems.append("dpo.per_device_train_batch_size: method kto needs at least 2 answers per batch (its KL "
+                        "estimate pairs each answer with another row's prompt)")
     if dpo["method"] != "dpo" and dpo["loss_type"] != "sigmoid":
         problems.append(f"dpo.loss_type: '{dpo['loss_type']}' is a DPO loss; method '{dpo['method']}' has its own "
                         "(remove dpo.loss_type or set dpo.method: dpo)")

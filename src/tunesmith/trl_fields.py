@@ -24,7 +24,8 @@ _RENAMED_IN_EVERY_SECTION = {
     "lora.alpha": "lora.lora_alpha", "lora.dropout": "lora.lora_dropout",
 }
 RENAMED = {
-    **{f"{section}.{old}": f"{section}.{new}" for section in SECTIONS for old, new in _RENAMED_IN_EVERY_SECTION.items()},
+    **{f"{section}.{old}": f"{section}.{new}"
+       for section in SECTIONS for old, new in _RENAMED_IN_EVERY_SECTION.items()},
     **{f"{section}.eval_batch_size": f"{section}.per_device_eval_batch_size" for section in ("sft", "dpo")},
     "dpo.simpo.gamma": "dpo.simpo_gamma", "dpo.simpo.sft_weight": "dpo.cpo_alpha",
     "dpo.kto.desirable_weight": "dpo.desirable_weight", "dpo.kto.undesirable_weight": "dpo.undesirable_weight",
@@ -123,7 +124,8 @@ def trainer_problems(recipe: dict) -> list[str]:
         for name in sorted(passed):
             where = f"{section}.trainer.{name}"
             if name in SET_BY_TUNESMITH:
-                problems.append(f"{where}: tunesmith sets trl's {name} itself; {_setter(SET_BY_TUNESMITH[name], recipe, section)}")
+                instead = _setter(SET_BY_TUNESMITH[name], recipe, section)
+                problems.append(f"{where}: tunesmith sets trl's {name} itself; {instead}")
             elif name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=1)
                 problems.append(f"{where}: not a field of trl's {config.__name__} (installed trl)"
