@@ -55,6 +55,12 @@ def test_an_old_key_given_as_an_override_is_refused_the_same_way():
         load_recipe(DEFAULT, overrides={"sft.epochs": 3})
 
 
+def test_a_sweep_over_an_old_key_names_the_new_one():
+    recipe = put(raw(), "sweep", {"matrix": {"dpo.lora.alpha": [8, 16]}})
+    assert "sweep.matrix.dpo.lora.alpha: 'alpha' is not a key of 'dpo.lora' (renamed to dpo.lora.lora_alpha" \
+        in refused(recipe)
+
+
 def test_the_new_names_are_trls_and_pefts_fields():
     """Each renamed key's new name is a field of the trl config (or peft's LoraConfig) it reaches."""
     from peft import LoraConfig

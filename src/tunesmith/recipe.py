@@ -34,7 +34,7 @@ from tunesmith.schema import load_schema, strict_validator
 from tunesmith.fetch import fetched_models, model_problems
 from tunesmith.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.tasks import check_task_files
-from tunesmith.trl_fields import renamed_problems, trainer_problems
+from tunesmith.trl_fields import RENAMED, renamed_problems, trainer_problems
 
 __all__ = ["RecipeError", "apply_overrides", "load_recipe", "load_schema", "parse_overrides", "read_recipe",
            "validate_recipe", "variants", "workflow_recipe"]
@@ -408,7 +408,8 @@ def _set(recipe: dict, dotted: str, value) -> None:
             raise RecipeError(f"sweep.matrix.{dotted}: '{'.'.join(parents[:depth + 1])}' is not a recipe section")
         node = node[name]
     if last not in node:
-        raise RecipeError(f"sweep.matrix.{dotted}: '{last}' is not a key of '{'.'.join(parents)}'")
+        renamed = f" (renamed to {RENAMED[dotted]}: trl's and peft's own name)" if dotted in RENAMED else ""
+        raise RecipeError(f"sweep.matrix.{dotted}: '{last}' is not a key of '{'.'.join(parents)}'{renamed}")
     node[last] = _unshared(value)
 
 
