@@ -67,7 +67,7 @@ def load_recipe(path: str | os.PathLike, check_files: bool = False, overrides: d
     return validate_recipe(recipe, origin=origin, check_files=check_files)
 
 
-# ---- overrides: `--config set=sft.num_train_epochs=3,dpo.beta=0.2`, `tunesmith validate --set sft.num_train_epochs=3` ---------
+# ---- overrides: `--config set=sft.num_train_epochs=3,dpo.beta=0.2`, `tunesmith validate --set KEY=VALUE` ----
 
 _DOTTED = r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*"
 _NEXT_OVERRIDE = re.compile(rf",(?=\s*{_DOTTED}\s*=)")  # a comma that starts the next KEY=VALUE
