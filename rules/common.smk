@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 from tunesmith import plan
 from tunesmith import summary
 from tunesmith.launcher import job_resources
-from tunesmith.logs import explain_stale_locks, when_nothing_to_do
+from tunesmith.logs import explain_stale_locks, stop_workflow, when_nothing_to_do
 from tunesmith.on_policy import pairs_source
 from tunesmith.recipe import RecipeError, combinations, replicate_seeds, replicates, variants, workflow_recipe
 
@@ -21,7 +21,7 @@ try:
     VARIANTS = variants(RECIPE, origin=RECIPE_PATH)
     REPLICATES = replicates(RECIPE)  # `repeats`: the recipe under further seeds, named seed=N
 except RecipeError as error:
-    raise WorkflowError(str(error)) from None
+    stop_workflow(error)  # our message alone, without Snakemake's header pointing at this file
 # A killed run's lock: Snakemake's error then names the unlock command that works here.
 explain_stale_locks(config.get("recipe"))
 config.clear()
@@ -442,7 +442,7 @@ onstart:
                 }
             )
         except ModelError as error:
-            raise WorkflowError(str(error)) from None
+            stop_workflow(error)
 
 
 def variant_overrides():
