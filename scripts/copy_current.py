@@ -6,5 +6,5 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "current"):
+with recorded(snakemake):
     copy_files(sources=list(snakemake.input), targets=list(snakemake.output))

@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
+with recorded(snakemake):
     curate(
         sources=snakemake.params.sources,
         role=snakemake.wildcards.role,

@@ -8,7 +8,7 @@ from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
 judged = list(snakemake.input.judged)
-with recorded(snakemake, "evaluate"):
+with recorded(snakemake):
     evaluate(
         generations=dict(zip(snakemake.params.stages, snakemake.input.generations)),
         references_path=snakemake.input.references or None,  # one file is a str, none an empty list

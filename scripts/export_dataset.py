@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, f"export_{snakemake.wildcards.role}"):
+with recorded(snakemake):
     export_curated(
         kept_path=snakemake.input.kept,
         data_card_path=snakemake.input.card,

@@ -7,7 +7,7 @@ from tunesmith.model import export_merged
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
+with recorded(snakemake):
     export_merged(
         base_path=snakemake.params.base_path,
         section=snakemake.params.base_model,

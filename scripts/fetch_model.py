@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "fetch"):
+with recorded(snakemake):
     fetch_model(
         path=snakemake.params.path,
         revision=snakemake.params.revision,

@@ -7,7 +7,7 @@ from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
+with recorded(snakemake):
     generate_answers(
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,

@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "ingest_source"):
+with recorded(snakemake):
     ingest_source(
         source=snakemake.params.sources[0],
         out_path=snakemake.output.ingested,

@@ -7,7 +7,7 @@ from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
 hub_offline()  # a local judge model is a fetched snapshot; an endpoint is not the hub
-with recorded(snakemake, f"judge_{snakemake.wildcards.stage}"):
+with recorded(snakemake):
     judge_answers(
         answers_path=snakemake.input.answers,
         tasks_path=snakemake.input.tasks,

@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "base_model"):
+with recorded(snakemake):
     pretrain_base(
         tokenizer_dir=snakemake.input.tokenizer,
         text_paths=list(snakemake.input.texts),

@@ -6,7 +6,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "leaderboard"):
+with recorded(snakemake):
     leaderboard(
         scores=dict(zip(snakemake.params.overrides, snakemake.input.scores)),
         overrides=snakemake.params.overrides,

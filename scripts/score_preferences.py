@@ -7,7 +7,7 @@ from tunesmith.preference_accuracy import score_preferences
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, f"preference_{snakemake.wildcards.stage}"):
+with recorded(snakemake):
     score_preferences(
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,

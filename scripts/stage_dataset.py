@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "stage_dataset"):
+with recorded(snakemake):
     stage_dataset(
         dataset_dir=snakemake.input.dataset,
         data_card_path=snakemake.input.card,

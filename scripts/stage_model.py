@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, f"stage_{snakemake.wildcards.kind}"):
+with recorded(snakemake):
     stage_model(
         kind=snakemake.wildcards.kind,
         stage=snakemake.wildcards.stage,

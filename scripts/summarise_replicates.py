@@ -5,7 +5,7 @@ from tunesmith.manifest import recorded
 from tunesmith.replicates import summarise_replicates
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "replicates"):
+with recorded(snakemake):
     summarise_replicates(
         evaluations=dict(zip(snakemake.params.seeds, snakemake.input.scores)),
         out_path=snakemake.output.scores,

@@ -7,7 +7,7 @@ from tunesmith.summary import write_summary
 
 log_to(snakemake.log[0])
 stage, reason = snakemake.params.submitted
-with recorded(snakemake, "summary"):
+with recorded(snakemake):
     write_summary(
         files=snakemake.params.files,
         stage=stage,

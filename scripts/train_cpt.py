@@ -9,7 +9,7 @@ from tunesmith.train import train_cpt
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, "cpt"):
+with recorded(snakemake):
     run_distributed(
         train_cpt,
         distributed=snakemake.params.distributed,

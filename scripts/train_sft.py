@@ -9,7 +9,7 @@ from tunesmith.train import train_sft
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, "sft"):
+with recorded(snakemake):
     run_distributed(
         train_sft,
         distributed=snakemake.params.distributed,

@@ -5,7 +5,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "tokenizer"):
+with recorded(snakemake):
     train_tokenizer(
         text_paths=list(snakemake.input.texts),
         vocab_size=snakemake.params.base_model["build"]["vocab_size"],

@@ -5,7 +5,7 @@ from tunesmith.manifest import recorded
 from tunesmith.unpaired import write_unpaired
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "unpair_preference"):
+with recorded(snakemake):
     write_unpaired(
         pairs_path=snakemake.input.pairs,
         seed=snakemake.params.seed,

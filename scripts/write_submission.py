@@ -6,7 +6,7 @@ from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "submission"):
+with recorded(snakemake):
     submit(
         requested=snakemake.params.submission["stage"],
         dpo_enabled=snakemake.params.dpo["enabled"],

@@ -219,7 +219,7 @@ def hub_recipe():
 def test_a_hub_model_is_fetched_once_and_every_model_step_consumes_it(hub_recipe):
     steps = plan.steps(hub_recipe)
     fetch = steps["fetch_base"]
-    assert fetch.stage == "fetch" and fetch.settings == {"path": "llm-jp/llm-jp-3-13b", "revision": None}
+    assert fetch.name == "fetch" and fetch.settings == {"path": "llm-jp/llm-jp-3-13b", "revision": None}
     model_steps = [name for name in steps if name in ("sft", "dpo") or name.startswith("generate_")]
     assert "sft" in model_steps and "generate_dpo" in model_steps
     for name in model_steps:

@@ -113,9 +113,15 @@ def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: 
 
 
 @contextmanager
-def recorded(job, stage: str):
+def recorded(job, stage: str | None = None):
     """Around a Snakemake script's work: first clear what an earlier, killed or failed attempt left beside
-    the job's outputs (temporary `.partial` siblings, the old manifest); on success, write the manifest."""
+    the job's outputs (temporary `.partial` siblings, the old manifest); on success, write the manifest.
+    The manifest names the job's stage as the stage registry does (`tunesmith.workflow.job_label` of the
+    job's rule and wildcards) unless `stage` is given."""
+    if stage is None:
+        from tunesmith.workflow import job_label  # the registry imports the plan; a manifest alone does not
+
+        stage = job_label(job.rule, job.wildcards)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     outputs = [os.fspath(p) for p in job.output]
     for output in outputs:

@@ -18,13 +18,11 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 
-from tunesmith.recipe import section_hash
+from tunesmith.recipe import key_parts, lookup, section_hash
 from tunesmith.fetch import fetched_models, is_local_folder, local_files
-from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
 PREFERENCE_STAGES = ("sft", "dpo")  # the stages whose preference accuracy is compared
@@ -50,7 +48,7 @@ class Stage:
 @dataclass(frozen=True)
 class Step:
     """One stage of one recipe: the recipe keys it reads with their values, and the keys it consumes."""
-    stage: str  # the step's name: "sft", "curate_preference", "generate_dpo", "ingest" (per source)...
+    name: str  # the step's name: "sft", "curate_preference", "generate_dpo", "ingest" (per source)...
     settings: dict  # the recipe restricted to the keys the stage reads
     upstream: dict = field(default_factory=dict)  # name -> key of a consumed artifact
     files: tuple = ()  # files outside the workflow (the task file) it reads
@@ -59,7 +57,8 @@ class Step:
 
     @property
     def key(self) -> str:
-        return section_hash({"stage": self.stage, "settings": self.settings, "upstream": self.upstream,
+        # Hashed under "stage" as before the field was renamed: built artifacts keep their keys.
+        return section_hash({"stage": self.name, "settings": self.settings, "upstream": self.upstream,
                              "files": list(self.files)})[:12]
 
 
@@ -274,23 +273,13 @@ STAGES = {
 
 # ---- picking settings -------------------------------------------------------------------------------
 
-_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-@functools.cache
-def _parts(dotted: str) -> tuple:
-    return tuple(name if name else int(index) for name, index in _PART.findall(dotted))
-
-
 def pick(recipe: dict, keys) -> dict:
     """The recipe restricted to `keys` (dotted paths; `sources[2].path` for a list item's key), shaped
     like the recipe. Of a list, only the picked items are kept, in order: a source's index in the
     recipe does not matter, its place among the picked ones does."""
     picked: dict = {}
     for dotted in keys:
-        parts, value = _parts(dotted), recipe
-        for part in parts:
-            value = value[part]
+        parts, value = key_parts(dotted), lookup(recipe, dotted)
         node = picked
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -323,33 +312,7 @@ def generic(dotted: str) -> str:
     return re.sub(r"\[\d+\]", "[]", dotted)
 
 
-def leaf_keys(recipe: dict, keys) -> set[str]:
-    """The dotted leaf keys under `keys` (a section stands for every key in it)."""
-    found = set()
-
-    def walk(value, dotted):
-        if isinstance(value, dict) and value and dotted != "sweep.matrix":
-            for name, item in value.items():
-                walk(item, f"{dotted}.{name}" if dotted else name)
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            for index, item in enumerate(value):
-                walk(item, f"{dotted}[{index}]")
-        else:
-            found.add(dotted)
-
-    for dotted in keys:
-        value = recipe
-        for part in _parts(dotted):
-            value = value[part]
-        walk(value, dotted)
-    return found
-
-
 # ---- the plan ---------------------------------------------------------------------------------------
-
-def sources_of(recipe: dict, role: str) -> list[dict]:
-    return [source for source in recipe["sources"] if source["role"] == role]
-
 
 def model_stages(recipe: dict) -> list[str]:
     """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
@@ -430,7 +393,7 @@ def steps(recipe: dict, data_of: dict | None = None) -> dict[str, Step]:
         files = row.files(recipe, instance) if row.files else tuple(
             value for value in (recipe["tasks"]["path"], recipe["tasks"]["references"],
                                 recipe["judge"]["prompt_template"], recipe["judge"]["reference_grades"])
-            if value and any(dotted.startswith(("tasks.", "judge.")) and _lookup(recipe, dotted) == value
+            if value and any(dotted.startswith(("tasks.", "judge.")) and lookup(recipe, dotted) == value
                              for dotted in reads))
         settings = row.shape(recipe, instance) if row.shape else pick(recipe, reads)
         # Ingest and fetch steps are named by their stage alone: two recipes (or a base that also
@@ -440,16 +403,14 @@ def steps(recipe: dict, data_of: dict | None = None) -> dict[str, Step]:
     return plan
 
 
-def _lookup(recipe: dict, dotted: str):
-    value = recipe
-    for part in _parts(dotted):
-        value = value[part]
-    return value
+def stage_of(step: Step) -> str:
+    """The stage-table row a step is an instance of (`generate_dpo` -> `generate`)."""
+    return next(name for name in STAGES if step.name == name or step.name.startswith(f"{name}_"))
 
 
 def folder_of(step: Step) -> str:
     """results/<folder>/<key>: where a keyed step's artifacts live."""
-    stage = next(name for name in STAGES if step.stage == name or step.stage.startswith(f"{name}_"))
+    stage = stage_of(step)
     if not STAGES[stage].folder:
-        raise ValueError(f"{step.stage} is not stored under a key")
+        raise ValueError(f"{step.name} is not stored under a key")
     return f"results/{STAGES[stage].folder}/{step.key}"

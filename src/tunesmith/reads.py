@@ -88,12 +88,6 @@ class RecordingParams:
         return self._params.items()
 
 
-def leaves(log: set) -> list[str]:
-    """The recorded paths that no other recorded path extends: what was read to the end."""
-    return sorted(path for path in log
-                  if not any(other != path and other.startswith((f"{path}.", f"{path}[")) for other in log))
-
-
 @contextmanager
 def recording_params(job, recording: RecordingParams):
     """`job.params` is `recording` inside the block. Snakemake's script object builds `params` afresh

@@ -11,7 +11,7 @@ from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, "dpo"):
+with recorded(snakemake):
     run_distributed(
         train_dpo,
         distributed=snakemake.params.distributed,
