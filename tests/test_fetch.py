@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO
 from hub_server import FakeHub, git_blob_id
 from tunesmith import plan
-from tunesmith.fetch import FetchError, fetch_model, file_sha256
+from tunesmith.fetch import FetchError, fetch_model
+from tunesmith.manifest import content_hash as file_sha256
 from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
 
 REPO_ID = "tiny-org/tiny-llama"

@@ -111,7 +111,7 @@ def test_kto_trains_on_the_unpaired_answers_curation_makes_of_the_pairs():
     assert kto["unpair_preference"].reads == ("seed",)
     assert kto["dpo"].upstream["dataset"] == kto["unpair_preference"].key
     # Preference accuracy still compares the stages on the curated pairs.
-    assert kto["preference_dpo"].upstream["dataset"] == kto["curate_preference"].key
+    assert kto["pair_accuracy_dpo"].upstream["dataset"] == kto["curate_preference"].key
     for name in ("default", "ORPO, untracked", "no DPO, no near-dup, no decontamination"):
         assert "unpair_preference" not in plan.steps(shaped(name)), name
 

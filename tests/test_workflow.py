@@ -42,7 +42,7 @@ def test_default_recipe_plans_every_stage(tmp_path):
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
         "train_preference_method": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
-        "summarise_run": 1, "score_preferences": 2, "current_submission": 1, "current_evaluation": 1,
+        "summarise_run": 1, "score_pair_accuracy": 2, "current_submission": 1, "current_evaluation": 1,
     }
 
 
@@ -293,7 +293,7 @@ def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
         checked.add(step.name)
     assert not problems, "\n".join(problems)
     assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
-                       "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo",
+                       "generate_base", "generate_sft", "generate_dpo", "pair_accuracy_sft", "pair_accuracy_dpo",
                        "evaluate", "submit"}
 
 
@@ -443,7 +443,7 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
         # The recipe is one of its own variants (beta 0.1, penalty 1.0): its keyed scores and submission are that one's.
         "generate_answers": 8, "evaluate_stages": 4, "write_submission": 4, "trace_lineage": 1, "summarise_run": 1,
         "current_evaluation": 1, "current_submission": 1, "variant_evaluation": 4, "variant_submission": 4,
-        "rank_variants": 1, "score_preferences": 3,
+        "rank_variants": 1, "score_pair_accuracy": 3,
     }
     assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
 

@@ -20,7 +20,7 @@ import yaml
 
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.export_data import configs, export_dataset
-from tunesmith.fetch import file_sha256
+from tunesmith.manifest import content_hash
 
 CARD = "README.md"
 # The recipe sections a model card shows, in this order, when the run has them.
@@ -230,7 +230,7 @@ def upload_plan(folder: str | os.PathLike, repo_id: str | None, repo_type: str, 
         raise HubError(f"{key} is null: name the hub repository (owner/name) to push {what} to")
     folder = Path(folder)
     # Hidden entries are bookkeeping (Snakemake's .snakemake_timestamp in a directory output), not content.
-    files = [{"path": str(file.relative_to(folder)), "size": file.stat().st_size, "sha256": file_sha256(file)}
+    files = [{"path": str(file.relative_to(folder)), "size": file.stat().st_size, "sha256": content_hash(file)}
              for file in sorted(folder.rglob("*")) if file.is_file()
              and not any(part.startswith(".") for part in file.relative_to(folder).parts)]
     if not any(entry["path"] == CARD for entry in files):

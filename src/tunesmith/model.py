@@ -20,7 +20,7 @@ import torch
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "tunesmith.json"
-TRAINED = "default"  # peft's name for the adapter a stage trains: the trainer saves it at the folder's root
+TRAINED_ADAPTER = "default"  # peft's name for the adapter a stage trains: the trainer saves it at the folder's root
 BENEATH = "beneath"  # the frozen adapter of the stage below
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -170,10 +170,10 @@ def trainable_model(base_path: str, section: dict, beneath: str | None, new_adap
     model = PeftModel.from_pretrained(model, beneath, adapter_name=BENEATH, is_trainable=False,
                                       autocast_adapter_dtype=not zero3)
     if continue_adapter is not None:
-        model.load_adapter(continue_adapter, adapter_name=TRAINED, is_trainable=True,
+        model.load_adapter(continue_adapter, adapter_name=TRAINED_ADAPTER, is_trainable=True,
                            autocast_adapter_dtype=not zero3)
     else:
-        model.add_adapter(TRAINED, new_adapter, autocast_adapter_dtype=not zero3)
+        model.add_adapter(TRAINED_ADAPTER, new_adapter, autocast_adapter_dtype=not zero3)
     activate_stack(model)
     return model
 
@@ -184,10 +184,10 @@ def activate_stack(model) -> None:
     if BENEATH not in model.peft_config:
         return
     # The trained adapter first: the trainer treats the first active adapter as the one it trains.
-    model.base_model.set_adapter([TRAINED, BENEATH])
-    model.active_adapter = TRAINED
+    model.base_model.set_adapter([TRAINED_ADAPTER, BENEATH])
+    model.active_adapter = TRAINED_ADAPTER
     model.set_requires_grad(BENEATH, requires_grad=False)
-    model.set_requires_grad(TRAINED, requires_grad=True)
+    model.set_requires_grad(TRAINED_ADAPTER, requires_grad=True)
 
 
 def chat_template(template_section: dict, tokenizer) -> str | None:

@@ -25,7 +25,7 @@ from tunesmith.recipe import key_parts, lookup, section_hash
 from tunesmith.fetch import fetched_models, is_local_folder, local_files
 
 MODEL_STAGES = ("base", "sft", "dpo")
-PREFERENCE_STAGES = ("sft", "dpo")  # the stages whose preference accuracy is compared
+PAIR_ACCURACY_STAGES = ("sft", "dpo")  # the stages whose preference accuracy on held-out pairs is compared
 ROLES = ("sft", "preference")
 # What an ingest step reads of its source; style, columns, weight and caps are curation's business.
 INGEST_KEYS = ("id", "path", "format", "role", "split")
@@ -113,7 +113,7 @@ def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
         keys.append(f"{section}.lora")
     if "packing" in values and not values["packing"]:
         keys.remove(f"{section}.packing_strategy")
-    if "method" in values:  # the preference stage: each method's own settings only for that method
+    if "method" in values:  # the dpo stage (dpo.method): each method's own settings only for that method
         method = values["method"]
         keys = [key for key in keys if key not in ("dpo.loss_type", "dpo.simpo", "dpo.kto")]
         keys += {"dpo": ["dpo.loss_type"], "simpo": ["dpo.simpo"], "kto": ["dpo.kto"]}.get(method, [])
@@ -249,7 +249,7 @@ STAGES = {
                           name: name for name in adapter_stages(r, stage)}}),
     # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
     # (no seed, no generation settings).
-    "preference": Stage("preference", lambda r, _: [*_model(r), *_template(r)], lambda r, stage: {
+    "pair_accuracy": Stage("pair_accuracy", lambda r, _: [*_model(r), *_template(r)], lambda r, stage: {
         **_built_base(r), **{name: name for name in adapter_stages(r, stage)}, "dataset": "curate_preference"}),
     # One judge job per scored stage, and `reference` for the answers of judge.reference_grades.
     "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
@@ -261,7 +261,8 @@ STAGES = {
         **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
         **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
         **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {}),
-        **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
+        **({f"pair_accuracy_{stage}": f"pair_accuracy_{stage}" for stage in PAIR_ACCURACY_STAGES}
+           if r["dpo"]["enabled"] else {})}),
     # The submitted answers: one stage's, or with `submission.stage: best` the stage the evaluation's paired
     # tests pick (tunesmith.choice), so then it consumes the evaluation.
     "submit": Stage("submissions", lambda r, _: ["submission.stage", "submission.allow_empty", "dpo.enabled",
@@ -333,7 +334,7 @@ def judge_enabled(recipe: dict) -> bool:
 
 
 def preference_dataset(recipe: dict) -> str:
-    """The step whose dataset the preference stage trains on: the curated pairs, or for KTO their answers
+    """The step whose dataset the dpo stage (any dpo.method) trains on: the curated pairs, or for KTO their answers
     labelled one by one."""
     return "unpair_preference" if recipe["dpo"]["method"] == "kto" else "curate_preference"
 
@@ -363,7 +364,7 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
     if recipe["dpo"]["enabled"]:
         found.append(("dpo", "dpo", None))
         # Preference accuracy (issue 13): the compared stages on the held-out preference pairs.
-        found += [(f"preference_{stage}", "preference", stage) for stage in PREFERENCE_STAGES]
+        found += [(f"pair_accuracy_{stage}", "pair_accuracy", stage) for stage in PAIR_ACCURACY_STAGES]
     found += [(f"generate_{stage}", "generate", stage) for stage in model_stages(recipe)]
     if judge_enabled(recipe):
         found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]

@@ -32,6 +32,7 @@ from tunesmith.recipe_file import RecipeError, _excerpt, _RecipeLoader, _unshare
 from tunesmith.preference import preference_problems
 from tunesmith.schema import load_schema, strict_validator
 from tunesmith.fetch import fetched_models, model_problems
+from tunesmith.launcher import sharding_problem
 from tunesmith.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.tasks import check_task_files
 
@@ -218,9 +219,7 @@ def _cross_key_problems(recipe: dict) -> list[str]:
     if recipe["continued_pretraining"]["enabled"] and "pretrain" not in roles:
         problems.append("continued_pretraining.enabled: true trains on the pretrain sources' text, but no source "
                         "has role 'pretrain'")
-    if recipe["distributed"]["strategy"] == "fsdp" and recipe["base_model"]["quantization"] != "none":
-        problems.append("distributed.strategy: fsdp cannot shard a quantised base (base_model.quantization); "
-                        "use ddp")
+    problems += filter(None, [sharding_problem(recipe["distributed"], recipe["base_model"])])
     for index, source in enumerate(recipe["sources"]):
         if (source["format"] == "text") != (source["role"] == "pretrain"):
             problems.append(f"sources[{index}].format: '{source['format']}' does not fit role '{source['role']}'")

@@ -30,7 +30,7 @@ RULES = {
     "fetch": "fetch_model", "tokenizer": "train_tokenizer", "base_model": "pretrain_base",
     "ingest": "ingest_source", "curate": "curate_data", "unpair": "unpair_preferences",
     "cpt": "train_cpt", "sft": "train_sft", "dpo": "train_preference_method",
-    "generate": "generate_answers", "preference": "score_preferences", "judge": "judge_answers",
+    "generate": "generate_answers", "pair_accuracy": "score_pair_accuracy", "judge": "judge_answers",
     "evaluate": "evaluate_stages", "submit": "write_submission",
 }
 TRAINING_STAGES = ("cpt", "sft", "dpo")  # stages that train an adapter (rules/train.smk)
@@ -238,8 +238,8 @@ class Workflow:
     def preference_scores(self, variant: str) -> dict[str, str]:
         """Stage -> its preference-accuracy file, for the stages a recipe compares (none without DPO)."""
         steps = self.plans[variant]
-        return {stage: self.step_output(variant, f"preference_{stage}", "scores", stage=stage)
-                for stage in plan.PREFERENCE_STAGES if f"preference_{stage}" in steps}
+        return {stage: self.step_output(variant, f"pair_accuracy_{stage}", "scores", stage=stage)
+                for stage in plan.PAIR_ACCURACY_STAGES if f"pair_accuracy_{stage}" in steps}
 
     def judged(self, variant: str, stage_names) -> dict[str, str]:
         """The judge's grades of each stage (and `reference`) for a variant; none without a judge."""
