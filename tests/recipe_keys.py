@@ -1,6 +1,13 @@
 """Test helpers over dotted recipe keys: the leaves under some keys, and the leaves of a read log."""
 
+import re
+
 from tunesmith.recipe import lookup
+
+
+def generic(dotted: str) -> str:
+    """A key with list indexes dropped (`sources[2].path` -> `sources[].path`), as the schema names it."""
+    return re.sub(r"\[\d+\]", "[]", dotted)
 
 
 def leaf_keys(recipe: dict, keys) -> set[str]:

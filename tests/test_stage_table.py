@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO
-from recipe_keys import leaf_keys
+from recipe_keys import generic, leaf_keys
 from stage_keys import alternatives, downstream_of as downstream, get as _get, put as _put
 from tunesmith import plan
 from tunesmith.curate import curate_memory_limit
@@ -83,9 +83,9 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
                 recipe = shaped(shape, base)
             except RecipeError:
                 continue  # e.g. continued pretraining without a pretrain source
-            read |= {plan.generic(key) for step in plan.steps(recipe).values()
+            read |= {generic(key) for step in plan.steps(recipe).values()
                      for key in leaf_keys(recipe, step.reads + step.unkeyed)}
-    declared = {plan.generic(key) for key in leaves(shaped("default"))}
+    declared = {generic(key) for key in leaves(shaped("default"))}
     # Switches that decide which stages exist (repeats: the seed replicates, rules/common.smk), and the
     # opt-in push rules' own section (rules/publish.smk).
     unused = {key for key in declared - read

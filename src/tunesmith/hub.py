@@ -67,10 +67,15 @@ def base_model_id(record: dict | None) -> tuple[str | None, str | None]:
     return None, None
 
 
-def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_cards: dict[str, dict],
-               scores: dict | None, record: dict | None, publish: dict) -> str:
-    """The model card of an adapter chain (`kind` adapter) or a merged export (`kind` export) of
-    `stage`: hub metadata, how to load it, the template, the recipe sections, data counts, scores."""
+NO_PUBLISH = {"license": None, "model_repo": None, "dataset_repo": None}
+
+
+def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_cards: dict[str, dict] | None,
+               scores: dict | None, record: dict | None, publish: dict = NO_PUBLISH, chain: list[dict] = ()) -> str:
+    """The one model card: of an adapter chain (`kind` adapter) or a merged export (`kind` export) of
+    `stage`: hub metadata, how to load it, the adapters merged in (`chain`, from the adapter metadata), the
+    template, the recipe sections, data counts and scores. An export's own folder gets it as soon as it is
+    merged (`data_cards` None: no data or scores section); the staged folder of a push gets the full card."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base_repo, commit = base_model_id(record)
@@ -86,6 +91,9 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
     body = [f"# {repo.split('/')[-1]}", "",
             f"{'LoRA adapters' if kind == 'adapter' else 'A merged model'} of the **{stage}** stage, trained by "
             f"tunesmith from {base_text}.", ""]
+    if chain:
+        body += ["Adapters, in training order: " + " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in chain)
+                 + ("; merged into the base (on the CPU, without quantisation)." if kind == "export" else "."), ""]
     body += ["## Use", ""]
     if kind == "export":
         body += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -109,8 +117,9 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
              f"`{template['kind']}`" + (":" if template["kind"] == "plain" else " (the tokenizer's chat template)."), ""]
     if template["kind"] == "plain":
         body += ["```", template["prompt"].rstrip("\n"), "```", ""]
-    body += ["## Scores on the task file", "", *_scores_table(scores)]
-    body += ["## Training data", "", *_counts_table(data_cards)]
+    if data_cards is not None:
+        body += ["## Scores on the task file", "", *_scores_table(scores)]
+        body += ["## Training data", "", *_counts_table(data_cards)]
     body += ["## Recipe", "", "The recipe sections that made this model (every default filled in):", ""]
     shown = [name for name in MODEL_SECTIONS if name in sections
              if name != "continued_pretraining" or sections[name]["enabled"]
@@ -199,9 +208,13 @@ def stage_model(kind: str, stage: str, sources: list[str], sections: dict, data_
     export (`kind` export: `sources` is its folder) of `stage` with its model card."""
     record = _read_json(record_path)
     base_repo, commit = base_model_id(record)
+    from tunesmith.model import METADATA_FILE  # torch: only in the job, not where the workflow imports hub
+
     adapters = sources if kind == "adapter" else []
+    metadata = Path(sources[-1], METADATA_FILE)
+    chain = json.loads(metadata.read_text(encoding="utf-8")).get("chain", []) if metadata.is_file() else []
     card = model_card(kind, stage, sections, adapters, {role: _read_json(path) for role, path in data_cards.items()},
-                      _read_json(scores_path), record, publish)
+                      _read_json(scores_path), record, publish, chain)
     names = [Path(adapter).parent.parent.name for adapter in adapters]
     parts = adapter_parts(adapters, names) if kind == "adapter" else [("", sources[0])]
     return stage_folder(parts, out_dir, card, base_repo=base_repo if kind == "adapter" else None, base_commit=commit)

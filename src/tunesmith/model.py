@@ -214,6 +214,7 @@ def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, tem
     from peft import PeftModel
 
     from tunesmith.atomic import atomic_path
+    from tunesmith.hub import model_card
 
     unquantised = {**section, "quantization": "none"}
     model = load_base(base_path, unquantised, on=torch.device("cpu"))
@@ -224,23 +225,12 @@ def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, tem
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "README.md").write_text(model_card(base_path, section, adapter, adapter_metadata,
-                                                        template_section), encoding="utf-8")
+        chain = adapter_metadata.get("chain", [])
+        card = model_card("export", chain[-1]["stage"] if chain else "export", {"base_model": section,
+                          "template": template_section}, [], None, None, None, chain=chain)
+        (Path(tmp) / "README.md").write_text(card, encoding="utf-8")
         write_metadata(tmp, stage="export", base_model=base_path, adapter=adapter, dtype=section["dtype"],
                        chain=adapter_metadata.get("chain", []), template_hash=adapter_metadata.get("template_hash"))
-
-
-def model_card(base_path: str, section: dict, adapter: str, metadata: dict, template_section: dict) -> str:
-    chain = " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in metadata.get("chain", []))
-    prompt = template_section["prompt"] if template_section["kind"] == "plain" else "(the tokenizer's chat template)"
-    return (
-        f"# Fine-tuned {base_path}\n\n"
-        f"Built by tunesmith: the base model `{base_path}` with the adapter chain {chain or adapter} merged in "
-        f"({section['dtype']}, merged on CPU without quantisation).\n\n"
-        f"## Prompt\nThe model was trained on prompts rendered as below; `tokenizer.apply_chat_template("
-        f"messages, add_generation_prompt=True)` reproduces it (BOS included).\n\n```\n{prompt}```\n\n"
-        f"Rows trained: {metadata.get('rows', 'unknown')}; template hash {metadata.get('template_hash')}.\n"
-    )
 
 
 def write_metadata(folder: str | os.PathLike, **fields) -> None:

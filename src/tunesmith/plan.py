@@ -18,7 +18,6 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from tunesmith.recipe import key_parts, lookup, section_hash
@@ -306,11 +305,6 @@ def _as_lists(node):
     if items and all(isinstance(name, int) for name in items):
         return [items[index] for index in sorted(items)]
     return items
-
-
-def generic(dotted: str) -> str:
-    """A key with list indexes dropped (`sources[2].path` -> `sources[].path`), as the schema names it."""
-    return re.sub(r"\[\d+\]", "[]", dotted)
 
 
 # ---- the plan ---------------------------------------------------------------------------------------

@@ -43,10 +43,6 @@ UNKEYED_RULES = {
 }
 
 
-def rule_of(stage: str) -> str:
-    return RULES[stage]
-
-
 def stage_of_rule(rule: str) -> str:
     """The stage-table name of what a rule makes (`ingest_source` -> `ingest`), for its manifest."""
     found = [stage for stage, name in RULES.items() if name == rule]
@@ -363,4 +359,4 @@ def load(config: dict, configfiles, basedir, locate=_unset_locate) -> Workflow:
 
 
 __all__ = ["KEY", "KEYED_PATH", "RULES", "RecipeError", "Workflow", "WorkflowError", "job_label", "load",
-           "rule_of", "scored_by", "source_paths", "stage_of_rule"]
+           "scored_by", "source_paths", "stage_of_rule"]
