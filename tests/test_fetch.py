@@ -16,7 +16,7 @@ from conftest import REPO
 from hub_server import FakeHub, git_blob_id
 from tunesmith import plan
 from tunesmith.fetch import FetchError, fetch_model
-from tunesmith.manifest import content_hash as file_sha256
+from tunesmith.atomic import content_hash as file_sha256
 from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
 
 REPO_ID = "tiny-org/tiny-llama"
@@ -235,7 +235,7 @@ def test_pinning_a_revision_is_a_new_key_downstream_only(hub_recipe):
     after = {name: step.key for name, step in plan.steps(pinned).items()}
     changed = {name for name in before if before[name] != after[name]}
     downstream = {name for name in before
-                  if name in ("sft", "dpo", "evaluate", "submit") or name.startswith(("generate_", "judge_", "preference_"))}
+                  if name in ("sft", "dpo", "evaluate", "submit") or name.startswith(("generate_", "judge_", "pair_accuracy_"))}
     assert changed == {"fetch_base"} | downstream and "curate_sft" not in changed
 
 

@@ -426,7 +426,7 @@ def test_the_answers_page_groups_by_the_same_field_the_family_scores_read(tmp_pa
                   + dump({"task_id": 1, "input": "b", "category": "addition"}) + "\n")
     page = answers_page({**files, "tasks": str(tasks)}, "sft")
     assert read_task_families(tasks) == {0: "capital"}
-    assert re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page) == ["capital: 1 task", "all: 1 task"]
+    assert re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page) == ["capital: 1 tasks", "all: 1 tasks"]
     bad = write(tmp_path / "bad.jsonl", dump({"task_id": 0, "input": "a", "family": 3}) + "\n")
     with pytest.raises(TaskFileError, match="bad.jsonl:1: field 'family'"):
         answers_page({**files, "tasks": str(bad)}, "sft")

@@ -346,7 +346,7 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
 
 @pytest.mark.e2e
 def test_every_artifact_has_a_manifest(default_run):
-    from tunesmith.manifest import content_hash
+    from tunesmith.atomic import content_hash
 
     current = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
     assert current["stage"] == "current"  # submission.jsonl is a copy of the recipe's keyed submission

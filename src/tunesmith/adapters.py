@@ -36,6 +36,7 @@ import torch
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 TRAINED_FOLDER = "trained"
+METADATA_FILE = "tunesmith.json"  # what tunesmith records of a stage's adapter (or export) beside it (model.write_metadata)
 _PAIR = (".lora_A.weight", ".lora_B.weight")
 
 

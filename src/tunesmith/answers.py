@@ -127,7 +127,7 @@ def answers_page(files: dict, submitted: str) -> str:
     header = "<tr><th>task</th><th>input</th>" + ("<th>reference</th>" if references else "") + "".join(
         f"<th>{html.escape(name)}</th>" for name in names) + "</tr>"
     for index, (family, task_ids) in enumerate(groups.items()):
-        out += [f'<h2 id="family-{index}">{html.escape(family)}: {len(task_ids)} task{"s" if len(task_ids) != 1 else ""}</h2>',
+        out += [f'<h2 id="family-{index}">{html.escape(family)}: {len(task_ids)} tasks</h2>',
                 '<table class="scores"><tr>' + "".join(f"<th>{html.escape(name)}</th>" for name in names) + "</tr>"
                 f"<tr>{_family_scores(stages, task_ids)}</tr></table>", f"<table>{header}"]
         for task_id in task_ids:

@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, content_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,6 @@ def _place(source: Path, target: Path, link: str) -> str:
 
 def _lay_out(files: list[tuple[str, Path]], out_dir: str, link: str) -> tuple[dict, dict]:
     """Place each (relative name, source file) in out_dir atomically; hash what landed there."""
-    from tunesmith.manifest import content_hash  # the one file hasher; manifest imports recipe, which imports fetch
-
     hashes, placed = {}, {"linked": 0, "copied": 0, "symlinked": 0}
     with atomic_path(out_dir, directory=True) as tmp:
         for name, source in files:

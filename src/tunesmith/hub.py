@@ -18,9 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, content_hash, write_json
 from tunesmith.export_data import configs, export_dataset
-from tunesmith.manifest import content_hash
 
 CARD = "README.md"
 # The recipe sections a model card shows, in this order, when the run has them.
@@ -208,7 +207,7 @@ def stage_model(kind: str, stage: str, sources: list[str], sections: dict, data_
     export (`kind` export: `sources` is its folder) of `stage` with its model card."""
     record = _read_json(record_path)
     base_repo, commit = base_model_id(record)
-    from tunesmith.model import METADATA_FILE  # torch: only in the job, not where the workflow imports hub
+    from tunesmith.adapters import METADATA_FILE  # torch: only in the job, not where the workflow imports hub
 
     adapters = sources if kind == "adapter" else []
     metadata = Path(sources[-1], METADATA_FILE)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.adapters import METADATA_FILE
+
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "tunesmith.json"
 TRAINED_ADAPTER = "default"  # peft's name for the adapter a stage trains: the trainer saves it at the folder's root
 BENEATH = "beneath"  # the frozen adapter of the stage below
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}

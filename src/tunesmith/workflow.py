@@ -14,12 +14,9 @@ import re
 from pathlib import Path
 
 from tunesmith import plan
-from tunesmith.choice import submission_reason
-from tunesmith.hub import MODEL_SECTIONS
 from tunesmith.recipe import (RecipeError, combinations, load_recipe_and_variants, replicate_seeds, replicates,
                               workflow_recipe)
 from tunesmith.sources import source_files
-from tunesmith.summary import key_settings
 
 KEY_LENGTH = 12  # hex digits of a step's content key (plan.Step.key)
 KEY = f"[0-9a-f]{{{KEY_LENGTH}}}"  # the wildcard constraint of `{key}` and what `tunesmith explain` matches
@@ -53,9 +50,10 @@ def stage_of_rule(rule: str) -> str:
     raise KeyError(f"rule {rule} is in no stage of tunesmith.workflow.RULES or UNKEYED_RULES")
 
 
-def job_label(rule: str, wildcards) -> str:
-    """A job's label in its manifest: its stage, with the role or stage it is for (`curate_sft`, `generate_dpo`)."""
-    stage, names = stage_of_rule(rule), dict(wildcards.items()) if hasattr(wildcards, "items") else {}
+def job_label(job) -> str:
+    """What a job's manifest calls its stage (`recorded(snakemake, job_label(snakemake))`): the registry's
+    stage of its rule, with the role or stage it is for (`curate_sft`, `generate_dpo`, `ingest`)."""
+    stage, names = stage_of_rule(job.rule), dict(job.wildcards.items())
     instance = names.get("role") or names.get("stage") or names.get("kind")
     return f"{stage}_{instance}" if instance else stage
 
@@ -323,11 +321,15 @@ class Workflow:
     def submitted(self) -> tuple[str, str]:
         """The submitted stage and why (the summary's first line); for `best`, what the choice file says once the
         submission job wrote it (tunesmith.summary.collect reads it again at job time)."""
+        from tunesmith.choice import submission_reason  # scipy and more: kept out of the jobs that import the registry
+
         stage = plan.submitted_stage(self.recipe)
         return stage, submission_reason(stage, self.recipe["submission"]["stage"], self.recipe["dpo"]["enabled"])
 
     def recipe_facts(self) -> dict:
         """What the report's first page names of the recipe: its file and key settings."""
+        from tunesmith.summary import key_settings  # scipy, matplotlib: kept out of jobs, as above
+
         return {"path": str(self.path), "settings": key_settings(self.recipe)}
 
     # ---- publishing ----
@@ -340,6 +342,8 @@ class Workflow:
 
     def model_sections(self) -> dict:
         """The recipe sections a model card shows (tunesmith.hub.MODEL_SECTIONS)."""
+        from tunesmith.hub import MODEL_SECTIONS
+
         return {name: self.recipe[name] for name in MODEL_SECTIONS}
 
     def publish_settings(self) -> dict:
