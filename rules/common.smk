@@ -91,12 +91,8 @@ tokenizer = by_key(lambda key: WORKFLOW.consumed(key, "tokenizer", "tokenizer")[
 fetch_inputs = by_key(lambda key: list(WORKFLOW.step(key).files))
 
 
-def judge_template(wildcards):
-    return step(wildcards).settings["judge"]["prompt_template"] or []
-
-
-def judge_is_remote(wildcards):
-    return step(wildcards).settings["judge"]["backend"] == "openai"
+judge_template = by_key(lambda key: WORKFLOW.step(key).settings["judge"]["prompt_template"] or [])
+judge_is_remote = by_key(lambda key: WORKFLOW.step(key).settings["judge"]["backend"] == "openai")
 
 
 def training_resource(name):
@@ -119,34 +115,25 @@ def replicate_targets():
 
 
 def evaluation_targets():
-    return [rules.current_evaluation.output.scores] if registry.scored_by(WORKFLOW.recipe) else []
+    return [current_files()["scores"]] if registry.scored_by(WORKFLOW.recipe) else []
+
+
+def current_files():
+    # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
+    return {
+        "submission": str(rules.current_submission.output.submission),
+        "scores": str(rules.current_evaluation.output.scores),
+        "replicates": str(rules.summarise_replicates.output.scores),
+    }
 
 
 def run_files():
     """The files the recipe's end-of-run summary and report pages read (tunesmith.summary.collect)."""
-    current = {
-        "submission": rules.current_submission.output.submission,
-        "scores": rules.current_evaluation.output.scores,
-        "replicates": rules.summarise_replicates.output.scores,
-    }
-    # Plain strings: a rule's output is a path object tied to its rule, which a job's params cannot pickle.
-    return WORKFLOW.run_files({name: str(path) for name, path in current.items()})
+    return WORKFLOW.run_files(current_files())
 
 
 def summarise_inputs(wildcards):
-    """What the summary reads, as the rule's input: the files of run_files() (judged maps included)."""
-    files = run_files()
-    return {
-        "submission": files["submission"],
-        "tasks": files["tasks"],
-        "references": files["references"] or [],
-        "scores": evaluation_targets(),
-        "generations": list(files["generations"].values()),
-        "judged": list(files["judged"].values()),
-        "cards": list(files["cards"].values()),
-        "adapters": list(files["adapters"].values()),
-        "replicates": replicate_targets(),
-    }
+    return WORKFLOW.summary_inputs(current_files())
 
 
 def reported(path, current=True, **flags):
@@ -201,20 +188,9 @@ def exported_dataset(wildcards):
     }
 
 
-@asked
-def model_card_inputs(wildcards):
-    WORKFLOW.published_model(wildcards.stage)
-    sources = (
-        WORKFLOW.adapter_chain("", wildcards.stage)
-        if wildcards.kind == "adapter"
-        else [expand(rules.export_model.output.model, stage=wildcards.stage)[0]]
-    )
-    return {
-        "sources": sources,
-        **WORKFLOW.data_cards(),
-        "scores": evaluation_targets(),
-        "record": WORKFLOW.fetched_record("", "base"),
-    }
+model_card_inputs = asked(
+    lambda wildcards: WORKFLOW.model_card_inputs(wildcards.kind, wildcards.stage, current_files())
+)
 
 
 def publish_repo(kind):

@@ -171,3 +171,16 @@ def test_the_recipe_and_its_variants_load_together(monkeypatch):
     monkeypatch.chdir(REPO)
     recipe, sweep = load_recipe_and_variants("recipes/sweep.yaml")
     assert recipe["sweep"]["matrix"] and all(variant["sweep"] == {"matrix": {}} for variant in sweep.values())
+
+
+def test_the_summary_and_a_model_card_wait_only_for_what_the_run_makes(recipe):
+    current = {"submission": "submission.jsonl", "scores": "results/eval.json", "replicates": "r.json"}
+    found = registry(recipe)
+    assert found.summary_inputs(current)["scores"] == ["results/eval.json"]
+    assert found.summary_inputs(current)["replicates"] == []
+    unscored = registry(recipe, **{"tasks.references": None}, repeats=2)
+    assert unscored.summary_inputs(current)["scores"] == [] and unscored.summary_inputs(current)["replicates"] == ["r.json"]
+    card = found.model_card_inputs("export", "sft", current)
+    assert card["sources"] == ["export_model.model:stage=sft"] and card["scores"] == ["results/eval.json"]
+    assert set(card) == {"sources", "sft", "preference", "scores", "record"}
+    assert found.model_card_inputs("adapter", "dpo", current)["sources"] == found.adapter_chain("", "dpo")

@@ -6,6 +6,9 @@ functions that turn wildcards into calls of it. Where a path is a rule's output,
 handed `locate(rule, output, **wildcards)` (common.smk's `expand` of `rules.<rule>.output.<output>`),
 so paths stay written once, in the rules, and rule names are written once, here. Everything here is
 plain Python: tests build a Workflow from a recipe without Snakemake.
+
+Over 350 lines because it is what rules/common.smk computed (one short method per question a rule asks:
+the files a job waits for, its settings, the targets of a run), moved here to be read and tested as Python.
 """
 
 from __future__ import annotations
@@ -318,6 +321,18 @@ class Workflow:
                            if self.replicates else None),
         }
 
+    def summary_inputs(self, current: dict) -> dict:
+        """What the summary job waits for: the files of `run_files`, the fixed copies only where the run makes
+        them (scores when something scores the recipe, the replicates' table under `repeats`)."""
+        files = self.run_files(current)
+        return {
+            "submission": files["submission"], "tasks": files["tasks"], "references": files["references"] or [],
+            "scores": [files["scores"]] if files["configured"] else [],
+            "generations": list(files["generations"].values()), "judged": list(files["judged"].values()),
+            "cards": list(files["cards"].values()), "adapters": list(files["adapters"].values()),
+            "replicates": [current["replicates"]] if self.replicates else [],
+        }
+
     def submitted(self) -> tuple[str, str]:
         """The submitted stage and why (the summary's first line); for `best`, what the choice file says once the
         submission job wrote it (tunesmith.summary.collect reads it again at job time)."""
@@ -354,6 +369,14 @@ class Workflow:
         if stage == "dpo" and not self.recipe["dpo"]["enabled"]:
             raise WorkflowError("dpo.enabled is false: there is no dpo model to publish; use sft")
 
+    def model_card_inputs(self, kind: str, stage: str, current: dict) -> dict:
+        """What staging a model for the hub waits for: the adapter chain or the merged export, the data cards,
+        the scores (when something scores the recipe) and the base model's snapshot record."""
+        self.published_model(stage)
+        sources = self.adapter_chain("", stage) if kind == "adapter" else [self.locate("export_model", "model", stage=stage)]
+        return {"sources": sources, **self.data_cards(), "scores": [current["scores"]] if scored_by(self.recipe) else [],
+                "record": self.fetched_record("", "base")}
+
 
 def load(config: dict, configfiles, basedir, locate=_unset_locate) -> Workflow:
     """The Workflow of a Snakemake run: `--config recipe=PATH` (and `set=`), read and validated once, its
@@ -361,6 +384,3 @@ def load(config: dict, configfiles, basedir, locate=_unset_locate) -> Workflow:
     path, (recipe, sweep) = workflow_recipe(config, configfiles, basedir, loader=load_recipe_and_variants)
     return Workflow(path, recipe, sweep, locate)
 
-
-__all__ = ["KEY", "KEYED_PATH", "RULES", "RecipeError", "Workflow", "WorkflowError", "job_label", "load",
-           "scored_by", "source_paths", "stage_of_rule"]
