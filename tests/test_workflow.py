@@ -355,7 +355,7 @@ def test_every_artifact_has_a_manifest(default_run):
     assert keyed.read_bytes() == (default_run / "submission.jsonl").read_bytes()
     assert str(keyed.relative_to(default_run)) in current["inputs"]
     submission = json.loads(keyed.with_name("submission.jsonl.manifest.json").read_text())
-    assert submission["stage"] == "submission"
+    assert submission["stage"] == "submit"  # the stage registry's name (tunesmith.workflow.job_label)
     dpo_generations = one(default_run, "results/generations/*/dpo.jsonl").relative_to(default_run)
     assert str(dpo_generations) in submission["inputs"]
     sft_adapter = one(default_run, "results/sft/*/adapter")
