@@ -44,7 +44,7 @@ sweep:
 # 64 variants: two more generation settings and two DPO ones (each variant its own DPO and answers).
 SWEEP_64 = SWEEP + """    generate.batch_size: [8, 16]
     dpo.learning_rate: [0.00025, 0.0005]
-    dpo.epochs: [1, 2]
+    dpo.num_train_epochs: [1, 2]
 """
 TARGETS = {"default": 0.10, "sweep of 64": 0.20}  # issue 22: no-op -n at most this much above the bare workflow
 

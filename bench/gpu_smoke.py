@@ -71,8 +71,8 @@ PROFILES = {
                    num_key_value_heads=16, max_position_embeddings=2048),
         train_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
         generate_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
-        sft=dict(max_steps=20, batch_size=4, max_length=512),
-        dpo=dict(max_steps=10, batch_size=2, max_length=512),
+        sft=dict(max_steps=20, per_device_train_batch_size=4, max_length=512),
+        dpo=dict(max_steps=10, per_device_train_batch_size=2, max_length=512),
         generate=dict(batch_size=16, max_new_tokens=64),
         stages=("base", "sft", "dpo"), fill_rows=False, effect_kept=True, threads=4,
     ),
@@ -81,8 +81,8 @@ PROFILES = {
         model={key: value for key, value in LLM_JP_3_13B.items() if key not in ("bos_token_id", "eos_token_id")},
         train_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
         generate_base=dict(quantization="nf4", dtype="bfloat16", compute_dtype="bfloat16"),
-        sft=dict(max_steps=5, batch_size=2, max_length=512),
-        dpo=dict(max_steps=4, batch_size=2, max_length=512),
+        sft=dict(max_steps=5, per_device_train_batch_size=2, max_length=512),
+        dpo=dict(max_steps=4, per_device_train_batch_size=2, max_length=512),
         generate=dict(batch_size=8, max_new_tokens=128),
         stages=("dpo",), fill_rows=True, effect_kept=False, threads=8,
     ),
@@ -93,8 +93,8 @@ PROFILES = {
                    num_key_value_heads=4, max_position_embeddings=256),
         train_base=dict(quantization="none", dtype="float32", compute_dtype="float32"),
         generate_base=dict(quantization="nf4", dtype="float32", compute_dtype="float32"),
-        sft=dict(max_steps=4, batch_size=4, max_length=128),
-        dpo=dict(max_steps=4, batch_size=4, max_length=128),
+        sft=dict(max_steps=4, per_device_train_batch_size=4, max_length=128),
+        dpo=dict(max_steps=4, per_device_train_batch_size=4, max_length=128),
         generate=dict(batch_size=16, max_new_tokens=16),
         stages=("base", "sft", "dpo"), fill_rows=False, effect_kept=True,
         # One thread: on 2 shared cores, two OpenMP threads made tiny-model generation ~100x slower.
@@ -261,11 +261,11 @@ def train_stages(work: Path, base: Path, base_section: dict, recipe: dict, profi
             wall = time.perf_counter() - started
         figures = trainer_log(work / stage)
         rows = read_metadata(work / stage)
-        pairs = figures["steps"] * section["batch_size"]
+        pairs = figures["steps"] * section["per_device_train_batch_size"]
         measured[stage] = {**figures, "wall_seconds": wall, "loss": result["train_loss"], "peak_gib": peak_gib(on_gpu),
                            "tokens_per_s": figures["tokens"] / figures["seconds"],
                            "rows_per_s": pairs / figures["seconds"], "rows_trained": rows["rows"],
-                           "batch_size": section["batch_size"], "max_length": section["max_length"],
+                           "batch_size": section["per_device_train_batch_size"], "max_length": section["max_length"],
                            "learning_rate": section["learning_rate"], "packing": section["packing"]
                            if stage == "sft" else None, **watched}
         release_memory()

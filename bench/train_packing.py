@@ -154,8 +154,9 @@ def main() -> int:
     from tunesmith.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "recipes/default.yaml")
-    settings = dict(epochs=1, max_steps=-1, batch_size=options.batch_size, max_length=options.max_length,
-                    gradient_accumulation_steps=1, save_steps=0, activation_checkpointing=False, evaluations=0)
+    settings = dict(num_train_epochs=1, max_steps=-1, per_device_train_batch_size=options.batch_size,
+                    max_length=options.max_length, gradient_accumulation_steps=1, save_steps=0,
+                    activation_checkpointing=False, evaluations=0)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-packing-") as scratch:
         work = Path(scratch)

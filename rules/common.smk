@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 from tunesmith import summary, workflow as registry
 from tunesmith.launcher import job_resources
-from tunesmith.logs import explain_stale_locks, when_nothing_to_do
+from tunesmith.logs import explain_stale_locks, stop_workflow, when_nothing_to_do
 
 
 def locate(rule, output, **wildcards):
@@ -22,7 +22,7 @@ try:
     # Read by tunesmith, not by Snakemake's --configfile loader (which templates files, running code).
     WORKFLOW = registry.load(config, workflow.config_settings.configfiles, workflow.basedir, locate)
 except registry.RecipeError as error:
-    raise WorkflowError(str(error)) from None
+    stop_workflow(error)  # our message alone, without Snakemake's header pointing at this file
 # A killed run's lock: Snakemake's error then names the unlock command that works here.
 explain_stale_locks(config.get("recipe"))
 config.clear()
@@ -168,7 +168,7 @@ onstart:
         try:
             refuse_quantised_training_here(WORKFLOW.training_bases(jobs))
         except ModelError as error:
-            raise WorkflowError(str(error)) from None
+            stop_workflow(error)
 
 
 wildcard_constraints:

@@ -121,6 +121,8 @@ rule rank_variants:
         choices=expand(rules.variant_submission.output.choice, variant=WORKFLOW.variants),
         baseline=rules.current_evaluation.output.scores,
         baseline_choice=rules.current_submission.output.choice,
+        # `repeats`: the recipe under its further seeds, whose spread each variant is checked against.
+        baseline_seeds=list(WORKFLOW.replicate_evaluations().values()) if WORKFLOW.replicates else [],
     output:
         table=report("results/sweep/leaderboard.md", category="Sweep", caption="../report/leaderboard.rst"),
         scores="results/sweep/leaderboard.json",
@@ -128,6 +130,7 @@ rule rank_variants:
         "logs/rank_variants.log",
     params:
         overrides=WORKFLOW.variant_overrides(),
+        seeds=list(WORKFLOW.replicate_evaluations()) if WORKFLOW.replicates else [],
     script:
         "../scripts/rank_variants.py"
 

@@ -1,5 +1,5 @@
 """Rank a sweep's variants by the scores of the stage each submits, each against the recipe's own
-submission (paired): a leaderboard table."""
+submission (paired) and, with `repeats`, against the recipe's seed spread: a leaderboard table."""
 
 from tunesmith.leaderboard import leaderboard
 from tunesmith.logs import log_to
@@ -16,4 +16,5 @@ with recorded(snakemake, job_label(snakemake)):
         table_path=snakemake.output.table,
         baseline=snakemake.input.baseline,
         baseline_choice=snakemake.input.baseline_choice,
+        baseline_seeds=dict(zip(snakemake.params.seeds, snakemake.input.baseline_seeds)),
     )

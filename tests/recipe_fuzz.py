@@ -284,7 +284,7 @@ def document_mutations(text: str, raw: dict) -> list[Mutation]:
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi"))
     matrix = "".join(f"    generate.{key}: [1, 2, 3, 4]\n" for key in ("batch_size", "max_new_tokens"))
-    matrix += "".join(f"    {key}: [1, 2, 3, 4]\n" for key in ("sft.lora.r", "dpo.lora.r", "sft.lora.alpha"))
+    matrix += "".join(f"    {key}: [1, 2, 3, 4]\n" for key in ("sft.lora.r", "dpo.lora.r", "sft.lora.lora_alpha"))
     first_section = next(key for key in raw if isinstance(raw[key], dict))
     cases = [
         ("duplicate top-level key", text + "seed: 7\n" if "seed" in raw else text + "seed: 1\nseed: 7\n", "reject"),

@@ -585,3 +585,39 @@ def test_memory_limit_is_a_size_or_a_share_of_available_memory_and_too_little_na
         curate_module.duckdb_memory_limit("150%")
     with pytest.raises(CurationError, match=r"curate.memory_limit '4MB' \(4MB\) is too small .*raise it"):
         run(tmp_path, {"a": _corpus(2_000)}, memory_limit="4MB")
+
+
+def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone_gives(tmp_path, monkeypatch):
+    """normalise_texts works on each distinct text of a batch and takes the results back to its rows: the
+    files must be byte for byte those of computing every row by itself (nulls, absent and empty fields,
+    repeated prompts, repetitive answers, width variants, emoji joiners, characters Python redoes)."""
+    import tunesmith.curate_checks as checks
+
+    rows = [sft("同じ質問です。", f"答え{index}です。") for index in range(6)]
+    rows += [sft("同じ質問です。", "はい" * 30), sft("同じ質問です。", "はい" * 30, input=""),
+             sft("ＡＢＣについて　教えて。", "ＡＢＣです。", input=None), sft("ABCについて 教えて。", "ABCです。"),
+             sft("家族👩\u200d👩\u200d👧の写真", "いい写真\u200bです。", input="写真"), sft("家族👩\u200d👩\u200d👧の写真", "いい写真です。"),
+             sft("未割り当て\U000E0080の文字", "答えです。"), sft("同じ質問です。", None), sft("", "空の質問"),
+             json.dumps({"instruction": "出力なし"}, ensure_ascii=False).encode()]
+    data = b"\n".join(rows * 3) + b"\n"
+    distinct = checks._distinct
+    taken = []
+
+    def recorded(raw):
+        values, indices = distinct(raw)
+        taken.append(indices is not None)
+        return values, indices
+    monkeypatch.setattr(checks, "_distinct", recorded)
+    written = []
+    for share in (1.0, -1.0):  # every batch per distinct text, then every row by itself
+        monkeypatch.setattr(checks, "DISTINCT_SHARE", share)
+        taken.clear()
+        card, kept, quarantined = run(tmp_path, {"a": data}, near_dedup={"enabled": False}, max_prompt_chars=2048,
+                                      max_response_chars=2048)
+        assert all(taken) if share > 0 else not any(taken)
+        out = tmp_path / "out"
+        written.append([(out / name).read_bytes() for name in ("kept.parquet", "quarantine.parquet", "card.json")])
+    assert written[0] == written[1]
+    reasons = Counter(row["reason"] for row in quarantined)
+    assert reasons["repetitive"] == 2 * 3 and reasons["missing_field"] == 2 * 3, reasons
+    assert reasons["duplicate"] >= 2 * len(kept), reasons

@@ -241,9 +241,9 @@ def test_the_dpo_keys_are_checked_together():
     good = recipe()
     assert preference_problems(good) == []
     kto = recipe()
-    kto["dpo"] |= {"method": "kto", "batch_size": 1}
+    kto["dpo"] |= {"method": "kto", "per_device_train_batch_size": 1}
     assert preference_problems(kto) == [
-        "dpo.batch_size: method kto needs at least 2 answers per batch (its KL estimate pairs each answer with another "
+        "dpo.per_device_train_batch_size: method kto needs at least 2 answers per batch (its KL estimate pairs each answer with another "
         "row's prompt)"]
     orpo = recipe()
     orpo["dpo"] |= {"method": "orpo", "loss_type": "ipo"}
@@ -254,6 +254,6 @@ def test_the_recipe_validator_refuses_them_before_any_job():
     from tunesmith.recipe import RecipeError, validate_recipe
 
     kto = recipe()
-    kto["dpo"] |= {"method": "kto", "batch_size": 1}
-    with pytest.raises(RecipeError, match="dpo.batch_size: method kto needs at least 2"):
+    kto["dpo"] |= {"method": "kto", "per_device_train_batch_size": 1}
+    with pytest.raises(RecipeError, match="dpo.per_device_train_batch_size: method kto needs at least 2"):
         validate_recipe(kto)

@@ -43,3 +43,17 @@ def test_a_recorded_section_dumps_as_plain_yaml():
     section = wrap({"sources": [{"id": "a", "path": "x.jsonl"}], "curate": {"max": 3}}, log, "")
     assert yaml.safe_load(yaml.safe_dump(section)) == {"sources": [{"id": "a", "path": "x.jsonl"}], "curate": {"max": 3}}
     assert yaml.safe_load(yaml.dump(section["sources"])) == [{"id": "a", "path": "x.jsonl"}]
+
+
+def test_a_schema_key_is_read_only_when_it_or_something_inside_it_is_looked_up():
+    from tunesmith.reads import schema_leaves, unread_schema_keys
+
+    schema = {"properties": {
+        "dpo": {"properties": {"beta": {"type": "number"}, "lora": {"properties": {"r": {"type": "integer"}}},
+                               "trainer": {"type": "object"}}},
+        "sources": {"type": "array", "items": {"properties": {"path": {"type": "string"}}}}}}
+    assert schema_leaves(schema) == {"dpo.beta", "dpo.lora.r", "dpo.trainer", "sources[].path"}
+    # the sections alone (a stage that declares or hashes `dpo.lora` whole) read none of their keys
+    assert unread_schema_keys(schema, {"dpo", "dpo.lora", "sources", "sources[0]"}) == [
+        "dpo.beta", "dpo.lora.r", "dpo.trainer", "sources[].path"]
+    assert unread_schema_keys(schema, {"dpo.beta", "dpo.lora.r", "dpo.trainer.optim", "sources[3].path"}) == []

@@ -49,11 +49,11 @@ def test_competition_recipe_matches_the_competition_setup():
     }
     sft = recipe["sft"]
     assert sft["lora"] == {
-        "r": 32, "alpha": 32, "dropout": 0.05,
+        "r": 32, "lora_alpha": 32, "lora_dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     }
-    assert (sft["max_length"], sft["batch_size"], sft["gradient_accumulation_steps"]) == (512, 2, 4)
-    assert (sft["epochs"], sft["learning_rate"], sft["warmup_steps"]) == (1, 2e-4, 10)
+    assert (sft["max_length"], sft["per_device_train_batch_size"], sft["gradient_accumulation_steps"]) == (512, 2, 4)
+    assert (sft["num_train_epochs"], sft["learning_rate"], sft["warmup_steps"]) == (1, 2e-4, 10)
     assert recipe["seed"] == 3407
     assert recipe["generate"]["do_sample"] is False
     assert (recipe["generate"]["repetition_penalty"], recipe["generate"]["max_new_tokens"]) == (1.2, 512)
@@ -220,7 +220,7 @@ def test_alias_bombs_and_deep_nesting_are_refused_quickly(tmp_path, text):
 def test_anchors_are_copied_apart_so_a_sweep_changes_one_key(tmp_path):
     recipe = (REPO / "recipes" / "default.yaml").read_text(encoding="utf-8")
     recipe = recipe.replace("sft:\n  lora:\n", "sft:\n  lora: &lora\n").replace(
-        "dpo:\n  enabled: true\n  beta: 0.1\n  lora:\n    r: 8\n    alpha: 16\n    dropout: 0.0\n",
+        "dpo:\n  enabled: true\n  beta: 0.1\n  lora:\n    r: 8\n    lora_alpha: 16\n    lora_dropout: 0.0\n",
         "dpo:\n  enabled: true\n  beta: 0.1\n  lora: *lora\n")
     assert "*lora" in recipe
     loaded = load_recipe(write(tmp_path, recipe + "sweep:\n  matrix:\n    sft.lora.r: [4, 8]\n"))
@@ -430,12 +430,12 @@ def test_the_workflow_gets_the_variants_validation_made_without_validating_them_
 def test_overrides_are_parsed_as_yaml_values_split_at_each_key():
     from tunesmith.recipe import parse_overrides
 
-    assert parse_overrides("sft.epochs=3,dpo.beta=0.2") == {"sft.epochs": 3, "dpo.beta": 0.2}
+    assert parse_overrides("sft.num_train_epochs=3,dpo.beta=0.2") == {"sft.num_train_epochs": 3, "dpo.beta": 0.2}
     # a comma inside a value stays there; a value is YAML like the file's
     assert parse_overrides(["sft.lora.target_modules=[q_proj, v_proj],generate.do_sample=true", "seed="]) == {
         "sft.lora.target_modules": ["q_proj", "v_proj"], "generate.do_sample": True, "seed": None}
-    for bad, problem in [("sft.epochs", "is not KEY=VALUE"), ("sft.epochs=1,sft.epochs=2", "given twice"),
-                         ("sft.epochs=[1", "not valid YAML"), ({"sft.epochs": "3"}, "takes KEY=VALUE")]:
+    for bad, problem in [("sft.num_train_epochs", "is not KEY=VALUE"), ("sft.num_train_epochs=1,sft.num_train_epochs=2", "given twice"),
+                         ("sft.num_train_epochs=[1", "not valid YAML"), ({"sft.num_train_epochs": "3"}, "takes KEY=VALUE")]:
         with pytest.raises(RecipeError, match=problem):
             parse_overrides(bad)
 
@@ -446,13 +446,13 @@ def test_workflow_recipe_applies_set_and_validates_it_like_the_file(tmp_path):
 
     default = REPO / "recipes" / "default.yaml"
     _, plain = workflow_recipe({"recipe": str(default)}, [], REPO)
-    _, changed = workflow_recipe({"recipe": str(default), "set": "sft.epochs=3,dpo.beta=0.2"}, [], REPO)
-    assert (changed["sft"]["epochs"], changed["dpo"]["beta"]) == (3, 0.2)
+    _, changed = workflow_recipe({"recipe": str(default), "set": "sft.num_train_epochs=3,dpo.beta=0.2"}, [], REPO)
+    assert (changed["sft"]["num_train_epochs"], changed["dpo"]["beta"]) == (3, 0.2)
     # the stages' settings (what each job's manifest records) and keys follow the override
-    assert plan.steps(changed)["sft"].settings["sft"]["epochs"] == 3
+    assert plan.steps(changed)["sft"].settings["sft"]["num_train_epochs"] == 3
     assert plan.steps(changed)["sft"].key != plan.steps(plain)["sft"].key
-    with pytest.raises(RecipeError, match=r"sft\.epochs: must be above 0, got 0"):
-        workflow_recipe({"recipe": str(default), "set": "sft.epochs=0"}, [], REPO)
+    with pytest.raises(RecipeError, match=r"sft\.num_train_epochs: must be above 0, got 0"):
+        workflow_recipe({"recipe": str(default), "set": "sft.num_train_epochs=0"}, [], REPO)
     with pytest.raises(RecipeError, match=r"sft: unknown key\(s\) 'learning_rte' \(did you mean 'learning_rate'\?\)"):
         workflow_recipe({"recipe": str(default), "set": "sft.learning_rte=1e-4"}, [], REPO)
     # a key Snakemake lets through (no dot) that is not ours points to the supported form
@@ -472,9 +472,9 @@ def test_cli_validate_set_and_show_without_null_column_mappings(tmp_path, capsys
     from tunesmith.cli import main
 
     default = str(REPO / "recipes" / "default.yaml")
-    assert main(["validate", default, "--no-files", "--show", "--set", "sft.epochs=3", "--set", "dpo.beta=0.2"]) == 0
+    assert main(["validate", default, "--no-files", "--show", "--set", "sft.num_train_epochs=3", "--set", "dpo.beta=0.2"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert (shown["sft"]["epochs"], shown["dpo"]["beta"]) == (3, 0.2)
+    assert (shown["sft"]["num_train_epochs"], shown["dpo"]["beta"]) == (3, 0.2)
     assert all(source["columns"] == {} for source in shown["sources"])
     assert shown["sources"][0]["max_rows"] is None  # a null that is a setting stays
     mapped = tmp_path / "mapped.yaml"

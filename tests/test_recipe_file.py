@@ -38,7 +38,7 @@ def test_a_learning_rate_in_e_notation_is_a_number(tmp_path):
 
 
 @pytest.mark.parametrize("key, text, said", [
-    ("sft.epochs", "1:30", "must be number, got '1:30' (recipes are read as YAML 1.2, where it is text; "
+    ("sft.num_train_epochs", "1:30", "must be number, got '1:30' (recipes are read as YAML 1.2, where it is text; "
                            "YAML 1.1 would read 1:30 as 90)"),
     ("dpo.enabled", "yes", "must be boolean, got 'yes' (recipes are read as YAML 1.2, where it is text; "
                            "YAML 1.1 would read yes as True)"),

@@ -130,3 +130,14 @@ def test_the_quick_recipe_under_two_seeds_reports_each_stages_spread(tmp_path):
     own = json.loads((work / "results/eval.json").read_text(encoding="utf-8"))["stages"]
     assert written["stages"]["sft"]["chrf"]["per_seed"]["42"] == own["sft"]["chrf"]
     assert "| sft | exact match |" in (work / "results/replicates.md").read_text(encoding="utf-8")
+    # `tunesmith compare` finds both seeds from the recipe and from a result key (results/replicates.json).
+    from tunesmith.compare import compare
+
+    key = written["evaluations"]["42"].split("/")[2]
+    text, facts, _ = compare(path, key, root=work)
+    assert facts["seeds"]["a"] == facts["seeds"]["b"] == [42, 43] and "Seeds: 2 vs 2" in text
+    for stage in ("sft", "dpo"):
+        exact = facts["seeds"]["scores"][stage]["overall"]["exact match"]
+        assert exact["a"] == pytest.approx(written["stages"][stage]["exact_match"]["mean"])
+        assert exact["difference"] == 0 and exact["verdict"] == "within noise"
+        assert exact["seeds"]["a"]["per_seed"] == pytest.approx(written["stages"][stage]["exact_match"]["per_seed"])

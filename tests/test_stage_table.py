@@ -97,8 +97,8 @@ def test_each_preference_method_reads_its_own_settings_only():
     reads = {method: leaf_keys(recipe, plan.steps(recipe)["dpo"].reads) for method, recipe in (
         ("dpo", shaped("default")), ("simpo", shaped("SimPO on two nodes, tracked in MLflow and W&B")),
         ("orpo", shaped("ORPO, untracked")), ("kto", shaped("KTO on two processes")))}
-    own = {"dpo": {"dpo.loss_type"}, "simpo": {"dpo.simpo.gamma", "dpo.simpo.sft_weight"}, "orpo": set(),
-           "kto": {"dpo.kto.desirable_weight", "dpo.kto.undesirable_weight"}}
+    own = {"dpo": {"dpo.loss_type"}, "simpo": {"dpo.simpo_gamma", "dpo.cpo_alpha"}, "orpo": set(),
+           "kto": {"dpo.desirable_weight", "dpo.undesirable_weight"}}
     everyone = set().union(*own.values())
     for method, keys in reads.items():
         assert "dpo.method" in keys and "dpo.beta" in keys

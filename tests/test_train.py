@@ -52,7 +52,7 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
                                            "beneath", "processes", "parallelism", "effective_batch_size")} == {
         "stage": "sft", "template_hash": PromptTemplate(tiny.recipe["template"]).hash, "base_model": tiny.base_dir,
         "seed": SEED, "base_adapters": [], "beneath": None, "processes": 1, "parallelism": "NO",
-        "effective_batch_size": tiny.recipe["sft"]["batch_size"],
+        "effective_batch_size": tiny.recipe["sft"]["per_device_train_batch_size"],
     }
     assert [step["stage"] for step in metadata["chain"]] == ["sft"]
     assert metadata["rows"] == len(sft_adapter.trainer.train_dataset), "the rows trl really trained on"
@@ -60,7 +60,7 @@ def test_sft_writes_an_adapter_peft_loads(tiny, sft_adapter):
     assert len(logged(folder, "loss")) == tiny.recipe["sft"]["max_steps"]
     assert sft_adapter.result["rows"] == metadata["rows"]
     # max_steps stops SFT inside its first epoch: the rows it saw, not the rows it had.
-    steps, batch = tiny.recipe["sft"]["max_steps"], tiny.recipe["sft"]["batch_size"]
+    steps, batch = tiny.recipe["sft"]["max_steps"], tiny.recipe["sft"]["per_device_train_batch_size"]
     assert 0 < metadata["epochs_seen"] < 1 and abs(metadata["rows_seen"] - steps * batch) <= batch, metadata
     assert read_config(folder)["target_modules"] == sorted(tiny.recipe["sft"]["lora"]["target_modules"])
     assert not (folder / "trainer").exists() and not (folder / "trained").exists(), "nothing lies beneath SFT"
@@ -499,7 +499,7 @@ def test_sft_on_two_processes_writes_one_adapter_that_loads(tiny, tmp_path, capf
     assert sorted(entry.name for entry in out.parent.iterdir()) == ["sft"], "one adapter, no partial or checkpoints"
     metadata = read_metadata(out)
     assert metadata["processes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
-    assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
+    assert metadata["effective_batch_size"] == 2 * sft["per_device_train_batch_size"]
     assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"], "rows_seen": metadata["rows_seen"]}
     assert result["train_loss"] > 0 and metadata["rows_seen"] == 3 * metadata["effective_batch_size"]
     assert len(logged(out, "loss")) == 3
@@ -579,7 +579,7 @@ def test_sft_on_two_nodes_is_one_process_group(tiny, tmp_path, capfd, monkeypatc
     assert sorted(entry.name for entry in out.parent.iterdir()) == ["sft"], "one adapter; the spec folder is gone"
     metadata = read_metadata(out)
     assert metadata["processes"] == 2 and metadata["nodes"] == 2 and metadata["parallelism"] == "MULTI_CPU"
-    assert metadata["effective_batch_size"] == 2 * sft["batch_size"]
+    assert metadata["effective_batch_size"] == 2 * sft["per_device_train_batch_size"]
     assert result == {"train_loss": result["train_loss"], "rows": metadata["rows"], "rows_seen": metadata["rows_seen"]}
     assert result["train_loss"] > 0 and metadata["rows_seen"] == 3 * metadata["effective_batch_size"]
     assert len(logged(out, "loss")) == 3
@@ -678,13 +678,13 @@ def test_the_evaluation_batch_defaults_to_the_training_batch_and_sizes_the_refer
     from tunesmith.preference import trainer_class_and_config
     from tunesmith.train import _common_args
 
-    batch = tiny.recipe["dpo"]["batch_size"]
+    batch = tiny.recipe["dpo"]["per_device_train_batch_size"]
     assert batch != 8, "the default would not be told apart from trl's"
     for value, expected in ((None, batch), (3, 3)):
-        dpo = tiny.section("dpo") | {"method": method, "eval_batch_size": value}
+        dpo = tiny.section("dpo") | {"method": method, "per_device_eval_batch_size": value}
         _, args = trainer_class_and_config(dpo, _common_args(dpo, SEED, str(tmp_path), {"report_to": []},
                                                              evaluate=True))
         assert (args.per_device_eval_batch_size, args.precompute_ref_batch_size) == (expected, expected)
-        sft = tiny.section("sft") | {"eval_batch_size": value}
+        sft = tiny.section("sft") | {"per_device_eval_batch_size": value}
         args = SFTConfig(**_common_args(sft, SEED, str(tmp_path), {"report_to": []}, evaluate=True))
-        assert args.per_device_eval_batch_size == (expected if value else tiny.recipe["sft"]["batch_size"])
+        assert args.per_device_eval_batch_size == (expected if value else tiny.recipe["sft"]["per_device_train_batch_size"])

@@ -59,7 +59,7 @@ QUANTISED_REFUSAL = "base_model.quantization is 'nf4', which needs a CUDA GPU to
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
-def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path):
+def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(tmp_path, cached_hub_models):
     """Not when training starts, after curation and a 26 GB fetch: when the workflow starts. A dry run plans it
     (test_competition_recipe_plans_without_building_a_base_model)."""
     (tmp_path / "data").symlink_to(REPO / "data")
@@ -68,11 +68,12 @@ def test_a_quantised_recipe_is_refused_before_any_job_when_it_would_train_here(t
     output = result.stdout + result.stderr
     assert result.returncode != 0 and QUANTISED_REFUSAL in output, output[-3000:]
     assert "train_sft" in output.split(QUANTISED_REFUSAL)[1].splitlines()[0], "the message names the jobs"
+    assert "Traceback" not in output and "WorkflowError" not in output and "common.smk" not in output, output[-3000:]
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists(), "a job ran"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present: a quantised recipe trains here")
-def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path):
+def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path, cached_hub_models):
     """Through the Slurm profile the jobs run on GPU nodes: nothing is refused here, jobs reach sbatch (a fake one
     on PATH that records its calls and fails, so nothing runs)."""
     (tmp_path / "data").symlink_to(REPO / "data")
@@ -106,6 +107,8 @@ def assert_refused_before_any_job(result, work, *messages) -> None:
     for message in messages:
         assert message in output, (message, output[-3000:])
     assert "Traceback" not in output
+    # our message alone: not Snakemake's header around it ("WorkflowError in file .../common.smk, line 23:")
+    assert "WorkflowError" not in output and "common.smk" not in output and 'File "' not in output, output[-3000:]
     assert not (work / "results").exists()
 
 
@@ -685,9 +688,23 @@ def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_pa
     """`--config set=KEY=VALUE[,KEY=VALUE...]` (issue 21): a bad override fails before any job, naming its key."""
     (tmp_path / "data").symlink_to(REPO / "data")
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={REPO / 'recipes/default.yaml'}",
-                       "set=sft.epochs=2,sft.learning_rte=1e-4")
-    assert_refused_before_any_job(result, tmp_path, "with sft.epochs,sft.learning_rte is not a valid tunesmith recipe",
+                       "set=sft.num_train_epochs=2,sft.learning_rte=1e-4")
+    assert_refused_before_any_job(result, tmp_path, "with sft.num_train_epochs,sft.learning_rte is not a valid tunesmith recipe",
                                   "sft: unknown key(s) 'learning_rte' (did you mean 'learning_rate'?)")
+
+
+def test_an_old_key_and_a_bad_trainer_field_fail_before_any_job(tmp_path):
+    """trl's names (tunesmith.trl_fields): an old key names the new one, and a `trainer:` field is checked against
+    the installed trl's config when the workflow starts, not when the training job builds it."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    recipe = f"recipe={REPO / 'recipes/default.yaml'}"
+    result = snakemake("-n", "--directory", tmp_path, "--config", recipe, "set=sft.epochs=2")
+    assert_refused_before_any_job(result, tmp_path, "sft.epochs: renamed to sft.num_train_epochs")
+    result = snakemake("-n", "--directory", tmp_path, "--config", recipe,
+                       "set=sft.trainer.neftune_noise_alfa=5,dpo.trainer.beta=0.2")
+    assert_refused_before_any_job(result, tmp_path, "sft.trainer.neftune_noise_alfa: not a field of trl's SFTConfig",
+                                  "did you mean 'neftune_noise_alpha'?",
+                                  "dpo.trainer.beta: tunesmith sets trl's beta itself; use dpo.beta instead")
 
 
 @pytest.mark.e2e

@@ -22,7 +22,7 @@ TASKS = str(REPO / "data" / "tasks.jsonl")
 SEED = 7
 BUILD = dict(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
              pretrain_steps=5, max_length=64)
-TRAINING = dict(max_length=64, batch_size=4, warmup_steps=0, logging_steps=1, lora={"r": 4, "alpha": 8})
+TRAINING = dict(max_length=64, per_device_train_batch_size=4, warmup_steps=0, logging_steps=1, lora={"r": 4, "lora_alpha": 8})
 SFT = dict(TRAINING, max_steps=5)
 DPO = dict(TRAINING, max_steps=3)
 CPT = dict(TRAINING, max_steps=3)

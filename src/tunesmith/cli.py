@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="print the recipe with defaults filled in (a source's unmapped, null columns left out)")
     check.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a recipe key, as the workflow's --config set=KEY=VALUE[,KEY=VALUE...] does "
-                            "(repeatable; e.g. --set sft.epochs=3)")
+                            "(repeatable; e.g. --set sft.num_train_epochs=3)")
     check.add_argument("--no-files", action="store_true",
                        help="skip the checks of the files the recipe names (to check a recipe away from its data)")
     check.set_defaults(run=validate)

@@ -10,7 +10,15 @@ disk (nothing is trained or generated), in seconds:
   accuracy), each with its paired test over the same tasks and a verdict at the evaluation's confidence
   (tunesmith.significance);
 - the answers that changed, regressions first.
+When both sides were trained under several seeds (`repeats`), the scores are compared over the seeds
+too (tunesmith.replicated): each side's score pooled over its seeds, the interval of B − A from a
+bootstrap that resamples each side's seeds and then the tasks (so it holds seed spread and task
+sampling), the verdict from that interval, and each side's seed spread (sd, range) beside it; the
+single-run table (each side's own evaluation) follows. When one side alone has replicates, the page
+says so and compares the single runs.
 The same text is printed and written as a Markdown page (results/compare/<A>_vs_<B>.md by default).
+Over 350 lines because the page's sections (data, rows trained, scores, changed answers) read as one
+story; the data diff (data_diff, trained) is the first piece to move out.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from pathlib import Path
 
 import duckdb
 
-from tunesmith import plan
+from tunesmith import plan, replicated
 from tunesmith.atomic import atomic_path
 from tunesmith.paired import compare_answers, report_answers, report_references
 from tunesmith.manifest import index_manifests
@@ -50,6 +58,7 @@ class Side:
     curated: dict[str, tuple[Path, Path]] = field(default_factory=dict)  # role -> (kept, quarantine)
     adapters: dict[str, Path] = field(default_factory=dict)  # stage -> adapter folder
     submitted: str | None = None
+    seeds: dict[int, Path] = field(default_factory=dict)  # seed -> evaluation, when it has seed replicates
 
 
 # ---- finding the runs ----
@@ -65,6 +74,7 @@ def _from_recipe(name: str, recipe: dict, described: str, root: Path) -> Side:
             side.adapters[stage] = root / plan.folder_of(steps[stage]) / "adapter"
     choice = root / plan.folder_of(steps["submit"]) / "choice.json"
     side.submitted = json.loads(choice.read_text(encoding="utf-8"))["stage"] if choice.is_file() else None
+    side.seeds = replicated.recipe_evaluations(recipe, root)
     return side
 
 
@@ -96,7 +106,8 @@ def _from_key(key: str, root: Path) -> Side:
         evaluation = found[0]
     if not evaluation.is_file():
         raise CompareError(f"{key}: no results/evaluated/{key}/eval.json or results/submissions/{key}/ under {root}")
-    side = Side(key, f"result key {key}", evaluation, submitted=submitted)
+    side = Side(key, f"result key {key}", evaluation, submitted=submitted,
+                seeds=replicated.key_evaluations(evaluation, root))
     for path in sorted(_ancestors(os.fspath(evaluation.relative_to(root)), root)):
         curated = re.match(r"^results/curated/[0-9a-f]{12}/(sft|preference)\.parquet$", path)
         adapter = re.match(r"^results/(sft|dpo)/[0-9a-f]{12}/adapter$", path)
@@ -282,7 +293,12 @@ def page(first: Side, second: Side, comparison: dict) -> str:
     rows = [[stage, *(("–" if not counts else f"{counts.get('rows', '–')} of {counts.get('rows_curated', '–')} "
                        "curated") for counts in pair)] for stage, pair in comparison["trained"].items()]
     lines += _table(["stage", "A trained", "B trained"], rows) if rows else ["No adapters found.", ""]
-    lines += ["## Scores (B against A, paired over the same tasks)", "",
+    if comparison.get("seeds"):
+        lines += ["## Scores over the seed replicates (B against A)", "",
+                  *replicated.heading(comparison["seeds"], confidence),
+                  *_table(replicated.HEADER, replicated.table_rows(comparison["seeds"]["scores"]))]
+    lines += [f"## Scores{' of one run each' if comparison.get('seeds') else ''} (B against A, paired over the "
+              "same tasks)", "", *([comparison["seed_note"], ""] if comparison.get("seed_note") else []),
               f"Verdicts at {confidence:.0%} confidence: better or worse only when the paired test's p-value is "
               f"below {1 - confidence:.2g}; intervals are paired bootstrap intervals of the difference.", ""]
     header = ["stage / family", "measure", "n", "A", "B", "B − A", f"{confidence:.0%} interval", "test", "verdict"]
@@ -331,6 +347,10 @@ def compare(first_name: str, second_name: str, recipe: str | os.PathLike | None 
                             trained(second.adapters[stage]) if stage in second.adapters else None)
                     for stage in sorted(set(first.adapters) | set(second.adapters), key=["sft", "dpo"].index)},
         "scores": score_diff(*reports, confidence, samples, 0, root=root),
+        "seed_note": replicated.fallback(first.seeds, second.seeds, first.evaluation, second.evaluation),
+        "seeds": None if min(len(first.seeds), len(second.seeds)) < 2 else {
+            "a": list(first.seeds), "b": list(second.seeds),
+            "scores": replicated.seed_scores(first.seeds, second.seeds, confidence, samples, 0, root=root)},
     }
     text = page(first, second, facts)
     target = Path(out_path) if out_path else root / "results" / "compare" / f"{_slug(first.name)}_vs_{_slug(second.name)}.md"
@@ -344,6 +364,9 @@ def _slug(name: str) -> str:
 
 
 def summary_lines(facts: dict) -> list[str]:
-    """The verdict lines alone (one per stage and measure), for the terminal's last lines."""
-    return [f"{stage}: {describe(result)}" for stage, found in facts["scores"].items()
+    """The verdict lines alone (one per stage and measure), for the terminal's last lines: over the seed
+    replicates when both sides have them."""
+    seeds = facts.get("seeds")
+    shown = f" (seeds {len(seeds['a'])} vs {len(seeds['b'])})" if seeds else ""
+    return [f"{stage}{shown}: {describe(result)}" for stage, found in (seeds or facts)["scores"].items()
             for result in found["overall"].values()]

@@ -109,34 +109,63 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
                         f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
         columns, normalised_responses = {"pos": batch["pos"]}, []
         for field in fields:
-            normalised = normalize_arrow(batch[f"{field}_raw"])
+            # Every step is a function of the text alone, so each distinct text of the batch is done
+            # once and the results are taken back to the rows (an empty input, a repeated instruction).
+            values, indices = _distinct(batch[f"{field}_raw"])
+            field_columns, normalised = _field_columns(field, values, shape, repetition, normalize_training_text)
+            if indices is not None:
+                field_columns = {name: pc.take(column, indices) for name, column in field_columns.items()}
+                normalised = pc.take(normalised, indices)
+            columns |= field_columns
             if field in shape.responses:
                 normalised_responses.append(normalised)
-            trained = normalised if normalize_training_text else clean_arrow(batch[f"{field}_raw"])
-            columns[field] = trained
-            measures, compact, compact_lengths = measure(normalised)
-            if not normalize_training_text:  # lengths are the trained text's
-                chars = pc.utf8_length(trained).cast(pa.int64())
-                spaces = pc.count_substring_regex(trained, SPACES_RE2).cast(pa.int64())
-                measures |= {"chars": chars, "visible": pc.subtract(chars, spaces)}
-            columns |= {f"{field}_{name}": measures[name] for name in MEASURES}
-            columns[f"{field}_key"] = match_keys_arrow(normalised)
             if tokenizer is not None:
-                values = trained.to_pylist()
+                values = columns[field].to_pylist()
                 ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
                 columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
                                                         for value, row in zip(values, ids)], pa.int64())
-            if field == shape.taught:
-                repeated = repetitions(compact, compact_lengths, min_chars=repetition["min_chars"],
-                                       min_copies=repetition["min_copies"], min_share=repetition["min_share"],
-                                       max_unit_chars=repetition["max_unit_chars"])
-        columns[f"{shape.taught}_repeated"] = repeated
         if len(normalised_responses) == 2:  # chosen and rejected: the same answer but for width or spacing
             columns["responses_identical"] = pc.equal(*normalised_responses)
         con.register("texts_batch", pa.table(columns))
         con.execute("INSERT INTO texts SELECT * FROM texts_batch" if start > first
                     else "CREATE TEMP TABLE texts AS SELECT * FROM texts_batch")
         con.unregister("texts_batch")
+
+
+# Below this share of distinct texts in a batch, computing per distinct text and taking the results
+# back beats computing per row (the take copies every column once).
+DISTINCT_SHARE = 0.8
+
+
+def _distinct(raw) -> tuple:
+    """(the texts to compute on, the row -> text indices to take results back with, or None when
+    the texts are the rows themselves). A null row has a null index, so its results are null."""
+    raw = raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw
+    encoded = pc.dictionary_encode(raw)
+    if len(encoded.dictionary) > DISTINCT_SHARE * len(raw):
+        return raw, None
+    return encoded.dictionary, encoded.indices
+
+
+def _field_columns(field: str, text, shape: Shape, repetition: dict, normalize_training_text: bool) -> tuple:
+    """One field's columns of `texts` for the strings of `text` (the trained text, its measures and
+    match key, and for the taught answer the repetition found), and its normalised form."""
+    normalised = normalize_arrow(text)
+    trained = normalised if normalize_training_text else clean_arrow(text)
+    columns = {field: trained}
+    measures, compact, compact_lengths = measure(normalised)
+    if not normalize_training_text:  # lengths are the trained text's
+        chars = pc.utf8_length(trained).cast(pa.int64())
+        spaces = pc.count_substring_regex(trained, SPACES_RE2).cast(pa.int64())
+        measures |= {"chars": chars, "visible": pc.subtract(chars, spaces)}
+    columns |= {f"{field}_{name}": measures[name] for name in MEASURES}
+    columns[f"{field}_key"] = match_keys_arrow(normalised)
+    if field == shape.taught:
+        columns[f"{field}_repeated"] = repetitions(compact, compact_lengths, min_chars=repetition["min_chars"],
+                                                   min_copies=repetition["min_copies"],
+                                                   min_share=repetition["min_share"],
+                                                   max_unit_chars=repetition["max_unit_chars"])
+    return columns, normalised
 
 
 def _listed(parts: list[str]) -> str:

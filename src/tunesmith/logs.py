@@ -218,6 +218,15 @@ def unlock_command(recipe_path: str | None = None) -> str:
     return "snakemake --unlock --cores 1" + (f" --config recipe={shlex.quote(recipe_path)}" if recipe_path else "")
 
 
+def stop_workflow(error) -> None:
+    """End the workflow with `error`'s message alone (a recipe error while the workflow loads, the GPU a quantised
+    recipe needs in `onstart`). A WorkflowError raised there prints Snakemake's header around it ("WorkflowError in
+    file rules/common.smk, line 23:" and a `File ... in <module>` line), which points the user at our code instead
+    of their recipe. Snakemake 9 lets SystemExit through from a Snakefile and from `onstart`, releasing its lock."""
+    print(f"Error: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def explain_stale_locks(recipe_path: str | None = None) -> None:
     """Make Snakemake's "Directory cannot be locked" error give the unlock command that works here.
     Snakemake raises it before any job and calls no `onerror` hook for it, so its message is the only

@@ -153,12 +153,14 @@ def tandem_repeats(points: numpy.ndarray, lengths: numpy.ndarray, max_unit_chars
         if layout is None or eligible.sum() < 0.75 * len(rows):  # shrink as the long texts thin out
             points, rows, row_lengths = points[numpy.repeat(eligible, row_lengths)], rows[eligible], row_lengths[eligible]
             starts = numpy.cumsum(row_lengths) - row_lengths
-            room = numpy.repeat(starts + row_lengths, row_lengths)  # where each position's text ends
-            index = numpy.arange(len(points))
+            ends = starts + row_lengths
             layout = True
         equal = numpy.zeros(len(points), bool)
         equal[:-unit] = points[:-unit] == points[unit:]
-        equal &= index + unit < room  # a text's last `unit` positions are never equal: runs stay in their text
+        # A text's last `unit` positions are never equal (every text is at least `unit` long here): runs
+        # stay in their text. Cleared per text, not by comparing each position with its text's end.
+        for back in range(1, unit + 1):
+            equal[ends - back] = False
         # min_copies copies need a run of (min_copies - 1) * unit equal positions, so at least that many
         # in the text: the runs are measured only in the few texts that have them.
         candidates = numpy.add.reduceat(equal.view(numpy.uint8), starts, dtype=numpy.int64) >= (min_copies - 1) * unit

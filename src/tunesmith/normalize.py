@@ -127,6 +127,10 @@ def _patterns() -> dict:
     return {"horizontal_space": _characters_class(point for point in points if point != 0x0A) + "+",
             "all_space": _characters_class(points) + "+",
             "zero_width": _characters_class(map(ord, _ZERO_WIDTH_CHARACTERS.replace("\u200d", ""))),
+            "leading_blank_lines": "\\A(?:" + _characters_class(point for point in points if point != 0x0A) + "*\n)+",
+            # A row that none of clean_text's steps but the trailing trim changes matches none of these.
+            "needs_cleaning": "(?i:_x000D_)|\r|\\A" + _characters_class(point for point in points if point != 0x0A)
+                              + "*\n|" + _characters_class(map(ord, _ZERO_WIDTH_CHARACTERS.replace("\u200d", ""))),
             "needs_steps": "(?i:_x000D_)|  |" + _characters_class(set(points + list(map(ord, _ZERO_WIDTH_CHARACTERS)))
                                                                   - {0x20})}
 
@@ -221,6 +225,18 @@ def _normalized_after_nfkc(text):
     return _replaced(text, "\n{3,}", "\n\n")
 
 
+def _cleaned_before_trim(text):
+    """`clean_text`'s steps but the trailing trim, over an Arrow string array."""
+    import pyarrow.compute as pc
+
+    patterns = _patterns()
+    text = _replaced(text, patterns["zero_width"], "")
+    while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
+        text = _replaced(text, "(?i)_x000D_", "")
+    text = _replaced(text, "\r\n?", "\n")
+    return _replaced(pc.utf8_rtrim(text, characters=_WHITESPACE), patterns["leading_blank_lines"], "")
+
+
 def clean_arrow(array):
     """`clean_text` of each string of an Arrow string array (nulls stay null); rows holding a
     zero-width joiner (kept or not by its neighbours) are cleaned by `clean_text` itself."""
@@ -229,12 +245,12 @@ def clean_arrow(array):
 
     patterns = _patterns()
     array = _one_chunk(array)
-    text = _replaced(array, patterns["zero_width"], "")
-    while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
-        text = _replaced(text, "(?i)_x000D_", "")
-    text = _replaced(text, "\r\n?", "\n")
+    # Most rows hold no noise: one pass finds those that do, and only they go through the steps.
+    mask = pc.fill_null(pc.match_substring_regex(array, patterns["needs_cleaning"]), False)
+    text = array
+    if pc.any(mask).as_py():
+        text = pc.replace_with_mask(array, mask, _cleaned_before_trim(array.filter(mask)))
     text = pc.utf8_rtrim(text, characters=_WHITESPACE)
-    text = _replaced(text, "\\A(?:" + patterns["horizontal_space"][:-1] + "*\n)+", "")
     joiner = pc.fill_null(pc.match_substring(array, "\u200d"), False)
     if pc.any(joiner).as_py():
         redone = [clean_text(value) for value in array.filter(joiner).to_pylist()]

@@ -104,6 +104,11 @@ def _tracking(recipe: dict, _=None) -> list[str]:
         f"tracking.{name}" for name in ("mlflow", "wandb") if name in report_to]
 
 
+# The preference methods' own keys (trl's names), read only under their method.
+METHOD_KEYS = {"dpo": ["dpo.loss_type"], "simpo": ["dpo.simpo_gamma", "dpo.cpo_alpha"],
+               "kto": ["dpo.desirable_weight", "dpo.undesirable_weight"]}
+
+
 def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
     """A training section's keys: everything but the switches that decide whether the stage exists."""
     values = recipe[section]
@@ -114,8 +119,8 @@ def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
         keys.remove(f"{section}.packing_strategy")
     if "method" in values:  # the dpo stage (dpo.method): each method's own settings only for that method
         method = values["method"]
-        keys = [key for key in keys if key not in ("dpo.loss_type", "dpo.simpo", "dpo.kto")]
-        keys += {"dpo": ["dpo.loss_type"], "simpo": ["dpo.simpo"], "kto": ["dpo.kto"]}.get(method, [])
+        keys = [key for key in keys if key not in set().union(*METHOD_KEYS.values())]
+        keys += METHOD_KEYS.get(method, [])
     return keys
 
 

@@ -54,28 +54,27 @@ def _trl_version() -> str:
 def trainer_class_and_config(dpo: dict, common: dict):
     """(trl trainer class, its config) for the recipe's `dpo` section; `common` holds the TrainingArguments
     every stage shares (tunesmith.train). The reference's log-probabilities are computed in batches of the
-    evaluation batch size (`dpo.eval_batch_size`; trl's default is the training batch for the training rows
+    evaluation batch size (`dpo.per_device_eval_batch_size`; trl's default is the training batch for the training rows
     and 8 for the validation rows)."""
-    method = dpo["method"]
+    method, passed = dpo["method"], dpo["trainer"]  # passed: any other field of the config (tunesmith.trl_fields)
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         return DPOTrainer, DPOConfig(**common, beta=dpo["beta"], loss_type=[dpo["loss_type"]],
                                      precompute_ref_log_probs=True,
-                                     precompute_ref_batch_size=common["per_device_eval_batch_size"])
+                                     precompute_ref_batch_size=common["per_device_eval_batch_size"], **passed)
     if method == "kto":
         from trl import KTOConfig, KTOTrainer
 
-        return KTOTrainer, KTOConfig(**common, beta=dpo["beta"], desirable_weight=dpo["kto"]["desirable_weight"],
-                                     undesirable_weight=dpo["kto"]["undesirable_weight"],
-                                     precompute_ref_log_probs=True,
-                                     precompute_ref_batch_size=common["per_device_eval_batch_size"])
+        return KTOTrainer, KTOConfig(**common, beta=dpo["beta"], desirable_weight=dpo["desirable_weight"],
+                                     undesirable_weight=dpo["undesirable_weight"], precompute_ref_log_probs=True,
+                                     precompute_ref_batch_size=common["per_device_eval_batch_size"], **passed)
     CPOConfig, CPOTrainer, ORPOConfig, ORPOTrainer = _experimental()
     if method == "orpo":
-        return ORPOTrainer, ORPOConfig(**common, beta=dpo["beta"])
+        return ORPOTrainer, ORPOConfig(**common, beta=dpo["beta"], **passed)
     if method == "simpo":
-        return CPOTrainer, CPOConfig(**common, loss_type="simpo", beta=dpo["beta"], simpo_gamma=dpo["simpo"]["gamma"],
-                                     cpo_alpha=dpo["simpo"]["sft_weight"])
+        return CPOTrainer, CPOConfig(**common, loss_type="simpo", beta=dpo["beta"], simpo_gamma=dpo["simpo_gamma"],
+                                     cpo_alpha=dpo["cpo_alpha"], **passed)
     raise ValueError(f"dpo.method: unknown method {method!r}; expected one of {list(METHODS)}")
 
 
@@ -83,9 +82,9 @@ def preference_problems(recipe: dict) -> list[str]:
     """Rules between the `dpo` keys that the schema cannot say (for tunesmith.recipe's validator)."""
     dpo = recipe["dpo"]
     problems = []
-    if dpo["method"] == "kto" and dpo["batch_size"] < 2:
-        problems.append("dpo.batch_size: method kto needs at least 2 answers per batch (its KL estimate pairs each "
-                        "answer with another row's prompt)")
+    if dpo["method"] == "kto" and dpo["per_device_train_batch_size"] < 2:
+        problems.append("dpo.per_device_train_batch_size: method kto needs at least 2 answers per batch (its KL "
+                        "estimate pairs each answer with another row's prompt)")
     if dpo["method"] != "dpo" and dpo["loss_type"] != "sigmoid":
         problems.append(f"dpo.loss_type: '{dpo['loss_type']}' is a DPO loss; method '{dpo['method']}' has its own "
                         "(remove dpo.loss_type or set dpo.method: dpo)")

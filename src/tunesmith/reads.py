@@ -6,11 +6,13 @@ fails. The reverse, a declared key the code never reads, is what this records: `
 up into the manifest (`settings_read`); the end-to-end test compares them with the declared ones.
 
 A key counts as read when it is looked up (`section["max_length"]`, `.get`, unpacking with `**`);
-hashing or printing a whole section does not count.
+hashing or printing a whole section does not count. `unread_schema_keys` turns recorded reads into the
+schema's keys that nothing read: a section looked up whole does not count for the keys inside it.
 """
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import yaml
@@ -86,6 +88,35 @@ class RecordingParams:
 
     def items(self):
         return self._params.items()
+
+
+def schema_leaves(schema: dict, prefix: str = "") -> set[str]:
+    """The schema's keys that hold values, dotted (`sources[].path` for a key of a list's items; a mapping
+    without declared keys, such as `sweep.matrix` or `sft.trainer`, is one key)."""
+    properties = schema.get("properties")
+    if properties:
+        return set().union(*(schema_leaves(value, f"{prefix}.{name}" if prefix else name)
+                             for name, value in properties.items()))
+    items = schema.get("items")
+    if schema.get("type") == "array" and isinstance(items, dict) and items.get("properties"):
+        return schema_leaves(items, f"{prefix}[]")
+    return {prefix}
+
+
+def unread_schema_keys(schema: dict, read) -> list[str]:
+    """The schema's keys (`schema_leaves`) that no recorded read reached: a key is read when a recorded path is
+    the key itself or lies inside it (`sweep.matrix.dpo.beta`); a read of its section alone does not count.
+    List indexes in `read` are ignored (`sources[2].path` reads `sources[].path`)."""
+    generic = {re.sub(r"\[\d+\]", "[]", path) for path in read}
+    reached = generic | {path[:end] for path in generic for end in _ends(path)}
+    return sorted(key for key in schema_leaves(schema) if key not in reached)
+
+
+def _ends(path: str):
+    """Where each proper prefix of a dotted path ends (`a.b[].c` -> after `a`, `a.b[]`)."""
+    for index, character in enumerate(path):
+        if character == "." or (character == "[" and path[index:index + 2] == "[]"):
+            yield index + (2 if character == "[" else 0)
 
 
 @contextmanager

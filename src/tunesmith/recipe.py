@@ -35,6 +35,7 @@ from tunesmith.fetch import fetched_models, model_problems
 from tunesmith.launcher import sharding_problem
 from tunesmith.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.tasks import check_task_files
+from tunesmith.trl_fields import RENAMED, renamed_problems, trainer_problems
 
 __all__ = ["RecipeError", "apply_overrides", "load_recipe", "load_schema", "parse_overrides", "read_recipe",
            "validate_recipe", "variants", "workflow_recipe"]
@@ -73,7 +74,7 @@ def load_recipe_and_variants(path: str | os.PathLike, check_files: bool = False,
     return validated(recipe, origin=origin, check_files=check_files)
 
 
-# ---- overrides: `--config set=sft.epochs=3,dpo.beta=0.2`, `tunesmith validate --set sft.epochs=3` ---------
+# ---- overrides: `--config set=sft.num_train_epochs=3,dpo.beta=0.2`, `tunesmith validate --set KEY=VALUE` ----
 
 _DOTTED = r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*"
 _NEXT_OVERRIDE = re.compile(rf",(?=\s*{_DOTTED}\s*=)")  # a comma that starts the next KEY=VALUE
@@ -88,7 +89,7 @@ def parse_overrides(entries) -> dict:
     if isinstance(entries, str):
         entries = [entries]
     if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
-        raise RecipeError(f"set: takes KEY=VALUE[,KEY=VALUE...] (e.g. set=sft.epochs=3,dpo.beta=0.2), "
+        raise RecipeError(f"set: takes KEY=VALUE[,KEY=VALUE...] (e.g. set=sft.num_train_epochs=3,dpo.beta=0.2), "
                           f"got {_excerpt(entries)}")
     overrides = {}
     for entry in entries:
@@ -97,7 +98,7 @@ def parse_overrides(entries) -> dict:
             key = key.strip()
             if not equals or not re.fullmatch(_DOTTED, key):
                 raise RecipeError(f"set: {_excerpt(item)} is not KEY=VALUE with a dotted recipe key "
-                                  "(e.g. sft.epochs=3)")
+                                  "(e.g. sft.num_train_epochs=3)")
             if key in overrides:
                 raise RecipeError(f"set: {key} is given twice")
             try:
@@ -187,7 +188,8 @@ def validated(recipe, origin: str = "recipe", check_files: bool = False) -> tupl
     """`validate_recipe`, returning the sweep's variants too (each validated like a recipe)."""
     if not isinstance(recipe, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping of sections, got {_excerpt(recipe)}")
-    problems = _schema_problems(recipe)
+    renamed = renamed_problems(recipe)  # an old name is reported as such, not as an unknown key
+    problems = renamed or _schema_problems(recipe)
     if not problems:
         problems = _cross_key_problems(recipe)
     if not problems and check_files:
@@ -244,7 +246,7 @@ def _cross_key_problems(recipe: dict) -> list[str]:
         problems.append(f"repeats: seeds {recipe['seed']} to {recipe['seed'] + recipe['repeats'] - 1} pass "
                         f"{SEED_MAX}, the largest seed; lower seed")
     return (_text_problems(recipe) + _bound_problems(recipe) + problems + preference_problems(recipe)
-            + check_settings(recipe["curate"]))
+            + check_settings(recipe["curate"]) + trainer_problems(recipe))
 
 
 def _strings(value, path=()):
@@ -433,7 +435,8 @@ def _set(recipe: dict, dotted: str, value) -> None:
             raise RecipeError(f"sweep.matrix.{dotted}: '{'.'.join(parents[:depth + 1])}' is not a recipe section")
         node = node[name]
     if last not in node:
-        raise RecipeError(f"sweep.matrix.{dotted}: '{last}' is not a key of '{'.'.join(parents)}'")
+        renamed = f" (renamed to {RENAMED[dotted]}: trl's and peft's own name)" if dotted in RENAMED else ""
+        raise RecipeError(f"sweep.matrix.{dotted}: '{last}' is not a key of '{'.'.join(parents)}'{renamed}")
     node[last] = _unshared(value)
 
 

@@ -11,6 +11,9 @@ Both sides answer the same tasks, so each comparison pairs them task by task:
   interval is corpus chrF's paired bootstrap);
 - the verdict is `better` or `worse` when the test's p-value is below 1 − confidence, else
   `within noise`.
+Two recipes trained under several seeds each (`repeats`) are compared by a two-level bootstrap that
+resamples each side's seeds and then the tasks (`compare_replicated`), so that its interval holds both
+the seed spread and the task sampling; its verdict is `better` or `worse` when that interval excludes 0.
 Single scores get an interval too: Wilson's for a share (exact match, preference accuracy), a
 percentile bootstrap over tasks for a mean grade or corpus chrF. Tests check these against scipy and
 hand-computed fixtures (tests/test_significance.py).
@@ -167,6 +170,67 @@ def compare_chrf(first_outputs: list[str], second_outputs: list[str], references
     found = wilcoxon([_chrf_of(metric, row[None, :]) for row in first], [_chrf_of(metric, row[None, :]) for row in second])
     return _result("chrF", "Wilcoxon signed-rank", first_score, second_score, n,
                    _percentiles(differences, confidence), found, confidence)
+
+
+# ---- seed replicates ----
+def mean_statistics(values) -> np.ndarray:
+    """Per-item values (seeds × items) as summable statistics for `compare_replicated`: (value, 1)."""
+    data = np.asarray(values, dtype=float)
+    return np.stack([data, np.ones_like(data)], axis=-1)
+
+
+def mean_of(statistics: np.ndarray) -> np.ndarray:
+    """The mean from summed `mean_statistics` (any leading axes)."""
+    return statistics[..., 0] / statistics[..., 1]
+
+
+def chrf_of(statistics: np.ndarray) -> np.ndarray:
+    """Corpus chrF from summed chrF statistics (rows of `chrf_statistics`; any leading axes)."""
+    metric = CHRF()
+    flat = statistics.reshape(-1, statistics.shape[-1])
+    return np.array([_chrf_of(metric, row[None, :]) for row in flat]).reshape(statistics.shape[:-1])
+
+
+def hierarchical_draws(first: np.ndarray, second: np.ndarray, score, samples: int, seed: int) -> np.ndarray:
+    """B − A over `samples` two-level bootstrap draws. `first`, `second`: summable statistics per seed and
+    item (seeds × items × statistics; both sides the same items). Each draw resamples each side's seeds with
+    replacement (n of n), then the items (m of m, the same items for both sides: paired), sums the drawn
+    seeds' statistics over the drawn items and scores the sums with `score` (mean_of, chrf_of)."""
+    _same_length(first[0], second[0])
+    rng = np.random.default_rng(seed)
+    seeds_first = rng.integers(0, len(first), size=(samples, len(first)))
+    seeds_second = rng.integers(0, len(second), size=(samples, len(second)))
+    items = rng.integers(0, first.shape[1], size=(samples, first.shape[1]))
+    found = []
+    for start in range(0, samples, 500):  # blocks keep memory at draws × items × statistics
+        block = slice(start, start + 500)
+        sums = []
+        for side, picked in ((first, seeds_first[block]), (second, seeds_second[block])):
+            counts = np.stack([np.bincount(row, minlength=len(side)) for row in picked]).astype(float)
+            per_item = np.einsum("bs,sik->bik", counts, side)  # the drawn seeds' statistics per item
+            sums.append(np.take_along_axis(per_item, items[block][:, :, None], axis=1).sum(axis=1))
+        found.append(score(sums[1]) - score(sums[0]))
+    return np.concatenate(found)
+
+
+def compare_replicated(first: np.ndarray, second: np.ndarray, score, confidence: float, samples: int, seed: int,
+                       measure: str) -> dict:
+    """Two recipes' seed replicates on the same items (statistics as in `hierarchical_draws`): each side's
+    score pooled over its seeds and the items, B − A with the interval of the two-level bootstrap (seeds and
+    items resampled, so it holds seed spread and item sampling), a two-sided bootstrap p-value, and the
+    verdict from the interval: `better` / `worse` only when it excludes 0."""
+    n = first.shape[1]
+    a = b = 0.0
+    interval, p_value, verdict_found = None, 1.0, NOISE
+    if n:
+        a, b = float(score(first.sum(axis=(0, 1)))), float(score(second.sum(axis=(0, 1))))
+        draws = hierarchical_draws(first, second, score, samples, seed)
+        interval = _percentiles(draws, confidence)
+        p_value = float(min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0))))
+        verdict_found = BETTER if interval[0] > 0 else WORSE if interval[1] < 0 else NOISE
+    return {"measure": measure, "n": n, "a": a, "b": b, "difference": b - a, "interval": interval,
+            "test": "bootstrap over seeds and tasks", "p_value": p_value, "confidence": confidence,
+            "verdict": verdict_found, "detail": {"seeds_a": len(first), "seeds_b": len(second)}}
 
 
 def _same_length(first, second) -> None:

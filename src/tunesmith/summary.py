@@ -56,8 +56,8 @@ def summary_inputs(files: dict) -> list[str]:
 
 
 # The recipe keys the first page names (where the recipe has them): what a reader needs to tell two runs apart.
-KEY_SETTINGS = ("seed", "repeats", "base_model.path", "base_model.quantization", "sft.epochs", "sft.learning_rate",
-                "sft.lora.r", "dpo.enabled", "dpo.method", "dpo.beta", "dpo.learning_rate", "dpo.epochs",
+KEY_SETTINGS = ("seed", "repeats", "base_model.path", "base_model.quantization", "sft.num_train_epochs", "sft.learning_rate",
+                "sft.lora.r", "dpo.enabled", "dpo.method", "dpo.beta", "dpo.learning_rate", "dpo.num_train_epochs",
                 "generate.max_new_tokens", "generate.repetition_penalty", "submission.stage", "tasks.path")
 # The two preference measures a run shows, which count different things on the same held-out pairs.
 def key_settings(recipe: dict) -> dict:

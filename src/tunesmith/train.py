@@ -52,8 +52,8 @@ def _lora_config(lora: dict):
 
     return LoraConfig(
         r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
+        lora_alpha=lora["lora_alpha"],
+        lora_dropout=lora["lora_dropout"],
         target_modules=sorted(lora["target_modules"]),
         task_type="CAUSAL_LM",
     )
@@ -121,21 +121,22 @@ def _eval_steps(evaluations: int) -> float:
 
 
 def _common_args(section: dict, seed: int, output_dir: str, reporting: dict, evaluate: bool = False) -> dict:
-    """TrainingArguments every stage's trl config shares, from a recipe's cpt/sft/dpo section; `reporting` is what
-    tunesmith.tracking.tracked yields (report_to, run name)."""
+    """TrainingArguments every stage's trl config shares, from a recipe's cpt/sft/dpo section (keys named as trl
+    names the fields); `reporting` is what tunesmith.tracking.tracked yields (report_to, run name). The section's
+    `trainer:` fields (tunesmith.trl_fields) are added where each stage builds its config."""
     on_gpu = torch.cuda.is_available()
     evaluations = section["evaluations"] if evaluate else 0
     # CPT has no validation split (and no such key); SFT and the preference stage default to their training batch.
-    eval_batch_size = section["eval_batch_size"] if "eval_batch_size" in section else None
+    eval_batch_size = section["per_device_eval_batch_size"] if "per_device_eval_batch_size" in section else None
     return dict(
         output_dir=output_dir,
-        per_device_train_batch_size=section["batch_size"],
-        per_device_eval_batch_size=eval_batch_size or section["batch_size"],
+        per_device_train_batch_size=section["per_device_train_batch_size"],
+        per_device_eval_batch_size=eval_batch_size or section["per_device_train_batch_size"],
         gradient_accumulation_steps=section["gradient_accumulation_steps"],
-        num_train_epochs=section["epochs"],
+        num_train_epochs=section["num_train_epochs"],
         max_steps=section["max_steps"],
         learning_rate=section["learning_rate"],
-        lr_scheduler_type=section["lr_scheduler"],
+        lr_scheduler_type=section["lr_scheduler_type"],
         warmup_steps=section["warmup_steps"],
         max_length=section["max_length"],
         logging_steps=section["logging_steps"],
@@ -166,7 +167,7 @@ def _setup(seed: int, threads: int) -> None:
 def _chain(beneath: str | None, stage: str, lora: dict) -> list[dict]:
     """The stages an adapter folder holds, beneath first."""
     below = read_metadata(beneath).get("chain", []) if beneath else []
-    return below + [{"stage": stage, "r": lora["r"], "alpha": lora["alpha"],
+    return below + [{"stage": stage, "r": lora["r"], "lora_alpha": lora["lora_alpha"],
                      "target_modules": list(lora["target_modules"])}]
 
 
@@ -198,6 +199,20 @@ def _beneath(base_adapters) -> str | None:
     return base_adapters[-1] if base_adapters else None
 
 
+def cpt_arguments(cpt: dict, common: dict) -> dict:
+    """Continued pretraining's SFTConfig arguments: `common` (`_common_args`), packed raw text, and the section's
+    `trainer:` fields."""
+    return dict(
+        **common,
+        dataset_text_field="text",
+        packing=True,
+        # Documents joined (each ends in EOS) and cut into max_length blocks: no padding, no
+        # padding-free attention, so it is fast on CPU too.
+        packing_strategy="wrapped",
+        **cpt["trainer"],  # any other SFTConfig field (checked by tunesmith.trl_fields)
+    )
+
+
 def train_cpt(
     base_path: str, base_section: dict, cpt: dict, text_paths: list[str], seed: int, out_dir: str, threads: int = 1,
     tracking: dict | None = None,
@@ -219,14 +234,7 @@ def train_cpt(
     with output_folder(out_dir) as tmp:
         checkpoints = checkpoint_dir(out_dir, cpt, list(text_paths), [base_path, seed, world_size()], tmp)
         with tracked(tracking, checkpoints) as reporting:
-            args = SFTConfig(
-                **_common_args(cpt, seed, checkpoints, reporting),
-                dataset_text_field="text",
-                packing=True,
-                # Documents joined (each ends in EOS) and cut into max_length blocks: no padding, no
-                # padding-free attention, so it is fast on CPU too.
-                packing_strategy="wrapped",
-            )
+            args = SFTConfig(**cpt_arguments(cpt, _common_args(cpt, seed, checkpoints, reporting)))
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
             _after_construction(trainer, base_section)
             track_trainer(trainer, tracking)
@@ -272,6 +280,19 @@ def _row_counts(trainer, train_lengths, eval_lengths, packing: bool = False) -> 
     return counts
 
 
+def sft_arguments(sft: dict, common: dict) -> dict:
+    """SFTConfig's arguments: `common` (`_common_args`), SFT's own, and the section's `trainer:` fields."""
+    packing = sft["packing_strategy"] if sft["packing"] else None
+    return dict(
+        **common,
+        completion_only_loss=True,
+        packing=sft["packing"],
+        # Read only when packing: the strategy of no packing must not rekey SFT.
+        **({"packing_strategy": packing} if packing else {}),
+        **sft["trainer"],  # any other SFTConfig field (checked by tunesmith.trl_fields)
+    )
+
+
 def sft_trainer(
     base_path: str, base_section: dict, template_section: dict, sft: dict, dataset_path: str, seed: int,
     checkpoints: str, reporting: dict, base_adapters: list[str] = (),
@@ -290,13 +311,8 @@ def sft_trainer(
     log.info("sft: %s (max_length %d)", train_lengths.describe(), sft["max_length"])
     beneath = _beneath(base_adapters)
     model = trainable_model(base_path, base_section, beneath, new_adapter=_lora_config(sft["lora"]))
-    args = SFTConfig(
-        **_common_args(sft, seed, checkpoints, reporting, evaluate=eval_dataset is not None),
-        completion_only_loss=True,
-        packing=sft["packing"],
-        # Read only when packing: the strategy of no packing must not rekey SFT.
-        **({"packing_strategy": packing} if packing else {}),
-    )
+    args = SFTConfig(**sft_arguments(sft, _common_args(sft, seed, checkpoints, reporting,
+                                                       evaluate=eval_dataset is not None)))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=[_keep_stack_active()])
     _after_construction(trainer, base_section)
