@@ -35,16 +35,16 @@ def registry(recipe, **changes):
 
 
 def test_every_stage_has_a_rule_and_every_rule_of_the_workflow_a_manifest_label():
-    rules = set(re.findall(r"^(?:use )?rule (\w+)", "\n".join(path.read_text() for path in (REPO / "rules").glob("*.smk")),
-                           re.MULTILINE))
-    rules |= set(re.findall(r"^use rule \w+ as (\w+)", "\n".join(path.read_text() for path in (REPO / "rules").glob("*.smk")),
-                            re.MULTILINE))
+    text = "\n".join(path.read_text() for path in (REPO / "rules").glob("*.smk"))
+    rules = set(re.findall(r"^(?:use )?rule (\w+)", text, re.MULTILINE))
+    rules |= set(re.findall(r"^use rule \w+ as (\w+)", text, re.MULTILINE))
     assert set(workflow.RULES) == set(plan.STAGES)
     assert set(workflow.RULES.values()) <= rules
     scripted = {rule for rule in rules if rule != "fetch_models"}
     for rule in scripted:
         workflow.stage_of_rule(rule)  # raises for a rule the registry does not know
-    assert workflow.stage_of_rule("ingest_source") == "ingest" and workflow.stage_of_rule("train_preference_method") == "dpo"
+    assert workflow.stage_of_rule("ingest_source") == "ingest"
+    assert workflow.stage_of_rule("train_preference_method") == "dpo"
     with pytest.raises(KeyError, match="no_such_rule"):
         workflow.stage_of_rule("no_such_rule")
 
@@ -179,7 +179,8 @@ def test_the_summary_and_a_model_card_wait_only_for_what_the_run_makes(recipe):
     assert found.summary_inputs(current)["scores"] == ["results/eval.json"]
     assert found.summary_inputs(current)["replicates"] == []
     unscored = registry(recipe, **{"tasks.references": None}, repeats=2)
-    assert unscored.summary_inputs(current)["scores"] == [] and unscored.summary_inputs(current)["replicates"] == ["r.json"]
+    assert unscored.summary_inputs(current)["scores"] == []
+    assert unscored.summary_inputs(current)["replicates"] == ["r.json"]
     card = found.model_card_inputs("export", "sft", current)
     assert card["sources"] == ["export_model.model:stage=sft"] and card["scores"] == ["results/eval.json"]
     assert set(card) == {"sources", "sft", "preference", "scores", "record"}

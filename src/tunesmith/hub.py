@@ -91,7 +91,8 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
             f"{'LoRA adapters' if kind == 'adapter' else 'A merged model'} of the **{stage}** stage, trained by "
             f"tunesmith from {base_text}.", ""]
     if chain:
-        body += ["Adapters, in training order: " + " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in chain)
+        order = " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in chain)
+        body += ["Adapters, in training order: " + order
                  + ("; merged into the base (on the CPU, without quantisation)." if kind == "export" else "."), ""]
     body += ["## Use", ""]
     if kind == "export":

@@ -205,7 +205,7 @@ class Workflow:
         return {name: self.step_output("", name, "adapter") for name in TRAINING_STAGES if name in self.plans[""]}
 
     def consumed(self, key: str, name: str, output: str) -> list[str]:
-        """[`output` of the artifact a step consumes as `name`] (`sft`, `cpt`, `tokenizer`), [] when it consumes none."""
+        """[`output` of the artifact a step consumes as `name`] (`sft`, `cpt`, `tokenizer`); [] for none."""
         upstream = self.step(key).upstream.get(name)
         return [self._output(plan.stage_of(self.step(upstream)), output, upstream)] if upstream else []
 
@@ -373,8 +373,10 @@ class Workflow:
         """What staging a model for the hub waits for: the adapter chain or the merged export, the data cards,
         the scores (when something scores the recipe) and the base model's snapshot record."""
         self.published_model(stage)
-        sources = self.adapter_chain("", stage) if kind == "adapter" else [self.locate("export_model", "model", stage=stage)]
-        return {"sources": sources, **self.data_cards(), "scores": [current["scores"]] if scored_by(self.recipe) else [],
+        sources = (self.adapter_chain("", stage) if kind == "adapter"
+                   else [self.locate("export_model", "model", stage=stage)])
+        return {"sources": sources, **self.data_cards(),
+                "scores": [current["scores"]] if scored_by(self.recipe) else [],
                 "record": self.fetched_record("", "base")}
 
 
