@@ -186,7 +186,7 @@ listed = subprocess.run(["squeue", "-h", "--states=all", "-O", "Comment:200,NumN
                         text=True, check=True).stdout.splitlines()
 spanned = [line.split() for line in listed if "rule_train_" in line]
 two = [fields for fields in spanned if fields[1] == "2"]
-assert sorted(fields[0].split("_wildcards")[0] for fields in two) == ["rule_train_dpo", "rule_train_sft"], spanned
+assert sorted(fields[0].split("_wildcards")[0] for fields in two) == ["rule_train_preference_method", "rule_train_sft"], spanned
 assert all(fields[2] == "COMPLETED" for fields in two), two
 trained = [json.load(open(path)) for path in glob.glob("results/*/*/adapter/tunesmith.json")]
 across = [meta for meta in trained if meta.get("nodes") == 2]

@@ -3,7 +3,7 @@
 
 rule ingest_source:
     input:
-        files=source_of_step,
+        files=step_sources,
     output:
         ingested="results/ingested/{key}.parquet",
     log:
@@ -43,7 +43,7 @@ rule curate_data:
         sources=curation_sources,
         curate=setting("curate"),
         seed=setting("seed"),
-        lengths=lambda wildcards: plan.curation_lengths(step(wildcards).settings, wildcards.role),
+        lengths=asked(lambda wildcards: WORKFLOW.curation_lengths(wildcards.key, wildcards.role)),
     wildcard_constraints:
         key=KEY,
         role="sft|preference",

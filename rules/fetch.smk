@@ -24,5 +24,5 @@ rule fetch_model:
 
 rule fetch_models:
     input:
-        fetch_targets(),
+        WORKFLOW.fetch_targets(),
     localrule: True

@@ -4,9 +4,6 @@
 #   snakemake results/pushed/export/dpo.json ...                              # the merged DPO model
 #   snakemake results/pushed/dataset/sft.json ...                             # the curated SFT data
 # results/publish/<kind>/<name>/ is exactly what a push uploads (build it alone to read it first).
-from types import SimpleNamespace
-
-from tunesmith.hub import MODEL_SECTIONS
 
 
 rule export_dataset:
@@ -35,8 +32,8 @@ rule stage_model:
     log:
         "logs/stage_model/{kind}/{stage}.log",
     params:
-        sections={name: config[name] for name in MODEL_SECTIONS},
-        publish=config["publish"],
+        sections=WORKFLOW.model_sections(),
+        publish=WORKFLOW.publish_settings(),
     wildcard_constraints:
         kind="adapter|export",
         stage="sft|dpo",
@@ -53,9 +50,9 @@ rule stage_dataset:
     log:
         "logs/stage_dataset/{role}.log",
     params:
-        sources=lambda wildcards: curation_sources(SimpleNamespace(key=PLANS[""][f"curate_{wildcards.role}"].key)),
-        curate=lambda wildcards: PLANS[""][f"curate_{wildcards.role}"].settings["curate"],
-        publish=config["publish"],
+        sources=lambda wildcards: WORKFLOW.dataset_sources(wildcards.role),
+        curate=lambda wildcards: WORKFLOW.curation_settings(wildcards.role)["curate"],
+        publish=WORKFLOW.publish_settings(),
     wildcard_constraints:
         role="sft|preference",
     localrule: True
@@ -73,7 +70,7 @@ rule push_model:
         "logs/push_model/{kind}/{stage}.log",
     params:
         repo=publish_repo("model"),
-        private=config["publish"]["private"],
+        private=WORKFLOW.publish_settings()["private"],
     wildcard_constraints:
         kind="adapter|export",
         stage="sft|dpo",
@@ -91,6 +88,6 @@ use rule push_model as push_dataset with:
         "logs/push_dataset/{role}.log",
     params:
         repo=publish_repo("dataset"),
-        private=config["publish"]["private"],
+        private=WORKFLOW.publish_settings()["private"],
     wildcard_constraints:
         role="sft|preference",

@@ -35,7 +35,7 @@ rule evaluate_stages:
         judge=setting("judge"),
         seed=setting("seed"),
         evaluate=setting("evaluate"),
-        preference_stages=lambda wildcards: list(preference_scores(variant_name(wildcards))),
+        preference_stages=lambda wildcards: list(WORKFLOW.preference_scores(variant(wildcards))),
     wildcard_constraints:
         key=KEY,
     script:
@@ -44,8 +44,8 @@ rule evaluate_stages:
 
 rule current_submission:
     input:
-        submission=lambda wildcards: keyed_result(wildcards, "submit", rules.write_submission.output.submission),
-        choice=lambda wildcards: keyed_result(wildcards, "submit", rules.write_submission.output.choice),
+        submission=lambda wildcards: keyed_result(wildcards, "submit", "submission"),
+        choice=lambda wildcards: keyed_result(wildcards, "submit", "choice"),
     output:
         submission="submission.jsonl",
         choice="results/submission_choice.json",
@@ -57,13 +57,13 @@ rule current_submission:
 
 
 # Registered in the report only when results/eval.json scored this recipe's answers (tunesmith.summary).
-EVALUATED = summary.holds_inputs("results/eval.json", scored_files())
+EVALUATED = summary.holds_inputs("results/eval.json", WORKFLOW.scored_files())
 
 
 rule current_evaluation:
     input:
-        scores=lambda wildcards: keyed_result(wildcards, "evaluate", rules.evaluate_stages.output.scores),
-        table=lambda wildcards: keyed_result(wildcards, "evaluate", rules.evaluate_stages.output.table),
+        scores=lambda wildcards: keyed_result(wildcards, "evaluate", "scores"),
+        table=lambda wildcards: keyed_result(wildcards, "evaluate", "table"),
     output:
         scores=reported("results/eval.json", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
         table=reported("results/eval.md", EVALUATED, category="Evaluation", caption="../report/eval.rst"),
@@ -93,14 +93,14 @@ use rule current_evaluation as variant_evaluation with:
 
 # Seed replicates (`repeats`): each stage's spread over the keyed evaluations of the recipe's seeds.
 # Registered only when results/replicates.json is this recipe's (made from its seeds' evaluations).
-REPLICATED = bool(REPLICATES) and summary.holds_inputs(
-    "results/replicates.json", list(replicate_evaluations().values())
+REPLICATED = bool(WORKFLOW.replicates) and summary.holds_inputs(
+    "results/replicates.json", list(WORKFLOW.replicate_evaluations().values())
 )
 
 
 rule summarise_replicates:
     input:
-        scores=list(replicate_evaluations().values()),
+        scores=list(WORKFLOW.replicate_evaluations().values()),
     output:
         scores=reported(
             "results/replicates.json", REPLICATED, category="Evaluation", caption="../report/replicates.rst"
@@ -109,28 +109,28 @@ rule summarise_replicates:
     log:
         "logs/summarise_replicates.log",
     params:
-        seeds=list(replicate_evaluations()),
+        seeds=list(WORKFLOW.replicate_evaluations()),
     script:
         "../scripts/summarise_replicates.py"
 
 
 rule rank_variants:
     input:
-        scores=expand(rules.variant_evaluation.output.scores, variant=VARIANTS),
-        submissions=expand(rules.variant_submission.output.submission, variant=VARIANTS),
-        choices=expand(rules.variant_submission.output.choice, variant=VARIANTS),
+        scores=expand(rules.variant_evaluation.output.scores, variant=WORKFLOW.variants),
+        submissions=expand(rules.variant_submission.output.submission, variant=WORKFLOW.variants),
+        choices=expand(rules.variant_submission.output.choice, variant=WORKFLOW.variants),
         baseline=rules.current_evaluation.output.scores,
         baseline_choice=rules.current_submission.output.choice,
         # `repeats`: the recipe under its further seeds, whose spread each variant is checked against.
-        baseline_seeds=list(replicate_evaluations().values()) if REPLICATES else [],
+        baseline_seeds=list(WORKFLOW.replicate_evaluations().values()) if WORKFLOW.replicates else [],
     output:
         table=report("results/sweep/leaderboard.md", category="Sweep", caption="../report/leaderboard.rst"),
         scores="results/sweep/leaderboard.json",
     log:
         "logs/rank_variants.log",
     params:
-        overrides=variant_overrides(),
-        seeds=list(replicate_evaluations()) if REPLICATES else [],
+        overrides=WORKFLOW.variant_overrides(),
+        seeds=list(WORKFLOW.replicate_evaluations()) if WORKFLOW.replicates else [],
     script:
         "../scripts/rank_variants.py"
 
@@ -177,7 +177,7 @@ rule summarise_run:
         "logs/summarise_run.log",
     params:
         files=run_files(),
-        submitted=submitted(),
-        recipe=recipe_facts(),
+        submitted=WORKFLOW.submitted(),
+        recipe=WORKFLOW.recipe_facts(),
     script:
         "../scripts/summarise_run.py"

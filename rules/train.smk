@@ -74,7 +74,8 @@ rule train_sft:
         "../scripts/train_sft.py"
 
 
-rule train_dpo:
+# The preference stage (recipe section `dpo`): DPO, ORPO, SimPO or KTO, as dpo.method says.
+rule train_preference_method:
     input:
         base_model_input,
         dataset=curated,
@@ -89,7 +90,7 @@ rule train_dpo:
             caption="../report/curves.rst",
         ),
     log:
-        "logs/train_dpo/{key}.log",
+        "logs/train_preference_method/{key}.log",
     params:
         base_path=base_model_path,
         base_model=setting("base_model"),
@@ -108,7 +109,7 @@ rule train_dpo:
         gres=training_resource("gres"),
         mpi=training_resource("mpi"),
     script:
-        "../scripts/train_dpo.py"
+        "../scripts/train_preference_method.py"
 
 
 # A standalone merged model of the recipe's SFT or DPO stage: `snakemake results/export/dpo`. The merge
@@ -123,8 +124,8 @@ rule export_model:
         "logs/export_model/{stage}.log",
     params:
         base_path=base_model_path,
-        base_model=lambda wildcards: PLANS[""]["sft"].settings["base_model"],
-        template=lambda wildcards: PLANS[""]["sft"].settings["template"],
+        base_model=lambda wildcards: WORKFLOW.export_settings("base_model"),
+        template=lambda wildcards: WORKFLOW.export_settings("template"),
     wildcard_constraints:
         stage="sft|dpo",
     threads: workflow.cores

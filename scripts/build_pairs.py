@@ -3,10 +3,11 @@ ingest the pairs as the preference source curation reads (tunesmith.on_policy)."
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.on_policy import build_pairs
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "pairs_build"):
+with recorded(snakemake, job_label(snakemake)):
     build_pairs(
         graded_paths=list(snakemake.input.graded),
         min_margin=snakemake.params.pairs["min_margin"],

@@ -4,7 +4,8 @@ results/eval.json and eval.md are copies, so every recipe's own results stay und
 from tunesmith.atomic import copy_files
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "current"):
+with recorded(snakemake, job_label(snakemake)):
     copy_files(sources=list(snakemake.input), targets=list(snakemake.output))

@@ -3,9 +3,10 @@
 from tunesmith.curate import curate, curate_memory_limit
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, f"curate_{snakemake.wildcards.role}"):
+with recorded(snakemake, job_label(snakemake)):
     curate(
         sources=snakemake.params.sources,
         role=snakemake.wildcards.role,

@@ -5,10 +5,11 @@ reference grades, and each stage's preference accuracy on the held-out pairs."""
 from tunesmith.evaluate import evaluate
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
 judged = list(snakemake.input.judged)
-with recorded(snakemake, "evaluate"):
+with recorded(snakemake, job_label(snakemake)):
     evaluate(
         generations=dict(zip(snakemake.params.stages, snakemake.input.generations)),
         references_path=snakemake.input.references or None,  # one file is a str, none an empty list

@@ -3,9 +3,10 @@
 from tunesmith.hub import export_curated
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, f"export_{snakemake.wildcards.role}"):
+with recorded(snakemake, job_label(snakemake)):
     export_curated(
         kept_path=snakemake.input.kept,
         data_card_path=snakemake.input.card,

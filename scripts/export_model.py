@@ -3,11 +3,12 @@
 from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.model import export_merged
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, f"export_{snakemake.wildcards.stage}"):
+with recorded(snakemake, job_label(snakemake)):
     export_merged(
         base_path=snakemake.params.base_path,
         section=snakemake.params.base_model,

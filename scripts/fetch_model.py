@@ -3,9 +3,10 @@
 from tunesmith.fetch import fetch_model
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "fetch"):
+with recorded(snakemake, job_label(snakemake)):
     fetch_model(
         path=snakemake.params.path,
         revision=snakemake.params.revision,

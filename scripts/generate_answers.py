@@ -4,10 +4,11 @@ from tunesmith.generate import generate_answers
 from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, f"generate_{snakemake.wildcards.stage}"):
+with recorded(snakemake, job_label(snakemake)):
     generate_answers(
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,

@@ -3,11 +3,12 @@
 from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.on_policy import grade_answers
 
 log_to(snakemake.log[0])
 hub_offline()  # a local judge model is a fetched snapshot; an endpoint is not the hub
-with recorded(snakemake, "pairs_grade"):
+with recorded(snakemake, job_label(snakemake)):
     grade_answers(
         samples_path=snakemake.input.samples,
         grader=snakemake.params.pairs["grader"],

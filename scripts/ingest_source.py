@@ -3,9 +3,10 @@
 from tunesmith.ingest import ingest_source
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "ingest_source"):
+with recorded(snakemake, job_label(snakemake)):
     ingest_source(
         source=snakemake.params.sources[0],
         out_path=snakemake.output.ingested,

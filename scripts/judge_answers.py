@@ -4,10 +4,11 @@ from tunesmith.fetch import hub_offline
 from tunesmith.judge import judge_answers
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
 hub_offline()  # a local judge model is a fetched snapshot; an endpoint is not the hub
-with recorded(snakemake, f"judge_{snakemake.wildcards.stage}"):
+with recorded(snakemake, job_label(snakemake)):
     judge_answers(
         answers_path=snakemake.input.answers,
         tasks_path=snakemake.input.tasks,

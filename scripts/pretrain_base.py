@@ -3,9 +3,10 @@
 from tunesmith.base_model import pretrain_base
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "base_model"):
+with recorded(snakemake, job_label(snakemake)):
     pretrain_base(
         tokenizer_dir=snakemake.input.tokenizer,
         text_paths=list(snakemake.input.texts),

@@ -4,9 +4,10 @@ submission (paired) and, with `repeats`, against the recipe's seed spread: a lea
 from tunesmith.leaderboard import leaderboard
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "leaderboard"):
+with recorded(snakemake, job_label(snakemake)):
     leaderboard(
         scores=dict(zip(snakemake.params.overrides, snakemake.input.scores)),
         overrides=snakemake.params.overrides,

@@ -3,11 +3,12 @@
 from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.on_policy import sample_answers
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, "pairs_sample"):
+with recorded(snakemake, job_label(snakemake)):
     sample_answers(
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,

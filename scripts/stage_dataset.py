@@ -3,9 +3,10 @@
 from tunesmith.hub import stage_dataset
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "stage_dataset"):
+with recorded(snakemake, job_label(snakemake)):
     stage_dataset(
         dataset_dir=snakemake.input.dataset,
         data_card_path=snakemake.input.card,

@@ -3,9 +3,10 @@
 from tunesmith.hub import stage_model
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, f"stage_{snakemake.wildcards.kind}"):
+with recorded(snakemake, job_label(snakemake)):
     stage_model(
         kind=snakemake.wildcards.kind,
         stage=snakemake.wildcards.stage,

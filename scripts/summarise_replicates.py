@@ -2,10 +2,11 @@
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.replicates import summarise_replicates
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "replicates"):
+with recorded(snakemake, job_label(snakemake)):
     summarise_replicates(
         evaluations=dict(zip(snakemake.params.seeds, snakemake.input.scores)),
         out_path=snakemake.output.scores,

@@ -3,11 +3,12 @@ data cards and evaluation as pages."""
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.summary import write_summary
 
 log_to(snakemake.log[0])
 stage, reason = snakemake.params.submitted
-with recorded(snakemake, "summary"):
+with recorded(snakemake, job_label(snakemake)):
     write_summary(
         files=snakemake.params.files,
         stage=stage,

@@ -3,9 +3,10 @@
 from tunesmith.base_model import train_tokenizer
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "tokenizer"):
+with recorded(snakemake, job_label(snakemake)):
     train_tokenizer(
         text_paths=list(snakemake.input.texts),
         vocab_size=snakemake.params.base_model["build"]["vocab_size"],

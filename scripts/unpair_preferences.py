@@ -2,10 +2,11 @@
 
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.unpaired import write_unpaired
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "unpair_preference"):
+with recorded(snakemake, job_label(snakemake)):
     write_unpaired(
         pairs_path=snakemake.input.pairs,
         seed=snakemake.params.seed,

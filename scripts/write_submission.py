@@ -4,9 +4,10 @@ evaluation's paired tests pick); it is validated before it lands, and the choice
 from tunesmith.choice import submit
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])
-with recorded(snakemake, "submission"):
+with recorded(snakemake, job_label(snakemake)):
     submit(
         requested=snakemake.params.submission["stage"],
         dpo_enabled=snakemake.params.dpo["enabled"],

@@ -2,13 +2,12 @@
 
 import math
 
-from tunesmith import plan
-from tunesmith.recipe import load_schema
+from tunesmith.recipe import key_parts, load_schema, lookup
 
 
 def schema_at(dotted: str) -> dict:
     node = load_schema()
-    for part in plan._parts(dotted):
+    for part in key_parts(dotted):
         node = node["items"] if isinstance(part, int) else node["properties"][part]
     return node
 
@@ -49,16 +48,12 @@ def downstream_of(steps: dict, names: set[str]) -> set[str]:
     return found
 
 
-def get(recipe, dotted):
-    value = recipe
-    for part in plan._parts(dotted):
-        value = value[part]
-    return value
+get = lookup
 
 
 def put(recipe, dotted, value):
     """Set a key, creating the sections on the way (a recipe file may leave them to their defaults)."""
-    *parents, last = plan._parts(dotted)
+    *parents, last = key_parts(dotted)
     node = recipe
     for part in parents:
         node = node[part] if isinstance(part, int) else node.setdefault(part, {})

@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO
 from hub_server import FakeHub, git_blob_id
 from tunesmith import plan
-from tunesmith.fetch import FetchError, fetch_model, file_sha256
+from tunesmith.fetch import FetchError, fetch_model
+from tunesmith.atomic import content_hash as file_sha256
 from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
 
 REPO_ID = "tiny-org/tiny-llama"
@@ -219,7 +220,7 @@ def hub_recipe():
 def test_a_hub_model_is_fetched_once_and_every_model_step_consumes_it(hub_recipe):
     steps = plan.steps(hub_recipe)
     fetch = steps["fetch_base"]
-    assert fetch.stage == "fetch" and fetch.settings == {"path": "llm-jp/llm-jp-3-13b", "revision": None}
+    assert fetch.name == "fetch" and fetch.settings == {"path": "llm-jp/llm-jp-3-13b", "revision": None}
     model_steps = [name for name in steps if name in ("sft", "dpo") or name.startswith("generate_")]
     assert "sft" in model_steps and "generate_dpo" in model_steps
     for name in model_steps:
@@ -234,7 +235,7 @@ def test_pinning_a_revision_is_a_new_key_downstream_only(hub_recipe):
     after = {name: step.key for name, step in plan.steps(pinned).items()}
     changed = {name for name in before if before[name] != after[name]}
     downstream = {name for name in before
-                  if name in ("sft", "dpo", "evaluate", "submit") or name.startswith(("generate_", "judge_", "preference_"))}
+                  if name in ("sft", "dpo", "evaluate", "submit") or name.startswith(("generate_", "judge_", "pair_accuracy_"))}
     assert changed == {"fetch_base"} | downstream and "curate_sft" not in changed
 
 

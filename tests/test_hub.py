@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from hub_server import FakeHub
 from tiny_model import dpo_adapter, dpo_run, sft_adapter, tiny  # noqa: F401  (fixtures)
-from tunesmith.fetch import file_sha256
+from tunesmith.atomic import content_hash as file_sha256
 from tunesmith.hub import HubError, stage_dataset, stage_model, upload_plan
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -58,16 +58,16 @@ def _planning_reads() -> set[str]:
             recipes.append(shaped(shape))
         except RecipeError:
             continue
-    read, original_pick, original_lookup = set(), plan.pick, plan._lookup
+    read, original_pick, original_lookup = set(), plan.pick, plan.lookup
     for recipe in recipes:
         # the settings a step hands its job, and the declared keys it compares with file paths, are not reads
         plain = copy.deepcopy(recipe)
         plan.pick = lambda _, keys, plain=plain: original_pick(plain, keys)
-        plan._lookup = lambda _, dotted, plain=plain: original_lookup(plain, dotted)
+        plan.lookup = lambda _, dotted, plain=plain: original_lookup(plain, dotted)
         try:
             plan.steps(wrap(recipe, read, ""))
         finally:
-            plan.pick, plan._lookup = original_pick, original_lookup
+            plan.pick, plan.lookup = original_pick, original_lookup
     return read
 
 

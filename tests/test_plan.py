@@ -35,7 +35,7 @@ def test_the_submission_is_keyed_on_its_stages_answers_or_on_the_evaluation_for_
 
 def test_the_evaluation_reads_its_own_keys_and_follows_what_it_scores(recipe):
     before = plan.steps(recipe)["evaluate"]
-    assert set(before.upstream) == {"generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
+    assert set(before.upstream) == {"generate_base", "generate_sft", "generate_dpo", "pair_accuracy_sft", "pair_accuracy_dpo"}
     assert plan.steps(edited(recipe, "generate.max_new_tokens", 8))["evaluate"].key != before.key
     assert plan.steps(edited(recipe, "evaluate.stages", ["dpo"]))["evaluate"].key != before.key
     assert plan.steps(edited(recipe, "dpo.beta", 0.3))["evaluate"].settings == before.settings
@@ -61,13 +61,13 @@ def test_keys_are_stable_and_independent_of_key_order(recipe):
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
-    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "preference_dpo"}),
+    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "pair_accuracy_dpo"}),
     ("generate.max_new_tokens", 8, {"generate_base", "generate_sft", "generate_dpo"}),
-    ("sft.learning_rate", 0.001, {"sft", "dpo", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}),
+    ("sft.learning_rate", 0.001, {"sft", "dpo", "generate_sft", "generate_dpo", "pair_accuracy_sft", "pair_accuracy_dpo"}),
     ("curate.dedup", False, {"curate_sft", "curate_preference", "sft", "dpo", "generate_sft", "generate_dpo",
-                             "preference_sft", "preference_dpo"}),
+                             "pair_accuracy_sft", "pair_accuracy_dpo"}),
     ("base_model.build.vocab_size", 2000, {"tokenizer", "base_model", "sft", "dpo", "generate_base",
-                                           "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}),
+                                           "generate_sft", "generate_dpo", "pair_accuracy_sft", "pair_accuracy_dpo"}),
     ("submission.stage", "sft", set()),
 ])
 def test_a_setting_changes_the_keys_of_its_stage_and_downstream_only(recipe, dotted, value, expected):
@@ -153,7 +153,7 @@ def test_each_scored_stage_gets_a_judge_step_on_its_generations(recipe):
 @pytest.mark.parametrize("dotted, value, expected", [
     ("judge.openai.model", "another-judge", {"judge_base", "judge_sft", "judge_dpo"}),
     ("judge.bootstrap_samples", 500, set()),  # evaluation only: regrades nothing
-    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "judge_dpo", "preference_dpo"}),
+    ("dpo.beta", 0.3, {"dpo", "generate_dpo", "judge_dpo", "pair_accuracy_dpo"}),
 ])
 def test_judge_keys_follow_their_settings_and_answers(recipe, dotted, value, expected):
     assert changed_steps(with_judge(recipe), dotted, value) == expected
@@ -231,12 +231,12 @@ def test_continued_pretraining_sits_under_sft_and_dpo_and_ignores_the_template(r
     assert changed_steps(recipe, "template.prompt", "### Q\n{input}\n### A\n") >= {"sft", "dpo"}
     assert "cpt" not in changed_steps(recipe, "template.prompt", "### Q\n{input}\n### A\n")
     assert changed_steps(recipe, "continued_pretraining.learning_rate", 0.01) == {
-        "cpt", "sft", "dpo", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo"}
+        "cpt", "sft", "dpo", "generate_sft", "generate_dpo", "pair_accuracy_sft", "pair_accuracy_dpo"}
 
 
 def test_the_process_count_keys_training_but_not_curation(recipe):
     assert changed_steps(recipe, "distributed.processes", 2) == {"sft", "dpo", "generate_sft", "generate_dpo",
-                                                                 "preference_sft", "preference_dpo"}
+                                                                 "pair_accuracy_sft", "pair_accuracy_dpo"}
 
 
 def test_editing_one_source_reingests_that_source_only(recipe):
@@ -246,7 +246,7 @@ def test_editing_one_source_reingests_that_source_only(recipe):
     after = keys(recipe)
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"ingest_more_sft", "curate_sft", "sft", "dpo", "generate_sft", "generate_dpo",
-                       "preference_sft", "preference_dpo"}
+                       "pair_accuracy_sft", "pair_accuracy_dpo"}
 
 
 def test_curation_settings_of_a_source_do_not_reingest_it(recipe):

@@ -58,7 +58,7 @@ def competition_jobs(work):
 
 def test_every_job_of_the_13b_recipe_is_sized_for_it(competition_jobs):
     jobs = competition_jobs
-    for rule in ("train_sft", "train_dpo"):
+    for rule in ("train_sft", "train_preference_method"):
         assert jobs[rule]["gpu"] == 1 and jobs[rule]["threads"] == 8
         assert jobs[rule]["mem_mb"] >= 48000, "13B shards are quantised through host memory"
         assert jobs[rule]["runtime"] >= 480, "an epoch of QLoRA on 13B takes hours"
@@ -74,7 +74,7 @@ def test_training_holds_one_gpu_per_process_from_the_recipe(work, tmp_path):
     recipe = tmp_path / "two.yaml"
     recipe.write_text(COMPETITION.read_text() + "\ndistributed:\n  processes: 2\n")
     jobs = planned_resources(dry_run(work, recipe=recipe))
-    assert jobs["train_sft"]["gpu"] == jobs["train_dpo"]["gpu"] == 2
+    assert jobs["train_sft"]["gpu"] == jobs["train_preference_method"]["gpu"] == 2
     assert jobs["generate_answers"]["gpu"] == 1
 
 
@@ -83,7 +83,7 @@ def test_every_gpu_rule_has_its_own_size_in_the_profile(competition_jobs):
     sized = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]
     gpu_rules = set(re.findall(r"^rule (\w+):(?:(?!^rule ).)*?\n\s+gpu=", "\n".join(
         path.read_text() for path in (REPO / "rules").glob("*.smk")), flags=re.M | re.S))
-    assert {"train_sft", "train_dpo", "train_cpt", "generate_answers", "judge_answers"} <= gpu_rules
+    assert {"train_sft", "train_preference_method", "train_cpt", "generate_answers", "judge_answers"} <= gpu_rules
     assert gpu_rules <= set(sized), f"no set-resources entry for {sorted(gpu_rules - set(sized))}"
     for rule in gpu_rules:
         assert {"mem_mb", "runtime"} <= set(sized[rule]), rule
@@ -99,7 +99,7 @@ def test_fetch_and_publish_rules_run_on_the_submitting_node(work):
                                 resource_settings=ResourceSettings(cores=1))._workflow
         local = set(workflow._localrules)
     assert {"fetch_model", "fetch_models"} <= local
-    assert not local & {"train_sft", "train_dpo", "generate_answers", "export_model", "curate_data"}
+    assert not local & {"train_sft", "train_preference_method", "generate_answers", "export_model", "curate_data"}
 
 
 def test_the_13b_on_policy_variant_shards_sampling_over_gpu_jobs(work, tmp_path):

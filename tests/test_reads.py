@@ -2,7 +2,8 @@
 
 import json
 
-from tunesmith.reads import RecordingParams, leaves, recording_params, wrap
+from recipe_keys import leaves
+from tunesmith.reads import RecordingParams, recording_params, wrap
 
 
 def test_lookups_are_recorded_as_dotted_paths_and_hashing_is_not_a_read():

@@ -408,22 +408,20 @@ def test_settings_that_cannot_work_are_refused_at_validation(change, problem):
 
 
 def test_the_workflow_gets_the_variants_validation_made_without_validating_them_again(monkeypatch):
-    """Loading a sweep validates every variant; the workflow's `variants` right after gets those
-    (a 64-variant sweep was validated twice per `snakemake -n`), once: a later call validates again."""
+    """Loading a sweep validates every variant once and hands them over with the recipe (a 64-variant sweep
+    was validated twice per `snakemake -n`); `variants` alone validates again, from the recipe it is given."""
     import tunesmith.recipe as recipe_module
+    from tunesmith.recipe import load_recipe_and_variants
 
-    recipe = load_recipe(REPO / "recipes/sweep.yaml")
     validated = []
     schema_problems = recipe_module._schema_problems
     monkeypatch.setattr(recipe_module, "_schema_problems", lambda r: validated.append(1) or schema_problems(r))
-    first = variants(recipe)
-    assert len(first) == 4 and not validated
+    recipe, first = load_recipe_and_variants(REPO / "recipes/sweep.yaml")
+    assert len(first) == 4 and len(validated) == 1 + 4
     again = variants(recipe)
-    assert again == first and again is not first and len(validated) == 4
-    recipe_module._LAST_VARIANTS.clear()
-    recipe = load_recipe(REPO / "recipes/sweep.yaml")
+    assert again == first and again is not first and len(validated) == 1 + 4 + 4
     changed = copy.deepcopy(recipe)
-    changed["seed"] += 1  # asked for while the variants held are `recipe`'s
+    changed["seed"] += 1
     assert all(variant["seed"] == changed["seed"] for variant in variants(changed).values())
 
 

@@ -17,8 +17,8 @@ from tunesmith.recipe import RecipeError, replicate_seeds, replicates, validate_
 from tunesmith.replicates import summarise_replicates
 
 DATA_STEPS = ("ingest_sample_sft", "ingest_sample_preference", "tokenizer", "curate_sft", "curate_preference")
-TRAINED_STEPS = ("base_model", "sft", "dpo", "generate_base", "generate_sft", "generate_dpo", "preference_sft",
-                 "preference_dpo")
+TRAINED_STEPS = ("base_model", "sft", "dpo", "generate_base", "generate_sft", "generate_dpo", "pair_accuracy_sft",
+                 "pair_accuracy_dpo")
 
 
 def quick(tmp_path, **changes) -> dict:

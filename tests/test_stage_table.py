@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO
+from recipe_keys import generic, leaf_keys
 from stage_keys import alternatives, downstream_of as downstream, get as _get, put as _put
 from tunesmith import plan
 from tunesmith.curate import curate_memory_limit
@@ -47,14 +48,14 @@ def shaped(name: str, base: str = "default.yaml") -> dict:
 
 
 def leaves(recipe):
-    return sorted(plan.leaf_keys(recipe, [key for key in recipe if key != "sweep"]))
+    return sorted(leaf_keys(recipe, [key for key in recipe if key != "sweep"]))
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_a_changed_key_changes_exactly_the_stages_that_read_it_and_their_downstream(shape):
     recipe = shaped(shape)
     before = plan.steps(recipe)
-    readers = {name: plan.leaf_keys(recipe, step.reads) for name, step in before.items()}
+    readers = {name: leaf_keys(recipe, step.reads) for name, step in before.items()}
     tried = 0
     for dotted in leaves(recipe):
         for value in alternatives(dotted, _get(recipe, dotted)):
@@ -85,9 +86,9 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
                 recipe = shaped(shape, base)
             except RecipeError:
                 continue  # e.g. continued pretraining without a pretrain source
-            read |= {plan.generic(key) for step in plan.steps(recipe).values()
-                     for key in plan.leaf_keys(recipe, step.reads + step.unkeyed)}
-    declared = {plan.generic(key) for key in leaves(shaped("default"))}
+            read |= {generic(key) for step in plan.steps(recipe).values()
+                     for key in leaf_keys(recipe, step.reads + step.unkeyed)}
+    declared = {generic(key) for key in leaves(shaped("default"))}
     # Switches that decide which stages exist (repeats: the seed replicates, rules/common.smk), and the
     # opt-in push rules' own section (rules/publish.smk).
     unused = {key for key in declared - read
@@ -96,7 +97,7 @@ def test_every_schema_key_is_read_by_some_stage_of_some_recipe_shape():
 
 
 def test_each_preference_method_reads_its_own_settings_only():
-    reads = {method: plan.leaf_keys(recipe, plan.steps(recipe)["dpo"].reads) for method, recipe in (
+    reads = {method: leaf_keys(recipe, plan.steps(recipe)["dpo"].reads) for method, recipe in (
         ("dpo", shaped("default")), ("simpo", shaped("SimPO on two nodes, tracked in MLflow and W&B")),
         ("orpo", shaped("ORPO, untracked")), ("kto", shaped("KTO on two processes")))}
     own = {"dpo": {"dpo.loss_type"}, "simpo": {"dpo.simpo_gamma", "dpo.cpo_alpha"}, "orpo": set(),
@@ -113,7 +114,7 @@ def test_kto_trains_on_the_unpaired_answers_curation_makes_of_the_pairs():
     assert kto["unpair_preference"].reads == ("seed",)
     assert kto["dpo"].upstream["dataset"] == kto["unpair_preference"].key
     # Preference accuracy still compares the stages on the curated pairs.
-    assert kto["preference_dpo"].upstream["dataset"] == kto["curate_preference"].key
+    assert kto["pair_accuracy_dpo"].upstream["dataset"] == kto["curate_preference"].key
     for name in ("default", "ORPO, untracked", "no DPO, no near-dup, no decontamination"):
         assert "unpair_preference" not in plan.steps(shaped(name)), name
 

@@ -10,7 +10,8 @@ import pytest
 from tunesmith.answers import answers_page
 from tunesmith import significance
 from tunesmith.paired import compare_answers
-from tunesmith.summary import collect, end_of_run, start_page, submission_reason, summary_inputs, terminal, write_summary
+from tunesmith.choice import submission_reason
+from tunesmith.summary import collect, end_of_run, start_page, summary_inputs, terminal, write_summary
 
 TASKS = [(0, "「かぜ」を2回繰り返してください。", "repetition", "かぜかぜ"),
          (1, "8と4の合計は？", "addition", "12"),

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -411,3 +412,21 @@ def test_a_task_file_without_references_is_fine_for_a_judge(tmp_path):
     recipe["judge"].update(backend="transformers")
     recipe["judge"]["local"]["path"] = "some/model"
     assert check_task_files(recipe) == []
+
+
+def test_the_answers_page_groups_by_the_same_field_the_family_scores_read(tmp_path):
+    """`family` is the task file's field for both (answers.html once also took `category`, which the scores
+    ignored): a `category` alone groups nothing, anywhere; a bad `family` fails the page as it fails scoring."""
+    from tunesmith.answers import answers_page
+
+    generations = tmp_path / "sft.jsonl"
+    generations.write_text(dump({"task_id": 0, "output": "x"}) + "\n" + dump({"task_id": 1, "output": "y"}) + "\n")
+    files = {"generations": {"sft": str(generations)}, "judged": {}, "references": None}
+    tasks = write(tmp_path / "tasks.jsonl", dump({"task_id": 0, "input": "a", "family": "capital"}) + "\n"
+                  + dump({"task_id": 1, "input": "b", "category": "addition"}) + "\n")
+    page = answers_page({**files, "tasks": str(tasks)}, "sft")
+    assert read_task_families(tasks) == {0: "capital"}
+    assert re.findall(r'<h2 id="family-\d">([^<]+)</h2>', page) == ["capital: 1 tasks", "all: 1 tasks"]
+    bad = write(tmp_path / "bad.jsonl", dump({"task_id": 0, "input": "a", "family": 3}) + "\n")
+    with pytest.raises(TaskFileError, match="bad.jsonl:1: field 'family'"):
+        answers_page({**files, "tasks": str(bad)}, "sft")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from recipe_keys import leaf_keys
 from tunesmith.submission import validate_submission
 from tunesmith.tasks import read_tasks
 
@@ -40,8 +41,8 @@ def test_default_recipe_plans_every_stage(tmp_path):
     assert result.returncode == 0, result.stderr
     assert planned_jobs(result.stdout) == {
         "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "evaluate_stages": 1, "generate_answers": 3, "pretrain_base": 1,
-        "train_dpo": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
-        "summarise_run": 1, "score_preferences": 2, "current_submission": 1, "current_evaluation": 1,
+        "train_preference_method": 1, "train_sft": 1, "train_tokenizer": 1, "write_submission": 1, "trace_lineage": 1,
+        "summarise_run": 1, "score_pair_accuracy": 2, "current_submission": 1, "current_evaluation": 1,
     }
 
 
@@ -51,7 +52,7 @@ def test_competition_recipe_plans_without_building_a_base_model(tmp_path, cached
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
     assert "pretrain_base" not in jobs and "train_tokenizer" not in jobs
-    assert jobs["train_sft"] == jobs["train_dpo"] == jobs["write_submission"] == 1
+    assert jobs["train_sft"] == jobs["train_preference_method"] == jobs["write_submission"] == 1
 
 
 QUANTISED_REFUSAL = "base_model.quantization is 'nf4', which needs a CUDA GPU to train"
@@ -171,7 +172,7 @@ def test_curation_accounts_for_every_row(default_run):
 def test_every_job_logged_and_adapters_load(default_run):
     from peft import PeftConfig
 
-    for log in ("train_tokenizer/*", "pretrain_base/*", "train_sft/*", "train_dpo/*", "write_submission/*",
+    for log in ("train_tokenizer/*", "pretrain_base/*", "train_sft/*", "train_preference_method/*", "write_submission/*",
                 "evaluate_stages/*", "current_submission", "current_evaluation"):
         assert one(default_run, f"logs/{log}.log").is_file()
     for stage in ("sft", "dpo"):
@@ -235,14 +236,14 @@ def edited_recipe(directory, old, new):
 # `snakemake submission.jsonl` builds the submitted stage's chain only; scores are a separate target.
 RERUNS = [
     ("comment only", "# The embedded default", "# The embedded, edited default", {}),
-    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_dpo": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
+    ("dpo.beta", "beta: 0.1", "beta: 0.2", {"train_preference_method": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
     ("generate.max_new_tokens", "max_new_tokens: 32", "max_new_tokens: 24",
      {"generate_answers": 1, "write_submission": 1, "current_submission": 1}),
     ("curate.max_prompt_chars", "curate:\n", "curate:\n  max_prompt_chars: 1000\n",
-     {"curate_data": 2, "train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1,
+     {"curate_data": 2, "train_sft": 1, "train_preference_method": 1, "generate_answers": 1, "write_submission": 1,
       "current_submission": 1}),
     ("sft.learning_rate", "learning_rate: 0.003\n  lr_scheduler", "learning_rate: 0.002\n  lr_scheduler",
-     {"train_sft": 1, "train_dpo": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
+     {"train_sft": 1, "train_preference_method": 1, "generate_answers": 1, "write_submission": 1, "current_submission": 1}),
 ]
 
 
@@ -287,15 +288,15 @@ def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
         if manifest["stage"].startswith("export_"):
             continue  # export_dataset's, stored beside the curated data it exports
         read = set(manifest["settings_read"])
-        unread = plan.leaf_keys(step.settings, list(step.settings)) - read
-        if step.stage in READ_BY_INPUT_FILES:
-            unread = {key for key in unread if not READ_BY_INPUT_FILES[step.stage].fullmatch(key)}
+        unread = leaf_keys(step.settings, list(step.settings)) - read
+        if step.name in READ_BY_INPUT_FILES:
+            unread = {key for key in unread if not READ_BY_INPUT_FILES[step.name].fullmatch(key)}
         if unread:
-            problems.append(f"{step.stage} declares keys it never reads: {sorted(unread)}")
-        checked.add(step.stage)
+            problems.append(f"{step.name} declares keys it never reads: {sorted(unread)}")
+        checked.add(step.name)
     assert not problems, "\n".join(problems)
     assert checked >= {"tokenizer", "base_model", "ingest", "curate_sft", "curate_preference", "sft", "dpo",
-                       "generate_base", "generate_sft", "generate_dpo", "preference_sft", "preference_dpo",
+                       "generate_base", "generate_sft", "generate_dpo", "pair_accuracy_sft", "pair_accuracy_dpo",
                        "evaluate", "submit"}
 
 
@@ -320,9 +321,9 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
     filled = validate_recipe(yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8")))
     steps = plan.steps(filled)
     upstream = {name for name in steps if stage in downstream_of(steps, {name})}
-    read = set().union(*(plan.leaf_keys(filled, steps[name].reads) for name in upstream))
+    read = set().union(*(leaf_keys(filled, steps[name].reads) for name in upstream))
     changed = []
-    for dotted in sorted(plan.leaf_keys(filled, [key for key in filled if key != "sweep"]) - read):
+    for dotted in sorted(leaf_keys(filled, [key for key in filled if key != "sweep"]) - read):
         if dotted.startswith(STRUCTURAL):
             continue
         for value in alternatives(dotted, get(filled, dotted)):
@@ -348,7 +349,7 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
 
 @pytest.mark.e2e
 def test_every_artifact_has_a_manifest(default_run):
-    from tunesmith.manifest import content_hash
+    from tunesmith.atomic import content_hash
 
     current = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
     assert current["stage"] == "current"  # submission.jsonl is a copy of the recipe's keyed submission
@@ -357,7 +358,7 @@ def test_every_artifact_has_a_manifest(default_run):
     assert keyed.read_bytes() == (default_run / "submission.jsonl").read_bytes()
     assert str(keyed.relative_to(default_run)) in current["inputs"]
     submission = json.loads(keyed.with_name("submission.jsonl.manifest.json").read_text())
-    assert submission["stage"] == "submission"
+    assert submission["stage"] == "submit"  # the stage registry's name (tunesmith.workflow.job_label)
     dpo_generations = one(default_run, "results/generations/*/dpo.jsonl").relative_to(default_run)
     assert str(dpo_generations) in submission["inputs"]
     sft_adapter = one(default_run, "results/sft/*/adapter")
@@ -377,7 +378,7 @@ def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
     task_id = contaminated["task_id"]
     text = "\n".join(lineage("submission.jsonl", task_id=task_id, root=default_run))
     key = "[0-9a-f]{12}"
-    order = ["submission.jsonl  \\[current", f"results/submissions/{key}/submission.jsonl  \\[submission",
+    order = ["submission.jsonl  \\[current", f"results/submissions/{key}/submission.jsonl  \\[submit",
              f"results/generations/{key}/dpo.jsonl  \\[generate_dpo",
              f"results/dpo/{key}/adapter  \\[dpo", f"results/sft/{key}/adapter  \\[sft",
              f"results/curated/{key}/sft.parquet  \\[curate_sft", "data/raw/sft.jsonl  \\[source, sha256"]
@@ -394,7 +395,7 @@ def test_disabled_dpo_submits_the_sft_answers(tmp_path):
     result = snakemake("-n", "--directory", tmp_path, "--config", f"recipe={recipe}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
-    assert "train_dpo" not in jobs and jobs["generate_answers"] == 2
+    assert "train_preference_method" not in jobs and jobs["generate_answers"] == 2
     assert "curate_data" in jobs and jobs["curate_data"] == 1, "no preference data is curated without DPO"
 
 
@@ -407,7 +408,7 @@ def test_kto_trains_on_the_unpaired_answers_curation_makes_of_the_pairs(tmp_path
     unpair = re.search(r"rule unpair_preferences:\n    input: (\S+)\n    output: (\S+?),", result.stdout)
     assert unpair and unpair[1].endswith("/preference.parquet") and unpair[2].endswith("/unpaired.parquet"), \
         result.stdout
-    dpo = re.search(r"rule train_dpo:\n    input: ([^\n]+)", result.stdout)
+    dpo = re.search(r"rule train_preference_method:\n    input: ([^\n]+)", result.stdout)
     assert unpair[2] in dpo[1] and "preference.parquet" not in dpo[1], dpo[1]
 
 
@@ -417,7 +418,7 @@ def test_export_plans_a_merged_model_of_the_dpo_chain(tmp_path):
                        "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result.stdout)
-    assert jobs["export_model"] == 1 and jobs["train_dpo"] == 1 and "write_submission" not in jobs
+    assert jobs["export_model"] == 1 and jobs["train_preference_method"] == 1 and "write_submission" not in jobs
 
 
 SWEEP = """
@@ -441,11 +442,11 @@ def test_a_sweep_builds_shared_upstream_once(tmp_path):
     # Four variants and the recipe itself: curation, the base model and SFT once; DPO once per beta;
     # answers once per (model, generation settings): base and sft x 2 penalties, dpo x 2 betas x 2.
     assert planned_jobs(result.stdout) == {
-        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_dpo": 2,
+        "all": 1, "ingest_source": 2, "curate_data": 2, "export_dataset": 2, "train_tokenizer": 1, "pretrain_base": 1, "train_sft": 1, "train_preference_method": 2,
         # The recipe is one of its own variants (beta 0.1, penalty 1.0): its keyed scores and submission are that one's.
         "generate_answers": 8, "evaluate_stages": 4, "write_submission": 4, "trace_lineage": 1, "summarise_run": 1,
         "current_evaluation": 1, "current_submission": 1, "variant_evaluation": 4, "variant_submission": 4,
-        "rank_variants": 1, "score_preferences": 3,
+        "rank_variants": 1, "score_pair_accuracy": 3,
     }
     assert "results/sweep/dpo.beta=0.3,generate.repetition_penalty=1.2/submission.jsonl" in result.stdout
 
@@ -509,7 +510,7 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
     text = "\n".join(lines)
     sft = text.split("train_sft: ")[1].split("\n", 3)
     assert sft[1].strip() == "sft.learning_rate: 0.003 → 0.002", text
-    dpo = text.split("train_dpo: ")[1].split("\n", 2)
+    dpo = text.split("train_preference_method: ")[1].split("\n", 2)
     assert dpo[1].strip().startswith("consumes results/sft/") and dpo[1].strip().endswith("which is rebuilt"), text
     assert lines[-1] == "5 jobs would run."  # sft, dpo, the dpo answers, the keyed submission and its copy
 
@@ -544,13 +545,13 @@ def test_changing_a_stage_script_reruns_that_stage(default_run, tmp_path):
     workflow.mkdir()
     for part in ("Snakefile", "rules", "scripts", "report", "recipes"):
         (shutil.copytree if (REPO / part).is_dir() else shutil.copyfile)(REPO / part, workflow / part)
-    script = workflow / "scripts/train_dpo.py"
+    script = workflow / "scripts/train_preference_method.py"
     script.write_text(script.read_text().replace("log_to(snakemake.log[0])", "log_to(snakemake.log[0])  # edited"))
     command = [sys.executable, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "submission.jsonl", "-n",
                "--directory", str(default_run), "--config", f"recipe={REPO / 'recipes/default.yaml'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"train_dpo": 1, "generate_answers": 1, "write_submission": 1,
+    assert planned_jobs(result.stdout) == {"train_preference_method": 1, "generate_answers": 1, "write_submission": 1,
                                            "current_submission": 1}
 
 
@@ -575,7 +576,7 @@ def test_the_shipped_sweep_builds_every_variant_and_a_leaderboard(default_run, t
     plan_only = snakemake("-n", "--directory", work, "--config", f"recipe={REPO / 'recipes/sweep.yaml'}")
     jobs = planned_jobs(plan_only.stdout)
     assert not {"ingest_source", "curate_data", "pretrain_base", "train_sft"} & set(jobs), jobs
-    assert jobs["train_dpo"] == 1 and jobs["generate_answers"] == 5 and jobs["rank_variants"] == 1
+    assert jobs["train_preference_method"] == 1 and jobs["generate_answers"] == 5 and jobs["rank_variants"] == 1
     built = snakemake("--directory", work, "--config", f"recipe={REPO / 'recipes/sweep.yaml'}", "--cores", "1",
                       "--resources", "gpu=1")
     assert built.returncode == 0, built.stderr[-5000:]

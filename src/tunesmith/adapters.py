@@ -35,7 +35,8 @@ import torch
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-TRAINED = "trained"
+TRAINED_FOLDER = "trained"
+METADATA_FILE = "tunesmith.json"  # what tunesmith records of a stage's adapter (or export) beside it (model.write_metadata)
 _PAIR = (".lora_A.weight", ".lora_B.weight")
 
 
@@ -58,7 +59,7 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 def trained_part(folder: str | os.PathLike) -> str:
     """The adapter a stage trained by itself: `trained/` when adapters lie beneath it, else the folder."""
-    inner = Path(folder) / TRAINED
+    inner = Path(folder) / TRAINED_FOLDER
     return str(inner if (inner / CONFIG).is_file() else folder)
 
 
@@ -136,7 +137,7 @@ def set_base(folder: str | os.PathLike, base_path: str) -> None:
 def finish_stage_folder(folder: str | os.PathLike, beneath: str | None, base_path: str) -> None:
     """Turn the trainer's output in `folder`/trained (the adapter this stage trained, with peft's copies
     of any other adapter in subfolders) into the layout above."""
-    folder, trained = Path(folder), Path(folder) / TRAINED
+    folder, trained = Path(folder), Path(folder) / TRAINED_FOLDER
     for entry in trained.iterdir():  # peft saves every adapter of the model; only the trained one is ours
         if entry.is_dir():
             shutil.rmtree(entry)

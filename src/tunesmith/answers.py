@@ -10,7 +10,7 @@ import html
 from tunesmith.atomic import read_jsonl
 from tunesmith.evaluate import score
 from tunesmith.submission import read_generations
-from tunesmith.tasks import _read_records, load_references, read_tasks
+from tunesmith.tasks import load_references, read_task_families, read_tasks
 
 
 def reference_answers(path, tasks_path) -> dict[int, str]:
@@ -56,13 +56,6 @@ def _regression_filter(stages: dict, lost: dict[str, list[int]]) -> list[str]:
                 f"wrong that {names[names.index(stage) - 1]} got right ({len(ids)})</label>"
                 for stage, ids in lost.items()]
     return [f"<style>{style}</style>", "<p><strong>Show:</strong></p>", *buttons]
-
-
-def task_families(tasks_path) -> dict[int, str]:
-    """A task's `family` (or `category`) field, where the task file's rows carry one."""
-    return {value["task_id"]: value.get("family") or value.get("category")
-            for _, value in _read_records(tasks_path, {"task_id": int, "input": str})
-            if value.get("family") or value.get("category")}
 
 
 def _answers_by_stage(files: dict, references: dict[int, str] | None) -> dict[str, dict[int, dict]]:
@@ -114,7 +107,7 @@ def answers_page(files: dict, submitted: str) -> str:
     tasks = read_tasks(files["tasks"])
     references = (reference_answers(files["references"], files["tasks"]) if files["references"] else None) or None
     stages = _answers_by_stage(files, references)
-    families = task_families(files["tasks"])
+    families = read_task_families(files["tasks"])
     groups: dict[str, list[int]] = {}
     for task in tasks:
         groups.setdefault(families.get(task.task_id, "all"), []).append(task.task_id)

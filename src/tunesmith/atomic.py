@@ -8,6 +8,7 @@ the job that owns the output starts again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -101,3 +102,17 @@ def copy_files(sources: list, targets: list) -> None:
     for source, target in zip(sources, targets):
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tunesmith.manifest import content_hash
+from tunesmith.atomic import content_hash
 from tunesmith.recipe import section_hash
 
 log = logging.getLogger(__name__)

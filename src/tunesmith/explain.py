@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tunesmith import plan
 from tunesmith.manifest import current_manifest
-from tunesmith.recipe import load_recipe, variants
+from tunesmith.recipe import load_recipe_and_variants
+from tunesmith.workflow import KEYED_PATH
 
-KEYED = re.compile(r"^(?P<head>results/[^/]+/)(?P<key>[0-9a-f]{12})(?P<tail>/.*)$")
+
 
 
 @dataclass
@@ -72,7 +73,7 @@ def differences(old, new, path: str = "") -> list[str]:
 
 def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
     """The newest manifest of the same stage under another key (what this job would replace)."""
-    match = KEYED.match(output)
+    match = KEYED_PATH.match(output)
     if not match:
         return None
     found = []
@@ -90,7 +91,7 @@ def previous_build(output: str, root: Path) -> tuple[str, dict] | None:
 def causes(job: Job, steps: dict[str, plan.Step], root: Path, rebuilt: set[str]) -> list[str]:
     """Why a job runs, in recipe terms where the job is keyed."""
     output = job.outputs[0] if job.outputs else ""
-    match = KEYED.match(output)
+    match = KEYED_PATH.match(output)
     if match and "Missing output files" in job.reason and match["key"] in steps:
         step = steps[match["key"]]
         previous = previous_build(output, root)
@@ -128,8 +129,8 @@ def explain(recipe: str | os.PathLike | None = None, targets: list[str] | None =
     if not snakefile.is_file():
         raise OSError(f"{snakefile}: no Snakefile there; run from the project folder or pass --snakefile")
     recipe_path = Path(recipe) if recipe else snakefile.parent / "recipes" / "default.yaml"
-    config = load_recipe(recipe_path)
-    steps = {step.key: step for variant in {"": config, **variants(config, str(recipe_path))}.values()
+    config, sweep = load_recipe_and_variants(recipe_path)
+    steps = {step.key: step for variant in {"": config, **sweep}.values()
              for step in plan.steps(variant).values()}
     command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), *(targets or []), "--dry-run",
                "--directory", str(root), "--config", f"recipe={recipe_path.resolve()}"]

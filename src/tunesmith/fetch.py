@@ -15,7 +15,6 @@ compute node waits on a network it does not have.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, content_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +93,6 @@ def local_files(folder: str | os.PathLike) -> list[str]:
                   if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _snapshot(repo_id: str, revision: str | None, key: str) -> Path:
     """The cache's snapshot folder of `repo_id` at `revision` (downloaded unless already cached)."""
     from huggingface_hub import snapshot_download
@@ -146,7 +137,7 @@ def _lay_out(files: list[tuple[str, Path]], out_dir: str, link: str) -> tuple[di
     hashes, placed = {}, {"linked": 0, "copied": 0, "symlinked": 0}
     with atomic_path(out_dir, directory=True) as tmp:
         for name, source in files:
-            digest = file_sha256(source)
+            digest = content_hash(source)
             # The cache names an LFS file's blob by the sha256 the hub gave (its ETag).
             etag = Path(os.readlink(source)).name if link == "hard" and source.is_symlink() else ""
             if SHA256.match(etag) and etag != digest:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, content_hash, write_json
 from tunesmith.export_data import configs, export_dataset
-from tunesmith.fetch import file_sha256
 
 CARD = "README.md"
 # The recipe sections a model card shows, in this order, when the run has them.
@@ -67,10 +66,15 @@ def base_model_id(record: dict | None) -> tuple[str | None, str | None]:
     return None, None
 
 
-def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_cards: dict[str, dict],
-               scores: dict | None, record: dict | None, publish: dict) -> str:
-    """The model card of an adapter chain (`kind` adapter) or a merged export (`kind` export) of
-    `stage`: hub metadata, how to load it, the template, the recipe sections, data counts, scores."""
+NO_PUBLISH = {"license": None, "model_repo": None, "dataset_repo": None}
+
+
+def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_cards: dict[str, dict] | None,
+               scores: dict | None, record: dict | None, publish: dict = NO_PUBLISH, chain: list[dict] = ()) -> str:
+    """The one model card: of an adapter chain (`kind` adapter) or a merged export (`kind` export) of
+    `stage`: hub metadata, how to load it, the adapters merged in (`chain`, from the adapter metadata), the
+    template, the recipe sections, data counts and scores. An export's own folder gets it as soon as it is
+    merged (`data_cards` None: no data or scores section); the staged folder of a push gets the full card."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base_repo, commit = base_model_id(record)
@@ -86,6 +90,10 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
     body = [f"# {repo.split('/')[-1]}", "",
             f"{'LoRA adapters' if kind == 'adapter' else 'A merged model'} of the **{stage}** stage, trained by "
             f"tunesmith from {base_text}.", ""]
+    if chain:
+        order = " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in chain)
+        body += ["Adapters, in training order: " + order
+                 + ("; merged into the base (on the CPU, without quantisation)." if kind == "export" else "."), ""]
     body += ["## Use", ""]
     if kind == "export":
         body += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -109,8 +117,9 @@ def model_card(kind: str, stage: str, sections: dict, adapters: list[str], data_
              f"`{template['kind']}`" + (":" if template["kind"] == "plain" else " (the tokenizer's chat template)."), ""]
     if template["kind"] == "plain":
         body += ["```", template["prompt"].rstrip("\n"), "```", ""]
-    body += ["## Scores on the task file", "", *_scores_table(scores)]
-    body += ["## Training data", "", *_counts_table(data_cards)]
+    if data_cards is not None:
+        body += ["## Scores on the task file", "", *_scores_table(scores)]
+        body += ["## Training data", "", *_counts_table(data_cards)]
     body += ["## Recipe", "", "The recipe sections that made this model (every default filled in):", ""]
     shown = [name for name in MODEL_SECTIONS if name in sections
              if name != "continued_pretraining" or sections[name]["enabled"]
@@ -199,9 +208,13 @@ def stage_model(kind: str, stage: str, sources: list[str], sections: dict, data_
     export (`kind` export: `sources` is its folder) of `stage` with its model card."""
     record = _read_json(record_path)
     base_repo, commit = base_model_id(record)
+    from tunesmith.adapters import METADATA_FILE  # torch: only in the job, not where the workflow imports hub
+
     adapters = sources if kind == "adapter" else []
+    metadata = Path(sources[-1], METADATA_FILE)
+    chain = json.loads(metadata.read_text(encoding="utf-8")).get("chain", []) if metadata.is_file() else []
     card = model_card(kind, stage, sections, adapters, {role: _read_json(path) for role, path in data_cards.items()},
-                      _read_json(scores_path), record, publish)
+                      _read_json(scores_path), record, publish, chain)
     names = [Path(adapter).parent.parent.name for adapter in adapters]
     parts = adapter_parts(adapters, names) if kind == "adapter" else [("", sources[0])]
     return stage_folder(parts, out_dir, card, base_repo=base_repo if kind == "adapter" else None, base_commit=commit)
@@ -230,7 +243,7 @@ def upload_plan(folder: str | os.PathLike, repo_id: str | None, repo_type: str, 
         raise HubError(f"{key} is null: name the hub repository (owner/name) to push {what} to")
     folder = Path(folder)
     # Hidden entries are bookkeeping (Snakemake's .snakemake_timestamp in a directory output), not content.
-    files = [{"path": str(file.relative_to(folder)), "size": file.stat().st_size, "sha256": file_sha256(file)}
+    files = [{"path": str(file.relative_to(folder)), "size": file.stat().st_size, "sha256": content_hash(file)}
              for file in sorted(folder.rglob("*")) if file.is_file()
              and not any(part.startswith(".") for part in file.relative_to(folder).parts)]
     if not any(entry["path"] == CARD for entry in files):

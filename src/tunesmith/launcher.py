@@ -87,12 +87,19 @@ def check_strategy(section: dict, base_section: dict) -> None:
             f"distributed.strategy is '{section['strategy']}', which needs CUDA GPUs, and none is present; "
             "set distributed.strategy: ddp to train on several CPU processes"
         )
+    problem = sharding_problem(section, base_section)
+    if problem:
+        raise DistributedError(problem)
+
+
+def sharding_problem(section: dict, base_section: dict) -> str | None:
+    """FSDP with a quantised base, refused by the recipe's validation and again by the launcher (which also
+    runs functions given sections directly)."""
     if section["strategy"] == "fsdp" and base_section["quantization"] != "none":
-        raise DistributedError(
-            f"distributed.strategy is 'fsdp' with base_model.quantization '{base_section['quantization']}': "
-            "sharding a bitsandbytes-quantised base is not supported here; use distributed.strategy: ddp "
-            "(each process holds the 4-bit base) or base_model.quantization: none"
-        )
+        return (f"distributed.strategy: fsdp cannot shard a quantised base (base_model.quantization: "
+                f"{base_section['quantization']}, bitsandbytes); use distributed.strategy: ddp (each process holds "
+                "the 4-bit base) or base_model.quantization: none")
+    return None
 
 
 def _name_of(function) -> str:

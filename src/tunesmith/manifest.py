@@ -10,7 +10,6 @@ manifest as it starts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -20,7 +19,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from tunesmith.atomic import atomic_path, remove_stale_partials, write_json
+from tunesmith.atomic import atomic_path, content_hash, remove_stale_partials, write_json
 from tunesmith.reads import RecordingParams, recording_params
 from tunesmith.recipe import section_hash
 
@@ -31,20 +30,6 @@ class LineageError(ValueError):
 
 PACKAGES = ("tunesmith", "torch", "transformers", "trl", "peft", "datasets", "duckdb", "snakemake", "bitsandbytes")
 SUFFIX = ".manifest.json"
-
-
-def content_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_path(output: str | os.PathLike) -> Path:
@@ -115,7 +100,8 @@ def write_manifest(stage: str, inputs: list[str], outputs: list[str], settings: 
 @contextmanager
 def recorded(job, stage: str):
     """Around a Snakemake script's work: first clear what an earlier, killed or failed attempt left beside
-    the job's outputs (temporary `.partial` siblings, the old manifest); on success, write the manifest."""
+    the job's outputs (temporary `.partial` siblings, the old manifest); on success, write the manifest.
+    Scripts name the job's stage as the stage registry does: `tunesmith.workflow.job_label(snakemake)`."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     outputs = [os.fspath(p) for p in job.output]
     for output in outputs:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.adapters import METADATA_FILE
+
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "tunesmith.json"
-TRAINED = "default"  # peft's name for the adapter a stage trains: the trainer saves it at the folder's root
+TRAINED_ADAPTER = "default"  # peft's name for the adapter a stage trains: the trainer saves it at the folder's root
 BENEATH = "beneath"  # the frozen adapter of the stage below
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -170,10 +171,10 @@ def trainable_model(base_path: str, section: dict, beneath: str | None, new_adap
     model = PeftModel.from_pretrained(model, beneath, adapter_name=BENEATH, is_trainable=False,
                                       autocast_adapter_dtype=not zero3)
     if continue_adapter is not None:
-        model.load_adapter(continue_adapter, adapter_name=TRAINED, is_trainable=True,
+        model.load_adapter(continue_adapter, adapter_name=TRAINED_ADAPTER, is_trainable=True,
                            autocast_adapter_dtype=not zero3)
     else:
-        model.add_adapter(TRAINED, new_adapter, autocast_adapter_dtype=not zero3)
+        model.add_adapter(TRAINED_ADAPTER, new_adapter, autocast_adapter_dtype=not zero3)
     activate_stack(model)
     return model
 
@@ -184,10 +185,10 @@ def activate_stack(model) -> None:
     if BENEATH not in model.peft_config:
         return
     # The trained adapter first: the trainer treats the first active adapter as the one it trains.
-    model.base_model.set_adapter([TRAINED, BENEATH])
-    model.active_adapter = TRAINED
+    model.base_model.set_adapter([TRAINED_ADAPTER, BENEATH])
+    model.active_adapter = TRAINED_ADAPTER
     model.set_requires_grad(BENEATH, requires_grad=False)
-    model.set_requires_grad(TRAINED, requires_grad=True)
+    model.set_requires_grad(TRAINED_ADAPTER, requires_grad=True)
 
 
 def chat_template(template_section: dict, tokenizer) -> str | None:
@@ -214,6 +215,7 @@ def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, tem
     from peft import PeftModel
 
     from tunesmith.atomic import atomic_path
+    from tunesmith.hub import model_card
 
     unquantised = {**section, "quantization": "none"}
     model = load_base(base_path, unquantised, on=torch.device("cpu"))
@@ -224,23 +226,12 @@ def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, tem
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "README.md").write_text(model_card(base_path, section, adapter, adapter_metadata,
-                                                        template_section), encoding="utf-8")
+        chain = adapter_metadata.get("chain", [])
+        card = model_card("export", chain[-1]["stage"] if chain else "export", {"base_model": section,
+                          "template": template_section}, [], None, None, None, chain=chain)
+        (Path(tmp) / "README.md").write_text(card, encoding="utf-8")
         write_metadata(tmp, stage="export", base_model=base_path, adapter=adapter, dtype=section["dtype"],
                        chain=adapter_metadata.get("chain", []), template_hash=adapter_metadata.get("template_hash"))
-
-
-def model_card(base_path: str, section: dict, adapter: str, metadata: dict, template_section: dict) -> str:
-    chain = " → ".join(f"{step['stage']} (LoRA r={step['r']})" for step in metadata.get("chain", []))
-    prompt = template_section["prompt"] if template_section["kind"] == "plain" else "(the tokenizer's chat template)"
-    return (
-        f"# Fine-tuned {base_path}\n\n"
-        f"Built by tunesmith: the base model `{base_path}` with the adapter chain {chain or adapter} merged in "
-        f"({section['dtype']}, merged on CPU without quantisation).\n\n"
-        f"## Prompt\nThe model was trained on prompts rendered as below; `tokenizer.apply_chat_template("
-        f"messages, add_generation_prompt=True)` reproduces it (BOS included).\n\n```\n{prompt}```\n\n"
-        f"Rows trained: {metadata.get('rows', 'unknown')}; template hash {metadata.get('template_hash')}.\n"
-    )
 
 
 def write_metadata(folder: str | os.PathLike, **fields) -> None:

@@ -18,16 +18,13 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass, field
 
-from tunesmith.recipe import section_hash
+from tunesmith.recipe import key_parts, lookup, section_hash
 from tunesmith.fetch import fetched_models, is_local_folder, local_files
-from tunesmith.sources import source_files  # noqa: F401 (the workflow lists a source's files through plan)
 
 MODEL_STAGES = ("base", "sft", "dpo")
-PREFERENCE_STAGES = ("sft", "dpo")  # the stages whose preference accuracy is compared
+PAIR_ACCURACY_STAGES = ("sft", "dpo")  # the stages whose preference accuracy on held-out pairs is compared
 ROLES = ("sft", "preference")
 # What an ingest step reads of its source; style, columns, weight and caps are curation's business.
 INGEST_KEYS = ("id", "path", "format", "role", "split")
@@ -50,7 +47,7 @@ class Stage:
 @dataclass(frozen=True)
 class Step:
     """One stage of one recipe: the recipe keys it reads with their values, and the keys it consumes."""
-    stage: str  # the step's name: "sft", "curate_preference", "generate_dpo", "ingest" (per source)...
+    name: str  # the step's name: "sft", "curate_preference", "generate_dpo", "ingest" (per source)...
     settings: dict  # the recipe restricted to the keys the stage reads
     upstream: dict = field(default_factory=dict)  # name -> key of a consumed artifact
     files: tuple = ()  # files outside the workflow (the task file) it reads
@@ -59,7 +56,8 @@ class Step:
 
     @property
     def key(self) -> str:
-        return section_hash({"stage": self.stage, "settings": self.settings, "upstream": self.upstream,
+        # Hashed under "stage" as before the field was renamed: built artifacts keep their keys.
+        return section_hash({"stage": self.name, "settings": self.settings, "upstream": self.upstream,
                              "files": list(self.files)})[:12]
 
 
@@ -119,7 +117,7 @@ def _training(recipe: dict, section: str, lora: bool = True) -> list[str]:
         keys.append(f"{section}.lora")
     if "packing" in values and not values["packing"]:
         keys.remove(f"{section}.packing_strategy")
-    if "method" in values:  # the preference stage: each method's own settings only for that method
+    if "method" in values:  # the dpo stage (dpo.method): each method's own settings only for that method
         method = values["method"]
         keys = [key for key in keys if key not in set().union(*METHOD_KEYS.values())]
         keys += METHOD_KEYS.get(method, [])
@@ -286,7 +284,7 @@ STAGES = {
                           name: name for name in adapter_stages(r, stage)}}),
     # Preference accuracy of a stage's model: its log-probabilities under the template, nothing else
     # (no seed, no generation settings).
-    "preference": Stage("preference", lambda r, _: [*_model(r), *_template(r)], lambda r, stage: {
+    "pair_accuracy": Stage("pair_accuracy", lambda r, _: [*_model(r), *_template(r)], lambda r, stage: {
         **_built_base(r), **{name: name for name in adapter_stages(r, stage)}, "dataset": "curate_preference"}),
     # One judge job per scored stage, and `reference` for the answers of judge.reference_grades.
     "judge": Stage("judged", lambda r, stage: _judge(r) + (["judge.reference_grades"] if stage == "reference" else []),
@@ -298,7 +296,8 @@ STAGES = {
         **{f"generate_{stage}": f"generate_{stage}" for stage in model_stages(r)},
         **{f"judge_{stage}": f"judge_{stage}" for stage in model_stages(r) if judge_enabled(r)},
         **({"judge_reference": "judge_reference"} if judge_enabled(r) and r["judge"]["reference_grades"] else {}),
-        **({f"preference_{stage}": f"preference_{stage}" for stage in PREFERENCE_STAGES} if r["dpo"]["enabled"] else {})}),
+        **({f"pair_accuracy_{stage}": f"pair_accuracy_{stage}" for stage in PAIR_ACCURACY_STAGES}
+           if r["dpo"]["enabled"] else {})}),
     # The submitted answers: one stage's, or with `submission.stage: best` the stage the evaluation's paired
     # tests pick (tunesmith.choice), so then it consumes the evaluation.
     "submit": Stage("submissions", lambda r, _: ["submission.stage", "submission.allow_empty", "dpo.enabled",
@@ -310,23 +309,13 @@ STAGES = {
 
 # ---- picking settings -------------------------------------------------------------------------------
 
-_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-@functools.cache
-def _parts(dotted: str) -> tuple:
-    return tuple(name if name else int(index) for name, index in _PART.findall(dotted))
-
-
 def pick(recipe: dict, keys) -> dict:
     """The recipe restricted to `keys` (dotted paths; `sources[2].path` for a list item's key), shaped
     like the recipe. Of a list, only the picked items are kept, in order: a source's index in the
     recipe does not matter, its place among the picked ones does."""
     picked: dict = {}
     for dotted in keys:
-        parts, value = _parts(dotted), recipe
-        for part in parts:
-            value = value[part]
+        parts, value = key_parts(dotted), lookup(recipe, dotted)
         node = picked
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -354,38 +343,7 @@ def _as_lists(node):
     return items
 
 
-def generic(dotted: str) -> str:
-    """A key with list indexes dropped (`sources[2].path` -> `sources[].path`), as the schema names it."""
-    return re.sub(r"\[\d+\]", "[]", dotted)
-
-
-def leaf_keys(recipe: dict, keys) -> set[str]:
-    """The dotted leaf keys under `keys` (a section stands for every key in it)."""
-    found = set()
-
-    def walk(value, dotted):
-        if isinstance(value, dict) and value and dotted != "sweep.matrix":
-            for name, item in value.items():
-                walk(item, f"{dotted}.{name}" if dotted else name)
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            for index, item in enumerate(value):
-                walk(item, f"{dotted}[{index}]")
-        else:
-            found.add(dotted)
-
-    for dotted in keys:
-        value = recipe
-        for part in _parts(dotted):
-            value = value[part]
-        walk(value, dotted)
-    return found
-
-
 # ---- the plan ---------------------------------------------------------------------------------------
-
-def sources_of(recipe: dict, role: str) -> list[dict]:
-    return [source for source in recipe["sources"] if source["role"] == role]
-
 
 def model_stages(recipe: dict) -> list[str]:
     """Stages whose answers are generated and scored: `evaluate.stages` and the submitted one, in
@@ -406,7 +364,7 @@ def judge_enabled(recipe: dict) -> bool:
 
 
 def preference_dataset(recipe: dict) -> str:
-    """The step whose dataset the preference stage trains on: the curated pairs, or for KTO their answers
+    """The step whose dataset the dpo stage (any dpo.method) trains on: the curated pairs, or for KTO their answers
     labelled one by one."""
     return "unpair_preference" if recipe["dpo"]["method"] == "kto" else "curate_preference"
 
@@ -445,7 +403,7 @@ def _instances(recipe: dict) -> list[tuple[str, str, object]]:
     if recipe["dpo"]["enabled"]:
         found.append(("dpo", "dpo", None))
         # Preference accuracy (issue 13): the compared stages on the held-out preference pairs.
-        found += [(f"preference_{stage}", "preference", stage) for stage in PREFERENCE_STAGES]
+        found += [(f"pair_accuracy_{stage}", "pair_accuracy", stage) for stage in PAIR_ACCURACY_STAGES]
     found += [(f"generate_{stage}", "generate", stage) for stage in model_stages(recipe)]
     if judge_enabled(recipe):
         found += [(f"judge_{stage}", "judge", stage) for stage in model_stages(recipe)]
@@ -475,7 +433,7 @@ def steps(recipe: dict, data_of: dict | None = None) -> dict[str, Step]:
         files = row.files(recipe, instance) if row.files else tuple(
             value for value in (recipe["tasks"]["path"], recipe["tasks"]["references"],
                                 recipe["judge"]["prompt_template"], recipe["judge"]["reference_grades"])
-            if value and any(dotted.startswith(("tasks.", "judge.")) and _lookup(recipe, dotted) == value
+            if value and any(dotted.startswith(("tasks.", "judge.")) and lookup(recipe, dotted) == value
                              for dotted in reads))
         settings = row.shape(recipe, instance) if row.shape else pick(recipe, reads)
         # Ingest and fetch steps are named by their stage alone: two recipes (or a base that also
@@ -485,16 +443,14 @@ def steps(recipe: dict, data_of: dict | None = None) -> dict[str, Step]:
     return plan
 
 
-def _lookup(recipe: dict, dotted: str):
-    value = recipe
-    for part in _parts(dotted):
-        value = value[part]
-    return value
+def stage_of(step: Step) -> str:
+    """The stage-table row a step is an instance of (`generate_dpo` -> `generate`)."""
+    return next(name for name in STAGES if step.name == name or step.name.startswith(f"{name}_"))
 
 
 def folder_of(step: Step) -> str:
     """results/<folder>/<key>: where a keyed step's artifacts live."""
-    stage = next(name for name in STAGES if step.stage == name or step.stage.startswith(f"{name}_"))
+    stage = stage_of(step)
     if not STAGES[stage].folder:
-        raise ValueError(f"{step.stage} is not stored under a key")
+        raise ValueError(f"{step.name} is not stored under a key")
     return f"results/{STAGES[stage].folder}/{step.key}"

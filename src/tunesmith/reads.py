@@ -119,12 +119,6 @@ def _ends(path: str):
             yield index + (2 if character == "[" else 0)
 
 
-def leaves(log: set) -> list[str]:
-    """The recorded paths that no other recorded path extends: what was read to the end."""
-    return sorted(path for path in log
-                  if not any(other != path and other.startswith((f"{path}.", f"{path}[")) for other in log))
-
-
 @contextmanager
 def recording_params(job, recording: RecordingParams):
     """`job.params` is `recording` inside the block. Snakemake's script object builds `params` afresh

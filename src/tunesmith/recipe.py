@@ -14,8 +14,8 @@ overrides); variants, replicates and overrides are the first pieces to move out 
 
 from __future__ import annotations
 
-import copy
 import difflib
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -32,6 +32,7 @@ from tunesmith.recipe_file import RecipeError, _excerpt, _RecipeLoader, _unshare
 from tunesmith.preference import preference_problems
 from tunesmith.schema import load_schema, strict_validator
 from tunesmith.fetch import fetched_models, model_problems
+from tunesmith.launcher import sharding_problem
 from tunesmith.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.tasks import check_task_files
 from tunesmith.trl_fields import RENAMED, renamed_problems, trainer_problems
@@ -60,11 +61,17 @@ def section_hash(section) -> str:
 def load_recipe(path: str | os.PathLike, check_files: bool = False, overrides: dict | None = None) -> dict:
     """Read a recipe file, apply `overrides` ({dotted key: value}, see `parse_overrides`) and validate the
     result (defaults filled); see `validate_recipe`."""
+    return load_recipe_and_variants(path, check_files, overrides)[0]
+
+
+def load_recipe_and_variants(path: str | os.PathLike, check_files: bool = False,
+                             overrides: dict | None = None) -> tuple[dict, dict[str, dict]]:
+    """`load_recipe`, and the sweep's variants its validation made (validating them once)."""
     recipe, origin = read_recipe(path), str(path)
     if overrides:
         apply_overrides(recipe, overrides, origin)
         origin += " with " + ",".join(overrides)
-    return validate_recipe(recipe, origin=origin, check_files=check_files)
+    return validated(recipe, origin=origin, check_files=check_files)
 
 
 # ---- overrides: `--config set=sft.num_train_epochs=3,dpo.beta=0.2`, `tunesmith validate --set KEY=VALUE` ----
@@ -174,6 +181,11 @@ def validate_recipe(recipe, origin: str = "recipe", check_files: bool = False) -
     """Fill defaults into `recipe` in place and check it completely: the schema, the cross-key rules,
     and every sweep variant; with `check_files`, also the files it names (run where the workflow
     runs). Raises RecipeError listing every problem with its key path."""
+    return validated(recipe, origin, check_files)[0]
+
+
+def validated(recipe, origin: str = "recipe", check_files: bool = False) -> tuple[dict, dict[str, dict]]:
+    """`validate_recipe`, returning the sweep's variants too (each validated like a recipe)."""
     if not isinstance(recipe, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping of sections, got {_excerpt(recipe)}")
     renamed = renamed_problems(recipe)  # an old name is reported as such, not as an unknown key
@@ -184,8 +196,7 @@ def validate_recipe(recipe, origin: str = "recipe", check_files: bool = False) -
         problems = file_problems(recipe)
     if problems:
         raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n" + "\n".join(f"  {p}" for p in problems))
-    variants(recipe, origin, check_files=check_files)
-    return recipe
+    return recipe, variants(recipe, origin, check_files=check_files)
 
 
 def _schema_problems(recipe: dict) -> list[str]:
@@ -214,9 +225,7 @@ def _cross_key_problems(recipe: dict) -> list[str]:
     if recipe["continued_pretraining"]["enabled"] and "pretrain" not in roles:
         problems.append("continued_pretraining.enabled: true trains on the pretrain sources' text, but no source "
                         "has role 'pretrain'")
-    if recipe["distributed"]["strategy"] == "fsdp" and recipe["base_model"]["quantization"] != "none":
-        problems.append("distributed.strategy: fsdp cannot shard a quantised base (base_model.quantization); "
-                        "use ddp")
+    problems += filter(None, [sharding_problem(recipe["distributed"], recipe["base_model"])])
     for index, source in enumerate(recipe["sources"]):
         if (source["format"] == "text") != (source["role"] == "pretrain"):
             problems.append(f"sources[{index}].format: '{source['format']}' does not fit role '{source['role']}'")
@@ -298,11 +307,29 @@ def _text_problems(recipe: dict) -> list[str]:
     return problems
 
 
+_KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+@functools.cache
+def key_parts(dotted: str) -> tuple:
+    """`sources[2].path` -> ("sources", 2, "path")."""
+    return tuple(name if name else int(index) for name, index in _KEY_PART.findall(dotted))
+
+
+def lookup(recipe: dict, dotted: str):
+    """The value at a dotted key (`dpo.beta`, `sources[2].path`); KeyError, IndexError or TypeError where
+    the recipe has no such key. The one walk of a dotted key (plan, summary and validation use it)."""
+    value = recipe
+    for part in key_parts(dotted):
+        value = value[part]
+    return value
+
+
 def _get(recipe: dict, dotted: str):
-    node = recipe
-    for name in dotted.split("."):
-        node = node.get(name) if isinstance(node, dict) else None
-    return node
+    try:
+        return lookup(recipe, dotted)
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def _bound_problems(recipe: dict) -> list[str]:
@@ -417,19 +444,10 @@ def _set(recipe: dict, dotted: str, value) -> None:
     node[last] = _unshared(value)
 
 
-# The variants last validated, with (a copy of) the recipe they came from: validating a recipe
-# validates its variants, and the workflow asks for them right after (a sweep of 64 was validated twice).
-_LAST_VARIANTS: list = []
-
-
 def variants(recipe: dict, origin: str = "recipe", check_files: bool = False) -> dict[str, dict]:
     """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
     each validated like a recipe (with `check_files`, the files it names too); empty when there is no
-    sweep."""
-    if _LAST_VARIANTS and _LAST_VARIANTS[0] == recipe:
-        found = _LAST_VARIANTS[1]
-        _LAST_VARIANTS.clear()  # handed over once: no two callers share (and could change) the same variants
-        return found
+    sweep. `validated` (and `load_recipe_and_variants`) return them from the recipe's own validation."""
     found = {}
     try:
         named = combinations(recipe)
@@ -448,8 +466,6 @@ def variants(recipe: dict, origin: str = "recipe", check_files: bool = False) ->
             raise RecipeError(f"{origin}, sweep variant {name}:\n  {error}") from None
         validate_recipe(variant, origin=f"{origin}, sweep variant {name}", check_files=check_files)
         found[name] = variant
-    if found:
-        _LAST_VARIANTS[:] = [copy.deepcopy(recipe), found]
     return found
 
 
@@ -471,7 +487,8 @@ def replicates(recipe: dict) -> dict[str, dict]:
 
 # ---- the workflow's recipe -----------------------------------------------------------------------------
 
-def workflow_recipe(config: dict, configfiles, basedir: str | os.PathLike) -> tuple[str, dict]:
+def workflow_recipe(config: dict, configfiles, basedir: str | os.PathLike,
+                    loader=load_recipe) -> tuple[str, dict]:
     """The recipe a Snakemake run builds: `--config recipe=PATH` (relative to the working directory),
     else the workflow's recipes/default.yaml, with `--config set=KEY=VALUE[,KEY=VALUE...]` applied; read
     and validated here, files included."""
@@ -484,4 +501,4 @@ def workflow_recipe(config: dict, configfiles, basedir: str | os.PathLike) -> tu
         raise RecipeError(f"--config takes only recipe=PATH and set=KEY=VALUE[,KEY=VALUE...]; unknown: "
                           f"{', '.join(unknown)} (to override a recipe key: --config set={unknown[0]}=VALUE)")
     path = str(config.get("recipe") or Path(basedir) / "recipes" / "default.yaml")
-    return path, load_recipe(path, check_files=True, overrides=parse_overrides(config.get("set")))
+    return path, loader(path, check_files=True, overrides=parse_overrides(config.get("set")))

@@ -54,14 +54,6 @@ def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
     return [float(low), float(high)]
 
 
-def mean_interval(values, confidence: float, samples: int, seed: int) -> list[float] | None:
-    """Percentile bootstrap interval of a mean (judge grades) over the tasks."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        return None
-    return _percentiles(data[_draws(len(data), samples, seed)].mean(axis=1), confidence)
-
-
 def chrf_statistics(outputs: list[str], references: list[str]) -> np.ndarray:
     """Each task's chrF sufficient statistics (character and word n-gram matches and counts): corpus chrF
     of any resample of the tasks is computed from the sum of its rows, as sacrebleu's own bootstrap does."""

@@ -25,7 +25,8 @@ from tunesmith.answers import answers_page, reference_answers
 from tunesmith.pages import PREFERENCE_MEASURES, write_pages
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.evaluate import family_scores, interval_text, score
-from tunesmith.choice import comparison_note, submission_reason  # noqa: F401 (submission_reason: the workflow's)
+from tunesmith.choice import comparison_note
+from tunesmith.recipe import lookup
 from tunesmith.paired import score_intervals
 from tunesmith.replicates import rows as replicate_rows
 from tunesmith.stage_chart import stage_chart
@@ -65,13 +66,10 @@ def key_settings(recipe: dict) -> dict:
     for dotted in KEY_SETTINGS:
         if dotted.startswith("dpo.") and dotted != "dpo.enabled" and not recipe["dpo"]["enabled"]:
             continue
-        value = recipe
-        for part in dotted.split("."):
-            if not isinstance(value, dict) or part not in value:
-                break
-            value = value[part]
-        else:
-            found[dotted] = value
+        try:
+            found[dotted] = lookup(recipe, dotted)
+        except (KeyError, IndexError, TypeError):
+            continue
     return found
 
 

@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from tunesmith.adapters import TRAINED as TRAINED_FOLDER
+from tunesmith.adapters import TRAINED_FOLDER
 from tunesmith.adapters import finish_stage_folder, read_config, trained_part
 from tunesmith.base_model import read_text_lines
 from tunesmith.checkpoints import checkpoint_dir, last_complete_checkpoint

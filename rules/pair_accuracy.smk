@@ -1,15 +1,15 @@
 # Preference accuracy of the SFT and DPO models on the held-out preference pairs (what DPO teaches).
 
 
-rule score_preferences:
+rule score_pair_accuracy:
     input:
         base_model_input,
         adapters=adapter_chain,
         dataset=curated,
     output:
-        scores="results/preference/{key}/{stage}.json",
+        scores="results/pair_accuracy/{key}/{stage}.json",
     log:
-        "logs/score_preferences/{key}/{stage}.log",
+        "logs/score_pair_accuracy/{key}/{stage}.log",
     params:
         base_path=base_model_path,
         base_model=setting("base_model"),
@@ -21,4 +21,4 @@ rule score_preferences:
     resources:
         gpu=1,
     script:
-        "../scripts/score_preferences.py"
+        "../scripts/score_pair_accuracy.py"

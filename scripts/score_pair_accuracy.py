@@ -3,11 +3,12 @@
 from tunesmith.fetch import hub_offline
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.preference_accuracy import score_preferences
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, f"preference_{snakemake.wildcards.stage}"):
+with recorded(snakemake, job_label(snakemake)):
     score_preferences(
         base_path=snakemake.params.base_path,
         base_section=snakemake.params.base_model,

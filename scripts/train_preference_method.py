@@ -6,12 +6,13 @@ from tunesmith.fetch import hub_offline
 from tunesmith.launcher import run_distributed
 from tunesmith.logs import log_to
 from tunesmith.manifest import recorded
+from tunesmith.workflow import job_label
 from tunesmith.tracking import run_of
 from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network
-with recorded(snakemake, "dpo"):
+with recorded(snakemake, job_label(snakemake)):
     run_distributed(
         train_dpo,
         distributed=snakemake.params.distributed,
