@@ -204,8 +204,12 @@ pairs_sft_adapter = asked(lambda wildcards: WORKFLOW.adapter_chain(variant(wildc
 pairs_prompts = by_key(WORKFLOW.pairs_prompts)
 pairs_graded = by_key(WORKFLOW.pairs_graded)
 pairs_samples = asked(lambda wildcards: WORKFLOW.pairs_samples(wildcards.key, wildcards.shard, wildcards.shards))
-pairs_judge_settings = asked(lambda wildcards: judge_settings(wildcards) if WORKFLOW.grades_by_judge(wildcards.key) else None)
-pairs_judge_is_local = asked(lambda wildcards: WORKFLOW.grades_by_judge(wildcards.key) and not judge_is_remote(wildcards))
+pairs_judge_settings = asked(
+    lambda wildcards: judge_settings(wildcards) if WORKFLOW.grades_by_judge(wildcards.key) else None
+)
+pairs_judge_is_local = asked(
+    lambda wildcards: WORKFLOW.grades_by_judge(wildcards.key) and not judge_is_remote(wildcards)
+)
 
 
 def pairs_judge_input(kind):
