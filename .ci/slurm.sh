@@ -125,7 +125,7 @@ timeout -k 30 1500 snakemake submission.jsonl -s "$REPO/Snakefile" --profile "$R
 echo "slurm.sh: workflow took $((SECONDS - start)) s"
 
 # 7. The submission is complete and valid...
-python3 -c 'from tunesmith.submission import validate_submission
+python3 -c 'from tunesmith.generation.submission import validate_submission
 print("slurm.sh: valid submission rows:", validate_submission("submission.jsonl", "data/tasks.jsonl"))'
 
 # 8. ...and every job went through sbatch: each one Snakemake ran, the controller logged as submitted
@@ -173,8 +173,8 @@ recipe = yaml.safe_load(open(sys.argv[1]))
 recipe.setdefault("distributed", {})["nodes"] = 2
 yaml.safe_dump(recipe, open(sys.argv[2], "w"), allow_unicode=True, sort_keys=False)' "$RUN/quick.yaml" "$RUN/two_nodes.yaml"
 DPO_ADAPTER=$(python3 -c 'import sys
-from tunesmith import plan
-from tunesmith.recipe import load_recipe
+from tunesmith.config import plan
+from tunesmith.config.recipe import load_recipe
 print("results/dpo/" + plan.steps(load_recipe(sys.argv[1]))["dpo"].key + "/adapter")' "$RUN/two_nodes.yaml")
 start=$SECONDS
 timeout -k 30 1200 snakemake "$DPO_ADAPTER" -s "$REPO/Snakefile" --profile "$REPO/profiles/slurm" \

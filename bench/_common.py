@@ -32,6 +32,6 @@ def print_table(header: list[str], rows: list[list[str]], left: int = 1) -> None
 
 def built(recipe: dict, step: str, *parts: str) -> Path:
     """Where the workflow stores a step's artifact for `recipe`: results/<folder>/<key>/... (see rules/)."""
-    from tunesmith.plan import folder_of, steps
+    from tunesmith.config.plan import folder_of, steps
 
     return Path(__file__).resolve().parents[1] / folder_of(steps(recipe)[step]) / Path(*parts)

@@ -13,7 +13,7 @@ Every side reads the JSONL and writes kept rows and quarantined rows (with reaso
 parse, normalise (NFKC, zero-width, `_x000D_`, CR, spaces), missing/empty/length checks, the Japanese
 share of the prompt (>= 0.3; a Latin word counts as one letter unit), repetition of the answer (a unit
 repeated 8+ times in a row covering half of an answer of 20+ characters; the baselines call the same
-numpy measure, `tunesmith.measures.tandem_repeats`, which neither library has), exact dedup on match
+numpy measure, `tunesmith.data.measures.tandem_repeats`, which neither library has), exact dedup on match
 keys keeping the first, a content-hash id and a split. Ours is `ingest_source` + `curate`
 (near-duplicate pass and decontamination off, as the baselines have neither; it also writes the card)
 with DuckDB on `--threads` threads; polars uses its own threads; pandas is one thread. Each runs in its
@@ -95,8 +95,8 @@ def corpus(path: Path, rows: int) -> None:
 
 
 def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None = None) -> dict:
-    from tunesmith.curate import curate
-    from tunesmith.ingest import ingest_source
+    from tunesmith.data.curate import curate
+    from tunesmith.data.ingest import ingest_source
 
     source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": "sft"}
     ingest_source(source, f"{out}/ingested.parquet")
@@ -115,7 +115,7 @@ def _repetitive(outputs: list[str]) -> list[bool]:
     """The repetition rule on answers with spaces removed (the same numpy measure ours uses)."""
     import pyarrow as pa
 
-    from tunesmith.measures import code_points, repetitions
+    from tunesmith.data.measures import code_points, repetitions
 
     points, lengths = code_points(pa.array(outputs, pa.string()))
     return [detail is not None for detail in repetitions(points, lengths, **REPETITION).to_pylist()]
@@ -128,7 +128,7 @@ def run_pandas(corpus_path: str, out: str) -> dict:
     import numpy
     import pandas
 
-    from tunesmith.normalize import match_key, normalize_text
+    from tunesmith.data.normalize import match_key, normalize_text
 
     def parse(line):
         try:

@@ -35,11 +35,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from _common import built, print_table  # noqa: E402
-from tunesmith.generate import generate_batched  # noqa: E402
-from tunesmith.model import load_model, load_tokenizer  # noqa: E402
-from tunesmith.recipe import load_recipe  # noqa: E402
-from tunesmith.tasks import read_tasks  # noqa: E402
-from tunesmith.template import PromptTemplate  # noqa: E402
+from tunesmith.config.recipe import load_recipe  # noqa: E402
+from tunesmith.data.tasks import read_tasks  # noqa: E402
+from tunesmith.generation.generate import generate_batched  # noqa: E402
+from tunesmith.model.model import load_model, load_tokenizer  # noqa: E402
+from tunesmith.model.template import PromptTemplate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -58,7 +58,7 @@ def load_bench_model(recipe: dict, scratch: str):
     if (built_model / "config.json").is_file() and list(built_model.glob("*.safetensors")):
         folder = str(built_model)
         return load_model(folder, section).eval(), load_tokenizer(folder, section), os.path.relpath(built_model, REPO)
-    from tunesmith.base_model import pretrain_base, train_tokenizer
+    from tunesmith.model.base_model import pretrain_base, train_tokenizer
 
     texts = [str(REPO / source["path"]) for source in recipe["sources"] if source["role"] == "pretrain"]
     build = {**section["build"], "pretrain_steps": 0}

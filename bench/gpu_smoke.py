@@ -12,10 +12,10 @@ and generate as fast as real ones. The tokenizer is llm-jp-3's own when `../shar
 is there (built by tests/standin.py; 99,574 pieces, the model's vocabulary 99,584 as llm-jp-3's), else a
 byte-level BPE trained here on data/raw/pretrain.txt. The package's own code paths run on it with the
 recipe's settings (nf4, bf16 compute, LoRA r=32 on every projection, activation checkpointing):
-`tunesmith.train.train_sft` on unpacked prompt/completion rows with completion-only loss (as the recipe
-trains), `tunesmith.train.train_dpo` at the recipe's learning rate (a new adapter on top of the frozen
-SFT adapter, the SFT model as reference), then `tunesmith.model.load_model` (each stage's standalone
-adapter, unmerged on the 4-bit base) and `tunesmith.generate.answer_with_guards` over
+`tunesmith.training.train.train_sft` on unpacked prompt/completion rows with completion-only loss (as the recipe
+trains), `tunesmith.training.train.train_dpo` at the recipe's learning rate (a new adapter on top of the frozen
+SFT adapter, the SFT model as reference), then `tunesmith.model.model.load_model` (each stage's standalone
+adapter, unmerged on the 4-bit base) and `tunesmith.generation.generate.answer_with_guards` over
 `generate_batched` with the recipe's generation settings (repetition penalty 1.2, the guards and their
 sampled retries) on 100 task prompts.
 
@@ -117,7 +117,7 @@ def tokenizer_for_bench(work: Path):
         from standin import llm_jp_tokenizer
 
         return llm_jp_tokenizer(), "llm-jp-3"
-    from tunesmith.base_model import train_tokenizer
+    from tunesmith.model.base_model import train_tokenizer
 
     train_tokenizer([str(ROOT / "data/raw/pretrain.txt")], BPE_VOCAB, work / "tokenizer")
     return AutoTokenizer.from_pretrained(work / "tokenizer"), "bpe (no ../shared/llm-jp-3-tokenizer)"
@@ -151,7 +151,7 @@ def build_random_llama(work: Path, shape: dict, dtype: torch.dtype, device: torc
 
 def curated(work: Path, recipe: dict, role: str) -> Path:
     """The workflow's curated Parquet of `role` (a copy), or one curated here from the shipped data."""
-    from tunesmith.curate import curate
+    from tunesmith.data.curate import curate
 
     target = work / f"{role}.parquet"
     found = stored(recipe, f"curate_{role}", f"{role}.parquet")
@@ -211,9 +211,9 @@ def trainer_log(adapter: Path) -> dict:
 
 @contextlib.contextmanager
 def watched_training(record: dict):
-    """Around `tunesmith.train`'s trainer.train(): the trainable parameters' dtypes, and how many entries of
+    """Around `tunesmith.training.train`'s trainer.train(): the trainable parameters' dtypes, and how many entries of
     the trained adapter's lora_A matrices the steps changed."""
-    import tunesmith.train as train
+    import tunesmith.training.train as train
 
     original = train._train
 
@@ -244,8 +244,8 @@ def watched_training(record: dict):
 def train_stages(work: Path, base: Path, base_section: dict, recipe: dict, profile: dict, on_gpu: bool) -> dict:
     """QLoRA SFT (unpacked prompt/completion rows, completion-only loss, as the recipe trains), then DPO at the
     recipe's learning rate with a new adapter on the frozen SFT adapter."""
-    from tunesmith.model import read_metadata
-    from tunesmith.train import train_dpo, train_sft
+    from tunesmith.model.model import read_metadata
+    from tunesmith.training.train import train_dpo, train_sft
 
     common = {"gradient_accumulation_steps": 1, "save_steps": 0, "warmup_steps": 2, "logging_steps": 2,
               "evaluations": 1}
@@ -281,10 +281,10 @@ def generate_stages(work: Path, base: Path, base_section: dict, recipe: dict, pr
     the first 100 task prompts for each stage of the profile, each loaded by load_model (the stage's standalone
     adapter, unmerged on the 4-bit base). Generated tokens are counted at model.generate, retries included:
     every new token that is not padding."""
-    from tunesmith.generate import answer_with_guards, generate_batched
-    from tunesmith.model import load_model, load_tokenizer
-    from tunesmith.tasks import read_tasks
-    from tunesmith.template import PromptTemplate
+    from tunesmith.data.tasks import read_tasks
+    from tunesmith.generation.generate import answer_with_guards, generate_batched
+    from tunesmith.model.model import load_model, load_tokenizer
+    from tunesmith.model.template import PromptTemplate
 
     tokenizer = load_tokenizer(str(base), base_section, padding_side="left")
     template = PromptTemplate(recipe["template"])
@@ -324,11 +324,11 @@ def generate_stages(work: Path, base: Path, base_section: dict, recipe: dict, pr
 
 def on_policy_pairs(work: Path, base: Path, base_section: dict, recipe: dict, profile: dict, on_gpu: bool) -> dict:
     """On-policy pairs (issue 20) at small size: the SFT model samples answers to SFT train prompts
-    (tunesmith.on_policy, the transformers path), chrF against each prompt's SFT answer grades them (cached),
+    (tunesmith.training.on_policy, the transformers path), chrF against each prompt's SFT answer grades them (cached),
     and best-vs-worst pairs are built with every other answer accounted for."""
-    from tunesmith import on_policy
-    from tunesmith.model import load_model, load_tokenizer
-    from tunesmith.template import PromptTemplate
+    from tunesmith.model.model import load_model, load_tokenizer
+    from tunesmith.model.template import PromptTemplate
+    from tunesmith.training import on_policy
 
     size = profile["pairs"]
     settings = {**recipe["pairs"], "prompts": None, "sample": size["sample"],
@@ -364,7 +364,7 @@ def on_policy_pairs(work: Path, base: Path, base_section: dict, recipe: dict, pr
 def effect_kept(base: Path, quantised: dict, unquantised: dict, adapter: Path, prompts: list[str]) -> float:
     """The share of the adapter's effect on the unquantised model's logits that the quantised model
     keeps through load_model (the projection of one effect onto the other)."""
-    from tunesmith.model import load_model, load_tokenizer
+    from tunesmith.model.model import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(base), quantised, padding_side="left")
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -409,9 +409,9 @@ def main() -> int:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    from tunesmith.atomic import write_json
-    from tunesmith.model import device, load_tokenizer
-    from tunesmith.recipe import load_recipe
+    from tunesmith.config.recipe import load_recipe
+    from tunesmith.jobs.atomic import write_json
+    from tunesmith.model.model import device, load_tokenizer
 
     recipe = load_recipe(ROOT / "recipes/llm-jp-3-13b-qlora.yaml")
     started = time.perf_counter()

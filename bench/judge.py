@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from _common import print_table  # noqa: E402
 from judge_server import build_tiny_judge, serving  # noqa: E402
-from tunesmith.atomic import write_jsonl  # noqa: E402
-from tunesmith.judge import judge_answers  # noqa: E402
-from tunesmith.recipe import load_recipe  # noqa: E402
-from tunesmith.tasks import read_references, read_tasks  # noqa: E402
+from tunesmith.config.recipe import load_recipe  # noqa: E402
+from tunesmith.data.tasks import read_references, read_tasks  # noqa: E402
+from tunesmith.jobs.atomic import write_jsonl  # noqa: E402
+from tunesmith.judge.judge import judge_answers  # noqa: E402
 
 
 def settings_for(url: str, model: str, concurrency: int, max_new_tokens: int) -> dict:

@@ -4,7 +4,7 @@
 
 All sides get the same texts (the normalised, case-folded, whitespace-free keys curation compares),
 the same character 5-grams, 128 permutations, 16 bands of 8 rows and threshold 0.8 (the recipe
-defaults). Ours is `tunesmith.near_dup.near_duplicates` on a DuckDB table of those keys (numpy
+defaults). Ours is `tunesmith.data.near_dup.near_duplicates` on a DuckDB table of those keys (numpy
 shingle hashes, rensa's batch signatures and band-collision flags, DuckDB bands over the flagged
 rows, exact-Jaccard check, rows kept in order with no chains); datasketch 2.0 and rensa 0.5 (Rust)
 on their own are the usual loop (one MinHash per row, `query` then `insert`, a candidate counting
@@ -31,8 +31,8 @@ import sys
 import time
 
 from _common import print_table
-from tunesmith.normalize import match_keys_of_normalized, normalize_many
-from tunesmith.recipe import load_schema
+from tunesmith.config.recipe import load_schema
+from tunesmith.data.normalize import match_keys_of_normalized, normalize_many
 
 WORDS = ("東京 大阪 日本 学校 先生 電車 天気 今日 明日 昨日 公園 図書館 友だち 家族 仕事 会社 料理 音楽 映画 旅行 "
          "朝 夜 春 夏 秋 冬 山 海 川 花 猫 犬 鳥 本 手紙 写真 買い物 散歩 勉強 練習 試合 駅 店 病院").split()
@@ -81,8 +81,8 @@ def ours(keys: list[str], settings: dict, threads: int) -> tuple[float, dict[int
     import duckdb  # here, so that the other sides' processes do not carry DuckDB and Arrow
     import pyarrow as pa
 
-    from tunesmith.measures import MACROS
-    from tunesmith.near_dup import near_duplicates
+    from tunesmith.data.measures import MACROS
+    from tunesmith.data.near_dup import near_duplicates
 
     with duckdb.connect(config={"threads": threads}) as con:
         con.execute(MACROS)

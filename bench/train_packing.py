@@ -8,7 +8,7 @@ The bench's corpus has that shape: each row is a curated SFT prompt with a respo
 tokens is drawn from a log-normal distribution (median 100 tokens, sigma 1.0, seeded), cut from the
 shipped Japanese pretraining text, every row capped so that its whole training sequence (BOS, prompt,
 response, EOS) fits `max_length` 512. The tiny base model (the workflow's results/base_model/<key>,
-else built here with a short pretraining) is trained with LoRA SFT through `tunesmith.train.train_sft`,
+else built here with a short pretraining) is trained with LoRA SFT through `tunesmith.training.train.train_sft`,
 the code path the workflow runs, for one epoch over the same rows three ways: without packing, with
 `wrapped` packing and with `bfd` packing. Every mode trains on every token of every row once, so the
 token count is the same for all three. Tokens/s is that count divided by the trainer's own
@@ -50,7 +50,7 @@ MODES = [  # (name, packing, packing_strategy)
 
 def base_model(work: Path, recipe: dict, threads: int) -> tuple[Path, str]:
     """A copy of the workflow's tiny base model, or a freshly built one with a short pretraining."""
-    from tunesmith.base_model import pretrain_base, train_tokenizer
+    from tunesmith.model.base_model import pretrain_base, train_tokenizer
 
     built = stored(recipe, "base_model")
     target = work / "base"
@@ -67,7 +67,7 @@ def base_model(work: Path, recipe: dict, threads: int) -> tuple[Path, str]:
 
 def curated_sft(work: Path, recipe: dict) -> tuple[Path, str]:
     """A copy of the workflow's curated SFT Parquet, or one curated here from the shipped data."""
-    from tunesmith.curate import curate
+    from tunesmith.data.curate import curate
 
     curated = stored(recipe, "curate_sft", "sft.parquet")
     target = work / "sft.parquet"
@@ -86,8 +86,8 @@ def long_tailed_rows(dataset: Path, base: Path, recipe: dict, rows: int, max_len
     return each row's token count as trl builds the sequence (BOS, prompt, completion, EOS)."""
     import numpy as np
 
-    from tunesmith.model import load_tokenizer
-    from tunesmith.template import PromptTemplate
+    from tunesmith.model.model import load_tokenizer
+    from tunesmith.model.template import PromptTemplate
 
     tokenizer = load_tokenizer(str(base), recipe["base_model"])
     template = PromptTemplate(recipe["template"])
@@ -118,7 +118,7 @@ def long_tailed_rows(dataset: Path, base: Path, recipe: dict, rows: int, max_len
 def train_once(name: str, packing: bool, strategy: str, work: Path, base: Path, dataset: Path,
                recipe: dict, settings: dict, threads: int) -> dict:
     """One SFT epoch through the package's train_sft; the trainer's last log row holds the timings."""
-    from tunesmith.train import train_sft
+    from tunesmith.training.train import train_sft
 
     sft = copy.deepcopy(recipe["sft"])
     sft.update(settings, packing=packing, packing_strategy=strategy)
@@ -151,7 +151,7 @@ def main() -> int:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()  # also turns off the trainer's progress bar
-    from tunesmith.recipe import load_recipe
+    from tunesmith.config.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "recipes/default.yaml")
     settings = dict(num_train_epochs=1, max_steps=-1, per_device_train_batch_size=options.batch_size,

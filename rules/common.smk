@@ -8,9 +8,10 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from tunesmith import summary, workflow as registry
-from tunesmith.launcher import job_resources
-from tunesmith.logs import explain_stale_locks, stop_workflow, when_nothing_to_do
+from tunesmith import workflow as registry
+from tunesmith.evaluation import summary
+from tunesmith.jobs.logs import explain_stale_locks, stop_workflow, when_nothing_to_do
+from tunesmith.training.launcher import job_resources
 
 
 def locate(rule, output, **wildcards):
@@ -26,7 +27,7 @@ except registry.RecipeError as error:
 # A killed run's lock: Snakemake's error then names the unlock command that works here.
 explain_stale_locks(config.get("recipe"))
 config.clear()
-config.update(WORKFLOW.recipe)  # what tunesmith.tracking.run_of reads in training jobs
+config.update(WORKFLOW.recipe)  # what tunesmith.training.tracking.run_of reads in training jobs
 KEY = registry.KEY
 
 
@@ -98,7 +99,7 @@ judge_is_remote = by_key(lambda key: WORKFLOW.step(key).settings["judge"]["backe
 
 def training_resource(name):
     """A resources function of training jobs: GPUs, and Slurm's nodes and tasks above one node
-    (`tunesmith.launcher.job_resources`; None leaves the resource out)."""
+    (`tunesmith.training.launcher.job_resources`; None leaves the resource out)."""
     return lambda wildcards: job_resources(step(wildcards).settings["distributed"]).get(name)
 
 
@@ -129,7 +130,7 @@ def current_files():
 
 
 def run_files():
-    """The files the recipe's end-of-run summary and report pages read (tunesmith.summary.collect)."""
+    """The files the recipe's end-of-run summary and report pages read (tunesmith.evaluation.summary.collect)."""
     return WORKFLOW.run_files(current_files())
 
 
@@ -163,7 +164,7 @@ onsuccess:
 # run elsewhere (workflow.local_exec is False): those plan and submit as usual.
 onstart:
     if workflow.local_exec and not workflow.touch:
-        from tunesmith.model import ModelError, refuse_quantised_training_here  # torch: only when jobs run
+        from tunesmith.model.model import ModelError, refuse_quantised_training_here  # torch: only when jobs run
 
         jobs = [(job.rule.name, job.wildcards.get("key")) for job in workflow.dag.needrun_jobs()]
         try:

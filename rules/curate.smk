@@ -53,7 +53,7 @@ rule curate_data:
 
 
 # KTO (dpo.method: kto) trains on single answers labelled desirable or undesirable: the curated pairs,
-# unpaired (tunesmith.unpaired). Every answer is kept or quarantined with its reason.
+# unpaired (tunesmith.data.unpaired). Every answer is kept or quarantined with its reason.
 rule unpair_preferences:
     input:
         pairs=curated_pairs,

@@ -1,4 +1,4 @@
-# On-policy preference pairs (issue 20, tunesmith.on_policy): the SFT model's sampled answers, in pairs.shards
+# On-policy preference pairs (issue 20, tunesmith.training.on_policy): the SFT model's sampled answers, in pairs.shards
 # jobs; their grades, in as many jobs (cached per answer under PAIRS_CACHE, so a rebuild grades only new
 # answers); the pairs, which curate_data reads as the preference source `on_policy`. The shard count is in
 # the paths, not in the keys: the answers are the same however the prompts are split.

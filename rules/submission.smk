@@ -2,7 +2,7 @@
 # results/evaluated/<key>/), so two recipes' results coexist and switching back rebuilds nothing;
 # submission.jsonl and results/eval.{json,md} are copies of the current recipe's, the sweep's
 # results/sweep/<variant>/ copies of each variant's. A named stage's submission waits for nothing but
-# that stage's answers; `submission.stage: best` waits for the evaluation (tunesmith.choice).
+# that stage's answers; `submission.stage: best` waits for the evaluation (tunesmith.evaluation.choice).
 rule write_submission:
     input:
         unpack(submission_inputs),
@@ -56,7 +56,7 @@ rule current_submission:
         "../scripts/copy_current.py"
 
 
-# Registered in the report only when results/eval.json scored this recipe's answers (tunesmith.summary).
+# Registered in the report only when results/eval.json scored this recipe's answers (tunesmith.evaluation.summary).
 EVALUATED = summary.holds_inputs("results/eval.json", WORKFLOW.scored_files())
 
 

@@ -1,6 +1,6 @@
 # Tracking (the recipe's `tracking`) reaches the training scripts through the workflow config, not params: it
 # cannot change the weights, and Snakemake reruns a job whose params changed. The stage table declares the
-# keys each training job reads of it (plan.Stage.unkeyed), and tunesmith.tracking.run_of reads those.
+# keys each training job reads of it (plan.Stage.unkeyed), and tunesmith.training.tracking.run_of reads those.
 
 
 rule train_cpt:

@@ -1,10 +1,10 @@
 """Gather the graded shards into preference pairs (best vs worst above the margin), quarantine the rest, and
-ingest the pairs as the preference source curation reads (tunesmith.on_policy)."""
+ingest the pairs as the preference source curation reads (tunesmith.training.on_policy)."""
 
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.training.on_policy import build_pairs
 from tunesmith.workflow import job_label
-from tunesmith.on_policy import build_pairs
 
 log_to(snakemake.log[0])
 with recorded(snakemake, job_label(snakemake)):

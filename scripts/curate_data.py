@@ -1,8 +1,8 @@
 """Curate one role's ingested sources (sft or preference) into Parquet, a quarantine file and a data card."""
 
-from tunesmith.curate import curate, curate_memory_limit
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.data.curate import curate, curate_memory_limit
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -2,9 +2,9 @@
 against the references when there are any (overall and per task family), the judge's agreement with
 reference grades, and each stage's preference accuracy on the held-out pairs."""
 
-from tunesmith.evaluate import evaluate
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.evaluation.evaluate import evaluate
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

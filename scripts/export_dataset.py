@@ -1,8 +1,8 @@
 """Write a curated dataset in the layouts trl and `datasets` load (split files and a dataset card)."""
 
-from tunesmith.hub import export_curated
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.hub import export_curated
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

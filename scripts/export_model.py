@@ -1,10 +1,10 @@
 """Merge the submitted stage's adapter into the base model on CPU and save a standalone model folder."""
 
-from tunesmith.fetch import hub_offline
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.model.model import export_merged
 from tunesmith.workflow import job_label
-from tunesmith.model import export_merged
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network

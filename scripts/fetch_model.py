@@ -1,8 +1,8 @@
 """Snapshot the model a recipe names (hub id at a revision, or a local folder) and record its files."""
 
-from tunesmith.fetch import fetch_model
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.fetch import fetch_model
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -1,9 +1,9 @@
 """Answer the task file with one stage's model (base, sft or dpo), in batches."""
 
-from tunesmith.generate import generate_answers
-from tunesmith.fetch import hub_offline
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.generation.generate import generate_answers
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

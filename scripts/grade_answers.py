@@ -1,10 +1,10 @@
-"""Grade one shard of on-policy answers against references or with the judge, cached (tunesmith.on_policy)."""
+"""Grade one shard of on-policy answers against references or with the judge, cached (tunesmith.training.on_policy)."""
 
-from tunesmith.fetch import hub_offline
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.training.on_policy import grade_answers
 from tunesmith.workflow import job_label
-from tunesmith.on_policy import grade_answers
 
 log_to(snakemake.log[0])
 hub_offline()  # a local judge model is a fetched snapshot; an endpoint is not the hub

@@ -1,8 +1,8 @@
 """Read one recipe source (sft or preference) into the Parquet file of raw records curation reads."""
 
-from tunesmith.ingest import ingest_source
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.data.ingest import ingest_source
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -1,9 +1,9 @@
 """Grade one stage's answers (or the reference grades file's) with the recipe's LLM judge, cached."""
 
-from tunesmith.fetch import hub_offline
-from tunesmith.judge import judge_answers
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.judge.judge import judge_answers
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Build the tiny Llama from a config and pretrain it briefly on the pretrain sources."""
 
-from tunesmith.base_model import pretrain_base
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.model.base_model import pretrain_base
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

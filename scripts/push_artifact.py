@@ -1,7 +1,7 @@
 """Upload a staged folder (artifact and card) to its hub repository as one commit; write the receipt."""
 
-from tunesmith.hub import push
-from tunesmith.logs import log_to
+from tunesmith.hub.hub import push
+from tunesmith.jobs.logs import log_to
 
 log_to(snakemake.log[0])
 kind = snakemake.wildcards.get("kind", "dataset")

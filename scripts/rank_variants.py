@@ -1,9 +1,9 @@
 """Rank a sweep's variants by the scores of the stage each submits, each against the recipe's own
 submission (paired) and, with `repeats`, against the recipe's seed spread: a leaderboard table."""
 
-from tunesmith.leaderboard import leaderboard
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.evaluation.leaderboard import leaderboard
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

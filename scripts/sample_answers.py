@@ -1,10 +1,10 @@
-"""Sample on-policy answers to one shard of the prompts with the SFT model (tunesmith.on_policy)."""
+"""Sample on-policy answers to one shard of the prompts with the SFT model (tunesmith.training.on_policy)."""
 
-from tunesmith.fetch import hub_offline
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.training.on_policy import sample_answers
 from tunesmith.workflow import job_label
-from tunesmith.on_policy import sample_answers
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network

@@ -1,10 +1,10 @@
 """Preference accuracy of one stage's model (sft or dpo) on the held-out preference pairs."""
 
-from tunesmith.fetch import hub_offline
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.evaluation.preference_accuracy import score_preferences
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
-from tunesmith.preference_accuracy import score_preferences
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network

@@ -1,8 +1,8 @@
 """Stage an exported curated dataset with its dataset card: what a push uploads."""
 
-from tunesmith.hub import stage_dataset
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.hub import stage_dataset
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -1,9 +1,9 @@
 """Each stage's scores over the seed replicates (`repeats`): per seed, mean and spread."""
 
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.evaluation.replicates import summarise_replicates
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
-from tunesmith.replicates import summarise_replicates
 
 log_to(snakemake.log[0])
 with recorded(snakemake, job_label(snakemake)):

@@ -1,10 +1,10 @@
 """The run's summary for the report: its first page, every task's answers beside the reference, and the
 data cards and evaluation as pages."""
 
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.evaluation.summary import write_summary
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
-from tunesmith.summary import write_summary
 
 log_to(snakemake.log[0])
 stage, reason = snakemake.params.submitted

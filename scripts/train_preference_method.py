@@ -2,13 +2,13 @@
 frozen SFT adapter. Tracking settings come from the workflow config, not params: tracking cannot change the
 weights, and a changed param would rerun the job."""
 
-from tunesmith.fetch import hub_offline
-from tunesmith.launcher import run_distributed
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.hub.fetch import hub_offline
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.training.launcher import run_distributed
+from tunesmith.training.tracking import run_of
+from tunesmith.training.train import train_dpo
 from tunesmith.workflow import job_label
-from tunesmith.tracking import run_of
-from tunesmith.train import train_dpo
 
 log_to(snakemake.log[0])
 hub_offline()  # the base model is a fetched snapshot; compute nodes may have no network

@@ -1,8 +1,8 @@
 """Train the tiny model's byte-level BPE tokenizer on the pretrain sources."""
 
-from tunesmith.base_model import train_tokenizer
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
+from tunesmith.model.base_model import train_tokenizer
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

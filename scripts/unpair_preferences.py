@@ -1,9 +1,9 @@
 """KTO's curated dataset: the curated preference pairs as labelled single answers, a quarantine file and a card."""
 
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.data.unpaired import write_unpaired
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
-from tunesmith.unpaired import write_unpaired
 
 log_to(snakemake.log[0])
 with recorded(snakemake, job_label(snakemake)):

@@ -1,9 +1,9 @@
 """Write the submission from the chosen stage's answers (the named stage, or for `best` the stage the
 evaluation's paired tests pick); it is validated before it lands, and the choice is written beside it."""
 
-from tunesmith.choice import submit
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.evaluation.choice import submit
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -17,7 +17,7 @@ def tiny_tokenizer(tmp_path_factory):
     """The tiny model's tokenizer, trained on the shipped pretrain text (a few seconds)."""
     from transformers import AutoTokenizer
 
-    from tunesmith.base_model import train_tokenizer
+    from tunesmith.model.base_model import train_tokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer") / "tokenizer"
     train_tokenizer([str(REPO / "data" / "raw" / "pretrain.txt")], vocab_size=600, out_dir=folder)

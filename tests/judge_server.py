@@ -23,7 +23,7 @@ def build_tiny_judge(folder: Path) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunesmith.base_model import train_tokenizer
+    from tunesmith.model.base_model import train_tokenizer
 
     folder = Path(folder)
     train_tokenizer([str(REPO / "data/raw/pretrain.txt")], 600, folder / "tokenizer")

@@ -250,8 +250,8 @@ def judge(family: Family, folder: Path, counts: Counts) -> None:
     """Curate one family in `folder` and count what went wrong."""
     import pyarrow.parquet as pq
 
-    from tunesmith.curate import curate
-    from tunesmith.recipe import load_schema
+    from tunesmith.config.recipe import load_schema
+    from tunesmith.data.curate import curate
 
     for name, data in family.files.items():
         (folder / name).write_bytes(data)

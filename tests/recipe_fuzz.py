@@ -38,7 +38,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("default.yaml", "llm-jp-3-13b-qlora.yaml", "sweep.yaml")
-# Keys whose valid values can still be refused because of another key (tunesmith.recipe's cross-key rules).
+# Keys whose valid values can still be refused because of another key (tunesmith.config.recipe's cross-key rules).
 CROSS_KEYS = re.compile(r"^(sources|base_model\.(path|quantization|build\.(hidden_size|num_attention_heads))|"
                         r"dpo\.enabled|judge\.(backend|openai\.(base_url|model)|local\.path)|continued_pretraining\.enabled|distributed|template\.(kind|prompt)|"
                         r"tasks|sweep|curate\.near_dedup\.(permutations|bands)|"
@@ -55,7 +55,7 @@ class Mutation:
 
 
 def _schema():
-    from tunesmith.recipe import load_schema
+    from tunesmith.config.recipe import load_schema
 
     return load_schema()
 
@@ -153,7 +153,7 @@ def value_mutations(schema: dict, current) -> list[tuple[str, object, str]]:
 
 
 def mutations(recipe_name: str) -> list[Mutation]:
-    from tunesmith.recipe import validate_recipe
+    from tunesmith.config.recipe import validate_recipe
 
     text = (REPO / "recipes" / recipe_name).read_text(encoding="utf-8")
     raw = yaml.safe_load(text)

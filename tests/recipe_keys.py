@@ -2,7 +2,7 @@
 
 import re
 
-from tunesmith.recipe import lookup
+from tunesmith.config.recipe import lookup
 
 
 def generic(dotted: str) -> str:

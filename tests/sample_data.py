@@ -42,8 +42,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.atomic import atomic_path
-from tunesmith.normalize import match_key
+from tunesmith.data.normalize import match_key
+from tunesmith.jobs.atomic import atomic_path
 
 ANTONYMS = [("大きい", "小さい"), ("高い", "低い"), ("長い", "短い"), ("重い", "軽い"), ("暑い", "寒い"),
             ("新しい", "古い"), ("明るい", "暗い"), ("早い", "遅い"), ("強い", "弱い"), ("広い", "狭い"),

@@ -2,7 +2,7 @@
 
 import math
 
-from tunesmith.recipe import key_parts, load_schema, lookup
+from tunesmith.config.recipe import key_parts, load_schema, lookup
 
 
 def schema_at(dotted: str) -> dict:

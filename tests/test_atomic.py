@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tunesmith.atomic import atomic_path, read_jsonl, remove_stale_partials, write_json, write_jsonl
+from tunesmith.jobs.atomic import atomic_path, read_jsonl, remove_stale_partials, write_json, write_jsonl
 
 
 class Boom(Exception):
@@ -219,7 +219,7 @@ def test_read_jsonl_keeps_line_separator_inside_a_value(tmp_path):
 
 KILLED_WRITER = """
     import os, signal, sys
-    from tunesmith.atomic import atomic_path, write_jsonl
+    from tunesmith.jobs.atomic import atomic_path, write_jsonl
 
     final, mode = sys.argv[1], sys.argv[2]
     if mode == "file":
@@ -312,7 +312,7 @@ def test_process_killed_mid_write_leaves_an_older_file_untouched(tmp_path):
 def test_outputs_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
     import stat
 
-    from tunesmith.atomic import atomic_path, write_json
+    from tunesmith.jobs.atomic import atomic_path, write_json
 
     old = os.umask(0o022)
     try:

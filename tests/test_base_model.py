@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from tiny_model import BUILD, PRETRAIN_TEXT, SEED, tiny  # noqa: F401  (tiny is a fixture)
-from tunesmith.base_model import pretrain_base, read_text_lines
+from tunesmith.model.base_model import pretrain_base, read_text_lines
 
 TEXTS = ["ねこがすきです", "カタカナとひらがな", "東京都の首都機能", "Hello, world! 123", "「りんご」を2回 apple×2\n改行も",
          "𠮷野家で　全角スペース"]

@@ -6,9 +6,9 @@ import json
 import pytest
 from scipy import stats
 
-from tunesmith.atomic import write_jsonl
-from tunesmith.choice import best_stage, choose, submit
-from tunesmith.evaluate import evaluate
+from tunesmith.evaluation.choice import best_stage, choose, submit
+from tunesmith.evaluation.evaluate import evaluate
+from tunesmith.jobs.atomic import write_jsonl
 
 N = 40
 REFERENCES = {i: f"答え{i}" for i in range(N)}

@@ -13,9 +13,9 @@ import yaml
 from scipy import stats
 
 from conftest import REPO
-from tunesmith.atomic import write_jsonl
-from tunesmith.compare import changed_answers, compare, data_diff, score_diff
-from tunesmith.evaluate import evaluate
+from tunesmith.evaluation.compare import changed_answers, compare, data_diff, score_diff
+from tunesmith.evaluation.evaluate import evaluate
+from tunesmith.jobs.atomic import write_jsonl
 
 
 def curated(folder: Path, kept: list[tuple], quarantined: list[tuple]) -> tuple[Path, Path]:
@@ -102,8 +102,8 @@ def test_two_recipes_one_curation_key_apart(tmp_path):
     quarantine files' difference, its scores are paired, and switching back rebuilds nothing."""
     from quick_recipe import quick_recipe
 
-    from tunesmith import plan
-    from tunesmith.recipe import load_recipe
+    from tunesmith.config import plan
+    from tunesmith.config.recipe import load_recipe
 
     work = tmp_path / "work"
     work.mkdir()
@@ -159,9 +159,9 @@ def test_two_recipes_one_curation_key_apart(tmp_path):
 
 
 def test_sides_are_named_by_recipe_file_sweep_variant_or_result_key(tmp_path):
-    from tunesmith import plan
-    from tunesmith.compare import CompareError, resolve
-    from tunesmith.recipe import load_recipe, variants
+    from tunesmith.config import plan
+    from tunesmith.config.recipe import load_recipe, variants
+    from tunesmith.evaluation.compare import CompareError, resolve
 
     sweep = REPO / "recipes/sweep.yaml"
     name = next(iter(variants(load_recipe(sweep, check_files=False))))

@@ -12,11 +12,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import tunesmith.curate as curate_module
-from tunesmith.atomic import remove_stale_partials
-from tunesmith.card import render_markdown
-from tunesmith.curate import REASONS, CurationError, curate
-from tunesmith.normalize import match_key
+import tunesmith.data.curate as curate_module
+from tunesmith.data.card import render_markdown
+from tunesmith.data.curate import REASONS, CurationError, curate
+from tunesmith.data.normalize import match_key
+from tunesmith.jobs.atomic import remove_stale_partials
 
 REPO = Path(__file__).resolve().parents[1]
 # validation_fraction 0 keeps the crafted rows' split predictable; the split has its own test.
@@ -434,7 +434,7 @@ def test_card_markdown_and_length_histograms(tmp_path):
 def test_default_recipe_cleans_the_planted_filter_rows(tmp_path):
     """The default recipe's card shows each content filter at work on the shipped data, and no
     more contamination than was planted (a row sharing only a task's template is not a copy)."""
-    from tunesmith.recipe import load_recipe
+    from tunesmith.config.recipe import load_recipe
     from sample_data import SFT_CONTAMINATION_ROWS, SFT_FILTER_ROWS
 
     recipe = load_recipe(REPO / "recipes" / "default.yaml")
@@ -470,7 +470,7 @@ def test_card_shows_kept_and_dropped_lengths_and_the_max_length_cut(tmp_path):
 def test_tokens_can_be_counted_by_the_base_models_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from tunesmith.base_model import train_tokenizer
+    from tunesmith.model.base_model import train_tokenizer
 
     folder = tmp_path / "tokenizer"
     train_tokenizer([str(REPO / "data" / "raw" / "pretrain.txt")], vocab_size=600, out_dir=folder)
@@ -538,8 +538,8 @@ def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimit
 
 KILLED_CURATION = """
 import os, signal, sys
-import tunesmith.curate as curate_module
-from tunesmith.ingest import ingest_source
+import tunesmith.data.curate as curate_module
+from tunesmith.data.ingest import ingest_source
 classify = curate_module.classify
 
 def classify_then_arm(con, *args):
@@ -591,7 +591,7 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     """normalise_texts works on each distinct text of a batch and takes the results back to its rows: the
     files must be byte for byte those of computing every row by itself (nulls, absent and empty fields,
     repeated prompts, repetitive answers, width variants, emoji joiners, characters Python redoes)."""
-    import tunesmith.curate_checks as checks
+    import tunesmith.data.curate_checks as checks
 
     rows = [sft("同じ質問です。", f"答え{index}です。") for index in range(6)]
     rows += [sft("同じ質問です。", "はい" * 30), sft("同じ質問です。", "はい" * 30, input=""),

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunesmith.curate import CurationError, curate
-from tunesmith.normalize import normalize_text
+from tunesmith.data.curate import CurationError, curate
+from tunesmith.data.normalize import normalize_text
 
 SETTINGS = {"decontaminate": False, "validation_fraction": 0, "min_kept_share": 0}
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tunesmith.evaluate import evaluate, score
+from tunesmith.evaluation.evaluate import evaluate, score
 
 REFERENCES = {0: "東京です。", 1: "猫が寝ている。", 2: "答えは8です。"}
 
@@ -118,10 +118,10 @@ def test_no_family_section_without_families(tmp_path):
 # ---- the judge's scores ---------------------------------------------------------------------------
 
 from conftest import REPO  # noqa: E402
-from tunesmith.evaluate import judge_score  # noqa: E402
-from tunesmith.leaderboard import leaderboard  # noqa: E402
-from tunesmith.judge_stats import agreement, bootstrap_interval, quadratic_weighted_kappa, spearman  # noqa: E402
-from tunesmith.recipe import load_recipe  # noqa: E402
+from tunesmith.config.recipe import load_recipe  # noqa: E402
+from tunesmith.evaluation.evaluate import judge_score  # noqa: E402
+from tunesmith.evaluation.leaderboard import leaderboard  # noqa: E402
+from tunesmith.judge.judge_stats import agreement, bootstrap_interval, quadratic_weighted_kappa, spearman  # noqa: E402
 
 JUDGE = load_recipe(REPO / "recipes/default.yaml")["judge"] | {"backend": "openai"}
 JUDGE["openai"] = JUDGE["openai"] | {"model": "judge-model", "base_url": "http://127.0.0.1:1/v1"}

@@ -5,8 +5,8 @@ import duckdb
 import pytest
 
 from tiny_model import SEED, tiny  # noqa: F401  (fixture)
-from tunesmith.export_data import LAYOUTS
-from tunesmith.hub import export_curated
+from tunesmith.data.export_data import LAYOUTS
+from tunesmith.hub.hub import export_curated
 
 
 def export(tiny, role, tmp_path):  # noqa: F811

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import REPO
 from hub_server import FakeHub, git_blob_id
-from tunesmith import plan
-from tunesmith.fetch import FetchError, fetch_model
-from tunesmith.atomic import content_hash as file_sha256
-from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
+from tunesmith.config import plan
+from tunesmith.config.recipe import RecipeError, load_recipe, validate_recipe
+from tunesmith.hub.fetch import FetchError, fetch_model
+from tunesmith.jobs.atomic import content_hash as file_sha256
 
 REPO_ID = "tiny-org/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -74,7 +74,7 @@ def hub_env(cache: Path, offline: bool, endpoint: str | None = None) -> dict:
 def run_fetch(env: dict, out: Path, path: str = REPO_ID, revision: str | None = None) -> subprocess.CompletedProcess:
     """fetch_model in a fresh process, as the workflow's job runs it (huggingface_hub reads its
     environment once, on import)."""
-    code = ("import sys; from tunesmith.fetch import fetch_model; "
+    code = ("import sys; from tunesmith.hub.fetch import fetch_model; "
             "fetch_model(sys.argv[1], sys.argv[2] or None, sys.argv[3] + '/model', sys.argv[3] + '/snapshot.json')")
     return subprocess.run([sys.executable, "-c", code, path, revision or "", str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -196,7 +196,7 @@ def test_an_unknown_revision_names_the_recipe_key(tiny_model_folder, tmp_path):
 def test_hub_offline_stops_every_hub_request_in_the_process_and_its_children(tmp_path):
     """What model jobs call first: afterwards no hub call leaves the process, even one already imported."""
     with FakeHub() as hub:
-        code = ("import huggingface_hub, os, subprocess, sys; from tunesmith.fetch import hub_offline; hub_offline()\n"
+        code = ("import huggingface_hub, os, subprocess, sys; from tunesmith.hub.fetch import hub_offline; hub_offline()\n"
                 "try:\n    huggingface_hub.HfApi(endpoint=sys.argv[1]).model_info('a/b')\n"
                 "except Exception as error:\n    print(type(error).__name__)\n"
                 "print(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"HF_HUB_OFFLINE\"])'],"
@@ -325,7 +325,7 @@ def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny
 # ---- issue 19: a model path that cannot be fetched is refused at validation -------------------------
 
 def test_a_folder_that_holds_no_model_is_refused_at_validation(hub_recipe, tmp_path):
-    from tunesmith.fetch import model_problems
+    from tunesmith.hub.fetch import model_problems
 
     hub_recipe["base_model"]["path"] = "/etc"
     with pytest.raises(RecipeError, match=r"base_model\.path: the folder '/etc' holds no config\.json: it is not a "

@@ -11,9 +11,9 @@ import torch
 from conftest import REPO
 from tiny_model import TASKS, dpo_adapter, dpo_run, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tiny_model import recipe as tiny_recipe
-from tunesmith import generate as generate_module
-from tunesmith.atomic import read_jsonl
-from tunesmith.generate import (
+from tunesmith.generation import generate as generate_module
+from tunesmith.jobs.atomic import read_jsonl
+from tunesmith.generation.generate import (
     answer_with_guards,
     check_template,
     cut_at_stop_strings,
@@ -21,10 +21,10 @@ from tunesmith.generate import (
     generate_batched,
     vllm_sampling,
 )
-from tunesmith.guards import output_problems, repeated_ngram_count
-from tunesmith.model import ModelError, load_model, load_tokenizer, write_metadata
-from tunesmith.normalize import clean_text, normalize_text
-from tunesmith.template import PromptTemplate
+from tunesmith.data.normalize import clean_text, normalize_text
+from tunesmith.generation.guards import output_problems, repeated_ngram_count
+from tunesmith.model.model import ModelError, load_model, load_tokenizer, write_metadata
+from tunesmith.model.template import PromptTemplate
 
 
 CODE_TASK = "次のコードの誤りを直してください！（例①）\n```python\ndef f(x):\n    if x > 0：\n        return x\n```"

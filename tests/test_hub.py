@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO
 from hub_server import FakeHub
 from tiny_model import dpo_adapter, dpo_run, sft_adapter, tiny  # noqa: F401  (fixtures)
-from tunesmith.atomic import content_hash as file_sha256
-from tunesmith.hub import HubError, stage_dataset, stage_model, upload_plan
+from tunesmith.hub.hub import HubError, stage_dataset, stage_model, upload_plan
+from tunesmith.jobs.atomic import content_hash as file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PUBLISH = {"model_repo": "me/tiny-dpo", "dataset_repo": "me/tiny-sft-data", "private": True, "license": "apache-2.0"}
@@ -35,7 +35,7 @@ def hub_record(tmp_path) -> str:
 
 
 def sections(tiny):  # noqa: F811
-    from tunesmith.hub import MODEL_SECTIONS
+    from tunesmith.hub.hub import MODEL_SECTIONS
 
     return {name: tiny.recipe[name] for name in MODEL_SECTIONS}
 
@@ -54,7 +54,7 @@ def data_cards(tiny):  # noqa: F811
 
 
 def test_an_adapter_is_staged_with_its_card_and_a_hub_base(tiny, dpo_adapter, tmp_path):  # noqa: F811
-    """The DPO folder holds its whole stack as one standalone adapter (tunesmith.adapters): staged at
+    """The DPO folder holds its whole stack as one standalone adapter (tunesmith.model.adapters): staged at
     the root, it loads onto the hub base exactly as the workflow's own folder does."""
     import torch
     from huggingface_hub import ModelCard
@@ -108,7 +108,7 @@ def test_a_dataset_is_staged_with_its_card_and_loads_from_the_stage(tiny, tmp_pa
     from datasets import load_dataset
     from huggingface_hub import DatasetCard
 
-    from tunesmith.hub import export_curated
+    from tunesmith.hub.hub import export_curated
 
     card_path = data_cards(tiny)["sft"]
     export_curated(tiny.sft_data, card_path, "sft", tiny.recipe["sources"], tiny.recipe["curate"],
@@ -141,7 +141,7 @@ def test_the_upload_plan_lists_every_file_and_refuses_an_unnamed_repo(tmp_path):
 
 
 def run_push(folder: Path, env: dict, receipt: Path, repo_type: str = "model") -> subprocess.CompletedProcess:
-    code = ("import sys; from tunesmith.hub import push; "
+    code = ("import sys; from tunesmith.hub.hub import push; "
             "push(sys.argv[1], 'me/repo', sys.argv[3], True, 'adapter dpo', sys.argv[2])")
     return subprocess.run([sys.executable, "-c", code, str(folder), str(receipt), repo_type], env=env,
                           capture_output=True, text=True, timeout=120)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunesmith.curate import CurationError, curate
-from tunesmith.sources import source_files
+from tunesmith.data.curate import CurationError, curate
+from tunesmith.data.sources import source_files
 
 SETTINGS = {"max_prompt_chars": 200, "max_response_chars": 100, "dedup": True, "decontaminate": False,
             "min_kept_share": 0}
@@ -406,7 +406,7 @@ def test_unreadable_source_fails_naming_source_and_path(tmp_path, source, messag
 # ---- the per-source cache ---------------------------------------------------------------------------
 
 def test_ingest_source_writes_raw_records_with_what_was_read(tmp_path):
-    from tunesmith.ingest import ingest_source, ingested_source
+    from tunesmith.data.ingest import ingest_source, ingested_source
 
     (tmp_path / "a.jsonl").write_bytes(b'{"instruction": "I", "output": "O"}\r\n\n\xff\n')
     summary = ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"))
@@ -421,7 +421,7 @@ def test_ingest_source_writes_raw_records_with_what_was_read(tmp_path):
 
 
 def test_curation_reads_only_the_ingested_files_and_one_source_can_be_reingested_alone(tmp_path):
-    from tunesmith.ingest import ingest_source
+    from tunesmith.data.ingest import ingest_source
 
     sources = [{"id": name, "path": str(tmp_path / f"{name}.jsonl"), "role": "sft"} for name in ("one", "two")]
     for name in ("one", "two"):
@@ -580,7 +580,7 @@ def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
 
 
 def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatch):
-    from tunesmith import ingest
+    from tunesmith.data import ingest
 
     monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 1500)  # lines over the limit inside and across chunks
     monkeypatch.setattr(ingest, "SKIP_BYTES", 700)

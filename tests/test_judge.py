@@ -13,12 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from judge_server import build_tiny_judge, serving
-from tunesmith.judge import judge_answers
-from tunesmith.judge_backends import JudgeError
-from tunesmith.judge_cache import GradeCache
-from tunesmith.manifest import write_manifest
-from tunesmith.recipe import validate_recipe
-from tunesmith.rubric import RubricError, load_rubric, parse_reply
+from tunesmith.config.recipe import validate_recipe
+from tunesmith.jobs.manifest import write_manifest
+from tunesmith.judge.judge import judge_answers
+from tunesmith.judge.judge_backends import JudgeError
+from tunesmith.judge.judge_cache import GradeCache
+from tunesmith.judge.rubric import RubricError, load_rubric, parse_reply
 
 TASKS = [{"task_id": 0, "input": "日本の首都はどこですか？"}, {"task_id": 1, "input": "1+1は？"},
          {"task_id": 2, "input": "「もり」を3回繰り返してください。"}]
@@ -343,7 +343,7 @@ def test_an_entry_that_is_not_json_is_graded_again(tmp_path):
 def test_the_vllm_backend_is_refused_before_loading_without_vllm(files, tmp_path, monkeypatch):
     import builtins
 
-    from tunesmith.model import ModelError
+    from tunesmith.model.model import ModelError
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *args, **kwargs: (_ for _ in ()).throw(

@@ -1,6 +1,6 @@
 """Every recipe key in the schema is read by some code: the reads are recorded, not declared.
 
-What counts as read (tunesmith.reads): a key some job looked up, from the manifests of the README's default run
+What counts as read (tunesmith.jobs.reads): a key some job looked up, from the manifests of the README's default run
 (the session's `default_run`, which the end-to-end tests build anyway: no training run is added); a key the
 workflow itself looks up while planning (`plan.steps` traced with its reads recorded, over the shipped recipes and
 the stage table's recipe shapes; the settings it hands each job are not reads); and a key the stages' own code
@@ -20,10 +20,10 @@ import pytest
 
 from conftest import REPO
 from test_stage_table import SHAPES, shaped
-from tunesmith import plan
-from tunesmith.reads import schema_leaves, unread_schema_keys, wrap
-from tunesmith.recipe import RecipeError, load_recipe
-from tunesmith.schema import load_schema
+from tunesmith.config import plan
+from tunesmith.config.recipe import RecipeError, load_recipe
+from tunesmith.config.schema import load_schema
+from tunesmith.jobs.reads import schema_leaves, unread_schema_keys, wrap
 
 # Read only on a path neither the default run nor `_traced_reads` takes: key -> the choice (or the reader) that
 # reads it. Each is read where its tests take that path (test_judge, test_generate, test_tracking, test_hub,
@@ -42,7 +42,7 @@ NOT_IN_THE_DEFAULT_RUN = {
     "tracking.project": "tracking.report_to not empty", "tracking.mlflow.tracking_uri": "tracking.report_to: [mlflow]",
     "tracking.wandb.mode": "tracking.report_to: [wandb]",
     # read from the workflow's config, not a job's params (so in no manifest)
-    "curate.memory_limit": "tunesmith.curate.curate_memory_limit", "repeats": "rules/common.smk (replicates)",
+    "curate.memory_limit": "tunesmith.data.curate.curate_memory_limit", "repeats": "rules/common.smk (replicates)",
     "sweep.matrix": "rules/common.smk (variants)",
     **{f"publish.{name}": "rules/publish.smk (the push rules)" for name in ("dataset_repo", "license", "model_repo",
                                                                            "private")},
@@ -75,10 +75,10 @@ def _traced_reads(tmp_path) -> set[str]:
     """The keys real code looks up on branches the default run does not take, where that code runs in a moment
     without a model: each preference method's trl config, continued pretraining's and packed SFT's arguments,
     a chat template, sampled generation."""
-    from tunesmith.preference import trainer_class_and_config
-    from tunesmith.template import PromptTemplate
-    from tunesmith.train import _common_args, _lora_config, cpt_arguments, sft_arguments
-    from tunesmith.generate import vllm_sampling
+    from tunesmith.generation.generate import vllm_sampling
+    from tunesmith.model.template import PromptTemplate
+    from tunesmith.training.preference import trainer_class_and_config
+    from tunesmith.training.train import _common_args, _lora_config, cpt_arguments, sft_arguments
 
     read = set()
     for shape in ("SimPO on two nodes, tracked in MLflow and W&B", "KTO on two processes"):

@@ -1,16 +1,11 @@
-"""The launcher: accelerate options per strategy, refusals before starting, and a package without an
-import cycle (the training functions know nothing of launching)."""
+"""The launcher: accelerate options per strategy, refusals before starting.
+The package's import graph (no cycle; launching knows nothing of the train functions): tests/test_layers.py."""
 
-import ast
 import os
 import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO
-
-PACKAGE = REPO / "src" / "tunesmith"
 
 
 def test_launch_options_per_strategy(monkeypatch):
@@ -18,7 +13,7 @@ def test_launch_options_per_strategy(monkeypatch):
 
     import torch
 
-    from tunesmith.launcher import DistributedError, check_strategy, launch_arguments
+    from tunesmith.training.launcher import DistributedError, check_strategy, launch_arguments
 
     section = {"processes": 4, "nodes": 1, "strategy": "ddp", "zero_stage": 2}
     ddp = launch_arguments(section, 29123)
@@ -50,21 +45,21 @@ def test_launch_options_per_strategy(monkeypatch):
 
 
 def test_one_process_runs_the_function_here():
-    from tunesmith.launcher import run_distributed
+    from tunesmith.training.launcher import run_distributed
 
     assert run_distributed(lambda **arguments: arguments, None, a=1) == {"a": 1}
     assert run_distributed(dict, {"processes": 1, "nodes": 1, "strategy": "ddp", "zero_stage": 2}, b=2) == {"b": 2}
 
 
 def test_only_importable_functions_are_launched():
-    from tunesmith.launcher import run_distributed
+    from tunesmith.training.launcher import run_distributed
 
     with pytest.raises(ValueError, match="not importable"):
         run_distributed(lambda: None, {"processes": 2, "nodes": 1, "strategy": "ddp", "zero_stage": 2})
 
 
 def test_several_nodes_are_refused_outside_a_slurm_allocation(monkeypatch, tmp_path):
-    from tunesmith.launcher import DistributedError, run_distributed
+    from tunesmith.training.launcher import DistributedError, run_distributed
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with pytest.raises(DistributedError, match="distributed.nodes is 2: .*inside a Slurm allocation of 2 nodes"):
@@ -74,7 +69,7 @@ def test_several_nodes_are_refused_outside_a_slurm_allocation(monkeypatch, tmp_p
 
 
 def test_srun_starts_one_launcher_per_node(monkeypatch, tmp_path):
-    from tunesmith.launcher import srun_command
+    from tunesmith.training.launcher import srun_command
 
     (tmp_path / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "srun").chmod(0o755)
@@ -83,13 +78,13 @@ def test_srun_starts_one_launcher_per_node(monkeypatch, tmp_path):
     command = srun_command({"processes": 4, "nodes": 3, "strategy": "ddp", "zero_stage": 2}, "spec.json", threads=8)
     assert command[:7] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--cpus-per-task=8",
                            "--kill-on-bad-exit=1", "--overlap"]
-    assert command[-4:] == ["-m", "tunesmith.launcher", "--node", "spec.json"]
+    assert command[-4:] == ["-m", "tunesmith.training.launcher", "--node", "spec.json"]
 
 
 def test_node_zero_must_be_the_node_the_job_runs_on(monkeypatch, tmp_path):
     import json
 
-    from tunesmith.launcher import DistributedError, node_main
+    from tunesmith.training.launcher import DistributedError, node_main
 
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"distributed": {"processes": 1, "nodes": 2, "strategy": "ddp", "zero_stage": 2},
@@ -102,45 +97,14 @@ def test_node_zero_must_be_the_node_the_job_runs_on(monkeypatch, tmp_path):
 
 
 def test_training_jobs_ask_for_gpus_on_one_node_and_for_nodes_and_tasks_above():
-    from tunesmith.launcher import job_resources
+    from tunesmith.training.launcher import job_resources
 
     assert job_resources({"processes": 2, "nodes": 1}) == {"gpu": 2}
     assert job_resources({"processes": 4, "nodes": 2}) == {"nodes": 2, "tasks": 2, "tasks_per_gpu": 0,
                                                            "gres": "gpu:4", "mpi": "srun"}
 
 
-def _package_imports(module: str) -> set[str]:
-    """The tunesmith modules `module` imports, at its top or inside functions."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tunesmith"):
-            found |= {node.module.removeprefix("tunesmith.")} if node.module != "tunesmith" else {
-                alias.name for alias in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name.removeprefix("tunesmith.") for alias in node.names if alias.name.startswith("tunesmith.")}
-    return found
-
-
-def test_the_package_has_no_import_cycle():
-    modules = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
-    graph = {module: _package_imports(module) & set(modules) for module in modules}
-    assert "train" not in graph.get("launcher", set()) | graph["distributed"], "launching must not know the train functions"
-
-    def cycle_from(start, path):
-        for name in graph[start]:
-            if name in path:
-                return path[path.index(name):] + [name]
-            found = cycle_from(name, path + [name])
-            if found:
-                return found
-        return None
-
-    cycles = [cycle for module in modules if (cycle := cycle_from(module, [module]))]
-    assert not cycles, cycles
-
-
-@pytest.mark.parametrize("module", ["launcher", "distributed", "train", "model", "adapters", "generate"])
+@pytest.mark.parametrize("module", ["training.launcher", "training.distributed", "training.train", "model.model", "model.adapters", "generation.generate"])
 def test_each_module_imports_alone(module):
     result = subprocess.run([sys.executable, "-c", f"import tunesmith.{module}"], capture_output=True, text=True,
                             timeout=300)

@@ -1,5 +1,5 @@
 """A sweep's leaderboard against the recipe's seed spread (`repeats`): each variant, one run, is beyond a seed
-only outside the prediction interval of one more seed's score (tunesmith.leaderboard). The ranking and the
+only outside the prediction interval of one more seed's score (tunesmith.evaluation.leaderboard). The ranking and the
 paired column are tested in tests/test_workflow.py and tests/test_evaluate.py."""
 
 import math
@@ -8,9 +8,9 @@ import statistics
 import pytest
 from scipy import stats
 
-from tunesmith.atomic import write_jsonl
-from tunesmith.evaluate import evaluate
-from tunesmith.leaderboard import leaderboard
+from tunesmith.evaluation.evaluate import evaluate
+from tunesmith.evaluation.leaderboard import leaderboard
+from tunesmith.jobs.atomic import write_jsonl
 
 TASKS = 40
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from tunesmith.logs import HEADER, LogStream, describe_file_system, is_disk_full
+from tunesmith.jobs.logs import HEADER, LogStream, describe_file_system, is_disk_full
 
 FLAKY_SNAKEFILE = """
 rule write_demo:
@@ -28,9 +28,9 @@ rule write_demo:
 FLAKY_SCRIPT = """
 import os, signal
 from pathlib import Path
-from tunesmith.atomic import atomic_path
-from tunesmith.logs import log_to
-from tunesmith.manifest import recorded
+from tunesmith.jobs.atomic import atomic_path
+from tunesmith.jobs.logs import log_to
+from tunesmith.jobs.manifest import recorded
 
 log_to(snakemake.log[0])
 with recorded(snakemake, "demo"):
@@ -79,7 +79,7 @@ def refuse(*args, **kwargs):
     raise OSError(errno.EPERM, "Operation not permitted")
 
 os.link = refuse  # as on a file system without hard links (FAT, some SMB shares)
-from tunesmith.logs import log_to
+from tunesmith.jobs.logs import log_to
 
 log_to(sys.argv[1])
 print("this attempt's output")
@@ -220,7 +220,7 @@ def test_a_run_with_nothing_to_do_still_calls_the_summary(tmp_path):
     """Snakemake skips `onsuccess` when every target is up to date (issue 21: `snakemake` with nothing
     to do still prints the summary); a dry run stays quiet."""
     (tmp_path / "Snakefile").write_text(
-        "from tunesmith.logs import when_nothing_to_do\n"
+        "from tunesmith.jobs.logs import when_nothing_to_do\n"
         "when_nothing_to_do(workflow, lambda: print('SUMMARY OF THE RUN'))\n"
         "onsuccess:\n    print('SUMMARY OF THE RUN')\n"
         "rule all:\n    output: 'done.txt'\n    shell: 'echo done > {output}'\n")

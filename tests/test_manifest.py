@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tunesmith.atomic import content_hash
-from tunesmith.manifest import (LineageError, current_manifest, index_manifests, lineage, manifest_path,
+from tunesmith.jobs.atomic import content_hash
+from tunesmith.jobs.manifest import (LineageError, current_manifest, index_manifests, lineage, manifest_path,
                                 recorded, task_overview)
 
 

@@ -6,7 +6,7 @@ import random
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tunesmith.measures import JAPANESE_RE2, SPACES_RE2, code_points, measure, repetitions, tandem_repeats
+from tunesmith.data.measures import JAPANESE_RE2, SPACES_RE2, code_points, measure, repetitions, tandem_repeats
 
 ALPHABET = list("あいうアイウー東京日本abcXYZ éß Ωж한\u3000\t\n、。！?0123456789") + ["\U0001F600", "〇", "々"]
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from tiny_model import TASKS, cpt_adapter, dpo_adapter, dpo_run, recipe, sft_adapter, tiny  # noqa: F401  (fixtures)
-from tunesmith.adapters import concatenate, read_config
-from tunesmith.model import (
+from tunesmith.model.adapters import concatenate, read_config
+from tunesmith.model.model import (
     ModelError, check_eos, load_model, load_tokenizer, quantization_config, read_metadata, write_metadata,
 )
 
@@ -24,8 +24,8 @@ def base_section(**overrides) -> dict:
 
 
 def task_prompts(tiny, count=8) -> list[str]:
-    from tunesmith.tasks import read_tasks
-    from tunesmith.template import PromptTemplate
+    from tunesmith.data.tasks import read_tasks
+    from tunesmith.model.template import PromptTemplate
 
     tokenizer = load_tokenizer(tiny.base_dir, tiny.section("base_model"))
     template = PromptTemplate(tiny.section("template"))
@@ -174,8 +174,8 @@ def _merged_by_hand(base_dir: str, chain: list[str]):
 @pytest.mark.parametrize("with_cpt", [False, True], ids=["sft_dpo", "cpt_sft_dpo"])
 def test_each_stage_folder_holds_its_whole_chain(tiny, cpt_adapter, sft_adapter, dpo_adapter, tmp_path, with_cpt):
     """The DPO folder alone is base + SFT + DPO (+ CPT), as each stage trained it."""
-    from tunesmith.adapters import trained_part
-    from tunesmith.train import train_dpo, train_sft
+    from tunesmith.model.adapters import trained_part
+    from tunesmith.training.train import train_dpo, train_sft
 
     if with_cpt:
         sft = tiny.section("sft") | {"max_steps": 2}
@@ -242,7 +242,7 @@ def test_an_adapter_folder_loads_on_a_4bit_base_in_one_line(tiny, dpo_adapter):
 def test_target_modules_are_written_in_one_order(tmp_path):
     """peft saves target_modules from a set, in another order each run: the folder is rewritten sorted, so that
     two clean runs write the same bytes."""
-    from tunesmith.adapters import CONFIG, set_base
+    from tunesmith.model.adapters import CONFIG, set_base
 
     (tmp_path / CONFIG).write_text(json.dumps({"target_modules": ["v_proj", "q_proj", "o_proj", "k_proj"]}))
     set_base(tmp_path, "llm-jp/llm-jp-3-13b")
@@ -250,7 +250,7 @@ def test_target_modules_are_written_in_one_order(tmp_path):
 
 
 def test_a_hub_base_stays_a_hub_id(tmp_path, monkeypatch):
-    from tunesmith.adapters import base_reference
+    from tunesmith.model.adapters import base_reference
 
     monkeypatch.chdir(tmp_path)
     assert base_reference("llm-jp/llm-jp-3-13b") == "llm-jp/llm-jp-3-13b"
@@ -259,7 +259,7 @@ def test_a_hub_base_stays_a_hub_id(tmp_path, monkeypatch):
 
 
 def test_concatenate_refuses_what_one_scale_cannot_express(tiny, tmp_path):
-    from tunesmith.adapters import AdapterError
+    from tunesmith.model.adapters import AdapterError
 
     folder = Path(_adapter(tiny.base_dir, tmp_path / "a", 1, r=2, alpha=4, targets=["q_proj"]))
     config = json.loads((folder / "adapter_config.json").read_text())
@@ -278,7 +278,7 @@ def test_metadata_round_trips_and_is_required(tmp_path):
 
 
 def test_each_training_process_loads_on_its_own_gpu(monkeypatch):
-    from tunesmith.model import device
+    from tunesmith.model.model import device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -316,8 +316,8 @@ def test_export_merges_on_the_cpu_in_the_recipe_dtype_with_the_training_prompt(t
                                                                                  monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.model import export_merged
-    from tunesmith.template import PromptTemplate
+    from tunesmith.model.model import export_merged
+    from tunesmith.model.template import PromptTemplate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: the merge still runs on CPU
     section = tiny.section("base_model") | {"dtype": "bfloat16", "quantization": "nf4"}

@@ -1,6 +1,6 @@
 import pytest
 
-from tunesmith.normalize import clean_text, match_key, normalize_text
+from tunesmith.data.normalize import clean_text, match_key, normalize_text
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ AWKWARD = ["  ｶﾞｷﾞ\u3000x ", "e\u0301", "\u0301starts with a mark", "end
 
 
 def test_batches_normalise_exactly_as_one_text_at_a_time():
-    from tunesmith.normalize import match_keys_of_normalized, normalize_many
+    from tunesmith.data.normalize import match_keys_of_normalized, normalize_many
 
     expected = [normalize_text(text) for text in AWKWARD]
     assert normalize_many(AWKWARD) == expected
@@ -165,7 +165,7 @@ def _tricky_texts(count: int, seed: int = 5) -> list[str]:
 def test_vectorised_normalisation_matches_normalize_text_exactly():
     import pyarrow as pa
 
-    from tunesmith.normalize import match_keys_arrow, normalize_arrow
+    from tunesmith.data.normalize import match_keys_arrow, normalize_arrow
 
     texts = AWKWARD + _tricky_texts(5000)
     normalised = normalize_arrow(pa.array(texts, pa.string()))
@@ -205,7 +205,7 @@ def test_clean_text_keeps_the_joiner_inside_emoji_sequences():
 def test_vectorised_cleaning_matches_clean_text_exactly():
     import pyarrow as pa
 
-    from tunesmith.normalize import clean_arrow
+    from tunesmith.data.normalize import clean_arrow
 
     texts = AWKWARD + _tricky_texts(5000) + ["\U0001F469\u200d\U0001F469 a\u200db", None, "\n \n  x \n"]
     cleaned = clean_arrow(pa.array(texts, pa.string()))

@@ -1,4 +1,4 @@
-"""On-policy preference pairs (tunesmith.on_policy): keys, sharding, resuming, accounting, curation."""
+"""On-policy preference pairs (tunesmith.training.on_policy): keys, sharding, resuming, accounting, curation."""
 
 import copy
 import json
@@ -9,10 +9,11 @@ import pytest
 from conftest import REPO
 from stage_keys import downstream_of
 from tiny_model import TASKS, sft_adapter, tiny  # noqa: F401  (fixtures)
-from tunesmith import on_policy, plan
-from tunesmith.atomic import read_jsonl
-from tunesmith.curate import curate
-from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
+from tunesmith.config import plan
+from tunesmith.config.recipe import RecipeError, load_recipe, validate_recipe
+from tunesmith.data.curate import curate
+from tunesmith.jobs.atomic import read_jsonl
+from tunesmith.training import on_policy
 
 
 def on_policy_recipe(**pairs):
@@ -112,7 +113,7 @@ def test_every_sampled_answer_is_in_a_pair_or_quarantined_with_its_reason():
 
 def test_pairs_are_decontaminated_against_the_task_file(tmp_path):
     """The pairs enter curation as the source `on_policy`: a pair whose prompt is a task input is dropped."""
-    from tunesmith.tasks import read_tasks
+    from tunesmith.data.tasks import read_tasks
 
     tasks = [{"input": task.input} for task in read_tasks(TASKS)]
     rows = [row(str(index), [0, 60], prompt=f"しりとりの単語を一つ答えてください{index}") for index in range(4)]
@@ -207,7 +208,7 @@ class FakeJudge:
 
 
 def test_the_judge_grader_asks_only_about_answers_it_has_not_graded(tmp_path):
-    from tunesmith.recipe import validate_recipe as validated
+    from tunesmith.config.recipe import validate_recipe as validated
 
     judge = validated(load_recipe(REPO / "recipes" / "default.yaml"))["judge"]
     judge = {**judge, "backend": "openai", "openai": {**judge["openai"], "model": "m"}}
@@ -300,7 +301,7 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
     import yaml
 
     from quick_recipe import quick_recipe
-    from tunesmith.manifest import lineage
+    from tunesmith.jobs.manifest import lineage
 
     recipe_path = quick_recipe(REPO / "recipes/on-policy.yaml", tmp_path / "quick.yaml")
     raw = yaml.safe_load(open(recipe_path, encoding="utf-8"))
@@ -355,7 +356,7 @@ def test_the_vllm_sampler_seeds_each_prompt_so_batching_changes_no_answer(monkey
     import sys
     import types
 
-    from tunesmith import generate as generate_module
+    from tunesmith.generation import generate as generate_module
 
     class SamplingParams:
         def __init__(self, **kwargs):

@@ -1,10 +1,10 @@
-"""The report's readable pages (tunesmith.pages): data cards and the evaluation rendered as HTML."""
+"""The report's readable pages (tunesmith.evaluation.pages): data cards and the evaluation rendered as HTML."""
 
 import json
 import re
 from pathlib import Path
 
-from tunesmith.pages import card_markdown, evaluation_page, write_pages
+from tunesmith.evaluation.pages import card_markdown, evaluation_page, write_pages
 
 CARD = """# Data card: sft
 

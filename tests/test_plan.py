@@ -4,10 +4,10 @@ import json
 import pytest
 
 from conftest import REPO
-from tunesmith import plan
+from tunesmith.config import plan
+from tunesmith.config import recipe as recipe_module
+from tunesmith.config.recipe import RecipeError, combinations, load_recipe, variants
 from tunesmith.explain import differences, planned_jobs
-from tunesmith import recipe as recipe_module
-from tunesmith.recipe import RecipeError, combinations, load_recipe, variants
 
 
 @pytest.fixture

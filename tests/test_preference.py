@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 from test_train import assert_lora_trained, logged, with_long_prompts
 from tiny_model import SEED, _once, _recording, recipe, sft_adapter, tiny  # noqa: F401
-from tunesmith.adapters import read_config, trained_part
-from tunesmith.model import load_model, read_metadata
-from tunesmith.preference import preference_problems
-from tunesmith.template import PromptTemplate
-from tunesmith.train import train_dpo
-from tunesmith.unpaired import BOTH_LABELS, SHARED_ANSWER, UnpairError, unpaired_rows, write_unpaired
+from tunesmith.data.unpaired import BOTH_LABELS, SHARED_ANSWER, UnpairError, unpaired_rows, write_unpaired
+from tunesmith.model.adapters import read_config, trained_part
+from tunesmith.model.model import load_model, read_metadata
+from tunesmith.model.template import PromptTemplate
+from tunesmith.training.preference import preference_problems
+from tunesmith.training.train import train_dpo
 
 TRAINERS = {"orpo": "experimental.orpo.ORPOTrainer", "simpo": "experimental.cpo.CPOTrainer", "kto": "KTOTrainer"}
 
@@ -251,7 +251,7 @@ def test_the_dpo_keys_are_checked_together():
 
 
 def test_the_recipe_validator_refuses_them_before_any_job():
-    from tunesmith.recipe import RecipeError, validate_recipe
+    from tunesmith.config.recipe import RecipeError, validate_recipe
 
     kto = recipe()
     kto["dpo"] |= {"method": "kto", "per_device_train_batch_size": 1}

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tunesmith.preference_accuracy import answer_log_probs, compare_pairs, held_out_pairs, pair_tokens
-from tunesmith.template import PromptTemplate
+from tunesmith.evaluation.preference_accuracy import answer_log_probs, compare_pairs, held_out_pairs, pair_tokens
+from tunesmith.model.template import PromptTemplate
 
 TEMPLATE = PromptTemplate({"kind": "plain", "prompt": "### 指示\n{input}\n### 回答\n", "system": None,
                            "chat_template": None, "stop_markers": [], "allow_mismatch": False})

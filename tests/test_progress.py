@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from tunesmith.progress import Heartbeat, Progress, duration, last_line, progress
+from tunesmith.jobs.progress import Heartbeat, Progress, duration, last_line, progress
 
 
 class Clock:
@@ -21,7 +21,7 @@ class Clock:
 def test_a_loop_logs_a_line_every_n_items_with_the_time_left(caplog):
     clock = Clock()
     tracker = Progress("generating", 6, "batches", every=2, clock=clock)
-    with caplog.at_level(logging.INFO, logger="tunesmith.progress"):
+    with caplog.at_level(logging.INFO, logger="tunesmith.jobs.progress"):
         for _ in range(6):
             clock.now += 5
             tracker.update()
@@ -37,7 +37,7 @@ def test_a_loop_logs_a_line_every_n_items_with_the_time_left(caplog):
 def test_a_slow_loop_logs_at_least_every_thirty_seconds_and_metrics_always(caplog):
     clock = Clock()
     tracker = Progress("training", 1000, "steps", every=100, clock=clock)
-    with caplog.at_level(logging.INFO, logger="tunesmith.progress"):
+    with caplog.at_level(logging.INFO, logger="tunesmith.jobs.progress"):
         clock.now = 29
         tracker.update(2)  # neither 100 steps nor 30 s since the last line
         clock.now = 31
@@ -50,7 +50,7 @@ def test_a_slow_loop_logs_at_least_every_thirty_seconds_and_metrics_always(caplo
 
 
 def test_progress_wraps_an_iterable_like_tqdm(caplog):
-    with caplog.at_level(logging.INFO, logger="tunesmith.progress"):
+    with caplog.at_level(logging.INFO, logger="tunesmith.jobs.progress"):
         assert list(progress(range(3), "judge", "answers")) == [0, 1, 2]
     assert caplog.records[0].getMessage().startswith("judge: 1/3 answers (33%)")
     assert caplog.records[-1].getMessage().startswith("judge: 3 answers in")
@@ -64,7 +64,7 @@ def test_the_latest_line_skips_warnings_and_library_noise(tmp_path):
     """Seen during SFT on real data (issue 21): a FutureWarning's second line, `warnings.warn(`, was shown."""
     log = tmp_path / "train_sft.log"
     log.write_text(
-        "2026-12-01 23:41:09,964 tunesmith.progress INFO training: 3/10 steps (30%), loss 1.92\n"
+        "2026-12-01 23:41:09,964 tunesmith.jobs.progress INFO training: 3/10 steps (30%), loss 1.92\n"
         "/venv/lib/python3.11/site-packages/trl/trainer/sft_trainer.py:401: FutureWarning: `tokenizer` is "
         "deprecated\n  warnings.warn(\n"
         "/venv/lib/python3.11/site-packages/torch/utils/checkpoint.py:87: UserWarning: None of the inputs\n"
@@ -78,7 +78,7 @@ def test_the_latest_line_skips_warnings_and_library_noise(tmp_path):
 
 def test_the_heartbeat_shows_the_latest_log_line_and_how_to_follow_the_log(tmp_path):
     log = tmp_path / "train_sft.log"
-    log.write_text("==== tunesmith attempt 1 ====\n2026-12-01 23:41:09,964 tunesmith.progress INFO training: "
+    log.write_text("==== tunesmith attempt 1 ====\n2026-12-01 23:41:09,964 tunesmith.jobs.progress INFO training: "
                    "3/10 steps (30%)\nMap:  10%|#         | 1/10\rMap:  20%|##        | 2/10\r", encoding="utf-8")
     assert last_line(log) == "Map:  20%|##        | 2/10"
     shown = []
@@ -87,7 +87,7 @@ def test_the_heartbeat_shows_the_latest_log_line_and_how_to_follow_the_log(tmp_p
     clock.now = 65
     beat.beat()
     with open(log, "a", encoding="utf-8") as handle:
-        handle.write("2026-12-01 23:42:09,964 tunesmith.progress INFO training: 9/10 steps (90%)\n")
+        handle.write("2026-12-01 23:42:09,964 tunesmith.jobs.progress INFO training: 9/10 steps (90%)\n")
     clock.now = 95
     beat.beat()
     assert shown == [
@@ -104,8 +104,8 @@ def test_a_job_log_holds_lines_not_carriage_return_bars_and_the_console_hears_of
     script.write_text(textwrap.dedent(f"""
         import time
         import datasets
-        from tunesmith.logs import log_to
-        from tunesmith.progress import progress
+        from tunesmith.jobs.logs import log_to
+        from tunesmith.jobs.progress import progress
 
         log_to({str(log)!r})
         datasets.Dataset.from_dict({{"x": list(range(2000))}}).map(lambda row: {{"y": row["x"] * 2}})
@@ -132,8 +132,8 @@ def test_ingest_and_curation_of_a_corpus_log_where_they_are(tmp_path, caplog, mo
     when classification is done and what it kept and quarantined."""
     import json
 
-    import tunesmith.ingest as ingest
-    from tunesmith.curate import curate
+    import tunesmith.data.ingest as ingest
+    from tunesmith.data.curate import curate
 
     monkeypatch.setattr(ingest, "PROGRESS_RECORDS", 2)
     rows = [{"instruction": f"質問{i}はどうですか。", "output": f"答え{i}です。"} for i in range(5)] + [{"instruction": "x"}]

@@ -3,7 +3,7 @@
 import json
 
 from recipe_keys import leaves
-from tunesmith.reads import RecordingParams, recording_params, wrap
+from tunesmith.jobs.reads import RecordingParams, recording_params, wrap
 
 
 def test_lookups_are_recorded_as_dotted_paths_and_hashing_is_not_a_read():
@@ -46,7 +46,7 @@ def test_a_recorded_section_dumps_as_plain_yaml():
 
 
 def test_a_schema_key_is_read_only_when_it_or_something_inside_it_is_looked_up():
-    from tunesmith.reads import schema_leaves, unread_schema_keys
+    from tunesmith.jobs.reads import schema_leaves, unread_schema_keys
 
     schema = {"properties": {
         "dpo": {"properties": {"beta": {"type": "number"}, "lora": {"properties": {"r": {"type": "integer"}}},

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunesmith.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe, variants
+from tunesmith.config.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe, variants
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -153,7 +153,7 @@ def test_section_hash_ignores_key_order_and_sees_values():
 
 def test_every_schema_key_is_read_by_the_code():
     """A recipe key no code reads is a silent no-op; every leaf key must appear in src/ or rules/."""
-    code = "\n".join(path.read_text(encoding="utf-8") for pattern in ("src/tunesmith/*.py", "rules/*.smk")
+    code = "\n".join(path.read_text(encoding="utf-8") for pattern in ("src/tunesmith/**/*.py", "rules/*.smk")
                      for path in REPO.glob(pattern))
     for key, prop in _walk(load_schema()):
         leaf = key.rsplit(".", 1)[-1].removesuffix("[]")
@@ -345,7 +345,7 @@ def test_a_sweep_over_the_prompt_plans_with_safe_variant_names(tmp_path):
 
 
 def test_variant_names_are_unchanged_where_already_safe_and_bounded_and_distinct_otherwise():
-    from tunesmith.recipe import variant_name
+    from tunesmith.config.recipe import variant_name
 
     assert variant_name({"dpo.beta": 0.2, "generate.max_new_tokens": 24}) == "dpo.beta=0.2,generate.max_new_tokens=24"
     long = [variant_name({"template.prompt": "{input}" + "長" * 500 + tail}) for tail in "ab"]
@@ -410,8 +410,8 @@ def test_settings_that_cannot_work_are_refused_at_validation(change, problem):
 def test_the_workflow_gets_the_variants_validation_made_without_validating_them_again(monkeypatch):
     """Loading a sweep validates every variant once and hands them over with the recipe (a 64-variant sweep
     was validated twice per `snakemake -n`); `variants` alone validates again, from the recipe it is given."""
-    import tunesmith.recipe as recipe_module
-    from tunesmith.recipe import load_recipe_and_variants
+    import tunesmith.config.recipe as recipe_module
+    from tunesmith.config.recipe import load_recipe_and_variants
 
     validated = []
     schema_problems = recipe_module._schema_problems
@@ -428,7 +428,7 @@ def test_the_workflow_gets_the_variants_validation_made_without_validating_them_
 # ---- overrides: `--config set=KEY=VALUE[,KEY=VALUE...]`, `tunesmith validate --set` --------------------
 
 def test_overrides_are_parsed_as_yaml_values_split_at_each_key():
-    from tunesmith.recipe import parse_overrides
+    from tunesmith.config.recipe import parse_overrides
 
     assert parse_overrides("sft.num_train_epochs=3,dpo.beta=0.2") == {"sft.num_train_epochs": 3, "dpo.beta": 0.2}
     # a comma inside a value stays there; a value is YAML like the file's
@@ -441,8 +441,8 @@ def test_overrides_are_parsed_as_yaml_values_split_at_each_key():
 
 
 def test_workflow_recipe_applies_set_and_validates_it_like_the_file(tmp_path):
-    from tunesmith import plan
-    from tunesmith.recipe import workflow_recipe
+    from tunesmith.config import plan
+    from tunesmith.config.recipe import workflow_recipe
 
     default = REPO / "recipes" / "default.yaml"
     _, plain = workflow_recipe({"recipe": str(default)}, [], REPO)
@@ -487,7 +487,7 @@ def test_cli_validate_set_and_show_without_null_column_mappings(tmp_path, capsys
 
 
 def test_a_configfile_is_refused_saying_its_python_has_already_run():
-    from tunesmith.recipe import workflow_recipe
+    from tunesmith.config.recipe import workflow_recipe
 
     with pytest.raises(RecipeError, match=r"--config recipe=PATH, not --configfile.*already run any YTE Python"):
         workflow_recipe({}, ["evil.yaml"], REPO)

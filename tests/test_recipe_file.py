@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from tunesmith.recipe import RecipeError, load_recipe
-from tunesmith.recipe_file import read_recipe
+from tunesmith.config.recipe import RecipeError, load_recipe
+from tunesmith.config.recipe_file import read_recipe
 
 
 def read(tmp_path, text):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import recipe_fuzz
 from conftest import REPO
-from tunesmith.recipe import load_schema, validate_recipe
+from tunesmith.config.recipe import load_schema, validate_recipe
 
 pytestmark = pytest.mark.usefixtures("cached_hub_models")  # offline, the 13B recipe's hub model must be cached
 
@@ -67,7 +67,7 @@ def test_any_value_at_any_key_gets_a_clean_verdict(data, work, monkeypatch):
     found = recipe_fuzz.verdict(file)
     assert found in ("accepted", "rejected"), (found, recipe_fuzz.dotted(path), value)
     if found == "rejected":
-        from tunesmith.recipe import RecipeError, load_recipe
+        from tunesmith.config.recipe import RecipeError, load_recipe
 
         with pytest.raises(RecipeError) as caught:
             load_recipe(file, check_files=True)

@@ -1,4 +1,4 @@
-"""`tunesmith compare` over seed replicates (tunesmith.replicated): a single run's significant-looking difference
+"""`tunesmith compare` over seed replicates (tunesmith.evaluation.replicated): a single run's significant-looking difference
 that the seed spread swamps, a large difference consistent across seeds, the two-level bootstrap against a
 computation by hand, and the page with both sides' seeds or one side's only."""
 
@@ -11,12 +11,13 @@ import yaml
 
 from conftest import REPO
 from quick_recipe import quick_recipe
-from tunesmith import compare as compare_module
-from tunesmith import plan, replicated
-from tunesmith.atomic import write_json, write_jsonl
-from tunesmith.compare import compare, score_diff, summary_lines
-from tunesmith.evaluate import evaluate
-from tunesmith.recipe import replicates, validate_recipe
+from tunesmith.config import plan
+from tunesmith.config.recipe import replicates, validate_recipe
+from tunesmith.evaluation import compare as compare_module
+from tunesmith.evaluation import replicated
+from tunesmith.evaluation.compare import compare, score_diff, summary_lines
+from tunesmith.evaluation.evaluate import evaluate
+from tunesmith.jobs.atomic import write_json, write_jsonl
 
 TASKS = 60
 REFERENCES = {i: f"答え{i}" for i in range(TASKS)}

@@ -1,5 +1,5 @@
 """Training noise measured (`repeats`): seed replicates share their data and differ in what trains, and
-each stage's spread over the seeds is reported (tunesmith.replicates)."""
+each stage's spread over the seeds is reported (tunesmith.evaluation.replicates)."""
 
 import json
 import re
@@ -12,9 +12,9 @@ import yaml
 
 from conftest import REPO
 from quick_recipe import quick_recipe
-from tunesmith import plan
-from tunesmith.recipe import RecipeError, replicate_seeds, replicates, validate_recipe
-from tunesmith.replicates import summarise_replicates
+from tunesmith.config import plan
+from tunesmith.config.recipe import RecipeError, replicate_seeds, replicates, validate_recipe
+from tunesmith.evaluation.replicates import summarise_replicates
 
 DATA_STEPS = ("ingest_sample_sft", "ingest_sample_preference", "tokenizer", "curate_sft", "curate_preference")
 TRAINED_STEPS = ("base_model", "sft", "dpo", "generate_base", "generate_sft", "generate_dpo", "pair_accuracy_sft",
@@ -131,7 +131,7 @@ def test_the_quick_recipe_under_two_seeds_reports_each_stages_spread(tmp_path):
     assert written["stages"]["sft"]["chrf"]["per_seed"]["42"] == own["sft"]["chrf"]
     assert "| sft | exact match |" in (work / "results/replicates.md").read_text(encoding="utf-8")
     # `tunesmith compare` finds both seeds from the recipe and from a result key (results/replicates.json).
-    from tunesmith.compare import compare
+    from tunesmith.evaluation.compare import compare
 
     key = written["evaluations"]["42"].split("/")[2]
     text, facts, _ = compare(path, key, root=work)

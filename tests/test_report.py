@@ -51,7 +51,7 @@ def test_the_report_builds_right_after_the_readme_command_with_the_results_first
     assert "Submitted:" in first_page and "<strong>dpo</strong>" in first_page
     table = first_page.split("Scores (references")[1].split("</table>")[0]
     for stage, result in scores.items():
-        # Each score with its interval in brackets (tunesmith.significance).
+        # Each score with its interval in brackets (tunesmith.evaluation.significance).
         assert f"<td>{stage}" in table and f"<td>{result['exact_match']:.1%} (" in table, stage
         assert f"<td>{result['chrf']:.1f} (" in table
     card = json.loads(next(default_run.glob("results/curated/*/sft.card.json")).read_text(encoding="utf-8"))

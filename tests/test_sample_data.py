@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import sample_data
-from tunesmith.normalize import match_key, normalize_text
-from tunesmith.tasks import read_references, read_tasks
+from tunesmith.data.normalize import match_key, normalize_text
+from tunesmith.data.tasks import read_references, read_tasks
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FILES = ["raw/sft.jsonl", "raw/preference.jsonl", "raw/pretrain.txt", "tasks.jsonl", "references.jsonl"]

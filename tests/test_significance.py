@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sacrebleu.metrics import CHRF
 
-from tunesmith import significance
+from tunesmith.evaluation import significance
 
 
 def test_mcnemar_exact_matches_the_binomial_tail_by_hand():

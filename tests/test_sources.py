@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunesmith.recipe import RecipeError, validate_recipe
-from tunesmith.sources import check_inputs, check_settings
+from tunesmith.config.recipe import RecipeError, validate_recipe
+from tunesmith.data.sources import check_inputs, check_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_proc_sys_and_dev_are_refused_at_validation_naming_the_path(tmp_path, pa
 def test_a_link_to_proc_in_a_data_folder_and_a_fifo_are_refused_before_any_read(tmp_path):
     import os
 
-    from tunesmith.sources import IngestError, resolve_source
+    from tunesmith.data.sources import IngestError, resolve_source
 
     folder = tmp_path / "corpus"
     folder.mkdir()

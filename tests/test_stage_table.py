@@ -9,9 +9,9 @@ import pytest
 from conftest import REPO
 from recipe_keys import generic, leaf_keys
 from stage_keys import alternatives, downstream_of as downstream, get as _get, put as _put
-from tunesmith import plan
-from tunesmith.curate import curate_memory_limit
-from tunesmith.recipe import RecipeError, load_recipe, validate_recipe
+from tunesmith.config import plan
+from tunesmith.config.recipe import RecipeError, load_recipe, validate_recipe
+from tunesmith.data.curate import curate_memory_limit
 
 SHAPES = {
     "default": {},
@@ -127,7 +127,7 @@ def test_several_nodes_read_the_strategy_even_with_one_process_each():
 
 
 def test_tracking_is_declared_for_the_training_stages_and_changes_no_key():
-    """A training job reads where it reports (Stage.unkeyed; tunesmith.tracking.run_of picks those keys), but
+    """A training job reads where it reports (Stage.unkeyed; tunesmith.training.tracking.run_of picks those keys), but
     tracking cannot change the weights: switching backends or project reruns nothing."""
     tracked = shaped("SimPO on two nodes, tracked in MLflow and W&B")
     steps = plan.steps(tracked)
@@ -145,7 +145,7 @@ def test_tracking_is_declared_for_the_training_stages_and_changes_no_key():
 
 def test_curation_memory_limit_is_declared_and_changes_no_key():
     """curate.memory_limit reaches the curation jobs (Stage.unkeyed, read from the config by
-    tunesmith.curate.curate_memory_limit), but the rows are the same under any limit: it reruns nothing."""
+    tunesmith.data.curate.curate_memory_limit), but the rows are the same under any limit: it reruns nothing."""
     recipe = shaped("default")
     before = plan.steps(recipe)
     assert all(step.unkeyed == ("curate.memory_limit",) for name, step in before.items() if name.startswith("curate_"))

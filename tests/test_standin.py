@@ -176,7 +176,7 @@ def standin_run(tmp_path_factory):
 
 @pytest.mark.e2e
 def test_the_13b_recipe_runs_end_to_end_on_the_standin(standin_run):
-    from tunesmith.submission import validate_submission
+    from tunesmith.generation.submission import validate_submission
 
     work, _ = standin_run
     assert validate_submission(work / "submission.jsonl", work / "tasks.jsonl") == len(TASKS)
@@ -206,8 +206,8 @@ def test_the_data_card_counts_real_tokens(standin_run):
 def sft_training_rows(standin_run, tmp_path_factory):
     """The SFT trainer exactly as `train_sft` builds it on the run's curated rows and base snapshot (stopped
     before its first step): its tokenised rows are what the run trained on."""
-    import tunesmith.train as train
-    from tunesmith.recipe import load_recipe
+    import tunesmith.training.train as train
+    from tunesmith.config.recipe import load_recipe
 
     work, _ = standin_run
     recipe = load_recipe(str(work / "recipe.yaml"))
@@ -280,9 +280,9 @@ def test_planted_code_answer_reaches_training_and_the_prompt_unchanged(standin_r
     on as written, and a task's input reaches the generation prompt as written."""
     import pyarrow.parquet as pq
 
-    from tunesmith.recipe import load_recipe
-    from tunesmith.tasks import read_tasks
-    from tunesmith.template import PromptTemplate
+    from tunesmith.config.recipe import load_recipe
+    from tunesmith.data.tasks import read_tasks
+    from tunesmith.model.template import PromptTemplate
 
     work, standin = standin_run
     kept = pq.read_table(one(work, "results/curated/*/sft.parquet")).to_pylist()
@@ -297,7 +297,7 @@ def test_planted_code_answer_reaches_training_and_the_prompt_unchanged(standin_r
     (trained,) = [row for row in side if PLANTED_INPUT in row["prompt"]]
     assert trained["completion"] == PLANTED_ANSWER + tokenizer.eos_token
     assert tokenizer.decode(learned(trained["labels"])) == PLANTED_ANSWER + tokenizer.eos_token
-    # Generation's prompt (tunesmith.generate.generate_answers renders it so) holds the task input as written.
+    # Generation's prompt (tunesmith.generation.generate.generate_answers renders it so) holds the task input as written.
     recipe = load_recipe(str(work / "recipe.yaml"))
     task = read_tasks(work / "tasks.jsonl")[TASKS.index(PLANTED_TASK)]
     prompt = PromptTemplate(recipe["template"]).render_prompt(task.prompt_text, tokenizer)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tunesmith.submission import SubmissionError, validate_submission, write_submission
+from tunesmith.generation.submission import SubmissionError, validate_submission, write_submission
 
 TASKS = [
     {"task_id": 0, "input": "日本の首都はどこですか？"},

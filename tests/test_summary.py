@@ -1,5 +1,5 @@
-"""The end-of-run summary, the report's first page (tunesmith.summary) and its per-task answers page
-(tunesmith.answers), on a small made-up run."""
+"""The end-of-run summary, the report's first page (tunesmith.evaluation.summary) and its per-task answers page
+(tunesmith.evaluation.answers), on a small made-up run."""
 
 import json
 import re
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.answers import answers_page
-from tunesmith import significance
-from tunesmith.paired import compare_answers
-from tunesmith.choice import submission_reason
-from tunesmith.summary import collect, end_of_run, start_page, summary_inputs, terminal, write_summary
+from tunesmith.evaluation import significance
+from tunesmith.evaluation.answers import answers_page
+from tunesmith.evaluation.choice import submission_reason
+from tunesmith.evaluation.paired import compare_answers
+from tunesmith.evaluation.summary import collect, end_of_run, start_page, summary_inputs, terminal, write_summary
 
 TASKS = [(0, "「かぜ」を2回繰り返してください。", "repetition", "かぜかぜ"),
          (1, "8と4の合計は？", "addition", "12"),
@@ -297,7 +297,7 @@ def test_the_rule_writes_its_pages_and_the_end_of_run_knows_they_are_this_recipe
 
 
 def test_the_answers_page_can_show_only_what_a_stage_got_wrong_that_the_stage_before_got_right(run):
-    from tunesmith.answers import regressions
+    from tunesmith.evaluation.answers import regressions
 
     page = answers_page(run, "dpo")
     # sft answers all three tasks exactly; dpo loses the addition (task 1); base had nothing sft lost.
@@ -316,8 +316,8 @@ def test_the_answers_page_can_show_only_what_a_stage_got_wrong_that_the_stage_be
 def test_the_first_page_names_the_recipe_and_commit_and_shows_the_stage_chart(run):
     from docutils.core import publish_parts
 
-    from tunesmith.summary import chart_of, key_settings
-    from tunesmith.recipe import validate_recipe
+    from tunesmith.config.recipe import validate_recipe
+    from tunesmith.evaluation.summary import chart_of, key_settings
 
     write_scores(run)
     scores = json.loads(Path(run["scores"]).read_text())
@@ -348,7 +348,7 @@ def test_the_first_page_names_the_recipe_and_commit_and_shows_the_stage_chart(ru
 
 
 def test_the_chart_draws_each_stages_interval_and_the_seeds(run):
-    from tunesmith.stage_chart import panels
+    from tunesmith.evaluation.stage_chart import panels
 
     drawn = panels({"sft": {"exact_match": 0.5, "exact_match_interval": [0.4, 0.6],
                             "judge": {"mean": 3.0, "interval": [2.8, 3.2]}}, "base": {"exact_match": 0.1}},
@@ -361,7 +361,7 @@ def test_the_chart_draws_each_stages_interval_and_the_seeds(run):
 def test_the_seed_spread_is_on_the_terminal_and_the_first_page_only_when_it_is_this_recipes(run):
     from docutils.core import publish_parts
 
-    from tunesmith.replicates import summarise_replicates
+    from tunesmith.evaluation.replicates import summarise_replicates
 
     write_scores(run)
     other = Path("results/replicates/seed=43/eval.json")

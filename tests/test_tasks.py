@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.tasks import Task, TaskFileError, read_references, read_task_families, read_tasks
+from tunesmith.data.tasks import Task, TaskFileError, read_references, read_task_families, read_tasks
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -282,8 +282,8 @@ def test_shipped_tasks_each_name_their_family():
 
 # ---- references as they really come: ELYZA CSV, JSONL by id or by input, gaps -------------------
 
-from tunesmith.recipe import load_recipe  # noqa: E402
-from tunesmith.tasks import check_task_files, load_references, read_reference_grades  # noqa: E402
+from tunesmith.config.recipe import load_recipe  # noqa: E402
+from tunesmith.data.tasks import check_task_files, load_references, read_reference_grades  # noqa: E402
 
 ELYZA_TASKS = [
     {"task_id": 0, "input": "仕事の熱意を取り戻すためのアイデアを5つ挙げてください。"},
@@ -417,7 +417,7 @@ def test_a_task_file_without_references_is_fine_for_a_judge(tmp_path):
 def test_the_answers_page_groups_by_the_same_field_the_family_scores_read(tmp_path):
     """`family` is the task file's field for both (answers.html once also took `category`, which the scores
     ignored): a `category` alone groups nothing, anywhere; a bad `family` fails the page as it fails scoring."""
-    from tunesmith.answers import answers_page
+    from tunesmith.evaluation.answers import answers_page
 
     generations = tmp_path / "sft.jsonl"
     generations.write_text(dump({"task_id": 0, "output": "x"}) + "\n" + dump({"task_id": 1, "output": "y"}) + "\n")

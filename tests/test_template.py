@@ -2,8 +2,8 @@
 
 import pytest
 
-from tunesmith.recipe import validate_recipe
-from tunesmith.template import PromptTemplate, TemplateError
+from tunesmith.config.recipe import validate_recipe
+from tunesmith.model.template import PromptTemplate, TemplateError
 
 
 def template(**section):

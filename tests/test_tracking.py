@@ -11,11 +11,11 @@ import pytest
 from safetensors.torch import load_file
 
 from tiny_model import SEED, recipe, sft_adapter, tiny  # noqa: F401
-from tunesmith.manifest import _git_commit
-from tunesmith.model import read_metadata
-from tunesmith.recipe import section_hash, tracking_problems
-from tunesmith.tracking import EVENTS_FOLDER, EVENTS_PLOT, TrackingError, environment, run_of, run_settings, tracked
-from tunesmith.train import train_sft
+from tunesmith.config.recipe import section_hash, tracking_problems
+from tunesmith.jobs.manifest import _git_commit
+from tunesmith.model.model import read_metadata
+from tunesmith.training.tracking import EVENTS_FOLDER, EVENTS_PLOT, TrackingError, environment, run_of, run_settings, tracked
+from tunesmith.training.train import train_sft
 
 
 def _losses(folder) -> dict[int, float]:
@@ -24,7 +24,7 @@ def _losses(folder) -> dict[int, float]:
 
 
 def _job(tmp_path, report_to, tracking_uri=None):
-    """What a Snakemake training job hands tunesmith.tracking: the recipe as config, its key, params and output."""
+    """What a Snakemake training job hands tunesmith.training.tracking: the recipe as config, its key, params and output."""
     config = recipe()
     config["tracking"] |= {"report_to": report_to, "mlflow": {"tracking_uri": tracking_uri}}
     params = {"model": {"seed": SEED}, "sft": config["sft"], "distributed": config["distributed"]}
@@ -61,7 +61,7 @@ def test_a_tracked_run_is_read_back_from_tensorboard_and_mlflow_and_trains_the_s
     losses = _losses(out)
     assert sorted(losses) == list(range(1, tiny.recipe["sft"]["max_steps"] + 1))
 
-    from tunesmith.curves import read_events
+    from tunesmith.training.curves import read_events
 
     events = read_events(str(out / EVENTS_FOLDER))
     assert {step: round(value, 4) for step, value in events["scalars"]["train/loss"]} == {
@@ -137,7 +137,7 @@ def test_a_job_reads_the_tracking_keys_its_stage_declares_and_refuses_a_missing_
     """run_of picks what the stage table declares: without mlflow in report_to, mlflow's URI is not read."""
     import importlib.util
 
-    from tunesmith.recipe import file_problems
+    from tunesmith.config.recipe import file_problems
 
     job, _ = _job(tmp_path, ["tensorboard"], tracking_uri="sqlite:////elsewhere/mlflow.db")
     job.config["tracking"]["wandb"] = {"mode": "online"}

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from tiny_model import PRETRAIN_TEXT, SEED, cpt_adapter, dpo_adapter, dpo_run, sft_adapter, tiny  # noqa: F401
-from tunesmith.adapters import read_config, trained_part
-from tunesmith.launcher import run_distributed
-from tunesmith.model import ModelError, load_model, read_metadata
-from tunesmith.template import PromptTemplate
-from tunesmith.train import train_cpt, train_dpo, train_sft
-from tunesmith.train_data import split_rows
+from tunesmith.model.adapters import read_config, trained_part
+from tunesmith.model.model import ModelError, load_model, read_metadata
+from tunesmith.model.template import PromptTemplate
+from tunesmith.training.launcher import run_distributed
+from tunesmith.training.train import train_cpt, train_dpo, train_sft
+from tunesmith.training.train_data import split_rows
 
 
 def assert_no_partial_siblings(folder: Path) -> None:
@@ -190,7 +190,7 @@ def test_rows_trl_drops_are_counted_and_not_reported_as_trained(tiny, tmp_path, 
     train_rows = sum(1 for side in pq.read_table(dataset)["split"].to_pylist() if side == "train")
     from tiny_model import _recording_trainer
 
-    with caplog.at_level(logging.INFO, logger="tunesmith.train"):
+    with caplog.at_level(logging.INFO, logger="tunesmith.training.train"):
         _, trainer = _recording_trainer(lambda: _train(tiny, dataset, tmp_path / "sft", max_steps=1))
     metadata = read_metadata(tmp_path / "sft")
     assert metadata["rows_curated"] == train_rows
@@ -274,7 +274,7 @@ def test_evaluations_per_run_are_bounded_not_tied_to_logging(tiny, tmp_path):
 
 
 def test_dpo_evaluates_on_the_validation_pairs_and_plots_its_rewards(tiny, sft_adapter, tmp_path):
-    from tunesmith.curves import plot_curves
+    from tunesmith.training.curves import plot_curves
 
     dataset = with_split(tiny.preference_data, tmp_path / "split.parquet", validation=0.2)
     held = [side for side in pq.read_table(dataset)["split"].to_pylist() if side == "validation"]
@@ -308,7 +308,7 @@ def test_training_curves_are_drawn(sft_adapter, dpo_adapter):
 KILLED_RUN = """
 import json, os, signal, sys
 import transformers
-from tunesmith.train import train_dpo, train_sft
+from tunesmith.training.train import train_dpo, train_sft
 stage, kill_step, arguments = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 original = transformers.Trainer._save_optimizer_and_scheduler
 
@@ -411,7 +411,7 @@ def test_dpo_can_continue_the_sft_adapter_and_saves_only_that_adapter(tiny, sft_
 
 
 def test_training_refuses_a_tokenizer_whose_eos_splits_before_loading_the_model(tiny, tmp_path, monkeypatch):
-    import tunesmith.train as train_module
+    import tunesmith.training.train as train_module
 
     base = tmp_path / "base"
     shutil.copytree(tiny.base_dir, base)
@@ -430,7 +430,7 @@ def test_training_refuses_a_tokenizer_whose_eos_splits_before_loading_the_model(
 # --- continued pretraining -------------------------------------------------------------------------
 
 def test_cpt_trains_an_adapter_on_every_token_of_the_raw_text(tiny, cpt_adapter):
-    from tunesmith.base_model import read_text_lines
+    from tunesmith.model.base_model import read_text_lines
 
     folder = Path(cpt_adapter.path)
     metadata = read_metadata(folder)
@@ -457,7 +457,7 @@ def test_cpt_refuses_sources_without_text(tiny, tmp_path):
 
 
 def test_sft_and_dpo_train_on_top_of_the_frozen_cpt_adapter(tiny, cpt_adapter, tmp_path, monkeypatch):
-    import tunesmith.train as train_module
+    import tunesmith.training.train as train_module
 
     beneath = []
     real = train_module.trainable_model
@@ -513,7 +513,7 @@ def test_preference_training_on_two_processes_shares_its_reference_log_probabili
     """DPO and KTO compute the reference model's log-probabilities once, before training (trl caches them in the
     dataset's folder): with two processes every rank must find rank 0's cache. A dataset living only in memory
     has its cache in a folder of each process's own, so rank 1 found nothing (a two-node Slurm run found this)."""
-    from tunesmith.unpaired import write_unpaired
+    from tunesmith.data.unpaired import write_unpaired
 
     dataset = tiny.preference_data
     if method == "kto":
@@ -554,7 +554,7 @@ sys.exit(next((code for code in codes if code), 0))
 
 def test_sft_on_two_nodes_is_one_process_group(tiny, tmp_path, capfd, monkeypatch):
     """distributed.nodes 2 as two node ranks of this host: srun (here a stand-in that starts one task per node, as
-    Slurm does, with SLURM_NODEID) runs one `tunesmith.launcher --node` per node, each an `accelerate launch
+    Slurm does, with SLURM_NODEID) runs one `tunesmith.training.launcher --node` per node, each an `accelerate launch
     --num_machines 2 --machine_rank <node>` of one gloo process; rank 0 writes the one adapter."""
     import sys
 
@@ -587,7 +587,7 @@ def test_sft_on_two_nodes_is_one_process_group(tiny, tmp_path, capfd, monkeypatc
 
 
 def test_a_failing_multi_process_run_reports_its_output_and_writes_nothing(tiny, tmp_path):
-    from tunesmith.launcher import DistributedError
+    from tunesmith.training.launcher import DistributedError
 
     distributed = tiny.section("distributed") | {"processes": 2}
     out = tmp_path / "adapters" / "sft"
@@ -602,8 +602,8 @@ def test_a_failing_multi_process_run_reports_its_output_and_writes_nothing(tiny,
 def test_deepspeed_without_the_package_stops_before_training(tiny, tmp_path, monkeypatch):
     import importlib.util
 
-    import tunesmith.train as train_module
-    from tunesmith.launcher import DistributedError
+    import tunesmith.training.train as train_module
+    from tunesmith.training.launcher import DistributedError
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -642,8 +642,8 @@ def test_adapters_on_a_4bit_base_train_in_float32_and_move_at_a_preference_learn
     below bf16's resolution for most of lora_A. The trainers are built exactly as train_sft/train_dpo build them,
     on the tiny model in nf4 on the CPU (bitsandbytes loads it there; training 4-bit on CPU does not work, so
     nothing trains here). `trl_cast_kept` shows the defect the float32 cast removes."""
-    import tunesmith.model as model_module
-    import tunesmith.train as train_module
+    import tunesmith.model.model as model_module
+    import tunesmith.training.train as train_module
 
     monkeypatch.setattr(model_module, "can_train_quantised", lambda: True)  # a GPU machine, as far as loading goes
     if trl_cast_kept:
@@ -675,8 +675,8 @@ def test_the_evaluation_batch_defaults_to_the_training_batch_and_sizes_the_refer
     rows): several times a 13B recipe's training batch of 2, and the likely peak of its GPU memory."""
     from trl import SFTConfig
 
-    from tunesmith.preference import trainer_class_and_config
-    from tunesmith.train import _common_args
+    from tunesmith.training.preference import trainer_class_and_config
+    from tunesmith.training.train import _common_args
 
     batch = tiny.recipe["dpo"]["per_device_train_batch_size"]
     assert batch != 8, "the default would not be told apart from trl's"

@@ -1,4 +1,4 @@
-"""The rows training hands trl: the token-boundary and BOS check at training start (tunesmith.train_data), with
+"""The rows training hands trl: the token-boundary and BOS check at training start (tunesmith.training.train_data), with
 a tokenizer whose pieces span the prompt's end and the answer, and templates that write BOS themselves."""
 
 import logging
@@ -7,9 +7,9 @@ import pytest
 from tokenizers import Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 
-from tunesmith.recipe import validate_recipe
-from tunesmith.template import PromptTemplate
-from tunesmith.train_data import BOS_NOT_ONCE, PROMPT_NOT_PREFIX, Renderer, check_boundaries, rendered
+from tunesmith.config.recipe import validate_recipe
+from tunesmith.model.template import PromptTemplate
+from tunesmith.training.train_data import BOS_NOT_ONCE, PROMPT_NOT_PREFIX, Renderer, check_boundaries, rendered
 
 ALPHABET = list("QA:x\nabcdefgh0123456789 ")
 
@@ -52,7 +52,7 @@ def test_a_token_spanning_the_prompt_and_the_answer_is_shown_and_refused_above_t
     message = str(error.value)
     assert "1 of 10 rows (10.0%)" in message and "sample line 1" in message and "template.max_boundary_mismatch" in message
     assert "\\nA" in message  # the piece that spans the boundary is shown
-    with caplog.at_level(logging.WARNING, logger="tunesmith.train_data"):
+    with caplog.at_level(logging.WARNING, logger="tunesmith.training.train_data"):
         check_boundaries(lengths, None, 0.1, "sft.parquet")  # at the share: trains, and says so
     assert "sample line 1: prompt_not_a_token_prefix" in caplog.text
 
@@ -80,7 +80,7 @@ BOS_CHAT_TEMPLATE = (  # the shape of instruct models' templates: BOS written by
 
 
 def test_a_chat_template_that_writes_bos_renders_text_without_it_and_encodes_one_bos(tiny_tokenizer):
-    """tunesmith.template strips the template's BOS: the tokenizer adds the one BOS when encoding, in trl and in
+    """tunesmith.model.template strips the template's BOS: the tokenizer adds the one BOS when encoding, in trl and in
     generation alike. Without the stripping every sequence would start with two."""
     chat = template(kind="chat", chat_template=BOS_CHAT_TEMPLATE)
     bos = tiny_tokenizer.bos_token

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import REPO
 from stage_keys import downstream_of
-from tunesmith import plan
-from tunesmith.recipe import RecipeError, load_recipe, read_recipe, validate_recipe
-from tunesmith.trl_fields import RENAMED, REMOVED_SECTIONS, SET_BY_TUNESMITH, config_class, config_fields
+from tunesmith.config import plan
+from tunesmith.config.recipe import RecipeError, load_recipe, read_recipe, validate_recipe
+from tunesmith.config.trl_fields import RENAMED, REMOVED_SECTIONS, SET_BY_TUNESMITH, config_class, config_fields
 
 DEFAULT = REPO / "recipes" / "default.yaml"
 
@@ -144,8 +144,8 @@ def test_set_by_tunesmith_holds_every_field_the_trainers_set(monkeypatch, tmp_pa
         warnings.simplefilter("ignore")
         import trl.experimental.cpo  # noqa: F401
         import trl.experimental.orpo  # noqa: F401
-    from tunesmith import preference
-    from tunesmith.train import _common_args, cpt_arguments, sft_arguments
+    from tunesmith.training import preference
+    from tunesmith.training.train import _common_args, cpt_arguments, sft_arguments
 
     recipe = validate_recipe(put(put(raw(), "sft.trainer.neftune_noise_alpha", 5.0), "dpo.trainer.optim",
                                  "adamw_torch"))

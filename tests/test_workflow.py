@@ -14,8 +14,8 @@ import torch
 
 from conftest import REPO
 from recipe_keys import leaf_keys
-from tunesmith.submission import validate_submission
-from tunesmith.tasks import read_tasks
+from tunesmith.data.tasks import read_tasks
+from tunesmith.generation.submission import validate_submission
 
 
 def snakemake(*args, cwd=REPO, timeout=1800):
@@ -193,8 +193,8 @@ def test_the_dpo_adapter_loads_standalone_from_elsewhere_and_reproduces_our_gree
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    from tunesmith.recipe import load_recipe
-    from tunesmith.template import PromptTemplate
+    from tunesmith.config.recipe import load_recipe
+    from tunesmith.model.template import PromptTemplate
 
     adapter = one(default_run, "results/dpo/*/adapter").resolve()
     rows = [json.loads(line) for line in one(default_run, "results/generations/*/dpo.jsonl").read_text(
@@ -275,8 +275,8 @@ READ_BY_INPUT_FILES = {"tokenizer": re.compile(r"sources\[\d+\]\.(path|format)")
 @pytest.mark.e2e
 def test_every_job_reads_every_recipe_key_its_stage_declares(default_run):
     """The stage table declares no key its code ignores (reading an undeclared key fails the job)."""
-    from tunesmith import plan
-    from tunesmith.recipe import load_recipe
+    from tunesmith.config import plan
+    from tunesmith.config.recipe import load_recipe
 
     steps = {step.key: step for step in plan.steps(load_recipe(REPO / "recipes/default.yaml")).values()}
     checked, problems = set(), []
@@ -313,8 +313,8 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
     import yaml
 
     from stage_keys import alternatives, downstream_of, get, put
-    from tunesmith import plan
-    from tunesmith.recipe import RecipeError, validate_recipe
+    from tunesmith.config import plan
+    from tunesmith.config.recipe import RecipeError, validate_recipe
 
     monkeypatch.chdir(default_run)
     recipe = yaml.safe_load((REPO / "recipes/default.yaml").read_text(encoding="utf-8"))
@@ -349,7 +349,7 @@ def test_changing_every_key_a_stage_does_not_read_plans_no_job_of_it(default_run
 
 @pytest.mark.e2e
 def test_every_artifact_has_a_manifest(default_run):
-    from tunesmith.atomic import content_hash
+    from tunesmith.jobs.atomic import content_hash
 
     current = json.loads((default_run / "submission.jsonl.manifest.json").read_text())
     assert current["stage"] == "current"  # submission.jsonl is a copy of the recipe's keyed submission
@@ -372,7 +372,7 @@ def test_every_artifact_has_a_manifest(default_run):
 
 @pytest.mark.e2e
 def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
-    from tunesmith.manifest import LineageError, lineage
+    from tunesmith.jobs.manifest import LineageError, lineage
 
     contaminated = json.loads(one(default_run, "results/curated/*/sft.card.json").read_text())["contamination"][0]
     task_id = contaminated["task_id"]
@@ -463,7 +463,7 @@ def test_a_misspelt_sweep_key_names_the_variant(tmp_path):
 
 
 def test_leaderboard_ranks_variants_by_the_submitted_stage(tmp_path):
-    from tunesmith.leaderboard import leaderboard
+    from tunesmith.evaluation.leaderboard import leaderboard
 
     scores = {}
     for name, chrf in (("a", 10.0), ("b", 30.0), ("c", 20.0)):
@@ -694,7 +694,7 @@ def test_config_set_overrides_a_recipe_key_and_is_validated_like_the_file(tmp_pa
 
 
 def test_an_old_key_and_a_bad_trainer_field_fail_before_any_job(tmp_path):
-    """trl's names (tunesmith.trl_fields): an old key names the new one, and a `trainer:` field is checked against
+    """trl's names (tunesmith.config.trl_fields): an old key names the new one, and a `trainer:` field is checked against
     the installed trl's config when the workflow starts, not when the training job builds it."""
     (tmp_path / "data").symlink_to(REPO / "data")
     recipe = f"recipe={REPO / 'recipes/default.yaml'}"
@@ -716,7 +716,7 @@ def test_the_merged_export_loads_in_transformers_and_answers_as_the_run_did(tmp_
     from quick_recipe import quick_recipe
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.template import PromptTemplate
+    from tunesmith.model.template import PromptTemplate
 
     recipe_path = quick_recipe(REPO / "recipes/default.yaml", tmp_path / "quick.yaml")
     recipe = yaml.safe_load(open(recipe_path, encoding="utf-8"))
@@ -760,6 +760,6 @@ def test_the_merged_export_loads_in_transformers_and_answers_as_the_run_did(tmp_
 
 
 def _validated(raw: dict) -> dict:
-    from tunesmith.recipe import validate_recipe
+    from tunesmith.config.recipe import validate_recipe
 
     return validate_recipe(raw)

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO
-from tunesmith import plan, workflow
-from tunesmith.recipe import load_recipe, load_recipe_and_variants
+from tunesmith import workflow
+from tunesmith.config import plan
+from tunesmith.config.recipe import load_recipe, load_recipe_and_variants
 
 
 def locate(rule, output, **wildcards):
@@ -150,7 +151,7 @@ def test_a_hub_dataset_source_has_no_files_to_wait_for(tmp_path):
 
 
 def test_loading_validates_the_sweep_once_and_plans_every_variant(monkeypatch):
-    import tunesmith.recipe as recipe_module
+    import tunesmith.config.recipe as recipe_module
 
     monkeypatch.chdir(REPO)
     validated = []

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from tunesmith.recipe import validate_recipe
+from tunesmith.config.recipe import validate_recipe
 
 PRETRAIN_TEXT = str(REPO / "data" / "raw" / "pretrain.txt")
 TASKS = str(REPO / "data" / "tasks.jsonl")
@@ -70,8 +70,8 @@ def _once(name: str, build):
 
 
 def _build_tiny(root: Path) -> Tiny:
-    from tunesmith.base_model import pretrain_base, train_tokenizer
-    from tunesmith.curate import curate
+    from tunesmith.data.curate import curate
+    from tunesmith.model.base_model import pretrain_base, train_tokenizer
 
     settings = recipe()
     train_tokenizer([PRETRAIN_TEXT], BUILD["vocab_size"], root / "tokenizer")
@@ -96,7 +96,7 @@ def _recording_trainer(train) -> tuple:
 
 
 def _train_sft(tiny: Tiny, out_dir: Path) -> SftRun:
-    from tunesmith.train import train_sft
+    from tunesmith.training.train import train_sft
 
     result, trainer = _recording_trainer(lambda: train_sft(
         tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("sft"), tiny.sft_data,
@@ -135,7 +135,7 @@ class DpoRun:
 
 
 def _train_dpo(tiny: Tiny, sft: SftRun, out_dir: Path) -> DpoRun:
-    from tunesmith.train import train_dpo
+    from tunesmith.training.train import train_dpo
 
     _, trainer = _recording("DPOTrainer", lambda: train_dpo(
         tiny.base_dir, tiny.section("base_model"), tiny.section("template"), tiny.section("dpo"),
@@ -144,7 +144,7 @@ def _train_dpo(tiny: Tiny, sft: SftRun, out_dir: Path) -> DpoRun:
 
 
 def _train_cpt(tiny: Tiny, out_dir: Path) -> SftRun:
-    from tunesmith.train import train_cpt
+    from tunesmith.training.train import train_cpt
 
     result, trainer = _recording_trainer(lambda: train_cpt(
         tiny.base_dir, tiny.section("base_model"), tiny.section("continued_pretraining"), [PRETRAIN_TEXT], SEED,

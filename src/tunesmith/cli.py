@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from tunesmith.recipe import RecipeError, load_recipe, parse_overrides, variants
+from tunesmith.config.recipe import RecipeError, load_recipe, parse_overrides, variants
 
 
 def shown_recipe(recipe: dict) -> dict:
@@ -31,7 +31,7 @@ def validate(args) -> int:
     except RecipeError as error:
         print(error, file=sys.stderr)
         return 1
-    from tunesmith.tasks import check_task_files  # issue 10; the lead's validator rewrite takes this over
+    from tunesmith.data.tasks import check_task_files  # issue 10; the lead's validator rewrite takes this over
 
     if problems := check_task_files(recipe):
         print(f"{args.recipe}: the task files cannot be used:\n" + "\n".join(f"  {p}" for p in problems),
@@ -46,7 +46,7 @@ def validate(args) -> int:
 
 def show_lineage(args) -> int:
     """Walk back from an artifact (e.g. submission.jsonl) to the data and settings that made it."""
-    from tunesmith.manifest import LineageError, lineage, task_overview
+    from tunesmith.jobs.manifest import LineageError, lineage, task_overview
 
     try:
         overview = [] if args.task_id is None else task_overview(args.target, args.task_id, root=args.root)
@@ -72,7 +72,7 @@ def explain_rebuild(args) -> int:
 def compare_runs(args) -> int:
     """Compare two finished runs (recipe files, sweep variant names or result keys): the rows each kept that the
     other quarantined, the rows each stage trained on, score deltas with paired tests, the answers that changed."""
-    from tunesmith.compare import CompareError, compare, summary_lines
+    from tunesmith.evaluation.compare import CompareError, compare, summary_lines
 
     try:
         text, facts, target = compare(args.a, args.b, recipe=args.recipe, root=args.directory, out_path=args.out)

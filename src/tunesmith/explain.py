@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith import plan
-from tunesmith.manifest import current_manifest
-from tunesmith.recipe import load_recipe_and_variants
+from tunesmith.config import plan
+from tunesmith.config.recipe import load_recipe_and_variants
+from tunesmith.jobs.manifest import current_manifest
 from tunesmith.workflow import KEYED_PATH
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tunesmith import plan
-from tunesmith.recipe import (RecipeError, combinations, load_recipe_and_variants, replicate_seeds, replicates,
+from tunesmith.config import plan
+from tunesmith.config.recipe import (RecipeError, combinations, load_recipe_and_variants, replicate_seeds, replicates,
                               workflow_recipe)
-from tunesmith.sources import source_files
+from tunesmith.data.sources import source_files
 
 KEY_LENGTH = 12  # hex digits of a step's content key (plan.Step.key)
 KEY = f"[0-9a-f]{{{KEY_LENGTH}}}"  # the wildcard constraint of `{key}` and what `tunesmith explain` matches
@@ -137,7 +137,7 @@ class Workflow:
 
     def curation_sources(self, key: str) -> list[dict]:
         """A curation step's sources; the preference role's add the on-policy pairs (pairs.enabled)."""
-        from tunesmith.on_policy import pairs_source
+        from tunesmith.training.on_policy import pairs_source
 
         step = self.step(key)
         pairs = step.upstream.get("pairs")
@@ -177,7 +177,7 @@ class Workflow:
         """The recipe's curated `role` data's sources, the on-policy pairs included (what a dataset card names)."""
         return self.curation_sources(self.plans[""][f"curate_{role}"].key)
 
-    # ---- on-policy pairs (tunesmith.on_policy, rules/pairs.smk): the shard count is in paths, never in keys ----
+    # ---- on-policy pairs (tunesmith.training.on_policy, rules/pairs.smk): the shard count is in paths, never in keys ----
     def pairs_shards(self, key: str, name: str, output: str) -> list[str]:
         """The files of the pairs step `name` upstream of `key`, one per shard."""
         upstream = self.step(self.step(key).upstream[name])
@@ -233,7 +233,7 @@ class Workflow:
 
     def adapter_chain(self, variant: str, stage: str) -> list[str]:
         """The stage's adapter folder (none for the base): the last of its chain, which holds the adapters
-        beneath it (tunesmith.adapters)."""
+        beneath it (tunesmith.model.adapters)."""
         steps = self.plans[variant]
         return [self._output(name, "adapter", steps[name].key)
                 for name in plan.adapter_stages(self.recipes[variant], stage)[-1:]]
@@ -336,7 +336,7 @@ class Workflow:
 
     # ---- what the end of a run tells its user ----
     def run_files(self, current: dict) -> dict:
-        """The files the recipe's end-of-run summary and report pages read (tunesmith.summary.collect): the
+        """The files the recipe's end-of-run summary and report pages read (tunesmith.evaluation.summary.collect): the
         scored stages' answers when something scores them, else the submitted stage's alone. `current`
         holds the fixed paths of the copies (submission, scores) and of the replicates' table."""
         found, recipe = self.evaluation_inputs(""), self.recipe
@@ -373,15 +373,15 @@ class Workflow:
 
     def submitted(self) -> tuple[str, str]:
         """The submitted stage and why (the summary's first line); for `best`, what the choice file says once the
-        submission job wrote it (tunesmith.summary.collect reads it again at job time)."""
-        from tunesmith.choice import submission_reason  # scipy and more: kept out of the jobs that import the registry
+        submission job wrote it (tunesmith.evaluation.summary.collect reads it again at job time)."""
+        from tunesmith.evaluation.choice import submission_reason  # scipy and more: kept out of the jobs that import the registry
 
         stage = plan.submitted_stage(self.recipe)
         return stage, submission_reason(stage, self.recipe["submission"]["stage"], self.recipe["dpo"]["enabled"])
 
     def recipe_facts(self) -> dict:
         """What the report's first page names of the recipe: its file and key settings."""
-        from tunesmith.summary import key_settings  # scipy, matplotlib: kept out of jobs, as above
+        from tunesmith.evaluation.summary import key_settings  # scipy, matplotlib: kept out of jobs, as above
 
         return {"path": str(self.path), "settings": key_settings(self.recipe)}
 
@@ -394,8 +394,8 @@ class Workflow:
         return self.recipe["publish"][key]
 
     def model_sections(self) -> dict:
-        """The recipe sections a model card shows (tunesmith.hub.MODEL_SECTIONS)."""
-        from tunesmith.hub import MODEL_SECTIONS
+        """The recipe sections a model card shows (tunesmith.hub.hub.MODEL_SECTIONS)."""
+        from tunesmith.hub.hub import MODEL_SECTIONS
 
         return {name: self.recipe[name] for name in MODEL_SECTIONS}
 

@@ -1,0 +1,303 @@
+"""Field checks: each record's canonical fields cleaned, normalised and measured in batches with Arrow
+kernels (`texts`), then one SQL CASE giving each row its first failing field reason (`checked`).
+
+A field is kept as it will be trained: cleaned of noise only (tunesmith.data.normalize.clean_text), or
+normalised when `curate.normalize_training_text` asks for it. Its lengths (characters, tokens) are
+the trained text's; its match key, Japanese share and repetition come from the normalised text, so
+width variants and spacing do not hide a copy, a task input or a repetition.
+Cleaning, normalising and measuring happen once per field, over whole columns (tunesmith.data.normalize,
+tunesmith.data.measures), not as per-row functions called from SQL, so the SQL that follows is native.
+The prompt's measures are sums of its parts' (the instruction and an alpaca input).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tunesmith.data.measures import SPACES_RE2, measure, repetitions
+from tunesmith.data.normalize import clean_arrow, match_keys_arrow, normalize_arrow
+
+TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
+MEASURES = ("chars", "japanese", "units", "visible")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one role's records look like, and how they become a prompt and responses (SQL)."""
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    prompt: str
+    prompt_parts: tuple[str, ...]  # the fields the prompt joins, by a line break when the second is not empty
+    responses: tuple[str, ...]
+    taught: str  # the answer the model learns to give: what quality filters judge
+    instruction: str  # the prompt without its context (an alpaca input) ...
+    context: str  # ... and the context: near duplicates are compared on each apart
+    kept_columns: str
+    identical: str  # a pair whose answers are the same once normalised teaches a preference nothing
+
+
+SHAPES = {
+    "sft": Shape(("instruction", "output"), ("input",),
+                 "CASE WHEN coalesce(input, '') = '' THEN instruction ELSE instruction || chr(10) || input END",
+                 ("instruction", "input"), ("output",), "output", "instruction", "input",
+                 "prompt_text AS prompt, output AS response", "false"),
+    "preference": Shape(("prompt", "chosen", "rejected"), (), "prompt", ("prompt",), ("chosen", "rejected"), "chosen",
+                        "prompt", None, "prompt_text AS prompt, chosen, rejected", "responses_identical"),
+}
+
+
+def strict_json_problems(raws):
+    """An Arrow UDF: why each text that DuckDB's lenient parser accepted is not JSON (None when it is)."""
+    def problem(raw: str) -> str | None:
+        def constant(name):
+            raise ValueError(f"{name} is not JSON")
+        try:
+            json.loads(raw, parse_constant=constant)
+        except json.JSONDecodeError as error:
+            return f"trailing comma at character {error.pos}"  # the leniency json_valid has besides NaN
+        except ValueError as error:
+            return str(error)
+        except RecursionError:  # deeper than Python goes; DuckDB's parser has read it
+            return None
+        return None
+    return pa.array([problem(raw) for raw in raws.to_pylist()], pa.string())
+
+
+def typed_sql(shape: Shape, not_text: bool = False) -> str:
+    """Table `typed`: per record, each canonical field's JSON type, its text as read (for strings)
+    and its name as the record has it (a mapped column, a conversation turn), for details. With
+    `not_text`, a string from a column that table `not_text` lists (a Parquet timestamp, written as
+    JSON text) has that column's type instead, so it is a wrong type, not text."""
+    names = shape.required + shape.optional
+    # One parse of the record for all fields (a path list), then each small value typed and read.
+    paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
+    labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
+    joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
+                     f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
+
+    def typed(index: int, f: str) -> str:
+        found = f"json_type(parts[{index}])"
+        if not not_text:
+            return found
+        return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
+    fields = ",\n  ".join(
+        f"{typed(index, f)} AS {f}_type,\n  "
+        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(parts[{index}], '$') END AS {f}_raw,\n  {f}_name"
+        for index, f in enumerate(names, start=1))
+    # The characters that never train are found here, on the text as read (see _character_details).
+    characters = ", ".join(f"{control} AS {f}_control, {replacement} AS {f}_replacement"
+                           for f in names for control, replacement in [_character_details(f)])
+    return (f"CREATE TEMP TABLE typed AS SELECT *, {characters} FROM ("
+            f"SELECT pos, s.source_rank, early_reason, early_detail, {fields} FROM "
+            f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, {labels} "
+            f"FROM styled) s {joins})")
+
+
+def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False) -> None:
+    """Table `texts`: per row of `typed`, each field as it will be trained (cleaned; normalised when
+    `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
+    found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
+    count too (`{field}_ntokens`, special tokens left out)."""
+    fields = shape.required + shape.optional
+    first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
+    for start in range(first, max(last, first) + 1, TEXT_BATCH_ROWS):  # an empty table still makes `texts`
+        batch = con.sql(f"SELECT pos, {', '.join(f'{f}_raw' for f in fields)} FROM typed "
+                        f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
+        columns, normalised_responses = {"pos": batch["pos"]}, []
+        for field in fields:
+            # Every step is a function of the text alone, so each distinct text of the batch is done
+            # once and the results are taken back to the rows (an empty input, a repeated instruction).
+            values, indices = _distinct(batch[f"{field}_raw"])
+            field_columns, normalised = _field_columns(field, values, shape, repetition, normalize_training_text)
+            if indices is not None:
+                field_columns = {name: pc.take(column, indices) for name, column in field_columns.items()}
+                normalised = pc.take(normalised, indices)
+            columns |= field_columns
+            if field in shape.responses:
+                normalised_responses.append(normalised)
+            if tokenizer is not None:
+                values = columns[field].to_pylist()
+                ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
+                columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
+                                                        for value, row in zip(values, ids)], pa.int64())
+        if len(normalised_responses) == 2:  # chosen and rejected: the same answer but for width or spacing
+            columns["responses_identical"] = pc.equal(*normalised_responses)
+        con.register("texts_batch", pa.table(columns))
+        con.execute("INSERT INTO texts SELECT * FROM texts_batch" if start > first
+                    else "CREATE TEMP TABLE texts AS SELECT * FROM texts_batch")
+        con.unregister("texts_batch")
+
+
+# Below this share of distinct texts in a batch, computing per distinct text and taking the results
+# back beats computing per row (the take copies every column once).
+DISTINCT_SHARE = 0.8
+
+
+def _distinct(raw) -> tuple:
+    """(the texts to compute on, the row -> text indices to take results back with, or None when
+    the texts are the rows themselves). A null row has a null index, so its results are null."""
+    raw = raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw
+    encoded = pc.dictionary_encode(raw)
+    if len(encoded.dictionary) > DISTINCT_SHARE * len(raw):
+        return raw, None
+    return encoded.dictionary, encoded.indices
+
+
+def _field_columns(field: str, text, shape: Shape, repetition: dict, normalize_training_text: bool) -> tuple:
+    """One field's columns of `texts` for the strings of `text` (the trained text, its measures and
+    match key, and for the taught answer the repetition found), and its normalised form."""
+    normalised = normalize_arrow(text)
+    trained = normalised if normalize_training_text else clean_arrow(text)
+    columns = {field: trained}
+    measures, compact, compact_lengths = measure(normalised)
+    if not normalize_training_text:  # lengths are the trained text's
+        chars = pc.utf8_length(trained).cast(pa.int64())
+        spaces = pc.count_substring_regex(trained, SPACES_RE2).cast(pa.int64())
+        measures |= {"chars": chars, "visible": pc.subtract(chars, spaces)}
+    columns |= {f"{field}_{name}": measures[name] for name in MEASURES}
+    columns[f"{field}_key"] = match_keys_arrow(normalised)
+    if field == shape.taught:
+        columns[f"{field}_repeated"] = repetitions(compact, compact_lengths, min_chars=repetition["min_chars"],
+                                                   min_copies=repetition["min_copies"],
+                                                   min_share=repetition["min_share"],
+                                                   max_unit_chars=repetition["max_unit_chars"])
+    return columns, normalised
+
+
+def _listed(parts: list[str]) -> str:
+    """SQL for the comma-separated names of the fields whose condition holds ('' when none)."""
+    return "concat_ws(', ', " + ", ".join(parts) + ")" if parts else "''"
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _prompt_measures(shape: Shape) -> str:
+    """SQL: the prompt's measures from its parts' (a joining line break is one more character)."""
+    head, *rest = shape.prompt_parts
+    parts = []
+    for name in MEASURES:
+        total = f"{head}_{name}"
+        for part in rest:
+            total += f" + CASE WHEN coalesce({part}, '') = '' THEN 0 ELSE {part}_{name}{' + 1' if name == 'chars' else ''} END"
+        parts.append(f"{total} AS prompt_text_{name}")
+    return ", ".join(parts)
+
+
+# Characters that never train, checked on each field as read (before any normalisation); tab, line
+# feed and carriage return are text. C0 and C1 controls (NUL, BEL, ESC of ANSI escape sequences, DEL)
+# and the bidirectional embeddings, overrides and isolates (U+202E makes code or text read
+# differently than it is: "trojan source") quarantine the row as control_characters; U+FFFD, what a
+# decoder writes for bytes it could not read, as replacement_character. The detail names the field,
+# the first such character, where it is and how many there are.
+CONTROL_CHARACTERS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\x{202A}-\x{202E}\x{2066}-\x{2069}]"
+CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL",
+                 0x85: "NEL", 0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO",
+                 0x202E: "RLO, right-to-left override", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI"}
+
+
+def _character_details(field: str) -> tuple[str, str]:
+    """SQL of the control_characters and replacement_character details of one field (NULL: none)."""
+    raw, name, pattern = f"{field}_raw", f"{field}_name", _quoted(CONTROL_CHARACTERS)
+    first = f"regexp_extract({raw}, {pattern})"
+    names = " ".join(f"WHEN {point} THEN ' {label}'" for point, label in CONTROL_NAMES.items())
+    ansi = f"CASE WHEN regexp_matches({raw}, '\\x1B\\[') THEN ' (an ANSI escape sequence)' ELSE '' END"
+    control = (f"CASE WHEN regexp_matches({raw}, {pattern}) THEN {name} || ': ' || printf('U+%04X', unicode({first})) "
+               f"|| CASE unicode({first}) {names} ELSE '' END "
+               f"|| CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
+               f"|| ' at character ' || strpos({raw}, {first}) || ', ' || len(regexp_extract_all({raw}, {pattern})) "
+               f"|| ' in all' END")
+    replacement = (f"CASE WHEN strpos({raw}, chr(65533)) > 0 THEN {name} || ': U+FFFD at character ' "
+                   f"|| strpos({raw}, chr(65533)) || ', ' || (len({raw}) - len(replace({raw}, chr(65533), ''))) "
+                   f"|| ' in all' END")
+    return control, replacement
+
+
+def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
+    """Table `checked`: field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
+    `counted`: tokens come from the tokenizer's counts (`normalise_texts`), not the estimate; a
+    prompt's are the sum of its parts'."""
+    fields = shape.required + shape.optional
+    texts = [("prompt_text", "'prompt'")] + [(r, f"{r}_name") for r in shape.responses]
+    taught = [("prompt_text", "'prompt'"), (shape.taught, f"{shape.taught}_name")]
+    tokens, japanese = settings["tokens"], settings["japanese"]
+
+    # An explicit null counts as missing: it carries no text, exactly like an absent key.
+    missing = _listed([f"CASE WHEN {f}_type IS NULL THEN {f}_name "
+                       f"WHEN {f}_type = 'NULL' THEN {f}_name || '=null' END" for f in shape.required])
+    wrong = _listed([f"CASE WHEN {f}_type NOT IN ('VARCHAR', 'NULL') THEN {f}_name || ': ' || lower({f}_type) END"
+                     for f in fields])
+    empty = _listed([f"CASE WHEN {f} = '' THEN {f}_name END" for f in shape.required])
+    control = _listed([f"{f}_control" for f in fields])
+    replacement = _listed([f"{f}_replacement" for f in fields])
+
+    def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> str:
+        """Fields beyond a bound; a minimum of 1 character or 0 tokens, or a null maximum, checks nothing."""
+        parts = []
+        for text, name in texts:
+            bound = prompt_bound if text == "prompt_text" else response_bound
+            if bound is None or (compare == "<" and bound <= (1 if measure == "chars" else 0)):
+                continue
+            parts.append(f"CASE WHEN {text}_{measure} {compare} {bound} THEN {name} || ' ' || {text}_{measure}"
+                         f"{unit} END")
+        return _listed(parts)
+
+    too_short = limits("chars", "<", settings["min_prompt_chars"], settings["min_response_chars"])
+    too_long = limits("chars", ">", settings["max_prompt_chars"], settings["max_response_chars"])
+    too_few = limits("tokens", "<", tokens["min_prompt"], tokens["min_response"], " || ' tokens'")
+    too_many = limits("tokens", ">", tokens["max_prompt"], tokens["max_response"], " || ' tokens'")
+    judged_script = {"prompt": taught[:1], "response": taught[1:], "both": taught}[japanese["fields"]]
+    share = "({text}_japanese / nullif({text}_units, 0))"
+    not_japanese = _listed([f"CASE WHEN {share.format(text=text)} < {japanese['min_share']} THEN {name} || ' ' || "
+                            f"round({share.format(text=text)}, 2) END" for text, name in judged_script]
+                           if japanese["min_share"] > 0 else [])
+    blocked = _listed([f"CASE WHEN regexp_matches({text}, {_quoted(pattern)}) THEN {name} || ' matches ' || "
+                       f"{_quoted(_quoted(pattern))} END" for pattern in settings["block_patterns"]
+                       for text, name in taught])
+    repetitive = f"coalesce({shape.taught}_name || ': ' || {shape.taught}_repeated, '')"
+    rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty),
+             ("control_characters", control), ("replacement_character", replacement), ("too_short", too_short),
+             ("too_long", too_long), ("too_few_tokens", too_few), ("too_many_tokens", too_many)]
+    late = [("not_japanese", not_japanese), ("blocked", blocked), ("repetitive", repetitive)]
+    cases = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
+                             for reason, condition in rules if condition != "''")
+    late = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
+                            for reason, condition in late if condition != "''")
+    measured = [text for text, _ in texts[1:]] + ["prompt_text"]
+    if counted:
+        head, *rest = shape.prompt_parts
+        prompt_tokens = f"{head}_ntokens" + "".join(
+            f" + CASE WHEN coalesce({part}, '') = '' THEN 0 ELSE {part}_ntokens END" for part in rest)
+        tokens_sql = ", ".join([f"{text}_ntokens AS {text}_tokens" for text in measured[:-1]]
+                               + [f"{prompt_tokens} AS prompt_text_tokens"])
+    else:
+        tokens_sql = ", ".join(f"{text}_japanese + ceil(({text}_visible - {text}_japanese) / 4)::BIGINT "
+                               f"AS {text}_tokens" for text in measured)
+    context = f"coalesce({shape.context}, '')" if shape.context else "''"
+    context_key = f"coalesce({shape.context}_key, '')" if shape.context else "''"
+    prompt_key = " || ".join(f"coalesce({part}_key, '')" for part in shape.prompt_parts)
+    return f"""
+CREATE TEMP TABLE checked AS
+WITH joined AS (
+  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}) FROM typed JOIN texts USING (pos)
+), measured AS (
+  SELECT *, {shape.prompt} AS prompt_text, {_prompt_measures(shape)} FROM joined
+), structural AS (
+  SELECT *, {tokens_sql} FROM measured
+)
+SELECT pos, source_rank, prompt_text, {shape.instruction} AS instruction_text, {context} AS context_text,
+  {", ".join(shape.responses)}, {", ".join(f"{text}_chars, {text}_tokens" for text in measured)},
+  {prompt_key} AS prompt_key_all, {shape.instruction}_key AS instruction_key_all, {context_key} AS context_key_all,
+  {", ".join(f"{r}_key" for r in shape.responses)},
+  CASE WHEN early_reason IS NOT NULL THEN {{'reason': early_reason, 'detail': early_detail}}
+     {cases}
+     WHEN {shape.identical} THEN {{'reason': 'chosen_equals_rejected', 'detail': NULL}}
+     {late}
+  END AS verdict
+FROM structural
+"""

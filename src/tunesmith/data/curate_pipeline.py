@@ -1,0 +1,325 @@
+"""Curation's SQL pipeline: ingested records → one `classified` table in DuckDB, each row with its
+outcome (NULL: kept; else the first failing reason and its detail), its split and its copies.
+
+The steps, in priority order (a row failing several is quarantined for the first; see REASONS):
+reading and record-style problems (framed, styled; repeated keys); missing, mistyped and empty fields;
+control and replacement characters in a field as read (control_characters, replacement_character); length in
+characters (too_short, too_long) and in estimated tokens (too_few_tokens, too_many_tokens);
+chosen_equals_rejected; the Japanese share (not_japanese); the block list (blocked); degenerate
+repetition of the taught answer (repetitive); overlap with a task input (contaminated); exact copies
+(duplicate); near copies (near_duplicate, MinHash LSH candidates checked by exact Jaccard, no chains);
+then mixing: per-source weight (downsampled) and cap (over_cap). Kept rows get a `split`
+(train/validation) by a hash of their id and the seed. The text measures are `tunesmith.data.measures`.
+
+Quality filters (script share, block list, repetition) judge the prompt and the *taught* answer: the
+response of an SFT row, the chosen answer of a preference pair. A rejected answer is meant to be bad.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pyarrow as pa
+
+from tunesmith.data.curate_checks import Shape, check_sql, normalise_texts, strict_json_problems, typed_sql
+from tunesmith.data.measures import MACROS
+from tunesmith.data.near_dup import near_duplicates, ngrams_sql
+from tunesmith.data.normalize import match_key
+from tunesmith.data.sources import Source
+from tunesmith.data.styles import STYLES, Rejected, json_object
+
+# Priority order: a row that fails several checks is quarantined for the first. The reader's own
+# reasons (bad bytes, a CSV row of the wrong width or broken quoting, a line over curate.max_line_bytes:
+# too_long, whatever its place here) come first; the record style's (a conversation
+# without an answer, judges that tie or disagree) come after the checks of the fields they read.
+REASONS = ("invalid_utf8", "wrong_column_count", "malformed_csv", "blank_line", "invalid_json", "not_object",
+           "duplicate_key", "missing_field", "wrong_type", "bad_conversation", "judge_invalid", "judge_tie",
+           "judge_disagree", "empty_field", "control_characters", "replacement_character", "too_short", "too_long",
+           "too_few_tokens", "too_many_tokens", "chosen_equals_rejected", "not_japanese", "blocked", "repetitive",
+           "contaminated", "duplicate", "near_duplicate", "downsampled", "over_cap")
+
+
+SPLITS = ("train", "validation")
+
+
+class CurationError(ValueError):
+    """A source or result that cannot be used; the message names the source id and path."""
+
+
+
+# Line-level reasons, judged on the record as read. json_type() raises on invalid JSON, so each test
+# is guarded by the one above it (DuckDB evaluates a CASE branch only for the rows that reach it).
+FRAME_SQL = r"""
+CREATE TEMP VIEW framed AS
+SELECT *,
+  CASE WHEN read_reason IS NOT NULL THEN read_reason
+       WHEN regexp_matches(raw, '^[\s\v\p{Z}]*$') THEN 'blank_line'
+       WHEN NOT json_valid(raw) THEN 'invalid_json'
+       -- json_valid also takes trailing commas, NaN and Infinity: Python's parser judges those rows
+       WHEN regexp_matches(raw, ',\s*[\]}]|NaN|Infinity') AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
+       WHEN json_type(raw) <> 'OBJECT' THEN 'not_object'
+       -- DuckDB keeps a repeated key's first value, Python its last: a record that repeats a key is
+       -- ambiguous, whichever reader reads it (keys inside conversation turns: tunesmith.data.styles)
+       WHEN len(json_keys(raw)) <> len(list_distinct(json_keys(raw))) THEN 'duplicate_key' END AS line_reason,
+  CASE WHEN read_reason IS NOT NULL THEN read_detail
+       WHEN line_reason = 'invalid_json' AND json_valid(raw) THEN strict_json_problem(raw)
+       WHEN line_reason = 'not_object' THEN lower(json_type(raw))
+       WHEN line_reason = 'duplicate_key' THEN 'repeated: ' || array_to_string(list_sort(list_filter(
+         list_distinct(json_keys(raw)), lambda k: len(list_filter(json_keys(raw), lambda o: o = k)) > 1)), ', ')
+  END AS line_detail
+FROM lines
+"""
+
+# Records of a mapped style become canonical JSON (or a reason) in Python; the rest are canonical as
+# read. `labels` name where each canonical field came from, for the details of later checks.
+STYLE_SQL = """
+CREATE TEMP VIEW styled AS
+WITH converted AS (
+  SELECT *, CASE WHEN line_reason IS NULL AND list_contains({mapped}, source_rank)
+                 THEN canonical(source_rank, json(raw)) END AS conversion
+  FROM framed
+)
+SELECT * EXCLUDE (conversion),
+  CASE WHEN conversion IS NULL THEN raw ELSE conversion.record END AS record,
+  conversion.labels AS labels,
+  CASE WHEN line_reason IS NOT NULL THEN line_reason ELSE conversion.reason END AS early_reason,
+  CASE WHEN line_reason IS NOT NULL THEN line_detail ELSE conversion.detail END AS early_detail
+FROM converted
+"""
+
+# Per source: how many records are JSON objects, and which of the given columns any of them has;
+# the first `limit` objects usually settle it, the whole source is read only when they do not.
+COLUMNS_SQL = """SELECT count(*), list_distinct(flatten(list(list_intersect(json_keys(raw), $columns))))
+FROM (SELECT raw FROM framed WHERE source_rank = $rank AND line_reason IS NULL LIMIT $limit)"""
+COLUMNS_PREFIX = 10_000
+
+# A reference to a row in details and the card; a source of several files names the file too.
+def _ref(row: str = "") -> str:
+    """SQL for the reference of the row whose columns are prefixed by `row` (e.g. "k.")."""
+    return (f"{row}source || ':' || CASE WHEN list_contains($several_files, {row}source_rank) THEN {row}file || ':' "
+            f"ELSE '' END || {row}line")
+
+
+REF = _ref()
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_path(path) -> str:  # COPY takes no parameter for its target
+    return _quoted(str(path))
+
+
+# Row keys for the rows that passed every field check: what exact dedup compares and what the id hashes.
+KEYS_SQL = """
+CREATE TEMP TABLE keyed AS
+SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all), l.source, l.file, l.line,
+  CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
+  sha256(dedup_key) AS id,
+  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys}) END AS question_key,
+  CASE WHEN verdict IS NULL THEN context_key_all END AS context_key
+FROM checked c JOIN lines l USING (pos)
+"""
+
+# Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
+# The row side is streamed through the join, never materialised: a row's n-grams are many, matches few.
+CONTAMINATION_SQL = """
+CREATE TEMP TABLE contamination AS
+WITH task_grams AS (
+  SELECT DISTINCT task_id, unnest({task_grams}) AS gram FROM tasks WHERE length(task_key) >= {n}
+), task_sizes AS (
+  SELECT task_id, count(*) AS grams FROM task_grams GROUP BY task_id
+), hits AS (
+  SELECT r.pos, t.task_id, count(DISTINCT r.gram) AS shared
+  FROM (SELECT pos, unnest({row_grams}) AS gram FROM keyed WHERE verdict IS NULL) r
+  JOIN task_grams t USING (gram) GROUP BY ALL
+)
+SELECT pos, task_id, shared / grams AS overlap FROM hits JOIN task_sizes USING (task_id)
+WHERE shared / grams >= {threshold}
+UNION ALL
+SELECT k.pos, t.task_id, 1.0 FROM keyed k JOIN tasks t ON t.task_key IN ({texts})
+WHERE k.verdict IS NULL AND length(t.task_key) < {n}
+"""
+
+# Exact duplicates are only judged among rows that passed every other check, so a duplicate of a
+# broken row is kept and a duplicate of a contaminated row is reported as contaminated.
+DEDUP_SQL = f"""
+CREATE TEMP TABLE deduplicated AS
+WITH matched AS (
+  SELECT pos, list(task_id ORDER BY task_id) AS task_ids,
+    string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
+  FROM contamination GROUP BY pos
+), ranked AS (
+  SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,
+    k.verdict, m.task_ids, m.matches,
+    row_number() OVER copies AS copy_rank,
+    first_value(k.pos) OVER copies AS first_pos
+  FROM keyed k LEFT JOIN matched m USING (pos)
+  WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.dedup_key ORDER BY k.pos)
+)
+-- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
+SELECT r.* EXCLUDE (verdict, first_pos, copy_rank, task_ids, matches),
+  CASE WHEN r.verdict IS NOT NULL THEN r.verdict
+       WHEN r.task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': r.matches}}
+       WHEN $dedup AND r.copy_rank > 1 THEN {{'reason': 'duplicate', 'detail': 'kept ' || (
+         SELECT {REF} FROM keyed WHERE keyed.pos = r.first_pos)}}
+  END AS verdict
+FROM ranked r
+"""
+
+# Mixing and the split: weights and caps per source, hashed on the row id with the seed.
+MIX_SQL = f"""
+CREATE TEMP TABLE classified AS
+WITH near AS (
+  SELECT c.pos, c.cluster, c.jaccard, {_ref("k.")} AS kept_ref, c.pos <> c.label AS dropped
+  FROM clusters c JOIN deduplicated k ON k.pos = c.label
+), weighed AS (
+  SELECT d.* EXCLUDE (dedup_key, question_key, context_key), n.cluster, n.jaccard, n.kept_ref,
+    coalesce(n.dropped, false) AS near_dropped,
+    w.weight, w.max_rows, uniform(d.id, $seed, 'mix') AS mix_draw
+  FROM deduplicated d LEFT JOIN near n USING (pos) JOIN weights w USING (source_rank)
+), capped AS (
+  SELECT *, CASE WHEN verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
+                 THEN row_number() OVER (PARTITION BY source_rank, verdict IS NULL AND NOT near_dropped
+                                         AND mix_draw < least(weight, 1) ORDER BY mix_draw, pos) END AS mix_rank
+  FROM weighed
+)
+SELECT * EXCLUDE (verdict),
+  CASE WHEN verdict IS NOT NULL THEN verdict
+       WHEN near_dropped THEN {{'reason': 'near_duplicate',
+                                'detail': 'kept ' || kept_ref || ' (cluster ' || cluster || ', Jaccard '
+                                          || round(jaccard, 2) || ')'}}
+       WHEN mix_draw >= weight THEN {{'reason': 'downsampled', 'detail': 'weight ' || weight}}
+       WHEN mix_rank > max_rows THEN {{'reason': 'over_cap', 'detail': 'max_rows ' || max_rows}}
+  END AS outcome,
+  CASE WHEN uniform(id, $seed, 'split') < $validation_fraction THEN 'validation' ELSE 'train' END AS split,
+  -- weight above 1: whole copies, plus one more with the fractional part as probability (train only)
+  CASE WHEN split = 'validation' OR weight <= 1 THEN 1
+       ELSE floor(weight)::INTEGER + (mix_draw < weight - floor(weight))::INTEGER END AS copies
+FROM capped
+"""
+
+KEPT_SQL = """SELECT c.id, c.source, c.file, c.line, {columns}, c.split
+FROM classified c JOIN keyed k ON k.pos = c.pos, range(c.copies) AS r(copy) WHERE c.outcome IS NULL ORDER BY c.pos, copy"""
+QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
+FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
+
+
+def _check_columns(con, chosen: list[Source]) -> None:
+    """A column the style reads (or the recipe maps) that no record has is a recipe mistake, not dirt:
+    fail, naming it, before anything is written rather than quarantine every record."""
+    for source in chosen:
+        expected = source.expected_columns()
+        columns = [theirs for _, theirs in expected]
+        for limit in (COLUMNS_PREFIX, None):
+            objects, found = con.execute(COLUMNS_SQL, {"rank": source.rank, "columns": columns,
+                                                       "limit": limit}).fetchall()[0]
+            absent = [theirs if ours == theirs else f"{theirs} (for {ours})"
+                      for ours, theirs in expected if theirs not in (found or [])]
+            if not absent or objects < COLUMNS_PREFIX:
+                break
+        if objects and absent:
+            raise CurationError(f"{source.where}: no record has the column(s) {', '.join(absent)} "
+                                f"(style '{source.style}'; map other names with `columns`)")
+
+
+def _register_not_text(con, chosen: list[Source], paths: list[str]) -> bool:
+    """Table `not_text` (source_rank, file, column, type): the columns ingest found to hold no text
+    (a Parquet timestamp: JSON text in the record, but a wrong type for a text field). Whether any."""
+    from tunesmith.data.ingest import ingested_source  # Arrow and DuckDB are loaded by now
+
+    rows = [(source.rank, file, column, kind) for source, path in zip(chosen, paths)
+            for file, columns in ingested_source(path).get("not_text", {}).items()
+            for column, kind in columns.items()]
+    con.register("not_text", pa.table({name: pa.array(values, kind) for name, values, kind in zip(
+        ("source_rank", "file", "column", "type"), zip(*rows) if rows else ([], [], [], []),
+        (pa.int64(), pa.string(), pa.string(), pa.string()))}))
+    return bool(rows)
+
+
+# What the SQL receives back for a record of a mapped style: its canonical JSON, or why it has none;
+# labels name, per canonical field, where the value came from (for quarantine details).
+CANONICAL_TYPE = pa.struct([("record", pa.string()), ("labels", pa.string()),
+                            ("reason", pa.string()), ("detail", pa.string())])
+SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _json_text(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if not SURROGATES.search(text) else json.dumps(value)
+
+
+def canonical_function(sources: list[Source]):
+    """An Arrow UDF (source_rank, record JSON text) → CANONICAL_TYPE for the sources' styles."""
+    by_rank = {source.rank: source for source in sources}
+
+    def apply(ranks, raws):
+        results = []
+        for rank, raw in zip(ranks.to_pylist(), raws.to_pylist()):
+            source = by_rank[rank]
+            try:
+                try:
+                    value = json.loads(raw, object_pairs_hook=json_object)
+                except RecursionError:  # valid JSON (SQL checked it) that Python's parser cannot descend
+                    raise Rejected("invalid_json", f"nested more than {sys.getrecursionlimit()} levels deep") from None
+                convert = STYLES[source.style].convert
+                record, labels = (convert(value, source.columns, source.winners) if source.style == "pairwise"
+                                  else convert(value, source.columns))
+                results.append({"record": _json_text(record), "labels": _json_text(labels) if labels else None,
+                                "reason": None, "detail": None})
+            except Rejected as rejected:
+                results.append({"record": None, "labels": None, "reason": rejected.reason, "detail": rejected.detail})
+        return pa.array(results, type=CANONICAL_TYPE)
+
+    return apply
+
+
+def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
+             several_files: list[int], tokenizer=None) -> None:
+    """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
+    order): leaves `lines` (the records as read) and `classified` (their outcomes), plus
+    `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
+    `tokenizer` (optional) counts tokens instead of the estimate."""
+    con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
+                        null_handling="special")
+    con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
+                        "STRUCT(record VARCHAR, labels VARCHAR, reason VARCHAR, detail VARCHAR)", type="arrow")
+    con.execute(MACROS)
+    # A blank task input would match everything.
+    task_keys = [(task.task_id, match_key(task.input)) for task in tasks]
+    con.register("tasks", pa.table({"task_id": pa.array([task_id for task_id, key in task_keys if key], pa.int64()),
+                                    "task_key": pa.array([key for _, key in task_keys if key], pa.string())}))
+    con.register("weights", pa.table({"source_rank": [source.rank for source in chosen],
+                                      "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
+                                      "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
+    ranks = ", ".join(f"({_quoted(source.id)}, {source.rank})" for source in chosen)
+    con.execute(f"""CREATE TEMP TABLE lines AS
+        SELECT row_number() OVER (ORDER BY r.source_rank, i.file, i.line) AS pos, r.source_rank, i.*
+        FROM read_parquet([{", ".join(map(_sql_path, paths))}]) i
+        JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
+    con.execute(FRAME_SQL)
+    _check_columns(con, chosen)
+    not_text = _register_not_text(con, chosen, paths)
+    con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
+    con.execute(typed_sql(shape, not_text))
+    normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"])
+    con.execute(check_sql(shape, settings, counted=tokenizer is not None))
+    con.execute("DROP TABLE typed; DROP TABLE texts")
+    response_keys = ", ".join(f"{r}_key" for r in shape.responses)
+    con.execute(KEYS_SQL.format(response_keys=response_keys))
+    con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
+    decontamination = settings["decontamination"]
+    n = decontamination["ngram"]
+    keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
+    contamination_sql = CONTAMINATION_SQL if tasks else "CREATE TEMP TABLE contamination AS {empty}"
+    con.execute(contamination_sql.format(empty="SELECT 0::BIGINT AS pos, 0::BIGINT AS task_id, 0.0 AS overlap LIMIT 0",
+        n=n, threshold=decontamination["threshold"], task_grams=ngrams_sql("task_key", n), texts=", ".join(keys),
+        row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
+    con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
+    near_duplicates(con, settings["near_dedup"], seed)
+    con.execute(MIX_SQL, {"several_files": several_files, "seed": seed,
+                          "validation_fraction": settings["validation_fraction"]})

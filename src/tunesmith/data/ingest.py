@@ -1,0 +1,583 @@
+"""Ingest: read one source of any format into a Parquet file of raw records, one row per record.
+
+`ingest_source` writes one source's records to a Parquet file (the per-source cache curation reads,
+so that changing one source re-reads only that one). Reading keeps what a quarantine must be able to
+point at: the file, the line (JSONL, CSV: the line where the record starts; JSON arrays: the element;
+Parquet and Hugging Face datasets: the row, all 1-based) and the record's own text, bad bytes
+replaced and reported. Nothing is judged here beyond what only the reader can know: invalid UTF-8, a
+CSV row of the wrong width or broken quoting (`malformed_csv`), and a line (or record) longer than
+`curate.max_line_bytes` (`too_long`: skipped unparsed, so one huge line costs no more memory than the
+limit; its first TOO_LONG_KEPT_CHARS characters are kept for the quarantine). Record styles are
+curation's business (`tunesmith.data.styles`).
+
+Over 350 lines because each format's reader keeps the line or row a quarantine points at, and the
+CSV reader recovers after an unclosed quote line by line; the CSV reader is the first piece to move out
+(a module of its own) when this grows.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tunesmith.data.sources import IngestError, Source, resolve_source
+from tunesmith.data.styles import json_object
+from tunesmith.jobs.atomic import atomic_path
+from tunesmith.jobs.progress import Progress
+
+# One row per record as read: the per-source cache that curation reads (see ingest_source).
+INGESTED_SCHEMA = pa.schema([("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
+                             ("raw", pa.string()), ("read_reason", pa.string()), ("read_detail", pa.string())])
+SOURCE_METADATA = b"tunesmith.source"
+SURROGATES = re.compile("[\ud800-\udfff]")
+PROGRESS_RECORDS = 1_000_000  # a big corpus logs a line per this many records read (and every 30 s)
+MAX_LINE_BYTES = 8 << 20  # the schema's default of curate.max_line_bytes, for direct calls
+TOO_LONG_KEPT_CHARS = 1000  # what the quarantine keeps of a line over the limit (the card shows as much)
+SKIP_BYTES = 1 << 20  # an over-long line is skipped in pieces of this size
+# Parquet (and dataset) column types that to_json writes as JSON strings although they hold no text: a
+# timestamp mapped onto an instruction must be a wrong type, not the text "2024-01-01 00:00:00".
+NOT_TEXT_TYPES = re.compile(r"^(DATE|TIME|TIMESTAMP|INTERVAL|UUID|BIT)\b")
+
+
+# ---- readers: each returns columns (file, line, raw, read_reason, read_detail) as lists ----------
+
+class _Columns:
+    """Rows as they are read; every BATCH_ROWS of them go to `sink` as one Arrow batch, so a source of
+    millions of lines never sits in memory as Python objects."""
+    BATCH_ROWS = 65_536
+
+    def __init__(self, source_id: str, sink, max_line_bytes: int = MAX_LINE_BYTES):
+        self.source_id, self.sink, self.rows, self.max_line_bytes = source_id, sink, 0, max_line_bytes
+        self.not_text: dict[str, dict[str, str]] = {}  # file -> {column: type}: see _not_text
+        self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
+
+    def add(self, file, line, raw, reason=None, detail=None):
+        # Every reader's records pass here: a record too long for curation (a JSON array's element, a
+        # Parquet row) is quarantined like an over-long line, which the line readers never parse.
+        if reason is None and raw is not None and len(raw) * 4 > self.max_line_bytes:
+            size = len(raw.encode("utf-8", errors="surrogatepass"))
+            if size > self.max_line_bytes:
+                raw, reason, detail = _too_long(raw, size, self.max_line_bytes)
+        self.file.append(file)
+        self.line.append(line)
+        self.raw.append(raw)
+        self.reason.append(reason)
+        self.detail.append(detail)
+        if len(self.line) >= self.BATCH_ROWS:
+            self.flush()
+
+    def add_lines(self, file: str, first_line: int, raw) -> None:
+        """Consecutive lines of one file as an Arrow string array (no reader reason), in order."""
+        import pyarrow.compute as pc
+
+        if len(raw) and pc.max(pc.binary_length(raw)).as_py() > self.max_line_bytes:
+            for offset, text in enumerate(raw.to_pylist()):  # rare: the few over-long rows get their reason
+                self.add(file, first_line + offset, text)
+            return
+        self.flush()
+        n = len(raw)
+        self.rows += n
+        self.sink(pa.record_batch([pa.array([self.source_id] * n, pa.string()), pa.array([file] * n, pa.string()),
+                                   pa.array(range(first_line, first_line + n), pa.int64()), raw.cast(pa.string()),
+                                   pa.nulls(n, pa.string()), pa.nulls(n, pa.string())], schema=INGESTED_SCHEMA))
+
+    def flush(self):
+        n = len(self.line)
+        self.rows += n
+        self.sink(pa.record_batch([pa.array([self.source_id] * n, pa.string()), pa.array(self.file, pa.string()),
+                                   pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()),
+                                   pa.array(self.reason, pa.string()), pa.array(self.detail, pa.string())],
+                                  schema=INGESTED_SCHEMA))
+        self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
+
+
+def _decoded(data: bytes) -> tuple[str, bool]:
+    """Text of a whole file (BOM dropped) and whether it had invalid UTF-8, kept as lone surrogates."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="surrogateescape"), True
+
+
+def _repaired(text: str) -> str:
+    return SURROGATES.sub("\ufffd", text)
+
+
+def _too_long(start, size: int, limit: int) -> tuple[str, str, str]:
+    """(raw, reason, detail) of a line or record of `size` bytes over `limit`; `start` its first bytes or text."""
+    if isinstance(start, bytes):
+        start = start[:TOO_LONG_KEPT_CHARS * 4].removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+    kept = _repaired(start[:TOO_LONG_KEPT_CHARS])
+    return kept + " …", "too_long", f"{size} bytes, over curate.max_line_bytes {limit} (not read; the first " \
+                                   f"{len(kept)} characters kept)"
+
+
+def _skip_line(handle, size: int) -> tuple[int, bytes]:
+    """Read past the rest of a line (`size` bytes of it already read) without keeping it: (its size in
+    bytes, without the line end; the bytes read after its end)."""
+    while True:
+        piece = handle.read(SKIP_BYTES)
+        end = piece.find(b"\n")
+        if end >= 0:
+            return size + end - (end > 0 and piece[end - 1:end] == b"\r"), piece[end + 1:]
+        if not piece:
+            return size, b""
+        size += len(piece)
+
+
+JSONL_CHUNK_BYTES = 64 << 20
+
+
+def _read_jsonl(file: str, out: _Columns) -> None:
+    """One row per line, split on LF only; CRLF and a line-1 BOM dropped; bad bytes found per line.
+    Read in chunks of whole lines, each split and checked as UTF-8 at once (numpy, Arrow); only a
+    chunk holding invalid UTF-8 is decoded line by line, to say which lines and where."""
+    number = 1
+    with open(file, "rb") as handle:
+        pending = b""
+        while True:
+            chunk = handle.read(JSONL_CHUNK_BYTES)
+            data = pending + chunk
+            if not chunk:
+                if data:  # a last line without a newline
+                    _add_jsonl_lines(file, number, data + b"\n", out)
+                return
+            end = data.rfind(b"\n") + 1
+            if end:
+                number = _add_jsonl_lines(file, number, data[:end], out)
+            pending = data[end:]
+            if len(pending) > out.max_line_bytes:  # a line over the limit: skipped unparsed, never held whole
+                head = pending[:TOO_LONG_KEPT_CHARS * 4]
+                size, pending = _skip_line(handle, len(pending))
+                out.add(file, number, *_too_long(head, size, out.max_line_bytes))
+                number += 1
+
+
+def _add_jsonl_lines(file: str, number: int, data: bytes, out: _Columns) -> int:
+    """Add the LF-terminated lines of `data` (the first numbered `number`); returns the next number."""
+    import numpy
+
+    if number == 1 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    raw = numpy.frombuffer(data, numpy.uint8)
+    ends = numpy.flatnonzero(raw == 0x0A)
+    starts = numpy.concatenate([[0], ends[:-1] + 1])
+    content_ends = ends - (raw[numpy.maximum(ends - 1, 0)] == 0x0D) * (ends > starts)
+    keep = numpy.ones(len(raw), bool)
+    keep[ends] = False
+    keep[content_ends[content_ends < ends]] = False  # the CR of a CRLF
+    offsets = numpy.concatenate([[0], numpy.cumsum(content_ends - starts)]).astype(numpy.int64)
+    lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ends), [None, pa.py_buffer(offsets),
+                                                                            pa.py_buffer(raw[keep].tobytes())])
+    try:
+        out.add_lines(file, number, lines.cast(pa.large_string()))
+    except pa.ArrowInvalid:  # invalid UTF-8 somewhere in the chunk
+        for offset, piece in enumerate(lines.to_pylist()):
+            try:
+                out.add(file, number + offset, piece.decode("utf-8"))
+            except UnicodeDecodeError as failure:
+                out.add(file, number + offset, piece.decode("utf-8", errors="replace"), "invalid_utf8",
+                        f"{failure.reason} at byte {failure.start}")
+    return number + len(ends)
+
+
+def _dumped(value, bad_bytes: bool) -> tuple[str, str | None, str | None]:
+    """A parsed value as JSON text, with invalid bytes (lone surrogates) replaced and reported."""
+    text = json.dumps(value, ensure_ascii=False)
+    if not SURROGATES.search(text):
+        return text, None, None
+    if bad_bytes:
+        return _repaired(text), "invalid_utf8", "invalid UTF-8 bytes in the record"
+    # A \ud800 escape in the source: keep it escaped, so the JSON check rejects it as SQL would.
+    return json.dumps(value, ensure_ascii=True), None, None
+
+
+def _repeated_keys(value) -> list[str]:
+    """The keys an object anywhere in a parsed value repeats (objects parsed with styles.json_object)."""
+    if isinstance(value, list):
+        return sorted({key for item in value for key in _repeated_keys(item)})
+    if not isinstance(value, dict):
+        return []
+    own = getattr(value, "repeated", [])
+    return sorted({*own, *(key for item in value.values() for key in _repeated_keys(item))})
+
+
+def _read_json(file: str, out: _Columns) -> None:
+    """A JSON array: one row per element (`line` = its 1-based index). Any other document, or text
+    that does not parse, is one row, so it is quarantined (or kept, if it is a single record)."""
+    text, bad_bytes = _decoded(Path(file).read_bytes())
+    if not text.strip():
+        return
+    try:
+        document = json.loads(text, object_pairs_hook=json_object)
+    except ValueError:
+        document = None
+    else:
+        if isinstance(document, list):
+            for index, element in enumerate(document, start=1):
+                raw, reason, detail = _dumped(element, bad_bytes)
+                repeated = _repeated_keys(element)
+                if reason is None and repeated:  # the element is re-written from a dict: say so before it is lost
+                    reason, detail = "duplicate_key", f"repeated: {', '.join(repeated)}"
+                out.add(file, index, raw, reason, detail)
+            return
+    if bad_bytes:
+        out.add(file, 1, _repaired(text), "invalid_utf8", "invalid UTF-8 bytes in the document")
+    else:
+        out.add(file, 1, text)
+
+
+CSV_BLOCK_BYTES = 1 << 20  # CSV files are read in blocks of whole lines, split and decoded at once
+LINE_ENDS = re.compile("(?<=\n)|(?<=\r)(?!\n)")  # after LF, CRLF or a lone CR (str.splitlines splits on more)
+LINE_ENDS_BYTES = re.compile(LINE_ENDS.pattern.encode())
+OTHER_LINE_ENDS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+class _CsvLines:
+    """The physical lines of a CSV file for `csv.reader`, one at a time (read in blocks, never the whole
+    file), numbered as a person counts them (LF, CRLF or a lone CR ends a line). The lines of the
+    record being read are kept (`taken`), so that a record the reader refuses can be given back
+    (`give_back`) and read again from its second line. A line over the limit is not parsed (nor held
+    whole): `taken` holds its (number, raw, reason, detail) instead."""
+
+    def __init__(self, handle, limit: int):
+        self.handle, self.limit, self.number, self.pending = handle, limit, 0, b""
+        self.queue: collections.deque = collections.deque()  # lines given back, or read and not handed out
+        self.taken: list[tuple] = []  # (number, text, had invalid UTF-8) of the record's lines (see above)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if not self.queue:
+            self._read()
+            if not self.queue:
+                raise StopIteration
+        line = self.queue.popleft()
+        self.taken.append(line)
+        # A line over the limit reaches the parser as an empty line, so that a quoted field around it
+        # still ends where it ends; the record that holds it is too_long.
+        return "\n" if len(line) == 4 else line[1]
+
+    def give_back(self, lines) -> None:
+        self.queue.extendleft(reversed(lines))
+
+    def _read(self) -> None:
+        """Queue the next block's lines (at least one, unless the file has ended)."""
+        while not self.queue:
+            chunk = self.handle.read(CSV_BLOCK_BYTES)
+            data = self.pending + chunk
+            if self.number == 0 and not self.pending:
+                data = data.removeprefix(b"\xef\xbb\xbf")
+            if not chunk:
+                self.pending = b""
+                if data:
+                    self._split(data)
+                return
+            end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1  # a last CR may start a CRLF
+            self.pending = data[end:]
+            if end:
+                self._split(data[:end])
+            if len(self.pending) > self.limit + 1:  # a line over the limit: skipped unparsed, never held whole
+                head = self.pending[:TOO_LONG_KEPT_CHARS * 4]
+                size, self.pending = _skip_line(self.handle, len(self.pending))
+                self.number += 1
+                self.queue.append((self.number, *_too_long(head, size, self.limit)))
+
+    def _split(self, data: bytes) -> None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            lines = []
+            for piece in LINE_ENDS_BYTES.split(data):
+                try:
+                    lines.append((piece.decode("utf-8"), False))
+                except UnicodeDecodeError:
+                    lines.append((piece.decode("utf-8", errors="surrogateescape"), True))
+        else:
+            # str.splitlines is fast but also splits on VT, FF, FS, GS, RS, NEL, U+2028 and U+2029
+            pieces = LINE_ENDS.split(text) if OTHER_LINE_ENDS.search(text) else text.splitlines(keepends=True)
+            lines = [(piece, False) for piece in pieces]
+        quick = self.limit // 4  # a line of fewer characters is within the limit, whatever they are
+        for line, bad_bytes in lines:
+            if not line:
+                continue
+            self.number += 1
+            if len(line) > quick:
+                size = len(line.encode("utf-8", errors="surrogateescape"))
+                size -= len(line) - len(line.rstrip("\r\n"))  # its end: LF, CRLF or CR, one of them
+                if size > self.limit:
+                    self.queue.append((self.number, *_too_long(line, size, self.limit)))
+                    continue
+            self.queue.append((self.number, line, bad_bytes))
+
+
+def _read_csv(file: str, out: _Columns, source: Source) -> None:
+    """One row per record, `line` = the line where it starts (header is line 1); each record becomes
+    a JSON object of header → text, so the field checks apply; a row of the wrong width is kept apart.
+
+    Quoting is read strictly: a record the csv module refuses (a quote opened and not closed where a
+    field may end: text after it, or the end of the file) is `malformed_csv`. When that record ran
+    over several lines and the quote that ended its field stands where a field starts (it was meant
+    to open one), the first line's quote was never closed: only that line is quarantined and reading
+    resumes at the next, so an unclosed quote costs one record, not the records it would swallow.
+    Otherwise (a closing quote with text after it) the record's lines are quarantined together."""
+    limit = csv.field_size_limit(sys.maxsize)  # the default 128 kB limit would crash on a long answer
+    try:
+        with open(file, "rb") as handle:
+            _read_csv_records(file, out, source, _CsvLines(handle, out.max_line_bytes))
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _opens_a_field(line: str, delimiter: str) -> bool:
+    """Whether the quote that ended a quoted field on `line` (its first quote not doubled) stands where
+    a field starts (at the line's start or after a delimiter): then it was meant to open a field, and
+    the quote that opened the record's field lines before was never closed. True when the line has
+    no such quote (the record ran into the end of the file)."""
+    index = line.find('"')
+    while index >= 0 and line[index + 1:index + 2] == '"':
+        index = line.find('"', index + 2)
+    return index <= 0 or line[index - 1] == delimiter
+
+
+def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines) -> None:
+    delimiter = "\t" if file.lower().endswith(".tsv") else ","
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise IngestError(f"{source.at(file)}: line 1: the header cannot be read: {error}") from None
+    if header is None:
+        return
+    if any(len(line) == 4 for line in lines.taken):
+        raise IngestError(f"{source.at(file)}: line 1: the header is longer than curate.max_line_bytes "
+                          f"({out.max_line_bytes} bytes)")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
+    width = len(header)
+    while True:
+        lines.taken = taken = []
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            (number, text, *_), *rest = taken  # a record never starts with an over-long line: that one is blank
+            if rest and len(rest[-1]) == 3 and not _opens_a_field(rest[-1][1], delimiter):
+                # A quoted field ran over lines and was closed where text follows: one broken record.
+                text = "".join(entry[1] for entry in taken)
+                out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv",
+                        f"{error} (line {rest[-1][0]}, in a field opened on line {number})")
+                continue
+            lines.give_back(rest)
+            ends = f"; lines {rest[0][0]}-{rest[-1][0]} are read as records of their own" if rest else ""
+            out.add(file, number, _repaired(text.rstrip("\r\n")), "malformed_csv", f"{error}{ends}")
+            continue
+        line = taken[0][0]
+        over = next((entry for entry in taken if len(entry) == 4), None)
+        if over is not None:
+            number, raw, reason, detail = over
+            out.add(file, line, raw, reason, detail if number == line else f"line {number}: {detail}")
+        elif not fields:
+            out.add(file, line, "")
+        elif len(fields) == width:
+            # Surrogates in CSV text can only be bytes that were not UTF-8 (CSV has no escapes).
+            out.add(file, line, *_dumped(dict(zip(header, fields)), True))
+        else:
+            raw, reason, detail = _dumped(fields, True)
+            out.add(file, line, raw, reason or "wrong_column_count",
+                    detail or f"{len(fields)} fields, the header has {width}")
+
+
+def _quoted(name: str, quote: str) -> str:
+    return quote + name.replace(quote, quote * 2) + quote
+
+
+def _json_object_sql(columns: list[tuple[str, str]]) -> str:
+    """SQL turning a row into the JSON object text of the given (name, DuckDB type) columns. Binary
+    columns are text stored as bytes: decoded as UTF-8 (NULL where they are not valid UTF-8, see
+    `_invalid_bytes_sql`), not written as escaped bytes."""
+    def value(name: str, kind: str) -> str:
+        column = _quoted(name, chr(34))
+        return f"try(decode({column}))" if kind == "BLOB" else column
+    struct = ", ".join(f"{_quoted(name, chr(39))}: {value(name, kind)}" for name, kind in columns)
+    return f"to_json({{{struct}}})" if columns else "'{}'"
+
+
+def _invalid_bytes_sql(columns: list[tuple[str, str]]) -> str:
+    """SQL naming the binary columns of a row that are not valid UTF-8 ('' when none)."""
+    checks = [f"CASE WHEN {_quoted(name, chr(34))} IS NOT NULL AND try(decode({_quoted(name, chr(34))})) IS NULL "
+              f"THEN {_quoted(name, chr(39))} END" for name, kind in columns if kind == "BLOB"]
+    return f"concat_ws(', ', {', '.join(checks)})" if checks else "''"
+
+
+def _not_text(columns: list[tuple[str, str]]) -> dict[str, str]:
+    """{column: its type, lower-cased} of the columns whose values to_json writes as strings though
+    they hold no text (timestamps, dates, UUIDs...): curation's wrong_type check needs to know them."""
+    return {name: kind.lower() for name, kind in columns if NOT_TEXT_TYPES.match(kind)}
+
+
+def _as_bytes(file: str) -> pa.Table:
+    """A Parquet file with its string columns read as bytes, so that a value that is not UTF-8 is one
+    bad row (decoded by `_json_object_sql`, reported by `_invalid_bytes_sql`), not an unreadable file."""
+    schema = pq.read_schema(file)
+    binary = pa.schema([field.with_type(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary())
+                        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) else field
+                        for field in schema])
+    table = pq.read_table(file, schema=binary)
+    return table.append_column("filename", pa.array([file] * len(table), pa.string())).append_column(
+        "file_row_number", pa.array(range(len(table)), pa.int64()))
+
+
+def _read_parquet(source: Source, out: _Columns) -> None:
+    """`line` = the row's 1-based number in its file. Files are read in one DuckDB scan per distinct
+    schema, so shards whose column types differ are each read as they are (a union would cast one
+    shard's numbers to the other's text, hiding a wrong type); each record holds its shard's columns.
+    A scan that meets a string that is not UTF-8 reads its files again with strings as bytes, so the
+    bad value costs its row (invalid_utf8), not the source."""
+    extra = ("filename", "file_row_number")
+    groups: dict[tuple, list[str]] = {}
+    for file in source.files:
+        try:
+            schema = pq.read_schema(file)
+        except (OSError, pa.ArrowException) as error:
+            raise IngestError(f"{source.at(file)}: cannot read: {error}") from None
+        groups.setdefault(tuple((field.name, str(field.type)) for field in schema), []).append(file)
+    rows = []
+
+    def read(con, scan: str, files: list[str]) -> None:
+        nonlocal rows
+        parameters = {"files": files} if "$files" in scan else None
+        columns = [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}",
+                                                                 parameters).fetchall() if name not in extra]
+        rows += con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)}, "
+                            f"{_invalid_bytes_sql(columns)} FROM {scan}", parameters).fetchall()
+        if _not_text(columns):
+            out.not_text |= dict.fromkeys(files, _not_text(columns))
+
+    with duckdb.connect(config={"threads": 1}) as con:
+        for files in groups.values():
+            try:
+                read(con, "read_parquet($files, filename=true, file_row_number=true)", files)
+            except duckdb.InvalidInputException as error:
+                if "Invalid string encoding" not in str(error):
+                    raise
+                for file in files:
+                    con.register("bytes_read", _as_bytes(file))
+                    read(con, "bytes_read", [file])
+                    con.unregister("bytes_read")
+    for file, line, raw, invalid in sorted(rows, key=lambda row: (row[0], row[1])):
+        if invalid:
+            out.add(file, line, raw, "invalid_utf8", f"column(s) {invalid}: invalid UTF-8 bytes")
+        else:
+            out.add(file, line, raw)
+
+
+def _load_hf(source: Source):
+    """A dataset saved with save_to_disk, or anything `datasets.load_dataset` takes (hub id, folder)."""
+    import datasets  # slow to import; only Hugging Face sources need it
+
+    folder = Path(source.path)
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        dataset = datasets.load_from_disk(str(folder))
+        if isinstance(dataset, datasets.DatasetDict):
+            if source.split not in dataset:
+                raise IngestError(f"{source.where}: no split '{source.split}' (it has {sorted(dataset)})")
+            dataset = dataset[source.split]
+        return dataset
+    return datasets.load_dataset(source.path, split=source.split)
+
+
+def _read_hf(source: Source, out: _Columns) -> None:
+    try:
+        dataset = _load_hf(source)
+    except IngestError:
+        raise
+    except Exception as error:  # datasets raises many kinds; all mean the source cannot be read
+        raise IngestError(f"{source.where}: cannot load the dataset: {type(error).__name__}: {error}") from None
+    table = dataset.with_format("arrow")[:]  # honours any index mapping (select, shuffle)
+    with duckdb.connect(config={"threads": 1}) as con:
+        con.register("dataset", table)
+        columns = [(name, kind) for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM dataset").fetchall()]
+        rows = con.execute(f"SELECT {_json_object_sql(columns)} FROM dataset").fetchall()
+    if _not_text(columns):
+        out.not_text[source.path] = _not_text(columns)
+    for number, (raw,) in enumerate(rows, start=1):
+        out.add(source.path, number, raw)
+
+
+def _read_into(source: Source, out: _Columns) -> None:
+    """Every record of a source into `out`, files in sorted order."""
+    try:
+        if source.format == "parquet":
+            _read_parquet(source, out)
+        elif source.format == "hf":
+            _read_hf(source, out)
+        else:
+            for file in source.files:
+                if source.format == "jsonl":
+                    _read_jsonl(file, out)
+                elif source.format == "json":
+                    _read_json(file, out)
+                else:
+                    _read_csv(file, out, source)
+        out.flush()
+    except OSError as error:
+        raise IngestError(f"{source.at(str(error.filename))}: cannot read: {error.strerror or error}") from None
+    except duckdb.Error as error:
+        raise IngestError(f"{source.where}: cannot read: {error}") from None
+
+
+def ingest_source(source: dict, out_path: str, max_line_bytes: int = MAX_LINE_BYTES) -> dict:
+    """Read one source into a Parquet file of raw records (INGESTED_SCHEMA), atomically.
+
+    This is the per-source cache curation reads: a recipe change to one source re-reads only that
+    source. The file's metadata (SOURCE_METADATA) records what was read: id, path, format, split and
+    the files, so curation can count files and refuse a file ingested from another path, and per file
+    the columns of types that hold no text (`not_text`, for curation's wrong_type check). A line or
+    record over `max_line_bytes` (curate.max_line_bytes) is quarantined as too_long, unparsed. Returns
+    that record with the row count."""
+    resolved = resolve_source(source)
+    described = {"id": resolved.id, "path": resolved.path, "format": resolved.format, "split": resolved.split,
+                 "files": list(resolved.files)}
+    read = Progress(f"ingest {resolved.id}", None, "records read", every=PROGRESS_RECORDS)
+    with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
+        writers = []
+
+        def writer():  # opened at the first batch: the readers know the column types by then
+            if not writers:
+                metadata = {**described, "not_text": out.not_text}
+                schema = INGESTED_SCHEMA.with_metadata({SOURCE_METADATA: json.dumps(metadata, ensure_ascii=False)})
+                writers.append(stack.enter_context(pq.ParquetWriter(tmp, schema)))
+            return writers[0]
+
+        def write(batch):
+            sink = writer()
+            sink.write_batch(batch.replace_schema_metadata(sink.schema.metadata))
+            read.update(read.done + batch.num_rows)
+
+        out = _Columns(resolved.id, write, max_line_bytes)
+        _read_into(resolved, out)
+        writer()
+    read.close()
+    return {**described, "not_text": out.not_text, "rows": out.rows}
+
+
+def ingested_source(path: str) -> dict:
+    """The SOURCE_METADATA record of an ingested Parquet file."""
+    metadata = pq.read_schema(path).metadata or {}
+    if SOURCE_METADATA not in metadata:
+        raise IngestError(f"{path}: not a file written by tunesmith.data.ingest.ingest_source")
+    return json.loads(metadata[SOURCE_METADATA])
