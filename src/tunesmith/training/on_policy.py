@@ -16,6 +16,9 @@ Three jobs, each a stage of the DAG (rules/pairs.smk):
   reconciled (every answer is in exactly one place). Each pair records the SFT adapter's key, the prompt's
   sampling seed and every answer's grade (lineage). The pairs are then ingested as the preference source
   `on_policy` (tunesmith.data.ingest), so curation treats them as any other source.
+
+Over 350 lines because the three jobs share one row format, the prompt ids and seeds, and the caches' layout:
+apart, each module would import the others' halves of them.
 """
 
 from __future__ import annotations
