@@ -91,8 +91,6 @@ base_adapters = by_key(lambda key: WORKFLOW.consumed(key, "cpt", "adapter"))
 sft_adapter = by_key(lambda key: WORKFLOW.consumed(key, "sft", "adapter")[0])
 tokenizer = by_key(lambda key: WORKFLOW.consumed(key, "tokenizer", "tokenizer")[0])
 fetch_inputs = by_key(lambda key: list(WORKFLOW.step(key).files))
-
-
 judge_template = by_key(lambda key: WORKFLOW.step(key).settings["judge"]["prompt_template"] or [])
 judge_is_remote = by_key(lambda key: WORKFLOW.step(key).settings["judge"]["backend"] == "openai")
 
@@ -178,18 +176,8 @@ wildcard_constraints:
 
 
 # ---- publish (issue 14): datasets in trl's layouts, cards, and the opt-in push targets ----
-def dataset_targets():
-    """The recipe's curated datasets in the layouts trl and `datasets` load."""
-    return [WORKFLOW.exported_dataset(role) for role in WORKFLOW.curated_roles()]
-
-
-def exported_dataset(wildcards):
-    return {
-        "dataset": WORKFLOW.exported_dataset(wildcards.role),
-        "card": WORKFLOW.step_output("", f"curate_{wildcards.role}", "card", role=wildcards.role),
-    }
-
-
+dataset_targets = WORKFLOW.exported_datasets
+exported_dataset = asked(lambda wildcards: WORKFLOW.dataset_card_inputs(wildcards.role))
 model_card_inputs = asked(
     lambda wildcards: WORKFLOW.model_card_inputs(wildcards.kind, wildcards.stage, current_files())
 )
@@ -205,15 +193,10 @@ pairs_sft_adapter = asked(lambda wildcards: WORKFLOW.adapter_chain(variant(wildc
 pairs_prompts = by_key(WORKFLOW.pairs_prompts)
 pairs_graded = by_key(WORKFLOW.pairs_graded)
 pairs_samples = asked(lambda wildcards: WORKFLOW.pairs_samples(wildcards.key, wildcards.shard, wildcards.shards))
-pairs_judge_settings = asked(
-    lambda wildcards: judge_settings(wildcards) if WORKFLOW.grades_by_judge(wildcards.key) else None
-)
-pairs_judge_is_local = asked(
-    lambda wildcards: WORKFLOW.grades_by_judge(wildcards.key) and not judge_is_remote(wildcards)
-)
+pairs_judge_settings = by_key(WORKFLOW.pairs_judge)
+pairs_judge_is_local = by_key(WORKFLOW.pairs_judge_is_local)
 
 
 def pairs_judge_input(kind):
     """The judge grader's rubric file or fetched model record, as an input function (none for references)."""
-    source = judge_template if kind == "template" else judge_model_record
-    return asked(lambda wildcards: source(wildcards) if WORKFLOW.grades_by_judge(wildcards.key) else [])
+    return by_key(lambda key: WORKFLOW.pairs_judge_inputs(key, kind))

@@ -169,6 +169,15 @@ class Workflow:
         """The recipe's curated `role` data in trl's layouts (rule export_dataset)."""
         return self.locate("export_dataset", "dataset", key=self.plans[""][f"curate_{role}"].key, role=role)
 
+    def exported_datasets(self) -> list[str]:
+        """The recipe's curated datasets in the layouts trl and `datasets` load (built with every run)."""
+        return [self.exported_dataset(role) for role in self.curated_roles()]
+
+    def dataset_card_inputs(self, role: str) -> dict[str, str]:
+        """What a dataset card's staging waits for: the exported dataset and the data card."""
+        card = self.step_output("", f"curate_{role}", "card", role=role)
+        return {"dataset": self.exported_dataset(role), "card": card}
+
     def curation_settings(self, role: str) -> dict:
         """The recipe's curation step's settings for `role` (what a dataset card shows)."""
         return self.plans[""][f"curate_{role}"].settings
@@ -177,7 +186,7 @@ class Workflow:
         """The recipe's curated `role` data's sources, the on-policy pairs included (what a dataset card names)."""
         return self.curation_sources(self.plans[""][f"curate_{role}"].key)
 
-    # ---- on-policy pairs (tunesmith.training.on_policy, rules/pairs.smk): the shard count is in paths, never in keys ----
+    # ---- on-policy pairs (tunesmith.training.on_policy, rules/pairs.smk): shard counts are in paths, not keys ----
     def pairs_shards(self, key: str, name: str, output: str) -> list[str]:
         """The files of the pairs step `name` upstream of `key`, one per shard."""
         upstream = self.step(self.step(key).upstream[name])
@@ -197,8 +206,23 @@ class Workflow:
     def pairs_graded(self, key: str) -> list[str]:
         return self.pairs_shards(key, "graded", "graded")
 
-    def grades_by_judge(self, key: str) -> bool:
-        return "judge" in self.step(key).settings
+    def pairs_judge(self, key: str) -> dict | None:
+        """The judge section a grading job gets (None: it grades against references)."""
+        return self.judge_settings(key) if "judge" in self.step(key).settings else None
+
+    def pairs_judge_is_local(self, key: str) -> bool:
+        """Whether a grading job loads a judge model itself (it then holds a GPU)."""
+        judge = self.step(key).settings.get("judge")
+        return judge is not None and judge["backend"] != "openai"
+
+    def pairs_judge_inputs(self, key: str, kind: str) -> list[str]:
+        """The judge grader's rubric file (`template`) or fetched model record (`model`); none for references."""
+        judge = self.step(key).settings.get("judge")
+        if judge is None:
+            return []
+        if kind == "template":
+            return [judge["prompt_template"]] if judge["prompt_template"] else []
+        return self.fetched_record(self.variant(key), "judge")
 
     # ---- models ----
     def fetched_record(self, variant: str, role: str) -> list[str]:
@@ -374,7 +398,8 @@ class Workflow:
     def submitted(self) -> tuple[str, str]:
         """The submitted stage and why (the summary's first line); for `best`, what the choice file says once the
         submission job wrote it (tunesmith.evaluation.summary.collect reads it again at job time)."""
-        from tunesmith.evaluation.choice import submission_reason  # scipy and more: kept out of the jobs that import the registry
+        # scipy and more: kept out of the jobs that import the registry
+        from tunesmith.evaluation.choice import submission_reason
 
         stage = plan.submitted_stage(self.recipe)
         return stage, submission_reason(stage, self.recipe["submission"]["stage"], self.recipe["dpo"]["enabled"])
