@@ -212,15 +212,18 @@ def _replaced(text, pattern: str, replacement: str):
     return pc.replace_with_mask(text, mask, pc.replace_substring_regex(text.filter(mask), pattern, replacement))
 
 
-def _normalized_after_nfkc(text):
+def _noise_removed(text):
+    """Zero-width characters, `_x000D_` markers and CR gone from an Arrow string array (`_without_noise`)."""
     import pyarrow.compute as pc
 
-    patterns = _patterns()
-    text = _replaced(text, patterns["zero_width"], "")
+    text = _replaced(text, _patterns()["zero_width"], "")
     while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
         text = _replaced(text, "(?i)_x000D_", "")
-    text = _replaced(text, "\r\n?", "\n")
-    text = _replaced(text, patterns["horizontal_space"], " ")
+    return _replaced(text, "\r\n?", "\n")
+
+
+def _normalized_after_nfkc(text):
+    text = _replaced(_noise_removed(text), _patterns()["horizontal_space"], " ")
     text = _replaced(text, " ?\n ?", "\n")
     return _replaced(text, "\n{3,}", "\n\n")
 
@@ -229,12 +232,8 @@ def _cleaned_before_trim(text):
     """`clean_text`'s steps but the trailing trim, over an Arrow string array."""
     import pyarrow.compute as pc
 
-    patterns = _patterns()
-    text = _replaced(text, patterns["zero_width"], "")
-    while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
-        text = _replaced(text, "(?i)_x000D_", "")
-    text = _replaced(text, "\r\n?", "\n")
-    return _replaced(pc.utf8_rtrim(text, characters=_WHITESPACE), patterns["leading_blank_lines"], "")
+    text = pc.utf8_rtrim(_noise_removed(text), characters=_WHITESPACE)
+    return _replaced(text, _patterns()["leading_blank_lines"], "")
 
 
 def clean_arrow(array):
