@@ -43,7 +43,8 @@ NOT_IN_THE_DEFAULT_RUN = {
     "tracking.wandb.mode": "tracking.report_to: [wandb]",
     # read from the workflow's config, not a job's params (so in no manifest)
     "curate.memory_limit": "tunesmith.data.curate.curate_memory_limit", "repeats": "rules/common.smk (replicates)",
-    "sweep.matrix": "rules/common.smk (variants)",
+    "sweep.matrix": "rules/common.smk (variants)", "pairs.shards": "tunesmith.workflow (the pairs jobs' paths)",
+    "pairs.min_margin": "scripts/build_pairs.py (pairs.enabled)",
     **{f"publish.{name}": "rules/publish.smk (the push rules)" for name in ("dataset_repo", "license", "model_repo",
                                                                            "private")},
 }
@@ -52,7 +53,7 @@ NOT_IN_THE_DEFAULT_RUN = {
 def _planning_reads() -> set[str]:
     """The keys `plan.steps` looks up to decide the stages and what each reads (not the settings it picks for
     them), over the shipped recipes and the stage table's shapes."""
-    recipes = [load_recipe(REPO / "recipes" / name) for name in ("default.yaml", "sweep.yaml")]
+    recipes = [load_recipe(REPO / "recipes" / name) for name in ("default.yaml", "sweep.yaml", "on-policy.yaml")]
     for shape in SHAPES:
         try:
             recipes.append(shaped(shape))
@@ -93,6 +94,28 @@ def _traced_reads(tmp_path) -> set[str]:
     sft_arguments(sft, _common_args(sft, 1, str(tmp_path), {"report_to": []}))
     assert PromptTemplate(recipe["template"]).hash
     vllm_sampling(recipe["generate"], seed=1)
+    read |= _on_policy_reads(tmp_path)
+    return read
+
+
+def _on_policy_reads(tmp_path) -> set[str]:
+    """The on-policy pairs' jobs (recipes/on-policy.yaml) with a stand-in sampler instead of the SFT model: reading
+    and sampling the prompts, the sampling settings, the grader."""
+    from tunesmith.training.on_policy import grader_identity, read_prompts, sample_prompts, sampling_settings
+
+    read = set()
+    recipe = load_recipe(REPO / "recipes/on-policy.yaml")
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text('{"id": "1", "prompt": "1+1=", "reference": "2"}\n', encoding="utf-8")
+    recipe["pairs"]["prompts"] = str(prompts_file)
+    recipe = wrap(recipe, read, "")
+    pairs = recipe["pairs"]
+    prompts = read_prompts(pairs, seed=1)
+    sampling = sampling_settings(pairs, recipe["generate"])
+    rows = sample_prompts(lambda texts, n, sampling, seeds: [["2"] * n for _ in texts], prompts, pairs, sampling,
+                          recipe["generate"]["guards"], str, seed=1, cache_dir=tmp_path / "samples")
+    assert len(rows[0]["answers"]) == pairs["answers_per_prompt"]
+    assert grader_identity(pairs["grader"], None)["kind"] == "references"
     return read
 
 

@@ -301,6 +301,7 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
     import yaml
 
     from quick_recipe import quick_recipe
+    from recipe_keys import leaf_keys
     from tunesmith.jobs.manifest import lineage
 
     recipe_path = quick_recipe(REPO / "recipes/on-policy.yaml", tmp_path / "quick.yaml")
@@ -323,7 +324,7 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
         step = steps[name]
         for manifest_path in work.glob(f"results/{plan.STAGES[name].folder}/{step.key}/*.manifest.json"):
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            unread = plan.leaf_keys(step.settings, list(step.settings)) - set(manifest["settings_read"])
+            unread = leaf_keys(step.settings, list(step.settings)) - set(manifest["settings_read"])
             assert not unread, (name, sorted(unread))
     assert len(list(work.glob("results/pairs_samples/*/*-of-2.jsonl"))) == 2
     text = "\n".join(lineage(f"results/dpo/{steps['dpo'].key}/adapter", root=work))
