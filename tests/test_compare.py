@@ -179,3 +179,18 @@ def test_sides_are_named_by_recipe_file_sweep_variant_or_result_key(tmp_path):
         resolve("dpo.beta=9", None, tmp_path)
     with pytest.raises(CompareError, match="0123456789ab: no results/evaluated/0123456789ab/eval.json"):
         resolve("0123456789ab", None, tmp_path)
+
+
+def test_a_measure_with_no_item_in_common_is_not_called_within_noise():
+    """Two runs that hold out no preference pair in common (the default against on-policy pairs): the row says
+    it compared nothing, never "0.0% vs 0.0%, within noise"."""
+    from tunesmith.evaluation.compare import _measure_row
+
+    empty = {"n": 0, "a": 0.0, "b": 0.0, "difference": 0.0, "interval": None, "test": "McNemar exact", "p_value": 1.0,
+             "verdict": "within noise"}
+    row = _measure_row("dpo", "preference accuracy", empty)
+    assert "within noise" not in " ".join(map(str, row)) and "0.0%" not in row
+    assert row[-1] == "not compared: no item in common"
+    shared = _measure_row("dpo", "exact match", {**empty, "n": 100, "a": 0.5, "b": 0.6, "difference": 0.1,
+                                                 "interval": [0.02, 0.18], "p_value": 0.01, "verdict": "better"})
+    assert shared[3:5] == ["50.0%", "60.0%"] and "better" in shared[-1]

@@ -260,6 +260,8 @@ def _measure_row(label: str, name: str, result: dict) -> list:
     scale, unit = (100, " pts") if percent else (1, "")
     value = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.2f}")
     interval = result["interval"]
+    if not result["n"]:  # e.g. preference accuracy when the two runs hold out no pair in common
+        return [label, name, 0, "–", "–", "–", "–", "–", "not compared: no item in common"]
     return [label, name, result["n"], value(result["a"]), value(result["b"]),
             f"{result['difference'] * scale:+.1f}{unit}",
             "–" if interval is None else f"{interval[0] * scale:+.1f} to {interval[1] * scale:+.1f}",
