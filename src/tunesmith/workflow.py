@@ -278,8 +278,10 @@ class Workflow:
         return {f"{rule} {key}": self.steps[key].settings["base_model"] for rule, key in jobs if rule in rules}
 
     def export_settings(self, section: str) -> dict:
-        """What an export of the recipe's model loads it with (the SFT step's base_model and template)."""
-        return self.plans[""]["sft"].settings[section]
+        """What an export of the recipe's model loads it with: the SFT step's `base_model` or `template` settings;
+        `base_model` with its `path` (the model card names a local base by it; no training step's key reads it)."""
+        settings = self.plans[""]["sft"].settings[section]
+        return {**settings, "path": self.recipe["base_model"]["path"]} if section == "base_model" else settings
 
     # ---- answers and scores ----
     def task_file(self, variant: str) -> str:
