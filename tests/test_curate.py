@@ -36,7 +36,7 @@ def pair(prompt, chosen, rejected) -> bytes:
     return json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False).encode()
 
 
-def run(tmp_path, files, role="sft", seed=0, extra=None, memory_limit=None, **settings):
+def run(tmp_path, files, role="sft", seed=0, extra=None, memory_limit=None, threads=1, **settings):
     """Curate `files` ({source id: bytes}, recipe order) and return (card, kept rows, quarantined rows)."""
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps(task, ensure_ascii=False) + "\n" for task in TASKS), encoding="utf-8")
@@ -48,7 +48,7 @@ def run(tmp_path, files, role="sft", seed=0, extra=None, memory_limit=None, **se
     out = tmp_path / "out"
     card = curate(sources, role, str(tasks), {**SETTINGS, **settings},
                   str(out / "kept.parquet"), str(out / "quarantine.parquet"), str(out / "card.json"), seed=seed,
-                  memory_limit=memory_limit)
+                  memory_limit=memory_limit, threads=threads)
     for entry in [*card["sources"].values(), card["totals"]]:  # every record is kept or quarantined, once
         assert entry["rows_in"] == entry["kept"] + sum(entry["quarantined"].values())
     assert json.loads((out / "card.json").read_text(encoding="utf-8")) == card
@@ -534,6 +534,25 @@ def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimit
     assert large[0] == 0
     assert written[0] == written[1]
     assert card["totals"]["kept"] > 20_000 and card["totals"]["quarantined"]["duplicate"] > 3_000, card["totals"]
+
+
+def test_the_written_files_do_not_depend_on_the_number_of_threads(tmp_path, monkeypatch):
+    """DuckDB's statements, the Parquet writes and the text batches run on `threads` threads: the files must
+    be byte for byte those of one thread, over many row groups and batches (both made small here)."""
+    import tunesmith.data.curate_checks as checks
+
+    monkeypatch.setattr(curate_module, "ROW_GROUP_ROWS", 2048)  # DuckDB's smallest row group
+    monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 1500)
+    data = _corpus(15_000)
+    written = []
+    for threads in (1, 2, 3):
+        card, kept, quarantined = run(tmp_path, {"a": data}, near_dedup={"enabled": False}, threads=threads)
+        out = tmp_path / "out"
+        written.append([(out / name).read_bytes() for name in ("kept.parquet", "quarantine.parquet", "card.json")])
+    assert pq.ParquetFile(tmp_path / "out" / "kept.parquet").metadata.num_row_groups >= 5
+    assert written[1] == written[0] and written[2] == written[0]
+    assert [row["line"] for row in kept] == sorted(row["line"] for row in kept)
+    assert card["totals"]["kept"] > 8_000 and card["totals"]["quarantined"]["duplicate"] > 1_000, card["totals"]
 
 
 KILLED_CURATION = """

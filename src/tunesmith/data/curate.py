@@ -153,6 +153,7 @@ def _local_tokenizer(path: str | None, trust_remote_code: bool):
         return None, f"the tokenizer {path} is not available locally ({type(error).__name__}), so tokens are estimated"
 
 
+ROW_GROUP_ROWS = 122_880  # DuckDB's default, written out: the files' layout is part of what curation promises
 MIXING = ("downsampled", "over_cap")  # the recipe's choice, not a loss
 TOP_REASONS = 3
 
@@ -241,13 +242,14 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
         classify(con, chosen, shape, settings, seed, paths, tasks, several_files, counter)
         log.info("curation of %s: %d sources read, every record classified, %s in; writing the rows",
                  role, len(chosen), duration(time.monotonic() - started))
-        con.execute("SET threads = 1")  # Parquet bytes (row groups, page order) must not depend on scheduling
-
         with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
-            # atomic_path already writes beside the output; DuckDB's own tmp_ copy would be one more file a kill leaves
-            con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} "
-                        "(FORMAT parquet, USE_TMP_FILE false)")
-            con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} (FORMAT parquet, USE_TMP_FILE false)")
+            # The Parquet bytes do not depend on the threads: both queries are ORDER BY, and with insertion
+            # order preserved DuckDB's Parquet COPY cuts row groups of exactly ROW_GROUP_ROWS rows in that
+            # order (tests/test_curate.py compares the files of 1 and 2 threads). atomic_path already
+            # writes beside the output; DuckDB's own tmp_ copy would be one more file a kill leaves.
+            written = f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, USE_TMP_FILE false)"
+            con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} {written}")
+            con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} {written}")
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
             card = card_data(con, role, shape, counts, seed)

@@ -13,6 +13,8 @@ The prompt's measures are sums of its parts' (the instruction and an alpaca inpu
 from __future__ import annotations
 
 import json
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -97,16 +99,23 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
             f"FROM styled) s {joins})")
 
 
-def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False) -> None:
+def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
+                    threads: int = 1) -> None:
     """Table `texts`: per row of `typed`, each field as it will be trained (cleaned; normalised when
     `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
     found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
-    count too (`{field}_ntokens`, special tokens left out)."""
+    count too (`{field}_ntokens`, special tokens left out). Batches are computed on `threads` worker
+    threads (Arrow's kernels and numpy release the GIL), read from and written to DuckDB in order
+    by this one, so `texts` is the same for any number of threads."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
-    for start in range(first, max(last, first) + 1, TEXT_BATCH_ROWS):  # an empty table still makes `texts`
-        batch = con.sql(f"SELECT pos, {', '.join(f'{f}_raw' for f in fields)} FROM typed "
-                        f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
+    starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `texts`
+
+    def read(start: int) -> pa.Table:
+        return con.sql(f"SELECT pos, {', '.join(f'{f}_raw' for f in fields)} FROM typed "
+                       f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
+
+    def computed(batch: pa.Table) -> dict:
         columns, normalised_responses = {"pos": batch["pos"]}, []
         for field in fields:
             # Every step is a function of the text alone, so each distinct text of the batch is done
@@ -119,17 +128,35 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
             columns |= field_columns
             if field in shape.responses:
                 normalised_responses.append(normalised)
-            if tokenizer is not None:
-                values = columns[field].to_pylist()
-                ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
-                columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
-                                                        for value, row in zip(values, ids)], pa.int64())
         if len(normalised_responses) == 2:  # chosen and rejected: the same answer but for width or spacing
             columns["responses_identical"] = pc.equal(*normalised_responses)
+        return columns
+
+    def counted(columns: dict) -> dict:  # in this thread: a tokenizer is not shared between threads
+        for field in fields:
+            values = columns[field].to_pylist()
+            ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
+            columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
+                                                    for value, row in zip(values, ids)], pa.int64())
+        return columns
+
+    def written(columns: dict, created: bool) -> bool:
+        if tokenizer is not None:
+            columns = counted(columns)
         con.register("texts_batch", pa.table(columns))
-        con.execute("INSERT INTO texts SELECT * FROM texts_batch" if start > first
+        con.execute("INSERT INTO texts SELECT * FROM texts_batch" if created
                     else "CREATE TEMP TABLE texts AS SELECT * FROM texts_batch")
         con.unregister("texts_batch")
+        return True
+
+    created, pending = False, deque()  # at most `threads` + 1 batches in memory at once
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
+        for start in starts:
+            pending.append(pool.submit(computed, read(start)))
+            if len(pending) > threads:
+                created = written(pending.popleft().result(), created)
+        while pending:
+            created = written(pending.popleft().result(), created)
 
 
 # Below this share of distinct texts in a batch, computing per distinct text and taking the results

@@ -306,7 +306,8 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     not_text = _register_not_text(con, chosen, paths)
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
     con.execute(typed_sql(shape, not_text))
-    normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"])
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]  # DuckDB's: idle meanwhile
+    normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads)
     con.execute(check_sql(shape, settings, counted=tokenizer is not None))
     con.execute("DROP TABLE typed; DROP TABLE texts")
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
