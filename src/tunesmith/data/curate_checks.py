@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -150,13 +151,33 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
         return True
 
     created, pending = False, deque()  # at most `threads` + 1 batches in memory at once
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
+    with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
         for start in starts:
             pending.append(pool.submit(computed, read(start)))
             if len(pending) > threads:
                 created = written(pending.popleft().result(), created)
         while pending:
             created = written(pending.popleft().result(), created)
+
+
+@contextmanager
+def _churning_pool():
+    """Arrow's jemalloc pool while batches are computed, where Arrow has one (Linux and macOS wheels). The
+    kernels allocate and free column-sized buffers many times a batch; pyarrow's default pool (mimalloc)
+    hands them back to the system and faults them in again: on the 1M-row bench corpus that was 5 s of
+    system time against 1.4 s with jemalloc, and half the wall time of this step (bench/README.md).
+    Buffers remember their pool, so arrays made here stay valid after the default is restored."""
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc: its default pool
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 # Below this share of distinct texts in a batch, computing per distinct text and taking the results
@@ -246,7 +267,7 @@ def _character_details(field: str) -> tuple[str, str]:
 
 
 def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
-    """Table `checked`: field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
+    """View `checked` (read once, by the statement that keys the rows): field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
     `counted`: tokens come from the tokenizer's counts (`normalise_texts`), not the estimate; a
     prompt's are the sum of its parts'."""
     fields = shape.required + shape.optional
@@ -309,7 +330,7 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     context_key = f"coalesce({shape.context}_key, '')" if shape.context else "''"
     prompt_key = " || ".join(f"coalesce({part}_key, '')" for part in shape.prompt_parts)
     return f"""
-CREATE TEMP TABLE checked AS
+CREATE TEMP VIEW checked AS
 WITH joined AS (
   SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}) FROM typed JOIN texts USING (pos)
 ), measured AS (

@@ -21,7 +21,9 @@ import json
 import re
 import sys
 
+import numpy
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tunesmith.data.curate_checks import Shape, check_sql, normalise_texts, strict_json_problems, typed_sql
 from tunesmith.data.measures import MACROS
@@ -58,7 +60,8 @@ SELECT *,
        WHEN regexp_matches(raw, '^[\s\v\p{Z}]*$') THEN 'blank_line'
        WHEN NOT json_valid(raw) THEN 'invalid_json'
        -- json_valid also takes trailing commas, NaN and Infinity: Python's parser judges those rows
-       WHEN regexp_matches(raw, ',\s*[\]}]|NaN|Infinity') AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
+       WHEN (regexp_matches(raw, ',\s*[\]}]') OR contains(raw, 'NaN') OR contains(raw, 'Infinity'))
+            AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
        WHEN json_type(raw) <> 'OBJECT' THEN 'not_object'
        -- DuckDB keeps a repeated key's first value, Python its last: a record that repeats a key is
        -- ambiguous, whichever reader reads it (keys inside conversation turns: tunesmith.data.styles)
@@ -296,11 +299,15 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     con.register("weights", pa.table({"source_rank": [source.rank for source in chosen],
                                       "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
                                       "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
-    ranks = ", ".join(f"({_quoted(source.id)}, {source.rank})" for source in chosen)
+    # pos: a record's place in recipe order, source by source, each in the order ingest wrote it (files
+    # sorted, then line by line: tunesmith.data.ingest), so it is the row number in its ingested file
+    # after the rows of the sources before it; no sort.
+    offsets = numpy.cumsum([0] + [pq.read_metadata(path).num_rows for path in paths]).tolist()
+    ranks = ", ".join(f"({_quoted(source.id)}, {source.rank}, {offset})" for source, offset in zip(chosen, offsets))
     con.execute(f"""CREATE TEMP TABLE lines AS
-        SELECT row_number() OVER (ORDER BY r.source_rank, i.file, i.line) AS pos, r.source_rank, i.*
-        FROM read_parquet([{", ".join(map(_sql_path, paths))}]) i
-        JOIN (VALUES {ranks}) AS r(source, source_rank) USING (source)""")
+        SELECT r.rows_before + i.file_row_number + 1 AS pos, r.source_rank, i.* EXCLUDE (file_row_number)
+        FROM read_parquet([{", ".join(map(_sql_path, paths))}], file_row_number = true) i
+        JOIN (VALUES {ranks}) AS r(source, source_rank, rows_before) USING (source)""")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
     not_text = _register_not_text(con, chosen, paths)
@@ -309,10 +316,9 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]  # DuckDB's: idle meanwhile
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads)
     con.execute(check_sql(shape, settings, counted=tokenizer is not None))
-    con.execute("DROP TABLE typed; DROP TABLE texts")
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
     con.execute(KEYS_SQL.format(response_keys=response_keys))
-    con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
+    con.execute("DROP VIEW checked; DROP TABLE typed; DROP TABLE texts")  # keyed has all of it: one copy of the texts
     decontamination = settings["decontamination"]
     n = decontamination["ngram"]
     keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
