@@ -102,7 +102,7 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
                     threads: int = 1) -> None:
-    """Table `texts`: per row of `typed`, each field as it will be trained (cleaned; normalised when
+    """Table `texts`: per row of `typed`, its columns but the texts as read, each field as it will be trained (cleaned; normalised when
     `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
     found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
     count too (`{field}_ntokens`, special tokens left out). Batches are computed on `threads` worker
@@ -113,11 +113,12 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
     starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `texts`
 
     def read(start: int) -> pa.Table:
-        return con.sql(f"SELECT pos, {', '.join(f'{f}_raw' for f in fields)} FROM typed "
+        return con.sql(f"SELECT * FROM typed "
                        f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
 
     def computed(batch: pa.Table) -> dict:
-        columns, normalised_responses = {"pos": batch["pos"]}, []
+        raws = {f"{field}_raw" for field in fields}  # texts carries the rest of typed, which can then go
+        columns, normalised_responses = {name: batch[name] for name in batch.column_names if name not in raws}, []
         for field in fields:
             # Every step is a function of the text alone, so each distinct text of the batch is done
             # once and the results are taken back to the rows (an empty input, a repeated instruction).
@@ -267,7 +268,7 @@ def _character_details(field: str) -> tuple[str, str]:
 
 
 def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
-    """View `checked` (read once, by the statement that keys the rows): field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
+    """Table `checked`: field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
     `counted`: tokens come from the tokenizer's counts (`normalise_texts`), not the estimate; a
     prompt's are the sum of its parts'."""
     fields = shape.required + shape.optional
@@ -326,19 +327,18 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     else:
         tokens_sql = ", ".join(f"{text}_japanese + ceil(({text}_visible - {text}_japanese) / 4)::BIGINT "
                                f"AS {text}_tokens" for text in measured)
-    context = f"coalesce({shape.context}, '')" if shape.context else "''"
     context_key = f"coalesce({shape.context}_key, '')" if shape.context else "''"
     prompt_key = " || ".join(f"coalesce({part}_key, '')" for part in shape.prompt_parts)
     return f"""
-CREATE TEMP VIEW checked AS
+CREATE TEMP TABLE checked AS
 WITH joined AS (
-  SELECT * EXCLUDE ({", ".join(f"{f}_raw" for f in fields)}) FROM typed JOIN texts USING (pos)
+  SELECT * FROM texts
 ), measured AS (
   SELECT *, {shape.prompt} AS prompt_text, {_prompt_measures(shape)} FROM joined
 ), structural AS (
   SELECT *, {tokens_sql} FROM measured
 )
-SELECT pos, source_rank, prompt_text, {shape.instruction} AS instruction_text, {context} AS context_text,
+SELECT pos, source_rank, prompt_text,
   {", ".join(shape.responses)}, {", ".join(f"{text}_chars, {text}_tokens" for text in measured)},
   {prompt_key} AS prompt_key_all, {shape.instruction}_key AS instruction_key_all, {context_key} AS context_key_all,
   {", ".join(f"{r}_key" for r in shape.responses)},

@@ -116,15 +116,17 @@ def _sql_path(path) -> str:  # COPY takes no parameter for its target
     return _quoted(str(path))
 
 
-# Row keys for the rows that passed every field check: what exact dedup compares and what the id hashes.
+# Row keys for the rows that passed every field check: the id is the hash of what exact dedup compares
+# (prompt and responses, normalised), so dedup compares ids. The keys the near-duplicate pass reads
+# are kept only when it runs ({near}: false makes them NULL, and holds no copy of the texts).
 KEYS_SQL = """
 CREATE TEMP TABLE keyed AS
 SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all), l.source, l.file, l.line,
   CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
-  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
-  sha256(dedup_key) AS id,
-  CASE WHEN verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys}) END AS question_key,
-  CASE WHEN verdict IS NULL THEN context_key_all END AS context_key
+  sha256(CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END) AS id,
+  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
+  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys}) END AS question_key,
+  CASE WHEN {near} AND verdict IS NULL THEN context_key_all END AS context_key
 FROM checked c JOIN lines l USING (pos)
 """
 
@@ -162,7 +164,7 @@ WITH matched AS (
     row_number() OVER copies AS copy_rank,
     first_value(k.pos) OVER copies AS first_pos
   FROM keyed k LEFT JOIN matched m USING (pos)
-  WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.dedup_key ORDER BY k.pos)
+  WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.id ORDER BY k.pos)
 )
 -- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
 SELECT r.* EXCLUDE (verdict, first_pos, copy_rank, task_ids, matches),
@@ -315,10 +317,14 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     con.execute(typed_sql(shape, not_text))
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]  # DuckDB's: idle meanwhile
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads)
+    con.execute("DROP TABLE typed")  # texts holds the rest of it
     con.execute(check_sql(shape, settings, counted=tokenizer is not None))
+    # One statement reading texts and lines at once (checked as a view) would save a table but hold both
+    # and their join table together: under a small curate.memory_limit it runs out of memory.
+    con.execute("DROP TABLE texts")
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
-    con.execute(KEYS_SQL.format(response_keys=response_keys))
-    con.execute("DROP VIEW checked; DROP TABLE typed; DROP TABLE texts")  # keyed has all of it: one copy of the texts
+    con.execute(KEYS_SQL.format(response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower()))
+    con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
     decontamination = settings["decontamination"]
     n = decontamination["ngram"]
     keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
