@@ -566,7 +566,8 @@ def classify_then_arm(con, *args):
     con.create_function("die", lambda pos: os.kill(os.getpid(), signal.SIGKILL), ["BIGINT"], "BIGINT")
 
 curate_module.classify = classify_then_arm
-curate_module.KEPT_SQL = curate_module.KEPT_SQL.replace("c.split", "c.split, die(c.pos) AS dies")  # in the write
+import tunesmith.data.curate_pipeline as pipeline
+pipeline.KEPT_SQL = pipeline.KEPT_SQL.replace("c.split", "c.split, die(c.pos) AS dies")  # in the write
 source = {"id": "a", "path": sys.argv[1], "format": "jsonl", "role": "sft"}
 out = sys.argv[2]
 ingest_source(source, sys.argv[3])  # the workflow's ingest job

@@ -22,7 +22,7 @@ import duckdb
 from tunesmith.config.schema import with_defaults
 from tunesmith.data.card import card_data, lengths, summary
 from tunesmith.data.curate_checks import SHAPES
-from tunesmith.data.curate_pipeline import KEPT_SQL, QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify
+from tunesmith.data.curate_pipeline import QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify, kept_sql
 from tunesmith.data.ingest import ingest_source, ingested_source
 from tunesmith.data.sources import IngestError, Source, check_settings, resolve_sources, source_with_defaults
 from tunesmith.data.tasks import read_tasks
@@ -248,7 +248,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
             # order (tests/test_curate.py compares the files of 1 and 2 threads). atomic_path already
             # writes beside the output; DuckDB's own tmp_ copy would be one more file a kill leaves.
             written = f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, USE_TMP_FILE false)"
-            con.execute(f"COPY ({KEPT_SQL.format(columns=shape.kept_columns)}) TO {_sql_path(kept)} {written}")
+            con.execute(f"COPY ({kept_sql(shape.kept_columns, chosen)}) TO {_sql_path(kept)} {written}")
             con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} {written}")
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)

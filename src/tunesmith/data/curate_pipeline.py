@@ -160,23 +160,26 @@ WITH matched AS (
   FROM contamination GROUP BY pos
 ), ranked AS (
   SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,
-    k.verdict, m.task_ids, m.matches,
-    row_number() OVER copies AS copy_rank,
-    first_value(k.pos) OVER copies AS first_pos
+    k.verdict, m.task_ids, m.matches, k.verdict IS NULL AND m.pos IS NULL AS passes
   FROM keyed k LEFT JOIN matched m USING (pos)
-  WINDOW copies AS (PARTITION BY k.verdict IS NULL AND m.pos IS NULL, k.id ORDER BY k.pos)
+), firsts AS (  -- each id's first copy in recipe order among the rows that pass (an aggregate, not a window)
+  SELECT id, min(pos) AS first_pos FROM ranked WHERE passes GROUP BY id
 )
 -- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
-SELECT r.* EXCLUDE (verdict, first_pos, copy_rank, task_ids, matches),
+SELECT r.* EXCLUDE (verdict, task_ids, matches, passes),
   CASE WHEN r.verdict IS NOT NULL THEN r.verdict
        WHEN r.task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': r.matches}}
-       WHEN $dedup AND r.copy_rank > 1 THEN {{'reason': 'duplicate', 'detail': 'kept ' || (
-         SELECT {REF} FROM keyed WHERE keyed.pos = r.first_pos)}}
+       WHEN $dedup AND r.pos > f.first_pos THEN {{'reason': 'duplicate', 'detail': 'kept ' || (
+         SELECT {REF} FROM keyed WHERE keyed.pos = f.first_pos)}}
   END AS verdict
-FROM ranked r
+FROM ranked r LEFT JOIN firsts f ON r.passes AND f.id = r.id
 """
 
-# Mixing and the split: weights and caps per source, hashed on the row id with the seed.
+# Mixing and the split: weights and caps per source, hashed on the row id with the seed. A row's rank
+# among its source's rows that pass, in draw order, is only computed when a source has max_rows.
+MIX_RANK = """CASE WHEN verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
+  THEN row_number() OVER (PARTITION BY source_rank, verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
+                          ORDER BY mix_draw, pos) END"""
 MIX_SQL = f"""
 CREATE TEMP TABLE classified AS
 WITH near AS (
@@ -188,10 +191,7 @@ WITH near AS (
     w.weight, w.max_rows, uniform(d.id, $seed, 'mix') AS mix_draw
   FROM deduplicated d LEFT JOIN near n USING (pos) JOIN weights w USING (source_rank)
 ), capped AS (
-  SELECT *, CASE WHEN verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
-                 THEN row_number() OVER (PARTITION BY source_rank, verdict IS NULL AND NOT near_dropped
-                                         AND mix_draw < least(weight, 1) ORDER BY mix_draw, pos) END AS mix_rank
-  FROM weighed
+  SELECT *, {{mix_rank}} AS mix_rank FROM weighed
 )
 SELECT * EXCLUDE (verdict),
   CASE WHEN verdict IS NOT NULL THEN verdict
@@ -208,8 +208,16 @@ SELECT * EXCLUDE (verdict),
 FROM capped
 """
 
+# A source of weight above 1 writes some rows several times (`copies`); without one, each row once.
 KEPT_SQL = """SELECT c.id, c.source, c.file, c.line, {columns}, c.split
-FROM classified c JOIN keyed k ON k.pos = c.pos, range(c.copies) AS r(copy) WHERE c.outcome IS NULL ORDER BY c.pos, copy"""
+FROM classified c JOIN keyed k ON k.pos = c.pos{copies} WHERE c.outcome IS NULL ORDER BY c.pos{copy}"""
+
+
+def kept_sql(columns: str, chosen: list[Source]) -> str:
+    """The query of the kept rows' file, in recipe order."""
+    several = any(source.weight > 1 for source in chosen)
+    return KEPT_SQL.format(columns=columns, copies=", range(c.copies) AS r(copy)" if several else "",
+                           copy=", copy" if several else "")
 QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
 FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
 
@@ -334,5 +342,6 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
     con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
     near_duplicates(con, settings["near_dedup"], seed)
-    con.execute(MIX_SQL, {"several_files": several_files, "seed": seed,
-                          "validation_fraction": settings["validation_fraction"]})
+    capped = any(source.max_rows is not None for source in chosen)
+    con.execute(MIX_SQL.replace("{mix_rank}", MIX_RANK if capped else "NULL::BIGINT"),
+                {"several_files": several_files, "seed": seed, "validation_fraction": settings["validation_fraction"]})
