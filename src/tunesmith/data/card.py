@@ -26,9 +26,9 @@ KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classifi
 WHERE outcome IS NULL
 ORDER BY uniform(pos, $seed, 'example') LIMIT $n"""
 CONTAMINATION_CARD_SQL = """SELECT d.source, d.file, d.line, c.task_id, round(c.overlap, 4) FROM contamination c
-JOIN deduplicated d USING (pos) WHERE d.verdict.reason = 'contaminated' ORDER BY pos, task_id"""
+JOIN classified d USING (pos) WHERE d.outcome.reason = 'contaminated' ORDER BY pos, task_id"""
 CLUSTERS_CARD_SQL = """SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) AS size, d.source, d.file, d.line,
-  c.pos = c.label AS kept, round(c.jaccard, 4) FROM clusters c JOIN deduplicated d USING (pos)
+  c.pos = c.label AS kept, round(c.jaccard, 4) FROM clusters c JOIN classified d USING (pos)
 ORDER BY size DESC, c.cluster, c.pos"""
 
 

@@ -294,8 +294,8 @@ def canonical_function(sources: list[Source]):
 def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
-    order): leaves `lines` (the records as read) and `classified` (their outcomes), plus
-    `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
+    order): leaves `lines` (the records as read), `keyed` (their texts and keys) and `classified` (their
+    outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
     `tokenizer` (optional) counts tokens instead of the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
@@ -345,3 +345,4 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     capped = any(source.max_rows is not None for source in chosen)
     con.execute(MIX_SQL.replace("{mix_rank}", MIX_RANK if capped else "NULL::BIGINT"),
                 {"several_files": several_files, "seed": seed, "validation_fraction": settings["validation_fraction"]})
+    con.execute("DROP TABLE deduplicated")  # classified has what the files and the card read
