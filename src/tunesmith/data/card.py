@@ -20,7 +20,7 @@ KEPT_EXAMPLES = 3
 EXAMPLE_CHARS = 1000  # a 10 MB record would make the card unreadable
 CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (all are counted)
 EXAMPLES_SQL = f"""SELECT outcome.reason, source, file, line, outcome.detail, left(raw, {EXAMPLE_CHARS}) FROM classified
-JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL
+JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL
 QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n ORDER BY pos"""
 KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classified JOIN keyed USING (pos, source, file, line)
 WHERE outcome IS NULL

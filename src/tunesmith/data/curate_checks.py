@@ -102,12 +102,12 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
                     threads: int = 1) -> None:
-    """Table `texts`: per row of `typed`, its columns but the texts as read, each field as it will be trained (cleaned; normalised when
-    `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
-    found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
-    count too (`{field}_ntokens`, special tokens left out). Batches are computed on `threads` worker
-    threads (Arrow's kernels and numpy release the GIL), read from and written to DuckDB in order
-    by this one, so `texts` is the same for any number of threads."""
+    """Table `texts`: per row of `typed`, its columns but the texts as read (so typed can go), each field
+    as it will be trained (cleaned; normalised when `normalize_training_text`), its measures, its match
+    key, and for the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or
+    NULL). With a `tokenizer`, each field's token count too (`{field}_ntokens`, special tokens left out).
+    Batches are computed on `threads` worker threads (Arrow's kernels and numpy release the GIL), read
+    from and written to DuckDB by this one in order, so `texts` is the same for any number of threads."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
     starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `texts`
@@ -151,11 +151,11 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
         con.unregister("texts_batch")
         return True
 
-    created, pending = False, deque()  # at most `threads` + 1 batches in memory at once
+    created, pending = False, deque()  # `threads` batches in work, one being written
     with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
         for start in starts:
             pending.append(pool.submit(computed, read(start)))
-            if len(pending) > threads:
+            if len(pending) >= max(1, threads):
                 created = written(pending.popleft().result(), created)
         while pending:
             created = written(pending.popleft().result(), created)

@@ -72,7 +72,7 @@ SELECT *,
        WHEN line_reason = 'duplicate_key' THEN 'repeated: ' || array_to_string(list_sort(list_filter(
          list_distinct(json_keys(raw)), lambda k: len(list_filter(json_keys(raw), lambda o: o = k)) > 1)), ', ')
   END AS line_detail
-FROM lines
+FROM records
 """
 
 # Records of a mapped style become canonical JSON (or a reason) in Python; the rest are canonical as
@@ -125,7 +125,8 @@ SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all), l.sou
   CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
   sha256(CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END) AS id,
   CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
-  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys}) END AS question_key,
+  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys})
+       END AS question_key,
   CASE WHEN {near} AND verdict IS NULL THEN context_key_all END AS context_key
 FROM checked c JOIN lines l USING (pos)
 """
@@ -219,7 +220,7 @@ def kept_sql(columns: str, chosen: list[Source]) -> str:
     return KEPT_SQL.format(columns=columns, copies=", range(c.copies) AS r(copy)" if several else "",
                            copy=", copy" if several else "")
 QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
-FROM classified JOIN lines USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
+FROM classified JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
 
 
 def _check_columns(con, chosen: list[Source]) -> None:
@@ -294,8 +295,8 @@ def canonical_function(sources: list[Source]):
 def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
-    order): leaves `lines` (the records as read), `keyed` (their texts and keys) and `classified` (their
-    outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
+    order): leaves `lines` (the records as read but their text), the view `records` (with it), `keyed`
+    (their texts and keys) and `classified` (their outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
     `tokenizer` (optional) counts tokens instead of the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
@@ -312,12 +313,15 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     # pos: a record's place in recipe order, source by source, each in the order ingest wrote it (files
     # sorted, then line by line: tunesmith.data.ingest), so it is the row number in its ingested file
     # after the rows of the sources before it; no sort.
+    # `records` reads them from the ingested files whenever a statement needs the raw text (framing, the
+    # quarantine): the raw lines are the largest column and are not held in memory between those reads.
     offsets = numpy.cumsum([0] + [pq.read_metadata(path).num_rows for path in paths]).tolist()
     ranks = ", ".join(f"({_quoted(source.id)}, {source.rank}, {offset})" for source, offset in zip(chosen, offsets))
-    con.execute(f"""CREATE TEMP TABLE lines AS
+    con.execute(f"""CREATE TEMP VIEW records AS
         SELECT r.rows_before + i.file_row_number + 1 AS pos, r.source_rank, i.* EXCLUDE (file_row_number)
         FROM read_parquet([{", ".join(map(_sql_path, paths))}], file_row_number = true) i
         JOIN (VALUES {ranks}) AS r(source, source_rank, rows_before) USING (source)""")
+    con.execute("CREATE TEMP TABLE lines AS SELECT * EXCLUDE (raw) FROM records")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
     not_text = _register_not_text(con, chosen, paths)

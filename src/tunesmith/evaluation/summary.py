@@ -81,8 +81,7 @@ def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) ->
     and the choice of stage written beside it, which for `submission.stage: best` names the stage and why;
     optionally replicates (results/replicates.json) and the evaluations it must name.
     `recipe`: {"path", "settings" (key_settings)}."""
-    choice = Path(files.get("choice") or "")
-    chosen = json.loads(choice.read_text(encoding="utf-8")) if choice.is_file() else {}
+    chosen = _choice(Path(files.get("choice") or ""))
     stage, reason = chosen.get("stage", stage), chosen.get("reason", reason)
     return {
         "recipe": recipe,
@@ -93,6 +92,16 @@ def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) ->
         "training": {name: _trained(path) for name, path in files["adapters"].items()},
         "inputs": summary_inputs(files),
     }
+
+
+def _choice(path: Path) -> dict:
+    """The choice of stage written beside the keyed submission; {} when there is none or it is not one
+    (an empty placeholder, as `snakemake --touch` leaves): the summary then names the recipe's stage."""
+    try:
+        chosen = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return chosen if isinstance(chosen, dict) else {}
 
 
 def _submission(files: dict, stage: str, reason: str) -> dict:
@@ -163,9 +172,12 @@ def _scores(files: dict) -> dict:
 
 
 def _card(path) -> dict | None:
-    if not Path(path).is_file():
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else None
+    except (OSError, ValueError):  # not a card (an empty placeholder): the summary shows no data counts
         return None
-    card = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(card, dict) or "sources" not in card:
+        return None
     return {"path": os.fspath(path),
             "sources": {name: {"rows_in": entry["rows_in"], "kept": entry["kept"],
                                "quarantined": dict(sorted(entry["quarantined"].items(), key=lambda item: -item[1]))}
