@@ -20,6 +20,7 @@ RESULT dag noop_seconds=<default DAG no-op> baseline_seconds=<bare workflow> ove
 
 from __future__ import annotations
 
+import shlex
 import statistics
 import subprocess
 import sys
@@ -94,7 +95,11 @@ def bare_workflow(jobs: list, work: Path) -> Path:
     for index, job in enumerate(jobs):
         outputs = [f"directory({o!r})" if (work / o).is_dir() else repr(o) for o in job.outputs]
         inputs = [repr(i) for i in job.inputs if i] or ["[]"]
-        work_command = "mkdir -p {output}" if any(o.startswith("directory") for o in outputs) else "touch {output}"
+        folders = [o for o in job.outputs if (work / o).is_dir()]
+        files = [o for o in job.outputs if not (work / o).is_dir()]  # a rule may have both (summarise_run)
+        work_command = " && ".join([f"mkdir -p {' '.join(map(shlex.quote, folders))}"] * bool(folders)
+                                   + [f"touch {' '.join(map(shlex.quote, files))}"] * bool(files)) or "true"
+        work_command = work_command.replace("{", "{{").replace("}", "}}")  # Snakemake formats shell commands
         lines += [f"rule {job.rule}_{index}:", "    input:", *[f"        {i}," for i in inputs],
                   "    output:", *[f"        {o}," for o in outputs], "    shell:", f"        {work_command!r}", ""]
     path = work / "Bare.smk"

@@ -23,9 +23,16 @@ from __future__ import annotations
 
 import numpy as np
 from sacrebleu.metrics import CHRF
-from scipy import stats
 
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
+
+
+def _stats():
+    """scipy.stats, imported at the first test: every `snakemake` start imports this module (the submission's
+    choice of stage), and scipy.stats takes about half a second to import."""
+    from scipy import stats
+
+    return stats
 
 
 def verdict(difference: float, p_value: float | None, confidence: float) -> str:
@@ -40,7 +47,7 @@ def share_interval(successes: int, n: int, confidence: float) -> list[float] | N
     """Wilson score interval of a share (exact match, preference accuracy); None without items."""
     if n == 0:
         return None
-    found = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    found = _stats().binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return [float(found.low), float(found.high)]
 
 
@@ -85,7 +92,7 @@ def mcnemar(first: list[bool], second: list[bool]) -> dict:
     only_first = sum(1 for a, b in zip(first, second) if a and not b)
     only_second = sum(1 for a, b in zip(first, second) if b and not a)
     discordant = only_first + only_second
-    p_value = 1.0 if discordant == 0 else float(stats.binomtest(only_second, discordant, 0.5).pvalue)
+    p_value = 1.0 if discordant == 0 else float(_stats().binomtest(only_second, discordant, 0.5).pvalue)
     return {"only_first": only_first, "only_second": only_second, "p_value": p_value}
 
 
@@ -96,7 +103,7 @@ def wilcoxon(first, second) -> dict:
     nonzero = differences[differences != 0]
     if nonzero.size == 0:
         return {"nonzero": 0, "p_value": 1.0}
-    result = stats.wilcoxon(nonzero, zero_method="wilcox")
+    result = _stats().wilcoxon(nonzero, zero_method="wilcox")
     return {"nonzero": int(nonzero.size), "p_value": float(result.pvalue)}
 
 
@@ -104,7 +111,7 @@ def sign_test(first, second) -> dict:
     """The sign test: of the pairs that differ, is each direction's share 1/2?"""
     up = sum(1 for a, b in zip(first, second) if b > a)
     down = sum(1 for a, b in zip(first, second) if b < a)
-    p_value = 1.0 if up + down == 0 else float(stats.binomtest(up, up + down, 0.5).pvalue)
+    p_value = 1.0 if up + down == 0 else float(_stats().binomtest(up, up + down, 0.5).pvalue)
     return {"up": up, "down": down, "p_value": p_value}
 
 

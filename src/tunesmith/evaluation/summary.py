@@ -23,15 +23,13 @@ from pathlib import Path
 
 from tunesmith.config.recipe import lookup
 from tunesmith.data.tasks import read_task_families
-from tunesmith.evaluation.answers import answers_page, reference_answers
-from tunesmith.evaluation.choice import comparison_note
-from tunesmith.evaluation.evaluate import family_scores, interval_text, score
 from tunesmith.evaluation.pages import PREFERENCE_MEASURES, write_pages
-from tunesmith.evaluation.paired import score_intervals
 from tunesmith.evaluation.replicates import rows as replicate_rows
-from tunesmith.evaluation.stage_chart import stage_chart
 from tunesmith.generation.submission import read_generations
 from tunesmith.jobs.atomic import atomic_path, write_json
+
+# Every `snakemake` start imports this module (rules/common.smk: holds_inputs, summary_inputs), so what
+# scores and draws (sacrebleu, scipy, matplotlib: about 1 s) is imported by the functions that use it.
 
 SHOWN_REASONS = 3  # quarantine reasons named per source on the terminal; the data card has them all
 REPORT = "report.html"
@@ -144,6 +142,10 @@ def _fallback_note(submission: dict) -> str | None:
 
 
 def _scores(files: dict) -> dict:
+    from tunesmith.evaluation.answers import reference_answers
+    from tunesmith.evaluation.evaluate import family_scores, score
+    from tunesmith.evaluation.paired import score_intervals
+
     configured, target = files["configured"], os.fspath(files["scores"])
     if configured is None:
         return {"stages": {}, "from": None, "configured": None,
@@ -226,6 +228,8 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 def _with_interval(value: str, interval, percent: bool = False) -> str:
     """A score with its interval: `65.0% (55.3%–73.8%)`, `41.2 (38.0–44.5)`."""
+    from tunesmith.evaluation.evaluate import interval_text
+
     return value if not interval or value == "–" else f"{value} ({interval_text(interval, percent)})"
 
 
@@ -289,6 +293,8 @@ def _aligned(header: list[str], rows: list[list[str]], indent: str = "  ") -> li
 
 def terminal(summary: dict, summary_current: bool) -> str:
     """The few lines the end of a run prints."""
+    from tunesmith.evaluation.choice import comparison_note
+
     submission, scores = summary["submission"], summary["scores"]
     if submission["rows"] is None:
         lines = [f"{submission['path']} is not built yet: `snakemake {submission['path']} --cores 1 --resources gpu=1`."]
@@ -358,6 +364,8 @@ def _replicate_lines(summary: dict) -> list[str]:
 
 def start_page(summary: dict, chart: bytes | None = None) -> str:
     """The first page; `chart` (PNG bytes, tunesmith.evaluation.stage_chart) is embedded under the score table."""
+    from tunesmith.evaluation.choice import comparison_note
+
     submission, scores = summary["submission"], summary["scores"]
     lines = ["Results", "=======", "",
              f"**Submitted:** ``{submission['path']}``, {submission['rows']} answers of stage "
@@ -396,6 +404,8 @@ def start_page(summary: dict, chart: bytes | None = None) -> str:
 # ---- entry points ----
 def chart_of(summary: dict) -> bytes | None:
     """The stage comparison chart of the summary's scores and their intervals (eval.json's)."""
+    from tunesmith.evaluation.stage_chart import stage_chart
+
     scores = summary["scores"]
     if not scores["stages"]:
         return None
@@ -408,6 +418,8 @@ def write_summary(files: dict, stage: str, reason: str, summary_path, start_page
     """The rule's job: summary.json (the facts, with the files they came from), the report's first page
     (reStructuredText) and its per-task answers page (HTML); with `cards_folder` and `evaluation_path`, the
     data cards and the evaluation as HTML pages (tunesmith.evaluation.pages)."""
+    from tunesmith.evaluation.answers import answers_page
+
     summary = collect(files, stage, reason, recipe)
     with atomic_path(start_page_path) as tmp:
         Path(tmp).write_text(start_page(summary, chart_of(summary)), encoding="utf-8")
