@@ -219,6 +219,8 @@ def kept_sql(columns: str, chosen: list[Source]) -> str:
     several = any(source.weight > 1 for source in chosen)
     return KEPT_SQL.format(columns=columns, copies=", range(c.copies) AS r(copy)" if several else "",
                            copy=", copy" if several else "")
+
+
 QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
 FROM classified JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
 
@@ -296,8 +298,9 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
     order): leaves `lines` (the records as read but their text), the view `records` (with it), `keyed`
-    (their texts and keys) and `classified` (their outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
-    `tokenizer` (optional) counts tokens instead of the estimate."""
+    (their texts and keys) and `classified` (their outcomes), plus `contamination` and `clusters` for the
+    card. `settings` are curate settings with defaults; `tokenizer` (optional) counts tokens instead of
+    the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
     con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
