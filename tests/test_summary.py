@@ -195,6 +195,21 @@ def test_empty_placeholders_leave_the_summary_printing(run):
     assert collect({**run, "choice": str(choice)}, "dpo", "the recipe's stage")["submission"]["stage"] == "sft"
 
 
+def test_what_every_snakemake_start_imports_leaves_scipy_and_matplotlib_out():
+    """rules/common.smk imports these at every `snakemake` start, a no-op `-n` included (bench/dag.py): scipy.stats
+    and matplotlib (about 1 s together) belong to the jobs and summaries that score and draw."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys\n"
+                             "from tunesmith import workflow\nfrom tunesmith.evaluation import summary\n"
+                             "from tunesmith.jobs import logs\nfrom tunesmith.training import launcher\n"
+                             "from tunesmith.evaluation.choice import submission_reason\n"  # the parse asks for it
+                             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                             "('scipy', 'matplotlib')))"], capture_output=True, text=True, check=True).stdout
+    assert "scipy.stats" not in loaded and "matplotlib.pyplot" not in loaded, loaded
+
+
 def test_a_submission_of_another_recipe_is_said_to_be_one(run):
     Path("submission.jsonl.manifest.json").write_text(json.dumps({"inputs": {"results/generations/x/dpo.jsonl": ""}}))
     assert terminal(dpo_summary(run), True).startswith("submission.jsonl holds the answers of another recipe")
