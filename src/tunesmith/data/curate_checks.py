@@ -142,23 +142,22 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
                                                     for value, row in zip(values, ids)], pa.int64())
         return columns
 
-    def written(columns: dict, created: bool) -> bool:
+    def written(columns: dict) -> None:
         if tokenizer is not None:
             columns = counted(columns)
         con.register("texts_batch", pa.table(columns))
-        con.execute("INSERT INTO texts SELECT * FROM texts_batch" if created
-                    else "CREATE TEMP TABLE texts AS SELECT * FROM texts_batch")
+        con.execute("CREATE TEMP TABLE IF NOT EXISTS texts AS SELECT * FROM texts_batch LIMIT 0; "
+                    "INSERT INTO texts SELECT * FROM texts_batch")
         con.unregister("texts_batch")
-        return True
 
-    created, pending = False, deque()  # `threads` batches in work, one being written
+    pending = deque()  # `threads` batches in work, one being written
     with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
         for start in starts:
             pending.append(pool.submit(computed, read(start)))
             if len(pending) >= max(1, threads):
-                created = written(pending.popleft().result(), created)
+                written(pending.popleft().result())
         while pending:
-            created = written(pending.popleft().result(), created)
+            written(pending.popleft().result())
 
 
 @contextmanager

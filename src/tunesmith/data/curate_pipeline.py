@@ -116,9 +116,8 @@ def _sql_path(path) -> str:  # COPY takes no parameter for its target
     return _quoted(str(path))
 
 
-# Row keys for the rows that passed every field check: the id is the hash of what exact dedup compares
-# (prompt and responses, normalised), so dedup compares ids. The keys the near-duplicate pass reads
-# are kept only when it runs ({near}: false makes them NULL, and holds no copy of the texts).
+# Row keys for the rows that passed every field check: the id hashes what exact dedup compares, so dedup
+# compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL, no copies).
 KEYS_SQL = """
 CREATE TEMP TABLE keyed AS
 SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all), l.source, l.file, l.line,
@@ -209,13 +208,12 @@ SELECT * EXCLUDE (verdict),
 FROM capped
 """
 
-# A source of weight above 1 writes some rows several times (`copies`); without one, each row once.
 KEPT_SQL = """SELECT c.id, c.source, c.file, c.line, {columns}, c.split
 FROM classified c JOIN keyed k ON k.pos = c.pos{copies} WHERE c.outcome IS NULL ORDER BY c.pos{copy}"""
 
 
 def kept_sql(columns: str, chosen: list[Source]) -> str:
-    """The query of the kept rows' file, in recipe order."""
+    """The kept rows' file in recipe order; a source of weight above 1 writes some rows `copies` times."""
     several = any(source.weight > 1 for source in chosen)
     return KEPT_SQL.format(columns=columns, copies=", range(c.copies) AS r(copy)" if several else "",
                            copy=", copy" if several else "")
@@ -313,11 +311,9 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     con.register("weights", pa.table({"source_rank": [source.rank for source in chosen],
                                       "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
                                       "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
-    # pos: a record's place in recipe order, source by source, each in the order ingest wrote it (files
-    # sorted, then line by line: tunesmith.data.ingest), so it is the row number in its ingested file
-    # after the rows of the sources before it; no sort.
-    # `records` reads them from the ingested files whenever a statement needs the raw text (framing, the
-    # quarantine): the raw lines are the largest column and are not held in memory between those reads.
+    # pos: the row number in its ingested file (written in file and line order) after the rows of the sources
+    # before it: no sort. `records` reads the raw lines, the largest column, from those files when a statement
+    # needs them (framing, the quarantine); they are not held in memory.
     offsets = numpy.cumsum([0] + [pq.read_metadata(path).num_rows for path in paths]).tolist()
     ranks = ", ".join(f"({_quoted(source.id)}, {source.rank}, {offset})" for source, offset in zip(chosen, offsets))
     con.execute(f"""CREATE TEMP VIEW records AS
@@ -334,8 +330,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads)
     con.execute("DROP TABLE typed")  # texts holds the rest of it
     con.execute(check_sql(shape, settings, counted=tokenizer is not None))
-    # One statement reading texts and lines at once (checked as a view) would save a table but hold both
-    # and their join table together: under a small curate.memory_limit it runs out of memory.
+    # checked as a view read by keyed saves a table but runs out of memory under a small curate.memory_limit
     con.execute("DROP TABLE texts")
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
     con.execute(KEYS_SQL.format(response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower()))
