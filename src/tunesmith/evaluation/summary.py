@@ -40,11 +40,18 @@ BUILD_ALL = "snakemake --cores 1 --resources gpu=1"
 def holds_inputs(path: str | os.PathLike, expected: list[str]) -> bool:
     """Whether the JSON at `path` records exactly `expected` as its `inputs`: the files of this recipe
     that it was computed from (eval.json and summary.json name theirs)."""
+    found = _json_object(path)
+    return found is not None and found.get("inputs") == sorted(map(os.fspath, expected))
+
+
+def _json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object at `path`; None when there is none or the file holds something else (an empty
+    placeholder, as `snakemake --touch` leaves): the summary then shows less rather than stopping."""
     try:
-        written = json.loads(Path(path).read_text(encoding="utf-8")).get("inputs")
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return written == sorted(map(os.fspath, expected))
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def summary_inputs(files: dict) -> list[str]:
@@ -79,7 +86,7 @@ def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) ->
     and the choice of stage written beside it, which for `submission.stage: best` names the stage and why;
     optionally replicates (results/replicates.json) and the evaluations it must name.
     `recipe`: {"path", "settings" (key_settings)}."""
-    chosen = _choice(Path(files.get("choice") or ""))
+    chosen = (_json_object(files["choice"]) if files.get("choice") else None) or {}
     stage, reason = chosen.get("stage", stage), chosen.get("reason", reason)
     return {
         "recipe": recipe,
@@ -90,16 +97,6 @@ def collect(files: dict, stage: str, reason: str, recipe: dict | None = None) ->
         "training": {name: _trained(path) for name, path in files["adapters"].items()},
         "inputs": summary_inputs(files),
     }
-
-
-def _choice(path: Path) -> dict:
-    """The choice of stage written beside the keyed submission; {} when there is none or it is not one
-    (an empty placeholder, as `snakemake --touch` leaves): the summary then names the recipe's stage."""
-    try:
-        chosen = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return chosen if isinstance(chosen, dict) else {}
 
 
 def _submission(files: dict, stage: str, reason: str) -> dict:
@@ -174,11 +171,8 @@ def _scores(files: dict) -> dict:
 
 
 def _card(path) -> dict | None:
-    try:
-        card = json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else None
-    except (OSError, ValueError):  # not a card (an empty placeholder): the summary shows no data counts
-        return None
-    if not isinstance(card, dict) or "sources" not in card:
+    card = _json_object(path)
+    if card is None or "sources" not in card:  # not a card (an empty placeholder): no data counts shown
         return None
     return {"path": os.fspath(path),
             "sources": {name: {"rows_in": entry["rows_in"], "kept": entry["kept"],
