@@ -491,3 +491,23 @@ def test_a_configfile_is_refused_saying_its_python_has_already_run():
 
     with pytest.raises(RecipeError, match=r"--config recipe=PATH, not --configfile.*already run any YTE Python"):
         workflow_recipe({}, ["evil.yaml"], REPO)
+
+
+def test_sweep_variants_naming_the_recipes_files_read_them_once(monkeypatch):
+    """A no-op start of a 64-variant sweep read every source and task file 64 times more (issue 22's
+    dag bench); a variant that names other files is still checked, and refused naming itself."""
+    from tunesmith.config import recipe as recipe_module
+
+    monkeypatch.chdir(REPO)
+    calls = []
+    real = recipe_module.file_problems
+    monkeypatch.setattr(recipe_module, "file_problems", lambda recipe: calls.append(1) or real(recipe))
+    recipe = load_recipe(REPO / "recipes/default.yaml")
+    recipe["sweep"] = {"matrix": {"generate.max_new_tokens": [8, 16], "dpo.beta": [0.1, 0.2]}}
+    assert len(validate_recipe(copy.deepcopy(recipe), check_files=True) and calls) == 1
+    recipe["sweep"]["matrix"]["tasks.path"] = ["data/tasks.jsonl", "data/no-such-tasks.jsonl"]
+    calls.clear()
+    with pytest.raises(RecipeError, match=r"sweep variant generate.max_new_tokens=8,dpo.beta=0.1,"
+                                          r"tasks.path=data_no-such-tasks.jsonl .*\n  tasks.path: data/no-such-tasks.jsonl: file not found"):
+        validate_recipe(recipe, check_files=True)
+    assert len(calls) == 2

@@ -184,8 +184,10 @@ def validate_recipe(recipe, origin: str = "recipe", check_files: bool = False) -
     return validated(recipe, origin, check_files)[0]
 
 
-def validated(recipe, origin: str = "recipe", check_files: bool = False) -> tuple[dict, dict[str, dict]]:
-    """`validate_recipe`, returning the sweep's variants too (each validated like a recipe)."""
+def validated(recipe, origin: str = "recipe", check_files: bool = False,
+              checked_files: dict | None = None) -> tuple[dict, dict[str, dict]]:
+    """`validate_recipe`, returning the sweep's variants too (each validated like a recipe). The file
+    problems found are kept in `checked_files` by what they depend on (`file_problems`), when given."""
     if not isinstance(recipe, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping of sections, got {_excerpt(recipe)}")
     renamed = renamed_problems(recipe)  # an old name is reported as such, not as an unknown key
@@ -193,10 +195,14 @@ def validated(recipe, origin: str = "recipe", check_files: bool = False) -> tupl
     if not problems:
         problems = _cross_key_problems(recipe)
     if not problems and check_files:
-        problems = file_problems(recipe)
+        checked_files = {} if checked_files is None else checked_files
+        named = json.dumps({name: recipe[name] for name in FILE_SECTIONS}, sort_keys=True, default=repr)
+        if named not in checked_files:
+            checked_files[named] = file_problems(recipe)
+        problems = checked_files[named]
     if problems:
         raise RecipeError(f"{origin} is not a valid tunesmith recipe:\n" + "\n".join(f"  {p}" for p in problems))
-    return recipe, variants(recipe, origin, check_files=check_files)
+    return recipe, variants(recipe, origin, check_files=check_files, checked_files=checked_files)
 
 
 def _schema_problems(recipe: dict) -> list[str]:
@@ -372,8 +378,14 @@ def tracking_problems(recipe: dict) -> list[str]:
             for name in recipe["tracking"]["report_to"] if importlib.util.find_spec(name) is None]
 
 
+# The sections `file_problems` reads, and all it is given: variants of a sweep that name the same files
+# (most change training or generation settings) are checked once (`validated`).
+FILE_SECTIONS = ("sources", "tasks", "judge", "base_model", "tracking")
+
+
 def file_problems(recipe: dict) -> list[str]:
     """What only the files can tell, found before any job: each problem names its key path and file."""
+    recipe = {name: recipe[name] for name in FILE_SECTIONS}
     special = [f"{key}: {reason}" for key, path in [(key, _get(recipe, key)) for key in PATH_KEYS[:4]]
                if isinstance(path, str) and (reason := special_file_problem(path))]
     if special:  # a FIFO would block the task reader; /proc/self/environ would be read as data
@@ -444,11 +456,13 @@ def _set(recipe: dict, dotted: str, value) -> None:
     node[last] = _unshared(value)
 
 
-def variants(recipe: dict, origin: str = "recipe", check_files: bool = False) -> dict[str, dict]:
+def variants(recipe: dict, origin: str = "recipe", check_files: bool = False,
+             checked_files: dict | None = None) -> dict[str, dict]:
     """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
-    each validated like a recipe (with `check_files`, the files it names too); empty when there is no
-    sweep. `validated` (and `load_recipe_and_variants`) return them from the recipe's own validation."""
-    found = {}
+    each validated like a recipe (with `check_files`, the files it names too, once per distinct set
+    of the sections naming them: `checked_files`); empty when there is no sweep. `validated` (and
+    `load_recipe_and_variants`) return them from the recipe's own validation."""
+    found, checked_files = {}, {} if checked_files is None else checked_files
     try:
         named = combinations(recipe)
     except RecipeError as error:
@@ -464,7 +478,7 @@ def variants(recipe: dict, origin: str = "recipe", check_files: bool = False) ->
                 _set(variant, dotted, value)
         except RecipeError as error:
             raise RecipeError(f"{origin}, sweep variant {name}:\n  {error}") from None
-        validate_recipe(variant, origin=f"{origin}, sweep variant {name}", check_files=check_files)
+        validated(variant, origin=f"{origin}, sweep variant {name}", check_files=check_files, checked_files=checked_files)
         found[name] = variant
     return found
 
