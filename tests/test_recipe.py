@@ -415,7 +415,7 @@ def test_the_workflow_gets_the_variants_validation_made_without_validating_them_
 
     validated = []
     schema_problems = recipe_module._schema_problems
-    monkeypatch.setattr(recipe_module, "_schema_problems", lambda r: validated.append(1) or schema_problems(r))
+    monkeypatch.setattr(recipe_module, "_schema_problems", lambda *a: validated.append(1) or schema_problems(*a))
     recipe, first = load_recipe_and_variants(REPO / "recipes/sweep.yaml")
     assert len(first) == 4 and len(validated) == 1 + 4
     again = variants(recipe)
@@ -511,3 +511,19 @@ def test_sweep_variants_naming_the_recipes_files_read_them_once(monkeypatch):
                                           r"tasks.path=data_no-such-tasks.jsonl .*\n  tasks.path: data/no-such-tasks.jsonl: file not found"):
         validate_recipe(recipe, check_files=True)
     assert len(calls) == 2
+
+
+def test_a_variant_checks_and_fills_the_sections_its_overrides_change():
+    """Variants are checked against the schema only in the sections their overrides change (the rest
+    are the validated recipe's): a changed section still gets its defaults and its unknown keys refused."""
+    recipe = load_recipe(REPO / "recipes/default.yaml")
+    recipe["sweep"] = {"matrix": {"dpo.lora": [{"r": 4}], "generate.max_new_tokens": [8, 16]}}
+    found = variants(recipe)
+    assert [variant["dpo"]["lora"]["lora_alpha"] for variant in found.values()] == [32, 32]
+    assert [variant["generate"]["max_new_tokens"] for variant in found.values()] == [8, 16]
+    recipe["sweep"]["matrix"]["dpo.lora"] = [{"r": 4, "alphx": 3}]
+    with pytest.raises(RecipeError, match=r"sweep variant .*\n  dpo.lora: unknown key\(s\) 'alphx'"):
+        variants(recipe)
+    recipe["sweep"]["matrix"] = {"generate.max_new_tokens": [8, -1]}
+    with pytest.raises(RecipeError, match=r"sweep variant generate.max_new_tokens=-1 .*\n  generate.max_new_tokens: "):
+        variants(recipe)

@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from tunesmith.config.recipe import RecipeError, load_recipe, parse_overrides, variants
+from tunesmith.config.recipe import RecipeError, load_recipe_and_variants, parse_overrides
 
 
 def shown_recipe(recipe: dict) -> dict:
@@ -26,8 +26,8 @@ def validate(args) -> int:
     """Check a recipe exactly as the workflow does (schema, cross-key rules, sweep variants, and the
     files it names, relative to the current directory); print it with every default filled in."""
     try:
-        recipe = load_recipe(args.recipe, check_files=not args.no_files, overrides=parse_overrides(args.set))
-        sweep = variants(recipe, origin=args.recipe)
+        recipe, sweep = load_recipe_and_variants(args.recipe, check_files=not args.no_files,
+                                                 overrides=parse_overrides(args.set))
     except RecipeError as error:
         print(error, file=sys.stderr)
         return 1

@@ -184,14 +184,15 @@ def validate_recipe(recipe, origin: str = "recipe", check_files: bool = False) -
     return validated(recipe, origin, check_files)[0]
 
 
-def validated(recipe, origin: str = "recipe", check_files: bool = False,
-              checked_files: dict | None = None) -> tuple[dict, dict[str, dict]]:
+def validated(recipe, origin: str = "recipe", check_files: bool = False, checked_files: dict | None = None,
+              sections=None) -> tuple[dict, dict[str, dict]]:
     """`validate_recipe`, returning the sweep's variants too (each validated like a recipe). The file
-    problems found are kept in `checked_files` by what they depend on (`file_problems`), when given."""
+    problems found are kept in `checked_files` by what they depend on (`file_problems`), when given;
+    with `sections`, only those are checked against the schema (the rest are known to be valid)."""
     if not isinstance(recipe, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping of sections, got {_excerpt(recipe)}")
     renamed = renamed_problems(recipe)  # an old name is reported as such, not as an unknown key
-    problems = renamed or _schema_problems(recipe)
+    problems = renamed or _schema_problems(recipe, sections)
     if not problems:
         problems = _cross_key_problems(recipe)
     if not problems and check_files:
@@ -205,8 +206,12 @@ def validated(recipe, origin: str = "recipe", check_files: bool = False,
     return recipe, variants(recipe, origin, check_files=check_files, checked_files=checked_files)
 
 
-def _schema_problems(recipe: dict) -> list[str]:
-    validator = strict_validator(load_schema())
+def _schema_problems(recipe: dict, sections=None) -> list[str]:
+    schema = load_schema()
+    if sections is not None:  # the recipe's own sections, the rest being valid; the root allows any of them
+        schema = {**schema, "properties": {name: schema["properties"][name] for name in sections}}
+        recipe = {name: recipe[name] for name in sections}
+    validator = strict_validator(schema)
     errors = sorted(validator.iter_errors(recipe), key=lambda error: [str(part) for part in error.absolute_path])
     return [f"{key_path(error.absolute_path)}: {_message(error)}" for error in errors]
 
@@ -458,10 +463,12 @@ def _set(recipe: dict, dotted: str, value) -> None:
 
 def variants(recipe: dict, origin: str = "recipe", check_files: bool = False,
              checked_files: dict | None = None) -> dict[str, dict]:
-    """The sweep's variants, by name: the recipe with each combination of `sweep.matrix` values,
-    each validated like a recipe (with `check_files`, the files it names too, once per distinct set
-    of the sections naming them: `checked_files`); empty when there is no sweep. `validated` (and
-    `load_recipe_and_variants`) return them from the recipe's own validation."""
+    """The sweep's variants of a validated recipe, by name: the recipe with each combination of
+    `sweep.matrix` values, each validated like a recipe (with `check_files`, the files it names too,
+    once per distinct set of the sections naming them: `checked_files`); empty when there is no sweep.
+    The sections no override touches are the recipe's, already checked: only the changed ones are
+    checked against the schema again. `validated` (and `load_recipe_and_variants`) return them from
+    the recipe's own validation."""
     found, checked_files = {}, {} if checked_files is None else checked_files
     try:
         named = combinations(recipe)
@@ -478,7 +485,8 @@ def variants(recipe: dict, origin: str = "recipe", check_files: bool = False,
                 _set(variant, dotted, value)
         except RecipeError as error:
             raise RecipeError(f"{origin}, sweep variant {name}:\n  {error}") from None
-        validated(variant, origin=f"{origin}, sweep variant {name}", check_files=check_files, checked_files=checked_files)
+        validated(variant, origin=f"{origin}, sweep variant {name}", check_files=check_files, checked_files=checked_files,
+                  sections=sorted({"sweep", *(dotted.split(".")[0] for dotted in overrides)}))
         found[name] = variant
     return found
 
