@@ -197,7 +197,8 @@ def test_empty_placeholders_leave_the_summary_printing(run):
 
 def test_what_every_snakemake_start_imports_leaves_scipy_and_matplotlib_out():
     """rules/common.smk imports these at every `snakemake` start, a no-op `-n` included (bench/dag.py): scipy.stats
-    and matplotlib (about 1 s together) belong to the jobs and summaries that score and draw."""
+    and matplotlib (about 1 s together) belong to the jobs and summaries that score and draw; sacrebleu, the
+    Markdown renderer and pyarrow's Parquet (~40 ms) to the jobs that compute chrF, write pages, export data."""
     import subprocess
     import sys
 
@@ -205,9 +206,12 @@ def test_what_every_snakemake_start_imports_leaves_scipy_and_matplotlib_out():
                              "from tunesmith import workflow\nfrom tunesmith.evaluation import summary\n"
                              "from tunesmith.jobs import logs\nfrom tunesmith.training import launcher\n"
                              "from tunesmith.evaluation.choice import submission_reason\n"  # the parse asks for it
+                             "from tunesmith.hub.hub import MODEL_SECTIONS\n"  # and for this (publish.smk)
                              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                             "('scipy', 'matplotlib')))"], capture_output=True, text=True, check=True).stdout
+                             "('scipy', 'matplotlib', 'sacrebleu', 'markdown_it', 'pyarrow')))"],
+                            capture_output=True, text=True, check=True).stdout
     assert "scipy.stats" not in loaded and "matplotlib.pyplot" not in loaded, loaded
+    assert "sacrebleu" not in loaded and "markdown_it" not in loaded and "pyarrow.parquet" not in loaded, loaded
 
 
 def test_a_submission_of_another_recipe_is_said_to_be_one(run):

@@ -10,8 +10,6 @@ import os
 import re
 from pathlib import Path
 
-from markdown_it import MarkdownIt
-
 from tunesmith.jobs.atomic import atomic_path
 
 PAGE_STYLE = """
@@ -36,7 +34,9 @@ PREFERENCE_MEASURES = (
     "a pair SFT already ranks right counts there only if DPO widened the gap.")
 
 
-def _renderer() -> MarkdownIt:
+def _renderer():
+    from markdown_it import MarkdownIt  # where a page is written: every workflow start imports this module
+
     return MarkdownIt("commonmark", {"html": False}).enable("table")
 
 

@@ -22,7 +22,6 @@ hand-computed fixtures (tests/test_significance.py).
 from __future__ import annotations
 
 import numpy as np
-from sacrebleu.metrics import CHRF
 
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
 
@@ -33,6 +32,13 @@ def _stats():
     from scipy import stats
 
     return stats
+
+
+def _chrf():
+    """sacrebleu's chrF, imported where a chrF interval is computed (sacrebleu imports lxml and more)."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
 
 
 def verdict(difference: float, p_value: float | None, confidence: float) -> str:
@@ -64,15 +70,15 @@ def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
 def chrf_statistics(outputs: list[str], references: list[str]) -> np.ndarray:
     """Each task's chrF sufficient statistics (character and word n-gram matches and counts): corpus chrF
     of any resample of the tasks is computed from the sum of its rows, as sacrebleu's own bootstrap does."""
-    return np.asarray(CHRF()._extract_corpus_statistics(list(outputs), [list(references)]), dtype=float)
+    return np.asarray(_chrf()._extract_corpus_statistics(list(outputs), [list(references)]), dtype=float)
 
 
-def _chrf_of(metric: CHRF, rows: np.ndarray) -> float:
+def _chrf_of(metric, rows: np.ndarray) -> float:
     return float(metric._compute_score_from_stats(list(rows.sum(axis=0))).score)
 
 
 def _corpus_chrf_draws(statistics: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    metric = CHRF()
+    metric = _chrf()
     return np.array([_chrf_of(metric, statistics[draw]) for draw in draws])
 
 
@@ -164,7 +170,7 @@ def compare_chrf(first_outputs: list[str], second_outputs: list[str], references
     and Wilcoxon's signed-rank test on the tasks' own chrF."""
     _same_length(first_outputs, second_outputs)
     _same_length(first_outputs, references)
-    metric = CHRF()
+    metric = _chrf()
     first, second = chrf_statistics(first_outputs, references), chrf_statistics(second_outputs, references)
     first_score, second_score = _chrf_of(metric, first), _chrf_of(metric, second)
     n = len(references)
@@ -193,7 +199,7 @@ def mean_of(statistics: np.ndarray) -> np.ndarray:
 
 def chrf_of(statistics: np.ndarray) -> np.ndarray:
     """Corpus chrF from summed chrF statistics (rows of `chrf_statistics`; any leading axes)."""
-    metric = CHRF()
+    metric = _chrf()
     flat = statistics.reshape(-1, statistics.shape[-1])
     return np.array([_chrf_of(metric, row[None, :]) for row in flat]).reshape(statistics.shape[:-1])
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.data.export_data import configs, export_dataset
 from tunesmith.jobs.atomic import atomic_path, content_hash, write_json
 
 CARD = "README.md"
@@ -223,6 +222,8 @@ def stage_model(kind: str, stage: str, sources: list[str], sections: dict, data_
 def export_curated(kept_path: str, data_card_path: str, role: str, sources: list[dict], curate: dict,
                    out_dir: str) -> dict:
     """`export_dataset` of a curated dataset, with its dataset card (no license: that is publish's)."""
+    from tunesmith.data.export_data import configs, export_dataset  # pyarrow: kept out of the workflow's start
+
     card = dataset_card(role, _read_json(data_card_path), sources, curate, configs(role))
     return export_dataset(kept_path, role, out_dir, card)
 
@@ -230,6 +231,8 @@ def export_curated(kept_path: str, data_card_path: str, role: str, sources: list
 def stage_dataset(dataset_dir: str, data_card_path: str, role: str, sources: list[dict], curate: dict,
                   publish: dict, out_dir: str) -> list[str]:
     """Stage an exported curated dataset with its card, carrying publish.license."""
+    from tunesmith.data.export_data import configs  # as in export_curated
+
     card = dataset_card(role, _read_json(data_card_path), sources, curate, configs(role), license=publish["license"])
     return stage_folder([("", dataset_dir)], out_dir, card)
 
