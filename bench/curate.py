@@ -112,13 +112,17 @@ REPETITION = {"min_chars": 20, "min_copies": 8, "min_share": 0.5, "max_unit_char
 
 
 def _repetitive(outputs: list[str]) -> list[bool]:
-    """The repetition rule on answers with spaces removed (the same numpy measure ours uses)."""
+    """The repetition rule on answers with spaces removed (the same numpy measure ours uses, a slice of
+    texts at a time as ours does)."""
     import pyarrow as pa
 
-    from tunesmith.data.measures import code_points, repetitions
+    from tunesmith.data.measures import SLICE_ROWS, code_points, repetitions
 
-    points, lengths = code_points(pa.array(outputs, pa.string()))
-    return [detail is not None for detail in repetitions(points, lengths, **REPETITION).to_pylist()]
+    found = []
+    for start in range(0, len(outputs), SLICE_ROWS):
+        points, lengths = code_points(pa.array(outputs[start:start + SLICE_ROWS], pa.string()))
+        found += [detail is not None for detail in repetitions(points, lengths, **REPETITION).to_pylist()]
+    return found
 
 
 def run_pandas(corpus_path: str, out: str) -> dict:

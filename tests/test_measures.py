@@ -72,3 +72,23 @@ def test_repetition_details_and_the_minimum_length():
         None, None]
     assert repetitions(points, lengths, min_chars=2, min_copies=3, min_share=0.5, max_unit_chars=30).to_pylist()[2] \
         == "'短い' repeated 3 times in a row, covering 1.0"
+
+
+def test_measuring_a_slice_at_a_time_gives_what_measuring_all_at_once_gives(monkeypatch):
+    """Curation measures texts SLICE_ROWS at a time (numpy's temporaries stay small); slice edges change
+    nothing, repetitions found across them included, nulls and empty texts too."""
+    from tunesmith.data import measures as module
+
+    settings = {"min_chars": 20, "min_copies": 8, "min_share": 0.5, "max_unit_chars": 30}
+    texts = _texts(200) + ["はい" * 40, None, "", "ok " * 30, "東京" * 12 + "です"] * 3
+    array = pa.array(texts, pa.string())
+    whole, compact, lengths = measure(array)
+    whole["repeated"] = repetitions(compact, lengths, **settings)
+    assert sum(detail is not None for detail in whole["repeated"].to_pylist()) >= 6
+    for rows in (1, 7, 64, len(texts), 10_000):
+        monkeypatch.setattr(module, "SLICE_ROWS", rows)
+        sliced = module.measure_slices(array, settings)
+        assert {name: column.to_pylist() for name, column in sliced.items()} == \
+               {name: column.to_pylist() for name, column in whole.items()}, rows
+    assert module.measure_slices(pa.array([], pa.string()), settings)["chars"].to_pylist() == []
+    assert "repeated" not in module.measure_slices(array)

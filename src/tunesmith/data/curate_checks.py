@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tunesmith.data.measures import SPACES_RE2, measure, repetitions
+from tunesmith.data.measures import REPETITION_KEYS, SPACES_RE2, measure_slices
 from tunesmith.data.normalize import clean_arrow, match_keys_arrow, normalize_arrow
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
@@ -107,14 +107,15 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
     key, and for the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or
     NULL). With a `tokenizer`, each field's token count too (`{field}_ntokens`, special tokens left out).
     Batches are computed on `threads` worker threads (Arrow's kernels and numpy release the GIL), read
-    from and written to DuckDB by this one in order, so `texts` is the same for any number of threads."""
+    from and written to DuckDB by this one; a row's columns depend on its own texts alone, so `texts`
+    holds the same rows for any number of threads (in no set order: what reads it joins or sorts by pos)."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
     starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `texts`
 
     def read(start: int) -> pa.Table:
         return con.sql(f"SELECT * FROM typed "
-                       f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1} ORDER BY pos").to_arrow_table()
+                       f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1}").to_arrow_table()
 
     def computed(batch: pa.Table) -> dict:
         raws = {f"{field}_raw" for field in fields}  # texts carries the rest of typed, which can then go
@@ -201,18 +202,16 @@ def _field_columns(field: str, text, shape: Shape, repetition: dict, normalize_t
     normalised = normalize_arrow(text)
     trained = normalised if normalize_training_text else clean_arrow(text)
     columns = {field: trained}
-    measures, compact, compact_lengths = measure(normalised)
+    taught = field == shape.taught
+    measures = measure_slices(normalised, {name: repetition[name] for name in REPETITION_KEYS} if taught else None)
     if not normalize_training_text:  # lengths are the trained text's
         chars = pc.utf8_length(trained).cast(pa.int64())
         spaces = pc.count_substring_regex(trained, SPACES_RE2).cast(pa.int64())
         measures |= {"chars": chars, "visible": pc.subtract(chars, spaces)}
     columns |= {f"{field}_{name}": measures[name] for name in MEASURES}
     columns[f"{field}_key"] = match_keys_arrow(normalised)
-    if field == shape.taught:
-        columns[f"{field}_repeated"] = repetitions(compact, compact_lengths, min_chars=repetition["min_chars"],
-                                                   min_copies=repetition["min_copies"],
-                                                   min_share=repetition["min_share"],
-                                                   max_unit_chars=repetition["max_unit_chars"])
+    if taught:
+        columns[f"{field}_repeated"] = measures["repeated"]
     return columns, normalised
 
 

@@ -106,6 +106,28 @@ def measure(text) -> tuple[dict, numpy.ndarray, numpy.ndarray]:
     return measures, points[~space], visible
 
 
+# numpy's temporaries take a few bytes per character measured. Texts are measured a slice of SLICE_ROWS
+# at a time, so that they stay small enough for the allocator to reuse (and in cache) rather than fresh
+# mappings the kernel faults in page by page: at 262,144 texts a time that was 0.1-0.6 s of system time
+# per batch of the bench corpus's answers, more than the measuring itself (bench/README.md).
+SLICE_ROWS = 16_384
+REPETITION_KEYS = ("min_chars", "min_copies", "min_share", "max_unit_chars")
+
+
+def measure_slices(text, repetition: dict | None = None) -> dict:
+    """`measure`'s measures of an Arrow string array, and with `repetition` (the settings of
+    `repetitions`, REPETITION_KEYS) the repetition found, as "repeated"; a slice of texts at a time."""
+    import pyarrow as pa
+
+    parts = []
+    for start in range(0, max(len(text), 1), SLICE_ROWS):
+        measures, points, lengths = measure(text.slice(start, SLICE_ROWS))
+        if repetition is not None:
+            measures["repeated"] = repetitions(points, lengths, **repetition)
+        parts.append(measures)
+    return {name: pa.concat_arrays([part[name] for part in parts]) for name in parts[0]}
+
+
 def repetitions(points: numpy.ndarray, lengths: numpy.ndarray, min_chars: int, min_copies: int, min_share: float,
                 max_unit_chars: int):
     """Per text given as code points with spaces removed: the repetition found, as the quarantine
