@@ -156,7 +156,7 @@ def test_loading_validates_the_sweep_once_and_plans_every_variant(monkeypatch):
     monkeypatch.chdir(REPO)
     validated = []
     schema_problems = recipe_module._schema_problems
-    monkeypatch.setattr(recipe_module, "_schema_problems", lambda r: validated.append(1) or schema_problems(r))
+    monkeypatch.setattr(recipe_module, "_schema_problems", lambda *a: validated.append(1) or schema_problems(*a))
     found = workflow.load({"recipe": "recipes/sweep.yaml"}, [], REPO, locate)
     assert len(found.variants) == 4 and len(validated) == 1 + 4
     assert set(found.plans) == {"", *found.variants}
