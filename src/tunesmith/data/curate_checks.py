@@ -1,5 +1,6 @@
 """Field checks: each record's canonical fields cleaned, normalised and measured in batches with Arrow
-kernels (`texts`), then one SQL CASE giving each row its first failing field reason (`checked`).
+kernels (`texts`, one batch at a time), then one SQL CASE giving each row its first failing field reason
+(`check_sql`, a SELECT over such a batch: each batch's rows are checked as they are written).
 
 A field is kept as it will be trained: cleaned of noise only (tunesmith.data.normalize.clean_text), or
 normalised when `curate.normalize_training_text` asks for it. Its lengths (characters, tokens) are
@@ -101,17 +102,19 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
 
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
-                    threads: int = 1) -> None:
-    """Table `texts`: per row of `typed`, its columns but the texts as read (so typed can go), each field
-    as it will be trained (cleaned; normalised when `normalize_training_text`), its measures, its match
-    key, and for the taught answer the repetition found (`{taught}_repeated`: the quarantine detail, or
-    NULL). With a `tokenizer`, each field's token count too (`{field}_ntokens`, special tokens left out).
+                    threads: int = 1, table: str = "texts", select: str = "SELECT * FROM texts") -> None:
+    """Table `table`: `select` over each batch of `texts`, which holds per row of `typed` its columns but
+    the texts as read (so typed can go), each field as it will be trained (cleaned; normalised when
+    `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
+    found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
+    count too (`{field}_ntokens`, special tokens left out). Only `table` is held in DuckDB, not `texts`.
     Batches are computed on `threads` worker threads (Arrow's kernels and numpy release the GIL), read
-    from and written to DuckDB by this one; a row's columns depend on its own texts alone, so `texts`
-    holds the same rows for any number of threads (in no set order: what reads it joins or sorts by pos)."""
+    from and written to DuckDB by this one; a row's columns depend on its own texts alone, so `table`
+    holds the same rows for any number of threads (in no set order: what reads it joins or sorts by pos)
+    when `select` reads each row alone (no aggregate, no window)."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
-    starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `texts`
+    starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `table`
 
     def read(start: int) -> pa.Table:
         return con.sql(f"SELECT * FROM typed "
@@ -146,10 +149,9 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
     def written(columns: dict) -> None:
         if tokenizer is not None:
             columns = counted(columns)
-        con.register("texts_batch", pa.table(columns))
-        con.execute("CREATE TEMP TABLE IF NOT EXISTS texts AS SELECT * FROM texts_batch LIMIT 0; "
-                    "INSERT INTO texts SELECT * FROM texts_batch")
-        con.unregister("texts_batch")
+        con.register("texts", pa.table(columns))
+        con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} AS {select} LIMIT 0; INSERT INTO {table} {select}")
+        con.unregister("texts")
 
     pending = deque()  # `threads` batches in work, one being written
     with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
@@ -179,6 +181,7 @@ def _churning_pool():
         yield
     finally:
         pa.set_memory_pool(previous)
+        pool.release_unused()
 
 
 # Below this share of distinct texts in a batch, computing per distinct text and taking the results
@@ -266,7 +269,8 @@ def _character_details(field: str) -> tuple[str, str]:
 
 
 def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
-    """Table `checked`: field-level reasons as one CASE yielding {reason, detail} (NULL: passed).
+    """SELECT over `texts` (see normalise_texts): field-level reasons as one CASE yielding {reason,
+    detail} (NULL: passed) as `verdict`, with the texts and keys later steps read.
     `counted`: tokens come from the tokenizer's counts (`normalise_texts`), not the estimate; a
     prompt's are the sum of its parts'."""
     fields = shape.required + shape.optional
@@ -328,11 +332,8 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     context_key = f"coalesce({shape.context}_key, '')" if shape.context else "''"
     prompt_key = " || ".join(f"coalesce({part}_key, '')" for part in shape.prompt_parts)
     return f"""
-CREATE TEMP TABLE checked AS
-WITH joined AS (
-  SELECT * FROM texts
-), measured AS (
-  SELECT *, {shape.prompt} AS prompt_text, {_prompt_measures(shape)} FROM joined
+WITH measured AS (
+  SELECT *, {shape.prompt} AS prompt_text, {_prompt_measures(shape)} FROM texts
 ), structural AS (
   SELECT *, {tokens_sql} FROM measured
 )

@@ -116,18 +116,18 @@ def _sql_path(path) -> str:  # COPY takes no parameter for its target
     return _quoted(str(path))
 
 
-# Row keys for the rows that passed every field check: the id hashes what exact dedup compares, so dedup
-# compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL, no copies).
+# Row keys for the rows that passed every field check: the id hashes what exact dedup compares (row_key),
+# so dedup compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL).
 KEYS_SQL = """
-CREATE TEMP TABLE keyed AS
-SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all), l.source, l.file, l.line,
+SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all, row_key), l.source, l.file, l.line,
   CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
-  sha256(CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END) AS id,
-  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), prompt_key, {response_keys}) END AS dedup_key,
+  sha256(row_key) AS id,
+  CASE WHEN {near} THEN row_key END AS dedup_key,
   CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys})
        END AS question_key,
   CASE WHEN {near} AND verdict IS NULL THEN context_key_all END AS context_key
-FROM checked c JOIN lines l USING (pos)
+FROM (SELECT *, CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key_all, {response_keys}) END AS row_key
+      FROM ({checked})) c JOIN lines l USING (pos)
 """
 
 # Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
@@ -151,28 +151,29 @@ WHERE k.verdict IS NULL AND length(t.task_key) < {n}
 """
 
 # Exact duplicates are only judged among rows that passed every other check, so a duplicate of a
-# broken row is kept and a duplicate of a contaminated row is reported as contaminated.
+# broken row is kept and a duplicate of a contaminated row is reported as contaminated. Each part reads
+# `keyed` itself: a CTE read twice is materialised, and spilled under a curate.memory_limit smaller than
+# the corpus (10M bench rows, 2GB: 41 s, against 13 s in this form; bench/README.md).
 DEDUP_SQL = f"""
 CREATE TEMP TABLE deduplicated AS
 WITH matched AS (
   SELECT pos, list(task_id ORDER BY task_id) AS task_ids,
     string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
   FROM contamination GROUP BY pos
-), ranked AS (
-  SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,
-    k.verdict, m.task_ids, m.matches, k.verdict IS NULL AND m.pos IS NULL AS passes
-  FROM keyed k LEFT JOIN matched m USING (pos)
 ), firsts AS (  -- each id's first copy in recipe order among the rows that pass (an aggregate, not a window)
-  SELECT id, min(pos) AS first_pos FROM ranked WHERE passes GROUP BY id
+  SELECT id, min(pos) AS first_pos FROM keyed WHERE verdict IS NULL AND pos NOT IN (SELECT pos FROM matched)
+  GROUP BY id
+), copies AS (  -- later copies among the rows that pass the field checks (contaminated ones are left out below)
+  SELECT k.pos, 'kept ' || (SELECT {REF} FROM keyed WHERE keyed.pos = f.first_pos) AS kept
+  FROM keyed k JOIN firsts f ON k.verdict IS NULL AND f.id = k.id AND k.pos > f.first_pos
 )
 -- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
-SELECT r.* EXCLUDE (verdict, task_ids, matches, passes),
-  CASE WHEN r.verdict IS NOT NULL THEN r.verdict
-       WHEN r.task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': r.matches}}
-       WHEN $dedup AND r.pos > f.first_pos THEN {{'reason': 'duplicate', 'detail': 'kept ' || (
-         SELECT {REF} FROM keyed WHERE keyed.pos = f.first_pos)}}
+SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,
+  CASE WHEN k.verdict IS NOT NULL THEN k.verdict
+       WHEN m.task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': m.matches}}
+       WHEN $dedup AND c.pos IS NOT NULL THEN {{'reason': 'duplicate', 'detail': c.kept}}
   END AS verdict
-FROM ranked r LEFT JOIN firsts f ON r.passes AND f.id = r.id
+FROM keyed k LEFT JOIN matched m USING (pos) LEFT JOIN copies c ON c.pos = k.pos AND m.pos IS NULL
 """
 
 # Mixing and the split: weights and caps per source, hashed on the row id with the seed. A row's rank
@@ -327,14 +328,13 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
     con.execute(typed_sql(shape, not_text))
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]  # DuckDB's: idle meanwhile
-    normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads)
-    con.execute("DROP TABLE typed")  # texts holds the rest of it
-    con.execute(check_sql(shape, settings, counted=tokenizer is not None))
-    # checked as a view read by keyed saves a table but runs out of memory under a small curate.memory_limit
-    con.execute("DROP TABLE texts")
+    # Each batch of texts is checked and keyed as it is written: `keyed` is the one table of texts held.
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
-    con.execute(KEYS_SQL.format(response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower()))
-    con.execute("DROP TABLE checked")  # keyed has all of it: hold one copy of the texts, not two
+    keys_sql = KEYS_SQL.format(checked=check_sql(shape, settings, counted=tokenizer is not None),
+                               response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower())
+    normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads,
+                    table="keyed", select=keys_sql)
+    con.execute("DROP TABLE typed")  # keyed holds the rest of it
     decontamination = settings["decontamination"]
     n = decontamination["ngram"]
     keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
