@@ -72,10 +72,10 @@ def strict_json_problems(raws):
 
 
 def typed_sql(shape: Shape, not_text: bool = False) -> str:
-    """Table `typed`: per record, each canonical field's JSON type, its text as read (for strings)
-    and its name as the record has it (a mapped column, a conversation turn), for details. With
-    `not_text`, a string from a column that table `not_text` lists (a Parquet timestamp, written as
-    JSON text) has that column's type instead, so it is a wrong type, not text."""
+    """View `typed` (read a batch at a time, never held whole): per record, each canonical field's JSON
+    type, its text as read (for strings) and its name as the record has it (a mapped column, a conversation
+    turn), for details. With `not_text`, a string from a column that table `not_text` lists (a Parquet
+    timestamp, written as JSON text) has that column's type instead, so it is a wrong type, not text."""
     names = shape.required + shape.optional
     # One parse of the record for all fields (a path list), then each small value typed and read.
     paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
@@ -95,7 +95,7 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
     # The characters that never train are found here, on the text as read (see _character_details).
     characters = ", ".join(f"{control} AS {f}_control, {replacement} AS {f}_replacement"
                            for f in names for control, replacement in [_character_details(f)])
-    return (f"CREATE TEMP TABLE typed AS SELECT *, {characters} FROM ("
+    return (f"CREATE TEMP VIEW typed AS SELECT *, {characters} FROM ("
             f"SELECT pos, s.source_rank, early_reason, early_detail, {fields} FROM "
             f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, {labels} "
             f"FROM styled) s {joins})")
@@ -104,7 +104,7 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
                     threads: int = 1, table: str = "texts", select: str = "SELECT * FROM texts") -> None:
     """Table `table`: `select` over each batch of `texts`, which holds per row of `typed` its columns but
-    the texts as read (so typed can go), each field as it will be trained (cleaned; normalised when
+    the texts as read, each field as it will be trained (cleaned; normalised when
     `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
     found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
     count too (`{field}_ntokens`, special tokens left out). Only `table` is held in DuckDB, not `texts`.

@@ -152,8 +152,7 @@ WHERE k.verdict IS NULL AND length(t.task_key) < {n}
 
 # Exact duplicates are only judged among rows that passed every other check, so a duplicate of a
 # broken row is kept and a duplicate of a contaminated row is reported as contaminated. Each part reads
-# `keyed` itself: a CTE read twice is materialised, and spilled under a curate.memory_limit smaller than
-# the corpus (10M bench rows, 2GB: 41 s, against 13 s in this form; bench/README.md).
+# `keyed` itself: DuckDB materialises a CTE read twice, which spills under a small curate.memory_limit.
 DEDUP_SQL = f"""
 CREATE TEMP TABLE deduplicated AS
 WITH matched AS (
@@ -297,8 +296,8 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
     order): leaves `lines` (the records as read but their text), the view `records` (with it), `keyed`
-    (their texts and keys) and `classified` (their outcomes), plus `contamination` and `clusters` for the
-    card. `settings` are curate settings with defaults; `tokenizer` (optional) counts tokens instead of
+    (their texts and measures; the keys are dropped once dedup has read them) and `classified` (their
+    outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults; `tokenizer` (optional) counts tokens instead of
     the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
@@ -313,14 +312,13 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
                                       "weight": pa.array([float(source.weight) for source in chosen], pa.float64()),
                                       "max_rows": pa.array([source.max_rows for source in chosen], pa.int64())}))
     # pos: the row number in its ingested file (written in file and line order) after the rows of the sources
-    # before it: no sort. `records` reads the raw lines, the largest column, from those files when a statement
-    # needs them (framing, the quarantine); they are not held in memory.
+    # before it: no sort. `records` reads the raw lines from those files when a statement needs them, never
+    # held; one SELECT per file, so a range of pos reaches each reader and a text batch reads its row groups.
     offsets = numpy.cumsum([0] + [pq.read_metadata(path).num_rows for path in paths]).tolist()
-    ranks = ", ".join(f"({_quoted(source.id)}, {source.rank}, {offset})" for source, offset in zip(chosen, offsets))
-    con.execute(f"""CREATE TEMP VIEW records AS
-        SELECT r.rows_before + i.file_row_number + 1 AS pos, r.source_rank, i.* EXCLUDE (file_row_number)
-        FROM read_parquet([{", ".join(map(_sql_path, paths))}], file_row_number = true) i
-        JOIN (VALUES {ranks}) AS r(source, source_rank, rows_before) USING (source)""")
+    con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(
+        f"SELECT {offset} + file_row_number + 1 AS pos, {source.rank} AS source_rank, * EXCLUDE (file_row_number) "
+        f"FROM read_parquet({_sql_path(path)}, file_row_number = true)"
+        for source, path, offset in zip(chosen, paths, offsets)))
     con.execute("CREATE TEMP TABLE lines AS SELECT * EXCLUDE (raw) FROM records")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
@@ -334,7 +332,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
                                response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower())
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads,
                     table="keyed", select=keys_sql)
-    con.execute("DROP TABLE typed")  # keyed holds the rest of it
+    con.execute("DROP VIEW typed")
     decontamination = settings["decontamination"]
     n = decontamination["ngram"]
     keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
@@ -343,6 +341,8 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         n=n, threshold=decontamination["threshold"], task_grams=ngrams_sql("task_key", n), texts=", ".join(keys),
         row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
     con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
+    for column in keys + ["dedup_key", "question_key", "context_key"]:  # read up to here: less to hold and spill
+        con.execute(f"ALTER TABLE keyed DROP COLUMN {column}")
     near_duplicates(con, settings["near_dedup"], seed)
     capped = any(source.max_rows is not None for source in chosen)
     con.execute(MIX_SQL.replace("{mix_rank}", MIX_RANK if capped else "NULL::BIGINT"),
