@@ -102,7 +102,7 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
 
 
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
-                    threads: int = 1, table: str = "texts", select: str = "SELECT * FROM texts") -> None:
+                    threads: int = 1, *, table: str, select: str) -> None:
     """Table `table`: `select` over each batch of `texts`, which holds per row of `typed` its columns but
     the texts as read, each field as it will be trained (cleaned; normalised when
     `normalize_training_text`), its measures, its match key, and for the taught answer the repetition
