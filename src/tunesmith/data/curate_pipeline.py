@@ -34,14 +34,13 @@ from tunesmith.data.styles import STYLES, Rejected, json_object
 
 # Priority order: a row that fails several checks is quarantined for the first. The reader's own
 # reasons (bad bytes, a CSV row of the wrong width or broken quoting, a line over curate.max_line_bytes:
-# too_long, whatever its place here) come first; the record style's (a conversation
-# without an answer, judges that tie or disagree) come after the checks of the fields they read.
+# too_long, whatever its place here) come first; the record style's (a conversation without an answer,
+# judges that tie or disagree) come after the checks of the fields they read.
 REASONS = ("invalid_utf8", "wrong_column_count", "malformed_csv", "blank_line", "invalid_json", "not_object",
            "duplicate_key", "missing_field", "wrong_type", "bad_conversation", "judge_invalid", "judge_tie",
            "judge_disagree", "empty_field", "control_characters", "replacement_character", "too_short", "too_long",
            "too_few_tokens", "too_many_tokens", "chosen_equals_rejected", "not_japanese", "blocked", "repetitive",
            "contaminated", "duplicate", "near_duplicate", "downsampled", "over_cap")
-
 
 SPLITS = ("train", "validation")
 
@@ -208,8 +207,9 @@ SELECT * EXCLUDE (verdict),
 FROM capped
 """
 
-KEPT_SQL = """SELECT c.id, c.source, c.file, c.line, {columns}, c.split
-FROM classified c JOIN keyed k ON k.pos = c.pos{copies} WHERE c.outcome IS NULL ORDER BY c.pos{copy}"""
+# The kept file's sort is curation's memory peak: the join's table holds the kept rows' pos, split and copies.
+KEPT_SQL = """SELECT k.id, k.source, k.file, k.line, {columns}, c.split FROM (SELECT pos, split, copies FROM classified
+WHERE outcome IS NULL) c JOIN keyed k ON k.pos = c.pos{copies} ORDER BY c.pos{copy}"""
 
 
 def kept_sql(columns: str, chosen: list[Source]) -> str:
@@ -296,9 +296,9 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
     order): leaves `lines` (the records as read but their text), the view `records` (with it), `keyed`
-    (their texts and measures; the keys are dropped once dedup has read them) and `classified` (their
-    outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults; `tokenizer` (optional) counts tokens instead of
-    the estimate."""
+    (texts and measures; keys dropped once dedup has read them) and `classified` (their outcomes), plus
+    `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
+    `tokenizer` (optional) counts tokens instead of the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")
     con.create_function("canonical", canonical_function(chosen), ["INTEGER", "VARCHAR"],
