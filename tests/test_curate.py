@@ -641,3 +641,31 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     reasons = Counter(row["reason"] for row in quarantined)
     assert reasons["repetitive"] == 2 * 3 and reasons["missing_field"] == 2 * 3, reasons
     assert reasons["duplicate"] >= 2 * len(kept), reasons
+
+
+def test_a_mapped_record_is_converted_once_though_its_fields_are_read_a_batch_at_a_time(tmp_path, monkeypatch):
+    """The typed fields are a view read one text batch at a time; a record's style conversion (Python, per
+    record) must still run once, with batches that cross from one source into the next."""
+    import tunesmith.data.curate_checks as checks
+    import tunesmith.data.curate_pipeline as pipeline
+
+    converted = Counter()
+    original = pipeline.canonical_function
+
+    def counting(sources):
+        apply = original(sources)
+
+        def counted(ranks, raws):
+            converted.update(raws.to_pylist())
+            return apply(ranks, raws)
+        return counted
+
+    monkeypatch.setattr(pipeline, "canonical_function", counting)
+    monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 700)
+    mapped = {"columns": {"instruction": "question", "output": "answer"}}
+    files = {name: "".join(json.dumps({"question": f"{name}の質問{i}について教えてください。",
+                                       "answer": f"答えは{i}です。よろしくお願いします。"}, ensure_ascii=False) + "\n"
+                           for i in range(1_000)).encode() for name in ("first", "second")}
+    card, kept, _ = run(tmp_path, files, extra={"first": mapped, "second": mapped})
+    assert len(converted) == 2_000 and set(converted.values()) == {1}
+    assert len(kept) == 2_000
