@@ -541,7 +541,7 @@ def test_the_written_files_do_not_depend_on_the_number_of_threads(tmp_path, monk
     be byte for byte those of one thread, over many row groups and batches (both made small here)."""
     import tunesmith.data.curate_checks as checks
 
-    monkeypatch.setattr(curate_module, "ROW_GROUP_ROWS", 2048)  # DuckDB's smallest row group
+    monkeypatch.setattr(curate_module, "ROW_GROUP_ROWS", 3000)  # not a multiple of DuckDB's 2048-row chunks
     monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 1500)
     data = _corpus(15_000)
     written = []
@@ -549,10 +549,48 @@ def test_the_written_files_do_not_depend_on_the_number_of_threads(tmp_path, monk
         card, kept, quarantined = run(tmp_path, {"a": data}, near_dedup={"enabled": False}, threads=threads)
         out = tmp_path / "out"
         written.append([(out / name).read_bytes() for name in ("kept.parquet", "quarantine.parquet", "card.json")])
-    assert pq.ParquetFile(tmp_path / "out" / "kept.parquet").metadata.num_row_groups >= 5
+    layout = pq.ParquetFile(tmp_path / "out" / "kept.parquet").metadata
+    assert layout.num_row_groups >= 5  # of exactly ROW_GROUP_ROWS rows, but the last
+    assert {layout.row_group(index).num_rows for index in range(layout.num_row_groups - 1)} == {3000}
     assert written[1] == written[0] and written[2] == written[0]
     assert [row["line"] for row in kept] == sorted(row["line"] for row in kept)
     assert card["totals"]["kept"] > 8_000 and card["totals"]["quarantined"]["duplicate"] > 1_000, card["totals"]
+
+
+def test_the_row_groups_are_exactly_row_group_rows_whatever_batches_duckdb_hands_over(tmp_path, monkeypatch):
+    """DuckDB hands a query's rows over in batches cut where its scan's parts end (short ones among them);
+    the written row groups are exactly ROW_GROUP_ROWS rows all the same, the rows in the query's order."""
+    import duckdb
+
+    monkeypatch.setattr(curate_module, "ROW_GROUP_ROWS", 3000)
+    query = "SELECT pos, 'row ' || pos AS text FROM t WHERE pos % 7 <> 0"
+    with duckdb.connect(config={"threads": 2}) as con:
+        con.execute("CREATE TABLE t AS SELECT range AS pos FROM range(400000)")  # DuckDB's row groups: 122,880 rows
+        assert {batch.num_rows for batch in con.sql(query).to_arrow_reader(3000)} - {3000}  # short batches come
+        curate_module._write_rows(con, query, tmp_path / "rows.parquet")
+    layout = pq.ParquetFile(tmp_path / "rows.parquet").metadata
+    assert {layout.row_group(index).num_rows for index in range(layout.num_row_groups - 1)} == {3000}
+    assert pq.read_table(tmp_path / "rows.parquet")["pos"].to_pylist() == [pos for pos in range(400000) if pos % 7]
+
+
+def test_the_kept_rows_keep_recipe_order_when_a_text_batch_comes_out_of_order(tmp_path, monkeypatch):
+    """The kept file is one scan of `keyed`, in the order the text batches were written: each batch is put in
+    pos order first (typed's joins with not_text may hand its rows out of order; here they come backwards),
+    so the files are those of batches read in order."""
+    import tunesmith.data.curate_checks as checks
+    import tunesmith.data.curate_pipeline as pipeline
+
+    monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 1500)
+    data = _corpus(6_000)
+    written, typed_sql = [], pipeline.typed_sql
+    for backwards in (False, True):
+        if backwards:
+            monkeypatch.setattr(pipeline, "typed_sql", lambda *args: typed_sql(*args) + " ORDER BY pos DESC")
+        card, kept, quarantined = run(tmp_path, {"a": data}, near_dedup={"enabled": False})
+        out = tmp_path / "out"
+        written.append([(out / name).read_bytes() for name in ("kept.parquet", "quarantine.parquet", "card.json")])
+    assert written[1] == written[0]
+    assert [row["line"] for row in kept] == sorted(row["line"] for row in kept) and len(kept) > 4_000
 
 
 KILLED_CURATION = """
@@ -566,8 +604,7 @@ def classify_then_arm(con, *args):
     con.create_function("die", lambda pos: os.kill(os.getpid(), signal.SIGKILL), ["BIGINT"], "BIGINT")
 
 curate_module.classify = classify_then_arm
-import tunesmith.data.curate_pipeline as pipeline
-pipeline.KEPT_SQL = pipeline.KEPT_SQL.replace("c.split", "c.split, die(c.pos) AS dies")  # in the write
+curate_module.KEPT_SQL = curate_module.KEPT_SQL.replace("AS split", "AS split, die(pos) AS dies")  # in the write
 source = {"id": "a", "path": sys.argv[1], "format": "jsonl", "role": "sft"}
 out = sys.argv[2]
 ingest_source(source, sys.argv[3])  # the workflow's ingest job

@@ -18,11 +18,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tunesmith.config.schema import with_defaults
 from tunesmith.data.card import card_data, lengths, summary
 from tunesmith.data.curate_checks import SHAPES
-from tunesmith.data.curate_pipeline import QUARANTINE_SQL, REASONS, SPLITS, CurationError, _sql_path, classify, kept_sql
+from tunesmith.data.curate_pipeline import REASONS, SPLITS, CurationError, _sql_path, classify
 from tunesmith.data.ingest import ingest_source, ingested_source
 from tunesmith.data.sources import IngestError, Source, check_settings, resolve_sources, source_with_defaults
 from tunesmith.data.tasks import read_tasks
@@ -66,7 +68,7 @@ def _matched_ingests(chosen: list[Source], ingested: list[str]) -> tuple[list[st
 
 def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, quarantined: Path) -> dict:
     """Per-source counts read back from the written files; raise if any record went missing or doubled."""
-    rows_in = dict(con.execute("SELECT source, count(*) FROM lines GROUP BY source").fetchall())
+    rows_in = dict(con.execute("SELECT source, count(*) FROM records GROUP BY source").fetchall())
     found = {source.id: Counter() for source in chosen}
     written = {source.id: Counter() for source in chosen}
     for source, outcome, n in con.execute(
@@ -153,9 +155,53 @@ def _local_tokenizer(path: str | None, trust_remote_code: bool):
         return None, f"the tokenizer {path} is not available locally ({type(error).__name__}), so tokens are estimated"
 
 
-ROW_GROUP_ROWS = 122_880  # DuckDB's default, written out: the files' layout is part of what curation promises
+ROW_GROUP_ROWS = 122_880  # DuckDB's default; the files' layout is part of what curation promises
+LABELS = ("source", "file", "split", "reason")  # the written columns worth a Parquet dictionary
 MIXING = ("downsampled", "over_cap")  # the recipe's choice, not a loss
 TOP_REASONS = 3
+
+
+# The kept rows in recipe order: one scan of `keyed` (written in pos order; a scan keeps it) filtered by
+# bitstrings over pos of the kept rows and of those that validate. Joined with `classified`, the rows
+# and their texts would have to be sorted: that sort was curation's memory peak. A source of weight
+# above 1 (none in our recipes) writes some rows `copies` times: joined and sorted.
+KEPT_SQL = """SELECT id, source, file, line, {columns}, CASE WHEN get_bit(getvariable('validation_rows'),
+  (pos - {first})::INTEGER) = 1 THEN 'validation' ELSE 'train' END AS split
+FROM keyed WHERE get_bit(getvariable('kept_rows'), (pos - {first})::INTEGER) = 1"""
+WEIGHTED_SQL = """SELECT k.id, k.source, k.file, k.line, {columns}, c.split FROM (SELECT pos, split, copies
+FROM classified WHERE outcome IS NULL) c JOIN keyed k ON k.pos = c.pos, range(c.copies) AS r(copy) ORDER BY c.pos, copy"""
+ROWS_SQL = "SET VARIABLE {name} = (SELECT bitstring_agg(pos, {first}, {last}) FROM classified WHERE outcome IS NULL{rows})"
+
+
+def kept_sql(con, columns: str, chosen: list[Source]) -> str:
+    """The query of the kept rows' file (KEPT_SQL, whose variables it sets on `con`, or WEIGHTED_SQL)."""
+    if any(source.weight > 1 for source in chosen):
+        return WEIGHTED_SQL.format(columns=columns)
+    first, last = con.execute("SELECT coalesce(min(pos), 0), coalesce(max(pos), 0) FROM classified").fetchall()[0]
+    for name, rows in (("kept_rows", ""), ("validation_rows", " AND split = 'validation'")):
+        con.execute(ROWS_SQL.format(name=name, first=first, last=last, rows=rows))
+    return KEPT_SQL.format(columns=columns, first=first)
+
+
+QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
+FROM classified JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
+
+
+def _write_rows(con, query: str, path) -> None:
+    """The rows of `query`, in its order, to a Parquet file in row groups of exactly ROW_GROUP_ROWS rows, held
+    a row group at a time. The bytes depend on the rows alone, not on the threads: DuckDB's own COPY cuts
+    row groups where its scan's batches end (tests/test_curate.py compares the files of 1, 2 and 3 threads)."""
+    reader = con.sql(query).to_arrow_reader(ROW_GROUP_ROWS)
+    labels = [name for name in reader.schema.names if name in LABELS]
+    with pq.ParquetWriter(path, reader.schema, use_dictionary=labels) as writer:
+        rest = reader.schema.empty_table()
+        for batch in reader:
+            rest = pa.concat_tables([rest, pa.Table.from_batches([batch])])
+            while rest.num_rows >= ROW_GROUP_ROWS:
+                writer.write_table(rest.slice(0, ROW_GROUP_ROWS), ROW_GROUP_ROWS)
+                rest = rest.slice(ROW_GROUP_ROWS)
+        if rest.num_rows:
+            writer.write_table(rest, ROW_GROUP_ROWS)
 
 
 def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: float, several_files: list) -> None:
@@ -243,13 +289,8 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
         log.info("curation of %s: %d sources read, every record classified, %s in; writing the rows",
                  role, len(chosen), duration(time.monotonic() - started))
         with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
-            # The Parquet bytes do not depend on the threads: both queries are ORDER BY, and with insertion
-            # order preserved DuckDB's Parquet COPY cuts row groups of exactly ROW_GROUP_ROWS rows in that
-            # order (tests/test_curate.py compares the files of 1 and 2 threads). atomic_path already
-            # writes beside the output; DuckDB's own tmp_ copy would be one more file a kill leaves.
-            written = f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, USE_TMP_FILE false)"
-            con.execute(f"COPY ({kept_sql(shape.kept_columns, chosen)}) TO {_sql_path(kept)} {written}")
-            con.execute(f"COPY ({QUARANTINE_SQL}) TO {_sql_path(quarantined)} {written}")
+            _write_rows(con, kept_sql(con, shape.kept_columns, chosen), kept)
+            _write_rows(con, QUARANTINE_SQL, quarantined)
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
             card = card_data(con, role, shape, counts, seed)

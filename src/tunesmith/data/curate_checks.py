@@ -96,7 +96,7 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
     characters = ", ".join(f"{control} AS {f}_control, {replacement} AS {f}_replacement"
                            for f in names for control, replacement in [_character_details(f)])
     return (f"CREATE TEMP VIEW typed AS SELECT *, {characters} FROM ("
-            f"SELECT pos, s.source_rank, early_reason, early_detail, {fields} FROM "
+            f"SELECT pos, s.source_rank, s.source, s.file, s.line, early_reason, early_detail, {fields} FROM "
             f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, {labels} "
             f"FROM styled) s {joins})")
 
@@ -109,16 +109,16 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
     found (`{taught}_repeated`: the quarantine detail, or NULL). With a `tokenizer`, each field's token
     count too (`{field}_ntokens`, special tokens left out). Only `table` is held in DuckDB, not `texts`.
     Batches are computed on `threads` worker threads (Arrow's kernels and numpy release the GIL), read
-    from and written to DuckDB by this one; a row's columns depend on its own texts alone, so `table`
-    holds the same rows for any number of threads (in no set order: what reads it joins or sorts by pos)
-    when `select` reads each row alone (no aggregate, no window)."""
+    from and written to DuckDB by this one, in pos order; a row's columns depend on its own texts alone.
+    When `select` keeps the rows' order (one table, no join, aggregate or window), `table` holds the same
+    rows in pos order for any number of threads, and a scan of it reads them in that order."""
     fields = shape.required + shape.optional
     first, last = con.execute("SELECT coalesce(min(pos), 1), coalesce(max(pos), 0) FROM typed").fetchall()[0]
     starts = list(range(first, max(last, first) + 1, TEXT_BATCH_ROWS))  # an empty table still makes `table`
 
-    def read(start: int) -> pa.Table:
-        return con.sql(f"SELECT * FROM typed "
-                       f"WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1}").to_arrow_table()
+    def read(start: int) -> pa.Table:  # in pos order, which typed keeps but after its joins with not_text
+        batch = con.sql(f"SELECT * FROM typed WHERE pos BETWEEN {start} AND {start + TEXT_BATCH_ROWS - 1}").to_arrow_table()
+        return batch if pc.all(pc.less(batch["pos"][:-1], batch["pos"][1:])).as_py() else batch.sort_by("pos")
 
     def computed(batch: pa.Table) -> dict:
         raws = {f"{field}_raw" for field in fields}  # texts carries the rest of typed, which can then go
@@ -337,7 +337,7 @@ WITH measured AS (
 ), structural AS (
   SELECT *, {tokens_sql} FROM measured
 )
-SELECT pos, source_rank, prompt_text,
+SELECT pos, source_rank, source, file, line, prompt_text,
   {", ".join(shape.responses)}, {", ".join(f"{text}_chars, {text}_tokens" for text in measured)},
   {prompt_key} AS prompt_key_all, {shape.instruction}_key AS instruction_key_all, {context_key} AS context_key_all,
   {", ".join(f"{r}_key" for r in shape.responses)},

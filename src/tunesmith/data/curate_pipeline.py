@@ -118,7 +118,7 @@ def _sql_path(path) -> str:  # COPY takes no parameter for its target
 # Row keys for the rows that passed every field check: the id hashes what exact dedup compares (row_key),
 # so dedup compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL).
 KEYS_SQL = """
-SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all, row_key), l.source, l.file, l.line,
+SELECT * EXCLUDE (prompt_key_all, instruction_key_all, context_key_all, row_key),
   CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
   sha256(row_key) AS id,
   CASE WHEN {near} THEN row_key END AS dedup_key,
@@ -126,7 +126,7 @@ SELECT c.* EXCLUDE (prompt_key_all, instruction_key_all, context_key_all, row_ke
        END AS question_key,
   CASE WHEN {near} AND verdict IS NULL THEN context_key_all END AS context_key
 FROM (SELECT *, CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key_all, {response_keys}) END AS row_key
-      FROM ({checked})) c JOIN lines l USING (pos)
+      FROM ({checked}))
 """
 
 # Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
@@ -207,21 +207,6 @@ SELECT * EXCLUDE (verdict),
 FROM capped
 """
 
-# The kept file's sort is curation's memory peak: the join's table holds the kept rows' pos, split and copies.
-KEPT_SQL = """SELECT k.id, k.source, k.file, k.line, {columns}, c.split FROM (SELECT pos, split, copies FROM classified
-WHERE outcome IS NULL) c JOIN keyed k ON k.pos = c.pos{copies} ORDER BY c.pos{copy}"""
-
-
-def kept_sql(columns: str, chosen: list[Source]) -> str:
-    """The kept rows' file in recipe order; a source of weight above 1 writes some rows `copies` times."""
-    several = any(source.weight > 1 for source in chosen)
-    return KEPT_SQL.format(columns=columns, copies=", range(c.copies) AS r(copy)" if several else "",
-                           copy=", copy" if several else "")
-
-
-QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
-FROM classified JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
-
 
 def _check_columns(con, chosen: list[Source]) -> None:
     """A column the style reads (or the recipe maps) that no record has is a recipe mistake, not dirt:
@@ -295,7 +280,7 @@ def canonical_function(sources: list[Source]):
 def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
-    order): leaves `lines` (the records as read but their text), the view `records` (with it), `keyed`
+    order): leaves the view `records` (the records as read; pos, source, file, line, raw), `keyed`
     (texts and measures; keys dropped once dedup has read them) and `classified` (their outcomes), plus
     `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
     `tokenizer` (optional) counts tokens instead of the estimate."""
@@ -319,7 +304,6 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         f"SELECT {offset} + file_row_number + 1 AS pos, {source.rank} AS source_rank, * EXCLUDE (file_row_number) "
         f"FROM read_parquet({_sql_path(path)}, file_row_number = true)"
         for source, path, offset in zip(chosen, paths, offsets)))
-    con.execute("CREATE TEMP TABLE lines AS SELECT * EXCLUDE (raw) FROM records")
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
     not_text = _register_not_text(con, chosen, paths)
