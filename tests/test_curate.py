@@ -595,29 +595,31 @@ def test_the_kept_rows_keep_recipe_order_when_a_text_batch_comes_out_of_order(tm
 
 KILLED_CURATION = """
 import os, signal, sys
+import pyarrow.parquet as pq
 import tunesmith.data.curate as curate_module
 from tunesmith.data.ingest import ingest_source
-classify = curate_module.classify
-
-def classify_then_arm(con, *args):
-    classify(con, *args)
-    con.create_function("die", lambda pos: os.kill(os.getpid(), signal.SIGKILL), ["BIGINT"], "BIGINT")
-
-curate_module.classify = classify_then_arm
-curate_module.KEPT_SQL = curate_module.KEPT_SQL.replace("AS split", "AS split, die(pos) AS dies")  # in the write
 source = {"id": "a", "path": sys.argv[1], "format": "jsonl", "role": "sft"}
 out = sys.argv[2]
 ingest_source(source, sys.argv[3])  # the workflow's ingest job
+write_table, calls = pq.ParquetWriter.write_table, []
+
+def write_then_die(writer, *args, **kwargs):  # the kept file is written first: killed after its third row group
+    write_table(writer, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+pq.ParquetWriter.write_table, curate_module.ROW_GROUP_ROWS = write_then_die, 2048
 curate_module.curate([source], "sft", "none", {"decontaminate": False, "min_kept_share": 0}, f"{out}/kept.parquet",
                      f"{out}/quarantine.parquet", f"{out}/card.json", ingested=[sys.argv[3]], memory_limit="32MB")
 """
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_a_curation_killed_while_duckdb_writes_leaves_only_partials_its_rerun_removes(tmp_path):
-    """Issue 19: DuckDB's own `tmp_*.partial` of a killed job stayed forever. The kill leaves only our
-    temporaries beside the outputs (the spill folder too; nothing in TMPDIR), and the rerun's cleanup
-    (`remove_stale_partials`, as `recorded` runs it) removes every one."""
+def test_a_curation_killed_while_it_writes_leaves_only_partials_its_rerun_removes(tmp_path):
+    """Issue 19: DuckDB's own `tmp_*.partial` of a killed job stayed forever. A kill while the kept file is
+    half written leaves only our temporaries beside the outputs (the spill folder too; nothing in TMPDIR),
+    and the rerun's cleanup (`remove_stale_partials`, as `recorded` runs it) removes every one."""
     corpus, out, scratch = tmp_path / "a.jsonl", tmp_path / "out", tmp_path / "tmp"
     corpus.write_bytes(_corpus(20_000))
     scratch.mkdir()
@@ -626,6 +628,8 @@ def test_a_curation_killed_while_duckdb_writes_leaves_only_partials_its_rerun_re
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
     left = sorted(path.name for path in out.iterdir())
     assert any(name.startswith(".kept.parquet.spill-") for name in left), left
+    assert any(name.startswith(".kept.parquet.") and (out / name).is_file() and (out / name).stat().st_size > 2**14
+               for name in left), left  # the half-written file
     assert all(name.startswith((".kept.parquet.", ".quarantine.parquet.")) and name.endswith(".partial")
                for name in left), left
     assert not list(scratch.iterdir())

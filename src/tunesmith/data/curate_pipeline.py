@@ -111,7 +111,7 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _sql_path(path) -> str:  # COPY takes no parameter for its target
+def _sql_path(path) -> str:  # a path as a SQL literal: a view holds no parameter
     return _quoted(str(path))
 
 

@@ -59,8 +59,8 @@ def remove_stale_partials(final: str | os.PathLike) -> list[Path]:
     final = Path(final)
     # tempfile's random part has no dot, so `.out.jsonl.manifest.json.<random>.partial` (another
     # output's temporary) is not taken for one of `out.jsonl`.
-    # DuckDB's COPY writes `tmp_<target>` beside its target first (curation turns that off, but a
-    # file a killed older run left is cleared all the same).
+    # DuckDB's COPY writes `tmp_<target>` beside its target first: curation no longer writes with
+    # COPY, but such a file a killed older run left is cleared all the same.
     own = re.compile(rf"(tmp_)?\.{re.escape(final.name)}\.[^.]+{re.escape(PARTIAL)}")
     if not final.parent.is_dir():
         return []
