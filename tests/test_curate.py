@@ -557,20 +557,27 @@ def test_the_written_files_do_not_depend_on_the_number_of_threads(tmp_path, monk
     assert card["totals"]["kept"] > 8_000 and card["totals"]["quarantined"]["duplicate"] > 1_000, card["totals"]
 
 
-def test_the_row_groups_are_exactly_row_group_rows_whatever_batches_duckdb_hands_over(tmp_path, monkeypatch):
-    """DuckDB hands a query's rows over in batches cut where its scan's parts end (short ones among them);
-    the written row groups are exactly ROW_GROUP_ROWS rows all the same, the rows in the query's order."""
+def test_the_written_bytes_depend_on_the_rows_alone_not_on_the_batches_duckdb_hands_them_in(tmp_path, monkeypatch):
+    """DuckDB hands a query's rows over in batches cut where its scan's parts end (short ones among them, as
+    timing has it): the row groups are exactly ROW_GROUP_ROWS rows all the same, and the bytes are those of
+    the same rows handed over in other batches (sorted: whole ones), pages of 1 MiB cut at the same rows."""
     import duckdb
 
     monkeypatch.setattr(curate_module, "ROW_GROUP_ROWS", 3000)
-    query = "SELECT pos, 'row ' || pos AS text FROM t WHERE pos % 7 <> 0"
+    rows = "SELECT pos, repeat(md5(pos::VARCHAR), 1 + pos % 40) AS text FROM t WHERE pos % 7 <> 0"
+    written = []
     with duckdb.connect(config={"threads": 2}) as con:
-        con.execute("CREATE TABLE t AS SELECT range AS pos FROM range(400000)")  # DuckDB's row groups: 122,880 rows
-        assert {batch.num_rows for batch in con.sql(query).to_arrow_reader(3000)} - {3000}  # short batches come
-        curate_module._write_rows(con, query, tmp_path / "rows.parquet")
+        con.execute("CREATE TABLE t AS SELECT range AS pos FROM range(250000)")  # DuckDB's row groups: 122,880 rows
+        for query in (rows, rows + " ORDER BY pos"):
+            written.append({batch.num_rows for batch in con.sql(query).to_arrow_reader(3000)})
+            curate_module._write_rows(con, query, tmp_path / "rows.parquet")
+            written.append((tmp_path / "rows.parquet").read_bytes())
+    assert written[0] - {3000} and written[0] != written[2]  # short batches, not the same ones
+    assert written[1] == written[3]
     layout = pq.ParquetFile(tmp_path / "rows.parquet").metadata
     assert {layout.row_group(index).num_rows for index in range(layout.num_row_groups - 1)} == {3000}
-    assert pq.read_table(tmp_path / "rows.parquet")["pos"].to_pylist() == [pos for pos in range(400000) if pos % 7]
+    assert layout.row_group(0).column(1).total_uncompressed_size > 2**20  # more than one page
+    assert pq.read_table(tmp_path / "rows.parquet")["pos"].to_pylist() == [pos for pos in range(250000) if pos % 7]
 
 
 def test_the_kept_rows_keep_recipe_order_when_a_text_batch_comes_out_of_order(tmp_path, monkeypatch):

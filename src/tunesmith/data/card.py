@@ -19,12 +19,14 @@ EXAMPLES_PER_REASON = 3
 KEPT_EXAMPLES = 3
 EXAMPLE_CHARS = 1000  # a 10 MB record would make the card unreadable
 CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (all are counted)
-EXAMPLES_SQL = f"""SELECT outcome.reason, source, file, line, outcome.detail, left(raw, {EXAMPLE_CHARS}) FROM classified
-JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL
-QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n ORDER BY pos"""
-KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM classified JOIN keyed USING (pos, source, file, line)
-WHERE outcome IS NULL
-ORDER BY uniform(pos, $seed, 'example') LIMIT $n"""
+# The examples are drawn from `classified` alone; only theirs are read from the raw records or the texts.
+EXAMPLES_SQL = f"""SELECT e.reason, source, file, line, e.detail, left(raw, {EXAMPLE_CHARS}) FROM (
+  SELECT pos, outcome.reason AS reason, outcome.detail AS detail FROM classified WHERE outcome IS NOT NULL
+  QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n
+) e JOIN records USING (pos) ORDER BY pos"""
+KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM (SELECT pos, split FROM classified
+WHERE outcome IS NULL ORDER BY uniform(pos, $seed, 'example') LIMIT $n) c JOIN keyed USING (pos)
+ORDER BY uniform(pos, $seed, 'example')"""
 CONTAMINATION_CARD_SQL = """SELECT d.source, d.file, d.line, c.task_id, round(c.overlap, 4) FROM contamination c
 JOIN classified d USING (pos) WHERE d.outcome.reason = 'contaminated' ORDER BY pos, task_id"""
 CLUSTERS_CARD_SQL = """SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) AS size, d.source, d.file, d.line,

@@ -189,8 +189,9 @@ FROM classified JOIN records USING (pos, source, file, line) WHERE outcome IS NO
 
 def _write_rows(con, query: str, path) -> None:
     """The rows of `query`, in its order, to a Parquet file in row groups of exactly ROW_GROUP_ROWS rows, held
-    a row group at a time. The bytes depend on the rows alone, not on the threads: DuckDB's own COPY cuts
-    row groups where its scan's batches end (tests/test_curate.py compares the files of 1, 2 and 3 threads)."""
+    a row group at a time. The bytes depend on the rows alone, not on how DuckDB hands them over (its own
+    COPY cuts row groups where its scan's batches end; Arrow's writer cuts pages where a chunk ends, so
+    each row group is written as one chunk)."""
     reader = con.sql(query).to_arrow_reader(ROW_GROUP_ROWS)
     labels = [name for name in reader.schema.names if name in LABELS]
     with pq.ParquetWriter(path, reader.schema, use_dictionary=labels) as writer:
@@ -198,10 +199,10 @@ def _write_rows(con, query: str, path) -> None:
         for batch in reader:
             rest = pa.concat_tables([rest, pa.Table.from_batches([batch])])
             while rest.num_rows >= ROW_GROUP_ROWS:
-                writer.write_table(rest.slice(0, ROW_GROUP_ROWS), ROW_GROUP_ROWS)
+                writer.write_table(rest.slice(0, ROW_GROUP_ROWS).combine_chunks(), ROW_GROUP_ROWS)
                 rest = rest.slice(ROW_GROUP_ROWS)
         if rest.num_rows:
-            writer.write_table(rest, ROW_GROUP_ROWS)
+            writer.write_table(rest.combine_chunks(), ROW_GROUP_ROWS)
 
 
 def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: float, several_files: list) -> None:
