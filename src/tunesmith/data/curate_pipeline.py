@@ -104,9 +104,6 @@ def _ref(row: str = "") -> str:
             f"ELSE '' END || {row}line")
 
 
-REF = _ref()
-
-
 def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -158,12 +155,14 @@ WITH matched AS (
   SELECT pos, list(task_id ORDER BY task_id) AS task_ids,
     string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
   FROM contamination GROUP BY pos
-), firsts AS (  -- each id's first copy in recipe order among the rows that pass (an aggregate, not a window)
-  SELECT id, min(pos) AS first_pos FROM keyed WHERE verdict IS NULL AND pos NOT IN (SELECT pos FROM matched)
-  GROUP BY id
+), firsts AS (  -- the first copy in recipe order of each id that has copies among the rows that pass
+  SELECT id, min(pos) AS first_pos FROM keyed
+  WHERE verdict IS NULL AND pos NOT IN (SELECT pos FROM matched) GROUP BY id HAVING count(*) > 1
+), named AS (  -- each first copy's reference, read for those rows alone
+  SELECT f.id, f.first_pos, 'kept ' || {_ref("k.")} AS kept FROM firsts f JOIN keyed k ON k.pos = f.first_pos
 ), copies AS (  -- later copies among the rows that pass the field checks (contaminated ones are left out below)
-  SELECT k.pos, 'kept ' || (SELECT {REF} FROM keyed WHERE keyed.pos = f.first_pos) AS kept
-  FROM keyed k JOIN firsts f ON k.verdict IS NULL AND f.id = k.id AND k.pos > f.first_pos
+  SELECT k.pos, f.kept FROM keyed k
+  JOIN named f ON k.verdict IS NULL AND f.id = k.id AND k.pos > f.first_pos
 )
 -- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
 SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,

@@ -78,6 +78,7 @@ class _Columns:
     def add_lines(self, file: str, first_line: int, raw, longest: int | None = None) -> None:
         """Consecutive lines of one file as an Arrow string array (no reader reason), in order;
         `longest`: the longest line's bytes when the caller knows it."""
+        import numpy
         import pyarrow.compute as pc
 
         if longest is None:
@@ -89,12 +90,15 @@ class _Columns:
         self.flush()
         n = len(raw)
         self.rows += n
-        self.sink(pa.record_batch([pa.array([self.source_id] * n, pa.string()), pa.array([file] * n, pa.string()),
-                                   pa.array(range(first_line, first_line + n), pa.int64()), raw.cast(pa.string()),
+        self.sink(pa.record_batch([pa.repeat(pa.scalar(self.source_id, pa.string()), n),
+                                   pa.repeat(pa.scalar(file, pa.string()), n),
+                                   pa.array(numpy.arange(first_line, first_line + n, dtype=numpy.int64)), raw.cast(pa.string()),
                                    pa.nulls(n, pa.string()), pa.nulls(n, pa.string())], schema=INGESTED_SCHEMA))
 
     def flush(self):
         n = len(self.line)
+        if not n:
+            return
         self.rows += n
         self.sink(pa.record_batch([pa.array([self.source_id] * n, pa.string()), pa.array(self.file, pa.string()),
                                    pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()),
