@@ -183,8 +183,8 @@ def kept_sql(con, columns: str, chosen: list[Source]) -> str:
     return KEPT_SQL.format(columns=columns, first=first)
 
 
-QUARANTINE_SQL = """SELECT source, file, line, outcome.reason AS reason, outcome.detail AS detail, raw
-FROM classified JOIN records USING (pos, source, file, line) WHERE outcome IS NOT NULL ORDER BY pos"""
+QUARANTINE_SQL = """SELECT c.source, c.file, c.line, c.outcome.reason AS reason, c.outcome.detail AS detail, r.raw
+FROM classified c JOIN records r USING (pos) WHERE c.outcome IS NOT NULL ORDER BY pos"""
 
 
 def _write_rows(con, query: str, path) -> None:

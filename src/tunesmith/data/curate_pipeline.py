@@ -61,7 +61,8 @@ SELECT *,
        -- json_valid also takes trailing commas, NaN and Infinity: Python's parser judges those rows
        WHEN (regexp_matches(raw, ',\s*[\]}]') OR contains(raw, 'NaN') OR contains(raw, 'Infinity'))
             AND strict_json_problem(raw) IS NOT NULL THEN 'invalid_json'
-       WHEN json_type(raw) <> 'OBJECT' THEN 'not_object'
+       -- valid JSON is an object when it opens with a brace (one parse less than json_type)
+       WHEN NOT starts_with(ltrim(raw, ' ' || chr(9) || chr(10) || chr(13)), '{') THEN 'not_object'
        -- DuckDB keeps a repeated key's first value, Python its last: a record that repeats a key is
        -- ambiguous, whichever reader reads it (keys inside conversation turns: tunesmith.data.styles)
        WHEN len(json_keys(raw)) <> len(list_distinct(json_keys(raw))) THEN 'duplicate_key' END AS line_reason,
@@ -191,7 +192,7 @@ WITH near AS (
 ), capped AS (
   SELECT *, {{mix_rank}} AS mix_rank FROM weighed
 )
-SELECT * EXCLUDE (verdict),
+SELECT pos, source, file, line,  -- what the files and the card read: the table is written once, read a few times
   CASE WHEN verdict IS NOT NULL THEN verdict
        WHEN near_dropped THEN {{'reason': 'near_duplicate',
                                 'detail': 'kept ' || kept_ref || ' (cluster ' || cluster || ', Jaccard '
