@@ -552,7 +552,11 @@ def test_control_and_replacement_characters_never_train(tmp_path):
 def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
     (tmp_path / "alpaca.jsonl").write_text(
         '{"instruction": "first", "instruction": "last", "output": "o", "output": "p"}\n'
-        '{"instruction": "fine", "output": "o", "meta": {"a": 1, "a": 2}}\n', encoding="utf-8")
+        '{"instruction": "fine", "output": "o", "meta": {"a": 1, "a": 2}}\n'
+        # A wide record (the check takes another road beyond 64 keys): a repeat among 80 keys, then none
+        + json.dumps({"instruction": "wide", "output": "o", **{f"c{i}": i for i in range(78)}})[:-1] + ', "c5": 0}\n'
+        + json.dumps({"instruction": "wide too", "output": "o", **{f"c{i}": i for i in range(78)}}) + "\n",
+        encoding="utf-8")
     (tmp_path / "chat.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "a", "content": "b"}, {"role": "assistant", "content": "A"}]}\n',
         encoding="utf-8")
@@ -570,6 +574,7 @@ def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
     assert outcomes(tmp_path, kept, quarantined) == {
         ("alpaca.jsonl", 1): ("duplicate_key", "repeated: instruction, output"),
         ("alpaca.jsonl", 2): "kept",  # nothing reads `meta`
+        ("alpaca.jsonl", 3): ("duplicate_key", "repeated: c5"), ("alpaca.jsonl", 4): "kept",
         ("chat.jsonl", 1): ("duplicate_key", "messages[0] repeats content"),
         ("renamed.jsonl", 1): ("duplicate_key", "repeated: q"),
         ("array.json", 1): ("duplicate_key", "repeated: instruction"), ("array.json", 2): "kept",
