@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesmith.data.curate import CurationError, curate
-from tunesmith.data.sources import source_files
+from tunesmith.data.sources import IngestError, source_files
 
 SETTINGS = {"max_prompt_chars": 200, "max_response_chars": 100, "dedup": True, "decontaminate": False,
             "min_kept_share": 0}
@@ -418,6 +418,38 @@ def test_ingest_source_writes_raw_records_with_what_was_read(tmp_path):
         (1, '{"instruction": "I", "output": "O"}', None), (2, "", None), (3, "\ufffd", "invalid_utf8")]
     with pytest.raises(Exception, match="role 'pretrain' is not curated"):
         ingest_source({"id": "t", "path": str(tmp_path / "a.jsonl"), "role": "pretrain"}, str(tmp_path / "t.parquet"))
+
+
+@pytest.mark.parametrize("failing", ["reading", "writing"])
+def test_ingest_that_fails_midway_leaves_no_file_and_says_why(tmp_path, monkeypatch, failing):
+    """Batches are written on a second thread while the next is read: a failure on either side, with
+    batches already written, ends the ingest with that error and no file (not a shorter one)."""
+    from tunesmith.data import ingest
+
+    monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 1000)  # many batches, each written before the failure
+    (tmp_path / "a.jsonl").write_text("".join(record(instruction=f"q{i}", output="o") + "\n" for i in range(500)))
+    reads, writes, add, write = [], [], ingest._add_jsonl_lines, pq.ParquetWriter.write_batch
+
+    def failing_add(*args):
+        reads.append(1)
+        if failing == "reading" and len(reads) == 10:
+            raise OSError(5, "disk read error", args[0])
+        return add(*args)
+
+    def failing_write(self, batch, *args, **kwargs):
+        writes.append(1)
+        if failing == "writing" and len(writes) == 10:
+            raise OSError(28, "disk full")
+        return write(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_add_jsonl_lines", failing_add)
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", failing_write)
+    with pytest.raises(IngestError, match=r"a\.jsonl\): cannot read: disk read error" if failing == "reading"
+                       else r"a\.jsonl\): cannot write .*a\.parquet: disk full"):
+        ingest.ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"))
+    assert len(writes) >= 9 and sorted(path.name for path in tmp_path.iterdir()) == ["a.jsonl"]
+    ingest.ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"))
+    assert pq.read_table(tmp_path / "a.parquet").num_rows == 500  # and it runs through once nothing fails
 
 
 def test_curation_reads_only_the_ingested_files_and_one_source_can_be_reingested_alone(tmp_path):

@@ -23,6 +23,7 @@ import csv
 import json
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import duckdb
@@ -579,14 +580,31 @@ def ingest_source(source: dict, out_path: str, max_line_bytes: int = MAX_LINE_BY
                     tmp, schema, use_dictionary=[name for name in schema.names if name != "raw"])))
             return writers[0]
 
+        # One batch is encoded and compressed on a second thread (pyarrow lets the GIL go meanwhile) while
+        # the next is read: the 1M-row bench corpus ingests in 0.7-0.85 s instead of 1.0-1.1.
+        pool, written = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ingest-write")), []
+
+        def finished(batch):  # a failure to write is not one to read (which _read_into reports)
+            try:
+                batch.result()
+            except OSError as error:
+                raise IngestError(f"{resolved.where}: cannot write {out_path}: {error.strerror or error}") from None
+
         def write(batch):
             sink = writer()
-            sink.write_batch(batch.replace_schema_metadata(sink.schema.metadata))
+            if written:
+                finished(written.pop())
+            written.append(pool.submit(sink.write_batch, batch.replace_schema_metadata(sink.schema.metadata)))
             read.update(read.done + batch.num_rows)
 
         out = _Columns(resolved.id, write, max_line_bytes)
-        _read_into(resolved, out)
-        writer()
+        try:
+            _read_into(resolved, out)
+            writer()
+        finally:
+            wait(written)  # the file is never closed (or abandoned) under a batch being written
+        for batch in written:
+            finished(batch)
     read.close()
     return {**described, "not_text": out.not_text, "rows": out.rows}
 
