@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from tunesmith.config.schema import with_defaults
 from tunesmith.data.card import card_data, lengths, summary
-from tunesmith.data.curate_checks import SHAPES
-from tunesmith.data.curate_pipeline import REASONS, SPLITS, CurationError, _sql_path, classify
+from tunesmith.data.curate_checks import SHAPES, sql_string
+from tunesmith.data.curate_pipeline import REASONS, SPLITS, CurationError, classify
 from tunesmith.data.ingest import ingest_source, ingested_source
 from tunesmith.data.sources import IngestError, Source, check_settings, resolve_sources, source_with_defaults
 from tunesmith.data.tasks import read_tasks
@@ -72,12 +72,12 @@ def _reconciled_counts(con, chosen: list[Source], described: dict, kept: Path, q
     found = {source.id: Counter() for source in chosen}
     written = {source.id: Counter() for source in chosen}
     for source, outcome, n in con.execute(
-            f"SELECT source, 'kept', count(DISTINCT (file, line)) FROM read_parquet({_sql_path(kept)}) GROUP BY ALL "
-            f"UNION ALL SELECT source, reason, count(*) FROM read_parquet({_sql_path(quarantined)}) GROUP BY ALL"
+            f"SELECT source, 'kept', count(DISTINCT (file, line)) FROM read_parquet({sql_string(str(kept))}) GROUP BY ALL "
+            f"UNION ALL SELECT source, reason, count(*) FROM read_parquet({sql_string(str(quarantined))}) GROUP BY ALL"
     ).fetchall():
         found[source][outcome] += n
     for source, split, n in con.execute(
-            f"SELECT source, split, count(*) FROM read_parquet({_sql_path(kept)}) GROUP BY ALL").fetchall():
+            f"SELECT source, split, count(*) FROM read_parquet({sql_string(str(kept))}) GROUP BY ALL").fetchall():
         written[source][split] += n
     counts = {}
     for source in chosen:

@@ -125,10 +125,6 @@ def _ref(row: str = "") -> str:
             f"ELSE '' END || {row}line")
 
 
-def _sql_path(path) -> str:  # a path as a SQL literal: a view holds no parameter
-    return sql_string(str(path))
-
-
 # Row keys for the rows that passed every field check: the id hashes what exact dedup compares (row_key),
 # so dedup compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL).
 KEYS_SQL = """
@@ -166,28 +162,30 @@ WHERE k.verdict IS NULL AND length(t.task_key) < {n}
 # Exact duplicates are only judged among rows that passed every other check, so a duplicate of a
 # broken row is kept and a duplicate of a contaminated row is reported as contaminated. Each part reads
 # `keyed` itself: DuckDB materialises a CTE read twice, which spills under a small curate.memory_limit.
+# Only the rows quarantined here are written (`duplicates`), not a copy of all rows with their verdicts.
 DEDUP_SQL = f"""
-CREATE TEMP TABLE deduplicated AS
+CREATE TEMP TABLE duplicates AS
 WITH matched AS (
-  SELECT pos, list(task_id ORDER BY task_id) AS task_ids,
-    string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
+  SELECT pos, string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) matches
   FROM contamination GROUP BY pos
 ), firsts AS (  -- the first copy in recipe order of each id that has copies among the rows that pass
   SELECT id, min(pos) AS first_pos FROM keyed
   WHERE verdict IS NULL AND pos NOT IN (SELECT pos FROM matched) GROUP BY id HAVING count(*) > 1
 ), named AS (  -- each first copy's reference, read for those rows alone
   SELECT f.id, f.first_pos, 'kept ' || {_ref("k.")} AS kept FROM firsts f JOIN keyed k ON k.pos = f.first_pos
-), copies AS (  -- later copies among the rows that pass the field checks (contaminated ones are left out below)
+), copies AS (  -- later copies among the rows that pass every check (contamination's among them: below)
   SELECT k.pos, f.kept FROM keyed k
   JOIN named f ON k.verdict IS NULL AND f.id = k.id AND k.pos > f.first_pos
 )
--- Only what later steps read; the texts stay in `keyed`, joined back when the files are written.
+SELECT pos, {{'reason': 'contaminated', 'detail': matches}} AS verdict FROM matched  -- rows that passed alone
+UNION ALL
+SELECT pos, {{'reason': 'duplicate', 'detail': kept}} FROM copies WHERE $dedup AND pos NOT IN (SELECT pos FROM matched)
+"""
+DEDUPLICATED_SQL = """
+CREATE TEMP VIEW deduplicated AS
 SELECT k.pos, k.source_rank, k.source, k.file, k.line, k.id, k.dedup_key, k.question_key, k.context_key,
-  CASE WHEN k.verdict IS NOT NULL THEN k.verdict
-       WHEN m.task_ids IS NOT NULL THEN {{'reason': 'contaminated', 'detail': m.matches}}
-       WHEN $dedup AND c.pos IS NOT NULL THEN {{'reason': 'duplicate', 'detail': c.kept}}
-  END AS verdict
-FROM keyed k LEFT JOIN matched m USING (pos) LEFT JOIN copies c ON c.pos = k.pos AND m.pos IS NULL
+  coalesce(k.verdict, d.verdict) AS verdict
+FROM keyed k LEFT JOIN duplicates d USING (pos)
 """
 
 # Mixing and the split: weights and caps per source, hashed on the row id with the seed. A row's rank
@@ -318,7 +316,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     offsets = numpy.cumsum([0] + [pq.read_metadata(path).num_rows for path in paths]).tolist()
     con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(
         f"SELECT {offset} + file_row_number + 1 AS pos, {source.rank} AS source_rank, * EXCLUDE (file_row_number) "
-        f"FROM read_parquet({_sql_path(path)}, file_row_number = true)"
+        f"FROM read_parquet({sql_string(str(path))}, file_row_number = true)"
         for source, path, offset in zip(chosen, paths, offsets)))
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
@@ -341,10 +339,11 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         n=n, threshold=decontamination["threshold"], task_grams=ngrams_sql("task_key", n), texts=", ".join(keys),
         row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
     con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
-    for column in keys + ["dedup_key", "question_key", "context_key"]:  # read up to here: less to hold and spill
-        con.execute(f"ALTER TABLE keyed DROP COLUMN {column}")
+    con.execute(DEDUPLICATED_SQL)
+    con.execute("; ".join(f"ALTER TABLE keyed DROP COLUMN {column}" for column in keys))  # less to hold and spill
     near_duplicates(con, settings["near_dedup"], seed)
     capped = any(source.max_rows is not None for source in chosen)
     con.execute(MIX_SQL.replace("{mix_rank}", MIX_RANK if capped else "NULL::BIGINT"),
                 {"several_files": several_files, "seed": seed, "validation_fraction": settings["validation_fraction"]})
-    con.execute("DROP TABLE deduplicated")  # classified has what the files and the card read
+    con.execute("DROP VIEW deduplicated; DROP TABLE duplicates; "  # classified has what the files and the card read
+                + "; ".join(f"ALTER TABLE keyed DROP COLUMN {column}" for column in ("dedup_key", "question_key", "context_key")))
