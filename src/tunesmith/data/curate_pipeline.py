@@ -294,9 +294,9 @@ def canonical_function(sources: list[Source]):
 def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
-    order): leaves the view `records` (the records as read; pos, source, file, line, raw), `keyed`
-    (texts and measures; keys dropped once dedup has read them) and `classified` (their outcomes), plus
-    `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
+    order): leaves the view `records` (the records as read; pos, source, file, line, raw), `keyed` (texts
+    and measures; the match keys dropped after dedup, the near ones after mixing) and `classified` (their
+    outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
     `tokenizer` (optional) counts tokens instead of the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
                         null_handling="special")

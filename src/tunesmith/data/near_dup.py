@@ -7,7 +7,7 @@ row from our shingle hashes in one call and flags the rows whose bands collide w
 only those rows' signatures come back, to DuckDB, which pairs rows whose band of `rows` values agree.
 The pass then checks each candidate pair's exact Jaccard similarity of its character n-gram sets
 (an estimate would lose true pairs near the threshold, and candidates are few), which rensa has no
-notion of, and keeps rows in order (greedy, no chains). Reads the `deduplicated` table (pos,
+notion of, and keeps rows in order (greedy, no chains). Reads the `deduplicated` view (pos,
 verdict, dedup_key, question_key, context_key); writes `clusters` (pos, label, cluster, jaccard):
 each kept row with the rows dropped as its near copies.
 """
