@@ -201,9 +201,13 @@ def _field_columns(field: str, text, shape: Shape, repetition: dict, normalize_t
     return columns, normalised
 
 
-def _listed(parts: list[str]) -> str:
-    """SQL for the comma-separated names of the fields whose condition holds ('' when none)."""
-    return "concat_ws(', ', " + ", ".join(parts) + ")" if parts else "''"
+def _rule(reason: str, parts: list[tuple[str, str]]) -> str:
+    """SQL: a CASE branch quarantining for `reason` the rows where a part's condition holds, its detail the
+    parts' details where theirs hold, comma-separated. The conditions are tested first as booleans: the
+    details are built for the few rows a rule quarantines, not for every row."""
+    guard = " OR ".join(f"({condition})" for condition, _ in parts)
+    detail = ", ".join(f"CASE WHEN {condition} THEN {detail} END" for condition, detail in parts)
+    return f"WHEN {guard} THEN {{'reason': '{reason}', 'detail': concat_ws(', ', {detail})}}"
 
 
 def sql_string(text: str) -> str:
@@ -236,22 +240,22 @@ CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x0B: "VT", 0x0C: "FF", 0
                  0x202E: "RLO, right-to-left override", 0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI"}
 
 
-def _character_details(field: str) -> tuple[str, str]:
-    """SQL of the control_characters and replacement_character details of one field (NULL: none),
-    from its text as read where it holds one (`{field}_unusual`, normalise_texts)."""
+def _character_details(field: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """SQL (condition, detail) of the control_characters and of the replacement_character rule for one
+    field, from its text as read where it holds such a character (`{field}_unusual`, normalise_texts)."""
     raw, name, pattern = f"{field}_unusual", f"{field}_name", sql_string(CONTROL_CHARACTERS)
     first = f"regexp_extract({raw}, {pattern})"
     names = " ".join(f"WHEN {point} THEN ' {label}'" for point, label in CONTROL_NAMES.items())
     ansi = f"CASE WHEN regexp_matches({raw}, '\\x1B\\[') THEN ' (an ANSI escape sequence)' ELSE '' END"
-    control = (f"CASE WHEN regexp_matches({raw}, {pattern}) THEN {name} || ': ' || printf('U+%04X', unicode({first})) "
+    control = (f"{name} || ': ' || printf('U+%04X', unicode({first})) "
                f"|| CASE unicode({first}) {names} ELSE '' END "
                f"|| CASE WHEN unicode({first}) = 27 THEN {ansi} ELSE '' END "
                f"|| ' at character ' || strpos({raw}, {first}) || ', ' || len(regexp_extract_all({raw}, {pattern})) "
-               f"|| ' in all' END")
-    replacement = (f"CASE WHEN strpos({raw}, chr(65533)) > 0 THEN {name} || ': U+FFFD at character ' "
-                   f"|| strpos({raw}, chr(65533)) || ', ' || (len({raw}) - len(replace({raw}, chr(65533), ''))) "
-                   f"|| ' in all' END")
-    return control, replacement
+               f"|| ' in all'")
+    replacement = (f"{name} || ': U+FFFD at character ' || strpos({raw}, chr(65533)) || ', ' "
+                   f"|| (len({raw}) - len(replace({raw}, chr(65533), ''))) || ' in all'")
+    return ((f"{raw} IS NOT NULL AND regexp_matches({raw}, {pattern})", control),
+            (f"{raw} IS NOT NULL AND strpos({raw}, chr(65533)) > 0", replacement))
 
 
 def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
@@ -265,47 +269,41 @@ def check_sql(shape: Shape, settings: dict, counted: bool = False) -> str:
     tokens, japanese = settings["tokens"], settings["japanese"]
 
     # An explicit null counts as missing: it carries no text, exactly like an absent key.
-    missing = _listed([f"CASE WHEN {f}_type IS NULL THEN {f}_name "
-                       f"WHEN {f}_type = 'NULL' THEN {f}_name || '=null' END" for f in shape.required])
-    wrong = _listed([f"CASE WHEN {f}_type NOT IN ('VARCHAR', 'NULL') THEN {f}_name || ': ' || lower({f}_type) END"
-                     for f in fields])
-    empty = _listed([f"CASE WHEN {f} = '' THEN {f}_name END" for f in shape.required])
+    missing = [(f"{f}_type IS NULL OR {f}_type = 'NULL'",
+                f"CASE WHEN {f}_type IS NULL THEN {f}_name ELSE {f}_name || '=null' END") for f in shape.required]
+    wrong = [(f"{f}_type NOT IN ('VARCHAR', 'NULL')", f"{f}_name || ': ' || lower({f}_type)") for f in fields]
+    empty = [(f"{f} = ''", f"{f}_name") for f in shape.required]
     details = [_character_details(f) for f in fields]
-    control = _listed([control for control, _ in details])
-    replacement = _listed([replacement for _, replacement in details])
 
-    def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> str:
+    def limits(measure: str, compare: str, prompt_bound, response_bound, unit: str = "") -> list:
         """Fields beyond a bound; a minimum of 1 character or 0 tokens, or a null maximum, checks nothing."""
         parts = []
         for text, name in texts:
             bound = prompt_bound if text == "prompt_text" else response_bound
             if bound is None or (compare == "<" and bound <= (1 if measure == "chars" else 0)):
                 continue
-            parts.append(f"CASE WHEN {text}_{measure} {compare} {bound} THEN {name} || ' ' || {text}_{measure}"
-                         f"{unit} END")
-        return _listed(parts)
+            parts.append((f"{text}_{measure} {compare} {bound}", f"{name} || ' ' || {text}_{measure}{unit}"))
+        return parts
 
-    too_short = limits("chars", "<", settings["min_prompt_chars"], settings["min_response_chars"])
-    too_long = limits("chars", ">", settings["max_prompt_chars"], settings["max_response_chars"])
-    too_few = limits("tokens", "<", tokens["min_prompt"], tokens["min_response"], " || ' tokens'")
-    too_many = limits("tokens", ">", tokens["max_prompt"], tokens["max_response"], " || ' tokens'")
     judged_script = {"prompt": taught[:1], "response": taught[1:], "both": taught}[japanese["fields"]]
     share = "({text}_japanese / nullif({text}_units, 0))"
-    not_japanese = _listed([f"CASE WHEN {share.format(text=text)} < {japanese['min_share']} THEN {name} || ' ' || "
-                            f"round({share.format(text=text)}, 2) END" for text, name in judged_script]
-                           if japanese["min_share"] > 0 else [])
-    blocked = _listed([f"CASE WHEN regexp_matches({text}, {sql_string(pattern)}) THEN {name} || ' matches ' || "
-                       f"{sql_string(sql_string(pattern))} END" for pattern in settings["block_patterns"]
-                       for text, name in taught])
-    repetitive = f"coalesce({shape.taught}_name || ': ' || {shape.taught}_repeated, '')"
+    not_japanese = [(f"{share.format(text=text)} < {japanese['min_share']}",
+                     f"{name} || ' ' || round({share.format(text=text)}, 2)")
+                    for text, name in judged_script] if japanese["min_share"] > 0 else []
+    blocked = [(f"regexp_matches({text}, {sql_string(pattern)})",
+                f"{name} || ' matches ' || {sql_string(sql_string(pattern))}")
+               for pattern in settings["block_patterns"] for text, name in taught]
+    repetitive = [(f"{shape.taught}_repeated IS NOT NULL", f"{shape.taught}_name || ': ' || {shape.taught}_repeated")]
     rules = [("missing_field", missing), ("wrong_type", wrong), ("empty_field", empty),
-             ("control_characters", control), ("replacement_character", replacement), ("too_short", too_short),
-             ("too_long", too_long), ("too_few_tokens", too_few), ("too_many_tokens", too_many)]
+             ("control_characters", [control for control, _ in details]),
+             ("replacement_character", [replacement for _, replacement in details]),
+             ("too_short", limits("chars", "<", settings["min_prompt_chars"], settings["min_response_chars"])),
+             ("too_long", limits("chars", ">", settings["max_prompt_chars"], settings["max_response_chars"])),
+             ("too_few_tokens", limits("tokens", "<", tokens["min_prompt"], tokens["min_response"], " || ' tokens'")),
+             ("too_many_tokens", limits("tokens", ">", tokens["max_prompt"], tokens["max_response"], " || ' tokens'"))]
     late = [("not_japanese", not_japanese), ("blocked", blocked), ("repetitive", repetitive)]
-    cases = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
-                             for reason, condition in rules if condition != "''")
-    late = "\n       ".join(f"WHEN {condition} <> '' THEN {{'reason': '{reason}', 'detail': {condition}}}"
-                            for reason, condition in late if condition != "''")
+    cases = "\n       ".join(_rule(reason, parts) for reason, parts in rules if parts)
+    late = "\n       ".join(_rule(reason, parts) for reason, parts in late if parts)
     measured = [text for text, _ in texts[1:]] + ["prompt_text"]
     if counted:
         head, *rest = shape.prompt_parts
