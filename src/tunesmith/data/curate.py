@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -194,15 +195,27 @@ def _write_rows(con, query: str, path) -> None:
     each row group is written as one chunk)."""
     reader = con.sql(query).to_arrow_reader(ROW_GROUP_ROWS)
     labels = [name for name in reader.schema.names if name in LABELS]
-    with pq.ParquetWriter(path, reader.schema, use_dictionary=labels) as writer:
-        rest = reader.schema.empty_table()
+    # A row group is joined, encoded and compressed on a second thread while DuckDB hands over the next
+    # (both let the GIL go): the bench corpus's kept file in 0.53-0.75 s instead of 0.73-0.79. One row group
+    # in writing at a time; leaving the pool waits for it, before the writer closes.
+    with pq.ParquetWriter(path, reader.schema, use_dictionary=labels) as writer, \
+            ThreadPoolExecutor(1, thread_name_prefix="curate-write") as pool:
+        rest, writing = reader.schema.empty_table(), []
+
+        def write(table: pa.Table) -> None:
+            if writing:
+                writing.pop().result()
+            writing.append(pool.submit(lambda: writer.write_table(table.combine_chunks(), ROW_GROUP_ROWS)))
+
         for batch in reader:
             rest = pa.concat_tables([rest, pa.Table.from_batches([batch])])
             while rest.num_rows >= ROW_GROUP_ROWS:
-                writer.write_table(rest.slice(0, ROW_GROUP_ROWS).combine_chunks(), ROW_GROUP_ROWS)
+                write(rest.slice(0, ROW_GROUP_ROWS))
                 rest = rest.slice(ROW_GROUP_ROWS)
         if rest.num_rows:
-            writer.write_table(rest.combine_chunks(), ROW_GROUP_ROWS)
+            write(rest)
+        if writing:
+            writing.pop().result()
 
 
 def _check_kept(con, role: str, chosen: list[Source], counts: dict, min_share: float, several_files: list) -> None:
