@@ -126,18 +126,18 @@ def _ref(row: str = "") -> str:
 
 
 # Row keys for the rows that passed every field check: the id hashes what exact dedup compares (row_key),
-# so dedup compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL).
+# so dedup compares ids. The near-duplicate pass's keys are kept only when it runs ({near}; else NULL), the
+# match keys decontamination reads only when it runs (else not at all: 0.2 GB less held at 1M rows).
 KEYS_SQL = """
-SELECT * EXCLUDE (prompt_key_all, instruction_key_all, context_key_all, row_key),
-  CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key,
-  sha256(row_key) AS id,
+SELECT * EXCLUDE (prompt_key_all, instruction_key_all, context_key_all, row_key{unread_keys}),
+  {contamination_keys}sha256(row_key) AS id,
   CASE WHEN {near} THEN row_key END AS dedup_key,
-  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys})
-       END AS question_key,
+  CASE WHEN {near} AND verdict IS NULL THEN concat_ws(chr(10), instruction_key_all, {response_keys}) END AS question_key,
   CASE WHEN {near} AND verdict IS NULL THEN context_key_all END AS context_key
 FROM (SELECT *, CASE WHEN verdict IS NULL THEN concat_ws(chr(10), prompt_key_all, {response_keys}) END AS row_key
       FROM ({checked}))
 """
+CONTAMINATION_KEYS = "CASE WHEN verdict IS NULL THEN prompt_key_all END AS prompt_key, "
 
 # Decontamination: the share of each task's distinct n-grams found in a row's prompt or responses.
 # The row side is streamed through the join, never materialised: a row's n-grams are many, matches few.
@@ -295,7 +295,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
     order): leaves the view `records` (the records as read; pos, source, file, line, raw), `keyed` (texts
-    and measures; the match keys dropped after dedup, the near ones after mixing) and `classified` (their
+    and measures; decontamination's match keys dropped after dedup, the near ones after mixing) and `classified` (their
     outcomes), plus `contamination` and `clusters` for the card. `settings` are curate settings with defaults;
     `tokenizer` (optional) counts tokens instead of the estimate."""
     con.create_function("strict_json_problem", strict_json_problems, ["VARCHAR"], "VARCHAR", type="arrow",
@@ -327,12 +327,13 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     # Each batch of texts is checked and keyed as it is written: `keyed` is the one table of texts held.
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)
     keys_sql = KEYS_SQL.format(checked=check_sql(shape, settings, counted=tokenizer is not None),
-                               response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower())
+                               response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower(),
+                               unread_keys="" if tasks else ", " + response_keys,
+                               contamination_keys=CONTAMINATION_KEYS * bool(tasks))
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads,
                     table="keyed", select=keys_sql)
     con.execute("DROP VIEW typed")
-    decontamination = settings["decontamination"]
-    n = decontamination["ngram"]
+    decontamination, n = settings["decontamination"], settings["decontamination"]["ngram"]
     keys = ["prompt_key"] + [f"{r}_key" for r in shape.responses]
     contamination_sql = CONTAMINATION_SQL if tasks else "CREATE TEMP TABLE contamination AS {empty}"
     con.execute(contamination_sql.format(empty="SELECT 0::BIGINT AS pos, 0::BIGINT AS task_id, 0.0 AS overlap LIMIT 0",
@@ -340,10 +341,10 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
         row_grams="flatten([" + ", ".join(ngrams_sql(key, n) for key in keys) + "])"))
     con.execute(DEDUP_SQL, {"dedup": bool(settings["dedup"]), "several_files": several_files})
     con.execute(DEDUPLICATED_SQL)
-    con.execute("; ".join(f"ALTER TABLE keyed DROP COLUMN {column}" for column in keys))  # less to hold and spill
+    if tasks:
+        con.execute("; ".join(f"ALTER TABLE keyed DROP COLUMN {column}" for column in keys))  # less to hold and spill
     near_duplicates(con, settings["near_dedup"], seed)
-    capped = any(source.max_rows is not None for source in chosen)
-    con.execute(MIX_SQL.replace("{mix_rank}", MIX_RANK if capped else "NULL::BIGINT"),
+    con.execute(MIX_SQL.replace("{mix_rank}", MIX_RANK if any(s.max_rows is not None for s in chosen) else "NULL::BIGINT"),
                 {"several_files": several_files, "seed": seed, "validation_fraction": settings["validation_fraction"]})
     con.execute("DROP VIEW deduplicated; DROP TABLE duplicates; "  # classified has what the files and the card read
                 + "; ".join(f"ALTER TABLE keyed DROP COLUMN {column}" for column in ("dedup_key", "question_key", "context_key")))
