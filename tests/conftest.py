@@ -47,6 +47,35 @@ def default_run(tmp_path_factory):
     return work
 
 
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """The default recipe with a few steps per stage (tests/quick_recipe.py), every target of `rule all` built
+    from nothing once: (its working directory, its recipe file). Tests that build another recipe or seed next
+    to it start from a copy (`copied_run`), as a user's second run starts from their first."""
+    import subprocess
+    import sys
+
+    from quick_recipe import quick_recipe
+
+    root = tmp_path_factory.mktemp("quick_run")
+    recipe = Path(quick_recipe(REPO / "recipes/default.yaml", root / "quick.yaml"))
+    work = root / "work"
+    work.mkdir()
+    (work / "data").symlink_to(REPO / "data")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+               "--config", f"recipe={recipe}", *README_COMMAND]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return work, recipe
+
+
+def copied_run(run: Path, target: Path) -> Path:
+    """A copy of a run's working directory (its results, Snakemake's records and file times; `data` stays a link)."""
+    import shutil
+
+    return Path(shutil.copytree(run, target, symlinks=True))
+
+
 SHIPPED_HUB_MODELS = ("llm-jp/llm-jp-3-13b",)  # the hub ids the shipped recipes name
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import REPO
+from conftest import REPO, copied_run
 from tunesmith.evaluation.compare import changed_answers, compare, data_diff, score_diff
 from tunesmith.evaluation.evaluate import evaluate
 from tunesmith.jobs.atomic import write_jsonl
@@ -97,25 +97,20 @@ def run_recipe(work: Path, recipe: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.e2e
-def test_two_recipes_one_curation_key_apart(tmp_path):
-    """The quick default and the same with curate.near_dedup.threshold 0.8: compare's data diff is the
-    quarantine files' difference, its scores are paired, and switching back rebuilds nothing."""
-    from quick_recipe import quick_recipe
-
+def test_two_recipes_one_curation_key_apart(quick_run, tmp_path):
+    """The quick default (built: quick_run) and the same with curate.near_dedup.threshold 0.8 built next to it:
+    compare's data diff is the quarantine files' difference, its scores are paired, and switching back rebuilds
+    nothing."""
     from tunesmith.config import plan
     from tunesmith.config.recipe import load_recipe
 
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "data").symlink_to(REPO / "data")
-    first = Path(quick_recipe(REPO / "recipes/default.yaml", tmp_path / "a.yaml"))
+    work, first = copied_run(quick_run[0], tmp_path / "work"), quick_run[1]
     recipe = yaml.safe_load(first.read_text())
     recipe["curate"]["near_dedup"]["threshold"] = 0.8
     second = tmp_path / "b.yaml"
     second.write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False))
-    for path in (first, second):
-        result = run_recipe(work, path)
-        assert result.returncode == 0, result.stderr[-5000:]
+    result = run_recipe(work, second)
+    assert result.returncode == 0, result.stderr[-5000:]
     keyed = sorted((work / "results" / "evaluated").glob("*/eval.json"))
     assert len(keyed) == 2  # both recipes' scores are kept
     text, facts, target = compare(first, second, root=work)

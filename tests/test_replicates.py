@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copied_run
 from quick_recipe import quick_recipe
 from tunesmith.config import plan
 from tunesmith.config.recipe import RecipeError, replicate_seeds, replicates, validate_recipe
@@ -104,14 +104,13 @@ def test_a_spread_needs_two_seeds(tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_quick_recipe_under_two_seeds_reports_each_stages_spread(tmp_path):
-    """The workflow end to end: one curation, two trainings, and results/replicates.json with both seeds."""
+def test_the_quick_recipe_under_two_seeds_reports_each_stages_spread(quick_run, tmp_path):
+    """The workflow end to end, after a run of the recipe alone (quick_run): one curation, two trainings, and
+    results/replicates.json with both seeds."""
     recipe = quick(tmp_path, repeats=2)
     path = tmp_path / "repeated.yaml"
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
-    work = tmp_path / "run"
-    work.mkdir()
-    (work / "data").symlink_to(REPO / "data")
+    work = copied_run(quick_run[0], tmp_path / "run")
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
                "--config", f"recipe={path}", "--cores", "1", "--resources", "gpu=1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)

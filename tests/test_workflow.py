@@ -516,23 +516,19 @@ def test_explain_names_the_recipe_key_behind_each_rebuild(default_run, tmp_path)
 
 
 @pytest.mark.e2e
-def test_two_clean_runs_are_byte_identical(tmp_path_factory):
-    """The default recipe with a few steps per stage (tests/quick_recipe.py), twice from nothing."""
-    from quick_recipe import quick_recipe
-
-    recipe = quick_recipe(REPO / "recipes/default.yaml", tmp_path_factory.mktemp("quick") / "quick.yaml")
-    runs = []
-    for name in ("first_run", "second_run"):
-        work = tmp_path_factory.mktemp(name)
-        (work / "data").symlink_to(REPO / "data")
-        result = snakemake("submission.jsonl", "--directory", work, "--config", f"recipe={recipe}",
-                           "--cores", "1", "--resources", "gpu=1")
-        assert result.returncode == 0, result.stderr[-5000:]
-        runs.append(work)
+def test_two_clean_runs_are_byte_identical(quick_run, tmp_path):
+    """The default recipe with a few steps per stage (tests/quick_recipe.py), twice from nothing: quick_run
+    (every target) and the submission alone in another folder."""
+    first_run, recipe = quick_run
+    second_run = tmp_path / "second_run"
+    second_run.mkdir()
+    (second_run / "data").symlink_to(REPO / "data")
+    result = snakemake("submission.jsonl", "--directory", second_run, "--config", f"recipe={recipe}",
+                       "--cores", "1", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stderr[-5000:]
     compared = ["submission.jsonl", "results/curated/*/sft.parquet", "results/curated/*/preference.parquet",
                 "results/base_model/*/model.safetensors", "results/sft/*/adapter/adapter_model.safetensors",
                 "results/dpo/*/adapter/adapter_model.safetensors"]
-    first_run, second_run = runs
     for pattern in compared:
         first, second = one(first_run, pattern), one(second_run, pattern)
         assert first.relative_to(first_run) == second.relative_to(second_run), "the same recipe gave another key"
