@@ -29,44 +29,42 @@ def tiny_tokenizer(tmp_path_factory):
 README_COMMAND = ("--cores", "1", "--resources", "gpu=1")
 
 
+def built(work: Path, recipe: Path) -> str:
+    """Every target of `rule all` of `recipe` built in the fresh folder `work` (the shipped data linked in) by
+    the README's first command; its console output."""
+    import subprocess
+    import sys
+
+    (work / "data").symlink_to(REPO / "data")
+    # --config and --resources each take several values: the recipe goes before them.
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+               "--config", f"recipe={recipe}", *README_COMMAND]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """The README's first command on the embedded default recipe, in a fresh working directory: every
     target of `rule all` (submission, scores, lineage, the report's pages)."""
-    import subprocess
-    import sys
-
     work = tmp_path_factory.mktemp("default_run")
-    (work / "data").symlink_to(REPO / "data")
-    # --config and --resources each take several values: the recipe goes before them.
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--config", f"recipe={REPO / 'recipes/default.yaml'}", *README_COMMAND]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    assert result.returncode == 0, result.stderr[-5000:]
-    (work / "console.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
+    (work / "console.txt").write_text(built(work, REPO / "recipes/default.yaml"), encoding="utf-8")
     return work
 
 
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
-    """The default recipe with a few steps per stage (tests/quick_recipe.py), every target of `rule all` built
-    from nothing once: (its working directory, its recipe file). Tests that build another recipe or seed next
-    to it start from a copy (`copied_run`), as a user's second run starts from their first."""
-    import subprocess
-    import sys
-
+    """The default recipe with a few steps per stage (tests/quick_recipe.py), built whole from nothing once:
+    (its working directory, its recipe file). Tests that build another recipe or seed next to it start from
+    a copy (`copied_run`), as a user's second run starts from their first."""
     from quick_recipe import quick_recipe
 
     root = tmp_path_factory.mktemp("quick_run")
     recipe = Path(quick_recipe(REPO / "recipes/default.yaml", root / "quick.yaml"))
-    work = root / "work"
-    work.mkdir()
-    (work / "data").symlink_to(REPO / "data")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--config", f"recipe={recipe}", *README_COMMAND]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return work, recipe
+    (root / "work").mkdir()
+    built(root / "work", recipe)
+    return root / "work", recipe
 
 
 def copied_run(run: Path, target: Path) -> Path:

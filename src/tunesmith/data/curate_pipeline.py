@@ -329,7 +329,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     keys_sql = KEYS_SQL.format(checked=check_sql(shape, settings, counted=tokenizer is not None),
                                response_keys=response_keys, near=str(bool(settings["near_dedup"]["enabled"])).lower(),
                                unread_keys="" if tasks else ", " + response_keys,
-                               contamination_keys=CONTAMINATION_KEYS * bool(tasks))
+                               contamination_keys=CONTAMINATION_KEYS if tasks else "")
     normalise_texts(con, shape, settings["repetition"], tokenizer, settings["normalize_training_text"], threads,
                     table="keyed", select=keys_sql)
     con.execute("DROP VIEW typed")
