@@ -623,6 +623,26 @@ curate_module.curate([source], "sft", "none", {"decontaminate": False, "min_kept
 """
 
 
+@pytest.mark.parametrize("failing", ["first", "last"])
+def test_a_row_group_that_cannot_be_written_fails_the_curation_and_leaves_nothing(tmp_path, monkeypatch, failing):
+    """Row groups are written on a second thread: a failure there (a full disk), at the first row group or
+    the last, is the curation's error, and no output (nor their folder) is left."""
+    write_table, calls = pq.ParquetWriter.write_table, []
+
+    def write_or_fail(writer, table, *args, **kwargs):
+        if "prompt" in table.column_names:  # the kept file's (ingest writes its cache file the same way)
+            calls.append(table.num_rows)
+            if (failing == "first" and len(calls) == 1) or (failing == "last" and table.num_rows < 2048):
+                raise OSError(28, "No space left on device")
+        return write_table(writer, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_or_fail)
+    monkeypatch.setattr(curate_module, "ROW_GROUP_ROWS", 2048)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tmp_path, {"a": _corpus(5_000)}, near_dedup={"enabled": False})
+    assert len(calls) >= (1 if failing == "first" else 2) and not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_a_curation_killed_while_it_writes_leaves_only_partials_its_rerun_removes(tmp_path):
     """Issue 19: DuckDB's own `tmp_*.partial` of a killed job stayed forever. A kill while the kept file is
