@@ -1,6 +1,8 @@
 """Shared fixtures. Nothing here touches the network: models and tokenizers are built locally."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args, cwd=REPO, env=None, timeout=1800) -> subprocess.CompletedProcess:
+    """`python -m snakemake` on the project's Snakefile with `args` (a run in another folder passes
+    `--directory`; `--config` takes several values, so it goes after the targets), run from `cwd` with
+    `env` (this process's by default); its output captured as text."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +42,8 @@ README_COMMAND = ("--cores", "1", "--resources", "gpu=1")
 def built(work: Path, recipe: Path) -> str:
     """Every target of `rule all` of `recipe` built in the fresh folder `work` (the shipped data linked in) by
     the README's first command; its console output."""
-    import subprocess
-    import sys
-
     (work / "data").symlink_to(REPO / "data")
-    # --config and --resources each take several values: the recipe goes before them.
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--config", f"recipe={recipe}", *README_COMMAND]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    result = snakemake("--directory", work, "--config", f"recipe={recipe}", *README_COMMAND, timeout=3600)
     assert result.returncode == 0, result.stderr[-5000:]
     return result.stdout + result.stderr
 

@@ -2,8 +2,6 @@
 (e2e) two quick-recipe runs that differ in one curation key."""
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import REPO, copied_run
+from conftest import README_COMMAND, REPO, copied_run, snakemake
 from tunesmith.evaluation.compare import changed_answers, compare, data_diff, score_diff
 from tunesmith.evaluation.evaluate import evaluate
 from tunesmith.jobs.atomic import write_jsonl
@@ -90,12 +88,6 @@ def test_paired_scores_match_scipy_on_the_same_tasks(tmp_path):
                                                                          (2, "changed")]
 
 
-def run_recipe(work: Path, recipe: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--config", f"recipe={recipe}", "--cores", "1", "--resources", "gpu=1"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=3600)
-
-
 @pytest.mark.e2e
 def test_two_recipes_one_curation_key_apart(quick_run, tmp_path):
     """The quick default (built: quick_run) and the same with curate.near_dedup.threshold 0.8 built next to it:
@@ -109,7 +101,7 @@ def test_two_recipes_one_curation_key_apart(quick_run, tmp_path):
     recipe["curate"]["near_dedup"]["threshold"] = 0.8
     second = tmp_path / "b.yaml"
     second.write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False))
-    result = run_recipe(work, second)
+    result = snakemake("--directory", work, "--config", f"recipe={second}", *README_COMMAND, timeout=3600)
     assert result.returncode == 0, result.stderr[-5000:]
     keyed = sorted((work / "results" / "evaluated").glob("*/eval.json"))
     assert len(keyed) == 2  # both recipes' scores are kept
@@ -146,8 +138,7 @@ def test_two_recipes_one_curation_key_apart(quick_run, tmp_path):
         assert result["difference"] == pytest.approx((only_second - only_first) / len(exact[0]))
 
     # Switching back to A rebuilds nothing: only the fixed-path copies (and pages made from them) run.
-    dry = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--directory",
-                          str(work), "--config", f"recipe={first}", "--cores", "1"], capture_output=True, text=True)
+    dry = snakemake("-n", "--directory", work, "--config", f"recipe={first}", "--cores", "1")
     assert dry.returncode == 0, dry.stderr
     rules = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
     assert rules - {"all"} <= {"current_submission", "current_evaluation", "summarise_run", "trace_lineage"}, rules

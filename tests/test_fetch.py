@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, snakemake
 from hub_server import FakeHub, git_blob_id
 from tunesmith.config import plan
 from tunesmith.config.recipe import RecipeError, load_recipe, validate_recipe
@@ -286,9 +286,8 @@ def test_a_revision_for_a_local_folder_is_refused_before_any_job(hub_recipe, tmp
 
 # ---- the workflow ----------------------------------------------------------------------------------
 
-def snakemake(work: Path, env: dict, *args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+def snakemake_in(work: Path, env: dict, *args) -> subprocess.CompletedProcess:
+    return snakemake("--directory", work, *args, env=env, timeout=1200)
 
 
 @pytest.mark.e2e
@@ -303,7 +302,7 @@ def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny
                                                                                 f"  path: {REPO_ID}\n"))
     make_hub_cache(tiny_model_folder, tmp_path / "cache")
     config = ["--config", f"recipe={recipe_path}"]
-    fetched = snakemake(work, hub_env(tmp_path / "cache", offline=True), "fetch_models", "--cores", "1", *config)
+    fetched = snakemake_in(work, hub_env(tmp_path / "cache", offline=True), "fetch_models", "--cores", "1", *config)
     assert fetched.returncode == 0, fetched.stderr[-4000:]
     steps = plan.steps(load_recipe(recipe_path))
     record = json.loads((work / f"results/models/{steps['fetch_base'].key}/snapshot.json").read_text())
@@ -311,7 +310,7 @@ def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny
 
     (tmp_path / "empty_cache").mkdir()
     answers = f"results/generations/{steps['generate_base'].key}/base.jsonl"
-    generated = snakemake(work, hub_env(tmp_path / "empty_cache", offline=False), answers, "--cores", "1",
+    generated = snakemake_in(work, hub_env(tmp_path / "empty_cache", offline=False), answers, "--cores", "1",
                           "--resources", "gpu=1", *config)
     assert generated.returncode == 0, generated.stderr[-4000:]
     assert "fetch_model" not in generated.stdout + generated.stderr, "the snapshot was reused, not fetched again"

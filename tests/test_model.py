@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
 from tiny_model import TASKS, cpt_adapter, dpo_adapter, dpo_run, recipe, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tunesmith.model.adapters import concatenate, read_config
 from tunesmith.model.model import (

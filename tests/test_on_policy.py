@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, snakemake
 from stage_keys import downstream_of
 from tiny_model import TASKS, sft_adapter, tiny  # noqa: F401  (fixtures)
 from tunesmith.config import plan
@@ -273,14 +273,9 @@ def test_sharded_pairs_are_byte_equal_to_unsharded_and_record_their_lineage(tiny
 def test_the_on_policy_recipe_plans_every_target_with_its_shards(tmp_path):
     """A dry run of `rule all` (exported datasets and the staged preference dataset too, whose sources are then
     the pairs alone) with pairs.shards 3."""
-    import subprocess
-    import sys
-
     (tmp_path / "data").symlink_to(REPO / "data")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--directory", str(tmp_path),
-               "all", "results/publish/dataset/preference",
-               "--config", f"recipe={REPO / 'recipes/on-policy.yaml'}", "set=pairs.shards=3"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = snakemake("-n", "--directory", tmp_path, "all", "results/publish/dataset/preference",
+                       "--config", f"recipe={REPO / 'recipes/on-policy.yaml'}", "set=pairs.shards=3", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = {name: result.stdout.count(f"\nrule {name}:") for name in
               ("sample_answers", "grade_answers", "build_pairs", "export_dataset", "stage_dataset")}
@@ -294,8 +289,6 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
     declares, curated DPO rows lead back to the pair and the SFT adapter that wrote it, and a grader change
     plans grading and what follows, no sampling."""
     import re
-    import subprocess
-    import sys
 
     import pyarrow.parquet as pq
     import yaml
@@ -312,12 +305,10 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
     work.mkdir()
     (work / "data").symlink_to(REPO / "data")
 
-    def snakemake(*args):
-        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-                   *args, "--config", f"recipe={recipe_path}"]
-        return subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    def in_work(*args):
+        return snakemake("--directory", work, *args, "--config", f"recipe={recipe_path}", timeout=3600)
 
-    result = snakemake("submission.jsonl", "--cores", "2", "--resources", "gpu=2")
+    result = in_work("submission.jsonl", "--cores", "2", "--resources", "gpu=2")
     assert result.returncode == 0, result.stderr[-5000:]
     steps = plan.steps(load_recipe(recipe_path))
     for name in ("pairs_sample", "pairs_grade", "pairs_build"):
@@ -345,7 +336,7 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
         assert pair["sft_adapter"] == steps["sft"].key
     raw["pairs"]["grader"] = {"kind": "references", "metric": "exact"}
     yaml.safe_dump(raw, open(recipe_path, "w", encoding="utf-8"), allow_unicode=True)
-    planned = snakemake("submission.jsonl", "-n")
+    planned = in_work("submission.jsonl", "-n")
     assert planned.returncode == 0, planned.stderr[-3000:]
     assert "rule sample_answers:" not in planned.stdout and re.search(r"^rule grade_answers:$", planned.stdout, re.M)
 

@@ -2,14 +2,12 @@
 (a dry run through profiles/slurm: the resources it would hand sbatch), and which rules stay local."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, snakemake
 
 PROFILE = REPO / "profiles" / "slurm"
 COMPETITION = REPO / "recipes" / "llm-jp-3-13b-qlora.yaml"
@@ -17,9 +15,8 @@ pytestmark = pytest.mark.usefixtures("cached_hub_models")  # offline, its hub mo
 
 
 def dry_run(work: Path, *targets, recipe: Path = COMPETITION, profile: Path = PROFILE) -> str:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work), *targets,
-               "-n", "--profile", str(profile), "--config", f"recipe={recipe}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = snakemake("--directory", work, *targets, "-n", "--profile", profile, "--config", f"recipe={recipe}",
+                       timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

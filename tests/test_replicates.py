@@ -4,13 +4,11 @@ each stage's spread over the seeds is reported (tunesmith.evaluation.replicates)
 import json
 import re
 import statistics
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import REPO, copied_run
+from conftest import README_COMMAND, REPO, copied_run, snakemake
 from quick_recipe import quick_recipe
 from tunesmith.config import plan
 from tunesmith.config.recipe import RecipeError, replicate_seeds, replicates, validate_recipe
@@ -111,9 +109,7 @@ def test_the_quick_recipe_under_two_seeds_reports_each_stages_spread(quick_run, 
     path = tmp_path / "repeated.yaml"
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     work = copied_run(quick_run[0], tmp_path / "run")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--config", f"recipe={path}", "--cores", "1", "--resources", "gpu=1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    result = snakemake("--directory", work, "--config", f"recipe={path}", *README_COMMAND, timeout=3600)
     assert result.returncode == 0, result.stderr[-5000:]
     assert len(list(work.glob("results/curated/*/sft.parquet"))) == 1
     assert len(list(work.glob("results/sft/*/adapter"))) == 2

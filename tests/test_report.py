@@ -7,24 +7,22 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, snakemake
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def snakemake(*args, directory):
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(directory),
-               "--config", f"recipe={REPO / 'recipes/default.yaml'}", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+def in_default_run(*args, directory):
+    """Snakemake with `args` in a run of the default recipe (`directory`)."""
+    return snakemake("--directory", directory, *args, "--config", f"recipe={REPO / 'recipes/default.yaml'}", timeout=900)
 
 
 def build_report(directory) -> str:
-    result = snakemake("--report", "report.html", "--cores", "1", directory=directory)
+    result = in_default_run("--report", "report.html", "--cores", "1", directory=directory)
     assert result.returncode == 0, result.stderr[-3000:]
     return (Path(directory) / "report.html").read_text(encoding="utf-8")
 
@@ -106,7 +104,7 @@ def test_the_summary_printed_at_the_end_of_the_readme_command(default_run):
 @pytest.mark.e2e
 def test_the_readme_command_run_again_has_nothing_to_do(default_run):
     """The summary's pages are inputs of nothing and read only files: a finished run stays finished."""
-    result = snakemake("-n", "--cores", "1", "--resources", "gpu=1", directory=default_run)
+    result = in_default_run("-n", "--cores", "1", "--resources", "gpu=1", directory=default_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 

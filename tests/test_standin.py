@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, snakemake
 from standin import BOS_ID, EOS_ID, PAD_ID, SKIP_REASON, SPM_FILE, TOKENIZER_DIR, TOKENIZER_PIECES
 
 pytestmark = pytest.mark.skipif(not (TOKENIZER_DIR / SPM_FILE).is_file(), reason=SKIP_REASON)
@@ -161,11 +159,9 @@ def standin_run(tmp_path_factory):
     recipe = cpu_recipe(work, str(standin), str(work / "tasks.jsonl"), str(work / "planted.jsonl"))
     assert recipe["curate"]["tokens"]["count"] == "base_model", "the 13B recipe counts tokens with its tokenizer"
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "submission.jsonl", "--config", f"recipe={work / 'recipe.yaml'}", "--cores", "2",
-               "--resources", "gpu=1"]
     started, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    result = snakemake("--directory", work, "submission.jsonl", "--config", f"recipe={work / 'recipe.yaml'}",
+                       "--cores", "2", "--resources", "gpu=1")
     (work / "console.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
     assert result.returncode == 0, result.stderr[-6000:]
     used = resource.getrusage(resource.RUSAGE_CHILDREN)

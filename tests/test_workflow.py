@@ -12,15 +12,10 @@ import duckdb
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, snakemake
 from recipe_keys import leaf_keys
 from tunesmith.data.tasks import read_tasks
 from tunesmith.generation.submission import validate_submission
-
-
-def snakemake(*args, cwd=REPO, timeout=1800):
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *map(str, args)]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -83,10 +78,8 @@ def test_a_quantised_recipe_sent_to_a_cluster_is_submitted(tmp_path, cached_hub_
         (fake / command).write_text(f'#!/bin/sh\necho "{command} $*" >> {tmp_path}/calls.txt\nexit 1\n')
         (fake / command).chmod(0o755)
     environment = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
-               str(REPO / "profiles/slurm"), "--directory", str(tmp_path), "--config",
-               f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
+    result = snakemake("--profile", REPO / "profiles/slurm", "--directory", tmp_path, "--config",
+                       f"recipe={REPO / 'recipes/llm-jp-3-13b-qlora.yaml'}", env=environment, timeout=300)
     assert QUANTISED_REFUSAL not in result.stdout + result.stderr
     assert "sbatch --parsable" in (tmp_path / "calls.txt").read_text()
 
