@@ -166,7 +166,7 @@ WHERE k.verdict IS NULL AND length(t.task_key) < {n}
 DEDUP_SQL = f"""
 CREATE TEMP TABLE duplicates AS
 WITH matched AS (
-  SELECT pos, string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) matches
+  SELECT pos, string_agg('task_id ' || task_id || ' (overlap ' || round(overlap, 2) || ')', ', ' ORDER BY task_id) AS matches
   FROM contamination GROUP BY pos
 ), firsts AS (  -- the first copy in recipe order of each id that has copies among the rows that pass
   SELECT id, min(pos) AS first_pos FROM keyed
