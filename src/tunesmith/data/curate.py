@@ -291,10 +291,14 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
 
     memory_limit = memory_limit or with_defaults("curate", {})["memory_limit"]  # the schema's default
     limit = duckdb_memory_limit(memory_limit)
+    # No automatic checkpoint (checkpoint_threshold far beyond any corpus): the database lives in memory and goes
+    # with the connection, yet at the default 16 MiB a commit set one off that compressed every table in it: 10-12 s
+    # on both cores after the last text batch of a 30M-row corpus (bench/README.md).
     with _output_folder(Path(kept_path).parent), tempfile.TemporaryDirectory(prefix=f".{Path(kept_path).name}.spill-", suffix=PARTIAL,
                                      dir=Path(kept_path).parent) as spill, \
             _too_small(memory_limit, limit), \
-            duckdb.connect(config={"threads": threads, "memory_limit": limit, "temp_directory": spill}) as con:
+            duckdb.connect(config={"threads": threads, "memory_limit": limit, "temp_directory": spill,
+                                   "checkpoint_threshold": "1TB"}) as con:
         log.info("curation of %s: DuckDB on %d thread(s), memory limit %s (curate.memory_limit %s), spilling to %s",
                  role, threads, limit, memory_limit, spill)
         counter, why = _local_tokenizer(tokenizer, trust_remote_code)
