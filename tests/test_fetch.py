@@ -286,10 +286,6 @@ def test_a_revision_for_a_local_folder_is_refused_before_any_job(hub_recipe, tmp
 
 # ---- the workflow ----------------------------------------------------------------------------------
 
-def snakemake_in(work: Path, env: dict, *args) -> subprocess.CompletedProcess:
-    return snakemake("--directory", work, *args, env=env, timeout=1200)
-
-
 @pytest.mark.e2e
 def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny_model_folder, tmp_path):
     """The cluster case: fetch on the login node from the cache, then a model job that has neither the
@@ -302,7 +298,8 @@ def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny
                                                                                 f"  path: {REPO_ID}\n"))
     make_hub_cache(tiny_model_folder, tmp_path / "cache")
     config = ["--config", f"recipe={recipe_path}"]
-    fetched = snakemake_in(work, hub_env(tmp_path / "cache", offline=True), "fetch_models", "--cores", "1", *config)
+    fetched = snakemake("--directory", work, "fetch_models", "--cores", "1", *config,
+                        env=hub_env(tmp_path / "cache", offline=True), timeout=1200)
     assert fetched.returncode == 0, fetched.stderr[-4000:]
     steps = plan.steps(load_recipe(recipe_path))
     record = json.loads((work / f"results/models/{steps['fetch_base'].key}/snapshot.json").read_text())
@@ -310,8 +307,8 @@ def test_the_workflow_fetches_from_an_offline_cache_and_answers_with_no_hub(tiny
 
     (tmp_path / "empty_cache").mkdir()
     answers = f"results/generations/{steps['generate_base'].key}/base.jsonl"
-    generated = snakemake_in(work, hub_env(tmp_path / "empty_cache", offline=False), answers, "--cores", "1",
-                          "--resources", "gpu=1", *config)
+    generated = snakemake("--directory", work, answers, "--cores", "1", "--resources", "gpu=1", *config,
+                          env=hub_env(tmp_path / "empty_cache", offline=False), timeout=1200)
     assert generated.returncode == 0, generated.stderr[-4000:]
     assert "fetch_model" not in generated.stdout + generated.stderr, "the snapshot was reused, not fetched again"
     rows = [json.loads(line) for line in (work / answers).read_text(encoding="utf-8").splitlines()]

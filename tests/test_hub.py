@@ -190,13 +190,9 @@ def test_a_push_with_the_hub_switched_off_says_so(tmp_path):
 
 # ---- the workflow's push target --------------------------------------------------------------------
 
-def snakemake_in(work: Path, env: dict, *args) -> subprocess.CompletedProcess:
-    return snakemake("--directory", work, *args, env=env, timeout=1200)
-
-
 def test_a_push_target_without_a_repository_fails_before_any_job(tmp_path):
     (tmp_path / "data").symlink_to(REPO / "data")
-    result = snakemake_in(tmp_path, dict(os.environ), "results/pushed/dataset/sft.json", "-n",
+    result = snakemake("--directory", tmp_path, "results/pushed/dataset/sft.json", "-n",
                        "--config", f"recipe={REPO / 'recipes/default.yaml'}")
     assert result.returncode != 0
     assert "publish.dataset_repo is null: name the hub repository (owner/name) to push to" in result.stdout + result.stderr
@@ -212,8 +208,8 @@ def test_the_workflow_pushes_the_curated_dataset_with_its_card(tmp_path):
     with FakeHub() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_test_token",
                "HF_HUB_DISABLE_XET": "1"}
-        result = snakemake_in(tmp_path, env, "results/pushed/dataset/sft.json", "--cores", "1",
-                           "--config", f"recipe={recipe}")
+        result = snakemake("--directory", tmp_path, "results/pushed/dataset/sft.json", "--cores", "1",
+                           "--config", f"recipe={recipe}", env=env, timeout=1200)
         assert result.returncode == 0, result.stderr[-4000:]
     assert len(hub.commits) == 1 and hub.commits[0]["repo_type"] == "dataset"
     files = hub.commits[0]["files"]
