@@ -26,7 +26,7 @@ from tunesmith.data.tasks import read_task_families
 from tunesmith.evaluation.pages import PREFERENCE_MEASURES, write_pages
 from tunesmith.evaluation.replicates import rows as replicate_rows
 from tunesmith.generation.submission import read_generations
-from tunesmith.jobs.atomic import atomic_path, write_json
+from tunesmith.jobs.atomic import atomic_path, read_jsonl, write_json
 
 # Every `snakemake` start imports this module (rules/common.smk: holds_inputs, summary_inputs), so what
 # scores and draws (sacrebleu, scipy, matplotlib: about 1 s) is imported by the functions that use it.
@@ -106,10 +106,10 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         found["rows"] = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         manifest = path.with_name(path.name + ".manifest.json")  # which answers it was written from
         if manifest.is_file():
-            made_from = json.loads(manifest.read_text(encoding="utf-8"))["inputs"]
+            made_from = json.loads(manifest.read_text(encoding="utf-8"))
             copied = files.get("submitted") or files["generations"].get(stage)
-            found["other_recipe"] = os.fspath(copied) not in made_from
-            found["commit"] = json.loads(manifest.read_text(encoding="utf-8")).get("git_commit")
+            found["other_recipe"] = os.fspath(copied) not in made_from["inputs"]
+            found["commit"] = made_from.get("git_commit")
     found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
 
@@ -127,8 +127,7 @@ def _fallbacks(generations) -> int | None:
     with end-of-sequence blocked (tunesmith.generation.generate: a row's `fallback`)."""
     if not generations or not Path(generations).is_file():
         return None
-    rows = (json.loads(line) for line in Path(generations).read_text(encoding="utf-8").splitlines() if line.strip())
-    return sum(1 for row in rows if row.get("fallback"))
+    return sum(1 for row in read_jsonl(generations) if row.get("fallback"))
 
 
 def _fallback_note(submission: dict) -> str | None:
