@@ -101,7 +101,7 @@ class _Columns:
         if not n:
             return
         self.rows += n
-        self.sink(pa.record_batch([pa.array([self.source_id] * n, pa.string()), pa.array(self.file, pa.string()),
+        self.sink(pa.record_batch([pa.repeat(pa.scalar(self.source_id, pa.string()), n), pa.array(self.file, pa.string()),
                                    pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()),
                                    pa.array(self.reason, pa.string()), pa.array(self.detail, pa.string())],
                                   schema=INGESTED_SCHEMA))
