@@ -282,8 +282,8 @@ def run_bound(corpus_path: str, out: str, threads: int, memory_limit: str | None
         return field, len(text), text[0].as_py() if len(text) else None, text[-1].as_py() if len(text) else None
 
     def recorded(field, text, *rest):
-        computed[key(field, text)] = field_columns(field, text, *rest)
-        return computed[key(field, text)]
+        columns = computed[key(field, text)] = field_columns(field, text, *rest)
+        return columns
 
     curate_checks._field_columns = recorded
     run_ours(corpus_path, out, threads, memory_limit, "bound")
