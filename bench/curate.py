@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -272,8 +273,6 @@ def run_bound(corpus_path: str, out: str, threads: int, memory_limit: str | None
     measures, repetition, match keys); then, timed, runs again with each call answered from those. The
     rest (reading and parsing the records, distinct texts, the SQL, inserts, dedup, the files, the card)
     is done as ours does it. A wrong answer would change the kept rows, which the bench compares."""
-    import resource
-
     from tunesmith.data import curate_checks
 
     computed, field_columns = {}, curate_checks._field_columns
@@ -290,9 +289,13 @@ def run_bound(corpus_path: str, out: str, threads: int, memory_limit: str | None
     curate_checks._field_columns = lambda field, text, *rest: computed[key(field, text)]
     start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     result = run_ours(corpus_path, out, threads, memory_limit, "bound")
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return {**result, "seconds": time.perf_counter() - start,
-            "cpu_s": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime}
+    return {**result, "seconds": time.perf_counter() - start, "cpu_s": cpu_seconds_since(usage)}
+
+
+def cpu_seconds_since(usage) -> float:
+    """User + system CPU seconds of this process since `usage` (a getrusage result)."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return now.ru_utime + now.ru_stime - usage.ru_utime - usage.ru_stime
 
 
 SIDES = {"ours": run_ours, "polars": run_polars, "pandas": run_pandas, "bound": run_bound}
@@ -302,16 +305,12 @@ NAMES = {"ours": "tunesmith (ingest_source + curate, {threads} DuckDB threads)",
 
 
 def child(arguments) -> int:
-    import resource
-
     start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     if arguments.child in ("ours", "bound"):
         result = SIDES[arguments.child](arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit)
     else:
         result = SIDES[arguments.child](arguments.corpus, arguments.out)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": time.perf_counter() - start,
-                      "cpu_s": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime, **result}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "cpu_s": cpu_seconds_since(usage), **result}))
     return 0
 
 
