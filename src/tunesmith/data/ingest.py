@@ -101,8 +101,8 @@ class _Columns:
         if not n:
             return
         self.rows += n
-        self.sink(pa.record_batch([pa.repeat(pa.scalar(self.source_id, pa.string()), n), pa.array(self.file, pa.string()),
-                                   pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()),
+        self.sink(pa.record_batch([pa.repeat(pa.scalar(self.source_id, pa.string()), n),
+                                   pa.array(self.file, pa.string()), pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()),
                                    pa.array(self.reason, pa.string()), pa.array(self.detail, pa.string())],
                                   schema=INGESTED_SCHEMA))
         self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []

@@ -106,10 +106,10 @@ def _submission(files: dict, stage: str, reason: str) -> dict:
         found["rows"] = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         manifest = path.with_name(path.name + ".manifest.json")  # which answers it was written from
         if manifest.is_file():
-            made_from = json.loads(manifest.read_text(encoding="utf-8"))
+            written = json.loads(manifest.read_text(encoding="utf-8"))
             copied = files.get("submitted") or files["generations"].get(stage)
-            found["other_recipe"] = os.fspath(copied) not in made_from["inputs"]
-            found["commit"] = made_from.get("git_commit")
+            found["other_recipe"] = os.fspath(copied) not in written["inputs"]
+            found["commit"] = written.get("git_commit")
     found["fallbacks"] = _fallbacks(files["generations"].get(stage))
     return found
 
