@@ -14,6 +14,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The README's test command runs the tests on two pytest-xdist workers (`-n 2 --dist loadgroup`): an
+# end-to-end run is one process on one core. Every test that reads one of these built runs (fixtures of
+# minutes: the session's two, test_standin.py's) goes to the worker that builds it, so each is built once,
+# not once per worker.
+SHARED_RUNS = ("default_run", "quick_run", "standin_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for run in SHARED_RUNS:
+            if run in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(run))
+                if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
+                    _grouped(item, run)
+                break  # one group a test
+
+
+def _grouped(item, group: str) -> None:
+    """pytest-xdist 3.8 groups a test by suffixing its node id with `@group`, which it does by setting
+    `item._nodeid`; pytest 9.2 keeps the id in `item._id` instead, so the suffix is lost and every worker
+    builds every shared run. Set it where pytest 9.2 reads it (its NodeId); elsewhere xdist's way works."""
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # a pytest before 9.2: xdist's own suffix takes effect
+        return
+    if isinstance(getattr(item, "_id", None), NodeId) and "@" not in item.nodeid:
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
+
+
 def snakemake(*args, cwd=REPO, env=None, timeout=1800) -> subprocess.CompletedProcess:
     """`python -m snakemake` on the project's Snakefile with `args` (a run in another folder passes
     `--directory`; `--config` takes several values, so it goes after the targets), run from `cwd` with
