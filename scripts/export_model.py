@@ -3,7 +3,7 @@
 from tunesmith.hub.fetch import hub_offline
 from tunesmith.jobs.logs import log_to
 from tunesmith.jobs.manifest import recorded
-from tunesmith.model.model import export_merged
+from tunesmith.hub.export import export_merged
 from tunesmith.workflow import job_label
 
 log_to(snakemake.log[0])

@@ -1,7 +1,7 @@
 """Write the submission's lineage and the manifests along it, for the report."""
 
 from tunesmith.jobs.logs import log_to
-from tunesmith.jobs.manifest import write_lineage
+from tunesmith.lineage import write_lineage
 
 log_to(snakemake.log[0])
 write_lineage(

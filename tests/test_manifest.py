@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from tunesmith.jobs.atomic import content_hash
-from tunesmith.jobs.manifest import (LineageError, current_manifest, index_manifests, lineage, manifest_path,
-                                recorded, task_overview)
+from tunesmith.jobs.manifest import current_manifest, index_manifests, manifest_path, recorded
+from tunesmith.lineage import LineageError, lineage, task_overview
 
 
 class Job(SimpleNamespace):

@@ -315,7 +315,7 @@ def test_export_merges_on_the_cpu_in_the_recipe_dtype_with_the_training_prompt(t
                                                                                  monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.model.model import export_merged
+    from tunesmith.hub.export import export_merged
     from tunesmith.model.template import PromptTemplate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: the merge still runs on CPU

@@ -295,7 +295,7 @@ def test_the_on_policy_recipe_runs_sharded_and_dpo_traces_back_to_the_sft_model(
 
     from quick_recipe import quick_recipe
     from recipe_keys import leaf_keys
-    from tunesmith.jobs.manifest import lineage
+    from tunesmith.lineage import lineage
 
     recipe_path = quick_recipe(REPO / "recipes/on-policy.yaml", tmp_path / "quick.yaml")
     raw = yaml.safe_load(open(recipe_path, encoding="utf-8"))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunesmith.config.recipe import RecipeError, load_recipe, load_schema, section_hash, validate_recipe, variants
+from tunesmith.config.recipe import RecipeError, load_recipe, load_schema, validate_recipe, variants
+from tunesmith.jobs.atomic import section_hash
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

@@ -11,7 +11,8 @@ import pytest
 from safetensors.torch import load_file
 
 from tiny_model import SEED, recipe, sft_adapter, tiny  # noqa: F401
-from tunesmith.config.recipe import section_hash, tracking_problems
+from tunesmith.config.recipe import tracking_problems
+from tunesmith.jobs.atomic import section_hash
 from tunesmith.jobs.manifest import _git_commit
 from tunesmith.model.model import read_metadata
 from tunesmith.training.tracking import EVENTS_FOLDER, EVENTS_PLOT, TrackingError, environment, run_of, run_settings, tracked

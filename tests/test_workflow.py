@@ -365,7 +365,7 @@ def test_every_artifact_has_a_manifest(default_run):
 
 @pytest.mark.e2e
 def test_lineage_walks_from_a_task_answer_to_the_source_rows(default_run):
-    from tunesmith.jobs.manifest import LineageError, lineage
+    from tunesmith.lineage import LineageError, lineage
 
     contaminated = json.loads(one(default_run, "results/curated/*/sft.card.json").read_text())["contamination"][0]
     task_id = contaminated["task_id"]

@@ -8,16 +8,16 @@ recipe (`config`) is read by every stage's code; data and models are built from 
 uses a model and the task files; the judge grades generated answers (its local backend generates);
 training sits above the judge and generation so that preference pairs made from the policy's own answers
 may use both; evaluation scores what those produced; the hub packages and publishes the results and is
-how a named model arrives (`fetch`); the command line, `tunesmith explain` and the stage registry
-sit on top.
+how a named model arrives (`fetch`); the command line, `tunesmith explain`, the stage registry and
+lineage (which reads the task files and on-policy pairs along a chain of manifests) sit on top.
 The submission file belongs to generation (the judge and evaluation read it); the task and reference
 files to data (curation decontaminates against them, generation answers them). The few imports that
 still point up are listed by name in pyproject.toml's contract (`ignore_imports`), each the work of
-issue 21: the validator calling each job's own early checks, the manifest's hash and lineage overview.
+issue 21: the validator calling each job's own early checks, the manifest's template hash.
 
 tunesmith/      (imports point down: a layer uses only the layers below it)
-  (top)        cli explain workflow
-  hub/         fetch hub
+  (top)        cli explain workflow lineage
+  hub/         fetch hub export
   evaluation/  evaluate significance paired choice compare replicated summary answers replicates
                leaderboard pages stage_chart preference_accuracy
   training/    train train_data preference checkpoints curves tracking launcher distributed

@@ -46,7 +46,7 @@ def validate(args) -> int:
 
 def show_lineage(args) -> int:
     """Walk back from an artifact (e.g. submission.jsonl) to the data and settings that made it."""
-    from tunesmith.jobs.manifest import LineageError, lineage, task_overview
+    from tunesmith.lineage import LineageError, lineage, task_overview
 
     try:
         overview = [] if args.task_id is None else task_overview(args.target, args.task_id, root=args.root)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tunesmith.config.recipe import key_parts, lookup, section_hash
+from tunesmith.config.recipe import key_parts, lookup
+from tunesmith.jobs.atomic import section_hash
 from tunesmith.hub.fetch import fetched_models, is_local_folder, local_files
 
 MODEL_STAGES = ("base", "sft", "dpo")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -34,6 +33,7 @@ from tunesmith.config.trl_fields import RENAMED, renamed_problems, trainer_probl
 from tunesmith.data.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.data.tasks import check_task_files
 from tunesmith.hub.fetch import fetched_models, model_problems
+from tunesmith.jobs.atomic import section_hash
 from tunesmith.training.launcher import sharding_problem
 from tunesmith.training.preference import preference_problems
 
@@ -50,12 +50,6 @@ KEY_LIKE = re.compile(r"^(sk|hf|ghp|gho|ghs|github_pat|xox[abpr]|AKIA|rk|pk)[-_]
 PATH_KEYS = ("tasks.path", "tasks.references", "judge.reference_grades", "judge.prompt_template", "base_model.path",
              "judge.local.path")
 NAME_MAX_BYTES, PATH_MAX_BYTES = 255, 4095
-
-
-def section_hash(section) -> str:
-    """A short, stable hash of a recipe section (key order does not matter)."""
-    canonical = json.dumps(section, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def load_recipe(path: str | os.PathLike, check_files: bool = False, overrides: dict | None = None) -> dict:

@@ -104,6 +104,12 @@ def copy_files(sources: list, targets: list) -> None:
             shutil.copyfile(source, tmp)
 
 
+def section_hash(section) -> str:
+    """A short, stable hash of a recipe section (key order does not matter)."""
+    canonical = json.dumps(section, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
 def content_hash(path: str | os.PathLike) -> str:
     """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
     path = Path(path)

@@ -5,7 +5,7 @@ go through the same `from_pretrained` calls; only the recipe's `base_model` sect
 Adapters are never merged into the weights a stage runs on (on a 4-bit base a merge re-quantises the
 sum and rounds a realistic update almost entirely away): generation loads one standalone adapter
 folder (`tunesmith.model.adapters`) unmerged, and training stacks its new adapter on the frozen adapter
-of the stage beneath. Only `export_merged` merges, on CPU and unquantised, where it is exact.
+of the stage beneath. Only `tunesmith.hub.export` merges, on CPU and unquantised, where it is exact.
 """
 
 from __future__ import annotations
@@ -189,49 +189,6 @@ def activate_stack(model) -> None:
     model.active_adapter = TRAINED_ADAPTER
     model.set_requires_grad(BENEATH, requires_grad=False)
     model.set_requires_grad(TRAINED_ADAPTER, requires_grad=True)
-
-
-def chat_template(template_section: dict, tokenizer) -> str | None:
-    """A Jinja chat template that renders exactly the text training saw, BOS included, for users of
-    `apply_chat_template(tokenize=True)` (which adds no BOS of its own)."""
-    if template_section["kind"] != "plain":
-        return template_section.get("chat_template") or tokenizer.chat_template
-    before, after = template_section["prompt"].split("{input}", 1)
-    literal = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
-    return (
-        "{{ bos_token }}{% for message in messages %}"
-        f"{{% if message['role'] == 'user' %}}{{{{ {literal(before)} }}}}{{{{ message['content'] }}}}"
-        f"{{{{ {literal(after)} }}}}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}"
-        "{% endfor %}"
-    )
-
-
-def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, template_section: dict) -> None:
-    """A standalone model folder (safetensors, tokenizer with a chat template that reproduces the
-    training prompt, model card) with the stage's adapter merged in, for users who upload a full model.
-    The base is loaded on the CPU, unquantised in the recipe's dtype, so the merge is exact and a 13B
-    model never has to fit a GPU."""
-    from peft import PeftModel
-
-    from tunesmith.hub.hub import model_card
-    from tunesmith.jobs.atomic import atomic_path
-
-    unquantised = {**section, "quantization": "none"}
-    model = load_base(base_path, unquantised, on=torch.device("cpu"))
-    model = PeftModel.from_pretrained(model, adapter, torch_device="cpu").merge_and_unload()
-    tokenizer = load_tokenizer(base_path, section)
-    tokenizer.chat_template = chat_template(template_section, tokenizer)
-    adapter_metadata = read_metadata(adapter)
-    with atomic_path(out_dir, directory=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        chain = adapter_metadata.get("chain", [])
-        card = model_card("export", chain[-1]["stage"] if chain else "export", {"base_model": section,
-                          "template": template_section}, [], None, None, None, chain=chain)
-        (Path(tmp) / "README.md").write_text(card, encoding="utf-8")
-        write_metadata(tmp, stage="export", base_model=base_path, adapter=adapter, dtype=section["dtype"],
-                       chain=adapter_metadata.get("chain", []), template_hash=adapter_metadata.get("template_hash"))
 
 
 def write_metadata(folder: str | os.PathLike, **fields) -> None:

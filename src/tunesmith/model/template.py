@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tunesmith.config.recipe import section_hash
+from tunesmith.jobs.atomic import section_hash
 
 
 class TemplateError(ValueError):

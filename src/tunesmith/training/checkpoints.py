@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tunesmith.config.recipe import section_hash
+from tunesmith.jobs.atomic import section_hash
 from tunesmith.jobs.atomic import content_hash
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from tunesmith.config.recipe import section_hash
+from tunesmith.jobs.atomic import section_hash
 
 EVENTS_FOLDER = "tensorboard"
 EVENTS_PLOT = "training_tensorboard.png"
