@@ -19,10 +19,10 @@ and kept beside the few functions that read it, so that nothing else holds a sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tunesmith.config.recipe import key_parts, lookup
-from tunesmith.jobs.atomic import section_hash
-from tunesmith.hub.fetch import fetched_models, is_local_folder, local_files
+from tunesmith.config.recipe import fetched_models, key_parts, lookup
+from tunesmith.jobs.atomic import local_files, section_hash
 
 MODEL_STAGES = ("base", "sft", "dpo")
 PAIR_ACCURACY_STAGES = ("sft", "dpo")  # the stages whose preference accuracy on held-out pairs is compared
@@ -241,7 +241,7 @@ STAGES = {
     "fetch": Stage("models", lambda r, role: [f"{'base_model' if role == 'base' else 'judge.local'}.{name}"
                                               for name in ("path", "revision")], lambda r, _: {},
                    shape=_fetched, files=lambda r, role: tuple(local_files(_fetched(r, role)["path"]))
-                   if is_local_folder(_fetched(r, role)["path"]) else ()),
+                   if Path(_fetched(r, role)["path"]).is_dir() else ()),
     "tokenizer": Stage("tokenizer", lambda r, _: ["base_model.build.vocab_size",
                                                   *_sources(r, "pretrain", ["path", "format"])],
                        lambda r, _: {}),

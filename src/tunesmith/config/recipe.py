@@ -32,7 +32,7 @@ from tunesmith.config.schema import load_schema, strict_validator
 from tunesmith.config.trl_fields import RENAMED, renamed_problems, trainer_problems
 from tunesmith.data.sources import check_inputs, check_settings, special_file_problem
 from tunesmith.data.tasks import check_task_files
-from tunesmith.hub.fetch import fetched_models, model_problems
+from tunesmith.hub.fetch import model_problems
 from tunesmith.jobs.atomic import section_hash
 from tunesmith.training.launcher import sharding_problem
 from tunesmith.training.preference import preference_problems
@@ -405,6 +405,18 @@ def file_problems(recipe: dict) -> list[str]:
         reason = special_file_problem(path)
         problems += [f"{key}.path: {reason}"] if reason else model_problems(path, revision, key)
     return problems
+
+
+def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
+    """The models the fetch_model stage snapshots, by role: (path, revision). A local judge model
+    (judge.backend transformers or vllm) is fetched the same way as the base."""
+    models = {}
+    if recipe["base_model"]["path"] is not None:
+        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
+    judge = recipe["judge"]
+    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
+        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
+    return models
 
 
 # ---- sweeps -----------------------------------------------------------------------------------------

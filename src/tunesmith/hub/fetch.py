@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tunesmith.jobs.atomic import atomic_path, content_hash, write_json
+from tunesmith.jobs.atomic import atomic_path, content_hash, local_files, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ def hub_offline() -> None:
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         constants.HF_HUB_OFFLINE = True
-
-
-def is_local_folder(path: str) -> bool:
-    return Path(path).is_dir()
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -84,13 +80,6 @@ def model_problems(path: str, revision: str | None, key: str) -> list[str]:
 
 def _first_sentence(error: Exception) -> str:
     return str(error).strip().split("\n")[0].split(". ")[0][:200]
-
-
-def local_files(folder: str | os.PathLike) -> list[str]:
-    """The files of a local model folder (hidden ones skipped), sorted: the fetch job's inputs."""
-    folder = Path(folder)
-    return sorted(str(file) for file in folder.rglob("*")
-                  if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts))
 
 
 def _snapshot(repo_id: str, revision: str | None, key: str) -> Path:
@@ -152,7 +141,7 @@ def fetch_model(path: str, revision: str | None, out_dir: str, record_path: str,
     """Snapshot the model `path` (a local folder, or a hub id at `revision`) into `out_dir` and write
     its record (source, resolved commit, per-file sha256 and size) to `record_path`. `key` is the
     recipe section that named the model, for messages. Returns the record."""
-    if is_local_folder(path):
+    if Path(path).is_dir():  # a local folder
         if revision is not None:
             raise FetchError(f"{key}.revision: {revision!r} is set, but {key}.path {path!r} is a local folder, "
                              "which has no revisions; set it to null")
@@ -180,15 +169,3 @@ def fetch_model(path: str, revision: str | None, out_dir: str, record_path: str,
     log.info("%s: %d files, %.1f MB (%s) at commit %s", path, len(hashes), record["bytes"] / 1e6,
              ", ".join(f"{count} {how}" for how, count in placed.items() if count), record["commit"])
     return record
-
-
-def fetched_models(recipe: dict) -> dict[str, tuple[str, str | None]]:
-    """The models the fetch_model stage snapshots, by role: (path, revision). A local judge model
-    (judge.backend transformers or vllm) is fetched the same way as the base."""
-    models = {}
-    if recipe["base_model"]["path"] is not None:
-        models["base"] = (recipe["base_model"]["path"], recipe["base_model"]["revision"])
-    judge = recipe["judge"]
-    if judge["backend"] in ("transformers", "vllm") and judge["local"]["path"]:
-        models["judge"] = (judge["local"]["path"], judge["local"]["revision"])
-    return models

@@ -122,3 +122,11 @@ def content_hash(path: str | os.PathLike) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def local_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a folder (hidden ones skipped), sorted: a local model folder's files are the fetch job's
+    inputs (tunesmith.config.plan) and what its snapshot holds (tunesmith.hub.fetch)."""
+    folder = Path(folder)
+    return sorted(str(file) for file in folder.rglob("*")
+                  if file.is_file() and not any(part.startswith(".") for part in file.relative_to(folder).parts))
