@@ -268,6 +268,30 @@ def test_a_folder_holding_the_working_directory_is_refused_when_files_are_checke
         validate_recipe(recipe, check_files=True)
 
 
+def test_a_configured_judge_is_checked_with_the_files_even_when_the_task_file_is_broken(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(REPO / "recipes/default.yaml")
+    recipe["judge"].update(backend="openai")
+    recipe["judge"]["openai"]["base_url"] = "http://127.0.0.1:8000/v1"
+    recipe["tasks"]["path"] = str(tmp_path / "no-tasks.jsonl")
+    with pytest.raises(RecipeError) as caught:
+        validate_recipe(recipe, check_files=True)
+    assert "tasks.path: " in str(caught.value) and "judge.openai.model: judge.backend openai needs it" in str(caught.value)
+
+
+def test_cli_validate_no_files_checks_a_recipe_away_from_its_data(tmp_path, monkeypatch, capsys):
+    """`--no-files` once still read the task file (and failed where the data is not); without it, the
+    files are checked, the task file among them."""
+    from tunesmith.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    default = str(REPO / "recipes" / "default.yaml")
+    assert main(["validate", default, "--no-files"]) == 0
+    assert capsys.readouterr().out == f"{default}: valid\n"
+    assert main(["validate", default]) == 1
+    assert "tasks.path: data/tasks.jsonl: file not found" in capsys.readouterr().err
+
+
 def test_an_error_shows_a_bounded_excerpt_of_the_value():
     with pytest.raises(RecipeError) as caught:
         validate_recipe(minimal_recipe(seed="x" * 1_000_000))

@@ -394,7 +394,6 @@ def test_check_task_files_names_the_recipe_key_file_and_line(tmp_path):
     assert problems == [
         f"tasks.references: {bad_refs}:2: input '知らない問題…' matches no task of the task file",
         f"judge.reference_grades: {tmp_path / 'nowhere.jsonl'}: file not found",
-        "judge.openai.model: judge.backend openai needs it",
     ]
     broken_tasks = write(tmp_path / "broken.jsonl", dump(ELYZA_TASKS[0]) + "\n{oops\n")
     assert check_task_files(recipe_with(tmp_path, path=str(broken_tasks))) == [

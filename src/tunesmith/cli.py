@@ -31,12 +31,6 @@ def validate(args) -> int:
     except RecipeError as error:
         print(error, file=sys.stderr)
         return 1
-    from tunesmith.data.tasks import check_task_files  # issue 10; the lead's validator rewrite takes this over
-
-    if problems := check_task_files(recipe):
-        print(f"{args.recipe}: the task files cannot be used:\n" + "\n".join(f"  {p}" for p in problems),
-              file=sys.stderr)
-        return 1
     if args.show:
         yaml.safe_dump(shown_recipe(recipe), sys.stdout, allow_unicode=True, sort_keys=False)
     else:

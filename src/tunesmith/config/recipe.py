@@ -34,6 +34,7 @@ from tunesmith.data.sources import check_inputs, check_settings, special_file_pr
 from tunesmith.data.tasks import check_task_files
 from tunesmith.hub.fetch import model_problems
 from tunesmith.jobs.atomic import section_hash
+from tunesmith.judge.rubric import check_judge_settings
 from tunesmith.training.launcher import sharding_problem
 from tunesmith.training.preference import preference_problems
 
@@ -389,7 +390,9 @@ def file_problems(recipe: dict) -> list[str]:
                if isinstance(path, str) and (reason := special_file_problem(path))]
     if special:  # a FIFO would block the task reader; /proc/self/environ would be read as data
         return special
-    problems = check_inputs(recipe) + check_task_files(recipe) + tracking_problems(recipe)
+    judge = recipe["judge"]  # a configured judge's prompt template and the keys its backend needs
+    problems = (check_inputs(recipe) + check_task_files(recipe)
+                + (check_judge_settings(judge) if judge["backend"] != "none" else []) + tracking_problems(recipe))
     workdir = Path.cwd().resolve()
     for index, source in enumerate(recipe["sources"]):
         resolved = Path(source["path"]).resolve()

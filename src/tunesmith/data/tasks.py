@@ -302,8 +302,4 @@ def check_task_files(recipe: dict) -> list[str]:
     judge = recipe.get("judge", {})
     if judge.get("reference_grades"):
         collect("judge.reference_grades", lambda: read_reference_grades(judge["reference_grades"], tasks))
-    if judge.get("backend", "none") != "none":
-        from tunesmith.judge.rubric import check_judge_settings
-
-        problems.extend(check_judge_settings(judge))
     return problems
