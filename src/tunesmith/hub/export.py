@@ -51,4 +51,4 @@ def export_merged(base_path: str, section: dict, adapter: str, out_dir: str, tem
                           "template": template_section}, [], None, None, None, chain=chain)
         (Path(tmp) / "README.md").write_text(card, encoding="utf-8")
         write_metadata(tmp, stage="export", base_model=base_path, adapter=adapter, dtype=section["dtype"],
-                       chain=adapter_metadata.get("chain", []), template_hash=adapter_metadata.get("template_hash"))
+                       chain=chain, template_hash=adapter_metadata.get("template_hash"))
