@@ -158,6 +158,8 @@ def test_lineage_of_a_task_shows_input_reference_answer_and_whether_it_was_corre
     assert capsys.readouterr().err.strip() == "task 7 is not in tasks.jsonl (2 tasks, ids 0–1)"
     # no evaluation: the reference and the verdict say why they are missing
     (tmp_path / "results/eval.json").unlink()
+    assert main(["lineage", "gone.jsonl", "--task-id", "0"]) == 1  # the file is not there (not "no task file")
+    assert capsys.readouterr().err.strip() == "gone.jsonl: no such file under ."
     text = task_overview("submission.jsonl", 0, root=tmp_path)
     assert text[2].startswith("  reference: none (the recipe sets no tasks.references, and there is no current")
     assert text[4].startswith("  correct:   not scored (results/eval.json is not built")
