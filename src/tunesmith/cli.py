@@ -43,9 +43,8 @@ def show_lineage(args) -> int:
     from tunesmith.lineage import LineageError, lineage, task_overview
 
     try:
-        chain = lineage(args.target, task_id=args.task_id, root=args.root)  # first: a target that is not there
         overview = [] if args.task_id is None else task_overview(args.target, args.task_id, root=args.root)
-        print("\n".join(overview + chain))
+        print("\n".join(overview + lineage(args.target, task_id=args.task_id, root=args.root)))
     except LineageError as error:
         print(error, file=sys.stderr)
         return 1

@@ -65,11 +65,18 @@ def _shown(text) -> str:
     return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + " …"
 
 
+def _indexed(target: str, root: str | os.PathLike) -> tuple[Path, dict]:
+    """(root as a Path, the current manifests under it), once `target` is known to be there."""
+    if not (Path(root) / target).exists():
+        raise LineageError(f"{target}: no such file under {root}")
+    return Path(root), index_manifests(root)
+
+
 def task_overview(target: str, task_id: int, root: str | os.PathLike = ".") -> list[str]:
     """One task as the run saw it: its input (from the task file along `target`'s lineage), its
     reference, the answer `target` holds and whether the evaluation found it correct. A task id the
     task file lacks is a LineageError."""
-    root, index = Path(root), index_manifests(root)
+    root, index = _indexed(target, root)
     chain = _chain(index, target)
     scores = index.get(EVALUATION)
     report = json.loads((root / EVALUATION).read_text(encoding="utf-8")) if scores else None
@@ -128,10 +135,7 @@ def task_overview(target: str, task_id: int, root: str | os.PathLike = ".") -> l
 def lineage(target: str, task_id: int | None = None, root: str | os.PathLike = ".") -> list[str]:
     """The chain of jobs and files behind `target`, newest first, as printable lines. Paths are as
     the workflow wrote them, relative to its working directory `root`."""
-    root = Path(root)
-    index = index_manifests(root)
-    if not (root / target).exists():
-        raise LineageError(f"{target}: no such file under {root}")
+    root, index = _indexed(target, root)
     if os.path.normpath(target) not in index:
         raise LineageError(f"{target}: no manifest under {root}; was it built by the tunesmith workflow there?")
     lines, seen = [], set()
