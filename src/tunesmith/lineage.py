@@ -176,14 +176,7 @@ def write_lineage(target: str, text_path: str | os.PathLike, manifests_path: str
     """Write `target`'s lineage as text and every manifest along it as one JSON file (for the report)."""
     lines = lineage(target, root=root)
     index = index_manifests(root)
-    chain, stack = {}, [os.path.normpath(target)]
-    while stack:
-        path = stack.pop()
-        manifest = index.get(path)
-        if manifest is None or path in chain:
-            continue
-        chain[path] = manifest
-        stack.extend(os.path.normpath(source) for source in manifest["inputs"])
+    chain = {path: index[path] for path in _chain(index, target) if path in index}  # nearest first
     with atomic_path(text_path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(manifests_path, chain)
