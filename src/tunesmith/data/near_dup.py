@@ -4,12 +4,14 @@ that similar to a row that is kept (no chains).
 
 The MinHash signatures and the band test are rensa's (a maintained Rust library): it signs every
 row from our shingle hashes in one call and flags the rows whose bands collide with another row's;
-only those rows' signatures come back, to DuckDB, which pairs rows whose band of `rows` values agree.
-The pass then checks each candidate pair's exact Jaccard similarity of its character n-gram sets
-(an estimate would lose true pairs near the threshold, and candidates are few), which rensa has no
-notion of, and keeps rows in order (greedy, no chains). Reads the `deduplicated` view (pos,
-verdict, dedup_key, question_key, context_key); writes `clusters` (pos, label, cluster, jaccard):
-each kept row with the rows dropped as its near copies.
+only those rows are signed again, and their bands' hashes go to DuckDB, which pairs rows whose band
+agrees (each row with at most ANCHORS others per band, so that templated text cannot make the pairs
+grow with the square of the rows). A pair whose signatures agree too little to be near the threshold
+is set aside; the rest are checked by the exact Jaccard similarity of their character n-gram sets (an
+estimate would lose true pairs near the threshold), which rensa has no notion of, and rows are kept
+in order (greedy, no chains). Reads the `deduplicated` view (pos, verdict, dedup_key, question_key,
+context_key); writes `clusters` (pos, label, cluster, jaccard): each kept row with the rows dropped as
+its near copies.
 """
 
 from __future__ import annotations
@@ -26,14 +28,26 @@ from tunesmith.data.measures import code_points
 NEAR_PARTS = {"instruction_response": ("question_key", "context_key"), "prompt_response": ("dedup_key",)}
 SIGNATURE_CHUNK_ROWS = 16_384  # rows hashed at a time
 SIGNED_CHUNK_ROWS = 2_048  # flagged rows signed at a time (their signatures pass through Python lists)
+# A bucket of a band holds the rows whose band agrees. Templated text (one question pattern with a few
+# words changed) fills buckets with thousands of rows that are alike but not near copies, and all pairs of a
+# bucket grow with its square (bench/curate.py's 1M rows: ~200M pairs, the machine's 24 GiB exhausted).
+# Each row is paired with the first ANCHORS rows of each of its buckets (in row order): every pair of a
+# bucket of up to ANCHORS + 1 rows, at most ANCHORS pairs a row in a larger one. A near copy whose original
+# is never among the first of a bucket they share is missed (0.5% of the pairs found on 100k templated rows).
+ANCHORS = 16
+# A pair goes to the exact check only when its signatures agree in enough of their values: the MinHash
+# estimate of its Jaccard J reaches the threshold t less SPREADS times the estimate's spread at t,
+# sqrt(t (1 - t) / permutations) (0.16 below 0.8 for 128 permutations), so that a pair at the threshold is
+# passed over a few times in a million. The values are compared by their low byte, which agrees wherever
+# the whole value does: the test only ever keeps more.
+SPREADS = 4.5
 CANDIDATES_SQL = """
 CREATE TEMP TABLE candidates AS
-WITH bands AS (
-  SELECT pos, band, hash(signature[band * {rows} + 1 : (band + 1) * {rows}]) AS bucket
-  FROM signatures, range({bands}) AS b(band)
+WITH ranked AS (
+  SELECT pos, band, bucket, row_number() OVER (PARTITION BY band, bucket ORDER BY pos) AS rank FROM bands
 )
-SELECT DISTINCT x.pos AS a, y.pos AS b FROM bands x JOIN bands y ON x.band = y.band AND x.bucket = y.bucket
-WHERE x.pos < y.pos
+SELECT DISTINCT x.pos AS a, y.pos AS b FROM ranked x JOIN ranked y ON x.band = y.band AND x.bucket = y.bucket
+WHERE x.rank <= {anchors} AND x.pos < y.pos
 """
 
 
@@ -64,22 +78,23 @@ def _shingle_hashes(texts, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
     return value, numpy.concatenate([[0], numpy.cumsum(windows)]).astype(numpy.int64)
 
 
-def _signatures(con, near: dict, seed: int) -> None:
-    """Table `signatures` (pos, signature): the MinHash signatures of the rows whose LSH bands collide
-    with another row's (the only ones that can be in a candidate pair).
+def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Table `bands` (pos, band, bucket) of the rows whose LSH bands collide with another row's (the only
+    ones that can be in a candidate pair), and those rows' positions (ascending) with the low byte of each
+    of their MinHash values (a row a row, for `_estimated`).
 
     Memory holds the shingle hashes of all rows (8 bytes per n-gram; the keys are streamed from
     DuckDB and hashed a batch at a time), then their compact signature matrix; rensa's one-shot band
     test flags rows without building an index (which would hold every row's bands). The flagged rows
-    are few: their keys are read again and signed for SQL."""
+    are read again and signed a chunk at a time."""
     from rensa import RMinHash, RMinHashLSH
 
-    n, permutations = near["ngram"], near["permutations"]
-    con.execute("CREATE TEMP TABLE signatures (pos BIGINT, signature UBIGINT[])")
+    n, permutations, band_count = near["ngram"], near["permutations"], near["bands"]
+    con.execute("CREATE TEMP TABLE bands (pos BIGINT, band INTEGER, bucket UBIGINT)")
     rows = f"FROM deduplicated WHERE verdict IS NULL AND length(dedup_key) >= {n}"
     count, total = con.execute(f"SELECT count(*), coalesce(sum(length(dedup_key) - {n - 1}), 0) {rows}").fetchall()[0]
     if not count:
-        return
+        return numpy.empty(0, numpy.int64), numpy.empty((0, permutations), numpy.uint8)
     positions, hashes = numpy.empty(count, numpy.int64), numpy.empty(total, numpy.uint64)
     offsets, done = numpy.zeros(count + 1, numpy.uint64), 0
     for batch in con.sql(f"SELECT pos, dedup_key {rows} ORDER BY pos").to_arrow_reader(SIGNATURE_CHUNK_ROWS):
@@ -91,22 +106,46 @@ def _signatures(con, near: dict, seed: int) -> None:
     _release_freed()
     matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, permutations, seed)
     del hashes, offsets
-    lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
+    lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=band_count)
     flagged = positions[numpy.asarray(lsh.query_duplicate_flags_matrix_one_shot(matrix), bool)]
     del matrix, lsh, positions
     _release_freed()
     con.register("flagged", pa.table({"pos": pa.array(flagged, pa.int64())}))
-    flagged = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
-    for batch in flagged.to_batches(SIGNED_CHUNK_ROWS):
+    low_bytes = numpy.empty((len(flagged), permutations), numpy.uint8)
+    band_numbers = numpy.tile(numpy.arange(band_count, dtype=numpy.int32), SIGNED_CHUNK_ROWS)
+    done = 0
+    keys = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
+    for batch in keys.to_batches(SIGNED_CHUNK_ROWS):
         found, found_offsets = _shingle_hashes(batch.column(1), n)
-        signatures = RMinHash.digest_matrix_from_flat_token_hashes(found, found_offsets.astype(numpy.uint64),
-                                                                   permutations, seed).to_rows()
-        con.register("signature_chunk", pa.table({"pos": batch.column(0),
-                                                  "signature": pa.array(signatures, pa.list_(pa.uint64()))}))
-        con.execute("INSERT INTO signatures SELECT * FROM signature_chunk")
-        con.unregister("signature_chunk")
+        signatures = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
+            found, found_offsets.astype(numpy.uint64), permutations, seed).to_rows(), numpy.uint64)
+        low_bytes[done:done + batch.num_rows] = signatures.astype(numpy.uint8)
+        done += batch.num_rows
+        con.register("band_chunk", pa.table({
+            "pos": pa.array(numpy.repeat(batch.column(0).to_numpy(), band_count), pa.int64()),
+            "band": pa.array(band_numbers[:batch.num_rows * band_count], pa.int32()),
+            "bucket": pa.array(_band_hashes(signatures, band_count).ravel(), pa.uint64())}))
+        con.execute("INSERT INTO bands SELECT * FROM band_chunk")
+        con.unregister("band_chunk")
     con.unregister("flagged")
+    del keys
     _release_freed()
+    return flagged, low_bytes
+
+
+def _band_hashes(signatures: numpy.ndarray, band_count: int) -> numpy.ndarray:
+    """Per row (of MinHash values) and band, a 64-bit hash of the band's values: rows whose band agrees
+    share it (two bands that differ sharing it is a 64-bit collision)."""
+    value = numpy.zeros((len(signatures), band_count), numpy.uint64)
+    with numpy.errstate(over="ignore"):
+        for column in signatures.reshape(len(signatures), band_count, -1).transpose(2, 0, 1):
+            value = value * numpy.uint64(0x100000001B3) + column
+        value ^= value >> numpy.uint64(30)
+        value *= numpy.uint64(0xBF58476D1CE4E5B9)
+        value ^= value >> numpy.uint64(27)
+        value *= numpy.uint64(0x94D049BB133111EB)
+        value ^= value >> numpy.uint64(31)
+    return value
 
 
 def _release_freed() -> None:
@@ -121,29 +160,57 @@ def _release_freed() -> None:
         pass
 
 
-def _similarity(a: str, b: str, n: int) -> float:
-    """Exact Jaccard similarity of two texts' character n-gram sets; texts too short to have n-grams
-    are similar only when equal (two empty contexts are)."""
-    if len(a) < n or len(b) < n:
-        return float(a == b)
-    grams_a = {a[index:index + n] for index in range(len(a) - n + 1)}
-    grams_b = {b[index:index + n] for index in range(len(b) - n + 1)}
+def _grams(text: str, n: int) -> set[str] | str:
+    """A text's character n-gram set; a text too short to have n-grams stands for itself."""
+    return text if len(text) < n else {text[index:index + n] for index in range(len(text) - n + 1)}
+
+
+def _similarity(grams_a: set[str] | str, grams_b: set[str] | str) -> float:
+    """Exact Jaccard similarity of two n-gram sets (`_grams`); texts too short to have n-grams are
+    similar only when equal (two empty contexts are)."""
+    if isinstance(grams_a, str) or isinstance(grams_b, str):
+        return float(grams_a == grams_b)
     shared = len(grams_a & grams_b)
     return shared / (len(grams_a) + len(grams_b) - shared)
 
 
-def _links(con, near: dict) -> dict:
+def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) -> dict:
     """Candidate pairs (a < b) whose exact Jaccard, in every key part, reaches the threshold, as
-    numpy arrays a, b, jaccard (the least over the parts)."""
+    numpy arrays a, b, jaccard (the least over the parts). Only the pairs whose signatures agree enough
+    (`_estimated`) are checked exactly; a row's n-grams are taken once for its run of pairs."""
     parts, n = NEAR_PARTS[near["key"]], near["ngram"]
-    pairs = con.execute("SELECT a, b FROM candidates ORDER BY a, b").fetchall()
+    pairs = con.execute("SELECT a, b FROM candidates ORDER BY a, b").fetchnumpy()
+    threshold = near["threshold"]
+    least = threshold - SPREADS * (threshold * (1 - threshold) / near["permutations"]) ** 0.5
+    keep = _estimated(pairs["a"], pairs["b"], flagged, low_bytes, least)
+    con.register("checked", pa.table({"a": pairs["a"][keep], "b": pairs["b"][keep]}))
     texts = {pos: values for pos, *values in con.execute(
         f"SELECT d.pos, {', '.join(f'd.{part}' for part in parts)} FROM deduplicated d "
-        "JOIN (SELECT a AS pos FROM candidates UNION SELECT b FROM candidates) c ON c.pos = d.pos").fetchall()}
-    found = [(a, b, min(_similarity(x, y, n) for x, y in zip(texts[a], texts[b]))) for a, b in pairs]
-    found = [link for link in found if link[2] >= near["threshold"]]
+        "JOIN (SELECT a AS pos FROM checked UNION SELECT b FROM checked) c ON c.pos = d.pos").fetchall()}
+    con.unregister("checked")
+    found, last, grams = [], None, ()
+    for a, b in zip(pairs["a"][keep].tolist(), pairs["b"][keep].tolist()):
+        if a != last:
+            last, grams = a, [_grams(text, n) for text in texts[a]]
+        jaccard = min(_similarity(x, _grams(y, n)) for x, y in zip(grams, texts[b]))
+        if jaccard >= threshold:
+            found.append((a, b, jaccard))
     return {"a": numpy.array([a for a, _, _ in found], numpy.int64), "b": numpy.array([b for _, b, _ in found], numpy.int64),
             "jaccard": numpy.array([j for _, _, j in found], numpy.float64)}
+
+
+PAIR_CHUNK = 65_536  # pairs compared at a time (a few MB of gathered signatures)
+
+
+def _estimated(a, b, flagged: numpy.ndarray, low_bytes: numpy.ndarray, least: float) -> numpy.ndarray:
+    """Whether each pair's signatures (low bytes) agree in at least `least` of their values."""
+    keep = numpy.zeros(len(a), bool)
+    needed = least * low_bytes.shape[1]
+    for start in range(0, len(a), PAIR_CHUNK):
+        x = low_bytes[numpy.searchsorted(flagged, a[start:start + PAIR_CHUNK])]
+        y = low_bytes[numpy.searchsorted(flagged, b[start:start + PAIR_CHUNK])]
+        keep[start:start + PAIR_CHUNK] = (x == y).sum(axis=1) >= needed
+    return keep
 
 
 def _kept_against(links) -> tuple[list[int], list[int], list[float]]:
@@ -166,10 +233,11 @@ def near_duplicates(con, near: dict, seed: int) -> None:
     con.execute("CREATE TEMP TABLE clusters (pos BIGINT, label BIGINT, cluster BIGINT, jaccard DOUBLE)")
     if not near["enabled"]:
         return
-    _signatures(con, near, seed)
-    con.execute(CANDIDATES_SQL.format(rows=near["permutations"] // near["bands"], bands=near["bands"]))
-    con.execute("DROP TABLE signatures")
-    dropped, kept, jaccard = _kept_against(_links(con, near))
+    flagged, low_bytes = _signatures(con, near, seed)
+    con.execute(CANDIDATES_SQL.format(anchors=ANCHORS))
+    con.execute("DROP TABLE bands")
+    dropped, kept, jaccard = _kept_against(_links(con, near, flagged, low_bytes))
+    del flagged, low_bytes
     con.execute("DROP TABLE candidates")
     labels = sorted(set(kept))
     cluster = {label: index + 1 for index, label in enumerate(labels)}

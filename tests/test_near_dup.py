@@ -1,0 +1,91 @@
+"""The near-duplicate pass at the scale where it used to break: templated rows, whose LSH buckets hold
+thousands of alike rows, pair each row with a bounded number of others; and the signature test that spares
+the exact check never passes over a pair at or above the threshold."""
+
+import random
+
+import duckdb
+import numpy
+import pyarrow as pa
+import pytest
+
+from tunesmith.config.schema import with_defaults
+from tunesmith.data import near_dup
+from tunesmith.data.measures import MACROS
+
+NEAR = with_defaults("curate", {})["near_dedup"]
+WORDS = [chr(point) for point in range(0x4E00, 0x4E00 + 400)]  # kanji as the template's changing words
+
+
+def _connection(keys: list[str]):
+    """A DuckDB connection with `deduplicated` as curation leaves it: every row passed, row key = question key."""
+    con = duckdb.connect(config={"threads": 1})
+    con.execute(MACROS)
+    con.register("keys", pa.table({"dedup_key": keys}))
+    con.execute("CREATE TABLE deduplicated AS SELECT row_number() OVER () - 1 AS pos, "
+                "NULL::STRUCT(reason VARCHAR, detail VARCHAR) AS verdict, dedup_key, dedup_key AS question_key, "
+                "'' AS context_key FROM keys")
+    return con
+
+
+def _templated(rows: int, rng: random.Random) -> list[str]:
+    """One question pattern with three words changed per row: rows alike (their 5-gram Jaccard about
+    0.6-0.8; their LSH buckets hold hundreds of rows), few near copies of another at 0.9."""
+    def word() -> str:
+        return "".join(rng.choice(WORDS) for _ in range(2))
+    return [f"{word()}と{word()}について、次の点を順番に詳しく説明してください。{word()}の場合はどうなりますか"
+            for _ in range(rows)]
+
+
+def test_templated_rows_are_paired_with_a_bounded_number_of_others():
+    rng = random.Random(3)
+    keys = _templated(3_000, rng)
+    copies = {index: keys[index][:-1] + "か？" for index in rng.sample(range(len(keys)), 30)}  # near copies, appended
+    keys += list(copies.values())
+    near = {**NEAR, "threshold": 0.9}
+    con = _connection(keys)
+    flagged, low_bytes = near_dup._signatures(con, near, 7)
+    buckets = con.execute("SELECT count(*) FROM bands GROUP BY band, bucket ORDER BY 1 DESC LIMIT 1").fetchall()[0][0]
+    all_pairs = con.execute("SELECT sum(k * (k - 1) / 2) FROM (SELECT count(*) AS k FROM bands "
+                            "GROUP BY band, bucket)").fetchall()[0][0]
+    assert buckets > 150  # the case at hand: buckets far larger than the anchors
+    con.execute(near_dup.CANDIDATES_SQL.format(anchors=near_dup.ANCHORS))
+    pairs = con.execute("SELECT count(*) FROM candidates").fetchall()[0][0]
+    assert pairs <= near_dup.ANCHORS * NEAR["bands"] * len(flagged) and pairs * 5 < all_pairs
+    # the whole pass still finds the planted copies: each later copy goes, naming its original
+    con = _connection(keys)
+    near_dup.near_duplicates(con, near, 7)
+    found = dict(con.execute("SELECT pos, label FROM clusters WHERE pos <> label").fetchall())
+    planted = {3_000 + order: original for order, original in enumerate(copies)}
+    assert sum(found.get(copy) == original for copy, original in planted.items()) >= 0.9 * len(planted)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9])
+def test_the_signature_test_keeps_every_pair_at_the_threshold_and_spares_most_others(threshold):
+    rng = random.Random(int(threshold * 10))
+    n, permutations = NEAR["ngram"], NEAR["permutations"]
+    near = {**NEAR, "threshold": threshold}
+    texts, pairs, exact = [], [], []
+    while len(pairs) < 600:  # pairs of one 200-character text and a copy with some characters changed
+        text = "".join(rng.choice(WORDS) for _ in range(200))
+        copy = list(text)
+        for index in rng.sample(range(200), rng.randrange(1, 12) if len(pairs) % 2 else rng.randrange(12, 120)):
+            copy[index] = rng.choice(WORDS)
+        copy = "".join(copy)
+        jaccard = near_dup._similarity(near_dup._grams(text, n), near_dup._grams(copy, n))
+        pairs.append((len(texts), len(texts) + 1))
+        exact.append(jaccard)
+        texts += [text, copy]
+    con = _connection(texts)
+    hashes, offsets = near_dup._shingle_hashes(pa.array(texts), n)
+    from rensa import RMinHash
+    low_bytes = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
+        hashes, offsets.astype(numpy.uint64), permutations, 7).to_rows(), numpy.uint64).astype(numpy.uint8)
+    a, b = (numpy.array(side, numpy.int64) for side in zip(*pairs))
+    least = threshold - near_dup.SPREADS * (threshold * (1 - threshold) / permutations) ** 0.5
+    kept = near_dup._estimated(a, b, numpy.arange(len(texts)), low_bytes, least)
+    exact = numpy.array(exact)
+    assert (exact >= threshold).sum() >= 20 and kept[exact >= threshold].all()
+    far = exact < threshold - 0.35
+    assert far.sum() >= 20 and kept[far].mean() < 0.05
+    con.close()
