@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tunesmith.data.curate as curate_module
+import tunesmith.data.near_dup as near_dup
 from tunesmith.data.card import render_markdown
 from tunesmith.data.curate import REASONS, CurationError, curate
 from tunesmith.data.normalize import match_key
@@ -510,8 +511,9 @@ def _corpus(rows: int) -> bytes:
 
 
 def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimited_run_writes(tmp_path, monkeypatch):
-    """curate.memory_limit below what the corpus needs: DuckDB spills (beside the outputs, not in TMPDIR)
-    and the files are byte for byte those of a run with memory to spare; the spill folder is gone after."""
+    """curate.memory_limit below what the corpus needs: DuckDB spills (beside the outputs, not in TMPDIR),
+    the near-duplicate pass signs a range of rows at a time, and the files are byte for byte those of a run
+    with memory to spare; the spill folder is gone after."""
     data = _corpus(60_000)
     assert len(data) > 3 * 2**20
     spilled = {}
@@ -522,11 +524,14 @@ def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimit
         spilled[len(spilled)] = con.execute("SELECT coalesce(sum(size), 0), list(path) FROM duckdb_temporary_files()"
                                             ).fetchall()[0]
     monkeypatch.setattr(curate_module, "classify", measured)
+    at_once, flagged_at_once = [], near_dup._flagged_at_once  # the near-duplicate pass's signing at once
+    monkeypatch.setattr(near_dup, "_flagged_at_once", lambda *args: at_once.append(1) or flagged_at_once(*args))
     written = []
     # 24 MB spills 6-7 MB here (16 MB is too small); 36 MB spilled 0.6-2.6 MB once dedup stopped copying every row
     for limit in ("24MB", "4GB"):
-        card, kept, quarantined = run(tmp_path, {"a": data}, near_dedup={"enabled": False}, memory_limit=limit,
+        card, kept, quarantined = run(tmp_path, {"a": data}, memory_limit=limit,
                                       max_prompt_chars=2048, max_response_chars=2048)
+        assert len(at_once) == (limit == "4GB")  # the near-duplicate pass signs a range at a time under 24 MB
         out = tmp_path / "out"
         assert sorted(path.name for path in out.iterdir()) == ["card.json", "kept.parquet", "quarantine.parquet"]
         written.append([(out / name).read_bytes() for name in ("kept.parquet", "quarantine.parquet", "card.json")])
@@ -535,6 +540,7 @@ def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimit
     assert large[0] == 0
     assert written[0] == written[1]
     assert card["totals"]["kept"] > 20_000 and card["totals"]["quarantined"]["duplicate"] > 3_000, card["totals"]
+    assert card["totals"]["quarantined"]["near_duplicate"] > 1_000, card["totals"]
 
 
 def test_the_written_files_do_not_depend_on_the_number_of_threads(tmp_path, monkeypatch):
@@ -605,6 +611,7 @@ KILLED_CURATION = """
 import os, signal, sys
 import pyarrow.parquet as pq
 import tunesmith.data.curate as curate_module
+import tunesmith.data.near_dup as near_dup
 from tunesmith.data.ingest import ingest_source
 source = {"id": "a", "path": sys.argv[1], "format": "jsonl", "role": "sft"}
 out = sys.argv[2]

@@ -64,7 +64,6 @@ def test_templated_rows_are_paired_with_a_bounded_number_of_others():
 def test_the_signature_test_keeps_every_pair_at_the_threshold_and_spares_most_others(threshold):
     rng = random.Random(int(threshold * 10))
     n, permutations = NEAR["ngram"], NEAR["permutations"]
-    near = {**NEAR, "threshold": threshold}
     texts, pairs, exact = [], [], []
     while len(pairs) < 600:  # pairs of one 200-character text and a copy with some characters changed
         text = "".join(rng.choice(WORDS) for _ in range(200))
@@ -89,3 +88,25 @@ def test_the_signature_test_keeps_every_pair_at_the_threshold_and_spares_most_ot
     far = exact < threshold - 0.35
     assert far.sum() >= 20 and kept[far].mean() < 0.05
     con.close()
+
+
+def test_signing_a_range_at_a_time_finds_what_signing_at_once_does(monkeypatch):
+    """Past half of DuckDB's memory limit, every row is signed a range at a time and DuckDB finds the
+    shared buckets: the same rows, low bytes, pairs and clusters as rensa's one-shot band test."""
+    rng = random.Random(5)
+    keys = _templated(2_000, rng)
+    keys += [keys[index][:-1] + "か？" for index in rng.sample(range(len(keys)), 20)]
+    near = {**NEAR, "threshold": 0.9}
+    found = []
+    for limit in (None, 0):
+        if limit is not None:
+            monkeypatch.setattr(near_dup, "_memory_limit", lambda con: limit)
+        con = _connection(keys)
+        flagged, low_bytes = near_dup._signatures(con, near, 7)
+        bands = con.execute("SELECT pos, band, bucket FROM bands ORDER BY ALL").fetchall()
+        con = _connection(keys)
+        near_dup.near_duplicates(con, near, 7)
+        found.append((flagged, low_bytes, bands, con.execute("SELECT * FROM clusters ORDER BY pos").fetchall()))
+    (flagged, low_bytes, bands, clusters), (flagged_2, low_bytes_2, bands_2, clusters_2) = found
+    assert len(flagged) > 500 and (flagged == flagged_2).all() and (low_bytes == low_bytes_2).all()
+    assert bands == bands_2 and clusters == clusters_2 and len(clusters) >= 20

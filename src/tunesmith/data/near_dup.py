@@ -2,16 +2,17 @@
 exact Jaccard similarity decides, and rows are taken in order so that a row goes only when it is
 that similar to a row that is kept (no chains).
 
-The MinHash signatures and the band test are rensa's (a maintained Rust library): it signs every
-row from our shingle hashes in one call and flags the rows whose bands collide with another row's;
-only those rows are signed again, and their bands' hashes go to DuckDB, which pairs rows whose band
-agrees (each row with at most ANCHORS others per band, so that templated text cannot make the pairs
-grow with the square of the rows). A pair whose signatures agree too little to be near the threshold
-is set aside; the rest are checked by the exact Jaccard similarity of their character n-gram sets (an
-estimate would lose true pairs near the threshold), which rensa has no notion of, and rows are kept
-in order (greedy, no chains). Reads the `deduplicated` view (pos, verdict, dedup_key, question_key,
-context_key); writes `clusters` (pos, label, cluster, jaccard): each kept row with the rows dropped as
-its near copies.
+The MinHash signatures are rensa's (a maintained Rust library). When every row's shingle hashes and
+signature fit in half of DuckDB's memory limit, rensa signs them in one call and its band test flags
+the rows whose bands collide with another row's; only those rows are signed again. Otherwise every row
+is signed a range at a time and DuckDB finds the shared bands, spilling what it cannot hold. Either way
+the bands' hashes go to DuckDB, which pairs rows whose band agrees (each row with at most ANCHORS others
+per band, so that templated text cannot make the pairs grow with the square of the rows). A pair whose
+signatures agree too little to be near the threshold is set aside; the rest are checked by the exact
+Jaccard similarity of their character n-gram sets (an estimate would lose true pairs near the
+threshold), which rensa has no notion of, and rows are kept in order (greedy, no chains). Reads the
+`deduplicated` view (pos, verdict, dedup_key, question_key, context_key); writes `clusters` (pos,
+label, cluster, jaccard): each kept row with the rows dropped as its near copies.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from tunesmith.data.measures import code_points
 # passage shared by different questions does not make them near copies, and a short input that is
 # the question itself still tells rows apart. prompt_response: the whole row as one text.
 NEAR_PARTS = {"instruction_response": ("question_key", "context_key"), "prompt_response": ("dedup_key",)}
-SIGNATURE_CHUNK_ROWS = 16_384  # rows hashed at a time
-SIGNED_CHUNK_ROWS = 2_048  # flagged rows signed at a time (their signatures pass through Python lists)
+SIGNATURE_CHUNK_ROWS = 16_384  # rows hashed (or, signing a range at a time, read) at a time
+SIGNED_CHUNK_ROWS = 2_048  # rows signed at a time for their bands (their signatures pass through Python lists)
 # A bucket of a band holds the rows whose band agrees. Templated text (one question pattern with a few
 # words changed) fills buckets with thousands of rows that are alike but not near copies, and all pairs of a
 # bucket grow with its square (bench/curate.py's 1M rows: ~200M pairs, the machine's 24 GiB exhausted).
@@ -83,18 +84,63 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
     ones that can be in a candidate pair), and those rows' positions (ascending) with the low byte of each
     of their MinHash values (a row a row, for `_estimated`).
 
-    Memory holds the shingle hashes of all rows (8 bytes per n-gram; the keys are streamed from
-    DuckDB and hashed a batch at a time), then their compact signature matrix; rensa's one-shot band
-    test flags rows without building an index (which would hold every row's bands). The flagged rows
-    are read again and signed a chunk at a time."""
-    from rensa import RMinHash, RMinHashLSH
-
-    n, permutations, band_count = near["ngram"], near["permutations"], near["bands"]
+    When every row's shingle hashes (8 bytes per n-gram, twice: rensa copies them) and signature matrix
+    fit in half of DuckDB's memory limit, rensa signs them at once and its one-shot band test flags the
+    rows (without an index, which would hold every row's bands); only the flagged rows are signed again,
+    for their bands. Otherwise every row is signed a range at a time and its bands go to DuckDB, which
+    finds the shared buckets and spills what it cannot hold: the memory stays bounded, at the price of
+    taking every row's signature through Python lists (about 8 µs a row, against 1 µs)."""
+    n, permutations = near["ngram"], near["permutations"]
     con.execute("CREATE TEMP TABLE bands (pos BIGINT, band INTEGER, bucket UBIGINT)")
     rows = f"FROM deduplicated WHERE verdict IS NULL AND length(dedup_key) >= {n}"
-    count, total = con.execute(f"SELECT count(*), coalesce(sum(length(dedup_key) - {n - 1}), 0) {rows}").fetchall()[0]
+    count, total, first, last = con.execute(f"SELECT count(*), coalesce(sum(length(dedup_key) - {n - 1}), 0), "
+                                            f"min(pos), max(pos) {rows}").fetchall()[0]
     if not count:
         return numpy.empty(0, numpy.int64), numpy.empty((0, permutations), numpy.uint8)
+    if 16 * total + 4 * permutations * count <= _memory_limit(con) / 2:
+        flagged = _flagged_at_once(con, rows, count, total, near, seed)
+        con.register("flagged", pa.table({"pos": pa.array(flagged, pa.int64())}))
+        keys = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
+        con.unregister("flagged")
+        low_bytes = numpy.concatenate([numpy.empty((0, permutations), numpy.uint8)]
+                                      + [_banded(con, batch, near, seed) for batch in keys.to_batches(SIGNED_CHUNK_ROWS)])
+        del keys
+        _release_freed()
+        con.execute(SHARED_SQL)
+        return flagged, low_bytes
+    con.execute("CREATE TEMP TABLE low_bytes (pos BIGINT, low BLOB)")
+    for start in range(first, last + 1, SIGNATURE_CHUNK_ROWS):  # a range of rows at a time, read whole
+        keys = con.sql(f"SELECT pos, dedup_key {rows} AND pos BETWEEN {start} AND {start + SIGNATURE_CHUNK_ROWS - 1} "
+                       "ORDER BY pos").to_arrow_table()
+        for batch in keys.to_batches(SIGNED_CHUNK_ROWS):
+            low = _banded(con, batch, near, seed)
+            con.register("low_chunk", pa.table({"pos": batch.column(0), "low": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(permutations), len(low), [None, pa.py_buffer(low)])}))
+            con.execute("INSERT INTO low_bytes SELECT * FROM low_chunk")
+            con.unregister("low_chunk")
+    con.execute(SHARED_SQL)
+    found = con.sql("SELECT pos, low FROM low_bytes SEMI JOIN bands USING (pos) ORDER BY pos").to_arrow_table()
+    con.execute("DROP TABLE low_bytes")
+    if not found.num_rows:
+        return numpy.empty(0, numpy.int64), numpy.empty((0, permutations), numpy.uint8)
+    low = found["low"].combine_chunks().cast(pa.large_binary())  # each value `permutations` bytes, back to back
+    start = numpy.frombuffer(low.buffers()[1], numpy.int64)[low.offset]
+    data = numpy.frombuffer(low.buffers()[2], numpy.uint8)[start:start + len(low) * permutations]
+    return found["pos"].to_numpy(), data.reshape(len(low), permutations).copy()
+
+
+# Only the bands a row shares with another pair rows (the others, most of them, go before the pairing).
+SHARED_SQL = """CREATE TEMP TABLE shared AS
+SELECT * FROM bands SEMI JOIN (SELECT band, bucket FROM bands GROUP BY ALL HAVING count(*) > 1) USING (band, bucket);
+DROP TABLE bands; ALTER TABLE shared RENAME TO bands"""
+
+
+def _flagged_at_once(con, rows: str, count: int, total: int, near: dict, seed: int) -> numpy.ndarray:
+    """The positions (ascending) of the rows whose bands collide with another row's, by rensa's one-shot
+    band test over every row's signature."""
+    from rensa import RMinHash, RMinHashLSH
+
+    n, permutations = near["ngram"], near["permutations"]
     positions, hashes = numpy.empty(count, numpy.int64), numpy.empty(total, numpy.uint64)
     offsets, done = numpy.zeros(count + 1, numpy.uint64), 0
     for batch in con.sql(f"SELECT pos, dedup_key {rows} ORDER BY pos").to_arrow_reader(SIGNATURE_CHUNK_ROWS):
@@ -106,31 +152,35 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
     _release_freed()
     matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, permutations, seed)
     del hashes, offsets
-    lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=band_count)
+    lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
     flagged = positions[numpy.asarray(lsh.query_duplicate_flags_matrix_one_shot(matrix), bool)]
     del matrix, lsh, positions
     _release_freed()
-    con.register("flagged", pa.table({"pos": pa.array(flagged, pa.int64())}))
-    low_bytes = numpy.empty((len(flagged), permutations), numpy.uint8)
-    band_numbers = numpy.tile(numpy.arange(band_count, dtype=numpy.int32), SIGNED_CHUNK_ROWS)
-    done = 0
-    keys = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
-    for batch in keys.to_batches(SIGNED_CHUNK_ROWS):
-        found, found_offsets = _shingle_hashes(batch.column(1), n)
-        signatures = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
-            found, found_offsets.astype(numpy.uint64), permutations, seed).to_rows(), numpy.uint64)
-        low_bytes[done:done + batch.num_rows] = signatures.astype(numpy.uint8)
-        done += batch.num_rows
-        con.register("band_chunk", pa.table({
-            "pos": pa.array(numpy.repeat(batch.column(0).to_numpy(), band_count), pa.int64()),
-            "band": pa.array(band_numbers[:batch.num_rows * band_count], pa.int32()),
-            "bucket": pa.array(_band_hashes(signatures, band_count).ravel(), pa.uint64())}))
-        con.execute("INSERT INTO bands SELECT * FROM band_chunk")
-        con.unregister("band_chunk")
-    con.unregister("flagged")
-    del keys
-    _release_freed()
-    return flagged, low_bytes
+    return flagged
+
+
+def _banded(con, batch, near: dict, seed: int) -> numpy.ndarray:
+    """Sign a batch of rows (pos, dedup_key), insert their bands' hashes into `bands`; their MinHash
+    values' low bytes (rows x permutations)."""
+    from rensa import RMinHash
+
+    band_count = near["bands"]
+    found, found_offsets = _shingle_hashes(batch.column(1), near["ngram"])
+    signatures = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
+        found, found_offsets.astype(numpy.uint64), near["permutations"], seed).to_rows(), numpy.uint64)
+    con.register("band_chunk", pa.table({
+        "pos": pa.array(numpy.repeat(batch.column(0).to_numpy(), band_count), pa.int64()),
+        "band": pa.array(numpy.tile(numpy.arange(band_count, dtype=numpy.int32), batch.num_rows), pa.int32()),
+        "bucket": pa.array(_band_hashes(signatures, band_count).ravel(), pa.uint64())}))
+    con.execute("INSERT INTO bands SELECT * FROM band_chunk")
+    con.unregister("band_chunk")
+    return signatures.astype(numpy.uint8)
+
+
+def _memory_limit(con) -> float:
+    """DuckDB's memory limit in bytes (it reports it as e.g. '1.8 GiB')."""
+    value, unit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].split()
+    return float(value) * 1024 ** ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB").index(unit)
 
 
 def _band_hashes(signatures: numpy.ndarray, band_count: int) -> numpy.ndarray:
@@ -176,30 +226,39 @@ def _similarity(grams_a: set[str] | str, grams_b: set[str] | str) -> float:
 
 def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) -> dict:
     """Candidate pairs (a < b) whose exact Jaccard, in every key part, reaches the threshold, as
-    numpy arrays a, b, jaccard (the least over the parts). Only the pairs whose signatures agree enough
-    (`_estimated`) are checked exactly; a row's n-grams are taken once for its run of pairs."""
-    parts, n = NEAR_PARTS[near["key"]], near["ngram"]
-    pairs = con.execute("SELECT a, b FROM candidates ORDER BY a, b").fetchnumpy()
+    numpy arrays a, b, jaccard (the least over the parts). The pairs are read a batch at a time and only
+    those whose signatures agree enough (`_estimated`) are kept; they are checked exactly a chunk at a time,
+    with the texts of that chunk's rows, each row's n-grams taken once for its run of pairs."""
     threshold = near["threshold"]
     least = threshold - SPREADS * (threshold * (1 - threshold) / near["permutations"]) ** 0.5
-    keep = _estimated(pairs["a"], pairs["b"], flagged, low_bytes, least)
-    con.register("checked", pa.table({"a": pairs["a"][keep], "b": pairs["b"][keep]}))
-    texts = {pos: values for pos, *values in con.execute(
-        f"SELECT d.pos, {', '.join(f'd.{part}' for part in parts)} FROM deduplicated d "
-        "JOIN (SELECT a AS pos FROM checked UNION SELECT b FROM checked) c ON c.pos = d.pos").fetchall()}
-    con.unregister("checked")
-    found, last, grams = [], None, ()
-    for a, b in zip(pairs["a"][keep].tolist(), pairs["b"][keep].tolist()):
-        if a != last:
-            last, grams = a, [_grams(text, n) for text in texts[a]]
-        jaccard = min(_similarity(x, _grams(y, n)) for x, y in zip(grams, texts[b]))
-        if jaccard >= threshold:
-            found.append((a, b, jaccard))
+    kept_a, kept_b = [], []
+    for batch in con.sql("SELECT a, b FROM candidates ORDER BY a, b").to_arrow_reader(PAIR_CHUNK):
+        a, b = batch.column(0).to_numpy(), batch.column(1).to_numpy()
+        keep = _estimated(a, b, flagged, low_bytes, least)
+        kept_a.append(a[keep])
+        kept_b.append(b[keep])
+    a, b = numpy.concatenate(kept_a or [numpy.empty(0, numpy.int64)]), numpy.concatenate(kept_b or [numpy.empty(0, numpy.int64)])
+    del kept_a, kept_b
+    parts, n, found = NEAR_PARTS[near["key"]], near["ngram"], []
+    for start in range(0, len(a), CHECKED_CHUNK):
+        chunk_a, chunk_b = a[start:start + CHECKED_CHUNK].tolist(), b[start:start + CHECKED_CHUNK].tolist()
+        con.register("checked", pa.table({"pos": sorted(set(chunk_a) | set(chunk_b))}))
+        texts = {pos: values for pos, *values in con.execute(
+            f"SELECT pos, {', '.join(parts)} FROM deduplicated SEMI JOIN checked USING (pos)").fetchall()}
+        con.unregister("checked")
+        last, grams = None, ()
+        for row_a, row_b in zip(chunk_a, chunk_b):
+            if row_a != last:
+                last, grams = row_a, [_grams(text, n) for text in texts[row_a]]
+            jaccard = min(_similarity(x, _grams(y, n)) for x, y in zip(grams, texts[row_b]))
+            if jaccard >= threshold:
+                found.append((row_a, row_b, jaccard))
     return {"a": numpy.array([a for a, _, _ in found], numpy.int64), "b": numpy.array([b for _, b, _ in found], numpy.int64),
             "jaccard": numpy.array([j for _, _, j in found], numpy.float64)}
 
 
 PAIR_CHUNK = 65_536  # pairs compared at a time (a few MB of gathered signatures)
+CHECKED_CHUNK = 1_048_576  # pairs checked exactly at a time: the texts of their rows are held
 
 
 def _estimated(a, b, flagged: numpy.ndarray, low_bytes: numpy.ndarray, least: float) -> numpy.ndarray:
