@@ -3,6 +3,7 @@
     python bench/curate.py              # options: --rows --threads --sides --keep (keep the corpus folder)
     python bench/curate.py --rows 10000000 --sides ours --memory-limit 2GB   # DuckDB spills beside its outputs
     python bench/curate.py --scaling 1000000,3000000,10000000,30000000 --memory-limit 2GB   # the exponent
+    python bench/curate.py --sides ours --near   # with the near-duplicate pass (the schema's default) on
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
 about 20% duplicates after normalisation (10% exact copies, 10% copies differing in full-width
@@ -23,7 +24,7 @@ the timed part). `--sides ours,polars,bound` adds a bound: ours with its per-tex
 cleaning, measures, repetition, match keys) answered from an untimed first run, i.e. what ours would take
 with a text kernel that cost nothing. Ends with one line:
 RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<ours / polars peak RSS>
-  [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s
+  [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s [near_dedup]
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def run_polars(corpus_path: str, out: str) -> dict:
     return {"kept": kept.height, "quarantined": {reason: int(count) for reason, count in counts.items()}}
 
 
-def scaling(sizes: list[int], threads: int, memory_limit: str | None) -> int:
+def scaling(sizes: list[int], threads: int, memory_limit: str | None, near: bool = False) -> int:
     """Ours alone at each size (corpus generated, curated, deleted); the exponent b of seconds ~ rows^b."""
     import math
 
@@ -249,7 +250,7 @@ def scaling(sizes: list[int], threads: int, memory_limit: str | None) -> int:
         try:
             corpus_path = Path(folder) / "corpus.jsonl"
             corpus(corpus_path, rows)
-            side = measured("ours", corpus_path, folder, threads, memory_limit)
+            side = measured("ours", corpus_path, folder, threads, memory_limit, near)
         finally:
             import shutil
 
@@ -263,7 +264,7 @@ def scaling(sizes: list[int], threads: int, memory_limit: str | None) -> int:
     exponent = (sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y)) / sum((a - mean_x) ** 2 for a in x)
                 if len(x) > 1 else float("nan"))
     print(f"RESULT curate_scaling exponent={exponent:.2f} sizes={','.join(str(rows) for rows in sizes)} "
-          f"memory_limit={memory_limit or 'default'}")
+          f"memory_limit={memory_limit or 'default'} near_dedup={str(near).lower()}")
     return 0
 
 
@@ -305,6 +306,8 @@ NAMES = {"ours": "tunesmith (ingest_source + curate, {threads} DuckDB threads)",
 
 
 def child(arguments) -> int:
+    if arguments.near:
+        SETTINGS["near_dedup"] = {"enabled": True}
     start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     if arguments.child in ("ours", "bound"):
         result = SIDES[arguments.child](arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit)
@@ -314,10 +317,12 @@ def child(arguments) -> int:
     return 0
 
 
-def measured(kind: str, corpus_path: Path, out: str, threads: int, memory_limit: str | None = None) -> dict:
+def measured(kind: str, corpus_path: Path, out: str, threads: int, memory_limit: str | None = None,
+             near: bool = False) -> dict:
     """Run one side in its own process; its result, wall seconds and peak RSS (MiB)."""
     command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus_path), "--out", out,
-               "--threads", str(threads)] + (["--memory-limit", memory_limit] if memory_limit else [])
+               "--threads", str(threads)] + (["--memory-limit", memory_limit] if memory_limit else []) + (
+               ["--near"] if near else [])
     environment = {**os.environ, "POLARS_MAX_THREADS": str(threads)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
     output = process.stdout.read()
@@ -344,6 +349,8 @@ def main() -> int:
     parser.add_argument("--memory-limit", help="curate.memory_limit for ours (default: the schema's)")
     parser.add_argument("--scaling", help="comma-separated row counts (e.g. 1000000,3000000,10000000,30000000): "
                         "ours alone at each, corpora generated one at a time and deleted; fits the wall-time exponent")
+    parser.add_argument("--near", action="store_true", help="ours with curate.near_dedup on (the schema's default; "
+                        "the baselines have no such pass, so only with --sides ours or --scaling)")
     parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -352,8 +359,11 @@ def main() -> int:
         return child(arguments)
 
     if arguments.scaling:
-        return scaling([int(rows) for rows in arguments.scaling.split(",")], arguments.threads, arguments.memory_limit)
+        return scaling([int(rows) for rows in arguments.scaling.split(",")], arguments.threads, arguments.memory_limit,
+                       arguments.near)
     sides = arguments.sides.split(",")
+    if arguments.near and sides != ["ours"]:
+        parser.error("--near: only ours has a near-duplicate pass; use --sides ours (or --scaling)")
     folder = tempfile.mkdtemp(prefix="bench-curate-")
     corpus_path = Path(folder) / "corpus.jsonl"
     start = time.perf_counter()
@@ -361,7 +371,7 @@ def main() -> int:
     print(f"corpus: {arguments.rows:,} rows, {corpus_path.stat().st_size / 2**20:.0f} MiB, "
           f"generated in {time.perf_counter() - start:.1f} s")
     results = {kind: measured(kind, corpus_path, folder, arguments.threads,
-                              arguments.memory_limit if kind in ("ours", "bound") else None)
+                              arguments.memory_limit if kind in ("ours", "bound") else None, arguments.near)
                for kind in sides}
     print_table(["implementation", "wall s", "CPU s", "rows/s", "peak RSS MiB", "kept", "quarantined"], [
         [NAMES[kind].format(threads=arguments.threads), f"{side['seconds']:.1f}", f"{side['cpu_s']:.1f}",
@@ -395,7 +405,7 @@ def main() -> int:
         print(f"target peak memory <= polars': {'met' if ours['rss_mib'] <= results['polars']['rss_mib'] else 'NOT met'}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores: figures above ~2 are shared)")
     print(f"RESULT curate {' '.join(ratios)} same_rows={str(same).lower()} ours_seconds={ours['seconds']:.1f} "
-          f"ours_rss_mib={ours['rss_mib']:.0f} ours_cpu_s={ours['cpu_s']:.1f}")
+          f"ours_rss_mib={ours['rss_mib']:.0f} ours_cpu_s={ours['cpu_s']:.1f}" + (" near_dedup=true" if arguments.near else ""))
     return 0 if same else 1
 
 

@@ -17,10 +17,16 @@ label, cluster, jaccard): each kept row with the rows dropped as its near copies
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy
 import pyarrow as pa
 
 from tunesmith.data.measures import code_points
+from tunesmith.jobs.progress import duration
+
+log = logging.getLogger(__name__)
 
 # What a near-duplicate pair must be similar in (curate.near_dedup.key). instruction_response: the
 # instruction with the response(s), and the context passage (an alpaca input) apart, so that a long
@@ -97,7 +103,9 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
                                             f"min(pos), max(pos) {rows}").fetchall()[0]
     if not count:
         return numpy.empty(0, numpy.int64), numpy.empty((0, permutations), numpy.uint8)
-    if 16 * total + 4 * permutations * count <= _memory_limit(con) / 2:
+    held = 16 * total + 4 * permutations * count  # the n-gram hashes (and rensa's copy), the signatures
+    if held <= _memory_limit(con) / 2:
+        log.info("near-duplicate pass: %d rows signed at once (%d MB)", count, held // 10**6)
         flagged = _flagged_at_once(con, rows, count, total, near, seed)
         con.register("flagged", pa.table({"pos": pa.array(flagged, pa.int64())}))
         keys = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
@@ -108,6 +116,8 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
         _release_freed()
         con.execute(SHARED_SQL)
         return flagged, low_bytes
+    log.info("near-duplicate pass: %d rows signed a range at a time (at once they would hold %d MB, over half "
+             "of DuckDB's memory limit)", count, held // 10**6)
     con.execute("CREATE TEMP TABLE low_bytes (pos BIGINT, low BLOB)")
     for start in range(first, last + 1, SIGNATURE_CHUNK_ROWS):  # a range of rows at a time, read whole
         keys = con.sql(f"SELECT pos, dedup_key {rows} AND pos BETWEEN {start} AND {start + SIGNATURE_CHUNK_ROWS - 1} "
@@ -231,14 +241,17 @@ def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) ->
     with the texts of that chunk's rows, each row's n-grams taken once for its run of pairs."""
     threshold = near["threshold"]
     least = threshold - SPREADS * (threshold * (1 - threshold) / near["permutations"]) ** 0.5
-    kept_a, kept_b = [], []
+    kept_a, kept_b, pairs = [], [], 0
     for batch in con.sql("SELECT a, b FROM candidates ORDER BY a, b").to_arrow_reader(PAIR_CHUNK):
         a, b = batch.column(0).to_numpy(), batch.column(1).to_numpy()
         keep = _estimated(a, b, flagged, low_bytes, least)
+        pairs += len(a)
         kept_a.append(a[keep])
         kept_b.append(b[keep])
     a, b = numpy.concatenate(kept_a or [numpy.empty(0, numpy.int64)]), numpy.concatenate(kept_b or [numpy.empty(0, numpy.int64)])
     del kept_a, kept_b
+    log.info("near-duplicate pass: %d rows share a band with another, %d candidate pairs, %d close enough to "
+             "check exactly", len(flagged), pairs, len(a))
     parts, n, found = NEAR_PARTS[near["key"]], near["ngram"], []
     for start in range(0, len(a), CHECKED_CHUNK):
         chunk_a, chunk_b = a[start:start + CHECKED_CHUNK].tolist(), b[start:start + CHECKED_CHUNK].tolist()
@@ -292,6 +305,7 @@ def near_duplicates(con, near: dict, seed: int) -> None:
     con.execute("CREATE TEMP TABLE clusters (pos BIGINT, label BIGINT, cluster BIGINT, jaccard DOUBLE)")
     if not near["enabled"]:
         return
+    started = time.monotonic()
     flagged, low_bytes = _signatures(con, near, seed)
     con.execute(CANDIDATES_SQL.format(anchors=ANCHORS))
     con.execute("DROP TABLE bands")
@@ -306,3 +320,5 @@ def near_duplicates(con, near: dict, seed: int) -> None:
         "jaccard": pa.array([1.0] * len(labels) + jaccard, pa.float64())}))
     con.execute("INSERT INTO clusters SELECT * FROM near_copies")
     con.unregister("near_copies")
+    log.info("near-duplicate pass: %d near copies of %d kept rows, in %s", len(dropped), len(labels),
+             duration(time.monotonic() - started))
