@@ -49,9 +49,9 @@ def test_templated_rows_are_paired_with_a_bounded_number_of_others():
     all_pairs = con.execute("SELECT sum(k * (k - 1) / 2) FROM (SELECT count(*) AS k FROM bands "
                             "GROUP BY band, bucket)").fetchall()[0][0]
     assert buckets > 150  # the case at hand: buckets far larger than the anchors
-    con.execute(near_dup.CANDIDATES_SQL.format(anchors=near_dup.ANCHORS))
+    con.execute(near_dup.CANDIDATES_SQL.format(anchors=near_dup.ANCHORS, neighbours=near_dup.NEIGHBOURS))
     pairs = con.execute("SELECT count(*) FROM candidates").fetchall()[0][0]
-    assert pairs <= near_dup.ANCHORS * NEAR["bands"] * len(flagged) and pairs * 5 < all_pairs
+    assert pairs <= (near_dup.ANCHORS + near_dup.NEIGHBOURS) * NEAR["bands"] * len(flagged) and pairs * 4 < all_pairs
     # the whole pass still finds the planted copies: each later copy goes, naming its original
     con = _connection(keys)
     near_dup.near_duplicates(con, near, 7)
@@ -110,3 +110,21 @@ def test_signing_a_range_at_a_time_finds_what_signing_at_once_does(monkeypatch):
     (flagged, low_bytes, bands, clusters), (flagged_2, low_bytes_2, bands_2, clusters_2) = found
     assert len(flagged) > 500 and (flagged == flagged_2).all() and (low_bytes == low_bytes_2).all()
     assert bands == bands_2 and clusters == clusters_2 and len(clusters) >= 20
+
+
+def test_in_a_large_bucket_each_row_meets_the_first_rows_and_the_rows_just_before_it():
+    """The pairing rule itself: in a band shared by 200 rows, a row is paired with the bucket's first
+    ANCHORS rows and the NEIGHBOURS rows just before it (a copy written right after its original, an
+    augmented row, is met wherever it lies), and with no other; a small bucket is paired whole."""
+    con = duckdb.connect()
+    large = list(range(1_000, 1_200))  # one bucket of 200 rows in band 3
+    small = [5, 7, 9]  # and a bucket of three in band 4
+    con.register("rows", pa.table({"pos": large + small, "band": [3] * 200 + [4] * 3,
+                                   "bucket": [42] * 200 + [42] * 3}))
+    con.execute("CREATE TEMP TABLE bands AS SELECT pos, band::INTEGER AS band, bucket::UBIGINT AS bucket FROM rows")
+    con.execute(near_dup.CANDIDATES_SQL.format(anchors=near_dup.ANCHORS, neighbours=near_dup.NEIGHBOURS))
+    pairs = set(con.execute("SELECT a, b FROM candidates").fetchall())
+    expected = {(a, b) for index, b in enumerate(large) for a in large[:index]
+                if a < large[near_dup.ANCHORS] or index - large.index(a) <= near_dup.NEIGHBOURS}
+    assert pairs == expected | {(5, 7), (5, 9), (7, 9)}
+    assert (1_150, 1_151) in pairs and (1_100, 1_150) not in pairs and (1_003, 1_150) in pairs

@@ -6,8 +6,8 @@ The MinHash signatures are rensa's (a maintained Rust library). When every row's
 signature fit in half of DuckDB's memory limit, rensa signs them in one call and its band test flags
 the rows whose bands collide with another row's; only those rows are signed again. Otherwise every row
 is signed a range at a time and DuckDB finds the shared bands, spilling what it cannot hold. Either way
-the bands' hashes go to DuckDB, which pairs rows whose band agrees (each row with at most ANCHORS others
-per band, so that templated text cannot make the pairs grow with the square of the rows). A pair whose
+the bands' hashes go to DuckDB, which pairs rows whose band agrees (each row with at most ANCHORS + NEIGHBOURS
+others per band, so that templated text cannot make the pairs grow with the square of the rows). A pair whose
 signatures agree too little to be near the threshold is set aside; the rest are checked by the exact
 Jaccard similarity of their character n-gram sets (an estimate would lose true pairs near the
 threshold), which rensa has no notion of, and rows are kept in order (greedy, no chains). Reads the
@@ -38,10 +38,12 @@ SIGNED_CHUNK_ROWS = 2_048  # rows signed at a time for their bands (their signat
 # A bucket of a band holds the rows whose band agrees. Templated text (one question pattern with a few
 # words changed) fills buckets with thousands of rows that are alike but not near copies, and all pairs of a
 # bucket grow with its square (bench/curate.py's 1M rows: ~200M pairs, the machine's 24 GiB exhausted).
-# Each row is paired with the first ANCHORS rows of each of its buckets (in row order): every pair of a
-# bucket of up to ANCHORS + 1 rows, at most ANCHORS pairs a row in a larger one. A near copy whose original
-# is never among the first of a bucket they share is missed (0.5% of the pairs found on 100k templated rows).
+# Each row is paired with the first ANCHORS rows of each of its buckets and with the NEIGHBOURS rows before it
+# there (in row order): every pair of a bucket of up to ANCHORS + 1 rows, at most ANCHORS + NEIGHBOURS pairs a
+# row in a larger one. A near copy whose original is neither, in every bucket they share, is missed: on 300k
+# templated rows 0.45% of the near-duplicate links all pairs find (1.45% with the anchors alone).
 ANCHORS = 16
+NEIGHBOURS = 8
 # A pair goes to the exact check only when its signatures agree in enough of their values: the MinHash
 # estimate of its Jaccard J reaches the threshold t less SPREADS times the estimate's spread at t,
 # sqrt(t (1 - t) / permutations) (0.16 below 0.8 for 128 permutations), so that a pair at the threshold is
@@ -53,8 +55,13 @@ CREATE TEMP TABLE candidates AS
 WITH ranked AS (
   SELECT pos, band, bucket, row_number() OVER (PARTITION BY band, bucket ORDER BY pos) AS rank FROM bands
 )
-SELECT DISTINCT x.pos AS a, y.pos AS b FROM ranked x JOIN ranked y ON x.band = y.band AND x.bucket = y.bucket
-WHERE x.rank <= {anchors} AND x.pos < y.pos
+SELECT DISTINCT a, b FROM (
+  SELECT x.pos AS a, y.pos AS b FROM ranked x JOIN ranked y ON x.band = y.band AND x.bucket = y.bucket
+  WHERE x.rank <= {anchors} AND x.pos < y.pos
+  UNION ALL  -- the rows just before: an equality join on the rank, so a large bucket is not paired whole
+  SELECT x.pos, y.pos FROM (SELECT *, unnest(range(1, {neighbours} + 1)) AS step FROM ranked) x
+  JOIN ranked y ON x.band = y.band AND x.bucket = y.bucket AND y.rank = x.rank + x.step
+)
 """
 
 
@@ -307,7 +314,7 @@ def near_duplicates(con, near: dict, seed: int) -> None:
         return
     started = time.monotonic()
     flagged, low_bytes = _signatures(con, near, seed)
-    con.execute(CANDIDATES_SQL.format(anchors=ANCHORS))
+    con.execute(CANDIDATES_SQL.format(anchors=ANCHORS, neighbours=NEIGHBOURS))
     con.execute("DROP TABLE bands")
     dropped, kept, jaccard = _kept_against(_links(con, near, flagged, low_bytes))
     del flagged, low_bytes
