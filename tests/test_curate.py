@@ -495,6 +495,33 @@ def test_tokens_can_be_counted_by_the_base_models_tokenizer(tmp_path):
     assert card["tokens"]["counted_by"] == "estimate" and "not available locally" in card["tokens"]["why"]
 
 
+def test_token_counts_are_the_tokenizers_for_each_text_with_or_without_its_batch_encoder(tmp_path):
+    """Counted once per distinct text, by the fast tokenizer's batch encoder or, for a tokenizer without one, by
+    calling it: the same counts as the tokenizer gives each text alone; nulls stay null."""
+    import pyarrow as pa
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.curate_checks import _token_counts
+    from tunesmith.model.base_model import train_tokenizer
+
+    folder = tmp_path / "tokenizer"
+    train_tokenizer([str(REPO / "data" / "raw" / "pretrain.txt")], vocab_size=600, out_dir=folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = ["東京について教えてください。", None, "", "東京について教えてください。", "  indented\n\tcode ①", "x" * 30]
+    expected = [None if text is None else len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    assert len(set(expected) - {None, 0}) >= 3  # texts of different lengths
+
+    class Called:  # a tokenizer that can only be called (as a Python tokenizer is)
+        def __call__(self, *args, **kwargs):
+            return tokenizer(*args, **kwargs)
+
+    assert hasattr(tokenizer.backend_tokenizer, "encode_batch_fast")
+    for counting in (tokenizer, Called()):
+        assert _token_counts(counting, pa.array(texts, pa.string())).to_pylist() == expected
+        assert _token_counts(counting, pa.chunked_array([pa.array(texts[:2]), pa.array(texts[2:])])).to_pylist() == expected
+    assert _token_counts(tokenizer, pa.array([], pa.string())).to_pylist() == []
+
+
 def _corpus(rows: int) -> bytes:
     """Distinct Japanese rows with exact and normalised copies and a little dirt, deterministic."""
     lines = []

@@ -120,10 +120,7 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
 
     def counted(columns: dict) -> dict:  # in this thread: a tokenizer is not shared between threads
         for field in fields:
-            values = columns[field].to_pylist()
-            ids = tokenizer([value or "" for value in values], add_special_tokens=False)["input_ids"] if values else []
-            columns[f"{field}_ntokens"] = pa.array([None if value is None else len(row)
-                                                    for value, row in zip(values, ids)], pa.int64())
+            columns[f"{field}_ntokens"] = _token_counts(tokenizer, columns[field])
         return columns
 
     def written(columns: dict) -> None:
@@ -141,6 +138,20 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
                 written(pending.popleft().result())
         while pending:
             written(pending.popleft().result())
+
+
+def _token_counts(tokenizer, texts) -> pa.Array:
+    """Tokens in each text (special tokens left out; nulls stay null), each distinct text of the batch once.
+    A fast tokenizer's own batch encoder gives the lengths without Python lists of ids (at 262,144 answers:
+    1.9 s against 5.4, 0.3 s against 3.5 for repeated instructions; bench/README.md)."""
+    encoded = pc.dictionary_encode(texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts)
+    distinct = encoded.dictionary.to_pylist()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if distinct and hasattr(backend, "encode_batch_fast"):
+        lengths = [len(encoding) for encoding in backend.encode_batch_fast(distinct, add_special_tokens=False)]
+    else:
+        lengths = [len(ids) for ids in tokenizer(distinct, add_special_tokens=False)["input_ids"]] if distinct else []
+    return pc.take(pa.array(lengths, pa.int64()), encoded.indices)
 
 
 @contextmanager
