@@ -79,17 +79,23 @@ def _shingle_hashes(texts, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
     windows = numpy.maximum(lengths - n + 1, 0)
     starts = numpy.repeat(numpy.cumsum(lengths) - lengths, windows) + (
         numpy.arange(windows.sum()) - numpy.repeat(numpy.cumsum(windows) - windows, windows))
-    value = numpy.zeros(len(starts), numpy.uint64)
+    return (_hashed(points[starts + offset].astype(numpy.uint64) for offset in range(n)),
+            numpy.concatenate([[0], numpy.cumsum(windows)]).astype(numpy.int64))
+
+
+def _hashed(columns) -> numpy.ndarray:
+    """A 64-bit hash of each position's values in `columns` (uint64 arrays of one shape), in their order."""
+    value = None
     with numpy.errstate(over="ignore"):
-        for offset in range(n):
-            value = value * numpy.uint64(0x100000001B3) + points[starts + offset].astype(numpy.uint64)
-        # splitmix64's finaliser: every bit of the window reaches every bit of the hash
+        for column in columns:
+            value = column.copy() if value is None else value * numpy.uint64(0x100000001B3) + column
+        # splitmix64's finaliser: every bit of the values reaches every bit of the hash
         value ^= value >> numpy.uint64(30)
         value *= numpy.uint64(0xBF58476D1CE4E5B9)
         value ^= value >> numpy.uint64(27)
         value *= numpy.uint64(0x94D049BB133111EB)
         value ^= value >> numpy.uint64(31)
-    return value, numpy.concatenate([[0], numpy.cumsum(windows)]).astype(numpy.int64)
+    return value
 
 
 def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -203,16 +209,7 @@ def _memory_limit(con) -> float:
 def _band_hashes(signatures: numpy.ndarray, band_count: int) -> numpy.ndarray:
     """Per row (of MinHash values) and band, a 64-bit hash of the band's values: rows whose band agrees
     share it (two bands that differ sharing it is a 64-bit collision)."""
-    value = numpy.zeros((len(signatures), band_count), numpy.uint64)
-    with numpy.errstate(over="ignore"):
-        for column in signatures.reshape(len(signatures), band_count, -1).transpose(2, 0, 1):
-            value = value * numpy.uint64(0x100000001B3) + column
-        value ^= value >> numpy.uint64(30)
-        value *= numpy.uint64(0xBF58476D1CE4E5B9)
-        value ^= value >> numpy.uint64(27)
-        value *= numpy.uint64(0x94D049BB133111EB)
-        value ^= value >> numpy.uint64(31)
-    return value
+    return _hashed(signatures.reshape(len(signatures), band_count, -1).transpose(2, 0, 1))
 
 
 def _release_freed() -> None:
