@@ -520,6 +520,9 @@ def test_token_counts_are_the_tokenizers_for_each_text_with_or_without_its_batch
         assert _token_counts(counting, pa.array(texts, pa.string())).to_pylist() == expected
         assert _token_counts(counting, pa.chunked_array([pa.array(texts[:2]), pa.array(texts[2:])])).to_pylist() == expected
     assert _token_counts(tokenizer, pa.array([], pa.string())).to_pylist() == []
+    unique = [f"行 {index}: def f():\n    return {index} ①" for index in range(10)] + [None]  # every text distinct
+    assert _token_counts(tokenizer, pa.array(unique)).to_pylist() == [
+        None if text is None else len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in unique]
 
 
 def _corpus(rows: int) -> bytes:
