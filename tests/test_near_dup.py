@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from tunesmith.config.schema import with_defaults
-from tunesmith.data import near_dup
+from tunesmith.data import near_dup, ngrams
 from tunesmith.data.measures import MACROS
 
 NEAR = with_defaults("curate", {})["near_dedup"]
@@ -71,23 +71,67 @@ def test_the_signature_test_keeps_every_pair_at_the_threshold_and_spares_most_ot
         for index in rng.sample(range(200), rng.randrange(1, 12) if len(pairs) % 2 else rng.randrange(12, 120)):
             copy[index] = rng.choice(WORDS)
         copy = "".join(copy)
-        jaccard = near_dup._similarity(near_dup._grams(text, n), near_dup._grams(copy, n))
+        jaccard = _jaccard(text, copy, n)
         pairs.append((len(texts), len(texts) + 1))
         exact.append(jaccard)
         texts += [text, copy]
-    con = _connection(texts)
-    hashes, offsets = near_dup._shingle_hashes(pa.array(texts), n)
+    hashes, offsets = ngrams.shingle_hashes(pa.array(texts), n)
     from rensa import RMinHash
     low_bytes = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
         hashes, offsets.astype(numpy.uint64), permutations, 7).to_rows(), numpy.uint64).astype(numpy.uint8)
     a, b = (numpy.array(side, numpy.int64) for side in zip(*pairs))
     least = threshold - near_dup.SPREADS * (threshold * (1 - threshold) / permutations) ** 0.5
-    kept = near_dup._estimated(a, b, numpy.arange(len(texts)), low_bytes, least)
+    kept = near_dup._estimated(a, b, low_bytes, least)
     exact = numpy.array(exact)
     assert (exact >= threshold).sum() >= 20 and kept[exact >= threshold].all()
     far = exact < threshold - 0.35
     assert far.sum() >= 20 and kept[far].mean() < 0.05
-    con.close()
+
+
+def _jaccard(text: str, other: str, n: int) -> float:
+    """Exact Jaccard similarity of two texts' character n-gram sets, as strings; a text too short to have
+    n-grams is similar only to itself."""
+    if len(text) < n or len(other) < n:
+        return float(text == other)
+    grams, others = ({t[i:i + n] for i in range(len(t) - n + 1)} for t in (text, other))
+    return len(grams & others) / len(grams | others)
+
+
+def test_the_exact_check_is_the_jaccard_of_the_texts_n_gram_sets():
+    """The exact check compares n-grams by their 64-bit hashes, one row's as a set and the other's as
+    read: it gives the Jaccard similarity of the n-gram sets of the texts themselves, with n-grams a text
+    repeats counted once, short and empty texts equal only to themselves."""
+    rng = random.Random(11)
+    n = NEAR["ngram"]
+    texts = ["", "", "短い", "短い", "短いね", "ははははははははははははははは", "はははははははは", "ab", "abcde", "abcdef"]
+    for _ in range(60):
+        text = "".join(rng.choice(WORDS[:30]) for _ in range(rng.randrange(3, 60)))
+        copy = list(text)
+        for index in rng.sample(range(len(text)), rng.randrange(0, len(text) // 2 + 1)):
+            copy[index] = rng.choice(WORDS[:30])
+        texts += [text, "".join(copy)]
+    grams = ngrams.Grams(pa.array(texts), n)
+    found = [[grams.similarity(grams.of(row), other) for other in range(len(texts))] for row in range(len(texts))]
+    expected = [[_jaccard(text, other, n) for other in texts] for text in texts]
+    assert found == expected
+    assert sum(0 < value < 1 for values in expected for value in values) > 50  # not only the trivial cases
+
+
+def test_checking_a_few_pairs_at_a_time_finds_the_same_near_copies(monkeypatch):
+    """The exact check holds the n-grams of a chunk of pairs' rows; chunks of any size, cut by pairs or
+    by the characters of their rows, find the same clusters."""
+    rng = random.Random(9)
+    keys = _templated(1_500, rng)
+    keys += [keys[index][:-1] + "か？" for index in rng.sample(range(len(keys)), 20)]
+    near = {**NEAR, "threshold": 0.9}
+    found = []
+    for pairs, characters in ((near_dup.CHECKED_CHUNK, near_dup.CHECKED_CHARACTERS), (7, 1 << 25), (1 << 20, 300)):
+        monkeypatch.setattr(near_dup, "CHECKED_CHUNK", pairs)
+        monkeypatch.setattr(near_dup, "CHECKED_CHARACTERS", characters)
+        con = _connection(keys)
+        near_dup.near_duplicates(con, near, 7)
+        found.append(con.execute("SELECT * FROM clusters ORDER BY pos").fetchall())
+    assert len(found[0]) >= 20 and found[0] == found[1] == found[2]
 
 
 def test_signing_a_range_at_a_time_finds_what_signing_at_once_does(monkeypatch):

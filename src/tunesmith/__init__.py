@@ -26,7 +26,7 @@ tunesmith/      (imports point down: a layer uses only the layers below it)
   generation/  generate guards submission
   model/       model template adapters base_model
   data/        sources ingest styles normalize measures curate curate_checks curate_pipeline
-               near_dup card export_data unpaired tasks
+               ngrams near_dup card export_data unpaired tasks
   config/      recipe_file schema recipe plan trl_fields
   jobs/        atomic logs progress reads manifest
 """

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from tunesmith.data.curate_checks import Shape, check_sql, normalise_texts, sql_string, typed_sql
 from tunesmith.data.measures import MACROS
-from tunesmith.data.near_dup import near_duplicates, ngrams_sql
+from tunesmith.data.near_dup import near_duplicates
+from tunesmith.data.ngrams import ngrams_sql
 from tunesmith.data.normalize import match_key
 from tunesmith.data.sources import Source
 from tunesmith.data.styles import STYLES, Rejected, json_object
@@ -112,8 +113,7 @@ SELECT * EXCLUDE (conversion),
 FROM converted
 """
 
-# Per source: how many records are JSON objects, and which of the given columns any of them has;
-# the first `limit` objects usually settle it, the whole source is read only when they do not.
+# Per source: how many records are JSON objects and which given columns any has (the first `limit`, or all if need be).
 COLUMNS_SQL = """SELECT count(*), list_distinct(flatten(list(list_intersect(json_keys(raw), $columns))))
 FROM (SELECT raw FROM framed WHERE source_rank = $rank AND line_reason IS NULL LIMIT $limit)"""
 COLUMNS_PREFIX = 10_000

@@ -22,8 +22,9 @@ import time
 
 import numpy
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tunesmith.data.measures import code_points
+from tunesmith.data.ngrams import Grams, hashed, shingle_hashes
 from tunesmith.jobs.progress import duration
 
 log = logging.getLogger(__name__)
@@ -63,39 +64,6 @@ SELECT DISTINCT a, b FROM (
   JOIN ranked y ON x.band = y.band AND x.bucket = y.bucket AND y.rank = x.rank + x.step
 )
 """
-
-
-def ngrams_sql(text: str, n: int) -> str:
-    """SQL: the list of hashes of the text's character n-grams (duplicates kept; empty when shorter)."""
-    window = ", ".join(f"cp[i + {offset}]" for offset in range(n))
-    return (f"list_transform([code_points({text})], lambda cp: "
-            f"list_transform(range(1, len(cp) - {n - 2}), lambda i: hash({window})))[1]")
-
-
-def _shingle_hashes(texts, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """The 64-bit hashes of every character n-gram of each text (numpy over code points), flat, and
-    each text's offsets into them; a text shorter than n has none."""
-    points, lengths = code_points(texts)
-    windows = numpy.maximum(lengths - n + 1, 0)
-    starts = numpy.repeat(numpy.cumsum(lengths) - lengths, windows) + (
-        numpy.arange(windows.sum()) - numpy.repeat(numpy.cumsum(windows) - windows, windows))
-    return (_hashed(points[starts + offset].astype(numpy.uint64) for offset in range(n)),
-            numpy.concatenate([[0], numpy.cumsum(windows)]).astype(numpy.int64))
-
-
-def _hashed(columns) -> numpy.ndarray:
-    """A 64-bit hash of each position's values in `columns` (uint64 arrays of one shape), in their order."""
-    value = None
-    with numpy.errstate(over="ignore"):
-        for column in columns:
-            value = column.copy() if value is None else value * numpy.uint64(0x100000001B3) + column
-        # splitmix64's finaliser: every bit of the values reaches every bit of the hash
-        value ^= value >> numpy.uint64(30)
-        value *= numpy.uint64(0xBF58476D1CE4E5B9)
-        value ^= value >> numpy.uint64(27)
-        value *= numpy.uint64(0x94D049BB133111EB)
-        value ^= value >> numpy.uint64(31)
-    return value
 
 
 def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -167,7 +135,7 @@ def _flagged_at_once(con, rows: str, count: int, total: int, near: dict, seed: i
     positions, hashes = numpy.empty(count, numpy.int64), numpy.empty(total, numpy.uint64)
     offsets, done = numpy.zeros(count + 1, numpy.uint64), 0
     for batch in con.sql(f"SELECT pos, dedup_key {rows} ORDER BY pos").to_arrow_reader(SIGNATURE_CHUNK_ROWS):
-        found, found_offsets = _shingle_hashes(batch.column(1), n)
+        found, found_offsets = shingle_hashes(batch.column(1), n)
         positions[done:done + batch.num_rows] = batch.column(0).to_numpy()
         hashes[offsets[done]:offsets[done] + len(found)] = found
         offsets[done + 1:done + batch.num_rows + 1] = offsets[done] + found_offsets[1:].astype(numpy.uint64)
@@ -188,7 +156,7 @@ def _banded(con, batch, near: dict, seed: int) -> numpy.ndarray:
     from rensa import RMinHash
 
     band_count = near["bands"]
-    found, found_offsets = _shingle_hashes(batch.column(1), near["ngram"])
+    found, found_offsets = shingle_hashes(batch.column(1), near["ngram"])
     signatures = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
         found, found_offsets.astype(numpy.uint64), near["permutations"], seed).to_rows(), numpy.uint64)
     con.register("band_chunk", pa.table({
@@ -209,7 +177,7 @@ def _memory_limit(con) -> float:
 def _band_hashes(signatures: numpy.ndarray, band_count: int) -> numpy.ndarray:
     """Per row (of MinHash values) and band, a 64-bit hash of the band's values: rows whose band agrees
     share it (two bands that differ sharing it is a 64-bit collision)."""
-    return _hashed(signatures.reshape(len(signatures), band_count, -1).transpose(2, 0, 1))
+    return hashed(signatures.reshape(len(signatures), band_count, -1).transpose(2, 0, 1))
 
 
 def _release_freed() -> None:
@@ -224,67 +192,77 @@ def _release_freed() -> None:
         pass
 
 
-def _grams(text: str, n: int) -> set[str] | str:
-    """A text's character n-gram set; a text too short to have n-grams stands for itself."""
-    return text if len(text) < n else {text[index:index + n] for index in range(len(text) - n + 1)}
-
-
-def _similarity(grams_a: set[str] | str, grams_b: set[str] | str) -> float:
-    """Exact Jaccard similarity of two n-gram sets (`_grams`); texts too short to have n-grams are
-    similar only when equal (two empty contexts are)."""
-    if isinstance(grams_a, str) or isinstance(grams_b, str):
-        return float(grams_a == grams_b)
-    shared = len(grams_a & grams_b)
-    return shared / (len(grams_a) + len(grams_b) - shared)
-
-
 def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) -> dict:
     """Candidate pairs (a < b) whose exact Jaccard, in every key part, reaches the threshold, as
     numpy arrays a, b, jaccard (the least over the parts). The pairs are read a batch at a time and only
     those whose signatures agree enough (`_estimated`) are kept; they are checked exactly a chunk at a time,
-    with the texts of that chunk's rows, each row's n-grams taken once for its run of pairs."""
+    with the n-grams of that chunk's rows, each row's n-gram set made once for its run of pairs."""
     threshold = near["threshold"]
     least = threshold - SPREADS * (threshold * (1 - threshold) / near["permutations"]) ** 0.5
-    kept_a, kept_b, pairs = [], [], 0
+    kept_a, kept_b, pairs, place = [], [], 0, _places(flagged)
     for batch in con.sql("SELECT a, b FROM candidates ORDER BY a, b").to_arrow_reader(PAIR_CHUNK):
         a, b = batch.column(0).to_numpy(), batch.column(1).to_numpy()
-        keep = _estimated(a, b, flagged, low_bytes, least)
+        keep = _estimated(place(a), place(b), low_bytes, least)
         pairs += len(a)
         kept_a.append(a[keep])
         kept_b.append(b[keep])
     a, b = numpy.concatenate(kept_a or [numpy.empty(0, numpy.int64)]), numpy.concatenate(kept_b or [numpy.empty(0, numpy.int64)])
-    del kept_a, kept_b
+    del kept_a, kept_b, place
     log.info("near-duplicate pass: %d rows share a band with another, %d candidate pairs, %d close enough to "
              "check exactly", len(flagged), pairs, len(a))
-    parts, n, found = NEAR_PARTS[near["key"]], near["ngram"], []
-    for start in range(0, len(a), CHECKED_CHUNK):
-        chunk_a, chunk_b = a[start:start + CHECKED_CHUNK].tolist(), b[start:start + CHECKED_CHUNK].tolist()
-        con.register("checked", pa.table({"pos": sorted(set(chunk_a) | set(chunk_b))}))
-        texts = {pos: values for pos, *values in con.execute(
-            f"SELECT pos, {', '.join(parts)} FROM deduplicated SEMI JOIN checked USING (pos)").fetchall()}
+    parts, n, found, start, size = NEAR_PARTS[near["key"]], near["ngram"], [], 0, CHECKED_CHUNK
+    while start < len(a):
+        chunk_a, chunk_b = a[start:start + size], b[start:start + size]
+        rows = numpy.union1d(chunk_a, chunk_b)
+        con.register("checked", pa.table({"pos": rows}))
+        texts = con.sql(f"SELECT {', '.join(parts)} FROM deduplicated SEMI JOIN checked USING (pos) ORDER BY pos").to_arrow_table()
         con.unregister("checked")
-        last, grams = None, ()
-        for row_a, row_b in zip(chunk_a, chunk_b):
-            if row_a != last:
-                last, grams = row_a, [_grams(text, n) for text in texts[row_a]]
-            jaccard = min(_similarity(x, _grams(y, n)) for x, y in zip(grams, texts[row_b]))
-            if jaccard >= threshold:
+        if size > 1 and sum(pc.sum(pc.utf8_length(column)).as_py() or 0 for column in texts.columns) > CHECKED_CHARACTERS:
+            size //= 2  # long texts: fewer pairs at a time
+            continue
+        grams, place = [Grams(column, n, SIGNATURE_CHUNK_ROWS) for column in texts.columns], _places(rows)
+        del texts
+        last, held = None, ()
+        for row_a, row_b, index_a, index_b in zip(chunk_a.tolist(), chunk_b.tolist(), place(chunk_a).tolist(),
+                                                  place(chunk_b).tolist()):
+            if index_a != last:  # pairs come in runs of their first row
+                last, held = index_a, [part.of(index_a) for part in grams]
+            jaccard = 1.0
+            for part, grams_a in zip(grams, held):  # the least over the parts
+                jaccard = min(jaccard, part.similarity(grams_a, index_b))
+                if jaccard < threshold:
+                    break
+            else:
                 found.append((row_a, row_b, jaccard))
+        start += len(chunk_a)
     return {"a": numpy.array([a for a, _, _ in found], numpy.int64), "b": numpy.array([b for _, b, _ in found], numpy.int64),
             "jaccard": numpy.array([j for _, _, j in found], numpy.float64)}
 
 
 PAIR_CHUNK = 65_536  # pairs compared at a time (a few MB of gathered signatures)
-CHECKED_CHUNK = 1_048_576  # pairs checked exactly at a time: the texts of their rows are held
+CHECKED_CHUNK = 1_048_576  # pairs checked exactly at a time: the n-gram hashes of their rows are held ...
+CHECKED_CHARACTERS = 1 << 25  # ... fewer when those rows' texts hold more characters (8 bytes an n-gram)
 
 
-def _estimated(a, b, flagged: numpy.ndarray, low_bytes: numpy.ndarray, least: float) -> numpy.ndarray:
-    """Whether each pair's signatures (low bytes) agree in at least `least` of their values."""
+def _places(positions: numpy.ndarray):
+    """A function from positions (of the ascending `positions`) to their places in it: one gather
+    from a table over their span (a search of the unordered second rows of pairs was most of the time
+    of the signature test)."""
+    if not len(positions):
+        return lambda found: numpy.empty(0, numpy.int64)
+    first = int(positions[0])
+    table = numpy.empty(int(positions[-1]) - first + 1, numpy.int32)
+    table[positions - first] = numpy.arange(len(positions), dtype=numpy.int32)
+    return lambda found: table[found - first]
+
+
+def _estimated(a, b, low_bytes: numpy.ndarray, least: float) -> numpy.ndarray:
+    """Whether the signatures (low bytes) of each pair of rows a, b (places in `low_bytes`) agree in at
+    least `least` of their values."""
     keep = numpy.zeros(len(a), bool)
     needed = least * low_bytes.shape[1]
     for start in range(0, len(a), PAIR_CHUNK):
-        x = low_bytes[numpy.searchsorted(flagged, a[start:start + PAIR_CHUNK])]
-        y = low_bytes[numpy.searchsorted(flagged, b[start:start + PAIR_CHUNK])]
+        x, y = low_bytes[a[start:start + PAIR_CHUNK]], low_bytes[b[start:start + PAIR_CHUNK]]
         keep[start:start + PAIR_CHUNK] = (x == y).sum(axis=1) >= needed
     return keep
 
