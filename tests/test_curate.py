@@ -84,6 +84,8 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
         sft("ＳＡＹ　ＨＩ ", "hi"),                                    # 20 full-width, case, whitespace
         b'{"instruction": "Say\x00hi", "output": "Hi"}',               # 21 raw NUL is a control character
         sft("Say hi", "Hi", input=None),                               # 22 null input is no input
+        b' \t{"instruction": "Say hi", "output": "Hi"}',               # 23 JSON's white space before the object
+        b'\t [1, 2]',                                                  # 24 ... or before another value
     ]
     card, kept, quarantined = run(tmp_path, {"mixed": b"\n".join(lines) + b"\n"})
     assert [row["line"] for row in kept] == [1]
@@ -96,12 +98,13 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
         15: ("invalid_utf8", "invalid start byte at byte 17"), 16: ("too_long", "prompt 41"),
         17: ("too_long", "output 21"), 18: ("contaminated", "task_id 7 (overlap 1.0)"), 19: ("contaminated", "task_id 9 (overlap 1.0)"),
         20: ("duplicate", "kept mixed:1"), 21: ("invalid_json", None), 22: ("duplicate", "kept mixed:1"),
+        23: ("duplicate", "kept mixed:1"), 24: ("not_object", "array"),
     }
     assert quarantined[13]["raw"] == '{"instruction": "\ufffd\ufffd", "output": "Hi"}'  # line 15, replaced
     file = str(tmp_path / "mixed.jsonl")
     assert card["contamination"] == [{"source": "mixed", "file": file, "line": 18, "task_id": 7, "overlap": 1.0},
                                      {"source": "mixed", "file": file, "line": 19, "task_id": 9, "overlap": 1.0}]
-    assert card["sources"]["mixed"]["rows_in"] == 22
+    assert card["sources"]["mixed"]["rows_in"] == 24
     assert [example["raw"] for example in card["examples"]["blank_line"]] == ["  \t", "", "\u3000"]
     assert set(card["totals"]["quarantined"]) == set(REASONS) - {
         "chosen_equals_rejected", "wrong_column_count", "bad_conversation", "judge_invalid", "judge_tie",

@@ -212,3 +212,47 @@ def test_vectorised_cleaning_matches_clean_text_exactly():
     assert cleaned.to_pylist() == [clean_text(text) for text in texts]
     chunked = pa.chunked_array([pa.array(texts[:7], pa.string()), pa.array(texts[7:], pa.string())])
     assert clean_arrow(chunked).to_pylist() == cleaned.to_pylist()
+
+
+def _mostly_plain_texts(count: int, seed: int = 8) -> list[str]:
+    """Random texts over characters most of them plain (ASCII, kana, kanji, full-width forms, spaces, tabs,
+    line feeds), a few not (a control, a zero-width space, ß, an ideographic space), with `_x000D_`
+    pieces and leading blank lines: what the plain test itself must tell apart."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = list("aZ09 _x0D東京あアーＡａ（）？！、。「」Éé-") + [" ", "\t", "\n", "_x000D_", "_X000d_"]
+    rare = ["\x07", "\u200b", "ß", "\u3000", "\r", "\u200d", "\U0001F600"]
+    texts = []
+    for _ in range(count):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        if rng.random() < 0.1:
+            text = rng.choice(["\n", " \n", "\t\n\n"]) + text
+        if rng.random() < 0.1:
+            text += rng.choice(rare)
+        texts.append(text)
+    return texts
+
+
+def test_the_searches_skipped_on_plain_rows_would_find_nothing_in_them():
+    """Normalising, cleaning and keying skip their searches (noise, characters to verify, characters that
+    never train) on plain rows (`plain_rows`): every result is the same as searching every row, and the
+    same as Python's one text at a time."""
+    import pyarrow as pa
+
+    from tunesmith.data.curate_checks import UNUSUAL_CHARACTERS
+    from tunesmith.data.normalize import (_patterns, _safe_class, clean_arrow, match_keys_arrow, matching,
+                                          normalize_arrow, plain_rows)
+
+    texts = AWKWARD + _tricky_texts(2000) + _mostly_plain_texts(4000)
+    array = pa.array(texts, pa.string())
+    plain = plain_rows(array)
+    assert 1_000 < sum(plain.to_pylist()) < len(texts) - 1_000  # both kinds, many of each
+    normalised = normalize_arrow(array, plain)
+    assert normalised.to_pylist() == [normalize_text(text) for text in texts]
+    assert clean_arrow(array, plain).to_pylist() == [clean_text(text) for text in texts]
+    assert match_keys_arrow(normalised, plain).to_pylist() == [match_key(text) for text in texts]
+    for pattern in (UNUSUAL_CHARACTERS, _patterns()["needs_cleaning"], "\u200d", _safe_class(0)):
+        assert matching(array, pattern, plain).to_pylist() == matching(array, pattern).to_pylist()
+    assert matching(normalised, _safe_class(1), plain).to_pylist() == matching(normalised, _safe_class(1)).to_pylist()
+

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunesmith.data.measures import REPETITION_KEYS, SPACES_RE2, measure_slices
-from tunesmith.data.normalize import clean_arrow, match_keys_arrow, normalize_arrow
+from tunesmith.data.normalize import clean_arrow, match_keys_arrow, matching, normalize_arrow, plain_rows
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
 MEASURES = ("chars", "japanese", "units", "visible")
@@ -59,24 +59,25 @@ def typed_sql(shape: Shape, not_text: bool = False) -> str:
     turn), for details. With `not_text`, a string from a column that table `not_text` lists (a Parquet
     timestamp, written as JSON text) has that column's type instead, so it is a wrong type, not text."""
     names = shape.required + shape.optional
-    # One parse of the record for all fields (a path list), then each small value typed and read.
+    # Two parses of the record for all fields (path lists): the values as JSON text, typed by their first
+    # character (json_type for the few that are not strings), and the strings as read.
     paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
     labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
     joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
                      f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
 
-    def typed(index: int, f: str) -> str:
-        found = f"json_type(parts[{index}])"
+    def typed(index: int, f: str) -> str:  # a value as JSON text is a string when it opens with a quote
+        found = f"CASE WHEN starts_with(parts[{index}], '\"') THEN 'VARCHAR' ELSE json_type(parts[{index}]) END"
         if not not_text:
             return found
         return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
     fields = ",\n  ".join(
-        f"{typed(index, f)} AS {f}_type,\n  "
-        f"CASE WHEN {f}_type = 'VARCHAR' THEN json_extract_string(parts[{index}], '$') END AS {f}_raw,\n  {f}_name"
+        f"{typed(index, f)} AS {f}_type,\n  CASE WHEN {f}_type = 'VARCHAR' THEN strings[{index}] END AS {f}_raw,\n  {f}_name"
         for index, f in enumerate(names, start=1))
     return (f"CREATE TEMP VIEW typed AS SELECT pos, s.source_rank, s.source, s.file, s.line, early_reason, "
             f"early_detail, {fields} FROM "
-            f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, {labels} "
+            f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, "
+            f"CASE WHEN early_reason IS NULL THEN json_extract_string(record, {paths}) END AS strings, {labels} "
             f"FROM styled) s {joins}")
 
 
@@ -194,11 +195,13 @@ def _distinct(raw) -> tuple:
 def _field_columns(field: str, text, shape: Shape, repetition: dict, normalize_training_text: bool) -> tuple:
     """One field's columns of `texts` for the strings of `text` (the trained text, its measures and
     match key, for the taught answer the repetition found, and `{field}_unusual`), and its normalised form."""
-    normalised = normalize_arrow(text)
-    trained = normalised if normalize_training_text else clean_arrow(text)
+    # Most texts are plain (plain_rows): the searches for noise and odd characters skip them (5 RE2 passes of 7).
+    plain = plain_rows(text)
+    normalised = normalize_arrow(text, plain)
+    trained = normalised if normalize_training_text else clean_arrow(text, plain)
     # The text as read goes on only where it holds a character that never trains (one RE2 pass here;
     # DuckDB's took 0.26 s a 262k batch): the SQL describes those few rows alone (_character_details).
-    unusual = pc.fill_null(pc.match_substring_regex(text, UNUSUAL_CHARACTERS), False)
+    unusual = matching(text, UNUSUAL_CHARACTERS, plain)
     columns = {field: trained, f"{field}_unusual": pc.if_else(unusual, text, pa.scalar(None, pa.string()))}
     taught = field == shape.taught
     measures = measure_slices(normalised, {name: repetition[name] for name in REPETITION_KEYS} if taught else None)
@@ -207,7 +210,7 @@ def _field_columns(field: str, text, shape: Shape, repetition: dict, normalize_t
         spaces = pc.count_substring_regex(trained, SPACES_RE2).cast(pa.int64())
         measures |= {"chars": chars, "visible": pc.subtract(chars, spaces)}
     columns |= {f"{field}_{name}": measures[name] for name in MEASURES}
-    columns[f"{field}_key"] = match_keys_arrow(normalised)
+    columns[f"{field}_key"] = match_keys_arrow(normalised, plain)
     if taught:
         columns[f"{field}_repeated"] = measures["repeated"]
     return columns, normalised

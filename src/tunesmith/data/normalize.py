@@ -176,20 +176,63 @@ def _safe_class(which: int) -> str:
     return "[^" + _characters_class(point for point, verdict in _VERDICTS.items() if not verdict[which])[1:]
 
 
-def _with_python_rows(array, result, which: int, function):
+@functools.cache
+def _not_plain() -> str:
+    """RE2: what makes a text not plain (`plain_rows`): a character outside the plain ones, a `_x000D_`
+    marker, blank lines at the start."""
+    _seeded()
+
+    def folds_alike(text: str) -> bool:
+        return all(ord(character) in _VERDICTS and not _VERDICTS[ord(character)][1] for character in text)
+
+    plain = [point for low, high in _COMMON_BLOCKS for point in range(low, high + 1)
+             if (point in (0x09, 0x0A) or not unicodedata.category(chr(point)).startswith("C"))
+             and not any(_VERDICTS[point]) and not unicodedata.combining(chr(point))
+             and folds_alike(unicodedata.normalize("NFKC", chr(point)))]
+    return "[^" + _characters_class(plain)[1:] + "|(?i:_x000D_)|" + _patterns()["leading_blank_lines"][:-1]
+
+
+def plain_rows(array):
+    """Whether each text of an Arrow string array is plain: made only of characters of the common blocks
+    (Latin, punctuation, kana, common kanji, full-width forms) that Python and pyarrow normalise and
+    case-fold alike (their NFKC too), that are no combining marks, no controls (but tab and line feed)
+    and no format characters (zero-width, bidirectional); holding no `_x000D_` marker and not opening
+    with blank lines. In such a text, and in its normalised form, the searches for noise, for
+    characters to verify and for characters that never train find nothing: they run on the other rows
+    alone (`normalize_arrow`, `clean_arrow`, `match_keys_arrow`, `matching`). Nulls: False."""
+    import pyarrow.compute as pc
+
+    return pc.invert(pc.fill_null(pc.match_substring_regex(_one_chunk(array), _not_plain()), True))
+
+
+def matching(array, pattern: str, plain=None):
+    """Whether each text of an Arrow string array holds a match of the RE2 `pattern` (nulls: False);
+    rows that `plain` (`plain_rows`) marks are not searched (False): the pattern finds nothing in them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if plain is None:
+        return pc.fill_null(pc.match_substring_regex(array, pattern), False)
+    searched = pc.invert(plain)
+    found = pc.fill_null(pc.match_substring_regex(array.filter(searched), pattern), False)
+    return pc.replace_with_mask(pc.and_(plain, pa.scalar(False)), searched, found)
+
+
+def _with_python_rows(array, result, which: int, function, plain=None):
     """`result`, with the rows of `array` holding a character not verified safe computed by `function`
-    (exactly as Python does); the characters of those rows are verified for the next call."""
+    (exactly as Python does); the characters of those rows are verified for the next call. Rows that
+    `plain` marks hold none such."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     _seeded()
-    mask = pc.fill_null(pc.match_substring_regex(array, _safe_class(which)), False)
+    mask = matching(array, _safe_class(which), plain)
     if not pc.any(mask).as_py():
         return result
     known = len(_VERDICTS)
     _verdicts(sorted(set("".join(array.filter(mask).to_pylist())) - set(map(chr, _VERDICTS)), key=ord))
     if len(_VERDICTS) > known:  # newly verified characters may clear most of those rows
-        mask = pc.fill_null(pc.match_substring_regex(array, _safe_class(which)), False)
+        mask = matching(array, _safe_class(which), plain)
         if not pc.any(mask).as_py():
             return result
     redone = [function(text) for text in array.filter(mask).to_pylist()]
@@ -236,29 +279,31 @@ def _cleaned_before_trim(text):
     return _replaced(text, _patterns()["leading_blank_lines"], "")
 
 
-def clean_arrow(array):
+def clean_arrow(array, plain=None):
     """`clean_text` of each string of an Arrow string array (nulls stay null); rows holding a
-    zero-width joiner (kept or not by its neighbours) are cleaned by `clean_text` itself."""
+    zero-width joiner (kept or not by its neighbours) are cleaned by `clean_text` itself. `plain`:
+    the array's `plain_rows`, when known."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     patterns = _patterns()
     array = _one_chunk(array)
     # Most rows hold no noise: one pass finds those that do, and only they go through the steps.
-    mask = pc.fill_null(pc.match_substring_regex(array, patterns["needs_cleaning"]), False)
+    mask = matching(array, patterns["needs_cleaning"], plain)
     text = array
     if pc.any(mask).as_py():
         text = pc.replace_with_mask(array, mask, _cleaned_before_trim(array.filter(mask)))
     text = pc.utf8_rtrim(text, characters=_WHITESPACE)
-    joiner = pc.fill_null(pc.match_substring(array, "\u200d"), False)
+    joiner = matching(array, "\u200d", plain)
     if pc.any(joiner).as_py():
         redone = [clean_text(value) for value in array.filter(joiner).to_pylist()]
         text = pc.replace_with_mask(text, joiner, pa.array(redone, text.type))
     return text
 
 
-def normalize_arrow(array):
-    """`normalize_text` of each string of an Arrow string array (nulls stay null)."""
+def normalize_arrow(array, plain=None):
+    """`normalize_text` of each string of an Arrow string array (nulls stay null). `plain`: the array's
+    `plain_rows`, when known."""
     import pyarrow.compute as pc
 
     patterns = _patterns()
@@ -270,13 +315,14 @@ def normalize_arrow(array):
     if pc.any(mask).as_py():
         text = pc.replace_with_mask(text, mask, _normalized_after_nfkc(text.filter(mask)))
     text = pc.utf8_trim(text, characters=_WHITESPACE)
-    return _with_python_rows(array, text, 0, normalize_text)
+    return _with_python_rows(array, text, 0, normalize_text, plain)
 
 
-def match_keys_arrow(array):
-    """`match_key` of each string of an Arrow array of already normalised strings (nulls stay null)."""
+def match_keys_arrow(array, plain=None):
+    """`match_key` of each string of an Arrow array of already normalised strings (nulls stay null).
+    `plain`: the `plain_rows` of the texts they were normalised from, when known."""
     import pyarrow.compute as pc
 
     array = _one_chunk(array)
     keys = _replaced(pc.utf8_lower(array), _patterns()["all_space"], "")
-    return _with_python_rows(array, keys, 1, lambda text: _ALL_SPACE.sub("", text.casefold()))
+    return _with_python_rows(array, keys, 1, lambda text: _ALL_SPACE.sub("", text.casefold()), plain)
