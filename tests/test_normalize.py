@@ -255,4 +255,3 @@ def test_the_searches_skipped_on_plain_rows_would_find_nothing_in_them():
     for pattern in (UNUSUAL_CHARACTERS, _patterns()["needs_cleaning"], "\u200d", _safe_class(0)):
         assert matching(array, pattern, plain).to_pylist() == matching(array, pattern).to_pylist()
     assert matching(normalised, _safe_class(1), plain).to_pylist() == matching(normalised, _safe_class(1)).to_pylist()
-
