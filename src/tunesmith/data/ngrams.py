@@ -56,20 +56,25 @@ class Grams:
         pieces = [shingle_hashes(texts.slice(start, rows), n) for start in range(0, max(len(texts), 1), rows)]
         ends = numpy.cumsum([0] + [len(hashes) for hashes, _ in pieces])
         self.hashes = numpy.concatenate([hashes for hashes, _ in pieces]).view(numpy.int64)
-        self.offsets = numpy.concatenate([[0]] + [offsets[1:] + end for (_, offsets), end in zip(pieces, ends)]).tolist()
-        self.texts, self.sizes = texts, {}
+        offsets = numpy.concatenate([[0]] + [offsets[1:] + end for (_, offsets), end in zip(pieces, ends)])
+        short = offsets[1:] == offsets[:-1]  # texts too short to have n-grams: only they are kept as text
+        self.short, self.short_place = texts.filter(pa.array(short)), numpy.cumsum(short) - 1
+        self.offsets, self.sizes = offsets.tolist(), {}
+
+    def _text(self, row: int) -> str:
+        return self.short[int(self.short_place[row])].as_py()
 
     def of(self, row: int) -> set[int] | str:
         """The row's distinct n-grams; a text too short to have n-grams stands for itself."""
         start, end = self.offsets[row], self.offsets[row + 1]
-        return set(self.hashes[start:end].tolist()) if end > start else self.texts[row].as_py()
+        return set(self.hashes[start:end].tolist()) if end > start else self._text(row)
 
     def similarity(self, grams: set[int] | str, row: int) -> float:
         """Exact Jaccard similarity of n-grams (`of`) with the row's; texts too short to have n-grams
         are similar only when equal (two empty contexts are)."""
         start, end = self.offsets[row], self.offsets[row + 1]
         if end == start or isinstance(grams, str):
-            return float(end == start and grams == self.texts[row].as_py())
+            return float(end == start and grams == self._text(row))
         found = self.hashes[start:end].tolist()
         size = self.sizes.get(row)
         if size is None:  # a row is often compared again (an anchor of its buckets)
