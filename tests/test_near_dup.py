@@ -117,9 +117,13 @@ def test_the_exact_check_is_the_jaccard_of_the_texts_n_gram_sets():
     assert sum(0 < value < 1 for values in expected for value in values) > 50  # not only the trivial cases
 
 
-def test_checking_a_few_pairs_at_a_time_finds_the_same_near_copies(monkeypatch):
+def test_checking_a_few_pairs_at_a_time_finds_the_same_near_copies(monkeypatch, caplog):
     """The exact check holds the n-grams of a chunk of pairs' rows; chunks of any size, cut by pairs or
-    by the characters of their rows, find the same clusters."""
+    by the characters of their rows, find the same clusters. A long check logs how far it is."""
+    from tunesmith.jobs import progress
+
+    monkeypatch.setattr(progress, "LOG_SECONDS", 0)  # a line at every chunk, not every 30 s
+    caplog.set_level("INFO", logger="tunesmith.jobs.progress")
     rng = random.Random(9)
     keys = _templated(1_500, rng)
     keys += [keys[index][:-1] + "か？" for index in rng.sample(range(len(keys)), 20)]
@@ -132,6 +136,8 @@ def test_checking_a_few_pairs_at_a_time_finds_the_same_near_copies(monkeypatch):
         near_dup.near_duplicates(con, near, 7)
         found.append(con.execute("SELECT * FROM clusters ORDER BY pos").fetchall())
     assert len(found[0]) >= 20 and found[0] == found[1] == found[2]
+    lines = [record.getMessage() for record in caplog.records if "pairs checked exactly" in record.getMessage()]
+    assert len(lines) > 10 and lines[-1].startswith("near-duplicate pass: ") and "(100%)" in lines[-1]
 
 
 def test_signing_a_range_at_a_time_finds_what_signing_at_once_does(monkeypatch):

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunesmith.data.ngrams import Grams, hashed, shingle_hashes
-from tunesmith.jobs.progress import duration
+from tunesmith.jobs.progress import Progress, duration
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) ->
     log.info("near-duplicate pass: %d rows share a band with another, %d candidate pairs, %d close enough to "
              "check exactly", len(flagged), pairs, len(a))
     parts, n, found, start, size = NEAR_PARTS[near["key"]], near["ngram"], [], 0, CHECKED_CHUNK
+    checked = Progress("near-duplicate pass", len(a), "pairs checked exactly", every=max(1, len(a)))  # a line each 30 s
     while start < len(a):
         chunk_a, chunk_b = a[start:start + size], b[start:start + size]
         rows = numpy.union1d(chunk_a, chunk_b)
@@ -235,6 +236,7 @@ def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) ->
             else:
                 found.append((row_a, row_b, jaccard))
         start += len(chunk_a)
+        checked.update(start)
     return {"a": numpy.array([a for a, _, _ in found], numpy.int64), "b": numpy.array([b for _, b, _ in found], numpy.int64),
             "jaccard": numpy.array([j for _, _, j in found], numpy.float64)}
 
