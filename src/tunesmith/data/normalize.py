@@ -214,8 +214,7 @@ def matching(array, pattern: str, plain=None):
     if plain is None:
         return pc.fill_null(pc.match_substring_regex(array, pattern), False)
     searched = pc.invert(plain)
-    found = pc.fill_null(pc.match_substring_regex(array.filter(searched), pattern), False)
-    return pc.replace_with_mask(pc.and_(plain, pa.scalar(False)), searched, found)
+    return pc.replace_with_mask(pc.and_(plain, pa.scalar(False)), searched, matching(array.filter(searched), pattern))
 
 
 def _with_python_rows(array, result, which: int, function, plain=None):
@@ -249,7 +248,7 @@ def _replaced(text, pattern: str, replacement: str):
     """Regex replacement, run only on the rows that match (most rows have nothing to replace)."""
     import pyarrow.compute as pc
 
-    mask = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+    mask = matching(text, pattern)
     if not pc.any(mask).as_py():
         return text
     return pc.replace_with_mask(text, mask, pc.replace_substring_regex(text.filter(mask), pattern, replacement))
@@ -260,7 +259,7 @@ def _noise_removed(text):
     import pyarrow.compute as pc
 
     text = _replaced(text, _patterns()["zero_width"], "")
-    while pc.any(pc.fill_null(pc.match_substring_regex(text, "_x000D_", ignore_case=True), False)).as_py():
+    while pc.any(matching(text, "(?i)_x000D_")).as_py():
         text = _replaced(text, "(?i)_x000D_", "")
     return _replaced(text, "\r\n?", "\n")
 
@@ -311,7 +310,7 @@ def normalize_arrow(array, plain=None):
     text = pc.utf8_normalize(array, form="NFKC")
     # Only rows with a zero-width character, a marker, or whitespace other than single spaces change
     # beyond NFKC and trimming; the steps run on those alone.
-    mask = pc.fill_null(pc.match_substring_regex(text, patterns["needs_steps"]), False)
+    mask = matching(text, patterns["needs_steps"])
     if pc.any(mask).as_py():
         text = pc.replace_with_mask(text, mask, _normalized_after_nfkc(text.filter(mask)))
     text = pc.utf8_trim(text, characters=_WHITESPACE)
