@@ -128,14 +128,18 @@ def test_a_job_log_holds_lines_not_carriage_return_bars_and_the_console_hears_of
 
 
 def test_ingest_and_curation_of_a_corpus_log_where_they_are(tmp_path, caplog, monkeypatch):
-    """Ingest logs the records read (a line per PROGRESS_RECORDS, and a closing count); curation logs
-    when classification is done and what it kept and quarantined."""
+    """Ingest logs the records read (a line per PROGRESS_RECORDS, and a closing count); curation logs the
+    records checked (a line every LOG_SECONDS), when classification is done and what it kept and quarantined."""
     import json
 
+    import tunesmith.data.curate_checks as curate_checks
     import tunesmith.data.ingest as ingest
+    import tunesmith.jobs.progress as progress
     from tunesmith.data.curate import curate
 
     monkeypatch.setattr(ingest, "PROGRESS_RECORDS", 2)
+    monkeypatch.setattr(curate_checks, "TEXT_BATCH_ROWS", 2)  # three batches of texts
+    monkeypatch.setattr(progress, "LOG_SECONDS", 0)
     rows = [{"instruction": f"質問{i}はどうですか。", "output": f"答え{i}です。"} for i in range(5)] + [{"instruction": "x"}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     (tmp_path / "tasks.jsonl").write_text('{"task_id": 0, "input": "関係ない"}\n', encoding="utf-8")
@@ -148,5 +152,9 @@ def test_ingest_and_curation_of_a_corpus_log_where_they_are(tmp_path, caplog, mo
     assert re.fullmatch(r"ingest a: 6 records read in \d+ s", lines[1]), lines
     kept, quarantined = card["totals"]["kept"], sum(card["totals"]["quarantined"].values())
     assert quarantined >= 1 and kept + quarantined == 6
+    checked = [line for line in lines if " records checked " in line]
+    assert [line.split(",")[0] for line in checked] == ["curation: 2/6 records checked (33%)",
+                                                        "curation: 4/6 records checked (67%)",
+                                                        "curation: 6/6 records checked (100%)"], lines
     assert any(line.startswith("curation of sft: 1 sources read, every record classified") for line in lines), lines
     assert any(line.startswith(f"curation of sft: {kept} records kept, {quarantined} quarantined, ") for line in lines)

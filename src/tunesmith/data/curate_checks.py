@@ -13,6 +13,7 @@ The prompt's measures are sums of its parts' (the instruction and an alpaca inpu
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 
 from tunesmith.data.measures import REPETITION_KEYS, SPACES_RE2, measure_slices
 from tunesmith.data.normalize import clean_arrow, match_keys_arrow, matching, normalize_arrow, plain_rows
+from tunesmith.jobs.progress import Progress
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
 MEASURES = ("chars", "japanese", "units", "visible")
@@ -119,19 +121,16 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
             columns["responses_identical"] = pc.equal(*normalised_responses)
         return columns
 
-    def counted(columns: dict) -> dict:  # in this thread: a tokenizer is not shared between threads
-        for field in fields:
-            columns[f"{field}_ntokens"] = _token_counts(tokenizer, columns[field])
-        return columns
-
     def written(columns: dict) -> None:
-        if tokenizer is not None:
-            columns = counted(columns)
-        con.register("texts", pa.table(columns))
+        for field in fields if tokenizer is not None else ():  # in this thread: a tokenizer is not shared
+            columns[f"{field}_ntokens"] = _token_counts(tokenizer, columns[field])
+        con.register("texts", texts := pa.table(columns))
         con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} AS {select} LIMIT 0; INSERT INTO {table} {select}")
         con.unregister("texts")
+        checked.update(checked.done + texts.num_rows)
 
     pending = deque()  # `threads` batches in work, one being written
+    checked = Progress("curation", last - first + 1, "records checked", every=sys.maxsize)  # a line each 30 s
     with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
         for start in starts:
             pending.append(pool.submit(computed, read(start)))

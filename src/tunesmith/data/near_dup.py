@@ -18,6 +18,7 @@ label, cluster, jaccard): each kept row with the rows dropped as its near copies
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import numpy
@@ -211,7 +212,7 @@ def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) ->
     log.info("near-duplicate pass: %d rows share a band with another, %d candidate pairs, %d close enough to "
              "check exactly", len(flagged), pairs, len(a))
     parts, n, found, start, size = NEAR_PARTS[near["key"]], near["ngram"], [], 0, CHECKED_CHUNK
-    checked = Progress("near-duplicate pass", len(a), "pairs checked exactly", every=max(1, len(a)))  # a line each 30 s
+    checked = Progress("near-duplicate pass", len(a), "pairs checked exactly", every=sys.maxsize)  # a line each 30 s
     while start < len(a):
         chunk_a, chunk_b = a[start:start + size], b[start:start + size]
         rows = numpy.union1d(chunk_a, chunk_b)
