@@ -178,8 +178,8 @@ def _safe_class(which: int) -> str:
 
 @functools.cache
 def _not_plain() -> str:
-    """RE2: what makes a text not plain (`plain_rows`): a character outside the plain ones, a `_x000D_`
-    marker, blank lines at the start."""
+    """RE2: what makes a text not plain (`plain_rows`): a character outside the plain ones, or what
+    `clean_text` would remove other than trailing space (a `_x000D_` marker, blank lines at the start)."""
     _seeded()
 
     def folds_alike(text: str) -> bool:
@@ -189,7 +189,7 @@ def _not_plain() -> str:
              if (point in (0x09, 0x0A) or not unicodedata.category(chr(point)).startswith("C"))
              and not any(_VERDICTS[point]) and not unicodedata.combining(chr(point))
              and folds_alike(unicodedata.normalize("NFKC", chr(point)))]
-    return "[^" + _characters_class(plain)[1:] + "|(?i:_x000D_)|" + _patterns()["leading_blank_lines"][:-1]
+    return "[^" + _characters_class(plain)[1:] + "|" + _patterns()["needs_cleaning"]
 
 
 def plain_rows(array):
@@ -214,7 +214,8 @@ def matching(array, pattern: str, plain=None):
     if plain is None:
         return pc.fill_null(pc.match_substring_regex(array, pattern), False)
     searched = pc.invert(plain)
-    return pc.replace_with_mask(pc.and_(plain, pa.scalar(False)), searched, matching(array.filter(searched), pattern))
+    nothing = pc.and_(plain, pa.scalar(False))  # all False
+    return pc.replace_with_mask(nothing, searched, matching(array.filter(searched), pattern))
 
 
 def _with_python_rows(array, result, which: int, function, plain=None):
