@@ -557,8 +557,8 @@ def test_a_corpus_larger_than_the_memory_limit_spills_and_writes_what_an_unlimit
         spilled[len(spilled)] = con.execute("SELECT coalesce(sum(size), 0), list(path) FROM duckdb_temporary_files()"
                                             ).fetchall()[0]
     monkeypatch.setattr(curate_module, "classify", measured)
-    at_once, flagged_at_once = [], near_dup._flagged_at_once  # the near-duplicate pass's signing at once
-    monkeypatch.setattr(near_dup, "_flagged_at_once", lambda *args: at_once.append(1) or flagged_at_once(*args))
+    at_once, flagged_at_once = [], near_dup._hashed_and_flagged  # the near-duplicate pass's signing at once
+    monkeypatch.setattr(near_dup, "_hashed_and_flagged", lambda *args: at_once.append(1) or flagged_at_once(*args))
     written = []
     # 24 MB spills 6-7 MB here (16 MB is too small); 36 MB spilled 0.6-2.6 MB once dedup stopped copying every row
     for limit in ("24MB", "4GB"):

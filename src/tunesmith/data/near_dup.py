@@ -75,7 +75,7 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
     When every row's shingle hashes (8 bytes per n-gram, twice: rensa copies them) and signature matrix
     fit in half of DuckDB's memory limit, rensa signs them at once and its one-shot band test flags the
     rows (without an index, which would hold every row's bands); only the flagged rows are signed again,
-    for their bands. Otherwise every row is signed a range at a time and its bands go to DuckDB, which
+    for their bands, from the n-gram hashes held. Otherwise every row is signed a range at a time and its bands go to DuckDB, which
     finds the shared buckets and spills what it cannot hold: the memory stays bounded, at the price of
     taking every row's signature through Python lists (about 8 µs a row, against 1 µs)."""
     n, permutations = near["ngram"], near["permutations"]
@@ -88,13 +88,13 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
     held = 16 * total + 4 * permutations * count  # the n-gram hashes (and rensa's copy), the signatures
     if held <= _memory_limit(con) / 2:
         log.info("near-duplicate pass: %d rows signed at once (%d MB)", count, held // 10**6)
-        flagged = _flagged_at_once(con, rows, count, total, near, seed)
-        con.register("flagged", pa.table({"pos": pa.array(flagged, pa.int64())}))
-        keys = con.sql("SELECT pos, dedup_key FROM deduplicated JOIN flagged USING (pos) ORDER BY pos").to_arrow_table()
-        con.unregister("flagged")
-        low_bytes = numpy.concatenate([numpy.empty((0, permutations), numpy.uint8)]
-                                      + [_banded(con, batch, near, seed) for batch in keys.to_batches(SIGNED_CHUNK_ROWS)])
-        del keys
+        positions, hashes, offsets, flags = _hashed_and_flagged(con, rows, count, total, near, seed)
+        chosen = numpy.flatnonzero(flags)  # only these rows are signed again, from the hashes held
+        low_bytes = numpy.concatenate([numpy.empty((0, permutations), numpy.uint8)] + [
+            _banded(con, positions[batch], *_of_rows(hashes, offsets, batch), near, seed)
+            for batch in (chosen[start:start + SIGNED_CHUNK_ROWS] for start in range(0, len(chosen), SIGNED_CHUNK_ROWS))])
+        flagged = positions[chosen]
+        del positions, hashes, offsets, flags
         _release_freed()
         con.execute(SHARED_SQL)
         return flagged, low_bytes
@@ -105,7 +105,7 @@ def _signatures(con, near: dict, seed: int) -> tuple[numpy.ndarray, numpy.ndarra
         keys = con.sql(f"SELECT pos, dedup_key {rows} AND pos BETWEEN {start} AND {start + SIGNATURE_CHUNK_ROWS - 1} "
                        "ORDER BY pos").to_arrow_table()
         for batch in keys.to_batches(SIGNED_CHUNK_ROWS):
-            low = _banded(con, batch, near, seed)
+            low = _banded(con, batch.column(0).to_numpy(), *shingle_hashes(batch.column(1), n), near, seed)
             con.register("low_chunk", pa.table({"pos": batch.column(0), "low": pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(permutations), len(low), [None, pa.py_buffer(low)])}))
             con.execute("INSERT INTO low_bytes SELECT * FROM low_chunk")
@@ -127,42 +127,49 @@ SELECT * FROM bands SEMI JOIN (SELECT band, bucket FROM bands GROUP BY ALL HAVIN
 DROP TABLE bands; ALTER TABLE shared RENAME TO bands"""
 
 
-def _flagged_at_once(con, rows: str, count: int, total: int, near: dict, seed: int) -> numpy.ndarray:
-    """The positions (ascending) of the rows whose bands collide with another row's, by rensa's one-shot
-    band test over every row's signature."""
+def _hashed_and_flagged(con, rows: str, count: int, total: int, near: dict, seed: int) -> tuple:
+    """Every row's position (ascending) and n-gram hashes (flat, with each row's offsets), and whether its
+    bands collide with another row's, by rensa's one-shot band test over every row's signature."""
     from rensa import RMinHash, RMinHashLSH
 
     n, permutations = near["ngram"], near["permutations"]
     positions, hashes = numpy.empty(count, numpy.int64), numpy.empty(total, numpy.uint64)
-    offsets, done = numpy.zeros(count + 1, numpy.uint64), 0
+    offsets, done = numpy.zeros(count + 1, numpy.int64), 0
     for batch in con.sql(f"SELECT pos, dedup_key {rows} ORDER BY pos").to_arrow_reader(SIGNATURE_CHUNK_ROWS):
         found, found_offsets = shingle_hashes(batch.column(1), n)
         positions[done:done + batch.num_rows] = batch.column(0).to_numpy()
         hashes[offsets[done]:offsets[done] + len(found)] = found
-        offsets[done + 1:done + batch.num_rows + 1] = offsets[done] + found_offsets[1:].astype(numpy.uint64)
+        offsets[done + 1:done + batch.num_rows + 1] = offsets[done] + found_offsets[1:]
         done += batch.num_rows
     _release_freed()
-    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, permutations, seed)
-    del hashes, offsets
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets.astype(numpy.uint64), permutations, seed)
     lsh = RMinHashLSH(threshold=near["threshold"], num_perm=permutations, num_bands=near["bands"])
-    flagged = positions[numpy.asarray(lsh.query_duplicate_flags_matrix_one_shot(matrix), bool)]
-    del matrix, lsh, positions
+    flags = numpy.asarray(lsh.query_duplicate_flags_matrix_one_shot(matrix), bool)
+    del matrix, lsh
     _release_freed()
-    return flagged
+    return positions, hashes, offsets, flags
 
 
-def _banded(con, batch, near: dict, seed: int) -> numpy.ndarray:
-    """Sign a batch of rows (pos, dedup_key), insert their bands' hashes into `bands`; their MinHash
-    values' low bytes (rows x permutations)."""
+def _of_rows(hashes: numpy.ndarray, offsets: numpy.ndarray, rows: numpy.ndarray) -> tuple:
+    """The n-gram hashes of `rows` (indices into `offsets`), flat, and their offsets."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    ends = numpy.cumsum(lengths)
+    taken = numpy.repeat(offsets[rows] - (ends - lengths), lengths) + numpy.arange(ends[-1] if len(ends) else 0)
+    return hashes[taken], numpy.concatenate([[0], ends])
+
+
+def _banded(con, positions: numpy.ndarray, hashes: numpy.ndarray, offsets: numpy.ndarray, near: dict,
+            seed: int) -> numpy.ndarray:
+    """Sign a batch of rows (positions, their n-gram hashes flat with offsets), insert their bands' hashes
+    into `bands`; their MinHash values' low bytes (rows x permutations)."""
     from rensa import RMinHash
 
     band_count = near["bands"]
-    found, found_offsets = shingle_hashes(batch.column(1), near["ngram"])
     signatures = numpy.array(RMinHash.digest_matrix_from_flat_token_hashes(
-        found, found_offsets.astype(numpy.uint64), near["permutations"], seed).to_rows(), numpy.uint64)
+        hashes, offsets.astype(numpy.uint64), near["permutations"], seed).to_rows(), numpy.uint64)
     con.register("band_chunk", pa.table({
-        "pos": pa.array(numpy.repeat(batch.column(0).to_numpy(), band_count), pa.int64()),
-        "band": pa.array(numpy.tile(numpy.arange(band_count, dtype=numpy.int32), batch.num_rows), pa.int32()),
+        "pos": pa.array(numpy.repeat(positions, band_count), pa.int64()),
+        "band": pa.array(numpy.tile(numpy.arange(band_count, dtype=numpy.int32), len(positions)), pa.int32()),
         "bucket": pa.array(_band_hashes(signatures, band_count).ravel(), pa.uint64())}))
     con.execute("INSERT INTO bands SELECT * FROM band_chunk")
     con.unregister("band_chunk")
