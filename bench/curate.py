@@ -4,6 +4,7 @@
     python bench/curate.py --rows 10000000 --sides ours --memory-limit 2GB   # DuckDB spills beside its outputs
     python bench/curate.py --scaling 1000000,3000000,10000000,30000000 --memory-limit 2GB   # the exponent
     python bench/curate.py --sides ours --near   # with the near-duplicate pass (the schema's default) on
+    python bench/curate.py --sides ours --style preference   # ours on the corpus as alpaca and as that style
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
 about 20% duplicates after normalisation (10% exact copies, 10% copies differing in full-width
@@ -25,6 +26,13 @@ cleaning, measures, repetition, match keys) answered from an untimed first run, 
 with a text kernel that cost nothing. Ends with one line:
 RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<ours / polars peak RSS>
   [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s [near_dedup]
+  [style style_seconds style_ratio=<ours s on alpaca / ours s on the style>]
+
+`--style text_output|preference` (with `--sides ours`) also curates the same records written in that style:
+text_output renames the instruction `text`; preference makes each record a pair (the prompt, the answer
+chosen, a fixed refusal rejected) under the columns `question` and `good`, mapped in the source entry. The
+baselines read alpaca alone, so this compares ours with ours: a record of another style costs what an alpaca
+record does when it is a renaming of its columns (read in SQL), not a Python call per record.
 """
 
 from __future__ import annotations
@@ -105,13 +113,40 @@ def corpus(path: Path, rows: int) -> None:
         os.fsync(handle.fileno())
 
 
-def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None = None, name: str = "ours") -> dict:
+STYLES = {"text_output": ("sft", {}), "preference": ("preference", {"prompt": "question", "chosen": "good"})}
+
+
+def restyled(path: Path, style: str) -> Path:
+    """The corpus's records written in `style` (see the module's docstring); lines that are not JSON objects
+    as they are."""
+    styled = path.with_name(f"corpus.{style}.jsonl")
+    with open(path, encoding="utf-8") as lines, open(styled, "w", encoding="utf-8") as handle:
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and style == "text_output":
+                line = json.dumps({"text": row.get("instruction"), "output": row.get("output")}, ensure_ascii=False) + "\n"
+            elif isinstance(row, dict):
+                prompt = "\n".join(part for part in (row.get("instruction"), row.get("input")) if part)
+                line = json.dumps({"question": prompt, "good": row.get("output"), "rejected": "分かりません。"},
+                                  ensure_ascii=False) + "\n"
+            handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return styled
+
+
+def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None = None, name: str = "ours",
+             style: str = "alpaca") -> dict:
     from tunesmith.data.curate import curate
     from tunesmith.data.ingest import ingest_source
 
-    source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": "sft"}
+    role, columns = STYLES.get(style, ("sft", {}))
+    source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": role, "style": style, "columns": columns}
     ingest_source(source, f"{out}/{name}.ingested.parquet")
-    card = curate([source], "sft", "none", SETTINGS, f"{out}/{name}.parquet", f"{out}/{name}.quarantine.parquet",
+    card = curate([source], role, "none", SETTINGS, f"{out}/{name}.parquet", f"{out}/{name}.quarantine.parquet",
                   f"{out}/{name}.card.json", ingested=[f"{out}/{name}.ingested.parquet"], seed=SEED, threads=threads,
                   memory_limit=memory_limit)
     return {"kept": card["totals"]["kept"], "quarantined": card["totals"]["quarantined"]}
@@ -309,7 +344,10 @@ def child(arguments) -> int:
     if arguments.near:
         SETTINGS["near_dedup"] = {"enabled": True}
     start, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    if arguments.child in ("ours", "bound"):
+    if arguments.style:
+        result = run_ours(arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit, arguments.style,
+                          arguments.style)
+    elif arguments.child in ("ours", "bound"):
         result = SIDES[arguments.child](arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit)
     else:
         result = SIDES[arguments.child](arguments.corpus, arguments.out)
@@ -318,11 +356,11 @@ def child(arguments) -> int:
 
 
 def measured(kind: str, corpus_path: Path, out: str, threads: int, memory_limit: str | None = None,
-             near: bool = False) -> dict:
-    """Run one side in its own process; its result, wall seconds and peak RSS (MiB)."""
+             near: bool = False, style: str | None = None) -> dict:
+    """Run one side in its own process (ours with records of `style`); its result, wall seconds and peak RSS (MiB)."""
     command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus_path), "--out", out,
                "--threads", str(threads)] + (["--memory-limit", memory_limit] if memory_limit else []) + (
-               ["--near"] if near else [])
+               ["--near"] if near else []) + (["--style", style] if style else [])
     environment = {**os.environ, "POLARS_MAX_THREADS": str(threads)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
     output = process.stdout.read()
@@ -351,6 +389,8 @@ def main() -> int:
                         "ours alone at each, corpora generated one at a time and deleted; fits the wall-time exponent")
     parser.add_argument("--near", action="store_true", help="ours with curate.near_dedup on (the schema's default; "
                         "the baselines have no such pass, so only with --sides ours or --scaling)")
+    parser.add_argument("--style", choices=sorted(STYLES), help="with --sides ours: ours also on the same records "
+                        "written in this style (a renaming of columns; see the docstring)")
     parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -364,6 +404,8 @@ def main() -> int:
     sides = arguments.sides.split(",")
     if arguments.near and sides != ["ours"]:
         parser.error("--near: only ours has a near-duplicate pass; use --sides ours (or --scaling)")
+    if arguments.style and sides != ["ours"]:
+        parser.error("--style: the baselines read alpaca alone; use --sides ours")
     folder = tempfile.mkdtemp(prefix="bench-curate-")
     corpus_path = Path(folder) / "corpus.jsonl"
     start = time.perf_counter()
@@ -373,12 +415,17 @@ def main() -> int:
     results = {kind: measured(kind, corpus_path, folder, arguments.threads,
                               arguments.memory_limit if kind in ("ours", "bound") else None, arguments.near)
                for kind in sides}
+    if arguments.style:
+        results[arguments.style] = measured("ours", restyled(corpus_path, arguments.style), folder, arguments.threads,
+                                            arguments.memory_limit, arguments.near, arguments.style)
+        NAMES[arguments.style] = f"tunesmith, the same records as {arguments.style}"
     print_table(["implementation", "wall s", "CPU s", "rows/s", "peak RSS MiB", "kept", "quarantined"], [
         [NAMES[kind].format(threads=arguments.threads), f"{side['seconds']:.1f}", f"{side['cpu_s']:.1f}",
          f"{arguments.rows / side['seconds']:,.0f}", f"{side['rss_mib']:,.0f}" if kind != "bound" else "-",
          f"{side['kept']:,}",
          ", ".join(f"{reason} {count:,}" for reason, count in sorted(side["quarantined"].items()))]
         for kind, side in results.items()])
+    style = results.get(arguments.style)
     lines = {kind: kept_lines(folder, kind) for kind in sides}
     same = all(found == lines[sides[0]] for found in lines.values())
     print(f"same kept rows (by line) on every side: {same}")
@@ -404,8 +451,10 @@ def main() -> int:
     if "polars" in results:
         print(f"target peak memory <= polars': {'met' if ours['rss_mib'] <= results['polars']['rss_mib'] else 'NOT met'}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores: figures above ~2 are shared)")
-    print(f"RESULT curate {' '.join(ratios)} same_rows={str(same).lower()} ours_seconds={ours['seconds']:.1f} "
-          f"ours_rss_mib={ours['rss_mib']:.0f} ours_cpu_s={ours['cpu_s']:.1f}" + (" near_dedup=true" if arguments.near else ""))
+    print(f"RESULT curate {' '.join(ratios + [''])}same_rows={str(same).lower()} ours_seconds={ours['seconds']:.1f} "
+          f"ours_rss_mib={ours['rss_mib']:.0f} ours_cpu_s={ours['cpu_s']:.1f}" + (" near_dedup=true" if arguments.near else "")
+          + (f" style={arguments.style} style_seconds={style['seconds']:.1f} "
+             f"style_ratio={ours['seconds'] / style['seconds']:.2f}" if style else ""))
     return 0 if same else 1
 
 

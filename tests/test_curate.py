@@ -752,6 +752,63 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     assert reasons["duplicate"] >= 2 * len(kept), reasons
 
 
+# Renamed columns are read in SQL, as they are; Python's conversion (the style's `convert`) gave the same.
+RENAMED_CASES = {
+    "sft": ({"style": "alpaca", "columns": {"instruction": "問題/~q", "input": "in.put", "output": "instruction"}}, [
+        {"問題/~q": "日本の首都はどこですか？", "in.put": "地理", "instruction": "東京です。"},
+        {"問題/~q": "改行\nと\tタブ", "instruction": "答え\u3042です。"},  # no input
+        {"問題/~q": "null の入力", "in.put": None, "instruction": "答えです。"},
+        {"問題/~q": "数の入力", "in.put": 5, "instruction": "答えです。"},
+        {"問題/~q": ["リスト"], "instruction": "答えです。"},
+        {"問題/~q": {"入れ子": "x"}, "instruction": "答えです。"},
+        {"問題/~q": True, "instruction": 1.5},
+        {"instruction": "答えだけ"},
+        {"問題/~q": "", "instruction": "答えです。"},
+        {"問題/~q": "絵文字😀とエスケープ", "instruction": "答えです。"},
+        {"問題/~q": "別のキーもある", "output": "無視される", "instruction": "こちらが答えです。", "extra": [1, 2]},
+    ]),
+    "text_output": ({"style": "text_output", "columns": {"text": "本文"}}, [
+        {"本文": "文章を要約してください。", "output": "要約です。", "input": "読まれない"},
+        {"text": "名前が違う", "output": "答え"},
+        {"本文": None, "output": "答え"},
+    ]),
+    "preference": ({"style": "preference", "columns": {"prompt": "question", "chosen": "good"}}, [
+        {"question": "好きな色は？", "good": "青です。", "rejected": "分かりません。"},
+        {"good": "青です。", "rejected": "分かりません。"},  # no prompt
+        {"question": 3, "good": "青です。", "rejected": "分かりません。"},
+        {"question": "同じ答え", "good": "はい", "rejected": "はい"},
+        {"question": [{"role": "user", "content": "会話の形"}], "good": [{"role": "assistant", "content": "良い答え"}],
+         "rejected": [{"role": "assistant", "content": "悪い答え"}]},
+        {"good": [{"role": "user", "content": "暗黙の質問"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "暗黙の質問"}, {"role": "assistant", "content": "悪い"}]},
+        {"question": "片方だけ会話", "good": "文字列", "rejected": [{"role": "assistant", "content": "悪い"}]},
+    ]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RENAMED_CASES))
+def test_renamed_columns_read_in_sql_give_what_the_styles_conversion_gave(tmp_path, monkeypatch, case):
+    import dataclasses
+
+    from tunesmith.data.styles import STYLES
+
+    extra, records = RENAMED_CASES[case]
+    role = "preference" if case == "preference" else "sft"
+    data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode()
+    data += b'{"\\u554f\\u984c/~q": "\\u30a8\\u30b9\\u30b1\\u30fc\\u30d7", "instruction": "\\u7b54\\u3048", "good": "x"}\n'
+    data += b'{"question": "repeated", "question": "twice", "good": "a", "rejected": "b", "text": "t", "output": "o"}\n'
+    results = []
+    for renamed in (True, False):  # False: every record through the style's conversion in Python, as before
+        if not renamed:
+            monkeypatch.setitem(STYLES, extra["style"], dataclasses.replace(STYLES[extra["style"]], renamed=None))
+        (folder := tmp_path / str(renamed)).mkdir()
+        card, kept, quarantined = run(folder, {"s": data}, role=role, extra={"s": extra})
+        results.append(([{k: v for k, v in row.items() if k != "file"} for row in kept],
+                        by_line(quarantined), card["totals"]))
+    assert results[0] == results[1]
+    assert results[0][0] and results[0][1]  # both kinds of outcome are compared
+
+
 def test_a_mapped_record_is_converted_once_though_its_fields_are_read_a_batch_at_a_time(tmp_path, monkeypatch):
     """The typed fields are a view read one text batch at a time; a record's style conversion (Python, per
     record) must still run once, with batches that cross from one source into the next."""
@@ -771,9 +828,10 @@ def test_a_mapped_record_is_converted_once_though_its_fields_are_read_a_batch_at
 
     monkeypatch.setattr(pipeline, "canonical_function", counting)
     monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 700)
-    mapped = {"columns": {"instruction": "question", "output": "answer"}}
-    files = {name: "".join(json.dumps({"question": f"{name}の質問{i}について教えてください。",
-                                       "answer": f"答えは{i}です。よろしくお願いします。"}, ensure_ascii=False) + "\n"
+    mapped = {"style": "messages"}
+    files = {name: "".join(json.dumps({"messages": [
+        {"role": "user", "content": f"{name}の質問{i}について教えてください。"},
+        {"role": "assistant", "content": f"答えは{i}です。よろしくお願いします。"}]}, ensure_ascii=False) + "\n"
                            for i in range(1_000)).encode() for name in ("first", "second")}
     card, kept, _ = run(tmp_path, files, extra={"first": mapped, "second": mapped})
     assert len(converted) == 2_000 and set(converted.values()) == {1}

@@ -55,34 +55,6 @@ SHAPES = {
 }
 
 
-def typed_sql(shape: Shape, not_text: bool = False) -> str:
-    """View `typed` (read a batch at a time, never held whole): per record, each canonical field's JSON
-    type, its text as read (for strings) and its name as the record has it (a mapped column, a conversation
-    turn), for details. With `not_text`, a string from a column that table `not_text` lists (a Parquet
-    timestamp, written as JSON text) has that column's type instead, so it is a wrong type, not text."""
-    names = shape.required + shape.optional
-    # Two parses of the record for all fields (path lists): the values as JSON text, typed by their first
-    # character (json_type for the few that are not strings), and the strings as read.
-    paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
-    labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
-    joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
-                     f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
-
-    def typed(index: int, f: str) -> str:  # a value as JSON text is a string when it opens with a quote
-        found = f"CASE WHEN starts_with(parts[{index}], '\"') THEN 'VARCHAR' ELSE json_type(parts[{index}]) END"
-        if not not_text:
-            return found
-        return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
-    fields = ",\n  ".join(
-        f"{typed(index, f)} AS {f}_type,\n  CASE WHEN {f}_type = 'VARCHAR' THEN strings[{index}] END AS {f}_raw,\n  {f}_name"
-        for index, f in enumerate(names, start=1))
-    return (f"CREATE TEMP VIEW typed AS SELECT pos, s.source_rank, s.source, s.file, s.line, early_reason, "
-            f"early_detail, {fields} FROM "
-            f"(SELECT *, CASE WHEN early_reason IS NULL THEN json_extract(record, {paths}) END AS parts, "
-            f"CASE WHEN early_reason IS NULL THEN json_extract_string(record, {paths}) END AS strings, {labels} "
-            f"FROM styled) s {joins}")
-
-
 def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normalize_training_text: bool = False,
                     threads: int = 1, *, table: str, select: str) -> None:
     """Table `table`: `select` over each batch of `texts`, which holds per row of `typed` its columns but

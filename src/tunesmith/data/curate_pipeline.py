@@ -18,20 +18,18 @@ response of an SFT row, the chosen answer of a preference pair. A rejected answe
 from __future__ import annotations
 
 import json
-import re
-import sys
 
 import numpy
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tunesmith.data.curate_checks import Shape, check_sql, normalise_texts, sql_string, typed_sql
+from tunesmith.data.curate_checks import Shape, check_sql, normalise_texts, sql_string
+from tunesmith.data.curate_fields import canonical_function, style_sql, typed_sql
 from tunesmith.data.measures import MACROS
 from tunesmith.data.near_dup import near_duplicates
 from tunesmith.data.ngrams import ngrams_sql
 from tunesmith.data.normalize import match_key
 from tunesmith.data.sources import Source
-from tunesmith.data.styles import STYLES, Rejected, json_object
 
 # Priority order: a row that fails several checks is quarantined for the first. The reader's own
 # reasons (bad bytes, a CSV row of the wrong width or broken quoting, a line over curate.max_line_bytes:
@@ -94,23 +92,6 @@ SELECT *,
          list_distinct(json_keys(raw)), lambda k: len(list_filter(json_keys(raw), lambda o: o = k)) > 1)), ', ')
   END AS line_detail
 FROM records
-"""
-
-# Records of a mapped style become canonical JSON (or a reason) in Python; the rest are canonical as
-# read. `labels` name where each canonical field came from, for the details of later checks.
-STYLE_SQL = """
-CREATE TEMP VIEW styled AS
-WITH converted AS (
-  SELECT *, CASE WHEN line_reason IS NULL AND list_contains({mapped}, source_rank)
-                 THEN canonical(source_rank, json(raw)) END AS conversion
-  FROM framed
-)
-SELECT * EXCLUDE (conversion),
-  CASE WHEN conversion IS NULL THEN raw ELSE conversion.record END AS record,
-  conversion.labels AS labels,
-  CASE WHEN line_reason IS NOT NULL THEN line_reason ELSE conversion.reason END AS early_reason,
-  CASE WHEN line_reason IS NOT NULL THEN line_detail ELSE conversion.detail END AS early_detail
-FROM converted
 """
 
 # Per source: how many records are JSON objects and which given columns any has (the first `limit`, or all if need be).
@@ -254,43 +235,6 @@ def _register_not_text(con, chosen: list[Source], paths: list[str]) -> bool:
     return bool(rows)
 
 
-# What the SQL receives back for a record of a mapped style: its canonical JSON, or why it has none;
-# labels name, per canonical field, where the value came from (for quarantine details).
-CANONICAL_TYPE = pa.struct([("record", pa.string()), ("labels", pa.string()),
-                            ("reason", pa.string()), ("detail", pa.string())])
-SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def _json_text(value) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if not SURROGATES.search(text) else json.dumps(value)
-
-
-def canonical_function(sources: list[Source]):
-    """An Arrow UDF (source_rank, record JSON text) → CANONICAL_TYPE for the sources' styles."""
-    by_rank = {source.rank: source for source in sources}
-
-    def apply(ranks, raws):
-        results = []
-        for rank, raw in zip(ranks.to_pylist(), raws.to_pylist()):
-            source = by_rank[rank]
-            try:
-                try:
-                    value = json.loads(raw, object_pairs_hook=json_object)
-                except RecursionError:  # valid JSON (SQL checked it) that Python's parser cannot descend
-                    raise Rejected("invalid_json", f"nested more than {sys.getrecursionlimit()} levels deep") from None
-                convert = STYLES[source.style].convert
-                record, labels = (convert(value, source.columns, source.winners) if source.style == "pairwise"
-                                  else convert(value, source.columns))
-                results.append({"record": _json_text(record), "labels": _json_text(labels) if labels else None,
-                                "reason": None, "detail": None})
-            except Rejected as rejected:
-                results.append({"record": None, "labels": None, "reason": rejected.reason, "detail": rejected.detail})
-        return pa.array(results, type=CANONICAL_TYPE)
-
-    return apply
-
-
 def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int, paths: list[str], tasks: list,
              several_files: list[int], tokenizer=None) -> None:
     """Run the pipeline on `con` over the ingested files `paths` (one per source of `chosen`, in
@@ -321,8 +265,8 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     con.execute(FRAME_SQL)
     _check_columns(con, chosen)
     not_text = _register_not_text(con, chosen, paths)
-    con.execute(STYLE_SQL.format(mapped=[source.rank for source in chosen if source.mapped]))
-    con.execute(typed_sql(shape, not_text))
+    con.execute(style_sql(chosen))
+    con.execute(typed_sql(shape, not_text, {source.rank: source.renamed for source in chosen if source.renamed}))
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]  # DuckDB's: idle meanwhile
     # Each batch of texts is checked and keyed as it is written: `keyed` is the one table of texts held.
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)

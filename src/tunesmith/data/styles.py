@@ -1,6 +1,7 @@
 """Record styles: how a source's records map onto the fields curation checks (sft: instruction/input/
 output; preference: prompt/chosen/rejected). Pure Python; curation calls `convert` from SQL (through
-`tunesmith.data.curate_pipeline.canonical_function`) only for records that are valid JSON objects.
+`tunesmith.data.curate_pipeline.canonical_function`) only for records that are valid JSON objects and
+not a renaming of their columns (`Style.renamed`: those are read in SQL under their own names).
 
 Conversations become a prompt by `render_turns`:
 
@@ -218,15 +219,21 @@ class Style:
     columns: tuple[str, ...]  # our names for the columns a record of this style has
     expected: tuple[str, ...]  # columns that must appear in some record of the source
     convert: object = field(repr=False)
+    # {canonical field: our column} when a record is its columns renamed, which curation reads in SQL
+    # without `convert`; but a record holding a list in one of them when `lists_converted` (chat form).
+    renamed: dict[str, str] | None = None
+    lists_converted: bool = False
 
 
+_ALPACA = {"instruction": "instruction", "input": "input", "output": "output"}
+_TEXT_OUTPUT = {"instruction": "text", "output": "output"}
+_PREFERENCE = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 STYLES = {
-    "alpaca": Style("sft", ("instruction", "input", "output"), ("instruction", "output"),
-                    _renamed({"instruction": "instruction", "input": "input", "output": "output"})),
-    "text_output": Style("sft", ("text", "output"), ("text", "output"),
-                         _renamed({"instruction": "text", "output": "output"})),
+    "alpaca": Style("sft", ("instruction", "input", "output"), ("instruction", "output"), _renamed(_ALPACA), _ALPACA),
+    "text_output": Style("sft", ("text", "output"), ("text", "output"), _renamed(_TEXT_OUTPUT), _TEXT_OUTPUT),
     "messages": Style("sft", ("messages",), ("messages",), _messages),
-    "preference": Style("preference", ("prompt", "chosen", "rejected"), ("chosen", "rejected"), _preference),
+    "preference": Style("preference", ("prompt", "chosen", "rejected"), ("chosen", "rejected"), _preference,
+                        _PREFERENCE, lists_converted=True),
     "pairwise": Style("preference", ("question", "answer_1", "answer_2", "g1_winner", "g2_winner"),
                       ("question", "answer_1", "answer_2", "g1_winner", "g2_winner"), _pairwise),
 }

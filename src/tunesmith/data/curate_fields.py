@@ -1,0 +1,136 @@
+"""Curation's reading of each record's canonical fields: the records of a style that is no renaming of
+columns become canonical JSON in Python (`canonical_function`, over Arrow batches; `styled`), the rest are
+read as they are under their own column names, and `typed` gives every field's JSON type, text as read and
+name as the record has it, a text batch at a time (tunesmith.data.curate_checks.normalise_texts).
+
+Reading a renamed column in SQL gives what the style's conversion gave (tests/test_curate.py compares them),
+at the speed of plain alpaca records: the conversion is a Python call per record (3x the curation time of a
+million text_output rows).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pyarrow as pa
+
+from tunesmith.data.curate_checks import Shape, sql_string
+from tunesmith.data.sources import Source
+from tunesmith.data.styles import STYLES, Rejected, json_object
+
+# Records of a style that is no renaming of columns (and the chat-form records of one that converts lists)
+# become canonical JSON (or a reason) in Python; the rest are read as they are, under their own column names
+# (`typed`). `labels` name where each canonical field came from, for the details of later checks.
+STYLE_SQL = """
+CREATE TEMP VIEW styled AS
+WITH conversions AS (
+  SELECT *, CASE WHEN line_reason IS NULL THEN CASE WHEN {converted} THEN canonical(source_rank, json(raw)) END
+            END AS conversion
+  FROM framed
+)
+SELECT * EXCLUDE (conversion),
+  conversion IS NOT NULL AS converted,
+  CASE WHEN conversion IS NULL THEN raw ELSE conversion.record END AS record,
+  CASE WHEN conversion IS NULL THEN {labels} ELSE conversion.labels END AS labels,
+  CASE WHEN line_reason IS NOT NULL THEN line_reason ELSE conversion.reason END AS early_reason,
+  CASE WHEN line_reason IS NOT NULL THEN line_detail ELSE conversion.detail END AS early_detail
+FROM conversions
+"""
+
+
+def style_sql(chosen: list[Source]) -> str:
+    """STYLE_SQL for the sources: whether a valid JSON object is converted in Python (every record of a style
+    that is no renaming; of one that converts lists, those holding a list in a renamed column), and the labels
+    of the records read as they are (the renamed columns)."""
+    converted, labels = [], []
+    for source in chosen:
+        if source.renamed is None:
+            converted.append(f"WHEN {source.rank} THEN true")
+            continue
+        if STYLES[source.style].lists_converted:  # json_type only here: the record is valid JSON
+            pointers = ", ".join(sql_string(json_pointer(column)) for column in source.renamed.values())
+            converted.append(f"WHEN {source.rank} THEN list_contains(json_type(raw, [{pointers}]), 'ARRAY')")
+        if named := {field: column for field, column in source.renamed.items() if column != field}:
+            labels.append(f"WHEN {source.rank} THEN {sql_string(_json_text(named))}")
+    return STYLE_SQL.format(converted=f"CASE source_rank {' '.join(converted)} ELSE false END" if converted else "false",
+                            labels=f"CASE source_rank {' '.join(labels)} END" if labels else "NULL")
+
+
+# What the SQL receives back for a record converted in Python: its canonical JSON, or why it has none;
+# labels name, per canonical field, where the value came from (for quarantine details).
+CANONICAL_TYPE = pa.struct([("record", pa.string()), ("labels", pa.string()),
+                            ("reason", pa.string()), ("detail", pa.string())])
+SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _json_text(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if not SURROGATES.search(text) else json.dumps(value)
+
+
+def canonical_function(sources: list[Source]):
+    """An Arrow UDF (source_rank, record JSON text) → CANONICAL_TYPE for the sources' styles."""
+    by_rank = {source.rank: source for source in sources}
+
+    def apply(ranks, raws):
+        results = []
+        for rank, raw in zip(ranks.to_pylist(), raws.to_pylist()):
+            source = by_rank[rank]
+            try:
+                try:
+                    value = json.loads(raw, object_pairs_hook=json_object)
+                except RecursionError:  # valid JSON (SQL checked it) that Python's parser cannot descend
+                    raise Rejected("invalid_json", f"nested more than {sys.getrecursionlimit()} levels deep") from None
+                convert = STYLES[source.style].convert
+                record, labels = (convert(value, source.columns, source.winners) if source.style == "pairwise"
+                                  else convert(value, source.columns))
+                results.append({"record": _json_text(record), "labels": _json_text(labels) if labels else None,
+                                "reason": None, "detail": None})
+            except Rejected as rejected:
+                results.append({"record": None, "labels": None, "reason": rejected.reason, "detail": rejected.detail})
+        return pa.array(results, type=CANONICAL_TYPE)
+
+    return apply
+
+
+def typed_sql(shape: Shape, not_text: bool = False, renamed: dict[int, dict[str, str]] | None = None) -> str:
+    """View `typed` (read a batch at a time, never held whole): per record, each canonical field's JSON
+    type, its text as read (for strings) and its name as the record has it (a mapped column, a conversation
+    turn), for details. With `not_text`, a string from a column that table `not_text` lists (a Parquet
+    timestamp, written as JSON text) has that column's type instead, so it is a wrong type, not text.
+    `renamed`: per source rank, {canonical field: column} where the source's records (those `styled` did
+    not convert) hold the fields under other names; the others hold the canonical names."""
+    names = shape.required + shape.optional
+    # Two parses of the record for all fields (path lists): the values as JSON text, typed by their first
+    # character (json_type for the few that are not strings), and the strings as read. A field the style
+    # lacks has an array index for path, which no object has.
+    paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
+
+    def extracted(function: str) -> str:
+        sources = "".join(f" WHEN NOT converted AND source_rank = {rank} THEN {function}(record, [" + ", ".join(
+            sql_string(json_pointer(columns[f])) if f in columns else "'$[0]'" for f in names) + "])"
+            for rank, columns in (renamed or {}).items() if any(columns.get(f) != f for f in names))
+        return f"CASE WHEN early_reason IS NOT NULL THEN NULL{sources} ELSE {function}(record, {paths}) END"
+    labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
+    joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
+                     f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
+
+    def typed(index: int, f: str) -> str:  # a value as JSON text is a string when it opens with a quote
+        found = f"CASE WHEN starts_with(parts[{index}], '\"') THEN 'VARCHAR' ELSE json_type(parts[{index}]) END"
+        if not not_text:
+            return found
+        return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
+    fields = ",\n  ".join(
+        f"{typed(index, f)} AS {f}_type,\n  CASE WHEN {f}_type = 'VARCHAR' THEN strings[{index}] END AS {f}_raw,\n  {f}_name"
+        for index, f in enumerate(names, start=1))
+    return (f"CREATE TEMP VIEW typed AS SELECT pos, s.source_rank, s.source, s.file, s.line, early_reason, "
+            f"early_detail, {fields} FROM "
+            f"(SELECT *, {extracted('json_extract')} AS parts, {extracted('json_extract_string')} AS strings, {labels} "
+            f"FROM styled) s {joins}")
+
+
+def json_pointer(key: str) -> str:
+    """The JSON pointer of an object's key (RFC 6901: any key, escaped)."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
