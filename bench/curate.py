@@ -28,11 +28,12 @@ RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<
   [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s [near_dedup]
   [style style_seconds style_ratio=<ours s on alpaca / ours s on the style>]
 
-`--style text_output|preference` (with `--sides ours`) also curates the same records written in that style:
-text_output renames the instruction `text`; preference makes each record a pair (the prompt, the answer
-chosen, a fixed refusal rejected) under the columns `question` and `good`, mapped in the source entry. The
-baselines read alpaca alone, so this compares ours with ours: a record of another style costs what an alpaca
-record does when it is a renaming of its columns (read in SQL), not a Python call per record.
+`--style text_output|messages|preference` (with `--sides ours`) also curates the same records written in that
+style: text_output renames the instruction `text`; messages makes each record a user turn (the prompt) and the
+assistant's answer; preference makes each a pair (the prompt, the answer chosen, a fixed refusal rejected)
+under the columns `question` and `good`, mapped in the source entry. The baselines read alpaca alone, so this
+compares ours with ours: a record of another style costs about what an alpaca record does when SQL reads it
+where it is (a renamed column, a two-turn conversation's contents), not a Python call per record.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def corpus(path: Path, rows: int) -> None:
         os.fsync(handle.fileno())
 
 
-STYLES = {"text_output": ("sft", {}), "preference": ("preference", {"prompt": "question", "chosen": "good"})}
+STYLES = {"text_output": ("sft", {}), "messages": ("sft", {}),
+          "preference": ("preference", {"prompt": "question", "chosen": "good"})}
 
 
 def restyled(path: Path, style: str) -> Path:
@@ -130,8 +132,9 @@ def restyled(path: Path, style: str) -> Path:
                 line = json.dumps({"text": row.get("instruction"), "output": row.get("output")}, ensure_ascii=False) + "\n"
             elif isinstance(row, dict):
                 prompt = "\n".join(part for part in (row.get("instruction"), row.get("input")) if part)
-                line = json.dumps({"question": prompt, "good": row.get("output"), "rejected": "分かりません。"},
-                                  ensure_ascii=False) + "\n"
+                styled_row = ({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": row.get("output")}]}
+                              if style == "messages" else {"question": prompt, "good": row.get("output"), "rejected": "分かりません。"})
+                line = json.dumps(styled_row, ensure_ascii=False) + "\n"
             handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())

@@ -752,7 +752,8 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     assert reasons["duplicate"] >= 2 * len(kept), reasons
 
 
-# Renamed columns are read in SQL, as they are; Python's conversion (the style's `convert`) gave the same.
+# Renamed columns (and the turns of a two-turn conversation) are read in SQL, as they are; Python's
+# conversion (the style's `convert`) gave the same.
 RENAMED_CASES = {
     "sft": ({"style": "alpaca", "columns": {"instruction": "問題/~q", "input": "in.put", "output": "instruction"}}, [
         {"問題/~q": "日本の首都はどこですか？", "in.put": "地理", "instruction": "東京です。"},
@@ -772,6 +773,25 @@ RENAMED_CASES = {
         {"text": "名前が違う", "output": "答え"},
         {"本文": None, "output": "答え"},
     ]),
+    "messages": ({"style": "messages", "columns": {"messages": "会話"}}, [
+        {"会話": [{"role": "user", "content": "二つの発言"}, {"role": "assistant", "content": "答えです。"}]},
+        {"会話": [{"role": "USER", "content": "大文字の役割"}, {"role": "Gpt", "content": "答えです。"}]},
+        {"会話": [{"role": "human", "content": "余分なキー", "name": "x"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "丁寧に。"}, {"role": "user", "content": "三つの発言"},
+                {"role": "assistant", "content": "はい。"}]},
+        {"会話": [{"role": "user", "content": "答えで終わらない"}, {"role": "user", "content": "もう一度"}]},
+        {"会話": [{"role": "user", "content": "三つめが"}, {"role": "assistant", "content": "答え"}, {"role": "user", "content": "ある"}]},
+        {"会話": [{"from": "human", "value": "ShareGPTの形"}, {"from": "gpt", "value": "答えです。"}]},
+        {"会話": [{"role": "user", "content": None}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "user", "content": 5}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "user"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "ASSİSTANT", "content": "ASCIIでない役割"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "user", "content": "ASCIIでない役割"}, {"role": "ASSİSTANT", "content": "答え"}]},
+        {"会話": {"0": {"role": "user", "content": "配列でない"}, "1": {"role": "assistant", "content": "答え"}}},
+        {"会話": ["文字列", {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "user", "content": ""}, {"role": "assistant", "content": "空の質問"}]},
+        {"messages": [{"role": "user", "content": "列の名前が違う"}, {"role": "assistant", "content": "答え"}]},
+    ]),
     "preference": ({"style": "preference", "columns": {"prompt": "question", "chosen": "good"}}, [
         {"question": "好きな色は？", "good": "青です。", "rejected": "分かりません。"},
         {"good": "青です。", "rejected": "分かりません。"},  # no prompt
@@ -788,19 +808,18 @@ RENAMED_CASES = {
 
 @pytest.mark.parametrize("case", sorted(RENAMED_CASES))
 def test_renamed_columns_read_in_sql_give_what_the_styles_conversion_gave(tmp_path, monkeypatch, case):
-    import dataclasses
-
-    from tunesmith.data.styles import STYLES
+    import tunesmith.data.curate_fields as fields
 
     extra, records = RENAMED_CASES[case]
     role = "preference" if case == "preference" else "sft"
     data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode()
     data += b'{"\\u554f\\u984c/~q": "\\u30a8\\u30b9\\u30b1\\u30fc\\u30d7", "instruction": "\\u7b54\\u3048", "good": "x"}\n'
     data += b'{"question": "repeated", "question": "twice", "good": "a", "rejected": "b", "text": "t", "output": "o"}\n'
+    data += '{"会話": [{"role": "user", "role": "assistant", "content": "繰り返すキー"}, {"role": "assistant", "content": "答え"}]}\n'.encode()
     results = []
     for renamed in (True, False):  # False: every record through the style's conversion in Python, as before
         if not renamed:
-            monkeypatch.setitem(STYLES, extra["style"], dataclasses.replace(STYLES[extra["style"]], renamed=None))
+            monkeypatch.setattr(fields, "sql_reading", lambda source: None)
         (folder := tmp_path / str(renamed)).mkdir()
         card, kept, quarantined = run(folder, {"s": data}, role=role, extra={"s": extra})
         results.append(([{k: v for k, v in row.items() if k != "file"} for row in kept],
@@ -829,9 +848,9 @@ def test_a_mapped_record_is_converted_once_though_its_fields_are_read_a_batch_at
     monkeypatch.setattr(pipeline, "canonical_function", counting)
     monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 700)
     mapped = {"style": "messages"}
-    files = {name: "".join(json.dumps({"messages": [
-        {"role": "user", "content": f"{name}の質問{i}について教えてください。"},
-        {"role": "assistant", "content": f"答えは{i}です。よろしくお願いします。"}]}, ensure_ascii=False) + "\n"
+    files = {name: "".join(json.dumps({"messages": [  # ShareGPT's keys: converted in Python (curate_fields.sql_reading)
+        {"from": "human", "value": f"{name}の質問{i}について教えてください。"},
+        {"from": "gpt", "value": f"答えは{i}です。よろしくお願いします。"}]}, ensure_ascii=False) + "\n"
                            for i in range(1_000)).encode() for name in ("first", "second")}
     card, kept, _ = run(tmp_path, files, extra={"first": mapped, "second": mapped})
     assert len(converted) == 2_000 and set(converted.values()) == {1}

@@ -3,9 +3,10 @@ columns become canonical JSON in Python (`canonical_function`, over Arrow batche
 read as they are under their own column names, and `typed` gives every field's JSON type, text as read and
 name as the record has it, a text batch at a time (tunesmith.data.curate_checks.normalise_texts).
 
-Reading a renamed column in SQL gives what the style's conversion gave (tests/test_curate.py compares them),
-at the speed of plain alpaca records: the conversion is a Python call per record (3x the curation time of a
-million text_output rows).
+SQL reads a renamed column (text_output, a mapped alpaca or preference column) and the two contents of a
+conversation of one user turn and the answer where they are (`sql_reading`), which gives what the style's
+conversion gives (tests/test_curate.py compares them): the conversion is a Python call per record, and on the
+bench's million rows made curation 3-4x slower than for the same records as alpaca (bench/curate.py --style).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from tunesmith.data.curate_checks import Shape, sql_string
 from tunesmith.data.sources import Source
-from tunesmith.data.styles import STYLES, Rejected, json_object
+from tunesmith.data.styles import ROLES, STYLES, Rejected, json_object
 
 # Records of a style that is no renaming of columns (and the chat-form records of one that converts lists)
 # become canonical JSON (or a reason) in Python; the rest are read as they are, under their own column names
@@ -40,19 +41,56 @@ FROM conversions
 """
 
 
+def sql_reading(source: Source) -> tuple[str, dict[str, str], dict[str, str]] | None:
+    """How `source`'s records that need no conversion in Python are read in SQL: (which: an SQL condition on
+    `raw`, a valid JSON object; {canonical field: JSON pointer}; {canonical field: its name in details} where
+    not the field's own), or None when every record is converted in Python (`Style.convert`)."""
+    style = STYLES[source.style]
+    if source.style == "messages":  # one user turn and the answer: the two contents are the fields
+        column = source.columns.get("messages", "messages")
+        pointer = json_pointer(column)
+        return (_two_turns(pointer), {"instruction": f"{pointer}/0/content", "output": f"{pointer}/1/content"},
+                {"instruction": f"{column}[:1]", "output": f"{column}[1].content"})
+    if style.renamed is None:
+        return None
+    columns = {field: source.columns.get(ours, ours) for field, ours in style.renamed.items()}
+    pointers = {field: json_pointer(column) for field, column in columns.items()}
+    listed = ", ".join(map(sql_string, pointers.values()))
+    return (f"NOT list_contains(json_type(raw, [{listed}]), 'ARRAY')" if style.lists_converted else "true", pointers,
+            {field: column for field, column in columns.items() if column != field})
+
+
+def _two_turns(pointer: str) -> str:
+    """SQL: whether the conversation at `pointer` is exactly a user turn and the assistant's, each an object
+    of string role and content repeating no key, its role ASCII (lower-cased alike by DuckDB and Python).
+    What `styles._messages` makes of such a record is its two contents; any other is converted in Python."""
+    def turn(text: str, roles: str) -> str:
+        role = f"json_extract_string({text}, '$.role')"
+        return (f"json_type({text}, ['$.role', '$.content']) = ['VARCHAR', 'VARCHAR'] "
+                f"AND lower({role}) IN {roles} AND strlen({role}) = length({role}) "
+                f"AND len(json_keys({text})) = len(list_distinct(json_keys({text})))")
+    paths = ", ".join(sql_string(pointer + tail) for tail in ("", "/0", "/1", "/2"))
+    return (f"coalesce(list_transform([json_extract(raw, [{paths}])], lambda m: starts_with(m[1], '[') AND m[4] IS NULL "
+            f"AND {turn('m[2]', USER_ROLES)} AND {turn('m[3]', ASSISTANT_ROLES)})[1], false)")
+
+
+USER_ROLES, ASSISTANT_ROLES = (
+    "(" + ", ".join(sql_string(name) for name, role in ROLES.items() if role == wanted) + ")" for wanted in ("user", "assistant"))
+
+
 def style_sql(chosen: list[Source]) -> str:
-    """STYLE_SQL for the sources: whether a valid JSON object is converted in Python (every record of a style
-    that is no renaming; of one that converts lists, those holding a list in a renamed column), and the labels
-    of the records read as they are (the renamed columns)."""
+    """STYLE_SQL for the sources: which valid JSON objects are converted in Python (those no `sql_reading`
+    reads), and the labels of the records read as they are."""
     converted, labels = [], []
     for source in chosen:
-        if source.renamed is None:
+        reading = sql_reading(source)
+        if reading is None:
             converted.append(f"WHEN {source.rank} THEN true")
             continue
-        if STYLES[source.style].lists_converted:  # json_type only here: the record is valid JSON
-            pointers = ", ".join(sql_string(json_pointer(column)) for column in source.renamed.values())
-            converted.append(f"WHEN {source.rank} THEN list_contains(json_type(raw, [{pointers}]), 'ARRAY')")
-        if named := {field: column for field, column in source.renamed.items() if column != field}:
+        condition, _, named = reading
+        if condition != "true":
+            converted.append(f"WHEN {source.rank} THEN NOT ({condition})")
+        if named:
             labels.append(f"WHEN {source.rank} THEN {sql_string(_json_text(named))}")
     return STYLE_SQL.format(converted=f"CASE source_rank {' '.join(converted)} ELSE false END" if converted else "false",
                             labels=f"CASE source_rank {' '.join(labels)} END" if labels else "NULL")
@@ -95,14 +133,15 @@ def canonical_function(sources: list[Source]):
     return apply
 
 
-def typed_sql(shape: Shape, not_text: bool = False, renamed: dict[int, dict[str, str]] | None = None) -> str:
+def typed_sql(shape: Shape, not_text: bool = False, chosen: list[Source] = ()) -> str:
     """View `typed` (read a batch at a time, never held whole): per record, each canonical field's JSON
     type, its text as read (for strings) and its name as the record has it (a mapped column, a conversation
     turn), for details. With `not_text`, a string from a column that table `not_text` lists (a Parquet
     timestamp, written as JSON text) has that column's type instead, so it is a wrong type, not text.
-    `renamed`: per source rank, {canonical field: column} where the source's records (those `styled` did
-    not convert) hold the fields under other names; the others hold the canonical names."""
+    The records of `chosen` sources that `styled` did not convert are read where `sql_reading` says (a
+    renamed column, a turn's content); the others hold the fields under their canonical names."""
     names = shape.required + shape.optional
+    pointers = {source.rank: reading[1] for source in chosen if (reading := sql_reading(source)) is not None}
     # Two parses of the record for all fields (path lists): the values as JSON text, typed by their first
     # character (json_type for the few that are not strings), and the strings as read. A field the style
     # lacks has an array index for path, which no object has.
@@ -110,8 +149,8 @@ def typed_sql(shape: Shape, not_text: bool = False, renamed: dict[int, dict[str,
 
     def extracted(function: str) -> str:
         sources = "".join(f" WHEN NOT converted AND source_rank = {rank} THEN {function}(record, [" + ", ".join(
-            sql_string(json_pointer(columns[f])) if f in columns else "'$[0]'" for f in names) + "])"
-            for rank, columns in (renamed or {}).items() if any(columns.get(f) != f for f in names))
+            sql_string(found[f]) if f in found else "'$[0]'" for f in names) + "])"
+            for rank, found in pointers.items() if any(found.get(f) != json_pointer(f) for f in names))
         return f"CASE WHEN early_reason IS NOT NULL THEN NULL{sources} ELSE {function}(record, {paths}) END"
     labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
     joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "

@@ -266,7 +266,7 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     _check_columns(con, chosen)
     not_text = _register_not_text(con, chosen, paths)
     con.execute(style_sql(chosen))
-    con.execute(typed_sql(shape, not_text, {source.rank: source.renamed for source in chosen if source.renamed}))
+    con.execute(typed_sql(shape, not_text, chosen))
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]  # DuckDB's: idle meanwhile
     # Each batch of texts is checked and keyed as it is written: `keyed` is the one table of texts held.
     response_keys = ", ".join(f"{r}_key" for r in shape.responses)

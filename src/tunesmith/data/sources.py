@@ -118,13 +118,6 @@ class Source:
         """`where`, plus the file when the path names several."""
         return self.where if file == self.path else f"{self.where}, file {file}"
 
-    @property
-    def renamed(self) -> dict[str, str] | None:
-        """{canonical field: the source's column} when the style's records are their columns renamed (read
-        in SQL); None when every record is converted in Python (`Style.convert`)."""
-        renamed = STYLES[self.style].renamed
-        return None if renamed is None else {field: self.columns.get(ours, ours) for field, ours in renamed.items()}
-
     def expected_columns(self) -> list[tuple[str, str]]:
         """(our name, their column) of every column some record must have: the style's own, and
         every column the recipe names explicitly."""
