@@ -519,6 +519,28 @@ def test_an_unclosed_csv_quote_costs_its_line_and_the_lines_after_it_are_records
     assert card["sources"]["csv"]["rows_in"] == 8  # the records a person counts: lines 2-10, 6-7 one
 
 
+def test_a_parquet_source_streams_in_batches_and_bad_bytes_late_in_a_file_lose_no_row(tmp_path, monkeypatch):
+    """Parquet rows are read a batch at a time (bounded memory), in file and row order; a string that is not
+    UTF-8 after some batches were taken makes the rest of its file be read again as bytes: no row twice, none lost."""
+    import tunesmith.data.ingest as ingest
+
+    monkeypatch.setattr(ingest._Columns, "BATCH_ROWS", 300)
+    rows = 30_000  # DuckDB's scan reads ~10k rows ahead of the batches it has handed over
+    texts = [f"質問{i}".encode() for i in range(rows)]
+    texts[25_000] = b"Q\xff bad"
+    question = pa.Array.from_buffers(pa.string(), rows, pa.array(texts, pa.binary()).buffers())
+    pq.write_table(pa.table({"question": question, "n": list(range(rows))}), tmp_path / "b.parquet", row_group_size=700)
+    pq.write_table(pa.table({"question": ["最初のファイル"], "n": [-1]}), tmp_path / "a.parquet")
+    ingest.ingest_source({"id": "p", "path": str(tmp_path / "[ab].parquet"), "format": "parquet", "role": "sft"},
+                         str(tmp_path / "out.parquet"))
+    got = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [(Path(row["file"]).name, row["line"]) for row in got] == [("a.parquet", 1)] + [
+        ("b.parquet", line) for line in range(1, rows + 1)]
+    assert [json.loads(row["raw"])["n"] for row in got] == [-1] + list(range(rows))
+    assert [(row["line"], row["read_reason"]) for row in got if row["read_reason"]] == [(25_001, "invalid_utf8")]
+    assert json.loads(got[4_000]["raw"]) == {"question": "質問3999", "n": 3_999}
+
+
 def test_parquet_columns_without_text_are_wrong_type_and_bad_utf8_costs_one_row(tmp_path):
     import uuid
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tunesmith.data.sources import IngestError, Source, resolve_source
@@ -451,52 +452,61 @@ def _as_bytes(file: str) -> pa.Table:
                         if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) else field
                         for field in schema])
     table = pq.read_table(file, schema=binary)
-    return table.append_column("filename", pa.array([file] * len(table), pa.string())).append_column(
-        "file_row_number", pa.array(range(len(table)), pa.int64()))
+    return table.append_column("file_row_number", pa.array(range(len(table)), pa.int64()))
 
 
 def _read_parquet(source: Source, out: _Columns) -> None:
-    """`line` = the row's 1-based number in its file. Files are read in one DuckDB scan per distinct
-    schema, so shards whose column types differ are each read as they are (a union would cast one
-    shard's numbers to the other's text, hiding a wrong type); each record holds its shard's columns.
-    A scan that meets a string that is not UTF-8 reads its files again with strings as bytes, so the
-    bad value costs its row (invalid_utf8), not the source."""
-    extra = ("filename", "file_row_number")
-    groups: dict[tuple, list[str]] = {}
-    for file in source.files:
-        try:
-            schema = pq.read_schema(file)
-        except (OSError, pa.ArrowException) as error:
-            raise IngestError(f"{source.at(file)}: cannot read: {error}") from None
-        groups.setdefault(tuple((field.name, str(field.type)) for field in schema), []).append(file)
-    rows = []
-
-    def read(con, scan: str, files: list[str]) -> None:
-        nonlocal rows
-        parameters = {"files": files} if "$files" in scan else None
-        columns = [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}",
-                                                                 parameters).fetchall() if name not in extra]
-        rows += con.execute(f"SELECT filename, file_row_number + 1, {_json_object_sql(columns)}, "
-                            f"{_invalid_bytes_sql(columns)} FROM {scan}", parameters).fetchall()
-        if _not_text(columns):
-            out.not_text |= dict.fromkeys(files, _not_text(columns))
-
+    """`line` = the row's 1-based number in its file. Each file is its own DuckDB scan, streamed a batch at a
+    time (a source larger than memory reads in bounded memory), so shards whose column types differ are each
+    read as they are (a union would cast one shard's numbers to the other's text, hiding a wrong type); each
+    record holds its shard's columns. A scan that meets a string that is not UTF-8 reads the rest of its file
+    again with strings as bytes, so the bad value costs its row (invalid_utf8), not the source."""
+    files = sorted(source.files)
     with duckdb.connect(config={"threads": 1}) as con:
-        for files in groups.values():
+        described = {}
+        for file in files:  # every file's columns before any row: the ingested file's metadata names them all
             try:
-                read(con, "read_parquet($files, filename=true, file_row_number=true)", files)
-            except duckdb.InvalidInputException as error:
+                pq.read_schema(file)
+            except (OSError, pa.ArrowException) as error:
+                raise IngestError(f"{source.at(file)}: cannot read: {error}") from None
+            described[file] = _columns(con, "read_parquet($file)", {"file": file})
+            if _not_text(described[file]):
+                out.not_text[file] = _not_text(described[file])
+        for file in files:
+            added = [0]
+            try:
+                _add_rows(con, "read_parquet($file, file_row_number = true)", {"file": file}, described[file], file,
+                          out, added)
+            except (duckdb.InvalidInputException, OSError) as error:  # OSError: raised through Arrow's reader
                 if "Invalid string encoding" not in str(error):
                     raise
-                for file in files:
-                    con.register("bytes_read", _as_bytes(file))
-                    read(con, "bytes_read", [file])
-                    con.unregister("bytes_read")
-    for file, line, raw, invalid in sorted(rows, key=lambda row: (row[0], row[1])):
-        if invalid:
-            out.add(file, line, raw, "invalid_utf8", f"column(s) {invalid}: invalid UTF-8 bytes")
-        else:
-            out.add(file, line, raw)
+                con.register("bytes_read", _as_bytes(file))
+                _add_rows(con, f"bytes_read WHERE file_row_number >= {added[0]}", None,
+                          _columns(con, "bytes_read", None), file, out, added)
+                con.unregister("bytes_read")
+
+
+def _columns(con, scan: str, parameters: dict | None) -> list[tuple[str, str]]:
+    """(name, DuckDB type) of a scan's columns, but the row number the scan adds."""
+    return [(name, kind) for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {scan}", parameters).fetchall()
+            if name != "file_row_number"]
+
+
+def _add_rows(con, scan: str, parameters: dict | None, columns: list[tuple[str, str]], file: str, out: _Columns,
+              counter: list[int]) -> None:
+    """The rows of `scan` (one file, with `file_row_number`, in its order) into `out` as JSON objects, a batch
+    at a time; `counter[0]` counts the rows added, so that a scan failing half-way can be resumed."""
+    reader = con.sql(f"SELECT file_row_number + 1 AS line, {_json_object_sql(columns)} AS raw, "
+                     f"{_invalid_bytes_sql(columns)} AS invalid FROM {scan}", params=parameters).to_arrow_reader(out.BATCH_ROWS)
+    for batch in reader:
+        lines, raws, invalid = (batch.column(name) for name in ("line", "raw", "invalid"))
+        first = lines[0].as_py()
+        if pc.all(pc.equal(invalid, "")).as_py() and lines[-1].as_py() - first == len(batch) - 1:
+            out.add_lines(file, first, raws)
+        else:  # bad bytes in some row (or rows out of order: never seen, but then each row alone)
+            for line, raw, bad in zip(lines.to_pylist(), raws.to_pylist(), invalid.to_pylist()):
+                out.add(file, line, raw, *(("invalid_utf8", f"column(s) {bad}: invalid UTF-8 bytes") if bad else ()))
+        counter[0] += len(batch)
 
 
 def _load_hf(source: Source):
@@ -521,15 +531,13 @@ def _read_hf(source: Source, out: _Columns) -> None:
         raise
     except Exception as error:  # datasets raises many kinds; all mean the source cannot be read
         raise IngestError(f"{source.where}: cannot load the dataset: {type(error).__name__}: {error}") from None
-    table = dataset.with_format("arrow")[:]  # honours any index mapping (select, shuffle)
+    table = dataset.with_format("arrow")[:]  # honours any index mapping (select, shuffle); memory-mapped
     with duckdb.connect(config={"threads": 1}) as con:
-        con.register("dataset", table)
-        columns = [(name, kind) for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM dataset").fetchall()]
-        rows = con.execute(f"SELECT {_json_object_sql(columns)} FROM dataset").fetchall()
-    if _not_text(columns):
-        out.not_text[source.path] = _not_text(columns)
-    for number, (raw,) in enumerate(rows, start=1):
-        out.add(source.path, number, raw)
+        con.register("dataset", table.append_column("file_row_number", pa.array(range(len(table)), pa.int64())))
+        columns = _columns(con, "dataset", None)
+        if _not_text(columns):
+            out.not_text[source.path] = _not_text(columns)
+        _add_rows(con, "dataset", None, columns, source.path, out, [0])
 
 
 def _read_into(source: Source, out: _Columns) -> None:
