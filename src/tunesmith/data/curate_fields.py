@@ -1,7 +1,7 @@
-"""Curation's reading of each record's canonical fields: the records of a style that is no renaming of
-columns become canonical JSON in Python (`canonical_function`, over Arrow batches; `styled`), the rest are
-read as they are under their own column names, and `typed` gives every field's JSON type, text as read and
-name as the record has it, a text batch at a time (tunesmith.data.curate_checks.normalise_texts).
+"""Curation's reading of each record's canonical fields: SQL reads a record's fields where they are when
+it can (`sql_reading`), the other records become canonical JSON in Python (`canonical_function`, over
+Arrow batches; `styled`), and `typed` gives every field's JSON type, text as read and name as the record
+has it, a text batch at a time (tunesmith.data.curate_checks.normalise_texts).
 
 SQL reads a renamed column (text_output, a mapped alpaca or preference column) and the two contents of a
 conversation of one user turn and the answer where they are (`sql_reading`), which gives what the style's
@@ -21,9 +21,9 @@ from tunesmith.data.curate_checks import Shape, sql_string
 from tunesmith.data.sources import Source
 from tunesmith.data.styles import ROLES, STYLES, Rejected, json_object
 
-# Records of a style that is no renaming of columns (and the chat-form records of one that converts lists)
-# become canonical JSON (or a reason) in Python; the rest are read as they are, under their own column names
-# (`typed`). `labels` name where each canonical field came from, for the details of later checks.
+# Records that `sql_reading` does not read where they are become canonical JSON (or a reason) in Python; the
+# rest are read as they are (`typed`). `labels` name where each canonical field came from, for the details
+# of later checks.
 STYLE_SQL = """
 CREATE TEMP VIEW styled AS
 WITH conversions AS (
@@ -60,6 +60,10 @@ def sql_reading(source: Source) -> tuple[str, dict[str, str], dict[str, str]] | 
             {field: column for field, column in columns.items() if column != field})
 
 
+USER_ROLES, ASSISTANT_ROLES = (
+    "(" + ", ".join(sql_string(name) for name, role in ROLES.items() if role == wanted) + ")" for wanted in ("user", "assistant"))
+
+
 def _two_turns(pointer: str) -> str:
     """SQL: whether the conversation at `pointer` is exactly a user turn and the assistant's, each an object
     of string role and content repeating no key, its role ASCII (lower-cased alike by DuckDB and Python).
@@ -72,10 +76,6 @@ def _two_turns(pointer: str) -> str:
     paths = ", ".join(sql_string(pointer + tail) for tail in ("", "/0", "/1", "/2"))
     return (f"coalesce(list_transform([json_extract(raw, [{paths}])], lambda m: starts_with(m[1], '[') AND m[4] IS NULL "
             f"AND {turn('m[2]', USER_ROLES)} AND {turn('m[3]', ASSISTANT_ROLES)})[1], false)")
-
-
-USER_ROLES, ASSISTANT_ROLES = (
-    "(" + ", ".join(sql_string(name) for name, role in ROLES.items() if role == wanted) + ")" for wanted in ("user", "assistant"))
 
 
 def style_sql(chosen: list[Source]) -> str:
