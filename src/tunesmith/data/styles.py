@@ -1,7 +1,8 @@
 """Record styles: how a source's records map onto the fields curation checks (sft: instruction/input/
 output; preference: prompt/chosen/rejected). Pure Python; curation calls `convert` from SQL (through
-`tunesmith.data.curate_pipeline.canonical_function`) only for records that are valid JSON objects and
-not a renaming of their columns (`Style.renamed`: those are read in SQL under their own names).
+`tunesmith.data.curate_fields.canonical_function`) only for records that are valid JSON objects and that
+SQL does not read in place (`curate_fields.sql_reading`: the columns of a `Style.renamed` style, the two
+contents of a conversation of one user turn and the answer).
 
 Conversations become a prompt by `render_turns`:
 
