@@ -815,6 +815,7 @@ def test_renamed_columns_read_in_sql_give_what_the_styles_conversion_gave(tmp_pa
     data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode()
     data += b'{"\\u554f\\u984c/~q": "\\u30a8\\u30b9\\u30b1\\u30fc\\u30d7", "instruction": "\\u7b54\\u3048", "good": "x"}\n'
     data += b'{"question": "repeated", "question": "twice", "good": "a", "rejected": "b", "text": "t", "output": "o"}\n'
+    data += b'{"question": "truncated", "good": \n'  # JSON functions on it would raise: only guarded SQL may read it
     data += '{"会話": [{"role": "user", "role": "assistant", "content": "繰り返すキー"}, {"role": "assistant", "content": "答え"}]}\n'.encode()
     results = []
     for renamed in (True, False):  # False: every record through the style's conversion in Python, as before
