@@ -4,7 +4,7 @@
     python bench/curate.py --rows 10000000 --sides ours --memory-limit 2GB   # DuckDB spills beside its outputs
     python bench/curate.py --scaling 1000000,3000000,10000000,30000000 --memory-limit 2GB   # the exponent
     python bench/curate.py --sides ours --near   # with the near-duplicate pass (the schema's default) on
-    python bench/curate.py --sides ours --style preference   # ours on the corpus as alpaca and as that style
+    python bench/curate.py --sides ours --style conversational   # ours on the corpus as alpaca and as that style
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
 about 20% duplicates after normalisation (10% exact copies, 10% copies differing in full-width
@@ -28,10 +28,11 @@ RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<
   [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s [near_dedup]
   [style style_seconds style_ratio=<ours s on alpaca / ours s on the style>]
 
-`--style text_output|messages|preference` (with `--sides ours`) also curates the same records written in that
-style: text_output renames the instruction `text`; messages makes each record a user turn (the prompt) and the
-assistant's answer; preference makes each a pair (the prompt, the answer chosen, a fixed refusal rejected)
-under the columns `question` and `good`, mapped in the source entry. The baselines read alpaca alone, so this
+`--style text_output|messages|preference|conversational` (with `--sides ours`) also curates the same records
+written in that style: text_output renames the instruction `text`; messages makes each record a user turn (the
+prompt) and the assistant's answer; preference makes each a pair (the prompt, the answer chosen, a fixed refusal
+rejected) under the columns `question` and `good`, mapped in the source entry; conversational writes that pair
+in TRL's conversational form (the prompt a list of one user turn, each answer one assistant turn). The baselines read alpaca alone, so this
 compares ours with ours: a record of another style costs about what an alpaca record does when SQL reads it
 where it is (a renamed column, a two-turn conversation's contents), not a Python call per record.
 """
@@ -114,8 +115,19 @@ def corpus(path: Path, rows: int) -> None:
         os.fsync(handle.fileno())
 
 
-STYLES = {"text_output": ("sft", {}), "messages": ("sft", {}),
-          "preference": ("preference", {"prompt": "question", "chosen": "good"})}
+# --style: (role, tunesmith's style, the source's columns) and each record written that way (prompt, answer).
+STYLES = {
+    "text_output": ("sft", "text_output", {}, lambda prompt, answer: {"text": prompt, "output": answer}),
+    "messages": ("sft", "messages", {}, lambda prompt, answer: {"messages": [
+        {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}),
+    "preference": ("preference", "preference", {"prompt": "question", "chosen": "good"},
+                   lambda prompt, answer: {"question": prompt, "good": answer, "rejected": REFUSAL}),
+    "conversational": ("preference", "preference", {"prompt": "question", "chosen": "good"},
+                       lambda prompt, answer: {"question": [{"role": "user", "content": prompt}],
+                                               "good": [{"role": "assistant", "content": answer}],
+                                               "rejected": [{"role": "assistant", "content": REFUSAL}]}),
+}
+REFUSAL = "分かりません。"
 
 
 def restyled(path: Path, style: str) -> Path:
@@ -128,13 +140,10 @@ def restyled(path: Path, style: str) -> Path:
                 row = json.loads(line)
             except ValueError:
                 row = None
-            if isinstance(row, dict) and style == "text_output":
-                line = json.dumps({"text": row.get("instruction"), "output": row.get("output")}, ensure_ascii=False) + "\n"
-            elif isinstance(row, dict):
-                prompt = "\n".join(part for part in (row.get("instruction"), row.get("input")) if part)
-                styled_row = ({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": row.get("output")}]}
-                              if style == "messages" else {"question": prompt, "good": row.get("output"), "rejected": "分かりません。"})
-                line = json.dumps(styled_row, ensure_ascii=False) + "\n"
+            if isinstance(row, dict):  # text_output keeps the input apart, as alpaca's own records do not
+                prompt = row.get("instruction") if style == "text_output" else "\n".join(
+                    part for part in (row.get("instruction"), row.get("input")) if part)
+                line = json.dumps(STYLES[style][3](prompt, row.get("output")), ensure_ascii=False) + "\n"
             handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
@@ -146,8 +155,9 @@ def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None 
     from tunesmith.data.curate import curate
     from tunesmith.data.ingest import ingest_source
 
-    role, columns = STYLES.get(style, ("sft", {}))
-    source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": role, "style": style, "columns": columns}
+    role, tunesmith_style, columns, _ = STYLES.get(style, ("sft", "alpaca", {}, None))
+    source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": role, "style": tunesmith_style,
+              "columns": columns}
     ingest_source(source, f"{out}/{name}.ingested.parquet")
     card = curate([source], role, "none", SETTINGS, f"{out}/{name}.parquet", f"{out}/{name}.quarantine.parquet",
                   f"{out}/{name}.card.json", ingested=[f"{out}/{name}.ingested.parquet"], seed=SEED, threads=threads,
@@ -393,7 +403,7 @@ def main() -> int:
     parser.add_argument("--near", action="store_true", help="ours with curate.near_dedup on (the schema's default; "
                         "the baselines have no such pass, so only with --sides ours or --scaling)")
     parser.add_argument("--style", choices=sorted(STYLES), help="with --sides ours: ours also on the same records "
-                        "written in this style (a renaming of columns; see the docstring)")
+                        "written in this style (see the docstring)")
     parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -802,6 +802,24 @@ RENAMED_CASES = {
         {"good": [{"role": "user", "content": "暗黙の質問"}, {"role": "assistant", "content": "良い"}],
          "rejected": [{"role": "user", "content": "暗黙の質問"}, {"role": "assistant", "content": "悪い"}]},
         {"question": "片方だけ会話", "good": "文字列", "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "Human", "content": "TRLの形"}], "good": [{"role": "gpt", "content": "良い"}],
+         "rejected": [{"role": "ASSISTANT", "content": "悪い", "score": 1}]},
+        {"question": [{"role": "user", "content": "空の答え"}], "good": [{"role": "assistant", "content": ""}],
+         "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "system", "content": "システムだけ"}], "good": [{"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "長い"}, {"role": "assistant", "content": "前の答え"}, {"role": "user", "content": "続き"}],
+         "good": [{"role": "assistant", "content": "良い"}], "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "答えが二つ"}], "good": [{"role": "assistant", "content": "一"},
+         {"role": "assistant", "content": "二"}], "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "利用者の答え"}], "good": [{"role": "user", "content": "良い"}],
+         "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "null"}], "good": [{"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "assistant", "content": None}]},
+        {"question": "文字列の質問", "good": [{"role": "assistant", "content": "良い"}], "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "非ASCII"}], "good": [{"role": "assİstant", "content": "良い"}],
+         "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "会話"}], "good": [{"role": "assistant", "content": "良い"}], "rejected": "文字列"},
     ]),
 }
 
@@ -816,11 +834,13 @@ def test_renamed_columns_read_in_sql_give_what_the_styles_conversion_gave(tmp_pa
     data += b'{"\\u554f\\u984c/~q": "\\u30a8\\u30b9\\u30b1\\u30fc\\u30d7", "instruction": "\\u7b54\\u3048", "good": "x"}\n'
     data += b'{"question": "repeated", "question": "twice", "good": "a", "rejected": "b", "text": "t", "output": "o"}\n'
     data += b'{"question": "truncated", "good": \n'  # JSON functions on it would raise: only guarded SQL may read it
+    data += ('{"question": [{"role": "user", "content": "鍵"}], "good": [{"role": "assistant", "role": "user", "content": "x"}], '
+             '"rejected": [{"role": "assistant", "content": "y"}]}\n').encode()
     data += '{"会話": [{"role": "user", "role": "assistant", "content": "繰り返すキー"}, {"role": "assistant", "content": "答え"}]}\n'.encode()
     results = []
     for renamed in (True, False):  # False: every record through the style's conversion in Python, as before
         if not renamed:
-            monkeypatch.setattr(fields, "sql_reading", lambda source: None)
+            monkeypatch.setattr(fields, "sql_readings", lambda source: [])
         (folder := tmp_path / str(renamed)).mkdir()
         card, kept, quarantined = run(folder, {"s": data}, role=role, extra={"s": extra})
         results.append(([{k: v for k, v in row.items() if k != "file"} for row in kept],
@@ -849,7 +869,7 @@ def test_a_mapped_record_is_converted_once_though_its_fields_are_read_a_batch_at
     monkeypatch.setattr(pipeline, "canonical_function", counting)
     monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 700)
     mapped = {"style": "messages"}
-    files = {name: "".join(json.dumps({"messages": [  # ShareGPT's keys: converted in Python (curate_fields.sql_reading)
+    files = {name: "".join(json.dumps({"messages": [  # ShareGPT's keys: converted in Python (curate_fields.sql_readings)
         {"from": "human", "value": f"{name}の質問{i}について教えてください。"},
         {"from": "gpt", "value": f"答えは{i}です。よろしくお願いします。"}]}, ensure_ascii=False) + "\n"
                            for i in range(1_000)).encode() for name in ("first", "second")}

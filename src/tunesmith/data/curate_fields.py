@@ -1,12 +1,13 @@
 """Curation's reading of each record's canonical fields: SQL reads a record's fields where they are when
-it can (`sql_reading`), the other records become canonical JSON in Python (`canonical_function`, over
+it can (`sql_readings`), the other records become canonical JSON in Python (`canonical_function`, over
 Arrow batches; `styled`), and `typed` gives every field's JSON type, text as read and name as the record
 has it, a text batch at a time (tunesmith.data.curate_checks.normalise_texts).
 
-SQL reads a renamed column (text_output, a mapped alpaca or preference column) and the two contents of a
-conversation of one user turn and the answer where they are (`sql_reading`), which gives what the style's
-conversion gives (tests/test_curate.py compares them): the conversion is a Python call per record, and on the
-bench's million rows made curation 3-4x slower than for the same records as alpaca (bench/curate.py --style).
+SQL reads a renamed column (text_output, a mapped alpaca or preference column), the two contents of a
+conversation of one user turn and the answer, and a pair in TRL's conversational form (a user turn, each
+answer one assistant turn) where they are (`sql_readings`), which gives what the style's conversion gives
+(tests/test_curate.py compares them): the conversion is a Python call per record, and on the bench's million
+rows made curation 3-4x slower than for the same records as alpaca (bench/curate.py --style).
 """
 
 from __future__ import annotations
@@ -21,79 +22,93 @@ from tunesmith.data.curate_checks import Shape, sql_string
 from tunesmith.data.sources import Source
 from tunesmith.data.styles import ROLES, STYLES, Rejected, json_object
 
-# Records that `sql_reading` does not read where they are become canonical JSON (or a reason) in Python; the
-# rest are read as they are (`typed`). `labels` name where each canonical field came from, for the details
-# of later checks.
+# Records that no `sql_readings` reading takes become canonical JSON (or a reason) in Python; the rest are read
+# as they are (`typed`), `reading` saying which of their source's readings takes them (each condition is tested
+# once, in the one CASE that also calls Python for the rest). `labels` name where each canonical field came
+# from, for the details of later checks.
 STYLE_SQL = """
 CREATE TEMP VIEW styled AS
 WITH conversions AS (
-  SELECT *, CASE WHEN line_reason IS NULL THEN CASE WHEN {converted} THEN canonical(source_rank, json(raw)) END
-            END AS conversion
-  FROM framed
+  SELECT *, CASE WHEN line_reason IS NULL THEN {conversion} END AS conversion FROM framed
 )
 SELECT * EXCLUDE (conversion),
-  conversion IS NOT NULL AS converted,
-  CASE WHEN conversion IS NULL THEN raw ELSE conversion.record END AS record,
-  CASE WHEN conversion IS NULL THEN {labels} ELSE conversion.labels END AS labels,
+  conversion.reading AS reading,
+  CASE WHEN conversion.reading IS NULL THEN conversion.record ELSE raw END AS record,
+  conversion.labels AS labels,
   CASE WHEN line_reason IS NOT NULL THEN line_reason ELSE conversion.reason END AS early_reason,
   CASE WHEN line_reason IS NOT NULL THEN line_detail ELSE conversion.detail END AS early_detail
 FROM conversions
 """
+CONVERTED = "struct_insert(canonical(source_rank, json(raw)), reading := NULL::INTEGER)"
 
 
-def sql_reading(source: Source) -> tuple[str, dict[str, str], dict[str, str]] | None:
-    """How `source`'s records that need no conversion in Python are read in SQL: (which: an SQL condition on
-    `raw`, a valid JSON object; {canonical field: JSON pointer}; {canonical field: its name in details} where
-    not the field's own), or None when every record is converted in Python (`Style.convert`)."""
+def sql_readings(source: Source) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """How SQL reads `source`'s records in place, the first that fits taking a record: (which records: an SQL
+    condition on `raw`, a valid JSON object; {canonical field: JSON pointer}; {canonical field: its name in
+    details} where not the field's own). What `Style.convert` makes of such a record is those values; a record
+    no reading takes is converted in Python (every record of pairwise, longer conversations, chat-form pairs
+    of other shapes)."""
     style = STYLES[source.style]
     if source.style == "messages":  # one user turn and the answer: the two contents are the fields
         column = source.columns.get("messages", "messages")
         pointer = json_pointer(column)
-        return (_two_turns(pointer), {"instruction": f"{pointer}/0/content", "output": f"{pointer}/1/content"},
-                {"instruction": f"{column}[:1]", "output": f"{column}[1].content"})
+        return [(_conversations([(pointer, ("user", "assistant"))]),
+                 {"instruction": f"{pointer}/0/content", "output": f"{pointer}/1/content"},
+                 {"instruction": f"{column}[:1]", "output": f"{column}[1].content"})]
     if style.renamed is None:
-        return None
+        return []
     columns = {field: source.columns.get(ours, ours) for field, ours in style.renamed.items()}
     pointers = {field: json_pointer(column) for field, column in columns.items()}
     listed = ", ".join(map(sql_string, pointers.values()))
-    return (f"NOT list_contains(json_type(raw, [{listed}]), 'ARRAY')" if style.lists_converted else "true", pointers,
-            {field: column for field, column in columns.items() if column != field})
+    renamed = (f"NOT list_contains(json_type(raw, [{listed}]), 'ARRAY')" if style.lists_converted else "true", pointers,
+               {field: column for field, column in columns.items() if column != field})
+    if source.style != "preference":
+        return [renamed]
+    # TRL's conversational form: the prompt one user turn, each answer one assistant turn.
+    chat = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
+    return [renamed, (_conversations([(pointers[field], (role,)) for field, role in chat.items()]),
+                      {field: f"{pointers[field]}/0/content" for field in chat},
+                      {"prompt": columns["prompt"], "chosen": f"{columns['chosen']}[-1].content",
+                       "rejected": f"{columns['rejected']}[-1].content"})]
 
 
-USER_ROLES, ASSISTANT_ROLES = (
-    "(" + ", ".join(sql_string(name) for name, role in ROLES.items() if role == wanted) + ")" for wanted in ("user", "assistant"))
+ROLE_NAMES = {role: "(" + ", ".join(sql_string(name) for name, mapped in ROLES.items() if mapped == role) + ")"
+              for role in set(ROLES.values())}
 
 
-def _two_turns(pointer: str) -> str:
-    """SQL: whether the conversation at `pointer` is exactly a user turn and the assistant's, each an object
-    of string role and content repeating no key, its role ASCII (lower-cased alike by DuckDB and Python).
-    What `styles._messages` makes of such a record is its two contents; any other is converted in Python."""
-    def turn(text: str, roles: str) -> str:
-        role = f"json_extract_string({text}, '$.role')"
+def _conversations(conversations: list[tuple[str, tuple[str, ...]]]) -> str:
+    """SQL: whether each conversation (its JSON pointer, the roles of its turns) is exactly those turns, each
+    an object of string role and content repeating no key, its role ASCII (lower-cased alike by DuckDB and
+    Python) and one that `styles.ROLES` maps to the role given. One parse of the record for all of them."""
+    def turn(text: str, role: str) -> str:
+        said = f"json_extract_string({text}, '$.role')"
         return (f"json_type({text}, ['$.role', '$.content']) = ['VARCHAR', 'VARCHAR'] "
-                f"AND lower({role}) IN {roles} AND strlen({role}) = length({role}) "
+                f"AND lower({said}) IN {ROLE_NAMES[role]} AND strlen({said}) = length({said}) "
                 f"AND len(json_keys({text})) = len(list_distinct(json_keys({text})))")
-    paths = ", ".join(sql_string(pointer + tail) for tail in ("", "/0", "/1", "/2"))
-    return (f"coalesce(list_transform([json_extract(raw, [{paths}])], lambda m: starts_with(m[1], '[') AND m[4] IS NULL "
-            f"AND {turn('m[2]', USER_ROLES)} AND {turn('m[3]', ASSISTANT_ROLES)})[1], false)")
+    paths, tests = [], []
+    for pointer, roles in conversations:  # the array, its turns, and no turn after them
+        at = len(paths) + 1
+        paths += [pointer] + [f"{pointer}/{index}" for index in range(len(roles) + 1)]
+        tests += [f"starts_with(m[{at}], '[')", f"m[{at + len(roles) + 1}] IS NULL"]
+        tests += [turn(f"m[{at + 1 + index}]", role) for index, role in enumerate(roles)]
+    return (f"coalesce(list_transform([json_extract(raw, [{', '.join(map(sql_string, paths))}])], lambda m: "
+            + " AND ".join(tests) + ")[1], false)")
 
 
 def style_sql(chosen: list[Source]) -> str:
-    """STYLE_SQL for the sources: which valid JSON objects are converted in Python (those no `sql_reading`
-    reads), and the labels of the records read as they are."""
-    converted, labels = [], []
+    """STYLE_SQL for the sources: per valid JSON object, the reading that takes it (its number and labels) or
+    else its conversion in Python."""
+    branches = []
     for source in chosen:
-        reading = sql_reading(source)
-        if reading is None:
-            converted.append(f"WHEN {source.rank} THEN true")
-            continue
-        condition, _, named = reading
-        if condition != "true":
-            converted.append(f"WHEN {source.rank} THEN NOT ({condition})")
-        if named:
-            labels.append(f"WHEN {source.rank} THEN {sql_string(_json_text(named))}")
-    return STYLE_SQL.format(converted=f"CASE source_rank {' '.join(converted)} ELSE false END" if converted else "false",
-                            labels=f"CASE source_rank {' '.join(labels)} END" if labels else "NULL")
+        taken = " ".join(
+            f"WHEN {condition} THEN {{'record': NULL::VARCHAR, 'labels': "
+            f"{sql_string(_json_text(names)) if names else 'NULL::VARCHAR'}, 'reason': NULL::VARCHAR, "
+            f"'detail': NULL::VARCHAR, 'reading': {index}}}"
+            for index, (condition, _, names) in enumerate(sql_readings(source), start=1))
+        if taken:
+            branches.append(f"WHEN {source.rank} THEN CASE {taken} ELSE {CONVERTED} END")
+    return STYLE_SQL.format(conversion=f"CASE source_rank {' '.join(branches)} ELSE {CONVERTED} END" if branches
+                            else CONVERTED)
 
 
 # What the SQL receives back for a record converted in Python: its canonical JSON, or why it has none;
@@ -138,19 +153,19 @@ def typed_sql(shape: Shape, not_text: bool = False, chosen: list[Source] = ()) -
     type, its text as read (for strings) and its name as the record has it (a mapped column, a conversation
     turn), for details. With `not_text`, a string from a column that table `not_text` lists (a Parquet
     timestamp, written as JSON text) has that column's type instead, so it is a wrong type, not text.
-    The records of `chosen` sources that `styled` did not convert are read where `sql_reading` says (a
+    The records of `chosen` sources that a reading took (`styled.reading`) are read where `sql_readings` says (a
     renamed column, a turn's content); the others hold the fields under their canonical names."""
     names = shape.required + shape.optional
-    pointers = {source.rank: reading[1] for source in chosen if (reading := sql_reading(source)) is not None}
     # Two parses of the record for all fields (path lists): the values as JSON text, typed by their first
     # character (json_type for the few that are not strings), and the strings as read. A field the style
     # lacks has an array index for path, which no object has.
     paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
 
     def extracted(function: str) -> str:
-        sources = "".join(f" WHEN NOT converted AND source_rank = {rank} THEN {function}(record, [" + ", ".join(
+        sources = "".join(f" WHEN source_rank = {source.rank} AND reading = {index} THEN {function}(record, [" + ", ".join(
             sql_string(found[f]) if f in found else "'$[0]'" for f in names) + "])"
-            for rank, found in pointers.items() if any(found.get(f) != json_pointer(f) for f in names))
+            for source in chosen for index, (_, found, _) in enumerate(sql_readings(source), start=1)
+            if any(found.get(f) != json_pointer(f) for f in names))
         return f"CASE WHEN early_reason IS NOT NULL THEN NULL{sources} ELSE {function}(record, {paths}) END"
     labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
     joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "

@@ -1,8 +1,8 @@
 """Record styles: how a source's records map onto the fields curation checks (sft: instruction/input/
 output; preference: prompt/chosen/rejected). Pure Python; curation calls `convert` from SQL (through
 `tunesmith.data.curate_fields.canonical_function`) only for records that are valid JSON objects and that
-SQL does not read in place (`curate_fields.sql_reading`: the columns of a `Style.renamed` style, the two
-contents of a conversation of one user turn and the answer).
+SQL does not read in place (`curate_fields.sql_readings`: the columns of a `Style.renamed` style, the two
+contents of a conversation of one user turn and the answer, a pair in TRL's conversational form).
 
 Conversations become a prompt by `render_turns`:
 
