@@ -7,7 +7,7 @@ SQL reads a renamed column (text_output, a mapped alpaca or preference column), 
 conversation of one user turn and the answer, and a pair in TRL's conversational form (a user turn, each
 answer one assistant turn) where they are (`sql_readings`), which gives what the style's conversion gives
 (tests/test_curate.py compares them): the conversion is a Python call per record, and on the bench's million
-rows made curation 3-4x slower than for the same records as alpaca (bench/curate.py --style).
+rows made curation 3-6x slower than for the same records as alpaca (bench/curate.py --style).
 """
 
 from __future__ import annotations
