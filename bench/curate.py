@@ -32,9 +32,10 @@ RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<
 written in that style: text_output renames the instruction `text`; messages makes each record a user turn (the
 prompt) and the assistant's answer; preference makes each a pair (the prompt, the answer chosen, a fixed refusal
 rejected) under the columns `question` and `good`, mapped in the source entry; conversational writes that pair
-in TRL's conversational form (the prompt a list of one user turn, each answer one assistant turn). The baselines read alpaca alone, so this
-compares ours with ours: a record of another style costs about what an alpaca record does when SQL reads it
-where it is (a renamed column, a two-turn conversation's contents), not a Python call per record.
+in TRL's conversational form (the prompt a list of one user turn, each answer one assistant turn). The
+baselines read alpaca alone, so this compares ours with ours: a record of another style costs about what an
+alpaca record does when SQL reads it where it is (a renamed column, a two-turn conversation's contents, a
+conversational pair's), not a Python call per record.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def restyled(path: Path, style: str) -> Path:
                 row = json.loads(line)
             except ValueError:
                 row = None
-            if isinstance(row, dict):  # text_output keeps the input apart, as alpaca's own records do not
+            if isinstance(row, dict):  # text_output has no input column: its prompt is the instruction alone
                 prompt = row.get("instruction") if style == "text_output" else "\n".join(
                     part for part in (row.get("instruction"), row.get("input")) if part)
                 line = json.dumps(STYLES[style][3](prompt, row.get("output")), ensure_ascii=False) + "\n"

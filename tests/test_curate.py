@@ -752,8 +752,8 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     assert reasons["duplicate"] >= 2 * len(kept), reasons
 
 
-# Renamed columns (and the turns of a two-turn conversation) are read in SQL, as they are; Python's
-# conversion (the style's `convert`) gave the same.
+# Renamed columns, the turns of a two-turn conversation and TRL's conversational pairs are read in SQL, as they
+# are (curate_fields.sql_readings); Python's conversion (the style's `convert`) gave the same.
 RENAMED_CASES = {
     "sft": ({"style": "alpaca", "columns": {"instruction": "問題/~q", "input": "in.put", "output": "instruction"}}, [
         {"問題/~q": "日本の首都はどこですか？", "in.put": "地理", "instruction": "東京です。"},

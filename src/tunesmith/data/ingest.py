@@ -451,8 +451,14 @@ def _as_bytes(file: str) -> pa.Table:
     binary = pa.schema([field.with_type(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary())
                         if pa.types.is_string(field.type) or pa.types.is_large_string(field.type) else field
                         for field in schema])
-    table = pq.read_table(file, schema=binary)
-    return table.append_column("file_row_number", pa.array(range(len(table)), pa.int64()))
+    return _numbered(pq.read_table(file, schema=binary))
+
+
+def _numbered(table: pa.Table) -> pa.Table:
+    """`table` with each row's 0-based number as `file_row_number`, the column DuckDB's Parquet scan adds."""
+    import numpy
+
+    return table.append_column("file_row_number", pa.array(numpy.arange(len(table), dtype=numpy.int64)))
 
 
 def _read_parquet(source: Source, out: _Columns) -> None:
@@ -533,7 +539,7 @@ def _read_hf(source: Source, out: _Columns) -> None:
         raise IngestError(f"{source.where}: cannot load the dataset: {type(error).__name__}: {error}") from None
     table = dataset.with_format("arrow")[:]  # honours any index mapping (select, shuffle); memory-mapped
     with duckdb.connect(config={"threads": 1}) as con:
-        con.register("dataset", table.append_column("file_row_number", pa.array(range(len(table)), pa.int64())))
+        con.register("dataset", _numbered(table))
         columns = _columns(con, "dataset", None)
         if _not_text(columns):
             out.not_text[source.path] = _not_text(columns)
