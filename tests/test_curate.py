@@ -86,9 +86,15 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
         sft("Say hi", "Hi", input=None),                               # 22 null input is no input
         b' \t{"instruction": "Say hi", "output": "Hi"}',               # 23 JSON's white space before the object
         b'\t [1, 2]',                                                  # 24 ... or before another value
+        sft("42", "true", input="null"),                               # 25 strings that read like JSON of other types
+        sft(True, "Hi"),                                               # 26
+        sft("Say hi", {"a": "b"}),                                     # 27
+        sft("[1, 2]", '{"a": 1}', input="-0.5"),                       # 28
+        b'{"instruction": "Say hi", "output": NaN}',                   # 29 Python's parser takes no NaN
     ]
     card, kept, quarantined = run(tmp_path, {"mixed": b"\n".join(lines) + b"\n"})
-    assert [row["line"] for row in kept] == [1]
+    assert [row["line"] for row in kept] == [1, 25, 28]
+    assert [(row["prompt"], row["response"]) for row in kept[1:]] == [("42\nnull", "true"), ("[1, 2]\n-0.5", '{"a": 1}')]
     assert by_line(quarantined) == {
         2: ("invalid_json", None), 3: ("not_object", "array"), 4: ("not_object", "varchar"),
         5: ("missing_field", "instruction"), 6: ("missing_field", "output=null"),
@@ -98,13 +104,14 @@ def test_every_sft_reason_from_a_crafted_line(tmp_path):
         15: ("invalid_utf8", "invalid start byte at byte 17"), 16: ("too_long", "prompt 41"),
         17: ("too_long", "output 21"), 18: ("contaminated", "task_id 7 (overlap 1.0)"), 19: ("contaminated", "task_id 9 (overlap 1.0)"),
         20: ("duplicate", "kept mixed:1"), 21: ("invalid_json", None), 22: ("duplicate", "kept mixed:1"),
-        23: ("duplicate", "kept mixed:1"), 24: ("not_object", "array"),
+        23: ("duplicate", "kept mixed:1"), 24: ("not_object", "array"), 26: ("wrong_type", "instruction: boolean"),
+        27: ("wrong_type", "output: object"), 29: ("invalid_json", "NaN is not JSON"),
     }
     assert quarantined[13]["raw"] == '{"instruction": "\ufffd\ufffd", "output": "Hi"}'  # line 15, replaced
     file = str(tmp_path / "mixed.jsonl")
     assert card["contamination"] == [{"source": "mixed", "file": file, "line": 18, "task_id": 7, "overlap": 1.0},
                                      {"source": "mixed", "file": file, "line": 19, "task_id": 9, "overlap": 1.0}]
-    assert card["sources"]["mixed"]["rows_in"] == 24
+    assert card["sources"]["mixed"]["rows_in"] == 29
     assert [example["raw"] for example in card["examples"]["blank_line"]] == ["  \t", "", "\u3000"]
     assert set(card["totals"]["quarantined"]) == set(REASONS) - {
         "chosen_equals_rejected", "wrong_column_count", "bad_conversation", "judge_invalid", "judge_tie",

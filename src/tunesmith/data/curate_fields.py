@@ -156,23 +156,27 @@ def typed_sql(shape: Shape, not_text: bool = False, chosen: list[Source] = ()) -
     The records of `chosen` sources that a reading took (`styled.reading`) are read where `sql_readings` says (a
     renamed column, a turn's content); the others hold the fields under their canonical names."""
     names = shape.required + shape.optional
-    # Two parses of the record for all fields (path lists): the values as JSON text, typed by their first
-    # character (json_type for the few that are not strings), and the strings as read. A field the style
-    # lacks has an array index for path, which no object has.
+    # One parse of the record for all fields (a path list): the values as read, strings unescaped and the rest as
+    # JSON text. A value that reads as no JSON number, literal, array or object is a string; the few that could
+    # be one (a number, `true`, a list: a string "42" and the number 42 read alike) or are null (JSON's null,
+    # or absent) are typed from their JSON text, parsed again for those rows alone (a CASE branch runs only on
+    # the rows that reach it). A field the style lacks has an array index for path, which no object has.
     paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
 
-    def extracted(function: str) -> str:
-        sources = "".join(f" WHEN source_rank = {source.rank} AND reading = {index} THEN {function}(record, [" + ", ".join(
-            sql_string(found[f]) if f in found else "'$[0]'" for f in names) + "])"
-            for source in chosen for index, (_, found, _) in enumerate(sql_readings(source), start=1)
-            if any(found.get(f) != json_pointer(f) for f in names))
-        return f"CASE WHEN early_reason IS NOT NULL THEN NULL{sources} ELSE {function}(record, {paths}) END"
+    def extracted(function: str) -> str:  # over `styled` as `s`
+        sources = "".join(f" WHEN s.source_rank = {source.rank} AND s.reading = {index} THEN {function}(s.record, ["
+                          + ", ".join(sql_string(found[f]) if f in found else "'$[0]'" for f in names) + "])"
+                          for source in chosen for index, (_, found, _) in enumerate(sql_readings(source), start=1)
+                          if any(found.get(f) != json_pointer(f) for f in names))
+        return f"CASE WHEN s.early_reason IS NOT NULL THEN NULL{sources} ELSE {function}(s.record, {paths}) END"
     labels = ", ".join(f"coalesce(json_extract_string(labels, '$.{f}'), '{f}') AS {f}_name" for f in names)
     joins = " ".join(f"LEFT JOIN not_text {f}_column ON {f}_column.source_rank = s.source_rank "
                      f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
 
     def typed(index: int, f: str) -> str:  # a value as JSON text is a string when it opens with a quote
-        found = f"CASE WHEN starts_with(parts[{index}], '\"') THEN 'VARCHAR' ELSE json_type(parts[{index}]) END"
+        part = f"({extracted('json_extract')})[{index}]"
+        found = (f"CASE WHEN NOT regexp_matches(strings[{index}], '^(?:[-0-9\\[{{]|true$|false$)') "
+                 f"THEN 'VARCHAR' WHEN starts_with({part}, '\"') THEN 'VARCHAR' ELSE json_type({part}) END")
         if not not_text:
             return found
         return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
@@ -181,8 +185,8 @@ def typed_sql(shape: Shape, not_text: bool = False, chosen: list[Source] = ()) -
         for index, f in enumerate(names, start=1))
     return (f"CREATE TEMP VIEW typed AS SELECT pos, s.source_rank, s.source, s.file, s.line, early_reason, "
             f"early_detail, {fields} FROM "
-            f"(SELECT *, {extracted('json_extract')} AS parts, {extracted('json_extract_string')} AS strings, {labels} "
-            f"FROM styled) s {joins}")
+            f"(SELECT s.*, {extracted('json_extract_string')} AS strings, {labels} "
+            f"FROM styled s) s {joins}")
 
 
 def json_pointer(key: str) -> str:
