@@ -57,7 +57,9 @@ def _classes(points: numpy.ndarray) -> numpy.ndarray:
 
 def code_points(text) -> tuple[numpy.ndarray, numpy.ndarray]:
     """The code points of all strings of an Arrow array joined (uint32), and each string's length
-    (nulls: 0). The array's UTF-8 buffer is decoded as one text: no Python object per string."""
+    (nulls: 0). The array's UTF-8 buffer is decoded as one text: no Python object per string. A slice
+    of an array shares its parent's buffer: only the slice's own bytes are read (copying the whole
+    buffer for each slice of a batch cost as much as the decoding)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -66,8 +68,8 @@ def code_points(text) -> tuple[numpy.ndarray, numpy.ndarray]:
     lengths = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(numpy.int64)
     offsets = numpy.frombuffer(text.buffers()[1], numpy.int64)[text.offset:text.offset + len(text) + 1]
     data = text.buffers()[2]
-    joined = data.to_pybytes()[offsets[0]:offsets[-1]] if len(text) and data is not None else b""
-    points = numpy.frombuffer(joined.decode("utf-8").encode("utf-32-le"), numpy.uint32)
+    joined = str(memoryview(data)[offsets[0]:offsets[-1]], "utf-8") if len(text) and data is not None else ""
+    points = numpy.frombuffer(joined.encode("utf-32-le"), numpy.uint32)
     return points, lengths
 
 
