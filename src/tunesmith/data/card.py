@@ -19,11 +19,14 @@ EXAMPLES_PER_REASON = 3
 KEPT_EXAMPLES = 3
 EXAMPLE_CHARS = 1000  # a 10 MB record would make the card unreadable
 CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (all are counted)
-# The examples are drawn from `classified` alone; only theirs are read from the raw records or the texts.
-EXAMPLES_SQL = f"""SELECT e.reason, source, file, line, e.detail, left(raw, {EXAMPLE_CHARS}) FROM (
-  SELECT pos, outcome.reason AS reason, outcome.detail AS detail FROM classified WHERE outcome IS NOT NULL
-  QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n
-) e JOIN records USING (pos) ORDER BY pos"""
+# The examples are drawn from `classified` alone; only theirs are read from the raw records or the texts. A
+# quarantined record's raw text is read from the quarantine file just written (a row of it per quarantined
+# record, in pos order), not from the whole ingested source: a join reads every row group of the file it scans.
+EXAMPLES_SQL = f"""SELECT e.reason, q.source, q.file, q.line, e.detail, left(q.raw, {EXAMPLE_CHARS}) FROM (
+  SELECT * FROM (SELECT pos, outcome.reason AS reason, outcome.detail AS detail,
+                        row_number() OVER (ORDER BY pos) - 1 AS quarantine_row FROM classified WHERE outcome IS NOT NULL)
+  QUALIFY row_number() OVER (PARTITION BY reason ORDER BY uniform(pos, $seed, 'example')) <= $n
+) e JOIN read_parquet($quarantine, file_row_number = true) q ON q.file_row_number = e.quarantine_row ORDER BY e.pos"""
 KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM (SELECT pos, split FROM classified
 WHERE outcome IS NULL ORDER BY uniform(pos, $seed, 'example') LIMIT $n) c JOIN keyed USING (pos)
 ORDER BY uniform(pos, $seed, 'example')"""
@@ -34,10 +37,11 @@ CLUSTERS_CARD_SQL = """SELECT c.cluster, count(*) OVER (PARTITION BY c.cluster) 
 ORDER BY size DESC, c.cluster, c.pos"""
 
 
-def card_data(con, role: str, shape: Shape, counts: dict, seed: int) -> dict:
+def card_data(con, role: str, shape: Shape, counts: dict, seed: int, quarantine_path) -> dict:
+    """The card's data; `quarantine_path`: the quarantine file curation wrote (QUARANTINE_SQL's rows)."""
     examples: dict[str, list[dict]] = {reason: [] for reason in REASONS}
-    for reason, source, file, line, detail, raw in con.execute(EXAMPLES_SQL, {"n": EXAMPLES_PER_REASON,
-                                                                               "seed": seed}).fetchall():
+    for reason, source, file, line, detail, raw in con.execute(EXAMPLES_SQL, {
+            "n": EXAMPLES_PER_REASON, "seed": seed, "quarantine": str(quarantine_path)}).fetchall():
         examples[reason].append({"source": source, "file": file, "line": line, "detail": detail, "raw": raw})
     kept_columns = [column.split(" AS ")[-1] for column in shape.kept_columns.split(", ")]
     kept_examples = [dict(zip(["source", "file", "line", "split", *kept_columns], row)) for row in con.execute(

@@ -311,7 +311,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
             _write_rows(con, QUARANTINE_SQL, quarantined)
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
-            card = card_data(con, role, shape, counts, seed)
+            card = card_data(con, role, shape, counts, seed, quarantined)
             measured, dropped = lengths(con, shape), lengths(con, shape, kept=False)
             card["lengths"], card["lengths_dropped"] = (
                 {field: {measure: summary(values) for measure, values in measures.items()}
