@@ -307,8 +307,14 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
         log.info("curation of %s: %d sources read, every record classified, %s in; writing the rows",
                  role, len(chosen), duration(time.monotonic() - started))
         with atomic_path(kept_path) as kept, atomic_path(quarantine_path) as quarantined:
-            _write_rows(con, kept_sql(con, shape.kept_columns, chosen), kept)
-            _write_rows(con, QUARANTINE_SQL, quarantined)
+            # The two files at once, the quarantine file from a second connection to the database (a DuckDB
+            # connection runs one statement at a time): each writer encodes on its own thread while DuckDB hands
+            # over the other's rows (at 1M rows 0.77-1.03 s one after the other, 0.63-0.73 s together).
+            query = kept_sql(con, shape.kept_columns, chosen)
+            with ThreadPoolExecutor(1, thread_name_prefix="curate-quarantine") as side:
+                quarantine_written = side.submit(_write_rows, con.cursor(), QUARANTINE_SQL, quarantined)
+                _write_rows(con, query, kept)
+                quarantine_written.result()
             counts = _reconciled_counts(con, chosen, described, kept, quarantined)
             _check_kept(con, role, chosen, counts, settings["min_kept_share"], several_files)
             card = card_data(con, role, shape, counts, seed, quarantined)

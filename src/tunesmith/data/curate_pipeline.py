@@ -175,7 +175,7 @@ MIX_RANK = """CASE WHEN verdict IS NULL AND NOT near_dropped AND mix_draw < leas
   THEN row_number() OVER (PARTITION BY source_rank, verdict IS NULL AND NOT near_dropped AND mix_draw < least(weight, 1)
                           ORDER BY mix_draw, pos) END"""
 MIX_SQL = f"""
-CREATE TEMP TABLE classified AS
+CREATE TABLE classified AS  -- not TEMP, nor `records`: the quarantine file is written from a second connection
 WITH near AS (
   SELECT c.pos, c.cluster, c.jaccard, {_ref("k.")} AS kept_ref, c.pos <> c.label AS dropped
   FROM clusters c JOIN deduplicated k ON k.pos = c.label
@@ -257,8 +257,9 @@ def classify(con, chosen: list[Source], shape: Shape, settings: dict, seed: int,
     # pos: the row number in its ingested file (written in file and line order) after the rows of the sources
     # before it: no sort. `records` reads the raw lines from those files when a statement needs them, never
     # held; one SELECT per file, so a range of pos reaches each reader and a text batch reads its row groups.
+    # Not TEMP, as `classified`: the quarantine file is written from a second connection (curate.py).
     offsets = numpy.cumsum([0] + [pq.read_metadata(path).num_rows for path in paths]).tolist()
-    con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(
+    con.execute("CREATE VIEW records AS " + " UNION ALL ".join(
         f"SELECT {offset} + file_row_number + 1 AS pos, {source.rank} AS source_rank, * EXCLUDE (file_row_number) "
         f"FROM read_parquet({sql_string(str(path))}, file_row_number = true)"
         for source, path, offset in zip(chosen, paths, offsets)))
