@@ -157,10 +157,10 @@ def typed_sql(shape: Shape, not_text: bool = False, chosen: list[Source] = ()) -
     renamed column, a turn's content); the others hold the fields under their canonical names."""
     names = shape.required + shape.optional
     # One parse of the record for all fields (a path list): the values as read, strings unescaped and the rest as
-    # JSON text. A value that reads as no JSON number, literal, array or object is a string; the few that could
-    # be one (a number, `true`, a list: a string "42" and the number 42 read alike) or are null (JSON's null,
-    # or absent) are typed from their JSON text, parsed again for those rows alone (a CASE branch runs only on
-    # the rows that reach it). A field the style lacks has an array index for path, which no object has.
+    # JSON text. A value that reads as no JSON number, literal, array or object is a string; where one could be
+    # (a string "42" and the number 42 read alike) or is null (JSON's null, or absent), the row's values are read
+    # again as JSON text and typed from it: a second parse for those rows alone, as many as before for a source
+    # whose records lack a field. A field the style lacks has an array index for path, which no object has.
     paths = "[" + ", ".join(f"'$.{f}'" for f in names) + "]"
 
     def extracted(function: str) -> str:  # over `styled` as `s`
@@ -174,19 +174,21 @@ def typed_sql(shape: Shape, not_text: bool = False, chosen: list[Source] = ()) -
                      f"AND {f}_column.file = s.file AND {f}_column.column = s.{f}_name" for f in names) if not_text else ""
 
     def typed(index: int, f: str) -> str:  # a value as JSON text is a string when it opens with a quote
-        part = f"({extracted('json_extract')})[{index}]"
-        found = (f"CASE WHEN NOT regexp_matches(strings[{index}], '^(?:[-0-9\\[{{]|true$|false$)') "
-                 f"THEN 'VARCHAR' WHEN starts_with({part}, '\"') THEN 'VARCHAR' ELSE json_type({part}) END")
+        found = (f"CASE WHEN NOT {f}_unsure THEN 'VARCHAR' WHEN starts_with(parts[{index}], '\"') THEN 'VARCHAR' "
+                 f"ELSE json_type(parts[{index}]) END")
         if not not_text:
             return found
         return f"CASE WHEN {found} = 'VARCHAR' AND {f}_column.type IS NOT NULL THEN upper({f}_column.type) ELSE {found} END"
     fields = ",\n  ".join(
         f"{typed(index, f)} AS {f}_type,\n  CASE WHEN {f}_type = 'VARCHAR' THEN strings[{index}] END AS {f}_raw,\n  {f}_name"
         for index, f in enumerate(names, start=1))
+    strings = f"SELECT s.*, {extracted('json_extract_string')} AS strings, {labels} FROM styled s"
+    unsure = ", ".join(f"strings[{index}] IS NULL OR regexp_matches(strings[{index}], '^(?:[-0-9\\[{{]|true$|false$)') "
+                       f"AS {f}_unsure" for index, f in enumerate(names, start=1))
+    parts = (f"SELECT s.*, CASE WHEN {' OR '.join(f'{f}_unsure' for f in names)} THEN {extracted('json_extract')} END "
+             f"AS parts FROM (SELECT *, {unsure} FROM ({strings})) s")
     return (f"CREATE TEMP VIEW typed AS SELECT pos, s.source_rank, s.source, s.file, s.line, early_reason, "
-            f"early_detail, {fields} FROM "
-            f"(SELECT s.*, {extracted('json_extract_string')} AS strings, {labels} "
-            f"FROM styled s) s {joins}")
+            f"early_detail, {fields} FROM ({parts}) s {joins}")
 
 
 def json_pointer(key: str) -> str:
