@@ -23,9 +23,9 @@ CARD_CLUSTERS = 100  # the largest near-duplicate clusters listed in the card (a
 # quarantined record's raw text is read from the quarantine file just written (a row of it per quarantined
 # record, in pos order), not from the whole ingested source: a join reads every row group of the file it scans.
 EXAMPLES_SQL = f"""SELECT e.reason, q.source, q.file, q.line, e.detail, left(q.raw, {EXAMPLE_CHARS}) FROM (
-  SELECT * FROM (SELECT pos, outcome.reason AS reason, outcome.detail AS detail,
-                        row_number() OVER (ORDER BY pos) - 1 AS quarantine_row FROM classified WHERE outcome IS NOT NULL)
-  QUALIFY row_number() OVER (PARTITION BY reason ORDER BY uniform(pos, $seed, 'example')) <= $n
+  SELECT pos, outcome.reason AS reason, outcome.detail AS detail, row_number() OVER (ORDER BY pos) - 1 AS quarantine_row
+  FROM classified WHERE outcome IS NOT NULL  -- QUALIFY filters after both windows: row numbers count every such row
+  QUALIFY row_number() OVER (PARTITION BY outcome.reason ORDER BY uniform(pos, $seed, 'example')) <= $n
 ) e JOIN read_parquet($quarantine, file_row_number = true) q ON q.file_row_number = e.quarantine_row ORDER BY e.pos"""
 KEPT_EXAMPLES_SQL = """SELECT source, file, line, split, {columns} FROM (SELECT pos, split FROM classified
 WHERE outcome IS NULL ORDER BY uniform(pos, $seed, 'example') LIMIT $n) c JOIN keyed USING (pos)
