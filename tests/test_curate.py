@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -649,6 +650,8 @@ def test_the_kept_rows_keep_recipe_order_when_a_text_batch_comes_out_of_order(tm
 
 KILLED_CURATION = """
 import os, signal, sys
+import pyarrow as pa
+import pyarrow as pa
 import pyarrow.parquet as pq
 import tunesmith.data.curate as curate_module
 import tunesmith.data.near_dup as near_dup
@@ -739,8 +742,8 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     distinct = checks._distinct
     taken = []
 
-    def recorded(raw):
-        values, indices = distinct(raw)
+    def recorded(raw, *remembered):
+        values, indices = distinct(raw, *remembered)
         taken.append(indices is not None)
         return values, indices
     monkeypatch.setattr(checks, "_distinct", recorded)
@@ -757,6 +760,23 @@ def test_texts_computed_once_per_distinct_text_give_what_each_row_computed_alone
     reasons = Counter(row["reason"] for row in quarantined)
     assert reasons["repetitive"] == 2 * 3 and reasons["missing_field"] == 2 * 3, reasons
     assert reasons["duplicate"] >= 2 * len(kept), reasons
+
+
+def test_a_field_found_mostly_distinct_is_taken_as_such_for_a_few_batches_then_measured_again():
+    """Finding a batch's distinct texts is skipped for a field whose last batch measured was mostly distinct
+    (the bench corpus's answers), for REMEASURE_AFTER batches; a field of repeated texts is measured every batch.
+    What each row gets is the same either way (the test above)."""
+    import tunesmith.data.curate_checks as checks
+
+    shares, distinct, repeated = {}, pa.array([f"答え{index}" for index in range(100)]), pa.array(["同じ"] * 100)
+    assert checks._distinct(distinct, shares, "output")[1] is None and shares["output"] == (1.0, 0)
+    for _ in range(checks.REMEASURE_AFTER):  # not looked at: per row, though these repeat
+        values, indices = checks._distinct(repeated, shares, "output")
+        assert indices is None and len(values) == 100
+    values, indices = checks._distinct(repeated, shares, "output")  # measured again
+    assert values.to_pylist() == ["同じ"] and len(indices) == 100 and shares["output"] == (0.01, 0)
+    for _ in range(2):
+        assert len(checks._distinct(repeated, shares, "instruction")[0]) == 1
 
 
 # Renamed columns, the turns of a two-turn conversation and TRL's conversational pairs are read in SQL, as they
