@@ -255,3 +255,43 @@ def test_the_searches_skipped_on_plain_rows_would_find_nothing_in_them():
     for pattern in (UNUSUAL_CHARACTERS, _patterns()["needs_cleaning"], "\u200d", _safe_class(0)):
         assert matching(array, pattern, plain).to_pylist() == matching(array, pattern).to_pylist()
     assert matching(normalised, _safe_class(1), plain).to_pylist() == matching(normalised, _safe_class(1)).to_pylist()
+
+
+def test_characters_verified_on_one_thread_while_another_reads_the_verdicts_fail_nothing():
+    """Curation's worker threads verify characters as their batches bring them, while another builds the class
+    of characters not verified yet from every verdict: reading the verdicts as they grew failed a curation with
+    'dictionary changed size during iteration'. The class it builds follows the verdicts given since."""
+    import sys
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tunesmith.data import normalize
+
+    normalize._seeded()
+    points = range(0x17000, 0x17000 + 3000)  # Tangut: assigned letters, outside the blocks verified up front
+    failures, done = [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                normalize._safe_class(0)
+            except RuntimeError as error:
+                failures.append(error)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, as two busy workers can
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for point in points:
+            normalize._verdicts([point])
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert not failures, failures
+    verified = pa.array([chr(points[0]), chr(points[-1]), chr(points[-1] + 1)])
+    assert pc.match_substring_regex(verified, normalize._safe_class(0)).to_pylist() == [False, False, True]

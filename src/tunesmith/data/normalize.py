@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import unicodedata
 
 # `_x000D_` is how Excel exports a carriage return; real task files carry it inside inputs.
@@ -108,6 +109,11 @@ def match_keys_of_normalized(texts: list[str | None]) -> list[str | None]:
 _WHITESPACE = "".join(chr(point) for point in range(0x3001) if chr(point).isspace())  # none lies higher
 _ZERO_WIDTH_CHARACTERS = "\u200b\u200c\u200d\u2060\ufeff"
 _VERDICTS: dict[int, tuple[bool, bool]] = {}  # code point -> (may normalise differently, may case-fold differently)
+# Curation's worker threads verify characters as their batches bring them (tunesmith.data.curate_checks): one
+# adding verdicts while another read them all ("dictionary changed size during iteration") failed a curation.
+# Verdicts are added and read whole under the lock; a verdict, once given, never changes.
+_VERDICTS_LOCK = threading.Lock()
+_SAFE_CLASSES: dict[int, tuple[int, str]] = {}  # which -> (verdicts it was made from, _safe_class)
 
 
 def _characters_class(code_points) -> str:
@@ -155,10 +161,13 @@ def _verdicts(points) -> None:
         normalise = [flag or unicodedata.normalize("NFKC", text) != result
                      for flag, text, result in zip(normalise, texts, theirs)]
     lowered = pc.utf8_lower(pa.array(characters, pa.string())).to_pylist()
+    verdicts = {}
     for point, character, lower, flag in zip(new, characters, lowered, normalise):
         category = unicodedata.category(character)
         flag = flag and category not in ("Co", "Cs")
-        _VERDICTS[point] = (flag, flag or character.casefold() != lower)
+        verdicts[point] = (flag, flag or character.casefold() != lower)
+    with _VERDICTS_LOCK:
+        _VERDICTS.update(verdicts)
 
 
 # Verified up front (~0.1 s): Latin, punctuation, kana, common kanji, full-width forms. Other characters
@@ -172,8 +181,15 @@ def _seeded() -> None:
 
 
 def _safe_class(which: int) -> str:
-    """An RE2 class matching any character not verified safe for `which` (0: normalise, 1: fold)."""
-    return "[^" + _characters_class(point for point, verdict in _VERDICTS.items() if not verdict[which])[1:]
+    """An RE2 class matching any character not verified safe for `which` (0: normalise, 1: fold). Made again
+    only when characters were verified since (a batch's every field asks; making it takes ~13 ms)."""
+    known, made = _SAFE_CLASSES.get(which, (-1, ""))
+    if known != len(_VERDICTS):
+        with _VERDICTS_LOCK:
+            known, verdicts = len(_VERDICTS), list(_VERDICTS.items())
+        made = "[^" + _characters_class(point for point, verdict in verdicts if not verdict[which])[1:]
+        _SAFE_CLASSES[which] = (known, made)
+    return made
 
 
 @functools.cache
@@ -230,7 +246,7 @@ def _with_python_rows(array, result, which: int, function, plain=None):
     if not pc.any(mask).as_py():
         return result
     known = len(_VERDICTS)
-    _verdicts(sorted(set("".join(array.filter(mask).to_pylist())) - set(map(chr, _VERDICTS)), key=ord))
+    _verdicts(sorted(set("".join(array.filter(mask).to_pylist())), key=ord))  # those not verified yet
     if len(_VERDICTS) > known:  # newly verified characters may clear most of those rows
         mask = matching(array, _safe_class(which), plain)
         if not pc.any(mask).as_py():
