@@ -420,6 +420,31 @@ def test_ingest_source_writes_raw_records_with_what_was_read(tmp_path):
         ingest_source({"id": "t", "path": str(tmp_path / "a.jsonl"), "role": "pretrain"}, str(tmp_path / "t.parquet"))
 
 
+def test_jsonl_lines_read_the_same_whatever_the_chunk_boundaries_cut(tmp_path, monkeypatch):
+    """JSONL is read in chunks into one reused buffer, a line unfinished at a chunk's end carried to the next: a
+    BOM, CRLF and lone CR, bad bytes, multi-byte characters, blank lines, a line longer than a chunk, one over
+    curate.max_line_bytes and a last line without a line feed read alike wherever the chunks end."""
+    from tunesmith.data import ingest
+
+    lines = [b"\xef\xbb\xbf" + record(instruction="最初", output="o").encode(), record(instruction="ＣＲＬＦ", output="é").encode()
+             + b"\r", b"", b"lone\rCR", b'{"instruction": "\xff\xfe", "output": "x"}', "かなカナ漢字".encode() * 9,
+             b"x" * 150, b"y" * 5000, b"\r", "最後".encode()]
+    (tmp_path / "a.jsonl").write_bytes(data := b"\n".join(lines))
+    read = []
+    for chunk in (1 << 20, 5, 17, 64, 149, 151, 4096, len(data) - 1, len(data), len(data) + 1):
+        monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(ingest, "SKIP_BYTES", 7)
+        ingest.ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"),
+                             max_line_bytes=4500)
+        read.append([(row["line"], row["raw"], row["read_reason"]) for row in pq.read_table(tmp_path / "a.parquet").to_pylist()])
+    assert all(rows == read[0] for rows in read[1:])
+    assert [(line, reason) for line, _, reason in read[0]] == [(line, None) for line in range(1, 11)] \
+        [:4] + [(5, "invalid_utf8"), (6, None), (7, None), (8, "too_long"), (9, None), (10, None)]
+    assert [raw for _, raw, _ in read[0]][:4] == [record(instruction="最初", output="o"),
+                                                  record(instruction="ＣＲＬＦ", output="é"), "", "lone\rCR"]
+    assert read[0][5][1] == "かなカナ漢字" * 9 and read[0][7][1] == "y" * 1000 + " …" and read[0][9][1] == "最後"
+
+
 @pytest.mark.parametrize("failing", ["reading", "writing"])
 def test_ingest_that_fails_midway_leaves_no_file_and_says_why(tmp_path, monkeypatch, failing):
     """Batches are written on a second thread while the next is read: a failure on either side, with
@@ -645,8 +670,8 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
     monkeypatch.setattr(ingest, "SKIP_BYTES", 700)
     parsed = []  # the longest line handed to the JSONL splitter: over-long lines are skipped, not held whole
     split = ingest._add_jsonl_lines
-    monkeypatch.setattr(ingest, "_add_jsonl_lines", lambda file, number, data, out: (
-        parsed.append(max(map(len, data.split(b"\n")))), split(file, number, data, out))[1])
+    monkeypatch.setattr(ingest, "_add_jsonl_lines", lambda file, number, data, out, end=None: (
+        parsed.append(max(map(len, bytes(data[:end]).split(b"\n")))), split(file, number, data, out, end))[1])
     monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1500)
     split_csv = ingest._CsvLines._split
     monkeypatch.setattr(ingest._CsvLines, "_split", lambda lines, data: (
