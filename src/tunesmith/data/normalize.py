@@ -246,7 +246,7 @@ def _with_python_rows(array, result, which: int, function, plain=None):
     if not pc.any(mask).as_py():
         return result
     known = len(_VERDICTS)
-    _verdicts(sorted(set("".join(array.filter(mask).to_pylist())), key=ord))  # those not verified yet
+    _verdicts(sorted(set("".join(array.filter(mask).to_pylist())), key=ord))  # it skips those already verified
     if len(_VERDICTS) > known:  # newly verified characters may clear most of those rows
         mask = matching(array, _safe_class(which), plain)
         if not pc.any(mask).as_py():
