@@ -141,6 +141,23 @@ def test_csv_rows_keep_their_starting_line(tmp_path):
     assert card["sources"]["csv"]["rows_in"] == 8  # the header is not a record; lines 3-4 are one
 
 
+def test_a_csv_record_reads_as_json_dumps_writes_its_fields(tmp_path):
+    """A CSV record becomes the JSON text `json.dumps` makes of header -> field (written faster, per field):
+    quotes, backslashes, controls, line and paragraph separators, full-width and astral characters alike."""
+    import csv
+
+    from tunesmith.data.ingest import ingest_source
+
+    header = ["指示", 'a "quoted" \\ key', "output"]
+    rows = [["日本の首都は？", 'say "hi"\\n', "東京です。\t（答え）"], ["\x01\x1f\x7f", "\u2028\u2029", "😀\u200dＡ"],
+            ["", "line\nbreak", "</script>"]]
+    with open(tmp_path / "rows.csv", "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    ingest_source({"id": "c", "path": str(tmp_path / "rows.csv"), "format": "csv", "role": "sft"}, str(tmp_path / "c.parquet"))
+    assert pq.read_table(tmp_path / "c.parquet")["raw"].to_pylist() == [
+        json.dumps(dict(zip(header, row)), ensure_ascii=False) for row in rows]
+
+
 def test_parquet_glob_rows_numbered_per_file_and_mapped(tmp_path):
     pq.write_table(pa.table({"question": ["Q1", "Q2", None], "answer": ["A1", None, "A3"]}), tmp_path / "p1.parquet")
     pq.write_table(pa.table({"question": ["Q4", "Q5"], "answer": ["A4", ""], "meta": [{"n": 1}, None]}),

@@ -24,6 +24,7 @@ import json
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor, wait
+from json.encoder import encode_basestring
 from pathlib import Path
 
 import duckdb
@@ -215,9 +216,10 @@ def _add_jsonl_lines(file: str, number: int, data, out: _Columns, end: int | Non
     return number + count
 
 
-def _dumped(value, bad_bytes: bool) -> tuple[str, str | None, str | None]:
-    """A parsed value as JSON text, with invalid bytes (lone surrogates) replaced and reported."""
-    text = json.dumps(value, ensure_ascii=False)
+def _dumped(value, bad_bytes: bool, text: str | None = None) -> tuple[str, str | None, str | None]:
+    """A parsed value as JSON text (`text`, when the caller wrote it as `json.dumps` would), with invalid bytes
+    (lone surrogates) replaced and reported."""
+    text = json.dumps(value, ensure_ascii=False) if text is None else text
     if not SURROGATES.search(text):
         return text, None, None
     if bad_bytes:
@@ -391,6 +393,9 @@ def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines
     if duplicated:
         raise IngestError(f"{source.at(file)}: the header repeats the columns {duplicated}")
     width = len(header)
+    # A record's JSON text as json.dumps writes a dict of header -> field, its keys encoded once: 3x faster per
+    # record (json.dumps was 40% of reading a CSV file of short fields: 300k rows 0.90 s against 0.27).
+    keys = [encode_basestring(name) + ": " for name in header]
     while True:
         lines.taken = taken = []
         try:
@@ -418,7 +423,8 @@ def _read_csv_records(file: str, out: _Columns, source: Source, lines: _CsvLines
             out.add(file, line, "")
         elif len(fields) == width:
             # Surrogates in CSV text can only be bytes that were not UTF-8 (CSV has no escapes).
-            out.add(file, line, *_dumped(dict(zip(header, fields)), True))
+            record = "{" + ", ".join([key + encode_basestring(field) for key, field in zip(keys, fields)]) + "}"
+            out.add(file, line, *_dumped(None, True, record))
         else:
             raw, reason, detail = _dumped(fields, True)
             out.add(file, line, raw, reason or "wrong_column_count",
