@@ -5,6 +5,7 @@
     python bench/curate.py --scaling 1000000,3000000,10000000,30000000 --memory-limit 2GB   # the exponent
     python bench/curate.py --sides ours --near   # with the near-duplicate pass (the schema's default) on
     python bench/curate.py --sides ours --style conversational   # ours on the corpus as alpaca and as that style
+    python bench/curate.py --sides ours --style csv   # ours on the corpus as JSONL and as CSV
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
 about 20% duplicates after normalisation (10% exact copies, 10% copies differing in full-width
@@ -35,7 +36,8 @@ rejected) under the columns `question` and `good`, mapped in the source entry; c
 in TRL's conversational form (the prompt a list of one user turn, each answer one assistant turn). The
 baselines read alpaca alone, so this compares ours with ours: a record of another style costs about what an
 alpaca record does when SQL reads it where it is (a renamed column, a two-turn conversation's contents, a
-conversational pair's), not a Python call per record.
+conversational pair's), not a Python call per record. `--style csv` writes the alpaca records as a CSV file
+(a line that is no JSON object as a row of its own text) and curates that: what reading CSV costs over JSONL.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ STYLES = {
                        lambda prompt, answer: {"question": [{"role": "user", "content": prompt}],
                                                "good": [{"role": "assistant", "content": answer}],
                                                "rejected": [{"role": "assistant", "content": REFUSAL}]}),
+    "csv": ("sft", "alpaca", {}, None),  # alpaca records as CSV rows (restyled)
 }
 REFUSAL = "分かりません。"
 
@@ -134,6 +137,8 @@ REFUSAL = "分かりません。"
 def restyled(path: Path, style: str) -> Path:
     """The corpus's records written in `style` (see the module's docstring); lines that are not JSON objects
     as they are."""
+    if style == "csv":
+        return _as_csv(path)
     styled = path.with_name(f"corpus.{style}.jsonl")
     with open(path, encoding="utf-8") as lines, open(styled, "w", encoding="utf-8") as handle:
         for line in lines:
@@ -151,14 +156,35 @@ def restyled(path: Path, style: str) -> Path:
     return styled
 
 
+def _as_csv(path: Path) -> Path:
+    """The corpus as a CSV file of instruction, input, output (quoted where the csv module's writer quotes);
+    a line that is not a JSON object becomes a row of its text alone (a row of the wrong width)."""
+    import csv
+
+    styled = path.with_name("corpus.csv")
+    with open(path, encoding="utf-8") as lines, open(styled, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["instruction", "input", "output"])
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            writer.writerow([row.get(key, "") for key in ("instruction", "input", "output")]
+                            if isinstance(row, dict) else [line.rstrip("\n")])
+        handle.flush()
+        os.fsync(handle.fileno())
+    return styled
+
+
 def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None = None, name: str = "ours",
              style: str = "alpaca") -> dict:
     from tunesmith.data.curate import curate
     from tunesmith.data.ingest import ingest_source
 
     role, tunesmith_style, columns, _ = STYLES.get(style, ("sft", "alpaca", {}, None))
-    source = {"id": "bench", "path": corpus_path, "format": "jsonl", "role": role, "style": tunesmith_style,
-              "columns": columns}
+    source = {"id": "bench", "path": corpus_path, "format": "csv" if style == "csv" else "jsonl", "role": role,
+              "style": tunesmith_style, "columns": columns}
     ingest_source(source, f"{out}/{name}.ingested.parquet")
     card = curate([source], role, "none", SETTINGS, f"{out}/{name}.parquet", f"{out}/{name}.quarantine.parquet",
                   f"{out}/{name}.card.json", ingested=[f"{out}/{name}.ingested.parquet"], seed=SEED, threads=threads,

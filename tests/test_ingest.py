@@ -1,6 +1,8 @@
 """Ingest: every format and record style through `curate`, exact file/line, and every record accounted for."""
 
+import csv
 import datetime
+import io
 import json
 import re
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from tunesmith.data.curate import CurationError, curate
 from tunesmith.data.sources import IngestError, source_files
@@ -125,7 +128,8 @@ def test_csv_rows_keep_their_starting_line(tmp_path):
             b"Empty output,,\r\n"                  # 7
             b"\xff bad,,x\r\n"                     # 8
             b"nul\x00inside,,y\r\n"                # 9: a NUL never trains
-            b"short\r\n")                          # 10
+            b"short\r\n"                           # 10
+            b'"\xfe quoted",,z\r\n')                # 11: read by the csv module, not alone as line 8
     (tmp_path / "rows.csv").write_bytes(data)
     card, kept, quarantined = run(tmp_path, [{"id": "csv", "path": str(tmp_path / "rows.csv"), "format": "csv"}])
     assert outcomes(tmp_path, kept, quarantined) == {
@@ -135,17 +139,16 @@ def test_csv_rows_keep_their_starting_line(tmp_path):
         ("rows.csv", 8): ("invalid_utf8", "invalid UTF-8 bytes in the record"),
         ("rows.csv", 9): ("control_characters", "instruction: U+0000 NUL at character 4, 1 in all"),
         ("rows.csv", 10): ("wrong_column_count", "1 fields, the header has 3"),
+        ("rows.csv", 11): ("invalid_utf8", "invalid UTF-8 bytes in the record"),
     }
     assert [row["prompt"] for row in kept] == ["Say hi", "Multi\nline\nctx"]
     assert raw_at(quarantined, "rows.csv", 8) == '{"instruction": "\ufffd bad", "input": "", "output": "x"}'
-    assert card["sources"]["csv"]["rows_in"] == 8  # the header is not a record; lines 3-4 are one
+    assert card["sources"]["csv"]["rows_in"] == 9  # the header is not a record; lines 3-4 are one
 
 
 def test_a_csv_record_reads_as_json_dumps_writes_its_fields(tmp_path):
     """A CSV record becomes the JSON text `json.dumps` makes of header -> field (written faster, per field):
     quotes, backslashes, controls, line and paragraph separators, full-width and astral characters alike."""
-    import csv
-
     from tunesmith.data.ingest import ingest_source
 
     header = ["指示", 'a "quoted" \\ key', "output"]
@@ -680,6 +683,47 @@ def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
         1, [(1, "duplicate_key", "repeated: chosen")])
 
 
+
+CSV_TEXT = st.text(alphabet=st.sampled_from(list(',"\n\r\t\\%ab é日\x00\x0b\u2028')), max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(CSV_TEXT, max_size=4), max_size=12), quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+       end=st.sampled_from(["\n", "\r\n", "\r"]), block=st.integers(8, 300))
+def test_csv_records_read_as_the_csv_module_reads_them_whichever_way_they_are_read(tmp_path, monkeypatch, rows, quoting,
+                                                                                    end, block):
+    """A record of one line without a quote is read without the csv module, the others by it (_one_line_records):
+    every record gets what `csv.reader` gives over the same lines (a line ends at LF, CRLF or a lone CR), from
+    its starting line: an empty line an empty record, a row of another width kept apart as its JSON list."""
+    from tunesmith.data import ingest
+
+    header = ["instruction", "input", "output"]
+    text = io.StringIO()
+    csv.writer(text, quoting=quoting, lineterminator=end).writerows([header, *rows])
+    reference = csv.reader(io.StringIO(text.getvalue(), newline=""), strict=True)
+    expected = []
+    try:
+        next(reference)
+        while True:
+            line = reference.line_num + 1
+            fields = next(reference, None)
+            if fields is None:
+                break
+            if not fields:
+                expected.append((line, "", None))
+            elif len(fields) == len(header):
+                expected.append((line, json.dumps(dict(zip(header, fields)), ensure_ascii=False), None))
+            else:
+                expected.append((line, json.dumps(fields, ensure_ascii=False), "wrong_column_count"))
+    except csv.Error:  # a written field with a lone CR can end a line inside an unquoted field: not this test's
+        assume(False)
+    (tmp_path / "rows.csv").write_text(text.getvalue(), encoding="utf-8", newline="")
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", block)  # records across blocks
+    ingest.ingest_source({"id": "c", "path": str(tmp_path / "rows.csv"), "format": "csv", "role": "sft"},
+                         str(tmp_path / "c.parquet"))
+    table = pq.read_table(tmp_path / "c.parquet")
+    assert list(zip(*(table[name].to_pylist() for name in ("line", "raw", "read_reason")))) == expected
+
 def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatch):
     from tunesmith.data import ingest
 
@@ -697,7 +741,7 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
     (tmp_path / "a.jsonl").write_text(jsonl(record(instruction="I1", output="o"), long, long + "   ",
                                             record(instruction="I4", output="o"), long), encoding="utf-8")
     (tmp_path / "b.csv").write_text("instruction,output\nC2,o\n" + "x" * 6000 + ",o\nC4,o\n" + "y" * 3000 + "\n"
-                                    '"Open\n' + "z" * 3000 + '\nclosed",o\nC9,o\n', encoding="utf-8")
+                                    '"Open\n' + "z" * 3000 + '\nclosed",o\nC9,o\n' + "w" * 2040 + ",o\n", encoding="utf-8")
     pq.write_table(pa.table({"instruction": ["P1", "p" * 3000], "output": ["o", "o"]}), tmp_path / "c.parquet")
     card, kept, quarantined = run(tmp_path, [
         {"id": "a", "path": str(tmp_path / "a.jsonl")},
@@ -717,10 +761,13 @@ def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatc
         ("b.csv", 5): "3000 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
         # a quoted field around an over-long line still ends where it ends: lines 6-8 are one record
         ("b.csv", 6): "line 7: 3000 bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
+        # a line within the limit whose record (its JSON text) is not
+        ("b.csv", 10): f"{len(json.dumps({'instruction': 'w' * 2040, 'output': 'o'}))} bytes, over curate.max_line_bytes "
+                       "2048 (not read; the first 1000 characters kept)",
         ("c.parquet", 2): f"{len(json.dumps({'instruction': 'p' * 3000, 'output': 'o'}, separators=(',', ':')))} "
                           "bytes, over curate.max_line_bytes 2048 (not read; the first 1000 characters kept)",
     }
     assert {row["reason"] for row in quarantined} == {"too_long"}
     assert max(parsed) <= 2048 + 1500  # at most the limit and a block, never a 6 kB line
     assert raw_at(quarantined, "a.jsonl", 2) == long[:1000] + " …"
-    assert card["sources"]["a"]["rows_in"] == 5 and card["sources"]["b"]["rows_in"] == 6
+    assert card["sources"]["a"]["rows_in"] == 5 and card["sources"]["b"]["rows_in"] == 7
