@@ -685,44 +685,91 @@ def test_a_record_that_repeats_a_key_is_quarantined_in_every_style(tmp_path):
 
 
 CSV_TEXT = st.text(alphabet=st.sampled_from(list(',"\n\r\t\\%ab é日\x00\x0b\u2028')), max_size=6)
+CSV_HEADER = ["instruction", "input", "output"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.lists(CSV_TEXT, max_size=4), max_size=12), quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
-       end=st.sampled_from(["\n", "\r\n", "\r"]), block=st.integers(8, 300))
-def test_csv_records_read_as_the_csv_module_reads_them_whichever_way_they_are_read(tmp_path, monkeypatch, rows, quoting,
-                                                                                    end, block):
-    """A record of one line without a quote is read without the csv module, the others by it (_one_line_records):
-    every record gets what `csv.reader` gives over the same lines (a line ends at LF, CRLF or a lone CR), from
-    its starting line: an empty line an empty record, a row of another width kept apart as its JSON list."""
-    from tunesmith.data import ingest
-
-    header = ["instruction", "input", "output"]
-    text = io.StringIO()
-    csv.writer(text, quoting=quoting, lineterminator=end).writerows([header, *rows])
-    reference = csv.reader(io.StringIO(text.getvalue(), newline=""), strict=True)
+def as_the_csv_module_reads(text: str, delimiter: str) -> list[tuple] | None:
+    """(line, raw, read_reason) of each record `csv.reader` reads in `text` after its header (a line ends at LF,
+    CRLF or a lone CR), as ingest writes it; None when the reader refuses the text."""
+    reference = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     expected = []
     try:
         next(reference)
         while True:
-            line = reference.line_num + 1
+            line = reference.line_num + 1  # the lines read so far: a record starts on the next
             fields = next(reference, None)
             if fields is None:
-                break
+                return expected
             if not fields:
                 expected.append((line, "", None))
-            elif len(fields) == len(header):
-                expected.append((line, json.dumps(dict(zip(header, fields)), ensure_ascii=False), None))
+            elif len(fields) == len(CSV_HEADER):
+                expected.append((line, json.dumps(dict(zip(CSV_HEADER, fields)), ensure_ascii=False), None))
             else:
                 expected.append((line, json.dumps(fields, ensure_ascii=False), "wrong_column_count"))
-    except csv.Error:  # a written field with a lone CR can end a line inside an unquoted field: not this test's
-        assume(False)
-    (tmp_path / "rows.csv").write_text(text.getvalue(), encoding="utf-8", newline="")
-    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", block)  # records across blocks
-    ingest.ingest_source({"id": "c", "path": str(tmp_path / "rows.csv"), "format": "csv", "role": "sft"},
-                         str(tmp_path / "c.parquet"))
+    except csv.Error:
+        return None
+
+
+def ingested_csv(tmp_path, text: str, delimiter: str) -> list[tuple]:
+    from tunesmith.data.ingest import ingest_source
+
+    path = tmp_path / ("rows.tsv" if delimiter == "\t" else "rows.csv")
+    path.write_text(text, encoding="utf-8", newline="")
+    ingest_source({"id": "c", "path": str(path), "format": "csv", "role": "sft"}, str(tmp_path / "c.parquet"))
     table = pq.read_table(tmp_path / "c.parquet")
-    assert list(zip(*(table[name].to_pylist() for name in ("line", "raw", "read_reason")))) == expected
+    return list(zip(*(table[name].to_pylist() for name in ("line", "raw", "read_reason"))))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(CSV_TEXT, max_size=4), max_size=12), quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+       end=st.sampled_from(["\n", "\r\n", "\r"]), delimiter=st.sampled_from([",", "\t"]), block=st.integers(8, 300))
+def test_csv_records_read_as_the_csv_module_reads_them_whichever_way_they_are_read(tmp_path, monkeypatch, rows, quoting,
+                                                                                    end, delimiter, block):
+    """Records are read three ways (a block of lines over Arrow arrays, a line without a quote alone, the csv
+    module over lines for the rest and what the first two cannot read): every record gets what `csv.reader`
+    gives over the same lines, from its starting line: an empty line an empty record, a row of another width kept
+    apart as its JSON list."""
+    from tunesmith.data import ingest
+
+    text = io.StringIO()
+    csv.writer(text, quoting=quoting, lineterminator=end, delimiter=delimiter).writerows([CSV_HEADER, *rows])
+    expected = as_the_csv_module_reads(text.getvalue(), delimiter)
+    assume(expected is not None)  # a written field with a lone CR can end a line inside an unquoted field
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", block)  # records across blocks
+    assert ingested_csv(tmp_path, text.getvalue(), delimiter) == expected
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, monkeypatch, end):
+    """A file of many blocks: most records are read a block at a time (_block_records), and every record, plain,
+    quoted, over several lines (a field holding LF or CRLF), empty, of another width, with controls, backslashes,
+    tabs or percent signs, gets what `csv.reader` gives."""
+    import random
+
+    from tunesmith.data import ingest
+
+    rng, rows = random.Random(7), []
+    pieces = ["質問", "answer", "a,b", 'say "hi"', "line\nbreak", "crlf\r\nbreak", "back\\slash", "tab\there", "%s %d",
+              "bell\x07", "é", ""]
+    for _ in range(3000):
+        width = rng.choice([3] * 12 + [0, 1, 4])
+        rows.append([rng.choice(pieces[:2] * 20 + pieces) + str(rng.randrange(100)) for _ in range(width)])
+    text = io.StringIO()
+    csv.writer(text, lineterminator=end).writerows([CSV_HEADER, *rows])
+    expected = as_the_csv_module_reads(text.getvalue(), ",")
+    read, block_records = [], ingest._block_records  # lines read a block at a time
+
+    def counted(file, out, lines, *rest):
+        number = lines.number
+        done = block_records(file, out, lines, *rest)
+        read.append(lines.number - number)
+        return done
+
+    monkeypatch.setattr(ingest, "_block_records", counted)
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 2048)
+    assert expected is not None and ingested_csv(tmp_path, text.getvalue(), ",") == expected
+    assert sum(read) > 0.8 * len(text.getvalue().splitlines())
+
 
 def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatch):
     from tunesmith.data import ingest
