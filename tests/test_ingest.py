@@ -444,7 +444,7 @@ def test_jsonl_lines_read_the_same_whatever_the_chunk_boundaries_cut(tmp_path, m
     """JSONL is read in chunks into one reused buffer, a line unfinished at a chunk's end carried to the next: a
     BOM, CRLF and lone CR, bad bytes, multi-byte characters, blank lines, a line longer than a chunk, one over
     curate.max_line_bytes and a last line without a line feed read alike wherever the chunks end."""
-    from tunesmith.data import ingest
+    from tunesmith.data import ingest, records
 
     lines = [b"\xef\xbb\xbf" + record(instruction="最初", output="o").encode(), record(instruction="ＣＲＬＦ", output="é").encode()
              + b"\r", b"", b"lone\rCR", b'{"instruction": "\xff\xfe", "output": "x"}', "かなカナ漢字".encode() * 9,
@@ -453,7 +453,7 @@ def test_jsonl_lines_read_the_same_whatever_the_chunk_boundaries_cut(tmp_path, m
     read = []
     for chunk in (1 << 20, 5, 17, 64, 149, 151, 4096, len(data) - 1, len(data), len(data) + 1):
         monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", chunk)
-        monkeypatch.setattr(ingest, "SKIP_BYTES", 7)
+        monkeypatch.setattr(records, "SKIP_BYTES", 7)
         ingest.ingest_source({"id": "a", "path": str(tmp_path / "a.jsonl"), "role": "sft"}, str(tmp_path / "a.parquet"),
                              max_line_bytes=4500)
         read.append([(row["line"], row["raw"], row["read_reason"]) for row in pq.read_table(tmp_path / "a.parquet").to_pylist()])
@@ -568,8 +568,9 @@ def test_a_parquet_source_streams_in_batches_and_bad_bytes_late_in_a_file_lose_n
     """Parquet rows are read a batch at a time (bounded memory), in file and row order; a string that is not
     UTF-8 after some batches were taken makes the rest of its file be read again as bytes: no row twice, none lost."""
     import tunesmith.data.ingest as ingest
+    from tunesmith.data.records import Columns
 
-    monkeypatch.setattr(ingest._Columns, "BATCH_ROWS", 300)
+    monkeypatch.setattr(Columns, "BATCH_ROWS", 300)
     rows = 30_000  # DuckDB's scan reads ~10k rows ahead of the batches it has handed over
     texts = [f"質問{i}".encode() for i in range(rows)]
     texts[25_000] = b"Q\xff bad"
@@ -729,13 +730,13 @@ def test_csv_records_read_as_the_csv_module_reads_them_whichever_way_they_are_re
     module over lines for the rest and what the first two cannot read): every record gets what `csv.reader`
     gives over the same lines, from its starting line: an empty line an empty record, a row of another width kept
     apart as its JSON list."""
-    from tunesmith.data import ingest
+    from tunesmith.data import ingest_csv
 
     text = io.StringIO()
     csv.writer(text, quoting=quoting, lineterminator=end, delimiter=delimiter).writerows([CSV_HEADER, *rows])
     expected = as_the_csv_module_reads(text.getvalue(), delimiter)
     assume(expected is not None)  # a written field with a lone CR can end a line inside an unquoted field
-    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", block)  # records across blocks
+    monkeypatch.setattr(ingest_csv, "CSV_BLOCK_BYTES", block)  # records across blocks
     assert ingested_csv(tmp_path, text.getvalue(), delimiter) == expected
 
 
@@ -746,7 +747,7 @@ def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, m
     tabs or percent signs, gets what `csv.reader` gives."""
     import random
 
-    from tunesmith.data import ingest
+    from tunesmith.data import ingest_csv
 
     rng, rows = random.Random(7), []
     pieces = ["質問", "answer", "a,b", 'say "hi"', "line\nbreak", "crlf\r\nbreak", "back\\slash", "tab\there", "%s %d",
@@ -757,7 +758,7 @@ def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, m
     text = io.StringIO()
     csv.writer(text, lineterminator=end).writerows([CSV_HEADER, *rows])
     expected = as_the_csv_module_reads(text.getvalue(), ",")
-    read, block_records = [], ingest._block_records  # lines read a block at a time
+    read, block_records = [], ingest_csv._block_records  # lines read a block at a time
 
     def counted(file, out, lines, *rest):
         number = lines.number
@@ -765,25 +766,27 @@ def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, m
         read.append(lines.number - number)
         return done
 
-    monkeypatch.setattr(ingest, "_block_records", counted)
-    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 2048)
+    monkeypatch.setattr(ingest_csv, "_block_records", counted)
+    monkeypatch.setattr(ingest_csv, "CSV_BLOCK_BYTES", 2048)
     assert expected is not None and ingested_csv(tmp_path, text.getvalue(), ",") == expected
     assert sum(read) > 0.8 * len(text.getvalue().splitlines())
 
 
 def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatch):
-    from tunesmith.data import ingest
+    from tunesmith.data import ingest, ingest_csv, records
 
     monkeypatch.setattr(ingest, "JSONL_CHUNK_BYTES", 1500)  # lines over the limit inside and across chunks
-    monkeypatch.setattr(ingest, "SKIP_BYTES", 700)
-    parsed = []  # the longest line handed to the JSONL splitter: over-long lines are skipped, not held whole
+    monkeypatch.setattr(records, "SKIP_BYTES", 700)
+    parsed = []  # the longest line handed to a splitter: over-long lines are skipped, not held whole
     split = ingest._add_jsonl_lines
     monkeypatch.setattr(ingest, "_add_jsonl_lines", lambda file, number, data, out, end=None: (
         parsed.append(max(map(len, bytes(data[:end]).split(b"\n")))), split(file, number, data, out, end))[1])
-    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1500)
-    split_csv = ingest._CsvLines._split
-    monkeypatch.setattr(ingest._CsvLines, "_split", lambda lines, data: (
+    monkeypatch.setattr(ingest_csv, "CSV_BLOCK_BYTES", 1500)
+    split_csv, block_records = ingest_csv._CsvLines._split, ingest_csv._block_records
+    monkeypatch.setattr(ingest_csv._CsvLines, "_split", lambda lines, data: (
         parsed.append(max(map(len, data.split(b"\n")))), split_csv(lines, data))[1])
+    monkeypatch.setattr(ingest_csv, "_block_records", lambda file, out, lines, data, *rest: (
+        parsed.append(max(map(len, data.split(b"\n")))), block_records(file, out, lines, data, *rest))[1])
     long = record(instruction="L" * 6000, output="o")
     (tmp_path / "a.jsonl").write_text(jsonl(record(instruction="I1", output="o"), long, long + "   ",
                                             record(instruction="I4", output="o"), long), encoding="utf-8")

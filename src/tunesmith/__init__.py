@@ -25,7 +25,7 @@ tunesmith/      (imports point down: a layer uses only the layers below it)
   judge/       judge judge_backends judge_cache judge_stats rubric
   generation/  generate guards submission
   model/       model template adapters base_model
-  data/        sources ingest styles normalize measures curate curate_checks curate_pipeline
+  data/        sources records ingest_csv ingest styles normalize measures curate curate_checks curate_pipeline
                ngrams near_dup card export_data unpaired tasks
   config/      recipe_file schema recipe plan trl_fields
   jobs/        atomic logs progress reads manifest
