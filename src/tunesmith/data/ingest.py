@@ -10,8 +10,10 @@ CSV row of the wrong width or broken quoting (`malformed_csv`), and a line (or r
 limit; its first TOO_LONG_KEPT_CHARS characters are kept for the quarantine). Record styles are
 curation's business (`tunesmith.data.styles`).
 
-The CSV reader is tunesmith.data.ingest_csv; what every reader shares (the rows a batch at a time, over-long
-lines, bad bytes) is tunesmith.data.records.
+Over 350 lines because each format's reader keeps the line or row a quarantine points at (JSONL split a chunk
+at a time, a Parquet file read again as bytes after a string that is not UTF-8, datasets); the CSV reader is
+tunesmith.data.ingest_csv, what every reader shares (the rows a batch at a time, over-long lines, bad bytes)
+tunesmith.data.records.
 """
 
 from __future__ import annotations
