@@ -741,10 +741,12 @@ def test_csv_records_read_as_the_csv_module_reads_them_whichever_way_they_are_re
 
 
 @pytest.mark.parametrize("end", ["\n", "\r\n"])
-def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, monkeypatch, end):
-    """A file of many blocks: most records are read a block at a time (_block_records), and every record, plain,
-    quoted, over several lines (a field holding LF or CRLF), empty, of another width, with controls, backslashes,
-    tabs or percent signs, gets what `csv.reader` gives."""
+@pytest.mark.parametrize("block", [2048, 1 << 20], ids=["many-blocks", "one-block"])
+def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, monkeypatch, end, block):
+    """A file of many blocks, or of one (the header's, whose lines after the header are read as any block's):
+    most records are read a block at a time (_block_records), and every record, plain, quoted, over several
+    lines (a field holding LF or CRLF), empty, of another width, with controls, backslashes, tabs or percent
+    signs, gets what `csv.reader` gives."""
     import random
 
     from tunesmith.data import ingest_csv
@@ -767,10 +769,26 @@ def test_csv_blocks_are_read_over_arrow_as_the_csv_module_reads_them(tmp_path, m
         return done
 
     monkeypatch.setattr(ingest_csv, "_block_records", counted)
-    monkeypatch.setattr(ingest_csv, "CSV_BLOCK_BYTES", 2048)
+    monkeypatch.setattr(ingest_csv, "CSV_BLOCK_BYTES", block)
     assert expected is not None and ingested_csv(tmp_path, text.getvalue(), ",") == expected
     assert sum(read) > 0.8 * len(text.getvalue().splitlines())
 
+
+
+@pytest.mark.parametrize("block", [4096, 1 << 20], ids=["cut-by-the-block", "within-it"])
+def test_an_over_long_line_in_a_csv_files_first_block_keeps_every_line_numbered(tmp_path, monkeypatch, block):
+    """The header's block holds its lines after the header for the block reader; a line over the limit that
+    follows them, cut by the block's end or within it, is numbered after them, not before."""
+    from tunesmith.data import ingest_csv
+    from tunesmith.data.ingest import ingest_source
+
+    monkeypatch.setattr(ingest_csv, "CSV_BLOCK_BYTES", block)
+    (tmp_path / "rows.csv").write_text("instruction,output\nA,o\nB,o\n" + "x" * 6000 + ",o\nC,o\n", encoding="utf-8")
+    ingest_source({"id": "c", "path": str(tmp_path / "rows.csv"), "format": "csv", "role": "sft"},
+                  str(tmp_path / "c.parquet"), max_line_bytes=2048)
+    table = pq.read_table(tmp_path / "c.parquet")
+    assert list(zip(table["line"].to_pylist(), table["read_reason"].to_pylist())) == [
+        (2, None), (3, None), (4, "too_long"), (5, None)]
 
 def test_a_line_over_max_line_bytes_is_quarantined_unparsed(tmp_path, monkeypatch):
     from tunesmith.data import ingest, ingest_csv, records

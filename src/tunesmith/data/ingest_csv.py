@@ -27,6 +27,14 @@ LINE_ENDS_BYTES = re.compile(LINE_ENDS.pattern.encode())
 OTHER_LINE_ENDS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
+def _after_first_line(data: bytes, end: int) -> int:
+    """Where the first line of `data[:end]` (which holds a line end) ends: after its LF, CRLF or lone CR."""
+    feed, cr = data.find(b"\n", 0, end), data.find(b"\r", 0, end)
+    if cr != -1 and (feed == -1 or cr < feed):
+        return cr + 2 if data[cr + 1:cr + 2] == b"\n" else cr + 1
+    return feed + 1
+
+
 class _CsvLines:
     """The physical lines of a CSV file for `csv.reader`, one at a time (read in blocks, never the whole
     file), numbered as a person counts them (LF, CRLF or a lone CR ends a line). The lines of the
@@ -36,6 +44,7 @@ class _CsvLines:
 
     def __init__(self, handle, limit: int):
         self.handle, self.limit, self.number, self.pending = handle, limit, 0, b""
+        self.held = b""  # whole lines of the first block after its first line, split when next asked (see fill)
         self.queue: collections.deque = collections.deque()  # lines given back, or read and not handed out
         self.taken: list[tuple] = []  # (number, text, had invalid UTF-8) of the record's lines (see above)
 
@@ -61,6 +70,10 @@ class _CsvLines:
         starts: a function that reads the records it can of a block of whole lines, from its start, and says how
         many of its bytes it read (the rest are queued); it may read every block up to the file's end."""
         while not self.queue:
+            if self.held:
+                data, self.held = self.held, b""
+                self._split(data[whole(data) if whole else 0:])
+                continue
             chunk = self.handle.read(CSV_BLOCK_BYTES)
             data = self.pending + chunk
             if self.number == 0 and not self.pending:
@@ -72,6 +85,10 @@ class _CsvLines:
                 return
             end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1  # a last CR may start a CRLF
             self.pending = data[end:]
+            if end and self.number == 0 and len(self.pending) <= self.limit + 1:
+                # the header's block: its first line for the header, the rest held for `whole` where records start
+                start = _after_first_line(data, end)
+                self.held, end = data[start:end], start
             if end:
                 self._split(data[whole(data[:end]) if whole else 0:end])
             if len(self.pending) > self.limit + 1:  # a line over the limit: skipped unparsed, never held whole
