@@ -18,7 +18,7 @@ from json.encoder import encode_basestring
 
 import pyarrow as pa
 
-from tunesmith.data.records import TOO_LONG_KEPT_CHARS, Columns, dumped, repaired, skip_line, too_long
+from tunesmith.data.records import TOO_LONG_KEPT_CHARS, Columns, dumped, lines_of, repaired, skip_line, too_long
 from tunesmith.data.sources import IngestError, Source
 
 CSV_BLOCK_BYTES = 1 << 20  # CSV files are read in blocks of whole lines, split and decoded at once
@@ -276,20 +276,14 @@ def _block_records(file: str, out: Columns, lines: _CsvLines, data: bytes, names
     crs = data.count(b"\r")
     if not lines.number or crs != data.count(b"\r\n") or len(data) >= 2**31:
         return 0
-    clean = data.replace(b"\r\n", b"\n") if crs else data
-    ends = numpy.flatnonzero(numpy.frombuffer(clean, numpy.uint8) == 0x0A)
-    if not clean.endswith(b"\n"):  # the file's last line, without a line feed
-        ends = numpy.append(ends, len(clean))
-    count = len(ends)
-    if not count:
-        return 0
-    offsets = numpy.zeros(count + 1, numpy.int64)
-    offsets[1:] = ends - numpy.arange(count)  # each line ends where its line feed was, less the feeds before it
+    ended = data.endswith(b"\n")  # else it holds the file's last line, without a line feed
+    clean = (data.replace(b"\r\n", b"\n") if crs else data) + (b"" if ended else b"\n")
+    texts, ends = lines_of(clean, len(clean))
     try:
-        texts = pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets.astype(numpy.int32)),
-                                                           pa.py_buffer(clean.replace(b"\n", b""))]).cast(pa.string())
+        texts = texts.cast(pa.string())
     except pa.ArrowInvalid:
         return 0
+    count = len(ends)
     width, found = len(names), {}  # line -> (raw, reason, detail) of the records made in Python
     inside = numpy.zeros(count, bool)  # a record's second and later lines
     buffer = numpy.frombuffer(clean, numpy.uint8)
@@ -297,7 +291,7 @@ def _block_records(file: str, out: Columns, lines: _CsvLines, data: bytes, names
     written = ends  # where each line ends in `data`: a quoted record is read as written (a field keeps its CRLF)
     if crs:
         written = numpy.flatnonzero(numpy.frombuffer(data, numpy.uint8) == 0x0A)
-        written = written if data.endswith(b"\n") else numpy.append(written, len(data))
+        written = written if ended else numpy.append(written, len(data))
     # what encode_basestring escapes in a line with no quote or line end, besides a backslash and a tab
     controls = _lines_holding(buffer, ends, (buffer < 0x20) & (buffer != 0x09) & (buffer != 0x0A))
     starts = numpy.concatenate([[0], written[:-1] + 1])
