@@ -690,8 +690,8 @@ CSV_HEADER = ["instruction", "input", "output"]
 
 
 def as_the_csv_module_reads(text: str, delimiter: str) -> list[tuple] | None:
-    """(line, raw, read_reason) of each record `csv.reader` reads in `text` after its header (a line ends at LF,
-    CRLF or a lone CR), as ingest writes it; None when the reader refuses the text."""
+    """(line, raw, read_reason, read_detail) of each record `csv.reader` reads in `text` after its header (a line
+    ends at LF, CRLF or a lone CR), as ingest writes it; None when the reader refuses the text."""
     reference = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     expected = []
     try:
@@ -702,11 +702,12 @@ def as_the_csv_module_reads(text: str, delimiter: str) -> list[tuple] | None:
             if fields is None:
                 return expected
             if not fields:
-                expected.append((line, "", None))
+                expected.append((line, "", None, None))
             elif len(fields) == len(CSV_HEADER):
-                expected.append((line, json.dumps(dict(zip(CSV_HEADER, fields)), ensure_ascii=False), None))
+                expected.append((line, json.dumps(dict(zip(CSV_HEADER, fields)), ensure_ascii=False), None, None))
             else:
-                expected.append((line, json.dumps(fields, ensure_ascii=False), "wrong_column_count"))
+                expected.append((line, json.dumps(fields, ensure_ascii=False), "wrong_column_count",
+                                 f"{len(fields)} fields, the header has {len(CSV_HEADER)}"))
     except csv.Error:
         return None
 
@@ -718,7 +719,7 @@ def ingested_csv(tmp_path, text: str, delimiter: str) -> list[tuple]:
     path.write_text(text, encoding="utf-8", newline="")
     ingest_source({"id": "c", "path": str(path), "format": "csv", "role": "sft"}, str(tmp_path / "c.parquet"))
     table = pq.read_table(tmp_path / "c.parquet")
-    return list(zip(*(table[name].to_pylist() for name in ("line", "raw", "read_reason"))))
+    return list(zip(*(table[name].to_pylist() for name in ("line", "raw", "read_reason", "read_detail"))))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

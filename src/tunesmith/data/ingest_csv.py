@@ -324,7 +324,8 @@ def _block_records(file: str, out: Columns, lines: _CsvLines, data: bytes, names
         for old, new in escapes:
             column = pc.replace_substring(column, old, new)
         joined += [pa.scalar(("{" if index == 0 else '", ') + name + ': "', pa.string()), column]
-    made = pc.binary_join_element_wise(*joined, pa.scalar('"}', pa.string()), "") if width else pa.array([], pa.string())
+    made = (pc.binary_join_element_wise(*joined, pa.scalar('"}', pa.string()), "") if width
+            else pa.array([], pa.string()))
     records = numpy.flatnonzero(~inside)  # the lines that start a record, in order
     rest = sorted(found)
     places = numpy.empty(count, numpy.int64)  # each line's place in made, then the Python-made records
@@ -335,11 +336,10 @@ def _block_records(file: str, out: Columns, lines: _CsvLines, data: bytes, names
     # a record (or a line: a record's text is longer) over the limit: the line reader and `add` say so
     if len(raw) and pc.max(pc.binary_length(raw)).as_py() > out.max_line_bytes:
         return 0
-    reasons, details = [None] * count, [None] * count
-    for line in rest:
-        reasons[line], details[line] = found[line][1:]
     if len(records):
-        out.add_batch(file, lines.number + 1 + records, raw, pa.array([reasons[line] for line in records.tolist()], pa.string()),
-                      pa.array([details[line] for line in records.tolist()], pa.string()))
+        starting = records.tolist()
+        out.add_batch(file, lines.number + 1 + records, raw,
+                      pa.array([found[line][1] if line in found else None for line in starting], pa.string()),
+                      pa.array([found[line][2] if line in found else None for line in starting], pa.string()))
     lines.number += count
     return len(data) if count == len(ends) else int(starts[count])  # the bytes of the lines read

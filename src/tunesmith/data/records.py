@@ -22,13 +22,13 @@ SKIP_BYTES = 1 << 20  # an over-long line is skipped in pieces of this size
 
 
 class Columns:
-    """Rows as they are read; every BATCH_ROWS of them go to `sink` as one Arrow batch, so a source of
-    millions of lines never sits in memory as Python objects."""
+    """Rows as they are read; once BATCH_ROWS of them are in, they go to `sink` as one Arrow batch (a CSV block
+    read at once may take it past), so a source of millions of lines never sits in memory as Python objects."""
     BATCH_ROWS = 65_536
 
     def __init__(self, source_id: str, sink, max_line_bytes: int = MAX_LINE_BYTES):
         self.source_id, self.sink, self.rows, self.max_line_bytes = source_id, sink, 0, max_line_bytes
-        self.not_text: dict[str, dict[str, str]] = {}  # file -> {column: type}: see _not_text
+        self.not_text: dict[str, dict[str, str]] = {}  # file -> {column: type}: see tunesmith.data.ingest
         self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
         self.staged: list[pa.RecordBatch] = []  # rows before the lists' (add_batch), sent with them as one batch
         self.staged_rows = 0
