@@ -278,7 +278,7 @@ def _block_records(file: str, out: Columns, lines: _CsvLines, data: bytes, names
         return 0
     ended = data.endswith(b"\n")  # else it holds the file's last line, without a line feed
     clean = (data.replace(b"\r\n", b"\n") if crs else data) + (b"" if ended else b"\n")
-    texts, ends = lines_of(clean, len(clean))
+    texts, ends = lines_of(clean)
     try:
         texts = texts.cast(pa.string())
     except pa.ArrowInvalid:

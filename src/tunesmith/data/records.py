@@ -66,11 +66,8 @@ class Columns:
         """Records of one file, in order: their lines (numpy) and Arrow string arrays (raw, reason, detail), each
         within curate.max_line_bytes. Kept with the rows around them until a batch is full."""
         self._stage()
-        n = len(raw)
-        self.staged.append(pa.record_batch([
-            pa.repeat(pa.scalar(self.source_id, pa.string()), n), pa.repeat(pa.scalar(file, pa.string()), n),
-            pa.array(lines, pa.int64()), raw, reason, detail], schema=INGESTED_SCHEMA))
-        self.staged_rows += n
+        self.staged.append(self._batch(pa.repeat(pa.scalar(file, pa.string()), len(raw)), lines, raw, reason, detail))
+        self.staged_rows += len(raw)
         if self.staged_rows >= self.BATCH_ROWS:
             self.flush()
 
@@ -89,21 +86,21 @@ class Columns:
         self.flush()
         n = len(raw)
         self.rows += n
-        self.sink(pa.record_batch([pa.repeat(pa.scalar(self.source_id, pa.string()), n),
-                                   pa.repeat(pa.scalar(file, pa.string()), n),
-                                   pa.array(numpy.arange(first_line, first_line + n, dtype=numpy.int64)), raw.cast(pa.string()),
-                                   pa.nulls(n, pa.string()), pa.nulls(n, pa.string())], schema=INGESTED_SCHEMA))
+        self.sink(self._batch(pa.repeat(pa.scalar(file, pa.string()), n), numpy.arange(first_line, first_line + n),
+                              raw.cast(pa.string()), pa.nulls(n, pa.string()), pa.nulls(n, pa.string())))
+
+    def _batch(self, files, lines, raw, reason, detail) -> pa.RecordBatch:
+        """A batch of INGESTED_SCHEMA: this source's rows, their files, lines, raw texts and reader reasons."""
+        return pa.record_batch([pa.repeat(pa.scalar(self.source_id, pa.string()), len(raw)), files,
+                                pa.array(lines, pa.int64()), raw, reason, detail], schema=INGESTED_SCHEMA)
 
     def _stage(self) -> None:
         """The rows in the lists as a batch, after the staged ones."""
-        n = len(self.line)
-        if not n:
+        if not self.line:
             return
-        self.staged.append(pa.record_batch([
-            pa.repeat(pa.scalar(self.source_id, pa.string()), n), pa.array(self.file, pa.string()),
-            pa.array(self.line, pa.int64()), pa.array(self.raw, pa.string()), pa.array(self.reason, pa.string()),
-            pa.array(self.detail, pa.string())], schema=INGESTED_SCHEMA))
-        self.staged_rows += n
+        self.staged.append(self._batch(pa.array(self.file, pa.string()), self.line, pa.array(self.raw, pa.string()),
+                                       pa.array(self.reason, pa.string()), pa.array(self.detail, pa.string())))
+        self.staged_rows += len(self.line)
         self.file, self.line, self.raw, self.reason, self.detail = [], [], [], [], []
 
     def flush(self):
@@ -116,13 +113,13 @@ class Columns:
             self.sink(batch)
 
 
-def lines_of(data, end: int) -> tuple:
-    """The lines of `data[:end]`, each ended by a line feed, as an Arrow binary array without their line feeds
+def lines_of(data, end: int | None = None) -> tuple:
+    """The lines of `data[:end]` (all of it by default), each ended by a line feed, as an Arrow binary array without their line feeds
     (large_binary past 2 GiB), and where each line's feed is (numpy): C loops over the bytes, no work per line.
     Bytes past `end` are in none of them."""
     import numpy
 
-    ends = numpy.flatnonzero(numpy.frombuffer(data, numpy.uint8, count=end) == 0x0A)
+    ends = numpy.flatnonzero(numpy.frombuffer(data, numpy.uint8, count=len(data) if end is None else end) == 0x0A)
     count = len(ends)
     offsets = numpy.zeros(count + 1, numpy.int64)
     offsets[1:] = ends - numpy.arange(count)  # line i ends where its LF was, less the i LFs before it
