@@ -29,14 +29,17 @@ RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<
   [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s [near_dedup]
   [style style_seconds style_ratio=<ours s on alpaca / ours s on the style>]
 
-`--style text_output|messages|preference|conversational` (with `--sides ours`) also curates the same records
+`--style text_output|messages|chat|preference|conversational|implicit` (with `--sides ours`) also curates the same records
 written in that style: text_output renames the instruction `text`; messages makes each record a user turn (the
-prompt) and the assistant's answer; preference makes each a pair (the prompt, the answer chosen, a fixed refusal
+prompt) and the assistant's answer; chat puts a system turn before them (its prompt the system text and the user's,
+a blank line apart; the kept rows differ); preference makes each a pair (the prompt, the answer chosen, a fixed refusal
 rejected) under the columns `question` and `good`, mapped in the source entry; conversational writes that pair
-in TRL's conversational form (the prompt a list of one user turn, each answer one assistant turn). The
+in TRL's conversational form (the prompt a list of one user turn, each answer one assistant turn); implicit
+writes each answer as the whole conversation (the user's turn, then the answer), with no prompt column (TRL's
+implicit prompt, Anthropic's HH pairs). The
 baselines read alpaca alone, so this compares ours with ours: a record of another style costs about what an
 alpaca record does when SQL reads it where it is (a renamed column, a two-turn conversation's contents, a
-conversational pair's), not a Python call per record. `--style csv` writes the alpaca records as a CSV file
+conversational pair's) or renders the prompt of a longer conversation, not a Python call per record. `--style csv` writes the alpaca records as a CSV file
 (a line that is no JSON object as a row of its own text) and curates that: what reading CSV costs over JSONL.
 """
 
@@ -123,15 +126,22 @@ STYLES = {
     "text_output": ("sft", "text_output", {}, lambda prompt, answer: {"text": prompt, "output": answer}),
     "messages": ("sft", "messages", {}, lambda prompt, answer: {"messages": [
         {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}),
+    "chat": ("sft", "messages", {}, lambda prompt, answer: {"messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt},
+        {"role": "assistant", "content": answer}]}),
     "preference": ("preference", "preference", {"prompt": "question", "chosen": "good"},
                    lambda prompt, answer: {"question": prompt, "good": answer, "rejected": REFUSAL}),
     "conversational": ("preference", "preference", {"prompt": "question", "chosen": "good"},
                        lambda prompt, answer: {"question": [{"role": "user", "content": prompt}],
                                                "good": [{"role": "assistant", "content": answer}],
                                                "rejected": [{"role": "assistant", "content": REFUSAL}]}),
+    "implicit": ("preference", "preference", {}, lambda prompt, answer: {
+        "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+        "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": REFUSAL}]}),
     "csv": ("sft", "alpaca", {}, None),  # alpaca records as CSV rows (restyled)
 }
 REFUSAL = "分かりません。"
+SYSTEM = "あなたは誠実で優秀な日本人のアシスタントです。"
 
 
 def restyled(path: Path, style: str) -> Path:

@@ -818,6 +818,46 @@ RENAMED_CASES = {
         {"会話": ["文字列", {"role": "assistant", "content": "答え"}]},
         {"会話": [{"role": "user", "content": ""}, {"role": "assistant", "content": "空の質問"}]},
         {"messages": [{"role": "user", "content": "列の名前が違う"}, {"role": "assistant", "content": "答え"}]},
+        # Longer conversations and system turns: converted in SQL (curate_fields.sql_conversion) where Python
+        # would take them, and in Python where it refuses them, with its reason
+        {"会話": [{"role": "system", "content": "あなたは誠実です。"}, {"role": "system", "content": ""},
+                {"role": "user", "content": "一つめ\n  字下げ"}, {"role": "assistant", "content": "答え一"},
+                {"role": "Human", "content": "二つめ"}, {"role": "GPT", "content": "答え二", "weight": 1}]},
+        {"会話": [{"role": "user", "content": "始め"}, {"role": "system", "content": "途中のシステム"},
+                {"role": "assistant", "content": "前の答え"}, {"role": "user", "content": ""},
+                {"role": "assistant", "content": "最後の答え"}]},
+        {"会話": [{"role": "system", "content": "システムだけ"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "assistant", "content": "答えから"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "assistant", "content": "先に答え"}, {"role": "user", "content": "質問"},
+                {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "引用\"と\\と\u0001"}, {"role": "user", "content": "絵文字😀"},
+                {"role": "assistant", "content": ""}]},
+        {"会話": [{"role": "user", "content": "役割が未知"}, {"role": "tool", "content": "x"},
+                {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": None}, {"role": "user", "content": "null のシステム"},
+                {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, 7, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, None, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, {"role": "user", "content": ["リスト"]},
+                {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, {"role": "user", "content": "答えが数"},
+                {"role": "assistant", "content": 3}]},
+        {"会話": [{"role": "system", "content": "ShareGPT"}, {"from": "human", "value": "形が混ざる"},
+                {"from": "gpt", "value": "答え"}]},
+        {"会話": [{"from": "system", "value": "ShareGPTのシステム"}, {"from": "human", "value": "質問"},
+                {"from": "gpt", "value": "答え"}, {"from": "human", "value": "続き"}, {"from": "gpt", "value": "答え二"}]},
+        {"会話": [{"from": "human", "value": "値がない"}, {"from": "gpt"}]},
+        {"会話": [{"role": "user", "value": "役割と値"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, {"role": "user", "from": "human", "value": "混ざった鍵"},
+                {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"content": "内容だけ"}, {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, {"role": "usér", "content": "ASCIIでない"},
+                {"role": "assistant", "content": "答え"}]},
+        {"会話": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}, {"role": "ASSİSTANT", "content": "c"}]},
+        {"会話": [{"role": "system", "content": ""}, {"role": "user", "content": ""}, {"role": "assistant", "content": "空"}]},
+        {"会話": [{"role": "system", "content": "a"}]},
+        {"会話": []},
+        {"会話": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}, {"role": "user", "content": "c"}]},
     ]),
     "preference": ({"style": "preference", "columns": {"prompt": "question", "chosen": "good"}}, [
         {"question": "好きな色は？", "good": "青です。", "rejected": "分かりません。"},
@@ -847,6 +887,44 @@ RENAMED_CASES = {
         {"question": [{"role": "user", "content": "非ASCII"}], "good": [{"role": "assİstant", "content": "良い"}],
          "rejected": [{"role": "assistant", "content": "悪い"}]},
         {"question": [{"role": "user", "content": "会話"}], "good": [{"role": "assistant", "content": "良い"}], "rejected": "文字列"},
+        # Pairs given as whole conversations, system turns, longer prompts: converted in SQL (sql_conversion)
+        {"good": [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "前の質問"},
+                  {"role": "assistant", "content": "前の答え"}, {"role": "Human", "content": "次の質問"},
+                  {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "前の質問"},
+                      {"role": "assistant", "content": "前の答え"}, {"role": "Human", "content": "次の質問"},
+                      {"role": "GPT", "content": "悪い"}]},
+        {"good": [{"role": "user", "content": "違う前置き"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "別の前置き"}, {"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "system", "content": "システム"}, {"role": "user", "content": "質問"}],
+         "good": "良い", "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": None, "good": [{"role": "user", "content": "null の質問"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "null の質問"}, {"role": "assistant", "content": "悪い"}]},
+        {"question": 7, "good": [{"role": "assistant", "content": "良い"}], "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": "質問", "good": 7, "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": "質問", "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [], "good": [{"role": "user", "content": "空の質問の列"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "空の質問の列"}, {"role": "assistant", "content": "悪い"}]},
+        {"question": [{"from": "human", "value": "ShareGPTの質問"}], "good": [{"from": "gpt", "value": "良い"}],
+         "rejected": [{"from": "gpt", "value": "悪い"}]},
+        {"question": "前置きだけ", "good": [{"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "assistant", "content": "悪い"}, {"role": "user", "content": "余り"}]},
+        {"question": [{"role": "system", "content": "システムだけ"}], "good": [{"role": "user", "content": "答えの前の質問"},
+         {"role": "assistant", "content": "良い"}], "rejected": [{"role": "user", "content": "答えの前の質問"},
+         {"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "空の答え"}], "good": [], "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user", "content": "null の答え"}], "good": None, "rejected": [{"role": "assistant", "content": "悪い"}]},
+        {"question": 7, "good": [{"role": "user", "content": "数の質問"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "数の質問"}, {"role": "assistant", "content": "悪い"}]},
+        {"good": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "user", "content": "利用者で終わる"}]},
+        {"question": [{"role": "user", "content": "前"}], "good": [{"role": "assistant", "content": "中"},
+         {"role": "user", "content": "次"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "assistant", "content": "中"}, {"role": "user", "content": "次"}, {"role": "assistant", "content": "悪い"}]},
+        {"good": [{"role": "user", "content": "空の良い答え"}, {"role": "assistant", "content": ""}],
+         "rejected": [{"role": "user", "content": "空の良い答え"}, {"role": "assistant", "content": "悪い"}]},
+        {"question": [{"role": "user"}], "good": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "良い"}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "悪い"}]},
     ]),
 }
 
@@ -854,6 +932,15 @@ RENAMED_CASES = {
 @pytest.mark.parametrize("case", sorted(RENAMED_CASES))
 def test_renamed_columns_read_in_sql_give_what_the_styles_conversion_gave(tmp_path, monkeypatch, case):
     import tunesmith.data.curate_fields as fields
+    import tunesmith.data.curate_pipeline as pipeline
+
+    converted, original = [], pipeline.canonical_function
+
+    def counting(sources):  # the records converted in Python
+        apply = original(sources)
+        return lambda ranks, raws: (converted.extend(raws.to_pylist()), apply(ranks, raws))[1]
+
+    monkeypatch.setattr(pipeline, "canonical_function", counting)
 
     extra, records = RENAMED_CASES[case]
     role = "preference" if case == "preference" else "sft"
@@ -864,14 +951,23 @@ def test_renamed_columns_read_in_sql_give_what_the_styles_conversion_gave(tmp_pa
     data += ('{"question": [{"role": "user", "content": "鍵"}], "good": [{"role": "assistant", "role": "user", "content": "x"}], '
              '"rejected": [{"role": "assistant", "content": "y"}]}\n').encode()
     data += '{"会話": [{"role": "user", "role": "assistant", "content": "繰り返すキー"}, {"role": "assistant", "content": "答え"}]}\n'.encode()
+    data += ('{"会話": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}, '
+             '{"role": "assistant", "content": "c", "content": "繰り返すキー"}]}\n').encode()
+    data += '{"会話": [{"role": "system", "content": "\\u30a8"}, {"r\\u006fle": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n'.encode()
     results = []
     for renamed in (True, False):  # False: every record through the style's conversion in Python, as before
         if not renamed:
             monkeypatch.setattr(fields, "sql_readings", lambda source: [])
+            monkeypatch.setattr(fields, "sql_conversion", lambda source: None)
         (folder := tmp_path / str(renamed)).mkdir()
         card, kept, quarantined = run(folder, {"s": data}, role=role, extra={"s": extra})
         results.append(([{k: v for k, v in row.items() if k != "file"} for row in kept],
                         by_line(quarantined), card["totals"]))
+        if renamed:  # SQL read or converted every record Python takes, not Python
+            lines = data.decode().splitlines()
+            assert not {json.dumps(json.loads(lines[row["line"] - 1])) for row in kept} & {
+                json.dumps(json.loads(raw)) for raw in converted}
+            assert converted or case not in ("messages", "preference")  # and Python what it refuses
     assert results[0] == results[1]
     assert results[0][0] and results[0][1]  # both kinds of outcome are compared
 
@@ -893,10 +989,13 @@ def test_a_mapped_record_is_converted_once_though_its_fields_are_read_a_batch_at
             return apply(ranks, raws)
         return counted
 
+    import tunesmith.data.curate_fields as fields
+
     monkeypatch.setattr(pipeline, "canonical_function", counting)
+    monkeypatch.setattr(fields, "sql_conversion", lambda source: None)  # every record ShareGPT's: Python's to convert
     monkeypatch.setattr(checks, "TEXT_BATCH_ROWS", 700)
     mapped = {"style": "messages"}
-    files = {name: "".join(json.dumps({"messages": [  # ShareGPT's keys: converted in Python (curate_fields.sql_readings)
+    files = {name: "".join(json.dumps({"messages": [
         {"from": "human", "value": f"{name}の質問{i}について教えてください。"},
         {"from": "gpt", "value": f"答えは{i}です。よろしくお願いします。"}]}, ensure_ascii=False) + "\n"
                            for i in range(1_000)).encode() for name in ("first", "second")}

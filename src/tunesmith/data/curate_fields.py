@@ -1,13 +1,17 @@
 """Curation's reading of each record's canonical fields: SQL reads a record's fields where they are when
-it can (`sql_readings`), the other records become canonical JSON in Python (`canonical_function`, over
-Arrow batches; `styled`), and `typed` gives every field's JSON type, text as read and name as the record
-has it, a text batch at a time (tunesmith.data.curate_checks.normalise_texts).
+it can (`sql_readings`), else converts a conversation to canonical JSON itself (`sql_conversion`); the other
+records become canonical JSON in Python (`canonical_function`, over Arrow batches; `styled`), and `typed`
+gives every field's JSON type, text as read and name as the record has it, a text batch at a time
+(tunesmith.data.curate_checks.normalise_texts).
 
 SQL reads a renamed column (text_output, a mapped alpaca or preference column), the two contents of a
 conversation of one user turn and the answer, and a pair in TRL's conversational form (a user turn, each
-answer one assistant turn) where they are (`sql_readings`), which gives what the style's conversion gives
+answer one assistant turn) where they are (`sql_readings`), and renders the prompt of any other conversation
+or chat-form pair that the style's conversion takes (system turns, earlier exchanges, ShareGPT's keys, answers
+given as whole conversations: `sql_conversion`). Each gives what the style's conversion gives
 (tests/test_curate.py compares them): the conversion is a Python call per record, and on the bench's million
-rows made curation 3-6x slower than for the same records as alpaca (bench/curate.py --style).
+rows made curation 2-6x slower than for the same records as alpaca (bench/curate.py --style). Python converts
+what SQL does not take: every record it refuses (it says why), and pairwise judgments.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pyarrow as pa
 
 from tunesmith.data.curate_checks import Shape, sql_string
 from tunesmith.data.sources import Source
-from tunesmith.data.styles import ROLES, STYLES, Rejected, json_object
+from tunesmith.data.styles import ROLES, STYLES, TURN_LABELS, Rejected, json_object
 
 # Records that no `sql_readings` reading takes become canonical JSON (or a reason) in Python; the rest are read
 # as they are (`typed`), `reading` saying which of their source's readings takes them (each condition is tested
@@ -46,8 +50,7 @@ def sql_readings(source: Source) -> list[tuple[str, dict[str, str], dict[str, st
     """How SQL reads `source`'s records in place, the first that fits taking a record: (which records: an SQL
     condition on `raw`, a valid JSON object; {canonical field: JSON pointer}; {canonical field: its name in
     details} where not the field's own). What `Style.convert` makes of such a record is those values; a record
-    no reading takes is converted in Python (every record of pairwise, longer conversations, chat-form pairs
-    of other shapes)."""
+    no reading takes is converted by `sql_conversion` where that takes it, else in Python."""
     style = STYLES[source.style]
     if source.style == "messages":  # one user turn and the answer: the two contents are the fields
         column = source.columns.get("messages", "messages")
@@ -95,9 +98,109 @@ def _conversations(conversations: list[tuple[str, tuple[str, ...]]]) -> str:
             + " AND ".join(tests) + ")[1], false)")
 
 
+def _turn(turn: str) -> str:
+    """SQL: a conversation turn (JSON) as {role, content}, its role the one `styles.ROLES` maps it to, or NULL
+    where `styles._turns` would refuse it or the role is not ASCII (lower-cased alike by DuckDB and Python): the
+    turn is an object repeating no key whose role and content are strings (ShareGPT's from and value where it
+    has neither role nor content, as `_turns` reads it). One parse of the turn for the values, one for types."""
+    keys = "['$.role', '$.content', '$.from', '$.value']"
+    mapped = " ".join(f"WHEN {sql_string(name)} THEN {sql_string(role)}" for name, role in ROLES.items())
+    names = "(" + ", ".join(map(sql_string, ROLES)) + ")"
+    said = "(CASE WHEN p.shared THEN p.strings[3] ELSE p.strings[1] END)"
+    return (f"list_transform([{{'types': json_type({turn}, {keys}), 'strings': json_extract_string({turn}, {keys}), "
+            f"'keys': json_keys({turn})}}], lambda q: "
+            f"list_transform([struct_insert(q, shared := q.types[1] IS NULL AND q.types[2] IS NULL)], lambda p: "
+            f"CASE WHEN (CASE WHEN p.shared THEN p.types[3:4] ELSE p.types[1:2] END) = ['VARCHAR', 'VARCHAR'] "
+            f"AND len(p.keys) = len(list_distinct(p.keys)) AND strlen({said}) = length({said}) AND lower({said}) IN {names} "
+            f"THEN {{'role': CASE lower({said}) {mapped} END, "
+            f"'content': CASE WHEN p.shared THEN p.strings[4] ELSE p.strings[2] END}} END)[1])[1]")
+
+
+def _rendered(turns: str) -> str:
+    """SQL: the prompt `styles.render_turns` writes for a list of {role, content} (a user turn among them)."""
+    labelled = " ".join(f"WHEN {sql_string(role)} THEN {sql_string(label + ': ')}" for role, label in TURN_LABELS.items())
+    dialogue = f"list_filter({turns}, lambda t: t.role <> 'system')"
+    body = (f"list_transform([{dialogue}], lambda d: CASE WHEN len(d) = 1 THEN d[1].content ELSE array_to_string("
+            f"list_transform(d, lambda t: CASE t.role {labelled} END || t.content), chr(10) || chr(10)) END)[1]")
+    system = f"list_transform(list_filter({turns}, lambda t: t.role = 'system' AND t.content <> ''), lambda t: t.content)"
+    return f"array_to_string(list_append({system}, {body}), chr(10) || chr(10))"
+
+
+def _let(value: str, name: str, body: str) -> str:
+    """SQL: `body` with `name` bound to `value`, computed once per row (the lambda of a one-element list)."""
+    return f"list_transform([{value}], lambda {name}: {body})[1]"
+
+
+def _turns(pointer: str) -> str:
+    """SQL: the turns (`_turn`) of the JSON array at `pointer` in `raw`."""
+    return f"list_transform(from_json(json_extract(raw, {pointer}), '[\"JSON\"]'), lambda turn: {_turn('turn')})"
+
+
+def _read(turns: str) -> str:
+    """SQL: whether `_turn` read every turn of a list (none NULL; an empty list too). A NULL list is true here: the
+    conditions that read its turns fail it."""
+    return f"coalesce(list_bool_and(list_transform({turns}, lambda t: t IS NOT NULL)), true)"
+
+
+def _answered(turns: str) -> str:
+    """SQL: whether a list of turns ends with the assistant's (`styles._answer`)."""
+    return f"{turns}[len({turns})].role = 'assistant'"
+
+
+def _canonical(fields: dict[str, str], labels: dict[str, str]) -> str:
+    """SQL: CANONICAL_TYPE of a record converted in SQL, its canonical JSON and labels as JSON objects."""
+    def pairs(values: dict[str, str]) -> str:
+        return ", ".join(f"'{name}', {value}" for name, value in values.items())
+    return (f"{{'record': json_object({pairs(fields)}), 'labels': json_object({pairs(labels)}), "
+            f"'reason': NULL::VARCHAR, 'detail': NULL::VARCHAR, 'reading': NULL::INTEGER}}")
+
+
+def sql_conversion(source: Source) -> str | None:
+    """SQL converting a record as `Style.convert` does (CANONICAL_TYPE, reading NULL: the record its canonical
+    JSON), or NULL for a record it does not take, which Python converts and refuses with its reason. For
+    `messages`: every turn one that `_turn` reads, the last the assistant's, a user turn before it. For
+    `preference` in chat form (a list among the prompt and the answers, as `styles._preference` reads it): the
+    prompt a string, a list of turns or none, each answer a string or a list of turns ending with the assistant's,
+    both answers' earlier turns the same, a user turn among the prompt's and those. The prompt is rendered as
+    `styles.render_turns` renders it. System turns, longer conversations and pairs given as whole conversations are
+    common in chat data; converted in Python, they made curation about 2x slower than this (bench/README.md).
+    None for other styles."""
+    if source.style == "messages":
+        column = source.columns.get("messages", "messages")
+        pointer = sql_string(json_pointer(column))
+        prior, last = "list_slice(ts, 1, len(ts) - 1)", "(len(ts) - 1)"
+        converted = _canonical({"instruction": _rendered(prior), "output": "ts[len(ts)].content"},
+                               {"instruction": f"{sql_string(column + '[:')} || {last} || ']'",
+                                "output": f"{sql_string(column + '[')} || {last} || '].content'"})
+        taken = f"{_read('ts')} AND {_answered('ts')} AND list_contains(list_transform({prior}, lambda t: t.role), 'user')"
+        return (f"CASE WHEN json_type(raw, {pointer}) = 'ARRAY' THEN "
+                + _let(_turns(pointer), "ts", f"CASE WHEN {taken} THEN {converted} END") + " END")
+    if source.style != "preference":
+        return None
+    names = {ours: source.columns.get(ours, ours) for ours in ("prompt", "chosen", "rejected")}
+    pointers = {ours: sql_string(json_pointer(name)) for ours, name in names.items()}
+
+    def side(ours: str, index: int, role: str) -> str:  # a string is one turn of `role`; NULL: not taken
+        return (f"CASE k[{index}] WHEN 'VARCHAR' THEN [{{'role': '{role}', 'content': json_extract_string(raw, "
+                f"{pointers[ours]})}}] WHEN 'ARRAY' THEN {_turns(pointers[ours])} END")
+    sides = (f"{{'p': CASE WHEN k[1] IS NULL OR k[1] = 'NULL' THEN []::STRUCT(role VARCHAR, content VARCHAR)[] "
+             f"ELSE {side('prompt', 1, 'user')} END, 'c': {side('chosen', 2, 'assistant')}, "
+             f"'r': {side('rejected', 3, 'assistant')}}}")
+    earlier = {ours: f"list_slice(s.{ours}, 1, len(s.{ours}) - 1)" for ours in ("c", "r")}
+    taken = (" AND ".join(f"{_read(f's.{ours}')}" for ours in "pcr") + f" AND {_answered('s.c')} AND {_answered('s.r')} "
+             f"AND {earlier['c']} = {earlier['r']} AND list_contains(list_transform(s.p || {earlier['c']}, lambda t: t.role), 'user')")
+    converted = _canonical({"prompt": _rendered(f"(s.p || {earlier['c']})"), "chosen": "s.c[len(s.c)].content",
+                            "rejected": "s.r[len(s.r)].content"},
+                           {"prompt": sql_string(names["prompt"]), "chosen": sql_string(f"{names['chosen']}[-1].content"),
+                            "rejected": sql_string(f"{names['rejected']}[-1].content")})
+    # Only records with a list among the three reach this (the renamed reading takes the others)
+    return _let(f"json_type(raw, [{', '.join(pointers.values())}])", "k",
+                _let(sides, "s", f"CASE WHEN {taken} THEN {converted} END"))
+
+
 def style_sql(chosen: list[Source]) -> str:
-    """STYLE_SQL for the sources: per valid JSON object, the reading that takes it (its number and labels) or
-    else its conversion in Python."""
+    """STYLE_SQL for the sources: per valid JSON object, the reading that takes it (its number and labels), else
+    its conversion in SQL where that takes it (`sql_conversion`), else its conversion in Python."""
     branches = []
     for source in chosen:
         taken = " ".join(
@@ -105,8 +208,11 @@ def style_sql(chosen: list[Source]) -> str:
             f"{sql_string(_json_text(names)) if names else 'NULL::VARCHAR'}, 'reason': NULL::VARCHAR, "
             f"'detail': NULL::VARCHAR, 'reading': {index}}}"
             for index, (condition, _, names) in enumerate(sql_readings(source), start=1))
-        if taken:
-            branches.append(f"WHEN {source.rank} THEN CASE {taken} ELSE {CONVERTED} END")
+        converted = sql_conversion(source)
+        # DuckDB's coalesce calls Python only for the rows still NULL
+        otherwise = f"coalesce({converted}, {CONVERTED})" if converted else CONVERTED
+        if taken or converted:
+            branches.append(f"WHEN {source.rank} THEN " + (f"CASE {taken} ELSE {otherwise} END" if taken else otherwise))
     return STYLE_SQL.format(conversion=f"CASE source_rank {' '.join(branches)} ELSE {CONVERTED} END" if branches
                             else CONVERTED)
 

@@ -2,7 +2,10 @@
 output; preference: prompt/chosen/rejected). Pure Python; curation calls `convert` from SQL (through
 `tunesmith.data.curate_fields.canonical_function`) only for records that are valid JSON objects and that
 SQL does not read in place (`curate_fields.sql_readings`: the columns of a `Style.renamed` style, the two
-contents of a conversation of one user turn and the answer, a pair in TRL's conversational form).
+contents of a conversation of one user turn and the answer, a pair in TRL's conversational form) or convert
+itself (`curate_fields.sql_conversion`: a `messages` conversation or a chat-form preference pair this module
+would take, rendered as `render_turns` renders it; a change to the rules here must be made there too, which
+tests/test_curate.py checks).
 
 Conversations become a prompt by `render_turns`:
 
