@@ -102,22 +102,27 @@ def _turn(turn: str) -> str:
     """SQL: a conversation turn (JSON) as {role, content}, its role the one `styles.ROLES` maps it to, or NULL
     where `styles._turns` would refuse it or the role is not ASCII (lower-cased alike by DuckDB and Python): the
     turn is an object repeating no key whose role and content are strings (ShareGPT's from and value where it
-    has neither role nor content, as `_turns` reads it). One parse of the turn for the values, one for types."""
-    keys = "['$.role', '$.content', '$.from', '$.value']"
+    has neither role nor content, as `_turns` reads it). One parse of the turn for the values, one for types, one
+    for keys; scalar comparisons rather than lists' (a third of the time)."""
+    paths = "['$.role', '$.content', '$.from', '$.value']"
     mapped = " ".join(f"WHEN {sql_string(name)} THEN {sql_string(role)}" for name, role in ROLES.items())
     names = "(" + ", ".join(map(sql_string, ROLES)) + ")"
-    said = "(CASE WHEN p.shared THEN p.strings[3] ELSE p.strings[1] END)"
-    return (f"list_transform([{{'types': json_type({turn}, {keys}), 'strings': json_extract_string({turn}, {keys}), "
+    shared = "(q.types[1] IS NULL AND q.types[2] IS NULL)"  # ShareGPT's keys
+    said = f"(CASE WHEN {shared} THEN q.strings[3] ELSE q.strings[1] END)"
+    strings = (f"(CASE WHEN {shared} THEN q.types[3] = 'VARCHAR' AND q.types[4] = 'VARCHAR' "
+               f"ELSE q.types[1] = 'VARCHAR' AND q.types[2] = 'VARCHAR' END)")
+    # A turn of two keys holding both strings repeats neither; list_distinct only for the others
+    unrepeated = "(len(q.keys) = 2 OR len(q.keys) = len(list_distinct(q.keys)))"
+    return (f"list_transform([{{'types': json_type({turn}, {paths}), 'strings': json_extract_string({turn}, {paths}), "
             f"'keys': json_keys({turn})}}], lambda q: "
-            f"list_transform([struct_insert(q, shared := q.types[1] IS NULL AND q.types[2] IS NULL)], lambda p: "
-            f"CASE WHEN (CASE WHEN p.shared THEN p.types[3:4] ELSE p.types[1:2] END) = ['VARCHAR', 'VARCHAR'] "
-            f"AND len(p.keys) = len(list_distinct(p.keys)) AND strlen({said}) = length({said}) AND lower({said}) IN {names} "
+            f"CASE WHEN {strings} AND {unrepeated} AND strlen({said}) = length({said}) AND lower({said}) IN {names} "
             f"THEN {{'role': CASE lower({said}) {mapped} END, "
-            f"'content': CASE WHEN p.shared THEN p.strings[4] ELSE p.strings[2] END}} END)[1])[1]")
+            f"'content': CASE WHEN {shared} THEN q.strings[4] ELSE q.strings[2] END}} END)[1]")
 
 
 def _rendered(turns: str) -> str:
-    """SQL: the prompt `styles.render_turns` writes for a list of {role, content} (a user turn among them)."""
+    """SQL: the prompt `styles.render_turns` writes for a list of {role, content} (a user turn among them), a name
+    bound once (`_let`): the list is read three times."""
     labelled = " ".join(f"WHEN {sql_string(role)} THEN {sql_string(label + ': ')}" for role, label in TURN_LABELS.items())
     dialogue = f"list_filter({turns}, lambda t: t.role <> 'system')"
     body = (f"list_transform([{dialogue}], lambda d: CASE WHEN len(d) = 1 THEN d[1].content ELSE array_to_string("
@@ -147,6 +152,11 @@ def _answered(turns: str) -> str:
     return f"{turns}[len({turns})].role = 'assistant'"
 
 
+def _asked(turns: str) -> str:
+    """SQL: whether a list of turns holds a user turn (`styles.render_turns` needs one)."""
+    return f"list_contains(list_transform({turns}, lambda t: t.role), 'user')"
+
+
 def _canonical(fields: dict[str, str], labels: dict[str, str]) -> str:
     """SQL: CANONICAL_TYPE of a record converted in SQL, its canonical JSON and labels as JSON objects."""
     def pairs(values: dict[str, str]) -> str:
@@ -168,13 +178,13 @@ def sql_conversion(source: Source) -> str | None:
     if source.style == "messages":
         column = source.columns.get("messages", "messages")
         pointer = sql_string(json_pointer(column))
-        prior, last = "list_slice(ts, 1, len(ts) - 1)", "(len(ts) - 1)"
-        converted = _canonical({"instruction": _rendered(prior), "output": "ts[len(ts)].content"},
+        last = "(len(ts) - 1)"
+        converted = _canonical({"instruction": _rendered("pt"), "output": "ts[len(ts)].content"},
                                {"instruction": f"{sql_string(column + '[:')} || {last} || ']'",
                                 "output": f"{sql_string(column + '[')} || {last} || '].content'"})
-        taken = f"{_read('ts')} AND {_answered('ts')} AND list_contains(list_transform({prior}, lambda t: t.role), 'user')"
-        return (f"CASE WHEN json_type(raw, {pointer}) = 'ARRAY' THEN "
-                + _let(_turns(pointer), "ts", f"CASE WHEN {taken} THEN {converted} END") + " END")
+        taken = f"{_read('ts')} AND {_answered('ts')} AND {_asked('pt')}"
+        return (f"CASE WHEN json_type(raw, {pointer}) = 'ARRAY' THEN " + _let(_turns(pointer), "ts", _let(
+            "list_slice(ts, 1, len(ts) - 1)", "pt", f"CASE WHEN {taken} THEN {converted} END")) + " END")
     if source.style != "preference":
         return None
     names = {ours: source.columns.get(ours, ours) for ours in ("prompt", "chosen", "rejected")}
@@ -188,14 +198,14 @@ def sql_conversion(source: Source) -> str | None:
              f"'r': {side('rejected', 3, 'assistant')}}}")
     earlier = {ours: f"list_slice(s.{ours}, 1, len(s.{ours}) - 1)" for ours in ("c", "r")}
     taken = (" AND ".join(f"{_read(f's.{ours}')}" for ours in "pcr") + f" AND {_answered('s.c')} AND {_answered('s.r')} "
-             f"AND {earlier['c']} = {earlier['r']} AND list_contains(list_transform(s.p || {earlier['c']}, lambda t: t.role), 'user')")
-    converted = _canonical({"prompt": _rendered(f"(s.p || {earlier['c']})"), "chosen": "s.c[len(s.c)].content",
+             f"AND {earlier['c']} = {earlier['r']} AND {_asked('pt')}")
+    converted = _canonical({"prompt": _rendered("pt"), "chosen": "s.c[len(s.c)].content",
                             "rejected": "s.r[len(s.r)].content"},
                            {"prompt": sql_string(names["prompt"]), "chosen": sql_string(f"{names['chosen']}[-1].content"),
                             "rejected": sql_string(f"{names['rejected']}[-1].content")})
     # Only records with a list among the three reach this (the renamed reading takes the others)
-    return _let(f"json_type(raw, [{', '.join(pointers.values())}])", "k",
-                _let(sides, "s", f"CASE WHEN {taken} THEN {converted} END"))
+    return _let(f"json_type(raw, [{', '.join(pointers.values())}])", "k", _let(sides, "s", _let(
+        f"s.p || {earlier['c']}", "pt", f"CASE WHEN {taken} THEN {converted} END")))
 
 
 def style_sql(chosen: list[Source]) -> str:
