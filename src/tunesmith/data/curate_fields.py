@@ -98,6 +98,11 @@ def _conversations(conversations: list[tuple[str, tuple[str, ...]]]) -> str:
             + " AND ".join(tests) + ")[1], false)")
 
 
+def _let(value: str, name: str, body: str) -> str:
+    """SQL: `body` with `name` bound to `value`, computed once per row (the lambda of a one-element list)."""
+    return f"list_transform([{value}], lambda {name}: {body})[1]"
+
+
 def _turn(turn: str) -> str:
     """SQL: a conversation turn (JSON) as {role, content}, its role the one `styles.ROLES` maps it to, or NULL
     where `styles._turns` would refuse it or the role is not ASCII (lower-cased alike by DuckDB and Python): the
@@ -113,11 +118,11 @@ def _turn(turn: str) -> str:
                f"ELSE q.types[1] = 'VARCHAR' AND q.types[2] = 'VARCHAR' END)")
     # A turn of two keys holding both strings repeats neither; list_distinct only for the others
     unrepeated = "(len(q.keys) = 2 OR len(q.keys) = len(list_distinct(q.keys)))"
-    return (f"list_transform([{{'types': json_type({turn}, {paths}), 'strings': json_extract_string({turn}, {paths}), "
-            f"'keys': json_keys({turn})}}], lambda q: "
-            f"CASE WHEN {strings} AND {unrepeated} AND strlen({said}) = length({said}) AND lower({said}) IN {names} "
-            f"THEN {{'role': CASE lower({said}) {mapped} END, "
-            f"'content': CASE WHEN {shared} THEN q.strings[4] ELSE q.strings[2] END}} END)[1]")
+    return _let(f"{{'types': json_type({turn}, {paths}), 'strings': json_extract_string({turn}, {paths}), "
+                f"'keys': json_keys({turn})}}", "q",
+                f"CASE WHEN {strings} AND {unrepeated} AND strlen({said}) = length({said}) AND lower({said}) IN {names} "
+                f"THEN {{'role': CASE lower({said}) {mapped} END, "
+                f"'content': CASE WHEN {shared} THEN q.strings[4] ELSE q.strings[2] END}} END")
 
 
 def _rendered(turns: str) -> str:
@@ -125,15 +130,10 @@ def _rendered(turns: str) -> str:
     bound once (`_let`): the list is read three times."""
     labelled = " ".join(f"WHEN {sql_string(role)} THEN {sql_string(label + ': ')}" for role, label in TURN_LABELS.items())
     dialogue = f"list_filter({turns}, lambda t: t.role <> 'system')"
-    body = (f"list_transform([{dialogue}], lambda d: CASE WHEN len(d) = 1 THEN d[1].content ELSE array_to_string("
-            f"list_transform(d, lambda t: CASE t.role {labelled} END || t.content), chr(10) || chr(10)) END)[1]")
+    body = _let(dialogue, "d", f"CASE WHEN len(d) = 1 THEN d[1].content ELSE array_to_string(list_transform(d, "
+                               f"lambda t: CASE t.role {labelled} END || t.content), chr(10) || chr(10)) END")
     system = f"list_transform(list_filter({turns}, lambda t: t.role = 'system' AND t.content <> ''), lambda t: t.content)"
     return f"array_to_string(list_append({system}, {body}), chr(10) || chr(10))"
-
-
-def _let(value: str, name: str, body: str) -> str:
-    """SQL: `body` with `name` bound to `value`, computed once per row (the lambda of a one-element list)."""
-    return f"list_transform([{value}], lambda {name}: {body})[1]"
 
 
 def _turns(pointer: str) -> str:
