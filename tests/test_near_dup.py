@@ -55,9 +55,13 @@ def test_templated_rows_are_paired_with_a_bounded_number_of_others():
     # the whole pass still finds the planted copies: each later copy goes, naming its original
     con = _connection(keys)
     near_dup.near_duplicates(con, near, 7)
-    found = dict(con.execute("SELECT pos, label FROM clusters WHERE pos <> label").fetchall())
+    found = {pos: (label, jaccard) for pos, label, jaccard in
+             con.execute("SELECT pos, label, jaccard FROM clusters WHERE pos <> label").fetchall()}
     planted = {3_000 + order: original for order, original in enumerate(copies)}
-    assert sum(found.get(copy) == original for copy, original in planted.items()) >= 0.9 * len(planted)
+    assert sum(found.get(copy, (None,))[0] == original for copy, original in planted.items()) >= 0.9 * len(planted)
+    # and a row goes only as a near copy of the row it names: its exact Jaccard, at least the threshold
+    assert all(jaccard == _jaccard(keys[pos], keys[label], near["ngram"]) >= 0.9
+               for pos, (label, jaccard) in found.items())
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9])
@@ -97,10 +101,10 @@ def _jaccard(text: str, other: str, n: int) -> float:
     return len(grams & others) / len(grams | others)
 
 
-def test_the_exact_check_is_the_jaccard_of_the_texts_n_gram_sets():
-    """The exact check compares n-grams by their 64-bit hashes, one row's as a set and the other's as
-    read: it gives the Jaccard similarity of the n-gram sets of the texts themselves, with n-grams a text
-    repeats counted once, short and empty texts equal only to themselves."""
+def test_the_exact_check_is_the_jaccard_of_the_texts_n_gram_sets(monkeypatch):
+    """The exact check compares n-grams by their 64-bit hashes, a batch of pairs at a time: it gives the
+    Jaccard similarity of the n-gram sets of the texts themselves, with n-grams a text repeats counted once,
+    short and empty texts equal only to themselves, whatever pairs a batch holds."""
     rng = random.Random(11)
     n = NEAR["ngram"]
     texts = ["", "", "短い", "短い", "短いね", "ははははははははははははははは", "はははははははは", "ab", "abcde", "abcdef"]
@@ -111,10 +115,13 @@ def test_the_exact_check_is_the_jaccard_of_the_texts_n_gram_sets():
             copy[index] = rng.choice(WORDS[:30])
         texts += [text, "".join(copy)]
     grams = ngrams.Grams(pa.array(texts), n)
-    found = [[grams.similarity(grams.of(row), other) for other in range(len(texts))] for row in range(len(texts))]
-    expected = [[_jaccard(text, other, n) for other in texts] for text in texts]
-    assert found == expected
-    assert sum(0 < value < 1 for values in expected for value in values) > 50  # not only the trivial cases
+    a, b = (side.ravel() for side in numpy.meshgrid(numpy.arange(len(texts)), numpy.arange(len(texts)), indexing="ij"))
+    expected = [_jaccard(texts[row], texts[other], n) for row, other in zip(a, b)]
+    assert grams.similarities(a, b).tolist() == expected
+    assert sum(0 < value < 1 for value in expected) > 50  # not only the trivial cases
+    order = numpy.random.default_rng(3).permutation(len(a))  # pairs in any order, a few n-grams a batch
+    monkeypatch.setattr(ngrams.Grams, "PAIR_GRAMS", 40)
+    assert grams.similarities(a[order], b[order]).tolist() == [expected[index] for index in order]
 
 
 def test_checking_a_few_pairs_at_a_time_finds_the_same_near_copies(monkeypatch, caplog):

@@ -204,7 +204,8 @@ def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) ->
     """Candidate pairs (a < b) whose exact Jaccard, in every key part, reaches the threshold, as
     numpy arrays a, b, jaccard (the least over the parts). The pairs are read a batch at a time and only
     those whose signatures agree enough (`_estimated`) are kept; they are checked exactly a chunk at a time,
-    with the n-grams of that chunk's rows, each row's n-gram set made once for its run of pairs."""
+    with the n-grams of that chunk's rows (`Grams.similarities`, a part only for the pairs the parts before
+    left at or above the threshold)."""
     threshold = near["threshold"]
     least = threshold - SPREADS * (threshold * (1 - threshold) / near["permutations"]) ** 0.5
     kept_a, kept_b, pairs, place = [], [], 0, _places(flagged)
@@ -229,24 +230,19 @@ def _links(con, near: dict, flagged: numpy.ndarray, low_bytes: numpy.ndarray) ->
         if size > 1 and sum(pc.sum(pc.utf8_length(column)).as_py() or 0 for column in texts.columns) > CHECKED_CHARACTERS:
             size //= 2  # long texts: fewer pairs at a time
             continue
-        grams, place = [Grams(column, n, SIGNATURE_CHUNK_ROWS) for column in texts.columns], _places(rows)
+        place = _places(rows)
+        index_a, index_b, close = place(chunk_a), place(chunk_b), numpy.arange(len(chunk_a))
+        jaccard = numpy.ones(len(chunk_a))
+        for column in texts.columns:  # the least over the parts; a part only for the pairs still close
+            similar = Grams(column, n, SIGNATURE_CHUNK_ROWS).similarities(index_a[close], index_b[close])
+            jaccard[close] = numpy.minimum(jaccard[close], similar)
+            close = close[similar >= threshold]
         del texts
-        last, held = None, ()
-        for row_a, row_b, index_a, index_b in zip(chunk_a.tolist(), chunk_b.tolist(), place(chunk_a).tolist(),
-                                                  place(chunk_b).tolist()):
-            if index_a != last:  # pairs come in runs of their first row
-                last, held = index_a, [part.of(index_a) for part in grams]
-            jaccard = 1.0
-            for part, grams_a in zip(grams, held):  # the least over the parts
-                jaccard = min(jaccard, part.similarity(grams_a, index_b))
-                if jaccard < threshold:
-                    break
-            else:
-                found.append((row_a, row_b, jaccard))
+        found.append((chunk_a[close], chunk_b[close], jaccard[close]))
         start += len(chunk_a)
         checked.update(start)
-    return {"a": numpy.array([a for a, _, _ in found], numpy.int64), "b": numpy.array([b for _, b, _ in found], numpy.int64),
-            "jaccard": numpy.array([j for _, _, j in found], numpy.float64)}
+    return {name: numpy.concatenate([part[index] for part in found] or [numpy.empty(0, kind)])
+            for index, (name, kind) in enumerate((("a", numpy.int64), ("b", numpy.int64), ("jaccard", numpy.float64)))}
 
 
 PAIR_CHUNK = 65_536  # pairs compared at a time (a few MB of gathered signatures)
