@@ -94,8 +94,8 @@ def _conversations(conversations: list[tuple[str, tuple[str, ...]]]) -> str:
         paths += [pointer] + [f"{pointer}/{index}" for index in range(len(roles) + 1)]
         tests += [f"starts_with(m[{at}], '[')", f"m[{at + len(roles) + 1}] IS NULL"]
         tests += [turn(f"m[{at + 1 + index}]", role) for index, role in enumerate(roles)]
-    return (f"coalesce(list_transform([json_extract(raw, [{', '.join(map(sql_string, paths))}])], lambda m: "
-            + " AND ".join(tests) + ")[1], false)")
+    extracted = f"json_extract(raw, [{', '.join(map(sql_string, paths))}])"
+    return f"coalesce({_let(extracted, 'm', ' AND '.join(tests))}, false)"
 
 
 def _let(value: str, name: str, body: str) -> str:
