@@ -414,6 +414,33 @@ def test_weights_caps_and_split_are_deterministic_and_reconciled(tmp_path):
         (row["source"], row["line"], row["split"]) for row in kept}
 
 
+def test_a_weight_above_one_writes_train_rows_again_in_place_by_the_mixing_draw(tmp_path):
+    """Weight 1.5: each train row once, and once more where the mixing draw falls under 0.5, the very draw that
+    keeps a row at weight 0.5; the copies side by side, in recipe order; validation rows once; the same file on
+    any number of threads."""
+    files = {"up": _rows("増", 200), "plain": _rows("並", 100)}
+    common = {"validation_fraction": 0.2, "near_dedup": {"enabled": False}}
+    card, kept, _ = run(tmp_path, files, extra={"up": {"weight": 1.5}}, seed=4, **common)
+    _, halved, _ = run(tmp_path, files, extra={"up": {"weight": 0.5}}, seed=4, **common)
+    _, threaded, _ = run(tmp_path, files, extra={"up": {"weight": 1.5}}, seed=4, threads=2, **common)
+    assert threaded == kept
+    runs = []  # (source, line, split, copies) as the file holds them, a run of equal rows at a time
+    for row in kept:
+        if runs and tuple(runs[-1][:3]) == (row["source"], row["line"], row["split"]):
+            runs[-1][3] += 1
+        else:
+            runs.append([row["source"], row["line"], row["split"], 1])
+    assert [(source, line) for source, line, _, _ in runs] == (
+        [("up", line) for line in range(1, 201)] + [("plain", line) for line in range(1, 101)])  # each row one run
+    copies = {(source, line): (split, n) for source, line, split, n in runs}
+    assert all(n == 1 for (source, _), (split, n) in copies.items() if source == "plain" or split == "validation")
+    doubled = {line for (source, line), (split, n) in copies.items() if source == "up" and n == 2}
+    train = {line for (source, line), (split, _) in copies.items() if source == "up" and split == "train"}
+    assert 0.3 < len(doubled) / len(train) < 0.7 and {n for _, n in copies.values()} == {1, 2}
+    assert doubled == {row["line"] for row in halved if row["source"] == "up" and row["split"] == "train"}
+    assert card["sources"]["up"]["written"] == {"train": len(train) + len(doubled), "validation": 200 - len(train)}
+
+
 def test_a_rows_split_does_not_move_when_other_rows_come(tmp_path):
     _, before, _ = run(tmp_path, {"a": _rows("甲", 100)}, validation_fraction=0.3, near_dedup={"enabled": False})
     _, after, _ = run(tmp_path, {"a": _rows("甲", 100) + b"\n" + _rows("乙", 100)}, validation_fraction=0.3,

@@ -165,26 +165,28 @@ MIXING = ("downsampled", "over_cap")  # the recipe's choice, not a loss
 TOP_REASONS = 3
 
 
-# The kept rows in recipe order: one scan of `keyed` (written in pos order; a scan keeps it) filtered by
-# bitstrings over pos of the kept rows and of those that validate. Joined with `classified`, the rows
-# and their texts would have to be sorted: that sort was curation's memory peak. A source of weight
-# above 1 (none in our recipes) writes some rows `copies` times: joined and sorted.
-KEPT_SQL = """SELECT id, source, file, line, {columns}, CASE WHEN get_bit(getvariable('validation_rows'),
-  (pos - {first})::INTEGER) = 1 THEN 'validation' ELSE 'train' END AS split
-FROM keyed WHERE get_bit(getvariable('kept_rows'), (pos - {first})::INTEGER) = 1"""
-WEIGHTED_SQL = """SELECT k.id, k.source, k.file, k.line, {columns}, c.split FROM (SELECT pos, split, copies
-FROM classified WHERE outcome IS NULL) c JOIN keyed k ON k.pos = c.pos, range(c.copies) AS r(copy) ORDER BY c.pos, copy"""
+# The kept rows in recipe order: one scan of `keyed` (written in pos order; a scan keeps it) filtered by bitstrings
+# over pos of the kept rows and of those that validate: joined with `classified`, the rows and their texts would be
+# sorted (once curation's memory peak). A train row of a source of weight above 1 is written `copies` times in a row
+# in the same scan (sorted instead: 72-75 s at 10M rows under 2 GB for weight 1.5, 56 s now; bench/README.md).
+KEPT_SQL = """SELECT id, source, file, line, {columns}, split FROM (SELECT *,
+  CASE WHEN get_bit(getvariable('validation_rows'), (pos - {first})::INTEGER) = 1 THEN 'validation' ELSE 'train' END
+  AS split{copies} FROM keyed WHERE get_bit(getvariable('kept_rows'), (pos - {first})::INTEGER) = 1)"""
+COPIES_SQL = """, CASE source_rank {weights} END AS weight, unnest(range(CASE WHEN split = 'validation' OR weight <= 1
+  THEN 1 ELSE floor(weight)::INTEGER + (uniform(id, {seed}, 'mix') < weight - floor(weight))::INTEGER END)) AS copy"""
 ROWS_SQL = "SET VARIABLE {name} = (SELECT bitstring_agg(pos, {first}, {last}) FROM classified WHERE outcome IS NULL{rows})"
 
 
-def kept_sql(con, columns: str, chosen: list[Source]) -> str:
-    """The query of the kept rows' file (KEPT_SQL, whose variables it sets on `con`, or WEIGHTED_SQL)."""
-    if any(source.weight > 1 for source in chosen):
-        return WEIGHTED_SQL.format(columns=columns)
+def kept_sql(con, columns: str, chosen: list[Source], seed: int) -> str:
+    """The query of the kept rows' file (KEPT_SQL, whose variables it sets on `con`)."""
     first, last = con.execute("SELECT coalesce(min(pos), 0), coalesce(max(pos), 0) FROM classified").fetchall()[0]
     for name, rows in (("kept_rows", ""), ("validation_rows", " AND split = 'validation'")):
         con.execute(ROWS_SQL.format(name=name, first=first, last=last, rows=rows))
-    return KEPT_SQL.format(columns=columns, first=first)
+    copies = ""
+    if any(source.weight > 1 for source in chosen):  # each source's weight as the mixing drew with it (a DOUBLE)
+        weights = " ".join(f"WHEN {source.rank} THEN {float(source.weight)!r}::DOUBLE" for source in chosen)
+        copies = COPIES_SQL.format(weights=weights, seed=int(seed))
+    return KEPT_SQL.format(columns=columns, first=first, copies=copies)
 
 
 QUARANTINE_SQL = """SELECT c.source, c.file, c.line, c.outcome.reason AS reason, c.outcome.detail AS detail, r.raw
@@ -314,7 +316,7 @@ def curate(sources: list[dict], role: str, tasks_path: str, settings: dict, kept
             # The two files at once, the quarantine file from a second connection to the database (a DuckDB
             # connection runs one statement at a time): each writer encodes on its own thread while DuckDB hands
             # over the other's rows (at 1M rows 0.77-1.03 s one after the other, 0.63-0.73 s together).
-            query = kept_sql(con, shape.kept_columns, chosen)
+            query = kept_sql(con, shape.kept_columns, chosen, seed)
             with con.cursor() as second, ThreadPoolExecutor(1, thread_name_prefix="curate-quarantine") as side:
                 quarantine_written = side.submit(_write_rows, second, QUARANTINE_SQL, quarantined)
                 _write_rows(con, query, kept)

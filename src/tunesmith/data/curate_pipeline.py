@@ -1,5 +1,5 @@
 """Curation's SQL pipeline: ingested records → one `classified` table in DuckDB, each row with its
-outcome (NULL: kept; else the first failing reason and its detail), its split and its copies.
+outcome (NULL: kept; else the first failing reason and its detail) and its split.
 
 The steps, in priority order (a row failing several is quarantined for the first; see REASONS):
 reading and record-style problems (framed, styled; repeated keys); missing, mistyped and empty fields;
@@ -195,11 +195,8 @@ SELECT pos, source, file, line,  -- what the files and the card read: the table 
        WHEN mix_draw >= weight THEN {{'reason': 'downsampled', 'detail': 'weight ' || weight}}
        WHEN mix_rank > max_rows THEN {{'reason': 'over_cap', 'detail': 'max_rows ' || max_rows}}
   END AS outcome,
-  CASE WHEN uniform(id, $seed, 'split') < $validation_fraction THEN 'validation' ELSE 'train' END AS split,
-  -- weight above 1: whole copies, plus one more with the fractional part as probability (train only)
-  CASE WHEN split = 'validation' OR weight <= 1 THEN 1
-       ELSE floor(weight)::INTEGER + (mix_draw < weight - floor(weight))::INTEGER END AS copies
-FROM capped
+  CASE WHEN uniform(id, $seed, 'split') < $validation_fraction THEN 'validation' ELSE 'train' END AS split
+FROM capped  -- a source of weight above 1 writes a kept row more than once: tunesmith.data.curate.KEPT_SQL
 """
 
 
