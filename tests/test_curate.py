@@ -414,15 +414,17 @@ def test_weights_caps_and_split_are_deterministic_and_reconciled(tmp_path):
         (row["source"], row["line"], row["split"]) for row in kept}
 
 
-def test_a_weight_above_one_writes_train_rows_again_in_place_by_the_mixing_draw(tmp_path):
-    """Weight 1.5: each train row once, and once more where the mixing draw falls under 0.5, the very draw that
-    keeps a row at weight 0.5; the copies side by side, in recipe order; validation rows once; the same file on
-    any number of threads."""
+@pytest.mark.parametrize("weight", [1.5, 2.5])
+def test_a_weight_above_one_writes_train_rows_again_in_place_by_the_mixing_draw(tmp_path, weight):
+    """Weight 1.5 (2.5): each train row once (twice), and once more where the mixing draw falls under 0.5, the very
+    draw that keeps a row at weight 0.5; the copies side by side, in recipe order; validation rows once; the same
+    file on two threads."""
     files = {"up": _rows("増", 200), "plain": _rows("並", 100)}
     common = {"validation_fraction": 0.2, "near_dedup": {"enabled": False}}
-    card, kept, _ = run(tmp_path, files, extra={"up": {"weight": 1.5}}, seed=4, **common)
-    _, halved, _ = run(tmp_path, files, extra={"up": {"weight": 0.5}}, seed=4, **common)
-    _, threaded, _ = run(tmp_path, files, extra={"up": {"weight": 1.5}}, seed=4, threads=2, **common)
+    card, kept, _ = run(tmp_path, files, extra={"up": {"weight": weight}, "plain": {"weight": 0.9}}, seed=4, **common)
+    _, halved, _ = run(tmp_path, files, extra={"up": {"weight": 0.5}, "plain": {"weight": 0.9}}, seed=4, **common)
+    _, threaded, _ = run(tmp_path, files, extra={"up": {"weight": weight}, "plain": {"weight": 0.9}}, seed=4,
+                         threads=2, **common)
     assert threaded == kept
     runs = []  # (source, line, split, copies) as the file holds them, a run of equal rows at a time
     for row in kept:
@@ -430,15 +432,19 @@ def test_a_weight_above_one_writes_train_rows_again_in_place_by_the_mixing_draw(
             runs[-1][3] += 1
         else:
             runs.append([row["source"], row["line"], row["split"], 1])
+    plain = [line for source, line, _, _ in runs if source == "plain"]  # weight 0.9: some downsampled
     assert [(source, line) for source, line, _, _ in runs] == (
-        [("up", line) for line in range(1, 201)] + [("plain", line) for line in range(1, 101)])  # each row one run
+        [("up", line) for line in range(1, 201)] + [("plain", line) for line in plain])  # each row one run
+    assert plain == sorted(plain) and 60 < len(plain) < 100
     copies = {(source, line): (split, n) for source, line, split, n in runs}
     assert all(n == 1 for (source, _), (split, n) in copies.items() if source == "plain" or split == "validation")
-    doubled = {line for (source, line), (split, n) in copies.items() if source == "up" and n == 2}
+    whole = int(weight)
+    more = {line for (source, line), (split, n) in copies.items() if source == "up" and n == whole + 1}
     train = {line for (source, line), (split, _) in copies.items() if source == "up" and split == "train"}
-    assert 0.3 < len(doubled) / len(train) < 0.7 and {n for _, n in copies.values()} == {1, 2}
-    assert doubled == {row["line"] for row in halved if row["source"] == "up" and row["split"] == "train"}
-    assert card["sources"]["up"]["written"] == {"train": len(train) + len(doubled), "validation": 200 - len(train)}
+    assert {n for (source, _), (split, n) in copies.items() if source == "up" and split == "train"} == {whole, whole + 1}
+    assert 0.3 < len(more) / len(train) < 0.7
+    assert more == {row["line"] for row in halved if row["source"] == "up" and row["split"] == "train"}
+    assert card["sources"]["up"]["written"] == {"train": whole * len(train) + len(more), "validation": 200 - len(train)}
 
 
 def test_a_rows_split_does_not_move_when_other_rows_come(tmp_path):

@@ -172,8 +172,8 @@ TOP_REASONS = 3
 KEPT_SQL = """SELECT id, source, file, line, {columns}, split FROM (SELECT *,
   CASE WHEN get_bit(getvariable('validation_rows'), (pos - {first})::INTEGER) = 1 THEN 'validation' ELSE 'train' END
   AS split{copies} FROM keyed WHERE get_bit(getvariable('kept_rows'), (pos - {first})::INTEGER) = 1)"""
-COPIES_SQL = """, CASE source_rank {weights} END AS weight, unnest(range(CASE WHEN split = 'validation' OR weight <= 1
-  THEN 1 ELSE floor(weight)::INTEGER + (uniform(id, {seed}, 'mix') < weight - floor(weight))::INTEGER END)) AS copy"""
+COPIES_SQL = """, CASE source_rank {weights} END AS w, unnest(range(CASE WHEN split = 'validation' OR w <= 1 THEN 1
+  ELSE floor(w)::INTEGER + (uniform(id, {seed}, 'mix') < w - floor(w))::INTEGER END)) AS copy"""
 ROWS_SQL = "SET VARIABLE {name} = (SELECT bitstring_agg(pos, {first}, {last}) FROM classified WHERE outcome IS NULL{rows})"
 
 
