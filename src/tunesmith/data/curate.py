@@ -183,7 +183,7 @@ def kept_sql(con, columns: str, chosen: list[Source], seed: int) -> str:
     for name, rows in (("kept_rows", ""), ("validation_rows", " AND split = 'validation'")):
         con.execute(ROWS_SQL.format(name=name, first=first, last=last, rows=rows))
     copies = ""
-    if any(source.weight > 1 for source in chosen):  # each source's weight as the mixing drew with it (a DOUBLE)
+    if any(source.weight > 1 for source in chosen):  # by a CASE on the rank: a join could reorder the scan
         weights = " ".join(f"WHEN {source.rank} THEN {float(source.weight)!r}::DOUBLE" for source in chosen)
         copies = COPIES_SQL.format(weights=weights, seed=int(seed))
     return KEPT_SQL.format(columns=columns, first=first, copies=copies)
