@@ -5,6 +5,7 @@
     python bench/curate.py --scaling 1000000,3000000,10000000,30000000 --memory-limit 2GB   # the exponent
     python bench/curate.py --sides ours --near   # with the near-duplicate pass (the schema's default) on
     python bench/curate.py --sides ours --style conversational   # ours on the corpus as alpaca and as that style
+    python bench/curate.py --sides ours --weight 1.5   # ours with the source weighted 1.5 as well
     python bench/curate.py --sides ours --style csv   # ours on the corpus as JSONL and as CSV
 
 Generates a JSONL corpus of `--rows` SFT records (seeded): Japanese template questions and answers,
@@ -28,6 +29,7 @@ with a text kernel that cost nothing. Ends with one line:
 RESULT curate ratio=<pandas s / ours> polars_ratio=<polars s / ours> mem_ratio=<ours / polars peak RSS>
   [polars_cpu_s bound_polars_ratio=<polars s / bound>] same_rows ours_seconds ours_rss_mib ours_cpu_s [near_dedup]
   [style style_seconds style_ratio=<ours s on alpaca / ours s on the style>]
+  [weight weighted_seconds weighted_rss_mib]
 
 `--style text_output|messages|chat|preference|conversational|implicit` (with `--sides ours`) also curates the same records
 written in that style: text_output renames the instruction `text`; messages makes each record a user turn (the
@@ -39,7 +41,8 @@ writes each answer as the whole conversation (the user's turn, then the answer),
 implicit prompt, Anthropic's HH pairs). The
 baselines read alpaca alone, so this compares ours with ours: a record of another style costs about what an
 alpaca record does when SQL reads it where it is (a renamed column, a two-turn conversation's contents, a
-conversational pair's) or renders the prompt of a longer conversation, not a Python call per record. `--style csv` writes the alpaca records as a CSV file
+conversational pair's) or renders the prompt of a longer conversation, not a Python call per record. `--weight W` (with `--sides ours`) also curates the corpus with its source weighted W: above 1, each kept train
+row is written again (floor(W) times, once more by the mixing draw), what upsampling a source costs. `--style csv` writes the alpaca records as a CSV file
 (a line that is no JSON object as a row of its own text) and curates that: what reading CSV costs over JSONL.
 """
 
@@ -188,13 +191,13 @@ def _as_csv(path: Path) -> Path:
 
 
 def run_ours(corpus_path: str, out: str, threads: int, memory_limit: str | None = None, name: str = "ours",
-             style: str = "alpaca") -> dict:
+             style: str = "alpaca", weight: float = 1.0) -> dict:
     from tunesmith.data.curate import curate
     from tunesmith.data.ingest import ingest_source
 
     role, tunesmith_style, columns, _ = STYLES.get(style, ("sft", "alpaca", {}, None))
     source = {"id": "bench", "path": corpus_path, "format": "csv" if style == "csv" else "jsonl", "role": role,
-              "style": tunesmith_style, "columns": columns}
+              "style": tunesmith_style, "columns": columns, "weight": weight}
     ingest_source(source, f"{out}/{name}.ingested.parquet")
     card = curate([source], role, "none", SETTINGS, f"{out}/{name}.parquet", f"{out}/{name}.quarantine.parquet",
                   f"{out}/{name}.card.json", ingested=[f"{out}/{name}.ingested.parquet"], seed=SEED, threads=threads,
@@ -397,6 +400,9 @@ def child(arguments) -> int:
     if arguments.style:
         result = run_ours(arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit, arguments.style,
                           arguments.style)
+    elif arguments.weight:
+        result = run_ours(arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit, "weighted",
+                          weight=arguments.weight)
     elif arguments.child in ("ours", "bound"):
         result = SIDES[arguments.child](arguments.corpus, arguments.out, arguments.threads, arguments.memory_limit)
     else:
@@ -406,11 +412,13 @@ def child(arguments) -> int:
 
 
 def measured(kind: str, corpus_path: Path, out: str, threads: int, memory_limit: str | None = None,
-             near: bool = False, style: str | None = None) -> dict:
-    """Run one side in its own process (ours with records of `style`); its result, wall seconds and peak RSS (MiB)."""
+             near: bool = False, style: str | None = None, weight: float | None = None) -> dict:
+    """Run one side in its own process (ours with records of `style`, or its source weighted `weight`); its result,
+    wall seconds and peak RSS (MiB)."""
     command = [sys.executable, __file__, "--child", kind, "--corpus", str(corpus_path), "--out", out,
                "--threads", str(threads)] + (["--memory-limit", memory_limit] if memory_limit else []) + (
-               ["--near"] if near else []) + (["--style", style] if style else [])
+               ["--near"] if near else []) + (["--style", style] if style else []) + (
+               ["--weight", str(weight)] if weight else [])
     environment = {**os.environ, "POLARS_MAX_THREADS": str(threads)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
     output = process.stdout.read()
@@ -441,6 +449,8 @@ def main() -> int:
                         "the baselines have no such pass, so only with --sides ours or --scaling)")
     parser.add_argument("--style", choices=sorted(STYLES), help="with --sides ours: ours also on the same records "
                         "written in this style (see the docstring)")
+    parser.add_argument("--weight", type=float, help="with --sides ours: ours also with the source weighted so (above 1, "
+                        "train rows are written again: curate's kept file with copies)")
     parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -456,6 +466,8 @@ def main() -> int:
         parser.error("--near: only ours has a near-duplicate pass; use --sides ours (or --scaling)")
     if arguments.style and sides != ["ours"]:
         parser.error("--style: the baselines read alpaca alone; use --sides ours")
+    if arguments.weight and (sides != ["ours"] or arguments.style):
+        parser.error("--weight: the baselines have no mixing; use --sides ours, without --style")
     folder = tempfile.mkdtemp(prefix="bench-curate-")
     corpus_path = Path(folder) / "corpus.jsonl"
     start = time.perf_counter()
@@ -469,6 +481,10 @@ def main() -> int:
         results[arguments.style] = measured("ours", restyled(corpus_path, arguments.style), folder, arguments.threads,
                                             arguments.memory_limit, arguments.near, arguments.style)
         NAMES[arguments.style] = f"tunesmith, the same records as {arguments.style}"
+    if arguments.weight:
+        results["weighted"] = measured("ours", corpus_path, folder, arguments.threads, arguments.memory_limit,
+                                       arguments.near, weight=arguments.weight)
+        NAMES["weighted"] = f"tunesmith, the source weighted {arguments.weight:g}"
     print_table(["implementation", "wall s", "CPU s", "rows/s", "peak RSS MiB", "kept", "quarantined"], [
         [NAMES[kind].format(threads=arguments.threads), f"{side['seconds']:.1f}", f"{side['cpu_s']:.1f}",
          f"{arguments.rows / side['seconds']:,.0f}", f"{side['rss_mib']:,.0f}" if kind != "bound" else "-",
@@ -476,7 +492,7 @@ def main() -> int:
          ", ".join(f"{reason} {count:,}" for reason, count in sorted(side["quarantined"].items()))]
         for kind, side in results.items()])
     style = results.get(arguments.style)
-    lines = {kind: kept_lines(folder, kind) for kind in sides}
+    lines = {kind: kept_lines(folder, kind) for kind in sides + (["weighted"] if arguments.weight else [])}
     same = all(found == lines[sides[0]] for found in lines.values())
     print(f"same kept rows (by line) on every side: {same}")
     if arguments.keep:
@@ -504,7 +520,9 @@ def main() -> int:
     print(f"RESULT curate {' '.join(ratios + [''])}same_rows={str(same).lower()} ours_seconds={ours['seconds']:.1f} "
           f"ours_rss_mib={ours['rss_mib']:.0f} ours_cpu_s={ours['cpu_s']:.1f}" + (" near_dedup=true" if arguments.near else "")
           + (f" style={arguments.style} style_seconds={style['seconds']:.1f} "
-             f"style_ratio={ours['seconds'] / style['seconds']:.2f}" if style else ""))
+             f"style_ratio={ours['seconds'] / style['seconds']:.2f}" if style else "")
+          + (f" weight={arguments.weight:g} weighted_seconds={results['weighted']['seconds']:.1f} "
+             f"weighted_rss_mib={results['weighted']['rss_mib']:.0f}" if arguments.weight else ""))
     return 0 if same else 1
 
 

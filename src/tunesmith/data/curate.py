@@ -168,7 +168,7 @@ TOP_REASONS = 3
 # The kept rows in recipe order: one scan of `keyed` (written in pos order; a scan keeps it) filtered by bitstrings
 # over pos of the kept rows and of those that validate: joined with `classified`, the rows and their texts would be
 # sorted (once curation's memory peak). A train row of a source of weight above 1 is written `copies` times in a row
-# in the same scan (sorted instead: 72-75 s at 10M rows under 2 GB for weight 1.5, 56 s now; bench/README.md).
+# in the same scan (sorted instead: 84.7 s at 10M rows under 2 GB for weight 1.5, 64.5 s now; bench/README.md).
 KEPT_SQL = """SELECT id, source, file, line, {columns}, split FROM (SELECT *,
   CASE WHEN get_bit(getvariable('validation_rows'), (pos - {first})::INTEGER) = 1 THEN 'validation' ELSE 'train' END
   AS split{copies} FROM keyed WHERE get_bit(getvariable('kept_rows'), (pos - {first})::INTEGER) = 1)"""
