@@ -41,9 +41,11 @@ writes each answer as the whole conversation (the user's turn, then the answer),
 implicit prompt, Anthropic's HH pairs). The
 baselines read alpaca alone, so this compares ours with ours: a record of another style costs about what an
 alpaca record does when SQL reads it where it is (a renamed column, a two-turn conversation's contents, a
-conversational pair's) or renders the prompt of a longer conversation, not a Python call per record. `--weight W` (with `--sides ours`) also curates the corpus with its source weighted W: above 1, each kept train
-row is written again (floor(W) times, once more by the mixing draw), what upsampling a source costs. `--style csv` writes the alpaca records as a CSV file
+conversational pair's) or renders the prompt of a longer conversation, not a Python call per record. `--style csv` writes the alpaca records as a CSV file
 (a line that is no JSON object as a row of its own text) and curates that: what reading CSV costs over JSONL.
+
+`--weight W` (with `--sides ours`) also curates the same corpus with its source weighted W: above 1, each kept
+train row is written floor(W) times, and once more where its mixing draw says so; what upsampling a source costs.
 """
 
 from __future__ import annotations
