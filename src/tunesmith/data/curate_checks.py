@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunesmith.data.measures import REPETITION_KEYS, SPACES_RE2, measure_slices
-from tunesmith.data.normalize import clean_arrow, match_keys_arrow, matching, normalize_arrow, plain_rows
+from tunesmith.data.normalize import clean_arrow, match_keys_arrow, matching, normalize_arrow, plain_rows, prepared
 from tunesmith.jobs.progress import Progress
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
@@ -105,6 +105,7 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
     pending = deque()  # `threads` batches in work, one being written
     checked = Progress("curation", last - first + 1, "records checked", every=sys.maxsize)  # a line each 30 s
     with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
+        pool.submit(prepared)  # what every batch searches with, made while this thread reads the first batch
         for start in starts:
             pending.append(pool.submit(computed, read(start)))
             if len(pending) >= max(1, threads):
