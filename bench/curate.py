@@ -386,6 +386,9 @@ def run_bound(corpus_path: str, out: str, threads: int, memory_limit: str | None
         columns = computed[key(field, text)] = field_columns(field, text, *rest)
         return columns
 
+    def answered(field, text, *rest):
+        return computed[key(field, text)]
+
     def kernel(field, text, shape, repetition, *rest):
         normalised = pc.utf8_normalize(text, form="NFKC")
         for start in range(0, len(text), measures.SLICE_ROWS) if field == shape.taught else ():  # as measure_slices
@@ -401,9 +404,6 @@ def run_bound(corpus_path: str, out: str, threads: int, memory_limit: str | None
 
     curate_checks._field_columns = recorded
     run_ours(corpus_path, out, threads, memory_limit, "bound")
-    def answered(field, text, *rest):
-        return computed[key(field, text)]
-
     # The bound runs last in each round: the files the bench compares under its name are its own, not the warm run's.
     answers = {"warm": ("bound", field_columns), "kernel": ("kernel", kernel), "bound": ("bound", answered)}
     runs = {kind: [] for kind in answers}
