@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tunesmith.data.measures import REPETITION_KEYS, SPACES_RE2, measure_slices
-from tunesmith.data.normalize import clean_arrow, match_keys_arrow, matching, normalize_arrow, plain_rows, prepared
+from tunesmith.data.normalize import clean_arrow, match_keys_arrow, matching, normalize_arrow, plain_rows
 from tunesmith.jobs.progress import Progress
 
 TEXT_BATCH_ROWS = 262_144  # rows normalised at a time: bounds the Python side's memory
@@ -76,7 +76,6 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
         return batch if pc.all(pc.less(batch["pos"][:-1], batch["pos"][1:])).as_py() else batch.sort_by("pos")
 
     def computed(batch: pa.Table) -> dict:
-        ready.result()  # made once, on a worker while the first batch was read; a batch waits rather than makes it too
         raws = {f"{field}_raw" for field in fields}  # texts carries the rest of typed, which can then go
         columns, normalised_responses = {name: batch[name] for name in batch.column_names if name not in raws}, []
         for field in fields:
@@ -106,7 +105,6 @@ def normalise_texts(con, shape: Shape, repetition: dict, tokenizer=None, normali
     pending = deque()  # `threads` batches in work, one being written
     checked = Progress("curation", last - first + 1, "records checked", every=sys.maxsize)  # a line each 30 s
     with _churning_pool(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="normalise") as pool:
-        ready = pool.submit(prepared)  # what every batch searches with, made while this thread reads the first batch
         for start in starts:
             pending.append(pool.submit(computed, read(start)))
             if len(pending) >= max(1, threads):

@@ -170,7 +170,8 @@ def _verdicts(points) -> None:
         _VERDICTS.update(verdicts)
 
 
-# Verified up front (`prepared`, ~0.1 s): Latin, punctuation, kana, common kanji, full-width forms; others when met.
+# Verified up front (~0.1 s): Latin, punctuation, kana, common kanji, full-width forms. Other characters
+# are verified when rows holding them first turn up.
 _COMMON_BLOCKS = [(0x00, 0x17F), (0x2000, 0x206F), (0x3000, 0x30FF), (0x4E00, 0x9FFF), (0xFF00, 0xFFEF)]
 
 
@@ -205,13 +206,6 @@ def _not_plain() -> str:
              and not any(_VERDICTS[point]) and not unicodedata.combining(chr(point))
              and folds_alike(unicodedata.normalize("NFKC", chr(point)))]
     return "[^" + _characters_class(plain)[1:] + "|" + _patterns()["needs_cleaning"]
-
-
-def prepared() -> None:
-    """The verdicts and classes every batch's searches use, made ahead (~0.1 s a process; curation, while it reads)."""
-    _not_plain()  # seeds the verdicts first
-    for which in (0, 1):
-        _safe_class(which)
 
 
 def plain_rows(array):
